@@ -1,8 +1,15 @@
 //! Project tooling for Quorate, run as `cargo xtask <command>` (an alias in `.cargo/config.toml`).
 //!
 //! Developer tooling that is not the product lives here, in Rust, rather than in shell scripts.
+//! One module per command; each owns its arguments.
 
 use clap::{Parser, Subcommand};
+
+mod bench_core;
+mod bench_net;
+mod bench_wal;
+mod certs;
+mod sim;
 
 #[derive(Parser)]
 #[command(name = "cargo xtask", about = "Quorate project tooling")]
@@ -13,19 +20,36 @@ struct Cli {
 
 #[derive(Subcommand)]
 enum Command {
-    /// Run a benchmark and print a table with ratios against a same-run baseline.
+    /// Run a benchmark and print a table with ratios against a baseline measured in the same run.
     Bench {
         #[command(subcommand)]
         what: Bench,
     },
+    /// Run the deterministic protocol simulator over a range of seeds.
+    Sim(sim::Args),
+    /// Generate a development CA plus node and client certificates into a folder.
+    Certs(certs::Args),
 }
 
 #[derive(Subcommand)]
-enum Bench {}
+enum Bench {
+    /// The write-ahead log against raw write + fdatasync on the same filesystem.
+    Wal(bench_wal::Args),
+    /// The Raft core (three nodes in one process) against tikv's raft-rs.
+    Core(bench_core::Args),
+    /// The QUIC transport against the same framing over TCP + TLS.
+    Net(bench_net::Args),
+}
 
 fn main() -> anyhow::Result<()> {
     let cli = Cli::parse();
     match cli.command {
-        Command::Bench { what } => match what {},
+        Command::Bench { what } => match what {
+            Bench::Wal(args) => bench_wal::run(args),
+            Bench::Core(args) => bench_core::run(args),
+            Bench::Net(args) => bench_net::run(args),
+        },
+        Command::Sim(args) => sim::run(args),
+        Command::Certs(args) => certs::run(args),
     }
 }

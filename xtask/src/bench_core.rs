@@ -1,0 +1,10 @@
+//! `cargo xtask` command module: bench_core (not yet written).
+
+/// Arguments of this command.
+#[derive(clap::Args, Debug)]
+pub struct Args {}
+
+/// Runs the command.
+pub fn run(_args: Args) -> anyhow::Result<()> {
+    anyhow::bail!("bench_core is not written yet")
+}
