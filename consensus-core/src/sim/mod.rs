@@ -1,0 +1,1 @@
+//! Deterministic fault simulator (being written).
