@@ -1,0 +1,112 @@
+//! Options, recovery modes and the recovery report.
+
+use std::path::PathBuf;
+use std::time::Duration;
+
+use crate::error::{Result, WalError};
+use crate::format::{record_size, SEGMENT_HEADER_LEN};
+
+/// What to do, at open, with a last segment whose end does not parse.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+pub enum RecoveryMode {
+    /// An incomplete record at the end of the **last** segment (a write the crash interrupted:
+    /// cut short by the end of the file, or with sectors that never reached the disk) is cut off,
+    /// the bytes after it are zeroed, and the cut is reported in [`RecoveryReport::torn_tail`].
+    /// A damaged record anywhere else is still an error. This is the right mode after a crash.
+    #[default]
+    TolerateTornTail,
+    /// Any incomplete or damaged record is an error, including at the end of the last segment.
+    /// Use it to check a log that was closed cleanly.
+    AbsoluteConsistency,
+}
+
+/// How a log is opened.
+#[derive(Debug, Clone)]
+pub struct Options {
+    /// Target size of a segment file; each is preallocated (zero-filled) to this size. A record too
+    /// big for an empty segment gets a segment sized to fit it. Minimum 4 KiB. Default 64 MiB.
+    pub segment_size: u64,
+    /// Largest payload accepted by `append` (at most `u32::MAX`). Default 64 MiB.
+    pub max_record_size: u32,
+    /// What to do with a torn tail at open. Default [`RecoveryMode::TolerateTornTail`].
+    pub recovery_mode: RecoveryMode,
+    /// Index of the first record of a brand-new log (at least 1). Default 1.
+    pub initial_index: u64,
+    /// Group commit: how long a writer waiting for durability may delay the next fsync so that the
+    /// writers released by the previous one can join it (bounded further by the measured fsync
+    /// time). Zero disables the delay. Default 1 ms.
+    pub max_group_commit_delay: Duration,
+}
+
+impl Default for Options {
+    fn default() -> Self {
+        Options {
+            segment_size: 64 << 20,
+            max_record_size: 64 << 20,
+            recovery_mode: RecoveryMode::TolerateTornTail,
+            initial_index: 1,
+            max_group_commit_delay: Duration::from_millis(1),
+        }
+    }
+}
+
+impl Options {
+    pub(crate) fn validate(&self) -> Result<()> {
+        if self.segment_size < 4096 {
+            return Err(WalError::InvalidOptions(format!("segment_size {} is below 4096", self.segment_size)));
+        }
+        if self.segment_size > 1 << 32 {
+            return Err(WalError::InvalidOptions(format!("segment_size {} is above 4 GiB", self.segment_size)));
+        }
+        if self.initial_index == 0 {
+            return Err(WalError::InvalidOptions("initial_index must be at least 1".into()));
+        }
+        if self.max_record_size == 0 {
+            return Err(WalError::InvalidOptions("max_record_size must be at least 1".into()));
+        }
+        Ok(())
+    }
+
+    /// The largest segment file this log may write (a full segment, or one sized for a huge record).
+    pub(crate) fn max_segment_file(&self) -> u64 {
+        self.segment_size.max(SEGMENT_HEADER_LEN + record_size(self.max_record_size as usize))
+    }
+}
+
+/// A torn tail cut off at open.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct TornTailCut {
+    /// The last segment file.
+    pub path: PathBuf,
+    /// Byte offset where the first incomplete record started; the segment now ends there.
+    pub offset: u64,
+    /// Non-zero bytes that were found from `offset` on and zeroed.
+    pub discarded_bytes: u64,
+}
+
+/// What open found and repaired. Read it with [`Wal::recovery_report`](crate::Wal::recovery_report).
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct RecoveryReport {
+    /// Segment files in use after open.
+    pub segments: usize,
+    /// Records found.
+    pub records: u64,
+    /// Bytes of segment files read and checked.
+    pub bytes_scanned: u64,
+    /// The torn tail that was cut off, if any.
+    pub torn_tail: Option<TornTailCut>,
+    /// Files removed: temporary files of interrupted operations, and segments made obsolete by an
+    /// interrupted compaction past the end of the log.
+    pub removed_files: Vec<PathBuf>,
+}
+
+/// Counters since open.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct Stats {
+    /// Records appended.
+    pub appended_records: u64,
+    /// Payload bytes appended.
+    pub appended_bytes: u64,
+    /// `fdatasync` calls made to make records durable (group commits and segment rolls).
+    pub syncs: u64,
+}

@@ -1,0 +1,804 @@
+//! The log: appends, group commit, reads, truncation, compaction, metadata, and open/recovery.
+
+use std::any::Any;
+use std::collections::VecDeque;
+use std::ops::Range;
+use std::path::{Path, PathBuf};
+use std::sync::Arc;
+use std::thread::JoinHandle;
+use std::time::{Duration, Instant};
+
+use parking_lot::{Condvar, Mutex, MutexGuard};
+
+use crate::error::{Result, WalError};
+use crate::format::{
+    encode_record, parse_segment_name, record_size, scan_record, Scan, SegmentHeader, FLAG_BASE, SEGMENT_HEADER_LEN,
+};
+use crate::fs::{join, FileSystem, StdFs, WalFile};
+use crate::meta;
+use crate::options::{Options, RecoveryReport, Stats, TornTailCut};
+use crate::segment::{
+    create_segment, install_segment, prepare_file, scan_segment, zero_range, Segment, SPARE_FILE,
+};
+
+const LOCK_FILE: &str = "LOCK";
+/// Pending (appended, not yet written) bytes are written to the file once they exceed this.
+const PENDING_FLUSH_BYTES: usize = 1 << 20;
+/// How many recent truncations are remembered to tell `append_durable` callers their record went.
+const TRUNCATION_MEMORY: usize = 64;
+
+type SpareJob = JoinHandle<Result<Arc<dyn WalFile>>>;
+
+struct State {
+    /// Segments by increasing sequence; never empty; the last one is active (appended to).
+    segments: Vec<Segment>,
+    /// First index readable (raised by `compact`; may be inside the first segment).
+    first_index: u64,
+    /// Index the next append gets.
+    next_index: u64,
+    /// Encoded records appended but not yet written to the active segment; they start at
+    /// `pending_offset`. Invariant: `pending_offset + pending.len() == active.end`.
+    pending: Vec<u8>,
+    pending_offset: u64,
+    /// Every record up to this index is durable.
+    durable_index: u64,
+    /// A thread is in `fdatasync` outside the lock.
+    syncing: bool,
+    poisoned: Option<String>,
+    next_seq: u64,
+    /// Bumped by every truncation; `truncations` remembers (epoch, first removed index).
+    epoch: u64,
+    truncations: VecDeque<(u64, u64)>,
+    /// Group commit: durability waiters since the last sync started, and in the last batch.
+    arrivals: u64,
+    last_batch_arrivals: u64,
+    last_sync_done: Instant,
+    sync_time_estimate: Duration,
+    metadata: Option<Vec<u8>>,
+    stats: Stats,
+    spare: Option<SpareJob>,
+}
+
+impl State {
+    fn active(&mut self) -> &mut Segment {
+        self.segments.last_mut().expect("a log always has a segment")
+    }
+
+    fn check_poisoned(&self) -> Result<()> {
+        match &self.poisoned {
+            Some(cause) => Err(WalError::Poisoned { cause: cause.clone() }),
+            None => Ok(()),
+        }
+    }
+
+    fn poison(&mut self, err: WalError) -> WalError {
+        if self.poisoned.is_none() {
+            tracing::error!(error = %err, "write-ahead log poisoned");
+            self.poisoned = Some(err.to_string());
+        }
+        err
+    }
+
+    /// Writes the pending buffer to the active segment.
+    fn flush_pending(&mut self) -> Result<()> {
+        if self.pending.is_empty() {
+            return Ok(());
+        }
+        let active = self.segments.last().expect("a log always has a segment");
+        debug_assert_eq!(self.pending_offset + self.pending.len() as u64, active.end);
+        if let Err(e) = active.file.write_all_at(&self.pending, self.pending_offset) {
+            let err = WalError::io("write", &active.path, e);
+            return Err(self.poison(err));
+        }
+        self.pending_offset += self.pending.len() as u64;
+        self.pending.clear();
+        Ok(())
+    }
+
+    fn segment_of(&self, index: u64) -> usize {
+        self.segments.partition_point(|s| s.first_index() <= index) - 1
+    }
+}
+
+/// A segmented, checksummed write-ahead log. Share it between threads with `Arc<Wal>`; every
+/// method takes `&self` and blocks. See the [crate docs](crate) for an overview.
+pub struct Wal {
+    fs: Arc<dyn FileSystem>,
+    dir: PathBuf,
+    options: Options,
+    state: Mutex<State>,
+    /// Signalled when a sync finishes, the log is truncated or poisoned.
+    sync_done: Condvar,
+    report: RecoveryReport,
+    _lock: Box<dyn Any + Send + Sync>,
+}
+
+impl std::fmt::Debug for Wal {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        let st = self.state.lock();
+        f.debug_struct("Wal")
+            .field("dir", &self.dir)
+            .field("first_index", &st.first_index)
+            .field("next_index", &st.next_index)
+            .field("durable_index", &st.durable_index)
+            .field("segments", &st.segments.len())
+            .finish()
+    }
+}
+
+fn io_err<'a>(op: &'static str, path: &'a Path) -> impl FnOnce(std::io::Error) -> WalError + 'a {
+    move |e| WalError::io(op, path, e)
+}
+
+impl Wal {
+    /// Opens (creating if needed) the log in `dir` on the real filesystem, recovering it.
+    pub fn open(dir: impl AsRef<Path>, options: Options) -> Result<Wal> {
+        Self::open_with_fs(Arc::new(StdFs), dir, options)
+    }
+
+    /// Opens the log in `dir` through the given filesystem (for instance a [`MemFs`](crate::MemFs)).
+    pub fn open_with_fs(fs: Arc<dyn FileSystem>, dir: impl AsRef<Path>, options: Options) -> Result<Wal> {
+        options.validate()?;
+        let dir = dir.as_ref().to_path_buf();
+        fs.create_dir_all(&dir).map_err(io_err("create directory", &dir))?;
+        let lock_path = join(&dir, LOCK_FILE);
+        let lock = fs.lock(&lock_path).map_err(|e| {
+            if e.kind() == std::io::ErrorKind::WouldBlock {
+                WalError::Locked { dir: dir.clone() }
+            } else {
+                WalError::io("lock", &lock_path, e)
+            }
+        })?;
+        let (segments, report, metadata) = recover(fs.as_ref(), &dir, &options)?;
+        let first_index = segments[0].first_index();
+        let active = segments.last().expect("recover returns at least one segment");
+        let next_index = active.next_index();
+        let pending_offset = active.end;
+        let next_seq = active.header.seq + 1;
+        let state = State {
+            segments,
+            first_index,
+            next_index,
+            pending: Vec::new(),
+            pending_offset,
+            durable_index: next_index - 1,
+            syncing: false,
+            poisoned: None,
+            next_seq,
+            epoch: 0,
+            truncations: VecDeque::new(),
+            arrivals: 0,
+            last_batch_arrivals: 0,
+            last_sync_done: Instant::now(),
+            sync_time_estimate: Duration::ZERO,
+            metadata,
+            stats: Stats::default(),
+            spare: None,
+        };
+        let wal = Wal {
+            fs,
+            dir,
+            options,
+            state: Mutex::new(state),
+            sync_done: Condvar::new(),
+            report,
+            _lock: lock,
+        };
+        {
+            let mut st = wal.state.lock();
+            wal.start_spare(&mut st);
+        }
+        tracing::debug!(dir = %wal.dir.display(), first_index, next_index, "write-ahead log opened");
+        Ok(wal)
+    }
+
+    /// What open found and repaired.
+    pub fn recovery_report(&self) -> &RecoveryReport {
+        &self.report
+    }
+
+    /// The directory of this log.
+    pub fn dir(&self) -> &Path {
+        &self.dir
+    }
+
+    /// First index held (`next_index()` when the log is empty). After a reopen it may be lower than
+    /// the last `compact` point, never higher: compaction deletes whole segments only.
+    pub fn first_index(&self) -> u64 {
+        self.state.lock().first_index
+    }
+
+    /// Last index held; `first_index() - 1` when the log is empty (Raft's convention).
+    pub fn last_index(&self) -> u64 {
+        self.state.lock().next_index - 1
+    }
+
+    /// The index the next append gets.
+    pub fn next_index(&self) -> u64 {
+        self.state.lock().next_index
+    }
+
+    /// Whether the log holds no records.
+    pub fn is_empty(&self) -> bool {
+        let st = self.state.lock();
+        st.first_index == st.next_index
+    }
+
+    /// Every record up to this index is durable.
+    pub fn durable_index(&self) -> u64 {
+        self.state.lock().durable_index
+    }
+
+    /// Counters since open.
+    pub fn stats(&self) -> Stats {
+        self.state.lock().stats
+    }
+
+    /// Appends one record and returns its index. It is **not durable** until [`sync`](Self::sync)
+    /// or [`wait_durable`](Self::wait_durable) covers it; it can be read back at once.
+    pub fn append(&self, payload: &[u8]) -> Result<u64> {
+        let mut st = self.state.lock();
+        Ok(self.append_locked(&mut st, &[payload])?.start)
+    }
+
+    /// Appends records in order, all or none, and returns their index range (not yet durable).
+    pub fn append_batch<P: AsRef<[u8]>>(&self, payloads: impl IntoIterator<Item = P>) -> Result<Range<u64>> {
+        let payloads: Vec<P> = payloads.into_iter().collect();
+        let mut st = self.state.lock();
+        self.append_locked(&mut st, &payloads)
+    }
+
+    /// Like [`append_batch`](Self::append_batch), but fails with [`WalError::IndexMismatch`]
+    /// unless the first record would get `first_index` — for callers, like a Raft log, that
+    /// know which index each record must have.
+    pub fn append_batch_at<P: AsRef<[u8]>>(
+        &self,
+        first_index: u64,
+        payloads: impl IntoIterator<Item = P>,
+    ) -> Result<Range<u64>> {
+        let payloads: Vec<P> = payloads.into_iter().collect();
+        let mut st = self.state.lock();
+        if st.next_index != first_index {
+            return Err(WalError::IndexMismatch { expected: st.next_index, given: first_index });
+        }
+        self.append_locked(&mut st, &payloads)
+    }
+
+    /// Appends one record and returns once it is durable, sharing the fsync with concurrent
+    /// writers (group commit). Fails with [`WalError::Truncated`] if a concurrent `truncate_from`
+    /// removed the record first.
+    pub fn append_durable(&self, payload: &[u8]) -> Result<u64> {
+        let mut st = self.state.lock();
+        let index = self.append_locked(&mut st, &[payload])?.start;
+        let epoch = st.epoch;
+        self.wait_locked(st, index, Some(epoch))?;
+        Ok(index)
+    }
+
+    /// Makes every record appended so far durable with one `fdatasync` (or by joining one in
+    /// progress) and returns the durable index.
+    pub fn sync(&self) -> Result<u64> {
+        let mut st = self.state.lock();
+        let target = st.next_index - 1;
+        loop {
+            st.check_poisoned()?;
+            if st.durable_index >= target {
+                return Ok(st.durable_index);
+            }
+            if st.syncing {
+                self.sync_done.wait(&mut st);
+            } else {
+                self.sync_locked(&mut st)?;
+            }
+        }
+    }
+
+    /// Blocks until record `index` is durable, joining other writers' group commit, and returns
+    /// the durable index.
+    pub fn wait_durable(&self, index: u64) -> Result<u64> {
+        let st = self.state.lock();
+        if index >= st.next_index {
+            return Err(WalError::OutOfRange { index, first: st.first_index, last: st.next_index - 1 });
+        }
+        self.wait_locked(st, index, None)
+    }
+
+    fn wait_locked(&self, mut st: MutexGuard<'_, State>, index: u64, epoch: Option<u64>) -> Result<u64> {
+        st.arrivals += 1;
+        let arrived = Instant::now();
+        loop {
+            st.check_poisoned()?;
+            if let Some(epoch) = epoch {
+                if truncated_since(&st, epoch, index) {
+                    return Err(WalError::Truncated { index });
+                }
+            }
+            if st.durable_index >= index {
+                return Ok(st.durable_index);
+            }
+            if st.syncing {
+                self.sync_done.wait(&mut st);
+                continue;
+            }
+            // No fsync is running. If fewer writers are waiting than joined the last batch, the
+            // others are probably on their way back (released by the previous fsync): give them a
+            // moment, bounded by the options and by what an fsync costs, so one fsync covers all.
+            if st.arrivals < st.last_batch_arrivals {
+                let delay = self.options.max_group_commit_delay.min(st.sync_time_estimate);
+                let deadline = arrived.max(st.last_sync_done) + delay;
+                if Instant::now() < deadline {
+                    self.sync_done.wait_until(&mut st, deadline);
+                    continue;
+                }
+            }
+            self.sync_locked(&mut st)?;
+        }
+    }
+
+    /// Writes pending records, then fsyncs the active segment with the lock released.
+    fn sync_locked(&self, st: &mut MutexGuard<'_, State>) -> Result<()> {
+        debug_assert!(!st.syncing);
+        st.flush_pending()?;
+        let target = st.next_index - 1;
+        st.last_batch_arrivals = st.arrivals;
+        st.arrivals = 0;
+        if target <= st.durable_index {
+            return Ok(());
+        }
+        let active = st.segments.last().expect("a log always has a segment");
+        let (file, path) = (active.file.clone(), active.path.clone());
+        st.syncing = true;
+        let started = Instant::now();
+        // Everything up to `target` is in this file: older segments were synced when rolled.
+        let result = MutexGuard::unlocked(st, || file.sync_data());
+        let now = Instant::now();
+        st.syncing = false;
+        st.stats.syncs += 1;
+        st.last_sync_done = now;
+        st.sync_time_estimate = (st.sync_time_estimate * 7 + (now - started)) / 8;
+        self.sync_done.notify_all();
+        match result {
+            Ok(()) => {
+                st.durable_index = st.durable_index.max(target);
+                Ok(())
+            }
+            Err(e) => Err(st.poison(WalError::io("fdatasync", &path, e))),
+        }
+    }
+
+    fn append_locked<P: AsRef<[u8]>>(&self, st: &mut State, payloads: &[P]) -> Result<Range<u64>> {
+        st.check_poisoned()?;
+        let max = self.options.max_record_size;
+        if let Some(p) = payloads.iter().find(|p| p.as_ref().len() > max as usize) {
+            return Err(WalError::TooLarge { what: "record", len: p.as_ref().len() as u64, max: u64::from(max) });
+        }
+        let start = st.next_index;
+        for payload in payloads {
+            let payload = payload.as_ref();
+            let size = record_size(payload.len());
+            let active = st.active();
+            if active.end + size > active.capacity {
+                self.roll(st, size)?;
+            }
+            let index = st.next_index;
+            let State { segments, pending, .. } = &mut *st;
+            let active = segments.last_mut().expect("a log always has a segment");
+            encode_record(pending, active.seed, index, payload);
+            active.offsets.push(active.end);
+            active.end += size;
+            st.next_index += 1;
+            st.stats.appended_records += 1;
+            st.stats.appended_bytes += payload.len() as u64;
+            if st.pending.len() >= PENDING_FLUSH_BYTES {
+                st.flush_pending()?;
+            }
+        }
+        Ok(start..st.next_index)
+    }
+
+    /// Seals the active segment (writes and syncs it) and starts a new one with room for a record
+    /// of `size` bytes.
+    fn roll(&self, st: &mut State, size: u64) -> Result<()> {
+        st.flush_pending()?;
+        let active = st.segments.last().expect("a log always has a segment");
+        if let Err(e) = active.file.sync_data() {
+            let err = WalError::io("fdatasync", &active.path, e);
+            return Err(st.poison(err));
+        }
+        st.stats.syncs += 1;
+        // Every record so far is in sealed, synced segments now.
+        st.durable_index = st.next_index - 1;
+        self.sync_done.notify_all();
+        let header = SegmentHeader { seq: st.next_seq, first_index: st.next_index, flags: 0 };
+        let capacity = self.options.segment_size.max(SEGMENT_HEADER_LEN + size);
+        let segment = match self.new_segment(st, header, capacity) {
+            Ok(s) => s,
+            Err(e) => return Err(st.poison(e)),
+        };
+        st.next_seq += 1;
+        st.pending_offset = segment.end;
+        st.segments.push(segment);
+        self.start_spare(st);
+        Ok(())
+    }
+
+    /// A new segment: from the spare file prepared in the background when it fits, else created now.
+    fn new_segment(&self, st: &mut State, header: SegmentHeader, capacity: u64) -> Result<Segment> {
+        if capacity == self.options.segment_size {
+            if let Some(job) = st.spare.take() {
+                let spare = join(&self.dir, SPARE_FILE);
+                let prepared = job.join().unwrap_or_else(|_| {
+                    Err(WalError::io("prepare", &spare, std::io::Error::other("preparing thread panicked")))
+                });
+                // A failed preparation is not fatal: fall back to creating the segment here.
+                if let Ok(file) = prepared {
+                    return install_segment(self.fs.as_ref(), &self.dir, &spare, file, capacity, header);
+                }
+            }
+        }
+        create_segment(self.fs.as_ref(), &self.dir, capacity, header)
+    }
+
+    /// Starts preparing (zero-filling) the next segment's file on a background thread.
+    fn start_spare(&self, st: &mut State) {
+        if st.spare.is_some() {
+            return;
+        }
+        let fs = self.fs.clone();
+        let path = join(&self.dir, SPARE_FILE);
+        let capacity = self.options.segment_size;
+        let job = std::thread::Builder::new()
+            .name("wal-prealloc".into())
+            .spawn(move || prepare_file(fs.as_ref(), &path, capacity));
+        st.spare = job.ok();
+    }
+
+    /// Reads record `index` (durable or not), verifying its checksums.
+    pub fn read(&self, index: u64) -> Result<Vec<u8>> {
+        let mut records = self.read_range(index..index + 1, 0)?;
+        Ok(records.pop().expect("read_range returns at least one record for a non-empty range"))
+    }
+
+    /// Reads records `range` in order, stopping early once their stored size (payload plus 24-31
+    /// bytes of framing each) would exceed `max_bytes`; at least one record is returned for a
+    /// non-empty range. Fails with [`WalError::OutOfRange`] unless the range lies within the log.
+    pub fn read_range(&self, range: Range<u64>, max_bytes: u64) -> Result<Vec<Vec<u8>>> {
+        let mut st = self.state.lock();
+        st.check_poisoned()?;
+        if range.start < st.first_index || range.end > st.next_index || range.start > range.end {
+            let index = if range.start < st.first_index { range.start } else { range.end.saturating_sub(1) };
+            return Err(WalError::OutOfRange { index, first: st.first_index, last: st.next_index - 1 });
+        }
+        st.flush_pending()?;
+        let mut out = Vec::new();
+        let mut budget_used = 0u64;
+        let mut index = range.start;
+        'segments: while index < range.end {
+            let segment = &st.segments[st.segment_of(index)];
+            let seg_end = range.end.min(segment.next_index());
+            // Choose the records to read, then read their stored span in one call.
+            let (span_start, _) = segment.span(index);
+            let mut last = index;
+            let mut span_end = span_start;
+            while last < seg_end {
+                let (_, end) = segment.span(last);
+                if (!out.is_empty() || last > index) && budget_used + (end - span_start) > max_bytes {
+                    break;
+                }
+                span_end = end;
+                last += 1;
+            }
+            let mut buf = vec![0u8; (span_end - span_start) as usize];
+            segment.file.read_exact_at(&mut buf, span_start).map_err(io_err("read", &segment.path))?;
+            let mut pos = 0usize;
+            for i in index..last {
+                match scan_record(&buf, span_start, pos, segment.seed, i, u64::from(u32::MAX)) {
+                    Scan::Record { payload_start, len, next, .. } => {
+                        out.push(buf[payload_start..payload_start + len].to_vec());
+                        pos = next;
+                    }
+                    Scan::Corrupt(reason) => {
+                        return Err(WalError::corrupt(&segment.path, span_start + pos as u64, reason));
+                    }
+                    Scan::End | Scan::Torn => {
+                        return Err(WalError::corrupt(
+                            &segment.path,
+                            span_start + pos as u64,
+                            "record missing or incomplete on read",
+                        ));
+                    }
+                }
+            }
+            budget_used += span_end - span_start;
+            index = last;
+            if last < seg_end {
+                break 'segments; // byte limit reached
+            }
+        }
+        Ok(out)
+    }
+
+    /// Removes every record from `index` on (a conflicting suffix of a consensus log), durably,
+    /// before returning; the next append gets `index`. No-op if `index` is past the end; fails with
+    /// [`WalError::OutOfRange`] below `first_index()`.
+    pub fn truncate_from(&self, index: u64) -> Result<()> {
+        let mut st = self.state.lock();
+        st.check_poisoned()?;
+        if index < st.first_index {
+            return Err(WalError::OutOfRange { index, first: st.first_index, last: st.next_index - 1 });
+        }
+        if index >= st.next_index {
+            return Ok(());
+        }
+        while st.syncing {
+            self.sync_done.wait(&mut st);
+        }
+        let result = self.truncate_locked(&mut st, index);
+        st.epoch += 1;
+        let epoch = st.epoch;
+        st.truncations.push_back((epoch, index));
+        if st.truncations.len() > TRUNCATION_MEMORY {
+            st.truncations.pop_front();
+        }
+        self.sync_done.notify_all();
+        result.map_err(|e| st.poison(e))
+    }
+
+    fn truncate_locked(&self, st: &mut State, index: u64) -> Result<()> {
+        st.flush_pending()?;
+        // Whole segments past the cut go first, newest first: a crash part-way leaves a prefix.
+        let mut removed = false;
+        while st.segments.len() > 1 && st.active().first_index() >= index {
+            let segment = st.segments.pop().expect("checked len");
+            self.fs.remove(&segment.path).map_err(io_err("remove", &segment.path))?;
+            removed = true;
+        }
+        if removed {
+            self.fs.sync_dir(&self.dir).map_err(io_err("fsync directory", &self.dir))?;
+        }
+        let active = st.active();
+        if index < active.next_index() {
+            let (cut, _) = active.span(index);
+            zero_range(active.file.as_ref(), cut, active.end).map_err(io_err("write", &active.path))?;
+            active.offsets.truncate((index - active.first_index()) as usize);
+            active.end = cut;
+        }
+        active.file.sync_data().map_err(io_err("fdatasync", &active.path))?;
+        let end = active.end;
+        st.stats.syncs += 1;
+        st.pending_offset = end;
+        st.next_index = index;
+        st.durable_index = index - 1;
+        Ok(())
+    }
+
+    /// Drops every record below `index` (after a snapshot covers them): whole segments whose
+    /// records all lie below it are deleted. If `index` is past the end of the log, the log is
+    /// reset to start, empty, at `index`.
+    pub fn compact(&self, index: u64) -> Result<()> {
+        let mut st = self.state.lock();
+        st.check_poisoned()?;
+        if index <= st.first_index {
+            return Ok(());
+        }
+        if index > st.next_index {
+            while st.syncing {
+                self.sync_done.wait(&mut st);
+            }
+            let result = self.reset_locked(&mut st, index);
+            self.sync_done.notify_all();
+            return result.map_err(|e| st.poison(e));
+        }
+        st.first_index = index;
+        let mut removed = false;
+        while st.segments.len() > 1 && st.segments[1].first_index() <= index {
+            let segment = st.segments.remove(0);
+            // Oldest first: a crash part-way leaves a contiguous log.
+            self.fs.remove(&segment.path).map_err(io_err("remove", &segment.path)).map_err(|e| st.poison(e))?;
+            removed = true;
+        }
+        if removed {
+            self.fs.sync_dir(&self.dir).map_err(io_err("fsync directory", &self.dir)).map_err(|e| st.poison(e))?;
+        }
+        Ok(())
+    }
+
+    fn reset_locked(&self, st: &mut State, index: u64) -> Result<()> {
+        st.flush_pending()?;
+        // The new segment is marked BASE: if a crash interrupts the deletions below, open deletes
+        // the older segments it finds.
+        let header = SegmentHeader { seq: st.next_seq, first_index: index, flags: FLAG_BASE };
+        let segment = self.new_segment(st, header, self.options.segment_size)?;
+        st.next_seq += 1;
+        st.pending.clear();
+        st.pending_offset = segment.end;
+        let old = std::mem::replace(&mut st.segments, vec![segment]);
+        for segment in &old {
+            self.fs.remove(&segment.path).map_err(io_err("remove", &segment.path))?;
+        }
+        self.fs.sync_dir(&self.dir).map_err(io_err("fsync directory", &self.dir))?;
+        st.first_index = index;
+        st.next_index = index;
+        st.durable_index = index - 1;
+        self.start_spare(st);
+        Ok(())
+    }
+
+    /// The metadata record (Raft hard state or any caller bytes), if one was ever stored.
+    pub fn metadata(&self) -> Option<Vec<u8>> {
+        self.state.lock().metadata.clone()
+    }
+
+    /// Durably and atomically replaces the metadata record (at most 1 MiB): after a crash, either
+    /// the old or the new bytes are found, never a mixture.
+    pub fn set_metadata(&self, bytes: &[u8]) -> Result<()> {
+        let mut st = self.state.lock();
+        st.check_poisoned()?;
+        match meta::store(self.fs.as_ref(), &self.dir, bytes) {
+            Ok(()) => {
+                st.metadata = Some(bytes.to_vec());
+                Ok(())
+            }
+            Err(e @ WalError::TooLarge { .. }) => Err(e),
+            Err(e) => Err(st.poison(e)),
+        }
+    }
+
+    /// Syncs everything and closes the log, reporting any error (dropping it does not sync).
+    pub fn close(self) -> Result<()> {
+        self.sync()?;
+        Ok(())
+    }
+}
+
+fn truncated_since(st: &State, epoch: u64, index: u64) -> bool {
+    if st.epoch == epoch {
+        return false;
+    }
+    match st.truncations.front() {
+        // Older truncations were forgotten: assume the worst.
+        Some(&(oldest, _)) if oldest > epoch + 1 => true,
+        _ => st.truncations.iter().any(|&(e, from)| e > epoch && index >= from),
+    }
+}
+
+impl Drop for Wal {
+    fn drop(&mut self) {
+        let mut st = self.state.lock();
+        if st.poisoned.is_none() {
+            // Hand appended records to the OS (not durable); errors have no one to go to.
+            let _ = st.flush_pending();
+        }
+        if let Some(job) = st.spare.take() {
+            let _ = job.join();
+        }
+    }
+}
+
+/// Opens and checks every segment, repairs a torn tail, and loads the metadata record.
+fn recover(
+    fs: &dyn FileSystem,
+    dir: &Path,
+    options: &Options,
+) -> Result<(Vec<Segment>, RecoveryReport, Option<Vec<u8>>)> {
+    let mut report = RecoveryReport::default();
+    let mut names = fs.list(dir).map_err(io_err("list", dir))?;
+    names.sort();
+    // Temporary files belong to operations a crash interrupted; nothing refers to them.
+    for name in names.iter().filter(|n| n.ends_with(".tmp")) {
+        let path = join(dir, name);
+        fs.remove(&path).map_err(io_err("remove", &path))?;
+        report.removed_files.push(path);
+    }
+    let mut found: Vec<(u64, u64, PathBuf)> = names
+        .iter()
+        .filter_map(|n| parse_segment_name(n).map(|(seq, first)| (seq, first, join(dir, n))))
+        .collect();
+    found.sort();
+    let mut segments = Vec::with_capacity(found.len());
+    for (seq, first, path) in found {
+        let file = fs.open(&path).map_err(io_err("open", &path))?;
+        let len = file.size().map_err(io_err("stat", &path))?;
+        let mut head = vec![0u8; len.min(SEGMENT_HEADER_LEN) as usize];
+        file.read_exact_at(&mut head, 0).map_err(io_err("read", &path))?;
+        let header = SegmentHeader::decode(&head, &path)?;
+        if header.seq != seq || header.first_index != first {
+            return Err(WalError::corrupt(
+                &path,
+                0,
+                format!(
+                    "header says sequence {} first index {}, the file name says {seq} and {first}",
+                    header.seq, header.first_index
+                ),
+            ));
+        }
+        if header.first_index == 0 {
+            return Err(WalError::corrupt(&path, 24, "first index 0"));
+        }
+        // Checked before the file is read into memory: nothing is allocated from untrusted sizes.
+        if len > options.max_segment_file() {
+            return Err(WalError::corrupt(
+                &path,
+                0,
+                format!(
+                    "segment file of {len} bytes is larger than these options allow ({} bytes)",
+                    options.max_segment_file()
+                ),
+            ));
+        }
+        segments.push(Segment {
+            header,
+            seed: header.seed(),
+            path,
+            file,
+            offsets: Vec::new(),
+            end: SEGMENT_HEADER_LEN,
+            capacity: len,
+        });
+    }
+    // A BASE segment makes every older one obsolete (an interrupted compaction past the end).
+    if let Some(base) = segments.iter().rposition(|s| s.header.flags & FLAG_BASE != 0) {
+        if base > 0 {
+            for old in segments.drain(..base) {
+                fs.remove(&old.path).map_err(io_err("remove", &old.path))?;
+                report.removed_files.push(old.path);
+            }
+        }
+    }
+    if !report.removed_files.is_empty() {
+        fs.sync_dir(dir).map_err(io_err("fsync directory", dir))?;
+    }
+    if segments.is_empty() {
+        let header = SegmentHeader { seq: 1, first_index: options.initial_index, flags: FLAG_BASE };
+        segments.push(create_segment(fs, dir, options.segment_size, header)?);
+    }
+    let mut buf = Vec::new();
+    let count = segments.len();
+    for k in 0..count {
+        let (done, rest) = segments.split_at_mut(k);
+        let segment = &mut rest[0];
+        if let Some(prev) = done.last() {
+            if segment.first_index() != prev.next_index() {
+                return Err(WalError::corrupt(
+                    &segment.path,
+                    24,
+                    format!(
+                        "segment starts at index {} but the previous segment {} ends before index {}",
+                        segment.first_index(),
+                        prev.path.display(),
+                        prev.next_index()
+                    ),
+                ));
+            }
+        }
+        buf.clear();
+        buf.resize(segment.capacity as usize, 0);
+        segment.file.read_exact_at(&mut buf, 0).map_err(io_err("read", &segment.path))?;
+        report.bytes_scanned += segment.capacity;
+        let is_last = k + 1 == count;
+        let end = scan_segment(segment, &buf, is_last, options.recovery_mode)?;
+        report.records += segment.offsets.len() as u64;
+        if let Some((offset, nonzero_end)) = end.torn {
+            zero_range(segment.file.as_ref(), offset, nonzero_end).map_err(io_err("write", &segment.path))?;
+            tracing::warn!(path = %segment.path.display(), offset, "cut a torn tail off the log");
+            report.torn_tail = Some(TornTailCut {
+                path: segment.path.clone(),
+                offset,
+                discarded_bytes: nonzero_end - offset,
+            });
+        }
+        if is_last {
+            if segment.capacity < options.segment_size {
+                // Cut short (say, by a crash while it was created by an older build): preallocate again.
+                segment.file.set_len(options.segment_size).map_err(io_err("extend", &segment.path))?;
+                segment.capacity = options.segment_size;
+            }
+            // What a crashed process wrote may still be only in the page cache: make it durable
+            // before anyone treats it as such.
+            segment.file.sync_data().map_err(io_err("fdatasync", &segment.path))?;
+        }
+    }
+    report.segments = segments.len();
+    let metadata = meta::load(fs, dir)?;
+    Ok((segments, report, metadata))
+}
