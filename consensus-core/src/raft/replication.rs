@@ -190,6 +190,13 @@ impl<S: Storage> Raft<S> {
         };
         progress.recent_active = true;
         if reject {
+            if hint_index == 0 && index > 0 {
+                // The follower holds no entries at all: a new member. Install our snapshot first,
+                // even the bootstrap one, so it learns the configuration the log starts from.
+                progress.become_probe();
+                self.send_snapshot(from);
+                return;
+            }
             if progress.maybe_decrease_to(index, next_probe) {
                 if progress.state == ProgressState::Replicate {
                     progress.become_probe();
@@ -198,7 +205,9 @@ impl<S: Storage> Raft<S> {
             }
             return;
         }
-        if progress.maybe_update(index) {
+        let grew = progress.maybe_update(index);
+        let snapshot_done = matches!(progress.state, ProgressState::Snapshot { pending } if progress.matched >= pending);
+        if grew || snapshot_done {
             match progress.state {
                 ProgressState::Probe => progress.become_replicate(),
                 ProgressState::Snapshot { pending } if progress.matched >= pending => {

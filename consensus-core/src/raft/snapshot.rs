@@ -28,9 +28,12 @@ impl<S: Storage> Raft<S> {
         self.election_elapsed = 0;
         self.leader = Some(from);
         let (index, term) = (snapshot.meta.index, snapshot.meta.term);
-        let reply_index = if index <= self.log.committed {
+        // A member that was never configured takes the snapshot even at an old index: it carries
+        // the configuration the leader's log starts from.
+        let unconfigured = self.conf.members().is_empty() && self.log.last_index() == 0;
+        let reply_index = if index <= self.log.committed && !unconfigured {
             self.log.committed
-        } else if self.log.match_term(index, term) {
+        } else if self.log.match_term(index, term) && !unconfigured {
             // We hold the snapshot's last entry: it is committed, no need to replace our log.
             self.log.commit_to(index);
             self.log.committed
