@@ -289,7 +289,10 @@ impl<S: Storage> Raft<S> {
             self.send(to, MessageBody::TimeoutNow);
         } else {
             // Bring it up to date first; TimeoutNow follows its acknowledgement.
-            self.send_append(to, false);
+            if let Some(progress) = self.progress.get_mut(&to) {
+                progress.probe_sent = false;
+            }
+            self.send_append(to, true);
         }
         Ok(())
     }

@@ -291,9 +291,16 @@ impl<S: Storage> Raft<S> {
         };
         progress.recent_active = true;
         progress.probe_sent = false;
-        let behind = progress.matched < last;
-        if behind {
-            self.send_append(from, false);
+        if progress.state == ProgressState::Replicate
+            && progress.inflights.len() >= self.config.max_inflight
+        {
+            // Appends may have been lost: let one more through so the follower can say so.
+            progress.inflights.pop_front();
+        }
+        if progress.matched < last {
+            // Possibly with nothing new: a follower that lost our appends then rejects it and we
+            // fall back to probing from where it really is.
+            self.send_append(from, true);
         }
         self.reads.ack(from, read_round);
         self.resolve_reads();

@@ -25,6 +25,10 @@ pub fn drain(
         let ready = node.ready();
         out.extend(ready.messages);
         if let Some(persist) = ready.persist {
+            if let Some(snapshot) = &persist.snapshot {
+                // The state machine restarts from the snapshot.
+                applied.retain(|e| e.index <= snapshot.meta.index);
+            }
             node.storage_mut().write(&persist).expect("write");
             node.persisted(persist.token).expect("persisted in order");
         }
@@ -203,6 +207,17 @@ impl Cluster {
                 _ => None,
             })
             .collect()
+    }
+
+    /// Node `id` snapshots its state machine at its applied index and compacts its log there.
+    pub fn compact(&mut self, id: NodeId) -> u64 {
+        let node = self.node(id);
+        let applied = node.status().applied;
+        let conf = node.conf_state().clone();
+        node.storage_mut()
+            .compact(applied, conf, Bytes::from_static(b"state"))
+            .expect("compact at the applied index");
+        applied
     }
 
     /// Cuts every link between `a` and the rest (both directions).
