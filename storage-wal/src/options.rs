@@ -26,7 +26,8 @@ pub struct Options {
     /// Target size of a segment file; each is preallocated (zero-filled) to this size. A record too
     /// big for an empty segment gets a segment sized to fit it. Minimum 4 KiB. Default 64 MiB.
     pub segment_size: u64,
-    /// Largest payload accepted by `append` (at most `u32::MAX`). Default 64 MiB.
+    /// Largest payload accepted by `append`. At open, a longer length field is corruption, so do
+    /// not lower it below what the log was written with. Default 64 MiB.
     pub max_record_size: u32,
     /// What to do with a torn tail at open. Default [`RecoveryMode::TolerateTornTail`].
     pub recovery_mode: RecoveryMode,

@@ -116,13 +116,19 @@ pub(crate) struct ScanEnd {
 
 /// Scans a segment whose whole file is in `buf`, filling `segment.offsets` and `segment.end`.
 /// A torn tail is an error unless this is the last segment and the mode tolerates it.
-pub(crate) fn scan_segment(segment: &mut Segment, buf: &[u8], is_last: bool, mode: RecoveryMode) -> Result<ScanEnd> {
+pub(crate) fn scan_segment(
+    segment: &mut Segment,
+    buf: &[u8],
+    is_last: bool,
+    mode: RecoveryMode,
+    max_record_size: u32,
+) -> Result<ScanEnd> {
     let path = &segment.path;
     let mut pos = SEGMENT_HEADER_LEN as usize;
     let mut expected = segment.header.first_index;
     segment.offsets.clear();
     let torn_at = loop {
-        match scan_record(buf, 0, pos, segment.seed, expected, u64::from(u32::MAX)) {
+        match scan_record(buf, 0, pos, segment.seed, expected, u64::from(max_record_size)) {
             Scan::Record { next, .. } => {
                 segment.offsets.push(pos as u64);
                 expected += 1;

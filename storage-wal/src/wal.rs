@@ -776,7 +776,7 @@ fn recover(
         segment.file.read_exact_at(&mut buf, 0).map_err(io_err("read", &segment.path))?;
         report.bytes_scanned += segment.capacity;
         let is_last = k + 1 == count;
-        let end = scan_segment(segment, &buf, is_last, options.recovery_mode)?;
+        let end = scan_segment(segment, &buf, is_last, options.recovery_mode, options.max_record_size)?;
         report.records += segment.offsets.len() as u64;
         if let Some((offset, nonzero_end)) = end.torn {
             zero_range(segment.file.as_ref(), offset, nonzero_end).map_err(io_err("write", &segment.path))?;

@@ -1,0 +1,205 @@
+//! Behaviour of the public API on the real filesystem and on `MemFs`.
+
+mod common;
+
+use std::sync::Arc;
+
+use common::{open, payload, read_all, small_options};
+use storage_wal::{MemFs, Options, Wal, WalError};
+
+#[test]
+fn appended_records_read_back_in_order_across_segments_and_reopen() {
+    let dir = tempfile::tempdir().unwrap();
+    let options = Options { segment_size: 4096, ..Options::default() };
+    let wal = Wal::open(dir.path(), options.clone()).unwrap();
+    let payloads: Vec<Vec<u8>> = (1..=40).map(|i| payload(i, 1)).collect();
+    assert_eq!(wal.append_batch(&payloads).unwrap(), 1..41);
+    assert_eq!(wal.sync().unwrap(), 40);
+    assert_eq!(read_all(&wal), payloads);
+    assert_eq!(wal.read(17).unwrap(), payloads[16]);
+    drop(wal);
+    let wal = Wal::open(dir.path(), options).unwrap();
+    assert!(wal.recovery_report().segments > 1, "{:?}", wal.recovery_report());
+    assert_eq!((wal.first_index(), wal.last_index()), (1, 40));
+    assert_eq!(read_all(&wal), payloads);
+}
+
+#[test]
+fn read_range_stops_at_the_byte_limit_but_returns_at_least_one_record() {
+    let fs = MemFs::new();
+    let wal = open(&fs, &small_options()).unwrap();
+    for _ in 0..10 {
+        wal.append(&[7u8; 100]).unwrap();
+    }
+    // Each record is stored in 24 + 100 + 4 = 128 bytes.
+    assert_eq!(wal.read_range(1..11, 0).unwrap().len(), 1);
+    assert_eq!(wal.read_range(1..11, 128 * 3).unwrap().len(), 3);
+    assert_eq!(wal.read_range(1..11, 128 * 3 + 127).unwrap().len(), 3);
+    assert_eq!(wal.read_range(1..11, u64::MAX).unwrap().len(), 10);
+    assert_eq!(wal.read_range(4..4, 0).unwrap().len(), 0);
+}
+
+#[test]
+fn reading_outside_the_log_is_a_typed_error() {
+    let fs = MemFs::new();
+    let wal = open(&fs, &small_options()).unwrap();
+    assert!(matches!(wal.read(1), Err(WalError::OutOfRange { index: 1, first: 1, last: 0 })));
+    wal.append(b"a").unwrap();
+    assert!(matches!(wal.read(2), Err(WalError::OutOfRange { .. })));
+    assert!(matches!(wal.read(0), Err(WalError::OutOfRange { .. })));
+    assert!(matches!(wal.wait_durable(5), Err(WalError::OutOfRange { .. })));
+}
+
+#[test]
+fn append_at_the_wrong_index_and_oversized_records_are_refused() {
+    let fs = MemFs::new();
+    let wal = open(&fs, &small_options()).unwrap();
+    wal.append(b"a").unwrap();
+    assert!(matches!(
+        wal.append_batch_at(5, [b"x"]),
+        Err(WalError::IndexMismatch { expected: 2, given: 5 })
+    ));
+    let big = vec![1u8; 4097];
+    // All or nothing: the valid first record of the batch is not appended either.
+    assert!(matches!(wal.append_batch([&b"ok"[..], &big]), Err(WalError::TooLarge { len: 4097, .. })));
+    assert_eq!(wal.next_index(), 2);
+    assert_eq!(wal.append_batch_at(2, [b"b"]).unwrap(), 2..3);
+}
+
+#[test]
+fn truncate_removes_the_suffix_and_new_records_take_its_place_after_reopen() {
+    let fs = MemFs::new();
+    let options = small_options();
+    let wal = open(&fs, &options).unwrap();
+    let old: Vec<Vec<u8>> = (1..=30).map(|i| payload(i, 2)).collect();
+    wal.append_batch(&old).unwrap();
+    wal.sync().unwrap();
+    wal.truncate_from(12).unwrap();
+    assert_eq!((wal.last_index(), wal.durable_index()), (11, 11));
+    assert!(matches!(wal.read(12), Err(WalError::OutOfRange { .. })));
+    let new: Vec<Vec<u8>> = (12..=15).map(|i| payload(i, 3)).collect();
+    wal.append_batch_at(12, &new).unwrap();
+    wal.sync().unwrap();
+    drop(wal);
+    let wal = open(&fs, &options).unwrap();
+    let mut expected = old[..11].to_vec();
+    expected.extend(new);
+    assert_eq!(read_all(&wal), expected);
+    assert!(matches!(wal.truncate_from(0), Err(WalError::OutOfRange { .. })));
+    wal.truncate_from(1).unwrap();
+    assert!(wal.is_empty());
+    assert_eq!(wal.append(b"again").unwrap(), 1);
+}
+
+#[test]
+fn compact_deletes_whole_segments_below_the_index_only() {
+    let fs = MemFs::new();
+    let options = small_options();
+    let wal = open(&fs, &options).unwrap();
+    let payloads: Vec<Vec<u8>> = (1..=40).map(|i| payload(i, 4)).collect();
+    wal.append_batch(&payloads).unwrap();
+    wal.sync().unwrap();
+    let before = common::segment_files(&fs).len();
+    wal.compact(25).unwrap();
+    assert_eq!(wal.first_index(), 25);
+    assert!(matches!(wal.read(24), Err(WalError::OutOfRange { .. })));
+    assert_eq!(wal.read(25).unwrap(), payloads[24]);
+    let after = common::segment_files(&fs).len();
+    assert!(after < before, "{before} -> {after}");
+    drop(wal);
+    let wal = open(&fs, &options).unwrap();
+    let first = wal.first_index();
+    assert!(first <= 25 && first > 1, "first index after reopen {first}");
+    assert_eq!(read_all(&wal), payloads[(first - 1) as usize..].to_vec());
+}
+
+#[test]
+fn compact_past_the_end_resets_the_log_to_start_there() {
+    let fs = MemFs::new();
+    let options = small_options();
+    let wal = open(&fs, &options).unwrap();
+    wal.append_batch((1..=20).map(|i| payload(i, 5))).unwrap();
+    wal.compact(100).unwrap();
+    assert!(wal.is_empty());
+    assert_eq!((wal.first_index(), wal.next_index()), (100, 100));
+    assert_eq!(wal.append_durable(b"after snapshot").unwrap(), 100);
+    drop(wal);
+    let wal = open(&fs, &options).unwrap();
+    assert_eq!((wal.first_index(), wal.last_index()), (100, 100));
+    assert_eq!(common::segment_files(&fs).len(), 1);
+}
+
+#[test]
+fn metadata_is_replaced_atomically_and_survives_reopen() {
+    let fs = MemFs::new();
+    let options = small_options();
+    let wal = open(&fs, &options).unwrap();
+    assert_eq!(wal.metadata(), None);
+    wal.set_metadata(b"term=1").unwrap();
+    wal.set_metadata(b"term=2 vote=3").unwrap();
+    assert!(matches!(wal.set_metadata(&vec![0u8; (1 << 20) + 1]), Err(WalError::TooLarge { .. })));
+    drop(wal);
+    // set_metadata is durable on return: even a crash keeps it.
+    let fs = fs.crash(7);
+    let wal = open(&fs, &options).unwrap();
+    assert_eq!(wal.metadata().as_deref(), Some(&b"term=2 vote=3"[..]));
+}
+
+#[test]
+fn a_second_open_of_the_same_directory_is_refused_until_the_first_closes() {
+    let dir = tempfile::tempdir().unwrap();
+    let wal = Wal::open(dir.path(), Options { segment_size: 4096, ..Options::default() }).unwrap();
+    let second = Wal::open(dir.path(), Options::default());
+    assert!(matches!(second, Err(WalError::Locked { .. })), "{second:?}");
+    drop(wal);
+    Wal::open(dir.path(), Options { segment_size: 4096, ..Options::default() }).unwrap();
+}
+
+#[test]
+fn an_fsync_failure_poisons_the_log_and_nothing_is_retried() {
+    let fs = MemFs::new();
+    let options = small_options();
+    let wal = open(&fs, &options).unwrap();
+    wal.append_durable(b"kept").unwrap();
+    fs.fail_syncs_after(0);
+    let err = wal.append_durable(b"lost").unwrap_err();
+    assert!(matches!(err, WalError::Io { op: "fdatasync", .. }), "{err}");
+    assert!(matches!(wal.append(b"more"), Err(WalError::Poisoned { .. })));
+    assert!(matches!(wal.sync(), Err(WalError::Poisoned { .. })));
+    assert!(matches!(wal.read(1), Err(WalError::Poisoned { .. })));
+    assert!(matches!(wal.truncate_from(1), Err(WalError::Poisoned { .. })));
+    drop(wal);
+    let fs = fs.crash(1);
+    let wal = open(&fs, &options).unwrap();
+    assert_eq!(wal.read(1).unwrap(), b"kept");
+}
+
+#[test]
+fn concurrent_writers_share_fsyncs_and_every_acknowledged_record_is_there() {
+    let dir = tempfile::tempdir().unwrap();
+    let options = Options { segment_size: 1 << 20, ..Options::default() };
+    let wal = Arc::new(Wal::open(dir.path(), options.clone()).unwrap());
+    let threads: Vec<_> = (0..8u64)
+        .map(|t| {
+            let wal = wal.clone();
+            std::thread::spawn(move || {
+                (0..50u64)
+                    .map(|k| {
+                        let data = format!("writer {t} record {k}").into_bytes();
+                        (wal.append_durable(&data).unwrap(), data)
+                    })
+                    .collect::<Vec<_>>()
+            })
+        })
+        .collect();
+    let acked: Vec<(u64, Vec<u8>)> = threads.into_iter().flat_map(|t| t.join().unwrap()).collect();
+    let stats = wal.stats();
+    assert_eq!(stats.appended_records, 400);
+    assert!(stats.syncs < 400, "group commit should share fsyncs: {stats:?}");
+    assert_eq!(wal.durable_index(), 400);
+    drop(wal);
+    let wal = Wal::open(dir.path(), options).unwrap();
+    for (index, data) in acked {
+        assert_eq!(wal.read(index).unwrap(), data);
+    }
+}
