@@ -24,6 +24,43 @@
 //!    serve `ready.reads` once applied through their index.
 //!
 //! See [`protocol`] for the full contract and why it has this shape.
+//!
+//! ```
+//! use bytes::Bytes;
+//! use consensus_core::{ConfState, Config, Consensus, EntryPayload, MemStorage, Raft, Role};
+//! use rand::SeedableRng;
+//!
+//! # fn main() -> Result<(), consensus_core::Error> {
+//! // A group of one voter, so no network is needed.
+//! let storage = MemStorage::new_with_conf(ConfState::with_voters([1]));
+//! let rng = rand_chacha::ChaCha8Rng::seed_from_u64(7);
+//! let mut raft = Raft::new(Config::new(1), storage, rng)?;
+//! raft.campaign()?;
+//! let mut applied = Vec::new();
+//! let mut drive = |raft: &mut Raft<MemStorage>, applied: &mut Vec<Bytes>| -> Result<(), consensus_core::Error> {
+//!     while raft.has_ready() {
+//!         let ready = raft.ready();
+//!         assert!(ready.messages.is_empty()); // nobody to send to
+//!         if let Some(persist) = ready.persist {
+//!             raft.storage_mut().write(&persist)?; // persist…
+//!             raft.persisted(persist.token)?;      // …confirm…
+//!         }
+//!         for entry in ready.committed {           // …apply
+//!             if let EntryPayload::Data(data) = entry.payload {
+//!                 applied.push(data);
+//!             }
+//!         }
+//!     }
+//!     Ok(())
+//! };
+//! drive(&mut raft, &mut applied)?;
+//! assert_eq!(raft.role(), Role::Leader);
+//! raft.propose(Bytes::from_static(b"hello"))?;
+//! drive(&mut raft, &mut applied)?;
+//! assert_eq!(applied, vec![Bytes::from_static(b"hello")]);
+//! # Ok(())
+//! # }
+//! ```
 
 pub mod error;
 pub mod protocol;
