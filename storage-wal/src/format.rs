@@ -81,7 +81,9 @@ impl SegmentHeader {
     /// Decodes and checks a header read from `path` (`buf` may be shorter than a header).
     pub fn decode(buf: &[u8], path: &Path) -> Result<SegmentHeader> {
         if buf.len() < 8 || buf[0..8] != SEGMENT_MAGIC {
-            return Err(WalError::BadMagic { path: path.to_path_buf() });
+            return Err(WalError::BadMagic {
+                path: path.to_path_buf(),
+            });
         }
         if buf.len() < SEGMENT_HEADER_LEN as usize {
             return Err(WalError::corrupt(path, 0, "segment header is cut short"));
@@ -95,13 +97,25 @@ impl SegmentHeader {
             });
         }
         if crc32fast::hash(&buf[0..32]) != u32_at(buf, 32) || u32_at(buf, 36) != 0 {
-            return Err(WalError::corrupt(path, 0, "segment header checksum mismatch"));
+            return Err(WalError::corrupt(
+                path,
+                0,
+                "segment header checksum mismatch",
+            ));
         }
         let flags = u32_at(buf, 12);
         if flags & !FLAG_BASE != 0 {
-            return Err(WalError::corrupt(path, 12, format!("unknown segment flags {flags:#x}")));
+            return Err(WalError::corrupt(
+                path,
+                12,
+                format!("unknown segment flags {flags:#x}"),
+            ));
         }
-        Ok(SegmentHeader { seq: u64_at(buf, 16), first_index: u64_at(buf, 24), flags })
+        Ok(SegmentHeader {
+            seq: u64_at(buf, 16),
+            first_index: u64_at(buf, 24),
+            flags,
+        })
     }
 
     /// The checksum seed binding records to this segment.
@@ -155,7 +169,12 @@ pub(crate) fn encode_record(out: &mut Vec<u8>, seed: u32, index: u64, payload: &
 pub(crate) enum Scan {
     /// A valid record: its payload is `buf[payload_start..payload_start + len]`; the next record
     /// starts at `next`.
-    Record { index: u64, payload_start: usize, len: usize, next: usize },
+    Record {
+        index: u64,
+        payload_start: usize,
+        len: usize,
+        next: usize,
+    },
     /// No more records here: an all-zero header or the end of the buffer.
     End,
     /// Looks like a write that did not complete (cut by the end of the file, or with whole
@@ -167,7 +186,10 @@ pub(crate) enum Scan {
 
 pub(crate) fn all_zero(b: &[u8]) -> bool {
     let (chunks, rest) = b.split_at(b.len() & !63);
-    chunks.chunks_exact(64).all(|c| c.iter().fold(0u8, |acc, &x| acc | x) == 0) && rest.iter().all(|&x| x == 0)
+    chunks
+        .chunks_exact(64)
+        .all(|c| c.iter().fold(0u8, |acc, &x| acc | x) == 0)
+        && rest.iter().all(|&x| x == 0)
 }
 
 /// Whether any sector-aligned piece of `buf[start..end]` (positions relative to the file, given
@@ -188,10 +210,21 @@ fn has_zero_sector_piece(buf: &[u8], base: u64, start: usize, end: usize) -> boo
 
 /// Examines the record at `buf[pos..]`, where `buf` holds the file from byte offset `base`.
 /// `max_len` bounds a believable payload length; nothing is allocated from the length field.
-pub(crate) fn scan_record(buf: &[u8], base: u64, pos: usize, seed: u32, expected_index: u64, max_len: u64) -> Scan {
+pub(crate) fn scan_record(
+    buf: &[u8],
+    base: u64,
+    pos: usize,
+    seed: u32,
+    expected_index: u64,
+    max_len: u64,
+) -> Scan {
     let rest = &buf[pos..];
     if rest.len() < RECORD_HEADER_LEN {
-        return if all_zero(rest) { Scan::End } else { Scan::Torn };
+        return if all_zero(rest) {
+            Scan::End
+        } else {
+            Scan::Torn
+        };
     }
     let h = &rest[..RECORD_HEADER_LEN];
     if all_zero(h) {
@@ -211,7 +244,9 @@ pub(crate) fn scan_record(buf: &[u8], base: u64, pos: usize, seed: u32, expected
         return Scan::Corrupt(format!("unknown record type {}", h[12]));
     }
     if index != expected_index {
-        return Scan::Corrupt(format!("record has index {index}, expected {expected_index}"));
+        return Scan::Corrupt(format!(
+            "record has index {index}, expected {expected_index}"
+        ));
     }
     if len > max_len {
         return Scan::Corrupt(format!("record length {len} exceeds the maximum {max_len}"));
@@ -233,7 +268,12 @@ pub(crate) fn scan_record(buf: &[u8], base: u64, pos: usize, seed: u32, expected
     if !all_zero(&buf[payload_end..next]) {
         return Scan::Corrupt("record padding is not zero".into());
     }
-    Scan::Record { index, payload_start, len: len as usize, next }
+    Scan::Record {
+        index,
+        payload_start,
+        len: len as usize,
+        next,
+    }
 }
 
 #[cfg(test)]
@@ -242,19 +282,38 @@ mod tests {
 
     #[test]
     fn a_record_round_trips_and_is_bound_to_its_segment() {
-        let seg = SegmentHeader { seq: 3, first_index: 10, flags: 0 };
+        let seg = SegmentHeader {
+            seq: 3,
+            first_index: 10,
+            flags: 0,
+        };
         let mut buf = Vec::new();
         encode_record(&mut buf, seg.seed(), 10, b"hello");
         assert_eq!(buf.len() as u64, record_size(5));
         assert_eq!(buf.len() % 8, 0);
         match scan_record(&buf, 40, 0, seg.seed(), 10, 1 << 20) {
-            Scan::Record { index, payload_start, len, next } => {
-                assert_eq!((index, &buf[payload_start..payload_start + len], next), (10, &b"hello"[..], buf.len()));
+            Scan::Record {
+                index,
+                payload_start,
+                len,
+                next,
+            } => {
+                assert_eq!(
+                    (index, &buf[payload_start..payload_start + len], next),
+                    (10, &b"hello"[..], buf.len())
+                );
             }
             other => panic!("unexpected {other:?}"),
         }
-        let other = SegmentHeader { seq: 4, first_index: 10, flags: 0 };
-        assert!(matches!(scan_record(&buf, 40, 0, other.seed(), 10, 1 << 20), Scan::Corrupt(_)));
+        let other = SegmentHeader {
+            seq: 4,
+            first_index: 10,
+            flags: 0,
+        };
+        assert!(matches!(
+            scan_record(&buf, 40, 0, other.seed(), 10, 1 << 20),
+            Scan::Corrupt(_)
+        ));
     }
 
     #[test]
@@ -268,12 +327,19 @@ mod tests {
     #[test]
     fn header_decode_rejects_bad_magic_version_and_checksum() {
         let p = Path::new("x.wal");
-        let h = SegmentHeader { seq: 1, first_index: 1, flags: FLAG_BASE };
+        let h = SegmentHeader {
+            seq: 1,
+            first_index: 1,
+            flags: FLAG_BASE,
+        };
         let good = h.encode();
         assert_eq!(SegmentHeader::decode(&good, p).unwrap(), h);
         let mut bad = good;
         bad[0] ^= 1;
-        assert!(matches!(SegmentHeader::decode(&bad, p), Err(WalError::BadMagic { .. })));
+        assert!(matches!(
+            SegmentHeader::decode(&bad, p),
+            Err(WalError::BadMagic { .. })
+        ));
         let mut newer = good;
         newer[8..12].copy_from_slice(&2u32.to_le_bytes());
         assert!(matches!(
@@ -282,6 +348,9 @@ mod tests {
         ));
         let mut flipped = good;
         flipped[20] ^= 4;
-        assert!(matches!(SegmentHeader::decode(&flipped, p), Err(WalError::Corrupt { .. })));
+        assert!(matches!(
+            SegmentHeader::decode(&flipped, p),
+            Err(WalError::Corrupt { .. })
+        ));
     }
 }

@@ -76,7 +76,11 @@ impl FileSystem for StdFs {
         std::fs::create_dir_all(dir)
     }
     fn create_new(&self, path: &Path) -> io::Result<Arc<dyn WalFile>> {
-        let file = OpenOptions::new().read(true).write(true).create_new(true).open(path)?;
+        let file = OpenOptions::new()
+            .read(true)
+            .write(true)
+            .create_new(true)
+            .open(path)?;
         Ok(Arc::new(StdFile(file)))
     }
     fn open(&self, path: &Path) -> io::Result<Arc<dyn WalFile>> {
@@ -105,7 +109,12 @@ impl FileSystem for StdFs {
         File::open(dir)?.sync_all()
     }
     fn lock(&self, path: &Path) -> io::Result<Box<dyn Any + Send + Sync>> {
-        let file = OpenOptions::new().read(true).write(true).create(true).truncate(false).open(path)?;
+        let file = OpenOptions::new()
+            .read(true)
+            .write(true)
+            .create(true)
+            .truncate(false)
+            .open(path)?;
         match file.try_lock() {
             // flock(2) locks belong to the open file description, so a second open of the same
             // directory in this process conflicts too; the lock is released when `file` closes.

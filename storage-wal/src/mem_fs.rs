@@ -90,7 +90,9 @@ pub struct MemFs {
 
 impl std::fmt::Debug for MemFs {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        f.debug_struct("MemFs").field("files", &self.state.lock().names.len()).finish()
+        f.debug_struct("MemFs")
+            .field("files", &self.state.lock().names.len())
+            .finish()
     }
 }
 
@@ -99,7 +101,10 @@ fn parent(path: &Path) -> PathBuf {
 }
 
 fn not_found(path: &Path) -> io::Error {
-    io::Error::new(io::ErrorKind::NotFound, format!("{} not found", path.display()))
+    io::Error::new(
+        io::ErrorKind::NotFound,
+        format!("{} not found", path.display()),
+    )
 }
 
 impl MemFs {
@@ -155,7 +160,9 @@ impl MemFs {
             dirs: st.dirs.clone(),
             ..State::default()
         };
-        MemFs { state: Arc::new(Mutex::new(state)) }
+        MemFs {
+            state: Arc::new(Mutex::new(state)),
+        }
     }
 
     /// The current contents of a file (for tests that corrupt or inspect files).
@@ -209,7 +216,13 @@ fn crash_inode(inode: &Inode, rng: &mut Rng) -> Inode {
                     if rng.chance(2) {
                         let rel = pos - *offset as usize;
                         let piece = bytes[rel..rel + (piece_end - pos)].to_vec();
-                        apply(&mut data, &FileOp::Write { offset: pos as u64, bytes: piece });
+                        apply(
+                            &mut data,
+                            &FileOp::Write {
+                                offset: pos as u64,
+                                bytes: piece,
+                            },
+                        );
                     }
                     pos = piece_end;
                 }
@@ -217,7 +230,11 @@ fn crash_inode(inode: &Inode, rng: &mut Rng) -> Inode {
             op => apply(&mut data, op),
         }
     }
-    Inode { current: data.clone(), durable: data, unsynced: Vec::new() }
+    Inode {
+        current: data.clone(),
+        durable: data,
+        unsynced: Vec::new(),
+    }
 }
 
 struct MemFile {
@@ -229,7 +246,9 @@ impl WalFile for MemFile {
     fn read_exact_at(&self, buf: &mut [u8], offset: u64) -> io::Result<()> {
         let inode = self.inode.lock();
         let start = offset as usize;
-        let end = start.checked_add(buf.len()).ok_or(io::ErrorKind::InvalidInput)?;
+        let end = start
+            .checked_add(buf.len())
+            .ok_or(io::ErrorKind::InvalidInput)?;
         if end > inode.current.len() {
             return Err(io::ErrorKind::UnexpectedEof.into());
         }
@@ -238,7 +257,10 @@ impl WalFile for MemFile {
     }
     fn write_all_at(&self, buf: &[u8], offset: u64) -> io::Result<()> {
         let mut inode = self.inode.lock();
-        let op = FileOp::Write { offset, bytes: buf.to_vec() };
+        let op = FileOp::Write {
+            offset,
+            bytes: buf.to_vec(),
+        };
         apply(&mut inode.current, &op);
         inode.unsynced.push(op);
         Ok(())
@@ -288,26 +310,36 @@ impl FileSystem for MemFs {
         }
         let inode = Arc::new(Mutex::new(Inode::default()));
         st.names.insert(path.to_path_buf(), inode.clone());
-        st.unsynced_dir_ops.push((parent(path), DirOp::Link(path.to_path_buf(), inode.clone())));
-        Ok(Arc::new(MemFile { fs: self.clone(), inode }))
+        st.unsynced_dir_ops
+            .push((parent(path), DirOp::Link(path.to_path_buf(), inode.clone())));
+        Ok(Arc::new(MemFile {
+            fs: self.clone(),
+            inode,
+        }))
     }
     fn open(&self, path: &Path) -> io::Result<Arc<dyn WalFile>> {
         let st = self.state.lock();
         let inode = st.names.get(path).ok_or_else(|| not_found(path))?.clone();
-        Ok(Arc::new(MemFile { fs: self.clone(), inode }))
+        Ok(Arc::new(MemFile {
+            fs: self.clone(),
+            inode,
+        }))
     }
     fn rename(&self, from: &Path, to: &Path) -> io::Result<()> {
         let mut st = self.state.lock();
         let inode = st.names.remove(from).ok_or_else(|| not_found(from))?;
         st.names.insert(to.to_path_buf(), inode.clone());
-        st.unsynced_dir_ops.push((parent(to), DirOp::Link(to.to_path_buf(), inode)));
-        st.unsynced_dir_ops.push((parent(from), DirOp::Unlink(from.to_path_buf())));
+        st.unsynced_dir_ops
+            .push((parent(to), DirOp::Link(to.to_path_buf(), inode)));
+        st.unsynced_dir_ops
+            .push((parent(from), DirOp::Unlink(from.to_path_buf())));
         Ok(())
     }
     fn remove(&self, path: &Path) -> io::Result<()> {
         let mut st = self.state.lock();
         st.names.remove(path).ok_or_else(|| not_found(path))?;
-        st.unsynced_dir_ops.push((parent(path), DirOp::Unlink(path.to_path_buf())));
+        st.unsynced_dir_ops
+            .push((parent(path), DirOp::Unlink(path.to_path_buf())));
         Ok(())
     }
     fn list(&self, dir: &Path) -> io::Result<Vec<String>> {
@@ -345,6 +377,9 @@ impl FileSystem for MemFs {
         if !st.locks.insert(path.to_path_buf()) {
             return Err(io::ErrorKind::WouldBlock.into());
         }
-        Ok(Box::new(MemLock { fs: self.clone(), path: path.to_path_buf() }))
+        Ok(Box::new(MemLock {
+            fs: self.clone(),
+            path: path.to_path_buf(),
+        }))
     }
 }

@@ -43,23 +43,32 @@ pub(crate) fn load(fs: &dyn FileSystem, dir: &Path) -> Result<Option<Vec<u8>>> {
     let mut header = [0u8; META_HEADER_LEN];
     if file_len < META_HEADER_LEN as u64 {
         let mut head = vec![0u8; file_len as usize];
-        file.read_exact_at(&mut head, 0).map_err(|e| WalError::io("read", &path, e))?;
+        file.read_exact_at(&mut head, 0)
+            .map_err(|e| WalError::io("read", &path, e))?;
         if head.len() < 8 || head[..8] != META_MAGIC {
             return Err(WalError::BadMagic { path });
         }
         return Err(WalError::corrupt(path, 0, "metadata header is cut short"));
     }
-    file.read_exact_at(&mut header, 0).map_err(|e| WalError::io("read", &path, e))?;
+    file.read_exact_at(&mut header, 0)
+        .map_err(|e| WalError::io("read", &path, e))?;
     if header[0..8] != META_MAGIC {
         return Err(WalError::BadMagic { path });
     }
     let version = u32_at(&header, 8);
     if version != FORMAT_VERSION {
-        return Err(WalError::UnsupportedVersion { path, found: version, supported: FORMAT_VERSION });
+        return Err(WalError::UnsupportedVersion {
+            path,
+            found: version,
+            supported: FORMAT_VERSION,
+        });
     }
     let len = u32_at(&header, 12) as usize;
     // Check the declared length against the limit and the file before allocating anything.
-    if len > MAX_METADATA_LEN || file_len != (META_HEADER_LEN + len) as u64 || u32_at(&header, 20) != 0 {
+    if len > MAX_METADATA_LEN
+        || file_len != (META_HEADER_LEN + len) as u64
+        || u32_at(&header, 20) != 0
+    {
         return Err(WalError::corrupt(
             path,
             12,
@@ -67,9 +76,14 @@ pub(crate) fn load(fs: &dyn FileSystem, dir: &Path) -> Result<Option<Vec<u8>>> {
         ));
     }
     let mut bytes = vec![0u8; len];
-    file.read_exact_at(&mut bytes, META_HEADER_LEN as u64).map_err(|e| WalError::io("read", &path, e))?;
+    file.read_exact_at(&mut bytes, META_HEADER_LEN as u64)
+        .map_err(|e| WalError::io("read", &path, e))?;
     if crc32fast::hash(&bytes) != u32_at(&header, 16) {
-        return Err(WalError::corrupt(path, META_HEADER_LEN as u64, "metadata checksum mismatch"));
+        return Err(WalError::corrupt(
+            path,
+            META_HEADER_LEN as u64,
+            "metadata checksum mismatch",
+        ));
     }
     Ok(Some(bytes))
 }
@@ -77,7 +91,11 @@ pub(crate) fn load(fs: &dyn FileSystem, dir: &Path) -> Result<Option<Vec<u8>>> {
 /// Durably replaces the metadata record.
 pub(crate) fn store(fs: &dyn FileSystem, dir: &Path, bytes: &[u8]) -> Result<()> {
     if bytes.len() > MAX_METADATA_LEN {
-        return Err(WalError::TooLarge { what: "metadata", len: bytes.len() as u64, max: MAX_METADATA_LEN as u64 });
+        return Err(WalError::TooLarge {
+            what: "metadata",
+            len: bytes.len() as u64,
+            max: MAX_METADATA_LEN as u64,
+        });
     }
     let tmp = join(dir, META_TMP_FILE);
     match fs.remove(&tmp) {
@@ -85,11 +103,17 @@ pub(crate) fn store(fs: &dyn FileSystem, dir: &Path, bytes: &[u8]) -> Result<()>
         Err(e) if e.kind() == std::io::ErrorKind::NotFound => {}
         Err(e) => return Err(WalError::io("remove", tmp, e)),
     }
-    let file = fs.create_new(&tmp).map_err(|e| WalError::io("create", &tmp, e))?;
-    file.write_all_at(&encode(bytes), 0).map_err(|e| WalError::io("write", &tmp, e))?;
-    file.sync_data().map_err(|e| WalError::io("fdatasync", &tmp, e))?;
+    let file = fs
+        .create_new(&tmp)
+        .map_err(|e| WalError::io("create", &tmp, e))?;
+    file.write_all_at(&encode(bytes), 0)
+        .map_err(|e| WalError::io("write", &tmp, e))?;
+    file.sync_data()
+        .map_err(|e| WalError::io("fdatasync", &tmp, e))?;
     let path = join(dir, META_FILE);
-    fs.rename(&tmp, &path).map_err(|e| WalError::io("rename", &tmp, e))?;
-    fs.sync_dir(dir).map_err(|e| WalError::io("fsync directory", dir, e))?;
+    fs.rename(&tmp, &path)
+        .map_err(|e| WalError::io("rename", &tmp, e))?;
+    fs.sync_dir(dir)
+        .map_err(|e| WalError::io("fsync directory", dir, e))?;
     Ok(())
 }

@@ -54,23 +54,34 @@ impl Default for Options {
 impl Options {
     pub(crate) fn validate(&self) -> Result<()> {
         if self.segment_size < 4096 {
-            return Err(WalError::InvalidOptions(format!("segment_size {} is below 4096", self.segment_size)));
+            return Err(WalError::InvalidOptions(format!(
+                "segment_size {} is below 4096",
+                self.segment_size
+            )));
         }
         if self.segment_size > 1 << 32 {
-            return Err(WalError::InvalidOptions(format!("segment_size {} is above 4 GiB", self.segment_size)));
+            return Err(WalError::InvalidOptions(format!(
+                "segment_size {} is above 4 GiB",
+                self.segment_size
+            )));
         }
         if self.initial_index == 0 {
-            return Err(WalError::InvalidOptions("initial_index must be at least 1".into()));
+            return Err(WalError::InvalidOptions(
+                "initial_index must be at least 1".into(),
+            ));
         }
         if self.max_record_size == 0 {
-            return Err(WalError::InvalidOptions("max_record_size must be at least 1".into()));
+            return Err(WalError::InvalidOptions(
+                "max_record_size must be at least 1".into(),
+            ));
         }
         Ok(())
     }
 
     /// The largest segment file this log may write (a full segment, or one sized for a huge record).
     pub(crate) fn max_segment_file(&self) -> u64 {
-        self.segment_size.max(SEGMENT_HEADER_LEN + record_size(self.max_record_size as usize))
+        self.segment_size
+            .max(SEGMENT_HEADER_LEN + record_size(self.max_record_size as usize))
     }
 }
 

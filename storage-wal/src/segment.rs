@@ -62,15 +62,22 @@ pub(crate) fn zero_range(file: &dyn WalFile, from: u64, to: u64) -> std::io::Res
 pub(crate) const SPARE_FILE: &str = "next-segment.tmp";
 
 /// Creates, zero-fills and syncs a file to be turned into a segment later.
-pub(crate) fn prepare_file(fs: &dyn FileSystem, path: &Path, capacity: u64) -> Result<Arc<dyn WalFile>> {
+pub(crate) fn prepare_file(
+    fs: &dyn FileSystem,
+    path: &Path,
+    capacity: u64,
+) -> Result<Arc<dyn WalFile>> {
     match fs.remove(path) {
         Ok(()) => {}
         Err(e) if e.kind() == std::io::ErrorKind::NotFound => {}
         Err(e) => return Err(WalError::io("remove", path, e)),
     }
-    let file = fs.create_new(path).map_err(|e| WalError::io("create", path, e))?;
+    let file = fs
+        .create_new(path)
+        .map_err(|e| WalError::io("create", path, e))?;
     zero_range(file.as_ref(), 0, capacity).map_err(|e| WalError::io("preallocate", path, e))?;
-    file.sync_data().map_err(|e| WalError::io("fdatasync", path, e))?;
+    file.sync_data()
+        .map_err(|e| WalError::io("fdatasync", path, e))?;
     Ok(file)
 }
 
@@ -85,11 +92,15 @@ pub(crate) fn install_segment(
     capacity: u64,
     header: SegmentHeader,
 ) -> Result<Segment> {
-    file.write_all_at(&header.encode(), 0).map_err(|e| WalError::io("write", tmp, e))?;
-    file.sync_data().map_err(|e| WalError::io("fdatasync", tmp, e))?;
+    file.write_all_at(&header.encode(), 0)
+        .map_err(|e| WalError::io("write", tmp, e))?;
+    file.sync_data()
+        .map_err(|e| WalError::io("fdatasync", tmp, e))?;
     let path = join(dir, &segment_name(header.seq, header.first_index));
-    fs.rename(tmp, &path).map_err(|e| WalError::io("rename", tmp, e))?;
-    fs.sync_dir(dir).map_err(|e| WalError::io("fsync directory", dir, e))?;
+    fs.rename(tmp, &path)
+        .map_err(|e| WalError::io("rename", tmp, e))?;
+    fs.sync_dir(dir)
+        .map_err(|e| WalError::io("fsync directory", dir, e))?;
     Ok(Segment {
         header,
         path,
@@ -102,8 +113,16 @@ pub(crate) fn install_segment(
 }
 
 /// Creates a segment synchronously.
-pub(crate) fn create_segment(fs: &dyn FileSystem, dir: &Path, capacity: u64, header: SegmentHeader) -> Result<Segment> {
-    let tmp = join(dir, &format!("{}.tmp", segment_name(header.seq, header.first_index)));
+pub(crate) fn create_segment(
+    fs: &dyn FileSystem,
+    dir: &Path,
+    capacity: u64,
+    header: SegmentHeader,
+) -> Result<Segment> {
+    let tmp = join(
+        dir,
+        &format!("{}.tmp", segment_name(header.seq, header.first_index)),
+    );
     let file = prepare_file(fs, &tmp, capacity)?;
     install_segment(fs, dir, &tmp, file, capacity, header)
 }
@@ -128,7 +147,14 @@ pub(crate) fn scan_segment(
     let mut expected = segment.header.first_index;
     segment.offsets.clear();
     let torn_at = loop {
-        match scan_record(buf, 0, pos, segment.seed, expected, u64::from(max_record_size)) {
+        match scan_record(
+            buf,
+            0,
+            pos,
+            segment.seed,
+            expected,
+            u64::from(max_record_size),
+        ) {
             Scan::Record { next, .. } => {
                 segment.offsets.push(pos as u64);
                 expected += 1;
@@ -158,8 +184,13 @@ pub(crate) fn scan_segment(
         ));
     }
     if mode == RecoveryMode::AbsoluteConsistency {
-        return Err(WalError::TornTail { path: path.clone(), offset: torn_at as u64 });
+        return Err(WalError::TornTail {
+            path: path.clone(),
+            offset: torn_at as u64,
+        });
     }
     let last_nonzero = buf.iter().rposition(|&b| b != 0).map_or(torn_at, |p| p + 1);
-    Ok(ScanEnd { torn: Some((torn_at as u64, last_nonzero.max(torn_at) as u64)) })
+    Ok(ScanEnd {
+        torn: Some((torn_at as u64, last_nonzero.max(torn_at) as u64)),
+    })
 }

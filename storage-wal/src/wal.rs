@@ -12,7 +12,8 @@ use parking_lot::{Condvar, Mutex, MutexGuard};
 
 use crate::error::{Result, WalError};
 use crate::format::{
-    encode_record, parse_segment_name, record_size, scan_record, Scan, SegmentHeader, FLAG_BASE, SEGMENT_HEADER_LEN,
+    encode_record, parse_segment_name, record_size, scan_record, Scan, SegmentHeader, FLAG_BASE,
+    SEGMENT_HEADER_LEN,
 };
 use crate::fs::{join, FileSystem, StdFs, WalFile};
 use crate::meta;
@@ -61,12 +62,16 @@ struct State {
 
 impl State {
     fn active(&mut self) -> &mut Segment {
-        self.segments.last_mut().expect("a log always has a segment")
+        self.segments
+            .last_mut()
+            .expect("a log always has a segment")
     }
 
     fn check_poisoned(&self) -> Result<()> {
         match &self.poisoned {
-            Some(cause) => Err(WalError::Poisoned { cause: cause.clone() }),
+            Some(cause) => Err(WalError::Poisoned {
+                cause: cause.clone(),
+            }),
             None => Ok(()),
         }
     }
@@ -137,10 +142,15 @@ impl Wal {
     }
 
     /// Opens the log in `dir` through the given filesystem (for instance a [`MemFs`](crate::MemFs)).
-    pub fn open_with_fs(fs: Arc<dyn FileSystem>, dir: impl AsRef<Path>, options: Options) -> Result<Wal> {
+    pub fn open_with_fs(
+        fs: Arc<dyn FileSystem>,
+        dir: impl AsRef<Path>,
+        options: Options,
+    ) -> Result<Wal> {
         options.validate()?;
         let dir = dir.as_ref().to_path_buf();
-        fs.create_dir_all(&dir).map_err(io_err("create directory", &dir))?;
+        fs.create_dir_all(&dir)
+            .map_err(io_err("create directory", &dir))?;
         let lock_path = join(&dir, LOCK_FILE);
         let lock = fs.lock(&lock_path).map_err(|e| {
             if e.kind() == std::io::ErrorKind::WouldBlock {
@@ -151,7 +161,9 @@ impl Wal {
         })?;
         let (segments, report, metadata) = recover(fs.as_ref(), &dir, &options)?;
         let first_index = segments[0].first_index();
-        let active = segments.last().expect("recover returns at least one segment");
+        let active = segments
+            .last()
+            .expect("recover returns at least one segment");
         let next_index = active.next_index();
         let pending_offset = active.end;
         let next_seq = active.header.seq + 1;
@@ -242,7 +254,10 @@ impl Wal {
     }
 
     /// Appends records in order, all or none, and returns their index range (not yet durable).
-    pub fn append_batch<P: AsRef<[u8]>>(&self, payloads: impl IntoIterator<Item = P>) -> Result<Range<u64>> {
+    pub fn append_batch<P: AsRef<[u8]>>(
+        &self,
+        payloads: impl IntoIterator<Item = P>,
+    ) -> Result<Range<u64>> {
         let payloads: Vec<P> = payloads.into_iter().collect();
         let mut st = self.state.lock();
         self.append_locked(&mut st, &payloads)
@@ -259,7 +274,10 @@ impl Wal {
         let payloads: Vec<P> = payloads.into_iter().collect();
         let mut st = self.state.lock();
         if st.next_index != first_index {
-            return Err(WalError::IndexMismatch { expected: st.next_index, given: first_index });
+            return Err(WalError::IndexMismatch {
+                expected: st.next_index,
+                given: first_index,
+            });
         }
         self.append_locked(&mut st, &payloads)
     }
@@ -298,12 +316,21 @@ impl Wal {
     pub fn wait_durable(&self, index: u64) -> Result<u64> {
         let st = self.state.lock();
         if index >= st.next_index {
-            return Err(WalError::OutOfRange { index, first: st.first_index, last: st.next_index - 1 });
+            return Err(WalError::OutOfRange {
+                index,
+                first: st.first_index,
+                last: st.next_index - 1,
+            });
         }
         self.wait_locked(st, index, None)
     }
 
-    fn wait_locked(&self, mut st: MutexGuard<'_, State>, index: u64, epoch: Option<u64>) -> Result<u64> {
+    fn wait_locked(
+        &self,
+        mut st: MutexGuard<'_, State>,
+        index: u64,
+        epoch: Option<u64>,
+    ) -> Result<u64> {
         st.arrivals += 1;
         let arrived = Instant::now();
         loop {
@@ -324,7 +351,10 @@ impl Wal {
             // others are probably on their way back (released by the previous fsync): give them a
             // moment, bounded by the options and by what an fsync costs, so one fsync covers all.
             if st.arrivals < st.last_batch_arrivals {
-                let delay = self.options.max_group_commit_delay.min(st.sync_time_estimate);
+                let delay = self
+                    .options
+                    .max_group_commit_delay
+                    .min(st.sync_time_estimate);
                 let deadline = arrived.max(st.last_sync_done) + delay;
                 if Instant::now() < deadline {
                     self.sync_done.wait_until(&mut st, deadline);
@@ -370,7 +400,11 @@ impl Wal {
         st.check_poisoned()?;
         let max = self.options.max_record_size;
         if let Some(p) = payloads.iter().find(|p| p.as_ref().len() > max as usize) {
-            return Err(WalError::TooLarge { what: "record", len: p.as_ref().len() as u64, max: u64::from(max) });
+            return Err(WalError::TooLarge {
+                what: "record",
+                len: p.as_ref().len() as u64,
+                max: u64::from(max),
+            });
         }
         let start = st.next_index;
         for payload in payloads {
@@ -381,7 +415,9 @@ impl Wal {
                 self.roll(st, size)?;
             }
             let index = st.next_index;
-            let State { segments, pending, .. } = &mut *st;
+            let State {
+                segments, pending, ..
+            } = &mut *st;
             let active = segments.last_mut().expect("a log always has a segment");
             encode_record(pending, active.seed, index, payload);
             active.offsets.push(active.end);
@@ -409,7 +445,11 @@ impl Wal {
         // Every record so far is in sealed, synced segments now.
         st.durable_index = st.next_index - 1;
         self.sync_done.notify_all();
-        let header = SegmentHeader { seq: st.next_seq, first_index: st.next_index, flags: 0 };
+        let header = SegmentHeader {
+            seq: st.next_seq,
+            first_index: st.next_index,
+            flags: 0,
+        };
         let capacity = self.options.segment_size.max(SEGMENT_HEADER_LEN + size);
         let segment = match self.new_segment(st, header, capacity) {
             Ok(s) => s,
@@ -428,11 +468,22 @@ impl Wal {
             if let Some(job) = st.spare.take() {
                 let spare = join(&self.dir, SPARE_FILE);
                 let prepared = job.join().unwrap_or_else(|_| {
-                    Err(WalError::io("prepare", &spare, std::io::Error::other("preparing thread panicked")))
+                    Err(WalError::io(
+                        "prepare",
+                        &spare,
+                        std::io::Error::other("preparing thread panicked"),
+                    ))
                 });
                 // A failed preparation is not fatal: fall back to creating the segment here.
                 if let Ok(file) = prepared {
-                    return install_segment(self.fs.as_ref(), &self.dir, &spare, file, capacity, header);
+                    return install_segment(
+                        self.fs.as_ref(),
+                        &self.dir,
+                        &spare,
+                        file,
+                        capacity,
+                        header,
+                    );
                 }
             }
         }
@@ -456,7 +507,9 @@ impl Wal {
     /// Reads record `index` (durable or not), verifying its checksums.
     pub fn read(&self, index: u64) -> Result<Vec<u8>> {
         let mut records = self.read_range(index..index + 1, 0)?;
-        Ok(records.pop().expect("read_range returns at least one record for a non-empty range"))
+        Ok(records
+            .pop()
+            .expect("read_range returns at least one record for a non-empty range"))
     }
 
     /// Reads records `range` in order, stopping early once their stored size (payload plus 24-31
@@ -466,8 +519,16 @@ impl Wal {
         let mut st = self.state.lock();
         st.check_poisoned()?;
         if range.start < st.first_index || range.end > st.next_index || range.start > range.end {
-            let index = if range.start < st.first_index { range.start } else { range.end.saturating_sub(1) };
-            return Err(WalError::OutOfRange { index, first: st.first_index, last: st.next_index - 1 });
+            let index = if range.start < st.first_index {
+                range.start
+            } else {
+                range.end.saturating_sub(1)
+            };
+            return Err(WalError::OutOfRange {
+                index,
+                first: st.first_index,
+                last: st.next_index - 1,
+            });
         }
         st.flush_pending()?;
         let mut out = Vec::new();
@@ -482,23 +543,36 @@ impl Wal {
             let mut span_end = span_start;
             while last < seg_end {
                 let (_, end) = segment.span(last);
-                if (!out.is_empty() || last > index) && budget_used + (end - span_start) > max_bytes {
+                if (!out.is_empty() || last > index) && budget_used + (end - span_start) > max_bytes
+                {
                     break;
                 }
                 span_end = end;
                 last += 1;
             }
             let mut buf = vec![0u8; (span_end - span_start) as usize];
-            segment.file.read_exact_at(&mut buf, span_start).map_err(io_err("read", &segment.path))?;
+            segment
+                .file
+                .read_exact_at(&mut buf, span_start)
+                .map_err(io_err("read", &segment.path))?;
             let mut pos = 0usize;
             for i in index..last {
                 match scan_record(&buf, span_start, pos, segment.seed, i, u64::from(u32::MAX)) {
-                    Scan::Record { payload_start, len, next, .. } => {
+                    Scan::Record {
+                        payload_start,
+                        len,
+                        next,
+                        ..
+                    } => {
                         out.push(buf[payload_start..payload_start + len].to_vec());
                         pos = next;
                     }
                     Scan::Corrupt(reason) => {
-                        return Err(WalError::corrupt(&segment.path, span_start + pos as u64, reason));
+                        return Err(WalError::corrupt(
+                            &segment.path,
+                            span_start + pos as u64,
+                            reason,
+                        ));
                     }
                     Scan::End | Scan::Torn => {
                         return Err(WalError::corrupt(
@@ -525,7 +599,11 @@ impl Wal {
         let mut st = self.state.lock();
         st.check_poisoned()?;
         if index < st.first_index {
-            return Err(WalError::OutOfRange { index, first: st.first_index, last: st.next_index - 1 });
+            return Err(WalError::OutOfRange {
+                index,
+                first: st.first_index,
+                last: st.next_index - 1,
+            });
         }
         if index >= st.next_index {
             return Ok(());
@@ -550,20 +628,30 @@ impl Wal {
         let mut removed = false;
         while st.segments.len() > 1 && st.active().first_index() >= index {
             let segment = st.segments.pop().expect("checked len");
-            self.fs.remove(&segment.path).map_err(io_err("remove", &segment.path))?;
+            self.fs
+                .remove(&segment.path)
+                .map_err(io_err("remove", &segment.path))?;
             removed = true;
         }
         if removed {
-            self.fs.sync_dir(&self.dir).map_err(io_err("fsync directory", &self.dir))?;
+            self.fs
+                .sync_dir(&self.dir)
+                .map_err(io_err("fsync directory", &self.dir))?;
         }
         let active = st.active();
         if index < active.next_index() {
             let (cut, _) = active.span(index);
-            zero_range(active.file.as_ref(), cut, active.end).map_err(io_err("write", &active.path))?;
-            active.offsets.truncate((index - active.first_index()) as usize);
+            zero_range(active.file.as_ref(), cut, active.end)
+                .map_err(io_err("write", &active.path))?;
+            active
+                .offsets
+                .truncate((index - active.first_index()) as usize);
             active.end = cut;
         }
-        active.file.sync_data().map_err(io_err("fdatasync", &active.path))?;
+        active
+            .file
+            .sync_data()
+            .map_err(io_err("fdatasync", &active.path))?;
         let end = active.end;
         st.stats.syncs += 1;
         st.pending_offset = end;
@@ -594,11 +682,17 @@ impl Wal {
         while st.segments.len() > 1 && st.segments[1].first_index() <= index {
             let segment = st.segments.remove(0);
             // Oldest first: a crash part-way leaves a contiguous log.
-            self.fs.remove(&segment.path).map_err(io_err("remove", &segment.path)).map_err(|e| st.poison(e))?;
+            self.fs
+                .remove(&segment.path)
+                .map_err(io_err("remove", &segment.path))
+                .map_err(|e| st.poison(e))?;
             removed = true;
         }
         if removed {
-            self.fs.sync_dir(&self.dir).map_err(io_err("fsync directory", &self.dir)).map_err(|e| st.poison(e))?;
+            self.fs
+                .sync_dir(&self.dir)
+                .map_err(io_err("fsync directory", &self.dir))
+                .map_err(|e| st.poison(e))?;
         }
         Ok(())
     }
@@ -607,16 +701,24 @@ impl Wal {
         st.flush_pending()?;
         // The new segment is marked BASE: if a crash interrupts the deletions below, open deletes
         // the older segments it finds.
-        let header = SegmentHeader { seq: st.next_seq, first_index: index, flags: FLAG_BASE };
+        let header = SegmentHeader {
+            seq: st.next_seq,
+            first_index: index,
+            flags: FLAG_BASE,
+        };
         let segment = self.new_segment(st, header, self.options.segment_size)?;
         st.next_seq += 1;
         st.pending.clear();
         st.pending_offset = segment.end;
         let old = std::mem::replace(&mut st.segments, vec![segment]);
         for segment in &old {
-            self.fs.remove(&segment.path).map_err(io_err("remove", &segment.path))?;
+            self.fs
+                .remove(&segment.path)
+                .map_err(io_err("remove", &segment.path))?;
         }
-        self.fs.sync_dir(&self.dir).map_err(io_err("fsync directory", &self.dir))?;
+        self.fs
+            .sync_dir(&self.dir)
+            .map_err(io_err("fsync directory", &self.dir))?;
         st.first_index = index;
         st.next_index = index;
         st.durable_index = index - 1;
@@ -658,7 +760,10 @@ fn truncated_since(st: &State, epoch: u64, index: u64) -> bool {
     match st.truncations.front() {
         // Older truncations were forgotten: assume the worst.
         Some(&(oldest, _)) if oldest > epoch + 1 => true,
-        _ => st.truncations.iter().any(|&(e, from)| e > epoch && index >= from),
+        _ => st
+            .truncations
+            .iter()
+            .any(|&(e, from)| e > epoch && index >= from),
     }
 }
 
@@ -700,7 +805,8 @@ fn recover(
         let file = fs.open(&path).map_err(io_err("open", &path))?;
         let len = file.size().map_err(io_err("stat", &path))?;
         let mut head = vec![0u8; len.min(SEGMENT_HEADER_LEN) as usize];
-        file.read_exact_at(&mut head, 0).map_err(io_err("read", &path))?;
+        file.read_exact_at(&mut head, 0)
+            .map_err(io_err("read", &path))?;
         let header = SegmentHeader::decode(&head, &path)?;
         if header.seq != seq || header.first_index != first {
             return Err(WalError::corrupt(
@@ -737,7 +843,10 @@ fn recover(
         });
     }
     // A BASE segment makes every older one obsolete (an interrupted compaction past the end).
-    if let Some(base) = segments.iter().rposition(|s| s.header.flags & FLAG_BASE != 0) {
+    if let Some(base) = segments
+        .iter()
+        .rposition(|s| s.header.flags & FLAG_BASE != 0)
+    {
         if base > 0 {
             for old in segments.drain(..base) {
                 fs.remove(&old.path).map_err(io_err("remove", &old.path))?;
@@ -749,7 +858,11 @@ fn recover(
         fs.sync_dir(dir).map_err(io_err("fsync directory", dir))?;
     }
     if segments.is_empty() {
-        let header = SegmentHeader { seq: 1, first_index: options.initial_index, flags: FLAG_BASE };
+        let header = SegmentHeader {
+            seq: 1,
+            first_index: options.initial_index,
+            flags: FLAG_BASE,
+        };
         segments.push(create_segment(fs, dir, options.segment_size, header)?);
     }
     let mut buf = Vec::new();
@@ -773,13 +886,23 @@ fn recover(
         }
         buf.clear();
         buf.resize(segment.capacity as usize, 0);
-        segment.file.read_exact_at(&mut buf, 0).map_err(io_err("read", &segment.path))?;
+        segment
+            .file
+            .read_exact_at(&mut buf, 0)
+            .map_err(io_err("read", &segment.path))?;
         report.bytes_scanned += segment.capacity;
         let is_last = k + 1 == count;
-        let end = scan_segment(segment, &buf, is_last, options.recovery_mode, options.max_record_size)?;
+        let end = scan_segment(
+            segment,
+            &buf,
+            is_last,
+            options.recovery_mode,
+            options.max_record_size,
+        )?;
         report.records += segment.offsets.len() as u64;
         if let Some((offset, nonzero_end)) = end.torn {
-            zero_range(segment.file.as_ref(), offset, nonzero_end).map_err(io_err("write", &segment.path))?;
+            zero_range(segment.file.as_ref(), offset, nonzero_end)
+                .map_err(io_err("write", &segment.path))?;
             tracing::warn!(path = %segment.path.display(), offset, "cut a torn tail off the log");
             report.torn_tail = Some(TornTailCut {
                 path: segment.path.clone(),
@@ -790,12 +913,18 @@ fn recover(
         if is_last {
             if segment.capacity < options.segment_size {
                 // Cut short (say, by a crash while it was created by an older build): preallocate again.
-                segment.file.set_len(options.segment_size).map_err(io_err("extend", &segment.path))?;
+                segment
+                    .file
+                    .set_len(options.segment_size)
+                    .map_err(io_err("extend", &segment.path))?;
                 segment.capacity = options.segment_size;
             }
             // What a crashed process wrote may still be only in the page cache: make it durable
             // before anyone treats it as such.
-            segment.file.sync_data().map_err(io_err("fdatasync", &segment.path))?;
+            segment
+                .file
+                .sync_data()
+                .map_err(io_err("fdatasync", &segment.path))?;
         }
     }
     report.segments = segments.len();

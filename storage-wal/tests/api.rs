@@ -10,7 +10,10 @@ use storage_wal::{MemFs, Options, Wal, WalError};
 #[test]
 fn appended_records_read_back_in_order_across_segments_and_reopen() {
     let dir = tempfile::tempdir().unwrap();
-    let options = Options { segment_size: 4096, ..Options::default() };
+    let options = Options {
+        segment_size: 4096,
+        ..Options::default()
+    };
     let wal = Wal::open(dir.path(), options.clone()).unwrap();
     let payloads: Vec<Vec<u8>> = (1..=40).map(|i| payload(i, 1)).collect();
     assert_eq!(wal.append_batch(&payloads).unwrap(), 1..41);
@@ -19,7 +22,11 @@ fn appended_records_read_back_in_order_across_segments_and_reopen() {
     assert_eq!(wal.read(17).unwrap(), payloads[16]);
     drop(wal);
     let wal = Wal::open(dir.path(), options).unwrap();
-    assert!(wal.recovery_report().segments > 1, "{:?}", wal.recovery_report());
+    assert!(
+        wal.recovery_report().segments > 1,
+        "{:?}",
+        wal.recovery_report()
+    );
     assert_eq!((wal.first_index(), wal.last_index()), (1, 40));
     assert_eq!(read_all(&wal), payloads);
 }
@@ -43,11 +50,21 @@ fn read_range_stops_at_the_byte_limit_but_returns_at_least_one_record() {
 fn reading_outside_the_log_is_a_typed_error() {
     let fs = MemFs::new();
     let wal = open(&fs, &small_options()).unwrap();
-    assert!(matches!(wal.read(1), Err(WalError::OutOfRange { index: 1, first: 1, last: 0 })));
+    assert!(matches!(
+        wal.read(1),
+        Err(WalError::OutOfRange {
+            index: 1,
+            first: 1,
+            last: 0
+        })
+    ));
     wal.append(b"a").unwrap();
     assert!(matches!(wal.read(2), Err(WalError::OutOfRange { .. })));
     assert!(matches!(wal.read(0), Err(WalError::OutOfRange { .. })));
-    assert!(matches!(wal.wait_durable(5), Err(WalError::OutOfRange { .. })));
+    assert!(matches!(
+        wal.wait_durable(5),
+        Err(WalError::OutOfRange { .. })
+    ));
 }
 
 #[test]
@@ -57,11 +74,17 @@ fn append_at_the_wrong_index_and_oversized_records_are_refused() {
     wal.append(b"a").unwrap();
     assert!(matches!(
         wal.append_batch_at(5, [b"x"]),
-        Err(WalError::IndexMismatch { expected: 2, given: 5 })
+        Err(WalError::IndexMismatch {
+            expected: 2,
+            given: 5
+        })
     ));
     let big = vec![1u8; 4097];
     // All or nothing: the valid first record of the batch is not appended either.
-    assert!(matches!(wal.append_batch([&b"ok"[..], &big]), Err(WalError::TooLarge { len: 4097, .. })));
+    assert!(matches!(
+        wal.append_batch([&b"ok"[..], &big]),
+        Err(WalError::TooLarge { len: 4097, .. })
+    ));
     assert_eq!(wal.next_index(), 2);
     assert_eq!(wal.append_batch_at(2, [b"b"]).unwrap(), 2..3);
 }
@@ -85,7 +108,10 @@ fn truncate_removes_the_suffix_and_new_records_take_its_place_after_reopen() {
     let mut expected = old[..11].to_vec();
     expected.extend(new);
     assert_eq!(read_all(&wal), expected);
-    assert!(matches!(wal.truncate_from(0), Err(WalError::OutOfRange { .. })));
+    assert!(matches!(
+        wal.truncate_from(0),
+        Err(WalError::OutOfRange { .. })
+    ));
     wal.truncate_from(1).unwrap();
     assert!(wal.is_empty());
     assert_eq!(wal.append(b"again").unwrap(), 1);
@@ -137,7 +163,10 @@ fn metadata_is_replaced_atomically_and_survives_reopen() {
     assert_eq!(wal.metadata(), None);
     wal.set_metadata(b"term=1").unwrap();
     wal.set_metadata(b"term=2 vote=3").unwrap();
-    assert!(matches!(wal.set_metadata(&vec![0u8; (1 << 20) + 1]), Err(WalError::TooLarge { .. })));
+    assert!(matches!(
+        wal.set_metadata(&vec![0u8; (1 << 20) + 1]),
+        Err(WalError::TooLarge { .. })
+    ));
     drop(wal);
     // set_metadata is durable on return: even a crash keeps it.
     let fs = fs.crash(7);
@@ -148,11 +177,25 @@ fn metadata_is_replaced_atomically_and_survives_reopen() {
 #[test]
 fn a_second_open_of_the_same_directory_is_refused_until_the_first_closes() {
     let dir = tempfile::tempdir().unwrap();
-    let wal = Wal::open(dir.path(), Options { segment_size: 4096, ..Options::default() }).unwrap();
+    let wal = Wal::open(
+        dir.path(),
+        Options {
+            segment_size: 4096,
+            ..Options::default()
+        },
+    )
+    .unwrap();
     let second = Wal::open(dir.path(), Options::default());
     assert!(matches!(second, Err(WalError::Locked { .. })), "{second:?}");
     drop(wal);
-    Wal::open(dir.path(), Options { segment_size: 4096, ..Options::default() }).unwrap();
+    Wal::open(
+        dir.path(),
+        Options {
+            segment_size: 4096,
+            ..Options::default()
+        },
+    )
+    .unwrap();
 }
 
 #[test]
@@ -163,11 +206,26 @@ fn an_fsync_failure_poisons_the_log_and_nothing_is_retried() {
     wal.append_durable(b"kept").unwrap();
     fs.fail_syncs_after(0);
     let err = wal.append_durable(b"lost").unwrap_err();
-    assert!(matches!(err, WalError::Io { op: "fdatasync", .. }), "{err}");
-    assert!(matches!(wal.append(b"more"), Err(WalError::Poisoned { .. })));
+    assert!(
+        matches!(
+            err,
+            WalError::Io {
+                op: "fdatasync",
+                ..
+            }
+        ),
+        "{err}"
+    );
+    assert!(matches!(
+        wal.append(b"more"),
+        Err(WalError::Poisoned { .. })
+    ));
     assert!(matches!(wal.sync(), Err(WalError::Poisoned { .. })));
     assert!(matches!(wal.read(1), Err(WalError::Poisoned { .. })));
-    assert!(matches!(wal.truncate_from(1), Err(WalError::Poisoned { .. })));
+    assert!(matches!(
+        wal.truncate_from(1),
+        Err(WalError::Poisoned { .. })
+    ));
     drop(wal);
     let fs = fs.crash(1);
     let wal = open(&fs, &options).unwrap();
@@ -177,7 +235,10 @@ fn an_fsync_failure_poisons_the_log_and_nothing_is_retried() {
 #[test]
 fn concurrent_writers_share_fsyncs_and_every_acknowledged_record_is_there() {
     let dir = tempfile::tempdir().unwrap();
-    let options = Options { segment_size: 1 << 20, ..Options::default() };
+    let options = Options {
+        segment_size: 1 << 20,
+        ..Options::default()
+    };
     let wal = Arc::new(Wal::open(dir.path(), options.clone()).unwrap());
     let threads: Vec<_> = (0..8u64)
         .map(|t| {
@@ -192,10 +253,16 @@ fn concurrent_writers_share_fsyncs_and_every_acknowledged_record_is_there() {
             })
         })
         .collect();
-    let acked: Vec<(u64, Vec<u8>)> = threads.into_iter().flat_map(|t| t.join().unwrap()).collect();
+    let acked: Vec<(u64, Vec<u8>)> = threads
+        .into_iter()
+        .flat_map(|t| t.join().unwrap())
+        .collect();
     let stats = wal.stats();
     assert_eq!(stats.appended_records, 400);
-    assert!(stats.syncs < 400, "group commit should share fsyncs: {stats:?}");
+    assert!(
+        stats.syncs < 400,
+        "group commit should share fsyncs: {stats:?}"
+    );
     assert_eq!(wal.durable_index(), 400);
     drop(wal);
     let wal = Wal::open(dir.path(), options).unwrap();

@@ -21,7 +21,10 @@ fn small_log(n: u64) -> (Vec<(std::path::PathBuf, Vec<u8>)>, Vec<Vec<u8>>) {
     }
     wal.sync().unwrap();
     drop(wal);
-    let files = snapshot(&fs).into_iter().filter(|(p, _)| !p.to_string_lossy().ends_with(".tmp")).collect();
+    let files = snapshot(&fs)
+        .into_iter()
+        .filter(|(p, _)| !p.to_string_lossy().ends_with(".tmp"))
+        .collect();
     (files, payloads)
 }
 
@@ -29,8 +32,16 @@ fn small_log(n: u64) -> (Vec<(std::path::PathBuf, Vec<u8>)>, Vec<Vec<u8>>) {
 /// and is still usable: a new record appends, syncs and survives another reopen.
 fn assert_exact_prefix(fs: &MemFs, wal: Wal, payloads: &[Vec<u8>], min_len: usize) -> usize {
     let got = read_all(&wal);
-    assert!(got.len() >= min_len, "lost durable records: {} < {min_len}", got.len());
-    assert_eq!(got[..], payloads[..got.len()], "records differ from what was written");
+    assert!(
+        got.len() >= min_len,
+        "lost durable records: {} < {min_len}",
+        got.len()
+    );
+    assert_eq!(
+        got[..],
+        payloads[..got.len()],
+        "records differ from what was written"
+    );
     let index = wal.append_durable(b"after recovery").unwrap();
     drop(wal);
     let wal = open(fs, &small_options()).unwrap();
@@ -41,16 +52,27 @@ fn assert_exact_prefix(fs: &MemFs, wal: Wal, payloads: &[Vec<u8>], min_len: usiz
 #[test]
 fn truncating_the_last_segment_at_every_offset_leaves_an_exact_prefix() {
     let (files, payloads) = small_log(30);
-    let segments: Vec<usize> = (0..files.len()).filter(|&k| files[k].0.to_string_lossy().ends_with(".wal")).collect();
+    let segments: Vec<usize> = (0..files.len())
+        .filter(|&k| files[k].0.to_string_lossy().ends_with(".wal"))
+        .collect();
     let last = *segments.last().unwrap();
     assert!(segments.len() >= 3, "the log should span several segments");
     let records_before_last: usize = {
         let fs = restore(&files[..]);
         let wal = open(&fs, &small_options()).unwrap();
-        let first_of_last = common::segment_files(&fs).last().map(|p| p.to_string_lossy().into_owned()).unwrap();
+        let first_of_last = common::segment_files(&fs)
+            .last()
+            .map(|p| p.to_string_lossy().into_owned())
+            .unwrap();
         drop(wal);
         // The file name holds the first index of the segment.
-        let first: u64 = first_of_last.rsplit('-').next().unwrap().trim_end_matches(".wal").parse().unwrap();
+        let first: u64 = first_of_last
+            .rsplit('-')
+            .next()
+            .unwrap()
+            .trim_end_matches(".wal")
+            .parse()
+            .unwrap();
         (first - 1) as usize
     };
     let full = files[last].1.clone();
@@ -60,11 +82,19 @@ fn truncating_the_last_segment_at_every_offset_leaves_an_exact_prefix() {
         damaged[last].1.truncate(cut);
         let fs = restore(&damaged);
         match open(&fs, &small_options()) {
-            Ok(wal) => cut_results.push(assert_exact_prefix(&fs, wal, &payloads, records_before_last)),
+            Ok(wal) => cut_results.push(assert_exact_prefix(
+                &fs,
+                wal,
+                &payloads,
+                records_before_last,
+            )),
             Err(e) => {
                 // Only a cut inside the segment header may fail, and it must name the segment.
                 assert!(cut < 40, "cut at {cut}: {e}");
-                assert!(e.is_corruption() && e.path() == Some(&damaged[last].0), "cut at {cut}: {e}");
+                assert!(
+                    e.is_corruption() && e.path() == Some(&damaged[last].0),
+                    "cut at {cut}: {e}"
+                );
             }
         }
     }
@@ -77,7 +107,9 @@ fn truncating_the_last_segment_at_every_offset_leaves_an_exact_prefix() {
 #[test]
 fn flipping_any_bit_of_any_segment_is_detected_or_cut_as_a_tail() {
     let (files, payloads) = small_log(10);
-    let segments: Vec<usize> = (0..files.len()).filter(|&k| files[k].0.to_string_lossy().ends_with(".wal")).collect();
+    let segments: Vec<usize> = (0..files.len())
+        .filter(|&k| files[k].0.to_string_lossy().ends_with(".wal"))
+        .collect();
     let last = *segments.last().unwrap();
     let mut detected = 0;
     let mut cut = 0;
@@ -93,13 +125,20 @@ fn flipping_any_bit_of_any_segment_is_detected_or_cut_as_a_tail() {
                 match open(&fs, &small_options()) {
                     Ok(wal) => {
                         // Only the last segment may lose a tail; no record may change.
-                        assert_eq!(k, last, "flip at {byte}.{bit} of a sealed segment went unnoticed");
+                        assert_eq!(
+                            k, last,
+                            "flip at {byte}.{bit} of a sealed segment went unnoticed"
+                        );
                         assert_exact_prefix(&fs, wal, &payloads, 0);
                         cut += 1;
                     }
                     Err(e) => {
                         assert!(e.is_corruption(), "flip at {byte}.{bit}: {e}");
-                        assert_eq!(e.path(), Some(files[k].0.as_path()), "flip at {byte}.{bit}: {e}");
+                        assert_eq!(
+                            e.path(),
+                            Some(files[k].0.as_path()),
+                            "flip at {byte}.{bit}: {e}"
+                        );
                         detected += 1;
                     }
                 }
@@ -114,18 +153,28 @@ fn flipping_any_bit_of_any_segment_is_detected_or_cut_as_a_tail() {
 #[test]
 fn absolute_consistency_refuses_a_torn_tail_that_the_default_mode_cuts() {
     let (files, payloads) = small_log(6);
-    let last = files.iter().rposition(|(p, _)| p.to_string_lossy().ends_with(".wal")).unwrap();
+    let last = files
+        .iter()
+        .rposition(|(p, _)| p.to_string_lossy().ends_with(".wal"))
+        .unwrap();
     let mut damaged = files.clone();
     let used = damaged[last].1.iter().rposition(|&b| b != 0).unwrap() + 1;
     // Zero the last written sector, as if it never reached the disk.
     let start = (used - 1) / 512 * 512;
     damaged[last].1[start..used].fill(0);
-    let strict = Options { recovery_mode: RecoveryMode::AbsoluteConsistency, ..small_options() };
+    let strict = Options {
+        recovery_mode: RecoveryMode::AbsoluteConsistency,
+        ..small_options()
+    };
     let fs = restore(&damaged);
     let err = Wal::open_with_fs(Arc::new(fs.clone()), dir(), strict).unwrap_err();
     assert!(matches!(err, WalError::TornTail { .. }), "{err}");
     let wal = open(&fs, &small_options()).unwrap();
-    let cut = wal.recovery_report().torn_tail.clone().expect("the cut is reported");
+    let cut = wal
+        .recovery_report()
+        .torn_tail
+        .clone()
+        .expect("the cut is reported");
     assert_eq!(cut.path, damaged[last].0);
     assert!(assert_exact_prefix(&fs, wal, &payloads, 0) < payloads.len());
 }
@@ -140,7 +189,9 @@ fn random_crashes_keep_every_acknowledged_record_and_nothing_else() {
         let mut durable = 0usize;
         let steps = 5 + seed % 20;
         for step in 0..steps {
-            let batch: Vec<Vec<u8>> = (0..1 + (seed + step) % 4).map(|k| payload(step * 10 + k, seed)).collect();
+            let batch: Vec<Vec<u8>> = (0..1 + (seed + step) % 4)
+                .map(|k| payload(step * 10 + k, seed))
+                .collect();
             written.extend(batch.iter().cloned());
             wal.append_batch(&batch).unwrap();
             if (seed + step) % 3 == 0 {
@@ -187,14 +238,21 @@ fn concurrent_durable_appends_survive_a_crash_at_any_moment() {
         drop(wal);
         let wal = open(&crashed, &options).unwrap_or_else(|e| panic!("seed {seed}: {e}"));
         for (index, data) in &acknowledged {
-            assert_eq!(&wal.read(*index).unwrap(), data, "seed {seed}: acknowledged record {index}");
+            assert_eq!(
+                &wal.read(*index).unwrap(),
+                data,
+                "seed {seed}: acknowledged record {index}"
+            );
         }
         // Whatever else survived is a record some writer appended, each at most once.
         let all = read_all(&wal);
         let mut seen = std::collections::HashSet::new();
         for record in &all {
             let text = String::from_utf8(record.clone()).unwrap();
-            assert!(text.starts_with("writer "), "seed {seed}: unexpected record {text:?}");
+            assert!(
+                text.starts_with("writer "),
+                "seed {seed}: unexpected record {text:?}"
+            );
             assert!(seen.insert(text), "seed {seed}: duplicate record");
         }
     }
@@ -203,7 +261,10 @@ fn concurrent_durable_appends_survive_a_crash_at_any_moment() {
 #[test]
 fn malformed_segment_files_give_clear_errors() {
     let (files, _) = small_log(3);
-    let seg = files.iter().position(|(p, _)| p.to_string_lossy().ends_with(".wal")).unwrap();
+    let seg = files
+        .iter()
+        .position(|(p, _)| p.to_string_lossy().ends_with(".wal"))
+        .unwrap();
     let path = files[seg].0.clone();
 
     let mut random = files.clone();
@@ -215,7 +276,10 @@ fn malformed_segment_files_give_clear_errors() {
         *b = x as u8;
     }
     let err = open(&restore(&random), &small_options()).unwrap_err();
-    assert!(matches!(&err, WalError::BadMagic { path: p } if *p == path), "{err}");
+    assert!(
+        matches!(&err, WalError::BadMagic { path: p } if *p == path),
+        "{err}"
+    );
 
     let mut magic = files.clone();
     magic[seg].1[0..8].copy_from_slice(b"NOTAWAL!");
@@ -225,7 +289,17 @@ fn malformed_segment_files_give_clear_errors() {
     let mut newer = files.clone();
     newer[seg].1[8..12].copy_from_slice(&2u32.to_le_bytes());
     let err = open(&restore(&newer), &small_options()).unwrap_err();
-    assert!(matches!(err, WalError::UnsupportedVersion { found: 2, supported: 1, .. }), "{err}");
+    assert!(
+        matches!(
+            err,
+            WalError::UnsupportedVersion {
+                found: 2,
+                supported: 1,
+                ..
+            }
+        ),
+        "{err}"
+    );
     assert!(err.to_string().contains("version 2"), "{err}");
 }
 
@@ -255,8 +329,11 @@ fn a_four_gib_length_field_is_an_error_not_an_allocation() {
         let started = std::time::Instant::now();
         let err = open(&restore(&damaged), &small_options()).unwrap_err();
         assert!(started.elapsed() < std::time::Duration::from_secs(5));
-        assert!(matches!(&err, WalError::Corrupt { path, offset: 40, reason } if *path == damaged[seg].0
-            && reason.contains("length 4294967295")), "{err}");
+        assert!(
+            matches!(&err, WalError::Corrupt { path, offset: 40, reason } if *path == damaged[seg].0
+            && reason.contains("length 4294967295")),
+            "{err}"
+        );
     }
     // The metadata file's length field too.
     let fs = MemFs::new();
@@ -268,7 +345,10 @@ fn a_four_gib_length_field_is_an_error_not_an_allocation() {
     bytes[12..16].copy_from_slice(&u32::MAX.to_le_bytes());
     fs.write_file(&meta, &bytes).unwrap();
     let err = open(&fs, &small_options()).unwrap_err();
-    assert!(matches!(&err, WalError::Corrupt { path, .. } if *path == meta), "{err}");
+    assert!(
+        matches!(&err, WalError::Corrupt { path, .. } if *path == meta),
+        "{err}"
+    );
 }
 
 #[test]
@@ -279,5 +359,8 @@ fn a_segment_that_goes_missing_in_the_middle_is_reported_not_skipped() {
     assert!(segments.len() >= 3);
     fs.remove(&segments[1]).unwrap();
     let err = open(&fs, &small_options()).unwrap_err();
-    assert!(matches!(&err, WalError::Corrupt { path, .. } if *path == segments[2]), "{err}");
+    assert!(
+        matches!(&err, WalError::Corrupt { path, .. } if *path == segments[2]),
+        "{err}"
+    );
 }

@@ -14,7 +14,12 @@ pub fn dir() -> PathBuf {
 
 /// Small segments so that a few records span several of them.
 pub fn small_options() -> Options {
-    Options { segment_size: 4096, max_record_size: 4096, max_group_commit_delay: Duration::ZERO, ..Options::default() }
+    Options {
+        segment_size: 4096,
+        max_record_size: 4096,
+        max_group_commit_delay: Duration::ZERO,
+        ..Options::default()
+    }
 }
 
 pub fn open(fs: &MemFs, options: &Options) -> storage_wal::Result<Wal> {
@@ -23,7 +28,12 @@ pub fn open(fs: &MemFs, options: &Options) -> storage_wal::Result<Wal> {
 
 /// Segment files of the log, oldest first.
 pub fn segment_files(fs: &MemFs) -> Vec<PathBuf> {
-    let mut names: Vec<String> = fs.list(&dir()).unwrap().into_iter().filter(|n| n.ends_with(".wal")).collect();
+    let mut names: Vec<String> = fs
+        .list(&dir())
+        .unwrap()
+        .into_iter()
+        .filter(|n| n.ends_with(".wal"))
+        .collect();
     names.sort();
     names.into_iter().map(|n| dir().join(n)).collect()
 }
@@ -32,7 +42,11 @@ pub fn segment_files(fs: &MemFs) -> Vec<PathBuf> {
 pub fn snapshot(fs: &MemFs) -> Vec<(PathBuf, Vec<u8>)> {
     let mut names = fs.list(&dir()).unwrap();
     names.sort();
-    names.into_iter().map(|n| dir().join(n)).map(|p| (p.clone(), fs.read_file(&p).unwrap())).collect()
+    names
+        .into_iter()
+        .map(|n| dir().join(n))
+        .map(|p| (p.clone(), fs.read_file(&p).unwrap()))
+        .collect()
 }
 
 /// A fresh filesystem holding exactly these files (all durable).
@@ -48,7 +62,9 @@ pub fn restore(files: &[(PathBuf, Vec<u8>)]) -> MemFs {
 /// Deterministic payload of record `i` with a length that varies (0..=700 bytes), never all zero.
 pub fn payload(i: u64, salt: u64) -> Vec<u8> {
     let len = ((i * 7919 + salt * 31) % 701) as usize;
-    (0..len).map(|k| ((k as u64 * 131 + i * 17 + salt) % 251) as u8 + 1).collect()
+    (0..len)
+        .map(|k| ((k as u64 * 131 + i * 17 + salt) % 251) as u8 + 1)
+        .collect()
 }
 
 /// Reads all records of the log.
@@ -56,7 +72,8 @@ pub fn read_all(wal: &Wal) -> Vec<Vec<u8>> {
     if wal.is_empty() {
         return Vec::new();
     }
-    wal.read_range(wal.first_index()..wal.next_index(), u64::MAX).unwrap()
+    wal.read_range(wal.first_index()..wal.next_index(), u64::MAX)
+        .unwrap()
 }
 
 pub fn path_is(err: &storage_wal::WalError, path: &Path) -> bool {
