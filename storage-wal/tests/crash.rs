@@ -12,7 +12,7 @@ use common::{dir, open, payload, read_all, restore, segment_files, small_options
 use storage_wal::{FileSystem, MemFs, Options, RecoveryMode, Wal, WalError};
 
 /// A synced log of `n` records over several 4 KiB segments; returns its files and payloads.
-fn small_log(n: u64) -> (Vec<(std::path::PathBuf, Vec<u8>)>, Vec<Vec<u8>>) {
+fn small_log(n: u64) -> (common::Files, Vec<Vec<u8>>) {
     let fs = MemFs::new();
     let wal = open(&fs, &small_options()).unwrap();
     let payloads: Vec<Vec<u8>> = (1..=n).map(|i| payload(i, 9)).collect();

@@ -7,6 +7,9 @@ use std::time::Duration;
 
 use storage_wal::{FileSystem, MemFs, Options, Wal};
 
+/// Every file of a log directory with its contents.
+pub type Files = Vec<(PathBuf, Vec<u8>)>;
+
 /// The log directory used on a `MemFs`.
 pub fn dir() -> PathBuf {
     PathBuf::from("/wal")
