@@ -5,3 +5,133 @@
 //! requests on its own ALPN.
 //!
 //! It knows nothing of consensus and depends on no other Quorate crate.
+//!
+//! ## Pieces
+//! - [`Endpoint`]: one per node, server and client at once. [`Endpoint::send`] queues a small
+//!   (consensus-class) message to a peer and never blocks: when the peer's queue is full the new
+//!   message is dropped and counted. [`Endpoint::send_bulk`] queues a bulk (snapshot) message and
+//!   waits while the bulk queue is full. Inbound peer messages and client requests arrive on the
+//!   [`Receivers`] returned by [`Endpoint::bind`], tagged with the sender's authenticated identity.
+//! - [`Client`]: request/response against a node on the client ALPN, each request awaited with a
+//!   timeout.
+//! - [`frame`]: the codec (version byte, `u32` length, postcard payload, hard size limit).
+//! - [`certs`]: a dev CA and node/client certificates (rcgen), written as PEM files.
+//! - [`identity`]: the rule that maps a certificate to a node id or client name.
+//!
+//! ## Identity
+//! A peer's node id is read from its certificate (DNS SAN `node-<id>.<cluster>`), checked by the TLS
+//! handshake against the cluster CA; nothing the peer sends can change it. Clients hold
+//! `client-<name>.<cluster>` certificates, which the peer ALPN refuses.
+//!
+//! ## Example
+//! ```no_run
+//! # async fn demo() -> Result<(), Box<dyn std::error::Error>> {
+//! use std::collections::HashMap;
+//! use net_quic::{certs, Credentials, Endpoint, EndpointConfig, Limits, NodeId, Protocol};
+//!
+//! struct Kv;
+//! impl Protocol for Kv {
+//!     type Peer = String;
+//!     type Request = String;
+//!     type Response = String;
+//! }
+//!
+//! let dir = std::path::Path::new("certs");
+//! certs::write_dev_certs(dir, "quorate", &[NodeId(1), NodeId(2)], &[])?;
+//! let config = EndpointConfig {
+//!     cluster: "quorate".into(),
+//!     listen: "127.0.0.1:7001".parse()?,
+//!     credentials: Credentials::load_node(dir, NodeId(1))?,
+//!     peers: HashMap::from([(NodeId(2), "127.0.0.1:7002".parse()?)]),
+//!     limits: Limits::default(),
+//! };
+//! let (endpoint, mut inbound) = Endpoint::<Kv>::bind(config)?;
+//! endpoint.send(NodeId(2), &"hello".to_string())?;
+//! if let Some(m) = inbound.peer.recv().await {
+//!     println!("{} says {}", m.from, m.msg);
+//! }
+//! # Ok(()) }
+//! ```
+//! See `examples/ping.rs` for a complete program.
+
+use serde::{de::DeserializeOwned, Serialize};
+
+pub mod certs;
+mod client;
+mod config;
+mod endpoint;
+pub mod frame;
+pub mod identity;
+mod peer;
+mod stats;
+mod tls;
+
+pub use client::{Client, ClientConfig, RequestError};
+pub use config::Limits;
+pub use endpoint::{
+    BindError, ClientRequest, Endpoint, EndpointConfig, PeerMessage, Receivers, ReplyError,
+    Responder, SendError, ShutdownReport,
+};
+pub use identity::{Identity, NodeId};
+pub use stats::StatsSnapshot;
+pub use tls::{Credentials, TlsError, CLIENT_ALPN, PEER_ALPN};
+
+/// The message types one deployment speaks: peer messages, client requests and their replies.
+pub trait Protocol: Send + Sync + 'static {
+    /// Messages between nodes (consensus traffic and bulk transfers).
+    type Peer: Serialize + DeserializeOwned + Send + 'static;
+    /// Requests from clients.
+    type Request: Serialize + DeserializeOwned + Send + 'static;
+    /// Replies to client requests.
+    type Response: Serialize + DeserializeOwned + Send + 'static;
+}
+
+/// The class of a peer message, which picks its stream, queue policy and size limit.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+pub enum Class {
+    /// Small, latency-sensitive messages (votes, appends, heartbeats). Queue full: drop newest.
+    Consensus,
+    /// Large transfers (snapshot chunks). Queue full: the sender waits.
+    Bulk,
+}
+
+impl Class {
+    /// The byte that opens a stream of this class.
+    pub(crate) fn tag(self) -> u8 {
+        match self {
+            Class::Consensus => 1,
+            Class::Bulk => 2,
+        }
+    }
+
+    /// The class a stream's opening byte names.
+    pub(crate) fn from_tag(tag: u8) -> Option<Class> {
+        match tag {
+            1 => Some(Class::Consensus),
+            2 => Some(Class::Bulk),
+            _ => None,
+        }
+    }
+
+    /// QUIC send priority: consensus data goes out before bulk data on the same connection.
+    pub(crate) fn priority(self) -> i32 {
+        match self {
+            Class::Consensus => 10,
+            Class::Bulk => 0,
+        }
+    }
+}
+
+/// QUIC application error codes this transport closes connections and streams with.
+pub mod codes {
+    /// Orderly shutdown.
+    pub const SHUTDOWN: u32 = 0;
+    /// The peer's certificate names no usable identity, or the wrong kind for the ALPN.
+    pub const NOT_AUTHORIZED: u32 = 1;
+    /// A frame was oversize, of another version, undecodable or truncated.
+    pub const BAD_FRAME: u32 = 2;
+    /// A stream kind the ALPN does not allow (e.g. a peer stream on a client connection).
+    pub const PROTOCOL_VIOLATION: u32 = 3;
+    /// The server dropped a client request without replying.
+    pub const NO_REPLY: u32 = 4;
+}

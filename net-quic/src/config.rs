@@ -1,0 +1,107 @@
+//! Limits and timings of the transport, and the quinn transport configuration built from them.
+
+use std::sync::Arc;
+use std::time::Duration;
+
+use quinn::{IdleTimeout, VarInt};
+
+use crate::Class;
+
+/// Sizes, queue bounds and timings. The defaults suit a LAN cluster.
+#[derive(Debug, Clone)]
+pub struct Limits {
+    /// Largest payload of a consensus frame, a client request or a reply.
+    pub max_frame_len: usize,
+    /// Largest payload of a bulk frame (snapshot data; callers should chunk larger transfers).
+    pub max_bulk_frame_len: usize,
+    /// Frames queued per peer for the consensus stream; when full, new frames are dropped.
+    pub consensus_queue: usize,
+    /// Frames queued per peer for the bulk stream; when full, `send_bulk` waits (back-pressure).
+    pub bulk_queue: usize,
+    /// Inbound peer messages (and, separately, client requests) buffered for the application.
+    pub inbound_queue: usize,
+    /// Bytes of queued frames gathered into one stream write.
+    pub write_batch_bytes: usize,
+    /// Keep-alive interval on idle connections.
+    pub keep_alive: Duration,
+    /// A connection with no traffic (keep-alives included) for this long is closed.
+    pub idle_timeout: Duration,
+    /// Time allowed for one connection attempt (handshake included).
+    pub connect_timeout: Duration,
+    /// First reconnect delay after a failed attempt; doubles per failure up to `backoff_max`.
+    pub backoff_initial: Duration,
+    /// Cap of the reconnect delay.
+    pub backoff_max: Duration,
+    /// QUIC flow-control window per stream, bytes.
+    pub stream_window: u32,
+    /// QUIC flow-control window per connection, bytes.
+    pub connection_window: u32,
+}
+
+impl Default for Limits {
+    fn default() -> Self {
+        Limits {
+            max_frame_len: 16 << 20,
+            max_bulk_frame_len: 256 << 20,
+            consensus_queue: 4096,
+            bulk_queue: 16,
+            inbound_queue: 4096,
+            write_batch_bytes: 256 << 10,
+            keep_alive: Duration::from_secs(1),
+            idle_timeout: Duration::from_secs(10),
+            connect_timeout: Duration::from_secs(3),
+            backoff_initial: Duration::from_millis(50),
+            backoff_max: Duration::from_secs(2),
+            stream_window: 8 << 20,
+            connection_window: 32 << 20,
+        }
+    }
+}
+
+impl Limits {
+    /// The frame size limit of a message class.
+    pub fn max_len(&self, class: Class) -> usize {
+        match class {
+            Class::Consensus => self.max_frame_len,
+            Class::Bulk => self.max_bulk_frame_len,
+        }
+    }
+
+    /// The next reconnect delay after `current`.
+    pub(crate) fn next_backoff(&self, current: Duration) -> Duration {
+        (current * 2).min(self.backoff_max)
+    }
+
+    pub(crate) fn transport(&self) -> Arc<quinn::TransportConfig> {
+        let mut t = quinn::TransportConfig::default();
+        t.keep_alive_interval(Some(self.keep_alive));
+        t.max_idle_timeout(IdleTimeout::try_from(self.idle_timeout).ok());
+        t.stream_receive_window(VarInt::from_u32(self.stream_window));
+        t.receive_window(VarInt::from_u32(self.connection_window));
+        t.send_window(u64::from(self.connection_window));
+        t.max_concurrent_uni_streams(VarInt::from_u32(16));
+        t.max_concurrent_bidi_streams(VarInt::from_u32(1024));
+        Arc::new(t)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn backoff_doubles_up_to_the_cap() {
+        let limits = Limits {
+            backoff_initial: Duration::from_millis(50),
+            backoff_max: Duration::from_millis(300),
+            ..Limits::default()
+        };
+        let mut d = limits.backoff_initial;
+        let mut seen = vec![];
+        for _ in 0..5 {
+            seen.push(d.as_millis());
+            d = limits.next_backoff(d);
+        }
+        assert_eq!(seen, vec![50, 100, 200, 300, 300]);
+    }
+}

@@ -1,0 +1,665 @@
+//! A node's endpoint: outbound sends (via [`crate::peer`]), inbound connections, shutdown.
+
+use std::collections::HashMap;
+use std::marker::PhantomData;
+use std::net::SocketAddr;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::Arc;
+use std::time::Duration;
+
+use bytes::Bytes;
+use quinn::{Connection, RecvStream, SendStream, VarInt};
+use serde::Serialize;
+use tokio::sync::{mpsc, oneshot};
+use tokio::task::JoinHandle;
+use tracing::{debug, info, warn, Instrument};
+
+use crate::config::Limits;
+use crate::frame::{self, FrameDecoder, FrameError};
+use crate::identity::{Identity, NodeId};
+use crate::peer::PeerHandle;
+use crate::stats::{add, Stats, StatsSnapshot};
+use crate::tls::{self, Credentials, TlsError, CLIENT_ALPN, PEER_ALPN};
+use crate::{codes, Class, Protocol};
+
+/// How to bind a node's endpoint.
+#[derive(Debug, Clone)]
+pub struct EndpointConfig {
+    /// The cluster name (the DNS suffix of identity names in certificates).
+    pub cluster: String,
+    /// UDP address to listen on (port 0 picks one; see [`Endpoint::local_addr`]).
+    pub listen: SocketAddr,
+    /// The node's certificate, key and the cluster CA. The node's id is read from the certificate.
+    pub credentials: Credentials,
+    /// Where the other nodes listen (more can be added with [`Endpoint::set_peer_addr`]).
+    pub peers: HashMap<NodeId, SocketAddr>,
+    /// Sizes, queues and timings.
+    pub limits: Limits,
+}
+
+/// Why an endpoint (or client) could not be created.
+#[derive(Debug, thiserror::Error)]
+pub enum BindError {
+    /// The credentials or TLS configuration are unusable.
+    #[error(transparent)]
+    Tls(#[from] TlsError),
+    /// The certificate is valid but not a node certificate.
+    #[error("the endpoint certificate names {0}, but a node certificate is required")]
+    NotANode(Identity),
+    /// The UDP socket could not be bound.
+    #[error("binding UDP {addr}: {source}")]
+    Socket {
+        /// The address.
+        addr: SocketAddr,
+        /// The underlying error.
+        #[source]
+        source: std::io::Error,
+    },
+}
+
+/// Why a message was not queued.
+#[derive(Debug, thiserror::Error)]
+pub enum SendError {
+    /// No address is known for the node.
+    #[error("no address known for node {0}")]
+    UnknownPeer(NodeId),
+    /// A node does not send to itself through the network.
+    #[error("node {0} is this node")]
+    ToSelf(NodeId),
+    /// The peer's consensus queue is full; the message was dropped and counted.
+    #[error("send queue to node {0} is full; message dropped")]
+    QueueFull(NodeId),
+    /// The endpoint is shutting down.
+    #[error("endpoint is shutting down")]
+    ShuttingDown,
+    /// The message does not encode within the frame limit.
+    #[error(transparent)]
+    Frame(#[from] FrameError),
+}
+
+/// A message from a peer, with the node id its certificate proves.
+#[derive(Debug, Clone, PartialEq)]
+pub struct PeerMessage<M> {
+    /// The sending node (from its certificate).
+    pub from: NodeId,
+    /// The stream class it came on.
+    pub class: Class,
+    /// The message.
+    pub msg: M,
+}
+
+/// A client request awaiting its reply.
+#[derive(Debug)]
+pub struct ClientRequest<P: Protocol> {
+    /// The client's identity, from its certificate.
+    pub client: Identity,
+    /// The request.
+    pub request: P::Request,
+    /// Replies to the client; dropping it without replying resets the client's stream.
+    pub responder: Responder<P::Response>,
+}
+
+/// Sends the reply to one client request.
+#[derive(Debug)]
+pub struct Responder<R> {
+    tx: oneshot::Sender<Bytes>,
+    max_len: usize,
+    _reply: PhantomData<fn(R)>,
+}
+
+/// Why a reply could not be sent.
+#[derive(Debug, thiserror::Error)]
+pub enum ReplyError {
+    /// The reply does not encode within the frame limit (the client's stream is reset).
+    #[error(transparent)]
+    Frame(#[from] FrameError),
+    /// The client's stream or connection is gone.
+    #[error("client is gone")]
+    ClientGone,
+}
+
+impl<R: Serialize> Responder<R> {
+    /// Sends `reply` to the client.
+    pub fn reply(self, reply: &R) -> Result<(), ReplyError> {
+        let bytes = frame::encode(reply, self.max_len)?;
+        self.tx.send(bytes).map_err(|_| ReplyError::ClientGone)
+    }
+}
+
+/// The inbound side of an endpoint, handed out once by [`Endpoint::bind`].
+#[derive(Debug)]
+pub struct Receivers<P: Protocol> {
+    /// Messages from peers, in stream order per (peer, class).
+    pub peer: mpsc::Receiver<PeerMessage<P::Peer>>,
+    /// Requests from clients.
+    pub requests: mpsc::Receiver<ClientRequest<P>>,
+}
+
+/// What [`Endpoint::shutdown`] managed.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct ShutdownReport {
+    /// Frames still queued when the grace period ended (never handed to QUIC).
+    pub undelivered_frames: usize,
+    /// Peers whose streams were not drained and acknowledged within the grace period.
+    pub peers_not_drained: Vec<NodeId>,
+    /// The counters at the end.
+    pub stats: StatsSnapshot,
+}
+
+/// One node's QUIC endpoint: sends to peers, receives from peers and clients. Cheap to clone.
+pub struct Endpoint<P: Protocol> {
+    inner: Arc<Inner<P>>,
+}
+
+impl<P: Protocol> Clone for Endpoint<P> {
+    fn clone(&self) -> Self {
+        Endpoint {
+            inner: self.inner.clone(),
+        }
+    }
+}
+
+struct Inner<P: Protocol> {
+    id: NodeId,
+    cluster: String,
+    quinn: quinn::Endpoint,
+    peer_client_config: quinn::ClientConfig,
+    limits: Limits,
+    stats: Arc<Stats>,
+    addrs: parking_lot::Mutex<HashMap<NodeId, SocketAddr>>,
+    peers: parking_lot::Mutex<HashMap<NodeId, PeerHandle>>,
+    closing: AtomicBool,
+    accept_task: parking_lot::Mutex<Option<JoinHandle<()>>>,
+    _protocol: PhantomData<fn(P)>,
+}
+
+impl<P: Protocol> Drop for Inner<P> {
+    fn drop(&mut self) {
+        if let Some(task) = self.accept_task.lock().take() {
+            task.abort();
+        }
+        for (_, peer) in self.peers.lock().drain() {
+            peer.tasks.iter().for_each(JoinHandle::abort);
+        }
+        self.quinn
+            .close(VarInt::from_u32(codes::SHUTDOWN), b"endpoint dropped");
+    }
+}
+
+/// What the inbound tasks need (no reference back to the endpoint, so dropping it stops them).
+struct Accepting<P: Protocol> {
+    id: NodeId,
+    cluster: String,
+    limits: Limits,
+    stats: Arc<Stats>,
+    peer_tx: mpsc::Sender<PeerMessage<P::Peer>>,
+    request_tx: mpsc::Sender<ClientRequest<P>>,
+}
+
+impl<P: Protocol> Endpoint<P> {
+    /// Binds the node's endpoint and starts accepting. Must be called inside a tokio runtime.
+    pub fn bind(config: EndpointConfig) -> Result<(Self, Receivers<P>), BindError> {
+        let identity = config.credentials.identity(&config.cluster)?;
+        let Identity::Node(id) = identity else {
+            return Err(BindError::NotANode(identity));
+        };
+        let transport = config.limits.transport();
+        let mut server = quinn::ServerConfig::with_crypto(tls::server_crypto(&config.credentials)?);
+        server.transport_config(transport.clone());
+        let mut peer_client_config =
+            quinn::ClientConfig::new(tls::client_crypto(&config.credentials, PEER_ALPN)?);
+        peer_client_config.transport_config(transport);
+        let socket =
+            std::net::UdpSocket::bind(config.listen).map_err(|source| BindError::Socket {
+                addr: config.listen,
+                source,
+            })?;
+        let endpoint_config =
+            quinn::EndpointConfig::new(Arc::new(tls::reset_key(&config.credentials)));
+        let quinn = quinn::Endpoint::new(
+            endpoint_config,
+            Some(server),
+            socket,
+            Arc::new(quinn::TokioRuntime),
+        )
+        .map_err(|source| BindError::Socket {
+            addr: config.listen,
+            source,
+        })?;
+
+        let stats = Arc::new(Stats::default());
+        let (peer_tx, peer_rx) = mpsc::channel(config.limits.inbound_queue.max(1));
+        let (request_tx, request_rx) = mpsc::channel(config.limits.inbound_queue.max(1));
+        let accepting = Arc::new(Accepting {
+            id,
+            cluster: config.cluster.clone(),
+            limits: config.limits.clone(),
+            stats: stats.clone(),
+            peer_tx,
+            request_tx,
+        });
+        let accept_task = tokio::spawn(accept_loop(quinn.clone(), accepting));
+        let local = quinn.local_addr().ok();
+        info!(node = %id, ?local, "endpoint bound");
+        let inner = Inner {
+            id,
+            cluster: config.cluster,
+            quinn,
+            peer_client_config,
+            limits: config.limits,
+            stats,
+            addrs: parking_lot::Mutex::new(config.peers),
+            peers: parking_lot::Mutex::new(HashMap::new()),
+            closing: AtomicBool::new(false),
+            accept_task: parking_lot::Mutex::new(Some(accept_task)),
+            _protocol: PhantomData,
+        };
+        let receivers = Receivers {
+            peer: peer_rx,
+            requests: request_rx,
+        };
+        Ok((
+            Endpoint {
+                inner: Arc::new(inner),
+            },
+            receivers,
+        ))
+    }
+
+    /// This node's id (from its certificate).
+    pub fn id(&self) -> NodeId {
+        self.inner.id
+    }
+
+    /// The UDP address the endpoint listens on.
+    pub fn local_addr(&self) -> std::io::Result<SocketAddr> {
+        self.inner.quinn.local_addr()
+    }
+
+    /// Sets (or changes) where node `id` listens; used from the next connection attempt on.
+    pub fn set_peer_addr(&self, id: NodeId, addr: SocketAddr) {
+        self.inner.addrs.lock().insert(id, addr);
+        if let Some(peer) = self.inner.peers.lock().get(&id) {
+            *peer.shared.addr.lock() = addr;
+        }
+    }
+
+    /// The counters so far.
+    pub fn stats(&self) -> StatsSnapshot {
+        self.inner.stats.snapshot()
+    }
+
+    /// Runs `f` with the peer's handle, creating it (and its writer tasks) on first use.
+    fn with_peer<T>(&self, to: NodeId, f: impl FnOnce(&PeerHandle) -> T) -> Result<T, SendError> {
+        let inner = &self.inner;
+        if to == inner.id {
+            return Err(SendError::ToSelf(to));
+        }
+        let mut peers = inner.peers.lock();
+        // Checked under the lock that shutdown takes to drain the peers.
+        if inner.closing.load(Ordering::Acquire) {
+            return Err(SendError::ShuttingDown);
+        }
+        if let Some(peer) = peers.get(&to) {
+            return Ok(f(peer));
+        }
+        let addr = *inner
+            .addrs
+            .lock()
+            .get(&to)
+            .ok_or(SendError::UnknownPeer(to))?;
+        let peer = PeerHandle::spawn(
+            inner.id,
+            to,
+            addr,
+            inner.quinn.clone(),
+            inner.peer_client_config.clone(),
+            inner.cluster.clone(),
+            inner.limits.clone(),
+            inner.stats.clone(),
+        );
+        let result = f(&peer);
+        peers.insert(to, peer);
+        Ok(result)
+    }
+
+    /// Queues a consensus-class message to node `to`. Never blocks: if the peer's queue is full
+    /// the message is dropped, counted, and [`SendError::QueueFull`] returned.
+    pub fn send(&self, to: NodeId, msg: &P::Peer) -> Result<(), SendError> {
+        let bytes = frame::encode(msg, self.inner.limits.max_frame_len)?;
+        self.send_encoded(to, bytes)
+    }
+
+    /// Queues an already encoded consensus frame (see [`frame::encode`]); encode once and send
+    /// to many peers for a broadcast.
+    pub fn send_encoded(&self, to: NodeId, frame: Bytes) -> Result<(), SendError> {
+        let stats = &self.inner.stats;
+        self.with_peer(to, |peer| {
+            peer.shared.queued.fetch_add(1, Ordering::Relaxed);
+            match peer.consensus_tx.try_send(frame) {
+                Ok(()) => Ok(()),
+                Err(_) => {
+                    peer.shared.queued.fetch_sub(1, Ordering::Relaxed);
+                    add(&stats.dropped_queue_full, 1);
+                    Err(SendError::QueueFull(to))
+                }
+            }
+        })?
+    }
+
+    /// Queues a bulk-class message (e.g. a snapshot chunk) to node `to`, waiting while the
+    /// peer's bulk queue is full (back-pressure). Bulk messages use their own stream, so they
+    /// never delay consensus messages.
+    pub async fn send_bulk(&self, to: NodeId, msg: &P::Peer) -> Result<(), SendError> {
+        let bytes = frame::encode(msg, self.inner.limits.max_bulk_frame_len)?;
+        let (tx, shared) =
+            self.with_peer(to, |peer| (peer.bulk_tx.clone(), peer.shared.clone()))?;
+        shared.queued.fetch_add(1, Ordering::Relaxed);
+        if tx.send(bytes).await.is_err() {
+            shared.queued.fetch_sub(1, Ordering::Relaxed);
+            return Err(SendError::ShuttingDown);
+        }
+        Ok(())
+    }
+
+    /// Stops accepting sends, lets every peer's writers drain their queues and wait for the
+    /// peer's acknowledgement, for at most `grace`; then closes the endpoint. Reports what was not
+    /// delivered. Inbound receivers end once their connections are closed.
+    pub async fn shutdown(&self, grace: Duration) -> ShutdownReport {
+        let inner = &self.inner;
+        let peers: Vec<(NodeId, PeerHandle)> = {
+            let mut peers = inner.peers.lock();
+            inner.closing.store(true, Ordering::Release);
+            peers.drain().collect()
+        };
+        let deadline = tokio::time::Instant::now() + grace;
+        let mut peers_not_drained = Vec::new();
+        let mut undelivered_frames = 0;
+        let mut waiting = Vec::new();
+        for (id, peer) in peers {
+            // Dropping the senders ends each writer once its queue is empty (bulk senders
+            // blocked in `send_bulk` hold clones and are cut off by the deadline below).
+            drop(peer.consensus_tx);
+            drop(peer.bulk_tx);
+            waiting.push((id, peer.shared, peer.tasks));
+        }
+        for (id, shared, mut tasks) in waiting {
+            let mut drained = true;
+            for task in &mut tasks {
+                if tokio::time::timeout_at(deadline, &mut *task).await.is_err() {
+                    drained = false;
+                    task.abort();
+                }
+            }
+            undelivered_frames += shared.queued.load(Ordering::Relaxed);
+            if !drained {
+                peers_not_drained.push(id);
+            }
+        }
+        if let Some(task) = inner.accept_task.lock().take() {
+            task.abort();
+        }
+        inner
+            .quinn
+            .close(VarInt::from_u32(codes::SHUTDOWN), b"shutdown");
+        let idle_deadline = deadline.max(tokio::time::Instant::now() + Duration::from_millis(200));
+        let _ = tokio::time::timeout_at(idle_deadline, inner.quinn.wait_idle()).await;
+        peers_not_drained.sort();
+        let report = ShutdownReport {
+            undelivered_frames,
+            peers_not_drained,
+            stats: inner.stats.snapshot(),
+        };
+        info!(node = %inner.id, ?report, "endpoint shut down");
+        report
+    }
+}
+
+async fn accept_loop<P: Protocol>(quinn: quinn::Endpoint, accepting: Arc<Accepting<P>>) {
+    while let Some(incoming) = quinn.accept().await {
+        let accepting = accepting.clone();
+        tokio::spawn(async move { accepting.handle_incoming(incoming).await });
+    }
+}
+
+fn close(conn: &Connection, code: u32, reason: &str) {
+    // Close reasons travel in one packet: keep them short.
+    let reason = &reason.as_bytes()[..reason.len().min(200)];
+    conn.close(VarInt::from_u32(code), reason);
+}
+
+impl<P: Protocol> Accepting<P> {
+    async fn handle_incoming(self: Arc<Self>, incoming: quinn::Incoming) {
+        let remote = incoming.remote_address();
+        let conn = match incoming.await {
+            Ok(conn) => conn,
+            Err(error) => {
+                add(&self.stats.rejected_connections, 1);
+                warn!(node = %self.id, %remote, %error, "inbound handshake failed");
+                return;
+            }
+        };
+        let identity = match tls::peer_identity(&conn, &self.cluster) {
+            Ok(identity) => identity,
+            Err(error) => {
+                add(&self.stats.rejected_connections, 1);
+                warn!(node = %self.id, %remote, %error, "inbound connection has no identity");
+                close(&conn, codes::NOT_AUTHORIZED, &error.to_string());
+                return;
+            }
+        };
+        let alpn = tls::negotiated_alpn(&conn).unwrap_or_default();
+        let span = tracing::info_span!(
+            "net.conn_in",
+            node = %self.id,
+            peer = %identity,
+            %remote,
+            alpn = %String::from_utf8_lossy(&alpn),
+        );
+        async move {
+            if alpn == PEER_ALPN {
+                match identity {
+                    Identity::Node(from) if from != self.id => self.serve_peer(conn, from).await,
+                    other => {
+                        add(&self.stats.rejected_connections, 1);
+                        warn!(peer = %other, "refused: the peer ALPN needs another node's certificate");
+                        close(&conn, codes::NOT_AUTHORIZED, "peer ALPN requires a node certificate");
+                    }
+                }
+            } else if alpn == CLIENT_ALPN {
+                self.serve_client(conn, identity).await;
+            } else {
+                add(&self.stats.rejected_connections, 1);
+                close(&conn, codes::NOT_AUTHORIZED, "unknown ALPN");
+            }
+        }
+        .instrument(span)
+        .await
+    }
+
+    /// A node's connection: it may only open unidirectional class streams.
+    async fn serve_peer(self: Arc<Self>, conn: Connection, from: NodeId) {
+        debug!("peer connection accepted");
+        loop {
+            tokio::select! {
+                uni = conn.accept_uni() => match uni {
+                    Ok(recv) => {
+                        let this = self.clone();
+                        let conn = conn.clone();
+                        tokio::spawn(
+                            async move { this.read_peer_stream(conn, from, recv).await }
+                                .instrument(tracing::Span::current()),
+                        );
+                    }
+                    Err(error) => {
+                        debug!(%error, "peer connection ended");
+                        return;
+                    }
+                },
+                bi = conn.accept_bi() => {
+                    if bi.is_ok() {
+                        add(&self.stats.protocol_violations, 1);
+                        warn!("peer opened a bidirectional stream; closing");
+                        close(&conn, codes::PROTOCOL_VIOLATION, "peer connections carry unidirectional streams only");
+                    }
+                    return;
+                }
+            }
+        }
+    }
+
+    fn frame_error(&self, conn: &Connection, error: &FrameError) {
+        add(&self.stats.decode_errors, 1);
+        warn!(%error, "refusing frame; closing the connection");
+        close(conn, codes::BAD_FRAME, &error.to_string());
+    }
+
+    async fn read_peer_stream(&self, conn: Connection, from: NodeId, mut recv: RecvStream) {
+        let mut tag = [0u8; 1];
+        if recv.read_exact(&mut tag).await.is_err() {
+            return;
+        }
+        let Some(class) = Class::from_tag(tag[0]) else {
+            add(&self.stats.protocol_violations, 1);
+            warn!(tag = tag[0], "unknown stream class; closing");
+            close(&conn, codes::PROTOCOL_VIOLATION, "unknown stream class");
+            return;
+        };
+        let mut decoder = FrameDecoder::new(self.limits.max_len(class));
+        loop {
+            match recv.read_chunk(usize::MAX, true).await {
+                Ok(Some(chunk)) => {
+                    add(&self.stats.bytes_received, chunk.bytes.len() as u64);
+                    decoder.extend(&chunk.bytes);
+                    loop {
+                        match decoder.next_frame::<P::Peer>() {
+                            Ok(Some(msg)) => {
+                                add(&self.stats.frames_received, 1);
+                                let message = PeerMessage { from, class, msg };
+                                if self.peer_tx.send(message).await.is_err() {
+                                    return; // the application dropped its receiver
+                                }
+                            }
+                            Ok(None) => break,
+                            Err(error) => return self.frame_error(&conn, &error),
+                        }
+                    }
+                }
+                Ok(None) => {
+                    if let Err(error) = decoder.finish() {
+                        self.frame_error(&conn, &error);
+                    }
+                    return;
+                }
+                Err(error) => {
+                    debug!(?class, %error, "peer stream ended");
+                    return;
+                }
+            }
+        }
+    }
+
+    /// A client's connection: one bidirectional stream per request; nothing else is allowed.
+    async fn serve_client(self: Arc<Self>, conn: Connection, client: Identity) {
+        debug!("client connection accepted");
+        loop {
+            tokio::select! {
+                bi = conn.accept_bi() => match bi {
+                    Ok((send, recv)) => {
+                        let this = self.clone();
+                        let conn = conn.clone();
+                        let client = client.clone();
+                        tokio::spawn(
+                            async move { this.serve_request(conn, client, send, recv).await }
+                                .instrument(tracing::Span::current()),
+                        );
+                    }
+                    Err(error) => {
+                        debug!(%error, "client connection ended");
+                        return;
+                    }
+                },
+                uni = conn.accept_uni() => {
+                    if uni.is_ok() {
+                        add(&self.stats.protocol_violations, 1);
+                        warn!("client opened a unidirectional (peer) stream; closing");
+                        close(&conn, codes::PROTOCOL_VIOLATION, "client connections may not send peer messages");
+                    }
+                    return;
+                }
+            }
+        }
+    }
+
+    async fn serve_request(
+        &self,
+        conn: Connection,
+        client: Identity,
+        mut send: SendStream,
+        mut recv: RecvStream,
+    ) {
+        let request = match read_one_frame::<P::Request>(&mut recv, self.limits.max_frame_len).await
+        {
+            Ok(Some((request, len))) => {
+                add(&self.stats.bytes_received, len as u64);
+                add(&self.stats.frames_received, 1);
+                request
+            }
+            Ok(None) => return, // the stream went away
+            Err(error) => return self.frame_error(&conn, &error),
+        };
+        let (tx, rx) = oneshot::channel();
+        let responder = Responder {
+            tx,
+            max_len: self.limits.max_frame_len,
+            _reply: PhantomData,
+        };
+        let request = ClientRequest {
+            client,
+            request,
+            responder,
+        };
+        if self.request_tx.send(request).await.is_err() {
+            let _ = send.reset(VarInt::from_u32(codes::NO_REPLY));
+            return;
+        }
+        match rx.await {
+            Ok(reply) => {
+                if send.write_all(&reply).await.is_ok() && send.finish().is_ok() {
+                    add(&self.stats.frames_sent, 1);
+                    add(&self.stats.bytes_sent, reply.len() as u64);
+                }
+            }
+            Err(_) => {
+                let _ = send.reset(VarInt::from_u32(codes::NO_REPLY));
+            }
+        }
+    }
+}
+
+/// Reads exactly one frame from a stream; `Ok(None)` if the stream failed before a frame arrived
+/// (the connection's own error explains why). Returns the message and the bytes read.
+pub(crate) async fn read_one_frame<T: serde::de::DeserializeOwned>(
+    recv: &mut RecvStream,
+    max_len: usize,
+) -> Result<Option<(T, usize)>, FrameError> {
+    let mut decoder = FrameDecoder::new(max_len);
+    let mut read = 0;
+    loop {
+        match recv.read_chunk(usize::MAX, true).await {
+            Ok(Some(chunk)) => {
+                read += chunk.bytes.len();
+                decoder.extend(&chunk.bytes);
+                if let Some(msg) = decoder.next_frame::<T>()? {
+                    return Ok(Some((msg, read)));
+                }
+            }
+            Ok(None) => {
+                decoder.finish()?;
+                // A finished, empty stream: nothing was asked.
+                return Ok(None);
+            }
+            Err(_) => return Ok(None),
+        }
+    }
+}

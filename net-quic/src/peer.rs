@@ -1,0 +1,237 @@
+//! Outbound side of one peer: its bounded queues, its connection (connect on demand, reconnect
+//! with capped exponential backoff) and one writer task per message class, each owning a
+//! long-lived unidirectional stream.
+
+use std::net::SocketAddr;
+use std::sync::atomic::{AtomicUsize, Ordering};
+use std::sync::Arc;
+use std::time::Duration;
+
+use bytes::Bytes;
+use quinn::{Connection, SendStream};
+use tokio::sync::mpsc;
+use tokio::task::JoinHandle;
+use tokio::time::Instant;
+use tracing::{debug, info, warn, Instrument};
+
+use crate::config::Limits;
+use crate::identity::{node_dns_name, Identity, NodeId};
+use crate::stats::{add, Stats};
+use crate::tls::peer_identity;
+use crate::Class;
+
+/// What the endpoint keeps per peer.
+pub(crate) struct PeerHandle {
+    pub(crate) consensus_tx: mpsc::Sender<Bytes>,
+    pub(crate) bulk_tx: mpsc::Sender<Bytes>,
+    pub(crate) shared: Arc<PeerShared>,
+    pub(crate) tasks: Vec<JoinHandle<()>>,
+}
+
+/// State shared by a peer's writer tasks.
+pub(crate) struct PeerShared {
+    pub(crate) id: NodeId,
+    pub(crate) addr: parking_lot::Mutex<SocketAddr>,
+    /// Frames queued and not yet handed to QUIC (both classes).
+    pub(crate) queued: AtomicUsize,
+    quinn: quinn::Endpoint,
+    client_config: quinn::ClientConfig,
+    cluster: String,
+    limits: Limits,
+    stats: Arc<Stats>,
+    conn: tokio::sync::Mutex<ConnState>,
+}
+
+struct ConnState {
+    current: Option<Connection>,
+    ever_connected: bool,
+    backoff: Duration,
+    retry_at: Option<Instant>,
+}
+
+#[derive(Debug, thiserror::Error)]
+enum ConnectError {
+    #[error("connect: {0}")]
+    Connect(#[from] quinn::ConnectError),
+    #[error("handshake: {0}")]
+    Handshake(#[from] quinn::ConnectionError),
+    #[error("handshake timed out")]
+    Timeout,
+    #[error("server is {0}, not the node dialled")]
+    WrongPeer(String),
+}
+
+#[derive(Debug, thiserror::Error)]
+enum WriteFailure {
+    #[error("open stream: {0}")]
+    Open(#[from] quinn::ConnectionError),
+    #[error("write: {0}")]
+    Write(#[from] quinn::WriteError),
+}
+
+impl PeerHandle {
+    /// Creates the peer's queues and spawns its writers (which connect when there is work).
+    #[allow(clippy::too_many_arguments)]
+    pub(crate) fn spawn(
+        local: NodeId,
+        id: NodeId,
+        addr: SocketAddr,
+        quinn: quinn::Endpoint,
+        client_config: quinn::ClientConfig,
+        cluster: String,
+        limits: Limits,
+        stats: Arc<Stats>,
+    ) -> Self {
+        let (consensus_tx, consensus_rx) = mpsc::channel(limits.consensus_queue.max(1));
+        let (bulk_tx, bulk_rx) = mpsc::channel(limits.bulk_queue.max(1));
+        let shared = Arc::new(PeerShared {
+            id,
+            addr: parking_lot::Mutex::new(addr),
+            queued: AtomicUsize::new(0),
+            quinn,
+            client_config,
+            cluster,
+            conn: tokio::sync::Mutex::new(ConnState {
+                current: None,
+                ever_connected: false,
+                backoff: limits.backoff_initial,
+                retry_at: None,
+            }),
+            limits,
+            stats,
+        });
+        let span = tracing::info_span!("net.peer_out", node = %local, peer = %id);
+        let tasks = vec![
+            tokio::spawn(
+                run_writer(shared.clone(), Class::Consensus, consensus_rx).instrument(span.clone()),
+            ),
+            tokio::spawn(run_writer(shared.clone(), Class::Bulk, bulk_rx).instrument(span)),
+        ];
+        PeerHandle {
+            consensus_tx,
+            bulk_tx,
+            shared,
+            tasks,
+        }
+    }
+}
+
+impl PeerShared {
+    /// The live connection, connecting (with backoff after failures) if there is none.
+    async fn connection(&self) -> Connection {
+        let mut state = self.conn.lock().await;
+        loop {
+            if let Some(conn) = &state.current {
+                if conn.close_reason().is_none() {
+                    return conn.clone();
+                }
+                info!(reason = ?conn.close_reason(), "connection lost");
+                state.current = None;
+            }
+            if let Some(at) = state.retry_at {
+                tokio::time::sleep_until(at).await;
+            }
+            let addr = *self.addr.lock();
+            match self.connect(addr).await {
+                Ok(conn) => {
+                    if state.ever_connected {
+                        add(&self.stats.reconnects, 1);
+                    }
+                    info!(%addr, reconnect = state.ever_connected, "connected");
+                    state.ever_connected = true;
+                    state.backoff = self.limits.backoff_initial;
+                    state.retry_at = None;
+                    state.current = Some(conn.clone());
+                    return conn;
+                }
+                Err(error) => {
+                    add(&self.stats.connect_failures, 1);
+                    warn!(%addr, %error, retry_in = ?state.backoff, "connection attempt failed");
+                    state.retry_at = Some(Instant::now() + state.backoff);
+                    state.backoff = self.limits.next_backoff(state.backoff);
+                }
+            }
+        }
+    }
+
+    async fn connect(&self, addr: SocketAddr) -> Result<Connection, ConnectError> {
+        let server_name = node_dns_name(&self.cluster, self.id);
+        let connecting = self
+            .quinn
+            .connect_with(self.client_config.clone(), addr, &server_name)?;
+        let conn = tokio::time::timeout(self.limits.connect_timeout, connecting)
+            .await
+            .map_err(|_| ConnectError::Timeout)??;
+        // The TLS layer already checked the certificate names `server_name`; check again here so
+        // the identity rule lives in one place.
+        match peer_identity(&conn, &self.cluster) {
+            Ok(Identity::Node(id)) if id == self.id => Ok(conn),
+            Ok(other) => Err(ConnectError::WrongPeer(other.to_string())),
+            Err(e) => Err(ConnectError::WrongPeer(e.to_string())),
+        }
+    }
+
+    async fn write_batch(
+        &self,
+        class: Class,
+        stream: &mut Option<(usize, SendStream)>,
+        batch: &mut [Bytes],
+    ) -> Result<(), WriteFailure> {
+        let conn = self.connection().await;
+        let reuse = matches!(stream, Some((id, _)) if *id == conn.stable_id());
+        if !reuse {
+            let mut fresh = conn.open_uni().await?;
+            // Fails only if the stream is already closed, which the write below reports.
+            let _ = fresh.set_priority(class.priority());
+            fresh.write_all(&[class.tag()]).await?;
+            *stream = Some((conn.stable_id(), fresh));
+        }
+        if let Some((_, s)) = stream {
+            s.write_all_chunks(batch).await?;
+        }
+        Ok(())
+    }
+}
+
+/// Sends one class's queue to the peer, batching queued frames into one stream write.
+/// Ends when every sender is dropped and the queue is drained (shutdown).
+async fn run_writer(shared: Arc<PeerShared>, class: Class, mut rx: mpsc::Receiver<Bytes>) {
+    let mut stream: Option<(usize, SendStream)> = None;
+    let mut batch: Vec<Bytes> = Vec::with_capacity(64);
+    while let Some(first) = rx.recv().await {
+        let mut bytes = first.len();
+        batch.push(first);
+        while bytes < shared.limits.write_batch_bytes {
+            match rx.try_recv() {
+                Ok(frame) => {
+                    bytes += frame.len();
+                    batch.push(frame);
+                }
+                Err(_) => break,
+            }
+        }
+        let frames = batch.len();
+        let result = shared.write_batch(class, &mut stream, &mut batch).await;
+        shared.queued.fetch_sub(frames, Ordering::Relaxed);
+        match result {
+            Ok(()) => {
+                add(&shared.stats.frames_sent, frames as u64);
+                add(&shared.stats.bytes_sent, bytes as u64);
+            }
+            Err(error) => {
+                // Consensus tolerates loss, and a bulk sender learns of it from the counter and
+                // its own protocol (a snapshot is retried from the start).
+                add(&shared.stats.lost_in_flight, frames as u64);
+                debug!(?class, frames, %error, "write failed; frames lost");
+                stream = None;
+            }
+        }
+        batch.clear();
+    }
+    if let Some((_, mut s)) = stream {
+        if s.finish().is_ok() {
+            // Wait until the peer has acknowledged everything written.
+            let _ = s.stopped().await;
+        }
+    }
+}
