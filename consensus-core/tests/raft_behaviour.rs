@@ -549,7 +549,8 @@ fn figure_8_leader(bug: Option<PlantedBug>) -> Raft<MemStorage> {
         .unwrap();
     assert_eq!(leader.role(), Role::Leader);
     messages_of(&mut leader);
-    assert_eq!(leader.status().last_index, 3, "no-op of term 3 appended");
+    let expected_last = if bug.is_none() { 3 } else { 2 }; // the planted bug also skips the no-op
+    assert_eq!(leader.status().last_index, expected_last);
     leader
         .step(msg(
             2,
@@ -578,6 +579,53 @@ fn leader_only_commits_entries_from_its_current_term() {
 fn planted_commit_previous_term_by_counting_commits_the_figure_8_entry() {
     let leader = figure_8_leader(Some(PlantedBug::CommitPreviousTermByCounting));
     assert_eq!(leader.status().commit, 2, "the knob really plants the bug");
+}
+
+/// Figure 8 played out on three nodes with the planted bug: an entry committed by counting
+/// replicas of an earlier term is later contradicted by a leader elected without it.
+#[test]
+fn planted_commit_previous_term_by_counting_breaks_leader_completeness() {
+    let mut cluster = Cluster::with_config(&[1, 2, 3], |c| {
+        no_pre_vote(c);
+        c.planted_bug = Some(PlantedBug::CommitPreviousTermByCounting);
+    });
+    cluster.elect(1); // term 1
+    cluster.propose(1, "a"); // index 1, everywhere
+    cluster.isolate(1);
+    cluster.propose(1, "old"); // index 2, term 1, only on node 1
+    cluster.crash(1);
+    cluster.heal();
+    cluster.elect(3); // term 2
+    cluster.isolate(3);
+    cluster.propose(3, "new"); // index 2, term 2, only on node 3
+    cluster.crash(3);
+    cluster.heal();
+    cluster.restart(1);
+    cluster.elect_eventually(1); // term 3, with node 2's vote; replicates "old" to node 2 and counts it committed
+    cluster.tick(1);
+    assert_eq!(
+        cluster.applied_data(1),
+        vec!["a".to_string(), "old".to_string()]
+    );
+    cluster.crash(1);
+    cluster.restart(3);
+    cluster.elect_eventually(3); // term 4: node 2 votes for the log ending in term 2 — "old" is not in it
+    let entry_2 = cluster.node(3).log_entries(2, 3).unwrap();
+    assert_eq!(
+        entry_2[0].payload,
+        EntryPayload::Data(data("new")),
+        "leader completeness is broken"
+    );
+    cluster.tick(2);
+    // State machine safety is gone too: nodes applied different commands at index 2.
+    assert_eq!(
+        cluster.applied_data(2),
+        vec!["a".to_string(), "old".to_string()]
+    );
+    assert_eq!(
+        cluster.applied_data(3),
+        vec!["a".to_string(), "new".to_string()]
+    );
 }
 
 #[test]

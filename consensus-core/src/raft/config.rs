@@ -17,7 +17,8 @@ pub enum ReadMode {
 #[doc(hidden)]
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub enum PlantedBug {
-    /// Commit an entry of an earlier term as soon as a majority stores it (the Figure 8 bug).
+    /// Commit an entry of an earlier term as soon as a majority stores it (the Figure 8 bug). A new
+    /// leader also skips its no-op entry, as in the paper's figure, so the bug can surface.
     CommitPreviousTermByCounting,
     /// Serve a read at the leader's commit index without confirming leadership.
     ReadWithoutLeadershipCheck,

@@ -76,8 +76,11 @@ impl<S: Storage> Raft<S> {
         // No membership change until this term's first entry commits (the fix for the
         // single-server change bug, thesis §4.1 erratum).
         self.pending_conf_index = last;
-        // Raft §5.4.2 / §8: commit a no-op of this term so earlier entries commit with it.
-        self.append_entry(EntryPayload::Noop);
+        // Raft §5.4.2 / §8: commit a no-op of this term so earlier entries commit with it. (The
+        // planted Figure 8 bug leaves it out, as the paper's figure does, so the bug can bite.)
+        if self.config.planted_bug != Some(PlantedBug::CommitPreviousTermByCounting) {
+            self.append_entry(EntryPayload::Noop);
+        }
         if self.conf.is_joint() {
             // A joint configuration outlived its leader: finish the change.
             let leave = self.append_entry(EntryPayload::ConfChange(

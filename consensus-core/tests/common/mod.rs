@@ -63,6 +63,8 @@ pub struct Cluster {
     pub reads: BTreeMap<NodeId, Vec<ReadState>>,
     /// Every message delivered, for assertions about traffic.
     pub delivered: Vec<Message>,
+    /// Errors returned by `step` (none in a correct run).
+    pub step_errors: Vec<(NodeId, consensus_core::Error)>,
     restarts: u64,
 }
 
@@ -81,6 +83,7 @@ impl Cluster {
             applied: BTreeMap::new(),
             reads: BTreeMap::new(),
             delivered: Vec::new(),
+            step_errors: Vec::new(),
             restarts: 0,
         };
         for &id in ids {
@@ -139,7 +142,10 @@ impl Cluster {
                 }
                 if let Some(node) = self.nodes.get_mut(&message.to) {
                     self.delivered.push(message.clone());
-                    node.step(message).expect("step");
+                    let to = message.to;
+                    if let Err(error) = node.step(message) {
+                        self.step_errors.push((to, error));
+                    }
                 }
             }
             if !moved {
@@ -178,6 +184,18 @@ impl Cluster {
             Role::Leader,
             "node {id} should have won"
         );
+    }
+
+    /// Campaigns until `id` wins (a stale term may need a few rounds).
+    pub fn elect_eventually(&mut self, id: NodeId) {
+        for _ in 0..5 {
+            self.node(id).campaign().unwrap();
+            self.stabilize();
+            if self.node(id).role() == Role::Leader {
+                return;
+            }
+        }
+        panic!("node {id} could not win");
     }
 
     /// The unique leader of the highest term among live nodes, if any.
@@ -267,6 +285,11 @@ impl Cluster {
     /// Applied sequences agree: no two nodes applied different entries at the same index, and
     /// each node applied indexes in increasing order without gaps (state machine safety).
     pub fn assert_consistent(&self) {
+        assert!(
+            self.step_errors.is_empty(),
+            "step errors: {:?}",
+            self.step_errors
+        );
         let mut by_index: BTreeMap<u64, (NodeId, &Entry)> = BTreeMap::new();
         for (&id, entries) in &self.applied {
             for pair in entries.windows(2) {
