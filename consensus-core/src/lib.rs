@@ -74,6 +74,6 @@ pub use protocol::{Consensus, Envelope, Persist, PersistToken, Ready};
 pub use raft::{Config, Message, MessageBody, PlantedBug, Raft, ReadMode};
 pub use storage::{MemStorage, Storage};
 pub use types::{
-    ConfChange, ConfState, Entry, EntryPayload, HardState, MemberChange, NodeId, Proposed, ReadState, Role,
-    Snapshot, SnapshotMeta, SoftState, Status,
+    ConfChange, ConfState, Entry, EntryPayload, HardState, MemberChange, NodeId, Proposed,
+    ReadState, Role, Snapshot, SnapshotMeta, SoftState, Status,
 };
