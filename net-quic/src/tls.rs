@@ -162,29 +162,50 @@ fn provider() -> Arc<rustls::crypto::CryptoProvider> {
     Arc::new(rustls::crypto::ring::default_provider())
 }
 
-/// The server side: mandatory client certificates signed by the CA; both ALPNs offered.
-pub(crate) fn server_crypto(creds: &Credentials) -> Result<Arc<QuicServerConfig>, TlsError> {
-    let verifier =
-        WebPkiClientVerifier::builder_with_provider(creds.roots()?, provider()).build()?;
-    let mut config = rustls::ServerConfig::builder_with_provider(provider())
-        .with_protocol_versions(&[&rustls::version::TLS13])?
-        .with_client_cert_verifier(verifier)
-        .with_single_cert(creds.cert_chain.clone(), creds.key.clone_key())?;
-    config.alpn_protocols = vec![PEER_ALPN.to_vec(), CLIENT_ALPN.to_vec()];
-    Ok(Arc::new(QuicServerConfig::try_from(config)?))
+impl Credentials {
+    /// A rustls server configuration: TLS 1.3, mandatory client certificates signed by the CA,
+    /// both ALPNs offered. (Also usable over TCP, as the benchmark baseline does.)
+    pub fn rustls_server_config(&self) -> Result<rustls::ServerConfig, TlsError> {
+        let verifier =
+            WebPkiClientVerifier::builder_with_provider(self.roots()?, provider()).build()?;
+        let mut config = rustls::ServerConfig::builder_with_provider(provider())
+            .with_protocol_versions(&[&rustls::version::TLS13])?
+            .with_client_cert_verifier(verifier)
+            .with_single_cert(self.cert_chain.clone(), self.key.clone_key())?;
+        config.alpn_protocols = vec![PEER_ALPN.to_vec(), CLIENT_ALPN.to_vec()];
+        Ok(config)
+    }
+
+    /// A rustls client configuration presenting our certificate and offering `alpn`; the server
+    /// must present a CA-signed certificate for the name dialled.
+    pub fn rustls_client_config(&self, alpn: &[u8]) -> Result<rustls::ClientConfig, TlsError> {
+        let mut config = rustls::ClientConfig::builder_with_provider(provider())
+            .with_protocol_versions(&[&rustls::version::TLS13])?
+            .with_root_certificates(self.roots()?)
+            .with_client_auth_cert(self.cert_chain.clone(), self.key.clone_key())?;
+        config.alpn_protocols = vec![alpn.to_vec()];
+        Ok(config)
+    }
+
+    /// A quinn client configuration (for raw connections: tests, tools) offering `alpn`.
+    pub fn quinn_client_config(&self, alpn: &[u8]) -> Result<quinn::ClientConfig, TlsError> {
+        Ok(quinn::ClientConfig::new(client_crypto(self, alpn)?))
+    }
 }
 
-/// The client side: the server must present a CA-signed certificate for the dialled node's name.
+pub(crate) fn server_crypto(creds: &Credentials) -> Result<Arc<QuicServerConfig>, TlsError> {
+    Ok(Arc::new(QuicServerConfig::try_from(
+        creds.rustls_server_config()?,
+    )?))
+}
+
 pub(crate) fn client_crypto(
     creds: &Credentials,
     alpn: &[u8],
 ) -> Result<Arc<QuicClientConfig>, TlsError> {
-    let mut config = rustls::ClientConfig::builder_with_provider(provider())
-        .with_protocol_versions(&[&rustls::version::TLS13])?
-        .with_root_certificates(creds.roots()?)
-        .with_client_auth_cert(creds.cert_chain.clone(), creds.key.clone_key())?;
-    config.alpn_protocols = vec![alpn.to_vec()];
-    Ok(Arc::new(QuicClientConfig::try_from(config)?))
+    Ok(Arc::new(QuicClientConfig::try_from(
+        creds.rustls_client_config(alpn)?,
+    )?))
 }
 
 /// A stateless-reset key derived from the private key, so that a restarted node can reset the

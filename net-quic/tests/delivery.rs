@@ -1,0 +1,339 @@
+//! Delivery on loopback: ordering, reconnection, bulk beside consensus traffic, requests, shutdown.
+
+mod common;
+
+use std::collections::HashMap;
+use std::time::{Duration, Instant};
+
+use common::*;
+use net_quic::{
+    Class, Client, ClientConfig, Credentials, Endpoint, Identity, NodeId, RequestError, SendError,
+};
+
+#[tokio::test]
+async fn three_endpoints_exchange_messages_in_every_direction_in_stream_order() {
+    let dir = tempfile::tempdir().unwrap();
+    write_certs(dir.path(), &[1, 2, 3], &[]);
+    let nodes = mesh(dir.path(), 3);
+    const PER_PEER: u64 = 300;
+    let (endpoints, receivers): (Vec<_>, Vec<_>) = nodes.into_iter().unzip();
+    for from in &endpoints {
+        for to in &endpoints {
+            if from.id() != to.id() {
+                for n in 0..PER_PEER {
+                    from.send(to.id(), &Msg::Seq { n }).unwrap();
+                }
+            }
+        }
+    }
+    for (me, mut rx) in endpoints.iter().zip(receivers) {
+        let mut next: HashMap<NodeId, u64> = HashMap::new();
+        bounded("all messages arrive", async {
+            while next.values().sum::<u64>() < 2 * PER_PEER {
+                let m = rx.peer.recv().await.unwrap();
+                assert_ne!(m.from, me.id(), "no message from ourselves");
+                assert_eq!(m.class, Class::Consensus);
+                let expected = next.entry(m.from).or_insert(0);
+                assert_eq!(m.msg, Msg::Seq { n: *expected }, "order from {}", m.from);
+                *expected += 1;
+            }
+        })
+        .await;
+        assert_eq!(next.len(), 2, "node {} heard from both others", me.id());
+    }
+    let stats = endpoints[0].stats();
+    assert_eq!(stats.frames_sent, 2 * PER_PEER);
+    assert_eq!(stats.frames_received, 2 * PER_PEER);
+    assert_eq!(stats.dropped_queue_full, 0);
+    assert_eq!(stats.decode_errors, 0);
+}
+
+#[tokio::test]
+async fn a_restarted_peer_is_reconnected_and_delivery_resumes() {
+    let dir = tempfile::tempdir().unwrap();
+    write_certs(dir.path(), &[1, 2], &[]);
+    let mut nodes = mesh(dir.path(), 2);
+    let (node2, mut rx2) = nodes.pop().unwrap();
+    let (node1, _rx1) = nodes.pop().unwrap();
+    let addr2 = node2.local_addr().unwrap();
+
+    node1.send(NodeId(2), &Msg::Seq { n: 0 }).unwrap();
+    let first = bounded("first message", rx2.peer.recv()).await.unwrap();
+    assert_eq!(first.msg, Msg::Seq { n: 0 });
+
+    // Node 2 goes away (without a goodbye) and comes back on the same address.
+    drop(rx2);
+    drop(node2);
+    // The old socket is released once its connections have drained.
+    let (node2, mut rx2) = bounded("rebind", async {
+        loop {
+            let creds = Credentials::load_node(dir.path(), NodeId(2)).unwrap();
+            match Endpoint::<Test>::bind(node_config(creds, addr2)) {
+                Ok(bound) => break bound,
+                Err(_) => tokio::time::sleep(Duration::from_millis(50)).await,
+            }
+        }
+    })
+    .await;
+
+    // Node 1 keeps sending; some messages are lost while it notices, then delivery resumes.
+    let resumed = bounded("delivery resumes", async {
+        let mut n = 1;
+        loop {
+            let _ = node1.send(NodeId(2), &Msg::Seq { n });
+            n += 1;
+            if let Some(m) = recv_within(&mut rx2, Duration::from_millis(20)).await {
+                break m;
+            }
+        }
+    })
+    .await;
+    assert_eq!(resumed.from, NodeId(1));
+    assert!(node1.stats().reconnects >= 1, "{:?}", node1.stats());
+    // In order from here on.
+    let Msg::Seq { n: start } = resumed.msg else {
+        panic!("unexpected {resumed:?}")
+    };
+    for n in 0..50 {
+        node1
+            .send(NodeId(2), &Msg::Seq { n: 1_000_000 + n })
+            .unwrap();
+    }
+    bounded("ordered after reconnect", async {
+        let mut last = start;
+        loop {
+            let m = rx2.peer.recv().await.unwrap();
+            let Msg::Seq { n } = m.msg else { panic!() };
+            assert!(n > last, "{n} after {last}");
+            last = n;
+            if n == 1_000_049 {
+                break;
+            }
+        }
+    })
+    .await;
+    drop(node2);
+}
+
+#[tokio::test]
+async fn small_messages_keep_flowing_during_a_large_bulk_transfer() {
+    let dir = tempfile::tempdir().unwrap();
+    write_certs(dir.path(), &[1, 2], &[]);
+    let mut nodes = mesh(dir.path(), 2);
+    let (_node2, mut rx2) = nodes.pop().unwrap();
+    let (node1, _rx1) = nodes.pop().unwrap();
+    const CHUNKS: u32 = 48; // 48 MiB in 1 MiB chunks
+    let chunk = vec![0xa5u8; 1 << 20];
+
+    // Connect first so the measurement is about streams, not the handshake.
+    node1.send(NodeId(2), &Msg::Heartbeat { n: 0 }).unwrap();
+    bounded("warm-up", rx2.peer.recv()).await.unwrap();
+
+    let bulk_sender = {
+        let node1 = node1.clone();
+        tokio::spawn(async move {
+            for index in 0..CHUNKS {
+                let msg = Msg::Chunk {
+                    index,
+                    data: chunk.clone(),
+                };
+                node1.send_bulk(NodeId(2), &msg).await.unwrap();
+            }
+        })
+    };
+    // Heartbeats carry their send time (microseconds since `base`, same process).
+    let base = Instant::now();
+    let heartbeats = {
+        let node1 = node1.clone();
+        tokio::spawn(async move {
+            loop {
+                let n = base.elapsed().as_micros() as u64;
+                let _ = node1.send(NodeId(2), &Msg::Heartbeat { n });
+                tokio::time::sleep(Duration::from_millis(2)).await;
+            }
+        })
+    };
+
+    let mut first_chunk_at = None;
+    let mut latencies = Vec::new();
+    bounded("bulk transfer completes", async {
+        let mut next_chunk = 0;
+        while next_chunk < CHUNKS {
+            let m = rx2.peer.recv().await.unwrap();
+            match m.msg {
+                Msg::Chunk { index, data } => {
+                    assert_eq!(m.class, Class::Bulk);
+                    assert_eq!(index, next_chunk, "bulk order");
+                    assert_eq!(data.len(), 1 << 20);
+                    first_chunk_at.get_or_insert_with(Instant::now);
+                    next_chunk += 1;
+                }
+                Msg::Heartbeat { n } => {
+                    assert_eq!(m.class, Class::Consensus);
+                    if first_chunk_at.is_some() {
+                        latencies.push(base.elapsed() - Duration::from_micros(n));
+                    }
+                }
+                other => panic!("unexpected {other:?}"),
+            }
+        }
+    })
+    .await;
+    let transfer = first_chunk_at.unwrap().elapsed();
+    heartbeats.abort();
+    bulk_sender.await.unwrap();
+    latencies.sort();
+    let median = latencies.get(latencies.len() / 2).copied();
+    eprintln!(
+        "48 MiB bulk in {transfer:?}; {} heartbeats meanwhile, median latency {median:?}, max {:?}",
+        latencies.len(),
+        latencies.last()
+    );
+    // Heartbeats kept arriving while the chunks did...
+    assert!(
+        latencies.len() >= 5,
+        "only {} heartbeats arrived during a {transfer:?} transfer",
+        latencies.len()
+    );
+    // ...and did not wait behind the queued bulk data (on one shared stream a heartbeat would wait
+    // for the whole bulk queue ahead of it: a sizeable fraction of the transfer time). Relative to
+    // the transfer time, so a slow machine slows both sides of the comparison alike.
+    let median = median.unwrap();
+    assert!(
+        median < transfer / 8,
+        "median heartbeat latency {median:?} during a {transfer:?} bulk transfer"
+    );
+}
+
+#[tokio::test]
+async fn a_full_consensus_queue_drops_the_newest_and_counts_it() {
+    let dir = tempfile::tempdir().unwrap();
+    write_certs(dir.path(), &[1, 2], &[]);
+    let creds = Credentials::load_node(dir.path(), NodeId(1)).unwrap();
+    let mut config = node_config(creds, loopback());
+    config.limits.consensus_queue = 8;
+    // Nobody listens there: the queue cannot drain.
+    let silent = std::net::UdpSocket::bind("127.0.0.1:0").unwrap();
+    config.peers.insert(NodeId(2), silent.local_addr().unwrap());
+    let (node1, _rx) = Endpoint::<Test>::bind(config).unwrap();
+    let mut refused = 0;
+    let started = Instant::now();
+    for n in 0..100 {
+        match node1.send(NodeId(2), &Msg::Seq { n }) {
+            Ok(()) => {}
+            Err(SendError::QueueFull(NodeId(2))) => refused += 1,
+            Err(e) => panic!("unexpected {e}"),
+        }
+    }
+    assert!(
+        started.elapsed() < Duration::from_secs(1),
+        "send never blocks"
+    );
+    // At most the queue plus one batch in the writer's hands were accepted.
+    assert!(refused >= 100 - 8 - 1, "refused {refused}");
+    assert_eq!(node1.stats().dropped_queue_full, refused);
+    assert!(matches!(
+        node1.send(NodeId(9), &Msg::Seq { n: 0 }),
+        Err(SendError::UnknownPeer(NodeId(9)))
+    ));
+    assert!(matches!(
+        node1.send(NodeId(1), &Msg::Seq { n: 0 }),
+        Err(SendError::ToSelf(NodeId(1)))
+    ));
+    // Shutdown reports what never left, within its grace period.
+    let report = bounded("shutdown", node1.shutdown(Duration::from_millis(300))).await;
+    assert!(report.undelivered_frames >= 8, "{report:?}");
+    assert_eq!(report.peers_not_drained, vec![NodeId(2)]);
+}
+
+#[tokio::test]
+async fn shutdown_drains_queued_messages_before_closing() {
+    let dir = tempfile::tempdir().unwrap();
+    write_certs(dir.path(), &[1, 2], &[]);
+    let mut nodes = mesh(dir.path(), 2);
+    let (_node2, mut rx2) = nodes.pop().unwrap();
+    let (node1, _rx1) = nodes.pop().unwrap();
+    for n in 0..2000 {
+        node1.send(NodeId(2), &Msg::Seq { n }).unwrap();
+    }
+    let report = bounded("shutdown", node1.shutdown(Duration::from_secs(10))).await;
+    assert_eq!(report.undelivered_frames, 0, "{report:?}");
+    assert!(report.peers_not_drained.is_empty(), "{report:?}");
+    assert_eq!(report.stats.frames_sent, 2000);
+    for n in 0..2000 {
+        let m = bounded("drained message", rx2.peer.recv()).await.unwrap();
+        assert_eq!(m.msg, Msg::Seq { n });
+    }
+    assert!(matches!(
+        node1.send(NodeId(2), &Msg::Seq { n: 0 }),
+        Err(SendError::ShuttingDown)
+    ));
+}
+
+fn client(dir: &std::path::Path, name: &str, node: &Endpoint<Test>) -> Client<Test> {
+    Client::new(ClientConfig {
+        cluster: CLUSTER.into(),
+        bind: loopback(),
+        credentials: Credentials::load_client(dir, name).unwrap(),
+        nodes: HashMap::from([(node.id(), node.local_addr().unwrap())]),
+        limits: fast_limits(),
+    })
+    .unwrap()
+}
+
+#[tokio::test]
+async fn clients_get_replies_and_are_known_by_their_certificate() {
+    let dir = tempfile::tempdir().unwrap();
+    write_certs(dir.path(), &[1], &["alice"]);
+    let (node1, mut rx1) = bind_node(dir.path(), 1);
+    // The application side: reply with who asked; ignore "hold", drop "drop".
+    let server = tokio::spawn(async move {
+        let mut held = Vec::new();
+        while let Some(req) = rx1.requests.recv().await {
+            match req.request.as_str() {
+                "hold" => held.push(req.responder),
+                "drop" => drop(req.responder),
+                _ => {
+                    let Identity::Client(name) = &req.client else {
+                        panic!("{:?}", req.client)
+                    };
+                    let reply = format!("{} from {name}", req.request);
+                    req.responder.reply(&reply).unwrap();
+                }
+            }
+        }
+    });
+    let alice = client(dir.path(), "alice", &node1);
+    assert_eq!(alice.identity(), &Identity::Client("alice".into()));
+    for i in 0..20 {
+        let reply = alice
+            .request(NodeId(1), &format!("get k{i}"), Duration::from_secs(5))
+            .await
+            .unwrap();
+        assert_eq!(reply, format!("get k{i} from alice"));
+    }
+    let err = alice
+        .request(NodeId(1), &"hold".to_string(), Duration::from_millis(200))
+        .await
+        .unwrap_err();
+    assert!(matches!(err, RequestError::Timeout(_)), "{err}");
+    let err = alice
+        .request(NodeId(1), &"drop".to_string(), Duration::from_secs(5))
+        .await
+        .unwrap_err();
+    assert!(matches!(err, RequestError::NoReply), "{err}");
+    let err = alice
+        .request(NodeId(7), &"x".to_string(), Duration::from_secs(1))
+        .await
+        .unwrap_err();
+    assert!(matches!(err, RequestError::UnknownNode(NodeId(7))), "{err}");
+    // The connection survives the failed requests.
+    let reply = alice
+        .request(NodeId(1), &"again".to_string(), Duration::from_secs(5))
+        .await
+        .unwrap();
+    assert_eq!(reply, "again from alice");
+    alice.close().await;
+    node1.shutdown(Duration::from_secs(1)).await;
+    server.abort();
+}
