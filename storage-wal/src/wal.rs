@@ -884,7 +884,7 @@ fn recover(
                 ));
             }
         }
-        buf.clear();
+        // Same-sized segments reuse the buffer as is: every byte is overwritten by the read.
         buf.resize(segment.capacity as usize, 0);
         segment
             .file
