@@ -1,0 +1,8 @@
+//! The Quorate replicated key-value node: server, client and the pieces that compose
+//! `consensus-core` (Raft), `storage-wal` (durability) and `net-quic` (transport).
+//!
+//! This crate is the only place where protocols meet disks, clocks and sockets. It stays thin:
+//! consensus logic lives in `consensus-core`, bytes on disk in `storage-wal`, bytes on the wire in
+//! `net-quic`.
+
+pub mod store;
