@@ -337,3 +337,108 @@ async fn clients_get_replies_and_are_known_by_their_certificate() {
     node1.shutdown(Duration::from_secs(1)).await;
     server.abort();
 }
+
+#[tokio::test]
+async fn a_full_bulk_queue_makes_the_sender_wait_and_drops_nothing() {
+    let dir = tempfile::tempdir().unwrap();
+    write_certs(dir.path(), &[1, 2], &[]);
+    let creds = Credentials::load_node(dir.path(), NodeId(1)).unwrap();
+    let mut config = node_config(creds, loopback());
+    config.limits.bulk_queue = 2;
+    // Nobody listens there: the bulk queue cannot drain.
+    let silent = std::net::UdpSocket::bind("127.0.0.1:0").unwrap();
+    config.peers.insert(NodeId(2), silent.local_addr().unwrap());
+    let (node1, _rx) = Endpoint::<Test>::bind(config).unwrap();
+    let chunk = Msg::Chunk {
+        index: 0,
+        data: vec![7; 1024],
+    };
+    let mut accepted = 0;
+    let mut blocked = false;
+    for _ in 0..6 {
+        match tokio::time::timeout(
+            Duration::from_millis(300),
+            node1.send_bulk(NodeId(2), &chunk),
+        )
+        .await
+        {
+            Ok(result) => {
+                result.unwrap();
+                accepted += 1;
+            }
+            Err(_) => {
+                blocked = true;
+                break;
+            }
+        }
+    }
+    // The queue (2) plus the batch the writer took out of it before it began to connect (on this
+    // single-threaded runtime, at most one queue-full).
+    assert!(blocked, "send_bulk never waited; {accepted} accepted");
+    assert!(accepted <= 4, "{accepted} accepted into a queue of 2");
+    assert_eq!(node1.stats().dropped_queue_full, 0, "bulk never drops");
+    let report = bounded("shutdown", node1.shutdown(Duration::from_millis(200))).await;
+    assert!(report.undelivered_frames >= 2, "{report:?}");
+}
+
+#[tokio::test]
+async fn keep_alives_hold_an_idle_connection_open_past_the_idle_timeout() {
+    let dir = tempfile::tempdir().unwrap();
+    write_certs(dir.path(), &[1, 2], &[]);
+    let limits = net_quic::Limits {
+        keep_alive: Duration::from_millis(100),
+        idle_timeout: Duration::from_millis(400),
+        ..fast_limits()
+    };
+    let (node1, _rx1) = bind_node_with(dir.path(), 1, limits.clone());
+    let (node2, mut rx2) = bind_node_with(dir.path(), 2, limits);
+    node1.set_peer_addr(NodeId(2), node2.local_addr().unwrap());
+    node1.send(NodeId(2), &Msg::Seq { n: 0 }).unwrap();
+    bounded("first message", rx2.peer.recv()).await.unwrap();
+    // Three idle timeouts without a message.
+    tokio::time::sleep(Duration::from_millis(1200)).await;
+    node1.send(NodeId(2), &Msg::Seq { n: 1 }).unwrap();
+    let m = bounded("message after idling", rx2.peer.recv())
+        .await
+        .unwrap();
+    assert_eq!(m.msg, Msg::Seq { n: 1 });
+    let stats = node1.stats();
+    assert_eq!(
+        stats.reconnects, 0,
+        "the idle connection was lost: {stats:?}"
+    );
+    assert_eq!(stats.connect_failures, 0, "{stats:?}");
+}
+
+#[tokio::test]
+async fn failed_connection_attempts_back_off() {
+    let ours = tempfile::tempdir().unwrap();
+    let theirs = tempfile::tempdir().unwrap();
+    write_certs(ours.path(), &[1], &[]);
+    write_certs(theirs.path(), &[2], &[]);
+    // Node 2 answers, but with a certificate from another CA: every handshake fails at once.
+    let (rogue, _rogue_rx) = bind_node(theirs.path(), 2);
+    let limits = net_quic::Limits {
+        backoff_initial: Duration::from_millis(20),
+        backoff_max: Duration::from_millis(200),
+        ..fast_limits()
+    };
+    let (node1, _rx1) = bind_node_with(ours.path(), 1, limits);
+    node1.set_peer_addr(NodeId(2), rogue.local_addr().unwrap());
+    let window = Duration::from_millis(1500);
+    let started = Instant::now();
+    while started.elapsed() < window {
+        // Keep work queued so the writer keeps trying (drops once full are fine).
+        let _ = node1.send(NodeId(2), &Msg::Seq { n: 0 });
+        tokio::time::sleep(Duration::from_millis(5)).await;
+    }
+    let failures = node1.stats().connect_failures;
+    // Delays 20, 40, 80, 160, then 200 ms (capped): about 10 attempts in 1.5 s. Without backoff a
+    // failing loopback handshake is retried hundreds of times in that window.
+    assert!(
+        (3..=20).contains(&failures),
+        "{failures} failed attempts in {window:?}"
+    );
+    assert_eq!(node1.stats().frames_sent, 0);
+    drop(rogue);
+}

@@ -246,3 +246,32 @@ async fn garbage_on_a_peer_stream_closes_the_connection_with_a_counted_error() {
     };
     assert_eq!(code_ok.msg, Msg::Seq { n: 5 });
 }
+
+#[tokio::test]
+async fn a_bad_client_request_frame_closes_the_client_connection_with_a_counted_error() {
+    let dir = tempfile::tempdir().unwrap();
+    write_certs(dir.path(), &[1], &["eve"]);
+    let (node1, mut rx1) = bind_node(dir.path(), 1);
+    let creds = Credentials::load_client(dir.path(), "eve").unwrap();
+    let mut oversize = vec![PROTOCOL_VERSION];
+    oversize.extend_from_slice(&u32::MAX.to_le_bytes());
+    let undecodable = [PROTOCOL_VERSION, 2, 0, 0, 0, 0xff, 0xff];
+    for (i, bytes) in [&oversize[..], &undecodable[..]].into_iter().enumerate() {
+        let conn = raw_connect(
+            &creds,
+            CLIENT_ALPN,
+            node1.local_addr().unwrap(),
+            "node-1.quorate",
+        )
+        .await
+        .unwrap();
+        let (mut send, _recv) = conn.open_bi().await.unwrap();
+        let _ = send.write_all(bytes).await;
+        let _ = send.finish();
+        let code = bounded("closed", close_code(&conn)).await;
+        assert_eq!(code, Some(u64::from(codes::BAD_FRAME)));
+        assert_eq!(node1.stats().decode_errors, i as u64 + 1);
+    }
+    let nothing = tokio::time::timeout(Duration::from_millis(100), rx1.requests.recv()).await;
+    assert!(nothing.is_err(), "a bad request reached the application");
+}

@@ -65,8 +65,14 @@ pub fn node_config(creds: Credentials, listen: SocketAddr) -> EndpointConfig {
 }
 
 pub fn bind_node(dir: &Path, id: u64) -> (Endpoint<Test>, Receivers<Test>) {
+    bind_node_with(dir, id, fast_limits())
+}
+
+pub fn bind_node_with(dir: &Path, id: u64, limits: Limits) -> (Endpoint<Test>, Receivers<Test>) {
     let creds = Credentials::load_node(dir, NodeId(id)).unwrap();
-    Endpoint::bind(node_config(creds, loopback())).unwrap()
+    let mut config = node_config(creds, loopback());
+    config.limits = limits;
+    Endpoint::bind(config).unwrap()
 }
 
 /// Binds nodes 1..=n and tells each where the others are.
