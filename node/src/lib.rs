@@ -4,5 +4,12 @@
 //! This crate is the only place where protocols meet disks, clocks and sockets. It stays thin:
 //! consensus logic lives in `consensus-core`, bytes on disk in `storage-wal`, bytes on the wire in
 //! `net-quic`.
+//!
+//! - [`proto`]: the client and peer wire messages.
+//! - [`config`]: [`config::ServeConfig`], loaded from TOML.
+//! - [`kv`]: the replicated key-value state machine with client sessions.
+//! - [`server`]: [`server::Server::start`] / [`server::serve`], the entry point of `quorate serve`.
 
+pub mod config;
+pub mod proto;
 pub mod store;

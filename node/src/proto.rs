@@ -1,0 +1,395 @@
+//! The wire protocol: client requests and replies (client ALPN) and messages between nodes (peer
+//! ALPN), all postcard-encoded by `net-quic`'s frames.
+//!
+//! # Client protocol
+//! A client sends one [`Request`] per QUIC stream with `net_quic::Client::request` and reads one
+//! [`Response`]. Any member answers; a write (and any admin change) sent to a follower is answered
+//! with [`ServerError::NotLeader`], carrying the leader's id and the address its clients reach it on,
+//! so the client redirects (the server does not forward: a redirect costs one round trip once per
+//! leader change, forwarding would cost one on every request).
+//!
+//! Reads are served by any member: [`Consistency::Linearizable`] (the default) runs a ReadIndex round
+//! through the leader and waits until the local state machine has applied through it, so a
+//! follower never returns a value older than a write acknowledged before the read started.
+//! Whether the leader confirms leadership with a heartbeat round or a lease is the server's
+//! `read_mode` setting. [`Consistency::Stale`] reads the local state at once.
+//!
+//! # Sessions (exactly-once writes)
+//! Every write carries a [`Session`]: a client id chosen at random by the client and a sequence
+//! number it increments per write. The state machine remembers, per client id, the result of every
+//! sequence number at or above the client's `first_unacked`; a retried write (same client id and
+//! sequence) is not applied again, it is answered with the original result. A client may have many
+//! writes in flight under one id; it advances `first_unacked` past every sequence number it has a
+//! reply for, which lets the server forget those results. A retry of a sequence number below what
+//! the server remembers is refused with [`ServerError::SessionExpired`] rather than applied twice.
+//!
+//! # Compatibility
+//! [`PROTOCOL_VERSION`] names this layout; `net-quic` frames carry their own version byte too.
+
+use std::net::SocketAddr;
+
+use bytes::Bytes;
+use serde::{Deserialize, Serialize};
+
+/// Version of the message layout in this module.
+pub const PROTOCOL_VERSION: u32 = 1;
+
+/// The `net-quic` protocol of a Quorate node.
+#[derive(Debug, Clone, Copy)]
+pub struct Quorate;
+
+impl net_quic::Protocol for Quorate {
+    type Peer = PeerMessage;
+    type Request = Request;
+    type Response = Response;
+}
+
+/// A message between nodes.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub enum PeerMessage {
+    /// A Raft message of replication group 0 (the only group for now).
+    Raft(consensus_core::Message),
+}
+
+/// Identifies one write of one client (Raft thesis §6.3).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize, Deserialize)]
+pub struct Session {
+    /// Random per client process; 0 is reserved.
+    pub client_id: u64,
+    /// Increases by one per write, starting at 1.
+    pub seq: u64,
+    /// The lowest sequence number this client has no reply for yet; results below it may be
+    /// forgotten by the server.
+    pub first_unacked: u64,
+}
+
+/// How fresh a read must be.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub enum Consistency {
+    /// Reflects every write acknowledged before the read was sent (ReadIndex; lease if the server
+    /// is configured with `read_mode = "lease"`).
+    #[default]
+    Linearizable,
+    /// The serving member's local state, possibly behind.
+    Stale,
+}
+
+/// A client request.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub enum Request {
+    /// A write, applied once per session sequence number.
+    Write {
+        /// Who writes, which write.
+        session: Session,
+        /// What to write.
+        op: WriteOp,
+    },
+    /// A read.
+    Read {
+        /// How fresh.
+        consistency: Consistency,
+        /// What to read.
+        op: ReadOp,
+    },
+    /// Cluster administration.
+    Admin(AdminRequest),
+}
+
+/// The writes the key-value store supports.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub enum WriteOp {
+    /// Sets `key` to `value`.
+    Put {
+        /// Key (non-empty).
+        key: Bytes,
+        /// Value.
+        value: Bytes,
+    },
+    /// Removes `key` (no error if absent).
+    Delete {
+        /// Key.
+        key: Bytes,
+    },
+    /// Sets `key` to `new` only if its current value is `expected` (`None`: the key is absent).
+    Cas {
+        /// Key.
+        key: Bytes,
+        /// Value required now, or `None` for "must not exist".
+        expected: Option<Bytes>,
+        /// Value to set.
+        new: Bytes,
+    },
+}
+
+impl WriteOp {
+    /// The key written.
+    pub fn key(&self) -> &Bytes {
+        match self {
+            WriteOp::Put { key, .. } | WriteOp::Delete { key } | WriteOp::Cas { key, .. } => key,
+        }
+    }
+}
+
+/// The reads the key-value store supports.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub enum ReadOp {
+    /// One key.
+    Get {
+        /// Key.
+        key: Bytes,
+    },
+    /// Keys in `start ..end` (`end: None`: to the last key), in key order, at most `limit`
+    /// (0: the server's maximum).
+    Scan {
+        /// First key (inclusive).
+        start: Bytes,
+        /// End key (exclusive), or none.
+        end: Option<Bytes>,
+        /// Maximum number of pairs returned.
+        limit: u32,
+    },
+}
+
+/// Cluster administration requests.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub enum AdminRequest {
+    /// This member's view: role, term, leader, indexes (answered by any member, locally).
+    Status,
+    /// The membership and every member's address (answered by any member, locally).
+    Members,
+    /// Adds a member (leader only). Start the new node with `join = true` first or after.
+    AddMember {
+        /// The new member's id (its certificate must name it).
+        id: u64,
+        /// Where it listens (peers and clients).
+        addr: SocketAddr,
+        /// Add as a non-voting learner.
+        learner: bool,
+    },
+    /// Removes a member (leader only).
+    RemoveMember {
+        /// The member to remove.
+        id: u64,
+    },
+    /// Hands leadership to `to` (leader only); answered once `to` leads or on timeout.
+    TransferLeader {
+        /// The member to lead next.
+        to: u64,
+    },
+}
+
+/// A stored pair with its revisions (etcd's meaning: `create_revision` is the revision of the write
+/// that created the key, `mod_revision` of the last write to it, `version` counts writes since
+/// creation).
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct KeyValue {
+    /// Key.
+    pub key: Bytes,
+    /// Value.
+    pub value: Bytes,
+    /// Revision that created the key.
+    pub create_revision: u64,
+    /// Revision of the latest write to the key.
+    pub mod_revision: u64,
+    /// Writes to the key since it was created (1 after creation).
+    pub version: u64,
+}
+
+/// The result of a write, as the state machine computed it (and as a retry gets it again).
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub enum WriteResult {
+    /// The key was set.
+    Put {
+        /// Store revision of this write.
+        revision: u64,
+    },
+    /// The key was removed, or did not exist.
+    Delete {
+        /// Store revision after the request (unchanged if nothing was deleted).
+        revision: u64,
+        /// Whether the key existed.
+        deleted: bool,
+    },
+    /// A compare-and-set.
+    Cas {
+        /// Whether the comparison held and the value was set.
+        succeeded: bool,
+        /// Store revision after the request.
+        revision: u64,
+        /// When it failed: the current pair (`None` if absent).
+        current: Option<KeyValue>,
+    },
+}
+
+/// A member's role, as reported by status.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+pub enum Role {
+    /// Follows a leader.
+    Follower,
+    /// Checks whether it could win an election.
+    PreCandidate,
+    /// Runs an election.
+    Candidate,
+    /// Leads.
+    Leader,
+    /// Receives the log without voting.
+    Learner,
+}
+
+/// One member's view of itself and the group.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct NodeStatus {
+    /// This member.
+    pub id: u64,
+    /// Cluster name.
+    pub cluster: String,
+    /// Role.
+    pub role: Role,
+    /// Current term.
+    pub term: u64,
+    /// Known leader.
+    pub leader: Option<u64>,
+    /// Highest committed log index known here.
+    pub commit_index: u64,
+    /// Highest index applied to the state machine here.
+    pub applied_index: u64,
+    /// Last log index here (durable or not).
+    pub last_index: u64,
+    /// Highest log index durable here.
+    pub persisted_index: u64,
+    /// Index of the latest snapshot here.
+    pub snapshot_index: u64,
+    /// Store revision (number of writes applied).
+    pub revision: u64,
+    /// Number of keys.
+    pub keys: u64,
+    /// Membership as seen here.
+    pub members: Vec<Member>,
+}
+
+/// A group member.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Member {
+    /// Node id.
+    pub id: u64,
+    /// Address for peers and clients, if known.
+    pub addr: Option<SocketAddr>,
+    /// Votes (false: learner).
+    pub voter: bool,
+    /// Whether it is the leader as far as the answering member knows.
+    pub leader: bool,
+}
+
+/// A successful reply.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub enum Reply {
+    /// A write's result.
+    Write(WriteResult),
+    /// A get: the pair if present, at store revision `revision`.
+    Get {
+        /// Store revision the read saw.
+        revision: u64,
+        /// The pair, if the key exists.
+        kv: Option<KeyValue>,
+    },
+    /// A scan.
+    Scan {
+        /// Store revision the read saw.
+        revision: u64,
+        /// Pairs in key order.
+        kvs: Vec<KeyValue>,
+        /// Whether the limit cut the range short (continue after the last key).
+        more: bool,
+    },
+    /// Status of the answering member.
+    Status(NodeStatus),
+    /// The membership as the answering member sees it.
+    Members {
+        /// Members, by id.
+        members: Vec<Member>,
+        /// Known leader.
+        leader: Option<u64>,
+    },
+    /// An admin change is done (committed and applied on the leader, or leadership moved).
+    Done,
+}
+
+/// A reply to a [`Request`].
+pub type Response = Result<Reply, ServerError>;
+
+/// Why a request failed. Every variant says what to do next in its message.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, thiserror::Error)]
+pub enum ServerError {
+    /// This member does not lead; send the request to `leader` at `leader_addr`.
+    #[error("node is not the leader (leader: {leader:?} at {leader_addr:?}); send the request there")]
+    NotLeader {
+        /// The leader, if known.
+        leader: Option<u64>,
+        /// Where the leader accepts clients, if known.
+        leader_addr: Option<SocketAddr>,
+    },
+    /// No leader is known (an election is running); retry shortly.
+    #[error("no leader is known right now; retry in a moment")]
+    NoLeader,
+    /// The key is empty.
+    #[error("the key is empty; keys must have at least one byte")]
+    EmptyKey,
+    /// The key exceeds the limit.
+    #[error("key of {size} bytes exceeds the limit of {limit} bytes")]
+    KeyTooLarge {
+        /// Key size.
+        size: u64,
+        /// Limit.
+        limit: u64,
+    },
+    /// The value exceeds the limit.
+    #[error("value of {size} bytes exceeds the limit of {limit} bytes")]
+    ValueTooLarge {
+        /// Value size.
+        size: u64,
+        /// Limit.
+        limit: u64,
+    },
+    /// The request exceeds the limit.
+    #[error("request of {size} bytes exceeds the limit of {limit} bytes")]
+    RequestTooLarge {
+        /// Request size.
+        size: u64,
+        /// Limit.
+        limit: u64,
+    },
+    /// The server could not finish in time; a write may or may not have been applied: retry it with
+    /// the same session sequence number and it is applied at most once.
+    #[error("timed out; retry (writes with the same session sequence number apply at most once)")]
+    Timeout,
+    /// The server is overloaded (too much uncommitted data or too many pending requests); back off.
+    #[error("server busy: {0}; back off and retry")]
+    Busy(String),
+    /// A write was proposed but leadership changed before it committed; retry it (same sequence).
+    #[error("leadership changed before the write committed; retry it with the same sequence number")]
+    LeaderChanged,
+    /// The session's result for this sequence number was already forgotten (the client had
+    /// acknowledged it); the write is not applied again.
+    #[error("session {client_id} sequence {seq} is older than the server remembers; it was applied before and its reply acknowledged")]
+    SessionExpired {
+        /// Client id.
+        client_id: u64,
+        /// Sequence number.
+        seq: u64,
+    },
+    /// The session is invalid (client id 0 or sequence 0).
+    #[error("invalid session: {0}")]
+    InvalidSession(String),
+    /// The node id is not a member.
+    #[error("node {0} is not a member of the cluster; see `quorate cluster members`")]
+    UnknownNode(u64),
+    /// The membership change is not allowed.
+    #[error("membership change refused: {0}")]
+    InvalidMembership(String),
+    /// The member is shutting down.
+    #[error("the node is shutting down; use another member")]
+    ShuttingDown,
+    /// Anything else (a bug or a storage failure); the message has details.
+    #[error("internal error: {0}")]
+    Internal(String),
+}
