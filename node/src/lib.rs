@@ -11,5 +11,6 @@
 //! - [`server`]: [`server::Server::start`] / [`server::serve`], the entry point of `quorate serve`.
 
 pub mod config;
+pub mod kv;
 pub mod proto;
 pub mod store;
