@@ -442,3 +442,23 @@ async fn failed_connection_attempts_back_off() {
     assert_eq!(node1.stats().frames_sent, 0);
     drop(rogue);
 }
+
+#[tokio::test]
+async fn certificates_added_later_to_a_folder_share_its_ca() {
+    let dir = tempfile::tempdir().unwrap();
+    write_certs(dir.path(), &[1], &[]);
+    let ca_before = std::fs::read(dir.path().join("ca.pem")).unwrap();
+    // A second run adds node 3 and keeps the CA on disk.
+    write_certs(dir.path(), &[3], &["late"]);
+    assert_eq!(std::fs::read(dir.path().join("ca.pem")).unwrap(), ca_before);
+    let (node1, _rx1) = bind_node(dir.path(), 1);
+    let (node3, mut rx3) = bind_node(dir.path(), 3);
+    node1.set_peer_addr(NodeId(3), node3.local_addr().unwrap());
+    node1.send(NodeId(3), &Msg::Seq { n: 1 }).unwrap();
+    let m = bounded("message to the later node", rx3.peer.recv())
+        .await
+        .unwrap();
+    assert_eq!((m.from, m.msg), (NodeId(1), Msg::Seq { n: 1 }));
+    let late = client(dir.path(), "late", &node1);
+    assert_eq!(late.identity(), &Identity::Client("late".into()));
+}
