@@ -1,1 +1,629 @@
-//! Durable Raft storage for one replication group, on `storage-wal` (work in progress).
+//! Durable Raft storage for one replication group: [`RaftStore`], on `storage-wal`.
+//!
+//! # On disk
+//! ```text
+//! <data dir>/
+//!   wal/            storage-wal directory: segments 0000…-<first index>.wal, `meta`, lock file
+//!   snapshot        latest snapshot (metadata + state-machine data, checksummed), replaced atomically
+//! ```
+//! The write-ahead log is a *redo log* of typed records in submission order (see `record`): an
+//! `Entry` record replaces stored entries from its index on (so a log-conflict truncation is just
+//! the first entry of the new suffix: no separate, blocking truncation), `HardState` records carry
+//! term / vote / commit, `InstallSnapshot` records say a leader's snapshot was installed. WAL
+//! indexes are sequence numbers of these records, unrelated to Raft indexes.
+//!
+//! The WAL's metadata record (atomically replaced by storage-wal) holds the directory's identity
+//! (cluster id, node id, group id: opening another's directory fails with
+//! [`StoreError::WrongCluster`] / [`StoreError::WrongMember`]) and the last *checkpoint*: the
+//! state as of the last local snapshot (snapshot metadata, first kept index, hard state) and the
+//! WAL index replay starts from.
+//!
+//! # Durability order
+//! One [`Persist`] becomes one `append_batch` of records in contract order: `InstallSnapshot`,
+//! then the entries, then `HardState`. storage-wal makes records durable as a prefix (one
+//! `fdatasync` covers every record appended before it), so **a hard state is never durable before
+//! the entries submitted with or before it**, and a truncation (an `Entry` record at a lower index)
+//! is durable in order with the appends around it. A crash leaves the state after some prefix of
+//! the records, which is always a state the log went through.
+//!
+//! A snapshot (installed from the leader, or saved locally) is written to its file only after every
+//! record submitted before it is durable (an explicit `sync`), so the file never runs ahead of an
+//! older, lost hard state. These two paths block; they are rare.
+//!
+//! # Writing without blocking
+//! [`RaftStore::submit`] validates the `Persist`, appends its records (no fsync), updates the
+//! in-memory view at once (the engine may read it immediately) and returns the WAL index of its
+//! last record. A background thread keeps calling `sync` while writes are pending and publishes the
+//! durable WAL index on a `tokio::sync::watch` channel ([`RaftStore::subscribe_durable`]); the
+//! driver confirms every token whose WAL index is `<=` it, in order. Several writes are in flight
+//! at once and one `fdatasync` covers all that arrived while the previous one ran (group commit).
+//! [`RaftStore::write`] is the blocking form (submit, then wait).
+//!
+//! # Reading
+//! All live entries are held in memory (`term()` / `entries()` never touch the disk); the disk is
+//! read only at open. Memory is bounded by the snapshot interval the driver chooses.
+//!
+//! # Snapshots and trailing entries
+//! [`RaftStore::save_snapshot`] writes the snapshot file, records a checkpoint and compacts the WAL
+//! below the first kept entry. With [`StoreOptions::trailing_entries`] `> 0` the store keeps that
+//! many entries at and below the snapshot index (as etcd does) so a follower slightly behind gets
+//! entries rather than a whole snapshot; then `first_index() <= snapshot_meta().index` (instead of
+//! `== index + 1`), which the Raft engine handles: it only reads terms from `first_index() - 1` on
+//! and sends the latest snapshot when a follower needs anything older.
+
+mod error;
+mod record;
+mod snapfile;
+mod syncer;
+mod view;
+
+use std::path::{Path, PathBuf};
+use std::sync::Arc;
+
+use bytes::Bytes;
+use consensus_core::{
+    ConfState, Entry, HardState, NodeId, Persist, Snapshot, SnapshotMeta, Storage, StorageError,
+};
+use storage_wal::{RecoveryReport, Wal};
+use tokio::sync::watch;
+
+pub use error::{Result, StoreError};
+
+use record::{MetaDecodeError, Record, RecordRef, StoreMeta};
+use syncer::Syncer;
+use view::{Base, LogView, Stored};
+
+/// Name of the write-ahead log's directory inside a data directory.
+pub const WAL_DIR: &str = "wal";
+
+/// Who a data directory belongs to; recorded at creation and checked at every open.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Identity {
+    /// The cluster's id (from its configuration), e.g. `"quorate-dev"`.
+    pub cluster_id: String,
+    /// This node's id in the group.
+    pub node_id: NodeId,
+    /// The replication group (shard) this store holds; 0 while there is one group per node.
+    pub group_id: u64,
+}
+
+/// How a store is opened.
+#[derive(Debug, Clone)]
+pub struct StoreOptions {
+    /// Options of the underlying log (segment size, group-commit delay, recovery mode).
+    pub wal: storage_wal::Options,
+    /// Entries kept at and below a local snapshot's index, for followers slightly behind.
+    /// 0 gives exactly `MemStorage`'s semantics. Default 1024.
+    pub trailing_entries: u64,
+}
+
+impl Default for StoreOptions {
+    fn default() -> Self {
+        StoreOptions {
+            wal: storage_wal::Options::default(),
+            trailing_entries: 1024,
+        }
+    }
+}
+
+/// How far writes are durable, as published by the background sync thread.
+#[derive(Debug, Clone, Default)]
+pub struct Durability {
+    /// Every write whose WAL index (returned by [`RaftStore::submit`]) is `<=` this is durable.
+    pub index: u64,
+    /// Set when a sync failed: nothing later will become durable; the store must be reopened.
+    pub error: Option<Arc<StoreError>>,
+}
+
+/// What open found.
+#[derive(Debug, Clone, Default)]
+pub struct Recovery {
+    /// Whether the directory was new (identity just recorded).
+    pub created: bool,
+    /// The write-ahead log's own report (segments, records, a torn tail cut off, removed files).
+    pub wal: RecoveryReport,
+    /// Log records replayed into the in-memory view.
+    pub replayed_records: u64,
+    /// The snapshot file was newer than the log said (a crash between writing it and logging
+    /// it): it was installed during recovery.
+    pub snapshot_file_ahead: bool,
+}
+
+/// Counters since open.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct StoreStats {
+    /// Log records appended (entries, hard states, snapshot markers).
+    pub records: u64,
+    /// Payload bytes appended to the log.
+    pub bytes: u64,
+    /// `fdatasync` calls of the log (group commits, segment rolls, truncations).
+    pub syncs: u64,
+}
+
+/// Durable storage of one Raft group on disk, read by the engine through [`Storage`].
+///
+/// Owned by the engine (`Raft<RaftStore>`); the driver writes through
+/// `raft.storage_mut().submit(&persist)` and confirms the token once
+/// [`subscribe_durable`](Self::subscribe_durable) reports the returned WAL index durable.
+pub struct RaftStore {
+    dir: PathBuf,
+    identity: Identity,
+    options: StoreOptions,
+    wal: Arc<Wal>,
+    view: LogView,
+    snapshot_data: Bytes,
+    syncer: Syncer,
+    recovery: Recovery,
+}
+
+impl std::fmt::Debug for RaftStore {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("RaftStore")
+            .field("dir", &self.dir)
+            .field("identity", &self.identity)
+            .field("first_index", &self.view.first)
+            .field("last_index", &self.view.last_index())
+            .field("snapshot_index", &self.view.snapshot.index)
+            .field("hard_state", &self.view.hard_state)
+            .finish()
+    }
+}
+
+/// Bytes read per call while replaying the log at open.
+const REPLAY_READ_BYTES: u64 = 8 << 20;
+
+impl RaftStore {
+    /// Opens the data directory `dir` for `identity`, creating it if needed (then the group starts
+    /// from `bootstrap`, its initial members, as `MemStorage::new_with_conf` does; ignored for an
+    /// existing directory), and recovers snapshot, entries and hard state.
+    ///
+    /// Fails with [`StoreError::WrongCluster`] / [`StoreError::WrongMember`] for another's
+    /// directory, [`StoreError::Wal`] (`WalError::Corrupt` naming the segment and offset) for a
+    /// damaged log (a torn tail of the last segment is cut off and reported in
+    /// [`Recovery::wal`]), and `WalError::Locked` if another process has it open.
+    pub fn open(
+        dir: impl AsRef<Path>,
+        identity: Identity,
+        bootstrap: ConfState,
+        options: StoreOptions,
+    ) -> Result<RaftStore> {
+        let dir = dir.as_ref().to_path_buf();
+        std::fs::create_dir_all(&dir).map_err(|e| StoreError::io("create directory", &dir, e))?;
+        snapfile::remove_tmp(&dir)?;
+        let wal_dir = dir.join(WAL_DIR);
+        let wal = Wal::open(&wal_dir, options.wal.clone())?;
+        let mut recovery = Recovery {
+            wal: wal.recovery_report().clone(),
+            ..Recovery::default()
+        };
+        let meta = match wal.metadata() {
+            Some(bytes) => decode_meta(&wal_dir, &bytes)?,
+            None => {
+                if !wal.is_empty() || snapfile::path(&dir).exists() {
+                    return Err(StoreError::Inconsistent {
+                        dir,
+                        reason: "the log holds records but no identity record".into(),
+                    });
+                }
+                let meta = StoreMeta::new(
+                    &identity,
+                    wal.next_index(),
+                    wal.next_index(),
+                    Base::bootstrap(bootstrap),
+                );
+                wal.set_metadata(&encode_meta(&wal_dir, &meta)?)?;
+                recovery.created = true;
+                meta
+            }
+        };
+        check_identity(&dir, &identity, &meta)?;
+        let snapshot_file = snapfile::read(&dir)?;
+        let (view, replayed) = replay(&dir, &wal, &meta)?;
+        recovery.replayed_records = replayed;
+        let (view, snapshot_data) = reconcile_snapshot(&dir, view, snapshot_file, &mut recovery)?;
+        let wal = Arc::new(wal);
+        let syncer = Syncer::start(wal.clone());
+        tracing::info!(
+            dir = %dir.display(),
+            first_index = view.first,
+            last_index = view.last_index(),
+            snapshot_index = view.snapshot.index,
+            term = view.hard_state.term,
+            commit = view.hard_state.commit,
+            replayed,
+            torn_tail = recovery.wal.torn_tail.is_some(),
+            "raft store opened"
+        );
+        Ok(RaftStore {
+            dir,
+            identity,
+            options,
+            wal,
+            view,
+            snapshot_data,
+            syncer,
+            recovery,
+        })
+    }
+
+    /// The data directory.
+    pub fn dir(&self) -> &Path {
+        &self.dir
+    }
+
+    /// Who this directory belongs to.
+    pub fn identity(&self) -> &Identity {
+        &self.identity
+    }
+
+    /// What open found and repaired.
+    pub fn recovery(&self) -> &Recovery {
+        &self.recovery
+    }
+
+    /// Counters since open.
+    pub fn stats(&self) -> StoreStats {
+        let stats = self.wal.stats();
+        StoreStats {
+            records: stats.appended_records,
+            bytes: stats.appended_bytes,
+            syncs: stats.syncs,
+        }
+    }
+
+    /// Starts writing `persist` and returns the WAL index that must be durable before its token
+    /// is confirmed (for a `Persist` with nothing to write, the last index submitted so far, so
+    /// tokens still complete in order).
+    ///
+    /// The in-memory view (what [`Storage`] returns) reflects the write when this returns. Entries
+    /// and hard state do not wait for the disk; an installed snapshot does (see the module docs).
+    /// A `Persist` the log cannot take (a gap, non-contiguous entries, entries below the snapshot)
+    /// is refused with [`StoreError::Refused`] and nothing is written.
+    pub fn submit(&mut self, persist: &Persist) -> Result<u64> {
+        self.syncer.check()?;
+        let staged = match &persist.snapshot {
+            Some(snapshot) => {
+                let mut staged = self.view.clone();
+                staged.install(&snapshot.meta);
+                staged
+                    .check_append(&persist.entries, true)
+                    .map_err(StoreError::Refused)?;
+                Some(staged)
+            }
+            None => {
+                self.view
+                    .check_append(&persist.entries, true)
+                    .map_err(StoreError::Refused)?;
+                None
+            }
+        };
+        let mut payloads = Vec::with_capacity(persist.entries.len() + 2);
+        if let Some(snapshot) = &persist.snapshot {
+            payloads.push(self.encode(&RecordRef::InstallSnapshot(&snapshot.meta))?);
+        }
+        for entry in &persist.entries {
+            payloads.push(self.encode(&RecordRef::Entry(entry))?);
+        }
+        if let Some(hard_state) = &persist.hard_state {
+            payloads.push(self.encode(&RecordRef::HardState(hard_state))?);
+        }
+        if payloads.is_empty() {
+            return Ok(self.wal.last_index());
+        }
+        if let Some(snapshot) = &persist.snapshot {
+            // Everything submitted before must be durable before the file claims the snapshot.
+            self.wal.sync()?;
+            snapfile::write(&self.dir, snapshot)?;
+            self.snapshot_data = snapshot.data.clone();
+        }
+        let range = self.wal.append_batch(&payloads)?;
+        if let Some(staged) = staged {
+            self.view = staged;
+        }
+        let first_entry_wal = range.start + u64::from(persist.snapshot.is_some());
+        self.view
+            .append(persist.entries.iter().enumerate().map(|(i, entry)| Stored {
+                entry: entry.clone(),
+                wal_index: first_entry_wal + i as u64,
+            }));
+        if let Some(hard_state) = persist.hard_state {
+            self.view.hard_state = hard_state;
+        }
+        let last = range.end - 1;
+        self.syncer.request(last);
+        Ok(last)
+    }
+
+    /// Writes `persist` and returns once it is durable (submit, then wait).
+    pub fn write(&mut self, persist: &Persist) -> Result<()> {
+        let index = self.submit(persist)?;
+        self.wait_durable(index)?;
+        Ok(())
+    }
+
+    /// Blocks until WAL index `index` (from [`submit`](Self::submit)) is durable, joining the
+    /// group commit, and returns the durable WAL index.
+    pub fn wait_durable(&self, index: u64) -> Result<u64> {
+        self.syncer.check()?;
+        if index <= self.wal.durable_index() {
+            return Ok(self.wal.durable_index());
+        }
+        Ok(self.wal.wait_durable(index)?)
+    }
+
+    /// Makes everything submitted so far durable and returns the durable WAL index.
+    pub fn sync(&self) -> Result<u64> {
+        Ok(self.wal.sync()?)
+    }
+
+    /// WAL index up to which writes are durable now.
+    pub fn durable_index(&self) -> u64 {
+        self.wal.durable_index()
+    }
+
+    /// A channel on which the background sync thread publishes how far writes are durable
+    /// (`changed().await` on it in the driver's event loop).
+    pub fn subscribe_durable(&self) -> watch::Receiver<Durability> {
+        self.syncer.subscribe()
+    }
+
+    /// Records a snapshot of the state machine at `index` (applied, with membership `conf_state`),
+    /// writes it to the snapshot file, then compacts the log below `index + 1 - trailing_entries`.
+    /// A no-op returning the current metadata if `index` is not past the latest snapshot. Blocks
+    /// on one sync, the file write and the checkpoint.
+    pub fn save_snapshot(
+        &mut self,
+        index: u64,
+        conf_state: ConfState,
+        data: Bytes,
+    ) -> Result<SnapshotMeta> {
+        self.syncer.check()?;
+        if index <= self.view.snapshot.index {
+            return Ok(self.view.snapshot.clone());
+        }
+        let mut staged = self.view.clone();
+        let meta = staged
+            .compact(index, conf_state, self.options.trailing_entries)
+            .map_err(StoreError::Refused)?;
+        // The file must not claim entries or a hard state that could still be lost.
+        self.wal.sync()?;
+        let snapshot = Snapshot {
+            meta: meta.clone(),
+            data,
+        };
+        snapfile::write(&self.dir, &snapshot)?;
+        self.snapshot_data = snapshot.data;
+        self.view = staged;
+        // Checkpoint: replay starts at the first kept entry's record, from the state as of now.
+        let checkpoint_end = self.wal.next_index();
+        let replay_from = self
+            .view
+            .get(self.view.first)
+            .map_or(checkpoint_end, |stored| stored.wal_index);
+        let store_meta = StoreMeta::new(
+            &self.identity,
+            replay_from,
+            checkpoint_end,
+            self.view.base(),
+        );
+        let wal_dir = self.dir.join(WAL_DIR);
+        self.wal
+            .set_metadata(&encode_meta(&wal_dir, &store_meta)?)?;
+        self.wal.compact(replay_from)?;
+        tracing::debug!(
+            index,
+            first_index = self.view.first,
+            replay_from,
+            "snapshot saved, log compacted"
+        );
+        Ok(meta)
+    }
+
+    /// Syncs everything and closes the store, reporting any error.
+    pub fn close(self) -> Result<()> {
+        self.syncer.check()?;
+        self.wal.sync()?;
+        Ok(())
+    }
+
+    fn encode(&self, record: &RecordRef<'_>) -> Result<Vec<u8>> {
+        record::encode(record).map_err(|e| StoreError::BadRecord {
+            dir: self.dir.join(WAL_DIR),
+            wal_index: self.wal.next_index(),
+            reason: format!("cannot encode: {e}"),
+        })
+    }
+}
+
+impl Storage for RaftStore {
+    fn hard_state(&self) -> HardState {
+        self.view.hard_state
+    }
+
+    fn snapshot_meta(&self) -> SnapshotMeta {
+        self.view.snapshot.clone()
+    }
+
+    fn snapshot(&self) -> Result<Snapshot, StorageError> {
+        Ok(Snapshot {
+            meta: self.view.snapshot.clone(),
+            data: self.snapshot_data.clone(),
+        })
+    }
+
+    fn first_index(&self) -> u64 {
+        self.view.first
+    }
+
+    fn last_index(&self) -> u64 {
+        self.view.last_index()
+    }
+
+    fn term(&self, index: u64) -> Result<u64, StorageError> {
+        self.view.term(index)
+    }
+
+    fn entries(
+        &self,
+        lo: u64,
+        hi: u64,
+        max_bytes: u64,
+        out: &mut Vec<Entry>,
+    ) -> Result<(), StorageError> {
+        if lo < self.view.first {
+            return Err(StorageError::Compacted(lo));
+        }
+        if hi > self.view.last_index() + 1 {
+            return Err(StorageError::Unavailable(hi - 1));
+        }
+        let mut bytes = 0u64;
+        for (taken, stored) in self
+            .view
+            .entries
+            .range((lo - self.view.first) as usize..(hi.max(lo) - self.view.first) as usize)
+            .enumerate()
+        {
+            bytes += stored.entry.payload_size();
+            if bytes > max_bytes && taken > 0 {
+                break;
+            }
+            out.push(stored.entry.clone());
+        }
+        Ok(())
+    }
+}
+
+fn encode_meta(wal_dir: &Path, meta: &StoreMeta) -> Result<Vec<u8>> {
+    meta.encode()
+        .map_err(|e| StoreError::corrupt(wal_dir.join("meta"), format!("cannot encode: {e}")))
+}
+
+fn decode_meta(wal_dir: &Path, bytes: &[u8]) -> Result<StoreMeta> {
+    let path = wal_dir.join("meta");
+    StoreMeta::decode(bytes).map_err(|e| match e {
+        MetaDecodeError::NotStore => {
+            StoreError::corrupt(path, "the log's metadata is not a Quorate store identity")
+        }
+        MetaDecodeError::Version(found) => StoreError::UnsupportedVersion {
+            path,
+            found,
+            supported: record::FORMAT_VERSION,
+        },
+        MetaDecodeError::Bad(reason) => StoreError::corrupt(path, reason),
+    })
+}
+
+fn check_identity(dir: &Path, identity: &Identity, meta: &StoreMeta) -> Result<()> {
+    if meta.cluster_id != identity.cluster_id {
+        return Err(StoreError::WrongCluster {
+            dir: dir.to_path_buf(),
+            expected: identity.cluster_id.clone(),
+            found: meta.cluster_id.clone(),
+        });
+    }
+    if meta.node_id != identity.node_id || meta.group_id != identity.group_id {
+        return Err(StoreError::WrongMember {
+            dir: dir.to_path_buf(),
+            expected_node: identity.node_id,
+            expected_group: identity.group_id,
+            found_node: meta.node_id,
+            found_group: meta.group_id,
+        });
+    }
+    Ok(())
+}
+
+/// Rebuilds the view: the checkpoint's base, then the log's records from `replay_from`. Records
+/// before `checkpoint_end` predate the checkpoint: only their entries are replayed (the base
+/// already holds the hard state and snapshot of that time).
+fn replay(dir: &Path, wal: &Wal, meta: &StoreMeta) -> Result<(LogView, u64)> {
+    let wal_dir = dir.join(WAL_DIR);
+    let inconsistent = |reason: String| StoreError::Inconsistent {
+        dir: dir.to_path_buf(),
+        reason,
+    };
+    if meta.replay_from < wal.first_index() {
+        return Err(inconsistent(format!(
+            "the log starts at record {} but replay must start at record {}",
+            wal.first_index(),
+            meta.replay_from
+        )));
+    }
+    if meta.checkpoint_end < meta.replay_from || meta.checkpoint_end > wal.next_index() {
+        return Err(inconsistent(format!(
+            "checkpoint ends at record {} outside records {}..{} of the log",
+            meta.checkpoint_end,
+            meta.replay_from,
+            wal.next_index()
+        )));
+    }
+    let mut view = LogView::from_base(meta.base.clone());
+    let end = wal.next_index();
+    let mut wal_index = meta.replay_from;
+    while wal_index < end {
+        for bytes in wal.read_range(wal_index..end, REPLAY_READ_BYTES)? {
+            let record = record::decode(&bytes).map_err(|e| StoreError::BadRecord {
+                dir: wal_dir.clone(),
+                wal_index,
+                reason: e.to_string(),
+            })?;
+            let before_checkpoint = wal_index < meta.checkpoint_end;
+            match record {
+                Record::Entry(entry) => {
+                    view.check_append(std::slice::from_ref(&entry), false)
+                        .map_err(|e| {
+                            inconsistent(format!(
+                                "log record {wal_index}: entry {}: {e}",
+                                entry.index
+                            ))
+                        })?;
+                    view.append([Stored { entry, wal_index }]);
+                }
+                Record::HardState(_) | Record::InstallSnapshot(_) if before_checkpoint => {}
+                Record::HardState(hard_state) => view.hard_state = hard_state,
+                Record::InstallSnapshot(snapshot) => view.install(&snapshot),
+            }
+            wal_index += 1;
+        }
+    }
+    Ok((view, end - meta.replay_from))
+}
+
+/// Checks the snapshot file against the replayed view; installs it if it is ahead (a crash
+/// between writing the file and logging it).
+fn reconcile_snapshot(
+    dir: &Path,
+    mut view: LogView,
+    file: Option<Snapshot>,
+    recovery: &mut Recovery,
+) -> Result<(LogView, Bytes)> {
+    let inconsistent = |reason: String| StoreError::Inconsistent {
+        dir: dir.to_path_buf(),
+        reason,
+    };
+    match file {
+        None if view.snapshot.index == 0 => Ok((view, Bytes::new())),
+        None => Err(inconsistent(format!(
+            "the log records a snapshot at index {} but {} is missing",
+            view.snapshot.index,
+            snapfile::path(dir).display()
+        ))),
+        Some(snapshot) if snapshot.meta == view.snapshot => Ok((view, snapshot.data)),
+        // The file is written only once every earlier record is durable, so it is never older
+        // than what the log says: if they differ, the record logging it was lost.
+        Some(snapshot) if snapshot.meta.index >= view.snapshot.index => {
+            view.install(&snapshot.meta);
+            recovery.snapshot_file_ahead = true;
+            Ok((view, snapshot.data))
+        }
+        Some(snapshot) => Err(inconsistent(format!(
+            "{} holds the snapshot at index {} term {}, but the log records the snapshot at \
+             index {} term {}",
+            snapfile::path(dir).display(),
+            snapshot.meta.index,
+            snapshot.meta.term,
+            view.snapshot.index,
+            view.snapshot.term
+        ))),
+    }
+}
