@@ -347,15 +347,38 @@ impl<P: Protocol> Endpoint<P> {
         })?
     }
 
+    /// Queues a consensus-class message to node `to`, waiting while the peer's queue is full
+    /// instead of dropping (back-pressure). For senders that would rather slow down than lose a
+    /// message, e.g. a stream of client-driven appends; note that it waits as long as the peer is
+    /// unreachable, so bound it with a timeout where that matters.
+    pub async fn send_wait(&self, to: NodeId, msg: &P::Peer) -> Result<(), SendError> {
+        let bytes = frame::encode(msg, self.inner.limits.max_frame_len)?;
+        self.enqueue_waiting(to, Class::Consensus, bytes).await
+    }
+
     /// Queues a bulk-class message (e.g. a snapshot chunk) to node `to`, waiting while the
     /// peer's bulk queue is full (back-pressure). Bulk messages use their own stream, so they
     /// never delay consensus messages.
     pub async fn send_bulk(&self, to: NodeId, msg: &P::Peer) -> Result<(), SendError> {
         let bytes = frame::encode(msg, self.inner.limits.max_bulk_frame_len)?;
-        let (tx, shared) =
-            self.with_peer(to, |peer| (peer.bulk_tx.clone(), peer.shared.clone()))?;
+        self.enqueue_waiting(to, Class::Bulk, bytes).await
+    }
+
+    async fn enqueue_waiting(
+        &self,
+        to: NodeId,
+        class: Class,
+        frame: Bytes,
+    ) -> Result<(), SendError> {
+        let (tx, shared) = self.with_peer(to, |peer| {
+            let tx = match class {
+                Class::Consensus => peer.consensus_tx.clone(),
+                Class::Bulk => peer.bulk_tx.clone(),
+            };
+            (tx, peer.shared.clone())
+        })?;
         shared.queued.fetch_add(1, Ordering::Relaxed);
-        if tx.send(bytes).await.is_err() {
+        if tx.send(frame).await.is_err() {
             shared.queued.fetch_sub(1, Ordering::Relaxed);
             return Err(SendError::ShuttingDown);
         }
@@ -378,7 +401,7 @@ impl<P: Protocol> Endpoint<P> {
         let mut waiting = Vec::new();
         for (id, peer) in peers {
             // Dropping the senders ends each writer once its queue is empty (bulk senders
-            // blocked in `send_bulk` hold clones and are cut off by the deadline below).
+            // blocked in `send_wait`/`send_bulk` hold clones and are cut off by the deadline below).
             drop(peer.consensus_tx);
             drop(peer.bulk_tx);
             waiting.push((id, peer.shared, peer.tasks));

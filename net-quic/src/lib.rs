@@ -9,7 +9,8 @@
 //! ## Pieces
 //! - [`Endpoint`]: one per node, server and client at once. [`Endpoint::send`] queues a small
 //!   (consensus-class) message to a peer and never blocks: when the peer's queue is full the new
-//!   message is dropped and counted. [`Endpoint::send_bulk`] queues a bulk (snapshot) message and
+//!   message is dropped and counted ([`Endpoint::send_wait`] waits for room instead).
+//!   [`Endpoint::send_bulk`] queues a bulk (snapshot) message and
 //!   waits while the bulk queue is full. Inbound peer messages and client requests arrive on the
 //!   [`Receivers`] returned by [`Endpoint::bind`], tagged with the sender's authenticated identity.
 //! - [`Client`]: request/response against a node on the client ALPN, each request awaited with a

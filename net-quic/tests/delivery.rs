@@ -462,3 +462,31 @@ async fn certificates_added_later_to_a_folder_share_its_ca() {
     let late = client(dir.path(), "late", &node1);
     assert_eq!(late.identity(), &Identity::Client("late".into()));
 }
+
+#[tokio::test]
+async fn send_wait_waits_for_room_instead_of_dropping() {
+    let dir = tempfile::tempdir().unwrap();
+    write_certs(dir.path(), &[1, 2], &[]);
+    let limits = net_quic::Limits {
+        consensus_queue: 4,
+        ..fast_limits()
+    };
+    let (node1, _rx1) = bind_node_with(dir.path(), 1, limits);
+    let (node2, mut rx2) = bind_node(dir.path(), 2);
+    node1.set_peer_addr(NodeId(2), node2.local_addr().unwrap());
+    const COUNT: u64 = 500;
+    let sender = {
+        let node1 = node1.clone();
+        tokio::spawn(async move {
+            for n in 0..COUNT {
+                node1.send_wait(NodeId(2), &Msg::Seq { n }).await.unwrap();
+            }
+        })
+    };
+    for n in 0..COUNT {
+        let m = bounded("waited message", rx2.peer.recv()).await.unwrap();
+        assert_eq!((m.class, m.msg), (Class::Consensus, Msg::Seq { n }));
+    }
+    bounded("sender", sender).await.unwrap();
+    assert_eq!(node1.stats().dropped_queue_full, 0);
+}
