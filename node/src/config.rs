@@ -290,8 +290,7 @@ impl ServeConfig {
         if self.raft.tick_ms == 0 {
             return invalid("raft.tick_ms must be at least 1".into());
         }
-        if self.raft.election_ticks <= self.raft.heartbeat_ticks || self.raft.heartbeat_ticks == 0
-        {
+        if self.raft.election_ticks <= self.raft.heartbeat_ticks || self.raft.heartbeat_ticks == 0 {
             return invalid(
                 "raft.election_ticks must exceed raft.heartbeat_ticks, which must be at least 1"
                     .into(),
@@ -301,7 +300,9 @@ impl ServeConfig {
             return invalid("limits must be non-zero".into());
         }
         if self.limits.max_batch_ops == 0 || self.limits.max_pending_requests == 0 {
-            return invalid("limits.max_batch_ops and max_pending_requests must be non-zero".into());
+            return invalid(
+                "limits.max_batch_ops and max_pending_requests must be non-zero".into(),
+            );
         }
         if self.certs.dir.is_none()
             && (self.certs.cert.is_none() || self.certs.key.is_none() || self.certs.ca.is_none())

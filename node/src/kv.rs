@@ -171,9 +171,7 @@ impl KvStore {
             }
         }
         let mut out = Vec::new();
-        let mut range = self
-            .data
-            .range::<[u8], _>((Bound::Included(start), upper));
+        let mut range = self.data.range::<[u8], _>((Bound::Included(start), upper));
         for (key, stored) in range.by_ref() {
             if out.len() == limit {
                 return (out, true);
@@ -254,7 +252,11 @@ impl KvStore {
         }
     }
 
-    fn execute(data: &mut BTreeMap<Bytes, Stored>, revision: &mut u64, op: &WriteOp) -> WriteResult {
+    fn execute(
+        data: &mut BTreeMap<Bytes, Stored>,
+        revision: &mut u64,
+        op: &WriteOp,
+    ) -> WriteResult {
         match op {
             WriteOp::Put { key, value } => {
                 *revision += 1;
@@ -419,7 +421,12 @@ mod tests {
     fn scan_is_ordered_bounded_and_limited() {
         let mut kv = KvStore::new(10);
         for (i, key) in ["d", "a", "c", "b", "e"].iter().enumerate() {
-            write(&mut kv, session(1, i as u64 + 1), put(key, "v"), i as u64 + 1);
+            write(
+                &mut kv,
+                session(1, i as u64 + 1),
+                put(key, "v"),
+                i as u64 + 1,
+            );
         }
         let keys = |kvs: Vec<KeyValue>| kvs.into_iter().map(|kv| kv.key).collect::<Vec<_>>();
         let (kvs, more) = kv.scan(b"b", Some(b"e"), 10);

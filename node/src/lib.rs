@@ -11,6 +11,8 @@
 //! - [`server`]: [`server::Server::start`] / [`server::serve`], the entry point of `quorate serve`.
 
 pub mod config;
+mod driver;
 pub mod kv;
 pub mod proto;
+pub mod server;
 pub mod store;

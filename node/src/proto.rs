@@ -321,7 +321,9 @@ pub type Response = Result<Reply, ServerError>;
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, thiserror::Error)]
 pub enum ServerError {
     /// This member does not lead; send the request to `leader` at `leader_addr`.
-    #[error("node is not the leader (leader: {leader:?} at {leader_addr:?}); send the request there")]
+    #[error(
+        "node is not the leader (leader: {leader:?} at {leader_addr:?}); send the request there"
+    )]
     NotLeader {
         /// The leader, if known.
         leader: Option<u64>,
@@ -366,7 +368,9 @@ pub enum ServerError {
     #[error("server busy: {0}; back off and retry")]
     Busy(String),
     /// A write was proposed but leadership changed before it committed; retry it (same sequence).
-    #[error("leadership changed before the write committed; retry it with the same sequence number")]
+    #[error(
+        "leadership changed before the write committed; retry it with the same sequence number"
+    )]
     LeaderChanged,
     /// The session's result for this sequence number was already forgotten (the client had
     /// acknowledged it); the write is not applied again.
