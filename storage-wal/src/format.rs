@@ -175,8 +175,12 @@ pub(crate) enum Scan {
         len: usize,
         next: usize,
     },
-    /// No more records here: an all-zero header or the end of the buffer.
+    /// No more records here: an all-zero header or the end of the file.
     End,
+    /// The buffer ends (before the end of the file) inside this record: hold at least `need`
+    /// bytes from its start and look again. `need` is at most a header, or a record whose header
+    /// passed its checksum and length checks, so it is bounded by the maximum record size.
+    NeedMore { need: usize },
     /// Looks like a write that did not complete (cut by the end of the file, or with whole
     /// sectors that never got written).
     Torn,
@@ -208,8 +212,9 @@ fn has_zero_sector_piece(buf: &[u8], base: u64, start: usize, end: usize) -> boo
     false
 }
 
-/// Examines the record at `buf[pos..]`, where `buf` holds the file from byte offset `base`.
-/// `max_len` bounds a believable payload length; nothing is allocated from the length field.
+/// Examines the record at `buf[pos..]`, where `buf` holds the file from byte offset `base`, up to
+/// the end of the file if `at_eof`. `max_len` bounds a believable payload length; nothing is
+/// allocated from the length field.
 pub(crate) fn scan_record(
     buf: &[u8],
     base: u64,
@@ -217,9 +222,15 @@ pub(crate) fn scan_record(
     seed: u32,
     expected_index: u64,
     max_len: u64,
+    at_eof: bool,
 ) -> Scan {
     let rest = &buf[pos..];
     if rest.len() < RECORD_HEADER_LEN {
+        if !at_eof {
+            return Scan::NeedMore {
+                need: RECORD_HEADER_LEN,
+            };
+        }
         return if all_zero(rest) {
             Scan::End
         } else {
@@ -255,6 +266,9 @@ pub(crate) fn scan_record(
     let payload_end = payload_start + len as usize;
     let next = pos + record_size(len as usize) as usize;
     if next > buf.len() {
+        if !at_eof {
+            return Scan::NeedMore { need: next - pos };
+        }
         return Scan::Torn; // a valid header whose record the end of the file cuts off
     }
     let payload = &buf[payload_start..payload_end];
@@ -291,7 +305,7 @@ mod tests {
         encode_record(&mut buf, seg.seed(), 10, b"hello");
         assert_eq!(buf.len() as u64, record_size(5));
         assert_eq!(buf.len() % 8, 0);
-        match scan_record(&buf, 40, 0, seg.seed(), 10, 1 << 20) {
+        match scan_record(&buf, 40, 0, seg.seed(), 10, 1 << 20, true) {
             Scan::Record {
                 index,
                 payload_start,
@@ -311,7 +325,7 @@ mod tests {
             flags: 0,
         };
         assert!(matches!(
-            scan_record(&buf, 40, 0, other.seed(), 10, 1 << 20),
+            scan_record(&buf, 40, 0, other.seed(), 10, 1 << 20, true),
             Scan::Corrupt(_)
         ));
     }

@@ -5,7 +5,9 @@ use std::path::{Path, PathBuf};
 use std::sync::Arc;
 
 use crate::error::{Result, WalError};
-use crate::format::{all_zero, scan_record, segment_name, Scan, SegmentHeader, SEGMENT_HEADER_LEN};
+use crate::format::{
+    all_zero, scan_record, segment_name, Scan, SegmentHeader, RECORD_HEADER_LEN, SEGMENT_HEADER_LEN,
+};
 use crate::fs::{join, FileSystem, WalFile};
 use crate::options::RecoveryMode;
 
@@ -127,70 +129,170 @@ pub(crate) fn create_segment(
     install_segment(fs, dir, &tmp, file, capacity, header)
 }
 
+/// Bytes read at a time by the recovery scan. Small enough to stay in the CPU cache: copying a
+/// 64 MiB segment from the page cache into one 64 MiB buffer ran at ~0.65 GB/s on the test machine,
+/// through a 256 KiB window at ~4.9 GB/s.
+pub(crate) const SCAN_WINDOW: usize = 256 << 10;
+
+/// A forward-moving window over a file: `buf[..filled]` holds the file from offset `base`.
+/// The buffer is reused across segments; it grows beyond [`SCAN_WINDOW`] only to hold one record
+/// whose header passed its checks (so by at most the maximum record size).
+pub(crate) struct Window<'a> {
+    file: &'a dyn WalFile,
+    file_len: u64,
+    buf: &'a mut Vec<u8>,
+    base: u64,
+    filled: usize,
+}
+
+impl<'a> Window<'a> {
+    pub fn new(file: &'a dyn WalFile, file_len: u64, buf: &'a mut Vec<u8>) -> Self {
+        if buf.len() < SCAN_WINDOW {
+            buf.resize(SCAN_WINDOW, 0);
+        }
+        Window {
+            file,
+            file_len,
+            buf,
+            base: 0,
+            filled: 0,
+        }
+    }
+
+    /// The bytes held, from file offset [`base`](Self::base).
+    pub fn bytes(&self) -> &[u8] {
+        &self.buf[..self.filled]
+    }
+
+    pub fn base(&self) -> u64 {
+        self.base
+    }
+
+    /// Whether the bytes held reach the end of the file.
+    pub fn at_eof(&self) -> bool {
+        self.base + self.filled as u64 == self.file_len
+    }
+
+    /// Makes the window hold `[pos, pos + need)`, or up to the end of the file, reading ahead a
+    /// whole window. `pos` never moves backwards past `base`.
+    pub fn load(&mut self, pos: u64, need: usize) -> std::io::Result<()> {
+        debug_assert!(pos >= self.base && pos <= self.file_len);
+        let want_end = pos.saturating_add(need as u64).min(self.file_len);
+        let held_end = self.base + self.filled as u64;
+        if want_end <= held_end {
+            return Ok(());
+        }
+        // Keep the bytes from `pos` on, then fill the rest of the buffer.
+        let keep_from = ((pos - self.base) as usize).min(self.filled);
+        self.buf.copy_within(keep_from..self.filled, 0);
+        self.filled -= keep_from;
+        self.base = pos;
+        let need_len = (want_end - pos) as usize;
+        if self.buf.len() < need_len {
+            self.buf.resize(need_len, 0);
+        }
+        let read_end = (self.buf.len() as u64).min(self.file_len - pos) as usize;
+        self.file.read_exact_at(
+            &mut self.buf[self.filled..read_end],
+            pos + self.filled as u64,
+        )?;
+        self.filled = read_end;
+        Ok(())
+    }
+
+    /// The offset just past the last non-zero byte at or after `from`, if there is one.
+    pub fn last_nonzero_from(&mut self, from: u64) -> std::io::Result<Option<u64>> {
+        let mut last = None;
+        let mut pos = from;
+        while pos < self.file_len {
+            self.load(pos, SCAN_WINDOW)?;
+            let rel = (pos - self.base) as usize;
+            let chunk = &self.bytes()[rel..];
+            if !all_zero(chunk) {
+                let p = chunk.iter().rposition(|&b| b != 0).expect("not all zero");
+                last = Some(pos + p as u64 + 1);
+            }
+            pos += chunk.len() as u64;
+        }
+        Ok(last)
+    }
+}
+
 /// What the scan of one segment found at its end.
 pub(crate) struct ScanEnd {
     /// Where a torn tail starts, and the offset just past the last non-zero byte after it.
     pub torn: Option<(u64, u64)>,
 }
 
-/// Scans a segment whose whole file is in `buf`, filling `segment.offsets` and `segment.end`.
+/// Scans a segment file front to back through `buf`, filling `segment.offsets` and `segment.end`.
 /// A torn tail is an error unless this is the last segment and the mode tolerates it.
 pub(crate) fn scan_segment(
     segment: &mut Segment,
-    buf: &[u8],
+    buf: &mut Vec<u8>,
     is_last: bool,
     mode: RecoveryMode,
     max_record_size: u32,
 ) -> Result<ScanEnd> {
     let path = &segment.path;
-    let mut pos = SEGMENT_HEADER_LEN as usize;
+    let read_err = |e| WalError::io("read", path, e);
+    let mut window = Window::new(segment.file.as_ref(), segment.capacity, buf);
+    let mut pos = SEGMENT_HEADER_LEN;
     let mut expected = segment.header.first_index;
     segment.offsets.clear();
-    let torn_at = loop {
+    let mut need = RECORD_HEADER_LEN;
+    let torn = loop {
+        window.load(pos, need).map_err(read_err)?;
+        let rel = (pos - window.base()) as usize;
         match scan_record(
-            buf,
-            0,
-            pos,
+            window.bytes(),
+            window.base(),
+            rel,
             segment.seed,
             expected,
             u64::from(max_record_size),
+            window.at_eof(),
         ) {
             Scan::Record { next, .. } => {
-                segment.offsets.push(pos as u64);
+                segment.offsets.push(pos);
                 expected += 1;
-                pos = next;
+                pos = window.base() + next as u64;
+                need = RECORD_HEADER_LEN;
+            }
+            Scan::NeedMore { need: more } => {
+                debug_assert!(more > window.bytes().len() - rel);
+                need = more;
             }
             Scan::End => {
-                if all_zero(&buf[pos..]) {
-                    break None;
-                }
                 // Bytes after the end of the records: left by an interrupted batch in the last
                 // segment; damage anywhere else.
-                break Some(pos);
+                break window
+                    .last_nonzero_from(pos)
+                    .map_err(read_err)?
+                    .map(|nonzero_end| (pos, nonzero_end));
             }
-            Scan::Torn => break Some(pos),
-            Scan::Corrupt(reason) => return Err(WalError::corrupt(path, pos as u64, reason)),
+            Scan::Torn => {
+                let nonzero_end = window.last_nonzero_from(pos).map_err(read_err)?;
+                break Some((pos, nonzero_end.unwrap_or(pos).max(pos)));
+            }
+            Scan::Corrupt(reason) => return Err(WalError::corrupt(path, pos, reason)),
         }
     };
-    segment.end = pos as u64;
-    let Some(torn_at) = torn_at else {
+    segment.end = pos;
+    let Some((torn_at, _)) = torn else {
         return Ok(ScanEnd { torn: None });
     };
     if !is_last {
         return Err(WalError::corrupt(
             path,
-            torn_at as u64,
+            torn_at,
             "incomplete or unexpected bytes after the last record of a sealed segment",
         ));
     }
     if mode == RecoveryMode::AbsoluteConsistency {
         return Err(WalError::TornTail {
             path: path.clone(),
-            offset: torn_at as u64,
+            offset: torn_at,
         });
     }
-    let last_nonzero = buf.iter().rposition(|&b| b != 0).map_or(torn_at, |p| p + 1);
-    Ok(ScanEnd {
-        torn: Some((torn_at as u64, last_nonzero.max(torn_at) as u64)),
-    })
+    Ok(ScanEnd { torn })
 }

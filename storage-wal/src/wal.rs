@@ -557,7 +557,15 @@ impl Wal {
                 .map_err(io_err("read", &segment.path))?;
             let mut pos = 0usize;
             for i in index..last {
-                match scan_record(&buf, span_start, pos, segment.seed, i, u64::from(u32::MAX)) {
+                match scan_record(
+                    &buf,
+                    span_start,
+                    pos,
+                    segment.seed,
+                    i,
+                    u64::from(u32::MAX),
+                    true,
+                ) {
                     Scan::Record {
                         payload_start,
                         len,
@@ -574,7 +582,7 @@ impl Wal {
                             reason,
                         ));
                     }
-                    Scan::End | Scan::Torn => {
+                    Scan::End | Scan::Torn | Scan::NeedMore { .. } => {
                         return Err(WalError::corrupt(
                             &segment.path,
                             span_start + pos as u64,
@@ -884,17 +892,11 @@ fn recover(
                 ));
             }
         }
-        // Same-sized segments reuse the buffer as is: every byte is overwritten by the read.
-        buf.resize(segment.capacity as usize, 0);
-        segment
-            .file
-            .read_exact_at(&mut buf, 0)
-            .map_err(io_err("read", &segment.path))?;
         report.bytes_scanned += segment.capacity;
         let is_last = k + 1 == count;
         let end = scan_segment(
             segment,
-            &buf,
+            &mut buf,
             is_last,
             options.recovery_mode,
             options.max_record_size,
