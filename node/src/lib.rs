@@ -10,6 +10,8 @@
 //! - [`kv`]: the replicated key-value state machine with client sessions.
 //! - [`server`]: [`server::Server::start`] / [`server::serve`], the entry point of `quorate serve`.
 
+#[cfg(test)]
+mod cluster_tests;
 pub mod config;
 mod driver;
 pub mod kv;
