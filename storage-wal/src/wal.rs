@@ -50,9 +50,12 @@ struct State {
     /// Bumped by every truncation; `truncations` remembers (epoch, first removed index).
     epoch: u64,
     truncations: VecDeque<(u64, u64)>,
-    /// Group commit: durability waiters since the last sync started, and in the last batch.
+    /// Group commit: durability waiters since the last fsync started; how many the next fsync
+    /// may expect (those the last one covered plus those that queued during it); whether a
+    /// leader is waiting for them before it starts the fsync.
     arrivals: u64,
-    last_batch_arrivals: u64,
+    expected_waiters: u64,
+    gathering: bool,
     last_sync_done: Instant,
     sync_time_estimate: Duration,
     metadata: Option<Vec<u8>>,
@@ -112,8 +115,10 @@ pub struct Wal {
     dir: PathBuf,
     options: Options,
     state: Mutex<State>,
-    /// Signalled when a sync finishes, the log is truncated or poisoned.
+    /// Signalled when a sync finishes, the log is truncated or poisoned, or a leader stops gathering.
     sync_done: Condvar,
+    /// Signalled for a gathering leader when enough writers wait or a sync finished.
+    gathered: Condvar,
     report: RecoveryReport,
     _lock: Box<dyn Any + Send + Sync>,
 }
@@ -180,7 +185,8 @@ impl Wal {
             epoch: 0,
             truncations: VecDeque::new(),
             arrivals: 0,
-            last_batch_arrivals: 0,
+            expected_waiters: 0,
+            gathering: false,
             last_sync_done: Instant::now(),
             sync_time_estimate: Duration::ZERO,
             metadata,
@@ -193,6 +199,7 @@ impl Wal {
             options,
             state: Mutex::new(state),
             sync_done: Condvar::new(),
+            gathered: Condvar::new(),
             report,
             _lock: lock,
         };
@@ -332,7 +339,11 @@ impl Wal {
         epoch: Option<u64>,
     ) -> Result<u64> {
         st.arrivals += 1;
+        if st.gathering && st.arrivals >= st.expected_waiters {
+            self.gathered.notify_one();
+        }
         let arrived = Instant::now();
+        let mut may_gather = true;
         loop {
             st.check_poisoned()?;
             if let Some(epoch) = epoch {
@@ -343,21 +354,36 @@ impl Wal {
             if st.durable_index >= index {
                 return Ok(st.durable_index);
             }
-            if st.syncing {
+            if st.syncing || st.gathering {
                 self.sync_done.wait(&mut st);
                 continue;
             }
-            // No fsync is running. If fewer writers are waiting than joined the last batch, the
-            // others are probably on their way back (released by the previous fsync): give them a
-            // moment, bounded by the options and by what an fsync costs, so one fsync covers all.
-            if st.arrivals < st.last_batch_arrivals {
+            // This thread leads the next fsync. Closed-loop writers released by the previous
+            // fsync are on their way back: without waiting, the writers split into two groups
+            // whose fsyncs alternate, each covering half of them. So wait until as many writers
+            // wait as were active around the last fsync, bounded by the options and by what an
+            // fsync costs (a writer that stopped costs at most that much once).
+            if may_gather && st.arrivals < st.expected_waiters {
+                may_gather = false;
                 let delay = self
                     .options
                     .max_group_commit_delay
                     .min(st.sync_time_estimate);
                 let deadline = arrived.max(st.last_sync_done) + delay;
                 if Instant::now() < deadline {
-                    self.sync_done.wait_until(&mut st, deadline);
+                    st.gathering = true;
+                    while st.arrivals < st.expected_waiters
+                        && st.poisoned.is_none()
+                        && st.durable_index < index
+                    {
+                        if self.gathered.wait_until(&mut st, deadline).timed_out() {
+                            break;
+                        }
+                    }
+                    st.gathering = false;
+                    // Whoever queued behind this thread looks again (it may have nothing left
+                    // to do if a concurrent `sync` covered it).
+                    self.sync_done.notify_all();
                     continue;
                 }
             }
@@ -365,12 +391,18 @@ impl Wal {
         }
     }
 
+    /// Wakes every thread waiting for durability or gathering a group commit.
+    fn wake_all(&self) {
+        self.sync_done.notify_all();
+        self.gathered.notify_all();
+    }
+
     /// Writes pending records, then fsyncs the active segment with the lock released.
     fn sync_locked(&self, st: &mut MutexGuard<'_, State>) -> Result<()> {
         debug_assert!(!st.syncing);
         st.flush_pending()?;
         let target = st.next_index - 1;
-        st.last_batch_arrivals = st.arrivals;
+        let covered_waiters = st.arrivals;
         st.arrivals = 0;
         if target <= st.durable_index {
             return Ok(());
@@ -386,7 +418,10 @@ impl Wal {
         st.stats.syncs += 1;
         st.last_sync_done = now;
         st.sync_time_estimate = (st.sync_time_estimate * 7 + (now - started)) / 8;
-        self.sync_done.notify_all();
+        // The writers this fsync releases plus those that queued meanwhile: how many the next
+        // leader may expect.
+        st.expected_waiters = covered_waiters + st.arrivals;
+        self.wake_all();
         match result {
             Ok(()) => {
                 st.durable_index = st.durable_index.max(target);
@@ -444,7 +479,7 @@ impl Wal {
         st.stats.syncs += 1;
         // Every record so far is in sealed, synced segments now.
         st.durable_index = st.next_index - 1;
-        self.sync_done.notify_all();
+        self.wake_all();
         let header = SegmentHeader {
             seq: st.next_seq,
             first_index: st.next_index,
@@ -626,7 +661,7 @@ impl Wal {
         if st.truncations.len() > TRUNCATION_MEMORY {
             st.truncations.pop_front();
         }
-        self.sync_done.notify_all();
+        self.wake_all();
         result.map_err(|e| st.poison(e))
     }
 
@@ -682,7 +717,7 @@ impl Wal {
                 self.sync_done.wait(&mut st);
             }
             let result = self.reset_locked(&mut st, index);
-            self.sync_done.notify_all();
+            self.wake_all();
             return result.map_err(|e| st.poison(e));
         }
         st.first_index = index;
