@@ -12,6 +12,8 @@
 
 #[cfg(test)]
 mod cluster_tests;
+pub mod cli;
+pub mod client;
 pub mod config;
 mod driver;
 pub mod kv;

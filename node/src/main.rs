@@ -1,8 +1,8 @@
-//! `quorate`: the replicated key-value server and its CLI. Not yet implemented (see issue "node").
+//! `quorate`: the replicated key-value server and its command-line client.
+//!
+//! `quorate serve --config node.toml` runs one node; `quorate kv ...` and `quorate cluster ...`
+//! talk to a running cluster. `quorate --help` lists the commands and the exit codes.
 
-fn main() {
-    eprintln!(
-        "quorate: the server is not built yet; see `cargo xtask --help` for what works today"
-    );
-    std::process::exit(2);
+fn main() -> std::process::ExitCode {
+    node::cli::main()
 }

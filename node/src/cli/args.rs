@@ -1,0 +1,261 @@
+//! The command line of `quorate`, declared with clap's derive API.
+
+use std::path::PathBuf;
+use std::time::Duration;
+
+use clap::{Args, Parser, Subcommand, ValueEnum};
+
+/// `quorate`: a replicated key-value store on Raft, WAL and QUIC.
+#[derive(Parser, Debug)]
+#[command(
+    name = "quorate",
+    version,
+    about = "Quorate: a replicated key-value store (Raft + WAL + QUIC)",
+    after_help = EXIT_CODES_HELP
+)]
+pub struct Cli {
+    /// Options every client command shares.
+    #[command(flatten)]
+    pub global: GlobalArgs,
+    /// What to do.
+    #[command(subcommand)]
+    pub command: Command,
+}
+
+/// The exit codes, as shown by `quorate --help`.
+pub const EXIT_CODES_HELP: &str = "\
+Exit codes:
+  0  success
+  1  the request was served but its condition failed (get/del: key not found; cas: value differed)
+  2  bad command line
+  3  the cluster could not be reached, or no leader answered in time
+  4  the cluster refused the request (key or value too large, unknown node id, ...)
+  5  local setup problem (certificate files, config file, data directory)";
+
+/// Options shared by the client commands (`kv`, `cluster`).
+#[derive(Args, Debug, Clone)]
+pub struct GlobalArgs {
+    /// Cluster members to contact, comma-separated: `ID=HOST:PORT` or `HOST:PORT` (plain addresses
+    /// are numbered 1, 2, 3, ... in order, as `cargo xtask cluster` numbers its nodes).
+    #[arg(
+        long,
+        global = true,
+        env = "QUORATE_ENDPOINTS",
+        default_value = "127.0.0.1:7001,127.0.0.1:7002,127.0.0.1:7003",
+        value_delimiter = ','
+    )]
+    pub endpoints: Vec<String>,
+    /// Folder with `ca.pem` and `client-NAME.pem/.key` (as written by `cargo xtask certs`).
+    #[arg(long, global = true, env = "QUORATE_CERTS")]
+    pub certs: Option<PathBuf>,
+    /// The client certificate to use: `client-NAME.pem` in the certificate folder.
+    #[arg(
+        long,
+        global = true,
+        env = "QUORATE_CLIENT_NAME",
+        default_value = "admin"
+    )]
+    pub client_name: String,
+    /// The cluster name the certificates were issued for.
+    #[arg(
+        long,
+        global = true,
+        env = "QUORATE_CLUSTER",
+        default_value = "quorate"
+    )]
+    pub cluster: String,
+    /// Print machine-readable JSON instead of text.
+    #[arg(long, global = true)]
+    pub json: bool,
+    /// Give up after this long, retries included (e.g. `500ms`, `5s`, `1m`).
+    #[arg(long, global = true, env = "QUORATE_TIMEOUT", default_value = "5s", value_parser = parse_duration)]
+    pub timeout: Duration,
+}
+
+/// The commands.
+#[derive(Subcommand, Debug)]
+pub enum Command {
+    /// Run one node of the cluster.
+    Serve(ServeArgs),
+    /// Read and write keys.
+    #[command(subcommand)]
+    Kv(KvCommand),
+    /// Inspect and change the cluster's membership and leadership.
+    #[command(subcommand)]
+    Cluster(ClusterCommand),
+}
+
+/// `quorate serve`: flags override the config file, and `QUORATE_*` environment variables
+/// override it too (a flag wins over its variable).
+#[derive(Args, Debug, Clone)]
+pub struct ServeArgs {
+    /// The node's TOML configuration file.
+    #[arg(long, short = 'c', env = "QUORATE_CONFIG")]
+    pub config: Option<PathBuf>,
+    /// This node's id (its certificate must be `node-ID.pem`).
+    #[arg(long, env = "QUORATE_ID")]
+    pub id: Option<u64>,
+    /// Address to listen on (peers and clients share it), e.g. `127.0.0.1:7001`.
+    #[arg(long, env = "QUORATE_LISTEN")]
+    pub listen: Option<String>,
+    /// Initial members, comma-separated `ID=HOST:PORT` (this node included).
+    #[arg(long, env = "QUORATE_PEERS", value_delimiter = ',')]
+    pub peers: Option<Vec<String>>,
+    /// Where the WAL and snapshots live.
+    #[arg(long, env = "QUORATE_DATA_DIR")]
+    pub data_dir: Option<PathBuf>,
+    /// Folder with `ca.pem` and `node-ID.pem/.key`.
+    #[arg(long = "certs", env = "QUORATE_CERTS")]
+    pub certs: Option<PathBuf>,
+    /// Join an existing cluster instead of bootstrapping a new one.
+    #[arg(long, env = "QUORATE_JOIN")]
+    pub join: bool,
+}
+
+/// `quorate kv ...`
+#[derive(Subcommand, Debug)]
+pub enum KvCommand {
+    /// Set KEY to VALUE.
+    Put {
+        /// The key (UTF-8 text).
+        key: String,
+        /// The value (UTF-8 text).
+        value: String,
+    },
+    /// Print the value of KEY (exit code 1 if there is none).
+    Get {
+        /// The key.
+        key: String,
+        /// How fresh the read must be.
+        #[arg(long, value_enum, default_value_t = ConsistencyArg::Linearizable)]
+        consistency: ConsistencyArg,
+    },
+    /// Delete KEY (exit code 1 if there was none).
+    Del {
+        /// The key.
+        key: String,
+    },
+    /// List keys in [START, END) in order.
+    Scan {
+        /// First key (inclusive); the beginning if absent.
+        start: Option<String>,
+        /// End key (exclusive); the end if absent.
+        end: Option<String>,
+        /// Only keys starting with this prefix (instead of START/END).
+        #[arg(long, conflicts_with_all = ["start", "end"])]
+        prefix: Option<String>,
+        /// At most this many keys.
+        #[arg(long, default_value_t = 100)]
+        limit: u32,
+        /// How fresh the read must be.
+        #[arg(long, value_enum, default_value_t = ConsistencyArg::Linearizable)]
+        consistency: ConsistencyArg,
+    },
+    /// Compare-and-set: set KEY to NEW only if its value is EXPECTED (or absent, with
+    /// `--absent`). Exit code 1 if it was not.
+    Cas {
+        /// The key.
+        key: String,
+        /// The value to set.
+        new: String,
+        /// The value KEY must have now.
+        #[arg(long, required_unless_present = "absent")]
+        expect: Option<String>,
+        /// KEY must not exist now.
+        #[arg(long, conflicts_with = "expect")]
+        absent: bool,
+    },
+}
+
+/// How fresh a read must be.
+#[derive(ValueEnum, Debug, Clone, Copy, PartialEq, Eq)]
+pub enum ConsistencyArg {
+    /// Never older than a write acknowledged before the read started (ReadIndex).
+    Linearizable,
+    /// Served by the leader under its lease (no quorum round; relies on bounded clock drift).
+    Lease,
+    /// Whatever the node asked has applied; may be old.
+    Stale,
+}
+
+/// `quorate cluster ...`
+#[derive(Subcommand, Debug)]
+pub enum ClusterCommand {
+    /// Each member's role, term, commit and applied index.
+    Status,
+    /// The members and their addresses.
+    Members,
+    /// Add a member (it must be started with `quorate serve --join`).
+    Add {
+        /// The new node's id.
+        id: u64,
+        /// Its address, `HOST:PORT`.
+        addr: String,
+        /// Add it as a learner (receives the log, does not vote).
+        #[arg(long)]
+        learner: bool,
+    },
+    /// Remove a member.
+    Remove {
+        /// The node's id.
+        id: u64,
+    },
+    /// Ask the leader to hand leadership to another voter.
+    TransferLeader {
+        /// The voter to become leader.
+        id: u64,
+    },
+}
+
+/// Parses `250ms`, `5s`, `2m` or a bare number of seconds.
+pub fn parse_duration(text: &str) -> Result<Duration, String> {
+    let text = text.trim();
+    let split = text
+        .find(|c: char| !(c.is_ascii_digit() || c == '.'))
+        .unwrap_or(text.len());
+    let (number, unit) = text.split_at(split);
+    let number: f64 = number
+        .parse()
+        .map_err(|_| format!("{text:?} is not a duration: write e.g. 500ms, 5s or 1m"))?;
+    let seconds = match unit.trim() {
+        "ms" => number / 1000.0,
+        "" | "s" => number,
+        "m" | "min" => number * 60.0,
+        other => return Err(format!("unknown duration unit {other:?}: use ms, s or m")),
+    };
+    if !(seconds.is_finite() && seconds > 0.0 && seconds < 86_400.0) {
+        return Err(format!(
+            "{text:?} is out of range: give a positive duration under a day"
+        ));
+    }
+    Ok(Duration::from_secs_f64(seconds))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn durations_parse_in_the_units_people_type() {
+        assert_eq!(parse_duration("500ms"), Ok(Duration::from_millis(500)));
+        assert_eq!(parse_duration("5s"), Ok(Duration::from_secs(5)));
+        assert_eq!(parse_duration("2"), Ok(Duration::from_secs(2)));
+        assert_eq!(parse_duration("1m"), Ok(Duration::from_secs(60)));
+        assert!(parse_duration("5h").is_err());
+        assert!(parse_duration("0s").is_err());
+        assert!(parse_duration("fast").is_err());
+    }
+
+    #[test]
+    fn the_command_line_is_consistent() {
+        use clap::CommandFactory;
+        Cli::command().debug_assert();
+    }
+
+    #[test]
+    fn cas_needs_an_expectation() {
+        assert!(Cli::try_parse_from(["quorate", "kv", "cas", "k", "v"]).is_err());
+        assert!(Cli::try_parse_from(["quorate", "kv", "cas", "k", "v", "--absent"]).is_ok());
+        assert!(Cli::try_parse_from(["quorate", "kv", "cas", "k", "v", "--expect", "old"]).is_ok());
+    }
+}

@@ -1,0 +1,463 @@
+//! Runs `kv` and `cluster` commands and prints their results for people or as JSON.
+
+use bytes::Bytes;
+
+use super::args::{ClusterCommand, ConsistencyArg, KvCommand};
+use super::json::Json;
+
+/// Builds a JSON object: `obj! { "name": value, ... }`.
+macro_rules! obj {
+    ($($name:literal : $value:expr),* $(,)?) => {
+        Json::obj(vec![$(($name, Json::from($value))),*] as Vec<(&str, Json)>)
+    };
+}
+
+use super::{CliError, Outcome};
+use crate::client::{CasOutcome, Client, ClientError};
+use crate::proto::{Consistency, KeyValue, Member, NodeStatus, Role};
+
+/// Prints an error as the JSON document of a failed command.
+pub(super) fn print_json_error(error: &CliError) {
+    println!(
+        "{}",
+        obj! { "error": error.to_string(), "kind": error.kind(), "exit_code": error.exit_code() }
+    );
+}
+
+fn consistency(arg: ConsistencyArg) -> Result<Consistency, CliError> {
+    match arg {
+        ConsistencyArg::Linearizable => Ok(Consistency::Linearizable),
+        ConsistencyArg::Stale => Ok(Consistency::Stale),
+        // The server decides between ReadIndex and lease (its `read_mode`); a linearizable read
+        // is what the client can ask for.
+        ConsistencyArg::Lease => Ok(Consistency::Linearizable),
+    }
+}
+
+/// Text for people: the bytes as UTF-8 if they are, else hex with a `0x` prefix.
+fn text(bytes: &[u8]) -> String {
+    match std::str::from_utf8(bytes) {
+        Ok(s) => s.to_string(),
+        Err(_) => {
+            let hex: String = bytes.iter().map(|b| format!("{b:02x}")).collect();
+            format!("0x{hex}")
+        }
+    }
+}
+
+/// JSON fields for bytes: `name` as a string if UTF-8, else `name_hex`.
+fn bytes_field(object: &mut Json, name: &str, bytes: &[u8]) {
+    match std::str::from_utf8(bytes) {
+        Ok(s) => object.push(name, Json::from(s)),
+        Err(_) => object.push(
+            &format!("{name}_hex"),
+            Json::Str(bytes.iter().map(|b| format!("{b:02x}")).collect()),
+        ),
+    }
+}
+
+fn kv_json(kv: &KeyValue) -> Json {
+    let mut object = obj! {};
+    bytes_field(&mut object, "key", &kv.key);
+    bytes_field(&mut object, "value", &kv.value);
+    object.push("create_revision", kv.create_revision.into());
+    object.push("mod_revision", kv.mod_revision.into());
+    object.push("version", kv.version.into());
+    object
+}
+
+fn quoted(key: &[u8]) -> String {
+    format!("{:?}", text(key))
+}
+
+/// Runs a `kv` command.
+pub(super) async fn kv(
+    client: &Client,
+    command: KvCommand,
+    json: bool,
+) -> Result<Outcome, CliError> {
+    match command {
+        KvCommand::Put { key, value } => {
+            let revision = client.put(key.clone(), value).await?;
+            if json {
+                println!("{}", obj! { "key": key, "revision": revision });
+            } else {
+                println!("OK (revision {revision})");
+            }
+            Ok(Outcome::Success)
+        }
+        KvCommand::Get {
+            key,
+            consistency: c,
+        } => {
+            let (revision, kv) = client
+                .get_with_revision(key.clone(), consistency(c)?)
+                .await?;
+            match (kv, json) {
+                (Some(kv), true) => {
+                    println!(
+                        "{}",
+                        obj! { "found": true, "revision": revision, "kv": kv_json(&kv) }
+                    );
+                    Ok(Outcome::Success)
+                }
+                (Some(kv), false) => {
+                    println!("{}", text(&kv.value));
+                    Ok(Outcome::Success)
+                }
+                (None, true) => {
+                    println!(
+                        "{}",
+                        obj! { "found": false, "key": key, "revision": revision }
+                    );
+                    Ok(Outcome::ConditionFailed)
+                }
+                (None, false) => {
+                    eprintln!("key {key:?} not found (revision {revision})");
+                    Ok(Outcome::ConditionFailed)
+                }
+            }
+        }
+        KvCommand::Del { key } => {
+            let (deleted, revision) = client.delete(key.clone()).await?;
+            if json {
+                println!(
+                    "{}",
+                    obj! { "key": key, "deleted": deleted, "revision": revision }
+                );
+            } else if deleted {
+                println!("deleted {key:?} (revision {revision})");
+            } else {
+                eprintln!("key {key:?} not found; nothing deleted");
+            }
+            Ok(if deleted {
+                Outcome::Success
+            } else {
+                Outcome::ConditionFailed
+            })
+        }
+        KvCommand::Scan {
+            start,
+            end,
+            prefix,
+            limit,
+            consistency: c,
+        } => {
+            let (start, end) = match prefix {
+                Some(prefix) => {
+                    let start = Bytes::from(prefix.into_bytes());
+                    let end = prefix_end(&start);
+                    (start, end)
+                }
+                None => (
+                    Bytes::from(start.unwrap_or_default().into_bytes()),
+                    end.map(|e| Bytes::from(e.into_bytes())),
+                ),
+            };
+            let page = client.scan(start, end, limit, consistency(c)?).await?;
+            if json {
+                let kvs: Vec<Json> = page.kvs.iter().map(kv_json).collect();
+                println!(
+                    "{}",
+                    obj! { "revision": page.revision, "count": kvs.len(), "more": page.more, "kvs": kvs }
+                );
+            } else {
+                for kv in &page.kvs {
+                    println!("{}\t{}", text(&kv.key), text(&kv.value));
+                }
+                if page.more {
+                    if let Some(last) = page.kvs.last() {
+                        eprintln!(
+                            "(more keys after {}: raise --limit or scan again starting after it)",
+                            quoted(&last.key)
+                        );
+                    }
+                }
+            }
+            Ok(Outcome::Success)
+        }
+        KvCommand::Cas {
+            key,
+            new,
+            expect,
+            absent,
+        } => {
+            let expected = if absent {
+                None
+            } else {
+                expect.map(|e| Bytes::from(e.into_bytes()))
+            };
+            match client.cas(key.clone(), expected, new).await? {
+                CasOutcome::Swapped { revision } => {
+                    if json {
+                        println!(
+                            "{}",
+                            obj! { "key": key, "succeeded": true, "revision": revision }
+                        );
+                    } else {
+                        println!("OK (revision {revision})");
+                    }
+                    Ok(Outcome::Success)
+                }
+                CasOutcome::Mismatch { revision, current } => {
+                    if json {
+                        println!(
+                            "{}",
+                            obj! {
+                                "key": key,
+                                "succeeded": false,
+                                "revision": revision,
+                                "current": current.as_ref().map(kv_json),
+                            }
+                        );
+                    } else {
+                        match current {
+                            Some(kv) => eprintln!(
+                                "not swapped: {key:?} is {:?} (mod revision {})",
+                                text(&kv.value),
+                                kv.mod_revision
+                            ),
+                            None => eprintln!("not swapped: {key:?} does not exist"),
+                        }
+                    }
+                    Ok(Outcome::ConditionFailed)
+                }
+            }
+        }
+    }
+}
+
+/// The first key after every key that starts with `prefix` (`None`: no such key).
+fn prefix_end(prefix: &[u8]) -> Option<Bytes> {
+    let mut end = prefix.to_vec();
+    while let Some(last) = end.pop() {
+        if last < u8::MAX {
+            end.push(last + 1);
+            return Some(Bytes::from(end));
+        }
+    }
+    None
+}
+
+fn role_name(role: Role) -> &'static str {
+    match role {
+        Role::Follower => "follower",
+        Role::PreCandidate => "pre-candidate",
+        Role::Candidate => "candidate",
+        Role::Leader => "leader",
+        Role::Learner => "learner",
+    }
+}
+
+fn status_json(status: &NodeStatus) -> Json {
+    obj! {
+        "id": status.id,
+        "cluster": status.cluster.clone(),
+        "role": role_name(status.role),
+        "term": status.term,
+        "leader": status.leader,
+        "commit_index": status.commit_index,
+        "applied_index": status.applied_index,
+        "last_index": status.last_index,
+        "persisted_index": status.persisted_index,
+        "snapshot_index": status.snapshot_index,
+        "revision": status.revision,
+        "keys": status.keys,
+    }
+}
+
+fn member_json(member: &Member) -> Json {
+    obj! {
+        "id": member.id,
+        "addr": member.addr.map(|a| a.to_string()),
+        "voter": member.voter,
+        "leader": member.leader,
+    }
+}
+
+/// Runs a `cluster` command.
+pub(super) async fn cluster(
+    client: &Client,
+    command: ClusterCommand,
+    json: bool,
+) -> Result<Outcome, CliError> {
+    match command {
+        ClusterCommand::Status => {
+            let statuses = client.status_all().await;
+            let addrs = client.known_members();
+            let reachable = statuses.iter().filter(|(_, s)| s.is_ok()).count();
+            let leaders: Vec<u64> = statuses
+                .iter()
+                .filter_map(|(_, s)| s.as_ref().ok())
+                .filter(|s| s.role == Role::Leader)
+                .map(|s| s.id)
+                .collect();
+            if json {
+                let nodes: Vec<Json> = statuses
+                    .iter()
+                    .map(|(id, s)| match s {
+                        Ok(status) => {
+                            let mut v = status_json(status);
+                            v.push("addr", addrs.get(id).map(|a| a.to_string()).into());
+                            v.push("reachable", true.into());
+                            v
+                        }
+                        Err(error) => obj! {
+                            "id": *id,
+                            "addr": addrs.get(id).map(|a| a.to_string()),
+                            "reachable": false,
+                            "error": error.to_string(),
+                        },
+                    })
+                    .collect();
+                println!(
+                    "{}",
+                    obj! { "leader": leaders.first().copied(), "reachable": reachable, "nodes": nodes }
+                );
+            } else {
+                println!(
+                    "{:<4} {:<22} {:<13} {:>5} {:>6} {:>8} {:>8} {:>8} {:>8} {:>6}",
+                    "ID",
+                    "ADDRESS",
+                    "ROLE",
+                    "TERM",
+                    "LEADER",
+                    "COMMIT",
+                    "APPLIED",
+                    "SNAPSHOT",
+                    "REVISION",
+                    "KEYS"
+                );
+                for (id, status) in &statuses {
+                    let addr = addrs.get(id).map(|a| a.to_string()).unwrap_or_default();
+                    match status {
+                        Ok(s) => println!(
+                            "{:<4} {:<22} {:<13} {:>5} {:>6} {:>8} {:>8} {:>8} {:>8} {:>6}",
+                            id,
+                            addr,
+                            role_name(s.role),
+                            s.term,
+                            s.leader
+                                .map(|l| l.to_string())
+                                .unwrap_or_else(|| "-".into()),
+                            s.commit_index,
+                            s.applied_index,
+                            s.snapshot_index,
+                            s.revision,
+                            s.keys
+                        ),
+                        Err(error) => {
+                            println!("{id:<4} {addr:<22} unreachable: {}", short_error(error))
+                        }
+                    }
+                }
+                match leaders.as_slice() {
+                    [leader] => println!("leader: node {leader}; {reachable} of {} members answered", statuses.len()),
+                    [] => println!(
+                        "no leader among the members that answered ({reachable} of {}): an election may be running, \
+                         or too few members are up to form a majority",
+                        statuses.len()
+                    ),
+                    many => println!("members report several leaders {many:?} (different terms); ask again in a moment"),
+                }
+            }
+            if reachable == 0 {
+                return Err(CliError::Unavailable(format!(
+                    "no member answered at {}: is the cluster running? (check --endpoints and --certs)",
+                    addrs
+                        .iter()
+                        .map(|(id, a)| format!("{id}={a}"))
+                        .collect::<Vec<_>>()
+                        .join(",")
+                )));
+            }
+            Ok(Outcome::Success)
+        }
+        ClusterCommand::Members => {
+            let (members, leader) = client.members().await?;
+            if json {
+                let list: Vec<Json> = members.iter().map(member_json).collect();
+                println!("{}", obj! { "leader": leader, "members": list });
+            } else {
+                println!("{:<4} {:<22} {:<8} LEADER", "ID", "ADDRESS", "KIND");
+                for m in &members {
+                    println!(
+                        "{:<4} {:<22} {:<8} {}",
+                        m.id,
+                        m.addr.map(|a| a.to_string()).unwrap_or_else(|| "?".into()),
+                        if m.voter { "voter" } else { "learner" },
+                        if m.leader { "*" } else { "" }
+                    );
+                }
+            }
+            Ok(Outcome::Success)
+        }
+        ClusterCommand::Add { id, addr, learner } => {
+            let addr = resolve(&addr)?;
+            client.add_member(id, addr, learner).await?;
+            let kind = if learner { "learner" } else { "voter" };
+            if json {
+                println!(
+                    "{}",
+                    obj! { "added": id, "addr": addr.to_string(), "kind": kind }
+                );
+            } else {
+                println!(
+                    "added node {id} at {addr} as a {kind}; start it with `quorate serve --join --id {id} --listen {addr} ...` if it is not running"
+                );
+            }
+            Ok(Outcome::Success)
+        }
+        ClusterCommand::Remove { id } => {
+            client.remove_member(id).await?;
+            if json {
+                println!("{}", obj! { "removed": id });
+            } else {
+                println!("removed node {id}; its process can be stopped now");
+            }
+            Ok(Outcome::Success)
+        }
+        ClusterCommand::TransferLeader { id } => {
+            client.transfer_leader(id).await?;
+            if json {
+                println!("{}", obj! { "leader": id });
+            } else {
+                println!("node {id} is the leader now");
+            }
+            Ok(Outcome::Success)
+        }
+    }
+}
+
+fn short_error(error: &ClientError) -> String {
+    match error {
+        ClientError::Unavailable { last, .. } => last.clone(),
+        other => other.to_string(),
+    }
+}
+
+fn resolve(addr: &str) -> Result<std::net::SocketAddr, CliError> {
+    use std::net::ToSocketAddrs;
+    addr.to_socket_addrs()
+        .ok()
+        .and_then(|mut a| a.next())
+        .ok_or_else(|| CliError::Usage(format!("{addr:?} is not a HOST:PORT address")))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn prefix_end_is_the_next_key_after_the_prefix() {
+        assert_eq!(prefix_end(b"ab"), Some(Bytes::from_static(b"ac")));
+        assert_eq!(prefix_end(b"a\xff"), Some(Bytes::from_static(b"b")));
+        assert_eq!(prefix_end(b"\xff\xff"), None);
+    }
+
+    #[test]
+    fn bytes_show_as_text_or_hex() {
+        assert_eq!(text(b"hello"), "hello");
+        assert_eq!(text(b"\xff\x00"), "0xff00");
+    }
+}

@@ -1,0 +1,933 @@
+//! The Rust client of a Quorate cluster: connect to any member, find the leader, retry safely.
+//!
+//! A [`Client`] knows some members' addresses (at least one), sends each request to the member it
+//! believes leads, and follows [`ServerError::NotLeader`] redirects. When a member does not answer
+//! or no leader is known yet (an election), it backs off and tries the next member, until the
+//! operation's deadline ([`ClientConfig::timeout`]).
+//!
+//! Writes are exactly-once through a session (see [`crate::proto`]): the client picks a random
+//! non-zero id when it is created and numbers its writes 1, 2, 3, ...; every retry of one write
+//! carries the same number, so the state machine applies it once and answers a retry with the
+//! original result. Reads are served by any member; linearizable reads (the default) never return
+//! a value older than a write acknowledged before the read started.
+//!
+//! ```no_run
+//! # async fn demo() -> Result<(), node::client::ClientError> {
+//! use node::client::{Client, ClientConfig};
+//! use node::proto::Consistency;
+//!
+//! let endpoints = node::client::parse_endpoints(["127.0.0.1:7001", "127.0.0.1:7002"])?;
+//! let config = ClientConfig::from_cert_dir("quorate", "certs".as_ref(), "admin", endpoints)?;
+//! let client = Client::connect(config)?;
+//! let revision = client.put("greeting", "hello").await?;
+//! let kv = client.get("greeting", Consistency::Linearizable).await?;
+//! assert_eq!(kv.map(|kv| kv.mod_revision), Some(revision));
+//! # Ok(()) }
+//! ```
+
+use std::collections::{BTreeMap, BTreeSet};
+use std::hash::{BuildHasher, Hasher};
+use std::net::SocketAddr;
+use std::path::Path;
+use std::sync::{Arc, Mutex, RwLock};
+use std::time::{Duration, Instant};
+
+use bytes::Bytes;
+use net_quic::{Credentials, Limits, NodeId, RequestError};
+use tracing::debug;
+
+use crate::proto::{
+    AdminRequest, Consistency, KeyValue, Member, NodeStatus, Quorate, ReadOp, Reply, Request,
+    ServerError, Session, WriteOp, WriteResult,
+};
+
+/// How a [`Client`] connects and how long it tries.
+#[derive(Debug, Clone)]
+pub struct ClientConfig {
+    /// The cluster name the certificates were issued for.
+    pub cluster: String,
+    /// This client's certificate and key, and the cluster CA.
+    pub credentials: Credentials,
+    /// Known members: node id and address. At least one.
+    pub endpoints: Vec<(u64, SocketAddr)>,
+    /// How long one operation may take, retries and redirects included.
+    pub timeout: Duration,
+    /// How long one attempt against one member may take before the next member is tried.
+    pub attempt_timeout: Duration,
+    /// First pause after a failed attempt; doubles per failure up to `backoff_max`.
+    pub backoff_initial: Duration,
+    /// Longest pause between attempts.
+    pub backoff_max: Duration,
+    /// Transport settings (frame size, keep-alive, connect timeout).
+    pub limits: Limits,
+}
+
+impl ClientConfig {
+    /// A configuration with default timings: 5 s per operation, 2 s per attempt, backoff
+    /// from 50 ms to 500 ms.
+    pub fn new(cluster: &str, credentials: Credentials, endpoints: Vec<(u64, SocketAddr)>) -> Self {
+        let limits = Limits {
+            connect_timeout: Duration::from_secs(1),
+            idle_timeout: Duration::from_secs(5),
+            keep_alive: Duration::from_millis(500),
+            ..Limits::default()
+        };
+        ClientConfig {
+            cluster: cluster.to_string(),
+            credentials,
+            endpoints,
+            timeout: Duration::from_secs(5),
+            attempt_timeout: Duration::from_secs(2),
+            backoff_initial: Duration::from_millis(50),
+            backoff_max: Duration::from_millis(500),
+            limits,
+        }
+    }
+
+    /// Loads `client-<name>.pem/.key` and `ca.pem` from a certificate folder (as written by
+    /// `cargo xtask certs`).
+    pub fn from_cert_dir(
+        cluster: &str,
+        dir: &Path,
+        name: &str,
+        endpoints: Vec<(u64, SocketAddr)>,
+    ) -> Result<Self, ClientError> {
+        let credentials =
+            Credentials::load_client(dir, name).map_err(|source| ClientError::Credentials {
+                dir: dir.display().to_string(),
+                name: name.to_string(),
+                source,
+            })?;
+        Ok(Self::new(cluster, credentials, endpoints))
+    }
+}
+
+/// Parses member addresses: `ID=HOST:PORT` or a bare `HOST:PORT`, which gets the id of its
+/// position (1 for the first entry, 2 for the second, ...), as `cargo xtask cluster` numbers its
+/// nodes. Host names are resolved.
+pub fn parse_endpoints<S: AsRef<str>>(
+    entries: impl IntoIterator<Item = S>,
+) -> Result<Vec<(u64, SocketAddr)>, ClientError> {
+    use std::net::ToSocketAddrs;
+    let mut out: Vec<(u64, SocketAddr)> = Vec::new();
+    for (position, entry) in entries.into_iter().enumerate() {
+        let entry = entry.as_ref().trim();
+        if entry.is_empty() {
+            continue;
+        }
+        let bad = |why: &str| ClientError::BadEndpoint {
+            entry: entry.to_string(),
+            why: why.to_string(),
+        };
+        let (id, addr) = match entry.split_once('=') {
+            Some((id, addr)) => (
+                id.trim()
+                    .parse::<u64>()
+                    .ok()
+                    .filter(|&id| id != 0)
+                    .ok_or_else(|| bad("the node id before '=' must be a positive integer"))?,
+                addr.trim(),
+            ),
+            None => (position as u64 + 1, entry),
+        };
+        let addr = addr
+            .to_socket_addrs()
+            .map_err(|e| bad(&format!("not a HOST:PORT address ({e})")))?
+            .next()
+            .ok_or_else(|| bad("the host name resolves to no address"))?;
+        if out.iter().any(|&(known, _)| known == id) {
+            return Err(bad("this node id is listed twice"));
+        }
+        out.push((id, addr));
+    }
+    if out.is_empty() {
+        return Err(ClientError::NoEndpoints);
+    }
+    Ok(out)
+}
+
+/// Why an operation failed.
+#[derive(Debug, thiserror::Error)]
+pub enum ClientError {
+    /// No member address was given.
+    #[error("no cluster member given: pass --endpoints HOST:PORT,... or set QUORATE_ENDPOINTS")]
+    NoEndpoints,
+    /// A member address does not parse.
+    #[error("bad endpoint {entry:?}: {why} (write ID=HOST:PORT or HOST:PORT)")]
+    BadEndpoint {
+        /// The entry as given.
+        entry: String,
+        /// What is wrong with it.
+        why: String,
+    },
+    /// The client certificate could not be loaded.
+    #[error("cannot load client certificate client-{name}.pem/.key and ca.pem from {dir}: {source} (create them with `cargo xtask certs --dir {dir} --clients {name}`, or pass --certs / --client-name)")]
+    Credentials {
+        /// The certificate folder.
+        dir: String,
+        /// The client name.
+        name: String,
+        /// Why loading failed.
+        #[source]
+        source: net_quic::TlsError,
+    },
+    /// The local QUIC endpoint could not be created.
+    #[error("cannot create the client endpoint: {0}")]
+    Endpoint(#[from] net_quic::BindError),
+    /// No member served the request before the deadline. For a write, it may or may not have
+    /// been applied.
+    #[error("no leader reachable at {endpoints} within {elapsed:?} ({attempts} attempts; last error: {last}): is the cluster running? try `quorate cluster status`")]
+    Unavailable {
+        /// The members tried.
+        endpoints: String,
+        /// Time spent.
+        elapsed: Duration,
+        /// Attempts made.
+        attempts: u32,
+        /// The last failure seen.
+        last: String,
+    },
+    /// The cluster refused the request (bad key, unknown node, ...); retrying will not help.
+    #[error("{0}")]
+    Refused(ServerError),
+    /// The member answered with a reply of another kind than the request calls for (a bug).
+    #[error("unexpected reply from node {node}: {reply}")]
+    UnexpectedReply {
+        /// The member that answered.
+        node: u64,
+        /// The reply, debug-printed.
+        reply: String,
+    },
+}
+
+impl ClientError {
+    /// The server's refusal, if that is what this is.
+    pub fn server_error(&self) -> Option<&ServerError> {
+        match self {
+            ClientError::Refused(error) => Some(error),
+            _ => None,
+        }
+    }
+}
+
+/// What kind of request is being sent, which decides where it may go.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Route {
+    /// Only the leader serves it (writes, membership, transfer): follow redirects.
+    Leader,
+    /// Any member serves it (reads, status): prefer the leader, move on on failure.
+    Any,
+}
+
+/// The client's session state: the next sequence number and the writes awaiting a reply.
+#[derive(Debug)]
+struct SessionState {
+    next_seq: u64,
+    in_flight: BTreeSet<u64>,
+}
+
+/// A client of a Quorate cluster. Cheap to share behind an `Arc`; every method takes `&self` and
+/// many operations may run at once.
+pub struct Client {
+    config: ClientConfig,
+    client_id: u64,
+    session: Mutex<SessionState>,
+    /// Known member addresses, learnt from the configuration, redirects and membership replies.
+    members: Mutex<BTreeMap<u64, SocketAddr>>,
+    /// The member believed to lead.
+    leader: Mutex<Option<u64>>,
+    /// The transport; replaced when a new member address is learnt.
+    net: RwLock<Arc<net_quic::Client<Quorate>>>,
+}
+
+impl std::fmt::Debug for Client {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Client")
+            .field("client_id", &self.client_id)
+            .field("members", &self.members)
+            .field("leader", &self.leader)
+            .finish_non_exhaustive()
+    }
+}
+
+/// A random non-zero 64-bit id. std's `RandomState` is keyed from the operating system's random
+/// source, which is all a session id needs (uniqueness among the cluster's clients).
+fn random_client_id() -> u64 {
+    loop {
+        let mut hasher = std::collections::hash_map::RandomState::new().build_hasher();
+        hasher.write_u128(
+            std::time::SystemTime::now()
+                .duration_since(std::time::UNIX_EPOCH)
+                .map(|d| d.as_nanos())
+                .unwrap_or(0),
+        );
+        hasher.write_u32(std::process::id());
+        let id = hasher.finish();
+        if id != 0 {
+            return id;
+        }
+    }
+}
+
+/// Removes a write from the in-flight set when its future ends, even if it is cancelled.
+struct InFlight<'a> {
+    client: &'a Client,
+    seq: u64,
+}
+
+impl Drop for InFlight<'_> {
+    fn drop(&mut self) {
+        if let Ok(mut session) = self.client.session.lock() {
+            session.in_flight.remove(&self.seq);
+        }
+    }
+}
+
+impl Client {
+    /// Creates the client (no connection is made until the first request). Must be called
+    /// inside a tokio runtime.
+    pub fn connect(config: ClientConfig) -> Result<Client, ClientError> {
+        if config.endpoints.is_empty() {
+            return Err(ClientError::NoEndpoints);
+        }
+        let members: BTreeMap<u64, SocketAddr> = config.endpoints.iter().copied().collect();
+        let net = Self::transport(&config, &members)?;
+        Ok(Client {
+            client_id: random_client_id(),
+            session: Mutex::new(SessionState {
+                next_seq: 1,
+                in_flight: BTreeSet::new(),
+            }),
+            members: Mutex::new(members),
+            leader: Mutex::new(None),
+            net: RwLock::new(Arc::new(net)),
+            config,
+        })
+    }
+
+    fn transport(
+        config: &ClientConfig,
+        members: &BTreeMap<u64, SocketAddr>,
+    ) -> Result<net_quic::Client<Quorate>, ClientError> {
+        let any_v6 = members.values().any(|addr| addr.is_ipv6());
+        let bind: SocketAddr = if any_v6 {
+            "[::]:0".parse().expect("valid address")
+        } else {
+            "0.0.0.0:0".parse().expect("valid address")
+        };
+        Ok(net_quic::Client::new(net_quic::ClientConfig {
+            cluster: config.cluster.clone(),
+            bind,
+            credentials: config.credentials.clone(),
+            nodes: members
+                .iter()
+                .map(|(&id, &addr)| (NodeId(id), addr))
+                .collect(),
+            limits: config.limits.clone(),
+        })?)
+    }
+
+    /// This client's session id (random, non-zero).
+    pub fn client_id(&self) -> u64 {
+        self.client_id
+    }
+
+    /// The member this client currently believes leads, if any.
+    pub fn leader_hint(&self) -> Option<u64> {
+        *self.leader.lock().expect("leader lock")
+    }
+
+    /// The member addresses known so far.
+    pub fn known_members(&self) -> BTreeMap<u64, SocketAddr> {
+        self.members.lock().expect("members lock").clone()
+    }
+
+    /// Records a member's address; rebuilds the transport if it is new or moved.
+    fn learn_member(&self, id: u64, addr: SocketAddr) {
+        let members = {
+            let mut members = self.members.lock().expect("members lock");
+            if members.get(&id) == Some(&addr) {
+                return;
+            }
+            members.insert(id, addr);
+            members.clone()
+        };
+        debug!(id, %addr, "client learnt a member address");
+        match Self::transport(&self.config, &members) {
+            Ok(net) => *self.net.write().expect("net lock") = Arc::new(net),
+            Err(error) => debug!(%error, "could not rebuild the client transport"),
+        }
+    }
+
+    fn learn_members(&self, members: &[Member]) {
+        for member in members {
+            if let Some(addr) = member.addr {
+                self.learn_member(member.id, addr);
+            }
+        }
+    }
+
+    fn set_leader(&self, leader: Option<u64>) {
+        *self.leader.lock().expect("leader lock") = leader;
+    }
+
+    fn endpoints_text(&self) -> String {
+        let members = self.members.lock().expect("members lock");
+        members
+            .iter()
+            .map(|(id, addr)| format!("{id}={addr}"))
+            .collect::<Vec<_>>()
+            .join(",")
+    }
+
+    /// The member to try next: the leader if known, else the members in turn.
+    fn pick(&self, turn: &mut usize) -> u64 {
+        if let Some(leader) = self.leader_hint() {
+            if self
+                .members
+                .lock()
+                .expect("members lock")
+                .contains_key(&leader)
+            {
+                return leader;
+            }
+        }
+        let members = self.members.lock().expect("members lock");
+        let ids: Vec<u64> = members.keys().copied().collect();
+        let id = ids[*turn % ids.len()];
+        *turn += 1;
+        id
+    }
+
+    /// Sends `request` until a member serves it or the deadline passes.
+    async fn call(&self, request: &Request, route: Route) -> Result<(u64, Reply), ClientError> {
+        let started = Instant::now();
+        let deadline = started + self.config.timeout;
+        let mut backoff = self.config.backoff_initial;
+        let mut turn = 0usize;
+        let mut attempts = 0u32;
+        let mut last = String::from("no attempt finished");
+        loop {
+            let now = Instant::now();
+            if now >= deadline {
+                break;
+            }
+            let target = self.pick(&mut turn);
+            let budget = self.config.attempt_timeout.min(deadline - now);
+            attempts += 1;
+            let net = self.net.read().expect("net lock").clone();
+            let outcome = net.request(NodeId(target), request, budget).await;
+            let retry_now = match outcome {
+                Ok(Ok(reply)) => {
+                    if route == Route::Leader {
+                        self.set_leader(Some(target));
+                    }
+                    return Ok((target, reply));
+                }
+                Ok(Err(ServerError::NotLeader {
+                    leader,
+                    leader_addr,
+                })) => {
+                    last = format!("node {target} is not the leader");
+                    if let (Some(leader), Some(addr)) = (leader, leader_addr) {
+                        self.learn_member(leader, addr);
+                    }
+                    match leader {
+                        Some(leader) if leader != target => {
+                            self.set_leader(Some(leader));
+                            // A fresh hint: follow it at once, but only once per attempt
+                            // budget so that two members pointing at each other cannot spin.
+                            !attempts.is_multiple_of(4)
+                        }
+                        _ => {
+                            self.set_leader(None);
+                            false
+                        }
+                    }
+                }
+                Ok(Err(error)) if is_transient(&error) => {
+                    last = format!("node {target}: {error}");
+                    if self.leader_hint() == Some(target) {
+                        self.set_leader(None);
+                    }
+                    false
+                }
+                Ok(Err(error)) => return Err(ClientError::Refused(error)),
+                Err(error) => {
+                    last = format!("node {target}: {}", describe_request_error(&error));
+                    if self.leader_hint() == Some(target) {
+                        self.set_leader(None);
+                    }
+                    // A member that cannot be reached: try the next one without waiting,
+                    // unless every member has just failed.
+                    matches!(error, RequestError::Timeout(_))
+                        || !turn.is_multiple_of(self.member_count())
+                }
+            };
+            debug!(target, attempts, %last, "client attempt failed");
+            if !retry_now {
+                let pause = backoff.min(deadline.saturating_duration_since(Instant::now()));
+                tokio::time::sleep(pause).await;
+                backoff = (backoff * 2).min(self.config.backoff_max);
+            }
+        }
+        Err(ClientError::Unavailable {
+            endpoints: self.endpoints_text(),
+            elapsed: started.elapsed(),
+            attempts,
+            last,
+        })
+    }
+
+    fn member_count(&self) -> usize {
+        self.members.lock().expect("members lock").len().max(1)
+    }
+
+    /// Starts a write: the next sequence number and the session to send with it.
+    fn begin_write(&self) -> (InFlight<'_>, Session) {
+        let mut state = self.session.lock().expect("session lock");
+        let seq = state.next_seq;
+        state.next_seq += 1;
+        state.in_flight.insert(seq);
+        let first_unacked = *state.in_flight.first().expect("just inserted");
+        (
+            InFlight { client: self, seq },
+            Session {
+                client_id: self.client_id,
+                seq,
+                first_unacked,
+            },
+        )
+    }
+
+    /// Applies a write under the next sequence number of this client's session; retries keep
+    /// that number, so the write is applied at most once.
+    pub async fn write(&self, op: WriteOp) -> Result<WriteResult, ClientError> {
+        let (_in_flight, session) = self.begin_write();
+        self.write_in_session(session, op).await
+    }
+
+    /// Sends a write with an explicit session (client id, sequence number). Sending the same
+    /// session twice applies the write once and answers both with the same result; tools and
+    /// tests use this to replay a write whose reply was lost.
+    pub async fn write_in_session(
+        &self,
+        session: Session,
+        op: WriteOp,
+    ) -> Result<WriteResult, ClientError> {
+        let request = Request::Write { session, op };
+        match self.call(&request, Route::Leader).await? {
+            (_, Reply::Write(result)) => Ok(result),
+            (node, other) => Err(unexpected(node, &other)),
+        }
+    }
+
+    /// A session for [`Client::write_in_session`]: this client's id and a fresh sequence number.
+    pub fn new_session(&self) -> Session {
+        let mut state = self.session.lock().expect("session lock");
+        let seq = state.next_seq;
+        state.next_seq += 1;
+        Session {
+            client_id: self.client_id,
+            seq,
+            first_unacked: state.in_flight.first().copied().unwrap_or(seq),
+        }
+    }
+
+    /// Sets `key` to `value`; returns the store revision of the write.
+    pub async fn put(
+        &self,
+        key: impl Into<Bytes>,
+        value: impl Into<Bytes>,
+    ) -> Result<u64, ClientError> {
+        let op = WriteOp::Put {
+            key: key.into(),
+            value: value.into(),
+        };
+        match self.write(op).await? {
+            WriteResult::Put { revision } => Ok(revision),
+            other => Err(unexpected_write(&other)),
+        }
+    }
+
+    /// Deletes `key`; returns whether it existed, and the store revision after the request.
+    pub async fn delete(&self, key: impl Into<Bytes>) -> Result<(bool, u64), ClientError> {
+        match self.write(WriteOp::Delete { key: key.into() }).await? {
+            WriteResult::Delete { revision, deleted } => Ok((deleted, revision)),
+            other => Err(unexpected_write(&other)),
+        }
+    }
+
+    /// Sets `key` to `new` if its value is `expected` (`None`: if it is absent).
+    pub async fn cas(
+        &self,
+        key: impl Into<Bytes>,
+        expected: Option<Bytes>,
+        new: impl Into<Bytes>,
+    ) -> Result<CasOutcome, ClientError> {
+        let op = WriteOp::Cas {
+            key: key.into(),
+            expected,
+            new: new.into(),
+        };
+        match self.write(op).await? {
+            WriteResult::Cas {
+                succeeded: true,
+                revision,
+                ..
+            } => Ok(CasOutcome::Swapped { revision }),
+            WriteResult::Cas {
+                succeeded: false,
+                revision,
+                current,
+            } => Ok(CasOutcome::Mismatch { revision, current }),
+            other => Err(unexpected_write(&other)),
+        }
+    }
+
+    /// Reads `key`.
+    pub async fn get(
+        &self,
+        key: impl Into<Bytes>,
+        consistency: Consistency,
+    ) -> Result<Option<KeyValue>, ClientError> {
+        Ok(self.get_with_revision(key, consistency).await?.1)
+    }
+
+    /// Reads `key`; also returns the store revision the read saw.
+    pub async fn get_with_revision(
+        &self,
+        key: impl Into<Bytes>,
+        consistency: Consistency,
+    ) -> Result<(u64, Option<KeyValue>), ClientError> {
+        let request = Request::Read {
+            consistency,
+            op: ReadOp::Get { key: key.into() },
+        };
+        match self.call(&request, Route::Any).await? {
+            (_, Reply::Get { revision, kv }) => Ok((revision, kv)),
+            (node, other) => Err(unexpected(node, &other)),
+        }
+    }
+
+    /// Reads `key` from one member only (no redirect, no retry on another member): how a test
+    /// checks what a particular follower serves.
+    pub async fn get_from(
+        &self,
+        node: u64,
+        key: impl Into<Bytes>,
+        consistency: Consistency,
+    ) -> Result<Option<KeyValue>, ClientError> {
+        let request = Request::Read {
+            consistency,
+            op: ReadOp::Get { key: key.into() },
+        };
+        match self.call_one(node, &request).await? {
+            Reply::Get { kv, .. } => Ok(kv),
+            other => Err(unexpected(node, &other)),
+        }
+    }
+
+    /// Lists pairs with keys in `start..end` (`end: None`: to the last key), at most `limit`
+    /// (0: the server's maximum). Returns the pairs and whether more remain.
+    pub async fn scan(
+        &self,
+        start: impl Into<Bytes>,
+        end: Option<Bytes>,
+        limit: u32,
+        consistency: Consistency,
+    ) -> Result<ScanPage, ClientError> {
+        let request = Request::Read {
+            consistency,
+            op: ReadOp::Scan {
+                start: start.into(),
+                end,
+                limit,
+            },
+        };
+        match self.call(&request, Route::Any).await? {
+            (
+                _,
+                Reply::Scan {
+                    revision,
+                    kvs,
+                    more,
+                },
+            ) => Ok(ScanPage {
+                revision,
+                kvs,
+                more,
+            }),
+            (node, other) => Err(unexpected(node, &other)),
+        }
+    }
+
+    /// The status of the first member that answers (the leader if known).
+    pub async fn status(&self) -> Result<NodeStatus, ClientError> {
+        match self
+            .call(&Request::Admin(AdminRequest::Status), Route::Any)
+            .await?
+        {
+            (_, Reply::Status(status)) => {
+                self.learn_members(&status.members);
+                Ok(status)
+            }
+            (node, other) => Err(unexpected(node, &other)),
+        }
+    }
+
+    /// The status of one member, asked once within the operation timeout.
+    pub async fn status_of(&self, node: u64) -> Result<NodeStatus, ClientError> {
+        match self
+            .call_one(node, &Request::Admin(AdminRequest::Status))
+            .await?
+        {
+            Reply::Status(status) => Ok(status),
+            other => Err(unexpected(node, &other)),
+        }
+    }
+
+    /// The status of every known member, asked at once; members that do not answer in time get
+    /// their error. First learns the membership from any member.
+    pub async fn status_all(&self) -> Vec<(u64, Result<NodeStatus, ClientError>)> {
+        // Learn the full membership first; if nobody answers, ask the known addresses anyway.
+        let _ = self.members().await;
+        let ids: Vec<u64> = self.known_members().keys().copied().collect();
+        let asks = ids
+            .iter()
+            .map(|&id| async move { (id, self.status_of(id).await) });
+        futures_join_all(asks).await
+    }
+
+    /// The membership, as the first member that answers sees it (the leader if known), and the
+    /// leader it knows.
+    pub async fn members(&self) -> Result<(Vec<Member>, Option<u64>), ClientError> {
+        match self
+            .call(&Request::Admin(AdminRequest::Members), Route::Any)
+            .await?
+        {
+            (_, Reply::Members { members, leader }) => {
+                self.learn_members(&members);
+                Ok((members, leader))
+            }
+            (node, other) => Err(unexpected(node, &other)),
+        }
+    }
+
+    /// Adds member `id` listening at `addr` (as a learner if `learner`).
+    pub async fn add_member(
+        &self,
+        id: u64,
+        addr: SocketAddr,
+        learner: bool,
+    ) -> Result<(), ClientError> {
+        self.admin(AdminRequest::AddMember { id, addr, learner })
+            .await?;
+        self.learn_member(id, addr);
+        Ok(())
+    }
+
+    /// Removes member `id`.
+    pub async fn remove_member(&self, id: u64) -> Result<(), ClientError> {
+        self.admin(AdminRequest::RemoveMember { id }).await
+    }
+
+    /// Asks the leader to hand leadership to `to`; returns once `to` leads.
+    pub async fn transfer_leader(&self, to: u64) -> Result<(), ClientError> {
+        self.admin(AdminRequest::TransferLeader { to }).await?;
+        self.set_leader(Some(to));
+        Ok(())
+    }
+
+    async fn admin(&self, request: AdminRequest) -> Result<(), ClientError> {
+        match self.call(&Request::Admin(request), Route::Leader).await? {
+            (_, Reply::Done) => Ok(()),
+            (node, other) => Err(unexpected(node, &other)),
+        }
+    }
+
+    /// One request to one member, retried on that member only (transport failures, elections)
+    /// until the operation timeout.
+    async fn call_one(&self, node: u64, request: &Request) -> Result<Reply, ClientError> {
+        let started = Instant::now();
+        let deadline = started + self.config.timeout;
+        let mut backoff = self.config.backoff_initial;
+        let mut attempts = 0u32;
+        let mut last = String::from("no attempt finished");
+        while Instant::now() < deadline {
+            attempts += 1;
+            let budget = self
+                .config
+                .attempt_timeout
+                .min(deadline.saturating_duration_since(Instant::now()));
+            let net = self.net.read().expect("net lock").clone();
+            match net.request(NodeId(node), request, budget).await {
+                Ok(Ok(reply)) => return Ok(reply),
+                Ok(Err(error)) if is_transient(&error) => last = error.to_string(),
+                Ok(Err(error)) => return Err(ClientError::Refused(error)),
+                Err(RequestError::UnknownNode(_)) => {
+                    return Err(ClientError::Refused(ServerError::UnknownNode(node)))
+                }
+                Err(error) => last = describe_request_error(&error),
+            }
+            let pause = backoff.min(deadline.saturating_duration_since(Instant::now()));
+            tokio::time::sleep(pause).await;
+            backoff = (backoff * 2).min(self.config.backoff_max);
+        }
+        let addr = self
+            .known_members()
+            .get(&node)
+            .map(|addr| addr.to_string())
+            .unwrap_or_else(|| "?".into());
+        Err(ClientError::Unavailable {
+            endpoints: format!("{node}={addr}"),
+            elapsed: started.elapsed(),
+            attempts,
+            last,
+        })
+    }
+
+    /// Closes the connections (waits briefly for the close to reach the members).
+    pub async fn close(&self) {
+        let net = self.net.read().expect("net lock").clone();
+        net.close().await;
+    }
+}
+
+/// Polls futures concurrently and returns their outputs in order (a small `join_all`, to
+/// avoid a dependency for one use).
+async fn futures_join_all<F: std::future::Future>(
+    futures: impl Iterator<Item = F>,
+) -> Vec<F::Output> {
+    let mut set = Vec::new();
+    for future in futures {
+        set.push(Box::pin(future));
+    }
+    let mut outputs: Vec<Option<F::Output>> = set.iter().map(|_| None).collect();
+    std::future::poll_fn(|cx| {
+        let mut pending = false;
+        for (future, output) in set.iter_mut().zip(outputs.iter_mut()) {
+            if output.is_none() {
+                match future.as_mut().poll(cx) {
+                    std::task::Poll::Ready(value) => *output = Some(value),
+                    std::task::Poll::Pending => pending = true,
+                }
+            }
+        }
+        if pending {
+            std::task::Poll::Pending
+        } else {
+            std::task::Poll::Ready(())
+        }
+    })
+    .await;
+    outputs.into_iter().map(|o| o.expect("all ready")).collect()
+}
+
+/// The result of a compare-and-set.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum CasOutcome {
+    /// The value matched and was replaced.
+    Swapped {
+        /// Revision of the write.
+        revision: u64,
+    },
+    /// The value did not match; nothing was written.
+    Mismatch {
+        /// Store revision at the time.
+        revision: u64,
+        /// The current pair (`None`: the key is absent).
+        current: Option<KeyValue>,
+    },
+}
+
+/// One page of a scan.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct ScanPage {
+    /// Store revision the scan saw.
+    pub revision: u64,
+    /// Pairs in key order.
+    pub kvs: Vec<KeyValue>,
+    /// Whether the limit cut the range short.
+    pub more: bool,
+}
+
+/// Whether another attempt (same member later, or another member) may succeed.
+fn is_transient(error: &ServerError) -> bool {
+    matches!(
+        error,
+        ServerError::NotLeader { .. }
+            | ServerError::NoLeader
+            | ServerError::Timeout
+            | ServerError::Busy(_)
+            | ServerError::LeaderChanged
+            | ServerError::ShuttingDown
+    )
+}
+
+fn describe_request_error(error: &RequestError) -> String {
+    match error {
+        RequestError::Timeout(after) => format!("no reply within {after:?}"),
+        RequestError::Connection(e) => format!("connection failed: {e}"),
+        other => other.to_string(),
+    }
+}
+
+fn unexpected(node: u64, reply: &Reply) -> ClientError {
+    ClientError::UnexpectedReply {
+        node,
+        reply: format!("{reply:?}"),
+    }
+}
+
+fn unexpected_write(result: &WriteResult) -> ClientError {
+    ClientError::UnexpectedReply {
+        node: 0,
+        reply: format!("{result:?}"),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn endpoints_take_ids_by_position_or_explicitly() {
+        let parsed = parse_endpoints(["127.0.0.1:7001", "127.0.0.1:7002"]).unwrap();
+        assert_eq!(
+            parsed,
+            vec![
+                (1, "127.0.0.1:7001".parse().unwrap()),
+                (2, "127.0.0.1:7002".parse().unwrap())
+            ]
+        );
+        let parsed = parse_endpoints(["7=127.0.0.1:9000"]).unwrap();
+        assert_eq!(parsed, vec![(7, "127.0.0.1:9000".parse().unwrap())]);
+    }
+
+    #[test]
+    fn bad_endpoints_are_refused_with_the_entry_named() {
+        let error = parse_endpoints(["nonsense"]).unwrap_err();
+        assert!(error.to_string().contains("\"nonsense\""), "{error}");
+        assert!(matches!(
+            parse_endpoints(["0=127.0.0.1:1"]),
+            Err(ClientError::BadEndpoint { .. })
+        ));
+        assert!(matches!(
+            parse_endpoints(["1=127.0.0.1:1", "1=127.0.0.1:2"]),
+            Err(ClientError::BadEndpoint { .. })
+        ));
+        assert!(matches!(
+            parse_endpoints(Vec::<String>::new()),
+            Err(ClientError::NoEndpoints)
+        ));
+    }
+
+    #[test]
+    fn client_ids_are_nonzero_and_differ() {
+        let a = random_client_id();
+        let b = random_client_id();
+        assert_ne!(a, 0);
+        assert_ne!(a, b);
+    }
+}
