@@ -5,19 +5,27 @@
 //!   (zero-filled, synced), and a loop of one `pwrite` of `batch` already-encoded records (the
 //!   same bytes the WAL stores: header, payload, padding) followed by one `fdatasync`. No
 //!   checksums, no locks, no threads: the cost of the I/O alone.
+//! - Raw with the CPU kept awake: the same loop while a second thread spins. On virtual machines
+//!   (and with deep CPU idle states) a lone thread that blocks in `fdatasync` lets its CPU halt,
+//!   and waking it costs more than the flush itself; the WAL's many threads keep CPUs busier. This
+//!   row shows what the flush alone costs, so the WAL's ratio is not flattered by that effect.
 //! - WAL: `writers` threads each calling `append_durable` in a loop (closed loop), sharing
-//!   fdatasyncs by group commit. Its appends/s are divided by the raw loop's appends/s at a batch
+//!   fdatasyncs by group commit. Its appends/s are divided by each raw loop's appends/s at a batch
 //!   size equal to the number of writers.
-//! - Recovery: the time `Wal::open` takes to check a log of at least 512 MiB that is in the page
-//!   cache (it was just written and opened once).
+//! - The three alternate in short slices (raw, raw awake, WAL, raw, ...) so that other load on
+//!   the machine falls on all of them alike.
+//! - Recovery: the time `Wal::open` takes to check a log of at least 512 MiB of records that is in
+//!   the page cache (it was just written and opened once).
 //!
-//! The last line printed is `wal-vs-raw: <ratio>` for 16 writers × 256 B.
+//! The last line printed is `wal-vs-raw: <ratio>` for 16 writers × 256 B against the plain raw
+//! loop.
 
-use std::fs::OpenOptions;
+use std::fs::{File, OpenOptions};
 use std::os::unix::fs::FileExt;
 use std::path::{Path, PathBuf};
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
-use std::sync::{Arc, Barrier};
+use std::sync::{Arc, Condvar, Mutex};
+use std::thread::JoinHandle;
 use std::time::{Duration, Instant};
 
 use anyhow::Context;
@@ -32,10 +40,11 @@ pub struct Args {
     /// so the benchmark measures the filesystem you run it on).
     #[arg(long)]
     dir: Option<PathBuf>,
-    /// A short run: 0.5 s per case and a 128 MiB recovery log (figures are noisier).
+    /// A short run: 0.6 s per case and a 128 MiB recovery log (figures are noisier).
     #[arg(long)]
     quick: bool,
-    /// Seconds measured per case (default 2.5, or 0.5 with --quick).
+    /// Seconds measured per case and per contender, split over the slices (default 2.4, or 0.6
+    /// with --quick).
     #[arg(long)]
     seconds: Option<f64>,
 }
@@ -43,9 +52,52 @@ pub struct Args {
 const WRITERS: [usize; 4] = [1, 4, 16, 64];
 const SIZES: [usize; 2] = [256, 4096];
 const SEGMENT_SIZE: u64 = 64 << 20;
+/// Each contender of a case is measured in this many alternating slices.
+const SLICES: u32 = 3;
+
 /// Encoded size of a record in the WAL: 24-byte header, payload, zero padding to 8 bytes.
 fn stored_size(payload: usize) -> usize {
     (24 + payload).div_ceil(8) * 8
+}
+
+fn histogram() -> Histogram<u64> {
+    Histogram::new_with_bounds(1, 60_000_000, 3).expect("static bounds")
+}
+
+/// What one contender did over its measured slices.
+struct Tally {
+    appends: u64,
+    fsyncs: u64,
+    secs: f64,
+    latency_us: Histogram<u64>,
+}
+
+impl Tally {
+    fn new() -> Self {
+        Tally {
+            appends: 0,
+            fsyncs: 0,
+            secs: 0.0,
+            latency_us: histogram(),
+        }
+    }
+
+    fn appends_per_sec(&self) -> f64 {
+        self.appends as f64 / self.secs.max(1e-9)
+    }
+
+    fn row(&self, case: String, size: usize, ratios: [Option<f64>; 2]) -> Row {
+        let appends = self.appends_per_sec();
+        Row {
+            case,
+            appends_per_sec: appends,
+            mb_per_sec: appends * size as f64 / 1e6,
+            fsyncs_per_sec: self.fsyncs as f64 / self.secs.max(1e-9),
+            p50_us: self.latency_us.value_at_quantile(0.5),
+            p99_us: self.latency_us.value_at_quantile(0.99),
+            ratios,
+        }
+    }
 }
 
 struct Row {
@@ -55,14 +107,15 @@ struct Row {
     fsyncs_per_sec: f64,
     p50_us: u64,
     p99_us: u64,
-    ratio: Option<f64>,
+    /// WAL rows: appends/s ÷ the plain raw loop, and ÷ the raw loop with the CPU kept awake.
+    ratios: [Option<f64>; 2],
 }
 
 /// Runs the benchmark.
 pub fn run(args: Args) -> anyhow::Result<()> {
-    let seconds = args.seconds.unwrap_or(if args.quick { 0.5 } else { 2.5 });
-    let measure = Duration::from_secs_f64(seconds);
-    let warmup = Duration::from_secs_f64((seconds / 5.0).min(0.5));
+    let seconds = args.seconds.unwrap_or(if args.quick { 0.6 } else { 2.4 });
+    let slice = Duration::from_secs_f64(seconds / f64::from(SLICES));
+    let first_warmup = Duration::from_secs_f64((seconds / 5.0).min(0.5));
     let recovery_bytes: u64 = if args.quick { 128 << 20 } else { 512 << 20 };
     let parent = match args.dir {
         Some(d) => d,
@@ -72,9 +125,10 @@ pub fn run(args: Args) -> anyhow::Result<()> {
         .prefix(".wal-bench-")
         .tempdir_in(&parent)
         .with_context(|| format!("creating a temporary directory in {}", parent.display()))?;
+    let started = Instant::now();
 
     let cases = WRITERS.len() * SIZES.len();
-    let progress = ProgressBar::new((cases * 2 + 1) as u64);
+    let progress = ProgressBar::new((cases + 1) as u64);
     progress.set_style(
         ProgressStyle::with_template("{elapsed_precise} [{bar:30}] {pos}/{len} {msg}")
             .expect("static template")
@@ -85,33 +139,54 @@ pub fn run(args: Args) -> anyhow::Result<()> {
     let mut headline = None;
     for &size in &SIZES {
         for &writers in &WRITERS {
-            progress.set_message(format!(
-                "raw loop, {writers} records × {size} B per fdatasync"
-            ));
-            let raw = raw_loop(
+            progress.set_message(format!("{writers} writers × {size} B"));
+            let mut raw = RawLoop::new(
                 &tmp.path().join(format!("raw-{writers}-{size}")),
                 writers,
                 size,
-                warmup,
-                measure,
             )?;
-            progress.inc(1);
-            progress.set_message(format!("WAL, {writers} writers × {size} B"));
-            let mut wal = wal_case(
+            let mut wal = WalWriters::start(
                 &tmp.path().join(format!("wal-{writers}-{size}")),
                 writers,
                 size,
-                warmup,
-                measure,
             )?;
-            progress.inc(1);
-            let ratio = wal.appends_per_sec / raw.appends_per_sec;
-            wal.ratio = Some(ratio);
-            if writers == 16 && size == 256 {
-                headline = Some(ratio);
+            let (mut plain, mut awake) = (Tally::new(), Tally::new());
+            for k in 0..SLICES {
+                // The first slice of each contender warms it up; later ones resume a warm state.
+                let warmup = if k == 0 {
+                    first_warmup
+                } else {
+                    Duration::from_millis(50)
+                };
+                raw.slice(false, warmup, slice, &mut plain)?;
+                raw.slice(true, warmup, slice, &mut awake)?;
+                wal.slice(warmup, slice)?;
             }
-            rows.push(raw);
-            rows.push(wal);
+            let wal_tally = wal.finish()?;
+            raw.remove()?;
+            let ratios = [
+                wal_tally.appends_per_sec() / plain.appends_per_sec(),
+                wal_tally.appends_per_sec() / awake.appends_per_sec(),
+            ];
+            if writers == 16 && size == 256 {
+                headline = Some(ratios[0]);
+            }
+            rows.push(plain.row(
+                format!("raw batch {writers:>2} × {size} B"),
+                size,
+                [None; 2],
+            ));
+            rows.push(awake.row(
+                format!("raw+awake {writers:>2} × {size} B"),
+                size,
+                [None; 2],
+            ));
+            rows.push(wal_tally.row(
+                format!("wal {writers:>2} writers × {size} B"),
+                size,
+                ratios.map(Some),
+            ));
+            progress.inc(1);
         }
     }
     progress.set_message(format!("recovery of a {} MiB log", recovery_bytes >> 20));
@@ -119,200 +194,331 @@ pub fn run(args: Args) -> anyhow::Result<()> {
     progress.finish_and_clear();
 
     println!(
-        "WAL benchmark in {} ({seconds} s per case after {:.1} s warm-up)",
+        "WAL benchmark in {} ({seconds} s per contender and case in {SLICES} alternating slices; run took {:.0} s)",
         tmp.path().display(),
-        warmup.as_secs_f64()
+        started.elapsed().as_secs_f64()
     );
-    println!("raw = one thread: pwrite of <batch> encoded records into a zero-filled preallocated file, then fdatasync");
-    println!("wal = <writers> threads each looping append_durable (group commit); ratio = wal appends/s ÷ raw appends/s at batch = writers");
-    println!("latency = one durable append (wal) or one write+fdatasync of the batch (raw)");
+    println!("raw       = one thread: pwrite of <batch> encoded records into a zero-filled preallocated file, then fdatasync");
+    println!("raw+awake = the same while another thread spins, so the CPU does not idle during fdatasync");
+    println!("wal       = <writers> threads each looping append_durable (group commit)");
+    println!("÷raw, ÷awake = wal appends/s ÷ that raw loop's appends/s at batch = writers");
+    println!("latency   = one durable append (wal) or one write+fdatasync of the batch (raw)");
     println!();
     println!(
-        "{:<24} {:>12} {:>9} {:>10} {:>9} {:>9} {:>7}",
-        "case", "appends/s", "MB/s", "fsyncs/s", "p50 µs", "p99 µs", "ratio"
+        "{:<26} {:>10} {:>8} {:>9} {:>8} {:>8} {:>6} {:>7}",
+        "case", "appends/s", "MB/s", "fsyncs/s", "p50 µs", "p99 µs", "÷raw", "÷awake"
     );
     for r in &rows {
-        let ratio = r.ratio.map_or(String::new(), |x| format!("{x:.2}"));
+        let [vs_raw, vs_awake] = r
+            .ratios
+            .map(|x| x.map_or(String::new(), |x| format!("{x:.2}")));
         println!(
-            "{:<24} {:>12.0} {:>9.1} {:>10.0} {:>9} {:>9} {:>7}",
-            r.case, r.appends_per_sec, r.mb_per_sec, r.fsyncs_per_sec, r.p50_us, r.p99_us, ratio
+            "{:<26} {:>10.0} {:>8.1} {:>9.0} {:>8} {:>8} {:>6} {:>7}",
+            r.case,
+            r.appends_per_sec,
+            r.mb_per_sec,
+            r.fsyncs_per_sec,
+            r.p50_us,
+            r.p99_us,
+            vs_raw,
+            vs_awake
         );
     }
     println!();
+    let secs = recovery.elapsed.as_secs_f64();
     println!(
-        "recovery: opened {:.0} MiB ({} segments, {} records) in {:.3} s = {:.0} MB/s (warm page cache)",
-        recovery.bytes as f64 / (1 << 20) as f64,
+        "recovery: opened {} segments ({:.0} MiB of files) holding {} records ({:.0} MiB) in {:.3} s \
+         = {:.0} MB/s of records, {:.0} MB/s of files (warm page cache)",
         recovery.segments,
+        recovery.file_bytes as f64 / (1 << 20) as f64,
         recovery.records,
-        recovery.elapsed.as_secs_f64(),
-        recovery.bytes as f64 / recovery.elapsed.as_secs_f64() / 1e6
+        recovery.record_bytes as f64 / (1 << 20) as f64,
+        secs,
+        recovery.record_bytes as f64 / secs / 1e6,
+        recovery.file_bytes as f64 / secs / 1e6,
     );
     let headline = headline.expect("the 16 × 256 B case always runs");
     println!("wal-vs-raw: {headline:.2}");
     Ok(())
 }
 
-fn histogram() -> Histogram<u64> {
-    Histogram::new_with_bounds(1, 60_000_000, 3).expect("static bounds")
-}
-
 /// The raw baseline: one thread, write + fdatasync of `batch` encoded records per iteration.
-fn raw_loop(
-    path: &Path,
+struct RawLoop {
+    path: PathBuf,
+    file: File,
+    bytes: Vec<u8>,
     batch: usize,
-    size: usize,
-    warmup: Duration,
-    measure: Duration,
-) -> anyhow::Result<Row> {
-    let file = OpenOptions::new()
-        .read(true)
-        .write(true)
-        .create_new(true)
-        .open(path)?;
-    // Preallocate exactly as the WAL does its segments: zero-filled and synced.
-    let zeros = vec![0u8; 1 << 20];
-    for k in 0..(SEGMENT_SIZE >> 20) {
-        file.write_all_at(&zeros, k << 20)?;
-    }
-    file.sync_data()?;
-    let record = stored_size(size);
-    let bytes: Vec<u8> = (0..batch * record).map(|k| (k % 251) as u8 + 1).collect();
-    let mut offset = 0u64;
-    let mut hist = histogram();
-    let start = Instant::now();
-    let mut measured_from = None;
-    let mut loops = 0u64;
-    loop {
-        let now = Instant::now();
-        let elapsed = now - start;
-        if elapsed >= warmup + measure {
-            break;
-        }
-        if measured_from.is_none() && elapsed >= warmup {
-            measured_from = Some(now);
-        }
-        if offset + bytes.len() as u64 > SEGMENT_SIZE {
-            offset = 0; // wrap inside the preallocated file, as a new preallocated segment would
-        }
-        file.write_all_at(&bytes, offset)?;
-        file.sync_data()?;
-        offset += bytes.len() as u64;
-        if measured_from.is_some() {
-            loops += 1;
-            hist.saturating_record(now.elapsed().as_micros() as u64);
-        }
-    }
-    let secs = measured_from
-        .map_or(0.0, |t| t.elapsed().as_secs_f64())
-        .max(1e-9);
-    drop(file);
-    std::fs::remove_file(path)?;
-    let appends = (loops * batch as u64) as f64 / secs;
-    Ok(Row {
-        case: format!("raw batch {batch:>2} × {size} B"),
-        appends_per_sec: appends,
-        mb_per_sec: appends * size as f64 / 1e6,
-        fsyncs_per_sec: loops as f64 / secs,
-        p50_us: hist.value_at_quantile(0.5),
-        p99_us: hist.value_at_quantile(0.99),
-        ratio: None,
-    })
+    offset: u64,
 }
 
-/// The WAL: `writers` threads each looping `append_durable`.
-fn wal_case(
-    dir: &Path,
-    writers: usize,
-    size: usize,
-    warmup: Duration,
-    measure: Duration,
-) -> anyhow::Result<Row> {
-    let options = Options {
-        segment_size: SEGMENT_SIZE,
-        ..Options::default()
-    };
-    let wal = Arc::new(Wal::open(dir, options)?);
-    // Let the background preallocation of the next segment finish before measuring.
-    std::thread::sleep(Duration::from_millis(300));
-    let measuring = Arc::new(AtomicBool::new(false));
-    let stop = Arc::new(AtomicBool::new(false));
-    let count = Arc::new(AtomicU64::new(0));
-    let barrier = Arc::new(Barrier::new(writers + 1));
-    let threads: Vec<_> = (0..writers)
-        .map(|t| {
-            let (wal, measuring, stop, count, barrier) = (
-                wal.clone(),
-                measuring.clone(),
-                stop.clone(),
-                count.clone(),
-                barrier.clone(),
-            );
-            std::thread::spawn(move || -> anyhow::Result<Histogram<u64>> {
-                let payload: Vec<u8> = (0..size).map(|k| (k + t) as u8 | 1).collect();
-                let mut hist = histogram();
-                let mut local = 0u64;
-                barrier.wait();
-                while !stop.load(Ordering::Relaxed) {
-                    let started = Instant::now();
-                    wal.append_durable(&payload)?;
-                    if measuring.load(Ordering::Relaxed) {
-                        local += 1;
-                        hist.saturating_record(started.elapsed().as_micros() as u64);
-                    }
-                }
-                count.fetch_add(local, Ordering::Relaxed);
-                Ok(hist)
-            })
+impl RawLoop {
+    fn new(path: &Path, batch: usize, size: usize) -> anyhow::Result<Self> {
+        let file = OpenOptions::new()
+            .read(true)
+            .write(true)
+            .create_new(true)
+            .open(path)?;
+        // Preallocate exactly as the WAL does its segments: zero-filled and synced.
+        let zeros = vec![0u8; 1 << 20];
+        for k in 0..(SEGMENT_SIZE >> 20) {
+            file.write_all_at(&zeros, k << 20)?;
+        }
+        file.sync_data()?;
+        let bytes = (0..batch * stored_size(size))
+            .map(|k| (k % 251) as u8 + 1)
+            .collect();
+        Ok(RawLoop {
+            path: path.to_path_buf(),
+            file,
+            bytes,
+            batch,
+            offset: 0,
         })
-        .collect();
-    barrier.wait();
-    std::thread::sleep(warmup);
-    let syncs_before = wal.stats().syncs;
-    measuring.store(true, Ordering::Relaxed);
-    let started = Instant::now();
-    std::thread::sleep(measure);
-    measuring.store(false, Ordering::Relaxed);
-    let secs = started.elapsed().as_secs_f64();
-    let syncs = wal.stats().syncs - syncs_before;
-    stop.store(true, Ordering::Relaxed);
-    let mut hist = histogram();
-    for t in threads {
-        let h = t
-            .join()
-            .map_err(|_| anyhow::anyhow!("writer thread panicked"))??;
-        hist.add(&h).expect("same bounds");
     }
-    drop(wal);
-    std::fs::remove_dir_all(dir)?;
-    let appends = count.load(Ordering::Relaxed) as f64 / secs;
-    Ok(Row {
-        case: format!("wal {writers:>2} writers × {size} B"),
-        appends_per_sec: appends,
-        mb_per_sec: appends * size as f64 / 1e6,
-        fsyncs_per_sec: syncs as f64 / secs,
-        p50_us: hist.value_at_quantile(0.5),
-        p99_us: hist.value_at_quantile(0.99),
-        ratio: None,
-    })
+
+    /// Loops for `warmup + measure`, adding the measured part to `tally`; with `awake`, another
+    /// thread spins meanwhile.
+    fn slice(
+        &mut self,
+        awake: bool,
+        warmup: Duration,
+        measure: Duration,
+        tally: &mut Tally,
+    ) -> anyhow::Result<()> {
+        let stop = AtomicBool::new(false);
+        std::thread::scope(|scope| {
+            if awake {
+                scope.spawn(|| {
+                    while !stop.load(Ordering::Relaxed) {
+                        std::hint::spin_loop();
+                    }
+                });
+            }
+            let result = self.write_loop(warmup, measure, tally);
+            stop.store(true, Ordering::Relaxed);
+            result
+        })
+    }
+
+    fn write_loop(
+        &mut self,
+        warmup: Duration,
+        measure: Duration,
+        tally: &mut Tally,
+    ) -> anyhow::Result<()> {
+        let start = Instant::now();
+        let mut measured_from = None;
+        let mut loops = 0u64;
+        loop {
+            let now = Instant::now();
+            let elapsed = now - start;
+            if elapsed >= warmup + measure {
+                break;
+            }
+            if measured_from.is_none() && elapsed >= warmup {
+                measured_from = Some(now);
+            }
+            if self.offset + self.bytes.len() as u64 > SEGMENT_SIZE {
+                self.offset = 0; // wrap inside the preallocated file, as a new preallocated segment would
+            }
+            self.file.write_all_at(&self.bytes, self.offset)?;
+            self.file.sync_data()?;
+            self.offset += self.bytes.len() as u64;
+            if measured_from.is_some() {
+                loops += 1;
+                tally
+                    .latency_us
+                    .saturating_record(now.elapsed().as_micros() as u64);
+            }
+        }
+        tally.secs += measured_from.map_or(0.0, |t| t.elapsed().as_secs_f64());
+        tally.appends += loops * self.batch as u64;
+        tally.fsyncs += loops;
+        Ok(())
+    }
+
+    fn remove(self) -> anyhow::Result<()> {
+        drop(self.file);
+        std::fs::remove_file(&self.path)?;
+        Ok(())
+    }
+}
+
+/// Run, pause and stop signals for the WAL writer threads.
+#[derive(Default)]
+struct Control {
+    state: Mutex<Gate>,
+    changed: Condvar,
+    /// Mirrors `Gate::run` (written under the lock) so running writers need not take the lock.
+    running: AtomicBool,
+    measuring: AtomicBool,
+    appends: AtomicU64,
+}
+
+#[derive(Default)]
+struct Gate {
+    run: bool,
+    stop: bool,
+    /// Writers parked (or finished) while `run` is false.
+    parked: usize,
+    error: Option<String>,
+}
+
+/// `writers` threads each looping `append_durable`, which can be paused between slices.
+struct WalWriters {
+    dir: PathBuf,
+    wal: Arc<Wal>,
+    control: Arc<Control>,
+    threads: Vec<JoinHandle<Histogram<u64>>>,
+    writers: usize,
+    tally: Tally,
+}
+
+impl WalWriters {
+    fn start(dir: &Path, writers: usize, size: usize) -> anyhow::Result<Self> {
+        let options = Options {
+            segment_size: SEGMENT_SIZE,
+            ..Options::default()
+        };
+        let wal = Arc::new(Wal::open(dir, options)?);
+        let control = Arc::new(Control::default());
+        let threads = (0..writers)
+            .map(|t| {
+                let (wal, control) = (wal.clone(), control.clone());
+                std::thread::spawn(move || writer(&wal, &control, t, size))
+            })
+            .collect();
+        let mut this = WalWriters {
+            dir: dir.to_path_buf(),
+            wal,
+            control,
+            threads,
+            writers,
+            tally: Tally::new(),
+        };
+        this.wait_parked()?;
+        // Let the background preallocation of the next segment finish before measuring.
+        std::thread::sleep(Duration::from_millis(300));
+        Ok(this)
+    }
+
+    fn wait_parked(&mut self) -> anyhow::Result<()> {
+        let mut gate = self.control.state.lock().expect("no panics while locked");
+        while gate.parked < self.writers {
+            gate = self
+                .control
+                .changed
+                .wait(gate)
+                .expect("no panics while locked");
+        }
+        match gate.error.take() {
+            Some(e) => anyhow::bail!("a WAL writer failed: {e}"),
+            None => Ok(()),
+        }
+    }
+
+    fn set_run(&self, run: bool) {
+        let mut gate = self.control.state.lock().expect("no panics while locked");
+        gate.run = run;
+        self.control.running.store(run, Ordering::Release);
+        drop(gate);
+        self.control.changed.notify_all();
+    }
+
+    fn slice(&mut self, warmup: Duration, measure: Duration) -> anyhow::Result<()> {
+        self.set_run(true);
+        std::thread::sleep(warmup);
+        let syncs_before = self.wal.stats().syncs;
+        let appends_before = self.control.appends.load(Ordering::Relaxed);
+        self.control.measuring.store(true, Ordering::Relaxed);
+        let started = Instant::now();
+        std::thread::sleep(measure);
+        self.control.measuring.store(false, Ordering::Relaxed);
+        self.tally.secs += started.elapsed().as_secs_f64();
+        self.tally.appends += self.control.appends.load(Ordering::Relaxed) - appends_before;
+        self.tally.fsyncs += self.wal.stats().syncs - syncs_before;
+        self.set_run(false);
+        self.wait_parked()
+    }
+
+    fn finish(mut self) -> anyhow::Result<Tally> {
+        {
+            let mut gate = self.control.state.lock().expect("no panics while locked");
+            gate.stop = true;
+            gate.run = false;
+            self.control.running.store(false, Ordering::Release);
+        }
+        self.control.changed.notify_all();
+        for t in self.threads.drain(..) {
+            let h = t
+                .join()
+                .map_err(|_| anyhow::anyhow!("writer thread panicked"))?;
+            self.tally.latency_us.add(&h).expect("same bounds");
+        }
+        drop(self.wal);
+        std::fs::remove_dir_all(&self.dir)?;
+        Ok(self.tally)
+    }
+}
+
+/// One WAL writer thread: appends durably while the gate is open, parks while it is closed.
+fn writer(wal: &Wal, control: &Control, t: usize, size: usize) -> Histogram<u64> {
+    let payload: Vec<u8> = (0..size).map(|k| (k + t) as u8 | 1).collect();
+    let mut hist = histogram();
+    loop {
+        if !control.running.load(Ordering::Acquire) {
+            let mut gate = control.state.lock().expect("no panics while locked");
+            if gate.stop {
+                return hist;
+            }
+            if !gate.run {
+                gate.parked += 1;
+                control.changed.notify_all();
+                while !gate.run && !gate.stop {
+                    gate = control.changed.wait(gate).expect("no panics while locked");
+                }
+                gate.parked -= 1;
+            }
+            continue;
+        }
+        let started = Instant::now();
+        let result = wal.append_durable(&payload);
+        if let Err(e) = result {
+            // Park for good and report: the coordinator stops at the end of the slice.
+            let mut gate = control.state.lock().expect("no panics while locked");
+            gate.error.get_or_insert(e.to_string());
+            gate.parked += 1;
+            control.changed.notify_all();
+            while !gate.stop {
+                gate = control.changed.wait(gate).expect("no panics while locked");
+            }
+            return hist;
+        }
+        if control.measuring.load(Ordering::Relaxed) {
+            control.appends.fetch_add(1, Ordering::Relaxed);
+            hist.saturating_record(started.elapsed().as_micros() as u64);
+        }
+    }
 }
 
 struct Recovery {
-    bytes: u64,
+    file_bytes: u64,
+    record_bytes: u64,
     segments: usize,
     records: u64,
     elapsed: Duration,
 }
 
-/// Writes a log of at least `target` bytes, opens it once to warm the page cache, then times a
-/// second open.
+/// Writes a log of at least `target` bytes of records, opens it once to warm the page cache, then
+/// times a second open.
 fn recovery_case(dir: &Path, target: u64) -> anyhow::Result<Recovery> {
     let options = Options {
         segment_size: SEGMENT_SIZE,
         ..Options::default()
     };
+    let payload = vec![0x5au8; 4096];
     {
         let wal = Wal::open(dir, options.clone())?;
-        let payload = vec![0x5au8; 4096];
         let batch: Vec<&[u8]> = vec![&payload; 256];
         let mut written = 0u64;
         while written < target {
@@ -329,7 +535,8 @@ fn recovery_case(dir: &Path, target: u64) -> anyhow::Result<Recovery> {
     drop(wal);
     std::fs::remove_dir_all(dir)?;
     Ok(Recovery {
-        bytes: report.bytes_scanned,
+        file_bytes: report.bytes_scanned,
+        record_bytes: report.records * stored_size(payload.len()) as u64,
         segments: report.segments,
         records: report.records,
         elapsed,
