@@ -55,6 +55,8 @@ mod error;
 mod record;
 mod snapfile;
 mod syncer;
+#[cfg(test)]
+mod tests;
 mod view;
 
 use std::path::{Path, PathBuf};

@@ -1,0 +1,650 @@
+//! Behaviour of the store: round trips through a reopen, agreement with `MemStorage` over random
+//! write sequences, refusal of foreign and damaged directories, and a Raft group restarting on it.
+
+use std::path::Path;
+
+use bytes::Bytes;
+use consensus_core::{
+    ConfState, Config, Consensus, Entry, EntryPayload, HardState, MemStorage, Persist, Raft,
+    Snapshot, SnapshotMeta, Storage, StorageError,
+};
+use rand::{Rng, SeedableRng};
+use rand_chacha::ChaCha8Rng;
+use storage_wal::WalError;
+
+use super::snapfile;
+use super::*;
+
+fn identity(node_id: u64) -> Identity {
+    Identity {
+        cluster_id: "test-cluster".into(),
+        node_id,
+        group_id: 0,
+    }
+}
+
+fn options(trailing_entries: u64) -> StoreOptions {
+    StoreOptions {
+        wal: storage_wal::Options {
+            segment_size: 8 << 10,
+            max_group_commit_delay: std::time::Duration::ZERO,
+            ..storage_wal::Options::default()
+        },
+        trailing_entries,
+    }
+}
+
+fn open(dir: &Path, trailing: u64) -> RaftStore {
+    RaftStore::open(
+        dir,
+        identity(1),
+        ConfState::with_voters([1, 2, 3]),
+        options(trailing),
+    )
+    .expect("open store")
+}
+
+/// A `Persist` to fill in: its token cannot be built outside the engine, so take one from a
+/// single-node group's first election and reuse it as a carrier of test writes.
+fn carrier() -> Persist {
+    let storage = MemStorage::new_with_conf(ConfState::with_voters([1]));
+    let mut raft =
+        Raft::new(Config::new(1), storage, ChaCha8Rng::seed_from_u64(1)).expect("valid config");
+    for _ in 0..1000 {
+        raft.tick();
+        while raft.has_ready() {
+            if let Some(persist) = raft.ready().persist {
+                return persist;
+            }
+        }
+    }
+    panic!("a single node elects itself within 1000 ticks");
+}
+
+fn set(
+    persist: &mut Persist,
+    snapshot: Option<Snapshot>,
+    entries: Vec<Entry>,
+    hard_state: Option<HardState>,
+) {
+    persist.snapshot = snapshot;
+    persist.entries = entries;
+    persist.hard_state = hard_state;
+}
+
+fn entry(index: u64, term: u64, data: &str) -> Entry {
+    Entry {
+        term,
+        index,
+        payload: EntryPayload::Data(Bytes::from(data.to_string())),
+    }
+}
+
+fn all_entries(storage: &impl Storage) -> Vec<Entry> {
+    let mut out = Vec::new();
+    let (first, last) = (storage.first_index(), storage.last_index());
+    if first <= last {
+        storage
+            .entries(first, last + 1, u64::MAX, &mut out)
+            .expect("stored entries readable");
+    }
+    out
+}
+
+/// Everything the engine can read must agree.
+fn assert_same(store: &RaftStore, model: &MemStorage, context: &str) {
+    assert_eq!(
+        store.hard_state(),
+        model.hard_state(),
+        "{context}: hard state"
+    );
+    assert_eq!(
+        store.snapshot_meta(),
+        model.snapshot_meta(),
+        "{context}: snapshot meta"
+    );
+    assert_eq!(
+        store.snapshot().unwrap().data,
+        model.snapshot().unwrap().data,
+        "{context}: snapshot data"
+    );
+    assert_eq!(
+        store.first_index(),
+        model.first_index(),
+        "{context}: first index"
+    );
+    assert_eq!(
+        store.last_index(),
+        model.last_index(),
+        "{context}: last index"
+    );
+    for index in store.first_index() - 1..=store.last_index() + 1 {
+        assert_eq!(
+            store.term(index),
+            model.term(index),
+            "{context}: term({index})"
+        );
+    }
+    assert_eq!(all_entries(store), all_entries(model), "{context}: entries");
+}
+
+#[test]
+fn entries_and_hard_state_survive_a_reopen() {
+    let dir = tempfile::tempdir().unwrap();
+    let mut persist = carrier();
+    let mut model = MemStorage::new_with_conf(ConfState::with_voters([1, 2, 3]));
+    {
+        let mut store = open(dir.path(), 0);
+        assert!(store.recovery().created);
+        let hard_state = HardState {
+            term: 2,
+            vote: 3,
+            commit: 2,
+        };
+        set(
+            &mut persist,
+            None,
+            vec![entry(1, 1, "a"), entry(2, 2, "b"), entry(3, 2, "c")],
+            Some(hard_state),
+        );
+        store.write(&persist).unwrap();
+        model.write(&persist).unwrap();
+        assert_same(&store, &model, "before reopen");
+        store.close().unwrap();
+    }
+    let store = open(dir.path(), 0);
+    assert!(!store.recovery().created);
+    assert!(store.recovery().wal.torn_tail.is_none());
+    assert_same(&store, &model, "after reopen");
+}
+
+#[test]
+fn a_conflicting_append_replaces_the_suffix_durably() {
+    let dir = tempfile::tempdir().unwrap();
+    let mut persist = carrier();
+    let mut store = open(dir.path(), 0);
+    let entries = (1..=5).map(|i| entry(i, 1, "old")).collect();
+    set(&mut persist, None, entries, None);
+    store.submit(&persist).unwrap();
+    // The new leader's entries from 3 on conflict: they replace 3..=5, without waiting.
+    set(
+        &mut persist,
+        None,
+        vec![entry(3, 2, "new")],
+        Some(HardState {
+            term: 2,
+            vote: 0,
+            commit: 3,
+        }),
+    );
+    let last = store.submit(&persist).unwrap();
+    assert_eq!(store.last_index(), 3);
+    assert_eq!(store.term(3), Ok(2));
+    store.wait_durable(last).unwrap();
+    drop(store);
+    let store = open(dir.path(), 0);
+    assert_eq!(store.last_index(), 3);
+    assert_eq!(store.term(3), Ok(2));
+    assert_eq!(store.hard_state().commit, 3);
+}
+
+#[test]
+fn writes_that_would_leave_a_gap_or_rewrite_the_snapshot_are_refused() {
+    let dir = tempfile::tempdir().unwrap();
+    let mut persist = carrier();
+    let mut store = open(dir.path(), 0);
+    set(&mut persist, None, vec![entry(1, 1, "a")], None);
+    store.write(&persist).unwrap();
+
+    set(&mut persist, None, vec![entry(3, 1, "gap")], None);
+    assert!(matches!(
+        store.submit(&persist),
+        Err(StoreError::Refused(StorageError::Inconsistent(_)))
+    ));
+    set(
+        &mut persist,
+        None,
+        vec![entry(2, 1, "b"), entry(4, 1, "d")],
+        None,
+    );
+    assert!(matches!(
+        store.submit(&persist),
+        Err(StoreError::Refused(StorageError::Inconsistent(_)))
+    ));
+    store
+        .save_snapshot(1, ConfState::with_voters([1, 2, 3]), Bytes::from("s"))
+        .unwrap();
+    set(&mut persist, None, vec![entry(1, 1, "rewrite")], None);
+    assert!(matches!(
+        store.submit(&persist),
+        Err(StoreError::Refused(StorageError::Compacted(1)))
+    ));
+    assert!(matches!(
+        store.save_snapshot(9, ConfState::default(), Bytes::new()),
+        Err(StoreError::Refused(StorageError::Unavailable(9)))
+    ));
+    // Nothing of the refused writes reached the view or the disk.
+    assert_eq!((store.first_index(), store.last_index()), (2, 1));
+    drop(store);
+    let store = open(dir.path(), 0);
+    assert_eq!((store.first_index(), store.last_index()), (2, 1));
+    assert_eq!(store.snapshot().unwrap().data, Bytes::from("s"));
+}
+
+/// One random write (or local snapshot) applied to both stores; returns what it did.
+fn random_step(
+    rng: &mut ChaCha8Rng,
+    persist: &mut Persist,
+    store: &mut RaftStore,
+    model: &mut MemStorage,
+    term: &mut u64,
+) -> String {
+    let snap = model.snapshot_meta().index;
+    let last = model.last_index();
+    let roll = rng.gen_range(0..100);
+    let described = if roll < 10 && last > snap {
+        let index = rng.gen_range(snap + 1..=last);
+        let conf = ConfState::with_voters(1..=rng.gen_range(1..=5));
+        let data = Bytes::from(format!("state at {index}"));
+        let meta = store
+            .save_snapshot(index, conf.clone(), data.clone())
+            .unwrap();
+        model.compact(index, conf, data).unwrap();
+        assert_eq!(meta, model.snapshot_meta());
+        return format!("save_snapshot({index})");
+    } else if roll < 20 {
+        // A snapshot from the leader, agreeing with our log or not, maybe with entries after it.
+        let index = rng.gen_range(snap + 1..=last + 3);
+        let snap_term = match model.term(index) {
+            Ok(t) if rng.gen_bool(0.5) => t,
+            _ => {
+                *term += 1;
+                *term
+            }
+        };
+        let snapshot = Snapshot {
+            meta: SnapshotMeta {
+                index,
+                term: snap_term,
+                conf_state: ConfState::with_voters(1..=rng.gen_range(1..=5)),
+            },
+            data: Bytes::from(format!("leader state at {index}")),
+        };
+        let mut after = model.clone();
+        set(persist, Some(snapshot.clone()), Vec::new(), None);
+        after.write(persist).unwrap();
+        let entries: Vec<Entry> = if rng.gen_bool(0.5) {
+            let from = rng.gen_range(index + 1..=after.last_index() + 1);
+            (from..from + rng.gen_range(1..4))
+                .map(|i| entry(i, snap_term.max(*term), "after snapshot"))
+                .collect()
+        } else {
+            Vec::new()
+        };
+        let described = format!(
+            "install snapshot {index}/{snap_term} + {} entries",
+            entries.len()
+        );
+        set(persist, Some(snapshot), entries, None);
+        described
+    } else if roll < 30 {
+        *term += u64::from(rng.gen_bool(0.3));
+        let hard_state = HardState {
+            term: *term,
+            vote: rng.gen_range(0..4),
+            commit: rng.gen_range(snap..=last),
+        };
+        set(persist, None, Vec::new(), Some(hard_state));
+        format!("hard state {hard_state:?}")
+    } else {
+        // Entries: mostly at the end, sometimes replacing a suffix (a log conflict).
+        let from = if rng.gen_bool(0.75) {
+            last + 1
+        } else {
+            rng.gen_range(snap + 1..=last + 1)
+        };
+        *term += u64::from(rng.gen_bool(0.1));
+        let count = rng.gen_range(1..8);
+        let entries: Vec<Entry> = (from..from + count)
+            .map(|i| Entry {
+                term: *term,
+                index: i,
+                payload: EntryPayload::Data(Bytes::from(vec![i as u8; rng.gen_range(0..200)])),
+            })
+            .collect();
+        let hard_state = rng.gen_bool(0.7).then(|| HardState {
+            term: *term,
+            vote: 1,
+            commit: rng.gen_range(snap..from),
+        });
+        set(persist, None, entries, hard_state);
+        format!("append {from}..{} hard state {hard_state:?}", from + count)
+    };
+    store.submit(persist).unwrap();
+    model.write(persist).unwrap();
+    described
+}
+
+/// With trailing entries the store keeps more at the front than `MemStorage`; from the model's
+/// first index on, everything agrees.
+fn assert_same_from_model_first(store: &RaftStore, model: &MemStorage, context: &str) {
+    assert_eq!(
+        store.hard_state(),
+        model.hard_state(),
+        "{context}: hard state"
+    );
+    assert_eq!(
+        store.snapshot_meta(),
+        model.snapshot_meta(),
+        "{context}: snapshot meta"
+    );
+    assert!(
+        store.first_index() <= model.first_index(),
+        "{context}: first index"
+    );
+    assert_eq!(
+        store.last_index(),
+        model.last_index(),
+        "{context}: last index"
+    );
+    for index in model.first_index() - 1..=model.last_index() + 1 {
+        assert_eq!(
+            store.term(index),
+            model.term(index),
+            "{context}: term({index})"
+        );
+    }
+    assert_eq!(
+        all_entries(store)[(model.first_index() - store.first_index()) as usize..],
+        all_entries(model)[..],
+        "{context}: entries"
+    );
+}
+
+/// What the engine can read from a store, to compare a store with itself across a reopen.
+fn view_of(store: &RaftStore) -> (HardState, SnapshotMeta, u64, u64, Vec<Entry>, Bytes) {
+    (
+        store.hard_state(),
+        store.snapshot_meta(),
+        store.first_index(),
+        store.term(store.first_index() - 1).unwrap(),
+        all_entries(store),
+        store.snapshot().unwrap().data,
+    )
+}
+
+fn random_run(seed: u64, trailing: u64, steps: usize) {
+    let dir = tempfile::tempdir().unwrap();
+    let mut rng = ChaCha8Rng::seed_from_u64(seed);
+    let mut persist = carrier();
+    let mut store = open(dir.path(), trailing);
+    let mut model = MemStorage::new_with_conf(ConfState::with_voters([1, 2, 3]));
+    let mut term = 1;
+    for step in 0..steps {
+        let what = if rng.gen_bool(0.08) {
+            // Everything submitted (synced or not) is in the OS, so all of it comes back.
+            let before = view_of(&store);
+            drop(store);
+            store = open(dir.path(), trailing);
+            assert_eq!(view_of(&store), before, "seed {seed} step {step}: reopen");
+            "reopen".to_string()
+        } else {
+            random_step(&mut rng, &mut persist, &mut store, &mut model, &mut term)
+        };
+        let context = format!("seed {seed} trailing {trailing} step {step}: {what}");
+        if trailing == 0 {
+            assert_same(&store, &model, &context);
+        } else {
+            assert_same_from_model_first(&store, &model, &context);
+        }
+    }
+    let before = view_of(&store);
+    store.close().unwrap();
+    let store = open(dir.path(), trailing);
+    assert_eq!(view_of(&store), before, "seed {seed}: final reopen");
+}
+
+#[test]
+fn random_writes_snapshots_and_reopens_agree_with_mem_storage() {
+    for seed in 0..12u64 {
+        random_run(seed, 0, 150);
+    }
+}
+
+#[test]
+fn with_trailing_entries_random_runs_agree_with_mem_storage_from_its_first_index() {
+    for seed in 100..106u64 {
+        random_run(seed, 7, 150);
+    }
+}
+
+#[test]
+fn a_directory_of_another_cluster_or_node_is_refused() {
+    let dir = tempfile::tempdir().unwrap();
+    open(dir.path(), 0).close().unwrap();
+    let other_cluster = Identity {
+        cluster_id: "another-cluster".into(),
+        ..identity(1)
+    };
+    let error = RaftStore::open(dir.path(), other_cluster, ConfState::default(), options(0))
+        .expect_err("another cluster's directory");
+    assert!(
+        matches!(&error, StoreError::WrongCluster { found, .. } if found == "test-cluster"),
+        "{error:?}"
+    );
+    assert!(error.to_string().contains("test-cluster"), "{error}");
+    let error = RaftStore::open(dir.path(), identity(2), ConfState::default(), options(0))
+        .expect_err("another node's directory");
+    assert!(
+        matches!(
+            error,
+            StoreError::WrongMember {
+                expected_node: 2,
+                found_node: 1,
+                ..
+            }
+        ),
+        "{error:?}"
+    );
+    // The rightful owner still opens it.
+    open(dir.path(), 0);
+}
+
+#[test]
+fn a_second_open_of_the_same_directory_is_refused() {
+    let dir = tempfile::tempdir().unwrap();
+    let _store = open(dir.path(), 0);
+    let error = RaftStore::open(dir.path(), identity(1), ConfState::default(), options(0))
+        .expect_err("locked");
+    assert!(
+        matches!(error, StoreError::Wal(WalError::Locked { .. })),
+        "{error:?}"
+    );
+}
+
+fn segments(dir: &Path) -> Vec<std::path::PathBuf> {
+    let mut files: Vec<_> = std::fs::read_dir(dir.join(WAL_DIR))
+        .unwrap()
+        .map(|e| e.unwrap().path())
+        .filter(|p| p.extension().is_some_and(|x| x == "wal"))
+        .collect();
+    files.sort();
+    files
+}
+
+fn write_many(dir: &Path, count: u64) {
+    let mut store = open(dir, 0);
+    let mut persist = carrier();
+    for index in 1..=count {
+        set(
+            &mut persist,
+            None,
+            vec![entry(index, 1, &"x".repeat(300))],
+            Some(HardState {
+                term: 1,
+                vote: 1,
+                commit: index - 1,
+            }),
+        );
+        store.submit(&persist).unwrap();
+    }
+    store.close().unwrap();
+}
+
+#[test]
+fn a_corrupted_segment_in_the_middle_is_an_error_naming_the_file() {
+    let dir = tempfile::tempdir().unwrap();
+    write_many(dir.path(), 100);
+    let files = segments(dir.path());
+    assert!(files.len() >= 3, "expected several segments, got {files:?}");
+    let victim = &files[files.len() / 2];
+    let mut bytes = std::fs::read(victim).unwrap();
+    bytes[40 + 30] ^= 0x5a; // inside the first record after the 40-byte segment header
+    std::fs::write(victim, bytes).unwrap();
+
+    let error = RaftStore::open(dir.path(), identity(1), ConfState::default(), options(0))
+        .expect_err("a damaged middle segment must not open");
+    match &error {
+        StoreError::Wal(WalError::Corrupt { path, .. }) => assert_eq!(path, victim),
+        other => panic!("expected a corrupt-segment error, got {other:?}"),
+    }
+    assert!(
+        error.to_string().contains(&victim.display().to_string()),
+        "{error}"
+    );
+}
+
+#[test]
+fn a_torn_tail_is_cut_and_reported_and_the_rest_recovered() {
+    let dir = tempfile::tempdir().unwrap();
+    write_many(dir.path(), 20);
+    let last_segment = segments(dir.path()).pop().unwrap();
+    let before = {
+        let store = open(dir.path(), 0);
+        (store.last_index(), store.hard_state())
+    };
+    // The last sector written never reached the disk: it reads back as zeros.
+    let mut bytes = std::fs::read(&last_segment).unwrap();
+    let end = bytes.iter().rposition(|&b| b != 0).unwrap();
+    let sector_start = end / 512 * 512;
+    bytes[sector_start..=end].fill(0);
+    std::fs::write(&last_segment, bytes).unwrap();
+
+    let store = open(dir.path(), 0);
+    let torn = store
+        .recovery()
+        .wal
+        .torn_tail
+        .clone()
+        .expect("torn tail reported");
+    assert_eq!(torn.path, last_segment);
+    // What is left is an earlier state: a prefix of the entries, an earlier hard state.
+    let (last, hard_state) = before;
+    assert!(store.last_index() < last || store.hard_state() != hard_state);
+    assert!(store.hard_state().commit <= hard_state.commit);
+    assert!(store.hard_state().commit <= store.last_index());
+    for entry in all_entries(&store) {
+        assert_eq!(entry, self::entry(entry.index, 1, &"x".repeat(300)));
+    }
+}
+
+#[test]
+fn a_corrupted_snapshot_file_is_an_error_naming_it() {
+    let dir = tempfile::tempdir().unwrap();
+    {
+        let mut store = open(dir.path(), 0);
+        let mut persist = carrier();
+        set(
+            &mut persist,
+            None,
+            vec![entry(1, 1, "a"), entry(2, 1, "b")],
+            None,
+        );
+        store.write(&persist).unwrap();
+        store
+            .save_snapshot(2, ConfState::with_voters([1, 2, 3]), Bytes::from("state"))
+            .unwrap();
+    }
+    let file = dir.path().join("snapshot");
+    let mut bytes = std::fs::read(&file).unwrap();
+    let last = bytes.len() - 1;
+    bytes[last] ^= 1;
+    std::fs::write(&file, bytes).unwrap();
+    let error = RaftStore::open(dir.path(), identity(1), ConfState::default(), options(0))
+        .expect_err("a damaged snapshot must not open");
+    assert!(
+        matches!(&error, StoreError::Corrupt { path, .. } if *path == file),
+        "{error:?}"
+    );
+
+    std::fs::remove_file(&file).unwrap();
+    let error = RaftStore::open(dir.path(), identity(1), ConfState::default(), options(0))
+        .expect_err("a missing snapshot must not open");
+    assert!(
+        matches!(error, StoreError::Inconsistent { .. }),
+        "{error:?}"
+    );
+}
+
+#[test]
+fn a_snapshot_file_written_before_a_crash_lost_its_record_is_installed() {
+    let dir = tempfile::tempdir().unwrap();
+    let mut persist = carrier();
+    {
+        let mut store = open(dir.path(), 0);
+        set(&mut persist, None, vec![entry(1, 1, "a")], None);
+        store.write(&persist).unwrap();
+    }
+    // The file of a leader's snapshot at 5 reached the disk; its log record did not.
+    let snapshot = Snapshot {
+        meta: SnapshotMeta {
+            index: 5,
+            term: 2,
+            conf_state: ConfState::with_voters([1, 2, 3]),
+        },
+        data: Bytes::from("leader state"),
+    };
+    snapfile::write(dir.path(), &snapshot).unwrap();
+    let store = open(dir.path(), 0);
+    assert!(store.recovery().snapshot_file_ahead);
+    assert_eq!(store.snapshot_meta(), snapshot.meta);
+    assert_eq!((store.first_index(), store.last_index()), (6, 5));
+    assert_eq!(store.hard_state().commit, 5);
+    assert_eq!(store.snapshot().unwrap().data, snapshot.data);
+}
+
+#[test]
+fn the_sync_thread_reports_submitted_writes_durable() {
+    let dir = tempfile::tempdir().unwrap();
+    let mut store = open(dir.path(), 0);
+    let mut durable = store.subscribe_durable();
+    let mut persist = carrier();
+    let mut last = 0;
+    for index in 1..=50 {
+        set(&mut persist, None, vec![entry(index, 1, "x")], None);
+        let wal_index = store.submit(&persist).unwrap();
+        assert!(wal_index > last, "WAL indexes increase with each write");
+        last = wal_index;
+    }
+    // An empty write completes with everything before it.
+    set(&mut persist, None, Vec::new(), None);
+    assert_eq!(store.submit(&persist).unwrap(), last);
+    let runtime = tokio::runtime::Builder::new_current_thread()
+        .enable_time()
+        .build()
+        .unwrap();
+    let reached = runtime.block_on(async {
+        tokio::time::timeout(
+            std::time::Duration::from_secs(30),
+            durable.wait_for(|d| d.index >= last || d.error.is_some()),
+        )
+        .await
+        .expect("the sync thread catches up")
+        .expect("the store is alive")
+        .clone()
+    });
+    assert!(reached.error.is_none());
+    assert!(store.durable_index() >= last);
+    // Fewer syncs than writes: one fdatasync covered several (at most one per write plus rolls).
+    assert!(store.stats().syncs <= 50 + 10, "{:?}", store.stats());
+}
