@@ -26,12 +26,12 @@ fn free_addr() -> SocketAddr {
     socket.local_addr().unwrap()
 }
 
-struct TestCluster {
+pub(crate) struct TestCluster {
     dir: tempfile::TempDir,
     root: PathBuf,
     members: Vec<MemberConfig>,
     nodes: HashMap<u64, ServerHandle>,
-    client: Client<Quorate>,
+    pub(crate) client: Client<Quorate>,
     client_id: u64,
     seq: u64,
 }
@@ -54,7 +54,7 @@ fn node_config(root: &Path, members: &[MemberConfig], id: u64) -> ServeConfig {
 }
 
 impl TestCluster {
-    async fn start(n: u64, tune: impl Fn(&mut ServeConfig)) -> Self {
+    pub(crate) async fn start(n: u64, tune: impl Fn(&mut ServeConfig)) -> Self {
         let dir = tempfile::tempdir().unwrap();
         let root = dir.path().to_path_buf();
         let ids: Vec<NodeId> = (1..=n + 1).map(NodeId).collect();
@@ -132,6 +132,28 @@ impl TestCluster {
         }
     }
 
+    /// Sends an admin change to the leader, following redirects, until it is done.
+    async fn admin(&self, request: AdminRequest) {
+        let start = Instant::now();
+        let mut target = *self.nodes.keys().min().unwrap();
+        loop {
+            assert!(start.elapsed() < DEADLINE, "{request:?} not done in time");
+            match self.request(target, &Request::Admin(request.clone())).await {
+                Ok(Reply::Done) => return,
+                Ok(other) => panic!("unexpected reply {other:?}"),
+                Err(ServerError::NotLeader {
+                    leader: Some(leader),
+                    ..
+                }) if self.nodes.contains_key(&leader) => target = leader,
+                Err(error) => {
+                    tracing::debug!(%error, "admin retry");
+                    target = self.next_node(target);
+                    tokio::time::sleep(Duration::from_millis(50)).await;
+                }
+            }
+        }
+    }
+
     fn next_node(&self, after: u64) -> u64 {
         let mut ids: Vec<u64> = self.nodes.keys().copied().collect();
         ids.sort();
@@ -166,7 +188,7 @@ impl TestCluster {
         }
     }
 
-    async fn leader(&self) -> u64 {
+    pub(crate) async fn leader(&self) -> u64 {
         let start = Instant::now();
         loop {
             assert!(start.elapsed() < DEADLINE, "no leader elected in time");
@@ -415,4 +437,124 @@ async fn a_data_directory_from_another_cluster_is_refused() {
         }
         other => panic!("expected a wrong-cluster error, got {other:?}"),
     }
+}
+
+/// Writes `w<i>` keys until told to stop, following redirects; returns the acknowledged keys.
+async fn keep_writing(
+    client: Client<Quorate>,
+    nodes: Vec<u64>,
+    stop: tokio::sync::watch::Receiver<bool>,
+) -> Vec<String> {
+    let mut acknowledged = Vec::new();
+    let mut target = nodes[0];
+    let mut seq = 0;
+    while !*stop.borrow() {
+        seq += 1;
+        let key = format!("w{seq}");
+        let session = Session {
+            client_id: 0xabc,
+            seq,
+            first_unacked: seq,
+        };
+        let start = Instant::now();
+        loop {
+            assert!(start.elapsed() < DEADLINE, "background write {seq} stuck");
+            let request = Request::Write {
+                session,
+                op: put(&key, "x"),
+            };
+            let reply = client
+                .request(NodeId(target), &request, Duration::from_secs(2))
+                .await;
+            match reply {
+                Ok(Ok(Reply::Write(_))) => {
+                    acknowledged.push(key.clone());
+                    break;
+                }
+                Ok(Err(ServerError::NotLeader {
+                    leader: Some(leader),
+                    ..
+                })) if nodes.contains(&leader) => target = leader,
+                _ => {
+                    let i = nodes.iter().position(|&n| n == target).unwrap_or(0);
+                    target = nodes[(i + 1) % nodes.len()];
+                    tokio::time::sleep(Duration::from_millis(20)).await;
+                }
+            }
+        }
+    }
+    client.close().await;
+    acknowledged
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn members_are_added_removed_and_leadership_moves_while_a_client_writes() {
+    let mut cluster = TestCluster::start(3, |_| {}).await;
+    cluster.put("start", "1").await;
+    let new_addr = free_addr();
+    let mut members = cluster.members.clone();
+    members.push(MemberConfig {
+        id: 4,
+        addr: new_addr,
+    });
+    let writer_client = TestCluster::client(&cluster.root, &members);
+    let (stop_tx, stop_rx) = tokio::sync::watch::channel(false);
+    let writer = tokio::spawn(keep_writing(writer_client, vec![1, 2, 3, 4], stop_rx));
+
+    // A fourth node starts empty, waiting to be added.
+    let mut config = node_config(&cluster.root, &members, 4);
+    config.join = true;
+    cluster
+        .nodes
+        .insert(4, Server::start(config).await.unwrap());
+    cluster.members = members.clone();
+    cluster.client = TestCluster::client(&cluster.root, &members);
+    cluster
+        .admin(AdminRequest::AddMember {
+            id: 4,
+            addr: new_addr,
+            learner: false,
+        })
+        .await;
+    assert_eq!(
+        value(cluster.get(4, "start", Consistency::Linearizable).await),
+        Some("1".into())
+    );
+
+    // Remove a follower (not the leader) and stop it.
+    let leader = cluster.leader().await;
+    let removed = (1..=3).find(|&id| id != leader).unwrap();
+    cluster
+        .admin(AdminRequest::RemoveMember { id: removed })
+        .await;
+    cluster.stop(removed).await;
+
+    // Hand leadership to the new member.
+    cluster.admin(AdminRequest::TransferLeader { to: 4 }).await;
+    assert_eq!(cluster.leader().await, 4);
+
+    cluster.put("end", "1").await;
+    stop_tx.send(true).unwrap();
+    let acknowledged = writer.await.unwrap();
+    assert!(!acknowledged.is_empty());
+    match cluster
+        .request(4, &Request::Admin(AdminRequest::Members))
+        .await
+    {
+        Ok(Reply::Members { members, leader }) => {
+            assert_eq!(leader, Some(4));
+            let ids: Vec<u64> = members.iter().map(|m| m.id).collect();
+            assert_eq!(ids.len(), 3, "{members:?}");
+            assert!(!ids.contains(&removed));
+        }
+        other => panic!("unexpected {other:?}"),
+    }
+    for key in &acknowledged {
+        assert_eq!(
+            value(cluster.get(4, key, Consistency::Linearizable).await),
+            Some("x".into()),
+            "acknowledged {key} lost"
+        );
+    }
+    cluster.shutdown().await;
 }
