@@ -52,6 +52,8 @@
 //! and sends the latest snapshot when a follower needs anything older.
 
 mod error;
+#[cfg(test)]
+mod group_tests;
 mod record;
 mod snapfile;
 mod syncer;

@@ -648,3 +648,54 @@ fn the_sync_thread_reports_submitted_writes_durable() {
     // Fewer syncs than writes: one fdatasync covered several (at most one per write plus rolls).
     assert!(store.stats().syncs <= 50 + 10, "{:?}", store.stats());
 }
+
+/// Not a test: prints how many entries per second one thread submits with group commit versus
+/// waiting for each write. Run with
+/// `cargo test -p node --lib store::tests::measure -- --ignored --nocapture`.
+#[test]
+#[ignore = "measurement, prints figures; not a behaviour check"]
+fn measure_group_commit_throughput() {
+    let payload = "v".repeat(256);
+    let run = |per_persist: u64, writes: u64, wait_each: bool| {
+        let dir = tempfile::tempdir().unwrap();
+        let mut store = RaftStore::open(
+            dir.path(),
+            identity(1),
+            ConfState::with_voters([1]),
+            StoreOptions::default(),
+        )
+        .unwrap();
+        let mut persist = carrier();
+        let started = std::time::Instant::now();
+        let mut last = 0;
+        for w in 0..writes {
+            let first = w * per_persist + 1;
+            let entries = (first..first + per_persist)
+                .map(|i| entry(i, 1, &payload))
+                .collect();
+            let hard_state = HardState {
+                term: 1,
+                vote: 1,
+                commit: first - 1,
+            };
+            set(&mut persist, None, entries, Some(hard_state));
+            last = store.submit(&persist).unwrap();
+            if wait_each {
+                store.wait_durable(last).unwrap();
+            }
+        }
+        store.wait_durable(last).unwrap();
+        let elapsed = started.elapsed().as_secs_f64();
+        let syncs = store.stats().syncs;
+        ((writes * per_persist) as f64 / elapsed, syncs)
+    };
+    println!("| entries/Persist | mode | entries/s | fdatasyncs |");
+    for per_persist in [1u64, 16] {
+        let writes = 2000 / per_persist.min(4);
+        let (waited, waited_syncs) = run(per_persist, writes, true);
+        let (piped, piped_syncs) = run(per_persist, writes, false);
+        println!("| {per_persist} | write (wait each) | {waited:.0} | {waited_syncs} |");
+        println!("| {per_persist} | submit (pipelined) | {piped:.0} | {piped_syncs} |");
+        println!("| {per_persist} | ratio | {:.1}x | |", piped / waited);
+    }
+}

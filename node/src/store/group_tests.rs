@@ -1,0 +1,325 @@
+//! A three-node Raft group in one process (messages by function call, as in consensus-core's
+//! `three_nodes` example) running on [`RaftStore`]s with pipelined writes: nodes restart from
+//! their data directories and keep every committed entry; a node cut off while the others compact
+//! catches up from a snapshot, and keeps it across a restart.
+
+use std::collections::{BTreeMap, BTreeSet, VecDeque};
+use std::path::{Path, PathBuf};
+
+use bytes::Bytes;
+use consensus_core::{
+    ConfState, Config, Consensus, Entry, EntryPayload, Message, PersistToken, Raft, Role, Storage,
+};
+use rand::SeedableRng;
+use rand_chacha::ChaCha8Rng;
+
+use super::{Identity, RaftStore, StoreOptions};
+
+const IDS: [u64; 3] = [1, 2, 3];
+/// Each node snapshots its state machine every this many applied entries.
+const SNAPSHOT_EVERY: u64 = 10;
+
+struct Node {
+    dir: PathBuf,
+    raft: Raft<RaftStore>,
+    /// Submitted writes not yet confirmed: (WAL index, token), in order.
+    pending: VecDeque<(u64, PersistToken)>,
+    /// The state machine: every applied command, in order.
+    state: Vec<Bytes>,
+    applied: u64,
+    restarts: u64,
+}
+
+fn options() -> StoreOptions {
+    StoreOptions {
+        wal: storage_wal::Options {
+            segment_size: 8 << 10,
+            max_group_commit_delay: std::time::Duration::ZERO,
+            ..storage_wal::Options::default()
+        },
+        trailing_entries: 5,
+    }
+}
+
+fn encode_state(state: &[Bytes]) -> Bytes {
+    Bytes::from(
+        postcard::to_allocvec(&state.iter().map(|b| b.to_vec()).collect::<Vec<_>>()).unwrap(),
+    )
+}
+
+fn decode_state(data: &[u8]) -> Vec<Bytes> {
+    if data.is_empty() {
+        return Vec::new();
+    }
+    let items: Vec<Vec<u8>> = postcard::from_bytes(data).expect("snapshot data decodes");
+    items.into_iter().map(Bytes::from).collect()
+}
+
+impl Node {
+    fn start(dir: &Path, id: u64, seed: u64) -> Node {
+        let store = RaftStore::open(
+            dir,
+            Identity {
+                cluster_id: "group-test".into(),
+                node_id: id,
+                group_id: 0,
+            },
+            ConfState::with_voters(IDS),
+            options(),
+        )
+        .expect("open store");
+        let snapshot = store.snapshot().unwrap();
+        let config = Config {
+            applied: snapshot.meta.index,
+            ..Config::new(id)
+        };
+        let raft = Raft::new(config, store, ChaCha8Rng::seed_from_u64(seed)).expect("raft");
+        Node {
+            dir: dir.to_path_buf(),
+            raft,
+            pending: VecDeque::new(),
+            state: decode_state(&snapshot.data),
+            applied: snapshot.meta.index,
+            restarts: 0,
+        }
+    }
+
+    /// Stops the node (dropping its store, as a process exit would) and starts it from disk.
+    fn restart(self) -> Node {
+        let (dir, id, restarts) = (self.dir.clone(), self.raft.id(), self.restarts + 1);
+        drop(self);
+        let mut node = Node::start(&dir, id, 1000 * restarts + id);
+        node.restarts = restarts;
+        node
+    }
+
+    /// Drains `ready()` once. Returns whether there was anything.
+    fn step_ready(&mut self, network: &mut VecDeque<Message>) -> bool {
+        if !self.raft.has_ready() {
+            return false;
+        }
+        let ready = self.raft.ready();
+        network.extend(ready.messages);
+        if let Some(persist) = ready.persist {
+            if let Some(snapshot) = &persist.snapshot {
+                // Restore the state machine before applying anything committed after it.
+                self.state = decode_state(&snapshot.data);
+                self.applied = snapshot.meta.index;
+            }
+            let wal_index = self.raft.storage_mut().submit(&persist).expect("submit");
+            self.pending.push_back((wal_index, persist.token));
+        }
+        for entry in ready.committed {
+            self.apply(entry);
+        }
+        true
+    }
+
+    fn apply(&mut self, entry: Entry) {
+        if entry.index <= self.applied {
+            return;
+        }
+        assert_eq!(entry.index, self.applied + 1, "entries applied in order");
+        if let EntryPayload::Data(data) = &entry.payload {
+            self.state.push(data.clone());
+        }
+        self.applied = entry.index;
+        let snapshot_index = self.raft.storage().snapshot_meta().index;
+        if self.applied >= snapshot_index + SNAPSHOT_EVERY {
+            let conf = self.raft.status().conf_state;
+            let data = encode_state(&self.state);
+            self.raft
+                .storage_mut()
+                .save_snapshot(self.applied, conf, data)
+                .expect("save snapshot");
+        }
+    }
+
+    /// Confirms every write the store reports durable; if none is, waits for the oldest.
+    fn confirm_durable(&mut self) -> bool {
+        let Some(&(oldest, _)) = self.pending.front() else {
+            return false;
+        };
+        let mut durable = self.raft.storage().durable_index();
+        if durable < oldest {
+            durable = self.raft.storage().wait_durable(oldest).expect("durable");
+        }
+        while let Some(&(wal_index, _)) = self.pending.front() {
+            if wal_index > durable {
+                break;
+            }
+            let (_, token) = self.pending.pop_front().expect("front exists");
+            self.raft.persisted(token).expect("in order");
+        }
+        true
+    }
+}
+
+struct Group {
+    nodes: BTreeMap<u64, Node>,
+    network: VecDeque<Message>,
+    cut_off: BTreeSet<u64>,
+    proposed: u64,
+    _dir: tempfile::TempDir,
+}
+
+impl Group {
+    fn new() -> Group {
+        let dir = tempfile::tempdir().unwrap();
+        let nodes = IDS
+            .iter()
+            .map(|&id| {
+                (
+                    id,
+                    Node::start(&dir.path().join(format!("node-{id}")), id, id),
+                )
+            })
+            .collect();
+        Group {
+            nodes,
+            network: VecDeque::new(),
+            cut_off: BTreeSet::new(),
+            proposed: 0,
+            _dir: dir,
+        }
+    }
+
+    /// Runs until nothing moves: drain readies, confirm durable writes, deliver messages.
+    fn settle(&mut self) {
+        for _ in 0..10_000 {
+            let mut progress = false;
+            for node in self.nodes.values_mut() {
+                while node.step_ready(&mut self.network) {
+                    progress = true;
+                }
+                progress |= node.confirm_durable();
+            }
+            while let Some(message) = self.network.pop_front() {
+                progress = true;
+                if self.cut_off.contains(&message.from) || self.cut_off.contains(&message.to) {
+                    continue;
+                }
+                if let Some(node) = self.nodes.get_mut(&message.to) {
+                    node.raft.step(message).expect("step");
+                }
+            }
+            if !progress {
+                return;
+            }
+        }
+        panic!("the group never settles");
+    }
+
+    fn tick(&mut self) {
+        for node in self.nodes.values_mut() {
+            node.raft.tick();
+        }
+        self.settle();
+    }
+
+    fn leader(&mut self) -> u64 {
+        for _ in 0..500 {
+            let leaders: Vec<u64> = self
+                .nodes
+                .iter()
+                .filter(|(id, n)| n.raft.role() == Role::Leader && !self.cut_off.contains(id))
+                .map(|(&id, _)| id)
+                .collect();
+            if let [leader] = leaders[..] {
+                return leader;
+            }
+            self.tick();
+        }
+        panic!("no leader elected");
+    }
+
+    /// Proposes `count` commands through the leader and lets them commit.
+    fn propose(&mut self, count: u64) {
+        for _ in 0..count {
+            let leader = self.leader();
+            self.proposed += 1;
+            let command = Bytes::from(format!("command {}", self.proposed));
+            let node = self.nodes.get_mut(&leader).expect("leader exists");
+            node.raft.propose(command).expect("leader accepts");
+            self.settle();
+        }
+        // Heartbeats carry the commit index to followers.
+        for _ in 0..5 {
+            self.tick();
+        }
+    }
+
+    fn restart(&mut self, id: u64) {
+        let node = self.nodes.remove(&id).expect("node exists");
+        self.nodes.insert(id, node.restart());
+    }
+
+    fn expected_state(&self) -> Vec<Bytes> {
+        (1..=self.proposed)
+            .map(|i| Bytes::from(format!("command {i}")))
+            .collect()
+    }
+
+    fn assert_all_applied(&self, ids: &[u64]) {
+        let expected = self.expected_state();
+        for id in ids {
+            let node = &self.nodes[id];
+            assert_eq!(node.state, expected, "node {id} state machine");
+        }
+    }
+}
+
+#[test]
+fn a_group_on_raft_stores_keeps_committed_entries_across_restarts() {
+    let mut group = Group::new();
+    group.propose(25);
+    group.assert_all_applied(&IDS);
+
+    // A follower restarts from its directory: every committed entry is still there.
+    let leader = group.leader();
+    let follower = *IDS.iter().find(|&&id| id != leader).expect("a follower");
+    let commit_before = group.nodes[&follower].raft.status().commit;
+    group.restart(follower);
+    let store = group.nodes[&follower].raft.storage();
+    assert!(store.hard_state().commit >= commit_before);
+    assert!(store.snapshot_meta().index > 0, "it had compacted its log");
+    assert!(store.last_index() >= commit_before);
+    group.propose(5);
+    group.assert_all_applied(&IDS);
+
+    // A node cut off while the others write and compact catches up from a snapshot.
+    let lagging = follower;
+    group.cut_off.insert(lagging);
+    group.propose(30);
+    let leader = group.leader();
+    let leader_first = group.nodes[&leader].raft.storage().first_index();
+    assert!(
+        leader_first > group.nodes[&lagging].applied + 1,
+        "the leader compacted past what the lagging node has"
+    );
+    group.cut_off.clear();
+    for _ in 0..20 {
+        group.tick();
+    }
+    group.assert_all_applied(&IDS);
+    let installed = group.nodes[&lagging].raft.storage().snapshot_meta().index;
+    assert!(
+        installed >= leader_first - 1,
+        "caught up by installing a snapshot"
+    );
+
+    // It keeps the installed snapshot and later entries across a restart.
+    group.restart(lagging);
+    assert!(group.nodes[&lagging].raft.storage().snapshot_meta().index >= installed);
+    group.settle();
+    group.assert_all_applied(&IDS);
+
+    // The leader restarts; another is elected; nothing committed is lost.
+    group.restart(leader);
+    group.propose(10);
+    for _ in 0..20 {
+        group.tick();
+    }
+    group.assert_all_applied(&IDS);
+    assert_eq!(group.nodes[&leader].restarts, 1);
+}
