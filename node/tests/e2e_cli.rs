@@ -1,0 +1,376 @@
+//! End-to-end: the `quorate` command line against real processes, and inputs a node or the
+//! CLI must refuse with a clear message (oversized key, unknown node, a data directory of
+//! another cluster, a corrupted WAL segment, no cluster at all).
+
+mod common;
+
+use std::path::{Path, PathBuf};
+use std::process::{Command, Stdio};
+use std::time::Duration;
+
+use common::{free_addr, ProcCluster, WAIT};
+use node::config::{MemberConfig, ServeConfig};
+use node::proto::Consistency;
+
+/// One cluster at a time.
+static SERIAL: tokio::sync::Mutex<()> = tokio::sync::Mutex::const_new(());
+
+#[track_caller]
+fn expect(result: (i32, String, String), code: i32, stdout_has: &str, stderr_has: &str) -> String {
+    let (got, stdout, stderr) = result;
+    assert_eq!(
+        got, code,
+        "exit code; stdout: {stdout:?}; stderr: {stderr:?}"
+    );
+    assert!(
+        stdout.contains(stdout_has),
+        "stdout {stdout:?} lacks {stdout_has:?} (stderr {stderr:?})"
+    );
+    assert!(
+        stderr.contains(stderr_has),
+        "stderr {stderr:?} lacks {stderr_has:?} (stdout {stdout:?})"
+    );
+    stdout
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_cli_writes_reads_and_manages_the_cluster() {
+    let _serial = SERIAL.lock().await;
+    let cluster = ProcCluster::start(3, |config| config.limits.max_key_bytes = 64);
+    let client = cluster.client();
+    let leader = cluster.wait_leader(&client, &[1, 2, 3]).await;
+
+    expect(
+        cluster.cli(&["kv", "put", "greeting", "hello"]),
+        0,
+        "OK (revision",
+        "",
+    );
+    let out = expect(cluster.cli(&["kv", "get", "greeting"]), 0, "hello", "");
+    assert_eq!(out, "hello\n");
+    expect(cluster.cli(&["kv", "get", "missing"]), 1, "", "not found");
+    expect(cluster.cli(&["kv", "put", "app/1", "x"]), 0, "OK", "");
+    expect(cluster.cli(&["kv", "put", "app/2", "y"]), 0, "OK", "");
+    expect(cluster.cli(&["kv", "put", "zzz", "z"]), 0, "OK", "");
+    let out = expect(
+        cluster.cli(&["kv", "scan", "--prefix", "app/"]),
+        0,
+        "app/1",
+        "",
+    );
+    assert_eq!(out, "app/1\tx\napp/2\ty\n");
+    let out = expect(
+        cluster.cli(&["kv", "scan", "--limit", "2"]),
+        0,
+        "",
+        "more keys after",
+    );
+    assert_eq!(out.lines().count(), 2);
+    expect(
+        cluster.cli(&["kv", "cas", "greeting", "bye", "--expect", "hello"]),
+        0,
+        "OK",
+        "",
+    );
+    expect(
+        cluster.cli(&["kv", "cas", "greeting", "again", "--expect", "hello"]),
+        1,
+        "",
+        "not swapped: \"greeting\" is \"bye\"",
+    );
+    expect(
+        cluster.cli(&["kv", "cas", "fresh", "1", "--absent"]),
+        0,
+        "OK",
+        "",
+    );
+    expect(cluster.cli(&["kv", "del", "greeting"]), 0, "deleted", "");
+    expect(cluster.cli(&["kv", "del", "greeting"]), 1, "", "not found");
+    let out = expect(cluster.cli(&["--json", "kv", "get", "app/1"]), 0, "", "");
+    assert!(
+        out.contains(r#""found":true"#) && out.contains(r#""value":"x""#),
+        "{out}"
+    );
+    assert!(
+        client
+            .get("fresh", Consistency::Linearizable)
+            .await
+            .unwrap()
+            .is_some(),
+        "the CLI's writes are visible to other clients"
+    );
+
+    // A key over the limit: refused by the cluster (exit 4), saying which limit.
+    let long_key = "k".repeat(100);
+    expect(
+        cluster.cli(&["kv", "put", &long_key, "v"]),
+        4,
+        "",
+        "exceeds the limit of 64 bytes",
+    );
+
+    // Cluster commands.
+    let out = expect(cluster.cli(&["cluster", "status"]), 0, "leader", "");
+    assert_eq!(
+        out.lines().filter(|l| l.contains("127.0.0.1")).count(),
+        3,
+        "{out}"
+    );
+    assert!(out.contains(&format!("leader: node {leader}")), "{out}");
+    let out = expect(cluster.cli(&["cluster", "members"]), 0, "voter", "");
+    assert_eq!(out.lines().count(), 4, "a header and three members: {out}");
+    let out = expect(cluster.cli(&["--json", "cluster", "members"]), 0, "", "");
+    assert!(out.contains(&format!(r#""leader":{leader}"#)), "{out}");
+
+    // Unknown node ids are refused with a pointer to the member list.
+    expect(
+        cluster.cli(&["cluster", "transfer-leader", "9"]),
+        4,
+        "",
+        "node 9 is not a member",
+    );
+    expect(
+        cluster.cli(&["cluster", "remove", "9"]),
+        4,
+        "",
+        "node 9 is not a member",
+    );
+    let out = expect(
+        cluster.cli(&["--json", "cluster", "remove", "9"]),
+        4,
+        r#""kind":"refused""#,
+        "",
+    );
+    assert!(out.contains(r#""exit_code":4"#), "{out}");
+
+    let target = [1, 2, 3].into_iter().find(|&id| id != leader).unwrap();
+    expect(
+        cluster.cli(&["cluster", "transfer-leader", &target.to_string()]),
+        0,
+        &format!("node {target} is the leader now"),
+        "",
+    );
+    assert_eq!(cluster.wait_leader(&client, &[1, 2, 3]).await, target);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_cli_without_a_reachable_cluster_says_what_to_do() {
+    let dir = tempfile::tempdir().unwrap();
+    let certs = dir.path().join("certs");
+    net_quic::certs::write_dev_certs(&certs, "quorate", &[], &["admin".to_string()]).unwrap();
+    let endpoints = format!("{},{}", free_addr(), free_addr());
+    let run = |args: &[&str], extra: &[&str]| {
+        let output = Command::new(env!("CARGO_BIN_EXE_quorate"))
+            .args(extra)
+            .args(args)
+            .env_remove("QUORATE_CERTS")
+            .env_remove("QUORATE_ENDPOINTS")
+            .stdin(Stdio::null())
+            .output()
+            .unwrap();
+        (
+            output.status.code().unwrap_or(-1),
+            String::from_utf8_lossy(&output.stdout).into_owned(),
+            String::from_utf8_lossy(&output.stderr).into_owned(),
+        )
+    };
+    let certs_arg = certs.to_str().unwrap();
+    // Nobody listens: exit 3, and the message names the endpoints and the next step.
+    expect(
+        run(
+            &["kv", "get", "k"],
+            &[
+                "--endpoints",
+                &endpoints,
+                "--certs",
+                certs_arg,
+                "--timeout",
+                "1s",
+            ],
+        ),
+        3,
+        "",
+        "is the cluster running? try `quorate cluster status`",
+    );
+    // No certificate folder: a usage error naming the flag and the variable.
+    expect(
+        run(&["kv", "get", "k"], &["--endpoints", &endpoints]),
+        2,
+        "",
+        "--certs DIR or set QUORATE_CERTS",
+    );
+    // A folder without this client's certificate: a local error saying how to make one.
+    expect(
+        run(
+            &["kv", "get", "k"],
+            &[
+                "--endpoints",
+                &endpoints,
+                "--certs",
+                certs_arg,
+                "--client-name",
+                "bob",
+            ],
+        ),
+        5,
+        "",
+        "cargo xtask certs",
+    );
+    // A malformed endpoint.
+    expect(
+        run(
+            &["kv", "get", "k"],
+            &["--endpoints", "nowhere", "--certs", certs_arg],
+        ),
+        2,
+        "",
+        "bad endpoint \"nowhere\"",
+    );
+}
+
+fn serve(config_path: &Path, log: &Path) -> std::process::Child {
+    let log = std::fs::File::create(log).unwrap();
+    Command::new(env!("CARGO_BIN_EXE_quorate"))
+        .args(["serve", "--config"])
+        .arg(config_path)
+        .env("QUORATE_LOG", "info,quinn=warn")
+        .stdin(Stdio::null())
+        .stdout(log.try_clone().unwrap())
+        .stderr(log)
+        .spawn()
+        .unwrap()
+}
+
+/// Waits (bounded) for a child to exit; kills it and fails if it does not.
+fn wait_exit(child: &mut std::process::Child, what: &str) -> std::process::ExitStatus {
+    let deadline = std::time::Instant::now() + WAIT;
+    while std::time::Instant::now() < deadline {
+        if let Some(status) = child.try_wait().unwrap() {
+            return status;
+        }
+        std::thread::sleep(Duration::from_millis(20));
+    }
+    let _ = child.kill();
+    let _ = child.wait();
+    panic!("{what}: still running after {WAIT:?}");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_data_directory_of_another_cluster_is_refused_with_a_clear_message() {
+    let _serial = SERIAL.lock().await;
+    let dir = tempfile::tempdir().unwrap();
+    let root = dir.path();
+    let data = root.join("data");
+    let node = [net_quic::NodeId(1)];
+    let config_for = |cluster: &str| -> PathBuf {
+        let certs = root.join(format!("certs-{cluster}"));
+        net_quic::certs::write_dev_certs(&certs, cluster, &node, &[]).unwrap();
+        let addr = free_addr();
+        let mut config =
+            ServeConfig::new(1, addr, &data, &certs, vec![MemberConfig { id: 1, addr }]);
+        config.cluster = cluster.to_string();
+        common::fast(&mut config);
+        let path = root.join(format!("{cluster}.toml"));
+        std::fs::write(&path, config.to_toml_string().unwrap()).unwrap();
+        path
+    };
+
+    // A one-node cluster "other" creates the directory, then stops.
+    let other = config_for("other");
+    let mut first = serve(&other, &root.join("other.log"));
+    let deadline = std::time::Instant::now() + WAIT;
+    while !std::fs::read_to_string(root.join("other.log"))
+        .unwrap_or_default()
+        .contains("node started")
+    {
+        assert!(
+            std::time::Instant::now() < deadline,
+            "cluster other never started"
+        );
+        assert!(
+            first.try_wait().unwrap().is_none(),
+            "cluster other exited early"
+        );
+        std::thread::sleep(Duration::from_millis(20));
+    }
+    first.kill().unwrap();
+    first.wait().unwrap();
+
+    // A node of cluster "quorate" pointed at it refuses to start, and says why.
+    let ours = config_for("quorate");
+    let mut second = serve(&ours, &root.join("quorate.log"));
+    let status = wait_exit(&mut second, "a node on another cluster's data directory");
+    assert!(!status.success());
+    let log = std::fs::read_to_string(root.join("quorate.log")).unwrap();
+    assert!(
+        log.contains("belongs to cluster \"other\", not \"quorate\""),
+        "the error names both clusters: {log}"
+    );
+}
+
+/// Flips one byte in the middle of the records of a WAL segment (not in the torn-tail region).
+fn corrupt_middle_of_largest_segment(wal_dir: &Path) -> PathBuf {
+    let mut segments: Vec<(u64, PathBuf)> = std::fs::read_dir(wal_dir)
+        .unwrap()
+        .map(|e| e.unwrap().path())
+        .filter(|p| p.extension().is_some_and(|e| e == "wal"))
+        .map(|p| {
+            let bytes = std::fs::read(&p).unwrap();
+            let used = bytes.iter().rposition(|&b| b != 0).unwrap_or(0) as u64;
+            (used, p)
+        })
+        .collect();
+    segments.sort();
+    let (used, path) = segments.pop().expect("a WAL segment");
+    assert!(used > 4096, "the segment holds records: {used} bytes");
+    let mut bytes = std::fs::read(&path).unwrap();
+    let mut at = (used / 2) as usize;
+    while bytes[at] == 0 {
+        at += 1;
+    }
+    bytes[at] ^= if bytes[at] == 0x55 { 0xAA } else { 0x55 };
+    std::fs::write(&path, bytes).unwrap();
+    path
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_corrupted_wal_segment_in_the_middle_is_refused_with_a_clear_message() {
+    let _serial = SERIAL.lock().await;
+    let mut cluster = ProcCluster::start(3, |_| {});
+    let client = cluster.client();
+    let leader = cluster.wait_leader(&client, &[1, 2, 3]).await;
+    for i in 0..60 {
+        client
+            .put(format!("key-{i:03}"), "v".repeat(100))
+            .await
+            .expect("put");
+    }
+    let victim = [1, 2, 3].into_iter().find(|&id| id != leader).unwrap();
+    // Make sure the victim has the writes on disk, then stop it cleanly.
+    let target = client.status_of(leader).await.unwrap().commit_index;
+    common::eventually("the victim applies every write", || async {
+        let status = client.status_of(victim).await.ok()?;
+        (status.applied_index >= target).then_some(())
+    })
+    .await;
+    cluster.terminate(victim);
+
+    let segment = corrupt_middle_of_largest_segment(&cluster.data_dir(victim).join("wal"));
+    let log_before = cluster.log(victim).len();
+    cluster.spawn(victim);
+    let status = cluster
+        .wait_exit(victim, WAIT)
+        .expect("a node with a corrupt WAL must not keep running");
+    assert!(!status.success());
+    let log = cluster.log(victim)[log_before..].to_string();
+    let name = segment.file_name().unwrap().to_str().unwrap();
+    assert!(
+        log.contains("corrupt") && log.contains(name),
+        "the error says the log is corrupt and names segment {name}: {log}"
+    );
+    // The rest of the cluster keeps serving.
+    client
+        .put("after", "ok")
+        .await
+        .expect("the others still serve");
+}

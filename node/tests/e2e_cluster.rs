@@ -1,0 +1,334 @@
+//! End-to-end: real `quorate` processes on loopback, driven through `node::client::Client`.
+//!
+//! Each test starts its own cluster (ports, certificates and data in a temporary folder). Tests
+//! in this file run one at a time (they share two cores with everything else).
+
+mod common;
+
+use std::collections::BTreeMap;
+use std::sync::Arc;
+use std::time::Duration;
+
+use bytes::Bytes;
+use common::{eventually, ProcCluster};
+use node::client::{CasOutcome, Client};
+use node::proto::{Consistency, WriteOp, WriteResult};
+
+/// One cluster at a time.
+static SERIAL: tokio::sync::Mutex<()> = tokio::sync::Mutex::const_new(());
+
+async fn all_pairs(client: &Client) -> BTreeMap<String, String> {
+    let page = client
+        .scan("", None, 0, Consistency::Linearizable)
+        .await
+        .expect("scan");
+    assert!(!page.more, "test data fits in one scan page");
+    page.kvs
+        .into_iter()
+        .map(|kv| {
+            (
+                String::from_utf8(kv.key.to_vec()).unwrap(),
+                String::from_utf8(kv.value.to_vec()).unwrap(),
+            )
+        })
+        .collect()
+}
+
+/// Waits until member `id` has applied everything the leader had committed when asked.
+async fn wait_caught_up(client: &Client, leader: u64, id: u64) -> node::proto::NodeStatus {
+    let target = client
+        .status_of(leader)
+        .await
+        .expect("leader status")
+        .commit_index;
+    eventually(&format!("node {id} applies through {target}"), || async {
+        match client.status_of(id).await {
+            Ok(status) if status.applied_index >= target => Some(status),
+            _ => None,
+        }
+    })
+    .await
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn acknowledged_writes_survive_a_killed_leader_and_the_restarted_node_catches_up_from_the_log(
+) {
+    let _serial = SERIAL.lock().await;
+    let mut cluster = ProcCluster::start(3, |_| {});
+    let client = cluster.client();
+    let leader = cluster.wait_leader(&client, &[1, 2, 3]).await;
+
+    let mut acked = BTreeMap::new();
+    for i in 0..30 {
+        let (key, value) = (format!("k{i:03}"), format!("v{i}"));
+        client.put(key.clone(), value.clone()).await.expect("put");
+        acked.insert(key, value);
+    }
+    for (key, value) in &acked {
+        let kv = client
+            .get(key.clone(), Consistency::Linearizable)
+            .await
+            .expect("get")
+            .expect("an acknowledged write is readable");
+        assert_eq!(kv.value, value.as_bytes());
+    }
+
+    cluster.kill(leader);
+    let survivors: Vec<u64> = [1, 2, 3].into_iter().filter(|&id| id != leader).collect();
+    let new_leader = cluster.wait_leader(&client, &survivors).await;
+    assert_ne!(new_leader, leader);
+    assert_eq!(
+        all_pairs(&client).await,
+        acked,
+        "every acknowledged write survives"
+    );
+
+    // Writes go on without the old leader, then it comes back and catches up from the log.
+    for i in 30..45 {
+        let (key, value) = (format!("k{i:03}"), format!("v{i}"));
+        client.put(key.clone(), value.clone()).await.expect("put");
+        acked.insert(key, value);
+    }
+    cluster.spawn(leader);
+    wait_caught_up(&client, new_leader, leader).await;
+    for (key, value) in acked.iter().rev().take(5) {
+        let kv = client
+            .get_from(leader, key.clone(), Consistency::Stale)
+            .await
+            .expect("read from the restarted node")
+            .expect("the restarted node has the write");
+        assert_eq!(kv.value, value.as_bytes());
+    }
+    assert_eq!(all_pairs(&client).await, acked);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_node_restarted_after_the_log_was_compacted_catches_up_from_a_snapshot() {
+    let _serial = SERIAL.lock().await;
+    let mut cluster = ProcCluster::start(3, |config| config.snapshot.entries = 100);
+    let client = Arc::new(cluster.client());
+    let leader = cluster.wait_leader(&client, &[1, 2, 3]).await;
+    let follower = if leader == 1 { 2 } else { 1 };
+    client.put("before", "down").await.expect("put");
+    wait_caught_up(&client, leader, follower).await;
+    cluster.kill(follower);
+
+    // Enough writes that the leader snapshots and compacts past what the follower has, even
+    // with the entries it keeps behind a snapshot for slow followers (1024 by default).
+    let writers = 2;
+    let per_writer = 650;
+    let mut tasks = Vec::new();
+    for w in 0..writers {
+        let client = client.clone();
+        tasks.push(tokio::spawn(async move {
+            for i in 0..per_writer {
+                client
+                    .put(format!("w{w:02}-{i:03}"), format!("{i}"))
+                    .await
+                    .expect("put while a follower is down");
+            }
+        }));
+    }
+    for task in tasks {
+        task.await.expect("writer task");
+    }
+    let status = client.status_of(leader).await.expect("leader status");
+    assert!(
+        status.snapshot_index > 0,
+        "the leader took a snapshot: {status:?}"
+    );
+
+    cluster.spawn(follower);
+    let caught_up = wait_caught_up(&client, leader, follower).await;
+    assert!(caught_up.snapshot_index > 0, "{caught_up:?}");
+    assert_eq!(
+        caught_up.keys,
+        (writers * per_writer + 1) as u64,
+        "the follower has every key"
+    );
+    let log = cluster.log(follower);
+    assert!(
+        log.contains("installed snapshot from the leader"),
+        "the follower caught up through a snapshot (leader before restart: {status:?}; \
+         follower now: {caught_up:?}); its log:\n{log}"
+    );
+    for key in ["before", "w00-000", "w01-649"] {
+        assert!(
+            client
+                .get_from(follower, key, Consistency::Stale)
+                .await
+                .expect("read")
+                .is_some(),
+            "{key} on the restarted follower"
+        );
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_fourth_member_is_added_and_one_removed_while_a_client_keeps_writing() {
+    let _serial = SERIAL.lock().await;
+    let mut cluster = ProcCluster::start(3, |_| {});
+    let client = Arc::new(cluster.client());
+    let leader = cluster.wait_leader(&client, &[1, 2, 3]).await;
+
+    // A writer that never stops until told, recording what was acknowledged.
+    let stop = Arc::new(std::sync::atomic::AtomicBool::new(false));
+    let writer = {
+        let (client, stop) = (client.clone(), stop.clone());
+        tokio::spawn(async move {
+            let mut acked = Vec::new();
+            let mut i = 0u32;
+            while !stop.load(std::sync::atomic::Ordering::Relaxed) {
+                let key = format!("m{i:05}");
+                client
+                    .put(key.clone(), "x")
+                    .await
+                    .expect("write during membership change");
+                acked.push(key);
+                i += 1;
+            }
+            acked
+        })
+    };
+
+    let addr = cluster.spawn_joiner(4);
+    client.add_member(4, addr, false).await.expect("add node 4");
+    let (members, _) = client.members().await.expect("members");
+    assert!(members.iter().any(|m| m.id == 4 && m.voter), "{members:?}");
+    wait_caught_up(&client, leader, 4).await;
+
+    let removed = [1, 2, 3].into_iter().find(|&id| id != leader).unwrap();
+    client
+        .remove_member(removed)
+        .await
+        .expect("remove a follower");
+    let (members, _) = client.members().await.expect("members");
+    assert!(!members.iter().any(|m| m.id == removed), "{members:?}");
+    cluster.kill(removed);
+
+    tokio::time::sleep(Duration::from_millis(300)).await;
+    stop.store(true, std::sync::atomic::Ordering::Relaxed);
+    let acked = writer.await.expect("writer task");
+    assert!(acked.len() > 5, "the writer made progress: {}", acked.len());
+    let pairs = all_pairs(&client).await;
+    for key in &acked {
+        assert!(
+            pairs.contains_key(key),
+            "{key} was acknowledged but is missing"
+        );
+    }
+    // The new member serves the latest data.
+    let last = acked.last().unwrap().clone();
+    wait_caught_up(&client, leader, 4).await;
+    assert!(client
+        .get_from(4, last, Consistency::Stale)
+        .await
+        .expect("read from node 4")
+        .is_some());
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn leadership_moves_to_the_requested_member() {
+    let _serial = SERIAL.lock().await;
+    let cluster = ProcCluster::start(3, |_| {});
+    let client = cluster.client();
+    let leader = cluster.wait_leader(&client, &[1, 2, 3]).await;
+    client.put("k", "1").await.expect("put");
+    let target = [1, 2, 3].into_iter().find(|&id| id != leader).unwrap();
+    client.transfer_leader(target).await.expect("transfer");
+    assert_eq!(cluster.wait_leader(&client, &[1, 2, 3]).await, target);
+    // Writes go to the new leader.
+    client.put("k", "2").await.expect("put after transfer");
+    assert_eq!(client.leader_hint(), Some(target));
+    let kv = client
+        .get("k", Consistency::Linearizable)
+        .await
+        .unwrap()
+        .unwrap();
+    assert_eq!(kv.value, "2".as_bytes());
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_write_retried_after_a_lost_reply_is_applied_once() {
+    let _serial = SERIAL.lock().await;
+    let cluster = ProcCluster::start(3, |_| {});
+    let client = cluster.client();
+    cluster.wait_leader(&client, &[1, 2, 3]).await;
+
+    // The same session and sequence number sent twice, as a client does when the first reply is
+    // lost: one revision, the original answer both times.
+    let session = client.new_session();
+    let op = WriteOp::Put {
+        key: Bytes::from_static(b"once"),
+        value: Bytes::from_static(b"v"),
+    };
+    let first = client
+        .write_in_session(session, op.clone())
+        .await
+        .expect("first");
+    let again = client.write_in_session(session, op).await.expect("retry");
+    assert_eq!(first, again, "a retry is answered with the original result");
+    let kv = client
+        .get("once", Consistency::Linearizable)
+        .await
+        .unwrap()
+        .unwrap();
+    assert_eq!(kv.version, 1, "applied once: {kv:?}");
+    let WriteResult::Put { revision } = first else {
+        panic!("{first:?}")
+    };
+    assert_eq!(kv.mod_revision, revision);
+
+    // A compare-and-set replayed after it succeeded does not fail against its own write.
+    let session = client.new_session();
+    let cas = WriteOp::Cas {
+        key: Bytes::from_static(b"lock"),
+        expected: None,
+        new: Bytes::from_static(b"me"),
+    };
+    let first = client.write_in_session(session, cas.clone()).await.unwrap();
+    let again = client.write_in_session(session, cas).await.unwrap();
+    assert!(
+        matches!(
+            first,
+            WriteResult::Cas {
+                succeeded: true,
+                ..
+            }
+        ),
+        "{first:?}"
+    );
+    assert_eq!(first, again);
+    // A new request (new sequence number) does see the key taken.
+    assert!(matches!(
+        client.cas("lock", None, "you").await.unwrap(),
+        CasOutcome::Mismatch { .. }
+    ));
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_follower_never_serves_a_linearizable_read_older_than_an_acknowledged_write() {
+    let _serial = SERIAL.lock().await;
+    let cluster = ProcCluster::start(3, |_| {});
+    let client = cluster.client();
+    let leader = cluster.wait_leader(&client, &[1, 2, 3]).await;
+    let followers: Vec<u64> = [1, 2, 3].into_iter().filter(|&id| id != leader).collect();
+    for i in 0..40u32 {
+        let value = i.to_string();
+        client.put("counter", value.clone()).await.expect("put");
+        // Right after the acknowledgement, each follower must already return this value (or
+        // newer; there is no newer here).
+        for &follower in &followers {
+            let kv = client
+                .get_from(follower, "counter", Consistency::Linearizable)
+                .await
+                .expect("linearizable read on a follower")
+                .expect("the key exists");
+            assert_eq!(
+                kv.value,
+                value.as_bytes(),
+                "follower {follower} served an old value after write {i} was acknowledged"
+            );
+        }
+    }
+}
