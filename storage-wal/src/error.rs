@@ -85,6 +85,12 @@ pub enum WalError {
         /// The index the caller gave.
         given: u64,
     },
+    /// The records would need an index past `u64::MAX - 1`, the largest a record can have.
+    #[error("no index left for another record after {next_index}")]
+    IndexSpaceExhausted {
+        /// The index the next record would get.
+        next_index: u64,
+    },
     /// A record whose durability was awaited was removed by a concurrent `truncate_from`.
     #[error("record {index} was truncated before it became durable")]
     Truncated {

@@ -254,6 +254,9 @@ pub(crate) fn scan_record(
     if h[12] != RECORD_TYPE_ENTRY || h[13..16] != [0, 0, 0] {
         return Scan::Corrupt(format!("unknown record type {}", h[12]));
     }
+    if index == u64::MAX {
+        return Scan::Corrupt("record has index u64::MAX, which no record may have".into());
+    }
     if index != expected_index {
         return Scan::Corrupt(format!(
             "record has index {index}, expected {expected_index}"

@@ -442,6 +442,9 @@ impl Wal {
             });
         }
         let start = st.next_index;
+        if start.checked_add(payloads.len() as u64).is_none() {
+            return Err(WalError::IndexSpaceExhausted { next_index: start });
+        }
         for payload in payloads {
             let payload = payload.as_ref();
             let size = record_size(payload.len());
@@ -541,7 +544,16 @@ impl Wal {
 
     /// Reads record `index` (durable or not), verifying its checksums.
     pub fn read(&self, index: u64) -> Result<Vec<u8>> {
-        let mut records = self.read_range(index..index + 1, 0)?;
+        // No record has index u64::MAX (see `WalError::IndexSpaceExhausted`).
+        let Some(end) = index.checked_add(1) else {
+            let st = self.state.lock();
+            return Err(WalError::OutOfRange {
+                index,
+                first: st.first_index,
+                last: st.next_index - 1,
+            });
+        };
+        let mut records = self.read_range(index..end, 0)?;
         Ok(records
             .pop()
             .expect("read_range returns at least one record for a non-empty range"))

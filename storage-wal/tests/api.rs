@@ -270,3 +270,44 @@ fn concurrent_writers_share_fsyncs_and_every_acknowledged_record_is_there() {
         assert_eq!(wal.read(index).unwrap(), data);
     }
 }
+
+#[test]
+fn the_end_of_the_index_space_is_an_error_not_an_overflow() {
+    let fs = MemFs::new();
+    let options = small_options();
+    let wal = open(&fs, &options).unwrap();
+    assert!(matches!(
+        wal.read(u64::MAX),
+        Err(WalError::OutOfRange {
+            index: u64::MAX,
+            ..
+        })
+    ));
+    wal.compact(u64::MAX - 2).unwrap();
+    assert_eq!(
+        wal.append_batch([b"a", b"b"]).unwrap(),
+        u64::MAX - 2..u64::MAX
+    );
+    assert!(matches!(
+        wal.append(b"c"),
+        Err(WalError::IndexSpaceExhausted {
+            next_index: u64::MAX
+        })
+    ));
+    assert_eq!(wal.sync().unwrap(), u64::MAX - 1);
+    assert_eq!(wal.read(u64::MAX - 1).unwrap(), b"b");
+    assert!(matches!(
+        wal.read(u64::MAX),
+        Err(WalError::OutOfRange { .. })
+    ));
+    drop(wal);
+    let wal = open(&fs, &options).unwrap();
+    assert_eq!(
+        (wal.first_index(), wal.next_index()),
+        (u64::MAX - 2, u64::MAX)
+    );
+    assert!(matches!(
+        wal.append_batch_at(u64::MAX, [b"d"]),
+        Err(WalError::IndexSpaceExhausted { .. })
+    ));
+}

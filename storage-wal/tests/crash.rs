@@ -114,10 +114,13 @@ fn flipping_any_bit_of_any_segment_is_detected_or_cut_as_a_tail() {
     let mut detected = 0;
     let mut cut = 0;
     for &k in &segments {
-        // The records end where the zero-filled rest of the segment starts.
+        // Every byte of the records, and of the zero-filled rest of the segment the first 64
+        // bytes and the last 8 (stray bytes there are damage in a sealed segment too).
         let data = &files[k].1;
         let used = data.iter().rposition(|&b| b != 0).map_or(0, |p| p + 1);
-        for byte in 0..used {
+        let len = data.len();
+        let zero_area = (used..(used + 64).min(len)).chain((len - 8).max(used + 64)..len);
+        for byte in (0..used).chain(zero_area) {
             for bit in 0..8 {
                 let mut damaged = files.clone();
                 damaged[k].1[byte] ^= 1 << bit;
@@ -277,4 +280,30 @@ fn a_segment_that_goes_missing_in_the_middle_is_reported_not_skipped() {
         matches!(&err, WalError::Corrupt { path, .. } if *path == segments[2]),
         "{err}"
     );
+}
+
+#[test]
+fn a_torn_looking_record_in_a_sealed_segment_is_corruption_not_a_cut() {
+    // Damage that would be a torn write at the end of the last segment — a sector of zeros inside
+    // a record, or stray bytes after the records — is an error anywhere else.
+    let (files, _) = small_log(30);
+    let segments: Vec<usize> = (0..files.len())
+        .filter(|&k| files[k].0.to_string_lossy().ends_with(".wal"))
+        .collect();
+    for &k in &segments[..segments.len() - 1] {
+        let used = files[k].1.iter().rposition(|&b| b != 0).unwrap() + 1;
+        let mut zeroed = files.clone();
+        let sector = used / 2 / 512 * 512;
+        zeroed[k].1[sector.max(512)..(sector + 512).max(1024)].fill(0);
+        let mut stray = files.clone();
+        let len = stray[k].1.len();
+        stray[k].1[len - 1] = 0x55;
+        for damaged in [zeroed, stray] {
+            let err = open(&restore(&damaged), &small_options()).unwrap_err();
+            assert!(
+                matches!(&err, WalError::Corrupt { path, .. } if *path == files[k].0),
+                "{err}"
+            );
+        }
+    }
 }
