@@ -69,11 +69,19 @@ pub mod sim;
 pub mod storage;
 pub mod types;
 
+pub use bytes::Bytes;
 pub use error::{Error, StorageError};
 pub use protocol::{Consensus, Envelope, Persist, PersistToken, Ready};
 pub use raft::{Config, Message, MessageBody, PlantedBug, Raft, ReadMode};
+pub use rand_chacha::ChaCha8Rng;
 pub use storage::{MemStorage, Storage};
 pub use types::{
     ConfChange, ConfState, Entry, EntryPayload, HardState, MemberChange, NodeId, Proposed,
     ReadState, Role, Snapshot, SnapshotMeta, SoftState, Status,
 };
+
+/// A deterministic RNG for election jitter, seeded from `seed` (what [`Raft::new`] takes).
+pub fn seeded_rng(seed: u64) -> ChaCha8Rng {
+    use rand::SeedableRng;
+    ChaCha8Rng::seed_from_u64(seed)
+}
