@@ -68,7 +68,7 @@ use bytes::Bytes;
 use consensus_core::{
     ConfState, Entry, HardState, NodeId, Persist, Snapshot, SnapshotMeta, Storage, StorageError,
 };
-use storage_wal::{RecoveryReport, Wal};
+use storage_wal::{FileSystem, RecoveryReport, StdFs, Wal};
 use tokio::sync::watch;
 
 pub use error::{Result, StoreError};
@@ -150,6 +150,7 @@ pub struct StoreStats {
 /// `raft.storage_mut().submit(&persist)` and confirms the token once
 /// [`subscribe_durable`](Self::subscribe_durable) reports the returned WAL index durable.
 pub struct RaftStore {
+    fs: Arc<dyn FileSystem>,
     dir: PathBuf,
     identity: Identity,
     options: StoreOptions,
@@ -191,11 +192,23 @@ impl RaftStore {
         bootstrap: ConfState,
         options: StoreOptions,
     ) -> Result<RaftStore> {
+        Self::open_with_fs(Arc::new(StdFs), dir, identity, bootstrap, options)
+    }
+
+    /// [`open`](Self::open) through the given filesystem (a [`storage_wal::MemFs`] in crash tests).
+    pub fn open_with_fs(
+        fs: Arc<dyn FileSystem>,
+        dir: impl AsRef<Path>,
+        identity: Identity,
+        bootstrap: ConfState,
+        options: StoreOptions,
+    ) -> Result<RaftStore> {
         let dir = dir.as_ref().to_path_buf();
-        std::fs::create_dir_all(&dir).map_err(|e| StoreError::io("create directory", &dir, e))?;
-        snapfile::remove_tmp(&dir)?;
+        fs.create_dir_all(&dir)
+            .map_err(|e| StoreError::io("create directory", &dir, e))?;
+        snapfile::remove_tmp(fs.as_ref(), &dir)?;
         let wal_dir = dir.join(WAL_DIR);
-        let wal = Wal::open(&wal_dir, options.wal.clone())?;
+        let wal = Wal::open_with_fs(fs.clone(), &wal_dir, options.wal.clone())?;
         let mut recovery = Recovery {
             wal: wal.recovery_report().clone(),
             ..Recovery::default()
@@ -203,7 +216,7 @@ impl RaftStore {
         let meta = match wal.metadata() {
             Some(bytes) => decode_meta(&wal_dir, &bytes)?,
             None => {
-                if !wal.is_empty() || snapfile::path(&dir).exists() {
+                if !wal.is_empty() || snapfile::exists(fs.as_ref(), &dir)? {
                     return Err(StoreError::Inconsistent {
                         dir,
                         reason: "the log holds records but no identity record".into(),
@@ -221,10 +234,24 @@ impl RaftStore {
             }
         };
         check_identity(&dir, &identity, &meta)?;
-        let snapshot_file = snapfile::read(&dir)?;
+        let snapshot_file = snapfile::read(fs.as_ref(), &dir)?;
         let (view, replayed) = replay(&dir, &wal, &meta)?;
         recovery.replayed_records = replayed;
         let (view, snapshot_data) = reconcile_snapshot(&dir, view, snapshot_file, &mut recovery)?;
+        if recovery.snapshot_file_ahead {
+            // Complete the interrupted install: log it, or the entries written after it would
+            // follow a gap at the next replay.
+            let marker =
+                record::encode(&RecordRef::InstallSnapshot(&view.snapshot)).map_err(|e| {
+                    StoreError::BadRecord {
+                        dir: wal_dir.clone(),
+                        wal_index: wal.next_index(),
+                        reason: format!("cannot encode: {e}"),
+                    }
+                })?;
+            wal.append(&marker)?;
+            wal.sync()?;
+        }
         let wal = Arc::new(wal);
         let syncer = Syncer::start(wal.clone());
         tracing::info!(
@@ -239,6 +266,7 @@ impl RaftStore {
             "raft store opened"
         );
         Ok(RaftStore {
+            fs,
             dir,
             identity,
             options,
@@ -317,7 +345,7 @@ impl RaftStore {
         if let Some(snapshot) = &persist.snapshot {
             // Everything submitted before must be durable before the file claims the snapshot.
             self.wal.sync()?;
-            snapfile::write(&self.dir, snapshot)?;
+            snapfile::write(self.fs.as_ref(), &self.dir, snapshot)?;
             self.snapshot_data = snapshot.data.clone();
         }
         let range = self.wal.append_batch(&payloads)?;
@@ -395,7 +423,7 @@ impl RaftStore {
             meta: meta.clone(),
             data,
         };
-        snapfile::write(&self.dir, &snapshot)?;
+        snapfile::write(self.fs.as_ref(), &self.dir, &snapshot)?;
         self.snapshot_data = snapshot.data;
         self.view = staged;
         // Checkpoint: replay starts at the first kept entry's record, from the state as of now.

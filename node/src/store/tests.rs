@@ -2,6 +2,7 @@
 //! write sequences, refusal of foreign and damaged directories, and a Raft group restarting on it.
 
 use std::path::Path;
+use std::sync::Arc;
 
 use bytes::Bytes;
 use consensus_core::{
@@ -231,14 +232,21 @@ fn writes_that_would_leave_a_gap_or_rewrite_the_snapshot_are_refused() {
     assert_eq!(store.snapshot().unwrap().data, Bytes::from("s"));
 }
 
-/// One random write (or local snapshot) applied to both stores; returns what it did.
+/// What a random step did: its description, and the WAL index of a write (`None` for a local
+/// snapshot, which is durable when it returns). The write itself is left in the carrier.
+struct Step {
+    described: String,
+    wal_index: Option<u64>,
+}
+
+/// One random write (or local snapshot) applied to both stores.
 fn random_step(
     rng: &mut ChaCha8Rng,
     persist: &mut Persist,
     store: &mut RaftStore,
     model: &mut MemStorage,
     term: &mut u64,
-) -> String {
+) -> Step {
     let snap = model.snapshot_meta().index;
     let last = model.last_index();
     let roll = rng.gen_range(0..100);
@@ -251,7 +259,10 @@ fn random_step(
             .unwrap();
         model.compact(index, conf, data).unwrap();
         assert_eq!(meta, model.snapshot_meta());
-        return format!("save_snapshot({index})");
+        return Step {
+            described: format!("save_snapshot({index})"),
+            wal_index: None,
+        };
     } else if roll < 20 {
         // A snapshot from the leader, agreeing with our log or not, maybe with entries after it.
         let index = rng.gen_range(snap + 1..=last + 3);
@@ -320,9 +331,12 @@ fn random_step(
         set(persist, None, entries, hard_state);
         format!("append {from}..{} hard state {hard_state:?}", from + count)
     };
-    store.submit(persist).unwrap();
+    let wal_index = store.submit(persist).unwrap();
     model.write(persist).unwrap();
-    described
+    Step {
+        described,
+        wal_index: Some(wal_index),
+    }
 }
 
 /// With trailing entries the store keeps more at the front than `MemStorage`; from the model's
@@ -389,7 +403,7 @@ fn random_run(seed: u64, trailing: u64, steps: usize) {
             assert_eq!(view_of(&store), before, "seed {seed} step {step}: reopen");
             "reopen".to_string()
         } else {
-            random_step(&mut rng, &mut persist, &mut store, &mut model, &mut term)
+            random_step(&mut rng, &mut persist, &mut store, &mut model, &mut term).described
         };
         let context = format!("seed {seed} trailing {trailing} step {step}: {what}");
         if trailing == 0 {
@@ -416,6 +430,135 @@ fn with_trailing_entries_random_runs_agree_with_mem_storage_from_its_first_index
     for seed in 100..106u64 {
         random_run(seed, 7, 150);
     }
+}
+
+/// The states a write goes through record by record (snapshot, each entry, hard state): a crash
+/// may keep any prefix of its records.
+fn record_states(before: &MemStorage, write: &Persist, carrier: &mut Persist) -> Vec<MemStorage> {
+    let mut states = Vec::new();
+    let mut base = before.clone();
+    if let Some(snapshot) = &write.snapshot {
+        set(carrier, Some(snapshot.clone()), Vec::new(), None);
+        base.write(carrier).unwrap();
+        states.push(base.clone());
+    }
+    for end in 1..=write.entries.len() {
+        let mut state = base.clone();
+        set(carrier, None, write.entries[..end].to_vec(), None);
+        state.write(carrier).unwrap();
+        states.push(state);
+    }
+    if let Some(hard_state) = write.hard_state {
+        let mut state = states.last().unwrap_or(&base).clone();
+        set(carrier, None, Vec::new(), Some(hard_state));
+        state.write(carrier).unwrap();
+        states.push(state);
+    }
+    states
+}
+
+fn same_view(store: &RaftStore, model: &MemStorage) -> bool {
+    store.hard_state() == model.hard_state()
+        && store.snapshot_meta() == model.snapshot_meta()
+        && store.snapshot().unwrap().data == model.snapshot().unwrap().data
+        && store.first_index() == model.first_index()
+        && store.last_index() == model.last_index()
+        && store.term(store.first_index() - 1) == model.term(model.first_index() - 1)
+        && all_entries(store) == all_entries(model)
+}
+
+#[test]
+fn after_random_crashes_the_store_holds_a_state_it_went_through_with_every_durable_write() {
+    use storage_wal::MemFs;
+    let dir = Path::new("/data/group");
+    let open_on = |fs: &MemFs| {
+        RaftStore::open_with_fs(
+            Arc::new(fs.clone()),
+            dir,
+            identity(1),
+            ConfState::with_voters([1, 2, 3]),
+            options(0),
+        )
+        .expect("open after crash")
+    };
+    let mut crashes = 0;
+    let mut torn = 0;
+    let mut lost = 0;
+    for seed in 0..64u64 {
+        let mut rng = ChaCha8Rng::seed_from_u64(seed);
+        let mut fs = MemFs::new();
+        let mut store = open_on(&fs);
+        let mut persist = carrier();
+        let mut scratch = carrier();
+        let mut model = MemStorage::new_with_conf(ConfState::with_voters([1, 2, 3]));
+        // Every state the store went through, record by record, and how many of them each
+        // write's WAL index covers.
+        let mut history = vec![model.clone()];
+        let mut covered: Vec<(u64, usize)> = Vec::new();
+        let mut must_keep = 1; // states [0, must_keep) are certainly durable
+        let mut term = 1;
+        for step in 0..120 {
+            if rng.gen_bool(0.1) {
+                // Sometimes wait for durability first, so the crash has something to keep.
+                if rng.gen_bool(0.5) {
+                    store.sync().unwrap();
+                }
+                let durable = store.durable_index();
+                for &(wal_index, states) in &covered {
+                    if wal_index <= durable {
+                        must_keep = must_keep.max(states);
+                    }
+                }
+                let crashed = fs.crash(seed * 1000 + step);
+                drop(store);
+                fs = crashed;
+                store = open_on(&fs);
+                crashes += 1;
+                torn += u64::from(store.recovery().wal.torn_tail.is_some());
+                let found = (must_keep - 1..history.len())
+                    .rev()
+                    .find(|&k| same_view(&store, &history[k]))
+                    .unwrap_or_else(|| {
+                        panic!(
+                            "seed {seed} step {step}: recovered {store:?} is no state between \
+                             {} and {} (durable WAL index {durable})",
+                            must_keep - 1,
+                            history.len() - 1
+                        )
+                    });
+                lost += u64::from(found + 1 < history.len());
+                history.truncate(found + 1);
+                model = history[found].clone();
+                covered.clear();
+                must_keep = history.len();
+                continue;
+            }
+            let before = model.clone();
+            let done = random_step(&mut rng, &mut persist, &mut store, &mut model, &mut term);
+            match done.wal_index {
+                Some(wal_index) => {
+                    if persist.snapshot.is_some() {
+                        // Installing a snapshot first makes every earlier write durable.
+                        must_keep = history.len();
+                    }
+                    history.extend(record_states(&before, &persist, &mut scratch));
+                    covered.push((wal_index, history.len()));
+                }
+                None => {
+                    history.push(model.clone());
+                    must_keep = history.len();
+                }
+            }
+            assert!(
+                same_view(&store, history.last().unwrap()),
+                "seed {seed} step {step}: {}",
+                done.described
+            );
+        }
+    }
+    assert!(crashes > 100, "only {crashes} crashes");
+    // The crashes must have bitten: some lost writes that were not yet durable.
+    assert!(lost > 0, "no crash lost anything ({torn} torn tails)");
 }
 
 #[test]
@@ -604,13 +747,26 @@ fn a_snapshot_file_written_before_a_crash_lost_its_record_is_installed() {
         },
         data: Bytes::from("leader state"),
     };
-    snapfile::write(dir.path(), &snapshot).unwrap();
+    snapfile::write(&storage_wal::StdFs, dir.path(), &snapshot).unwrap();
     let store = open(dir.path(), 0);
     assert!(store.recovery().snapshot_file_ahead);
     assert_eq!(store.snapshot_meta(), snapshot.meta);
     assert_eq!((store.first_index(), store.last_index()), (6, 5));
     assert_eq!(store.hard_state().commit, 5);
     assert_eq!(store.snapshot().unwrap().data, snapshot.data);
+    // Recovery logged the install: entries after it replay without a gap.
+    let mut store = store;
+    set(
+        &mut persist,
+        None,
+        vec![entry(6, 2, "f"), entry(7, 2, "g")],
+        None,
+    );
+    store.write(&persist).unwrap();
+    drop(store);
+    let store = open(dir.path(), 0);
+    assert!(!store.recovery().snapshot_file_ahead);
+    assert_eq!((store.first_index(), store.last_index()), (6, 7));
 }
 
 #[test]
