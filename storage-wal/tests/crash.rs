@@ -106,10 +106,11 @@ fn truncating_the_last_segment_at_every_offset_leaves_an_exact_prefix() {
 
 #[test]
 fn flipping_any_bit_of_any_segment_is_detected_or_cut_as_a_tail() {
-    let (files, payloads) = small_log(10);
+    let (files, payloads) = small_log(14);
     let segments: Vec<usize> = (0..files.len())
         .filter(|&k| files[k].0.to_string_lossy().ends_with(".wal"))
         .collect();
+    assert!(segments.len() >= 2, "a sealed segment and the last one");
     let last = *segments.last().unwrap();
     let mut detected = 0;
     let mut cut = 0;
