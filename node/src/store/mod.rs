@@ -149,6 +149,47 @@ pub struct StoreStats {
 /// Owned by the engine (`Raft<RaftStore>`); the driver writes through
 /// `raft.storage_mut().submit(&persist)` and confirms the token once
 /// [`subscribe_durable`](Self::subscribe_durable) reports the returned WAL index durable.
+///
+/// ```
+/// use std::collections::VecDeque;
+/// use consensus_core::{ConfState, Config, Consensus, Raft, Role, Storage};
+/// use node::store::{Identity, RaftStore, StoreOptions};
+/// use rand::SeedableRng;
+///
+/// # fn main() -> Result<(), Box<dyn std::error::Error>> {
+/// let dir = tempfile::tempdir()?;
+/// let identity = Identity { cluster_id: "example".into(), node_id: 1, group_id: 0 };
+/// let store = RaftStore::open(dir.path(), identity, ConfState::with_voters([1]), StoreOptions::default())?;
+/// let rng = rand_chacha::ChaCha8Rng::seed_from_u64(1);
+/// let mut raft = Raft::new(Config::new(1), store, rng)?;
+/// let mut pending = VecDeque::new(); // (WAL index, token), in order
+/// while raft.role() != Role::Leader || !pending.is_empty() {
+///     raft.tick();
+///     while raft.has_ready() {
+///         let ready = raft.ready();
+///         if let Some(persist) = ready.persist {
+///             // Returns at once; the sync thread makes it durable (group commit).
+///             let wal_index = raft.storage_mut().submit(&persist)?;
+///             pending.push_back((wal_index, persist.token));
+///         }
+///     }
+///     // A real driver awaits `subscribe_durable()`; this one blocks.
+///     if let Some(&(oldest, _)) = pending.front() {
+///         let durable = raft.storage().wait_durable(oldest)?;
+///         while pending.front().is_some_and(|(w, _)| *w <= durable) {
+///             raft.persisted(pending.pop_front().unwrap().1)?;
+///         }
+///     }
+/// }
+/// let term = raft.storage().hard_state().term;
+/// drop(raft);
+/// // The vote survives a restart.
+/// let identity = Identity { cluster_id: "example".into(), node_id: 1, group_id: 0 };
+/// let store = RaftStore::open(dir.path(), identity, ConfState::default(), StoreOptions::default())?;
+/// assert_eq!(store.hard_state().term, term);
+/// assert_eq!(store.hard_state().vote, 1);
+/// # Ok(()) }
+/// ```
 pub struct RaftStore {
     fs: Arc<dyn FileSystem>,
     dir: PathBuf,
