@@ -311,3 +311,54 @@ fn the_end_of_the_index_space_is_an_error_not_an_overflow() {
         Err(WalError::IndexSpaceExhausted { .. })
     ));
 }
+
+#[test]
+fn durable_appends_racing_truncations_end_acknowledged_or_told_truncated() {
+    let fs = MemFs::new();
+    let options = storage_wal::Options {
+        segment_size: 64 << 10,
+        max_record_size: 4096,
+        // Leaders wait for followers, so truncations land while writers gather.
+        max_group_commit_delay: std::time::Duration::from_millis(1),
+        ..storage_wal::Options::default()
+    };
+    let wal = Arc::new(open(&fs, &options).unwrap());
+    let stop = Arc::new(std::sync::atomic::AtomicBool::new(false));
+    let writers: Vec<_> = (0..6u64)
+        .map(|t| {
+            let (wal, stop) = (wal.clone(), stop.clone());
+            std::thread::spawn(move || {
+                let (mut acked, mut truncated) = (0u64, 0u64);
+                let mut k = 0u64;
+                while !stop.load(std::sync::atomic::Ordering::Relaxed) || k < 50 {
+                    let data = format!("writer {t} record {k}").into_bytes();
+                    match wal.append_durable(&data) {
+                        Ok(_) => acked += 1,
+                        Err(WalError::Truncated { .. }) => truncated += 1,
+                        Err(e) => panic!("writer {t}: {e}"),
+                    }
+                    k += 1;
+                }
+                (acked, truncated)
+            })
+        })
+        .collect();
+    for _ in 0..200 {
+        let next = wal.next_index();
+        wal.truncate_from(next.saturating_sub(3).max(wal.first_index()))
+            .unwrap();
+        std::thread::yield_now();
+    }
+    stop.store(true, std::sync::atomic::Ordering::Relaxed);
+    let outcomes: Vec<(u64, u64)> = writers.into_iter().map(|w| w.join().unwrap()).collect();
+    eprintln!("acknowledged, truncated per writer: {outcomes:?}");
+    assert!(outcomes.iter().map(|o| o.0).sum::<u64>() >= 300);
+    wal.sync().unwrap();
+    assert_eq!(wal.durable_index(), wal.last_index());
+    for record in read_all(&wal) {
+        assert!(record.starts_with(b"writer "), "{record:?}");
+    }
+    drop(wal);
+    let wal = open(&fs, &options).unwrap();
+    assert!(wal.recovery_report().torn_tail.is_none());
+}
