@@ -562,8 +562,34 @@ impl Wal {
     /// Reads records `range` in order, stopping early once their stored size (payload plus 24-31
     /// bytes of framing each) would exceed `max_bytes`; at least one record is returned for a
     /// non-empty range. Fails with [`WalError::OutOfRange`] unless the range lies within the log.
+    ///
+    /// The file reads happen without the log's lock, so readers do not hold up appends and group
+    /// commits. A read that a `truncate_from` overlapped is done again (the truncated bytes may
+    /// have been rewritten meanwhile), the last time under the lock.
     pub fn read_range(&self, range: Range<u64>, max_bytes: u64) -> Result<Vec<Vec<u8>>> {
+        const UNLOCKED_ATTEMPTS: usize = 3;
+        for _ in 0..UNLOCKED_ATTEMPTS {
+            let (plan, epoch) = {
+                let mut st = self.state.lock();
+                (self.plan_read(&mut st, &range, max_bytes)?, st.epoch)
+            };
+            let result = read_planned(&plan);
+            if self.state.lock().epoch == epoch {
+                return result;
+            }
+        }
         let mut st = self.state.lock();
+        let plan = self.plan_read(&mut st, &range, max_bytes)?;
+        read_planned(&plan)
+    }
+
+    /// Checks `range`, writes pending records, and chooses the stored spans to read.
+    fn plan_read(
+        &self,
+        st: &mut State,
+        range: &Range<u64>,
+        max_bytes: u64,
+    ) -> Result<Vec<PlannedRead>> {
         st.check_poisoned()?;
         if range.start < st.first_index || range.end > st.next_index || range.start > range.end {
             let index = if range.start < st.first_index {
@@ -578,73 +604,39 @@ impl Wal {
             });
         }
         st.flush_pending()?;
-        let mut out = Vec::new();
+        let mut plan = Vec::new();
         let mut budget_used = 0u64;
         let mut index = range.start;
-        'segments: while index < range.end {
+        while index < range.end {
             let segment = &st.segments[st.segment_of(index)];
             let seg_end = range.end.min(segment.next_index());
-            // Choose the records to read, then read their stored span in one call.
             let (span_start, _) = segment.span(index);
             let mut last = index;
             let mut span_end = span_start;
             while last < seg_end {
                 let (_, end) = segment.span(last);
-                if (!out.is_empty() || last > index) && budget_used + (end - span_start) > max_bytes
+                if (!plan.is_empty() || last > index)
+                    && budget_used + (end - span_start) > max_bytes
                 {
                     break;
                 }
                 span_end = end;
                 last += 1;
             }
-            let mut buf = vec![0u8; (span_end - span_start) as usize];
-            segment
-                .file
-                .read_exact_at(&mut buf, span_start)
-                .map_err(io_err("read", &segment.path))?;
-            let mut pos = 0usize;
-            for i in index..last {
-                match scan_record(
-                    &buf,
-                    span_start,
-                    pos,
-                    segment.seed,
-                    i,
-                    u64::from(u32::MAX),
-                    true,
-                ) {
-                    Scan::Record {
-                        payload_start,
-                        len,
-                        next,
-                        ..
-                    } => {
-                        out.push(buf[payload_start..payload_start + len].to_vec());
-                        pos = next;
-                    }
-                    Scan::Corrupt(reason) => {
-                        return Err(WalError::corrupt(
-                            &segment.path,
-                            span_start + pos as u64,
-                            reason,
-                        ));
-                    }
-                    Scan::End | Scan::Torn | Scan::NeedMore { .. } => {
-                        return Err(WalError::corrupt(
-                            &segment.path,
-                            span_start + pos as u64,
-                            "record missing or incomplete on read",
-                        ));
-                    }
-                }
-            }
+            plan.push(PlannedRead {
+                file: segment.file.clone(),
+                path: segment.path.clone(),
+                seed: segment.seed,
+                indexes: index..last,
+                span: span_start..span_end,
+            });
             budget_used += span_end - span_start;
             index = last;
             if last < seg_end {
-                break 'segments; // byte limit reached
+                break; // byte limit reached
             }
         }
-        Ok(out)
+        Ok(plan)
     }
 
     /// Removes every record from `index` on (a conflicting suffix of a consensus log), durably,
@@ -806,6 +798,58 @@ impl Wal {
         self.sync()?;
         Ok(())
     }
+}
+
+/// Records to read from one segment: their indexes and the stored span they occupy.
+struct PlannedRead {
+    file: Arc<dyn WalFile>,
+    path: PathBuf,
+    seed: u32,
+    indexes: Range<u64>,
+    span: Range<u64>,
+}
+
+/// Reads and checks planned records.
+fn read_planned(plan: &[PlannedRead]) -> Result<Vec<Vec<u8>>> {
+    let mut out = Vec::new();
+    for part in plan {
+        let mut buf = vec![0u8; (part.span.end - part.span.start) as usize];
+        part.file
+            .read_exact_at(&mut buf, part.span.start)
+            .map_err(io_err("read", &part.path))?;
+        let mut pos = 0usize;
+        for i in part.indexes.clone() {
+            let at = part.span.start + pos as u64;
+            match scan_record(
+                &buf,
+                part.span.start,
+                pos,
+                part.seed,
+                i,
+                u64::from(u32::MAX),
+                true,
+            ) {
+                Scan::Record {
+                    payload_start,
+                    len,
+                    next,
+                    ..
+                } => {
+                    out.push(buf[payload_start..payload_start + len].to_vec());
+                    pos = next;
+                }
+                Scan::Corrupt(reason) => return Err(WalError::corrupt(&part.path, at, reason)),
+                Scan::End | Scan::Torn | Scan::NeedMore { .. } => {
+                    return Err(WalError::corrupt(
+                        &part.path,
+                        at,
+                        "record missing or incomplete on read",
+                    ));
+                }
+            }
+        }
+    }
+    Ok(out)
 }
 
 fn truncated_since(st: &State, epoch: u64, index: u64) -> bool {
