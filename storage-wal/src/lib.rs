@@ -52,6 +52,11 @@
 //!   file and byte offset ([`RecoveryMode`] chooses how strict). Records are never skipped.
 //! - One `Wal` per directory: a second open, in this or another process, fails with
 //!   [`WalError::Locked`].
+//! - Nothing read from a file sizes an allocation before it is checked: a record length is trusted
+//!   only after its header checksum and against [`Options::max_record_size`]; recovery reads
+//!   through a 256 KiB window, never a whole segment.
+//! - Reads read files without holding the log's lock, so they do not stall appends or group
+//!   commits; a read that a concurrent [`Wal::truncate_from`] overlapped is redone.
 //!
 //! ## Modules
 //! [`format`] is the on-disk layout; [`fs`] the filesystem seam with the real [`StdFs`] and the

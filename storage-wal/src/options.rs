@@ -33,9 +33,10 @@ pub struct Options {
     pub recovery_mode: RecoveryMode,
     /// Index of the first record of a brand-new log (at least 1). Default 1.
     pub initial_index: u64,
-    /// Group commit: how long a writer waiting for durability may delay the next fsync so that the
-    /// writers released by the previous one can join it (bounded further by the measured fsync
-    /// time). Zero disables the delay. Default 1 ms.
+    /// Group commit: how long the writer that leads the next fsync may wait for as many writers
+    /// as were active around the previous one (those it released are usually on their way back),
+    /// so that one fsync covers them all. Bounded further by the measured fsync time; the wait
+    /// ends as soon as they are there. Zero disables it. Default 1 ms.
     pub max_group_commit_delay: Duration,
 }
 
