@@ -2,7 +2,7 @@
 //! fault-injecting in-memory [`MemFs`](crate::mem_fs::MemFs) that tests crash at will.
 //!
 //! The trait carries exactly what the log needs and the durability meaning of each call:
-//! data written with [`WalFile::write_at`] is durable only after [`WalFile::sync_data`]; a
+//! data written with [`WalFile::write_all_at`] is durable only after [`WalFile::sync_data`]; a
 //! created, renamed or removed name is durable only after [`FileSystem::sync_dir`].
 
 use std::any::Any;

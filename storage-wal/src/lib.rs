@@ -59,7 +59,7 @@
 //!   commits; a read that a concurrent [`Wal::truncate_from`] overlapped is redone.
 //!
 //! ## Modules
-//! [`format`] is the on-disk layout; [`fs`] the filesystem seam with the real [`StdFs`] and the
+//! [`mod@format`] is the on-disk layout; [`fs`] the filesystem seam with the real [`StdFs`] and the
 //! crash-simulating [`MemFs`] used by the tests.
 
 mod error;
