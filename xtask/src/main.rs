@@ -5,10 +5,14 @@
 
 use clap::{Parser, Subcommand};
 
+mod bench_cluster;
 mod bench_core;
 mod bench_net;
 mod bench_wal;
 mod certs;
+mod cluster;
+mod etcd;
+mod plot;
 mod sim;
 
 #[derive(Parser)]
@@ -29,6 +33,8 @@ enum Command {
     Sim(sim::Args),
     /// Generate a development CA plus node and client certificates into a folder.
     Certs(certs::Args),
+    /// Start a local Quorate cluster on loopback (certificates, one node.toml per node) until Ctrl-C.
+    Cluster(cluster::Args),
 }
 
 #[derive(Subcommand)]
@@ -39,6 +45,8 @@ enum Bench {
     Core(bench_core::Args),
     /// The QUIC transport against the same framing over TCP + TLS.
     Net(bench_net::Args),
+    /// A local 3-node Quorate cluster under concurrent clients (and etcd 3.4 beside it with --peer etcd).
+    Cluster(bench_cluster::Args),
 }
 
 fn main() -> anyhow::Result<()> {
@@ -48,8 +56,10 @@ fn main() -> anyhow::Result<()> {
             Bench::Wal(args) => bench_wal::run(args),
             Bench::Core(args) => bench_core::run(args),
             Bench::Net(args) => bench_net::run(args),
+            Bench::Cluster(args) => bench_cluster::run(args),
         },
         Command::Sim(args) => sim::run(args),
         Command::Certs(args) => certs::run(args),
+        Command::Cluster(args) => cluster::run(args),
     }
 }

@@ -1,0 +1,691 @@
+//! `cargo xtask bench cluster [--peer etcd]`: a local 3-node Quorate cluster (and, with `--peer
+//! etcd`, a local 3-member etcd 3.4 cluster) driven by one load generator.
+//!
+//! For each client count (1, 16, 64, 256 by default) the generator runs that many concurrent
+//! tasks (closed loop: each waits for its reply before sending the next request) that together
+//! issue `--ops` puts of 16 B keys and 256 B values, then `--ops` linearizable gets of the same
+//! keys (each checked against the value written). Per row: ops/s and p50/p99/max latency
+//! (hdrhistogram, µs). With a peer: ratios Quorate ÷ etcd for throughput and p99, SVG plots, and
+//! the last line `cluster-vs-etcd writes@64: <ratio>`.
+//!
+//! The load generator must not favour either system, so it runs in release mode with the same
+//! runtime for both: when invoked from a debug build, or with `--peer etcd` without the `etcd`
+//! feature, the command installs what it needs (`protoc`, `etcd`) and re-runs itself as
+//! `cargo run -p xtask --release [--features etcd] -- bench cluster ...`.
+//!
+//! Every process it starts runs under a [`Supervisor`](crate::cluster::Supervisor) that kills it
+//! on drop, and all data lives in one temporary directory removed at the end, so an error, a
+//! panic or Ctrl-C leaves nothing behind.
+
+use std::future::Future;
+use std::path::PathBuf;
+use std::time::{Duration, Instant};
+
+use anyhow::{bail, Context};
+use hdrhistogram::Histogram;
+use indicatif::{ProgressBar, ProgressStyle};
+
+use crate::cluster;
+use crate::etcd;
+use crate::plot;
+
+/// Arguments of `cargo xtask bench cluster`.
+#[derive(clap::Args, Debug, Clone)]
+pub struct Args {
+    /// Also run this system as a baseline, in the same run with the same load generator.
+    #[arg(long, value_enum)]
+    peer: Option<Peer>,
+    /// Concurrent client tasks, one row each.
+    #[arg(long, value_delimiter = ',', default_value = "1,16,64,256")]
+    clients: Vec<usize>,
+    /// Puts per row (and as many gets).
+    #[arg(long, default_value_t = 10_000)]
+    ops: usize,
+    /// Folder for the temporary data directories (default: target/bench-cluster, on the disk
+    /// the build uses, so fsync costs what it costs there).
+    #[arg(long)]
+    dir: Option<PathBuf>,
+    /// Where to write the SVG plots (default: target/bench-cluster).
+    #[arg(long)]
+    out: Option<PathBuf>,
+    /// Skip the Quorate cluster (to check the harness against the peer alone).
+    #[arg(long, hide = true)]
+    no_quorate: bool,
+    /// Run in this build even if it is a debug build (figures of the load generator suffer).
+    #[arg(long, hide = true)]
+    no_reexec: bool,
+}
+
+/// A baseline system.
+#[derive(clap::ValueEnum, Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Peer {
+    /// etcd 3.4 (Debian package `etcd-server`), through the `etcd-client` crate.
+    Etcd,
+}
+
+/// Key and value sizes of the workload.
+pub const KEY_SIZE: usize = 16;
+/// Value size of the workload.
+pub const VALUE_SIZE: usize = 256;
+/// A request that takes longer than this fails the run (the bench must end on its own).
+const OP_TIMEOUT: Duration = Duration::from_secs(30);
+/// Members of each cluster.
+const MEMBERS: usize = 3;
+/// Set on the re-run so it never re-runs again.
+const REEXEC_ENV: &str = "QUORATE_BENCH_CLUSTER_REEXEC";
+
+/// One handle of a system under test, as used by one client task.
+pub trait KvHandle: Send + 'static {
+    /// Writes `value` at `key`; returns once the write is durable on a majority.
+    fn put(
+        &mut self,
+        key: Vec<u8>,
+        value: Vec<u8>,
+    ) -> impl Future<Output = anyhow::Result<()>> + Send;
+    /// A linearizable read of `key`.
+    fn get(&mut self, key: Vec<u8>)
+        -> impl Future<Output = anyhow::Result<Option<Vec<u8>>>> + Send;
+}
+
+/// A system under test: hands out one handle per client task (sharing connections as the
+/// system's client does best).
+pub trait System {
+    /// The per-task handle.
+    type Handle: KvHandle;
+    /// Name in tables and plots.
+    fn name(&self) -> String;
+    /// `clients` handles, one per task.
+    fn handles(&self, clients: usize) -> impl Future<Output = anyhow::Result<Vec<Self::Handle>>>;
+}
+
+/// Throughput and latency of one phase (puts or gets) at one client count.
+#[derive(Debug, Clone)]
+pub struct PhaseStats {
+    /// Operations completed.
+    pub ops: u64,
+    /// Wall time of the phase.
+    pub elapsed: Duration,
+    /// Median latency, µs.
+    pub p50_us: u64,
+    /// 99th percentile latency, µs.
+    pub p99_us: u64,
+    /// Maximum latency, µs.
+    pub max_us: u64,
+}
+
+impl PhaseStats {
+    /// Operations per second.
+    pub fn ops_per_sec(&self) -> f64 {
+        self.ops as f64 / self.elapsed.as_secs_f64()
+    }
+}
+
+/// One row: a system at one client count.
+#[derive(Debug, Clone)]
+pub struct Row {
+    /// Concurrent client tasks.
+    pub clients: usize,
+    /// The put phase.
+    pub writes: PhaseStats,
+    /// The linearizable get phase.
+    pub reads: PhaseStats,
+}
+
+/// All rows of one system.
+#[derive(Debug, Clone)]
+pub struct SystemRun {
+    /// Name in tables and plots.
+    pub name: String,
+    /// One row per client count, in order.
+    pub rows: Vec<Row>,
+}
+
+/// The key of operation `i` of task `task` in row `row`: exactly [`KEY_SIZE`] bytes.
+fn key(row: usize, task: usize, i: usize) -> Vec<u8> {
+    let k = format!("{:02x}{:06x}{:08x}", row & 0xff, task & 0xff_ffff, i);
+    debug_assert_eq!(k.len(), KEY_SIZE);
+    k.into_bytes()
+}
+
+/// The value stored at `key`: [`VALUE_SIZE`] bytes that start with the key, so a get can check it
+/// read what was written there.
+fn value(key: &[u8]) -> Vec<u8> {
+    let mut v = Vec::with_capacity(VALUE_SIZE);
+    v.extend_from_slice(key);
+    v.resize(VALUE_SIZE, b'.');
+    v
+}
+
+#[derive(Clone, Copy, PartialEq, Eq)]
+enum Op {
+    Put,
+    Get,
+}
+
+/// Runs one phase: `ops` operations split over `handles.len()` concurrent tasks.
+async fn phase<H: KvHandle>(
+    handles: Vec<H>,
+    row: usize,
+    ops: usize,
+    op: Op,
+    progress: &ProgressBar,
+) -> anyhow::Result<PhaseStats> {
+    let tasks = handles.len();
+    let start = Instant::now();
+    let mut joins = tokio::task::JoinSet::new();
+    for (task, mut handle) in handles.into_iter().enumerate() {
+        let count = ops / tasks + usize::from(task < ops % tasks);
+        let progress = progress.clone();
+        joins.spawn(async move {
+            let mut hist = Histogram::<u64>::new_with_bounds(1, 120_000_000, 3)?;
+            for i in 0..count {
+                let k = key(row, task, i);
+                let t0 = Instant::now();
+                match op {
+                    Op::Put => {
+                        let v = value(&k);
+                        tokio::time::timeout(OP_TIMEOUT, handle.put(k, v))
+                            .await
+                            .context("put timed out")?
+                            .context("put failed")?;
+                    }
+                    Op::Get => {
+                        let got = tokio::time::timeout(OP_TIMEOUT, handle.get(k.clone()))
+                            .await
+                            .context("get timed out")?
+                            .context("get failed")?;
+                        if got.as_deref() != Some(&value(&k)[..]) {
+                            bail!(
+                                "get of {} returned {:?}, not the value written",
+                                String::from_utf8_lossy(&k),
+                                got.map(
+                                    |v| String::from_utf8_lossy(&v[..v.len().min(32)]).into_owned()
+                                )
+                            );
+                        }
+                    }
+                }
+                hist.saturating_record(t0.elapsed().as_micros().max(1) as u64);
+                progress.inc(1);
+            }
+            anyhow::Ok(hist)
+        });
+    }
+    let mut all = Histogram::<u64>::new_with_bounds(1, 120_000_000, 3)?;
+    while let Some(r) = joins.join_next().await {
+        let hist = r.context("client task panicked")??;
+        all.add(&hist)?;
+    }
+    let elapsed = start.elapsed();
+    Ok(PhaseStats {
+        ops: all.len(),
+        elapsed,
+        p50_us: all.value_at_quantile(0.50),
+        p99_us: all.value_at_quantile(0.99),
+        max_us: all.max(),
+    })
+}
+
+/// Runs every row against `system`: a short warm-up, then puts and gets per client count.
+async fn run_system<S: System>(
+    system: &S,
+    clients: &[usize],
+    ops: usize,
+    progress: &ProgressBar,
+) -> anyhow::Result<SystemRun> {
+    let name = system.name();
+    progress.set_message(format!("{name}: warm-up"));
+    let warm = system.handles(16).await?;
+    let hidden = ProgressBar::hidden();
+    phase(warm, 0xff, 1000, Op::Put, &hidden).await?;
+    let mut rows = Vec::new();
+    for (r, &c) in clients.iter().enumerate() {
+        let handles = system.handles(c).await?;
+        progress.set_message(format!("{name}: {c} clients, puts"));
+        let writes = phase(handles, r, ops, Op::Put, progress).await?;
+        let handles = system.handles(c).await?;
+        progress.set_message(format!("{name}: {c} clients, linearizable gets"));
+        let reads = phase(handles, r, ops, Op::Get, progress).await?;
+        rows.push(Row {
+            clients: c,
+            writes,
+            reads,
+        });
+    }
+    Ok(SystemRun { name, rows })
+}
+
+/// Runs the benchmark.
+pub fn run(args: Args) -> anyhow::Result<()> {
+    if args.clients.is_empty() || args.clients.contains(&0) {
+        bail!("--clients needs positive client counts, e.g. 1,16,64,256");
+    }
+    if args.ops == 0 {
+        bail!("--ops must be positive");
+    }
+    let need_etcd_feature = args.peer == Some(Peer::Etcd) && !cfg!(feature = "etcd");
+    let debug_build = cfg!(debug_assertions) && !args.no_reexec;
+    if (need_etcd_feature || debug_build) && std::env::var_os(REEXEC_ENV).is_none() {
+        return reexec(&args);
+    }
+    if need_etcd_feature {
+        bail!("this build of xtask lacks the `etcd` feature: run `cargo run -p xtask --release --features etcd -- bench cluster --peer etcd`");
+    }
+    let runtime = tokio::runtime::Runtime::new()?;
+    runtime.block_on(async {
+        tokio::select! {
+            r = run_async(args) => r,
+            _ = tokio::signal::ctrl_c() => bail!("interrupted: every process stopped, data removed"),
+        }
+    })
+}
+
+/// Re-runs this command as a release build, with the `etcd` feature when the peer is etcd,
+/// after installing `protoc` (needed to build `etcd-client`) and `etcd` when missing.
+fn reexec(args: &Args) -> anyhow::Result<()> {
+    let mut features = Vec::new();
+    if args.peer == Some(Peer::Etcd) {
+        etcd::ensure_etcd()?;
+        if etcd::which("protoc").is_none() {
+            eprintln!("protoc is not on PATH (etcd-client's build needs it): installing protobuf-compiler with apt-get");
+            etcd::apt_install("protobuf-compiler").context(
+                "installing protoc; do it by hand with: apt-get install -y protobuf-compiler",
+            )?;
+        }
+        features = vec!["--features", "etcd"];
+    }
+    let mut cmd = cluster::cargo();
+    cmd.args(["run", "--quiet", "-p", "xtask", "--release"])
+        .args(&features)
+        .args(["--", "bench", "cluster"])
+        .args(std::env::args_os().skip_while(|a| a != "cluster").skip(1))
+        .env(REEXEC_ENV, "1");
+    eprintln!(
+        "running the load generator as a release build: cargo run -p xtask --release {}-- bench cluster ...",
+        if features.is_empty() { "" } else { "--features etcd " }
+    );
+    // The terminal's Ctrl-C reaches the re-run too, which cleans up; wait for it.
+    let runtime = tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()?;
+    let status = runtime.block_on(async {
+        let mut child = tokio::process::Command::from(cmd)
+            .spawn()
+            .context("running cargo")?;
+        loop {
+            tokio::select! {
+                s = child.wait() => break s.context("waiting for cargo"),
+                _ = tokio::signal::ctrl_c() => {}
+            }
+        }
+    })?;
+    if !status.success() {
+        bail!("the release run of the benchmark failed ({status})");
+    }
+    Ok(())
+}
+
+async fn run_async(args: Args) -> anyhow::Result<()> {
+    let base = cluster::target_dir().join("bench-cluster");
+    let parent = args.dir.clone().unwrap_or_else(|| base.clone());
+    let out = args.out.clone().unwrap_or(base);
+    std::fs::create_dir_all(&parent).with_context(|| format!("creating {}", parent.display()))?;
+    std::fs::create_dir_all(&out).with_context(|| format!("creating {}", out.display()))?;
+    let tmp = tempfile::Builder::new()
+        .prefix("run-")
+        .tempdir_in(&parent)
+        .with_context(|| format!("creating a temporary directory in {}", parent.display()))?;
+
+    let quorate_bin = if args.no_quorate {
+        None
+    } else {
+        Some(cluster::build_quorate()?)
+    };
+    let etcd_bin = match args.peer {
+        Some(Peer::Etcd) => Some(etcd::ensure_etcd()?),
+        None => None,
+    };
+
+    let systems = usize::from(quorate_bin.is_some()) + usize::from(etcd_bin.is_some());
+    let total = (systems * args.clients.len() * args.ops * 2) as u64;
+    let progress = ProgressBar::new(total);
+    progress.set_style(
+        ProgressStyle::with_template(
+            "{elapsed_precise} [{bar:30}] {percent:>3}% {per_sec:>12} {msg}",
+        )
+        .expect("static template")
+        .progress_chars("=> "),
+    );
+    progress.enable_steady_tick(Duration::from_millis(200));
+
+    let mut runs = Vec::new();
+    if let Some(etcd_bin) = &etcd_bin {
+        let version = etcd::version(etcd_bin);
+        progress.set_message(format!("starting 3 etcd members ({version})"));
+        let run = run_etcd(
+            etcd_bin,
+            &tmp.path().join("etcd"),
+            &version,
+            &args,
+            &progress,
+        )
+        .await?;
+        runs.push(run);
+    }
+    if let Some(bin) = &quorate_bin {
+        progress.set_message("starting 3 Quorate nodes");
+        let run = run_quorate(bin, &tmp.path().join("quorate"), &args, &progress).await?;
+        runs.push(run);
+    }
+    progress.finish_and_clear();
+
+    println!(
+        "cluster benchmark: 3 members each on loopback, fsync on; closed-loop client tasks; {} puts ({KEY_SIZE} B keys, {VALUE_SIZE} B values) then {} linearizable gets per row",
+        args.ops, args.ops
+    );
+    println!(
+        "latency in µs per request; data under {}",
+        tmp.path().display()
+    );
+    for run in &runs {
+        println!();
+        print_system(run);
+    }
+    let quorate = runs.iter().find(|r| r.name.starts_with("quorate"));
+    let peer = runs.iter().find(|r| !r.name.starts_with("quorate"));
+    let mut headline = None;
+    if let (Some(q), Some(p)) = (quorate, peer) {
+        println!();
+        headline = print_ratios(q, p);
+    }
+    if !runs.is_empty() {
+        let files = plot::write_plots(&out, &runs)?;
+        println!();
+        for f in files {
+            println!("plot: {}", f.display());
+        }
+    }
+    drop(tmp);
+    match (headline, quorate, peer) {
+        (Some(ratio), _, _) => println!("cluster-vs-etcd writes@64: {ratio:.2}"),
+        (None, Some(q), None) => {
+            if let Some(r) = q.rows.iter().find(|r| r.clients == 64) {
+                println!("cluster writes@64: {:.0}/s", r.writes.ops_per_sec());
+            }
+        }
+        _ => {}
+    }
+    Ok(())
+}
+
+async fn run_etcd(
+    bin: &std::path::Path,
+    dir: &std::path::Path,
+    version: &str,
+    args: &Args,
+    progress: &ProgressBar,
+) -> anyhow::Result<SystemRun> {
+    let mut cluster = etcd::EtcdCluster::start(bin, dir, MEMBERS)?;
+    let result = async {
+        cluster.wait_listening(Duration::from_secs(30)).await?;
+        let system = etcd_system(&cluster.client_urls, version).await?;
+        let run = run_system(&system, &args.clients, args.ops, progress).await;
+        cluster.check_running()?;
+        run
+    }
+    .await;
+    progress.set_message("stopping etcd");
+    cluster.stop().await?;
+    result
+}
+
+#[cfg(feature = "etcd")]
+async fn etcd_system(urls: &[String], version: &str) -> anyhow::Result<etcd_kv::Etcd> {
+    etcd_kv::Etcd::connect(urls, version).await
+}
+
+#[cfg(not(feature = "etcd"))]
+async fn etcd_system(_urls: &[String], _version: &str) -> anyhow::Result<NoSystem> {
+    bail!("built without the `etcd` feature")
+}
+
+/// Stands in for a system whose client is not compiled in.
+#[cfg(not(feature = "etcd"))]
+struct NoSystem;
+
+#[cfg(not(feature = "etcd"))]
+impl KvHandle for NoSystem {
+    async fn put(&mut self, _key: Vec<u8>, _value: Vec<u8>) -> anyhow::Result<()> {
+        bail!("no client")
+    }
+    async fn get(&mut self, _key: Vec<u8>) -> anyhow::Result<Option<Vec<u8>>> {
+        bail!("no client")
+    }
+}
+
+#[cfg(not(feature = "etcd"))]
+impl System for NoSystem {
+    type Handle = NoSystem;
+    fn name(&self) -> String {
+        "none".into()
+    }
+    async fn handles(&self, _clients: usize) -> anyhow::Result<Vec<NoSystem>> {
+        bail!("no client")
+    }
+}
+
+#[cfg(feature = "etcd")]
+mod etcd_kv {
+    //! etcd through `etcd-client`: connections to the leader's client URL, shared by the tasks.
+
+    use anyhow::{bail, Context};
+    use etcd_client::{Client, KvClient};
+
+    use super::{KvHandle, System};
+
+    /// gRPC connections shared by the client tasks (HTTP/2 multiplexes the rest).
+    const CONNECTIONS: usize = 8;
+
+    /// The etcd cluster under test.
+    pub struct Etcd {
+        leader_url: String,
+        version: String,
+    }
+
+    impl Etcd {
+        /// Waits for a leader and remembers its client URL.
+        pub async fn connect(urls: &[String], version: &str) -> anyhow::Result<Self> {
+            let deadline = tokio::time::Instant::now() + std::time::Duration::from_secs(30);
+            loop {
+                for url in urls {
+                    let Ok(mut client) = Client::connect([url], None).await else {
+                        continue;
+                    };
+                    let Ok(status) = client.status().await else {
+                        continue;
+                    };
+                    let me = status.header().map(|h| h.member_id());
+                    if status.leader() != 0 && me == Some(status.leader()) {
+                        return Ok(Etcd {
+                            leader_url: url.clone(),
+                            version: version.to_string(),
+                        });
+                    }
+                }
+                if tokio::time::Instant::now() > deadline {
+                    bail!("no etcd leader within 30 s");
+                }
+                tokio::time::sleep(std::time::Duration::from_millis(100)).await;
+            }
+        }
+    }
+
+    /// One task's handle (a clone of a shared connection).
+    pub struct EtcdHandle(KvClient);
+
+    impl KvHandle for EtcdHandle {
+        async fn put(&mut self, key: Vec<u8>, value: Vec<u8>) -> anyhow::Result<()> {
+            self.0.put(key, value, None).await?;
+            Ok(())
+        }
+
+        async fn get(&mut self, key: Vec<u8>) -> anyhow::Result<Option<Vec<u8>>> {
+            // etcd's Range is linearizable unless `serializable` is set.
+            let resp = self.0.get(key, None).await?;
+            Ok(resp.kvs().first().map(|kv| kv.value().to_vec()))
+        }
+    }
+
+    impl System for Etcd {
+        type Handle = EtcdHandle;
+
+        fn name(&self) -> String {
+            self.version
+                .replace("etcd Version: ", "etcd ")
+                .trim()
+                .to_string()
+        }
+
+        async fn handles(&self, clients: usize) -> anyhow::Result<Vec<EtcdHandle>> {
+            let mut conns = Vec::new();
+            for _ in 0..clients.min(CONNECTIONS) {
+                let client = Client::connect([&self.leader_url], None)
+                    .await
+                    .with_context(|| format!("connecting to etcd at {}", self.leader_url))?;
+                conns.push(client.kv_client());
+            }
+            Ok((0..clients)
+                .map(|i| EtcdHandle(conns[i % conns.len()].clone()))
+                .collect())
+        }
+    }
+}
+
+async fn run_quorate(
+    bin: &std::path::Path,
+    dir: &std::path::Path,
+    args: &Args,
+    progress: &ProgressBar,
+) -> anyhow::Result<SystemRun> {
+    let ports = cluster::free_ports(MEMBERS, true)?;
+    let mut nodes = cluster::QuorateCluster::start(bin, dir, &ports)?;
+    let result = async {
+        nodes.wait_leader(Duration::from_secs(30)).await?;
+        let system = Quorate {
+            config: nodes.client_config()?,
+        };
+        let run = run_system(&system, &args.clients, args.ops, progress).await;
+        nodes.check_running()?;
+        run
+    }
+    .await;
+    progress.set_message("stopping Quorate");
+    for s in nodes.stop().await {
+        if s.killed {
+            eprintln!(
+                "{} did not stop within {:?}: killed",
+                s.name,
+                cluster::STOP_GRACE
+            );
+        }
+    }
+    result
+}
+
+/// Quorate through `node::client::Client`: a few clients (each one QUIC connection per member and
+/// one session) shared by the tasks, as the client allows many operations at once.
+struct Quorate {
+    config: node::client::ClientConfig,
+}
+
+/// Clients shared by the tasks; as many as etcd gets gRPC connections.
+const QUORATE_CONNECTIONS: usize = 8;
+
+struct QuorateHandle(std::sync::Arc<node::client::Client>);
+
+impl KvHandle for QuorateHandle {
+    async fn put(&mut self, key: Vec<u8>, value: Vec<u8>) -> anyhow::Result<()> {
+        self.0.put(key, value).await?;
+        Ok(())
+    }
+
+    async fn get(&mut self, key: Vec<u8>) -> anyhow::Result<Option<Vec<u8>>> {
+        let kv = self
+            .0
+            .get(key, node::proto::Consistency::Linearizable)
+            .await?;
+        Ok(kv.map(|kv| kv.value.to_vec()))
+    }
+}
+
+impl System for Quorate {
+    type Handle = QuorateHandle;
+
+    fn name(&self) -> String {
+        "quorate".into()
+    }
+
+    async fn handles(&self, clients: usize) -> anyhow::Result<Vec<QuorateHandle>> {
+        let mut shared = Vec::new();
+        for _ in 0..clients.min(QUORATE_CONNECTIONS) {
+            let mut config = self.config.clone();
+            config.timeout = OP_TIMEOUT;
+            shared.push(std::sync::Arc::new(node::client::Client::connect(config)?));
+        }
+        Ok((0..clients)
+            .map(|i| QuorateHandle(shared[i % shared.len()].clone()))
+            .collect())
+    }
+}
+
+fn print_system(run: &SystemRun) {
+    println!("{}", run.name);
+    println!(
+        "{:>8} {:>10} {:>9} {:>9} {:>9}   {:>10} {:>9} {:>9} {:>9}",
+        "clients", "writes/s", "p50", "p99", "max", "reads/s", "p50", "p99", "max"
+    );
+    for r in &run.rows {
+        println!(
+            "{:>8} {:>10.0} {:>9} {:>9} {:>9}   {:>10.0} {:>9} {:>9} {:>9}",
+            r.clients,
+            r.writes.ops_per_sec(),
+            r.writes.p50_us,
+            r.writes.p99_us,
+            r.writes.max_us,
+            r.reads.ops_per_sec(),
+            r.reads.p50_us,
+            r.reads.p99_us,
+            r.reads.max_us
+        );
+    }
+}
+
+/// Prints Quorate ÷ peer per client count; returns the writes ratio at 64 clients.
+fn print_ratios(q: &SystemRun, p: &SystemRun) -> Option<f64> {
+    println!(
+        "{} ÷ {} (throughput: higher is better; p99: lower is better)",
+        q.name, p.name
+    );
+    println!(
+        "{:>8} {:>10} {:>10} {:>10} {:>10}",
+        "clients", "writes/s", "reads/s", "write p99", "read p99"
+    );
+    let mut headline = None;
+    for qr in &q.rows {
+        let Some(pr) = p.rows.iter().find(|r| r.clients == qr.clients) else {
+            continue;
+        };
+        let writes = qr.writes.ops_per_sec() / pr.writes.ops_per_sec();
+        let reads = qr.reads.ops_per_sec() / pr.reads.ops_per_sec();
+        let wp99 = qr.writes.p99_us as f64 / pr.writes.p99_us as f64;
+        let rp99 = qr.reads.p99_us as f64 / pr.reads.p99_us as f64;
+        println!(
+            "{:>8} {writes:>10.2} {reads:>10.2} {wp99:>10.2} {rp99:>10.2}",
+            qr.clients
+        );
+        if qr.clients == 64 {
+            headline = Some(writes);
+        }
+    }
+    headline
+}

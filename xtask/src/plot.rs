@@ -1,0 +1,200 @@
+//! SVG plots of `cargo xtask bench cluster`: throughput against client count, and latency
+//! percentiles against client count, one line per system and operation.
+//!
+//! plotters' SVG backend is built without its `ttf` feature, so it needs no system fonts: text is
+//! written as SVG `<text>` elements and sized by an estimate.
+
+use std::path::{Path, PathBuf};
+
+use anyhow::Context;
+use plotters::prelude::*;
+
+use crate::bench_cluster::{PhaseStats, SystemRun};
+
+const COLORS: [RGBColor; 4] = [
+    RGBColor(0x1f, 0x77, 0xb4),
+    RGBColor(0xd6, 0x27, 0x28),
+    RGBColor(0x2c, 0xa0, 0x2c),
+    RGBColor(0xff, 0x7f, 0x0e),
+];
+
+/// Writes `cluster-throughput.svg` and `cluster-latency.svg` into `dir`; returns their paths.
+pub fn write_plots(dir: &Path, runs: &[SystemRun]) -> anyhow::Result<Vec<PathBuf>> {
+    let throughput = dir.join("cluster-throughput.svg");
+    let latency = dir.join("cluster-latency.svg");
+    draw_throughput(&throughput, runs)
+        .map_err(|e| anyhow::anyhow!("{e}"))
+        .with_context(|| format!("drawing {}", throughput.display()))?;
+    draw_latency(&latency, runs)
+        .map_err(|e| anyhow::anyhow!("{e}"))
+        .with_context(|| format!("drawing {}", latency.display()))?;
+    Ok(vec![throughput, latency])
+}
+
+type DrawResult = Result<(), Box<dyn std::error::Error>>;
+
+fn client_range(runs: &[SystemRun]) -> std::ops::Range<f64> {
+    let max = runs
+        .iter()
+        .flat_map(|r| r.rows.iter().map(|row| row.clients))
+        .max()
+        .unwrap_or(1) as f64;
+    0.8..(max * 1.25).max(2.0)
+}
+
+fn draw_throughput(path: &Path, runs: &[SystemRun]) -> DrawResult {
+    let root = SVGBackend::new(path, (900, 560)).into_drawing_area();
+    root.fill(&WHITE)?;
+    let max = runs
+        .iter()
+        .flat_map(|r| r.rows.iter())
+        .map(|row| row.writes.ops_per_sec().max(row.reads.ops_per_sec()))
+        .fold(1.0, f64::max);
+    let mut chart = ChartBuilder::on(&root)
+        .caption(
+            "Throughput vs concurrent clients (3 members, loopback, fsync on)",
+            ("sans-serif", 20),
+        )
+        .margin(15)
+        .x_label_area_size(45)
+        .y_label_area_size(80)
+        .build_cartesian_2d(client_range(runs).log_scale(), 0.0..max * 1.1)?;
+    chart
+        .configure_mesh()
+        .x_desc("concurrent clients")
+        .y_desc("operations / s")
+        .x_label_formatter(&|x| format!("{x:.0}"))
+        .y_label_formatter(&|y| format!("{y:.0}"))
+        .draw()?;
+    let mut color = 0;
+    for run in runs {
+        for (label, pick) in [("puts", Pick::Writes), ("linearizable gets", Pick::Reads)] {
+            let c = COLORS[color % COLORS.len()];
+            color += 1;
+            let points: Vec<(f64, f64)> = run
+                .rows
+                .iter()
+                .map(|row| (row.clients as f64, pick.of(row).ops_per_sec()))
+                .collect();
+            chart
+                .draw_series(LineSeries::new(points.clone(), c.stroke_width(2)))?
+                .label(format!("{} {label}", run.name))
+                .legend(move |(x, y)| {
+                    PathElement::new(vec![(x, y), (x + 20, y)], c.stroke_width(2))
+                });
+            chart.draw_series(points.into_iter().map(|p| Circle::new(p, 4, c.filled())))?;
+        }
+    }
+    chart
+        .configure_series_labels()
+        .position(SeriesLabelPosition::UpperLeft)
+        .background_style(WHITE.mix(0.85))
+        .border_style(BLACK)
+        .draw()?;
+    root.present()?;
+    Ok(())
+}
+
+#[derive(Clone, Copy)]
+enum Pick {
+    Writes,
+    Reads,
+}
+
+impl Pick {
+    fn of(self, row: &crate::bench_cluster::Row) -> &PhaseStats {
+        match self {
+            Pick::Writes => &row.writes,
+            Pick::Reads => &row.reads,
+        }
+    }
+}
+
+fn draw_latency(path: &Path, runs: &[SystemRun]) -> DrawResult {
+    let root = SVGBackend::new(path, (1200, 560)).into_drawing_area();
+    root.fill(&WHITE)?;
+    let panels = root.split_evenly((1, 2));
+    for (area, (title, pick)) in panels
+        .iter()
+        .zip([("puts", Pick::Writes), ("linearizable gets", Pick::Reads)])
+    {
+        let max = runs
+            .iter()
+            .flat_map(|r| r.rows.iter())
+            .map(|row| pick.of(row).p99_us.max(1) as f64 / 1000.0)
+            .fold(0.01, f64::max);
+        let min = runs
+            .iter()
+            .flat_map(|r| r.rows.iter())
+            .map(|row| pick.of(row).p50_us.max(1) as f64 / 1000.0)
+            .fold(f64::INFINITY, f64::min)
+            .min(max);
+        let mut chart = ChartBuilder::on(area)
+            .caption(
+                format!("{title}: latency p50 (solid) and p99 (dashed)"),
+                ("sans-serif", 18),
+            )
+            .margin(15)
+            .x_label_area_size(45)
+            .y_label_area_size(70)
+            .build_cartesian_2d(
+                client_range(runs).log_scale(),
+                (min / 1.5..max * 1.5).log_scale(),
+            )?;
+        chart
+            .configure_mesh()
+            .x_desc("concurrent clients")
+            .y_desc("latency (ms)")
+            .x_label_formatter(&|x| format!("{x:.0}"))
+            .y_label_formatter(&|y| format!("{y:.2}"))
+            .draw()?;
+        for (i, run) in runs.iter().enumerate() {
+            let c = COLORS[(2 * i) % COLORS.len()];
+            let p50: Vec<(f64, f64)> = run
+                .rows
+                .iter()
+                .map(|row| {
+                    (
+                        row.clients as f64,
+                        pick.of(row).p50_us.max(1) as f64 / 1000.0,
+                    )
+                })
+                .collect();
+            let p99: Vec<(f64, f64)> = run
+                .rows
+                .iter()
+                .map(|row| {
+                    (
+                        row.clients as f64,
+                        pick.of(row).p99_us.max(1) as f64 / 1000.0,
+                    )
+                })
+                .collect();
+            chart
+                .draw_series(LineSeries::new(p50.clone(), c.stroke_width(2)))?
+                .label(format!("{} p50", run.name))
+                .legend(move |(x, y)| {
+                    PathElement::new(vec![(x, y), (x + 20, y)], c.stroke_width(2))
+                });
+            chart.draw_series(p50.into_iter().map(|p| Circle::new(p, 4, c.filled())))?;
+            chart
+                .draw_series(DashedLineSeries::new(p99.clone(), 6, 4, c.stroke_width(2)))?
+                .label(format!("{} p99", run.name))
+                .legend(move |(x, y)| {
+                    PathElement::new(vec![(x, y), (x + 8, y)], c.stroke_width(2))
+                });
+            chart.draw_series(
+                p99.into_iter()
+                    .map(|p| TriangleMarker::new(p, 5, c.filled())),
+            )?;
+        }
+        chart
+            .configure_series_labels()
+            .position(SeriesLabelPosition::UpperLeft)
+            .background_style(WHITE.mix(0.85))
+            .border_style(BLACK)
+            .draw()?;
+    }
+    root.present()?;
+    Ok(())
+}
