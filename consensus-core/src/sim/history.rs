@@ -167,6 +167,13 @@ pub struct History {
 #[derive(Clone, Copy, Debug, PartialEq, Eq, PartialOrd, Ord)]
 pub struct OpId(usize);
 
+impl OpId {
+    /// The id of the `index`-th operation recorded (its position in [`History::operations`]).
+    pub fn from_index(index: usize) -> Self {
+        OpId(index)
+    }
+}
+
 impl History {
     /// An empty history.
     pub fn new() -> Self {
