@@ -140,16 +140,20 @@ pub fn run(args: Args) -> anyhow::Result<()> {
     for &size in &SIZES {
         for &writers in &WRITERS {
             progress.set_message(format!("{writers} writers × {size} B"));
-            let mut raw = RawLoop::new(
-                &tmp.path().join(format!("raw-{writers}-{size}")),
-                writers,
-                size,
-            )?;
+            // The WAL first: its next segment is zero-filled in the background while the raw
+            // file is, so neither write is still running when measuring starts.
             let mut wal = WalWriters::start(
                 &tmp.path().join(format!("wal-{writers}-{size}")),
                 writers,
                 size,
             )?;
+            let mut raw = RawLoop::new(
+                &tmp.path().join(format!("raw-{writers}-{size}")),
+                writers,
+                size,
+            )?;
+            // Then a moment for the page cache to settle.
+            std::thread::sleep(Duration::from_millis(300));
             let (mut plain, mut awake) = (Tally::new(), Tally::new());
             for k in 0..SLICES {
                 // The first slice of each contender warms it up; later ones resume a warm state.
@@ -403,8 +407,6 @@ impl WalWriters {
             tally: Tally::new(),
         };
         this.wait_parked()?;
-        // Let the background preallocation of the next segment finish before measuring.
-        std::thread::sleep(Duration::from_millis(300));
         Ok(this)
     }
 
