@@ -77,17 +77,27 @@ pub enum FrameError {
 }
 
 /// Encodes `msg` as one frame (header and postcard payload), refusing payloads over `max_len`.
+///
+/// The payload's size is computed first, so an oversize message is refused before anything is
+/// allocated and the frame is built in one exactly sized buffer (no regrowth, one copy of any
+/// byte strings).
 pub fn encode<T: Serialize + ?Sized>(msg: &T, max_len: usize) -> Result<Bytes, FrameError> {
-    let mut buf = Vec::with_capacity(HEADER_LEN + 64);
-    buf.extend_from_slice(&[PROTOCOL_VERSION, 0, 0, 0, 0]);
-    let mut buf = postcard::to_extend(msg, buf).map_err(FrameError::Encode)?;
-    let len = buf.len() - HEADER_LEN;
+    let len = postcard::experimental::serialized_size(msg).map_err(FrameError::Encode)?;
     let max = max_len.min(MAX_REPRESENTABLE_LEN);
     if len > max {
         return Err(FrameError::TooLarge { len, max });
     }
+    let mut buf = vec![0u8; HEADER_LEN + len];
+    buf[0] = PROTOCOL_VERSION;
     // `len <= u32::MAX` was checked just above.
     buf[1..HEADER_LEN].copy_from_slice(&(len as u32).to_le_bytes());
+    let written = postcard::to_slice(msg, &mut buf[HEADER_LEN..])
+        .map_err(FrameError::Encode)?
+        .len();
+    // A `Serialize` impl that writes differently on two passes would leave zeros or fail above.
+    if written != len {
+        return Err(FrameError::Encode(postcard::Error::SerializeBufferFull));
+    }
     Ok(Bytes::from(buf))
 }
 
