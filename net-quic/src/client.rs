@@ -78,10 +78,18 @@ impl<P: Protocol> Client<P> {
         let mut client_config =
             quinn::ClientConfig::new(tls::client_crypto(&config.credentials, CLIENT_ALPN)?);
         client_config.transport_config(config.limits.transport());
-        let quinn = quinn::Endpoint::client(config.bind).map_err(|source| BindError::Socket {
+        let socket_error = |source| BindError::Socket {
             addr: config.bind,
             source,
-        })?;
+        };
+        let socket = config.limits.bind_udp(config.bind).map_err(socket_error)?;
+        let quinn = quinn::Endpoint::new(
+            quinn::EndpointConfig::default(),
+            None,
+            socket,
+            Arc::new(quinn::TokioRuntime),
+        )
+        .map_err(socket_error)?;
         Ok(Client {
             quinn,
             client_config,

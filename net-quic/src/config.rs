@@ -1,5 +1,6 @@
 //! Limits and timings of the transport, and the quinn transport configuration built from them.
 
+use std::net::SocketAddr;
 use std::sync::Arc;
 use std::time::Duration;
 
@@ -36,6 +37,11 @@ pub struct Limits {
     pub stream_window: u32,
     /// QUIC flow-control window per connection, bytes.
     pub connection_window: u32,
+    /// UDP socket send and receive buffer size asked of the kernel, bytes (it may grant less:
+    /// see `net.core.rmem_max`). The default is far above the usual 208 KiB, because a receive
+    /// buffer that overflows while the process is busy loses packets, and QUIC answers loss by
+    /// shrinking its congestion window.
+    pub socket_buffer: usize,
 }
 
 impl Default for Limits {
@@ -54,6 +60,7 @@ impl Default for Limits {
             backoff_max: Duration::from_secs(2),
             stream_window: 8 << 20,
             connection_window: 32 << 20,
+            socket_buffer: 2 << 20,
         }
     }
 }
@@ -70,6 +77,25 @@ impl Limits {
     /// The next reconnect delay after `current`.
     pub(crate) fn next_backoff(&self, current: Duration) -> Duration {
         (current * 2).min(self.backoff_max)
+    }
+
+    /// Binds a UDP socket at `addr` with the configured buffer sizes.
+    pub(crate) fn bind_udp(&self, addr: SocketAddr) -> std::io::Result<std::net::UdpSocket> {
+        let socket = std::net::UdpSocket::bind(addr)?;
+        let state = quinn::udp::UdpSocketState::new((&socket).into())?;
+        // Best effort: a smaller buffer than asked only costs throughput under load.
+        let recv = state.set_recv_buffer_size((&socket).into(), self.socket_buffer);
+        let send = state.set_send_buffer_size((&socket).into(), self.socket_buffer);
+        tracing::debug!(
+            %addr,
+            asked = self.socket_buffer,
+            recv = ?state.recv_buffer_size((&socket).into()),
+            send = ?state.send_buffer_size((&socket).into()),
+            recv_error = ?recv.err(),
+            send_error = ?send.err(),
+            "UDP socket buffers"
+        );
+        Ok(socket)
     }
 
     pub(crate) fn transport(&self) -> Arc<quinn::TransportConfig> {

@@ -209,8 +209,10 @@ impl<P: Protocol> Endpoint<P> {
         let mut peer_client_config =
             quinn::ClientConfig::new(tls::client_crypto(&config.credentials, PEER_ALPN)?);
         peer_client_config.transport_config(transport);
-        let socket =
-            std::net::UdpSocket::bind(config.listen).map_err(|source| BindError::Socket {
+        let socket = config
+            .limits
+            .bind_udp(config.listen)
+            .map_err(|source| BindError::Socket {
                 addr: config.listen,
                 source,
             })?;
@@ -549,11 +551,16 @@ impl<P: Protocol> Accepting<P> {
             return;
         };
         let mut decoder = FrameDecoder::new(self.limits.max_len(class));
+        // Up to this many received chunks (about one packet each) per read: one call into the
+        // connection per batch rather than per packet.
+        let mut chunks: [Bytes; 32] = Default::default();
         loop {
-            match recv.read_chunk(usize::MAX, true).await {
-                Ok(Some(chunk)) => {
-                    add(&self.stats.bytes_received, chunk.bytes.len() as u64);
-                    decoder.extend(&chunk.bytes);
+            match recv.read_chunks(&mut chunks).await {
+                Ok(Some(count)) => {
+                    for chunk in &chunks[..count] {
+                        add(&self.stats.bytes_received, chunk.len() as u64);
+                        decoder.extend(chunk);
+                    }
                     loop {
                         match decoder.next_frame::<P::Peer>() {
                             Ok(Some(msg)) => {

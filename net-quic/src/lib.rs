@@ -67,6 +67,8 @@ mod peer;
 mod stats;
 mod tls;
 
+/// The buffer type of encoded frames ([`frame::encode`], [`Endpoint::send_encoded`]).
+pub use bytes::Bytes;
 pub use client::{Client, ClientConfig, RequestError};
 pub use config::Limits;
 pub use endpoint::{
