@@ -211,10 +211,24 @@ impl TestCluster {
         handle.shutdown().await.unwrap();
     }
 
+    async fn crash(&mut self, id: u64) {
+        self.nodes.remove(&id).unwrap().abort().await;
+    }
+
     async fn restart(&mut self, id: u64, tune: impl Fn(&mut ServeConfig)) {
         let mut config = node_config(&self.root, &self.members, id);
         tune(&mut config);
-        let handle = Server::start(config).await.unwrap();
+        let start = Instant::now();
+        // An aborted node's UDP socket is released by quinn's driver task shortly after.
+        let handle = loop {
+            match Server::start(config.clone()).await {
+                Ok(handle) => break handle,
+                Err(ServeError::Bind { .. }) if start.elapsed() < DEADLINE => {
+                    tokio::time::sleep(Duration::from_millis(100)).await
+                }
+                Err(error) => panic!("restart of node {id}: {error}"),
+            }
+        };
         self.nodes.insert(id, handle);
     }
 
@@ -253,7 +267,7 @@ async fn acknowledged_writes_survive_the_leader_stopping() {
         );
     }
     let old_leader = cluster.leader().await;
-    cluster.stop(old_leader).await;
+    cluster.crash(old_leader).await;
     for i in 30..40 {
         cluster.put(&format!("k{i}"), &format!("v{i}")).await;
     }
@@ -556,5 +570,29 @@ async fn members_are_added_removed_and_leadership_moves_while_a_client_writes() 
             "acknowledged {key} lost"
         );
     }
+    cluster.shutdown().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_stopping_leader_hands_off_leadership_first() {
+    let mut cluster = TestCluster::start(3, |_| {}).await;
+    cluster.put("a", "1").await;
+    let old_leader = cluster.leader().await;
+    cluster.stop(old_leader).await;
+    // No election timeout had to pass: the successor was told to campaign (TimeoutNow) and the
+    // old leader stopped only once it heard from the new one, so some survivor already leads.
+    let mut leaders = Vec::new();
+    for id in (1..=3).filter(|&id| id != old_leader) {
+        if let Ok(Reply::Status(status)) = cluster
+            .request(id, &Request::Admin(AdminRequest::Status))
+            .await
+        {
+            if status.role == Role::Leader {
+                leaders.push(id);
+            }
+        }
+    }
+    assert_eq!(leaders.len(), 1, "exactly one survivor leads right away");
+    cluster.put("b", "2").await;
     cluster.shutdown().await;
 }

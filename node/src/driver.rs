@@ -126,6 +126,8 @@ pub(crate) struct Driver {
     /// Addresses of members: the configured ones, then those recorded through the log.
     addrs: BTreeMap<u64, SocketAddr>,
     shutting_down: bool,
+    /// Set while a stopping leader waits for its transfer to complete.
+    draining_until: Option<Instant>,
 }
 
 impl Driver {
@@ -184,6 +186,7 @@ impl Driver {
             transfer: None,
             addrs,
             shutting_down: false,
+            draining_until: None,
         }
     }
 
@@ -200,8 +203,8 @@ impl Driver {
         loop {
             tokio::select! {
                 biased;
-                changed = self.shutdown_rx.changed() => {
-                    if changed.is_err() || *self.shutdown_rx.borrow() {
+                changed = self.shutdown_rx.changed(), if self.draining_until.is_none() => {
+                    if (changed.is_err() || *self.shutdown_rx.borrow()) && !self.start_draining() {
                         info!(node = self.id, "driver stopping");
                         return Ok(());
                     }
@@ -238,7 +241,39 @@ impl Driver {
             self.flush_proposals();
             self.flush_reads();
             self.process_ready()?;
+            if let Some(deadline) = self.draining_until {
+                let handed_off = self.soft.leader.is_some_and(|leader| leader != self.id);
+                if handed_off || Instant::now() >= deadline {
+                    info!(node = self.id, leader = ?self.soft.leader, "driver stopping after handing off leadership");
+                    return Ok(());
+                }
+            }
         }
+    }
+
+    /// On shutdown, a leader first hands leadership to another voter so the group does not wait
+    /// an election timeout; returns whether the loop should keep running meanwhile.
+    fn start_draining(&mut self) -> bool {
+        if self.soft.role != RaftRole::Leader {
+            return false;
+        }
+        let Some(to) = self
+            .raft
+            .conf_state()
+            .voters
+            .iter()
+            .copied()
+            .find(|&id| id != self.id)
+        else {
+            return false;
+        };
+        if self.raft.transfer_leader(to).is_err() {
+            return false;
+        }
+        let ticks = u64::from(self.config.raft.election_ticks);
+        self.draining_until = Some(Instant::now() + self.config.tick() * ticks as u32);
+        info!(node = self.id, to, "handing off leadership before stopping");
+        true
     }
 
     /// Answers everything still waiting, lets the store finish its writes, and closes the

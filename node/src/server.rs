@@ -234,6 +234,13 @@ impl ServerHandle {
         self.wait().await
     }
 
+    /// Stops the node at once, without answering pending requests or handing off leadership
+    /// (what a crash looks like to the rest of the cluster, minus losing the page cache).
+    pub async fn abort(self) {
+        self.driver.abort();
+        let _ = self.driver.await;
+    }
+
     /// Waits until the node stops (after [`ServerHandle::shutdown`] or a fatal error).
     pub async fn wait(self) -> Result<(), ServeError> {
         match self.driver.await {
