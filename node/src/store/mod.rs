@@ -355,6 +355,11 @@ impl RaftStore {
     pub fn submit(&mut self, persist: &Persist) -> Result<u64> {
         self.syncer.check()?;
         let staged = match &persist.snapshot {
+            Some(snapshot) if snapshot.meta.index == u64::MAX => {
+                return Err(StoreError::Refused(StorageError::Inconsistent(
+                    "snapshot index u64::MAX leaves no room for a log".into(),
+                )));
+            }
             Some(snapshot) => {
                 let mut staged = self.view.clone();
                 staged.install(&snapshot.meta);
@@ -543,6 +548,9 @@ impl Storage for RaftStore {
         max_bytes: u64,
         out: &mut Vec<Entry>,
     ) -> Result<(), StorageError> {
+        if lo >= hi {
+            return Ok(());
+        }
         if lo < self.view.first {
             return Err(StorageError::Compacted(lo));
         }
@@ -553,7 +561,7 @@ impl Storage for RaftStore {
         for (taken, stored) in self
             .view
             .entries
-            .range((lo - self.view.first) as usize..(hi.max(lo) - self.view.first) as usize)
+            .range((lo - self.view.first) as usize..(hi - self.view.first) as usize)
             .enumerate()
         {
             bytes += stored.entry.payload_size();
@@ -573,17 +581,28 @@ fn encode_meta(wal_dir: &Path, meta: &StoreMeta) -> Result<Vec<u8>> {
 
 fn decode_meta(wal_dir: &Path, bytes: &[u8]) -> Result<StoreMeta> {
     let path = wal_dir.join("meta");
-    StoreMeta::decode(bytes).map_err(|e| match e {
+    let meta = StoreMeta::decode(bytes).map_err(|e| match e {
         MetaDecodeError::NotStore => {
-            StoreError::corrupt(path, "the log's metadata is not a Quorate store identity")
+            StoreError::corrupt(&path, "the log's metadata is not a Quorate store identity")
         }
         MetaDecodeError::Version(found) => StoreError::UnsupportedVersion {
-            path,
+            path: path.clone(),
             found,
             supported: record::FORMAT_VERSION,
         },
-        MetaDecodeError::Bad(reason) => StoreError::corrupt(path, reason),
-    })
+        MetaDecodeError::Bad(reason) => StoreError::corrupt(&path, reason),
+    })?;
+    let base = &meta.base;
+    if base.first == 0 || base.first > base.snapshot.index.saturating_add(1) {
+        return Err(StoreError::corrupt(
+            path,
+            format!(
+                "checkpoint keeps entries from {} but its snapshot is at {}",
+                base.first, base.snapshot.index
+            ),
+        ));
+    }
+    Ok(meta)
 }
 
 fn check_identity(dir: &Path, identity: &Identity, meta: &StoreMeta) -> Result<()> {

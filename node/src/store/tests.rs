@@ -851,6 +851,50 @@ fn measure_group_commit_throughput() {
 }
 
 #[test]
+fn out_of_range_reads_are_errors_or_empty_never_panics() {
+    let dir = tempfile::tempdir().unwrap();
+    let mut store = open(dir.path(), 0);
+    let mut persist = carrier();
+    set(
+        &mut persist,
+        None,
+        vec![entry(1, 1, "a"), entry(2, 1, "b")],
+        None,
+    );
+    store.submit(&persist).unwrap();
+    let mut out = Vec::new();
+    assert_eq!(store.entries(9, 3, u64::MAX, &mut out), Ok(()));
+    assert!(out.is_empty());
+    assert_eq!(
+        store.entries(1, 9, u64::MAX, &mut out),
+        Err(StorageError::Unavailable(8))
+    );
+    assert_eq!(
+        store.term(u64::MAX),
+        Err(StorageError::Unavailable(u64::MAX))
+    );
+    store.entries(2, 3, 0, &mut out).unwrap();
+    assert_eq!(
+        out,
+        vec![entry(2, 1, "b")],
+        "at least one entry whatever the limit"
+    );
+    let snapshot = Snapshot {
+        meta: SnapshotMeta {
+            index: u64::MAX,
+            term: 1,
+            conf_state: ConfState::default(),
+        },
+        data: Bytes::new(),
+    };
+    set(&mut persist, Some(snapshot), Vec::new(), None);
+    assert!(matches!(
+        store.submit(&persist),
+        Err(StoreError::Refused(_))
+    ));
+}
+
+#[test]
 fn a_failed_sync_is_reported_and_refuses_later_writes() {
     let fs = storage_wal::MemFs::new();
     let mut store = RaftStore::open_with_fs(

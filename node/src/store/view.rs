@@ -81,7 +81,7 @@ impl LogView {
     }
 
     pub(crate) fn term(&self, index: u64) -> Result<u64, StorageError> {
-        if index + 1 == self.first {
+        if index.checked_add(1) == Some(self.first) {
             return Ok(self.prev_term);
         }
         if index < self.first {
