@@ -181,7 +181,7 @@ async fn small_messages_keep_flowing_during_a_large_bulk_transfer() {
     .await;
     let transfer = first_chunk_at.unwrap().elapsed();
     heartbeats.abort();
-    bulk_sender.await.unwrap();
+    bounded("bulk sender", bulk_sender).await.unwrap();
     latencies.sort();
     let median = latencies.get(latencies.len() / 2).copied();
     eprintln!(

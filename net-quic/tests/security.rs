@@ -80,11 +80,14 @@ async fn a_peer_cannot_claim_another_nodes_id() {
     )
     .await
     .unwrap();
-    let mut send = conn.open_uni().await.unwrap();
-    send.write_all(&[1]).await.unwrap();
-    send.write_all(&encode(&Msg::Seq { n: 33 }, 1024).unwrap())
-        .await
-        .unwrap();
+    let mut send = bounded("open stream", conn.open_uni()).await.unwrap();
+    bounded("write", send.write_all(&[1])).await.unwrap();
+    bounded(
+        "write",
+        send.write_all(&encode(&Msg::Seq { n: 33 }, 1024).unwrap()),
+    )
+    .await
+    .unwrap();
     send.finish().unwrap();
     let m = bounded("raw message", rx1.peer.recv()).await.unwrap();
     assert_eq!((m.from, m.msg), (NodeId(2), Msg::Seq { n: 33 }));
@@ -110,8 +113,8 @@ async fn a_client_certificate_cannot_act_as_a_node() {
     )
     .await
     .unwrap();
-    if let Ok(mut send) = conn.open_uni().await {
-        let _ = send.write_all(&[1]).await;
+    if let Ok(mut send) = bounded("open stream", conn.open_uni()).await {
+        let _ = bounded("write", send.write_all(&[1])).await;
         let _ = send
             .write_all(&encode(&Msg::Seq { n: 1 }, 1024).unwrap())
             .await;
@@ -142,11 +145,14 @@ async fn the_client_alpn_cannot_send_peer_messages() {
         )
         .await
         .unwrap();
-        let mut send = conn.open_uni().await.unwrap();
-        send.write_all(&[1]).await.unwrap();
-        send.write_all(&encode(&Msg::Seq { n: 1 }, 1024).unwrap())
-            .await
-            .unwrap();
+        let mut send = bounded("open stream", conn.open_uni()).await.unwrap();
+        bounded("write", send.write_all(&[1])).await.unwrap();
+        bounded(
+            "write",
+            send.write_all(&encode(&Msg::Seq { n: 1 }, 1024).unwrap()),
+        )
+        .await
+        .unwrap();
         send.finish().unwrap();
         let code = bounded("closed", close_code(&conn)).await;
         assert_eq!(code, Some(u64::from(codes::PROTOCOL_VIOLATION)));
@@ -171,9 +177,9 @@ async fn send_raw_peer_stream(
     )
     .await
     .unwrap();
-    let mut send = conn.open_uni().await.unwrap();
-    let _ = send.write_all(&[1]).await;
-    let _ = send.write_all(bytes).await;
+    let mut send = bounded("open stream", conn.open_uni()).await.unwrap();
+    let _ = bounded("write", send.write_all(&[1])).await;
+    let _ = bounded("write", send.write_all(bytes)).await;
     let _ = send.finish();
     bounded("closed", close_code(&conn)).await
 }
@@ -222,8 +228,8 @@ async fn garbage_on_a_peer_stream_closes_the_connection_with_a_counted_error() {
     )
     .await
     .unwrap();
-    let mut send = conn.open_uni().await.unwrap();
-    send.write_all(&[77]).await.unwrap();
+    let mut send = bounded("open stream", conn.open_uni()).await.unwrap();
+    bounded("write", send.write_all(&[77])).await.unwrap();
     send.finish().unwrap();
     assert_eq!(
         bounded("closed", close_code(&conn)).await,
@@ -238,9 +244,9 @@ async fn garbage_on_a_peer_stream_closes_the_connection_with_a_counted_error() {
         )
         .await
         .unwrap();
-        let mut send = conn.open_uni().await.unwrap();
-        send.write_all(&[1]).await.unwrap();
-        send.write_all(&valid).await.unwrap();
+        let mut send = bounded("open stream", conn.open_uni()).await.unwrap();
+        bounded("write", send.write_all(&[1])).await.unwrap();
+        bounded("write", send.write_all(&valid)).await.unwrap();
         send.finish().unwrap();
         bounded("valid frame", rx1.peer.recv()).await.unwrap()
     };
@@ -265,8 +271,8 @@ async fn a_bad_client_request_frame_closes_the_client_connection_with_a_counted_
         )
         .await
         .unwrap();
-        let (mut send, _recv) = conn.open_bi().await.unwrap();
-        let _ = send.write_all(bytes).await;
+        let (mut send, _recv) = bounded("open stream", conn.open_bi()).await.unwrap();
+        let _ = bounded("write", send.write_all(bytes)).await;
         let _ = send.finish();
         let code = bounded("closed", close_code(&conn)).await;
         assert_eq!(code, Some(u64::from(codes::BAD_FRAME)));

@@ -102,7 +102,8 @@ pub async fn recv_within(rx: &mut Receivers<Test>, wait: Duration) -> Option<Pee
         .flatten()
 }
 
-/// A raw QUIC connection to `addr` as `creds`, offering `alpn`, dialling server name `name`.
+/// A raw QUIC connection to `addr` as `creds`, offering `alpn`, dialling server name `name`
+/// (bounded by [`TEST_TIMEOUT`]).
 pub async fn raw_connect(
     creds: &Credentials,
     alpn: &[u8],
@@ -111,7 +112,11 @@ pub async fn raw_connect(
 ) -> Result<quinn::Connection, quinn::ConnectionError> {
     let endpoint = quinn::Endpoint::client(loopback()).unwrap();
     let config = creds.quinn_client_config(alpn).unwrap();
-    endpoint.connect_with(config, addr, name).unwrap().await
+    bounded(
+        "raw connect",
+        endpoint.connect_with(config, addr, name).unwrap(),
+    )
+    .await
 }
 
 /// Waits until the connection is closed and returns the application error code, if any.
