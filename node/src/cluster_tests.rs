@@ -401,24 +401,23 @@ async fn followers_redirect_writes_and_limits_give_typed_errors() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_node_behind_a_compacted_log_catches_up_from_a_snapshot() {
-    let small_snapshots = |config: &mut ServeConfig| config.snapshot.entries = 10;
+    let small_snapshots = |config: &mut ServeConfig| {
+        config.snapshot.entries = 10;
+        config.snapshot.trailing_entries = 5;
+    };
     let mut cluster = TestCluster::start(3, small_snapshots).await;
     cluster.put("before", "1").await;
     let leader = cluster.leader().await;
     let lagging = (1..=3).find(|&id| id != leader).unwrap();
     cluster.stop(lagging).await;
-    // Sequential writes: one entry each, far more than the snapshot interval plus the store's
-    // trailing entries, so the lagging node needs a snapshot.
-    for i in 0..1100 {
+    // Sequential writes: one entry each, more than the snapshot interval plus the trailing
+    // entries, so the lagging node needs a snapshot.
+    for i in 0..100 {
         cluster.put(&format!("k{i}"), "v").await;
     }
     cluster.restart(lagging, small_snapshots).await;
     assert_eq!(
-        value(
-            cluster
-                .get(lagging, "k1099", Consistency::Linearizable)
-                .await
-        ),
+        value(cluster.get(lagging, "k99", Consistency::Linearizable).await),
         Some("v".into())
     );
     assert_eq!(

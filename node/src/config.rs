@@ -28,6 +28,10 @@
 //! max_key_bytes = 8192
 //! max_value_bytes = 1048576
 //! max_request_bytes = 2097152
+//!
+//! [snapshot]                       # optional; defaults shown
+//! entries = 10000                  # snapshot + compact after this many applied entries (or 64 MiB)
+//! trailing_entries = 1024          # entries kept below the snapshot for slightly lagging followers
 //! ```
 //!
 //! Unknown keys are refused, so a typo is an error rather than a silently ignored setting.
@@ -170,11 +174,17 @@ impl Default for LimitsConfig {
 pub struct SnapshotConfig {
     /// Take a snapshot once this many entries were applied since the last one.
     pub entries: u64,
+    /// Entries kept in the log at and below a snapshot's index, so a follower slightly behind
+    /// gets entries rather than a whole snapshot (0: compact everything the snapshot covers).
+    pub trailing_entries: u64,
 }
 
 impl Default for SnapshotConfig {
     fn default() -> Self {
-        SnapshotConfig { entries: 10_000 }
+        SnapshotConfig {
+            entries: 10_000,
+            trailing_entries: 1024,
+        }
     }
 }
 

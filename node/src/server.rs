@@ -8,7 +8,7 @@
 
 use std::net::SocketAddr;
 use std::sync::Arc;
-use std::time::{SystemTime, UNIX_EPOCH};
+use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
 use consensus_core::{ConfState, Raft, ReadMode, Storage};
 use net_quic::{Credentials, Endpoint, EndpointConfig, Limits, NodeId as NetNodeId};
@@ -127,8 +127,13 @@ impl Server {
             group_id: 0,
         };
         let data_dir = config.data_dir.clone();
+        let trailing_entries = config.snapshot.trailing_entries;
         let store = tokio::task::spawn_blocking(move || {
-            RaftStore::open(&data_dir, identity, bootstrap, StoreOptions::default())
+            let options = StoreOptions {
+                trailing_entries,
+                ..StoreOptions::default()
+            };
+            RaftStore::open(&data_dir, identity, bootstrap, options)
         })
         .await
         .map_err(|e| ServeError::Stopped(format!("opening the store: {e}")))??;
@@ -156,10 +161,14 @@ impl Server {
         let rng = rand_chacha::ChaCha8Rng::seed_from_u64(seed);
         let raft = Raft::new(raft_config, store, rng)?;
 
+        // A peer that restarted is reached again only once the connection to its previous
+        // incarnation times out: keep that short on a cluster link.
         let limits = Limits {
             max_frame_len: (config.limits.max_request_bytes as usize)
                 .max(config.raft.max_msg_bytes as usize * 2)
                 .max(Limits::default().max_frame_len),
+            keep_alive: Duration::from_millis(500),
+            idle_timeout: Duration::from_secs(3),
             ..Limits::default()
         };
         let endpoint_config = EndpointConfig {
