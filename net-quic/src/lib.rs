@@ -9,10 +9,13 @@
 //! ## Pieces
 //! - [`Endpoint`]: one per node, server and client at once. [`Endpoint::send`] queues a small
 //!   (consensus-class) message to a peer and never blocks: when the peer's queue is full the new
-//!   message is dropped and counted ([`Endpoint::send_wait`] waits for room instead).
-//!   [`Endpoint::send_bulk`] queues a bulk (snapshot) message and
-//!   waits while the bulk queue is full. Inbound peer messages and client requests arrive on the
-//!   [`Receivers`] returned by [`Endpoint::bind`], tagged with the sender's authenticated identity.
+//!   message is dropped and counted ([`Endpoint::send_wait`] waits for room instead;
+//!   [`Endpoint::send_encoded`] sends one pre-encoded frame to many peers). [`Endpoint::send_bulk`]
+//!   queues a bulk (snapshot) message on its own stream and waits while the bulk queue is full.
+//!   Inbound peer messages and client requests arrive on the [`Receivers`] returned by
+//!   [`Endpoint::bind`], tagged with the sender's authenticated identity; a request carries a
+//!   [`Responder`] for its reply. [`Endpoint::stats`] reads the counters, [`Endpoint::shutdown`]
+//!   drains the queues for a grace period and reports what was left.
 //! - [`Client`]: request/response against a node on the client ALPN, each request awaited with a
 //!   timeout.
 //! - [`frame`]: the codec (version byte, `u32` length, postcard payload, hard size limit).
@@ -23,6 +26,17 @@
 //! A peer's node id is read from its certificate (DNS SAN `node-<id>.<cluster>`), checked by the TLS
 //! handshake against the cluster CA; nothing the peer sends can change it. Clients hold
 //! `client-<name>.<cluster>` certificates, which the peer ALPN refuses.
+//!
+//! ## Certificate folder
+//! [`certs::write_dev_certs`] (and `cargo xtask certs --dir DIR`) writes PEM files into one folder,
+//! which [`Credentials::load_node`] and [`Credentials::load_client`] read back:
+//!
+//! ```text
+//! DIR/ca.pem                    cluster CA certificate (trusted by every party)
+//! DIR/ca.key                    CA key (dev only; reused when more certificates are added)
+//! DIR/node-<id>.pem, .key       node <id>: DNS SAN node-<id>.<cluster>, server + client auth
+//! DIR/client-<name>.pem, .key   client <name>: DNS SAN client-<name>.<cluster>, client auth
+//! ```
 //!
 //! ## Example
 //! ```no_run
