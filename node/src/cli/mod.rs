@@ -6,7 +6,6 @@
 //! [`args::EXIT_CODES_HELP`] and shown by `quorate --help`.
 
 pub mod args;
-mod json;
 mod output;
 
 use std::path::Path;

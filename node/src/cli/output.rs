@@ -3,14 +3,8 @@
 use bytes::Bytes;
 
 use super::args::{ClusterCommand, ConsistencyArg, KvCommand};
-use super::json::Json;
-
-/// Builds a JSON object: `obj! { "name": value, ... }`.
-macro_rules! obj {
-    ($($name:literal : $value:expr),* $(,)?) => {
-        Json::obj(vec![$(($name, Json::from($value))),*] as Vec<(&str, Json)>)
-    };
-}
+use serde::Serialize;
+use serde_json::json;
 
 use super::{CliError, Outcome};
 use crate::client::{CasOutcome, Client, ClientError};
@@ -20,7 +14,7 @@ use crate::proto::{Consistency, KeyValue, Member, NodeStatus, Role};
 pub(super) fn print_json_error(error: &CliError) {
     println!(
         "{}",
-        obj! { "error": error.to_string(), "kind": error.kind(), "exit_code": error.exit_code() }
+        json!({ "error": error.to_string(), "kind": error.kind(), "exit_code": error.exit_code() })
     );
 }
 
@@ -45,25 +39,43 @@ fn text(bytes: &[u8]) -> String {
     }
 }
 
-/// JSON fields for bytes: `name` as a string if UTF-8, else `name_hex`.
-fn bytes_field(object: &mut Json, name: &str, bytes: &[u8]) {
-    match std::str::from_utf8(bytes) {
-        Ok(s) => object.push(name, Json::from(s)),
-        Err(_) => object.push(
-            &format!("{name}_hex"),
-            Json::Str(bytes.iter().map(|b| format!("{b:02x}")).collect()),
-        ),
+/// Bytes in JSON: a string if they are UTF-8, else `{"hex": "..."}`.
+#[derive(Serialize)]
+#[serde(untagged)]
+enum BytesOut {
+    Utf8(String),
+    Binary { hex: String },
+}
+
+impl From<&[u8]> for BytesOut {
+    fn from(bytes: &[u8]) -> Self {
+        match std::str::from_utf8(bytes) {
+            Ok(s) => BytesOut::Utf8(s.to_string()),
+            Err(_) => BytesOut::Binary {
+                hex: bytes.iter().map(|b| format!("{b:02x}")).collect(),
+            },
+        }
     }
 }
 
-fn kv_json(kv: &KeyValue) -> Json {
-    let mut object = obj! {};
-    bytes_field(&mut object, "key", &kv.key);
-    bytes_field(&mut object, "value", &kv.value);
-    object.push("create_revision", kv.create_revision.into());
-    object.push("mod_revision", kv.mod_revision.into());
-    object.push("version", kv.version.into());
-    object
+/// A stored pair, as `--json` prints it.
+#[derive(Serialize)]
+struct KvOut {
+    key: BytesOut,
+    value: BytesOut,
+    create_revision: u64,
+    mod_revision: u64,
+    version: u64,
+}
+
+fn kv_json(kv: &KeyValue) -> KvOut {
+    KvOut {
+        key: kv.key.as_ref().into(),
+        value: kv.value.as_ref().into(),
+        create_revision: kv.create_revision,
+        mod_revision: kv.mod_revision,
+        version: kv.version,
+    }
 }
 
 fn quoted(key: &[u8]) -> String {
@@ -80,7 +92,7 @@ pub(super) async fn kv(
         KvCommand::Put { key, value } => {
             let revision = client.put(key.clone(), value).await?;
             if json {
-                println!("{}", obj! { "key": key, "revision": revision });
+                println!("{}", json!({ "key": key, "revision": revision }));
             } else {
                 println!("OK (revision {revision})");
             }
@@ -97,7 +109,7 @@ pub(super) async fn kv(
                 (Some(kv), true) => {
                     println!(
                         "{}",
-                        obj! { "found": true, "revision": revision, "kv": kv_json(&kv) }
+                        json!({ "found": true, "revision": revision, "kv": kv_json(&kv) })
                     );
                     Ok(Outcome::Success)
                 }
@@ -108,7 +120,7 @@ pub(super) async fn kv(
                 (None, true) => {
                     println!(
                         "{}",
-                        obj! { "found": false, "key": key, "revision": revision }
+                        json!({ "found": false, "key": key, "revision": revision })
                     );
                     Ok(Outcome::ConditionFailed)
                 }
@@ -123,7 +135,7 @@ pub(super) async fn kv(
             if json {
                 println!(
                     "{}",
-                    obj! { "key": key, "deleted": deleted, "revision": revision }
+                    json!({ "key": key, "deleted": deleted, "revision": revision })
                 );
             } else if deleted {
                 println!("deleted {key:?} (revision {revision})");
@@ -156,10 +168,10 @@ pub(super) async fn kv(
             };
             let page = client.scan(start, end, limit, consistency(c)?).await?;
             if json {
-                let kvs: Vec<Json> = page.kvs.iter().map(kv_json).collect();
+                let kvs: Vec<KvOut> = page.kvs.iter().map(kv_json).collect();
                 println!(
                     "{}",
-                    obj! { "revision": page.revision, "count": kvs.len(), "more": page.more, "kvs": kvs }
+                    json!({ "revision": page.revision, "count": kvs.len(), "more": page.more, "kvs": kvs })
                 );
             } else {
                 for kv in &page.kvs {
@@ -192,7 +204,7 @@ pub(super) async fn kv(
                     if json {
                         println!(
                             "{}",
-                            obj! { "key": key, "succeeded": true, "revision": revision }
+                            json!({ "key": key, "succeeded": true, "revision": revision })
                         );
                     } else {
                         println!("OK (revision {revision})");
@@ -203,12 +215,12 @@ pub(super) async fn kv(
                     if json {
                         println!(
                             "{}",
-                            obj! {
+                            json!({
                                 "key": key,
                                 "succeeded": false,
                                 "revision": revision,
                                 "current": current.as_ref().map(kv_json),
-                            }
+                            })
                         );
                     } else {
                         match current {
@@ -249,29 +261,69 @@ fn role_name(role: Role) -> &'static str {
     }
 }
 
-fn status_json(status: &NodeStatus) -> Json {
-    obj! {
-        "id": status.id,
-        "cluster": status.cluster.clone(),
-        "role": role_name(status.role),
-        "term": status.term,
-        "leader": status.leader,
-        "commit_index": status.commit_index,
-        "applied_index": status.applied_index,
-        "last_index": status.last_index,
-        "persisted_index": status.persisted_index,
-        "snapshot_index": status.snapshot_index,
-        "revision": status.revision,
-        "keys": status.keys,
+/// One member's status, as `cluster status --json` prints it.
+#[derive(Serialize)]
+struct StatusOut {
+    id: u64,
+    addr: Option<String>,
+    reachable: bool,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    error: Option<String>,
+    #[serde(flatten, skip_serializing_if = "Option::is_none")]
+    status: Option<StatusFields>,
+}
+
+/// The fields a member reports about itself.
+#[derive(Serialize)]
+struct StatusFields {
+    cluster: String,
+    role: &'static str,
+    term: u64,
+    leader: Option<u64>,
+    commit_index: u64,
+    applied_index: u64,
+    last_index: u64,
+    persisted_index: u64,
+    snapshot_index: u64,
+    revision: u64,
+    keys: u64,
+}
+
+impl From<&NodeStatus> for StatusFields {
+    fn from(status: &NodeStatus) -> Self {
+        StatusFields {
+            cluster: status.cluster.clone(),
+            role: role_name(status.role),
+            term: status.term,
+            leader: status.leader,
+            commit_index: status.commit_index,
+            applied_index: status.applied_index,
+            last_index: status.last_index,
+            persisted_index: status.persisted_index,
+            snapshot_index: status.snapshot_index,
+            revision: status.revision,
+            keys: status.keys,
+        }
     }
 }
 
-fn member_json(member: &Member) -> Json {
-    obj! {
-        "id": member.id,
-        "addr": member.addr.map(|a| a.to_string()),
-        "voter": member.voter,
-        "leader": member.leader,
+/// A member, as `cluster members --json` prints it.
+#[derive(Serialize)]
+struct MemberOut {
+    id: u64,
+    addr: Option<String>,
+    voter: bool,
+    leader: bool,
+}
+
+impl From<&Member> for MemberOut {
+    fn from(member: &Member) -> Self {
+        MemberOut {
+            id: member.id,
+            addr: member.addr.map(|a| a.to_string()),
+            voter: member.voter,
+            leader: member.leader,
+        }
     }
 }
 
@@ -293,26 +345,19 @@ pub(super) async fn cluster(
                 .map(|s| s.id)
                 .collect();
             if json {
-                let nodes: Vec<Json> = statuses
+                let nodes: Vec<StatusOut> = statuses
                     .iter()
-                    .map(|(id, s)| match s {
-                        Ok(status) => {
-                            let mut v = status_json(status);
-                            v.push("addr", addrs.get(id).map(|a| a.to_string()).into());
-                            v.push("reachable", true.into());
-                            v
-                        }
-                        Err(error) => obj! {
-                            "id": *id,
-                            "addr": addrs.get(id).map(|a| a.to_string()),
-                            "reachable": false,
-                            "error": error.to_string(),
-                        },
+                    .map(|(id, s)| StatusOut {
+                        id: *id,
+                        addr: addrs.get(id).map(|a| a.to_string()),
+                        reachable: s.is_ok(),
+                        error: s.as_ref().err().map(|e| e.to_string()),
+                        status: s.as_ref().ok().map(StatusFields::from),
                     })
                     .collect();
                 println!(
                     "{}",
-                    obj! { "leader": leaders.first().copied(), "reachable": reachable, "nodes": nodes }
+                    json!({ "leader": leaders.first().copied(), "reachable": reachable, "nodes": nodes })
                 );
             } else {
                 println!(
@@ -376,8 +421,8 @@ pub(super) async fn cluster(
         ClusterCommand::Members => {
             let (members, leader) = client.members().await?;
             if json {
-                let list: Vec<Json> = members.iter().map(member_json).collect();
-                println!("{}", obj! { "leader": leader, "members": list });
+                let list: Vec<MemberOut> = members.iter().map(MemberOut::from).collect();
+                println!("{}", json!({ "leader": leader, "members": list }));
             } else {
                 println!("{:<4} {:<22} {:<8} LEADER", "ID", "ADDRESS", "KIND");
                 for m in &members {
@@ -399,7 +444,7 @@ pub(super) async fn cluster(
             if json {
                 println!(
                     "{}",
-                    obj! { "added": id, "addr": addr.to_string(), "kind": kind }
+                    json!({ "added": id, "addr": addr.to_string(), "kind": kind })
                 );
             } else {
                 println!(
@@ -411,7 +456,7 @@ pub(super) async fn cluster(
         ClusterCommand::Remove { id } => {
             client.remove_member(id).await?;
             if json {
-                println!("{}", obj! { "removed": id });
+                println!("{}", json!({ "removed": id }));
             } else {
                 println!("removed node {id}; its process can be stopped now");
             }
@@ -420,7 +465,7 @@ pub(super) async fn cluster(
         ClusterCommand::TransferLeader { id } => {
             client.transfer_leader(id).await?;
             if json {
-                println!("{}", obj! { "leader": id });
+                println!("{}", json!({ "leader": id }));
             } else {
                 println!("node {id} is the leader now");
             }
