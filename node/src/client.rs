@@ -401,6 +401,18 @@ impl Client {
 
     /// Sends `request` until a member serves it or the deadline passes.
     async fn call(&self, request: &Request, route: Route) -> Result<(u64, Reply), ClientError> {
+        self.call_tracked(request, route, &mut false).await
+    }
+
+    /// [`Client::call`], also telling through `uncertain` whether an earlier attempt may have
+    /// been executed without its reply reaching us (a timeout, a lost connection, a leader
+    /// change): a refusal of the final attempt may then be caused by that earlier execution.
+    async fn call_tracked(
+        &self,
+        request: &Request,
+        route: Route,
+        uncertain: &mut bool,
+    ) -> Result<(u64, Reply), ClientError> {
         let started = Instant::now();
         let deadline = started + self.config.timeout;
         let mut backoff = self.config.backoff_initial;
@@ -447,6 +459,9 @@ impl Client {
                 }
                 Ok(Err(error)) if is_transient(&error) => {
                     last = format!("node {target}: {error}");
+                    if matches!(error, ServerError::Timeout | ServerError::LeaderChanged) {
+                        *uncertain = true;
+                    }
                     if self.leader_hint() == Some(target) {
                         self.set_leader(None);
                     }
@@ -454,6 +469,12 @@ impl Client {
                 }
                 Ok(Err(error)) => return Err(ClientError::Refused(error)),
                 Err(error) => {
+                    if !matches!(
+                        error,
+                        RequestError::UnknownNode(_) | RequestError::Connect(_)
+                    ) {
+                        *uncertain = true;
+                    }
                     last = format!("node {target}: {}", describe_request_error(&error));
                     if self.leader_hint() == Some(target) {
                         self.set_leader(None);
@@ -721,26 +742,58 @@ impl Client {
         addr: SocketAddr,
         learner: bool,
     ) -> Result<(), ClientError> {
-        self.admin(AdminRequest::AddMember { id, addr, learner })
-            .await?;
+        let mut uncertain = false;
+        let result = self
+            .admin(
+                AdminRequest::AddMember { id, addr, learner },
+                &mut uncertain,
+            )
+            .await;
+        match result {
+            // A retry refused because an earlier, unanswered attempt already added the node.
+            Err(ClientError::Refused(ServerError::InvalidMembership(_))) if uncertain => {
+                let (members, _) = self.members().await?;
+                if !members.iter().any(|m| m.id == id) {
+                    return result;
+                }
+            }
+            other => other?,
+        }
         self.learn_member(id, addr);
         Ok(())
     }
 
     /// Removes member `id`.
     pub async fn remove_member(&self, id: u64) -> Result<(), ClientError> {
-        self.admin(AdminRequest::RemoveMember { id }).await
+        let mut uncertain = false;
+        let result = self
+            .admin(AdminRequest::RemoveMember { id }, &mut uncertain)
+            .await;
+        match result {
+            // A retry refused because an earlier, unanswered attempt already removed the node
+            // (a node that never was a member is refused on the first attempt).
+            Err(ClientError::Refused(ServerError::UnknownNode(node)))
+                if uncertain && node == id =>
+            {
+                Ok(())
+            }
+            other => other,
+        }
     }
 
     /// Asks the leader to hand leadership to `to`; returns once `to` leads.
     pub async fn transfer_leader(&self, to: u64) -> Result<(), ClientError> {
-        self.admin(AdminRequest::TransferLeader { to }).await?;
+        self.admin(AdminRequest::TransferLeader { to }, &mut false)
+            .await?;
         self.set_leader(Some(to));
         Ok(())
     }
 
-    async fn admin(&self, request: AdminRequest) -> Result<(), ClientError> {
-        match self.call(&Request::Admin(request), Route::Leader).await? {
+    async fn admin(&self, request: AdminRequest, uncertain: &mut bool) -> Result<(), ClientError> {
+        match self
+            .call_tracked(&Request::Admin(request), Route::Leader, uncertain)
+            .await?
+        {
             (_, Reply::Done) => Ok(()),
             (node, other) => Err(unexpected(node, &other)),
         }
