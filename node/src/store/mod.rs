@@ -198,6 +198,8 @@ pub struct RaftStore {
     wal: Arc<Wal>,
     view: LogView,
     snapshot_data: Bytes,
+    /// Reused encoding buffer of `submit`.
+    encode_buf: Vec<u8>,
     syncer: Syncer,
     recovery: Recovery,
 }
@@ -314,6 +316,7 @@ impl RaftStore {
             wal,
             view,
             snapshot_data,
+            encode_buf: Vec::new(),
             syncer,
             recovery,
         })
@@ -375,17 +378,30 @@ impl RaftStore {
                 None
             }
         };
-        let mut payloads = Vec::with_capacity(persist.entries.len() + 2);
+        // All records of the write are encoded into one reused buffer.
+        let mut buf = std::mem::take(&mut self.encode_buf);
+        buf.clear();
+        let mut ends = Vec::with_capacity(persist.entries.len() + 2);
+        let mut push = |record: RecordRef<'_>, buf: &mut Vec<u8>| -> Result<()> {
+            record::encode_into(&record, buf).map_err(|e| StoreError::BadRecord {
+                dir: self.dir.join(WAL_DIR),
+                wal_index: self.wal.next_index(),
+                reason: format!("cannot encode: {e}"),
+            })?;
+            ends.push(buf.len());
+            Ok(())
+        };
         if let Some(snapshot) = &persist.snapshot {
-            payloads.push(self.encode(&RecordRef::InstallSnapshot(&snapshot.meta))?);
+            push(RecordRef::InstallSnapshot(&snapshot.meta), &mut buf)?;
         }
         for entry in &persist.entries {
-            payloads.push(self.encode(&RecordRef::Entry(entry))?);
+            push(RecordRef::Entry(entry), &mut buf)?;
         }
         if let Some(hard_state) = &persist.hard_state {
-            payloads.push(self.encode(&RecordRef::HardState(hard_state))?);
+            push(RecordRef::HardState(hard_state), &mut buf)?;
         }
-        if payloads.is_empty() {
+        if ends.is_empty() {
+            self.encode_buf = buf;
             return Ok(self.wal.last_index());
         }
         if let Some(snapshot) = &persist.snapshot {
@@ -394,7 +410,14 @@ impl RaftStore {
             snapfile::write(self.fs.as_ref(), &self.dir, snapshot)?;
             self.snapshot_data = snapshot.data.clone();
         }
-        let range = self.wal.append_batch(&payloads)?;
+        let records = ends.iter().scan(0, |start, &end| {
+            let record = &buf[*start..end];
+            *start = end;
+            Some(record)
+        });
+        let appended = self.wal.append_batch(records);
+        self.encode_buf = buf;
+        let range = appended?;
         if let Some(staged) = staged {
             self.view = staged;
         }
@@ -502,14 +525,6 @@ impl RaftStore {
         self.syncer.check()?;
         self.wal.sync()?;
         Ok(())
-    }
-
-    fn encode(&self, record: &RecordRef<'_>) -> Result<Vec<u8>> {
-        record::encode(record).map_err(|e| StoreError::BadRecord {
-            dir: self.dir.join(WAL_DIR),
-            wal_index: self.wal.next_index(),
-            reason: format!("cannot encode: {e}"),
-        })
     }
 }
 

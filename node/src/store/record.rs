@@ -36,6 +36,16 @@ pub(crate) fn encode(record: &RecordRef<'_>) -> Result<Vec<u8>, postcard::Error>
     postcard::to_allocvec(record)
 }
 
+/// Appends the encoding of `record` to `buf`.
+pub(crate) fn encode_into(
+    record: &RecordRef<'_>,
+    buf: &mut Vec<u8>,
+) -> Result<(), postcard::Error> {
+    let taken = std::mem::take(buf);
+    *buf = postcard::to_extend(record, taken)?;
+    Ok(())
+}
+
 pub(crate) fn decode(bytes: &[u8]) -> Result<Record, postcard::Error> {
     postcard::from_bytes(bytes)
 }
