@@ -249,7 +249,7 @@ async fn run_async(args: Args) -> Result<()> {
         );
     }
     println!(
-        "quic counters: node 1 sent {} frames ({} dropped, {} lost, {} reconnects); node 2 received {}",
+        "quic counters: node 1 sent {} frames ({} dropped, {} lost, {} reconnects); node 2 received {} (peer frames and requests)",
         sent.frames_sent, sent.dropped_queue_full, sent.lost_in_flight, sent.reconnects, received.frames_received
     );
     let key = results
