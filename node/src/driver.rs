@@ -65,6 +65,9 @@ const WRITE_OVERHEAD: u64 = 64;
 /// Writes proposed in one entry, answered when it is applied.
 struct PendingEntry {
     term: u64,
+    /// The commands as proposed: applied from here rather than decoded again (log matching: the
+    /// entry committed at this index with this term is the one proposed).
+    commands: Vec<Command>,
     /// One slot per command of the batch (`None` for commands nobody waits on).
     waiters: Vec<Option<Responder>>,
 }
@@ -634,6 +637,7 @@ impl Driver {
             commands: std::mem::take(&mut self.batch),
         };
         let waiters = std::mem::take(&mut self.batch_waiters);
+        debug_assert_eq!(batch.commands.len(), waiters.len());
         self.batch_bytes = 0;
         let data = match batch.encode() {
             Ok(data) => data,
@@ -649,6 +653,7 @@ impl Driver {
                     proposed.index,
                     PendingEntry {
                         term: proposed.term,
+                        commands: batch.commands,
                         waiters,
                     },
                 );
@@ -854,20 +859,19 @@ impl Driver {
                 EntryPayload::Noop => {}
                 EntryPayload::Data(data) => {
                     self.applied_bytes_since_snapshot += data.len() as u64;
-                    let batch = Batch::decode(&data)?;
-                    let mut waiters = match waiting {
+                    let (commands, mut waiters) = match waiting {
                         Some(pending) => {
                             self.pending_write_count -= pending.waiters.len();
                             if pending.term == entry.term {
-                                pending.waiters
+                                (pending.commands, pending.waiters)
                             } else {
                                 reply_all(pending.waiters, ServerError::LeaderChanged);
-                                Vec::new()
+                                (Batch::decode(&data)?.commands, Vec::new())
                             }
                         }
-                        None => Vec::new(),
+                        None => (Batch::decode(&data)?.commands, Vec::new()),
                     };
-                    for (i, command) in batch.commands.iter().enumerate() {
+                    for (i, command) in commands.iter().enumerate() {
                         let result = self.kv.apply(command, index);
                         if let Command::SetMemberAddr { id, addr } = command {
                             self.addrs.insert(*id, *addr);

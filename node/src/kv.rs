@@ -51,7 +51,25 @@ pub struct Batch {
 impl Batch {
     /// Encodes for the log.
     pub fn encode(&self) -> Result<Bytes, KvError> {
-        postcard::to_allocvec(self)
+        // Sized up front: one allocation, no regrowth copies.
+        let hint: usize = self
+            .commands
+            .iter()
+            .map(|command| match command {
+                Command::Write { op, .. } => {
+                    let values = match op {
+                        WriteOp::Put { value, .. } => value.len(),
+                        WriteOp::Delete { .. } => 0,
+                        WriteOp::Cas { expected, new, .. } => {
+                            new.len() + expected.as_ref().map_or(0, Bytes::len)
+                        }
+                    };
+                    op.key().len() + values + 48
+                }
+                Command::SetMemberAddr { .. } => 48,
+            })
+            .sum();
+        postcard::to_extend(self, Vec::with_capacity(hint + 8))
             .map(Bytes::from)
             .map_err(|e| KvError::Encode(e.to_string()))
     }
