@@ -9,11 +9,13 @@
 //! - [`config`]: [`config::ServeConfig`], loaded from TOML.
 //! - [`kv`]: the replicated key-value state machine with client sessions.
 //! - [`server`]: [`server::Server::start`] / [`server::serve`], the entry point of `quorate serve`.
+//! - `store`: durable Raft storage on `storage-wal` (group commit, snapshots, WAL compaction).
+//! - [`client`] and [`cli`]: the Rust client and the `quorate` command line.
 
-#[cfg(test)]
-mod cluster_tests;
 pub mod cli;
 pub mod client;
+#[cfg(test)]
+mod cluster_tests;
 pub mod config;
 mod driver;
 pub mod kv;
