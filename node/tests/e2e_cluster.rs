@@ -105,54 +105,59 @@ async fn acknowledged_writes_survive_a_killed_leader_and_the_restarted_node_catc
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_node_restarted_after_the_log_was_compacted_catches_up_from_a_snapshot() {
     let _serial = SERIAL.lock().await;
-    let mut cluster = ProcCluster::start(3, |config| config.snapshot.entries = 100);
+    const TRAILING: u64 = 10;
+    let mut cluster = ProcCluster::start(3, |config| {
+        config.snapshot.entries = 20;
+        config.snapshot.trailing_entries = TRAILING;
+    });
     let client = Arc::new(cluster.client());
     let leader = cluster.wait_leader(&client, &[1, 2, 3]).await;
     let follower = if leader == 1 { 2 } else { 1 };
     client.put("before", "down").await.expect("put");
-    wait_caught_up(&client, leader, follower).await;
+    let follower_last = wait_caught_up(&client, leader, follower).await.last_index;
     cluster.kill(follower);
 
-    // Enough writes that the leader snapshots and compacts past what the follower has, even
-    // with the entries it keeps behind a snapshot for slow followers (1024 by default).
-    let writers = 2;
-    let per_writer = 650;
-    let mut tasks = Vec::new();
-    for w in 0..writers {
+    // Write until the leader has compacted its log past what the follower has: the follower
+    // can then only catch up by installing the leader's snapshot.
+    let mut written = 1u64;
+    let mut round = 0u32;
+    let status = eventually("the leader compacts past the follower's log", || {
         let client = client.clone();
-        tasks.push(tokio::spawn(async move {
-            for i in 0..per_writer {
-                client
-                    .put(format!("w{w:02}-{i:03}"), format!("{i}"))
-                    .await
-                    .expect("put while a follower is down");
+        round += 1;
+        let round = round;
+        written += 4 * 10;
+        async move {
+            let mut tasks = Vec::new();
+            for w in 0..4 {
+                let client = client.clone();
+                tasks.push(tokio::spawn(async move {
+                    for i in 0..10 {
+                        client
+                            .put(format!("r{round:03}-w{w}-{i}"), format!("{i}"))
+                            .await
+                            .expect("put while a follower is down");
+                    }
+                }));
             }
-        }));
-    }
-    for task in tasks {
-        task.await.expect("writer task");
-    }
-    let status = client.status_of(leader).await.expect("leader status");
-    assert!(
-        status.snapshot_index > 0,
-        "the leader took a snapshot: {status:?}"
-    );
+            for task in tasks {
+                task.await.expect("writer task");
+            }
+            let status = client.status_of(leader).await.expect("leader status");
+            (status.snapshot_index > follower_last + TRAILING + 1).then_some(status)
+        }
+    })
+    .await;
 
     cluster.spawn(follower);
     let caught_up = wait_caught_up(&client, leader, follower).await;
-    assert!(caught_up.snapshot_index > 0, "{caught_up:?}");
-    assert_eq!(
-        caught_up.keys,
-        (writers * per_writer + 1) as u64,
-        "the follower has every key"
-    );
+    assert_eq!(caught_up.keys, written, "the follower has every key");
     let log = cluster.log(follower);
     assert!(
         log.contains("installed snapshot from the leader"),
         "the follower caught up through a snapshot (leader before restart: {status:?}; \
          follower now: {caught_up:?}); its log:\n{log}"
     );
-    for key in ["before", "w00-000", "w01-649"] {
+    for key in ["before", "r001-w0-0", "r001-w3-9"] {
         assert!(
             client
                 .get_from(follower, key, Consistency::Stale)
