@@ -176,7 +176,7 @@ pub enum ClientError {
     Endpoint(#[from] net_quic::BindError),
     /// No member served the request before the deadline. For a write, it may or may not have
     /// been applied.
-    #[error("no leader reachable at {endpoints} within {elapsed:?} ({attempts} attempts; last error: {last}): is the cluster running? try `quorate cluster status`")]
+    #[error("no leader reachable at {endpoints} within {} ({attempts} attempts; last error: {last}): is the cluster running? try `quorate cluster status`", human_duration(*.elapsed))]
     Unavailable {
         /// The members tried.
         endpoints: String,
@@ -920,9 +920,18 @@ fn is_transient(error: &ServerError) -> bool {
 
 fn describe_request_error(error: &RequestError) -> String {
     match error {
-        RequestError::Timeout(after) => format!("no reply within {after:?}"),
+        RequestError::Timeout(after) => format!("no reply within {}", human_duration(*after)),
         RequestError::Connection(e) => format!("connection failed: {e}"),
         other => other.to_string(),
+    }
+}
+
+/// A duration as people read it: `850ms`, `1.2s`.
+pub fn human_duration(duration: Duration) -> String {
+    if duration < Duration::from_secs(1) {
+        format!("{}ms", duration.as_millis())
+    } else {
+        format!("{:.1}s", duration.as_secs_f64())
     }
 }
 
@@ -974,6 +983,13 @@ mod tests {
             parse_endpoints(Vec::<String>::new()),
             Err(ClientError::NoEndpoints)
         ));
+    }
+
+    #[test]
+    fn durations_read_like_people_write_them() {
+        assert_eq!(human_duration(Duration::from_millis(945)), "945ms");
+        assert_eq!(human_duration(Duration::from_millis(1001)), "1.0s");
+        assert_eq!(human_duration(Duration::from_millis(12_340)), "12.3s");
     }
 
     #[test]

@@ -156,7 +156,11 @@ fn client(global: &GlobalArgs) -> Result<Client, CliError> {
     let mut config =
         ClientConfig::from_cert_dir(&global.cluster, certs, &global.client_name, endpoints)?;
     config.timeout = global.timeout;
-    config.attempt_timeout = global.timeout.min(Duration::from_secs(2));
+    // Leave time to try every listed member at least once within the operation's deadline.
+    let members = config.endpoints.len().max(1) as u32;
+    config.attempt_timeout = (global.timeout / members)
+        .clamp(Duration::from_millis(300), Duration::from_secs(2))
+        .min(global.timeout);
     Ok(Client::connect(config)?)
 }
 
