@@ -100,7 +100,7 @@ fn measure(harness: &mut dyn Harness, outstanding: usize, seconds: f64) -> anyho
         in_flight -= done;
         committed += done as u64;
         rounds += 1;
-        if rounds % 64 == 0 && cpu_seconds() - start >= seconds {
+        if rounds.is_multiple_of(64) && cpu_seconds() - start >= seconds {
             break;
         }
         if rounds > 1_000 && committed == 0 {
@@ -443,7 +443,7 @@ pub fn run(args: Args) -> anyhow::Result<()> {
         }
         return reexec(&args);
     }
-    if args.outstanding.iter().any(|&n| n == 0) {
+    if args.outstanding.contains(&0) {
         bail!("--outstanding must be at least 1");
     }
     if !release {
@@ -466,7 +466,7 @@ pub fn run(args: Args) -> anyhow::Result<()> {
             outstanding,
             args.seconds,
         )?;
-        let peer = if with_peer {
+        let peer: Option<f64> = if with_peer {
             #[cfg(feature = "raft-rs")]
             {
                 Some(best_of(
