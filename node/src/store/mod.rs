@@ -99,6 +99,10 @@ pub struct StoreOptions {
     /// Entries kept at and below a local snapshot's index, for followers slightly behind.
     /// 0 gives exactly `MemStorage`'s semantics. Default 1024.
     pub trailing_entries: u64,
+    /// Run the background sync thread (default). Without it, writes become durable only through
+    /// [`RaftStore::sync`] / [`RaftStore::wait_durable`] (which also publish on
+    /// [`RaftStore::subscribe_durable`]), for drivers that sync on their own schedule.
+    pub background_sync: bool,
 }
 
 impl Default for StoreOptions {
@@ -106,6 +110,7 @@ impl Default for StoreOptions {
         StoreOptions {
             wal: storage_wal::Options::default(),
             trailing_entries: 1024,
+            background_sync: true,
         }
     }
 }
@@ -296,7 +301,7 @@ impl RaftStore {
             wal.sync()?;
         }
         let wal = Arc::new(wal);
-        let syncer = Syncer::start(wal.clone());
+        let syncer = Syncer::start(wal.clone(), options.background_sync);
         tracing::info!(
             dir = %dir.display(),
             first_index = view.first,
@@ -446,15 +451,25 @@ impl RaftStore {
     /// group commit, and returns the durable WAL index.
     pub fn wait_durable(&self, index: u64) -> Result<u64> {
         self.syncer.check()?;
-        if index <= self.wal.durable_index() {
-            return Ok(self.wal.durable_index());
+        let durable = self.wal.durable_index();
+        if index <= durable {
+            return Ok(durable);
         }
-        Ok(self.wal.wait_durable(index)?)
+        let durable = self.wal.wait_durable(index)?;
+        self.syncer.publish(durable);
+        Ok(durable)
     }
 
     /// Makes everything submitted so far durable and returns the durable WAL index.
     pub fn sync(&self) -> Result<u64> {
-        Ok(self.wal.sync()?)
+        let durable = self.wal.sync()?;
+        self.syncer.publish(durable);
+        Ok(durable)
+    }
+
+    /// WAL index of the last record submitted (durable or not).
+    pub fn submitted_index(&self) -> u64 {
+        self.wal.last_index()
     }
 
     /// WAL index up to which writes are durable now.

@@ -32,7 +32,9 @@ pub(crate) struct Syncer {
 }
 
 impl Syncer {
-    pub(crate) fn start(wal: Arc<Wal>) -> Syncer {
+    /// Starts the thread, or with `background == false` only the channel (durability then
+    /// advances through `publish`, from explicit syncs).
+    pub(crate) fn start(wal: Arc<Wal>, background: bool) -> Syncer {
         let durable_index = wal.durable_index();
         let (durable, _) = watch::channel(Durability {
             index: durable_index,
@@ -46,6 +48,12 @@ impl Syncer {
             wake: Condvar::new(),
             durable,
         });
+        if !background {
+            return Syncer {
+                shared,
+                thread: None,
+            };
+        }
         let thread_shared = shared.clone();
         let thread = std::thread::Builder::new()
             .name("raft-store-sync".into())
@@ -75,6 +83,17 @@ impl Syncer {
             wanted.index = index;
             self.shared.wake.notify_one();
         }
+    }
+
+    /// Publishes a durable index reached by an explicit sync.
+    pub(crate) fn publish(&self, index: u64) {
+        self.shared.durable.send_if_modified(|durable| {
+            let advanced = durable.error.is_none() && index > durable.index;
+            if advanced {
+                durable.index = index;
+            }
+            advanced
+        });
     }
 
     pub(crate) fn subscribe(&self) -> watch::Receiver<Durability> {

@@ -32,6 +32,7 @@ fn options(trailing_entries: u64) -> StoreOptions {
             ..storage_wal::Options::default()
         },
         trailing_entries,
+        background_sync: true,
     }
 }
 
