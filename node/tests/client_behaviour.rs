@@ -1,0 +1,204 @@
+//! The client's retry rules against scripted fake nodes (real QUIC endpoints on loopback that answer
+//! as a test says): a lost reply is retried under the same session sequence number, a redirect is
+//! followed, a refusal is not retried, and a cluster that never answers gives a bounded, explained
+//! failure.
+
+use std::collections::HashMap;
+use std::net::SocketAddr;
+use std::path::Path;
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
+
+use net_quic::{ClientRequest, Credentials, Endpoint, EndpointConfig, Limits, NodeId};
+use node::client::{Client, ClientConfig, ClientError};
+use node::proto::{Quorate, Reply, Request, ServerError, Session, WriteResult};
+
+const CLUSTER: &str = "quorate";
+
+/// What a fake node does with each request it receives: reply, or drop it unanswered (`None`).
+type Script = Box<dyn FnMut(&Request) -> Option<Result<Reply, ServerError>> + Send>;
+
+/// Starts fake node `id` on loopback; returns its address and the requests it saw.
+fn fake_node(certs: &Path, id: u64, mut script: Script) -> (SocketAddr, Arc<Mutex<Vec<Request>>>) {
+    let config = EndpointConfig {
+        cluster: CLUSTER.into(),
+        listen: "127.0.0.1:0".parse().unwrap(),
+        credentials: Credentials::load_node(certs, NodeId(id)).unwrap(),
+        peers: HashMap::new(),
+        limits: Limits::default(),
+    };
+    let (endpoint, mut receivers) = Endpoint::<Quorate>::bind(config).unwrap();
+    let addr = endpoint.local_addr().unwrap();
+    let seen = Arc::new(Mutex::new(Vec::new()));
+    let log = seen.clone();
+    tokio::spawn(async move {
+        let _endpoint = endpoint; // kept alive as long as the task
+        while let Some(ClientRequest {
+            request, responder, ..
+        }) = receivers.requests.recv().await
+        {
+            let answer = script(&request);
+            log.lock().unwrap().push(request);
+            if let Some(answer) = answer {
+                let _ = responder.reply(&answer);
+            }
+        }
+    });
+    (addr, seen)
+}
+
+fn certs() -> tempfile::TempDir {
+    let dir = tempfile::tempdir().unwrap();
+    let nodes: Vec<NodeId> = (1..=3).map(NodeId).collect();
+    net_quic::certs::write_dev_certs(dir.path(), CLUSTER, &nodes, &["test".to_string()]).unwrap();
+    dir
+}
+
+fn client(certs: &Path, endpoints: Vec<(u64, SocketAddr)>, timeout: Duration) -> Client {
+    let mut config = ClientConfig::from_cert_dir(CLUSTER, certs, "test", endpoints).unwrap();
+    config.timeout = timeout;
+    config.attempt_timeout = Duration::from_millis(500);
+    config.backoff_initial = Duration::from_millis(10);
+    Client::connect(config).unwrap()
+}
+
+fn session_of(request: &Request) -> Session {
+    match request {
+        Request::Write { session, .. } => *session,
+        other => panic!("expected a write, got {other:?}"),
+    }
+}
+
+#[tokio::test]
+async fn a_write_whose_reply_is_lost_is_retried_under_the_same_sequence_number() {
+    let dir = certs();
+    let mut calls = 0;
+    let (addr, seen) = fake_node(
+        dir.path(),
+        1,
+        Box::new(move |_| {
+            calls += 1;
+            // The first reply is lost (the stream is reset without an answer).
+            (calls > 1).then_some(Ok(Reply::Write(WriteResult::Put { revision: 7 })))
+        }),
+    );
+    let client = client(dir.path(), vec![(1, addr)], Duration::from_secs(10));
+    assert_eq!(client.put("k", "v").await.unwrap(), 7);
+    assert_eq!(client.put("k", "w").await.unwrap(), 7);
+
+    let seen = seen.lock().unwrap();
+    assert_eq!(seen.len(), 3, "one retry, then one plain write: {seen:?}");
+    let (first, retry, next) = (
+        session_of(&seen[0]),
+        session_of(&seen[1]),
+        session_of(&seen[2]),
+    );
+    assert_eq!(
+        first, retry,
+        "the retry repeats client id and sequence number"
+    );
+    assert_ne!(first.client_id, 0);
+    assert_eq!(next.client_id, first.client_id);
+    assert_eq!(
+        next.seq,
+        first.seq + 1,
+        "the next write takes the next number"
+    );
+    assert_eq!(
+        next.first_unacked, next.seq,
+        "the answered write is acknowledged to the server"
+    );
+}
+
+#[tokio::test]
+async fn a_follower_redirect_is_followed_to_the_leader() {
+    let dir = certs();
+    let (leader_addr, leader_seen) = fake_node(
+        dir.path(),
+        2,
+        Box::new(|_| Some(Ok(Reply::Write(WriteResult::Put { revision: 1 })))),
+    );
+    let (follower_addr, follower_seen) = fake_node(
+        dir.path(),
+        1,
+        Box::new(move |_| {
+            Some(Err(ServerError::NotLeader {
+                leader: Some(2),
+                leader_addr: Some(leader_addr),
+            }))
+        }),
+    );
+    // The client knows only the follower; it learns the leader's address from the redirect.
+    let client = client(
+        dir.path(),
+        vec![(1, follower_addr)],
+        Duration::from_secs(10),
+    );
+    assert_eq!(client.put("k", "v").await.unwrap(), 1);
+    assert_eq!(client.leader_hint(), Some(2));
+    assert_eq!(client.known_members().get(&2), Some(&leader_addr));
+    client.put("k", "w").await.unwrap();
+    assert_eq!(follower_seen.lock().unwrap().len(), 1, "asked once");
+    let leader_seen = leader_seen.lock().unwrap();
+    assert_eq!(
+        leader_seen.len(),
+        2,
+        "the second write goes straight to the leader"
+    );
+    assert_eq!(
+        session_of(&leader_seen[0]),
+        session_of(&follower_seen.lock().unwrap()[0]),
+        "the redirected write keeps its session"
+    );
+}
+
+#[tokio::test]
+async fn a_refusal_is_returned_at_once_and_not_retried() {
+    let dir = certs();
+    let (addr, seen) = fake_node(
+        dir.path(),
+        1,
+        Box::new(|_| {
+            Some(Err(ServerError::KeyTooLarge {
+                size: 100,
+                limit: 64,
+            }))
+        }),
+    );
+    let client = client(dir.path(), vec![(1, addr)], Duration::from_secs(10));
+    let error = client.put("k".repeat(100), "v").await.unwrap_err();
+    assert!(
+        matches!(
+            error.server_error(),
+            Some(ServerError::KeyTooLarge { limit: 64, .. })
+        ),
+        "{error}"
+    );
+    assert_eq!(seen.lock().unwrap().len(), 1);
+}
+
+#[tokio::test]
+async fn a_cluster_that_never_answers_fails_within_the_deadline_with_advice() {
+    let dir = certs();
+    // Addresses where nothing listens.
+    let dead: Vec<(u64, SocketAddr)> = (1..=2)
+        .map(|id| {
+            let socket = std::net::UdpSocket::bind("127.0.0.1:0").unwrap();
+            (id, socket.local_addr().unwrap())
+        })
+        .collect();
+    let client = client(dir.path(), dead, Duration::from_millis(1500));
+    // The client gives up on its own (the outer bound only keeps a broken client from hanging
+    // the test run).
+    let error = tokio::time::timeout(Duration::from_secs(20), client.put("k", "v"))
+        .await
+        .expect("the client gives up by its deadline")
+        .unwrap_err();
+    assert!(matches!(error, ClientError::Unavailable { .. }), "{error}");
+    let text = error.to_string();
+    assert!(
+        text.contains("is the cluster running? try `quorate cluster status`"),
+        "{text}"
+    );
+    assert!(text.contains("1=127.0.0.1:"), "names the endpoints: {text}");
+}
