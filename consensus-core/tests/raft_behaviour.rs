@@ -924,6 +924,51 @@ fn lease_read_is_served_without_a_round_trip() {
     assert!(ready.messages.is_empty());
 }
 
+#[test]
+fn a_lease_lapses_once_the_quorums_acknowledged_heartbeats_are_an_election_timeout_old() {
+    let mut cluster = Cluster::with_config(&[1, 2, 3], |c| c.read_mode = ReadMode::LeaseBased);
+    cluster.elect(1);
+    cluster.propose(1, "v");
+    cluster.isolate(1);
+    // Followers that heard the leader refuse votes for an election timeout from then; the
+    // leader, counting from when it sent, stops trusting its lease before that.
+    let election_tick = cluster.node(1).config().election_tick as usize;
+    for _ in 0..election_tick - 2 {
+        cluster.node(1).tick();
+    }
+    let _ = cluster.node(1).ready();
+    cluster.node(1).read_index(9).unwrap();
+    let ready = cluster.node(1).ready();
+    assert!(
+        ready.reads.is_empty(),
+        "an expired lease must not serve reads"
+    );
+    assert!(ready
+        .messages
+        .iter()
+        .any(|m| matches!(m.body, MessageBody::Heartbeat { .. })));
+}
+
+#[test]
+fn a_leader_that_sent_timeout_now_no_longer_serves_lease_reads() {
+    let mut cluster = Cluster::with_config(&[1, 2, 3], |c| c.read_mode = ReadMode::LeaseBased);
+    cluster.elect(1);
+    cluster.propose(1, "v");
+    cluster.isolate(2);
+    cluster.node(1).transfer_leader(3).unwrap(); // 3 is up to date: TimeoutNow goes out at once
+    let ready = cluster.node(1).ready();
+    assert!(ready
+        .messages
+        .iter()
+        .any(|m| m.body == MessageBody::TimeoutNow));
+    cluster.node(1).read_index(4).unwrap();
+    let ready = cluster.node(1).ready();
+    assert!(
+        ready.reads.is_empty(),
+        "a transfer may elect 3 before the lease ends"
+    );
+}
+
 // ---------------------------------------------------------------- leader transfer, learners, membership
 
 #[test]

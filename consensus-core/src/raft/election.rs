@@ -29,6 +29,7 @@ impl<S: Storage> Raft<S> {
         self.progress.clear();
         self.lead_transferee = None;
         self.reads.clear();
+        self.lease_forfeited = false;
         self.uncommitted_bytes = 0;
         self.broadcast_pending = false;
     }
@@ -80,6 +81,10 @@ impl<S: Storage> Raft<S> {
         // planted Figure 8 bug leaves it out, as the paper's figure does, so the bug can bite.)
         if self.config.planted_bug != Some(PlantedBug::CommitPreviousTermByCounting) {
             self.append_entry(EntryPayload::Noop);
+        }
+        if self.config.read_mode == super::config::ReadMode::LeaseBased {
+            // Start the first lease now rather than at the next tick.
+            self.broadcast_heartbeat();
         }
         if self.conf.is_joint() {
             // A joint configuration outlived its leader: finish the change.
@@ -289,6 +294,7 @@ impl<S: Storage> Raft<S> {
             .get(&to)
             .is_some_and(|p| p.matched == self.log.last_index());
         if caught_up {
+            self.lease_forfeited = true;
             self.send(to, MessageBody::TimeoutNow);
         } else {
             // Bring it up to date first; TimeoutNow follows its acknowledgement.

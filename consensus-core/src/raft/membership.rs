@@ -147,6 +147,7 @@ impl<S: Storage> Raft<S> {
                 .map(|(&id, p)| (id, p.matched));
             if let Some((id, matched)) = successor {
                 if matched == last {
+                    self.lease_forfeited = true;
                     self.send(id, MessageBody::TimeoutNow);
                 }
             }

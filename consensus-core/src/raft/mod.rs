@@ -76,6 +76,11 @@ pub struct Raft<S: Storage> {
     pending_conf_index: u64,
     uncommitted_bytes: u64,
     reads: ReadQueue,
+    /// Ticks since this instance started (the leader's clock for read leases).
+    clock: u64,
+    /// Set once this leader sent TimeoutNow in its term: a transfer may elect another leader
+    /// before any lease runs out, so lease reads stop.
+    lease_forfeited: bool,
     /// Appends to broadcast at the next `ready()` (proposals and commit advances are batched).
     broadcast_pending: bool,
 
@@ -136,6 +141,8 @@ impl<S: Storage> Raft<S> {
             pending_conf_index: 0,
             uncommitted_bytes: 0,
             reads: ReadQueue::default(),
+            clock: 0,
+            lease_forfeited: false,
             broadcast_pending: false,
             messages: Vec::new(),
             held: Vec::new(),
@@ -426,6 +433,7 @@ impl<S: Storage> Consensus for Raft<S> {
     }
 
     fn tick(&mut self) {
+        self.clock += 1;
         if self.role == Role::Leader {
             self.tick_leader();
         } else {

@@ -7,6 +7,16 @@
 //! on check-quorum having made the leader step down before anyone else could be elected.
 //!
 //! Reads requested between two `ready()` calls share one heartbeat round.
+//!
+//! A lease is measured from when heartbeats were *sent*: a follower that acknowledged a heartbeat
+//! sent at leader tick `s` heard from the leader no earlier than `s`, so with check-quorum it refuses
+//! to vote until at least `s + election_tick`. The leader serves lease reads while a quorum acked
+//! heartbeats sent less than `election_tick - LEASE_MARGIN_TICKS` ago, and not at all once it has
+//! sent TimeoutNow (a transfer overrides followers' stickiness). Otherwise it falls back to a
+//! ReadIndex round. Ticks must run at the same rate on every member (bounded drift is the
+//! margin); a member restarted within an election timeout forgets whom it heard, which a lease
+//! cannot see — the thesis' answer (wait an election timeout after restart before voting) is not
+//! built yet.
 
 use std::collections::{BTreeMap, VecDeque};
 
@@ -29,9 +39,18 @@ struct PendingRead {
 }
 
 /// The leader's reads awaiting confirmation of its leadership.
+/// Ticks of clock drift a lease allows for.
+const LEASE_MARGIN_TICKS: u64 = 2;
+/// Heartbeat send times remembered for leases.
+const SENT_ROUNDS_KEPT: usize = 64;
+
 #[derive(Debug, Default)]
 pub(crate) struct ReadQueue {
     round: u64,
+    /// The last round a heartbeat was sent for.
+    last_sent_round: u64,
+    /// (round, leader clock when its first heartbeat left), oldest first.
+    sent_at: VecDeque<(u64, u64)>,
     heartbeat_pending: bool,
     pending: VecDeque<PendingRead>,
     /// Reads received before this term's first commit.
@@ -46,16 +65,36 @@ impl ReadQueue {
         self.pending.clear();
         self.waiting_for_commit.clear();
         self.acked.clear();
+        self.sent_at.clear();
     }
 
     pub(crate) fn heartbeat_pending(&self) -> bool {
         self.heartbeat_pending
     }
 
-    /// The round a heartbeat sent now belongs to.
-    pub(crate) fn start_round(&mut self) -> u64 {
+    /// The round a heartbeat sent now (at leader clock `now`) belongs to. With `fresh`, every
+    /// broadcast gets a round of its own, so acknowledgements date the lease precisely.
+    pub(crate) fn start_round(&mut self, now: u64, fresh: bool) -> u64 {
         self.heartbeat_pending = false;
+        if fresh && self.last_sent_round == self.round {
+            self.round += 1;
+        }
+        if self.last_sent_round != self.round {
+            self.last_sent_round = self.round;
+            self.sent_at.push_back((self.round, now));
+            if self.sent_at.len() > SENT_ROUNDS_KEPT {
+                self.sent_at.pop_front();
+            }
+        }
         self.round
+    }
+
+    /// When the first heartbeat of `round` was sent, if remembered.
+    fn sent_time(&self, round: u64) -> Option<u64> {
+        self.sent_at
+            .iter()
+            .find(|&&(r, _)| r == round)
+            .map(|&(_, at)| at)
     }
 
     pub(crate) fn ack(&mut self, from: NodeId, round: u64) {
@@ -105,12 +144,31 @@ impl<S: Storage> Raft<S> {
             self.reads.waiting_for_commit.push((ctx, from));
             return;
         }
-        if self.config.read_mode == ReadMode::LeaseBased {
+        if self.config.read_mode == ReadMode::LeaseBased && self.lease_valid() {
             self.deliver_read(ctx, from, commit);
             return;
         }
         self.reads.push(ctx, from, commit);
         self.resolve_reads();
+    }
+
+    /// Whether a quorum acknowledged heartbeats recent enough that no other leader can have been
+    /// elected yet (see the module docs).
+    fn lease_valid(&self) -> bool {
+        if self.lease_forfeited || self.lead_transferee.is_some() || !self.config.check_quorum {
+            return false;
+        }
+        let me = self.config.id;
+        let (now, span) = (self.clock, u64::from(self.config.election_tick));
+        let reads = &self.reads;
+        let fresh = quorum::vote_result(&self.conf, |id| {
+            if id == me {
+                return Some(true);
+            }
+            let sent = reads.acked.get(&id).and_then(|&r| reads.sent_time(r));
+            Some(sent.is_some_and(|at| now + LEASE_MARGIN_TICKS < at + span))
+        });
+        fresh == VoteResult::Won
     }
 
     fn deliver_read(&mut self, ctx: u64, from: NodeId, index: u64) {

@@ -1,6 +1,6 @@
 //! Log replication and commitment (Raft §5.3–5.4, thesis §3.5–3.6, §10.2).
 
-use super::config::PlantedBug;
+use super::config::{PlantedBug, ReadMode};
 use super::message::MessageBody;
 use super::progress::ProgressState;
 use super::quorum;
@@ -223,6 +223,7 @@ impl<S: Storage> Raft<S> {
             if self.lead_transferee == Some(from)
                 && self.progress.get(&from).map(|p| p.matched) == Some(self.log.last_index())
             {
+                self.lease_forfeited = true;
                 self.send(from, MessageBody::TimeoutNow);
             }
         } else if progress.state == ProgressState::Replicate {
@@ -262,7 +263,8 @@ impl<S: Storage> Raft<S> {
 
     pub(super) fn broadcast_heartbeat(&mut self) {
         let me = self.config.id;
-        let read_round = self.reads.start_round();
+        let lease = self.config.read_mode == ReadMode::LeaseBased;
+        let read_round = self.reads.start_round(self.clock, lease);
         let commit = self.log.committed;
         let targets: Vec<(NodeId, u64)> = self
             .progress
