@@ -19,6 +19,8 @@
 
 use std::future::Future;
 use std::path::PathBuf;
+#[cfg(test)]
+use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use anyhow::{bail, Context};
@@ -75,7 +77,7 @@ const MEMBERS: usize = 3;
 const REEXEC_ENV: &str = "QUORATE_BENCH_CLUSTER_REEXEC";
 
 /// One handle of a system under test, as used by one client task.
-pub trait KvHandle: Send + 'static {
+pub trait KvHandle: Clone + Send + 'static {
     /// Writes `value` at `key`; returns once the write is durable on a majority.
     fn put(
         &mut self,
@@ -240,10 +242,10 @@ async fn run_system<S: System>(
     phase(warm, 0xff, 1000, Op::Put, &hidden).await?;
     let mut rows = Vec::new();
     for (r, &c) in clients.iter().enumerate() {
+        // The same handles (and connections) for the puts and the gets that follow them.
         let handles = system.handles(c).await?;
         progress.set_message(format!("{name}: {c} clients, puts"));
-        let writes = phase(handles, r, ops, Op::Put, progress).await?;
-        let handles = system.handles(c).await?;
+        let writes = phase(handles.clone(), r, ops, Op::Put, progress).await?;
         progress.set_message(format!("{name}: {c} clients, linearizable gets"));
         let reads = phase(handles, r, ops, Op::Get, progress).await?;
         rows.push(Row {
@@ -275,7 +277,7 @@ pub fn run(args: Args) -> anyhow::Result<()> {
     runtime.block_on(async {
         tokio::select! {
             r = run_async(args) => r,
-            _ = tokio::signal::ctrl_c() => bail!("interrupted: every process stopped, data removed"),
+            _ = cluster::interrupted() => bail!("interrupted: every process stopped, data removed"),
         }
     })
 }
@@ -451,6 +453,7 @@ async fn etcd_system(_urls: &[String], _version: &str) -> anyhow::Result<NoSyste
 
 /// Stands in for a system whose client is not compiled in.
 #[cfg(not(feature = "etcd"))]
+#[derive(Clone)]
 struct NoSystem;
 
 #[cfg(not(feature = "etcd"))]
@@ -521,6 +524,7 @@ mod etcd_kv {
     }
 
     /// One task's handle (a clone of a shared connection).
+    #[derive(Clone)]
     pub struct EtcdHandle(KvClient);
 
     impl KvHandle for EtcdHandle {
@@ -601,6 +605,7 @@ struct Quorate {
 /// Clients shared by the tasks; as many as etcd gets gRPC connections.
 const QUORATE_CONNECTIONS: usize = 8;
 
+#[derive(Clone)]
 struct QuorateHandle(std::sync::Arc<node::client::Client>);
 
 impl KvHandle for QuorateHandle {
@@ -688,4 +693,95 @@ fn print_ratios(q: &SystemRun, p: &SystemRun) -> Option<f64> {
         }
     }
     headline
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn keys_and_values_have_the_workload_sizes_and_differ() {
+        let a = key(3, 255, 9_999);
+        let b = key(3, 256, 9_999);
+        assert_eq!(a.len(), KEY_SIZE);
+        assert_eq!(b.len(), KEY_SIZE);
+        assert_ne!(a, b);
+        let v = value(&a);
+        assert_eq!(v.len(), VALUE_SIZE);
+        assert!(v.starts_with(&a));
+        assert_ne!(value(&a), value(&b));
+    }
+
+    /// An in-memory system: checks that the phases issue every operation once and that a get
+    /// returning the wrong value fails the run.
+    #[derive(Clone, Default)]
+    struct Memory {
+        map: Arc<std::sync::Mutex<std::collections::HashMap<Vec<u8>, Vec<u8>>>>,
+        corrupt: bool,
+    }
+
+    impl KvHandle for Memory {
+        async fn put(&mut self, key: Vec<u8>, value: Vec<u8>) -> anyhow::Result<()> {
+            self.map.lock().unwrap().insert(key, value);
+            Ok(())
+        }
+        async fn get(&mut self, key: Vec<u8>) -> anyhow::Result<Option<Vec<u8>>> {
+            let v = self.map.lock().unwrap().get(&key).cloned();
+            Ok(if self.corrupt {
+                v.map(|mut v| {
+                    v[0] ^= 1;
+                    v
+                })
+            } else {
+                v
+            })
+        }
+    }
+
+    #[tokio::test]
+    async fn a_phase_runs_every_operation_and_checks_reads() {
+        let system = Memory::default();
+        let bar = ProgressBar::hidden();
+        let stats = phase(vec![system.clone(); 7], 1, 100, Op::Put, &bar)
+            .await
+            .unwrap();
+        assert_eq!(stats.ops, 100);
+        assert_eq!(system.map.lock().unwrap().len(), 100);
+        let reads = phase(vec![system.clone(); 7], 1, 100, Op::Get, &bar)
+            .await
+            .unwrap();
+        assert_eq!(reads.ops, 100);
+        let corrupt = Memory {
+            corrupt: true,
+            ..system
+        };
+        let err = phase(vec![corrupt; 3], 1, 100, Op::Get, &bar)
+            .await
+            .unwrap_err();
+        assert!(err.to_string().contains("not the value written"), "{err}");
+    }
+
+    #[test]
+    fn the_headline_is_the_write_ratio_at_64_clients() {
+        let stats = |ops: u64| PhaseStats {
+            ops,
+            elapsed: Duration::from_secs(1),
+            p50_us: 100,
+            p99_us: 1000,
+            max_us: 2000,
+        };
+        let run = |name: &str, ops: u64| SystemRun {
+            name: name.into(),
+            rows: [1, 64]
+                .iter()
+                .map(|&clients| Row {
+                    clients,
+                    writes: stats(ops * clients as u64),
+                    reads: stats(ops),
+                })
+                .collect(),
+        };
+        let ratio = print_ratios(&run("quorate", 300), &run("etcd", 100)).unwrap();
+        assert!((ratio - 3.0).abs() < 1e-9, "{ratio}");
+    }
 }

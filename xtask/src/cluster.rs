@@ -142,6 +142,21 @@ impl Drop for Supervisor {
     }
 }
 
+/// Resolves on Ctrl-C (SIGINT) or SIGTERM, so either way the caller stops its children and
+/// removes its data instead of dying with them still running.
+pub async fn interrupted() {
+    let mut term = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate()).ok();
+    tokio::select! {
+        _ = tokio::signal::ctrl_c() => {}
+        _ = async {
+            match term.as_mut() {
+                Some(t) => { t.recv().await; }
+                None => std::future::pending::<()>().await,
+            }
+        } => {}
+    }
+}
+
 /// Sends a signal by name (`TERM`, `KILL`) with kill(1): the workspace forbids `unsafe`, and this
 /// avoids a libc binding for one call.
 fn signal(pid: u32, sig: &str) {
@@ -209,10 +224,24 @@ pub fn target_dir() -> PathBuf {
     }
 }
 
-/// The cargo that runs this tool (`$CARGO`), or `cargo`.
+/// The cargo that runs this tool (`$CARGO`), or `cargo`, without the package variables that
+/// `cargo run` gave this process: build scripts (ring's) watch some of them, so inheriting them
+/// would make the nested build differ from a plain `cargo build` and rebuild half the tree.
 pub fn cargo() -> Command {
     let mut cmd = Command::new(std::env::var_os("CARGO").unwrap_or_else(|| "cargo".into()));
     cmd.current_dir(workspace_root());
+    for (name, _) in std::env::vars_os() {
+        let name_str = name.to_string_lossy();
+        if name_str.starts_with("CARGO_PKG_")
+            || name_str.starts_with("CARGO_MANIFEST_")
+            || matches!(
+                &*name_str,
+                "CARGO_CRATE_NAME" | "CARGO_BIN_NAME" | "CARGO_PRIMARY_PACKAGE"
+            )
+        {
+            cmd.env_remove(&name);
+        }
+    }
     cmd
 }
 
@@ -430,7 +459,7 @@ pub fn run(args: Args) -> anyhow::Result<()> {
         let mut cluster = QuorateCluster::start(&bin, &dir, &ports)?;
         let outcome = tokio::select! {
             r = cluster.wait_leader(Duration::from_secs(30)) => r.map(Some),
-            _ = tokio::signal::ctrl_c() => Ok(None),
+            _ = interrupted() => Ok(None),
         };
         let leader = match outcome {
             Ok(Some(leader)) => leader,
@@ -455,7 +484,7 @@ pub fn run(args: Args) -> anyhow::Result<()> {
         };
         let exited = tokio::select! {
             e = watch => Some(e),
-            _ = tokio::signal::ctrl_c() => None,
+            _ = interrupted() => None,
         };
         eprintln!(
             "stopping {} nodes (SIGTERM, SIGKILL after {STOP_GRACE:?})...",
@@ -518,4 +547,88 @@ fn print_banner(cluster: &QuorateCluster, bin: &Path, leader: u64) {
     );
     println!();
     println!("Ctrl-C stops every node.");
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[tokio::test]
+    async fn stop_terminates_children_and_reports_how() {
+        let dir = tempfile::tempdir().unwrap();
+        let mut procs = Supervisor::default();
+        procs
+            .spawn(
+                "sleeper",
+                Command::new("sleep").arg("300"),
+                &dir.path().join("s.log"),
+            )
+            .unwrap();
+        // A child that ignores SIGTERM needs the SIGKILL after the grace period.
+        procs
+            .spawn(
+                "stubborn",
+                Command::new("sh").args(["-c", "trap '' TERM; echo ready; sleep 300"]),
+                &dir.path().join("t.log"),
+            )
+            .unwrap();
+        procs.check_running().unwrap();
+        // Let the shell install its trap before it is signalled.
+        while !std::fs::read_to_string(dir.path().join("t.log"))
+            .unwrap()
+            .contains("ready")
+        {
+            tokio::time::sleep(Duration::from_millis(10)).await;
+        }
+        let stopped = procs.stop(Duration::from_millis(300)).await;
+        assert_eq!(stopped.len(), 2);
+        assert!(!stopped[0].killed, "sleep stops on SIGTERM");
+        assert!(stopped[1].killed, "the trap ignores SIGTERM");
+        assert!(stopped.iter().all(|s| s.status.is_some()));
+    }
+
+    #[test]
+    fn drop_kills_what_still_runs_and_an_exit_is_reported_with_its_log() {
+        let dir = tempfile::tempdir().unwrap();
+        let pid;
+        {
+            let mut procs = Supervisor::default();
+            procs
+                .spawn(
+                    "sleeper",
+                    Command::new("sleep").arg("300"),
+                    &dir.path().join("s.log"),
+                )
+                .unwrap();
+            pid = procs.pids()[0].1;
+        }
+        // Reaped by the drop: no such process any more.
+        assert!(!Path::new(&format!("/proc/{pid}")).exists());
+
+        let mut procs = Supervisor::default();
+        procs
+            .spawn(
+                "failing",
+                Command::new("sh").args(["-c", "echo cannot bind; exit 3"]),
+                &dir.path().join("f.log"),
+            )
+            .unwrap();
+        let err = loop {
+            match procs.check_running() {
+                Ok(()) => std::thread::sleep(Duration::from_millis(10)),
+                Err(e) => break e.to_string(),
+            }
+        };
+        assert!(err.contains("failing exited"), "{err}");
+        assert!(err.contains("cannot bind"), "{err}");
+    }
+
+    #[test]
+    fn free_ports_are_distinct() {
+        let ports = free_ports(5, true).unwrap();
+        let mut sorted = ports.clone();
+        sorted.sort_unstable();
+        sorted.dedup();
+        assert_eq!(sorted.len(), 5);
+    }
 }

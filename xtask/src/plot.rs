@@ -33,13 +33,18 @@ pub fn write_plots(dir: &Path, runs: &[SystemRun]) -> anyhow::Result<Vec<PathBuf
 
 type DrawResult = Result<(), Box<dyn std::error::Error>>;
 
-fn client_range(runs: &[SystemRun]) -> std::ops::Range<f64> {
-    let max = runs
+/// A log-scale client axis whose labels are exactly the client counts measured.
+fn client_axis(runs: &[SystemRun]) -> plotters::coord::combinators::WithKeyPoints<LogCoord<f64>> {
+    let mut counts: Vec<f64> = runs
         .iter()
-        .flat_map(|r| r.rows.iter().map(|row| row.clients))
-        .max()
-        .unwrap_or(1) as f64;
-    0.8..(max * 1.25).max(2.0)
+        .flat_map(|r| r.rows.iter().map(|row| row.clients as f64))
+        .collect();
+    counts.sort_by(f64::total_cmp);
+    counts.dedup();
+    let max = counts.last().copied().unwrap_or(1.0);
+    (0.8..(max * 1.25).max(2.0))
+        .log_scale()
+        .with_key_points(counts)
 }
 
 fn draw_throughput(path: &Path, runs: &[SystemRun]) -> DrawResult {
@@ -58,7 +63,7 @@ fn draw_throughput(path: &Path, runs: &[SystemRun]) -> DrawResult {
         .margin(15)
         .x_label_area_size(45)
         .y_label_area_size(80)
-        .build_cartesian_2d(client_range(runs).log_scale(), 0.0..max * 1.1)?;
+        .build_cartesian_2d(client_axis(runs), 0.0..max * 1.1)?;
     chart
         .configure_mesh()
         .x_desc("concurrent clients")
@@ -137,10 +142,7 @@ fn draw_latency(path: &Path, runs: &[SystemRun]) -> DrawResult {
             .margin(15)
             .x_label_area_size(45)
             .y_label_area_size(70)
-            .build_cartesian_2d(
-                client_range(runs).log_scale(),
-                (min / 1.5..max * 1.5).log_scale(),
-            )?;
+            .build_cartesian_2d(client_axis(runs), (min / 1.5..max * 1.5).log_scale())?;
         chart
             .configure_mesh()
             .x_desc("concurrent clients")
@@ -197,4 +199,47 @@ fn draw_latency(path: &Path, runs: &[SystemRun]) -> DrawResult {
     }
     root.present()?;
     Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::bench_cluster::Row;
+    use std::time::Duration;
+
+    #[test]
+    fn plots_name_every_system_and_need_no_fonts() {
+        let stats = |ops: u64, p99: u64| PhaseStats {
+            ops,
+            elapsed: Duration::from_secs(1),
+            p50_us: p99 / 3,
+            p99_us: p99,
+            max_us: p99 * 2,
+        };
+        let run = |name: &str, scale: u64| SystemRun {
+            name: name.into(),
+            rows: [1, 16, 64, 256]
+                .iter()
+                .map(|&clients| Row {
+                    clients,
+                    writes: stats(scale * clients as u64, 1000 + clients as u64),
+                    reads: stats(2 * scale * clients as u64, 500),
+                })
+                .collect(),
+        };
+        let dir = tempfile::tempdir().unwrap();
+        let files =
+            write_plots(dir.path(), &[run("quorate", 100), run("etcd 3.4.23", 40)]).unwrap();
+        assert_eq!(files.len(), 2);
+        for f in files {
+            let svg = std::fs::read_to_string(&f).unwrap();
+            assert!(svg.starts_with("<svg"), "{}", f.display());
+            assert!(svg.contains("quorate"), "{}", f.display());
+            assert!(svg.contains("etcd 3.4.23"), "{}", f.display());
+            assert!(
+                svg.contains(">\n256\n<") || svg.contains(">256<"),
+                "client counts label the axis"
+            );
+        }
+    }
 }
