@@ -63,6 +63,15 @@ fn carrier() -> Persist {
     panic!("a single node elects itself within 1000 ticks");
 }
 
+/// A store in `dir` holding `entries` durably, and the carrier used to write them.
+fn store_with(dir: &Path, entries: Vec<Entry>) -> (RaftStore, Persist) {
+    let mut store = open(dir, 0);
+    let mut persist = carrier();
+    set(&mut persist, None, entries, None);
+    store.write(&persist).unwrap();
+    (store, persist)
+}
+
 fn set(
     persist: &mut Persist,
     snapshot: Option<Snapshot>,
@@ -166,10 +175,7 @@ fn a_conflicting_append_replaces_the_suffix_durably() {
 #[test]
 fn writes_that_would_leave_a_gap_or_rewrite_the_snapshot_are_refused() {
     let dir = tempfile::tempdir().unwrap();
-    let mut persist = carrier();
-    let mut store = open(dir.path(), 0);
-    set(&mut persist, None, vec![entry(1, 1, "a")], None);
-    store.write(&persist).unwrap();
+    let (mut store, mut persist) = store_with(dir.path(), vec![entry(1, 1, "a")]);
 
     set(&mut persist, None, vec![entry(3, 1, "gap")], None);
     assert!(matches!(
@@ -674,15 +680,7 @@ fn a_torn_tail_is_cut_and_reported_and_the_rest_recovered() {
 fn a_corrupted_snapshot_file_is_an_error_naming_it() {
     let dir = tempfile::tempdir().unwrap();
     {
-        let mut store = open(dir.path(), 0);
-        let mut persist = carrier();
-        set(
-            &mut persist,
-            None,
-            vec![entry(1, 1, "a"), entry(2, 1, "b")],
-            None,
-        );
-        store.write(&persist).unwrap();
+        let (mut store, _) = store_with(dir.path(), vec![entry(1, 1, "a"), entry(2, 1, "b")]);
         store
             .save_snapshot(2, ConfState::with_voters([1, 2, 3]), Bytes::from("state"))
             .unwrap();
@@ -711,12 +709,8 @@ fn a_corrupted_snapshot_file_is_an_error_naming_it() {
 #[test]
 fn a_snapshot_file_written_before_a_crash_lost_its_record_is_installed() {
     let dir = tempfile::tempdir().unwrap();
-    let mut persist = carrier();
-    {
-        let mut store = open(dir.path(), 0);
-        set(&mut persist, None, vec![entry(1, 1, "a")], None);
-        store.write(&persist).unwrap();
-    }
+    let (store, mut persist) = store_with(dir.path(), vec![entry(1, 1, "a")]);
+    drop(store);
     // The file of a leader's snapshot at 5 reached the disk; its log record did not.
     let snapshot = Snapshot {
         meta: SnapshotMeta {
@@ -854,15 +848,7 @@ fn measure_group_commit_throughput() {
 #[test]
 fn out_of_range_reads_are_errors_or_empty_never_panics() {
     let dir = tempfile::tempdir().unwrap();
-    let mut store = open(dir.path(), 0);
-    let mut persist = carrier();
-    set(
-        &mut persist,
-        None,
-        vec![entry(1, 1, "a"), entry(2, 1, "b")],
-        None,
-    );
-    store.submit(&persist).unwrap();
+    let (mut store, mut persist) = store_with(dir.path(), vec![entry(1, 1, "a"), entry(2, 1, "b")]);
     let mut out = Vec::new();
     assert_eq!(store.entries(9, 3, u64::MAX, &mut out), Ok(()));
     assert!(out.is_empty());
