@@ -170,10 +170,9 @@ pub enum KvCommand {
 /// How fresh a read must be.
 #[derive(ValueEnum, Debug, Clone, Copy, PartialEq, Eq)]
 pub enum ConsistencyArg {
-    /// Never older than a write acknowledged before the read started (ReadIndex).
+    /// Never older than a write acknowledged before the read started (ReadIndex, or the leader's
+    /// lease when the cluster runs with `read_mode = "lease"`).
     Linearizable,
-    /// Served by the leader under its lease (no quorum round; relies on bounded clock drift).
-    Lease,
     /// Whatever the node asked has applied; may be old.
     Stale,
 }

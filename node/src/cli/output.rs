@@ -18,13 +18,10 @@ pub(super) fn print_json_error(error: &CliError) {
     );
 }
 
-fn consistency(arg: ConsistencyArg) -> Result<Consistency, CliError> {
+fn consistency(arg: ConsistencyArg) -> Consistency {
     match arg {
-        ConsistencyArg::Linearizable => Ok(Consistency::Linearizable),
-        ConsistencyArg::Stale => Ok(Consistency::Stale),
-        // The server decides between ReadIndex and lease (its `read_mode`); a linearizable read
-        // is what the client can ask for.
-        ConsistencyArg::Lease => Ok(Consistency::Linearizable),
+        ConsistencyArg::Linearizable => Consistency::Linearizable,
+        ConsistencyArg::Stale => Consistency::Stale,
     }
 }
 
@@ -103,7 +100,7 @@ pub(super) async fn kv(
             consistency: c,
         } => {
             let (revision, kv) = client
-                .get_with_revision(key.clone(), consistency(c)?)
+                .get_with_revision(key.clone(), consistency(c))
                 .await?;
             match (kv, json) {
                 (Some(kv), true) => {
@@ -166,7 +163,7 @@ pub(super) async fn kv(
                     end.map(|e| Bytes::from(e.into_bytes())),
                 ),
             };
-            let page = client.scan(start, end, limit, consistency(c)?).await?;
+            let page = client.scan(start, end, limit, consistency(c)).await?;
             if json {
                 let kvs: Vec<KvOut> = page.kvs.iter().map(kv_json).collect();
                 println!(
