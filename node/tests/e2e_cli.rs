@@ -374,3 +374,61 @@ async fn a_corrupted_wal_segment_in_the_middle_is_refused_with_a_clear_message()
         .await
         .expect("the others still serve");
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_node_configured_by_flags_and_environment_serves_and_stops_cleanly_on_sigterm() {
+    let _serial = SERIAL.lock().await;
+    let dir = tempfile::tempdir().unwrap();
+    let root = dir.path();
+    let certs = root.join("certs");
+    net_quic::certs::write_dev_certs(&certs, "quorate", &[net_quic::NodeId(1)], &["admin".into()])
+        .unwrap();
+    let addr = free_addr();
+    let log_path = root.join("node.log");
+    let log = std::fs::File::create(&log_path).unwrap();
+    // No config file: the id comes from the environment, the rest from flags.
+    let mut child = Command::new(env!("CARGO_BIN_EXE_quorate"))
+        .args(["serve", "--listen", &addr.to_string(), "--peers"])
+        .arg(format!("1={addr}"))
+        .arg("--data-dir")
+        .arg(root.join("data"))
+        .arg("--certs")
+        .arg(&certs)
+        .env("QUORATE_ID", "1")
+        .env("QUORATE_LOG", "info,quinn=warn")
+        .stdin(Stdio::null())
+        .stdout(log.try_clone().unwrap())
+        .stderr(log)
+        .spawn()
+        .unwrap();
+    let cli = |args: &[&str]| {
+        let output = Command::new(env!("CARGO_BIN_EXE_quorate"))
+            .args(["--endpoints", &format!("1={addr}"), "--timeout", "10s"])
+            .env("QUORATE_CERTS", &certs)
+            .args(args)
+            .stdin(Stdio::null())
+            .output()
+            .unwrap();
+        (
+            output.status.code().unwrap_or(-1),
+            String::from_utf8_lossy(&output.stdout).into_owned(),
+            String::from_utf8_lossy(&output.stderr).into_owned(),
+        )
+    };
+    expect(cli(&["kv", "put", "solo", "yes"]), 0, "OK", "");
+    expect(cli(&["cluster", "status"]), 0, "leader: node 1", "");
+
+    let _ = Command::new("kill")
+        .args(["-TERM", &child.id().to_string()])
+        .status();
+    let status = wait_exit(&mut child, "a node asked to stop with SIGTERM");
+    let log = std::fs::read_to_string(&log_path).unwrap();
+    assert!(
+        status.success(),
+        "clean exit after SIGTERM: {status:?}; log:\n{log}"
+    );
+    assert!(
+        log.contains("SIGTERM"),
+        "the node says why it stopped: {log}"
+    );
+}
