@@ -15,7 +15,7 @@ use net_quic::{Credentials, Endpoint, EndpointConfig, Limits, NodeId as NetNodeI
 use rand_chacha::rand_core::SeedableRng;
 use tokio::sync::watch;
 use tokio::task::JoinHandle;
-use tracing::info;
+use tracing::{info, Instrument};
 
 use crate::config::{ConfigError, ReadModeSetting, ServeConfig};
 use crate::driver::Driver;
@@ -210,7 +210,8 @@ impl Server {
             receivers.requests,
             shutdown_rx,
         );
-        let driver = tokio::spawn(driver.run());
+        let span = tracing::info_span!("group", node = config.node_id, group = 0);
+        let driver = tokio::spawn(driver.run().instrument(span));
         Ok(ServerHandle {
             node_id: config.node_id,
             local_addr,
