@@ -950,6 +950,39 @@ fn a_lease_lapses_once_the_quorums_acknowledged_heartbeats_are_an_election_timeo
 }
 
 #[test]
+fn a_restarted_member_of_a_lease_group_waits_an_election_timeout_before_voting() {
+    let mut cluster = Cluster::with_config(&[1, 2, 3], |c| c.read_mode = ReadMode::LeaseBased);
+    cluster.elect(1);
+    cluster.propose(1, "v");
+    cluster.crash(2);
+    cluster.restart(2);
+    // It may have acknowledged the leader's lease just before crashing: no vote for a while.
+    let term = cluster.node(2).term();
+    let vote = Message {
+        from: 3,
+        to: 2,
+        term: term + 1,
+        body: MessageBody::Vote {
+            last_index: 100,
+            last_term: term,
+            leader_transfer: false,
+        },
+    };
+    cluster.node(2).step(vote.clone()).unwrap();
+    assert_eq!(cluster.node(2).term(), term, "the request is ignored");
+    let election_tick = cluster.node(2).config().election_tick;
+    for _ in 0..election_tick {
+        cluster.node(2).tick();
+    }
+    cluster.node(2).step(vote).unwrap();
+    assert_eq!(
+        cluster.node(2).term(),
+        term + 1,
+        "after the quiet period it votes"
+    );
+}
+
+#[test]
 fn a_leader_that_sent_timeout_now_no_longer_serves_lease_reads() {
     let mut cluster = Cluster::with_config(&[1, 2, 3], |c| c.read_mode = ReadMode::LeaseBased);
     cluster.elect(1);

@@ -78,6 +78,8 @@ pub struct Raft<S: Storage> {
     reads: ReadQueue,
     /// Ticks since this instance started (the leader's clock for read leases).
     clock: u64,
+    /// Votes are refused until `clock` reaches this (a lease-mode member that restarted).
+    quiet_until: u64,
     /// Set once this leader sent TimeoutNow in its term: a transfer may elect another leader
     /// before any lease runs out, so lease reads stop.
     lease_forfeited: bool,
@@ -142,6 +144,11 @@ impl<S: Storage> Raft<S> {
             uncommitted_bytes: 0,
             reads: ReadQueue::default(),
             clock: 0,
+            quiet_until: if config.read_mode == ReadMode::LeaseBased && hard_state.term > 0 {
+                u64::from(config.election_tick)
+            } else {
+                0
+            },
             lease_forfeited: false,
             broadcast_pending: false,
             messages: Vec::new(),
@@ -277,9 +284,12 @@ impl<S: Storage> Raft<S> {
                 );
                 // Leader stickiness (thesis §4.2.3): ignore disruptive candidates while a leader
                 // was heard from within the minimum election timeout.
+                // A restarted member of a lease-reading group also waits an election timeout
+                // before voting: it may have acked a lease it no longer remembers (thesis §6.4.1).
                 let in_lease = self.config.check_quorum
-                    && self.leader.is_some()
-                    && self.election_elapsed < self.config.election_tick;
+                    && ((self.leader.is_some()
+                        && self.election_elapsed < self.config.election_tick)
+                        || self.clock < self.quiet_until);
                 if in_lease && !forced {
                     return Ok(());
                 }

@@ -14,9 +14,8 @@
 //! heartbeats sent less than `election_tick - LEASE_MARGIN_TICKS` ago, and not at all once it has
 //! sent TimeoutNow (a transfer overrides followers' stickiness). Otherwise it falls back to a
 //! ReadIndex round. Ticks must run at the same rate on every member (bounded drift is the
-//! margin); a member restarted within an election timeout forgets whom it heard, which a lease
-//! cannot see — the thesis' answer (wait an election timeout after restart before voting) is not
-//! built yet.
+//! margin). A member that restarts forgets whom it heard, so in a lease group a restarted member
+//! refuses votes for an election timeout after it starts (thesis §6.4.1).
 
 use std::collections::{BTreeMap, VecDeque};
 
