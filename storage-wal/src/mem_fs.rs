@@ -80,6 +80,7 @@ struct State {
     dirs: BTreeSet<PathBuf>,
     locks: BTreeSet<PathBuf>,
     syncs_left_before_failure: Option<u64>,
+    dir_syncs_left_before_failure: Option<u64>,
 }
 
 /// The fault-injecting in-memory filesystem. Cloning shares the same state.
@@ -116,6 +117,12 @@ impl MemFs {
     /// After `n` more successful `sync_data`/`sync_dir` calls, every later one fails with an I/O error.
     pub fn fail_syncs_after(&self, n: u64) {
         self.state.lock().syncs_left_before_failure = Some(n);
+    }
+
+    /// After `n` more successful `sync_dir` calls, every later directory sync fails with an I/O
+    /// error (file syncs are not counted, so background file preparation cannot shift the failure).
+    pub fn fail_dir_syncs_after(&self, n: u64) {
+        self.state.lock().dir_syncs_left_before_failure = Some(n);
     }
 
     /// The filesystem after a simulated power loss, as described in the module docs. Handles open on
@@ -188,14 +195,24 @@ impl MemFs {
 
     fn take_sync(&self) -> io::Result<()> {
         let mut st = self.state.lock();
-        match &mut st.syncs_left_before_failure {
-            Some(0) => Err(io::Error::other("injected fsync failure")),
-            Some(n) => {
-                *n -= 1;
-                Ok(())
-            }
-            None => Ok(()),
+        take_one(&mut st.syncs_left_before_failure)
+    }
+
+    fn take_dir_sync(&self) -> io::Result<()> {
+        self.take_sync()?;
+        let mut st = self.state.lock();
+        take_one(&mut st.dir_syncs_left_before_failure)
+    }
+}
+
+fn take_one(left: &mut Option<u64>) -> io::Result<()> {
+    match left {
+        Some(0) => Err(io::Error::other("injected fsync failure")),
+        Some(n) => {
+            *n -= 1;
+            Ok(())
         }
+        None => Ok(()),
     }
 }
 
@@ -355,7 +372,7 @@ impl FileSystem for MemFs {
             .collect())
     }
     fn sync_dir(&self, dir: &Path) -> io::Result<()> {
-        self.take_sync()?;
+        self.take_dir_sync()?;
         let mut st = self.state.lock();
         let ops = std::mem::take(&mut st.unsynced_dir_ops);
         let (now, later): (Vec<_>, Vec<_>) = ops.into_iter().partition(|(d, _)| d == dir);

@@ -12,16 +12,21 @@ use storage_wal::{MemFs, Options, Wal, WalError};
 #[test]
 fn a_directory_fsync_failure_while_rolling_a_segment_poisons_the_log() {
     // Fail each sync a roll takes in turn (the background preparation of the spare segment file
-    // may take one of them too).
+    // may take one of them too, so which one fails is timing-dependent), and then, deterministically,
+    // the roll's directory fsync alone.
     let mut failed_ops = Vec::new();
-    for failing in 0..6u64 {
+    for failing in 0..7u64 {
         let fs = MemFs::new();
         let wal = open(&fs, &small_options()).unwrap();
         wal.append_durable(&payload(1, 1)).unwrap();
         // A 4000-byte record does not fit in what is left of the 4 KiB segment: the append rolls
         // (fdatasync of the old segment, header write + fdatasync + rename + directory fsync of
         // the new one).
-        fs.fail_syncs_after(failing);
+        if failing < 6 {
+            fs.fail_syncs_after(failing);
+        } else {
+            fs.fail_dir_syncs_after(0);
+        }
         let mut first_error = None;
         for i in 0..20 {
             let result = if i == 0 {
