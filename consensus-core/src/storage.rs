@@ -13,7 +13,10 @@ use crate::types::{ConfState, Entry, HardState, Snapshot, SnapshotMeta};
 /// Read access to a node's durable state.
 ///
 /// Invariants an implementation keeps: entries are contiguous from `first_index()` to `last_index()`;
-/// `first_index() == snapshot_meta().index + 1`; `term(snapshot_meta().index)` is the snapshot's term.
+/// `first_index() <= snapshot_meta().index + 1` — equal when compaction drops everything the snapshot
+/// covers, lower when an implementation keeps trailing entries for slow followers (the engine then
+/// treats `first_index() - 1` as where the log starts); `term(first_index() - 1)` and
+/// `term(snapshot_meta().index)` are known.
 pub trait Storage {
     /// The durable term, vote and commit.
     fn hard_state(&self) -> HardState;
@@ -21,7 +24,7 @@ pub trait Storage {
     fn snapshot_meta(&self) -> SnapshotMeta;
     /// The latest snapshot, to send to a follower that needs compacted entries.
     fn snapshot(&self) -> Result<Snapshot, StorageError>;
-    /// Index of the first stored entry (`snapshot_meta().index + 1`).
+    /// Index of the first stored entry (at most `snapshot_meta().index + 1`).
     fn first_index(&self) -> u64;
     /// Index of the last stored entry (the snapshot index if there are none).
     fn last_index(&self) -> u64;
