@@ -34,7 +34,12 @@ pub(crate) struct TestCluster {
     pub(crate) client: Client<Quorate>,
     client_id: u64,
     seq: u64,
+    /// Held for the cluster's life: clusters of this file run one at a time, so the timing
+    /// bounds of one test are not eaten by the fsyncs of seven others on a 2-core machine.
+    _serial: tokio::sync::MutexGuard<'static, ()>,
 }
+
+static SERIAL: tokio::sync::Mutex<()> = tokio::sync::Mutex::const_new(());
 
 fn node_config(root: &Path, members: &[MemberConfig], id: u64) -> ServeConfig {
     let addr = members.iter().find(|m| m.id == id).unwrap().addr;
@@ -56,6 +61,7 @@ fn node_config(root: &Path, members: &[MemberConfig], id: u64) -> ServeConfig {
 
 impl TestCluster {
     pub(crate) async fn start(n: u64, tune: impl Fn(&mut ServeConfig)) -> Self {
+        let serial = SERIAL.lock().await;
         let dir = tempfile::tempdir().unwrap();
         let root = dir.path().to_path_buf();
         let ids: Vec<NodeId> = (1..=n + 1).map(NodeId).collect();
@@ -82,6 +88,7 @@ impl TestCluster {
             client,
             client_id: 0x5eed,
             seq: 0,
+            _serial: serial,
         }
     }
 
