@@ -491,29 +491,13 @@ impl Driver {
                 leader: self.soft.leader,
             }),
             AdminRequest::AddMember { id, addr, learner } => {
-                match self.add_member(id, addr, learner) {
-                    Ok((index, term)) => {
-                        self.admin.push(AdminWait::Conf {
-                            index,
-                            term,
-                            responder,
-                        });
-                        return;
-                    }
-                    Err(error) => Err(error),
-                }
+                let proposed = self.add_member(id, addr, learner);
+                return self.answer_when_applied(proposed, responder);
             }
-            AdminRequest::RemoveMember { id } => match self.remove_member(id) {
-                Ok((index, term)) => {
-                    self.admin.push(AdminWait::Conf {
-                        index,
-                        term,
-                        responder,
-                    });
-                    return;
-                }
-                Err(error) => Err(error),
-            },
+            AdminRequest::RemoveMember { id } => {
+                let proposed = self.remove_member(id);
+                return self.answer_when_applied(proposed, responder);
+            }
             AdminRequest::TransferLeader { to } => {
                 if self.soft.role != RaftRole::Leader {
                     Err(self.not_leader())
@@ -538,6 +522,24 @@ impl Driver {
             }
         };
         let _ = responder.reply(&result);
+    }
+
+    /// A proposed configuration change is answered once it applies; a refused one at once.
+    fn answer_when_applied(
+        &mut self,
+        proposed: Result<(u64, u64), ServerError>,
+        responder: Responder,
+    ) {
+        match proposed {
+            Ok((index, term)) => self.admin.push(AdminWait::Conf {
+                index,
+                term,
+                responder,
+            }),
+            Err(error) => {
+                let _ = responder.reply(&Err(error));
+            }
+        }
     }
 
     fn add_member(
