@@ -80,15 +80,7 @@ async fn a_peer_cannot_claim_another_nodes_id() {
     )
     .await
     .unwrap();
-    let mut send = bounded("open stream", conn.open_uni()).await.unwrap();
-    bounded("write", send.write_all(&[1])).await.unwrap();
-    bounded(
-        "write",
-        send.write_all(&encode(&Msg::Seq { n: 33 }, 1024).unwrap()),
-    )
-    .await
-    .unwrap();
-    send.finish().unwrap();
+    write_consensus_stream(&conn, &encode(&Msg::Seq { n: 33 }, 1024).unwrap()).await;
     let m = bounded("raw message", rx1.peer.recv()).await.unwrap();
     assert_eq!((m.from, m.msg), (NodeId(2), Msg::Seq { n: 33 }));
 }
@@ -145,15 +137,7 @@ async fn the_client_alpn_cannot_send_peer_messages() {
         )
         .await
         .unwrap();
-        let mut send = bounded("open stream", conn.open_uni()).await.unwrap();
-        bounded("write", send.write_all(&[1])).await.unwrap();
-        bounded(
-            "write",
-            send.write_all(&encode(&Msg::Seq { n: 1 }, 1024).unwrap()),
-        )
-        .await
-        .unwrap();
-        send.finish().unwrap();
+        write_consensus_stream(&conn, &encode(&Msg::Seq { n: 1 }, 1024).unwrap()).await;
         let code = bounded("closed", close_code(&conn)).await;
         assert_eq!(code, Some(u64::from(codes::PROTOCOL_VIOLATION)));
     }
@@ -177,11 +161,17 @@ async fn send_raw_peer_stream(
     )
     .await
     .unwrap();
+    write_consensus_stream(&conn, bytes).await;
+    bounded("closed", close_code(&conn)).await
+}
+
+/// Opens a uni stream on `conn`, tags it as the consensus class and writes `bytes`, then finishes.
+/// Writes may fail once the server closes the connection: that is what some tests wait for.
+async fn write_consensus_stream(conn: &quinn::Connection, bytes: &[u8]) {
     let mut send = bounded("open stream", conn.open_uni()).await.unwrap();
     let _ = bounded("write", send.write_all(&[1])).await;
     let _ = bounded("write", send.write_all(bytes)).await;
     let _ = send.finish();
-    bounded("closed", close_code(&conn)).await
 }
 
 #[tokio::test]
