@@ -115,6 +115,9 @@ pub struct Wal {
     dir: PathBuf,
     options: Options,
     state: Mutex<State>,
+    /// Serialises metadata replacements, whose file I/O runs outside `state` so appends and
+    /// group commits are not held up by it.
+    meta_writer: Mutex<()>,
     /// Signalled when a sync finishes, the log is truncated or poisoned, or a leader stops gathering.
     sync_done: Condvar,
     /// Signalled for a gathering leader when enough writers wait or a sync finished.
@@ -198,6 +201,7 @@ impl Wal {
             dir,
             options,
             state: Mutex::new(state),
+            meta_writer: Mutex::new(()),
             sync_done: Condvar::new(),
             gathered: Condvar::new(),
             report,
@@ -780,11 +784,16 @@ impl Wal {
 
     /// Durably and atomically replaces the metadata record (at most 1 MiB): after a crash, either
     /// the old or the new bytes are found, never a mixture.
+    ///
+    /// Appends and syncs from other threads proceed while the metadata file is written.
     pub fn set_metadata(&self, bytes: &[u8]) -> Result<()> {
+        let _writer = self.meta_writer.lock();
+        self.state.lock().check_poisoned()?;
+        let stored = meta::store(self.fs.as_ref(), &self.dir, bytes);
         let mut st = self.state.lock();
-        st.check_poisoned()?;
-        match meta::store(self.fs.as_ref(), &self.dir, bytes) {
+        match stored {
             Ok(()) => {
+                st.check_poisoned()?;
                 st.metadata = Some(bytes.to_vec());
                 Ok(())
             }
