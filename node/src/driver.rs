@@ -51,7 +51,7 @@ use crate::proto::{
     Request, Response, ServerError, WriteOp,
 };
 use crate::server::ServeError;
-use crate::store::{Durability, RaftStore};
+use crate::store::{Durability, RaftStore, WrittenSnapshot};
 
 type Responder = net_quic::Responder<Response>;
 
@@ -126,6 +126,8 @@ pub(crate) struct Driver {
     applied: u64,
     snapshot_index: u64,
     applied_bytes_since_snapshot: u64,
+    /// The local snapshot being written or checkpointed on a blocking thread (at most one).
+    snapshot_task: Option<tokio::task::JoinHandle<Result<SnapshotStep, ServeError>>>,
     /// Addresses of members: the configured ones, then those recorded through the log.
     addrs: BTreeMap<u64, SocketAddr>,
     shutting_down: bool,
@@ -167,6 +169,7 @@ impl Driver {
             applied: raft.status().applied,
             snapshot_index,
             applied_bytes_since_snapshot: 0,
+            snapshot_task: None,
             config,
             raft,
             kv,
@@ -221,6 +224,10 @@ impl Driver {
                         return Err(ServeError::Stopped(format!("store sync failed: {error}")));
                     }
                     self.confirm_durable(durability.index)?;
+                }
+                done = join_snapshot_task(&mut self.snapshot_task), if self.snapshot_task.is_some() => {
+                    self.snapshot_task = None;
+                    self.on_snapshot_step(done)?;
                 }
                 Some(message) = self.peer_rx.recv() => self.step(message),
                 Some(request) = self.request_rx.recv() => self.handle_request(request),
@@ -305,6 +312,14 @@ impl Driver {
         }
         if let Some((_, _, responder)) = self.transfer.take() {
             let _ = responder.reply(&Err(ServerError::ShuttingDown));
+        }
+        // A snapshot in the background is finished, so the next start replays from it.
+        while self.snapshot_task.is_some() {
+            let done = join_snapshot_task(&mut self.snapshot_task).await;
+            self.snapshot_task = None;
+            if let Err(error) = self.on_snapshot_step(done) {
+                warn!(node = self.id, %error, "snapshot not completed");
+            }
         }
         if let Err(error) = self.raft.storage().sync() {
             warn!(node = self.id, %error, "final sync failed");
@@ -926,9 +941,15 @@ impl Driver {
         Ok(())
     }
 
-    /// Snapshots the state machine and compacts the log once enough was applied since the last
-    /// snapshot. Only entries durable here are covered.
+    /// Starts a snapshot of the state machine once enough was applied since the last one. Only
+    /// entries durable here are covered. The loop only clones the state (shared keys and values:
+    /// no bytes copied); serialising it and writing the file run on a blocking thread, and
+    /// [`on_snapshot_step`](Self::on_snapshot_step) adopts the result, so a large snapshot does not
+    /// stall requests and replication.
     fn maybe_snapshot(&mut self) -> Result<(), ServeError> {
+        if self.snapshot_task.is_some() {
+            return Ok(());
+        }
         let since = self.applied.saturating_sub(self.snapshot_index);
         if since == 0
             || (since < self.config.snapshot.entries
@@ -940,13 +961,55 @@ impl Driver {
         if self.applied > status.persisted_index {
             return Ok(());
         }
-        let data = self.kv.snapshot()?;
-        let conf = self.raft.conf_state().clone();
         let index = self.applied;
-        self.raft.storage_mut().save_snapshot(index, conf, data)?;
+        let conf = self.raft.conf_state().clone();
+        let Some(job) = self.raft.storage().begin_snapshot(index, conf)? else {
+            return Ok(());
+        };
+        let started = std::time::Instant::now();
+        let state = self.kv.clone();
+        debug!(
+            node = self.id,
+            index,
+            clone_us = started.elapsed().as_micros() as u64,
+            "snapshot started"
+        );
         self.snapshot_index = index;
         self.applied_bytes_since_snapshot = 0;
-        debug!(node = self.id, index, "snapshot taken, log compacted");
+        self.snapshot_task = Some(tokio::task::spawn_blocking(move || {
+            let data = state.snapshot()?;
+            drop(state);
+            Ok(SnapshotStep::Written(job.write(data)?))
+        }));
+        Ok(())
+    }
+
+    /// Adopts a snapshot written in the background (then records its checkpoint and compacts the
+    /// log, again in the background), or notes that the checkpoint is done.
+    fn on_snapshot_step(
+        &mut self,
+        done: Result<Result<SnapshotStep, ServeError>, tokio::task::JoinError>,
+    ) -> Result<(), ServeError> {
+        let step =
+            done.map_err(|e| ServeError::Stopped(format!("snapshot task failed: {e}")))??;
+        match step {
+            SnapshotStep::Written(written) => {
+                let index = written.meta().index;
+                if let Some(checkpoint) = self.raft.storage_mut().finish_snapshot(written)? {
+                    debug!(
+                        node = self.id,
+                        index, "snapshot written, recording checkpoint"
+                    );
+                    self.snapshot_task = Some(tokio::task::spawn_blocking(move || {
+                        checkpoint.run()?;
+                        Ok(SnapshotStep::Checkpointed(index))
+                    }));
+                }
+            }
+            SnapshotStep::Checkpointed(index) => {
+                debug!(node = self.id, index, "snapshot taken, log compacted");
+            }
+        }
         Ok(())
     }
 
@@ -990,6 +1053,24 @@ impl Driver {
             keys: self.kv.len() as u64,
             members: self.members(),
         }
+    }
+}
+
+/// What a background snapshot task finished.
+enum SnapshotStep {
+    /// The snapshot file is written; the store adopts it next.
+    Written(WrittenSnapshot),
+    /// The checkpoint at this snapshot index is recorded and the log compacted.
+    Checkpointed(u64),
+}
+
+/// Waits for the background snapshot task (the caller checks there is one).
+async fn join_snapshot_task(
+    task: &mut Option<tokio::task::JoinHandle<Result<SnapshotStep, ServeError>>>,
+) -> Result<Result<SnapshotStep, ServeError>, tokio::task::JoinError> {
+    match task {
+        Some(handle) => handle.await,
+        None => std::future::pending().await,
     }
 }
 

@@ -27,8 +27,9 @@
 //! the records, which is always a state the log went through.
 //!
 //! A snapshot (installed from the leader, or saved locally) is written to its file only after every
-//! record submitted before it is durable (an explicit `sync`), so the file never runs ahead of an
-//! older, lost hard state. These two paths block; they are rare.
+//! record submitted before it is durable, so the file never runs ahead of an older, lost hard
+//! state, and the file only moves forward (a local job older than the file writes nothing). A
+//! leader's snapshot blocks `submit` (rare); a local one is written off the caller's thread (below).
 //!
 //! # Writing without blocking
 //! [`RaftStore::submit`] validates the `Persist`, appends its records (no fsync), updates the
@@ -45,7 +46,16 @@
 //!
 //! # Snapshots and trailing entries
 //! [`RaftStore::save_snapshot`] writes the snapshot file, records a checkpoint and compacts the WAL
-//! below the first kept entry. With [`StoreOptions::trailing_entries`] `> 0` the store keeps that
+//! below the first kept entry. Its non-blocking form, for event loops, runs in stages:
+//! [`RaftStore::begin_snapshot`] (cheap, on the loop) gives a [`SnapshotJob`] whose
+//! [`write`](SnapshotJob::write) serialised data goes to the file on a blocking thread;
+//! [`RaftStore::finish_snapshot`] (cheap, on the loop) adopts it and gives a [`CheckpointJob`] whose
+//! [`run`](CheckpointJob::run) waits for the records it covers to be durable, replaces the WAL's
+//! metadata and deletes whole segments below the first kept entry, again off the loop (appends
+//! continue meanwhile). Checkpoints only move forward; a crash between any two stages reopens to a
+//! consistent state (a file ahead of the log is installed, see [`Recovery::snapshot_file_ahead`]).
+//!
+//! With [`StoreOptions::trailing_entries`] `> 0` the store keeps that
 //! many entries at and below the snapshot index (as etcd does) so a follower slightly behind gets
 //! entries rather than a whole snapshot; then `first_index() <= snapshot_meta().index` (instead of
 //! `== index + 1`), which the Raft engine handles: it only reads terms from `first_index() - 1` on
@@ -203,6 +213,8 @@ pub struct RaftStore {
     wal: Arc<Wal>,
     view: LogView,
     snapshot_data: Bytes,
+    /// What the snapshot file and the checkpoint hold, shared with background jobs.
+    files: Arc<parking_lot::Mutex<Files>>,
     /// Reused encoding buffer of `submit`.
     encode_buf: Vec<u8>,
     syncer: Syncer,
@@ -300,6 +312,10 @@ impl RaftStore {
             wal.append(&marker)?;
             wal.sync()?;
         }
+        let files = Arc::new(parking_lot::Mutex::new(Files {
+            snapshot_index: view.snapshot.index,
+            checkpoint: (meta.checkpoint_end, meta.base.snapshot.index),
+        }));
         let wal = Arc::new(wal);
         let syncer = Syncer::start(wal.clone(), options.background_sync);
         tracing::info!(
@@ -320,6 +336,7 @@ impl RaftStore {
             options,
             wal,
             view,
+            files,
             snapshot_data,
             encode_buf: Vec::new(),
             syncer,
@@ -412,7 +429,13 @@ impl RaftStore {
         if let Some(snapshot) = &persist.snapshot {
             // Everything submitted before must be durable before the file claims the snapshot.
             self.wal.sync()?;
-            snapfile::write(self.fs.as_ref(), &self.dir, snapshot)?;
+            let mut files = self.files.lock();
+            // A local snapshot job may have written a later state of the same committed log.
+            if snapshot.meta.index > files.snapshot_index {
+                snapfile::write(self.fs.as_ref(), &self.dir, snapshot)?;
+                files.snapshot_index = snapshot.meta.index;
+            }
+            drop(files);
             self.snapshot_data = snapshot.data.clone();
         }
         let records = ends.iter().scan(0, |start, &end| {
@@ -486,30 +509,79 @@ impl RaftStore {
     /// Records a snapshot of the state machine at `index` (applied, with membership `conf_state`),
     /// writes it to the snapshot file, then compacts the log below `index + 1 - trailing_entries`.
     /// A no-op returning the current metadata if `index` is not past the latest snapshot. Blocks
-    /// on one sync, the file write and the checkpoint.
+    /// on one sync, the file write and the checkpoint: the blocking form of
+    /// [`begin_snapshot`](Self::begin_snapshot) → [`SnapshotJob::write`] →
+    /// [`finish_snapshot`](Self::finish_snapshot) → [`CheckpointJob::run`].
     pub fn save_snapshot(
         &mut self,
         index: u64,
         conf_state: ConfState,
         data: Bytes,
     ) -> Result<SnapshotMeta> {
+        let Some(job) = self.begin_snapshot(index, conf_state)? else {
+            return Ok(self.view.snapshot.clone());
+        };
+        let written = job.write(data)?;
+        let meta = written.meta().clone();
+        match self.finish_snapshot(written)? {
+            Some(checkpoint) => checkpoint.run()?,
+            None => return Ok(self.view.snapshot.clone()),
+        }
+        Ok(meta)
+    }
+
+    /// Starts saving a snapshot of the state machine at `index` (applied, with membership
+    /// `conf_state`) without blocking: the returned job writes the file on whatever thread runs
+    /// [`SnapshotJob::write`], and [`finish_snapshot`](Self::finish_snapshot) then adopts it.
+    /// `None` if `index` is not past the latest snapshot. The entry at `index` must be in the log.
+    ///
+    /// Several jobs may be in flight; the file only ever moves forward (a job older than the file
+    /// writes nothing), and a snapshot installed from a leader meanwhile wins over an older job.
+    pub fn begin_snapshot(&self, index: u64, conf_state: ConfState) -> Result<Option<SnapshotJob>> {
         self.syncer.check()?;
         if index <= self.view.snapshot.index {
-            return Ok(self.view.snapshot.clone());
+            return Ok(None);
         }
-        let mut staged = self.view.clone();
-        let meta = staged
-            .compact(index, conf_state, self.options.trailing_entries)
+        let stored = self
+            .view
+            .get(index)
+            .ok_or(StoreError::Refused(StorageError::Unavailable(index)))?;
+        Ok(Some(SnapshotJob {
+            meta: SnapshotMeta {
+                index,
+                term: stored.entry.term,
+                conf_state,
+            },
+            // Every record up to now: the file must not claim entries or a hard state that
+            // could still be lost.
+            durable_before: self.wal.last_index(),
+            wal: self.wal.clone(),
+            fs: self.fs.clone(),
+            dir: self.dir.clone(),
+            files: self.files.clone(),
+        }))
+    }
+
+    /// Adopts a snapshot written by a [`SnapshotJob`]: serves it to followers from now on, drops
+    /// entries below `index + 1 - trailing_entries` from memory and returns the checkpoint to
+    /// record (on any thread) before the log's segments below the first kept entry are deleted.
+    /// `None` (nothing to do) if a newer snapshot was installed or adopted meanwhile.
+    pub fn finish_snapshot(&mut self, written: WrittenSnapshot) -> Result<Option<CheckpointJob>> {
+        self.syncer.check()?;
+        let snapshot = written.snapshot;
+        if snapshot.meta.index <= self.view.snapshot.index {
+            return Ok(None);
+        }
+        let meta = self
+            .view
+            .compact(
+                snapshot.meta.index,
+                snapshot.meta.conf_state.clone(),
+                self.options.trailing_entries,
+            )
             .map_err(StoreError::Refused)?;
-        // The file must not claim entries or a hard state that could still be lost.
-        self.wal.sync()?;
-        let snapshot = Snapshot {
-            meta: meta.clone(),
-            data,
-        };
-        snapfile::write(self.fs.as_ref(), &self.dir, &snapshot)?;
+        debug_assert_eq!(meta, snapshot.meta);
         self.snapshot_data = snapshot.data;
-        self.view = staged;
         // Checkpoint: replay starts at the first kept entry's record, from the state as of now.
         let checkpoint_end = self.wal.next_index();
         let replay_from = self
@@ -523,22 +595,126 @@ impl RaftStore {
             self.view.base(),
         );
         let wal_dir = self.dir.join(WAL_DIR);
-        self.wal
-            .set_metadata(&encode_meta(&wal_dir, &store_meta)?)?;
-        self.wal.compact(replay_from)?;
-        tracing::debug!(
-            index,
-            first_index = self.view.first,
+        Ok(Some(CheckpointJob {
+            encoded: encode_meta(&wal_dir, &store_meta)?,
             replay_from,
-            "snapshot saved, log compacted"
-        );
-        Ok(meta)
+            checkpoint_end,
+            index: meta.index,
+            wal: self.wal.clone(),
+            files: self.files.clone(),
+        }))
     }
 
     /// Syncs everything and closes the store, reporting any error.
     pub fn close(self) -> Result<()> {
         self.syncer.check()?;
         self.wal.sync()?;
+        Ok(())
+    }
+}
+
+/// What the snapshot file and the WAL's checkpoint record hold; both only move forward.
+#[derive(Debug)]
+struct Files {
+    snapshot_index: u64,
+    /// `(checkpoint_end, snapshot index)` of the recorded checkpoint.
+    checkpoint: (u64, u64),
+}
+
+/// A local snapshot to write off the caller's thread: from [`RaftStore::begin_snapshot`].
+#[must_use = "a snapshot job does nothing until written"]
+pub struct SnapshotJob {
+    meta: SnapshotMeta,
+    durable_before: u64,
+    wal: Arc<Wal>,
+    fs: Arc<dyn FileSystem>,
+    dir: PathBuf,
+    files: Arc<parking_lot::Mutex<Files>>,
+}
+
+impl std::fmt::Debug for SnapshotJob {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("SnapshotJob")
+            .field("meta", &self.meta)
+            .field("dir", &self.dir)
+            .finish_non_exhaustive()
+    }
+}
+
+impl SnapshotJob {
+    /// The metadata the snapshot will carry.
+    pub fn meta(&self) -> &SnapshotMeta {
+        &self.meta
+    }
+
+    /// Waits until every record submitted before the job began is durable, then durably replaces
+    /// the snapshot file with `data` (the state machine at the job's index), unless the file
+    /// already holds a later snapshot. Blocking: run it on a thread that may block.
+    pub fn write(self, data: Bytes) -> Result<WrittenSnapshot> {
+        if self.durable_before > self.wal.durable_index() {
+            self.wal.wait_durable(self.durable_before)?;
+        }
+        let snapshot = Snapshot {
+            meta: self.meta,
+            data,
+        };
+        let mut files = self.files.lock();
+        if snapshot.meta.index > files.snapshot_index {
+            snapfile::write(self.fs.as_ref(), &self.dir, &snapshot)?;
+            files.snapshot_index = snapshot.meta.index;
+        }
+        Ok(WrittenSnapshot { snapshot })
+    }
+}
+
+/// A snapshot on disk, for [`RaftStore::finish_snapshot`].
+#[derive(Debug)]
+pub struct WrittenSnapshot {
+    snapshot: Snapshot,
+}
+
+impl WrittenSnapshot {
+    /// The snapshot's metadata.
+    pub fn meta(&self) -> &SnapshotMeta {
+        &self.snapshot.meta
+    }
+}
+
+/// The checkpoint that follows an adopted snapshot, from [`RaftStore::finish_snapshot`].
+#[derive(Debug)]
+#[must_use = "the log is not compacted until the checkpoint runs"]
+pub struct CheckpointJob {
+    encoded: Vec<u8>,
+    replay_from: u64,
+    checkpoint_end: u64,
+    index: u64,
+    wal: Arc<Wal>,
+    files: Arc<parking_lot::Mutex<Files>>,
+}
+
+impl CheckpointJob {
+    /// Waits until the records the checkpoint covers are durable, records it in the WAL's
+    /// metadata, then deletes the segments wholly below the first kept entry. Blocking; appends
+    /// from other threads continue meanwhile. An older checkpoint than the one recorded is
+    /// skipped (the log never goes back to needing records it deleted).
+    pub fn run(self) -> Result<()> {
+        if self.checkpoint_end > 0 && self.checkpoint_end - 1 > self.wal.durable_index() {
+            self.wal.wait_durable(self.checkpoint_end - 1)?;
+        }
+        let mut files = self.files.lock();
+        let this = (self.checkpoint_end, self.index);
+        if this <= files.checkpoint {
+            return Ok(());
+        }
+        self.wal.set_metadata(&self.encoded)?;
+        files.checkpoint = this;
+        drop(files);
+        self.wal.compact(self.replay_from)?;
+        tracing::debug!(
+            index = self.index,
+            replay_from = self.replay_from,
+            "checkpoint recorded, log compacted"
+        );
         Ok(())
     }
 }

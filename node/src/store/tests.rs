@@ -937,3 +937,185 @@ fn a_log_whose_metadata_is_not_a_store_identity_is_refused() {
         "{error:?}"
     );
 }
+
+/// A local snapshot in one of its background stages.
+enum Stage {
+    Begun(SnapshotJob),
+    Written(WrittenSnapshot),
+    Checkpoint(CheckpointJob),
+}
+
+/// Snapshot jobs run in stages interleaved with appends, leader installs and crashes, finishing
+/// out of order: after every crash the store reopens, its snapshot data matches its snapshot
+/// index, every entry it holds is the one written there, nothing durable is missing, and the
+/// snapshot never goes back.
+#[test]
+fn background_snapshots_interleaved_with_writes_installs_and_crashes_stay_consistent() {
+    use std::collections::BTreeMap;
+    use storage_wal::MemFs;
+    let dir = Path::new("/data/group");
+    let open_on = |fs: &MemFs| {
+        RaftStore::open_with_fs(
+            Arc::new(fs.clone()),
+            dir,
+            identity(1),
+            ConfState::with_voters([1, 2, 3]),
+            StoreOptions {
+                // Durable only when synced or waited for: crashes lose more.
+                background_sync: false,
+                ..options(4)
+            },
+        )
+        .expect("open after crash")
+    };
+    let state_at = |index: u64| Bytes::from(format!("state at {index}"));
+    let (mut adopted, mut skipped, mut crashes, mut checkpoints) = (0, 0, 0, 0);
+    let (mut deleted, mut reordered) = (0, 0);
+    for seed in 0..48u64 {
+        let mut rng = ChaCha8Rng::seed_from_u64(seed);
+        let mut fs = MemFs::new();
+        let mut store = open_on(&fs);
+        let mut persist = carrier();
+        // What was written at each index (entries are only appended: every index a job
+        // snapshots is "committed" and never rewritten).
+        let mut written: BTreeMap<u64, Entry> = BTreeMap::new();
+        let mut jobs: Vec<Stage> = Vec::new();
+        let mut term = 1;
+        // Highest Raft index whose write is durable, per WAL index of its submission.
+        let mut submitted: Vec<(u64, u64)> = Vec::new();
+        let mut snapshot_floor = 0;
+        let mut newest_checkpoint = 0;
+        for step in 0..250u64 {
+            let context = format!("seed {seed} step {step}");
+            let roll = rng.gen_range(0..100);
+            let last = store.last_index();
+            if roll < 3 {
+                // Crash: in-flight jobs die with the process.
+                if rng.gen_bool(0.5) {
+                    store.sync().unwrap();
+                }
+                let durable = store.durable_index();
+                let must_have = submitted
+                    .iter()
+                    .filter(|(wal_index, _)| *wal_index <= durable)
+                    .map(|(_, index)| *index)
+                    .max()
+                    .unwrap_or(0);
+                jobs.clear();
+                newest_checkpoint = 0;
+                let crashed = fs.crash(seed * 1000 + step);
+                drop(store);
+                fs = crashed;
+                store = open_on(&fs);
+                crashes += 1;
+                submitted.clear();
+                let snap = store.snapshot().unwrap();
+                assert!(
+                    snap.meta.index >= snapshot_floor,
+                    "{context}: snapshot went back"
+                );
+                snapshot_floor = snap.meta.index;
+                if snap.meta.index > 0 {
+                    assert_eq!(
+                        snap.data,
+                        state_at(snap.meta.index),
+                        "{context}: snapshot data"
+                    );
+                }
+                assert!(
+                    store.last_index() >= must_have,
+                    "{context}: entry {must_have} was durable, the log ends at {}",
+                    store.last_index()
+                );
+                for entry in all_entries(&store) {
+                    assert_eq!(Some(&entry), written.get(&entry.index), "{context}: entry");
+                }
+                written.retain(|&index, _| index <= store.last_index());
+            } else if roll < 15 && last > store.snapshot_meta().index {
+                let index = rng.gen_range(store.snapshot_meta().index + 1..=last);
+                let conf = ConfState::with_voters([1, 2, 3]);
+                if let Some(job) = store.begin_snapshot(index, conf).unwrap() {
+                    assert_eq!(job.meta().term, written[&index].term, "{context}");
+                    jobs.push(Stage::Begun(job));
+                }
+            } else if roll < 45 && !jobs.is_empty() {
+                let at = rng.gen_range(0..jobs.len());
+                match jobs.swap_remove(at) {
+                    Stage::Begun(job) => {
+                        let index = job.meta().index;
+                        jobs.push(Stage::Written(job.write(state_at(index)).unwrap()));
+                    }
+                    Stage::Written(done) => {
+                        let index = done.meta().index;
+                        match store.finish_snapshot(done).unwrap() {
+                            Some(checkpoint) => {
+                                adopted += 1;
+                                assert_eq!(store.snapshot_meta().index, index, "{context}");
+                                assert_eq!(store.snapshot().unwrap().data, state_at(index));
+                                jobs.push(Stage::Checkpoint(checkpoint));
+                            }
+                            None => {
+                                skipped += 1;
+                                assert!(store.snapshot_meta().index >= index, "{context}");
+                            }
+                        }
+                    }
+                    Stage::Checkpoint(checkpoint) => {
+                        reordered += u64::from(checkpoint.index < newest_checkpoint);
+                        newest_checkpoint = newest_checkpoint.max(checkpoint.index);
+                        let before = storage_wal::FileSystem::list(&fs, &dir.join(WAL_DIR))
+                            .unwrap()
+                            .len();
+                        checkpoint.run().unwrap();
+                        checkpoints += 1;
+                        deleted += u64::from(
+                            storage_wal::FileSystem::list(&fs, &dir.join(WAL_DIR))
+                                .unwrap()
+                                .len()
+                                < before,
+                        );
+                    }
+                }
+            } else if roll < 49 {
+                // A leader's snapshot a little past our log; entries continue after it.
+                let index = last + rng.gen_range(1..4);
+                term += 1;
+                let snapshot = Snapshot {
+                    meta: SnapshotMeta {
+                        index,
+                        term,
+                        conf_state: ConfState::with_voters([1, 2, 3]),
+                    },
+                    data: state_at(index),
+                };
+                set(&mut persist, Some(snapshot), Vec::new(), None);
+                let wal_index = store.submit(&persist).unwrap();
+                submitted.push((wal_index, index));
+                written.retain(|&i, _| i <= index);
+            } else {
+                let from = last + 1;
+                let entries: Vec<Entry> = (from..from + rng.gen_range(1..6))
+                    // Large enough that segments roll and checkpoints delete them.
+                    .map(|i| entry(i, term, &format!("{seed}/{step}/{i}/{}", "x".repeat(400))))
+                    .collect();
+                for entry in &entries {
+                    written.insert(entry.index, entry.clone());
+                }
+                let last_new = entries.last().unwrap().index;
+                set(&mut persist, None, entries, None);
+                let wal_index = store.submit(&persist).unwrap();
+                submitted.push((wal_index, last_new));
+            }
+            assert!(store.snapshot_meta().index >= snapshot_floor, "{context}");
+            snapshot_floor = store.snapshot_meta().index;
+        }
+    }
+    assert!(crashes > 150, "only {crashes} crashes");
+    assert!(
+        adopted > 100 && checkpoints > 50,
+        "{adopted} adopted, {checkpoints} checkpoints"
+    );
+    assert!(skipped > 0, "no job was overtaken by a newer snapshot");
+    assert!(deleted > 0, "no checkpoint deleted a segment");
+    assert!(reordered > 0, "no checkpoint ran after a newer one");
+}
