@@ -15,6 +15,7 @@ use crate::frame::{self, FrameError};
 use crate::identity::{node_dns_name, Identity, NodeId};
 use crate::stats::{add, Stats, StatsSnapshot};
 use crate::tls::{self, Credentials, CLIENT_ALPN};
+use crate::udp::SplitGso;
 use crate::{codes, Protocol};
 
 /// How to create a client.
@@ -83,13 +84,20 @@ impl<P: Protocol> Client<P> {
             source,
         };
         let socket = config.limits.bind_udp(config.bind).map_err(socket_error)?;
-        let quinn = quinn::Endpoint::new(
-            quinn::EndpointConfig::default(),
-            None,
-            socket,
-            Arc::new(quinn::TokioRuntime),
-        )
-        .map_err(socket_error)?;
+        // quinn's default datagram limit (1,472 bytes) for what the client receives: replies are
+        // small, and it keeps the client's receive buffers small. What it sends may still grow
+        // with MTU discovery, hence the splitting socket.
+        let runtime = Arc::new(quinn::TokioRuntime);
+        let quinn = SplitGso::wrap(runtime.as_ref(), socket)
+            .and_then(|socket| {
+                quinn::Endpoint::new_with_abstract_socket(
+                    quinn::EndpointConfig::default(),
+                    None,
+                    socket,
+                    runtime,
+                )
+            })
+            .map_err(socket_error)?;
         Ok(Client {
             quinn,
             client_config,

@@ -37,12 +37,25 @@ pub struct Limits {
     pub stream_window: u32,
     /// QUIC flow-control window per connection, bytes.
     pub connection_window: u32,
+    /// Bytes sent to a peer and not yet acknowledged, at most (all streams of the connection
+    /// together; the congestion window may allow less). This bounds how much bulk data can queue
+    /// ahead of a consensus packet in the kernel and the peer's receive path (the consensus stream
+    /// has priority only over data not yet sent), and so bounds heartbeat delay during a snapshot
+    /// transfer to about this many bytes' processing time at the receiver.
+    pub send_window: u32,
+    /// Largest UDP payload (QUIC packet) this endpoint receives, and the ceiling MTU discovery
+    /// climbs towards (from 1,200 bytes, probing; a path with a smaller MTU settles lower).
+    /// Loopback and jumbo-frame links carry large datagrams, and QUIC's cost is mostly per
+    /// packet, so the default is the protocol's maximum (65,527). Also sizes quinn's receive
+    /// buffers (this × 64 × 32 bytes of address space, of which only the bytes received are
+    /// touched).
+    pub max_udp_payload: u16,
     /// UDP socket send and receive buffer size to ask of the kernel, bytes (`None`: the kernel's
     /// default, typically 208 KiB; the kernel may grant less than asked, see `net.core.rmem_max`).
-    /// A larger buffer avoids packet loss when the process falls behind, but lets bulk data queue
-    /// in front of consensus packets: with 2 MiB, heartbeats waited ~100 ms behind a snapshot
-    /// transfer on a loaded loopback, against ~1 ms with the default. Keep the default for
-    /// consensus traffic.
+    /// Large datagrams need room: 208 KiB holds three 64 KiB packets, so a short stall of the
+    /// receiving process loses packets and QUIC backs off. The queue that forms in this buffer is
+    /// bounded by each sender's [`Limits::send_window`], not by the buffer size (with a 2 MiB
+    /// buffer and an unbounded window, heartbeats once waited ~100 ms behind a snapshot).
     pub socket_buffer: Option<usize>,
 }
 
@@ -62,7 +75,9 @@ impl Default for Limits {
             backoff_max: Duration::from_secs(2),
             stream_window: 8 << 20,
             connection_window: 32 << 20,
-            socket_buffer: None,
+            send_window: 512 << 10,
+            max_udp_payload: 65_527,
+            socket_buffer: Some(2 << 20),
         }
     }
 }
@@ -103,13 +118,24 @@ impl Limits {
         Ok(socket)
     }
 
+    /// The quinn endpoint configuration (largest datagram received) with the stateless-reset key.
+    pub(crate) fn endpoint_config(&self, reset_key: ring::hmac::Key) -> quinn::EndpointConfig {
+        let mut config = quinn::EndpointConfig::new(Arc::new(reset_key));
+        // quinn refuses less than QUIC's minimum datagram size, 1,200 bytes.
+        let _ = config.max_udp_payload_size(self.max_udp_payload.max(1200));
+        config
+    }
+
     pub(crate) fn transport(&self) -> Arc<quinn::TransportConfig> {
         let mut t = quinn::TransportConfig::default();
         t.keep_alive_interval(Some(self.keep_alive));
         t.max_idle_timeout(IdleTimeout::try_from(self.idle_timeout).ok());
         t.stream_receive_window(VarInt::from_u32(self.stream_window));
         t.receive_window(VarInt::from_u32(self.connection_window));
-        t.send_window(u64::from(self.connection_window));
+        t.send_window(u64::from(self.send_window));
+        let mut mtu = quinn::MtuDiscoveryConfig::default();
+        mtu.upper_bound(self.max_udp_payload);
+        t.mtu_discovery_config(Some(mtu));
         t.max_concurrent_uni_streams(VarInt::from_u32(16));
         t.max_concurrent_bidi_streams(VarInt::from_u32(1024));
         Arc::new(t)

@@ -20,6 +20,7 @@ use crate::identity::{Identity, NodeId};
 use crate::peer::PeerHandle;
 use crate::stats::{add, Stats, StatsSnapshot};
 use crate::tls::{self, Credentials, TlsError, CLIENT_ALPN, PEER_ALPN};
+use crate::udp::SplitGso;
 use crate::{codes, Class, Protocol};
 
 /// How to bind a node's endpoint.
@@ -216,18 +217,23 @@ impl<P: Protocol> Endpoint<P> {
                 addr: config.listen,
                 source,
             })?;
-        let endpoint_config =
-            quinn::EndpointConfig::new(Arc::new(tls::reset_key(&config.credentials)));
-        let quinn = quinn::Endpoint::new(
-            endpoint_config,
-            Some(server),
-            socket,
-            Arc::new(quinn::TokioRuntime),
-        )
-        .map_err(|source| BindError::Socket {
-            addr: config.listen,
-            source,
-        })?;
+        let endpoint_config = config
+            .limits
+            .endpoint_config(tls::reset_key(&config.credentials));
+        let runtime = Arc::new(quinn::TokioRuntime);
+        let quinn = SplitGso::wrap(runtime.as_ref(), socket)
+            .and_then(|socket| {
+                quinn::Endpoint::new_with_abstract_socket(
+                    endpoint_config,
+                    Some(server),
+                    socket,
+                    runtime,
+                )
+            })
+            .map_err(|source| BindError::Socket {
+                addr: config.listen,
+                source,
+            })?;
 
         let stats = Arc::new(Stats::default());
         let (peer_tx, peer_rx) = mpsc::channel(config.limits.inbound_queue.max(1));

@@ -80,6 +80,7 @@ pub mod identity;
 mod peer;
 mod stats;
 mod tls;
+mod udp;
 
 /// The buffer type of encoded frames ([`frame::encode`], [`Endpoint::send_encoded`]).
 pub use bytes::Bytes;
