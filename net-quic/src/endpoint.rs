@@ -563,21 +563,22 @@ impl<P: Protocol> Accepting<P> {
         loop {
             match recv.read_chunks(&mut chunks).await {
                 Ok(Some(count)) => {
-                    for chunk in &chunks[..count] {
+                    for chunk in &mut chunks[..count] {
                         add(&self.stats.bytes_received, chunk.len() as u64);
-                        decoder.extend(chunk);
-                    }
-                    loop {
-                        match decoder.next_frame::<P::Peer>() {
-                            Ok(Some(msg)) => {
-                                add(&self.stats.frames_received, 1);
-                                let message = PeerMessage { from, class, msg };
-                                if self.peer_tx.send(message).await.is_err() {
-                                    return; // the application dropped its receiver
+                        // Frames whole in the chunk are decoded from it in place.
+                        decoder.push(std::mem::take(chunk));
+                        loop {
+                            match decoder.next_frame::<P::Peer>() {
+                                Ok(Some(msg)) => {
+                                    add(&self.stats.frames_received, 1);
+                                    let message = PeerMessage { from, class, msg };
+                                    if self.peer_tx.send(message).await.is_err() {
+                                        return; // the application dropped its receiver
+                                    }
                                 }
+                                Ok(None) => break,
+                                Err(error) => return self.frame_error(&conn, &error),
                             }
-                            Ok(None) => break,
-                            Err(error) => return self.frame_error(&conn, &error),
                         }
                     }
                 }
@@ -685,7 +686,7 @@ pub(crate) async fn read_one_frame<T: serde::de::DeserializeOwned>(
         match recv.read_chunk(usize::MAX, true).await {
             Ok(Some(chunk)) => {
                 read += chunk.bytes.len();
-                decoder.extend(&chunk.bytes);
+                decoder.push(chunk.bytes);
                 if let Some(msg) = decoder.next_frame::<T>()? {
                     return Ok(Some((msg, read)));
                 }

@@ -103,11 +103,18 @@ pub fn encode<T: Serialize + ?Sized>(msg: &T, max_len: usize) -> Result<Bytes, F
 
 /// Reassembles frames from byte chunks and decodes them, one at a time.
 ///
+/// Chunks handed over as [`Bytes`] ([`FrameDecoder::push`]) are not copied: whole frames inside
+/// them come back as slices of them. Only a frame split across chunks is copied together (from
+/// bytes that arrived, never reserving its declared size).
+///
 /// After an error the decoder is poisoned: the stream position is unknown, so the caller must close
 /// the stream (every later call returns [`FrameError::AfterError`] rather than guessing).
 #[derive(Debug)]
 pub struct FrameDecoder {
+    /// The start of a frame split across chunks (copied). Comes before `chunk` in stream order.
     buf: BytesMut,
+    /// The unread rest of the last pushed chunk (not copied).
+    chunk: Bytes,
     max_len: usize,
     poisoned: bool,
 }
@@ -117,27 +124,55 @@ impl FrameDecoder {
     pub fn new(max_len: usize) -> Self {
         FrameDecoder {
             buf: BytesMut::new(),
+            chunk: Bytes::new(),
             max_len: max_len.min(MAX_REPRESENTABLE_LEN),
             poisoned: false,
         }
     }
 
-    /// Appends bytes received from the stream.
+    /// Appends bytes received from the stream (copying them).
     pub fn extend(&mut self, bytes: &[u8]) {
+        self.absorb_chunk();
         self.buf.extend_from_slice(bytes);
+    }
+
+    /// Appends a chunk received from the stream without copying it. Frames it holds whole are
+    /// returned as slices of it (which keep its memory alive while held); call
+    /// [`FrameDecoder::next_frame`] until `None` before pushing the next chunk, so that only a
+    /// frame split across chunks is ever copied.
+    pub fn push(&mut self, chunk: Bytes) {
+        if chunk.is_empty() {
+            return;
+        }
+        self.absorb_chunk();
+        self.chunk = chunk;
+    }
+
+    /// Copies the unread rest of the last chunk into `buf` (to keep stream order).
+    fn absorb_chunk(&mut self) {
+        if !self.chunk.is_empty() {
+            self.buf.extend_from_slice(&self.chunk);
+            self.chunk.clear();
+        }
+    }
+
+    /// Moves up to `want` bytes from the front of `chunk` to the end of `buf`.
+    fn top_up(&mut self, want: usize) {
+        let n = want.min(self.chunk.len());
+        if n > 0 {
+            self.buf.extend_from_slice(&self.chunk[..n]);
+            self.chunk.advance(n);
+        }
     }
 
     /// Bytes buffered and not yet returned as frames.
     pub fn buffered(&self) -> usize {
-        self.buf.len()
+        self.buf.len() + self.chunk.len()
     }
 
-    /// Checks the header of the next frame if it is complete; returns the payload length.
-    fn check_header(&mut self) -> Result<Option<usize>, FrameError> {
-        if self.buf.len() < HEADER_LEN {
-            return Ok(None);
-        }
-        let version = self.buf[0];
+    /// Checks a frame header; returns the payload length.
+    fn check_header(&mut self, header: [u8; HEADER_LEN]) -> Result<usize, FrameError> {
+        let version = header[0];
         if version != PROTOCOL_VERSION {
             self.poisoned = true;
             return Err(FrameError::UnsupportedVersion {
@@ -146,7 +181,7 @@ impl FrameDecoder {
             });
         }
         let mut len_bytes = [0u8; 4];
-        len_bytes.copy_from_slice(&self.buf[1..HEADER_LEN]);
+        len_bytes.copy_from_slice(&header[1..HEADER_LEN]);
         let len = u32::from_le_bytes(len_bytes) as usize;
         if len > self.max_len {
             self.poisoned = true;
@@ -155,7 +190,7 @@ impl FrameDecoder {
                 max: self.max_len,
             });
         }
-        Ok(Some(len))
+        Ok(len)
     }
 
     /// Returns the next complete frame's raw payload, `None` if more bytes are needed.
@@ -163,9 +198,25 @@ impl FrameDecoder {
         if self.poisoned {
             return Err(FrameError::AfterError);
         }
-        let Some(len) = self.check_header()? else {
+        if self.buf.is_empty() {
+            // The common case: the next frame starts in the current chunk.
+            let Some(&header) = self.chunk.first_chunk::<HEADER_LEN>() else {
+                return Ok(None);
+            };
+            let len = self.check_header(header)?;
+            if self.chunk.len() < HEADER_LEN + len {
+                return Ok(None);
+            }
+            self.chunk.advance(HEADER_LEN);
+            return Ok(Some(self.chunk.split_to(len)));
+        }
+        // A frame split across chunks: complete it in `buf` from bytes that arrived.
+        self.top_up(HEADER_LEN.saturating_sub(self.buf.len()));
+        let Some(&header) = self.buf.first_chunk::<HEADER_LEN>() else {
             return Ok(None);
         };
+        let len = self.check_header(header)?;
+        self.top_up((HEADER_LEN + len).saturating_sub(self.buf.len()));
         if self.buf.len() < HEADER_LEN + len {
             return Ok(None);
         }
@@ -185,12 +236,9 @@ impl FrameDecoder {
 
     /// Declares the end of the stream: an error if an incomplete frame is still buffered.
     pub fn finish(&self) -> Result<(), FrameError> {
-        if self.buf.is_empty() {
-            Ok(())
-        } else {
-            Err(FrameError::Truncated {
-                buffered: self.buf.len(),
-            })
+        match self.buffered() {
+            0 => Ok(()),
+            buffered => Err(FrameError::Truncated { buffered }),
         }
     }
 }
@@ -307,8 +355,104 @@ mod tests {
         ));
     }
 
+    #[test]
+    fn whole_frames_in_a_pushed_chunk_are_not_copied() {
+        let a = encode(&Msg::Text("first".into()), 1024).unwrap();
+        let b = encode(&Msg::Text("second".into()), 1024).unwrap();
+        let mut wire = Vec::new();
+        wire.extend_from_slice(&a);
+        wire.extend_from_slice(&b);
+        wire.extend_from_slice(&a[..3]); // the start of a third frame
+        let chunk = Bytes::from(wire);
+        let range = chunk.as_ptr_range();
+        let mut decoder = FrameDecoder::new(1024);
+        decoder.push(chunk.clone());
+        for _ in 0..2 {
+            let payload = decoder.next_payload().unwrap().unwrap();
+            assert!(range.contains(&payload.as_ptr()), "payload was copied");
+        }
+        assert_eq!(decoder.next_payload().unwrap(), None);
+        assert_eq!(decoder.buffered(), 3);
+        // The split frame is completed from the next chunk.
+        decoder.push(Bytes::copy_from_slice(&a[3..]));
+        assert_eq!(
+            decoder.next_frame::<Msg>().unwrap(),
+            Some(Msg::Text("first".into()))
+        );
+        decoder.finish().unwrap();
+    }
+
+    #[test]
+    fn an_oversize_length_prefix_in_a_pushed_chunk_is_refused_at_once() {
+        let mut decoder = FrameDecoder::new(1024);
+        decoder.push(Bytes::from_static(&[PROTOCOL_VERSION, 0, 0, 0]));
+        assert_eq!(decoder.next_frame::<Msg>().unwrap(), None);
+        // The header completes in the next chunk and declares 16 MiB.
+        decoder.push(Bytes::from_static(&[1, 7, 7]));
+        assert!(matches!(
+            decoder.next_frame::<Msg>(),
+            Err(FrameError::TooLarge { len, max: 1024 }) if len == 1 << 24
+        ));
+        assert!(decoder.buf.capacity() < 4096);
+    }
+
     proptest! {
         #![proptest_config(ProptestConfig::with_cases(512))]
+
+        #[test]
+        fn frames_round_trip_across_any_chunking_pushed_or_copied(
+            msgs in proptest::collection::vec(msg_strategy(), 0..8),
+            cuts in proptest::collection::vec((1usize..60, any::<bool>()), 1..40),
+        ) {
+            let mut wire = Vec::new();
+            for m in &msgs {
+                wire.extend_from_slice(&encode(m, 4096).unwrap());
+            }
+            let mut decoder = FrameDecoder::new(4096);
+            let mut out = Vec::new();
+            let mut rest = &wire[..];
+            let mut cuts = cuts.iter().cycle();
+            while !rest.is_empty() {
+                let &(len, push) = cuts.next().unwrap();
+                let (piece, tail) = rest.split_at(len.min(rest.len()));
+                rest = tail;
+                if push {
+                    decoder.push(Bytes::copy_from_slice(piece));
+                } else {
+                    decoder.extend(piece);
+                }
+                // Sometimes drain only every other chunk: pushing over unread bytes must keep order.
+                if len % 2 == 0 || rest.is_empty() {
+                    while let Some(m) = decoder.next_frame::<Msg>().unwrap() {
+                        out.push(m);
+                    }
+                }
+            }
+            while let Some(m) = decoder.next_frame::<Msg>().unwrap() {
+                out.push(m);
+            }
+            decoder.finish().unwrap();
+            prop_assert_eq!(out, msgs);
+        }
+
+        #[test]
+        fn decoding_arbitrary_pushed_chunks_never_panics(
+            chunks in proptest::collection::vec(proptest::collection::vec(any::<u8>(), 0..40), 0..8),
+        ) {
+            let mut decoder = FrameDecoder::new(64);
+            for chunk in chunks {
+                decoder.push(Bytes::from(chunk));
+                loop {
+                    match decoder.next_frame::<Msg>() {
+                        Ok(Some(_)) => {}
+                        Ok(None) => break,
+                        Err(_) => return Ok(()),
+                    }
+                }
+                prop_assert!(decoder.buffered() < HEADER_LEN + 64);
+            }
+            let _ = decoder.finish();
+        }
 
         #[test]
         fn decoding_arbitrary_bytes_never_panics(

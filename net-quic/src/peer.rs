@@ -225,7 +225,9 @@ impl Batch {
 
     fn flush_small(&mut self) {
         if !self.small.is_empty() {
-            self.chunks.push(self.small.split().freeze());
+            // Take the whole buffer: the next chunk starts in a fresh allocation rather than
+            // growing the sliver of capacity a split would leave.
+            self.chunks.push(std::mem::take(&mut self.small).freeze());
         }
     }
 

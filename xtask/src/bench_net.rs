@@ -9,7 +9,9 @@
 //! The baseline carries the same frames (`net_quic::frame`) over tokio TCP + tokio-rustls, with
 //! the same TLS configuration (`Credentials::rustls_*_config`) and the same pipeline shape: a
 //! bounded queue into a writer task that batches frames into one buffered write, and a reader
-//! task that decodes frames into a bounded queue to the application. One-way runs of the two
+//! task that decodes frames into a bounded queue to the application. Both readers hand received
+//! chunks to the decoder without copying them (`FrameDecoder::push`): QUIC's stream chunks, and
+//! for TCP a fresh buffer per read. One-way runs of the two
 //! transports are interleaved over `--rounds` rounds and the median is reported, so background
 //! load hits both alike. The last line is `quic-vs-tcp-tls: <ratio>`, QUIC over TCP in 1 KiB
 //! one-way messages per second.
@@ -529,7 +531,6 @@ impl Tcp {
         let max = Limits::default().max_frame_len;
         let mut hist = histogram();
         let mut decoder = FrameDecoder::new(max);
-        let mut buf = vec![0u8; 64 << 10];
         let started = Instant::now();
         while started.elapsed() < secs {
             let t = Instant::now();
@@ -540,11 +541,11 @@ impl Tcp {
                 if let Some(reply) = decoder.next_frame()? {
                     break reply;
                 }
-                let n = bounded("TCP reply", self.requester.read(&mut buf)).await??;
-                if n == 0 {
+                let Some(chunk) = bounded("TCP reply", read_chunk(&mut self.requester)).await??
+                else {
                     bail!("the TCP server closed the connection");
-                }
-                decoder.extend(&buf[..n]);
+                };
+                decoder.push(chunk);
             };
             hist.record(t.elapsed().as_micros().max(1) as u64)?;
             if reply.0.len() != payload.0.len() {
@@ -584,16 +585,27 @@ async fn write_frames(stream: TlsClient, mut rx: mpsc::Receiver<Bytes>) {
     }
 }
 
+/// Bytes asked of one TCP read.
+const READ_CHUNK: usize = 64 << 10;
+
+/// Reads what the stream has (up to [`READ_CHUNK`] bytes) into a fresh buffer, which the decoder
+/// takes without copying, as it takes QUIC's received chunks; `None` at the end of the stream.
+async fn read_chunk<S: AsyncRead + Unpin>(stream: &mut S) -> std::io::Result<Option<Bytes>> {
+    let mut buf = Vec::with_capacity(READ_CHUNK);
+    match stream.read_buf(&mut buf).await? {
+        0 => Ok(None),
+        _ => Ok(Some(Bytes::from(buf))),
+    }
+}
+
 /// Reads chunks, decodes frames, hands them to the application (as the QUIC stream reader does).
 async fn read_frames<S: AsyncRead + Unpin>(mut stream: S, tx: mpsc::Sender<Blob>) {
     let mut decoder = FrameDecoder::new(Limits::default().max_frame_len);
-    let mut buf = vec![0u8; 64 << 10];
     loop {
-        let n = match stream.read(&mut buf).await {
-            Ok(0) | Err(_) => return,
-            Ok(n) => n,
-        };
-        decoder.extend(&buf[..n]);
+        match read_chunk(&mut stream).await {
+            Ok(Some(chunk)) => decoder.push(chunk),
+            Ok(None) | Err(_) => return,
+        }
         loop {
             match decoder.next_frame::<Blob>() {
                 Ok(Some(msg)) => {
@@ -618,7 +630,6 @@ async fn serve_requests<S: AsyncRead + AsyncWrite + Unpin>(
 ) {
     let max = Limits::default().max_frame_len;
     let mut decoder = FrameDecoder::new(max);
-    let mut buf = vec![0u8; 64 << 10];
     loop {
         let request = loop {
             match decoder.next_frame::<Blob>() {
@@ -626,9 +637,9 @@ async fn serve_requests<S: AsyncRead + AsyncWrite + Unpin>(
                 Ok(None) => {}
                 Err(_) => return,
             }
-            match stream.read(&mut buf).await {
-                Ok(0) | Err(_) => return,
-                Ok(n) => decoder.extend(&buf[..n]),
+            match read_chunk(&mut stream).await {
+                Ok(Some(chunk)) => decoder.push(chunk),
+                Ok(None) | Err(_) => return,
             }
         };
         let (reply_tx, reply_rx) = oneshot::channel();
