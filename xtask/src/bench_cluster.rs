@@ -113,6 +113,10 @@ pub struct PhaseStats {
     pub p99_us: u64,
     /// Maximum latency, µs.
     pub max_us: u64,
+    /// CPU time (user + system) the system's server processes used during the phase.
+    pub server_cpu: Duration,
+    /// CPU time the load generator (this process) used during the phase.
+    pub client_cpu: Duration,
 }
 
 impl PhaseStats {
@@ -120,6 +124,43 @@ impl PhaseStats {
     pub fn ops_per_sec(&self) -> f64 {
         self.ops as f64 / self.elapsed.as_secs_f64()
     }
+
+    /// Server CPU time per operation, µs: what the system costs the machine, which decides
+    /// throughput once the CPUs are busy, and is less noisy than throughput on a shared machine.
+    pub fn server_cpu_us_per_op(&self) -> f64 {
+        self.server_cpu.as_secs_f64() * 1e6 / self.ops.max(1) as f64
+    }
+
+    /// Load generator CPU time per operation, µs (the client library's cost).
+    pub fn client_cpu_us_per_op(&self) -> f64 {
+        self.client_cpu.as_secs_f64() * 1e6 / self.ops.max(1) as f64
+    }
+}
+
+/// CPU time (user + system, all threads) of process `pid` so far, from `/proc/<pid>/stat`; zero if
+/// it cannot be read (not Linux, process gone).
+fn process_cpu(pid: &str) -> Duration {
+    std::fs::read_to_string(format!("/proc/{pid}/stat"))
+        .ok()
+        .and_then(|stat| stat_cpu(&stat))
+        .unwrap_or_default()
+}
+
+/// utime + stime of a `/proc/<pid>/stat` line.
+fn stat_cpu(stat: &str) -> Option<Duration> {
+    // Fields after the parenthesised command name (which may hold spaces and parentheses): the
+    // state is field 3, utime and stime are fields 14 and 15, in USER_HZ (100 per second).
+    let rest = &stat[stat.rfind(')')? + 1..];
+    let fields: Vec<&str> = rest.split_whitespace().collect();
+    let utime: u64 = fields.get(11)?.parse().ok()?;
+    let stime: u64 = fields.get(12)?.parse().ok()?;
+    Some(Duration::from_millis((utime + stime) * 10))
+}
+
+/// CPU time of the server processes `pids` and of this process.
+fn cpu_now(pids: &[u32]) -> (Duration, Duration) {
+    let servers = pids.iter().map(|pid| process_cpu(&pid.to_string())).sum();
+    (servers, process_cpu("self"))
 }
 
 /// One row: a system at one client count.
@@ -167,12 +208,14 @@ enum Op {
 /// Runs one phase: `ops` operations split over `handles.len()` concurrent tasks.
 async fn phase<H: KvHandle>(
     handles: Vec<H>,
+    pids: &[u32],
     row: usize,
     ops: usize,
     op: Op,
     progress: &ProgressBar,
 ) -> anyhow::Result<PhaseStats> {
     let tasks = handles.len();
+    let cpu_before = cpu_now(pids);
     let start = Instant::now();
     let mut joins = tokio::task::JoinSet::new();
     for (task, mut handle) in handles.into_iter().enumerate() {
@@ -219,7 +262,10 @@ async fn phase<H: KvHandle>(
         all.add(&hist)?;
     }
     let elapsed = start.elapsed();
+    let cpu_after = cpu_now(pids);
     Ok(PhaseStats {
+        server_cpu: cpu_after.0.saturating_sub(cpu_before.0),
+        client_cpu: cpu_after.1.saturating_sub(cpu_before.1),
         ops: all.len(),
         elapsed,
         p50_us: all.value_at_quantile(0.50),
@@ -231,6 +277,7 @@ async fn phase<H: KvHandle>(
 /// Runs every row against `system`: a short warm-up, then puts and gets per client count.
 async fn run_system<S: System>(
     system: &S,
+    pids: &[u32],
     clients: &[usize],
     ops: usize,
     progress: &ProgressBar,
@@ -239,15 +286,15 @@ async fn run_system<S: System>(
     progress.set_message(format!("{name}: warm-up"));
     let warm = system.handles(16).await?;
     let hidden = ProgressBar::hidden();
-    phase(warm, 0xff, 1000, Op::Put, &hidden).await?;
+    phase(warm, pids, 0xff, 1000, Op::Put, &hidden).await?;
     let mut rows = Vec::new();
     for (r, &c) in clients.iter().enumerate() {
         // The same handles (and connections) for the puts and the gets that follow them.
         let handles = system.handles(c).await?;
         progress.set_message(format!("{name}: {c} clients, puts"));
-        let writes = phase(handles.clone(), r, ops, Op::Put, progress).await?;
+        let writes = phase(handles.clone(), pids, r, ops, Op::Put, progress).await?;
         progress.set_message(format!("{name}: {c} clients, linearizable gets"));
-        let reads = phase(handles, r, ops, Op::Get, progress).await?;
+        let reads = phase(handles, pids, r, ops, Op::Get, progress).await?;
         rows.push(Row {
             clients: c,
             writes,
@@ -433,7 +480,7 @@ async fn run_etcd(
     let result = async {
         cluster.wait_listening(Duration::from_secs(30)).await?;
         let system = etcd_system(&cluster.client_urls, version).await?;
-        let run = run_system(&system, &args.clients, args.ops, progress).await;
+        let run = run_system(&system, &cluster.pids(), &args.clients, args.ops, progress).await;
         cluster.check_running()?;
         run
     }
@@ -580,7 +627,8 @@ async fn run_quorate(
         let system = Quorate {
             config: nodes.client_config()?,
         };
-        let run = run_system(&system, &args.clients, args.ops, progress).await;
+        let pids: Vec<u32> = nodes.pids().into_iter().map(|(_, pid)| pid).collect();
+        let run = run_system(&system, &pids, &args.clients, args.ops, progress).await;
         nodes.check_running()?;
         run
     }
@@ -648,21 +696,37 @@ impl System for Quorate {
 fn print_system(run: &SystemRun) {
     println!("{}", run.name);
     println!(
-        "{:>8} {:>10} {:>9} {:>9} {:>9}   {:>10} {:>9} {:>9} {:>9}",
-        "clients", "writes/s", "p50", "p99", "max", "reads/s", "p50", "p99", "max"
+        "{:>8} {:>10} {:>9} {:>9} {:>9} {:>7} {:>7}   {:>10} {:>9} {:>9} {:>9} {:>7} {:>7}",
+        "clients",
+        "writes/s",
+        "p50",
+        "p99",
+        "max",
+        "srv/op",
+        "cli/op",
+        "reads/s",
+        "p50",
+        "p99",
+        "max",
+        "srv/op",
+        "cli/op"
     );
     for r in &run.rows {
         println!(
-            "{:>8} {:>10.0} {:>9} {:>9} {:>9}   {:>10.0} {:>9} {:>9} {:>9}",
+            "{:>8} {:>10.0} {:>9} {:>9} {:>9} {:>7.0} {:>7.0}   {:>10.0} {:>9} {:>9} {:>9} {:>7.0} {:>7.0}",
             r.clients,
             r.writes.ops_per_sec(),
             r.writes.p50_us,
             r.writes.p99_us,
             r.writes.max_us,
+            r.writes.server_cpu_us_per_op(),
+            r.writes.client_cpu_us_per_op(),
             r.reads.ops_per_sec(),
             r.reads.p50_us,
             r.reads.p99_us,
-            r.reads.max_us
+            r.reads.max_us,
+            r.reads.server_cpu_us_per_op(),
+            r.reads.client_cpu_us_per_op(),
         );
     }
 }
@@ -670,12 +734,12 @@ fn print_system(run: &SystemRun) {
 /// Prints Quorate ÷ peer per client count; returns the writes ratio at 64 clients.
 fn print_ratios(q: &SystemRun, p: &SystemRun) -> Option<f64> {
     println!(
-        "{} ÷ {} (throughput: higher is better; p99: lower is better)",
+        "{} ÷ {} (throughput: higher is better; p99 and server CPU per op: lower is better)",
         q.name, p.name
     );
     println!(
-        "{:>8} {:>10} {:>10} {:>10} {:>10}",
-        "clients", "writes/s", "reads/s", "write p99", "read p99"
+        "{:>8} {:>10} {:>10} {:>10} {:>10} {:>12} {:>12}",
+        "clients", "writes/s", "reads/s", "write p99", "read p99", "write srv/op", "read srv/op"
     );
     let mut headline = None;
     for qr in &q.rows {
@@ -686,8 +750,10 @@ fn print_ratios(q: &SystemRun, p: &SystemRun) -> Option<f64> {
         let reads = qr.reads.ops_per_sec() / pr.reads.ops_per_sec();
         let wp99 = qr.writes.p99_us as f64 / pr.writes.p99_us as f64;
         let rp99 = qr.reads.p99_us as f64 / pr.reads.p99_us as f64;
+        let wcpu = qr.writes.server_cpu_us_per_op() / pr.writes.server_cpu_us_per_op();
+        let rcpu = qr.reads.server_cpu_us_per_op() / pr.reads.server_cpu_us_per_op();
         println!(
-            "{:>8} {writes:>10.2} {reads:>10.2} {wp99:>10.2} {rp99:>10.2}",
+            "{:>8} {writes:>10.2} {reads:>10.2} {wp99:>10.2} {rp99:>10.2} {wcpu:>12.2} {rcpu:>12.2}",
             qr.clients
         );
         if qr.clients == 64 {
@@ -744,12 +810,12 @@ mod tests {
     async fn a_phase_runs_every_operation_and_checks_reads() {
         let system = Memory::default();
         let bar = ProgressBar::hidden();
-        let stats = phase(vec![system.clone(); 7], 1, 100, Op::Put, &bar)
+        let stats = phase(vec![system.clone(); 7], &[], 1, 100, Op::Put, &bar)
             .await
             .unwrap();
         assert_eq!(stats.ops, 100);
         assert_eq!(system.map.lock().unwrap().len(), 100);
-        let reads = phase(vec![system.clone(); 7], 1, 100, Op::Get, &bar)
+        let reads = phase(vec![system.clone(); 7], &[], 1, 100, Op::Get, &bar)
             .await
             .unwrap();
         assert_eq!(reads.ops, 100);
@@ -757,10 +823,35 @@ mod tests {
             corrupt: true,
             ..system
         };
-        let err = phase(vec![corrupt; 3], 1, 100, Op::Get, &bar)
+        let err = phase(vec![corrupt; 3], &[], 1, 100, Op::Get, &bar)
             .await
             .unwrap_err();
         assert!(err.to_string().contains("not the value written"), "{err}");
+    }
+
+    #[test]
+    fn cpu_time_is_read_from_proc_stat_past_an_awkward_command_name() {
+        let line = "4242 (tokio (rt) worker) S 1 4242 4242 0 -1 4194560 1200 0 0 0 \
+                    250 75 0 0 20 0 9 0 100 0 0";
+        assert_eq!(stat_cpu(line), Some(Duration::from_millis(3250)));
+        assert_eq!(stat_cpu("4242 (x) S 1"), None);
+        assert_eq!(stat_cpu("garbage"), None);
+        // Burning CPU shows up in this process's reading (ticks are 10 ms).
+        if cfg!(target_os = "linux") {
+            let before = process_cpu("self");
+            let start = Instant::now();
+            let mut x = 0u64;
+            while process_cpu("self") <= before {
+                for i in 0..1_000_000u64 {
+                    x = x.wrapping_mul(31).wrapping_add(i);
+                }
+                std::hint::black_box(x);
+                assert!(
+                    start.elapsed() < Duration::from_secs(20),
+                    "CPU time never grew"
+                );
+            }
+        }
     }
 
     #[test]
@@ -771,6 +862,8 @@ mod tests {
             p50_us: 100,
             p99_us: 1000,
             max_us: 2000,
+            server_cpu: Duration::from_millis(ops),
+            client_cpu: Duration::from_millis(ops / 2),
         };
         let run = |name: &str, ops: u64| SystemRun {
             name: name.into(),

@@ -139,6 +139,11 @@ impl EtcdCluster {
         Ok(EtcdCluster { client_urls, procs })
     }
 
+    /// Process ids of the members.
+    pub fn pids(&self) -> Vec<u32> {
+        self.procs.pids().into_iter().map(|(_, pid)| pid).collect()
+    }
+
     /// Errors if a member has exited (with the end of its log).
     pub fn check_running(&mut self) -> anyhow::Result<()> {
         self.procs.check_running()

@@ -215,6 +215,8 @@ mod tests {
             p50_us: p99 / 3,
             p99_us: p99,
             max_us: p99 * 2,
+            server_cpu: Duration::from_millis(ops),
+            client_cpu: Duration::from_millis(ops / 2),
         };
         let run = |name: &str, scale: u64| SystemRun {
             name: name.into(),
