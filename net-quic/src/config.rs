@@ -118,9 +118,11 @@ impl Limits {
         Ok(socket)
     }
 
-    /// The quinn endpoint configuration (largest datagram received) with the stateless-reset key.
+    /// The quinn endpoint configuration of a node: the largest datagram received, the
+    /// stateless-reset key and connection ids that a restarted node can answer for.
     pub(crate) fn endpoint_config(&self, reset_key: ring::hmac::Key) -> quinn::EndpointConfig {
         let mut config = quinn::EndpointConfig::new(Arc::new(reset_key));
+        config.cid_generator(|| Box::new(crate::tls::RestartableCids::new()));
         // quinn refuses less than QUIC's minimum datagram size, 1,200 bytes.
         let _ = config.max_udp_payload_size(self.max_udp_payload.max(1200));
         config

@@ -17,7 +17,7 @@ use tracing::{debug, info, warn, Instrument};
 use crate::config::Limits;
 use crate::frame::{self, FrameDecoder, FrameError};
 use crate::identity::{Identity, NodeId};
-use crate::peer::PeerHandle;
+use crate::peer::{self, Outbound, PeerHandle};
 use crate::stats::{add, Stats, StatsSnapshot};
 use crate::tls::{self, Credentials, TlsError, CLIENT_ALPN, PEER_ALPN};
 use crate::udp::SplitGso;
@@ -169,6 +169,7 @@ struct Inner<P: Protocol> {
     stats: Arc<Stats>,
     addrs: parking_lot::Mutex<HashMap<NodeId, SocketAddr>>,
     peers: parking_lot::Mutex<HashMap<NodeId, PeerHandle>>,
+    outbound: Outbound,
     closing: AtomicBool,
     accept_task: parking_lot::Mutex<Option<JoinHandle<()>>>,
     _protocol: PhantomData<fn(P)>,
@@ -193,6 +194,7 @@ struct Accepting<P: Protocol> {
     cluster: String,
     limits: Limits,
     stats: Arc<Stats>,
+    outbound: Outbound,
     peer_tx: mpsc::Sender<PeerMessage<P::Peer>>,
     request_tx: mpsc::Sender<ClientRequest<P>>,
 }
@@ -236,6 +238,7 @@ impl<P: Protocol> Endpoint<P> {
             })?;
 
         let stats = Arc::new(Stats::default());
+        let outbound = Outbound::default();
         let (peer_tx, peer_rx) = mpsc::channel(config.limits.inbound_queue.max(1));
         let (request_tx, request_rx) = mpsc::channel(config.limits.inbound_queue.max(1));
         let accepting = Arc::new(Accepting {
@@ -243,6 +246,7 @@ impl<P: Protocol> Endpoint<P> {
             cluster: config.cluster.clone(),
             limits: config.limits.clone(),
             stats: stats.clone(),
+            outbound: outbound.clone(),
             peer_tx,
             request_tx,
         });
@@ -258,6 +262,7 @@ impl<P: Protocol> Endpoint<P> {
             stats,
             addrs: parking_lot::Mutex::new(config.peers),
             peers: parking_lot::Mutex::new(HashMap::new()),
+            outbound,
             closing: AtomicBool::new(false),
             accept_task: parking_lot::Mutex::new(Some(accept_task)),
             _protocol: PhantomData,
@@ -284,12 +289,25 @@ impl<P: Protocol> Endpoint<P> {
         self.inner.quinn.local_addr()
     }
 
-    /// Sets (or changes) where node `id` listens; used from the next connection attempt on.
+    /// Sets (or changes) where node `id` listens; used from the next connection attempt on. An
+    /// open connection to a different address is closed (the peer moved, e.g. restarted
+    /// elsewhere), so the next send dials the new address.
     pub fn set_peer_addr(&self, id: NodeId, addr: SocketAddr) {
         self.inner.addrs.lock().insert(id, addr);
         if let Some(peer) = self.inner.peers.lock().get(&id) {
             *peer.shared.addr.lock() = addr;
         }
+        peer::close_if_moved(&self.inner.outbound, id, addr);
+    }
+
+    /// Whether this node has an open connection to node `id` for its sends (connections are made
+    /// on demand, and one found stale, e.g. to a peer that restarted, is closed).
+    pub fn peer_connected(&self, id: NodeId) -> bool {
+        self.inner
+            .outbound
+            .lock()
+            .get(&id)
+            .is_some_and(|conn| conn.close_reason().is_none())
     }
 
     /// The counters so far.
@@ -325,6 +343,7 @@ impl<P: Protocol> Endpoint<P> {
             inner.cluster.clone(),
             inner.limits.clone(),
             inner.stats.clone(),
+            inner.outbound.clone(),
         );
         let result = f(&peer);
         peers.insert(to, peer);
@@ -433,6 +452,7 @@ impl<P: Protocol> Endpoint<P> {
         inner
             .quinn
             .close(VarInt::from_u32(codes::SHUTDOWN), b"shutdown");
+        inner.outbound.lock().clear();
         let idle_deadline = deadline.max(tokio::time::Instant::now() + Duration::from_millis(200));
         let _ = tokio::time::timeout_at(idle_deadline, inner.quinn.wait_idle()).await;
         peers_not_drained.sort();
@@ -511,6 +531,13 @@ impl<P: Protocol> Accepting<P> {
     /// A node's connection: it may only open unidirectional class streams.
     async fn serve_peer(self: Arc<Self>, conn: Connection, from: NodeId) {
         debug!("peer connection accepted");
+        // If the peer restarted, our own connection to it is stale: find out now.
+        let outbound = self.outbound.clone();
+        let wait = self.limits.connect_timeout;
+        tokio::spawn(
+            async move { peer::probe(&outbound, from, wait).await }
+                .instrument(tracing::Span::current()),
+        );
         loop {
             tokio::select! {
                 uni = conn.accept_uni() => match uni {

@@ -152,4 +152,6 @@ pub mod codes {
     pub const PROTOCOL_VIOLATION: u32 = 3;
     /// The server dropped a client request without replying.
     pub const NO_REPLY: u32 = 4;
+    /// The peer was given a new address; the connection to the old one is closed.
+    pub const ADDRESS_CHANGED: u32 = 5;
 }

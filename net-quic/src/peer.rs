@@ -2,13 +2,14 @@
 //! with capped exponential backoff) and one writer task per message class, each owning a
 //! long-lived unidirectional stream.
 
+use std::collections::HashMap;
 use std::net::SocketAddr;
 use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::Arc;
 use std::time::Duration;
 
 use bytes::{Bytes, BytesMut};
-use quinn::{Connection, SendStream};
+use quinn::{Connection, SendStream, VarInt};
 use tokio::sync::mpsc;
 use tokio::task::JoinHandle;
 use tokio::time::Instant;
@@ -18,7 +19,12 @@ use crate::config::Limits;
 use crate::identity::{node_dns_name, Identity, NodeId};
 use crate::stats::{add, Stats};
 use crate::tls::peer_identity;
-use crate::Class;
+use crate::{codes, Class};
+
+/// The open outbound connection to each peer, shared by the peers' writers (which set it), the
+/// endpoint (which closes one whose peer moved) and the accept side (which probes one whose peer
+/// just connected in).
+pub(crate) type Outbound = Arc<parking_lot::Mutex<HashMap<NodeId, Connection>>>;
 
 /// What the endpoint keeps per peer.
 pub(crate) struct PeerHandle {
@@ -39,6 +45,7 @@ pub(crate) struct PeerShared {
     cluster: String,
     limits: Limits,
     stats: Arc<Stats>,
+    outbound: Outbound,
     conn: tokio::sync::Mutex<ConnState>,
 }
 
@@ -81,6 +88,7 @@ impl PeerHandle {
         cluster: String,
         limits: Limits,
         stats: Arc<Stats>,
+        outbound: Outbound,
     ) -> Self {
         let (consensus_tx, consensus_rx) = mpsc::channel(limits.consensus_queue.max(1));
         let (bulk_tx, bulk_rx) = mpsc::channel(limits.bulk_queue.max(1));
@@ -99,6 +107,7 @@ impl PeerHandle {
             }),
             limits,
             stats,
+            outbound,
         });
         let span = tracing::info_span!("net.peer_out", node = %local, peer = %id);
         let tasks = vec![
@@ -142,6 +151,7 @@ impl PeerShared {
                     state.backoff = self.limits.backoff_initial;
                     state.retry_at = None;
                     state.current = Some(conn.clone());
+                    self.outbound.lock().insert(self.id, conn.clone());
                     return conn;
                 }
                 Err(error) => {
@@ -280,6 +290,41 @@ async fn run_writer(shared: Arc<PeerShared>, class: Class, mut rx: mpsc::Receive
             let _ = s.stopped().await;
         }
     }
+}
+
+/// Closes the connection to a peer that moved to `addr` (if it goes elsewhere), so the next send
+/// dials the new address. Without this, a peer that crashed and came back elsewhere would be
+/// reached only when the old connection's idle timeout fires.
+pub(crate) fn close_if_moved(outbound: &Outbound, id: NodeId, addr: SocketAddr) {
+    if let Some(conn) = outbound.lock().get(&id) {
+        if conn.remote_address() != addr && conn.close_reason().is_none() {
+            info!(peer = %id, old = %conn.remote_address(), new = %addr, "peer moved; closing the old connection");
+            conn.close(
+                VarInt::from_u32(codes::ADDRESS_CHANGED),
+                b"peer address changed",
+            );
+        }
+    }
+}
+
+/// Sends an empty stream on the outbound connection to a peer that has just connected in. If the
+/// peer restarted, its new incarnation answers with a stateless reset and the stale connection
+/// closes now, instead of swallowing the next message to find out. A live connection just sees an
+/// empty stream. (Probing, rather than replacing the connection, cannot set off a reconnect loop
+/// between two nodes.)
+pub(crate) async fn probe(outbound: &Outbound, id: NodeId, wait: Duration) {
+    let Some(conn) = outbound.lock().get(&id).cloned() else {
+        return;
+    };
+    if conn.close_reason().is_some() {
+        return;
+    }
+    let _ = tokio::time::timeout(wait, async {
+        if let Ok(mut stream) = conn.open_uni().await {
+            let _ = stream.finish();
+        }
+    })
+    .await;
 }
 
 #[cfg(test)]

@@ -218,6 +218,54 @@ pub(crate) fn reset_key(creds: &Credentials) -> ring::hmac::Key {
     ring::hmac::Key::new(ring::hmac::HMAC_SHA256, ctx.finish().as_ref())
 }
 
+/// Random 8-byte connection ids that any incarnation of the node accepts as its own.
+///
+/// quinn's default generator signs its ids with a key chosen per process, and drops packets whose
+/// id fails that check. A restarted node then silently drops its peers' packets on the connections
+/// of its previous incarnation instead of answering with a stateless reset (which [`reset_key`]
+/// makes verifiable), so the peers kept those dead connections until their idle timeout. These ids
+/// carry no signature: an unknown id is answered with a stateless reset (rate-limited by quinn).
+pub(crate) struct RestartableCids {
+    rng: ring::rand::SystemRandom,
+    /// Fallback entropy if the system generator fails (it should not).
+    fallback: std::collections::hash_map::RandomState,
+    counter: u64,
+}
+
+/// Bytes in a connection id (as quinn's default generator uses).
+const CID_LEN: usize = 8;
+
+impl RestartableCids {
+    pub(crate) fn new() -> Self {
+        RestartableCids {
+            rng: ring::rand::SystemRandom::new(),
+            fallback: std::collections::hash_map::RandomState::new(),
+            counter: 0,
+        }
+    }
+}
+
+impl quinn::ConnectionIdGenerator for RestartableCids {
+    fn generate_cid(&mut self) -> quinn::ConnectionId {
+        use ring::rand::SecureRandom;
+        use std::hash::BuildHasher;
+        let mut bytes = [0u8; CID_LEN];
+        if self.rng.fill(&mut bytes).is_err() {
+            self.counter += 1;
+            bytes = self.fallback.hash_one(self.counter).to_le_bytes();
+        }
+        quinn::ConnectionId::new(&bytes)
+    }
+
+    fn cid_len(&self) -> usize {
+        CID_LEN
+    }
+
+    fn cid_lifetime(&self) -> Option<std::time::Duration> {
+        None
+    }
+}
+
 /// Reads the authenticated identity of a connection's peer.
 pub(crate) fn peer_identity(
     conn: &quinn::Connection,

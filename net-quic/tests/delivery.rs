@@ -7,7 +7,8 @@ use std::time::{Duration, Instant};
 
 use common::*;
 use net_quic::{
-    Class, Client, ClientConfig, Credentials, Endpoint, Identity, NodeId, RequestError, SendError,
+    Class, Client, ClientConfig, Credentials, Endpoint, Identity, Limits, NodeId, RequestError,
+    SendError,
 };
 
 #[tokio::test]
@@ -113,6 +114,128 @@ async fn a_restarted_peer_is_reconnected_and_delivery_resumes() {
     })
     .await;
     drop(node2);
+}
+
+/// A peer that crashes (no goodbye: its runtime stops) and comes back at another address is
+/// reached as soon as it is given the new address, not when the old connection times out.
+#[tokio::test]
+async fn a_peer_that_crashed_and_moved_is_reached_at_its_new_address_at_once() {
+    let dir = tempfile::tempdir().unwrap();
+    write_certs(dir.path(), &[1, 2], &[]);
+    // Far beyond the test's bound: the old connection must not be what ends the wait.
+    let limits = Limits {
+        idle_timeout: Duration::from_secs(120),
+        ..fast_limits()
+    };
+    let (node1, _rx1) = bind_node_with(dir.path(), 1, limits.clone());
+    // Node 2's first life runs on a runtime of its own, so it can stop without closing anything.
+    let doomed = tokio::runtime::Builder::new_multi_thread()
+        .worker_threads(1)
+        .enable_all()
+        .build()
+        .unwrap();
+    let (old2, mut old_rx2) = {
+        let _in_doomed = doomed.enter();
+        bind_node_with(dir.path(), 2, limits.clone())
+    };
+    node1.set_peer_addr(NodeId(2), old2.local_addr().unwrap());
+    node1.send(NodeId(2), &Msg::Seq { n: 0 }).unwrap();
+    bounded("first message", old_rx2.peer.recv()).await.unwrap();
+
+    // The crash: every task of the old node stops at once; no close reaches node 1.
+    doomed.shutdown_background();
+    drop(old_rx2);
+    let (node2, mut rx2) = bind_node_with(dir.path(), 2, limits);
+    node1.set_peer_addr(NodeId(2), node2.local_addr().unwrap());
+
+    let resumed = bounded("delivery to the new address", async {
+        let mut n = 1;
+        loop {
+            let _ = node1.send(NodeId(2), &Msg::Seq { n });
+            n += 1;
+            if let Some(m) = recv_within(&mut rx2, Duration::from_millis(20)).await {
+                break m;
+            }
+        }
+    })
+    .await;
+    assert_eq!(resumed.from, NodeId(1));
+    assert!(node1.stats().reconnects >= 1, "{:?}", node1.stats());
+    // Dropped only now: with its tasks gone it closes nothing, and its socket stayed a black hole.
+    drop(old2);
+}
+
+/// A peer that crashes and restarts at the same address: when it connects in, the connection to
+/// its old incarnation is found stale (stateless reset) before anything is sent on it, so the first
+/// message after the restart is not lost to find out.
+#[tokio::test]
+async fn a_restarted_peer_that_connects_in_gets_the_first_message_sent_after() {
+    let dir = tempfile::tempdir().unwrap();
+    write_certs(dir.path(), &[1, 2], &[]);
+    // Nothing else on the old connection that could run into the new incarnation: no keep-alive
+    // or idle timeout within the test's bound, no MTU probes.
+    let limits = Limits {
+        keep_alive: Duration::from_secs(100),
+        idle_timeout: Duration::from_secs(120),
+        max_udp_payload: 1200,
+        ..fast_limits()
+    };
+    let (node1, mut rx1) = bind_node_with(dir.path(), 1, limits.clone());
+    let doomed = tokio::runtime::Builder::new_multi_thread()
+        .worker_threads(1)
+        .enable_all()
+        .build()
+        .unwrap();
+    let (old2, mut old_rx2) = {
+        let _in_doomed = doomed.enter();
+        bind_node_with(dir.path(), 2, limits.clone())
+    };
+    let addr2 = old2.local_addr().unwrap();
+    node1.set_peer_addr(NodeId(2), addr2);
+    node1.send(NodeId(2), &Msg::Seq { n: 0 }).unwrap();
+    bounded("first message", old_rx2.peer.recv()).await.unwrap();
+    assert!(node1.peer_connected(NodeId(2)));
+    // Let the acknowledgements settle, so node 1 has nothing left to resend.
+    tokio::time::sleep(Duration::from_millis(200)).await;
+
+    // The crash: the old node's tasks stop (and only then is it dropped, so nothing says goodbye).
+    drop(old_rx2);
+    bounded(
+        "old runtime stops",
+        tokio::task::spawn_blocking(move || doomed.shutdown_timeout(Duration::from_secs(5))),
+    )
+    .await
+    .unwrap();
+    drop(old2);
+    let (node2, mut rx2) = bounded("rebind", async {
+        loop {
+            let creds = Credentials::load_node(dir.path(), NodeId(2)).unwrap();
+            let mut config = node_config(creds, addr2);
+            config.limits = limits.clone();
+            match Endpoint::<Test>::bind(config) {
+                Ok(bound) => break bound,
+                Err(_) => tokio::time::sleep(Duration::from_millis(50)).await,
+            }
+        }
+    })
+    .await;
+    node2.set_peer_addr(NodeId(1), node1.local_addr().unwrap());
+
+    // The new incarnation speaks first; node 1 finds its own connection stale without using it.
+    node2.send(NodeId(1), &Msg::Seq { n: 100 }).unwrap();
+    bounded("node 2's message", rx1.peer.recv()).await.unwrap();
+    bounded("stale connection noticed", async {
+        while node1.peer_connected(NodeId(2)) {
+            tokio::time::sleep(Duration::from_millis(10)).await;
+        }
+    })
+    .await;
+    node1.send(NodeId(2), &Msg::Seq { n: 1 }).unwrap();
+    let first = bounded("first message after the restart", rx2.peer.recv())
+        .await
+        .unwrap();
+    assert_eq!(first.msg, Msg::Seq { n: 1 });
+    assert_eq!(node1.stats().reconnects, 1, "{:?}", node1.stats());
 }
 
 #[tokio::test]
