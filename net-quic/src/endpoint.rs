@@ -397,14 +397,27 @@ impl<P: Protocol> Endpoint<P> {
         class: Class,
         frame: Bytes,
     ) -> Result<(), SendError> {
-        let (tx, shared) = self.with_peer(to, |peer| {
+        // Queued at once when there is room; only a full queue costs handles to wait with.
+        let full = self.with_peer(to, |peer| {
             let tx = match class {
-                Class::Consensus => peer.consensus_tx.clone(),
-                Class::Bulk => peer.bulk_tx.clone(),
+                Class::Consensus => &peer.consensus_tx,
+                Class::Bulk => &peer.bulk_tx,
             };
-            (tx, peer.shared.clone())
-        })?;
-        shared.queued.fetch_add(1, Ordering::Relaxed);
+            peer.shared.queued.fetch_add(1, Ordering::Relaxed);
+            match tx.try_send(frame) {
+                Ok(()) => Ok(None),
+                Err(mpsc::error::TrySendError::Full(frame)) => {
+                    Ok(Some((tx.clone(), peer.shared.clone(), frame)))
+                }
+                Err(mpsc::error::TrySendError::Closed(_)) => {
+                    peer.shared.queued.fetch_sub(1, Ordering::Relaxed);
+                    Err(SendError::ShuttingDown)
+                }
+            }
+        })??;
+        let Some((tx, shared, frame)) = full else {
+            return Ok(());
+        };
         if tx.send(frame).await.is_err() {
             shared.queued.fetch_sub(1, Ordering::Relaxed);
             return Err(SendError::ShuttingDown);
