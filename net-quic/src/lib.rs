@@ -27,6 +27,15 @@
 //! handshake against the cluster CA; nothing the peer sends can change it. Clients hold
 //! `client-<name>.<cluster>` certificates, which the peer ALPN refuses.
 //!
+//! ## Connections
+//! Each node dials a peer on demand and keeps one connection for its sends (the peer dials its own
+//! for the other direction). Packets grow with MTU discovery up to [`Limits::max_udp_payload`]
+//! (64 KiB on loopback), and unacknowledged bytes per connection are capped by
+//! [`Limits::send_window`], which bounds how long a consensus message can wait behind bulk data.
+//! A restarted peer is noticed at once: its new incarnation answers packets on old connections with
+//! a stateless reset, and when it connects in, this node probes its own connection to it.
+//! [`Endpoint::set_peer_addr`] with a new address closes the connection to the old one.
+//!
 //! ## Certificate folder
 //! [`certs::write_dev_certs`] (and `cargo xtask certs --dir DIR`) writes PEM files into one folder,
 //! which [`Credentials::load_node`] and [`Credentials::load_client`] read back:
