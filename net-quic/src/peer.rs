@@ -297,7 +297,7 @@ async fn run_writer(shared: Arc<PeerShared>, class: Class, mut rx: mpsc::Receive
 /// reached only when the old connection's idle timeout fires.
 pub(crate) fn close_if_moved(outbound: &Outbound, id: NodeId, addr: SocketAddr) {
     if let Some(conn) = outbound.lock().get(&id) {
-        if conn.remote_address() != addr && conn.close_reason().is_none() {
+        if !same_addr(conn.remote_address(), addr) && conn.close_reason().is_none() {
             info!(peer = %id, old = %conn.remote_address(), new = %addr, "peer moved; closing the old connection");
             conn.close(
                 VarInt::from_u32(codes::ADDRESS_CHANGED),
@@ -305,6 +305,21 @@ pub(crate) fn close_if_moved(outbound: &Outbound, id: NodeId, addr: SocketAddr) 
             );
         }
     }
+}
+
+/// Whether two addresses are the same endpoint, counting an IPv4-mapped IPv6 address (as a dual-stack
+/// socket reports an IPv4 peer) as the IPv4 address.
+fn same_addr(a: SocketAddr, b: SocketAddr) -> bool {
+    fn canonical(addr: SocketAddr) -> SocketAddr {
+        match addr {
+            SocketAddr::V6(v6) => match v6.ip().to_ipv4_mapped() {
+                Some(v4) => SocketAddr::new(v4.into(), v6.port()),
+                None => addr,
+            },
+            SocketAddr::V4(_) => addr,
+        }
+    }
+    canonical(a) == canonical(b)
 }
 
 /// Sends an empty stream on the outbound connection to a peer that has just connected in. If the
@@ -330,6 +345,17 @@ pub(crate) async fn probe(outbound: &Outbound, id: NodeId, wait: Duration) {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn a_mapped_ipv6_address_is_the_same_as_its_ipv4_address() {
+        let v4: SocketAddr = "127.0.0.1:7001".parse().unwrap();
+        let mapped: SocketAddr = "[::ffff:127.0.0.1]:7001".parse().unwrap();
+        assert!(same_addr(v4, mapped));
+        assert!(same_addr(mapped, v4));
+        assert!(!same_addr(v4, "127.0.0.1:7002".parse().unwrap()));
+        assert!(!same_addr(v4, "127.0.0.2:7001".parse().unwrap()));
+        assert!(!same_addr(mapped, "[::1]:7001".parse().unwrap()));
+    }
 
     #[test]
     fn a_batch_merges_small_frames_in_order_and_passes_large_ones_through() {

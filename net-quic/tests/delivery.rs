@@ -141,6 +141,9 @@ async fn a_peer_that_crashed_and_moved_is_reached_at_its_new_address_at_once() {
     node1.set_peer_addr(NodeId(2), old2.local_addr().unwrap());
     node1.send(NodeId(2), &Msg::Seq { n: 0 }).unwrap();
     bounded("first message", old_rx2.peer.recv()).await.unwrap();
+    // Being told the address it already uses changes nothing.
+    node1.set_peer_addr(NodeId(2), old2.local_addr().unwrap());
+    assert!(node1.peer_connected(NodeId(2)));
 
     // The crash: every task of the old node stops at once; no close reaches node 1.
     doomed.shutdown_background();
