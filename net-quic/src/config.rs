@@ -108,15 +108,27 @@ impl Limits {
         // Best effort: a smaller buffer than asked only changes how loss and queueing trade off.
         let recv = state.set_recv_buffer_size((&socket).into(), size);
         let send = state.set_send_buffer_size((&socket).into(), size);
+        let granted = state.recv_buffer_size((&socket).into()).ok();
         tracing::debug!(
             %addr,
             asked = size,
-            recv = ?state.recv_buffer_size((&socket).into()),
+            recv = ?granted,
             send = ?state.send_buffer_size((&socket).into()),
             recv_error = ?recv.err(),
             send_error = ?send.err(),
             "UDP socket buffers"
         );
+        // Linux doubles the size it sets (for its bookkeeping) and reports that; a report below
+        // what was asked means the kernel's cap (`net.core.rmem_max`, often 208 KiB) applied.
+        if granted.is_some_and(|granted| granted < size) {
+            tracing::info!(
+                %addr,
+                asked = size,
+                granted = ?granted,
+                "UDP receive buffer smaller than asked: large packets may be lost under load; \
+                 raise net.core.rmem_max"
+            );
+        }
         Ok(socket)
     }
 
