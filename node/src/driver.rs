@@ -57,6 +57,8 @@ type Responder = net_quic::Responder<Response>;
 
 /// Peer messages handled per iteration at most (beyond the one that woke the loop).
 const PEER_DRAIN: usize = 1024;
+/// A loop iteration taking at least this long is logged.
+const SLOW_ITERATION: Duration = Duration::from_millis(20);
 /// Applied payload bytes after which a snapshot is taken regardless of the entry count.
 const SNAPSHOT_BYTES: u64 = 64 << 20;
 /// Encoding overhead allowed per write on top of key and value when checking the request limit.
@@ -236,21 +238,36 @@ impl Driver {
                     self.expire(Instant::now());
                 }
             }
+            let woke = std::time::Instant::now();
+            let mut peer_messages = 0;
             for _ in 0..PEER_DRAIN {
                 match self.peer_rx.try_recv() {
                     Ok(message) => self.step(message),
                     Err(_) => break,
                 }
+                peer_messages += 1;
             }
+            let mut requests = 0;
             for _ in 0..self.config.limits.max_batch_ops {
                 match self.request_rx.try_recv() {
                     Ok(request) => self.handle_request(request),
                     Err(_) => break,
                 }
+                requests += 1;
             }
             self.flush_proposals();
             self.flush_reads();
             self.process_ready()?;
+            let took = woke.elapsed();
+            if took >= SLOW_ITERATION {
+                warn!(
+                    node = self.id,
+                    took_ms = took.as_millis() as u64,
+                    peer_messages,
+                    requests,
+                    "slow driver iteration (requests and replication wait for it)"
+                );
+            }
             if let Some(deadline) = self.draining_until {
                 let handed_off = self.soft.leader.is_some_and(|leader| leader != self.id);
                 if handed_off || Instant::now() >= deadline {

@@ -50,6 +50,9 @@ pub struct Args {
     /// Where to write the SVG plots (default: target/bench-cluster).
     #[arg(long)]
     out: Option<PathBuf>,
+    /// Keep the data directories and server logs (for looking into a run) instead of removing them.
+    #[arg(long)]
+    keep: bool,
     /// Skip the Quorate cluster (to check the harness against the peer alone).
     #[arg(long, hide = true)]
     no_quorate: bool,
@@ -454,7 +457,12 @@ async fn run_async(args: Args) -> anyhow::Result<()> {
             println!("plot: {}", f.display());
         }
     }
-    drop(tmp);
+    if args.keep {
+        let kept = tmp.keep();
+        println!("kept: {} (data directories and logs)", kept.display());
+    } else {
+        drop(tmp);
+    }
     match (headline, quorate, peer) {
         (Some(ratio), _, _) => println!("cluster-vs-etcd writes@64: {ratio:.2}"),
         (None, Some(_), Some(_)) => {

@@ -109,6 +109,9 @@ impl Syncer {
     }
 }
 
+/// A sync taking at least this long is logged: it delays every commit waiting on this member.
+const SLOW_SYNC: std::time::Duration = std::time::Duration::from_millis(50);
+
 fn run(wal: &Wal, shared: &Shared, mut durable: u64) {
     loop {
         {
@@ -123,8 +126,17 @@ fn run(wal: &Wal, shared: &Shared, mut durable: u64) {
                 return;
             }
         }
+        let started = std::time::Instant::now();
         match wal.sync() {
             Ok(index) => {
+                let took = started.elapsed();
+                if took >= SLOW_SYNC {
+                    tracing::warn!(
+                        took_ms = took.as_millis() as u64,
+                        records = index.saturating_sub(durable),
+                        "raft store: slow WAL sync (the disk is slow or shared; commits wait for it)"
+                    );
+                }
                 durable = index;
                 shared
                     .durable
