@@ -1,18 +1,22 @@
-//! The client side of request/response: one QUIC stream per request, on the client ALPN.
+//! The client side of request/response on the client ALPN: requests pipelined on one long-lived
+//! stream per connection, replies matched to their callers by request id.
 
 use std::collections::HashMap;
-use std::marker::PhantomData;
 use std::net::SocketAddr;
+use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::Arc;
 use std::time::Duration;
 
-use quinn::{Connection, VarInt};
-use tracing::{debug, Instrument};
+use bytes::Bytes;
+use quinn::{Connection, RecvStream, SendStream, VarInt};
+use tokio::sync::{oneshot, Semaphore};
+use tracing::{debug, warn, Instrument};
 
 use crate::config::Limits;
-use crate::endpoint::{read_one_frame, BindError};
-use crate::frame::{self, FrameError};
+use crate::endpoint::BindError;
+use crate::frame::{self, FrameDecoder, FrameError};
 use crate::identity::{node_dns_name, Identity, NodeId};
+use crate::rpc::{self, Kind, Outbox};
 use crate::stats::{add, Stats, StatsSnapshot};
 use crate::tls::{self, Credentials, CLIENT_ALPN};
 use crate::udp::SplitGso;
@@ -54,12 +58,13 @@ pub enum RequestError {
     /// The request or reply frame was refused.
     #[error(transparent)]
     Frame(#[from] FrameError),
-    /// The server closed the request stream without replying.
+    /// The node dropped the request without replying (or closed the request stream).
     #[error("the node dropped the request without a reply")]
     NoReply,
 }
 
-/// A client of the cluster: sends requests to nodes and awaits their replies.
+/// A client of the cluster: sends requests to nodes and awaits their replies. Requests from
+/// many tasks share one connection (and one stream) per node.
 pub struct Client<P: Protocol> {
     quinn: quinn::Endpoint,
     client_config: quinn::ClientConfig,
@@ -68,8 +73,97 @@ pub struct Client<P: Protocol> {
     nodes: HashMap<NodeId, SocketAddr>,
     limits: Limits,
     stats: Arc<Stats>,
-    conns: tokio::sync::Mutex<HashMap<NodeId, Connection>>,
-    _protocol: PhantomData<fn(P)>,
+    live: parking_lot::Mutex<HashMap<NodeId, Arc<ClientConn<P>>>>,
+    /// Held while connecting, so concurrent first requests share one connection attempt.
+    connecting: tokio::sync::Mutex<()>,
+}
+
+/// One connection to a node and its request stream.
+struct ClientConn<P: Protocol> {
+    conn: Connection,
+    /// Request frames for the stream's writer task.
+    outbox: Outbox,
+    waiters: parking_lot::Mutex<Waiters<P::Response>>,
+    /// Requests that may still be sent before a reply comes back (`client_requests_in_flight`).
+    permits: Semaphore,
+    next_id: AtomicU64,
+}
+
+struct Waiters<R> {
+    /// Callers awaiting the reply to each request id.
+    pending: HashMap<u64, oneshot::Sender<Outcome<R>>>,
+    /// Set once the connection or stream failed; every later request fails the same way.
+    failed: Option<Failure>,
+}
+
+/// What a caller is woken with.
+enum Outcome<R> {
+    Reply(R),
+    NoReply,
+    Frame(FrameError),
+    Failed(Failure),
+}
+
+/// Why a connection's requests all failed.
+#[derive(Debug, Clone)]
+enum Failure {
+    Connection(quinn::ConnectionError),
+    /// The node ended the request stream without closing the connection.
+    StreamEnded,
+}
+
+impl From<Failure> for RequestError {
+    fn from(failure: Failure) -> Self {
+        match failure {
+            Failure::Connection(error) => RequestError::Connection(error),
+            Failure::StreamEnded => RequestError::NoReply,
+        }
+    }
+}
+
+impl<P: Protocol> ClientConn<P> {
+    fn is_alive(&self) -> bool {
+        self.conn.close_reason().is_none() && self.waiters.lock().failed.is_none()
+    }
+
+    /// Why the connection failed (a closed connection's reason if nothing was recorded).
+    fn failure(&self) -> Failure {
+        if let Some(failure) = &self.waiters.lock().failed {
+            return failure.clone();
+        }
+        match self.conn.close_reason() {
+            Some(error) => Failure::Connection(error),
+            None => Failure::StreamEnded,
+        }
+    }
+
+    /// Fails every waiting request (and every later one) and stops the writer.
+    fn fail(&self, failure: Failure) {
+        let pending = {
+            let mut waiters = self.waiters.lock();
+            let failure = waiters.failed.get_or_insert(failure).clone();
+            std::mem::take(&mut waiters.pending)
+                .into_values()
+                .map(move |tx| (tx, failure.clone()))
+                .collect::<Vec<_>>()
+        };
+        for (tx, failure) in pending {
+            let _ = tx.send(Outcome::Failed(failure));
+        }
+        self.outbox.close();
+    }
+}
+
+/// Removes a caller's waiter when it stops waiting (reply, timeout or cancellation).
+struct Waiting<'a, P: Protocol> {
+    conn: &'a ClientConn<P>,
+    id: u64,
+}
+
+impl<P: Protocol> Drop for Waiting<'_, P> {
+    fn drop(&mut self) {
+        self.conn.waiters.lock().pending.remove(&self.id);
+    }
 }
 
 impl<P: Protocol> Client<P> {
@@ -106,8 +200,8 @@ impl<P: Protocol> Client<P> {
             nodes: config.nodes,
             limits: config.limits,
             stats: Arc::new(Stats::default()),
-            conns: tokio::sync::Mutex::new(HashMap::new()),
-            _protocol: PhantomData,
+            live: parking_lot::Mutex::new(HashMap::new()),
+            connecting: tokio::sync::Mutex::new(()),
         })
     }
 
@@ -121,13 +215,23 @@ impl<P: Protocol> Client<P> {
         self.stats.snapshot()
     }
 
-    async fn connection(&self, node: NodeId) -> Result<Connection, RequestError> {
-        let mut conns = self.conns.lock().await;
-        if let Some(conn) = conns.get(&node) {
-            if conn.close_reason().is_none() {
-                return Ok(conn.clone());
-            }
-            conns.remove(&node);
+    fn live_connection(&self, node: NodeId) -> Option<Arc<ClientConn<P>>> {
+        let mut live = self.live.lock();
+        let conn = live.get(&node)?;
+        if conn.is_alive() {
+            return Some(conn.clone());
+        }
+        live.remove(&node);
+        None
+    }
+
+    async fn connection(&self, node: NodeId) -> Result<Arc<ClientConn<P>>, RequestError> {
+        if let Some(conn) = self.live_connection(node) {
+            return Ok(conn);
+        }
+        let _connecting = self.connecting.lock().await;
+        if let Some(conn) = self.live_connection(node) {
+            return Ok(conn);
         }
         let addr = *self
             .nodes
@@ -145,44 +249,75 @@ impl<P: Protocol> Client<P> {
                 return Err(RequestError::Timeout(self.limits.connect_timeout));
             }
         };
+        // Opening a stream only takes an id; the node sees it with the first request.
+        let (send, recv) = conn.open_bi().await?;
         debug!(%node, %addr, "client connected");
-        conns.insert(node, conn.clone());
-        Ok(conn)
+        let shared = Arc::new(ClientConn {
+            conn,
+            outbox: Outbox::new(1),
+            waiters: parking_lot::Mutex::new(Waiters {
+                pending: HashMap::new(),
+                failed: None,
+            }),
+            permits: Semaphore::new(self.limits.client_requests_in_flight.max(1)),
+            next_id: AtomicU64::new(0),
+        });
+        let span = tracing::debug_span!("net.client_conn", client = %self.identity, %node);
+        tokio::spawn(
+            write_requests(shared.clone(), send, self.stats.clone()).instrument(span.clone()),
+        );
+        tokio::spawn(
+            read_replies(
+                shared.clone(),
+                recv,
+                self.stats.clone(),
+                self.limits.max_frame_len,
+            )
+            .instrument(span),
+        );
+        self.live.lock().insert(node, shared.clone());
+        Ok(shared)
     }
 
     /// Sends `request` to `node` and awaits the reply, for at most `timeout` (connecting
-    /// included). A timed-out request may still be executed by the node.
+    /// included). A timed-out request may still be executed by the node; its late reply is
+    /// discarded (and counted, [`StatsSnapshot::late_replies`]). Many requests may be awaited
+    /// at once: they share one connection per node, up to
+    /// [`Limits::client_requests_in_flight`] of them in flight (more wait for room).
     pub async fn request(
         &self,
         node: NodeId,
         request: &P::Request,
         timeout: Duration,
     ) -> Result<P::Response, RequestError> {
-        let bytes = frame::encode(request, self.limits.max_frame_len)?;
+        // The id is written in once the request has a connection.
+        let mut frame = rpc::encode(0, Kind::Request, Some(request), self.limits.max_frame_len)?;
         let span = tracing::debug_span!("net.request", client = %self.identity, %node);
         let exchange = async {
             let conn = self.connection(node).await?;
-            let (mut send, mut recv) = conn.open_bi().await?;
-            send.write_all(&bytes).await?;
-            // Only fails if the stream is already closed, which reading the reply reports.
-            let _ = send.finish();
-            add(&self.stats.frames_sent, 1);
-            add(&self.stats.bytes_sent, bytes.len() as u64);
-            match read_one_frame::<P::Response>(&mut recv, self.limits.max_frame_len).await {
-                Ok(Some((reply, len))) => {
-                    add(&self.stats.frames_received, 1);
-                    add(&self.stats.bytes_received, len as u64);
-                    Ok(reply)
+            let Ok(_permit) = conn.permits.acquire().await else {
+                return Err(conn.failure().into());
+            };
+            let id = conn.next_id.fetch_add(1, Ordering::Relaxed);
+            rpc::set_id(&mut frame, id);
+            let (tx, rx) = oneshot::channel();
+            {
+                let mut waiters = conn.waiters.lock();
+                if let Some(failure) = &waiters.failed {
+                    return Err(failure.clone().into());
                 }
-                Ok(None) => match conn.close_reason() {
-                    Some(error) => Err(RequestError::Connection(error)),
-                    None => Err(RequestError::NoReply),
-                },
-                Err(error) => {
-                    add(&self.stats.decode_errors, 1);
-                    conn.close(VarInt::from_u32(codes::BAD_FRAME), b"bad reply frame");
-                    Err(RequestError::Frame(error))
-                }
+                waiters.pending.insert(id, tx);
+            }
+            let _waiting = Waiting { conn: &conn, id };
+            if !conn.outbox.push(frame) {
+                return Err(conn.failure().into());
+            }
+            match rx.await {
+                Ok(Outcome::Reply(reply)) => Ok(reply),
+                Ok(Outcome::NoReply) => Err(RequestError::NoReply),
+                Ok(Outcome::Frame(error)) => Err(RequestError::Frame(error)),
+                Ok(Outcome::Failed(failure)) => Err(failure.into()),
+                Err(_) => Err(conn.failure().into()),
             }
         };
         match tokio::time::timeout(timeout, exchange.instrument(span)).await {
@@ -196,5 +331,116 @@ impl<P: Protocol> Client<P> {
         self.quinn
             .close(VarInt::from_u32(codes::SHUTDOWN), b"client closing");
         let _ = tokio::time::timeout(Duration::from_secs(1), self.quinn.wait_idle()).await;
+    }
+}
+
+impl<P: Protocol> Drop for Client<P> {
+    fn drop(&mut self) {
+        // The connections' tasks hold them open (keep-alives) until they are closed.
+        for conn in self.live.get_mut().values() {
+            conn.conn
+                .close(VarInt::from_u32(codes::SHUTDOWN), b"client dropped");
+        }
+    }
+}
+
+/// Writes queued requests to the stream, everything queued in one write.
+async fn write_requests<P: Protocol>(
+    shared: Arc<ClientConn<P>>,
+    mut send: SendStream,
+    stats: Arc<Stats>,
+) {
+    while let Some(mut taken) = shared.outbox.take().await {
+        if let Err(error) = send.write_all_chunks(&mut taken.chunks).await {
+            debug!(%error, "request stream write failed");
+            let failure = match error {
+                quinn::WriteError::ConnectionLost(error) => Failure::Connection(error),
+                _ => shared.failure(),
+            };
+            shared.fail(failure);
+            return;
+        }
+        add(&stats.frames_sent, taken.frames as u64);
+        add(&stats.bytes_sent, taken.bytes as u64);
+    }
+    let _ = send.finish();
+}
+
+/// Reads replies and wakes their callers; when the stream or connection fails, fails every
+/// waiting request at once.
+async fn read_replies<P: Protocol>(
+    shared: Arc<ClientConn<P>>,
+    mut recv: RecvStream,
+    stats: Arc<Stats>,
+    max_len: usize,
+) {
+    let failure = read_reply_frames(&shared, &mut recv, &stats, max_len).await;
+    debug!(?failure, "request stream ended");
+    shared.fail(failure);
+}
+
+async fn read_reply_frames<P: Protocol>(
+    shared: &ClientConn<P>,
+    recv: &mut RecvStream,
+    stats: &Stats,
+    max_len: usize,
+) -> Failure {
+    let mut decoder = FrameDecoder::new(rpc::max_payload(max_len));
+    let mut chunks: [Bytes; 32] = Default::default();
+    let bad_frame = |error: &FrameError| {
+        add(&stats.decode_errors, 1);
+        warn!(%error, "bad reply frame; closing the connection");
+        shared
+            .conn
+            .close(VarInt::from_u32(codes::BAD_FRAME), b"bad reply frame");
+        shared.failure()
+    };
+    loop {
+        let count = match recv.read_chunks(&mut chunks).await {
+            Ok(Some(count)) => count,
+            Ok(None) => {
+                if let Err(error) = decoder.finish() {
+                    return bad_frame(&error);
+                }
+                return Failure::StreamEnded;
+            }
+            Err(quinn::ReadError::ConnectionLost(error)) => return Failure::Connection(error),
+            Err(_) => return shared.failure(),
+        };
+        for chunk in &mut chunks[..count] {
+            add(&stats.bytes_received, chunk.len() as u64);
+            decoder.push(std::mem::take(chunk));
+            loop {
+                let (id, kind, body) = match decoder
+                    .next_payload()
+                    .and_then(|payload| payload.map(rpc::parse).transpose())
+                {
+                    Ok(Some(frame)) => frame,
+                    Ok(None) => break,
+                    Err(error) => return bad_frame(&error),
+                };
+                if kind == Kind::Request {
+                    return bad_frame(&FrameError::Decode(postcard::Error::DeserializeBadEnum));
+                }
+                add(&stats.frames_received, 1);
+                let Some(tx) = shared.waiters.lock().pending.remove(&id) else {
+                    // Its caller timed out or gave up.
+                    add(&stats.late_replies, 1);
+                    continue;
+                };
+                let outcome = match kind {
+                    Kind::NoReply => Outcome::NoReply,
+                    _ => match frame::decode_payload::<P::Response>(&body) {
+                        Ok(reply) => Outcome::Reply(reply),
+                        Err(error) => {
+                            let failure = bad_frame(&error);
+                            let _ = tx.send(Outcome::Frame(error));
+                            return failure;
+                        }
+                    },
+                };
+                let _ = tx.send(outcome);
+            }
+        }
     }
 }

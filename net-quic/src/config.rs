@@ -23,6 +23,10 @@ pub struct Limits {
     pub inbound_queue: usize,
     /// Bytes of queued frames gathered into one stream write.
     pub write_batch_bytes: usize,
+    /// Client requests awaiting their replies per client connection, at most. A client waits for
+    /// room before sending more; a node stops reading a connection's requests while it has this
+    /// many unanswered (their replies not yet written).
+    pub client_requests_in_flight: usize,
     /// Keep-alive interval on idle connections.
     pub keep_alive: Duration,
     /// A connection with no traffic (keep-alives included) for this long is closed.
@@ -70,6 +74,7 @@ impl Default for Limits {
             bulk_queue: 16,
             inbound_queue: 4096,
             write_batch_bytes: 256 << 10,
+            client_requests_in_flight: 1024,
             keep_alive: Duration::from_secs(1),
             idle_timeout: Duration::from_secs(10),
             connect_timeout: Duration::from_secs(3),
@@ -153,7 +158,8 @@ impl Limits {
         mtu.upper_bound(self.max_udp_payload);
         t.mtu_discovery_config(Some(mtu));
         t.max_concurrent_uni_streams(VarInt::from_u32(16));
-        t.max_concurrent_bidi_streams(VarInt::from_u32(1024));
+        // A client uses one long-lived request stream per connection.
+        t.max_concurrent_bidi_streams(VarInt::from_u32(8));
         Arc::new(t)
     }
 }

@@ -3,14 +3,14 @@
 use std::collections::HashMap;
 use std::marker::PhantomData;
 use std::net::SocketAddr;
-use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
 use std::sync::Arc;
 use std::time::Duration;
 
 use bytes::Bytes;
 use quinn::{Connection, RecvStream, SendStream, VarInt};
 use serde::Serialize;
-use tokio::sync::{mpsc, oneshot};
+use tokio::sync::mpsc;
 use tokio::task::JoinHandle;
 use tracing::{debug, info, warn, Instrument};
 
@@ -18,6 +18,7 @@ use crate::config::Limits;
 use crate::frame::{self, FrameDecoder, FrameError};
 use crate::identity::{Identity, NodeId};
 use crate::peer::{self, Outbound, PeerHandle};
+use crate::rpc::{self, Kind, Outbox};
 use crate::stats::{add, Stats, StatsSnapshot};
 use crate::tls::{self, Credentials, TlsError, CLIENT_ALPN, PEER_ALPN};
 use crate::udp::SplitGso;
@@ -96,14 +97,17 @@ pub struct ClientRequest<P: Protocol> {
     pub client: Identity,
     /// The request.
     pub request: P::Request,
-    /// Replies to the client; dropping it without replying resets the client's stream.
+    /// Replies to the client; dropping it without replying sends the client a "no reply" frame
+    /// (the caller gets [`crate::RequestError::NoReply`] at once).
     pub responder: Responder<P::Response>,
 }
 
-/// Sends the reply to one client request.
+/// Sends the reply to one client request: queues it for the writer of the client's stream.
 #[derive(Debug)]
 pub struct Responder<R> {
-    tx: oneshot::Sender<Bytes>,
+    id: u64,
+    /// `None` once replied.
+    stream: Option<Arc<ReplyStream>>,
     max_len: usize,
     _reply: PhantomData<fn(R)>,
 }
@@ -111,7 +115,7 @@ pub struct Responder<R> {
 /// Why a reply could not be sent.
 #[derive(Debug, thiserror::Error)]
 pub enum ReplyError {
-    /// The reply does not encode within the frame limit (the client's stream is reset).
+    /// The reply does not encode within the frame limit (the client is told "no reply").
     #[error(transparent)]
     Frame(#[from] FrameError),
     /// The client's stream or connection is gone.
@@ -121,9 +125,105 @@ pub enum ReplyError {
 
 impl<R: Serialize> Responder<R> {
     /// Sends `reply` to the client.
-    pub fn reply(self, reply: &R) -> Result<(), ReplyError> {
-        let bytes = frame::encode(reply, self.max_len)?;
-        self.tx.send(bytes).map_err(|_| ReplyError::ClientGone)
+    pub fn reply(mut self, reply: &R) -> Result<(), ReplyError> {
+        let Some(stream) = self.stream.take() else {
+            return Err(ReplyError::ClientGone);
+        };
+        let result = match rpc::encode(self.id, Kind::Reply, Some(reply), self.max_len) {
+            Ok(frame) => match stream.queue(frame) {
+                true => Ok(()),
+                false => Err(ReplyError::ClientGone),
+            },
+            Err(error) => {
+                stream.no_reply(self.id);
+                Err(ReplyError::Frame(error))
+            }
+        };
+        stream.outbox.drop_sender();
+        result
+    }
+}
+
+impl<R> Drop for Responder<R> {
+    fn drop(&mut self) {
+        if let Some(stream) = self.stream.take() {
+            stream.no_reply(self.id);
+            stream.outbox.drop_sender();
+        }
+    }
+}
+
+/// Client requests handed to the application whose reply is not yet written (or discarded).
+#[derive(Debug, Default)]
+pub(crate) struct InFlight {
+    count: AtomicUsize,
+    idle: tokio::sync::Notify,
+}
+
+impl InFlight {
+    fn add(&self, n: usize) {
+        self.count.fetch_add(n, Ordering::AcqRel);
+    }
+
+    fn done(&self, n: usize) {
+        if n > 0 && self.count.fetch_sub(n, Ordering::AcqRel) == n {
+            self.idle.notify_waiters();
+        }
+    }
+
+    fn count(&self) -> usize {
+        self.count.load(Ordering::Acquire)
+    }
+
+    /// Waits until no request is in flight or the deadline passes.
+    async fn wait_idle(&self, deadline: tokio::time::Instant) {
+        loop {
+            let idle = self.idle.notified();
+            tokio::pin!(idle);
+            // Registered before the check, so a wake-up between the two is not lost.
+            idle.as_mut().enable();
+            if self.count() == 0 {
+                return;
+            }
+            if tokio::time::timeout_at(deadline, idle).await.is_err() {
+                return;
+            }
+        }
+    }
+}
+
+/// One client request stream, server side: its replies' outbox and the bounds it counts against.
+#[derive(Debug)]
+pub(crate) struct ReplyStream {
+    outbox: Outbox,
+    /// Requests the connection may still have awaiting replies (shared by its streams).
+    permits: Arc<tokio::sync::Semaphore>,
+    in_flight: Arc<InFlight>,
+}
+
+impl ReplyStream {
+    /// `n` requests are finished with (reply written or discarded).
+    fn settle(&self, n: usize) {
+        self.permits.add_permits(n);
+        self.in_flight.done(n);
+    }
+
+    /// Queues a reply frame; `false` (and the request is settled) if the stream is gone.
+    fn queue(&self, frame: Vec<u8>) -> bool {
+        let queued = self.outbox.push(frame);
+        if !queued {
+            self.settle(1);
+        }
+        queued
+    }
+
+    fn no_reply(&self, id: u64) {
+        match rpc::encode::<()>(id, Kind::NoReply, None, 0) {
+            Ok(frame) => {
+                self.queue(frame);
+            }
+            Err(_) => self.settle(1),
+        }
     }
 }
 
@@ -143,6 +243,9 @@ pub struct ShutdownReport {
     pub undelivered_frames: usize,
     /// Peers whose streams were not drained and acknowledged within the grace period.
     pub peers_not_drained: Vec<NodeId>,
+    /// Client requests handed to the application whose reply was not written within the grace
+    /// period (their clients see the connection close).
+    pub requests_unanswered: usize,
     /// The counters at the end.
     pub stats: StatsSnapshot,
 }
@@ -171,6 +274,7 @@ struct Inner<P: Protocol> {
     peers: parking_lot::Mutex<HashMap<NodeId, PeerHandle>>,
     outbound: Outbound,
     closing: AtomicBool,
+    in_flight: Arc<InFlight>,
     accept_task: parking_lot::Mutex<Option<JoinHandle<()>>>,
     _protocol: PhantomData<fn(P)>,
 }
@@ -197,6 +301,7 @@ struct Accepting<P: Protocol> {
     outbound: Outbound,
     peer_tx: mpsc::Sender<PeerMessage<P::Peer>>,
     request_tx: mpsc::Sender<ClientRequest<P>>,
+    in_flight: Arc<InFlight>,
 }
 
 impl<P: Protocol> Endpoint<P> {
@@ -241,6 +346,7 @@ impl<P: Protocol> Endpoint<P> {
         let outbound = Outbound::default();
         let (peer_tx, peer_rx) = mpsc::channel(config.limits.inbound_queue.max(1));
         let (request_tx, request_rx) = mpsc::channel(config.limits.inbound_queue.max(1));
+        let in_flight = Arc::new(InFlight::default());
         let accepting = Arc::new(Accepting {
             id,
             cluster: config.cluster.clone(),
@@ -249,6 +355,7 @@ impl<P: Protocol> Endpoint<P> {
             outbound: outbound.clone(),
             peer_tx,
             request_tx,
+            in_flight: in_flight.clone(),
         });
         let accept_task = tokio::spawn(accept_loop(quinn.clone(), accepting));
         let local = quinn.local_addr().ok();
@@ -264,6 +371,7 @@ impl<P: Protocol> Endpoint<P> {
             peers: parking_lot::Mutex::new(HashMap::new()),
             outbound,
             closing: AtomicBool::new(false),
+            in_flight,
             accept_task: parking_lot::Mutex::new(Some(accept_task)),
             _protocol: PhantomData,
         };
@@ -425,8 +533,9 @@ impl<P: Protocol> Endpoint<P> {
         Ok(())
     }
 
-    /// Stops accepting sends, lets every peer's writers drain their queues and wait for the
-    /// peer's acknowledgement, for at most `grace`; then closes the endpoint. Reports what was not
+    /// Stops accepting sends, waits for the replies to client requests already handed to the
+    /// application to be written, lets every peer's writers drain their queues and wait for the
+    /// peer's acknowledgement, all within `grace`; then closes the endpoint. Reports what was not
     /// delivered. Inbound receivers end once their connections are closed.
     pub async fn shutdown(&self, grace: Duration) -> ShutdownReport {
         let inner = &self.inner;
@@ -436,6 +545,9 @@ impl<P: Protocol> Endpoint<P> {
             peers.drain().collect()
         };
         let deadline = tokio::time::Instant::now() + grace;
+        // Replies first: draining the peers below then gives their packets time to leave.
+        inner.in_flight.wait_idle(deadline).await;
+        let requests_unanswered = inner.in_flight.count();
         let mut peers_not_drained = Vec::new();
         let mut undelivered_frames = 0;
         let mut waiting = Vec::new();
@@ -472,6 +584,7 @@ impl<P: Protocol> Endpoint<P> {
         let report = ShutdownReport {
             undelivered_frames,
             peers_not_drained,
+            requests_unanswered,
             stats: inner.stats.snapshot(),
         };
         info!(node = %inner.id, ?report, "endpoint shut down");
@@ -636,19 +749,37 @@ impl<P: Protocol> Accepting<P> {
         }
     }
 
-    /// A client's connection: one bidirectional stream per request; nothing else is allowed.
+    /// A client's connection: long-lived bidirectional request streams (see the crate docs);
+    /// nothing else is allowed.
     async fn serve_client(self: Arc<Self>, conn: Connection, client: Identity) {
         debug!("client connection accepted");
+        // Requests awaiting replies, for all the connection's streams together.
+        let permits = Arc::new(tokio::sync::Semaphore::new(
+            self.limits.client_requests_in_flight.max(1),
+        ));
         loop {
             tokio::select! {
                 bi = conn.accept_bi() => match bi {
                     Ok((send, recv)) => {
+                        let stream = Arc::new(ReplyStream {
+                            outbox: Outbox::new(1),
+                            permits: permits.clone(),
+                            in_flight: self.in_flight.clone(),
+                        });
+                        tokio::spawn(
+                            write_replies(stream.clone(), send, self.stats.clone())
+                                .instrument(tracing::Span::current()),
+                        );
                         let this = self.clone();
                         let conn = conn.clone();
                         let client = client.clone();
                         tokio::spawn(
-                            async move { this.serve_request(conn, client, send, recv).await }
-                                .instrument(tracing::Span::current()),
+                            async move {
+                                this.read_requests(&conn, &client, &stream, recv).await;
+                                // The writer ends once the last responder has answered.
+                                stream.outbox.drop_sender();
+                            }
+                            .instrument(tracing::Span::current()),
                         );
                     }
                     Err(error) => {
@@ -668,75 +799,101 @@ impl<P: Protocol> Accepting<P> {
         }
     }
 
-    async fn serve_request(
+    /// Reads one client stream's requests and hands them to the application, each with a
+    /// responder that queues its reply on `stream`. Waits (reading nothing more) while the
+    /// connection has `client_requests_in_flight` requests unanswered.
+    async fn read_requests(
         &self,
-        conn: Connection,
-        client: Identity,
-        mut send: SendStream,
+        conn: &Connection,
+        client: &Identity,
+        stream: &Arc<ReplyStream>,
         mut recv: RecvStream,
     ) {
-        let request = match read_one_frame::<P::Request>(&mut recv, self.limits.max_frame_len).await
-        {
-            Ok(Some((request, len))) => {
-                add(&self.stats.bytes_received, len as u64);
-                add(&self.stats.frames_received, 1);
-                request
-            }
-            Ok(None) => return, // the stream went away
-            Err(error) => return self.frame_error(&conn, &error),
-        };
-        let (tx, rx) = oneshot::channel();
-        let responder = Responder {
-            tx,
-            max_len: self.limits.max_frame_len,
-            _reply: PhantomData,
-        };
-        let request = ClientRequest {
-            client,
-            request,
-            responder,
-        };
-        if self.request_tx.send(request).await.is_err() {
-            let _ = send.reset(VarInt::from_u32(codes::NO_REPLY));
-            return;
-        }
-        match rx.await {
-            Ok(reply) => {
-                if send.write_all(&reply).await.is_ok() && send.finish().is_ok() {
-                    add(&self.stats.frames_sent, 1);
-                    add(&self.stats.bytes_sent, reply.len() as u64);
+        let max_len = self.limits.max_frame_len;
+        let mut decoder = FrameDecoder::new(rpc::max_payload(max_len));
+        let mut chunks: [Bytes; 32] = Default::default();
+        loop {
+            let count = match recv.read_chunks(&mut chunks).await {
+                Ok(Some(count)) => count,
+                Ok(None) => {
+                    if let Err(error) = decoder.finish() {
+                        self.frame_error(conn, &error);
+                    }
+                    return;
                 }
-            }
-            Err(_) => {
-                let _ = send.reset(VarInt::from_u32(codes::NO_REPLY));
+                Err(error) => {
+                    // The connection (or stream) is gone: replies can no longer be delivered.
+                    debug!(%error, "client stream ended");
+                    let discarded = stream.outbox.close();
+                    stream.settle(discarded);
+                    return;
+                }
+            };
+            for chunk in &mut chunks[..count] {
+                add(&self.stats.bytes_received, chunk.len() as u64);
+                decoder.push(std::mem::take(chunk));
+                loop {
+                    let payload = match decoder.next_payload() {
+                        Ok(Some(payload)) => payload,
+                        Ok(None) => break,
+                        Err(error) => return self.frame_error(conn, &error),
+                    };
+                    let (id, request) = match decode_request::<P::Request>(payload) {
+                        Ok(decoded) => decoded,
+                        Err(error) => return self.frame_error(conn, &error),
+                    };
+                    add(&self.stats.frames_received, 1);
+                    match stream.permits.acquire().await {
+                        Ok(permit) => permit.forget(), // given back when the reply is written
+                        Err(_) => return,
+                    }
+                    stream.in_flight.add(1);
+                    stream.outbox.add_sender();
+                    let responder = Responder {
+                        id,
+                        stream: Some(stream.clone()),
+                        max_len,
+                        _reply: PhantomData,
+                    };
+                    let request = ClientRequest {
+                        client: client.clone(),
+                        request,
+                        responder,
+                    };
+                    if self.request_tx.send(request).await.is_err() {
+                        // The application is gone; the dropped responder answered "no reply".
+                        return;
+                    }
+                }
             }
         }
     }
 }
 
-/// Reads exactly one frame from a stream; `Ok(None)` if the stream failed before a frame arrived
-/// (the connection's own error explains why). Returns the message and the bytes read.
-pub(crate) async fn read_one_frame<T: serde::de::DeserializeOwned>(
-    recv: &mut RecvStream,
-    max_len: usize,
-) -> Result<Option<(T, usize)>, FrameError> {
-    let mut decoder = FrameDecoder::new(max_len);
-    let mut read = 0;
-    loop {
-        match recv.read_chunk(usize::MAX, true).await {
-            Ok(Some(chunk)) => {
-                read += chunk.bytes.len();
-                decoder.push(chunk.bytes);
-                if let Some(msg) = decoder.next_frame::<T>()? {
-                    return Ok(Some((msg, read)));
-                }
-            }
-            Ok(None) => {
-                decoder.finish()?;
-                // A finished, empty stream: nothing was asked.
-                return Ok(None);
-            }
-            Err(_) => return Ok(None),
-        }
+/// A request frame's id and request; any other kind of frame is refused.
+fn decode_request<T: serde::de::DeserializeOwned>(payload: Bytes) -> Result<(u64, T), FrameError> {
+    let (id, kind, body) = rpc::parse(payload)?;
+    if kind != Kind::Request {
+        return Err(FrameError::Decode(postcard::Error::DeserializeBadEnum));
     }
+    Ok((id, frame::decode_payload(&body)?))
+}
+
+/// Writes one client stream's replies as they are queued, all queued replies in one write.
+/// Ends (finishing the stream) when the request reader and every responder are done, or when a
+/// write fails (the replies still queued or queued later are discarded).
+async fn write_replies(stream: Arc<ReplyStream>, mut send: SendStream, stats: Arc<Stats>) {
+    while let Some(mut taken) = stream.outbox.take().await {
+        let result = send.write_all_chunks(&mut taken.chunks).await;
+        stream.settle(taken.frames);
+        if let Err(error) = result {
+            debug!(%error, "client stream write failed; replies discarded");
+            let discarded = stream.outbox.close();
+            stream.settle(discarded);
+            return;
+        }
+        add(&stats.frames_sent, taken.frames as u64);
+        add(&stats.bytes_sent, taken.bytes as u64);
+    }
+    let _ = send.finish();
 }

@@ -17,7 +17,7 @@
 //!   [`Responder`] for its reply. [`Endpoint::stats`] reads the counters, [`Endpoint::shutdown`]
 //!   drains the queues for a grace period and reports what was left.
 //! - [`Client`]: request/response against a node on the client ALPN, each request awaited with a
-//!   timeout.
+//!   timeout; concurrent requests are pipelined on one stream per node (see below).
 //! - [`frame`]: the codec (version byte, `u32` length, postcard payload, hard size limit).
 //! - [`certs`]: a dev CA and node/client certificates (rcgen), written as PEM files.
 //! - [`identity`]: the rule that maps a certificate to a node id or client name.
@@ -35,6 +35,39 @@
 //! A restarted peer is noticed at once: its new incarnation answers packets on old connections with
 //! a stateless reset, and when it connects in, this node probes its own connection to it.
 //! [`Endpoint::set_peer_addr`] with a new address closes the connection to the old one.
+//!
+//! ## Client requests
+//! A client connection (ALPN `quorate-client/2`) carries one long-lived bidirectional stream,
+//! opened by the client, with frames in both directions. Each is an ordinary frame ([`frame`])
+//! whose payload starts with an envelope:
+//!
+//! ```text
+//! +---------+-----------+-------------------+------+------------------------------+
+//! | version | length    | request id        | kind | body (postcard)              |
+//! | u8 = 1  | u32 LE    | u64 LE            | u8   | length - 9 bytes             |
+//! +---------+-----------+-------------------+------+------------------------------+
+//! kind 0 = request (client -> node), 1 = reply, 2 = no reply (node -> client, empty body)
+//! ```
+//!
+//! The client numbers its requests per connection; the node answers each with a reply or, when
+//! the application dropped the [`Responder`] (or the reply did not fit the frame limit), "no
+//! reply", which fails the caller at once with [`RequestError::NoReply`]. Replies go out in the
+//! order they are given, not the order of the requests. The body limit is
+//! [`Limits::max_frame_len`] as for every frame (the decoder allows it plus the envelope), and a
+//! frame of the wrong kind, oversize, of another version or undecodable closes the connection
+//! (`codes::BAD_FRAME`, counted in `decode_errors`).
+//!
+//! Both sides batch: requests (and replies) queued by many tasks while the stream's writer task
+//! is busy go out in one stream write. One reader task per stream decodes frames: on the node it
+//! hands each request to the application with its responder (no task per request); on the
+//! client it wakes the caller waiting on that id. A caller that times out or is dropped removes
+//! its waiter, and a reply that comes later is discarded and counted
+//! ([`StatsSnapshot::late_replies`]). When the connection fails every waiting caller gets the
+//! connection's error at once, and the next request connects again. At most
+//! [`Limits::client_requests_in_flight`] requests per connection await replies: the client waits
+//! for room before sending, and the node stops reading a connection's stream while that many
+//! replies are unwritten. [`Endpoint::shutdown`] waits (within its grace period) for replies the
+//! application has given to be written, and reports the requests still unanswered.
 //!
 //! ## Certificate folder
 //! [`certs::write_dev_certs`] (and `cargo xtask certs --dir DIR`) writes PEM files into one folder,
@@ -87,6 +120,7 @@ mod endpoint;
 pub mod frame;
 pub mod identity;
 mod peer;
+mod rpc;
 mod stats;
 mod tls;
 mod udp;

@@ -16,6 +16,7 @@ pub(crate) struct Stats {
     pub(crate) decode_errors: AtomicU64,
     pub(crate) rejected_connections: AtomicU64,
     pub(crate) protocol_violations: AtomicU64,
+    pub(crate) late_replies: AtomicU64,
 }
 
 /// Adds `n` to a counter.
@@ -38,6 +39,7 @@ impl Stats {
             decode_errors: get(&self.decode_errors),
             rejected_connections: get(&self.rejected_connections),
             protocol_violations: get(&self.protocol_violations),
+            late_replies: get(&self.late_replies),
         }
     }
 }
@@ -69,4 +71,7 @@ pub struct StatsSnapshot {
     pub rejected_connections: u64,
     /// Connections closed for using a stream kind their ALPN does not allow.
     pub protocol_violations: u64,
+    /// Client side: replies that arrived after their caller stopped waiting (timed out or
+    /// dropped); they were discarded.
+    pub late_replies: u64,
 }

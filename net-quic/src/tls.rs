@@ -13,8 +13,10 @@ use crate::identity::{identity_from_cert, Identity, IdentityError, NodeId};
 
 /// ALPN of node-to-node traffic.
 pub const PEER_ALPN: &[u8] = b"quorate-peer/1";
-/// ALPN of client request/response traffic.
-pub const CLIENT_ALPN: &[u8] = b"quorate-client/1";
+/// ALPN of client request/response traffic. Version 2: requests pipelined on long-lived streams
+/// with request ids (version 1, one stream per request, is no longer spoken: an old client fails
+/// the handshake rather than being misread).
+pub const CLIENT_ALPN: &[u8] = b"quorate-client/2";
 
 /// Why credentials could not be loaded or a TLS configuration built.
 #[derive(Debug, thiserror::Error)]

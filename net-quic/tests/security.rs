@@ -271,3 +271,76 @@ async fn a_bad_client_request_frame_closes_the_client_connection_with_a_counted_
     let nothing = tokio::time::timeout(Duration::from_millis(100), rx1.requests.recv()).await;
     assert!(nothing.is_err(), "a bad request reached the application");
 }
+
+/// A frame of the client stream protocol: header, `u64` request id, kind byte, postcard body
+/// (postcard writes a byte array as its bytes and a `u8` as one byte).
+fn client_frame(id: u64, kind: u8, body: &str) -> Vec<u8> {
+    encode(&(id.to_le_bytes(), kind, body), 1024)
+        .unwrap()
+        .to_vec()
+}
+
+#[tokio::test]
+async fn the_client_stream_speaks_the_documented_envelope_and_refuses_other_kinds() {
+    let dir = tempfile::tempdir().unwrap();
+    write_certs(dir.path(), &[1], &["eve"]);
+    let (node1, mut rx1) = bind_node(dir.path(), 1);
+    let creds = Credentials::load_client(dir.path(), "eve").unwrap();
+    let conn = raw_connect(
+        &creds,
+        CLIENT_ALPN,
+        node1.local_addr().unwrap(),
+        "node-1.quorate",
+    )
+    .await
+    .unwrap();
+    let (mut send, mut recv) = bounded("open stream", conn.open_bi()).await.unwrap();
+    // Two requests in one write; the replies come back by id, here in reverse order.
+    let mut both = client_frame(7, 0, "seven");
+    both.extend(client_frame(3, 0, "three"));
+    bounded("write", send.write_all(&both)).await.unwrap();
+    let first = bounded("request", rx1.requests.recv()).await.unwrap();
+    let second = bounded("request", rx1.requests.recv()).await.unwrap();
+    assert_eq!(
+        (first.request.as_str(), second.request.as_str()),
+        ("seven", "three")
+    );
+    second.responder.reply(&"for three".to_string()).unwrap();
+    first.responder.reply(&"for seven".to_string()).unwrap();
+    let mut expected = client_frame(3, 1, "for three");
+    expected.extend(client_frame(7, 1, "for seven"));
+    let mut got = vec![0; expected.len()];
+    bounded("replies", recv.read_exact(&mut got)).await.unwrap();
+    assert_eq!(got, expected);
+
+    // A client may not send a reply.
+    let _ = bounded(
+        "write",
+        send.write_all(&client_frame(8, 1, "not a request")),
+    )
+    .await;
+    let code = bounded("closed", close_code(&conn)).await;
+    assert_eq!(code, Some(u64::from(codes::BAD_FRAME)));
+    assert_eq!(node1.stats().decode_errors, 1);
+    let nothing = tokio::time::timeout(Duration::from_millis(100), rx1.requests.recv()).await;
+    assert!(nothing.is_err(), "a bad request reached the application");
+}
+
+#[tokio::test]
+async fn a_client_of_the_old_protocol_fails_the_handshake() {
+    let dir = tempfile::tempdir().unwrap();
+    write_certs(dir.path(), &[1], &["eve"]);
+    let (node1, _rx1) = bind_node(dir.path(), 1);
+    let creds = Credentials::load_client(dir.path(), "eve").unwrap();
+    let result = raw_connect(
+        &creds,
+        b"quorate-client/1",
+        node1.local_addr().unwrap(),
+        "node-1.quorate",
+    )
+    .await;
+    assert!(
+        result.is_err(),
+        "the one-stream-per-request protocol is not spoken"
+    );
+}
