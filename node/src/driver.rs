@@ -231,12 +231,14 @@ impl Driver {
                     self.snapshot_task = None;
                     self.on_snapshot_step(done)?;
                 }
-                Some(message) = self.peer_rx.recv() => self.step(message),
-                Some(request) = self.request_rx.recv() => self.handle_request(request),
+                // Before the message channels: under constant load they are never empty, and
+                // the engine's clock (leases, check-quorum, timeouts) must not stall behind them.
                 _ = ticker.tick() => {
                     self.raft.tick();
                     self.expire(Instant::now());
                 }
+                Some(message) = self.peer_rx.recv() => self.step(message),
+                Some(request) = self.request_rx.recv() => self.handle_request(request),
             }
             let woke = std::time::Instant::now();
             let mut peer_messages = 0;

@@ -9,6 +9,7 @@
 //! Invariants: `revision` counts state-changing writes and only grows; every pair's
 //! `create_revision <= mod_revision <= revision`; a session never holds results below its floor.
 
+use std::collections::btree_map::Entry;
 use std::collections::{BTreeMap, BTreeSet};
 use std::net::SocketAddr;
 use std::ops::Bound;
@@ -233,7 +234,13 @@ impl KvStore {
         self.by_activity.insert((index, session.client_id));
         if session.first_unacked > client.floor {
             client.floor = session.first_unacked;
-            client.results = client.results.split_off(&client.floor);
+            // Drop the results the client no longer asks for, oldest first (no new tree).
+            while let Some(oldest) = client.results.first_entry() {
+                if *oldest.key() >= client.floor {
+                    break;
+                }
+                oldest.remove();
+            }
         }
         if session.seq < client.floor {
             return Err(ServerError::SessionExpired {
@@ -320,22 +327,22 @@ impl KvStore {
     }
 
     fn put(data: &mut BTreeMap<Bytes, Stored>, revision: u64, key: &Bytes, value: &Bytes) {
-        match data.get_mut(key) {
-            Some(stored) => {
+        // One search of the tree for new and existing keys alike (a new key is the common case
+        // of a growing store; `get_mut` then `insert` searched twice).
+        match data.entry(key.clone()) {
+            Entry::Occupied(mut entry) => {
+                let stored = entry.get_mut();
                 stored.value = value.clone();
                 stored.mod_revision = revision;
                 stored.version += 1;
             }
-            None => {
-                data.insert(
-                    key.clone(),
-                    Stored {
-                        value: value.clone(),
-                        create_revision: revision,
-                        mod_revision: revision,
-                        version: 1,
-                    },
-                );
+            Entry::Vacant(entry) => {
+                entry.insert(Stored {
+                    value: value.clone(),
+                    create_revision: revision,
+                    mod_revision: revision,
+                    version: 1,
+                });
             }
         }
     }
