@@ -161,8 +161,9 @@ impl Server {
         let rng = rand_chacha::ChaCha8Rng::seed_from_u64(seed);
         let raft = Raft::new(raft_config, store, rng)?;
 
-        // A peer that restarted is reached again only once the connection to its previous
-        // incarnation times out: keep that short on a cluster link.
+        // A restarted peer answers its old connection with a reset at once (net-quic's
+        // connection ids survive restarts); a peer that went silent is dropped after the idle
+        // timeout, kept short on a cluster link so reconnect attempts start soon.
         let limits = Limits {
             max_frame_len: (config.limits.max_request_bytes as usize)
                 .max(config.raft.max_msg_bytes as usize * 2)
