@@ -4,14 +4,19 @@
 //!
 //! - one-way: node 1 sends node 2 as many consensus-class messages as it can for `--secs`
 //!   (`Endpoint::send_wait`, so nothing is dropped) and node 2 counts what arrives;
-//! - request/response: a client sends one request at a time and awaits the echoed reply.
+//! - request/response: a client sends one request at a time and awaits the echoed reply;
+//! - concurrent request/response: `--concurrency` tasks share one client, each sending its next
+//!   request as soon as its reply arrives (requests/s, CPU µs per request, latency).
 //!
 //! The baseline carries the same frames (`net_quic::frame`) over tokio TCP + tokio-rustls, with
 //! the same TLS configuration (`Credentials::rustls_*_config`) and the same pipeline shape: a
 //! bounded queue into a writer task that batches frames into one buffered write, and a reader
 //! task that decodes frames into a bounded queue to the application. Both readers hand received
 //! chunks to the decoder without copying them (`FrameDecoder::push`): QUIC's stream chunks, and
-//! for TCP a fresh buffer per read. One-way runs of the two
+//! for TCP a fresh buffer per read. The concurrent TCP baseline pipelines like the QUIC client
+//! does: one connection, requests tagged with an id, a writer task batching queued requests, a
+//! reader task waking each caller by id; the server reads requests into a queue to the
+//! application and a writer task batches the replies. One-way runs of the two
 //! transports are interleaved over `--rounds` rounds and the median is reported, so background
 //! load hits both alike. The last line is `quic-vs-tcp-tls: <ratio>`, QUIC over TCP in 1 KiB
 //! one-way messages per second.
@@ -48,6 +53,9 @@ pub struct Args {
     /// Seconds of sequential requests per request/response measurement.
     #[arg(long, default_value_t = 1.0)]
     pub rr_secs: f64,
+    /// Requests in flight at once in the concurrent request/response measurement.
+    #[arg(long, default_value_t = 64)]
+    pub concurrency: usize,
     /// Message sizes in bytes (payload), comma-separated.
     #[arg(long, value_delimiter = ',', default_value = "64,1024,65536")]
     pub sizes: Vec<usize>,
@@ -100,6 +108,7 @@ impl Protocol for BenchProtocol {
 /// Runs the benchmark.
 pub fn run(args: Args) -> Result<()> {
     anyhow::ensure!(args.rounds >= 1, "--rounds must be at least 1");
+    anyhow::ensure!(args.concurrency >= 1, "--concurrency must be at least 1");
     anyhow::ensure!(
         args.secs > 0.0 && args.rr_secs > 0.0,
         "durations must be positive"
@@ -171,9 +180,10 @@ async fn run_async(args: Args) -> Result<()> {
 
     let secs = Duration::from_secs_f64(args.secs);
     let rr_secs = Duration::from_secs_f64(args.rr_secs);
-    let steps = args.sizes.len() * (2 * args.rounds + 2);
+    let steps = args.sizes.len() * (2 * args.rounds + 4);
     let mut step = 0;
     let mut results: Vec<(usize, Row, Row)> = Vec::new();
+    let mut concurrent_results: Vec<(usize, Concurrent, Concurrent)> = Vec::new();
     for &size in &args.sizes {
         let payload = Blob(vec![0x5a; size]);
         let mut quic_rates = Vec::new();
@@ -212,11 +222,31 @@ async fn run_async(args: Args) -> Result<()> {
             );
             latencies.push(lat);
         }
+        let mut concurrent = Vec::new();
+        for name in ["quic", "tcp+tls"] {
+            step += 1;
+            let run = if name == "quic" {
+                quic.concurrent(&payload, rr_secs, args.concurrency).await?
+            } else {
+                tcp.concurrent(&payload, rr_secs, args.concurrency).await?
+            };
+            eprintln!(
+                "[{step:>2}/{steps}] {name:<7} {} in flight {:>6}: {:.0} req/s, {:.2} µs CPU/req, p50 {} µs, p99 {} µs",
+                args.concurrency,
+                size_name(size),
+                run.requests_per_sec,
+                run.cpu_us_per_request,
+                run.p50_us,
+                run.p99_us
+            );
+            concurrent.push(run);
+        }
         results.push((
             size,
             Row::new(size, &quic_rates, &latencies[0]),
             Row::new(size, &tcp_rates, &latencies[1]),
         ));
+        concurrent_results.push((size, concurrent[0], concurrent[1]));
     }
     let (sent, received) = (quic.node1.stats(), quic.node2.stats());
     quic.stop().await;
@@ -250,6 +280,19 @@ async fn run_async(args: Args) -> Result<()> {
             q.p50_us as f64 / t.p50_us.max(1) as f64
         );
     }
+    println!();
+    println!(
+        "concurrent request/response: {} requests in flight on one client connection, {:.1} s",
+        args.concurrency, args.rr_secs
+    );
+    println!(
+        "{:<8} {:<8} {:>10} {:>10} {:>8} {:>8} {:>12}",
+        "size", "transport", "req/s", "CPU µs/req", "p50 µs", "p99 µs", "req/s q/t"
+    );
+    for (size, q, t) in &concurrent_results {
+        println!("{}", q.line(*size, "quic", None));
+        println!("{}", t.line(*size, "tcp+tls", Some(q)));
+    }
     println!(
         "quic counters: node 1 sent {} frames ({} dropped, {} lost, {} reconnects); node 2 received {} (peer frames and requests)",
         sent.frames_sent, sent.dropped_queue_full, sent.lost_in_flight, sent.reconnects, received.frames_received
@@ -275,6 +318,94 @@ fn process_cpu() -> Option<Duration> {
         total += stat.split_whitespace().next()?.parse::<u64>().ok()?;
     }
     Some(Duration::from_nanos(total))
+}
+
+/// A concurrent request/response measurement.
+#[derive(Debug, Clone, Copy)]
+struct Concurrent {
+    requests_per_sec: f64,
+    cpu_us_per_request: f64,
+    p50_us: u64,
+    p99_us: u64,
+}
+
+impl Concurrent {
+    /// The row; the TCP row (given the QUIC one) ends with the QUIC/TCP ratio of requests/s.
+    fn line(&self, size: usize, transport: &str, quic: Option<&Concurrent>) -> String {
+        let ratio = quic
+            .map(|q| {
+                format!(
+                    "{:.2}",
+                    q.requests_per_sec / self.requests_per_sec.max(1e-9)
+                )
+            })
+            .unwrap_or_default();
+        format!(
+            "{:<8} {:<8} {:>10.0} {:>10.2} {:>8} {:>8} {:>12}",
+            size_name(size),
+            transport,
+            self.requests_per_sec,
+            self.cpu_us_per_request,
+            self.p50_us,
+            self.p99_us,
+            ratio
+        )
+    }
+}
+
+/// Runs `concurrency` tasks for `secs`, each calling `exchange` (one request and its reply)
+/// again as soon as the last one is done.
+async fn run_concurrent<F, Fut>(
+    concurrency: usize,
+    secs: Duration,
+    exchange: F,
+) -> Result<Concurrent>
+where
+    F: Fn() -> Fut + Clone + Send + 'static,
+    Fut: Future<Output = Result<()>> + Send,
+{
+    let cpu_before = process_cpu();
+    let started = Instant::now();
+    let tasks: Vec<_> = (0..concurrency)
+        .map(|_| {
+            let exchange = exchange.clone();
+            tokio::spawn(async move {
+                let mut hist = histogram();
+                while started.elapsed() < secs {
+                    let t = Instant::now();
+                    exchange().await?;
+                    hist.record(t.elapsed().as_micros().max(1) as u64)?;
+                }
+                Ok::<_, anyhow::Error>(hist)
+            })
+        })
+        .collect();
+    let mut hist = histogram();
+    for task in tasks {
+        hist.add(bounded("concurrent requests", task).await???)?;
+    }
+    let elapsed = started.elapsed().as_secs_f64();
+    let cpu = match (cpu_before, process_cpu()) {
+        (Some(before), Some(after)) => (after - before).as_secs_f64(),
+        _ => f64::NAN,
+    };
+    Ok(Concurrent {
+        requests_per_sec: hist.len() as f64 / elapsed,
+        cpu_us_per_request: cpu * 1e6 / hist.len().max(1) as f64,
+        p50_us: hist.value_at_quantile(0.5),
+        p99_us: hist.value_at_quantile(0.99),
+    })
+}
+
+fn check_echo(payload: &Blob, reply: &Blob) -> Result<()> {
+    if reply.0.len() != payload.0.len() {
+        bail!(
+            "echo of {} bytes came back as {}",
+            payload.0.len(),
+            reply.0.len()
+        );
+    }
+    Ok(())
 }
 
 /// A one-way measurement: delivered messages per second and CPU microseconds per message.
@@ -352,7 +483,7 @@ struct Quic {
     node1: Endpoint<BenchProtocol>,
     node2: Endpoint<BenchProtocol>,
     peer_rx2: mpsc::Receiver<PeerMessage<Blob>>,
-    client: Client<BenchProtocol>,
+    client: Arc<Client<BenchProtocol>>,
     echo: tokio::task::JoinHandle<()>,
 }
 
@@ -380,13 +511,13 @@ impl Quic {
                 let _ = req.responder.reply(&req.request);
             }
         });
-        let client = Client::new(ClientConfig {
+        let client = Arc::new(Client::new(ClientConfig {
             cluster: CLUSTER.into(),
             bind: "127.0.0.1:0".parse()?,
             credentials: client.clone(),
             nodes: HashMap::from([(NodeId(2), node2.local_addr()?)]),
             limits: Limits::default(),
-        })?;
+        })?);
         let mut quic = Quic {
             node1,
             node2,
@@ -434,6 +565,24 @@ impl Quic {
         Ok(hist)
     }
 
+    async fn concurrent(
+        &mut self,
+        payload: &Blob,
+        secs: Duration,
+        concurrency: usize,
+    ) -> Result<Concurrent> {
+        let client = self.client.clone();
+        let payload = Arc::new(payload.clone());
+        run_concurrent(concurrency, secs, move || {
+            let (client, payload) = (client.clone(), payload.clone());
+            async move {
+                let reply = client.request(NodeId(2), &payload, STALL).await?;
+                check_echo(&payload, &reply)
+            }
+        })
+        .await
+    }
+
     async fn stop(self) {
         self.client.close().await;
         self.node1.shutdown(Duration::from_secs(1)).await;
@@ -450,7 +599,102 @@ struct Tcp {
     frames_tx: mpsc::Sender<Bytes>,
     peer_rx: mpsc::Receiver<Blob>,
     requester: TlsClient,
+    pipelined: Arc<Pipelined>,
     tasks: Vec<tokio::task::JoinHandle<()>>,
+}
+
+/// The client side of the pipelined TCP baseline: requests `(id, payload)` to a writer task,
+/// callers waiting on their id for the reader task.
+struct Pipelined {
+    requests_tx: mpsc::Sender<Bytes>,
+    waiters: std::sync::Mutex<HashMap<u64, oneshot::Sender<Blob>>>,
+    next_id: std::sync::atomic::AtomicU64,
+}
+
+impl Pipelined {
+    async fn request(&self, payload: &Blob) -> Result<Blob> {
+        let id = self
+            .next_id
+            .fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+        let bytes = frame::encode(&(id, payload), Limits::default().max_frame_len)?;
+        let (tx, rx) = oneshot::channel();
+        self.waiters
+            .lock()
+            .map_err(|_| anyhow!("poisoned"))?
+            .insert(id, tx);
+        self.requests_tx.send(bytes).await?;
+        Ok(bounded("TCP pipelined reply", rx).await??)
+    }
+}
+
+/// Reads `(id, reply)` frames and wakes each caller.
+async fn read_pipelined_replies<S: AsyncRead + Unpin>(mut stream: S, pipelined: Arc<Pipelined>) {
+    let mut decoder = FrameDecoder::new(Limits::default().max_frame_len);
+    loop {
+        match read_chunk(&mut stream).await {
+            Ok(Some(chunk)) => decoder.push(chunk),
+            Ok(None) | Err(_) => return,
+        }
+        loop {
+            match decoder.next_frame::<(u64, Blob)>() {
+                Ok(Some((id, reply))) => {
+                    let waiter = match pipelined.waiters.lock() {
+                        Ok(mut waiters) => waiters.remove(&id),
+                        Err(_) => return,
+                    };
+                    if let Some(tx) = waiter {
+                        let _ = tx.send(reply);
+                    }
+                }
+                Ok(None) => break,
+                Err(error) => {
+                    eprintln!("TCP baseline: bad reply frame: {error}");
+                    return;
+                }
+            }
+        }
+    }
+}
+
+/// The pipelined TCP server's reader: `(id, request)` frames into the application's queue.
+async fn read_pipelined_requests<S: AsyncRead + Unpin>(
+    mut stream: S,
+    tx: mpsc::Sender<(u64, Blob)>,
+) {
+    let mut decoder = FrameDecoder::new(Limits::default().max_frame_len);
+    loop {
+        match read_chunk(&mut stream).await {
+            Ok(Some(chunk)) => decoder.push(chunk),
+            Ok(None) | Err(_) => return,
+        }
+        loop {
+            match decoder.next_frame::<(u64, Blob)>() {
+                Ok(Some(request)) => {
+                    if tx.send(request).await.is_err() {
+                        return;
+                    }
+                }
+                Ok(None) => break,
+                Err(error) => {
+                    eprintln!("TCP baseline: bad request frame: {error}");
+                    return;
+                }
+            }
+        }
+    }
+}
+
+/// The application side of the pipelined TCP baseline: echo each request to the reply writer.
+async fn echo_pipelined(mut rx: mpsc::Receiver<(u64, Blob)>, replies: mpsc::Sender<Bytes>) {
+    let max = Limits::default().max_frame_len;
+    while let Some((id, request)) = rx.recv().await {
+        let Ok(bytes) = frame::encode(&(id, &request), max) else {
+            continue;
+        };
+        if replies.send(bytes).await.is_err() {
+            return;
+        }
+    }
 }
 
 async fn tls_pair(
@@ -483,19 +727,36 @@ impl Tcp {
     ) -> Result<Self> {
         let (writer_stream, reader_stream) = tls_pair(creds1, creds2, PEER_ALPN).await?;
         let (requester, responder) = tls_pair(client, creds2, CLIENT_ALPN).await?;
+        let (pipe_client, pipe_server) = tls_pair(client, creds2, CLIENT_ALPN).await?;
         let (frames_tx, frames_rx) = mpsc::channel(QUEUE);
         let (peer_tx, peer_rx) = mpsc::channel(QUEUE);
         let (request_tx, request_rx) = mpsc::channel(QUEUE);
+        let (pipe_client_read, pipe_client_write) = tokio::io::split(pipe_client);
+        let (pipe_server_read, pipe_server_write) = tokio::io::split(pipe_server);
+        let (requests_tx, requests_rx) = mpsc::channel(QUEUE);
+        let (pipe_request_tx, pipe_request_rx) = mpsc::channel(QUEUE);
+        let (replies_tx, replies_rx) = mpsc::channel(QUEUE);
+        let pipelined = Arc::new(Pipelined {
+            requests_tx,
+            waiters: std::sync::Mutex::new(HashMap::new()),
+            next_id: std::sync::atomic::AtomicU64::new(0),
+        });
         let tasks = vec![
             tokio::spawn(write_frames(writer_stream, frames_rx)),
             tokio::spawn(read_frames(reader_stream, peer_tx)),
             tokio::spawn(serve_requests(responder, request_tx)),
             tokio::spawn(echo(request_rx)),
+            tokio::spawn(write_frames(pipe_client_write, requests_rx)),
+            tokio::spawn(read_pipelined_replies(pipe_client_read, pipelined.clone())),
+            tokio::spawn(read_pipelined_requests(pipe_server_read, pipe_request_tx)),
+            tokio::spawn(echo_pipelined(pipe_request_rx, replies_tx)),
+            tokio::spawn(write_frames(pipe_server_write, replies_rx)),
         ];
         let mut tcp = Tcp {
             frames_tx,
             peer_rx,
             requester,
+            pipelined,
             tasks,
         };
         tcp.frames_tx
@@ -559,13 +820,31 @@ impl Tcp {
         Ok(hist)
     }
 
+    async fn concurrent(
+        &mut self,
+        payload: &Blob,
+        secs: Duration,
+        concurrency: usize,
+    ) -> Result<Concurrent> {
+        let pipelined = self.pipelined.clone();
+        let payload = Arc::new(payload.clone());
+        run_concurrent(concurrency, secs, move || {
+            let (pipelined, payload) = (pipelined.clone(), payload.clone());
+            async move {
+                let reply = pipelined.request(&payload).await?;
+                check_echo(&payload, &reply)
+            }
+        })
+        .await
+    }
+
     fn stop(self) {
         self.tasks.iter().for_each(|t| t.abort());
     }
 }
 
 /// The TCP writer: like the QUIC peer writer, gathers queued frames into one write.
-async fn write_frames(stream: TlsClient, mut rx: mpsc::Receiver<Bytes>) {
+async fn write_frames<S: AsyncWrite + Unpin>(stream: S, mut rx: mpsc::Receiver<Bytes>) {
     let mut out = BufWriter::with_capacity(WRITE_BATCH, stream);
     while let Some(first) = rx.recv().await {
         let mut bytes = first.len();
