@@ -613,7 +613,12 @@ mod etcd_kv {
                 let client = Client::connect([&self.leader_url], None)
                     .await
                     .with_context(|| format!("connecting to etcd at {}", self.leader_url))?;
-                conns.push(client.kv_client());
+                let mut kv = client.kv_client();
+                // One write per connection before the measured phase, as for Quorate.
+                kv.put(format!("warm-up-{}", conns.len()), Vec::new(), None)
+                    .await
+                    .context("warm-up write")?;
+                conns.push(kv);
             }
             Ok((0..clients)
                 .map(|i| EtcdHandle(conns[i % conns.len()].clone()))
@@ -690,10 +695,18 @@ impl System for Quorate {
 
     async fn handles(&self, clients: usize) -> anyhow::Result<Vec<QuorateHandle>> {
         let mut shared = Vec::new();
-        for _ in 0..clients.min(QUORATE_CONNECTIONS) {
+        for i in 0..clients.min(QUORATE_CONNECTIONS) {
             let mut config = self.config.clone();
             config.timeout = OP_TIMEOUT;
-            shared.push(std::sync::Arc::new(node::client::Client::connect(config)?));
+            let client = node::client::Client::connect(config)?;
+            // The client connects lazily: one write here opens its connection to the leader
+            // (QUIC + TLS handshake, leader discovery) before the measured phase, as the etcd
+            // handles are connected before theirs.
+            client
+                .put(format!("warm-up-{i}").into_bytes(), Vec::new())
+                .await
+                .context("warm-up write")?;
+            shared.push(std::sync::Arc::new(client));
         }
         Ok((0..clients)
             .map(|i| QuorateHandle(shared[i % shared.len()].clone()))
