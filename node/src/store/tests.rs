@@ -452,20 +452,25 @@ fn same_view(store: &RaftStore, model: &MemStorage) -> bool {
         && all_entries(store) == all_entries(model)
 }
 
+/// Where stores on a `MemFs` live.
+const MEM_DIR: &str = "/data/group";
+
+/// Opens (or reopens after a crash) the store of node 1 on `fs`.
+fn open_mem(fs: &storage_wal::MemFs, options: StoreOptions) -> RaftStore {
+    RaftStore::open_with_fs(
+        Arc::new(fs.clone()),
+        MEM_DIR,
+        identity(1),
+        ConfState::with_voters([1, 2, 3]),
+        options,
+    )
+    .expect("open after crash")
+}
+
 #[test]
 fn after_random_crashes_the_store_holds_a_state_it_went_through_with_every_durable_write() {
     use storage_wal::MemFs;
-    let dir = Path::new("/data/group");
-    let open_on = |fs: &MemFs| {
-        RaftStore::open_with_fs(
-            Arc::new(fs.clone()),
-            dir,
-            identity(1),
-            ConfState::with_voters([1, 2, 3]),
-            options(0),
-        )
-        .expect("open after crash")
-    };
+    let open_on = |fs: &MemFs| open_mem(fs, options(0));
     let mut crashes = 0;
     let mut torn = 0;
     let mut lost = 0;
@@ -953,20 +958,16 @@ enum Stage {
 fn background_snapshots_interleaved_with_writes_installs_and_crashes_stay_consistent() {
     use std::collections::BTreeMap;
     use storage_wal::MemFs;
-    let dir = Path::new("/data/group");
+    let dir = Path::new(MEM_DIR);
     let open_on = |fs: &MemFs| {
-        RaftStore::open_with_fs(
-            Arc::new(fs.clone()),
-            dir,
-            identity(1),
-            ConfState::with_voters([1, 2, 3]),
+        open_mem(
+            fs,
             StoreOptions {
                 // Durable only when synced or waited for: crashes lose more.
                 background_sync: false,
                 ..options(4)
             },
         )
-        .expect("open after crash")
     };
     let state_at = |index: u64| Bytes::from(format!("state at {index}"));
     let (mut adopted, mut skipped, mut crashes, mut checkpoints) = (0, 0, 0, 0);
