@@ -38,7 +38,7 @@ async fn the_cli_writes_reads_and_manages_the_cluster() {
     let _serial = SERIAL.lock().await;
     let cluster = ProcCluster::start(3, |config| config.limits.max_key_bytes = 64);
     let client = cluster.client();
-    let leader = cluster.wait_leader(&client, &[1, 2, 3]).await;
+    cluster.wait_leader(&client, &[1, 2, 3]).await;
 
     expect(
         cluster.cli(&["kv", "put", "greeting", "hello"]),
