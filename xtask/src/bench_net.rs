@@ -554,13 +554,7 @@ impl Quic {
             let t = Instant::now();
             let reply = self.client.request(NodeId(2), payload, STALL).await?;
             hist.record(t.elapsed().as_micros().max(1) as u64)?;
-            if reply.0.len() != payload.0.len() {
-                bail!(
-                    "echo of {} bytes came back as {}",
-                    payload.0.len(),
-                    reply.0.len()
-                );
-            }
+            check_echo(payload, &reply)?;
         }
         Ok(hist)
     }
@@ -809,13 +803,7 @@ impl Tcp {
                 decoder.push(chunk);
             };
             hist.record(t.elapsed().as_micros().max(1) as u64)?;
-            if reply.0.len() != payload.0.len() {
-                bail!(
-                    "echo of {} bytes came back as {}",
-                    payload.0.len(),
-                    reply.0.len()
-                );
-            }
+            check_echo(payload, &reply)?;
         }
         Ok(hist)
     }
