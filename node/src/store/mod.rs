@@ -429,13 +429,8 @@ impl RaftStore {
         if let Some(snapshot) = &persist.snapshot {
             // Everything submitted before must be durable before the file claims the snapshot.
             self.wal.sync()?;
-            let mut files = self.files.lock();
             // A local snapshot job may have written a later state of the same committed log.
-            if snapshot.meta.index > files.snapshot_index {
-                snapfile::write(self.fs.as_ref(), &self.dir, snapshot)?;
-                files.snapshot_index = snapshot.meta.index;
-            }
-            drop(files);
+            write_if_newer(&self.files, self.fs.as_ref(), &self.dir, snapshot)?;
             self.snapshot_data = snapshot.data.clone();
         }
         let records = ends.iter().scan(0, |start, &end| {
@@ -621,6 +616,22 @@ struct Files {
     checkpoint: (u64, u64),
 }
 
+/// Durably replaces the snapshot file with `snapshot` unless the file already holds a later one:
+/// the file only moves forward, whichever of a leader's install and a local job writes last.
+fn write_if_newer(
+    files: &parking_lot::Mutex<Files>,
+    fs: &dyn FileSystem,
+    dir: &Path,
+    snapshot: &Snapshot,
+) -> Result<()> {
+    let mut files = files.lock();
+    if snapshot.meta.index > files.snapshot_index {
+        snapfile::write(fs, dir, snapshot)?;
+        files.snapshot_index = snapshot.meta.index;
+    }
+    Ok(())
+}
+
 /// A local snapshot to write off the caller's thread: from [`RaftStore::begin_snapshot`].
 #[must_use = "a snapshot job does nothing until written"]
 pub struct SnapshotJob {
@@ -658,11 +669,7 @@ impl SnapshotJob {
             meta: self.meta,
             data,
         };
-        let mut files = self.files.lock();
-        if snapshot.meta.index > files.snapshot_index {
-            snapfile::write(self.fs.as_ref(), &self.dir, &snapshot)?;
-            files.snapshot_index = snapshot.meta.index;
-        }
+        write_if_newer(&self.files, self.fs.as_ref(), &self.dir, &snapshot)?;
         Ok(WrittenSnapshot { snapshot })
     }
 }
