@@ -74,6 +74,17 @@ pub enum Error {
         /// This node.
         me: NodeId,
     },
+    /// The protocol does not offer this capability.
+    #[error("{protocol} does not support {capability}")]
+    Unsupported {
+        /// The protocol's name.
+        protocol: &'static str,
+        /// What was asked for.
+        capability: &'static str,
+    },
+    /// This member stopped after a storage failure; restart it.
+    #[error("this member stopped after a storage failure: {0}")]
+    Stopped(StorageError),
     /// The configuration is invalid.
     #[error("invalid configuration: {0}")]
     InvalidConfig(&'static str),

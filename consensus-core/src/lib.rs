@@ -1,8 +1,8 @@
 //! # consensus-core
 //!
-//! Pure, deterministic consensus protocols for Quorate. Raft comes first; Multi-Paxos and Zab will sit
-//! beside it behind the same [`Consensus`] trait, so the node and the simulator drive any of them the
-//! same way.
+//! Pure, deterministic consensus protocols for Quorate: Raft and Multi-Paxos behind one
+//! [`Consensus`] trait (Zab will sit beside them), so the node, the simulator and the benches drive
+//! any of them the same way through one replica loop ([`Replica`]).
 //!
 //! This crate is **sans-IO**: events go in (messages, ticks, proposals, storage completions) and
 //! actions come out (messages to send, state to persist, entries now committed, reads now safe).
@@ -11,53 +11,65 @@
 //!
 //! ## The driver's duties
 //!
-//! A driver owns one [`Raft`] per group and loops:
-//!
-//! 1. feed events: [`Consensus::tick`] on a timer, [`Consensus::step`] for each message received,
-//!    [`Consensus::propose`] / [`Consensus::read_index`] for client requests;
-//! 2. take a [`Ready`] with [`Consensus::ready`];
-//! 3. **send** `ready.messages` right away — none depends on an unfinished write;
-//! 4. **persist** `ready.persist` (snapshot, entries replacing any suffix, hard state), possibly in the
-//!    background and group-committed, then hand its token to [`Consensus::persisted`]; messages that
-//!    needed that write come out of a later `ready()`;
-//! 5. **apply** `ready.committed` in order (installing `persist.snapshot` first if there is one) and
-//!    serve `ready.reads` once applied through their index.
-//!
-//! See [`protocol`] for the full contract and why it has this shape.
+//! A driver owns one protocol instance per group inside a [`Replica`] and feeds it events:
+//! [`Consensus::tick`] on a timer, [`Consensus::step`] for each message received,
+//! [`Consensus::propose`] / [`Consensus::read_index`] for client requests. After each event it calls
+//! [`Replica::drive`] with its [`Host`] — the loop that sends `ready.messages` at once, submits
+//! `ready.persist` (possibly group-committed in the background), confirms tokens once the host
+//! reports them durable, installs received snapshots and applies committed entries in order.
+//! See [`protocol`] for the full contract and why it has this shape, and [`replica`] for the loop.
 //!
 //! ```
 //! use bytes::Bytes;
-//! use consensus_core::{ConfState, Config, Consensus, EntryPayload, MemStorage, Raft, Role};
-//! use rand::SeedableRng;
+//! use consensus_core::{
+//!     ConfState, Config, Consensus, Entry, EntryPayload, Host, MemStorage, Raft, Replica, Role,
+//!     Snapshot, Write,
+//! };
+//!
+//! /// A host with no network and a disk that is durable at once.
+//! #[derive(Default)]
+//! struct Local {
+//!     written: u64,
+//!     applied: Vec<Bytes>,
+//! }
+//!
+//! impl Host<Raft<MemStorage>> for Local {
+//!     type Error = consensus_core::Error;
+//!     fn send(&mut self, _: consensus_core::Message) -> Result<(), Self::Error> {
+//!         unreachable!("a group of one sends nothing")
+//!     }
+//!     fn submit(&mut self, storage: &mut MemStorage, write: &Write<consensus_core::HardState>) -> Result<u64, Self::Error> {
+//!         storage.write(write)?;
+//!         self.written += 1;
+//!         Ok(self.written)
+//!     }
+//!     fn durable(&self) -> u64 {
+//!         self.written
+//!     }
+//!     fn install_snapshot(&mut self, _: &Snapshot) -> Result<(), Self::Error> {
+//!         Ok(())
+//!     }
+//!     fn apply(&mut self, entries: Vec<Entry>) -> Result<(), Self::Error> {
+//!         for entry in entries {
+//!             if let EntryPayload::Data(data) = entry.payload {
+//!                 self.applied.push(data);
+//!             }
+//!         }
+//!         Ok(())
+//!     }
+//! }
 //!
 //! # fn main() -> Result<(), consensus_core::Error> {
 //! // A group of one voter, so no network is needed.
 //! let storage = MemStorage::new_with_conf(ConfState::with_voters([1]));
-//! let rng = rand_chacha::ChaCha8Rng::seed_from_u64(7);
-//! let mut raft = Raft::new(Config::new(1), storage, rng)?;
-//! raft.campaign()?;
-//! let mut applied = Vec::new();
-//! let mut drive = |raft: &mut Raft<MemStorage>, applied: &mut Vec<Bytes>| -> Result<(), consensus_core::Error> {
-//!     while raft.has_ready() {
-//!         let ready = raft.ready();
-//!         assert!(ready.messages.is_empty()); // nobody to send to
-//!         if let Some(persist) = ready.persist {
-//!             raft.storage_mut().write(&persist)?; // persist…
-//!             raft.persisted(persist.token)?;      // …confirm…
-//!         }
-//!         for entry in ready.committed {           // …apply
-//!             if let EntryPayload::Data(data) = entry.payload {
-//!                 applied.push(data);
-//!             }
-//!         }
-//!     }
-//!     Ok(())
-//! };
-//! drive(&mut raft, &mut applied)?;
-//! assert_eq!(raft.role(), Role::Leader);
-//! raft.propose(Bytes::from_static(b"hello"))?;
-//! drive(&mut raft, &mut applied)?;
-//! assert_eq!(applied, vec![Bytes::from_static(b"hello")]);
+//! let mut replica = Replica::new(Raft::new(Config::new(1), storage, consensus_core::seeded_rng(7))?);
+//! let mut host = Local::default();
+//! replica.engine_mut().campaign()?;
+//! replica.drive(&mut host)?;
+//! assert_eq!(replica.engine().role(), Role::Leader);
+//! replica.engine_mut().propose(Bytes::from_static(b"hello"))?;
+//! replica.drive(&mut host)?;
+//! assert_eq!(host.applied, vec![Bytes::from_static(b"hello")]);
 //! # Ok(())
 //! # }
 //! ```
@@ -65,18 +77,24 @@
 pub mod error;
 pub mod protocol;
 pub mod raft;
-pub mod sim;
+pub mod replica;
+// pub mod sim;
 pub mod storage;
 pub mod types;
 
 pub use bytes::Bytes;
 pub use error::{Error, StorageError};
-pub use protocol::{Consensus, Envelope, Persist, PersistToken, Ready};
-pub use raft::{Config, Message, MessageBody, PlantedBug, Raft, ReadMode};
+pub use protocol::{
+    Consensus, DurableState, Envelope, Persist, PersistToken, Ready, TokenSequence, Write,
+};
+#[cfg(feature = "planted-bugs")]
+pub use raft::PlantedBug;
+pub use raft::{Config, HardState, Message, MessageBody, Raft, RaftStorage, ReadMode};
+pub use replica::{Host, Replica};
 pub use rand_chacha::ChaCha8Rng;
 pub use storage::{MemStorage, Storage};
 pub use types::{
-    ConfChange, ConfState, Entry, EntryPayload, HardState, MemberChange, NodeId, Proposed,
+    ConfChange, ConfState, Entry, EntryPayload, MemberChange, NodeId, Proposed,
     ReadState, Role, Snapshot, SnapshotMeta, SoftState, Status,
 };
 

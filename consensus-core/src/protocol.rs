@@ -1,4 +1,4 @@
-//! The interface every protocol of this crate implements: events in, a [`Ready`] of actions out.
+//! The seam every replication protocol implements: events in, a [`Ready`] of actions out.
 //!
 //! # The persistence contract
 //!
@@ -8,15 +8,32 @@
 //!    They never depend on this node's pending writes: a leader's appends to followers go out while
 //!    its own disk write proceeds (Raft thesis §10.2.1); the leader counts itself towards a quorum
 //!    only for entries already confirmed durable.
-//! 2. [`Ready::persist`] must be made durable (in the order the `Persist`s were issued), then
-//!    confirmed with [`Consensus::persisted`], handing back its [`PersistToken`]. Messages that
-//!    promise durability — vote grants, acknowledgements of entries, a candidate's vote requests —
-//!    are held inside the protocol and only come out of a later `ready()` once their write is
-//!    confirmed. The token cannot be built, cloned or reused outside this crate, and a token
+//! 2. [`Ready::persist`] must be written in the order the `Persist`s were issued and, when
+//!    [`Write::sync`] is set, made durable before it is confirmed with [`Consensus::persisted`]
+//!    (handing back its [`PersistToken`]). A write with `sync == false` (a commit index that moved,
+//!    nothing else) may be confirmed as soon as it is written and every earlier token is confirmed:
+//!    losing it in a crash is harmless, and a later synced write covers it (storage is a durable
+//!    *prefix*). Messages that promise durability are held inside the protocol and come out of a
+//!    later `ready()` once their write is confirmed. Tokens are confirmed strictly in order; one
 //!    confirmed out of order is refused with [`crate::Error::PersistOutOfOrder`].
-//! 3. [`Ready::committed`] are entries known committed, in log order; apply them to the state machine.
-//!    [`Ready::reads`] are linearizable reads that may be served once the state machine has applied
-//!    through their index.
+//! 3. [`Ready::committed`] are entries known committed (chosen), in log order with no gap; apply them
+//!    to the state machine. [`Ready::reads`] are linearizable reads that may be served once the state
+//!    machine has applied through their index.
+//!
+//! A protocol whose storage fails returns the error from `ready()`; the driver stops the member
+//! (it must not retry in a loop: the same read would fail again).
+//!
+//! ## Which messages wait for durability, and why
+//!
+//! Only messages whose *content* is a promise about this node's durable state wait: an
+//! acknowledgement of log entries (Raft `AppendResponse`, Paxos `Accepted`), a vote or promise
+//! (Raft `VoteResponse`, Paxos `Promise`) — a crash that forgot them could let two leaders be
+//! elected in one term, or a chosen value be forgotten. As in etcd's asynchronous storage mode,
+//! requests (a candidate's vote request, a leader's appends) and answers that promise nothing
+//! durable (heartbeat responses, pre-vote answers) leave at once. A candidate's own vote, or a
+//! proposer's own promise, counts only once the write that records it is confirmed: that keeps
+//! the safety the held messages give without putting an fsync in front of every election or
+//! every ReadIndex round.
 //!
 //! Why a drained `Ready` plus an explicit token rather than etcd-raft's `Ready`/`advance`: `advance`
 //! couples "I wrote it" with "give me the next batch", which forbids pipelining a second write behind
@@ -24,25 +41,29 @@
 //! several writes in flight (the WAL group-commits them) and keep polling `ready()` for messages to
 //! send meanwhile; the held messages are attached to the exact token they depend on.
 //!
-//! # Why Multi-Paxos and Zab fit the same trait (checked on paper)
+//! # What differs per protocol, and what is shared
 //!
-//! - **Multi-Paxos**: `tick` drives the distinguished proposer's lease and phase-1 retries;
-//!   `step` takes Prepare/Promise/Accept/Accepted/Commit messages; `propose` assigns the next slot
-//!   (`Entry::index`) under the current ballot (`Entry::term`). An acceptor's promised ballot and
-//!   accepted values are exactly a [`crate::HardState`] (ballot in `term`) plus entries: it must persist
-//!   them before replying Promise/Accepted, which is what held messages express. Chosen slots come out
-//!   in `committed` in slot order once the prefix is gap-free; `read_index` is answered by a round of
-//!   heartbeats confirming the ballot, as in Raft. Reconfiguration is Paxos' α-window or a vertical
-//!   Paxos config entry, both expressible as a [`crate::ConfChange`] entry.
-//! - **Zab**: epochs are terms and zxid counters are indexes; PROPOSAL/ACK/COMMIT map to append,
-//!   held acknowledgement (after the follower's fsync) and commit advance; the discovery and
-//!   synchronisation phases exchange NEWEPOCH/ACKEPOCH/NEWLEADER, whose durable `acceptedEpoch` and
-//!   `currentEpoch` fit `HardState::{term, vote}` semantics (persist before answering). A snapshot
-//!   (SNAP sync) and truncation (TRUNC sync) are `Persist::snapshot` and the replace-suffix rule of
-//!   `Persist::entries`. Zab's dynamic reconfiguration is again a config entry.
+//! Shared: entries ([`Entry`], with `term` = Raft term / Paxos ballot round / Zab epoch and
+//! `index` = log position / slot / zxid counter), snapshots, membership ([`crate::ConfState`]),
+//! reads, errors, the status core and this write shape. Per protocol: the wire messages
+//! ([`Consensus::Message`]) and the durable state ([`Consensus::HardState`] — Raft's term and vote,
+//! a Paxos acceptor's promised ballot, Zab's accepted and current epochs). Optional capabilities
+//! (membership change, leader transfer, read index) default to [`crate::Error::Unsupported`].
 //!
-//! Protocol-specific messages are the associated type [`Consensus::Message`]; everything the driver
-//! handles (entries, hard state, snapshots, reads, errors) is shared.
+//! # Fit check on paper (Zab and primary-backup, the next protocols to plug in)
+//!
+//! - **Zab**: `HardState` = `{ accepted_epoch, current_epoch }` (both persisted before ACKEPOCH /
+//!   ACK-NEWLEADER — held messages). A follower's history is contiguous; TRUNC sync is a write with
+//!   `truncate_from`, DIFF sync appends entries (term = epoch, index = counter position), SNAP sync
+//!   is `Write::snapshot`. PROPOSAL → held ACK after the write → COMMIT advances `committed`.
+//!   FastLeaderElection votes ordered by (last zxid, id) are protocol messages. Status: role, leader,
+//!   epoch as `term`, detail = accepted/current epoch.
+//! - **Primary-backup (PacificA)**: `HardState` = `{ epoch }` of the configuration this replica
+//!   serves; the primary assigns serial numbers = `index`, epoch = `term`. PREPARE → held ACK after
+//!   the write; the commit point travels on later messages → `committed`. A new primary's
+//!   reconciliation truncates backups' uncommitted suffixes → `truncate_from`. The configuration
+//!   manager's decisions arrive as inputs (its own message type), requests to it go out as messages.
+//!   It issues its tokens with [`TokenSequence`] from its own crate.
 
 use bytes::Bytes;
 use serde::{de::DeserializeOwned, Serialize};
@@ -50,7 +71,7 @@ use serde::{de::DeserializeOwned, Serialize};
 use crate::error::Error;
 use crate::storage::Storage;
 use crate::types::{
-    ConfChange, Entry, HardState, NodeId, Proposed, ReadState, Snapshot, SoftState, Status,
+    ConfChange, Entry, MemberChange, NodeId, Proposed, ReadState, Snapshot, SoftState, Status,
 };
 
 /// A message's routing information, needed by any transport.
@@ -59,15 +80,21 @@ pub trait Envelope {
     fn from(&self) -> NodeId;
     /// Addressee.
     fn to(&self) -> NodeId;
+    /// Whether this is a large transfer (a snapshot) that should travel apart from small
+    /// consensus messages so they do not queue behind it.
+    fn is_bulk(&self) -> bool {
+        false
+    }
 }
 
 /// Proof of a write to be made durable; give it back to [`Consensus::persisted`] once it is.
 ///
-/// Deliberately neither `Clone` nor `Copy` nor constructible outside this crate.
+/// Neither `Clone` nor `Copy`; issued only by a [`TokenSequence`], which checks that tokens come
+/// back in the order issued.
 #[derive(Debug, PartialEq, Eq)]
 #[must_use = "a write must be confirmed with `persisted(token)` or held messages are never released"]
 pub struct PersistToken {
-    pub(crate) seq: u64,
+    seq: u64,
 }
 
 impl PersistToken {
@@ -77,43 +104,95 @@ impl PersistToken {
     }
 }
 
-/// State the driver must make durable, all of it atomically or in the order listed:
-/// `snapshot`, then `entries`, then `hard_state`.
-#[derive(Debug)]
-#[must_use = "unwritten state must not be confirmed; write it, then call `persisted(token)`"]
-pub struct Persist {
-    /// Confirms this write when handed back.
-    pub token: PersistToken,
-    /// A snapshot received from the leader: store it, drop stored entries it covers that disagree
-    /// with it, and restore the state machine from `data` before applying later committed entries.
-    pub snapshot: Option<Snapshot>,
-    /// Entries to store. Any stored entry at index ≥ `entries[0].index` is discarded first
-    /// (a log conflict truncates the suffix); see [`Persist::truncates_from`].
-    pub entries: Vec<Entry>,
-    /// New term / vote / commit, when they changed.
-    pub hard_state: Option<HardState>,
+/// Issues [`PersistToken`]s 1, 2, 3, … and accepts them back strictly in that order. Every
+/// protocol, in this crate or another, keeps one.
+#[derive(Debug, Default)]
+pub struct TokenSequence {
+    issued: u64,
+    confirmed: u64,
 }
 
-impl Persist {
-    /// The index from which stored entries must be discarded before appending `entries`.
-    pub fn truncates_from(&self) -> Option<u64> {
-        self.entries.first().map(|e| e.index)
+impl TokenSequence {
+    /// A sequence that has issued nothing yet.
+    pub fn new() -> Self {
+        Self::default()
     }
 
-    /// Whether there is nothing to write (only the token to confirm).
-    pub fn is_empty(&self) -> bool {
-        self.snapshot.is_none() && self.entries.is_empty() && self.hard_state.is_none()
+    /// Issues the next token.
+    pub fn issue(&mut self) -> PersistToken {
+        self.issued += 1;
+        PersistToken { seq: self.issued }
     }
+
+    /// Takes a token back; it must be the oldest one not yet confirmed. Returns its sequence
+    /// number.
+    pub fn confirm(&mut self, token: PersistToken) -> Result<u64, Error> {
+        let expected = self.confirmed + 1;
+        if token.seq != expected || token.seq > self.issued {
+            return Err(Error::PersistOutOfOrder {
+                got: token.seq,
+                expected,
+            });
+        }
+        self.confirmed = token.seq;
+        Ok(token.seq)
+    }
+
+    /// Tokens issued and not yet confirmed.
+    pub fn outstanding(&self) -> u64 {
+        self.issued - self.confirmed
+    }
+}
+
+/// What one [`Persist`] asks storage to write, in this order: `snapshot`, `truncate_from`,
+/// `entries`, `hard_state`.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct Write<H> {
+    /// A snapshot received from a leader: store it and drop every stored entry at or below its
+    /// index (entries above it are kept unless `truncate_from` cuts them), then restore the state
+    /// machine from `data` before applying later committed entries.
+    pub snapshot: Option<Snapshot>,
+    /// Discard every stored entry at an index ≥ this before storing `entries` (Raft's log
+    /// conflict, Zab's TRUNC). `None`: discard nothing — a Paxos acceptor never cuts higher slots.
+    pub truncate_from: Option<u64>,
+    /// Entries to store, each at its own index, replacing a stored entry at the same index. In
+    /// ascending index order; a protocol that keeps gaps (Paxos) may leave holes between them.
+    pub entries: Vec<Entry>,
+    /// The protocol's new durable state, when it changed.
+    pub hard_state: Option<H>,
+    /// Whether the write must be durable before its token is confirmed. `false` only when losing
+    /// the write in a crash is harmless (a commit index that moved and nothing else).
+    pub sync: bool,
+}
+
+impl<H> Write<H> {
+    /// Whether there is nothing to write.
+    pub fn is_empty(&self) -> bool {
+        self.snapshot.is_none()
+            && self.truncate_from.is_none()
+            && self.entries.is_empty()
+            && self.hard_state.is_none()
+    }
+}
+
+/// A write to perform, and the token that confirms it.
+#[derive(Debug)]
+#[must_use = "unwritten state must not be confirmed; write it, then call `persisted(token)`"]
+pub struct Persist<H> {
+    /// Confirms this write when handed back.
+    pub token: PersistToken,
+    /// What to write.
+    pub write: Write<H>,
 }
 
 /// Everything the protocol wants done since the last `ready()`. See the module docs for the order.
 #[derive(Debug)]
 #[must_use = "a Ready carries messages to send, state to persist and entries to apply"]
-pub struct Ready<M> {
+pub struct Ready<M, H> {
     /// Messages to send now; none of them depends on `persist` or on any unconfirmed write.
     pub messages: Vec<M>,
-    /// State to make durable, then confirm with `persisted(token)`.
-    pub persist: Option<Persist>,
+    /// State to write, then confirm with `persisted(token)`.
+    pub persist: Option<Persist<H>>,
     /// Entries now committed, in order, to apply to the state machine.
     pub committed: Vec<Entry>,
     /// Reads now ordered: serve each once applied through its index.
@@ -122,7 +201,7 @@ pub struct Ready<M> {
     pub soft_state: Option<SoftState>,
 }
 
-impl<M> Ready<M> {
+impl<M, H> Ready<M, H> {
     /// Whether there is nothing to do.
     pub fn is_empty(&self) -> bool {
         self.messages.is_empty()
@@ -133,12 +212,36 @@ impl<M> Ready<M> {
     }
 }
 
-/// A sans-IO consensus protocol instance (one member of one group).
+/// Durable protocol state: what a protocol persists besides its log (bounds only).
+pub trait DurableState:
+    Clone + std::fmt::Debug + Default + PartialEq + Serialize + DeserializeOwned + Send + Sync + 'static
+{
+}
+
+impl<T> DurableState for T where
+    T: Clone
+        + std::fmt::Debug
+        + Default
+        + PartialEq
+        + Serialize
+        + DeserializeOwned
+        + Send
+        + Sync
+        + 'static
+{
+}
+
+/// A sans-IO replication protocol instance (one member of one group).
 pub trait Consensus {
     /// The protocol's wire messages.
-    type Message: Envelope + Clone + std::fmt::Debug + Serialize + DeserializeOwned;
+    type Message: Envelope + Clone + std::fmt::Debug + Serialize + DeserializeOwned + Send;
+    /// The protocol's durable state besides the log.
+    type HardState: DurableState;
     /// The storage it reads.
-    type Storage: Storage;
+    type Storage: Storage<HardState = Self::HardState>;
+
+    /// The protocol's name, for status output and errors ("raft", "multi-paxos").
+    const NAME: &'static str;
 
     /// This member's id.
     fn id(&self) -> NodeId;
@@ -148,17 +251,41 @@ pub trait Consensus {
     fn step(&mut self, message: Self::Message) -> Result<(), Error>;
     /// Appends `data` to the log, if this node leads.
     fn propose(&mut self, data: Bytes) -> Result<Proposed, Error>;
-    /// Proposes a membership change, if this node leads and no other change is pending.
-    fn propose_conf_change(&mut self, change: ConfChange) -> Result<Proposed, Error>;
+    /// Proposes a membership change in the protocol's own form.
+    fn propose_conf_change(&mut self, change: ConfChange) -> Result<Proposed, Error> {
+        let _ = change;
+        Err(Error::Unsupported {
+            protocol: Self::NAME,
+            capability: "membership change",
+        })
+    }
+    /// Adds, demotes or removes one member the way this protocol does it safely (Raft: a
+    /// single-server change).
+    fn change_membership(&mut self, change: MemberChange) -> Result<Proposed, Error> {
+        self.propose_conf_change(ConfChange::Single(change))
+    }
     /// Requests a linearizable read tagged `ctx`; it comes back in [`Ready::reads`].
-    fn read_index(&mut self, ctx: u64) -> Result<(), Error>;
+    fn read_index(&mut self, ctx: u64) -> Result<(), Error> {
+        let _ = ctx;
+        Err(Error::Unsupported {
+            protocol: Self::NAME,
+            capability: "read index",
+        })
+    }
     /// Asks the leader to hand leadership to `to`.
-    fn transfer_leader(&mut self, to: NodeId) -> Result<(), Error>;
+    fn transfer_leader(&mut self, to: NodeId) -> Result<(), Error> {
+        let _ = to;
+        Err(Error::Unsupported {
+            protocol: Self::NAME,
+            capability: "leader transfer",
+        })
+    }
     /// Whether `ready()` would return something.
     fn has_ready(&self) -> bool;
-    /// Drains the actions accumulated so far.
-    fn ready(&mut self) -> Ready<Self::Message>;
-    /// Confirms that the write of a [`Persist`] is durable.
+    /// Drains the actions accumulated so far. An error (storage failure) means this member must
+    /// stop.
+    fn ready(&mut self) -> Result<Ready<Self::Message, Self::HardState>, Error>;
+    /// Confirms that the write of a [`Persist`] is done (durable, if it asked to be synced).
     fn persisted(&mut self, token: PersistToken) -> Result<(), Error>;
     /// Current state, for status output and invariant checks.
     fn status(&self) -> Status;

@@ -1,25 +1,30 @@
 //! Durable state as the protocol reads it, and an in-memory implementation.
 //!
 //! The protocol only *reads* storage through [`Storage`]. Writing is the driver's job: it writes what a
-//! [`Persist`] says, then confirms with the token. [`MemStorage`] does both halves in memory for tests,
+//! [`crate::Persist`] says, then confirms with the token. [`MemStorage`] does both halves in memory for tests,
 //! the examples and the simulator (which keeps a copy of it to model a crash that loses unsynced state).
 
 use bytes::Bytes;
 
 use crate::error::StorageError;
-use crate::protocol::Persist;
-use crate::types::{ConfState, Entry, HardState, Snapshot, SnapshotMeta};
+use crate::protocol::{DurableState, Write};
+use crate::raft::HardState;
+use crate::types::{ConfState, Entry, Snapshot, SnapshotMeta};
 
 /// Read access to a node's durable state.
 ///
-/// Invariants an implementation keeps: entries are contiguous from `first_index()` to `last_index()`;
-/// `first_index() <= snapshot_meta().index + 1` — equal when compaction drops everything the snapshot
-/// covers, lower when an implementation keeps trailing entries for slow followers (the engine then
-/// treats `first_index() - 1` as where the log starts); `term(first_index() - 1)` and
+/// Invariants an implementation keeps: every stored entry lies in `first_index() ..= last_index()`
+/// (a protocol that writes single slots, Paxos, may leave gaps; Raft never does, and checks it);
+/// `first_index() <= snapshot_meta().index + 1` — equal when compaction drops everything the
+/// snapshot covers, lower when an implementation keeps trailing entries for slow followers (the
+/// engine then treats `first_index() - 1` as where the log starts); `term(first_index() - 1)` and
 /// `term(snapshot_meta().index)` are known.
 pub trait Storage {
-    /// The durable term, vote and commit.
-    fn hard_state(&self) -> HardState;
+    /// The protocol's durable state besides the log.
+    type HardState: DurableState;
+
+    /// The durable protocol state (Raft: term, vote, commit).
+    fn hard_state(&self) -> Self::HardState;
     /// Metadata of the latest snapshot (index 0, term 0 and the bootstrap configuration if none).
     fn snapshot_meta(&self) -> SnapshotMeta;
     /// The latest snapshot, to send to a follower that needs compacted entries.
@@ -28,10 +33,12 @@ pub trait Storage {
     fn first_index(&self) -> u64;
     /// Index of the last stored entry (the snapshot index if there are none).
     fn last_index(&self) -> u64;
-    /// Term of the entry at `index`, for `index` in `snapshot index ..= last_index()`.
+    /// Term of the entry at `index`, for `index` in `snapshot index ..= last_index()`
+    /// ([`StorageError::Unavailable`] for a slot that holds nothing).
     fn term(&self, index: u64) -> Result<u64, StorageError>;
-    /// Appends the entries `lo..hi` to `out`, stopping early once `max_bytes` of payload is reached
-    /// (at least one entry is always returned when `lo < hi`).
+    /// Appends the stored entries with index in `lo..hi` to `out`, in index order (slots that hold
+    /// nothing are skipped), stopping early once `max_bytes` of payload is reached (at least one
+    /// entry is always returned when one is stored in the range).
     fn entries(
         &self,
         lo: u64,
@@ -41,21 +48,21 @@ pub trait Storage {
     ) -> Result<(), StorageError>;
 }
 
-/// Storage held entirely in memory.
+/// Storage held entirely in memory, for any protocol's durable state `H` (Raft's by default).
 #[derive(Clone, Debug, Default)]
-pub struct MemStorage {
-    hard_state: HardState,
+pub struct MemStorage<H = HardState> {
+    hard_state: H,
     snapshot: Snapshot,
-    /// `entries[i].index == snapshot.meta.index + 1 + i`.
-    entries: Vec<Entry>,
+    /// `slots[i]` holds the entry at index `snapshot.meta.index + 1 + i`; the last one is `Some`.
+    slots: Vec<Option<Entry>>,
 }
 
-impl MemStorage {
+impl<H: DurableState> MemStorage<H> {
     /// Fresh storage for a new group whose initial members are `conf_state` (the bootstrap
     /// configuration is recorded as an empty snapshot at index 0).
     pub fn new_with_conf(conf_state: ConfState) -> Self {
         MemStorage {
-            hard_state: HardState::default(),
+            hard_state: H::default(),
             snapshot: Snapshot {
                 meta: SnapshotMeta {
                     index: 0,
@@ -64,69 +71,71 @@ impl MemStorage {
                 },
                 data: Bytes::new(),
             },
-            entries: Vec::new(),
+            slots: Vec::new(),
         }
     }
 
-    /// Writes what `persist` asks, in the order the contract gives: snapshot, entries (replacing any
-    /// stored suffix from the first new index), hard state.
-    pub fn write(&mut self, persist: &Persist) -> Result<(), StorageError> {
-        if let Some(snapshot) = &persist.snapshot {
+    /// Writes what `write` asks, in the order the contract gives: snapshot, truncation, entries,
+    /// hard state.
+    pub fn write(&mut self, write: &Write<H>) -> Result<(), StorageError> {
+        if let Some(snapshot) = &write.snapshot {
             self.install_snapshot(snapshot.clone());
         }
-        if let Some(first) = persist.entries.first() {
-            self.append(&persist.entries, first.index)?;
+        if let Some(from) = write.truncate_from {
+            self.truncate_from(from);
         }
-        if let Some(hard_state) = persist.hard_state {
-            self.hard_state = hard_state;
+        for entry in &write.entries {
+            self.put(entry.clone());
+        }
+        if let Some(hard_state) = &write.hard_state {
+            self.hard_state = hard_state.clone();
         }
         Ok(())
     }
 
-    /// Installs `snapshot` as [`MemStorage::write`] does for a `Persist` carrying one: stored
-    /// entries after it are kept only if they agree with it. Does nothing if the stored snapshot is
-    /// already as new.
+    /// Installs `snapshot` (as a write carrying one does) if it is at least as new as the stored
+    /// one: stored entries at or below its index are dropped, those above are kept.
     pub fn apply_snapshot(&mut self, snapshot: Snapshot) {
-        if snapshot.meta.index > self.snapshot.meta.index {
-            self.install_snapshot(snapshot);
-        }
+        self.install_snapshot(snapshot);
     }
 
     fn install_snapshot(&mut self, snapshot: Snapshot) {
         let index = snapshot.meta.index;
-        // Keep entries after the snapshot only if they agree with it (log matching).
-        let keep = self.term(index).ok() == Some(snapshot.meta.term) && index <= self.last_index();
-        if keep {
-            let drop = (index - self.snapshot.meta.index) as usize;
-            self.entries.drain(..drop.min(self.entries.len()));
-        } else {
-            self.entries.clear();
+        let current = self.snapshot.meta.index;
+        if index < current {
+            return; // a compaction since already covers more
         }
+        let drop = ((index - current) as usize).min(self.slots.len());
+        self.slots.drain(..drop);
         self.snapshot = snapshot;
-        if self.hard_state.commit < index {
-            self.hard_state.commit = index;
-        }
+        self.trim();
     }
 
-    fn append(&mut self, entries: &[Entry], first: u64) -> Result<(), StorageError> {
-        let offset = self.snapshot.meta.index + 1;
-        if first < offset {
-            // A snapshot written since (a compaction) already covers the head of this write.
-            let covered = (offset - first) as usize;
-            if covered >= entries.len() {
-                return Ok(());
-            }
-            return self.append(&entries[covered..], offset);
+    fn truncate_from(&mut self, from: u64) {
+        // A compaction since may already cover the head of this write; never cut below it.
+        let first = self.snapshot.meta.index + 1;
+        let keep = from.max(first) - first;
+        self.slots.truncate(keep as usize);
+        self.trim();
+    }
+
+    fn put(&mut self, entry: Entry) {
+        let first = self.snapshot.meta.index + 1;
+        if entry.index < first {
+            return; // covered by a snapshot written since
         }
-        if first > self.last_index() + 1 {
-            return Err(StorageError::Inconsistent(format!(
-                "append at {first} leaves a gap after last index {}",
-                self.last_index()
-            )));
+        let at = (entry.index - first) as usize;
+        if at >= self.slots.len() {
+            self.slots.resize(at + 1, None);
         }
-        self.entries.truncate((first - offset) as usize);
-        self.entries.extend_from_slice(entries);
-        Ok(())
+        self.slots[at] = Some(entry);
+    }
+
+    /// Keeps the invariant that the last slot holds an entry.
+    fn trim(&mut self) {
+        while matches!(self.slots.last(), Some(None)) {
+            self.slots.pop();
+        }
     }
 
     /// Discards entries through `index` after recording a snapshot of the state machine at `index`
@@ -140,32 +149,38 @@ impl MemStorage {
         if index <= self.snapshot.meta.index {
             return Ok(());
         }
-        if index > self.last_index() {
-            return Err(StorageError::Unavailable(index));
-        }
         let term = self.term(index)?;
-        let drop = (index - self.snapshot.meta.index) as usize;
-        self.entries.drain(..drop);
-        self.snapshot = Snapshot {
+        self.install_snapshot(Snapshot {
             meta: SnapshotMeta {
                 index,
                 term,
                 conf_state,
             },
             data,
-        };
+        });
         Ok(())
     }
 
-    /// All stored entries (for tests and invariant checks).
-    pub fn stored_entries(&self) -> &[Entry] {
-        &self.entries
+    /// Every stored entry in index order (for tests and invariant checks).
+    pub fn stored_entries(&self) -> impl Iterator<Item = &Entry> + '_ {
+        self.slots.iter().flatten()
+    }
+
+    /// The entry stored at `index`, if any.
+    pub fn entry(&self, index: u64) -> Option<&Entry> {
+        let first = self.snapshot.meta.index + 1;
+        if index < first {
+            return None;
+        }
+        self.slots.get((index - first) as usize)?.as_ref()
     }
 }
 
-impl Storage for MemStorage {
-    fn hard_state(&self) -> HardState {
-        self.hard_state
+impl<H: DurableState> Storage for MemStorage<H> {
+    type HardState = H;
+
+    fn hard_state(&self) -> H {
+        self.hard_state.clone()
     }
 
     fn snapshot_meta(&self) -> SnapshotMeta {
@@ -181,7 +196,7 @@ impl Storage for MemStorage {
     }
 
     fn last_index(&self) -> u64 {
-        self.snapshot.meta.index + self.entries.len() as u64
+        self.snapshot.meta.index + self.slots.len() as u64
     }
 
     fn term(&self, index: u64) -> Result<u64, StorageError> {
@@ -192,7 +207,7 @@ impl Storage for MemStorage {
         if index < snap {
             return Err(StorageError::Compacted(index));
         }
-        match self.entries.get((index - snap - 1) as usize) {
+        match self.entry(index) {
             Some(entry) => Ok(entry.term),
             None => Err(StorageError::Unavailable(index)),
         }
@@ -213,15 +228,17 @@ impl Storage for MemStorage {
             return Err(StorageError::Unavailable(hi - 1));
         }
         let mut bytes = 0u64;
-        for (taken, entry) in self.entries[(lo - snap - 1) as usize..(hi - snap - 1) as usize]
+        let mut taken = 0usize;
+        for entry in self.slots[(lo - snap - 1) as usize..(hi - snap - 1) as usize]
             .iter()
-            .enumerate()
+            .flatten()
         {
             bytes += entry.payload_size();
             if bytes > max_bytes && taken > 0 {
                 break;
             }
             out.push(entry.clone());
+            taken += 1;
         }
         Ok(())
     }

@@ -47,17 +47,6 @@ pub enum EntryPayload {
     ConfChange(ConfChange),
 }
 
-/// The state a node must make durable before it answers votes or acknowledges entries.
-#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
-pub struct HardState {
-    /// Latest term this node has seen.
-    pub term: u64,
-    /// Candidate this node voted for in `term` (0: none).
-    pub vote: NodeId,
-    /// Highest index known committed (may lag; recovered commit is only a hint for re-application).
-    pub commit: u64,
-}
-
 /// A membership configuration.
 ///
 /// `outgoing` is non-empty only during joint consensus (C_old,new): a decision then needs a majority
@@ -170,8 +159,9 @@ pub struct ReadState {
     pub index: u64,
 }
 
-/// Where a proposal landed in the log. If the entry committed at `index` has another term, the
-/// proposal was lost (leadership changed) and may be retried.
+/// Where a proposal landed in the log. If the entry committed at `index` carries another payload,
+/// the proposal was lost (leadership changed) and may be retried. (Compare payloads, not terms: a
+/// Paxos leader re-proposes an accepted value under its own, higher ballot.)
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub struct Proposed {
     /// Log index of the new entry.
@@ -209,7 +199,8 @@ pub struct Status {
     pub id: NodeId,
     /// Current role.
     pub role: Role,
-    /// Current term.
+    /// Current term (Raft), ballot round (Multi-Paxos) or epoch (Zab): grows with every new
+    /// leadership.
     pub term: u64,
     /// Current leader, if known.
     pub leader: Option<NodeId>,
@@ -223,4 +214,8 @@ pub struct Status {
     pub persisted_index: u64,
     /// The membership in force (as of `applied`).
     pub conf_state: ConfState,
+    /// The protocol's name ("raft", "multi-paxos").
+    pub protocol: &'static str,
+    /// Protocol detail as (name, value) pairs for people: Raft's vote, a Paxos ballot, Zab's epochs.
+    pub detail: Vec<(&'static str, String)>,
 }

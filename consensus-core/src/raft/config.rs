@@ -13,8 +13,9 @@ pub enum ReadMode {
     LeaseBased,
 }
 
-/// Faults that can be switched on to prove the simulator catches them. Never use outside tests.
-#[doc(hidden)]
+/// Faults that can be switched on to prove the simulator catches them (feature `planted-bugs`,
+/// which only tests and `cargo xtask sim` turn on).
+#[cfg(feature = "planted-bugs")]
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub enum PlantedBug {
     /// Commit an entry of an earlier term as soon as a majority stores it (the Figure 8 bug). A new
@@ -55,11 +56,29 @@ pub struct Config {
     /// usually the snapshot index). Committed entries after it are handed out again.
     pub applied: u64,
     /// Test-only fault injection.
-    #[doc(hidden)]
+    #[cfg(feature = "planted-bugs")]
     pub planted_bug: Option<PlantedBug>,
 }
 
+/// The planted faults the code checks for; without the `planted-bugs` feature none can be set.
+#[cfg(not(feature = "planted-bugs"))]
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub(crate) enum PlantedBug {
+    CommitPreviousTermByCounting,
+    ReadWithoutLeadershipCheck,
+    VoteWithoutLogCheck,
+}
+
 impl Config {
+    /// Whether the planted fault `bug` is switched on (always false without `planted-bugs`).
+    #[allow(unused_variables)]
+    pub(crate) fn has_bug(&self, bug: PlantedBug) -> bool {
+        #[cfg(feature = "planted-bugs")]
+        return self.planted_bug == Some(bug);
+        #[cfg(not(feature = "planted-bugs"))]
+        return false;
+    }
+
     /// Defaults for member `id`: election after 10–19 ticks, heartbeat every tick, pre-vote and
     /// check-quorum on, ReadIndex reads, 1 MiB messages, 256 inflight appends, 64 MiB uncommitted.
     pub fn new(id: NodeId) -> Self {
@@ -75,6 +94,7 @@ impl Config {
             max_uncommitted_bytes: 64 << 20,
             max_committed_bytes_per_ready: 16 << 20,
             applied: 0,
+            #[cfg(feature = "planted-bugs")]
             planted_bug: None,
         }
     }

@@ -8,10 +8,10 @@ use super::progress::Progress;
 use super::quorum::{self, VoteResult};
 use super::Raft;
 use crate::error::Error;
-use crate::storage::Storage;
+use super::RaftStorage;
 use crate::types::{EntryPayload, NodeId, Role};
 
-impl<S: Storage> Raft<S> {
+impl<S: RaftStorage> Raft<S> {
     /// Moves to `term` (forgetting the vote if the term changes) and resets the role's state.
     fn reset(&mut self, term: u64) {
         if term != self.term {
@@ -79,7 +79,7 @@ impl<S: Storage> Raft<S> {
         self.pending_conf_index = last;
         // Raft §5.4.2 / §8: commit a no-op of this term so earlier entries commit with it. (The
         // planted Figure 8 bug leaves it out, as the paper's figure does, so the bug can bite.)
-        if self.config.planted_bug != Some(PlantedBug::CommitPreviousTermByCounting) {
+        if !self.config.has_bug(PlantedBug::CommitPreviousTermByCounting) {
             self.append_entry(EntryPayload::Noop);
         }
         if self.config.read_mode == super::config::ReadMode::LeaseBased {
@@ -196,14 +196,11 @@ impl<S: Storage> Raft<S> {
 
     fn campaign_vote(&mut self, leader_transfer: bool) {
         self.become_candidate();
-        self.votes.insert(self.config.id, true);
-        if self.tally() == VoteResult::Won {
-            self.become_leader();
-            return;
-        }
+        // Our own vote counts once the write recording it is durable (`own_vote_durable`); the
+        // requests leave at once, so the candidate's fsync overlaps the voters' (etcd does the
+        // same). Counting it earlier would let a crash forget a vote that elected us.
         let (last_index, last_term) = (self.log.last_index(), self.log.last_term());
         for to in self.voters_except_me() {
-            // Held until our new term and self-vote are durable (see `send_with_term`).
             self.send(
                 to,
                 MessageBody::Vote {
@@ -233,7 +230,7 @@ impl<S: Storage> Raft<S> {
             || (self.vote == 0 && self.leader.is_none())
             || (pre && term > self.term);
         let log_ok = self.log.is_up_to_date(last_index, last_term)
-            || self.config.planted_bug == Some(PlantedBug::VoteWithoutLogCheck);
+            || self.config.has_bug(PlantedBug::VoteWithoutLogCheck);
         let granted = can_vote && log_ok;
         if pre {
             let reply_term = if granted { term } else { self.term };
@@ -244,6 +241,19 @@ impl<S: Storage> Raft<S> {
                 self.vote = from;
             }
             self.send(from, MessageBody::VoteResponse { granted });
+        }
+    }
+
+    /// A write carrying `durable` was confirmed: a candidate whose vote for itself in this term
+    /// is now durable counts it.
+    pub(super) fn own_vote_durable(&mut self, durable: super::HardState) {
+        let me = self.config.id;
+        if self.role == Role::Candidate
+            && durable.term == self.term
+            && durable.vote == me
+            && !self.votes.contains_key(&me)
+        {
+            self.handle_vote_response(me, true);
         }
     }
 

@@ -11,7 +11,7 @@ use super::progress::Progress;
 use super::quorum;
 use super::Raft;
 use crate::error::Error;
-use crate::storage::Storage;
+use super::RaftStorage;
 use crate::types::{ConfChange, ConfState, EntryPayload, MemberChange, Proposed, Role};
 
 fn edit(conf: &mut ConfState, change: MemberChange) {
@@ -87,7 +87,7 @@ pub(crate) fn apply_change(conf: &ConfState, change: &ConfChange) -> Result<Conf
     Ok(next)
 }
 
-impl<S: Storage> Raft<S> {
+impl<S: RaftStorage> Raft<S> {
     pub(super) fn propose_membership(&mut self, change: ConfChange) -> Result<Proposed, Error> {
         if self.role != Role::Leader {
             return Err(Error::NotLeader {

@@ -26,6 +26,10 @@ impl Envelope for Message {
     fn to(&self) -> NodeId {
         self.to
     }
+
+    fn is_bulk(&self) -> bool {
+        matches!(self.body, MessageBody::InstallSnapshot { .. })
+    }
 }
 
 /// The kinds of Raft messages.

@@ -17,7 +17,9 @@ mod read;
 mod replication;
 mod snapshot;
 
-pub use config::{Config, PlantedBug, ReadMode};
+#[cfg(feature = "planted-bugs")]
+pub use config::PlantedBug;
+pub use config::{Config, ReadMode};
 pub use message::{Message, MessageBody};
 
 use std::collections::{BTreeMap, VecDeque};
@@ -25,22 +27,42 @@ use std::collections::{BTreeMap, VecDeque};
 use bytes::Bytes;
 use rand_chacha::ChaCha8Rng;
 
-use crate::error::Error;
-use crate::protocol::{Consensus, Persist, PersistToken, Ready};
+use serde::{Deserialize, Serialize};
+
+use crate::error::{Error, StorageError};
+use crate::protocol::{Consensus, Persist, PersistToken, Ready, TokenSequence, Write};
 use crate::storage::Storage;
 use crate::types::{
-    ConfChange, ConfState, Entry, EntryPayload, HardState, NodeId, Proposed, ReadState, Role,
-    SoftState, Status,
+    ConfChange, ConfState, Entry, EntryPayload, NodeId, Proposed, ReadState, Role, SoftState,
+    Status,
 };
 
 use self::log::RaftLog;
 use self::progress::Progress;
 use self::read::ReadQueue;
 
+/// Raft's durable state besides the log: what a node must make durable before it answers votes.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub struct HardState {
+    /// Latest term this node has seen.
+    pub term: u64,
+    /// Candidate this node voted for in `term` (0: none).
+    pub vote: NodeId,
+    /// Highest index known committed (may lag; recovered commit is only a hint for re-application).
+    pub commit: u64,
+}
+
+/// Storage Raft can run on: any [`Storage`] whose durable state is Raft's [`HardState`].
+pub trait RaftStorage: Storage<HardState = HardState> {}
+
+impl<S: Storage<HardState = HardState>> RaftStorage for S {}
+
 /// A write handed to the driver and not yet confirmed.
 #[derive(Debug)]
 struct Task {
     seq: u64,
+    /// The hard state in the write, if any (a candidate counts its own vote once it is durable).
+    hard_state: Option<HardState>,
     /// Last entry in the write, if any.
     last_entry: Option<(u64, u64)>,
     /// Index of the snapshot in the write, if any.
@@ -50,7 +72,7 @@ struct Task {
 }
 
 /// One Raft member. Drive it through the [`Consensus`] trait.
-pub struct Raft<S: Storage> {
+pub struct Raft<S: RaftStorage> {
     config: Config,
     rng: ChaCha8Rng,
     log: RaftLog<S>,
@@ -92,12 +114,14 @@ pub struct Raft<S: Storage> {
     held: Vec<Message>,
     ready_reads: Vec<ReadState>,
     tasks: VecDeque<Task>,
-    next_task_seq: u64,
+    tokens: TokenSequence,
+    /// Set after a storage failure: the member stops and `ready()` reports it.
+    stopped: Option<StorageError>,
     issued_hard_state: HardState,
     issued_soft_state: SoftState,
 }
 
-impl<S: Storage> Raft<S> {
+impl<S: RaftStorage> Raft<S> {
     /// Builds a member from its configuration, its durable state (a fresh [`crate::MemStorage`] for a
     /// new group, or what survived a restart) and a seeded RNG for election jitter.
     pub fn new(config: Config, storage: S, rng: ChaCha8Rng) -> Result<Self, Error> {
@@ -155,7 +179,8 @@ impl<S: Storage> Raft<S> {
             held: Vec::new(),
             ready_reads: Vec::new(),
             tasks: VecDeque::new(),
-            next_task_seq: 1,
+            tokens: TokenSequence::new(),
+            stopped: None,
             issued_hard_state: hard_state,
             issued_soft_state: SoftState {
                 leader: None,
@@ -248,12 +273,12 @@ impl<S: Storage> Raft<S> {
     }
 
     fn send_with_term(&mut self, to: NodeId, term: u64, body: MessageBody) {
+        // Only answers that promise durable state wait for it (see `crate::protocol`): a vote
+        // grant and an acknowledgement of entries. Vote requests leave at once; the candidate's
+        // own vote counts once its write is confirmed (`persisted`).
         let durable_promise = matches!(
             body,
-            MessageBody::Vote { .. }
-                | MessageBody::VoteResponse { .. }
-                | MessageBody::AppendResponse { .. }
-                | MessageBody::HeartbeatResponse { .. }
+            MessageBody::VoteResponse { .. } | MessageBody::AppendResponse { .. }
         );
         let message = Message {
             from: self.config.id,
@@ -434,9 +459,12 @@ impl<S: Storage> Raft<S> {
     }
 }
 
-impl<S: Storage> Consensus for Raft<S> {
+impl<S: RaftStorage> Consensus for Raft<S> {
     type Message = Message;
+    type HardState = HardState;
     type Storage = S;
+
+    const NAME: &'static str = "raft";
 
     fn id(&self) -> NodeId {
         self.config.id
@@ -479,6 +507,9 @@ impl<S: Storage> Consensus for Raft<S> {
     }
 
     fn has_ready(&self) -> bool {
+        if self.stopped.is_some() {
+            return true; // `ready()` reports the failure
+        }
         !self.messages.is_empty()
             || !self.held.is_empty()
             || !self.ready_reads.is_empty()
@@ -490,14 +521,22 @@ impl<S: Storage> Consensus for Raft<S> {
             || self.soft_state() != self.issued_soft_state
     }
 
-    fn ready(&mut self) -> Ready<Message> {
+    fn ready(&mut self) -> Result<Ready<Message, HardState>, Error> {
+        if let Some(error) = &self.stopped {
+            return Err(Error::Stopped(error.clone()));
+        }
         // 1. Committed entries first: applying a membership change may append (leave joint) or
         //    step down, and that must be part of this round's writes and messages.
         let committed = match self.take_committed() {
             Ok(entries) => entries,
             Err(error) => {
-                tracing::error!(%error, "cannot read committed entries");
-                Vec::new()
+                let cause = match error {
+                    Error::Storage(e) => e,
+                    other => StorageError::Other(other.to_string()),
+                };
+                tracing::error!(error = %cause, "cannot read committed entries; stopping");
+                self.stopped = Some(cause.clone());
+                return Err(Error::Stopped(cause));
             }
         };
         // 2. Batched broadcasts.
@@ -515,20 +554,35 @@ impl<S: Storage> Consensus for Raft<S> {
         let hard_state_changed = hard_state != self.issued_hard_state;
         let persist = if hard_state_changed || self.log.has_unissued() {
             let (snapshot, entries) = self.log.take_unissued();
-            let seq = self.next_task_seq;
-            self.next_task_seq += 1;
+            // A commit index that moved alone need not be synced (etcd's MustSync): after a crash
+            // the commit index is relearnt from the leader.
+            let vote_changed = hard_state.term != self.issued_hard_state.term
+                || hard_state.vote != self.issued_hard_state.vote;
+            let sync = vote_changed || snapshot.is_some() || !entries.is_empty();
+            // Raft's log rule: whatever follows the first new entry (or an installed snapshot,
+            // whose log disagreed with ours) is replaced.
+            let truncate_from = match &snapshot {
+                Some(snapshot) => Some(snapshot.meta.index + 1),
+                None => entries.first().map(|e| e.index),
+            };
+            let token = self.tokens.issue();
             self.tasks.push_back(Task {
-                seq,
+                seq: token.seq(),
+                hard_state: hard_state_changed.then_some(hard_state),
                 last_entry: entries.last().map(|e| (e.index, e.term)),
                 snapshot_index: snapshot.as_ref().map(|s| s.meta.index),
                 held: Vec::new(),
             });
             self.issued_hard_state = hard_state;
             Some(Persist {
-                token: PersistToken { seq },
-                snapshot,
-                entries,
-                hard_state: hard_state_changed.then_some(hard_state),
+                token,
+                write: Write {
+                    snapshot,
+                    truncate_from,
+                    entries,
+                    hard_state: hard_state_changed.then_some(hard_state),
+                    sync,
+                },
             })
         } else {
             None
@@ -543,29 +597,24 @@ impl<S: Storage> Consensus for Raft<S> {
         let soft_state = self.soft_state();
         let soft_changed = soft_state != self.issued_soft_state;
         self.issued_soft_state = soft_state;
-        Ready {
+        Ok(Ready {
             messages: std::mem::take(&mut self.messages),
             persist,
             committed,
             reads: std::mem::take(&mut self.ready_reads),
             soft_state: soft_changed.then_some(soft_state),
-        }
+        })
     }
 
     fn persisted(&mut self, token: PersistToken) -> Result<(), Error> {
-        let expected = self.tasks.front().map_or(self.next_task_seq, |t| t.seq);
-        if token.seq != expected {
-            return Err(Error::PersistOutOfOrder {
-                got: token.seq,
-                expected,
-            });
-        }
+        let seq = self.tokens.confirm(token)?;
         let Some(mut task) = self.tasks.pop_front() else {
             return Err(Error::PersistOutOfOrder {
-                got: token.seq,
-                expected,
+                got: seq,
+                expected: seq + 1,
             });
         };
+        debug_assert_eq!(task.seq, seq, "tasks and tokens advance together");
         if let Some(index) = task.snapshot_index {
             self.log.stable_snapshot_to(index);
         }
@@ -573,6 +622,9 @@ impl<S: Storage> Consensus for Raft<S> {
             self.log.stable_to(index, term);
         }
         self.messages.append(&mut task.held);
+        if let Some(durable) = task.hard_state {
+            self.own_vote_durable(durable);
+        }
         if self.role == Role::Leader {
             self.leader_persisted();
         }
@@ -590,6 +642,8 @@ impl<S: Storage> Consensus for Raft<S> {
             last_index: self.log.last_index(),
             persisted_index: self.log.persisted,
             conf_state: self.conf.clone(),
+            protocol: Self::NAME,
+            detail: vec![("vote", self.vote.to_string())],
         }
     }
 

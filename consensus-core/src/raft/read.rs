@@ -24,7 +24,7 @@ use super::message::MessageBody;
 use super::quorum::{self, VoteResult};
 use super::Raft;
 use crate::error::Error;
-use crate::storage::Storage;
+use super::RaftStorage;
 use crate::types::{NodeId, ReadState, Role};
 
 #[derive(Debug)]
@@ -116,7 +116,7 @@ impl ReadQueue {
     }
 }
 
-impl<S: Storage> Raft<S> {
+impl<S: RaftStorage> Raft<S> {
     pub(super) fn request_read(&mut self, ctx: u64) -> Result<(), Error> {
         if self.role == Role::Leader {
             let me = self.config.id;
@@ -135,7 +135,7 @@ impl<S: Storage> Raft<S> {
     /// Leader: orders a read from `from` (this node or a follower).
     pub(super) fn register_read(&mut self, ctx: u64, from: NodeId) {
         let commit = self.log.committed;
-        if self.config.planted_bug == Some(PlantedBug::ReadWithoutLeadershipCheck) {
+        if self.config.has_bug(PlantedBug::ReadWithoutLeadershipCheck) {
             self.deliver_read(ctx, from, commit);
             return;
         }

@@ -6,10 +6,10 @@ use super::progress::ProgressState;
 use super::quorum;
 use super::Raft;
 use crate::error::{Error, StorageError};
-use crate::storage::Storage;
+use super::RaftStorage;
 use crate::types::{Entry, EntryPayload, NodeId, Proposed, Role};
 
-impl<S: Storage> Raft<S> {
+impl<S: RaftStorage> Raft<S> {
     pub(super) fn check_can_propose(&self, size: u64) -> Result<(), Error> {
         if self.role != Role::Leader {
             return Err(Error::NotLeader {
@@ -240,7 +240,7 @@ impl<S: Storage> Raft<S> {
         if index <= self.log.committed || index == u64::MAX {
             return false;
         }
-        let by_counting = self.config.planted_bug == Some(PlantedBug::CommitPreviousTermByCounting);
+        let by_counting = self.config.has_bug(PlantedBug::CommitPreviousTermByCounting);
         if self.log.term(index).ok() != Some(self.term) && !by_counting {
             return false;
         }

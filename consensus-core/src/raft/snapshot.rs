@@ -2,10 +2,10 @@
 
 use super::message::MessageBody;
 use super::Raft;
-use crate::storage::Storage;
+use super::RaftStorage;
 use crate::types::{NodeId, Snapshot};
 
-impl<S: Storage> Raft<S> {
+impl<S: RaftStorage> Raft<S> {
     /// Leader: the entries `to` needs are compacted; send the latest snapshot instead.
     pub(super) fn send_snapshot(&mut self, to: NodeId) -> bool {
         let snapshot = match self.log.storage.snapshot() {
