@@ -78,7 +78,7 @@ pub mod error;
 pub mod protocol;
 pub mod raft;
 pub mod replica;
-// pub mod sim;
+pub mod sim;
 pub mod storage;
 pub mod types;
 
