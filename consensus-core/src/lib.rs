@@ -79,7 +79,7 @@ pub mod paxos;
 pub mod protocol;
 pub mod raft;
 pub mod replica;
-// pub mod sim;
+pub mod sim;
 pub mod storage;
 pub mod types;
 

@@ -97,6 +97,11 @@ impl<S: RaftStorage> Raft<S> {
 
     pub(super) fn tick_election(&mut self) {
         self.election_elapsed += 1;
+        if self.leader.is_some() && self.election_elapsed >= self.config.election_tick {
+            // Not heard from within an election timeout: stop naming it, so clients are not sent
+            // to a leader that may be dead.
+            self.leader = None;
+        }
         if self.promotable() && self.election_elapsed >= self.randomized_election_timeout {
             self.election_elapsed = 0;
             self.hup(false);
