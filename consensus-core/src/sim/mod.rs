@@ -8,7 +8,7 @@
 //! [`trace`] keeps the last events and a hash of all of them so a failing seed replays bit for bit.
 //!
 //! A protocol plugs in by implementing [`SimProtocol`] (and its [`ProtocolChecker`]); [`raft`] is
-//! Raft's adapter.
+//! Raft's adapter, [`paxos`] Multi-Paxos'.
 //!
 //! ```
 //! use consensus_core::sim::{cluster, RaftSim};
@@ -30,6 +30,7 @@ mod nemesis;
 pub mod network;
 mod node;
 pub mod outcome;
+pub mod paxos;
 pub mod protocol;
 pub mod raft;
 pub mod trace;
@@ -38,4 +39,5 @@ pub use cluster::{run, run_seed};
 pub use config::SimConfig;
 pub use outcome::{Failure, Outcome, SimStats};
 pub use protocol::{ProtocolChecker, SimProtocol};
+pub use paxos::{PaxosOptions, PaxosSim};
 pub use raft::{RaftOptions, RaftSim};
