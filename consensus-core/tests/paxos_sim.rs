@@ -82,3 +82,17 @@ fn planted_apply_before_chosen_is_caught() {
     let (seed, outcome) = caught.expect("the simulator missed a slot applied before chosen");
     eprintln!("caught at seed {seed}: {}", outcome.report());
 }
+
+#[test]
+fn paxos_runs_make_progress() {
+    let mut committed = 0;
+    let mut completed = 0;
+    for seed in 0..20 {
+        let outcome = sim::run_seed::<PaxosSim>(seed, None);
+        eprintln!("seed {seed}: {:?}", outcome.stats);
+        committed += outcome.stats.commit_index;
+        completed += outcome.stats.completed;
+    }
+    assert!(committed > 20 * 10, "slots get chosen: {committed}");
+    assert!(completed > 20 * 5, "client operations complete: {completed}");
+}

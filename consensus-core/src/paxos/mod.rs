@@ -353,7 +353,7 @@ impl<S: PaxosStorage> MultiPaxos<S> {
             }
             MessageBody::Snapshot { snapshot } => self.handle_snapshot(m.from, snapshot),
             MessageBody::ReadIndex { ctx } => {
-                if self.role == Role::Leader && m.ballot == self.ballot {
+                if self.role == Role::Leader {
                     self.register_read(ctx, m.from);
                 }
             }
