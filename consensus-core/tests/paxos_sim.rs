@@ -50,7 +50,12 @@ fn paxos_seeds_run_clean() {
 fn paxos_leader_churn_profile_runs_clean() {
     let failed = failures((0..50).map(|seed| sim::run::<PaxosSim>(churn_from_seed(seed))));
     let reports: Vec<String> = failed.iter().take(3).map(Outcome::report).collect();
-    assert!(failed.is_empty(), "{} failed:\n{}", failed.len(), reports.join("\n"));
+    assert!(
+        failed.is_empty(),
+        "{} failed:\n{}",
+        failed.len(),
+        reports.join("\n")
+    );
 }
 
 #[test]
@@ -94,5 +99,29 @@ fn paxos_runs_make_progress() {
         completed += outcome.stats.completed;
     }
     assert!(committed > 20 * 10, "slots get chosen: {committed}");
-    assert!(completed > 20 * 5, "client operations complete: {completed}");
+    assert!(
+        completed > 20 * 5,
+        "client operations complete: {completed}"
+    );
+}
+
+/// More seeds than CI runs: `PAXOS_SEEDS=2000 cargo test -p consensus-core --test paxos_sim
+/// -- --ignored`.
+#[test]
+#[ignore]
+fn paxos_many_seeds() {
+    let n: u64 = std::env::var("PAXOS_SEEDS")
+        .ok()
+        .and_then(|s| s.parse().ok())
+        .unwrap_or(1000);
+    let plain = (0..n).map(|seed| sim::run_seed::<PaxosSim>(seed, None));
+    let churn = (0..n / 2).map(|seed| sim::run::<PaxosSim>(churn_from_seed(seed)));
+    let failed = failures(plain.chain(churn));
+    let reports: Vec<String> = failed.iter().take(2).map(Outcome::report).collect();
+    assert!(
+        failed.is_empty(),
+        "{} failed:\n{}",
+        failed.len(),
+        reports.join("\n")
+    );
 }

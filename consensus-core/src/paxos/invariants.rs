@@ -11,13 +11,19 @@
 //! - **promises never go backwards** on one node (across restarts, since durable state survives);
 //! - **apply only what is chosen, in order**: an applied entry is chosen with that payload and
 //!   follows the node's previous one without a gap.
+//!
+//! Which voters decide a slot: the `voters` first passed in are the initial configuration; from
+//! then on the checker derives each slot's configuration itself from the membership changes it
+//! saw chosen (a change chosen at slot `i` governs the slots after `i`, as the engine does), so a
+//! node that lags in applying a change cannot make it miscount. Until a change is seen chosen,
+//! the initial voters decide.
 
 use std::collections::{BTreeMap, BTreeSet};
 
 use super::ballot::Ballot;
 use super::HardState;
 use crate::protocol::Write;
-use crate::types::{Entry, EntryPayload, NodeId};
+use crate::types::{ConfChange, ConfState, Entry, EntryPayload, MemberChange, NodeId};
 
 /// Acceptances of one `(slot, ballot)`.
 #[derive(Debug)]
@@ -40,6 +46,10 @@ pub struct PaxosChecker {
     chosen: BTreeMap<u64, Chosen>,
     promised: BTreeMap<NodeId, Ballot>,
     applied: BTreeMap<NodeId, u64>,
+    /// The voters first given.
+    initial: Option<BTreeSet<NodeId>>,
+    /// Membership changes seen chosen, by slot.
+    chosen_changes: BTreeMap<u64, MemberChange>,
 }
 
 impl PaxosChecker {
@@ -70,10 +80,35 @@ impl PaxosChecker {
                 "node {node} truncated its slots (Paxos never cuts slots)"
             ));
         }
+        if self.initial.is_none() {
+            self.initial = Some(voters.clone());
+        }
         for entry in &write.entries {
-            self.on_accept(node, entry, voters)?;
+            let voters = self.voters_for(entry.index);
+            self.on_accept(node, entry, &voters)?;
         }
         Ok(())
+    }
+
+    /// The voters deciding `slot`: the initial ones with every change chosen below it applied.
+    fn voters_for(&self, slot: u64) -> BTreeSet<NodeId> {
+        let mut conf = ConfState {
+            voters: self.initial.clone().unwrap_or_default(),
+            ..ConfState::default()
+        };
+        for change in self.chosen_changes.range(..slot).map(|(_, c)| c) {
+            {
+                match *change {
+                    MemberChange::AddVoter(id) => {
+                        conf.voters.insert(id);
+                    }
+                    MemberChange::AddLearner(id) | MemberChange::Remove(id) => {
+                        conf.voters.remove(&id);
+                    }
+                }
+            }
+        }
+        conf.voters
     }
 
     fn on_accept(
@@ -145,6 +180,9 @@ impl PaxosChecker {
                             Ballot::decode(*higher)
                         ));
                     }
+                }
+                if let EntryPayload::ConfChange(ConfChange::Single(change)) = &payload {
+                    self.chosen_changes.insert(slot, *change);
                 }
                 self.chosen.insert(slot, Chosen { ballot, payload });
             }

@@ -149,7 +149,8 @@ impl Net {
     fn add_node(&mut self, id: NodeId, storage: MemStorage<HardState>) {
         let mut config = (self.config)(id);
         config.applied = storage.snapshot_meta().index;
-        let engine = MultiPaxos::new(config, storage.clone(), crate::seeded_rng(id * 7919)).unwrap();
+        let engine =
+            MultiPaxos::new(config, storage.clone(), crate::seeded_rng(id * 7919)).unwrap();
         self.checker.on_restored(id, storage.snapshot_meta().index);
         self.nodes.insert(
             id,
@@ -286,7 +287,10 @@ impl Net {
     }
 
     fn propose(&mut self, id: NodeId, text: &str) -> Proposed {
-        let proposed = self.engine_mut(id).propose(Bytes::copy_from_slice(text.as_bytes())).unwrap();
+        let proposed = self
+            .engine_mut(id)
+            .propose(Bytes::copy_from_slice(text.as_bytes()))
+            .unwrap();
         self.drive(id);
         proposed
     }
@@ -340,7 +344,11 @@ impl Net {
     }
 
     fn applied_payloads(&self, id: NodeId) -> Vec<EntryPayload> {
-        self.host(id).applied.iter().map(|e| e.payload.clone()).collect()
+        self.host(id)
+            .applied
+            .iter()
+            .map(|e| e.payload.clone())
+            .collect()
     }
 
     fn applied_data(&self, id: NodeId) -> Vec<EntryPayload> {
@@ -363,7 +371,11 @@ impl Net {
     }
 
     fn assert_clean(&self) {
-        assert!(self.violations.is_empty(), "violations: {:?}", self.violations);
+        assert!(
+            self.violations.is_empty(),
+            "violations: {:?}",
+            self.violations
+        );
     }
 }
 
@@ -379,7 +391,11 @@ fn one_leader_is_elected_by_timeouts_and_the_others_follow_it() {
         let mut net = Net::new(n);
         net.tick_all(60);
         let leaders = net.leaders();
-        assert_eq!(leaders.len(), 1, "exactly one leader among {n}: {leaders:?}");
+        assert_eq!(
+            leaders.len(),
+            1,
+            "exactly one leader among {n}: {leaders:?}"
+        );
         let leader = leaders[0];
         for id in 1..=n {
             assert_eq!(net.engine(id).leader(), Some(leader), "node {id} follows");
@@ -387,7 +403,10 @@ fn one_leader_is_elected_by_timeouts_and_the_others_follow_it() {
             assert_eq!(status.protocol, "multi-paxos");
             assert!(status.detail.iter().any(|(k, _)| *k == "promised"));
         }
-        assert_eq!(net.engine(leader).status().term, net.engine(leader).ballot().round);
+        assert_eq!(
+            net.engine(leader).status().term,
+            net.engine(leader).ballot().round
+        );
         net.assert_clean();
     }
 }
@@ -412,7 +431,11 @@ fn a_follower_forgets_a_leader_it_stopped_hearing() {
         net.tick(2);
         net.drop_all();
     }
-    assert_ne!(net.engine(2).leader(), Some(1), "no redirect to a dead leader");
+    assert_ne!(
+        net.engine(2).leader(),
+        Some(1),
+        "no redirect to a dead leader"
+    );
     assert!(matches!(
         net.engine_mut(2).propose(Bytes::from_static(b"x")),
         Err(Error::NotLeader { leader }) if leader != Some(1)
@@ -457,7 +480,10 @@ fn an_acceptor_never_accepts_below_its_promise() {
             commit: 0,
         },
     });
-    assert_ne!(net.engine(2).slot(1).map(|e| e.payload), Some(data("stale")));
+    assert_ne!(
+        net.engine(2).slot(1).map(|e| e.payload),
+        Some(data("stale"))
+    );
     let nack = net.in_flight.iter().find(|m| m.to == 1).expect("a nack");
     assert_eq!(nack.body, MessageBody::Nack { promised });
     // A prepare below the promise is refused the same way.
@@ -480,7 +506,9 @@ fn a_promise_is_held_until_durable_and_synced() {
     net.drive(1);
     net.deliver_only(|m| m.to == 2);
     assert!(
-        !net.in_flight.iter().any(|m| matches!(m.body, MessageBody::Promise { .. })),
+        !net.in_flight
+            .iter()
+            .any(|m| matches!(m.body, MessageBody::Promise { .. })),
         "no promise before the write is durable"
     );
     let (_, write) = net.host(2).queued.back().unwrap().clone();
@@ -503,7 +531,10 @@ fn accepted_is_held_until_the_slot_is_durable_and_only_that_slot_is_written() {
     assert!(!net.in_flight.iter().any(|m| m.from == 2));
     let (_, write) = net.host(2).queued.back().unwrap().clone();
     assert!(write.sync);
-    assert_eq!(write.truncate_from, None, "an acceptor never cuts higher slots");
+    assert_eq!(
+        write.truncate_from, None,
+        "an acceptor never cuts higher slots"
+    );
     assert_eq!(write.entries.len(), 1);
     net.flush(2);
     assert!(net
@@ -525,7 +556,10 @@ fn the_leader_counts_its_own_acceptance_only_once_durable() {
         "node 2 alone is no majority while the leader's own write is not durable"
     );
     net.flush(1);
-    assert!(net.engine(1).status().commit >= slot, "leader + node 2: chosen");
+    assert!(
+        net.engine(1).status().commit >= slot,
+        "leader + node 2: chosen"
+    );
 }
 
 #[test]
@@ -587,10 +621,16 @@ fn accepts_are_batched_and_bounded_by_the_window_and_message_size() {
     net.campaign(1);
     net.drop_all();
     for i in 0..10 {
-        net.engine_mut(1).propose(Bytes::from(vec![b'x'; 4 + i % 2])).unwrap();
+        net.engine_mut(1)
+            .propose(Bytes::from(vec![b'x'; 4 + i % 2]))
+            .unwrap();
     }
     net.drive(1);
-    let accepts: Vec<&Message> = net.in_flight.iter().filter(|m| is_accept(m) && m.to == 2).collect();
+    let accepts: Vec<&Message> = net
+        .in_flight
+        .iter()
+        .filter(|m| is_accept(m) && m.to == 2)
+        .collect();
     let slots: usize = accepts
         .iter()
         .map(|m| match &m.body {
@@ -639,7 +679,11 @@ fn a_new_leader_re_proposes_a_value_accepted_but_not_chosen() {
     assert_eq!(net.leaders(), vec![3]);
     net.tick_all(2);
     let at_slot = net.engine(3).slot(slot).unwrap();
-    assert_eq!(at_slot.payload, data("v"), "the accepted value is re-proposed");
+    assert_eq!(
+        at_slot.payload,
+        data("v"),
+        "the accepted value is re-proposed"
+    );
     assert_eq!(Ballot::decode(at_slot.term), net.engine(3).ballot());
     assert_eq!(net.applied_data(2), vec![data("v")]);
     assert_eq!(net.applied_data(3), vec![data("v")]);
@@ -664,7 +708,11 @@ fn a_new_leader_fills_holes_with_noops() {
     net.campaign(3);
     net.tick_all(2);
     assert_eq!((a + 1, b + 1), (b, c));
-    let payloads: Vec<EntryPayload> = net.applied_payloads(3).into_iter().skip(a as usize - 1).collect();
+    let payloads: Vec<EntryPayload> = net
+        .applied_payloads(3)
+        .into_iter()
+        .skip(a as usize - 1)
+        .collect();
     assert_eq!(payloads, vec![data("a"), EntryPayload::Noop, data("c")]);
     assert_eq!(net.applied_payloads(2), net.applied_payloads(3));
     net.assert_clean();
@@ -685,7 +733,11 @@ fn a_restarted_node_keeps_its_promise_and_chosen_slots() {
     net.restart(2);
     assert_eq!(net.engine(2).promised(), promised);
     assert_eq!(net.engine(2).status().commit, commit);
-    assert_eq!(net.applied_data(2), vec![data("a"), data("b")], "re-applied in order");
+    assert_eq!(
+        net.applied_data(2),
+        vec![data("a"), data("b")],
+        "re-applied in order"
+    );
     net.propose(1, "c");
     net.deliver_all();
     net.tick_all(2);
@@ -764,13 +816,22 @@ fn read_index_returns_after_a_ballot_confirmation_round() {
     let commit = net.engine(1).status().commit;
     net.engine_mut(1).read_index(7).unwrap();
     net.drive(1);
-    assert!(net.host(1).reads.is_empty(), "not before a majority confirms");
+    assert!(
+        net.host(1).reads.is_empty(),
+        "not before a majority confirms"
+    );
     assert!(net
         .in_flight
         .iter()
         .any(|m| matches!(m.body, MessageBody::Heartbeat { read_round, .. } if read_round > 0)));
     net.deliver_all();
-    assert_eq!(net.host(1).reads, vec![ReadState { ctx: 7, index: commit }]);
+    assert_eq!(
+        net.host(1).reads,
+        vec![ReadState {
+            ctx: 7,
+            index: commit
+        }]
+    );
 }
 
 #[test]
@@ -782,8 +843,14 @@ fn read_index_is_not_confirmed_by_acceptors_that_promised_higher() {
     net.drive(1);
     // Both followers promised a higher ballot in between: they refuse the round.
     for id in [2, 3] {
-        net.nodes.get_mut(&id).unwrap().replica.as_mut().unwrap().engine_mut().promised =
-            Ballot::new(50, 2);
+        net.nodes
+            .get_mut(&id)
+            .unwrap()
+            .replica
+            .as_mut()
+            .unwrap()
+            .engine_mut()
+            .promised = Ballot::new(50, 2);
     }
     net.deliver_all();
     assert!(net.host(1).reads.is_empty());
@@ -802,7 +869,11 @@ fn read_index_on_a_follower_without_a_leader_is_refused() {
     net.engine_mut(2).read_index(5).unwrap();
     net.drive(2);
     net.deliver_all();
-    assert_eq!(net.host(2).reads.len(), 1, "a follower's read goes through the leader");
+    assert_eq!(
+        net.host(2).reads.len(),
+        1,
+        "a follower's read goes through the leader"
+    );
 }
 
 #[test]
@@ -846,7 +917,11 @@ fn a_voter_is_added_and_another_removed_one_change_at_a_time() {
     net.deliver_all();
     net.tick_all(3);
     assert!(net.engine(1).conf_state().voters.contains(&4));
-    assert_eq!(net.applied_data(4), vec![data("a")], "the new member caught up");
+    assert_eq!(
+        net.applied_data(4),
+        vec![data("a")],
+        "the new member caught up"
+    );
     net.voters.insert(4);
     net.engine_mut(1)
         .propose_conf_change(ConfChange::Single(MemberChange::Remove(3)))
@@ -953,7 +1028,10 @@ fn a_storage_failure_stops_the_engine() {
     // The slot is chosen; handing it out needs a read that fails.
     assert!(paxos.has_ready());
     assert!(matches!(paxos.ready(), Err(Error::Stopped(_))));
-    assert!(matches!(paxos.ready(), Err(Error::Stopped(_))), "and stays stopped");
+    assert!(
+        matches!(paxos.ready(), Err(Error::Stopped(_))),
+        "and stays stopped"
+    );
 }
 
 #[test]
@@ -1014,11 +1092,19 @@ fn the_checker_catches_two_values_chosen_in_one_slot() {
     let voters: BTreeSet<NodeId> = [1, 2, 3].into_iter().collect();
     let mut checker = PaxosChecker::new();
     let (b1, b2) = (Ballot::new(1, 1), Ballot::new(2, 2));
-    checker.on_durable_write(1, &accept_write(1, b2, "x"), &voters).unwrap();
-    checker.on_durable_write(2, &accept_write(1, b2, "x"), &voters).unwrap();
+    checker
+        .on_durable_write(1, &accept_write(1, b2, "x"), &voters)
+        .unwrap();
+    checker
+        .on_durable_write(2, &accept_write(1, b2, "x"), &voters)
+        .unwrap();
     assert_eq!(checker.chosen(1), Some(&data("x")));
-    checker.on_durable_write(3, &accept_write(1, b1, "y"), &voters).unwrap();
-    assert!(checker.on_durable_write(1, &accept_write(1, b1, "y"), &voters).is_err());
+    checker
+        .on_durable_write(3, &accept_write(1, b1, "y"), &voters)
+        .unwrap();
+    assert!(checker
+        .on_durable_write(1, &accept_write(1, b1, "y"), &voters)
+        .is_err());
 }
 
 #[test]
@@ -1026,25 +1112,47 @@ fn the_checker_catches_a_different_value_accepted_above_the_chosen_ballot() {
     let voters: BTreeSet<NodeId> = [1, 2, 3].into_iter().collect();
     let mut checker = PaxosChecker::new();
     let (b1, b2) = (Ballot::new(1, 1), Ballot::new(2, 2));
-    checker.on_durable_write(1, &accept_write(1, b1, "x"), &voters).unwrap();
-    checker.on_durable_write(2, &accept_write(1, b1, "x"), &voters).unwrap();
-    checker.on_durable_write(3, &accept_write(1, b2, "x"), &voters).unwrap();
-    assert!(checker.on_durable_write(3, &accept_write(2, b2, "z"), &voters).is_ok());
-    assert!(checker.on_durable_write(2, &accept_write(1, b2, "y"), &voters).is_err());
+    checker
+        .on_durable_write(1, &accept_write(1, b1, "x"), &voters)
+        .unwrap();
+    checker
+        .on_durable_write(2, &accept_write(1, b1, "x"), &voters)
+        .unwrap();
+    checker
+        .on_durable_write(3, &accept_write(1, b2, "x"), &voters)
+        .unwrap();
+    assert!(checker
+        .on_durable_write(3, &accept_write(2, b2, "z"), &voters)
+        .is_ok());
+    assert!(checker
+        .on_durable_write(2, &accept_write(1, b2, "y"), &voters)
+        .is_err());
     // Also when the higher acceptance came first and the choice is seen later.
     let mut checker = PaxosChecker::new();
-    checker.on_durable_write(3, &accept_write(1, b2, "y"), &voters).unwrap();
-    checker.on_durable_write(1, &accept_write(1, b1, "x"), &voters).unwrap();
-    assert!(checker.on_durable_write(2, &accept_write(1, b1, "x"), &voters).is_err());
+    checker
+        .on_durable_write(3, &accept_write(1, b2, "y"), &voters)
+        .unwrap();
+    checker
+        .on_durable_write(1, &accept_write(1, b1, "x"), &voters)
+        .unwrap();
+    assert!(checker
+        .on_durable_write(2, &accept_write(1, b1, "x"), &voters)
+        .is_err());
 }
 
 #[test]
 fn the_checker_catches_a_promise_going_back() {
     let voters: BTreeSet<NodeId> = [1, 2, 3].into_iter().collect();
     let mut checker = PaxosChecker::new();
-    checker.on_durable_write(1, &promise_write(Ballot::new(3, 1)), &voters).unwrap();
-    checker.on_durable_write(1, &promise_write(Ballot::new(3, 1)), &voters).unwrap();
-    assert!(checker.on_durable_write(1, &promise_write(Ballot::new(2, 3)), &voters).is_err());
+    checker
+        .on_durable_write(1, &promise_write(Ballot::new(3, 1)), &voters)
+        .unwrap();
+    checker
+        .on_durable_write(1, &promise_write(Ballot::new(3, 1)), &voters)
+        .unwrap();
+    assert!(checker
+        .on_durable_write(1, &promise_write(Ballot::new(2, 3)), &voters)
+        .is_err());
 }
 
 #[test]
@@ -1057,15 +1165,30 @@ fn the_checker_catches_applying_the_unchosen_or_past_a_gap() {
         index: slot,
         payload: data(text),
     };
-    checker.on_durable_write(1, &accept_write(1, b, "a"), &voters).unwrap();
-    assert!(checker.on_applied(1, &entry(1, "a")).is_err(), "one acceptor: not chosen");
-    checker.on_durable_write(2, &accept_write(1, b, "a"), &voters).unwrap();
+    checker
+        .on_durable_write(1, &accept_write(1, b, "a"), &voters)
+        .unwrap();
+    assert!(
+        checker.on_applied(1, &entry(1, "a")).is_err(),
+        "one acceptor: not chosen"
+    );
+    checker
+        .on_durable_write(2, &accept_write(1, b, "a"), &voters)
+        .unwrap();
     checker.on_applied(1, &entry(1, "a")).unwrap();
     for id in [1, 2] {
-        checker.on_durable_write(id, &accept_write(3, b, "c"), &voters).unwrap();
+        checker
+            .on_durable_write(id, &accept_write(3, b, "c"), &voters)
+            .unwrap();
     }
-    assert!(checker.on_applied(1, &entry(3, "c")).is_err(), "slot 2 skipped");
-    assert!(checker.on_applied(2, &entry(1, "other")).is_err(), "not the chosen value");
+    assert!(
+        checker.on_applied(1, &entry(3, "c")).is_err(),
+        "slot 2 skipped"
+    );
+    assert!(
+        checker.on_applied(2, &entry(1, "other")).is_err(),
+        "not the chosen value"
+    );
 }
 
 // ---- planted bugs make hand-written scenarios break the checker -----------------------------

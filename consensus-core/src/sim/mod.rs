@@ -38,6 +38,6 @@ pub mod trace;
 pub use cluster::{run, run_seed};
 pub use config::SimConfig;
 pub use outcome::{Failure, Outcome, SimStats};
-pub use protocol::{ProtocolChecker, SimProtocol};
 pub use paxos::{PaxosOptions, PaxosSim};
+pub use protocol::{ProtocolChecker, SimProtocol};
 pub use raft::{RaftOptions, RaftSim};
