@@ -125,3 +125,18 @@ fn paxos_many_seeds() {
         reports.join("\n")
     );
 }
+
+/// Replays one seed with a long trace: `PAXOS_SEED=751 cargo test -p consensus-core --test
+/// paxos_sim paxos_replay_seed -- --ignored --nocapture`.
+#[test]
+#[ignore]
+fn paxos_replay_seed() {
+    let seed: u64 = std::env::var("PAXOS_SEED")
+        .ok()
+        .and_then(|s| s.parse().ok())
+        .unwrap_or(0);
+    let mut config = from_seed(seed);
+    config.trace_window = 4000;
+    let outcome = sim::run::<PaxosSim>(config);
+    eprintln!("{}", outcome.report());
+}

@@ -16,12 +16,14 @@ use crate::types::{Entry, NodeId, Role};
 impl<S: PaxosStorage> MultiPaxos<S> {
     /// Whether a promise for `ballot` must wait: this node hears from a live leader (leader
     /// stickiness, which also makes leases safe) or restarted recently in lease mode.
-    fn sticky(&self, ballot: Ballot) -> bool {
+    /// A leader transfer overrides stickiness (the old leader gave its lease up) but not the
+    /// restart quiet period.
+    fn sticky(&self, ballot: Ballot, transfer: bool) -> bool {
         let leading = self.role == Role::Leader;
         let hearing = self.role == Role::Follower
             && self.leader.is_some_and(|leader| leader != ballot.node)
             && self.election_elapsed < self.config.election_tick;
-        leading || hearing || self.clock < self.quiet_until
+        ((leading || hearing) && !transfer) || self.clock < self.quiet_until
     }
 
     /// A proposer with a higher ballot showed up: stop campaigning or leading.
@@ -37,6 +39,7 @@ impl<S: PaxosStorage> MultiPaxos<S> {
         from: NodeId,
         ballot: Ballot,
         from_slot: u64,
+        transfer: bool,
     ) -> Result<(), StorageError> {
         if ballot < self.promised {
             let promised = self.promised;
@@ -44,7 +47,7 @@ impl<S: PaxosStorage> MultiPaxos<S> {
             return Ok(());
         }
         if ballot > self.promised {
-            if self.sticky(ballot) {
+            if self.sticky(ballot, transfer) {
                 return Ok(()); // a live leader is heard: do not let a newcomer depose it
             }
             self.yield_to(ballot, None);

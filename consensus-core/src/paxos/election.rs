@@ -11,6 +11,11 @@
 //! so clients are not redirected to a dead leader; a leader that has not heard from a majority
 //! within `election_tick` steps down (check-quorum).
 //!
+//! Leader transfer: the leader stops proposing, gives up lease reads for the rest of its
+//! leadership and sends `TimeoutNow`; the target runs phase 1 at once with prepares marked
+//! `transfer`, which acceptors (the old leader included) let through their stickiness. A
+//! transfer not done within an election timeout is abandoned.
+//!
 //! Phase 1 must reach a majority of every configuration that may govern a slot ≥ `from`: the one
 //! in force after the chosen prefix, and each one a recovered (accepted) membership change would
 //! lead to (see `membership`).
@@ -37,6 +42,12 @@ pub(crate) struct Phase1 {
     asked: BTreeSet<NodeId>,
     /// For each slot ≥ `from`, the accepted entry with the highest ballot reported.
     recovered: BTreeMap<u64, Entry>,
+    /// Started by a leader transfer (prepares override stickiness).
+    transfer: bool,
+    /// The `from` of the next promise expected from each acceptor whose answer the size limit
+    /// cut (absent: `from`). A promise answering any other prepare — one of an earlier round of
+    /// this ballot, before `restart_phase1` — reports on the wrong slots and is ignored.
+    next_from: BTreeMap<NodeId, u64>,
 }
 
 impl Phase1 {
@@ -76,6 +87,11 @@ impl<S: PaxosStorage> MultiPaxos<S> {
 
     /// Phase 1a under a fresh ballot above every round seen.
     pub(super) fn start_phase1(&mut self) {
+        self.start_phase1_with(false);
+    }
+
+    /// Phase 1a; `transfer`: the leader asked us to take over.
+    pub(super) fn start_phase1_with(&mut self, transfer: bool) {
         if self.role == Role::Leader {
             return;
         }
@@ -94,6 +110,7 @@ impl<S: PaxosStorage> MultiPaxos<S> {
         self.promised = self.ballot;
         self.role = Role::Candidate;
         self.leader = None;
+        self.phase1.transfer = transfer;
         tracing::debug!(id = self.config.id, ballot = %self.ballot, "starting phase 1");
         self.send_prepares();
     }
@@ -103,7 +120,10 @@ impl<S: PaxosStorage> MultiPaxos<S> {
     pub(super) fn restart_phase1(&mut self) {
         let own_durable = self.issued_hard_state.promised == self.ballot
             && !self.tasks.iter().any(|t| t.hard_state.is_some());
-        self.phase1 = Phase1::default();
+        self.phase1 = Phase1 {
+            transfer: self.phase1.transfer,
+            ..Phase1::default()
+        };
         self.send_prepares();
         if own_durable {
             self.own_promise_durable(self.ballot);
@@ -123,7 +143,8 @@ impl<S: PaxosStorage> MultiPaxos<S> {
             .collect();
         for to in voters {
             self.phase1.asked.insert(to);
-            self.send(to, MessageBody::Prepare { from });
+            let transfer = self.phase1.transfer;
+            self.send(to, MessageBody::Prepare { from, transfer });
         }
     }
 
@@ -167,8 +188,14 @@ impl<S: PaxosStorage> MultiPaxos<S> {
         last: u64,
         compacted: u64,
     ) {
-        if self.role != Role::Candidate || ballot != self.ballot || from_slot < self.phase1.from {
-            return; // stale
+        let expected = self
+            .phase1
+            .next_from
+            .get(&from)
+            .copied()
+            .unwrap_or(self.phase1.from);
+        if self.role != Role::Candidate || ballot != self.ballot || from_slot != expected {
+            return; // stale: it answers another prepare
         }
         if compacted >= self.phase1.from {
             // Slots we have not learnt are chosen and only in its snapshot: learn them first,
@@ -183,7 +210,15 @@ impl<S: PaxosStorage> MultiPaxos<S> {
         }
         if covered < last {
             // The answer was cut by the size limit: ask for the rest under the same ballot.
-            self.send(from, MessageBody::Prepare { from: covered + 1 });
+            self.phase1.next_from.insert(from, covered + 1);
+            let transfer = self.phase1.transfer;
+            self.send(
+                from,
+                MessageBody::Prepare {
+                    from: covered + 1,
+                    transfer,
+                },
+            );
             return;
         }
         self.phase1.complete.insert(from);
@@ -216,9 +251,10 @@ impl<S: PaxosStorage> MultiPaxos<S> {
             .collect::<BTreeSet<_>>()
             .into_iter()
             .collect();
+        let transfer = self.phase1.transfer;
         for to in unasked {
             self.phase1.asked.insert(to);
-            self.send(to, MessageBody::Prepare { from });
+            self.send(to, MessageBody::Prepare { from, transfer });
         }
         if configs
             .iter()
@@ -294,11 +330,52 @@ impl<S: PaxosStorage> MultiPaxos<S> {
                 self.become_follower(None);
                 return;
             }
+            // A transfer that did not finish within an election timeout is abandoned.
+            self.lead.transfer = None;
         }
         if self.heartbeat_elapsed >= self.config.heartbeat_tick {
             self.heartbeat_elapsed = 0;
             self.lead.heartbeat_pending = true;
             self.lead.resend_pending = true;
         }
+    }
+}
+
+impl<S: PaxosStorage> MultiPaxos<S> {
+    /// Leader: hands leadership to `to` (it runs phase 1 at once; acceptors let it preempt us).
+    pub(super) fn start_transfer(&mut self, to: NodeId) -> Result<(), crate::error::Error> {
+        use crate::error::Error;
+        if self.role != Role::Leader {
+            return Err(Error::NotLeader {
+                leader: self.leader,
+            });
+        }
+        if to == self.config.id {
+            return Ok(());
+        }
+        if !self.conf.is_voter(to) {
+            return Err(Error::UnknownNode(to));
+        }
+        if self.lead.transfer == Some(to) {
+            return Ok(());
+        }
+        self.lead.transfer = Some(to);
+        self.lead.lease_forfeited = true;
+        // The transfer must finish within an election timeout (see `tick_leader`).
+        self.election_elapsed = 0;
+        self.send(to, MessageBody::TimeoutNow);
+        Ok(())
+    }
+
+    /// The leader asked this node to take over.
+    pub(super) fn handle_timeout_now(&mut self, from: NodeId, ballot: Ballot) {
+        if self.role == Role::Leader
+            || ballot < self.promised
+            || self.leader != Some(from)
+            || !self.conf.is_voter(self.config.id)
+        {
+            return; // only the leader we follow may hand over
+        }
+        self.start_phase1_with(true);
     }
 }

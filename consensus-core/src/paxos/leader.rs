@@ -44,6 +44,11 @@ pub(crate) struct LeaderState {
     pub(crate) heartbeat_pending: bool,
     /// Unacknowledged slots are due to be re-sent.
     pub(crate) resend_pending: bool,
+    /// A leader transfer to this node is under way (proposals are refused meanwhile).
+    pub(crate) transfer: Option<NodeId>,
+    /// Set once this leader sent `TimeoutNow`: another leader may be elected before any lease
+    /// runs out, so lease reads stop for the rest of this leadership.
+    pub(crate) lease_forfeited: bool,
 }
 
 impl LeaderState {
@@ -70,6 +75,9 @@ impl<S: PaxosStorage> MultiPaxos<S> {
             return Err(Error::NotLeader {
                 leader: self.leader,
             });
+        }
+        if let Some(to) = self.lead.transfer {
+            return Err(Error::TransferInProgress { to });
         }
         let size = Entry {
             term: 0,
@@ -113,14 +121,26 @@ impl<S: PaxosStorage> MultiPaxos<S> {
         self.lead.inflight_conf.is_none()
     }
 
-    /// Whether `flush_leader` has something to do.
+    /// Whether `flush_leader` would produce a write or a message (exact: `has_ready` relies
+    /// on it).
     pub(super) fn leader_has_work(&self) -> bool {
-        self.lead.heartbeat_pending
-            || self.lead.resend_pending
-            || self.lead.commit_sent < self.commit
-            || !self.lead.fresh.is_empty()
+        if self.can_let_in() {
+            return true;
+        }
+        let peers = self.peers();
+        if peers.is_empty() {
+            return false;
+        }
+        let heartbeat_due = self.lead.heartbeat_pending
             || self.reads.heartbeat_pending()
-            || self.can_let_in()
+            || self.lead.commit_sent < self.commit;
+        let resend_due = self.lead.resend_pending
+            && self
+                .lead
+                .inflight
+                .values()
+                .any(|acks| peers.iter().any(|peer| !acks.contains(peer)));
+        heartbeat_due || resend_due
     }
 
     /// Lets proposals into the window and broadcasts what is due.

@@ -41,6 +41,9 @@ pub enum MessageBody {
     Prepare {
         /// First slot the prepare covers (the proposer's first unchosen slot).
         from: u64,
+        /// Set when the leader handed leadership over ([`MessageBody::TimeoutNow`]): it
+        /// overrides leader stickiness.
+        transfer: bool,
     },
     /// Phase 1b, sent once the promise is durable.
     Promise {
@@ -85,6 +88,8 @@ pub enum MessageBody {
         /// Echo of the heartbeat's round.
         read_round: u64,
     },
+    /// The leader hands leadership to the addressee: run phase 1 now.
+    TimeoutNow,
     /// A learner asks for chosen values from slot `from` on.
     Fetch {
         /// First slot wanted.

@@ -1,7 +1,7 @@
 //! Multi-Paxos (Lamport, *Paxos Made Simple* §3 and *Paxos Made Live*) as a sans-IO state machine.
 //!
 //! One distinguished leader runs phase 1 once for every slot from its first unchosen one
-//! (`Prepare { from }`), re-proposes the highest-ballot value each promise reported (filling holes
+//! (`Prepare { from, .. }`), re-proposes the highest-ballot value each promise reported (filling holes
 //! with [`EntryPayload::Noop`]), then runs phase 2 per slot, pipelined within a bounded window
 //! and batched into size-limited `Accept` messages. Ballots are `(round, node)` pairs carried in
 //! [`Entry::term`] (see [`ballot`]).
@@ -179,12 +179,14 @@ impl<S: PaxosStorage> MultiPaxos<S> {
             applied_conf = conf.clone();
         }
         let persisted_slot = log.last_slot();
-        let quiet_until =
-            if config.read_mode == ReadMode::LeaseBased && hard_state.promised != Ballot::ZERO {
-                u64::from(config.election_tick)
-            } else {
-                0
-            };
+        // In a lease group every start waits an election timeout before promising: this node
+        // may have acknowledged a leader's lease (a heartbeat, which writes nothing) before it
+        // went down, and no longer remembers it.
+        let quiet_until = if config.read_mode == ReadMode::LeaseBased {
+            u64::from(config.election_tick)
+        } else {
+            0
+        };
         let mut paxos = MultiPaxos {
             rng,
             log,
@@ -328,7 +330,10 @@ impl<S: PaxosStorage> MultiPaxos<S> {
     fn step_inner(&mut self, m: Message) -> Result<(), StorageError> {
         self.max_round_seen = self.max_round_seen.max(m.ballot.round);
         match m.body {
-            MessageBody::Prepare { from } => self.handle_prepare(m.from, m.ballot, from)?,
+            MessageBody::Prepare { from, transfer } => {
+                self.handle_prepare(m.from, m.ballot, from, transfer)?
+            }
+            MessageBody::TimeoutNow => self.handle_timeout_now(m.from, m.ballot),
             MessageBody::Promise {
                 from,
                 accepted,
@@ -452,6 +457,10 @@ impl<S: PaxosStorage> Consensus for MultiPaxos<S> {
 
     fn read_index(&mut self, ctx: u64) -> Result<(), Error> {
         self.request_read(ctx)
+    }
+
+    fn transfer_leader(&mut self, to: NodeId) -> Result<(), Error> {
+        self.start_transfer(to)
     }
 
     fn has_ready(&self) -> bool {

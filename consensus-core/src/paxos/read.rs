@@ -139,6 +139,9 @@ impl<S: PaxosStorage> MultiPaxos<S> {
     }
 
     fn lease_valid(&self) -> bool {
+        if self.lead.lease_forfeited {
+            return false;
+        }
         let me = self.config.id;
         let span = u64::from(self.config.election_tick);
         let reads = &self.reads;

@@ -412,6 +412,33 @@ fn one_leader_is_elected_by_timeouts_and_the_others_follow_it() {
 }
 
 #[test]
+fn a_promise_answering_another_prepare_is_not_counted() {
+    let mut net = Net::new(3);
+    net.engine_mut(1).campaign().unwrap();
+    net.drive(1);
+    net.drop_all();
+    let ballot = net.engine(1).ballot();
+    let promise = |from: u64| Message {
+        from: 2,
+        to: 1,
+        ballot,
+        body: MessageBody::Promise {
+            from,
+            accepted: Vec::new(),
+            covered: 0,
+            last: 0,
+            compacted: 0,
+        },
+    };
+    // Found in the simulator (seed 751): a continuation answer from before phase 1 restarted
+    // further on was counted as a whole promise, and a chosen slot was overwritten.
+    net.deliver_one(promise(5));
+    assert_eq!(net.engine(1).role(), Role::Candidate);
+    net.deliver_one(promise(1));
+    assert_eq!(net.engine(1).role(), Role::Leader);
+}
+
+#[test]
 fn a_campaign_that_reaches_a_majority_leads() {
     let mut net = Net::new(3);
     net.campaign(1);
@@ -492,7 +519,10 @@ fn an_acceptor_never_accepts_below_its_promise() {
         from: 1,
         to: 2,
         ballot: stale,
-        body: MessageBody::Prepare { from: 1 },
+        body: MessageBody::Prepare {
+            from: 1,
+            transfer: false,
+        },
     });
     assert!(matches!(net.in_flight[0].body, MessageBody::Nack { .. }));
     assert_eq!(net.engine(2).promised(), promised, "promises never go back");
@@ -748,7 +778,10 @@ fn a_restarted_node_keeps_its_promise_and_chosen_slots() {
         from: 3,
         to: 2,
         ballot: Ballot::ZERO,
-        body: MessageBody::Prepare { from: 1 },
+        body: MessageBody::Prepare {
+            from: 1,
+            transfer: false,
+        },
     });
     assert!(matches!(net.in_flight[0].body, MessageBody::Nack { .. }));
     net.assert_clean();
@@ -878,22 +911,63 @@ fn read_index_on_a_follower_without_a_leader_is_refused() {
 
 #[test]
 fn lease_reads_skip_the_round_while_a_majority_acked_recently() {
-    fn config(id: NodeId) -> Config {
-        Config {
-            read_mode: ReadMode::LeaseBased,
-            ..Config::new(id)
-        }
-    }
-    let mut net = Net::with_config(3, config);
-    net.campaign(1);
-    net.tick_all(2);
-    net.engine_mut(1).read_index(3).unwrap();
-    net.drive(1);
-    assert_eq!(net.host(1).reads.len(), 1, "served from the lease");
+    let mut net = Net::with_config(3, lease_config);
+    net.tick_all(60); // every member starts quiet for an election timeout, then one leads
+    let leader = net.leaders()[0];
+    net.engine_mut(leader).read_index(3).unwrap();
+    net.drive(leader);
+    assert_eq!(net.host(leader).reads.len(), 1, "served from the lease");
     // Without acks for an election timeout the lease runs out (and the leader steps down).
-    net.isolated.extend([2, 3]);
+    let others: Vec<NodeId> = (1..=3).filter(|&id| id != leader).collect();
+    net.isolated.extend(others);
     net.tick_all(25);
-    assert_ne!(net.engine(1).role(), Role::Leader);
+    assert_ne!(net.engine(leader).role(), Role::Leader);
+}
+
+fn lease_config(id: NodeId) -> Config {
+    Config {
+        read_mode: ReadMode::LeaseBased,
+        ..Config::new(id)
+    }
+}
+
+#[test]
+fn in_a_lease_group_a_restarted_acceptor_waits_an_election_timeout_before_promising() {
+    let mut net = Net::with_config(3, lease_config);
+    net.tick_all(60);
+    let leader = net.leaders()[0];
+    let follower = (1..=3).find(|&id| id != leader).unwrap();
+    net.crash(follower);
+    net.restart(follower);
+    let prepare = |net: &mut Net| {
+        let ballot = Ballot::new(net.engine(leader).ballot().round + 5, leader);
+        net.drop_all();
+        net.deliver_one(Message {
+            from: leader,
+            to: follower,
+            ballot,
+            body: MessageBody::Prepare {
+                from: 1,
+                transfer: false,
+            },
+        });
+        net.in_flight
+            .iter()
+            .any(|m| matches!(m.body, MessageBody::Promise { .. }))
+    };
+    assert!(
+        !prepare(&mut net),
+        "quiet after a restart: it may have acked a lease"
+    );
+    let election_tick = net.engine(follower).config().election_tick;
+    for _ in 0..election_tick {
+        net.tick(follower);
+        net.drop_all();
+    }
+    assert!(
+        prepare(&mut net),
+        "promises again once the quiet period is over"
+    );
 }
 
 // ---- membership -----------------------------------------------------------------------------
@@ -951,10 +1025,70 @@ fn joint_consensus_is_refused() {
             .propose_conf_change(ConfChange::EnterJoint(vec![MemberChange::AddVoter(4)])),
         Err(Error::InvalidConfChange { .. })
     ));
-    assert!(matches!(
-        net.engine_mut(1).transfer_leader(2),
-        Err(Error::Unsupported { .. })
-    ));
+}
+
+#[test]
+fn a_leader_transfer_hands_leadership_over_despite_stickiness() {
+    let mut net = Net::new(3);
+    net.campaign(1);
+    net.propose(1, "a");
+    net.deliver_all();
+    net.tick_all(1);
+    assert_eq!(
+        net.engine_mut(1).transfer_leader(9),
+        Err(Error::UnknownNode(9))
+    );
+    net.engine_mut(1).transfer_leader(2).unwrap();
+    assert_eq!(
+        net.engine_mut(1).propose(Bytes::from_static(b"x")),
+        Err(Error::TransferInProgress { to: 2 })
+    );
+    net.drive(1);
+    net.deliver_all();
+    assert_eq!(
+        net.leaders(),
+        vec![2],
+        "node 3 still heard node 1, yet promised node 2"
+    );
+    net.tick_all(1);
+    assert_eq!(net.engine(1).leader(), Some(2));
+    net.propose(2, "b");
+    net.deliver_all();
+    net.tick_all(1);
+    assert_eq!(net.applied_data(1), vec![data("a"), data("b")]);
+    net.assert_clean();
+}
+
+#[test]
+fn has_ready_is_exact() {
+    let storage = MemStorage::<HardState>::new_with_conf(ConfState::with_voters([1]));
+    let mut paxos = MultiPaxos::new(Config::new(1), storage, crate::seeded_rng(3)).unwrap();
+    assert!(!paxos.has_ready());
+    paxos.campaign().unwrap();
+    let mut rounds = 0;
+    for step in 0..40 {
+        if step % 10 == 3 {
+            paxos.propose(Bytes::from_static(b"p")).unwrap();
+        }
+        if step % 7 == 5 {
+            paxos.read_index(step).unwrap();
+        }
+        paxos.tick();
+        while paxos.has_ready() {
+            let ready = paxos.ready().unwrap();
+            assert!(
+                !ready.is_empty(),
+                "has_ready promised something at step {step}"
+            );
+            if let Some(persist) = ready.persist {
+                paxos.storage_mut().write(&persist.write).unwrap();
+                paxos.persisted(persist.token).unwrap();
+            }
+            rounds += 1;
+        }
+    }
+    assert!(rounds > 4);
+    assert_eq!(paxos.status().applied, 4);
 }
 
 // ---- configuration and storage failures -----------------------------------------------------
