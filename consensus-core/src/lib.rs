@@ -90,12 +90,12 @@ pub use protocol::{
 #[cfg(feature = "planted-bugs")]
 pub use raft::PlantedBug;
 pub use raft::{Config, HardState, Message, MessageBody, Raft, RaftStorage, ReadMode};
-pub use replica::{Host, Replica};
 pub use rand_chacha::ChaCha8Rng;
+pub use replica::{Host, MemHost, Replica, ReplicaLoop};
 pub use storage::{MemStorage, Storage};
 pub use types::{
-    ConfChange, ConfState, Entry, EntryPayload, MemberChange, NodeId, Proposed,
-    ReadState, Role, Snapshot, SnapshotMeta, SoftState, Status,
+    ConfChange, ConfState, Entry, EntryPayload, MemberChange, NodeId, Proposed, ReadState, Role,
+    Snapshot, SnapshotMeta, SoftState, Status,
 };
 
 /// A deterministic RNG for election jitter, seeded from `seed` (what [`Raft::new`] takes).

@@ -21,7 +21,8 @@ use std::process::Command;
 
 use anyhow::{bail, Context};
 use consensus_core::{
-    Bytes, ConfState, Config, Consensus, EntryPayload, MemStorage, Message, Raft, Role,
+    Bytes, ConfState, Config, Consensus, EntryPayload, Envelope, MemHost, MemStorage, Raft,
+    Replica, Role,
 };
 
 /// Arguments of `cargo xtask bench core`.
@@ -113,49 +114,64 @@ fn measure(harness: &mut dyn Harness, outstanding: usize, seconds: f64) -> anyho
 
 // ---- consensus-core ------------------------------------------------------------------------------
 
-struct Core {
-    nodes: Vec<Raft<MemStorage>>,
-    queue: VecDeque<Message>,
+/// Any consensus-core protocol over in-memory storage, each member run by the one replica loop.
+struct Core<C: Consensus<Storage = MemStorage<<C as Consensus>::HardState>>> {
+    nodes: Vec<Replica<C>>,
+    hosts: Vec<MemHost<C::Message>>,
+    queue: VecDeque<C::Message>,
     payload: Bytes,
     conf: ConfState,
 }
 
-impl Core {
-    fn new() -> anyhow::Result<Self> {
+impl<C: Consensus<Storage = MemStorage<<C as Consensus>::HardState>>> Core<C> {
+    /// Three members built by `make`; `elect` makes member 1 run for leader.
+    fn new(
+        make: impl Fn(u64, MemStorage<C::HardState>) -> anyhow::Result<C>,
+        elect: impl Fn(&mut C) -> anyhow::Result<()>,
+    ) -> anyhow::Result<Self> {
         let conf = ConfState::with_voters([1, 2, 3]);
         let mut nodes = Vec::new();
         for id in 1..=3u64 {
-            let mut config = Config::new(id);
-            config.max_msg_bytes = 1 << 20;
-            config.max_inflight = 256;
-            config.max_uncommitted_bytes = 64 << 20;
-            let rng = consensus_core::seeded_rng(id);
-            nodes.push(Raft::new(
-                config,
-                MemStorage::new_with_conf(conf.clone()),
-                rng,
-            )?);
+            nodes.push(Replica::new(make(id, MemStorage::new_with_conf(conf.clone()))?));
         }
         let mut core = Core {
+            hosts: (0..3).map(|_| MemHost::new()).collect(),
             nodes,
             queue: VecDeque::new(),
             payload: Bytes::from(vec![7u8; PAYLOAD]),
             conf,
         };
-        core.nodes[0].campaign()?;
-        for _ in 0..100 {
+        elect(core.nodes[0].engine_mut())?;
+        for _ in 0..1000 {
             core.pump();
-            if core.nodes[0].role() == Role::Leader {
+            if core.nodes[0].engine().status().role == Role::Leader {
                 return Ok(core);
+            }
+            for node in &mut core.nodes {
+                node.engine_mut().tick();
             }
         }
         bail!("consensus-core: member 1 was not elected")
     }
 }
 
-impl Harness for Core {
+/// The Raft engine, member 1 campaigning at once.
+fn raft_core() -> anyhow::Result<Core<Raft<MemStorage>>> {
+    Core::new(
+        |id, storage| {
+            let mut config = Config::new(id);
+            config.max_msg_bytes = 1 << 20;
+            config.max_inflight = 256;
+            config.max_uncommitted_bytes = 64 << 20;
+            Ok(Raft::new(config, storage, consensus_core::seeded_rng(id))?)
+        },
+        |raft| Ok(raft.campaign()?),
+    )
+}
+
+impl<C: Consensus<Storage = MemStorage<<C as Consensus>::HardState>>> Harness for Core<C> {
     fn propose(&mut self, n: usize) -> usize {
-        let leader = &mut self.nodes[0];
+        let leader = self.nodes[0].engine_mut();
         let mut accepted = 0;
         while accepted < n && leader.propose(self.payload.clone()).is_ok() {
             accepted += 1;
@@ -167,43 +183,35 @@ impl Harness for Core {
         let mut committed = 0;
         loop {
             let mut moved = false;
-            for (i, node) in self.nodes.iter_mut().enumerate() {
-                while node.has_ready() {
-                    moved = true;
-                    let ready = node.ready();
-                    self.queue.extend(ready.messages);
-                    if let Some(persist) = ready.persist {
-                        if let Err(e) = node.storage_mut().write(&persist) {
-                            panic!("memory storage write failed: {e}");
-                        }
-                        if let Err(e) = node.persisted(persist.token) {
-                            panic!("persisted refused: {e}");
-                        }
+            for (i, (node, host)) in self.nodes.iter_mut().zip(&mut self.hosts).enumerate() {
+                if let Err(e) = node.drive(host) {
+                    panic!("replica loop failed: {e}");
+                }
+                moved |= !host.messages.is_empty() || !host.applied.is_empty();
+                self.queue.extend(host.messages.drain(..));
+                if let Some(last) = host.applied.last().map(|e| e.index) {
+                    if i == 0 {
+                        committed += host
+                            .applied
+                            .iter()
+                            .filter(|e| matches!(e.payload, EntryPayload::Data(_)))
+                            .count();
                     }
-                    if let Some(last) = ready.committed.last() {
-                        let last = last.index;
-                        if i == 0 {
-                            committed += ready
-                                .committed
-                                .iter()
-                                .filter(|e| matches!(e.payload, EntryPayload::Data(_)))
-                                .count();
-                        }
-                        if last % COMPACT_EVERY == 0 {
-                            // Keep a margin so a follower a little behind still finds its entries.
-                            let _ = node.storage_mut().compact(
-                                last - COMPACT_EVERY / 2,
-                                self.conf.clone(),
-                                Bytes::new(),
-                            );
-                        }
+                    host.applied.clear();
+                    if last % COMPACT_EVERY == 0 {
+                        // Keep a margin so a follower a little behind still finds its entries.
+                        let _ = node.engine_mut().storage_mut().compact(
+                            last - COMPACT_EVERY / 2,
+                            self.conf.clone(),
+                            Bytes::new(),
+                        );
                     }
                 }
             }
             while let Some(message) = self.queue.pop_front() {
                 moved = true;
-                let to = message.to as usize - 1;
-                let _ = self.nodes[to].step(message);
+                let to = message.to() as usize - 1;
+                let _ = self.nodes[to].engine_mut().step(message);
             }
             if !moved {
                 return committed;
@@ -462,7 +470,7 @@ pub fn run(args: Args) -> anyhow::Result<()> {
     for &outstanding in &args.outstanding {
         let core = best_of(
             args.runs,
-            &|| Ok(Box::new(Core::new()?) as Box<dyn Harness>),
+            &|| Ok(Box::new(raft_core()?) as Box<dyn Harness>),
             outstanding,
             args.seconds,
         )?;
