@@ -95,7 +95,7 @@ pub use protocol::{
 pub use raft::PlantedBug;
 pub use raft::{Config, HardState, Message, MessageBody, Raft, RaftStorage, ReadMode};
 pub use rand_chacha::ChaCha8Rng;
-pub use replica::{Host, Replica};
+pub use replica::{Host, MemHost, Replica, ReplicaLoop};
 pub use storage::{MemStorage, Storage};
 pub use types::{
     ConfChange, ConfState, Entry, EntryPayload, MemberChange, NodeId, Proposed, ReadState, Role,

@@ -75,10 +75,7 @@ fn planted_read_without_leadership_check_is_caught() {
 #[test]
 fn planted_commit_previous_term_by_counting_is_caught() {
     // Figure 8 needs short-lived leaders with competing tails: the leader-churn profile.
-    let caught = first_catch(
-        PlantedBug::CommitPreviousTermByCounting,
-        churn_from_seed,
-    );
+    let caught = first_catch(PlantedBug::CommitPreviousTermByCounting, churn_from_seed);
     let caught = caught.expect("the simulator missed a previous-term entry committed by counting");
     assert!(
         matches!(caught.failure, Some(sim::Failure::Invariant(_))),

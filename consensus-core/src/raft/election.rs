@@ -7,8 +7,8 @@ use super::message::MessageBody;
 use super::progress::Progress;
 use super::quorum::{self, VoteResult};
 use super::Raft;
-use crate::error::Error;
 use super::RaftStorage;
+use crate::error::Error;
 use crate::types::{EntryPayload, NodeId, Role};
 
 impl<S: RaftStorage> Raft<S> {
@@ -79,7 +79,10 @@ impl<S: RaftStorage> Raft<S> {
         self.pending_conf_index = last;
         // Raft §5.4.2 / §8: commit a no-op of this term so earlier entries commit with it. (The
         // planted Figure 8 bug leaves it out, as the paper's figure does, so the bug can bite.)
-        if !self.config.has_bug(PlantedBug::CommitPreviousTermByCounting) {
+        if !self
+            .config
+            .has_bug(PlantedBug::CommitPreviousTermByCounting)
+        {
             self.append_entry(EntryPayload::Noop);
         }
         if self.config.read_mode == super::config::ReadMode::LeaseBased {

@@ -81,7 +81,10 @@ impl<P: SimProtocol> Simulation<P> {
             trace.keep_everything();
         }
         Simulation {
-            nodes: voters.iter().map(|&id| Node::new(id, conf.clone())).collect(),
+            nodes: voters
+                .iter()
+                .map(|&id| Node::new(id, conf.clone()))
+                .collect(),
             world: World {
                 now: 0,
                 rng: ChaCha8Rng::seed_from_u64(seed),

@@ -91,6 +91,9 @@ impl<O> SimConfig<O> {
         let mut config = Self::from_seed::<P>(seed, Some(3));
         config.leader_churn = true;
         config.client_bursts = true;
+        // Busy clients: short-lived leaders must receive proposals to leave tails behind.
+        config.client_think = 4;
+        config.clients = 4;
         P::churn_options(&mut config.protocol);
         config
     }

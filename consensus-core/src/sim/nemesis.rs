@@ -196,7 +196,10 @@ impl<P: SimProtocol> Simulation<P> {
         // (a protocol without it refuses, which is fine).
         let (line, result) = if joint {
             let proposal = ConfChange::EnterJoint(vec![change]);
-            (format!("{proposal:?}"), engine.propose_conf_change(proposal))
+            (
+                format!("{proposal:?}"),
+                engine.propose_conf_change(proposal),
+            )
         } else {
             (format!("{change:?}"), engine.change_membership(change))
         };

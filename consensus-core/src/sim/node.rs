@@ -13,9 +13,9 @@ use std::collections::{BTreeMap, BTreeSet, VecDeque};
 use rand::Rng;
 use rand_chacha::ChaCha8Rng;
 
+use super::history::KvOutput;
 use super::invariants::{SharedChecker, Violation};
 use super::kv::{Command, KvStore};
-use super::history::KvOutput;
 use super::network::Network;
 use super::outcome::{Failure, SimStats};
 use super::protocol::{ProtocolChecker, SimProtocol};

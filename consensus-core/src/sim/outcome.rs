@@ -125,4 +125,3 @@ impl<O: std::fmt::Debug> Outcome<O> {
         out
     }
 }
-

@@ -170,7 +170,10 @@ impl SharedChecker {
         if status.term < record.term {
             return violation(
                 "monotonic term",
-                format!("node {id} term went from {} to {}", record.term, status.term),
+                format!(
+                    "node {id} term went from {} to {}",
+                    record.term, status.term
+                ),
             );
         }
         if status.commit < record.commit {
@@ -185,7 +188,10 @@ impl SharedChecker {
         if applied < record.applied {
             return violation(
                 "monotonic applied",
-                format!("node {id} applied went from {} to {applied}", record.applied),
+                format!(
+                    "node {id} applied went from {} to {applied}",
+                    record.applied
+                ),
             );
         }
         if applied > status.commit {
