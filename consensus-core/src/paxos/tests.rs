@@ -206,8 +206,8 @@ impl Net {
                 self.violations.push(v);
             }
         }
-        for entry in node.host.applied[applied_before..].to_vec() {
-            if let Err(v) = self.checker.on_applied(id, &entry) {
+        for entry in &node.host.applied[applied_before..] {
+            if let Err(v) = self.checker.on_applied(id, entry) {
                 self.violations.push(v);
             }
         }
