@@ -749,6 +749,85 @@ fn a_new_leader_fills_holes_with_noops() {
 }
 
 #[test]
+fn a_promise_cut_by_the_size_limit_is_continued_before_phase_one_completes() {
+    fn config(id: NodeId) -> Config {
+        Config {
+            max_msg_bytes: 8,
+            ..Config::new(id)
+        }
+    }
+    let mut net = Net::with_config(3, config);
+    net.campaign(1);
+    net.tick_all(1);
+    let texts = ["one", "two", "three", "four", "five", "six"];
+    for text in texts {
+        net.propose(1, text);
+    }
+    // Only node 2 accepts; nothing is chosen.
+    net.deliver_only(|m| m.to == 2 && is_accept(m));
+    net.drop_all();
+    net.crash(1);
+    net.forget_leader(2);
+    net.forget_leader(3);
+    net.engine_mut(3).campaign().unwrap();
+    net.drive(3);
+    let mut continued = false;
+    for _ in 0..20 {
+        continued |= net
+            .in_flight
+            .iter()
+            .any(|m| matches!(m.body, MessageBody::Prepare { from, .. } if from > 1));
+        net.deliver_only(|m| m.to != 1);
+    }
+    assert!(continued, "the size limit cut the promise");
+    net.tick_all(3);
+    let expected: Vec<EntryPayload> = texts.iter().map(|t| data(t)).collect();
+    assert_eq!(
+        net.applied_data(3),
+        expected,
+        "every accepted value recovered"
+    );
+    net.assert_clean();
+}
+
+#[test]
+fn a_candidate_behind_a_compaction_installs_the_snapshot_before_leading() {
+    let mut net = Net::new(3);
+    net.campaign(1);
+    net.isolated.insert(3);
+    for text in ["a", "b", "c"] {
+        net.propose(1, text);
+    }
+    net.deliver_all();
+    net.tick_all(1);
+    let applied = net.engine(2).status().applied;
+    let conf = net.engine(2).status().conf_state;
+    net.engine_mut(2)
+        .storage_mut()
+        .compact(applied, conf, Bytes::from_static(b"state"))
+        .unwrap();
+    net.crash(1);
+    net.isolated.clear();
+    net.forget_leader(2);
+    net.campaign(3);
+    assert_eq!(
+        net.host(3).snapshots,
+        vec![applied],
+        "learnt from the snapshot"
+    );
+    assert_eq!(net.leaders(), vec![3]);
+    net.propose(3, "d");
+    net.deliver_all();
+    net.tick_all(1);
+    assert_eq!(
+        net.applied_data(2),
+        vec![data("a"), data("b"), data("c"), data("d")]
+    );
+    assert_eq!(net.applied_data(3), vec![data("d")]);
+    net.assert_clean();
+}
+
+#[test]
 fn a_restarted_node_keeps_its_promise_and_chosen_slots() {
     let mut net = Net::new(3);
     net.campaign(1);
