@@ -8,7 +8,7 @@
 //!
 //! Modules by concept: `ballot` (ordering and encoding), `log` (the slot log with holes over
 //! durable storage), `acceptor` (promises and acceptances), `election` (timeouts, phase 1,
-//! stepping down), `leader` (proposals, the pipeline window, counting acceptances, heartbeats),
+//! stepping down, leader transfer), `leader` (proposals, the pipeline window, counting acceptances, heartbeats),
 //! `learner` (learning the chosen prefix, fetching chosen values), `snapshot` (sending and
 //! installing snapshots for compacted slots), `read` (ballot-confirmation and lease reads),
 //! `membership` (configuration changes), [`invariants`] (the checker the simulator runs). This
