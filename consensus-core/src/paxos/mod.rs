@@ -2,17 +2,18 @@
 //!
 //! One distinguished leader runs phase 1 once for every slot from its first unchosen one
 //! (`Prepare { from, .. }`), re-proposes the highest-ballot value each promise reported
-//! (filling holes with [`EntryPayload::Noop`]), then runs phase 2 per slot, pipelined within a bounded window
-//! and batched into size-limited `Accept` messages. Ballots are `(round, node)` pairs carried in
-//! [`Entry::term`] (see [`ballot`]).
+//! (filling holes with [`EntryPayload::Noop`]), then runs phase 2 per slot, pipelined within a
+//! bounded window and batched into size-limited `Accept` messages. Ballots are `(round, node)`
+//! pairs carried in [`Entry::term`] (see [`ballot`]).
 //!
 //! Modules by concept: `ballot` (ordering and encoding), `log` (the slot log with holes over
 //! durable storage), `acceptor` (promises and acceptances), `election` (timeouts, phase 1,
 //! stepping down, leader transfer), `leader` (proposals, the pipeline window, counting
-//! acceptances, heartbeats), `learner` (learning the chosen prefix, fetching chosen values), `snapshot` (sending and
-//! installing snapshots for compacted slots), `read` (ballot-confirmation and lease reads),
-//! `membership` (configuration changes), [`invariants`] (the checker the simulator runs). This
-//! file holds the state, the message dispatcher and the `Ready` / `persisted` bookkeeping.
+//! acceptances, heartbeats), `learner` (learning the chosen prefix, fetching chosen values),
+//! `snapshot` (sending and installing snapshots for compacted slots), `read`
+//! (ballot-confirmation and lease reads), `membership` (configuration changes), [`invariants`]
+//! (the checker the simulator runs). This file holds the state, the message dispatcher and the
+//! `Ready` / `persisted` bookkeeping.
 //!
 //! # The persistence contract, Paxos edition
 //!
