@@ -8,7 +8,7 @@ type Outcome = sim::Outcome<PaxosOptions>;
 type SimConfig = sim::SimConfig<PaxosOptions>;
 
 /// Seeds run on every push.
-const SEEDS: u64 = 100;
+const SEEDS: u64 = 300;
 /// A planted bug must be caught within this many seeds.
 const CATCH_WITHIN: u64 = 50;
 
