@@ -6,7 +6,8 @@
 
 use std::time::Instant;
 
-use consensus_core::sim::{self, RaftSim, SimConfig, SimProtocol};
+use consensus_core::paxos::PlantedBug as PaxosBug;
+use consensus_core::sim::{self, PaxosSim, RaftSim, SimConfig, SimProtocol};
 use consensus_core::PlantedBug;
 use indicatif::{ProgressBar, ProgressStyle};
 
@@ -15,6 +16,8 @@ use indicatif::{ProgressBar, ProgressStyle};
 pub enum Protocol {
     /// The Raft engine of consensus-core.
     Raft,
+    /// The Multi-Paxos engine of consensus-core.
+    MultiPaxos,
 }
 
 /// A bug to plant in every member, to see the simulator catch it.
@@ -26,6 +29,12 @@ pub enum Bug {
     ReadWithoutLeadershipCheck,
     /// Grant votes without comparing logs.
     VoteWithoutLogCheck,
+    /// Multi-Paxos: an acceptor accepts below its promise.
+    AcceptBelowPromise,
+    /// Multi-Paxos: a new leader skips phase 1 for a slot holding an accepted value.
+    SkipPhaseOne,
+    /// Multi-Paxos: a slot is applied before it is chosen.
+    ApplyBeforeChosen,
 }
 
 impl Bug {
@@ -35,7 +44,32 @@ impl Bug {
             Bug::CommitPreviousTerm => Some(PlantedBug::CommitPreviousTermByCounting),
             Bug::ReadWithoutLeadershipCheck => Some(PlantedBug::ReadWithoutLeadershipCheck),
             Bug::VoteWithoutLogCheck => Some(PlantedBug::VoteWithoutLogCheck),
+            _ => None,
         }
+    }
+
+    /// The Multi-Paxos fault this names, if it is one of Multi-Paxos'.
+    fn paxos(self) -> Option<PaxosBug> {
+        match self {
+            Bug::AcceptBelowPromise => Some(PaxosBug::AcceptBelowPromise),
+            Bug::SkipPhaseOne => Some(PaxosBug::SkipPhaseOneForAcceptedSlot),
+            Bug::ApplyBeforeChosen => Some(PaxosBug::ApplyBeforeChosen),
+            _ => None,
+        }
+    }
+}
+
+/// The planted fault `--bug` names for this protocol, or an error saying it is another's.
+fn planted<B>(
+    bug: Option<Bug>,
+    protocol: &str,
+    pick: impl Fn(Bug) -> Option<B>,
+) -> anyhow::Result<Option<B>> {
+    match bug {
+        Some(bug) => pick(bug)
+            .map(Some)
+            .ok_or_else(|| anyhow::anyhow!("--bug {bug:?} is not a {protocol} fault")),
+        None => Ok(None),
     }
 }
 
@@ -100,13 +134,12 @@ fn replay_command(args: &Args, seed: u64) -> String {
 pub fn run(args: Args) -> anyhow::Result<()> {
     match args.protocol {
         Protocol::Raft => {
-            let bug = match args.planted_bug {
-                Some(bug) => Some(bug.raft().ok_or_else(|| {
-                    anyhow::anyhow!("--bug {bug:?} is not a Raft fault")
-                })?),
-                None => None,
-            };
+            let bug = planted(args.planted_bug, "Raft", Bug::raft)?;
             scan::<RaftSim>(&args, "raft", |options| options.planted_bug = bug)
+        }
+        Protocol::MultiPaxos => {
+            let bug = planted(args.planted_bug, "Multi-Paxos", Bug::paxos)?;
+            scan::<PaxosSim>(&args, "multi-paxos", |options| options.planted_bug = bug)
         }
     }
 }
@@ -131,9 +164,7 @@ fn scan<P: SimProtocol>(
     let mut failures = Vec::new();
     for seed in args.start..end {
         let mut config = match args.profile {
-            Profile::Mixed => {
-                SimConfig::from_seed::<P>(seed, args.nodes.map(|n| n as usize))
-            }
+            Profile::Mixed => SimConfig::from_seed::<P>(seed, args.nodes.map(|n| n as usize)),
             Profile::Churn => SimConfig::churn_from_seed::<P>(seed),
         };
         plant(&mut config.protocol);
