@@ -206,6 +206,9 @@ pub fn serve_config(args: &ServeArgs) -> Result<ServeConfig, CliError> {
         }
         table.insert("members".into(), Value::Array(members));
     }
+    if let Some(protocol) = &args.protocol {
+        table.insert("protocol".into(), Value::String(protocol.clone()));
+    }
     if args.join {
         table.insert("join".into(), Value::Boolean(true));
     }
