@@ -435,6 +435,21 @@ mod tests {
     }
 
     #[test]
+    fn the_protocol_defaults_to_raft_and_names_multi_paxos() {
+        let config = ServeConfig::from_toml_str(EXAMPLE).unwrap();
+        assert_eq!(config.protocol, Protocol::Raft);
+        let paxos = format!("protocol = \"multi-paxos\"\n{EXAMPLE}");
+        let config = ServeConfig::from_toml_str(&paxos).unwrap();
+        assert_eq!(config.protocol, Protocol::MultiPaxos);
+        assert_eq!(config.protocol.name(), "multi-paxos");
+        let unknown = format!("protocol = \"zab\"\n{EXAMPLE}");
+        let error = ServeConfig::from_toml_str(&unknown).unwrap_err();
+        assert!(error.to_string().contains("multi-paxos"), "{error}");
+        assert_eq!("multi-paxos".parse::<Protocol>(), Ok(Protocol::MultiPaxos));
+        assert!("zab".parse::<Protocol>().is_err());
+    }
+
+    #[test]
     fn round_trips_through_toml() {
         let config = ServeConfig::from_toml_str(EXAMPLE).unwrap();
         let text = config.to_toml_string().unwrap();

@@ -259,6 +259,8 @@ fn an_unsynced_write_rides_along_with_the_next_synced_one() {
     let dir = tempfile::tempdir().unwrap();
     let (mut store, mut persist) = store_with(dir.path(), vec![entry(1, 1, "a")]);
     store.sync().unwrap();
+    // Let the sync thread finish the round it may still be in for the first write.
+    std::thread::sleep(std::time::Duration::from_millis(100));
     let syncs = store.stats().syncs;
     set(
         &mut persist,
@@ -668,6 +670,32 @@ fn a_directory_of_another_cluster_or_node_is_refused() {
     );
     // The rightful owner still opens it.
     open(dir.path(), 0);
+}
+
+#[test]
+fn a_directory_created_for_another_protocol_is_refused_naming_both() {
+    let dir = tempfile::tempdir().unwrap();
+    drop(open(dir.path(), 0));
+    let paxos = Identity {
+        protocol: "multi-paxos".into(),
+        ..identity(1)
+    };
+    // Refused before the protocol-specific state is read: the error names both protocols.
+    let error = LogStore::<HardState>::open(dir.path(), paxos, ConfState::default(), options(0))
+        .expect_err("another protocol's directory must not open");
+    match &error {
+        StoreError::WrongProtocol {
+            expected, found, ..
+        } => assert_eq!((expected.as_str(), found.as_str()), ("multi-paxos", "raft")),
+        other => panic!("expected WrongProtocol, got {other:?}"),
+    }
+    let message = error.to_string();
+    assert!(
+        message.contains("\"raft\"") && message.contains("\"multi-paxos\""),
+        "{message}"
+    );
+    // The directory itself is untouched and still opens as Raft.
+    drop(open(dir.path(), 0));
 }
 
 #[test]

@@ -149,7 +149,7 @@ impl<H: DurableState> LogView<H> {
     /// Whether a truncation from `from` would cut any stored entry.
     pub(crate) fn truncation_cuts(&self, from: u64) -> bool {
         let from = from.max(self.snapshot.index + 1).max(self.first);
-        from <= self.first + self.slots.len() as u64 - 1 && !self.slots.is_empty()
+        from < self.first + self.slots.len() as u64
     }
 
     /// Discards every entry at an index `>= from`, never at or below the snapshot.
