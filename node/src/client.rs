@@ -28,7 +28,7 @@
 use std::collections::{BTreeMap, BTreeSet};
 use std::hash::{BuildHasher, Hasher};
 use std::net::SocketAddr;
-use std::path::Path;
+use std::path::{Path, PathBuf};
 use std::sync::{Arc, Mutex, RwLock};
 use std::time::{Duration, Instant};
 
@@ -58,16 +58,24 @@ pub struct ClientConfig {
     pub backoff_initial: Duration,
     /// Longest pause between attempts.
     pub backoff_max: Duration,
+    /// How long a member that failed to answer is skipped (and redirects naming it ignored):
+    /// after a leader crash, followers keep naming it until they elect another.
+    pub suspect_for: Duration,
+    /// A file remembering the last leader across processes (a hint; `None`: do not remember).
+    pub leader_cache: Option<PathBuf>,
     /// Transport settings (frame size, keep-alive, connect timeout).
     pub limits: Limits,
 }
 
 impl ClientConfig {
-    /// A configuration with default timings: 5 s per operation, 2 s per attempt, backoff
-    /// from 50 ms to 500 ms.
+    /// A configuration with default timings: 5 s per operation, 2 s per attempt, 300 ms to
+    /// connect (a member that does not answer a handshake by then is skipped for 2 s), backoff
+    /// from 20 ms to 200 ms.
     pub fn new(cluster: &str, credentials: Credentials, endpoints: Vec<(u64, SocketAddr)>) -> Self {
         let limits = Limits {
-            connect_timeout: Duration::from_secs(1),
+            // A live member completes a handshake in milliseconds; a dead one must not eat
+            // the operation's deadline.
+            connect_timeout: Duration::from_millis(300),
             idle_timeout: Duration::from_secs(5),
             keep_alive: Duration::from_millis(500),
             ..Limits::default()
@@ -78,8 +86,10 @@ impl ClientConfig {
             endpoints,
             timeout: Duration::from_secs(5),
             attempt_timeout: Duration::from_secs(2),
-            backoff_initial: Duration::from_millis(50),
-            backoff_max: Duration::from_millis(500),
+            backoff_initial: Duration::from_millis(20),
+            backoff_max: Duration::from_millis(200),
+            suspect_for: Duration::from_secs(2),
+            leader_cache: None,
             limits,
         }
     }
@@ -236,6 +246,8 @@ pub struct Client {
     members: Mutex<BTreeMap<u64, SocketAddr>>,
     /// The member believed to lead.
     leader: Mutex<Option<u64>>,
+    /// Members that failed to answer, and when.
+    suspects: Mutex<BTreeMap<u64, Instant>>,
     /// The transport; replaced when a new member address is learnt.
     net: RwLock<Arc<net_quic::Client<Quorate>>>,
 }
@@ -299,7 +311,8 @@ impl Client {
                 in_flight: BTreeSet::new(),
             }),
             members: Mutex::new(members),
-            leader: Mutex::new(None),
+            leader: Mutex::new(config.leader_cache.as_deref().and_then(read_leader_cache)),
+            suspects: Mutex::new(BTreeMap::new()),
             net: RwLock::new(Arc::new(net)),
             config,
         })
@@ -368,7 +381,37 @@ impl Client {
     }
 
     fn set_leader(&self, leader: Option<u64>) {
-        *self.leader.lock().expect("leader lock") = leader;
+        let changed = {
+            let mut current = self.leader.lock().expect("leader lock");
+            std::mem::replace(&mut *current, leader) != leader
+        };
+        if let (true, Some(leader), Some(path)) = (changed, leader, &self.config.leader_cache) {
+            write_leader_cache(path, leader);
+        }
+    }
+
+    /// Whether `node` failed to answer within the last `suspect_for`.
+    fn is_suspect(&self, node: u64) -> bool {
+        let mut suspects = self.suspects.lock().expect("suspects lock");
+        match suspects.get(&node) {
+            Some(since) if since.elapsed() < self.config.suspect_for => true,
+            Some(_) => {
+                suspects.remove(&node);
+                false
+            }
+            None => false,
+        }
+    }
+
+    fn suspect(&self, node: u64) {
+        self.suspects
+            .lock()
+            .expect("suspects lock")
+            .insert(node, Instant::now());
+    }
+
+    fn answered(&self, node: u64) {
+        self.suspects.lock().expect("suspects lock").remove(&node);
     }
 
     fn endpoints_text(&self) -> String {
@@ -380,20 +423,33 @@ impl Client {
             .join(",")
     }
 
-    /// The member to try next: the leader if known, else the members in turn.
+    /// The member to try next: the leader if known, else the members in turn, skipping those
+    /// that just failed to answer (unless every member did).
     fn pick(&self, turn: &mut usize) -> u64 {
         if let Some(leader) = self.leader_hint() {
-            if self
+            let known = self
                 .members
                 .lock()
                 .expect("members lock")
-                .contains_key(&leader)
-            {
+                .contains_key(&leader);
+            if known && !self.is_suspect(leader) {
                 return leader;
             }
         }
-        let members = self.members.lock().expect("members lock");
-        let ids: Vec<u64> = members.keys().copied().collect();
+        let ids: Vec<u64> = self
+            .members
+            .lock()
+            .expect("members lock")
+            .keys()
+            .copied()
+            .collect();
+        for _ in 0..ids.len() {
+            let id = ids[*turn % ids.len()];
+            *turn += 1;
+            if !self.is_suspect(id) {
+                return id;
+            }
+        }
         let id = ids[*turn % ids.len()];
         *turn += 1;
         id
@@ -429,6 +485,9 @@ impl Client {
             attempts += 1;
             let net = self.net.read().expect("net lock").clone();
             let outcome = net.request(NodeId(target), request, budget).await;
+            if outcome.is_ok() {
+                self.answered(target);
+            }
             let retry_now = match outcome {
                 Ok(Ok(reply)) => {
                     if route == Route::Leader {
@@ -445,6 +504,12 @@ impl Client {
                         self.learn_member(leader, addr);
                     }
                     match leader {
+                        // A hint naming a member that just failed to answer is stale (the
+                        // followers have not elected another leader yet): ask the others.
+                        Some(leader) if self.is_suspect(leader) => {
+                            self.set_leader(None);
+                            !turn.is_multiple_of(self.member_count())
+                        }
                         Some(leader) if leader != target => {
                             self.set_leader(Some(leader));
                             // A fresh hint: follow it at once, but only once per attempt
@@ -476,6 +541,7 @@ impl Client {
                         *uncertain = true;
                     }
                     last = format!("node {target}: {}", describe_request_error(&error));
+                    self.suspect(target);
                     if self.leader_hint() == Some(target) {
                         self.set_leader(None);
                     }
@@ -906,6 +972,27 @@ pub struct ScanPage {
 }
 
 /// Whether another attempt (same member later, or another member) may succeed.
+/// The leader remembered by an earlier process, if the cache file holds one.
+fn read_leader_cache(path: &Path) -> Option<u64> {
+    let text = std::fs::read_to_string(path).ok()?;
+    text.trim().parse().ok().filter(|&id| id != 0)
+}
+
+/// Remembers `leader` for the next process (best effort: a hint, never an error).
+fn write_leader_cache(path: &Path, leader: u64) {
+    let write = || -> std::io::Result<()> {
+        if let Some(dir) = path.parent() {
+            std::fs::create_dir_all(dir)?;
+        }
+        let tmp = path.with_extension("tmp");
+        std::fs::write(&tmp, format!("{leader}\n"))?;
+        std::fs::rename(&tmp, path)
+    };
+    if let Err(error) = write() {
+        debug!(path = %path.display(), %error, "leader hint not cached");
+    }
+}
+
 fn is_transient(error: &ServerError) -> bool {
     matches!(
         error,

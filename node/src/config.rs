@@ -6,6 +6,7 @@
 //! listen = "127.0.0.1:7001"        # one QUIC endpoint for peers and clients (ALPNs differ)
 //! data_dir = "data/node-1"
 //! # join = true                    # a new member added with `quorate cluster add`: no bootstrap
+//! protocol = "raft"                # or "multi-paxos"; recorded in the data dir at creation
 //!
 //! [certs]
 //! dir = "certs"                    # ca.pem, node-<id>.pem, node-<id>.key (as `cargo xtask certs`)
@@ -60,6 +61,48 @@ pub enum ConfigError {
     /// The settings contradict each other or are out of range.
     #[error("invalid config: {0}")]
     Invalid(String),
+}
+
+/// The replication protocol a node runs its group with.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "kebab-case")]
+pub enum Protocol {
+    /// Raft (`consensus_core::Raft`).
+    #[default]
+    Raft,
+    /// Multi-Paxos (`consensus_core::paxos::MultiPaxos`).
+    MultiPaxos,
+}
+
+impl Protocol {
+    /// The protocol's name as its engine reports it (`Consensus::NAME`) and as the data directory
+    /// records it.
+    pub fn name(self) -> &'static str {
+        match self {
+            Protocol::Raft => "raft",
+            Protocol::MultiPaxos => "multi-paxos",
+        }
+    }
+}
+
+impl std::fmt::Display for Protocol {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(self.name())
+    }
+}
+
+impl std::str::FromStr for Protocol {
+    type Err = String;
+
+    fn from_str(s: &str) -> Result<Self, String> {
+        match s {
+            "raft" => Ok(Protocol::Raft),
+            "multi-paxos" | "multipaxos" | "paxos" => Ok(Protocol::MultiPaxos),
+            other => Err(format!(
+                "unknown protocol {other:?}; expected \"raft\" or \"multi-paxos\""
+            )),
+        }
+    }
 }
 
 /// How a linearizable read confirms that the leader still leads.
@@ -210,6 +253,9 @@ pub struct ServeConfig {
     /// Start as a new, not yet configured member that waits to be added (no bootstrap).
     #[serde(default)]
     pub join: bool,
+    /// The replication protocol (default Raft).
+    #[serde(default)]
+    pub protocol: Protocol,
     /// Raft timing and tuning.
     #[serde(default)]
     pub raft: RaftSettings,
@@ -246,6 +292,7 @@ impl ServeConfig {
             },
             members,
             join: false,
+            protocol: Protocol::default(),
             raft: RaftSettings::default(),
             limits: LimitsConfig::default(),
             snapshot: SnapshotConfig::default(),
@@ -385,6 +432,21 @@ mod tests {
         assert_eq!(cert, Path::new("certs/node-1.pem"));
         assert_eq!(key, Path::new("certs/node-1.key"));
         assert_eq!(ca, Path::new("certs/ca.pem"));
+    }
+
+    #[test]
+    fn the_protocol_defaults_to_raft_and_names_multi_paxos() {
+        let config = ServeConfig::from_toml_str(EXAMPLE).unwrap();
+        assert_eq!(config.protocol, Protocol::Raft);
+        let paxos = format!("protocol = \"multi-paxos\"\n{EXAMPLE}");
+        let config = ServeConfig::from_toml_str(&paxos).unwrap();
+        assert_eq!(config.protocol, Protocol::MultiPaxos);
+        assert_eq!(config.protocol.name(), "multi-paxos");
+        let unknown = format!("protocol = \"zab\"\n{EXAMPLE}");
+        let error = ServeConfig::from_toml_str(&unknown).unwrap_err();
+        assert!(error.to_string().contains("multi-paxos"), "{error}");
+        assert_eq!("multi-paxos".parse::<Protocol>(), Ok(Protocol::MultiPaxos));
+        assert!("zab".parse::<Protocol>().is_err());
     }
 
     #[test]

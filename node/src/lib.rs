@@ -1,5 +1,5 @@
 //! The Quorate replicated key-value node: server, client and the pieces that compose
-//! `consensus-core` (Raft), `storage-wal` (durability) and `net-quic` (transport).
+//! `consensus-core` (Raft, Multi-Paxos), `storage-wal` (durability) and `net-quic` (transport).
 //!
 //! This crate is the only place where protocols meet disks, clocks and sockets. It stays thin:
 //! consensus logic lives in `consensus-core`, bytes on disk in `storage-wal`, bytes on the wire in
@@ -9,7 +9,10 @@
 //! - [`config`]: [`config::ServeConfig`], loaded from TOML.
 //! - [`kv`]: the replicated key-value state machine with client sessions.
 //! - [`server`]: [`server::Server::start`] / [`server::serve`], the entry point of `quorate serve`.
-//! - `store`: durable Raft storage on `storage-wal` (group commit, snapshots, WAL compaction).
+//! - `engine`: builds the configured protocol's engine; `group`: the replica loop's host, the KV
+//!   service and the admin layer of one group, for any protocol.
+//! - `store`: durable storage of one group (any protocol's hard state) on `storage-wal` (group
+//!   commit, snapshots, WAL compaction).
 //! - [`client`] and [`cli`]: the Rust client and the `quorate` command line.
 
 pub mod cli;
@@ -17,7 +20,8 @@ pub mod client;
 #[cfg(test)]
 mod cluster_tests;
 pub mod config;
-mod driver;
+mod engine;
+mod group;
 pub mod kv;
 pub mod proto;
 pub mod server;

@@ -32,7 +32,7 @@ use bytes::Bytes;
 use serde::{Deserialize, Serialize};
 
 /// Version of the message layout in this module.
-pub const PROTOCOL_VERSION: u32 = 1;
+pub const PROTOCOL_VERSION: u32 = 2;
 
 /// The `net-quic` protocol of a Quorate node.
 #[derive(Debug, Clone, Copy)]
@@ -44,11 +44,38 @@ impl net_quic::Protocol for Quorate {
     type Response = Response;
 }
 
-/// A message between nodes.
+/// A message between nodes: one protocol message of one replication group.
+///
+/// The payload is the postcard encoding of the group's protocol message (`Consensus::Message`:
+/// a Raft or a Multi-Paxos message), so this envelope stays the same whatever the protocol; the
+/// receiving group decodes it with its own type and drops what does not decode.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
-pub enum PeerMessage {
-    /// A Raft message of replication group 0 (the only group for now).
-    Raft(consensus_core::Message),
+pub struct PeerMessage {
+    /// The replication group (0 while a node runs one group); checked on receipt.
+    pub group: u64,
+    /// Whether the payload is a large transfer (a snapshot), sent on the bulk stream.
+    pub bulk: bool,
+    /// The protocol message, postcard-encoded.
+    pub payload: Bytes,
+}
+
+impl PeerMessage {
+    /// Wraps a protocol message of `group`.
+    pub fn encode<M: Serialize + consensus_core::Envelope>(
+        group: u64,
+        message: &M,
+    ) -> Result<Self, postcard::Error> {
+        Ok(PeerMessage {
+            group,
+            bulk: message.is_bulk(),
+            payload: Bytes::from(postcard::to_allocvec(message)?),
+        })
+    }
+
+    /// The protocol message inside (untrusted bytes: an error, never a panic).
+    pub fn decode<M: serde::de::DeserializeOwned>(&self) -> Result<M, postcard::Error> {
+        postcard::from_bytes(&self.payload)
+    }
 }
 
 /// Identifies one write of one client (Raft thesis §6.3).
@@ -245,8 +272,12 @@ pub struct NodeStatus {
     pub cluster: String,
     /// Role.
     pub role: Role,
-    /// Current term.
+    /// The replication protocol ("raft", "multi-paxos").
+    pub protocol: String,
+    /// Current term (Raft), ballot round (Multi-Paxos).
     pub term: u64,
+    /// Protocol detail as (name, value) pairs: Raft's vote, a Paxos ballot.
+    pub detail: Vec<(String, String)>,
     /// Known leader.
     pub leader: Option<u64>,
     /// Highest committed log index known here.
@@ -397,3 +428,6 @@ pub enum ServerError {
     #[error("internal error: {0}")]
     Internal(String),
 }
+
+/// Answers one client request.
+pub(crate) type Responder = net_quic::Responder<Response>;

@@ -1,27 +1,25 @@
-//! The server: opens the store, binds the QUIC endpoint, builds the Raft engine and runs the
-//! driver; [`serve`] does all that and waits for SIGINT / SIGTERM to shut down cleanly.
+//! The server: opens the store, builds the configured protocol's engine (see `engine`), binds
+//! the QUIC endpoint and runs the group's driver; [`serve`] does all that and waits for SIGINT / SIGTERM to shut down cleanly.
 //!
 //! Start-up order: validate the config, load the certificates, open the data directory (refusing
-//! one recorded for another cluster or node, recovering snapshot + WAL, or bootstrapping a fresh
+//! one recorded for another protocol, cluster or node, recovering snapshot + WAL, or bootstrapping a fresh
 //! group from `[[members]]`), restore the KV store from the snapshot, bind the endpoint, start
 //! the driver. The engine re-applies committed entries after the snapshot on its own.
 
 use std::net::SocketAddr;
 use std::sync::Arc;
-use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
-use consensus_core::{ConfState, Raft, ReadMode, Storage};
+use std::time::Duration;
+
 use net_quic::{Credentials, Endpoint, EndpointConfig, Limits, NodeId as NetNodeId};
-use rand_chacha::rand_core::SeedableRng;
 use tokio::sync::watch;
 use tokio::task::JoinHandle;
-use tracing::{info, Instrument};
+use tracing::info;
 
-use crate::config::{ConfigError, ReadModeSetting, ServeConfig};
-use crate::driver::Driver;
-use crate::kv::{KvError, KvStore};
+use crate::config::{ConfigError, ServeConfig};
+use crate::kv::KvError;
 use crate::proto::Quorate;
-use crate::store::{Identity, RaftStore, StoreError, StoreOptions};
+use crate::store::StoreError;
 
 /// Why a server could not start or stopped with an error.
 #[derive(Debug, thiserror::Error)]
@@ -58,9 +56,17 @@ pub enum ServeError {
     /// The data directory could not be opened or written (another cluster's, corrupt, ...).
     #[error(transparent)]
     Store(Box<StoreError>),
-    /// The Raft engine refused its state or an operation.
+    /// The protocol engine refused its state or an operation.
     #[error("consensus: {0}")]
-    Raft(#[from] consensus_core::Error),
+    Consensus(#[from] consensus_core::Error),
+    /// The configured protocol has no engine in this build yet.
+    #[error(
+        "protocol {protocol:?} is not built yet (its engine has not merged); use protocol = \"raft\""
+    )]
+    ProtocolNotBuilt {
+        /// The protocol asked for.
+        protocol: &'static str,
+    },
     /// The state machine's snapshot or a log entry does not decode.
     #[error("state machine: {0}")]
     Kv(#[from] KvError),
@@ -116,50 +122,7 @@ impl Server {
             Err(source) => return Err(cert_error(source)),
         }
 
-        let bootstrap = if config.join {
-            ConfState::default()
-        } else {
-            ConfState::with_voters(config.members.iter().map(|m| m.id))
-        };
-        let identity = Identity {
-            cluster_id: config.cluster.clone(),
-            node_id: config.node_id,
-            group_id: 0,
-        };
-        let data_dir = config.data_dir.clone();
-        let trailing_entries = config.snapshot.trailing_entries;
-        let store = tokio::task::spawn_blocking(move || {
-            let options = StoreOptions {
-                trailing_entries,
-                ..StoreOptions::default()
-            };
-            RaftStore::open(&data_dir, identity, bootstrap, options)
-        })
-        .await
-        .map_err(|e| ServeError::Stopped(format!("opening the store: {e}")))??;
-        let snapshot = store
-            .snapshot()
-            .map_err(|e| ServeError::Raft(consensus_core::Error::Storage(e)))?;
-        let kv = KvStore::restore(&snapshot.data, config.limits.max_sessions)?;
-
-        let mut raft_config = consensus_core::Config::new(config.node_id);
-        raft_config.election_tick = config.raft.election_ticks;
-        raft_config.heartbeat_tick = config.raft.heartbeat_ticks;
-        raft_config.read_mode = match config.raft.read_mode {
-            ReadModeSetting::ReadIndex => ReadMode::Safe,
-            ReadModeSetting::Lease => ReadMode::LeaseBased,
-        };
-        raft_config.max_inflight = config.raft.max_inflight;
-        raft_config.max_msg_bytes = config.raft.max_msg_bytes;
-        raft_config.max_uncommitted_bytes = config.raft.max_uncommitted_bytes;
-        raft_config.applied = snapshot.meta.index;
-        let seed = SystemTime::now()
-            .duration_since(UNIX_EPOCH)
-            .map(|d| d.as_nanos() as u64)
-            .unwrap_or(0)
-            ^ config.node_id.rotate_left(32);
-        let rng = rand_chacha::ChaCha8Rng::seed_from_u64(seed);
-        let raft = Raft::new(raft_config, store, rng)?;
+        let group = crate::engine::open(&config).await?;
 
         // A restarted peer answers its old connection with a reset at once (net-quic's
         // connection ids survive restarts); a peer that went silent is dropped after the idle
@@ -197,22 +160,13 @@ impl Server {
             cluster = %config.cluster,
             %local_addr,
             data_dir = %config.data_dir.display(),
-            snapshot_index = snapshot.meta.index,
-            keys = kv.len(),
+            protocol = %config.protocol,
+            snapshot_index = group.snapshot_index,
+            keys = group.keys,
             "node started"
         );
         let (shutdown_tx, shutdown_rx) = watch::channel(false);
-        let driver = Driver::new(
-            config.clone(),
-            raft,
-            kv,
-            endpoint,
-            receivers.peer,
-            receivers.requests,
-            shutdown_rx,
-        );
-        let span = tracing::info_span!("group", node = config.node_id, group = 0);
-        let driver = tokio::spawn(driver.run().instrument(span));
+        let driver = (group.start)(endpoint, receivers, shutdown_rx);
         Ok(ServerHandle {
             node_id: config.node_id,
             local_addr,

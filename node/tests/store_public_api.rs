@@ -6,6 +6,7 @@ use node::store::{Identity, RaftStore, StoreError, StoreOptions};
 
 fn identity(cluster: &str, node_id: u64) -> Identity {
     Identity {
+        protocol: "raft".into(),
         cluster_id: cluster.into(),
         node_id,
         group_id: 0,

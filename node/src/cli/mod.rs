@@ -8,7 +8,7 @@
 pub mod args;
 mod output;
 
-use std::path::Path;
+use std::path::{Path, PathBuf};
 use std::process::ExitCode;
 use std::time::Duration;
 
@@ -161,7 +161,35 @@ fn client(global: &GlobalArgs) -> Result<Client, CliError> {
     config.attempt_timeout = (global.timeout / members)
         .clamp(Duration::from_millis(300), Duration::from_secs(2))
         .min(global.timeout);
+    config.leader_cache = leader_cache_path(&global.cluster, &config.endpoints);
     Ok(Client::connect(config)?)
+}
+
+/// Where CLI runs remember the last leader of a cluster (`$XDG_CACHE_HOME/quorate/`, else
+/// `~/.cache/quorate/`), keyed by cluster name and endpoints so two clusters never share a hint.
+fn leader_cache_path(cluster: &str, endpoints: &[(u64, std::net::SocketAddr)]) -> Option<PathBuf> {
+    let base = std::env::var_os("XDG_CACHE_HOME")
+        .filter(|dir| !dir.is_empty())
+        .map(PathBuf::from)
+        .or_else(|| std::env::var_os("HOME").map(|home| PathBuf::from(home).join(".cache")))?;
+    let key: String = endpoints
+        .iter()
+        .map(|(id, addr)| format!("{id}={addr},"))
+        .collect();
+    let name: String = cluster
+        .chars()
+        .map(|c| {
+            if c.is_ascii_alphanumeric() || c == '-' {
+                c
+            } else {
+                '_'
+            }
+        })
+        .collect();
+    Some(base.join("quorate").join(format!(
+        "leader-{name}-{:08x}",
+        crc32fast::hash(key.as_bytes())
+    )))
 }
 
 /// The node configuration of `quorate serve`: the file (if any), then environment variables and
@@ -205,6 +233,9 @@ pub fn serve_config(args: &ServeArgs) -> Result<ServeConfig, CliError> {
             members.push(Value::Table(member));
         }
         table.insert("members".into(), Value::Array(members));
+    }
+    if let Some(protocol) = &args.protocol {
+        table.insert("protocol".into(), Value::String(protocol.clone()));
     }
     if args.join {
         table.insert("join".into(), Value::Boolean(true));

@@ -274,8 +274,11 @@ struct StatusOut {
 #[derive(Serialize)]
 struct StatusFields {
     cluster: String,
+    protocol: String,
     role: &'static str,
     term: u64,
+    /// Protocol detail (Raft's vote, a Paxos ballot), by name.
+    detail: serde_json::Map<String, serde_json::Value>,
     leader: Option<u64>,
     commit_index: u64,
     applied_index: u64,
@@ -290,8 +293,14 @@ impl From<&NodeStatus> for StatusFields {
     fn from(status: &NodeStatus) -> Self {
         StatusFields {
             cluster: status.cluster.clone(),
+            protocol: status.protocol.clone(),
             role: role_name(status.role),
             term: status.term,
+            detail: status
+                .detail
+                .iter()
+                .map(|(name, value)| (name.clone(), serde_json::Value::String(value.clone())))
+                .collect(),
             leader: status.leader,
             commit_index: status.commit_index,
             applied_index: status.applied_index,
@@ -358,10 +367,11 @@ pub(super) async fn cluster(
                 );
             } else {
                 println!(
-                    "{:<4} {:<22} {:<13} {:>5} {:>6} {:>8} {:>8} {:>8} {:>8} {:>6}",
+                    "{:<4} {:<22} {:<13} {:<11} {:>5} {:>6} {:>8} {:>8} {:>8} {:>8} {:>6}  DETAIL",
                     "ID",
                     "ADDRESS",
                     "ROLE",
+                    "PROTOCOL",
                     "TERM",
                     "LEADER",
                     "COMMIT",
@@ -374,10 +384,11 @@ pub(super) async fn cluster(
                     let addr = addrs.get(id).map(|a| a.to_string()).unwrap_or_default();
                     match status {
                         Ok(s) => println!(
-                            "{:<4} {:<22} {:<13} {:>5} {:>6} {:>8} {:>8} {:>8} {:>8} {:>6}",
+                            "{:<4} {:<22} {:<13} {:<11} {:>5} {:>6} {:>8} {:>8} {:>8} {:>8} {:>6}  {}",
                             id,
                             addr,
                             role_name(s.role),
+                            s.protocol,
                             s.term,
                             s.leader
                                 .map(|l| l.to_string())
@@ -386,7 +397,12 @@ pub(super) async fn cluster(
                             s.applied_index,
                             s.snapshot_index,
                             s.revision,
-                            s.keys
+                            s.keys,
+                            s.detail
+                                .iter()
+                                .map(|(name, value)| format!("{name}={value}"))
+                                .collect::<Vec<_>>()
+                                .join(" ")
                         ),
                         Err(error) => {
                             println!("{id:<4} {addr:<22} unreachable: {}", short_error(error))

@@ -28,6 +28,19 @@ pub enum StoreError {
         #[source]
         source: std::io::Error,
     },
+    /// The data directory was created for another replication protocol.
+    #[error(
+        "data directory {dir} was created for protocol {found:?}, not {expected:?}; start the \
+         node with protocol = {found:?} or point it at a new data directory"
+    )]
+    WrongProtocol {
+        /// The data directory.
+        dir: PathBuf,
+        /// The protocol this node was started with.
+        expected: String,
+        /// The protocol recorded in the directory.
+        found: String,
+    },
     /// The data directory was created for another cluster.
     #[error(
         "data directory {dir} belongs to cluster {found:?}, not {expected:?}; \

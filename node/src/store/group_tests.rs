@@ -72,6 +72,7 @@ impl Node {
             fs_arc,
             dir,
             Identity {
+                protocol: "raft".into(),
                 cluster_id: "group-test".into(),
                 node_id: id,
                 group_id: 0,
@@ -123,15 +124,19 @@ impl Node {
         if !self.raft.has_ready() {
             return false;
         }
-        let ready = self.raft.ready();
+        let ready = self.raft.ready().expect("ready");
         network.extend(ready.messages);
         if let Some(persist) = ready.persist {
-            if let Some(snapshot) = &persist.snapshot {
+            if let Some(snapshot) = &persist.write.snapshot {
                 // Restore the state machine before applying anything committed after it.
                 self.state = decode_state(&snapshot.data);
                 self.applied = snapshot.meta.index;
             }
-            let wal_index = self.raft.storage_mut().submit(&persist).expect("submit");
+            let wal_index = self
+                .raft
+                .storage_mut()
+                .submit(&persist.write)
+                .expect("submit");
             self.pending.push_back((wal_index, persist.token));
         }
         for entry in ready.committed {

@@ -1,4 +1,5 @@
-//! Durable Raft storage for one replication group: [`RaftStore`], on `storage-wal`.
+//! Durable storage for one replication group of any protocol: [`LogStore<H>`] (`H` = the
+//! protocol's durable state, e.g. Raft's `HardState`; [`RaftStore`] for Raft), on `storage-wal`.
 //!
 //! # On disk
 //! ```text
@@ -7,23 +8,25 @@
 //!   snapshot        latest snapshot (metadata + state-machine data, checksummed), replaced atomically
 //! ```
 //! The write-ahead log is a *redo log* of typed records in submission order (see `record`): an
-//! `Entry` record replaces stored entries from its index on (so a log-conflict truncation is just
-//! the first entry of the new suffix: no separate, blocking truncation), `HardState` records carry
-//! term / vote / commit, `InstallSnapshot` records say a leader's snapshot was installed. WAL
-//! indexes are sequence numbers of these records, unrelated to Raft indexes.
+//! `Entry` record stores one slot, a `Truncate` record cuts every entry from an index on (Raft's
+//! log conflict; never written by a Paxos acceptor), `HardState` records carry the protocol's
+//! durable state (postcard), `InstallSnapshot` records say a leader's snapshot was installed. WAL
+//! indexes are sequence numbers of these records, unrelated to log indexes. Slots may stay empty.
 //!
 //! The WAL's metadata record (atomically replaced by storage-wal) holds the directory's identity
-//! (cluster id, node id, group id: opening another's directory fails with
-//! [`StoreError::WrongCluster`] / [`StoreError::WrongMember`]) and the last *checkpoint*: the
+//! (protocol, cluster id, node id, group id: opening another's directory fails with
+//! [`StoreError::WrongProtocol`] / [`StoreError::WrongCluster`] / [`StoreError::WrongMember`])
+//! and the last *checkpoint*: the
 //! state as of the last local snapshot (snapshot metadata, first kept index, hard state) and the
 //! WAL index replay starts from.
 //!
 //! # Durability order
-//! One [`Persist`] becomes one `append_batch` of records in contract order: `InstallSnapshot`,
-//! then the entries, then `HardState`. storage-wal makes records durable as a prefix (one
+//! One [`Write`] becomes one `append_batch` of records in contract order: `InstallSnapshot`,
+//! `Truncate`, the entries, then `HardState`. storage-wal makes records durable as a prefix (one
 //! `fdatasync` covers every record appended before it), so **a hard state is never durable before
-//! the entries submitted with or before it**, and a truncation (an `Entry` record at a lower index)
-//! is durable in order with the appends around it. A crash leaves the state after some prefix of
+//! the entries submitted with or before it**, and a truncation is durable in order with the
+//! appends around it. A write with `sync == false` (Raft: only the commit index moved) asks the
+//! sync thread for nothing: it becomes durable with the next synced write. A crash leaves the state after some prefix of
 //! the records, which is always a state the log went through.
 //!
 //! A snapshot (installed from the leader, or saved locally) is written to its file only after every
@@ -32,24 +35,24 @@
 //! leader's snapshot blocks `submit` (rare); a local one is written off the caller's thread (below).
 //!
 //! # Writing without blocking
-//! [`RaftStore::submit`] validates the `Persist`, appends its records (no fsync), updates the
+//! [`LogStore::submit`] validates the `Write`, appends its records (no fsync), updates the
 //! in-memory view at once (the engine may read it immediately) and returns the WAL index of its
 //! last record. A background thread keeps calling `sync` while writes are pending and publishes the
 //! durable WAL index on a `tokio::sync::watch` channel ([`RaftStore::subscribe_durable`]); the
 //! driver confirms every token whose WAL index is `<=` it, in order. Several writes are in flight
 //! at once and one `fdatasync` covers all that arrived while the previous one ran (group commit).
-//! [`RaftStore::write`] is the blocking form (submit, then wait).
+//! [`LogStore::write`] is the blocking form (submit, then wait).
 //!
 //! # Reading
 //! All live entries are held in memory (`term()` / `entries()` never touch the disk); the disk is
 //! read only at open. Memory is bounded by the snapshot interval the driver chooses.
 //!
 //! # Snapshots and trailing entries
-//! [`RaftStore::save_snapshot`] writes the snapshot file, records a checkpoint and compacts the WAL
+//! [`LogStore::save_snapshot`] writes the snapshot file, records a checkpoint and compacts the WAL
 //! below the first kept entry. Its non-blocking form, for event loops, runs in stages:
-//! [`RaftStore::begin_snapshot`] (cheap, on the loop) gives a [`SnapshotJob`] whose
+//! [`LogStore::begin_snapshot`] (cheap, on the loop) gives a [`SnapshotJob`] whose
 //! [`write`](SnapshotJob::write) serialised data goes to the file on a blocking thread;
-//! [`RaftStore::finish_snapshot`] (cheap, on the loop) adopts it and gives a [`CheckpointJob`] whose
+//! [`LogStore::finish_snapshot`] (cheap, on the loop) adopts it and gives a [`CheckpointJob`] whose
 //! [`run`](CheckpointJob::run) waits for the records it covers to be durable, replaces the WAL's
 //! metadata and deletes whole segments below the first kept entry, again off the loop (appends
 //! continue meanwhile). Checkpoints only move forward; a crash between any two stages reopens to a
@@ -76,14 +79,14 @@ use std::sync::Arc;
 
 use bytes::Bytes;
 use consensus_core::{
-    ConfState, Entry, HardState, NodeId, Persist, Snapshot, SnapshotMeta, Storage, StorageError,
+    ConfState, DurableState, Entry, NodeId, Snapshot, SnapshotMeta, Storage, StorageError, Write,
 };
 use storage_wal::{FileSystem, RecoveryReport, StdFs, Wal};
 use tokio::sync::watch;
 
 pub use error::{Result, StoreError};
 
-use record::{MetaDecodeError, Record, RecordRef, StoreMeta};
+use record::{MetaDecodeError, MetaHead, Record, RecordRef, StoreMeta};
 use syncer::Syncer;
 use view::{Base, LogView, Stored};
 
@@ -93,6 +96,8 @@ pub const WAL_DIR: &str = "wal";
 /// Who a data directory belongs to; recorded at creation and checked at every open.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct Identity {
+    /// The replication protocol (`Consensus::NAME`: "raft", "multi-paxos").
+    pub protocol: String,
     /// The cluster's id (from its configuration), e.g. `"quorate-dev"`.
     pub cluster_id: String,
     /// This node's id in the group.
@@ -110,8 +115,8 @@ pub struct StoreOptions {
     /// 0 gives exactly `MemStorage`'s semantics. Default 1024.
     pub trailing_entries: u64,
     /// Run the background sync thread (default). Without it, writes become durable only through
-    /// [`RaftStore::sync`] / [`RaftStore::wait_durable`] (which also publish on
-    /// [`RaftStore::subscribe_durable`]), for drivers that sync on their own schedule.
+    /// [`LogStore::sync`] / [`LogStore::wait_durable`] (which also publish on
+    /// [`LogStore::subscribe_durable`]), for drivers that sync on their own schedule.
     pub background_sync: bool,
 }
 
@@ -128,7 +133,7 @@ impl Default for StoreOptions {
 /// How far writes are durable, as published by the background sync thread.
 #[derive(Debug, Clone, Default)]
 pub struct Durability {
-    /// Every write whose WAL index (returned by [`RaftStore::submit`]) is `<=` this is durable.
+    /// Every write whose WAL index (returned by [`LogStore::submit`]) is `<=` this is durable.
     pub index: u64,
     /// Set when a sync failed: nothing later will become durable; the store must be reopened.
     pub error: Option<Arc<StoreError>>,
@@ -159,59 +164,48 @@ pub struct StoreStats {
     pub syncs: u64,
 }
 
-/// Durable storage of one Raft group on disk, read by the engine through [`Storage`].
+/// Durable storage of one group on disk, read by the engine through [`Storage`]; `H` is the
+/// protocol's durable state.
 ///
-/// Owned by the engine (`Raft<RaftStore>`); the driver writes through
-/// `raft.storage_mut().submit(&persist)` and confirms the token once
-/// [`subscribe_durable`](Self::subscribe_durable) reports the returned WAL index durable.
+/// Owned by the engine (`Raft<RaftStore>`); the driver's replica loop writes through
+/// `storage.submit(&write)` and confirms the token once [`durable_index`](Self::durable_index)
+/// (or [`subscribe_durable`](Self::subscribe_durable)) reaches the returned WAL index.
 ///
 /// ```
-/// use std::collections::VecDeque;
-/// use consensus_core::{ConfState, Config, Consensus, Raft, Role, Storage};
+/// use consensus_core::{ConfState, Config, Consensus, Raft, Replica, Role, Storage};
 /// use node::store::{Identity, RaftStore, StoreOptions};
-/// use rand::SeedableRng;
 ///
 /// # fn main() -> Result<(), Box<dyn std::error::Error>> {
 /// let dir = tempfile::tempdir()?;
-/// let identity = Identity { cluster_id: "example".into(), node_id: 1, group_id: 0 };
-/// let store = RaftStore::open(dir.path(), identity, ConfState::with_voters([1]), StoreOptions::default())?;
-/// let rng = rand_chacha::ChaCha8Rng::seed_from_u64(1);
-/// let mut raft = Raft::new(Config::new(1), store, rng)?;
-/// let mut pending = VecDeque::new(); // (WAL index, token), in order
-/// while raft.role() != Role::Leader || !pending.is_empty() {
-///     raft.tick();
-///     while raft.has_ready() {
-///         let ready = raft.ready();
-///         if let Some(persist) = ready.persist {
-///             // Returns at once; the sync thread makes it durable (group commit).
-///             let wal_index = raft.storage_mut().submit(&persist)?;
-///             pending.push_back((wal_index, persist.token));
-///         }
-///     }
-///     // A real driver awaits `subscribe_durable()`; this one blocks.
-///     if let Some(&(oldest, _)) = pending.front() {
-///         let durable = raft.storage().wait_durable(oldest)?;
-///         while pending.front().is_some_and(|(w, _)| *w <= durable) {
-///             raft.persisted(pending.pop_front().unwrap().1)?;
-///         }
+/// let identity = || Identity { protocol: "raft".into(), cluster_id: "example".into(), node_id: 1, group_id: 0 };
+/// let store = RaftStore::open(dir.path(), identity(), ConfState::with_voters([1]), StoreOptions::default())?;
+/// let mut raft = Raft::new(Config::new(1), store, consensus_core::seeded_rng(1))?;
+/// raft.campaign()?;
+/// while raft.role() != Role::Leader || raft.has_ready() {
+///     let ready = raft.ready()?;
+///     if let Some(persist) = ready.persist {
+///         // Returns at once; the sync thread makes it durable (group commit).
+///         let wal_index = raft.storage_mut().submit(&persist.write)?;
+///         raft.storage().wait_durable(wal_index)?;
+///         raft.persisted(persist.token)?;
 ///     }
 /// }
 /// let term = raft.storage().hard_state().term;
 /// drop(raft);
 /// // The vote survives a restart.
-/// let identity = Identity { cluster_id: "example".into(), node_id: 1, group_id: 0 };
-/// let store = RaftStore::open(dir.path(), identity, ConfState::default(), StoreOptions::default())?;
+/// let store = RaftStore::open(dir.path(), identity(), ConfState::default(), StoreOptions::default())?;
 /// assert_eq!(store.hard_state().term, term);
 /// assert_eq!(store.hard_state().vote, 1);
+/// # let _ = Replica::new(Raft::new(Config::new(1), store, consensus_core::seeded_rng(1))?);
 /// # Ok(()) }
 /// ```
-pub struct RaftStore {
+pub struct LogStore<H> {
     fs: Arc<dyn FileSystem>,
     dir: PathBuf,
     identity: Identity,
     options: StoreOptions,
     wal: Arc<Wal>,
-    view: LogView,
+    view: LogView<H>,
     snapshot_data: Bytes,
     /// What the snapshot file and the checkpoint hold, shared with background jobs.
     files: Arc<parking_lot::Mutex<Files>>,
@@ -221,9 +215,9 @@ pub struct RaftStore {
     recovery: Recovery,
 }
 
-impl std::fmt::Debug for RaftStore {
+impl<H: DurableState> std::fmt::Debug for LogStore<H> {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        f.debug_struct("RaftStore")
+        f.debug_struct("LogStore")
             .field("dir", &self.dir)
             .field("identity", &self.identity)
             .field("first_index", &self.view.first)
@@ -237,12 +231,33 @@ impl std::fmt::Debug for RaftStore {
 /// Bytes read per call while replaying the log at open.
 const REPLAY_READ_BYTES: u64 = 8 << 20;
 
-impl RaftStore {
+/// The store of a Raft group.
+pub type RaftStore = LogStore<consensus_core::HardState>;
+
+/// Reads how far a store's writes are durable, from any task (the replica loop's host).
+#[derive(Clone)]
+pub struct DurableIndex(Arc<Wal>);
+
+impl DurableIndex {
+    /// Every write whose WAL index is `<=` this is durable now.
+    pub fn get(&self) -> u64 {
+        self.0.durable_index()
+    }
+}
+
+impl std::fmt::Debug for DurableIndex {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_tuple("DurableIndex").field(&self.get()).finish()
+    }
+}
+
+impl<H: DurableState> LogStore<H> {
     /// Opens the data directory `dir` for `identity`, creating it if needed (then the group starts
     /// from `bootstrap`, its initial members, as `MemStorage::new_with_conf` does; ignored for an
     /// existing directory), and recovers snapshot, entries and hard state.
     ///
-    /// Fails with [`StoreError::WrongCluster`] / [`StoreError::WrongMember`] for another's
+    /// Fails with [`StoreError::WrongProtocol`] / [`StoreError::WrongCluster`] /
+    /// [`StoreError::WrongMember`] for another's
     /// directory, [`StoreError::Wal`] (`WalError::Corrupt` naming the segment and offset) for a
     /// damaged log (a torn tail of the last segment is cut off and reported in
     /// [`Recovery::wal`]), and `WalError::Locked` if another process has it open.
@@ -251,7 +266,7 @@ impl RaftStore {
         identity: Identity,
         bootstrap: ConfState,
         options: StoreOptions,
-    ) -> Result<RaftStore> {
+    ) -> Result<Self> {
         Self::open_with_fs(Arc::new(StdFs), dir, identity, bootstrap, options)
     }
 
@@ -262,7 +277,7 @@ impl RaftStore {
         identity: Identity,
         bootstrap: ConfState,
         options: StoreOptions,
-    ) -> Result<RaftStore> {
+    ) -> Result<Self> {
         let dir = dir.as_ref().to_path_buf();
         fs.create_dir_all(&dir)
             .map_err(|e| StoreError::io("create directory", &dir, e))?;
@@ -274,7 +289,10 @@ impl RaftStore {
             ..Recovery::default()
         };
         let meta = match wal.metadata() {
-            Some(bytes) => decode_meta(&wal_dir, &bytes)?,
+            Some(bytes) => {
+                check_identity(&dir, &identity, &decode_head(&wal_dir, &bytes)?)?;
+                decode_meta(&wal_dir, &bytes)?
+            }
             None => {
                 if !wal.is_empty() || snapfile::exists(fs.as_ref(), &dir)? {
                     return Err(StoreError::Inconsistent {
@@ -293,7 +311,6 @@ impl RaftStore {
                 meta
             }
         };
-        check_identity(&dir, &identity, &meta)?;
         let snapshot_file = snapfile::read(fs.as_ref(), &dir)?;
         let (view, replayed) = replay(&dir, &wal, &meta)?;
         recovery.replayed_records = replayed;
@@ -302,7 +319,7 @@ impl RaftStore {
             // Complete the interrupted install: log it, or the entries written after it would
             // follow a gap at the next replay.
             let marker =
-                record::encode(&RecordRef::InstallSnapshot(&view.snapshot)).map_err(|e| {
+                record::encode::<H>(&RecordRef::InstallSnapshot(&view.snapshot)).map_err(|e| {
                     StoreError::BadRecord {
                         dir: wal_dir.clone(),
                         wal_index: wal.next_index(),
@@ -323,13 +340,12 @@ impl RaftStore {
             first_index = view.first,
             last_index = view.last_index(),
             snapshot_index = view.snapshot.index,
-            term = view.hard_state.term,
-            commit = view.hard_state.commit,
+            hard_state = ?view.hard_state,
             replayed,
             torn_tail = recovery.wal.torn_tail.is_some(),
-            "raft store opened"
+            "store opened"
         );
-        Ok(RaftStore {
+        Ok(LogStore {
             fs,
             dir,
             identity,
@@ -369,42 +385,31 @@ impl RaftStore {
         }
     }
 
-    /// Starts writing `persist` and returns the WAL index that must be durable before its token
-    /// is confirmed (for a `Persist` with nothing to write, the last index submitted so far, so
+    /// Starts writing `write` and returns the WAL index that must be durable before its token
+    /// is confirmed (for a write with nothing to write, the last index submitted so far, so
     /// tokens still complete in order).
     ///
     /// The in-memory view (what [`Storage`] returns) reflects the write when this returns. Entries
     /// and hard state do not wait for the disk; an installed snapshot does (see the module docs).
-    /// A `Persist` the log cannot take (a gap, non-contiguous entries, entries below the snapshot)
-    /// is refused with [`StoreError::Refused`] and nothing is written.
-    pub fn submit(&mut self, persist: &Persist) -> Result<u64> {
+    /// A write with `sync == false` does not wake the sync thread: the next synced write covers
+    /// it. A write the log cannot take (entries out of order, at or below the snapshot) is
+    /// refused with [`StoreError::Refused`] and nothing is written.
+    pub fn submit(&mut self, write: &Write<H>) -> Result<u64> {
         self.syncer.check()?;
-        let staged = match &persist.snapshot {
-            Some(snapshot) if snapshot.meta.index == u64::MAX => {
-                return Err(StoreError::Refused(StorageError::Inconsistent(
-                    "snapshot index u64::MAX leaves no room for a log".into(),
-                )));
-            }
-            Some(snapshot) => {
-                let mut staged = self.view.clone();
-                staged.install(&snapshot.meta);
-                staged
-                    .check_append(&persist.entries, true)
-                    .map_err(StoreError::Refused)?;
-                Some(staged)
-            }
-            None => {
-                self.view
-                    .check_append(&persist.entries, true)
-                    .map_err(StoreError::Refused)?;
-                None
-            }
-        };
+        self.view.check_write(write).map_err(StoreError::Refused)?;
+        let staged = write.snapshot.as_ref().map(|snapshot| {
+            let mut staged = self.view.clone();
+            staged.install(&snapshot.meta);
+            staged
+        });
+        let cuts = write
+            .truncate_from
+            .filter(|&from| staged.as_ref().unwrap_or(&self.view).truncation_cuts(from));
         // All records of the write are encoded into one reused buffer.
         let mut buf = std::mem::take(&mut self.encode_buf);
         buf.clear();
-        let mut ends = Vec::with_capacity(persist.entries.len() + 2);
-        let mut push = |record: RecordRef<'_>, buf: &mut Vec<u8>| -> Result<()> {
+        let mut ends = Vec::with_capacity(write.entries.len() + 3);
+        let mut push = |record: RecordRef<'_, H>, buf: &mut Vec<u8>| -> Result<()> {
             record::encode_into(&record, buf).map_err(|e| StoreError::BadRecord {
                 dir: self.dir.join(WAL_DIR),
                 wal_index: self.wal.next_index(),
@@ -413,20 +418,23 @@ impl RaftStore {
             ends.push(buf.len());
             Ok(())
         };
-        if let Some(snapshot) = &persist.snapshot {
+        if let Some(snapshot) = &write.snapshot {
             push(RecordRef::InstallSnapshot(&snapshot.meta), &mut buf)?;
         }
-        for entry in &persist.entries {
+        if let Some(from) = cuts {
+            push(RecordRef::Truncate(from), &mut buf)?;
+        }
+        for entry in &write.entries {
             push(RecordRef::Entry(entry), &mut buf)?;
         }
-        if let Some(hard_state) = &persist.hard_state {
+        if let Some(hard_state) = &write.hard_state {
             push(RecordRef::HardState(hard_state), &mut buf)?;
         }
         if ends.is_empty() {
             self.encode_buf = buf;
             return Ok(self.wal.last_index());
         }
-        if let Some(snapshot) = &persist.snapshot {
+        if let Some(snapshot) = &write.snapshot {
             // Everything submitted before must be durable before the file claims the snapshot.
             self.wal.sync()?;
             // A local snapshot job may have written a later state of the same committed log.
@@ -444,23 +452,31 @@ impl RaftStore {
         if let Some(staged) = staged {
             self.view = staged;
         }
-        let first_entry_wal = range.start + u64::from(persist.snapshot.is_some());
-        self.view
-            .append(persist.entries.iter().enumerate().map(|(i, entry)| Stored {
+        if let Some(from) = cuts {
+            self.view.truncate_from(from);
+        }
+        let first_entry_wal =
+            range.start + u64::from(write.snapshot.is_some()) + u64::from(cuts.is_some());
+        for (i, entry) in write.entries.iter().enumerate() {
+            let stored = Stored {
                 entry: entry.clone(),
                 wal_index: first_entry_wal + i as u64,
-            }));
-        if let Some(hard_state) = persist.hard_state {
-            self.view.hard_state = hard_state;
+            };
+            self.view.put(stored).map_err(StoreError::Refused)?;
+        }
+        if let Some(hard_state) = &write.hard_state {
+            self.view.hard_state = hard_state.clone();
         }
         let last = range.end - 1;
-        self.syncer.request(last);
+        if write.sync {
+            self.syncer.request(last);
+        }
         Ok(last)
     }
 
-    /// Writes `persist` and returns once it is durable (submit, then wait).
-    pub fn write(&mut self, persist: &Persist) -> Result<()> {
-        let index = self.submit(persist)?;
+    /// Writes `write` and returns once it is durable (submit, then wait), whatever its `sync`.
+    pub fn write(&mut self, write: &Write<H>) -> Result<()> {
+        let index = self.submit(write)?;
         self.wait_durable(index)?;
         Ok(())
     }
@@ -493,6 +509,11 @@ impl RaftStore {
     /// WAL index up to which writes are durable now.
     pub fn durable_index(&self) -> u64 {
         self.wal.durable_index()
+    }
+
+    /// A handle reading the durable WAL index from anywhere (cheap; no syscall).
+    pub fn durable_handle(&self) -> DurableIndex {
+        DurableIndex(self.wal.clone())
     }
 
     /// A channel on which the background sync thread publishes how far writes are durable
@@ -581,8 +602,8 @@ impl RaftStore {
         let checkpoint_end = self.wal.next_index();
         let replay_from = self
             .view
-            .get(self.view.first)
-            .map_or(checkpoint_end, |stored| stored.wal_index);
+            .oldest_record()
+            .map_or(checkpoint_end, |oldest| oldest.min(checkpoint_end));
         let store_meta = StoreMeta::new(
             &self.identity,
             replay_from,
@@ -726,9 +747,11 @@ impl CheckpointJob {
     }
 }
 
-impl Storage for RaftStore {
-    fn hard_state(&self) -> HardState {
-        self.view.hard_state
+impl<H: DurableState> Storage for LogStore<H> {
+    type HardState = H;
+
+    fn hard_state(&self) -> H {
+        self.view.hard_state.clone()
     }
 
     fn snapshot_meta(&self) -> SnapshotMeta {
@@ -771,12 +794,7 @@ impl Storage for RaftStore {
             return Err(StorageError::Unavailable(hi - 1));
         }
         let mut bytes = 0u64;
-        for (taken, stored) in self
-            .view
-            .entries
-            .range((lo - self.view.first) as usize..(hi - self.view.first) as usize)
-            .enumerate()
-        {
+        for (taken, stored) in self.view.range(lo, hi).enumerate() {
             bytes += stored.entry.payload_size();
             if bytes > max_bytes && taken > 0 {
                 break;
@@ -787,24 +805,32 @@ impl Storage for RaftStore {
     }
 }
 
-fn encode_meta(wal_dir: &Path, meta: &StoreMeta) -> Result<Vec<u8>> {
+fn encode_meta<H: DurableState>(wal_dir: &Path, meta: &StoreMeta<H>) -> Result<Vec<u8>> {
     meta.encode()
         .map_err(|e| StoreError::corrupt(wal_dir.join("meta"), format!("cannot encode: {e}")))
 }
 
-fn decode_meta(wal_dir: &Path, bytes: &[u8]) -> Result<StoreMeta> {
-    let path = wal_dir.join("meta");
-    let meta = StoreMeta::decode(bytes).map_err(|e| match e {
+fn meta_error(path: &Path, error: MetaDecodeError) -> StoreError {
+    match error {
         MetaDecodeError::NotStore => {
-            StoreError::corrupt(&path, "the log's metadata is not a Quorate store identity")
+            StoreError::corrupt(path, "the log's metadata is not a Quorate store identity")
         }
         MetaDecodeError::Version(found) => StoreError::UnsupportedVersion {
-            path: path.clone(),
+            path: path.to_path_buf(),
             found,
             supported: record::FORMAT_VERSION,
         },
-        MetaDecodeError::Bad(reason) => StoreError::corrupt(&path, reason),
-    })?;
+        MetaDecodeError::Bad(reason) => StoreError::corrupt(path, reason),
+    }
+}
+
+fn decode_head(wal_dir: &Path, bytes: &[u8]) -> Result<MetaHead> {
+    record::decode_head(bytes).map_err(|e| meta_error(&wal_dir.join("meta"), e))
+}
+
+fn decode_meta<H: DurableState>(wal_dir: &Path, bytes: &[u8]) -> Result<StoreMeta<H>> {
+    let path = wal_dir.join("meta");
+    let meta: StoreMeta<H> = StoreMeta::decode(bytes).map_err(|e| meta_error(&path, e))?;
     let base = &meta.base;
     if base.first == 0 || base.first > base.snapshot.index.saturating_add(1) {
         return Err(StoreError::corrupt(
@@ -818,7 +844,14 @@ fn decode_meta(wal_dir: &Path, bytes: &[u8]) -> Result<StoreMeta> {
     Ok(meta)
 }
 
-fn check_identity(dir: &Path, identity: &Identity, meta: &StoreMeta) -> Result<()> {
+fn check_identity(dir: &Path, identity: &Identity, meta: &MetaHead) -> Result<()> {
+    if meta.protocol != identity.protocol {
+        return Err(StoreError::WrongProtocol {
+            dir: dir.to_path_buf(),
+            expected: identity.protocol.clone(),
+            found: meta.protocol.clone(),
+        });
+    }
     if meta.cluster_id != identity.cluster_id {
         return Err(StoreError::WrongCluster {
             dir: dir.to_path_buf(),
@@ -841,7 +874,11 @@ fn check_identity(dir: &Path, identity: &Identity, meta: &StoreMeta) -> Result<(
 /// Rebuilds the view: the checkpoint's base, then the log's records from `replay_from`. Records
 /// before `checkpoint_end` predate the checkpoint: only their entries are replayed (the base
 /// already holds the hard state and snapshot of that time).
-fn replay(dir: &Path, wal: &Wal, meta: &StoreMeta) -> Result<(LogView, u64)> {
+fn replay<H: DurableState>(
+    dir: &Path,
+    wal: &Wal,
+    meta: &StoreMeta<H>,
+) -> Result<(LogView<H>, u64)> {
     let wal_dir = dir.join(WAL_DIR);
     let inconsistent = |reason: String| StoreError::Inconsistent {
         dir: dir.to_path_buf(),
@@ -867,7 +904,7 @@ fn replay(dir: &Path, wal: &Wal, meta: &StoreMeta) -> Result<(LogView, u64)> {
     let mut wal_index = meta.replay_from;
     while wal_index < end {
         for bytes in wal.read_range(wal_index..end, REPLAY_READ_BYTES)? {
-            let record = record::decode(&bytes).map_err(|e| StoreError::BadRecord {
+            let record = record::decode::<H>(&bytes).map_err(|e| StoreError::BadRecord {
                 dir: wal_dir.clone(),
                 wal_index,
                 reason: e.to_string(),
@@ -875,15 +912,12 @@ fn replay(dir: &Path, wal: &Wal, meta: &StoreMeta) -> Result<(LogView, u64)> {
             let before_checkpoint = wal_index < meta.checkpoint_end;
             match record {
                 Record::Entry(entry) => {
-                    view.check_append(std::slice::from_ref(&entry), false)
-                        .map_err(|e| {
-                            inconsistent(format!(
-                                "log record {wal_index}: entry {}: {e}",
-                                entry.index
-                            ))
-                        })?;
-                    view.append([Stored { entry, wal_index }]);
+                    let index = entry.index;
+                    view.put(Stored { entry, wal_index }).map_err(|e| {
+                        inconsistent(format!("log record {wal_index}: entry {index}: {e}"))
+                    })?;
                 }
+                Record::Truncate(from) => view.truncate_from(from),
                 Record::HardState(_) | Record::InstallSnapshot(_) if before_checkpoint => {}
                 Record::HardState(hard_state) => view.hard_state = hard_state,
                 Record::InstallSnapshot(snapshot) => view.install(&snapshot),
@@ -896,12 +930,12 @@ fn replay(dir: &Path, wal: &Wal, meta: &StoreMeta) -> Result<(LogView, u64)> {
 
 /// Checks the snapshot file against the replayed view; installs it if it is ahead (a crash
 /// between writing the file and logging it).
-fn reconcile_snapshot(
+fn reconcile_snapshot<H: DurableState>(
     dir: &Path,
-    mut view: LogView,
+    mut view: LogView<H>,
     file: Option<Snapshot>,
     recovery: &mut Recovery,
-) -> Result<(LogView, Bytes)> {
+) -> Result<(LogView<H>, Bytes)> {
     let inconsistent = |reason: String| StoreError::Inconsistent {
         dir: dir.to_path_buf(),
         reason,

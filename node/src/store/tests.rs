@@ -6,18 +6,22 @@ use std::sync::Arc;
 
 use bytes::Bytes;
 use consensus_core::{
-    ConfState, Config, Consensus, Entry, EntryPayload, HardState, MemStorage, Persist, Raft,
-    Snapshot, SnapshotMeta, Storage, StorageError,
+    ConfState, Entry, EntryPayload, HardState, MemStorage, Snapshot, SnapshotMeta, Storage,
+    StorageError, Write,
 };
 use rand::{Rng, SeedableRng};
 use rand_chacha::ChaCha8Rng;
 use storage_wal::WalError;
 
 use super::snapfile;
+
+/// The write shape the store takes, for Raft's durable state.
+type Persist = Write<HardState>;
 use super::*;
 
 fn identity(node_id: u64) -> Identity {
     Identity {
+        protocol: "raft".into(),
         cluster_id: "test-cluster".into(),
         node_id,
         group_id: 0,
@@ -46,21 +50,15 @@ fn open(dir: &Path, trailing: u64) -> RaftStore {
     .expect("open store")
 }
 
-/// A `Persist` to fill in: its token cannot be built outside the engine, so take one from a
-/// single-node group's first election and reuse it as a carrier of test writes.
+/// A write to fill in (a synced one, as Raft issues for entries and votes).
 fn carrier() -> Persist {
-    let storage = MemStorage::new_with_conf(ConfState::with_voters([1]));
-    let mut raft =
-        Raft::new(Config::new(1), storage, ChaCha8Rng::seed_from_u64(1)).expect("valid config");
-    for _ in 0..1000 {
-        raft.tick();
-        while raft.has_ready() {
-            if let Some(persist) = raft.ready().persist {
-                return persist;
-            }
-        }
+    Write {
+        snapshot: None,
+        truncate_from: None,
+        entries: Vec::new(),
+        hard_state: None,
+        sync: true,
     }
-    panic!("a single node elects itself within 1000 ticks");
 }
 
 /// A store in `dir` holding `entries` durably, and the carrier used to write them.
@@ -78,6 +76,11 @@ fn set(
     entries: Vec<Entry>,
     hard_state: Option<HardState>,
 ) {
+    // Raft's log rule: whatever follows the first new entry, or a snapshot, is replaced.
+    persist.truncate_from = match &snapshot {
+        Some(snapshot) => snapshot.meta.index.checked_add(1),
+        None => entries.first().map(|e| e.index),
+    };
     persist.snapshot = snapshot;
     persist.entries = entries;
     persist.hard_state = hard_state;
@@ -173,19 +176,14 @@ fn a_conflicting_append_replaces_the_suffix_durably() {
 }
 
 #[test]
-fn writes_that_would_leave_a_gap_or_rewrite_the_snapshot_are_refused() {
+fn writes_out_of_order_or_rewriting_the_snapshot_are_refused() {
     let dir = tempfile::tempdir().unwrap();
     let (mut store, mut persist) = store_with(dir.path(), vec![entry(1, 1, "a")]);
 
-    set(&mut persist, None, vec![entry(3, 1, "gap")], None);
-    assert!(matches!(
-        store.submit(&persist),
-        Err(StoreError::Refused(StorageError::Inconsistent(_)))
-    ));
     set(
         &mut persist,
         None,
-        vec![entry(2, 1, "b"), entry(4, 1, "d")],
+        vec![entry(3, 1, "c"), entry(2, 1, "b")],
         None,
     );
     assert!(matches!(
@@ -210,6 +208,85 @@ fn writes_that_would_leave_a_gap_or_rewrite_the_snapshot_are_refused() {
     let store = open(dir.path(), 0);
     assert_eq!((store.first_index(), store.last_index()), (2, 1));
     assert_eq!(store.snapshot().unwrap().data, Bytes::from("s"));
+}
+
+/// A Paxos acceptor stores single slots: holes stay holes across a reopen, reads skip them, the
+/// term of a hole is unavailable, and only an explicit truncation cuts anything.
+#[test]
+fn single_slots_leave_holes_that_survive_a_reopen() {
+    let dir = tempfile::tempdir().unwrap();
+    let (mut store, _) = store_with(dir.path(), vec![entry(1, 1, "a")]);
+    let slot = |entries: Vec<Entry>, truncate_from: Option<u64>| Write {
+        snapshot: None,
+        truncate_from,
+        entries,
+        hard_state: None,
+        sync: true,
+    };
+    store
+        .write(&slot(vec![entry(4, 2, "d"), entry(6, 2, "f")], None))
+        .unwrap();
+    store.write(&slot(vec![entry(3, 3, "c")], None)).unwrap();
+    let check = |store: &RaftStore| {
+        assert_eq!(store.last_index(), 6);
+        assert_eq!(store.term(2), Err(StorageError::Unavailable(2)));
+        assert_eq!(store.term(5), Err(StorageError::Unavailable(5)));
+        assert_eq!(store.term(3), Ok(3));
+        let mut out = Vec::new();
+        store.entries(1, 7, u64::MAX, &mut out).unwrap();
+        let indexes: Vec<u64> = out.iter().map(|e| e.index).collect();
+        assert_eq!(indexes, vec![1, 3, 4, 6]);
+    };
+    check(&store);
+    drop(store);
+    let mut store = open(dir.path(), 0);
+    check(&store);
+    // An entry alone replaces its slot, nothing after it; a truncation cuts.
+    store.write(&slot(vec![entry(4, 4, "d2")], None)).unwrap();
+    assert_eq!(store.last_index(), 6);
+    store.write(&slot(Vec::new(), Some(4))).unwrap();
+    assert_eq!(store.last_index(), 3);
+    drop(store);
+    let store = open(dir.path(), 0);
+    assert_eq!(store.last_index(), 3);
+    assert_eq!(store.term(3), Ok(3));
+}
+
+/// A write that need not be synced (a commit index that moved) does not cost an fdatasync of its
+/// own: it becomes durable with the next synced write.
+#[test]
+fn an_unsynced_write_rides_along_with_the_next_synced_one() {
+    let dir = tempfile::tempdir().unwrap();
+    let (mut store, mut persist) = store_with(dir.path(), vec![entry(1, 1, "a")]);
+    store.sync().unwrap();
+    // Let the sync thread finish the round it may still be in for the first write.
+    std::thread::sleep(std::time::Duration::from_millis(100));
+    let syncs = store.stats().syncs;
+    set(
+        &mut persist,
+        None,
+        Vec::new(),
+        Some(HardState {
+            term: 1,
+            vote: 1,
+            commit: 1,
+        }),
+    );
+    persist.sync = false;
+    let unsynced = store.submit(&persist).unwrap();
+    std::thread::sleep(std::time::Duration::from_millis(50));
+    assert_eq!(
+        store.stats().syncs,
+        syncs,
+        "no fdatasync for an unsynced write"
+    );
+    assert!(store.durable_index() < unsynced);
+    set(&mut persist, None, vec![entry(2, 1, "b")], None);
+    persist.sync = true;
+    let synced = store.submit(&persist).unwrap();
+    let durable = store.wait_durable(synced).unwrap();
+    assert!(durable >= unsynced);
+    assert_eq!(store.stats().syncs, syncs + 1, "one fdatasync covers both");
 }
 
 /// What a random step did: its description, and the WAL index of a write (`None` for a local
@@ -422,15 +499,27 @@ fn with_trailing_entries_random_runs_agree_with_mem_storage_from_its_first_index
 fn record_states(before: &MemStorage, write: &Persist, carrier: &mut Persist) -> Vec<MemStorage> {
     let mut states = Vec::new();
     let mut base = before.clone();
+    let only = |snapshot: Option<Snapshot>, truncate_from: Option<u64>, entries: &[Entry]| Write {
+        snapshot,
+        truncate_from,
+        entries: entries.to_vec(),
+        hard_state: None,
+        sync: true,
+    };
     if let Some(snapshot) = &write.snapshot {
-        set(carrier, Some(snapshot.clone()), Vec::new(), None);
-        base.write(carrier).unwrap();
+        base.write(&only(Some(snapshot.clone()), None, &[]))
+            .unwrap();
+        states.push(base.clone());
+    }
+    if let Some(from) = write.truncate_from {
+        base.write(&only(None, Some(from), &[])).unwrap();
         states.push(base.clone());
     }
     for end in 1..=write.entries.len() {
         let mut state = base.clone();
-        set(carrier, None, write.entries[..end].to_vec(), None);
-        state.write(carrier).unwrap();
+        state
+            .write(&only(None, None, &write.entries[..end]))
+            .unwrap();
         states.push(state);
     }
     if let Some(hard_state) = write.hard_state {
@@ -584,6 +673,32 @@ fn a_directory_of_another_cluster_or_node_is_refused() {
 }
 
 #[test]
+fn a_directory_created_for_another_protocol_is_refused_naming_both() {
+    let dir = tempfile::tempdir().unwrap();
+    drop(open(dir.path(), 0));
+    let paxos = Identity {
+        protocol: "multi-paxos".into(),
+        ..identity(1)
+    };
+    // Refused before the protocol-specific state is read: the error names both protocols.
+    let error = LogStore::<HardState>::open(dir.path(), paxos, ConfState::default(), options(0))
+        .expect_err("another protocol's directory must not open");
+    match &error {
+        StoreError::WrongProtocol {
+            expected, found, ..
+        } => assert_eq!((expected.as_str(), found.as_str()), ("multi-paxos", "raft")),
+        other => panic!("expected WrongProtocol, got {other:?}"),
+    }
+    let message = error.to_string();
+    assert!(
+        message.contains("\"raft\"") && message.contains("\"multi-paxos\""),
+        "{message}"
+    );
+    // The directory itself is untouched and still opens as Raft.
+    drop(open(dir.path(), 0));
+}
+
+#[test]
 fn a_second_open_of_the_same_directory_is_refused() {
     let dir = tempfile::tempdir().unwrap();
     let _store = open(dir.path(), 0);
@@ -730,7 +845,6 @@ fn a_snapshot_file_written_before_a_crash_lost_its_record_is_installed() {
     assert!(store.recovery().snapshot_file_ahead);
     assert_eq!(store.snapshot_meta(), snapshot.meta);
     assert_eq!((store.first_index(), store.last_index()), (6, 5));
-    assert_eq!(store.hard_state().commit, 5);
     assert_eq!(store.snapshot().unwrap().data, snapshot.data);
     // Recovery logged the install: entries after it replay without a gap.
     let mut store = store;

@@ -1,16 +1,18 @@
 //! The in-memory view of one group's durable-or-submitted state: the latest snapshot's metadata,
-//! the live entries (each with the log record that holds it) and the hard state.
+//! the live entries (each with the log record that holds it) and the protocol's hard state.
 //!
-//! The same operations serve [`RaftStore::submit`](super::RaftStore::submit) and replay at open,
-//! so what is read back after a restart follows the rules that built it.
+//! The same operations serve [`LogStore::submit`](super::LogStore::submit) and replay at open,
+//! so what is read back after a restart follows the rules that built it. They are
+//! `consensus_core::MemStorage`'s rules: a truncation cuts from an index on (never at or below the
+//! snapshot), an entry replaces whatever its slot held, a snapshot drops the entries at or below
+//! its index and keeps those above. Slots may be empty (a Paxos acceptor stores single slots).
 //!
-//! Invariants: `entries[i].index == first + i`; `first - 1 <= snapshot.index <= last_index()`
-//! unless the log was reset by an installed snapshot (then `first == snapshot.index + 1`); the
-//! term of `first - 1` is `prev_term`.
+//! Invariants: `slots[i]` holds the entry at index `first + i` or nothing, and the last slot holds
+//! an entry; `first - 1 <= snapshot.index`; the term of `first - 1` is `prev_term`.
 
 use std::collections::VecDeque;
 
-use consensus_core::{ConfState, Entry, HardState, SnapshotMeta, StorageError};
+use consensus_core::{ConfState, DurableState, Entry, SnapshotMeta, StorageError, Write};
 
 /// One live entry and the index of the log record it was written in.
 #[derive(Debug, Clone)]
@@ -21,7 +23,8 @@ pub(crate) struct Stored {
 
 /// What a new log starts from, also the checkpoint recorded at each compaction.
 #[derive(Debug, Clone, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
-pub(crate) struct Base {
+#[serde(bound = "H: DurableState")]
+pub(crate) struct Base<H> {
     /// Latest snapshot's metadata.
     pub(crate) snapshot: SnapshotMeta,
     /// Index of the first entry kept (one past the compaction point).
@@ -29,10 +32,10 @@ pub(crate) struct Base {
     /// Term of the entry at `first - 1`.
     pub(crate) prev_term: u64,
     /// Hard state as of the checkpoint.
-    pub(crate) hard_state: HardState,
+    pub(crate) hard_state: H,
 }
 
-impl Base {
+impl<H: DurableState> Base<H> {
     pub(crate) fn bootstrap(conf_state: ConfState) -> Self {
         Base {
             snapshot: SnapshotMeta {
@@ -42,42 +45,42 @@ impl Base {
             },
             first: 1,
             prev_term: 0,
-            hard_state: HardState::default(),
+            hard_state: H::default(),
         }
     }
 }
 
 #[derive(Debug, Clone)]
-pub(crate) struct LogView {
+pub(crate) struct LogView<H> {
     pub(crate) snapshot: SnapshotMeta,
     pub(crate) first: u64,
     pub(crate) prev_term: u64,
-    pub(crate) entries: VecDeque<Stored>,
-    pub(crate) hard_state: HardState,
+    pub(crate) slots: VecDeque<Option<Stored>>,
+    pub(crate) hard_state: H,
 }
 
-impl LogView {
-    pub(crate) fn from_base(base: Base) -> Self {
+impl<H: DurableState> LogView<H> {
+    pub(crate) fn from_base(base: Base<H>) -> Self {
         LogView {
             snapshot: base.snapshot,
             first: base.first,
             prev_term: base.prev_term,
-            entries: VecDeque::new(),
+            slots: VecDeque::new(),
             hard_state: base.hard_state,
         }
     }
 
-    pub(crate) fn base(&self) -> Base {
+    pub(crate) fn base(&self) -> Base<H> {
         Base {
             snapshot: self.snapshot.clone(),
             first: self.first,
             prev_term: self.prev_term,
-            hard_state: self.hard_state,
+            hard_state: self.hard_state.clone(),
         }
     }
 
     pub(crate) fn last_index(&self) -> u64 {
-        self.first + self.entries.len() as u64 - 1
+        (self.first + self.slots.len() as u64 - 1).max(self.snapshot.index)
     }
 
     pub(crate) fn term(&self, index: u64) -> Result<u64, StorageError> {
@@ -87,7 +90,7 @@ impl LogView {
         if index < self.first {
             return Err(StorageError::Compacted(index));
         }
-        match self.entries.get((index - self.first) as usize) {
+        match self.get(index) {
             Some(stored) => Ok(stored.entry.term),
             None => Err(StorageError::Unavailable(index)),
         }
@@ -96,71 +99,95 @@ impl LogView {
     pub(crate) fn get(&self, index: u64) -> Option<&Stored> {
         index
             .checked_sub(self.first)
-            .and_then(|offset| self.entries.get(offset as usize))
+            .and_then(|offset| self.slots.get(offset as usize))
+            .and_then(Option::as_ref)
     }
 
-    /// Checks that `entries` may be appended (replacing the suffix from their first index) without
-    /// changing anything. `strict` also refuses to overwrite entries covered by the snapshot.
-    pub(crate) fn check_append(&self, entries: &[Entry], strict: bool) -> Result<(), StorageError> {
-        let Some(head) = entries.first() else {
-            return Ok(());
+    /// The stored entries with index in `lo..hi`, in index order (empty slots skipped).
+    pub(crate) fn range(&self, lo: u64, hi: u64) -> impl Iterator<Item = &Stored> + '_ {
+        let len = self.slots.len() as u64;
+        let start = lo.saturating_sub(self.first).min(len) as usize;
+        let end = hi.saturating_sub(self.first).min(len) as usize;
+        self.slots.range(start..end.max(start)).flatten()
+    }
+
+    /// The lowest log record holding a live entry (replay must start there or earlier).
+    pub(crate) fn oldest_record(&self) -> Option<u64> {
+        self.slots.iter().flatten().map(|s| s.wal_index).min()
+    }
+
+    /// Checks that `write` may be applied without changing anything: entries in ascending index
+    /// order and none at or below the snapshot (after the write's own snapshot, if any).
+    pub(crate) fn check_write(&self, write: &Write<H>) -> Result<(), StorageError> {
+        let snapshot_index = match &write.snapshot {
+            Some(snapshot) if snapshot.meta.index == u64::MAX => {
+                return Err(StorageError::Inconsistent(
+                    "snapshot index u64::MAX leaves no room for a log".into(),
+                ));
+            }
+            Some(snapshot) => snapshot.meta.index.max(self.snapshot.index),
+            None => self.snapshot.index,
         };
-        let floor = if strict {
-            self.first.max(self.snapshot.index + 1)
-        } else {
-            self.first
-        };
-        if head.index < floor {
-            return Err(StorageError::Compacted(head.index));
-        }
-        if head.index > self.last_index() + 1 {
-            return Err(StorageError::Inconsistent(format!(
-                "append at {} leaves a gap after last index {}",
-                head.index,
-                self.last_index()
-            )));
-        }
-        for (offset, entry) in entries.iter().enumerate() {
-            if entry.index != head.index + offset as u64 {
+        let floor = self.first.max(snapshot_index + 1);
+        let mut previous = None;
+        for entry in &write.entries {
+            if entry.index < floor {
+                return Err(StorageError::Compacted(entry.index));
+            }
+            if previous.is_some_and(|p| entry.index <= p) {
                 return Err(StorageError::Inconsistent(format!(
-                    "entries are not contiguous: index {} follows {}",
+                    "entries are not in ascending order: index {} follows {}",
                     entry.index,
-                    head.index + offset as u64 - 1
+                    previous.unwrap_or_default()
                 )));
             }
+            previous = Some(entry.index);
         }
         Ok(())
     }
 
-    /// Replaces the suffix from `entries[0].index` by `entries`; the caller checked it.
-    pub(crate) fn append(&mut self, entries: impl IntoIterator<Item = Stored>) {
-        let mut entries = entries.into_iter().peekable();
-        let Some(head) = entries.peek() else {
-            return;
-        };
-        let keep = (head.entry.index - self.first) as usize;
-        debug_assert!(keep <= self.entries.len(), "checked by check_append");
-        self.entries.truncate(keep);
-        self.entries.extend(entries);
+    /// Whether a truncation from `from` would cut any stored entry.
+    pub(crate) fn truncation_cuts(&self, from: u64) -> bool {
+        let from = from.max(self.snapshot.index + 1).max(self.first);
+        from < self.first + self.slots.len() as u64
     }
 
-    /// A snapshot from the leader (as `MemStorage` installs it): entries after it survive only if
-    /// the log holds the snapshot's last entry with the same term.
+    /// Discards every entry at an index `>= from`, never at or below the snapshot.
+    pub(crate) fn truncate_from(&mut self, from: u64) {
+        let from = from.max(self.snapshot.index + 1).max(self.first);
+        self.slots.truncate((from - self.first) as usize);
+        self.trim();
+    }
+
+    /// Stores `stored` at its index, replacing what the slot held. `Err` for an index below the
+    /// first kept one (the caller checked writes; replay reports it as inconsistent).
+    pub(crate) fn put(&mut self, stored: Stored) -> Result<(), StorageError> {
+        let index = stored.entry.index;
+        if index < self.first {
+            return Err(StorageError::Compacted(index));
+        }
+        let at = (index - self.first) as usize;
+        if at >= self.slots.len() {
+            self.slots.resize(at + 1, None);
+        }
+        self.slots[at] = Some(stored);
+        Ok(())
+    }
+
+    /// A snapshot from the leader (as `MemStorage` installs it): entries at or below its index are
+    /// dropped, those above are kept (a write that should cut them says so with `truncate_from`).
+    /// An older snapshot than the current one changes nothing.
     pub(crate) fn install(&mut self, meta: &SnapshotMeta) {
         let index = meta.index;
-        let keep = index <= self.last_index() && self.term(index).ok() == Some(meta.term);
-        if keep {
-            let drop = (index + 1).saturating_sub(self.first) as usize;
-            self.entries.drain(..drop.min(self.entries.len()));
-        } else {
-            self.entries.clear();
+        if index < self.snapshot.index {
+            return;
         }
+        let drop = (index + 1).saturating_sub(self.first) as usize;
+        self.slots.drain(..drop.min(self.slots.len()));
         self.first = index + 1;
         self.prev_term = meta.term;
         self.snapshot = meta.clone();
-        if self.hard_state.commit < index {
-            self.hard_state.commit = index;
-        }
+        self.trim();
     }
 
     /// A local snapshot at `index` (stored): record it and drop entries below
@@ -171,13 +198,22 @@ impl LogView {
         conf_state: ConfState,
         trailing: u64,
     ) -> Result<SnapshotMeta, StorageError> {
-        if index > self.last_index() {
-            return Err(StorageError::Unavailable(index));
-        }
-        let term = self.term(index)?;
-        let new_first = (index + 1).saturating_sub(trailing).max(self.first);
-        let prev_term = self.term(new_first - 1)?;
-        self.entries.drain(..(new_first - self.first) as usize);
+        let term = match self.get(index) {
+            Some(stored) => stored.entry.term,
+            None if index > self.last_index() => return Err(StorageError::Unavailable(index)),
+            None => self.term(index)?,
+        };
+        let mut new_first = (index + 1).saturating_sub(trailing).max(self.first);
+        // The entry before the first kept one must have a known term: skip empty slots.
+        let prev_term = loop {
+            match self.term(new_first - 1) {
+                Ok(term) => break term,
+                Err(_) if new_first <= index => new_first += 1,
+                Err(error) => return Err(error),
+            }
+        };
+        let drop = ((new_first - self.first) as usize).min(self.slots.len());
+        self.slots.drain(..drop);
         self.first = new_first;
         self.prev_term = prev_term;
         self.snapshot = SnapshotMeta {
@@ -185,6 +221,14 @@ impl LogView {
             term,
             conf_state,
         };
+        self.trim();
         Ok(self.snapshot.clone())
+    }
+
+    /// Keeps the invariant that the last slot holds an entry.
+    fn trim(&mut self) {
+        while matches!(self.slots.back(), Some(None)) {
+            self.slots.pop_back();
+        }
     }
 }

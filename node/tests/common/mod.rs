@@ -268,6 +268,8 @@ impl ProcCluster {
             .arg("--timeout")
             .arg("10s")
             .args(args)
+            // The CLI's leader hint cache stays inside this cluster's folder.
+            .env("XDG_CACHE_HOME", self.root().join("cache"))
             .stdin(Stdio::null())
             .output()
             .expect("run quorate");

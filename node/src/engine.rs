@@ -1,0 +1,147 @@
+//! Building a group's protocol engine: one small constructor per protocol, chosen by
+//! `protocol = "raft" | "multi-paxos"` in the configuration. Everything after construction is
+//! generic (the group's [`Driver`] runs any [`Consensus`] engine on a [`LogStore`]).
+//!
+//! Adding a protocol: a variant of [`Protocol`], a `build_*` function returning its engine on a
+//! `LogStore<ItsHardState>`, and one arm in [`open`].
+
+use std::sync::Arc;
+use std::time::{SystemTime, UNIX_EPOCH};
+
+use consensus_core::{ConfState, DurableState, Raft, ReadMode, Storage};
+use net_quic::{Endpoint, Receivers};
+use tokio::sync::watch;
+use tokio::task::JoinHandle;
+use tracing::Instrument;
+
+use crate::config::{Protocol, ReadModeSetting, ServeConfig};
+use crate::group::{Driver, Engine};
+use crate::kv::KvStore;
+use crate::proto::Quorate;
+use crate::server::ServeError;
+use crate::store::{Identity, LogStore, RaftStore, StoreOptions};
+
+/// Starts the opened group's driver on the bound endpoint.
+pub(crate) type Start = Box<
+    dyn FnOnce(
+            Endpoint<Quorate>,
+            Receivers<Quorate>,
+            watch::Receiver<bool>,
+        ) -> JoinHandle<Result<(), ServeError>>
+        + Send,
+>;
+
+/// A group whose store is open and whose engine is built, ready to run.
+pub(crate) struct Opened {
+    /// Index of the snapshot the state machine was restored from.
+    pub(crate) snapshot_index: u64,
+    /// Keys in the restored state machine.
+    pub(crate) keys: usize,
+    /// Spawns the driver.
+    pub(crate) start: Start,
+}
+
+/// Opens the data directory under the configured protocol and builds its engine.
+pub(crate) async fn open(config: &Arc<ServeConfig>) -> Result<Opened, ServeError> {
+    match config.protocol {
+        Protocol::Raft => {
+            let store: RaftStore = open_store(config).await?;
+            let (kv, applied) = restore(config, &store)?;
+            let engine = build_raft(config, store, applied)?;
+            Ok(opened(config, engine, kv))
+        }
+        Protocol::MultiPaxos => Err(ServeError::ProtocolNotBuilt {
+            protocol: Protocol::MultiPaxos.name(),
+        }),
+    }
+}
+
+fn build_raft(
+    config: &ServeConfig,
+    store: RaftStore,
+    applied: u64,
+) -> Result<Raft<RaftStore>, ServeError> {
+    let mut raft_config = consensus_core::Config::new(config.node_id);
+    raft_config.election_tick = config.raft.election_ticks;
+    raft_config.heartbeat_tick = config.raft.heartbeat_ticks;
+    raft_config.read_mode = match config.raft.read_mode {
+        ReadModeSetting::ReadIndex => ReadMode::Safe,
+        ReadModeSetting::Lease => ReadMode::LeaseBased,
+    };
+    raft_config.max_inflight = config.raft.max_inflight;
+    raft_config.max_msg_bytes = config.raft.max_msg_bytes;
+    raft_config.max_uncommitted_bytes = config.raft.max_uncommitted_bytes;
+    raft_config.applied = applied;
+    Ok(Raft::new(
+        raft_config,
+        store,
+        consensus_core::seeded_rng(seed(config)),
+    )?)
+}
+
+/// Election jitter differs per process and per node.
+fn seed(config: &ServeConfig) -> u64 {
+    SystemTime::now()
+        .duration_since(UNIX_EPOCH)
+        .map(|d| d.as_nanos() as u64)
+        .unwrap_or(0)
+        ^ config.node_id.rotate_left(32)
+}
+
+/// Opens (or bootstraps from `[[members]]`) the data directory, refusing one recorded for
+/// another protocol, cluster or node.
+async fn open_store<H: DurableState>(config: &Arc<ServeConfig>) -> Result<LogStore<H>, ServeError> {
+    let bootstrap = if config.join {
+        ConfState::default()
+    } else {
+        ConfState::with_voters(config.members.iter().map(|m| m.id))
+    };
+    let identity = Identity {
+        protocol: config.protocol.name().to_string(),
+        cluster_id: config.cluster.clone(),
+        node_id: config.node_id,
+        group_id: 0,
+    };
+    let data_dir = config.data_dir.clone();
+    let options = StoreOptions {
+        trailing_entries: config.snapshot.trailing_entries,
+        ..StoreOptions::default()
+    };
+    let store = tokio::task::spawn_blocking(move || {
+        LogStore::open(&data_dir, identity, bootstrap, options)
+    })
+    .await
+    .map_err(|e| ServeError::Stopped(format!("opening the store: {e}")))??;
+    Ok(store)
+}
+
+/// The state machine as of the store's snapshot, and the index it stands at.
+fn restore<H: DurableState>(
+    config: &ServeConfig,
+    store: &LogStore<H>,
+) -> Result<(KvStore, u64), ServeError> {
+    let snapshot = store
+        .snapshot()
+        .map_err(|e| ServeError::Consensus(consensus_core::Error::Storage(e)))?;
+    let kv = KvStore::restore(&snapshot.data, config.limits.max_sessions)?;
+    Ok((kv, snapshot.meta.index))
+}
+
+fn opened<C: Engine>(config: &Arc<ServeConfig>, engine: C, kv: KvStore) -> Opened
+where
+    C::Message: Send,
+{
+    debug_assert_eq!(C::NAME, config.protocol.name());
+    let snapshot_index = engine.storage().snapshot_meta().index;
+    let keys = kv.len();
+    let config = config.clone();
+    Opened {
+        snapshot_index,
+        keys,
+        start: Box::new(move |endpoint, receivers, shutdown_rx| {
+            let span = tracing::info_span!("group", node = config.node_id, group = 0);
+            let driver = Driver::new(config, engine, kv, endpoint, receivers, shutdown_rx);
+            tokio::spawn(driver.run().instrument(span))
+        }),
+    }
+}

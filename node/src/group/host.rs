@@ -1,0 +1,261 @@
+//! [`GroupHost`]: what the replica loop ([`consensus_core::Replica`]) needs from this node — the
+//! network (the QUIC endpoint), the disk (the group's [`LogStore`]) and the state machine (the
+//! [`KvService`]) — for any protocol.
+
+use std::collections::BTreeMap;
+use std::net::SocketAddr;
+use std::sync::Arc;
+
+use consensus_core::{
+    Consensus, Entry, EntryPayload, Envelope, Host, ReadState, Role, Snapshot, SoftState, Write,
+};
+use net_quic::{Endpoint, NodeId as NetNodeId};
+use tokio::time::Instant;
+use tracing::{debug, info, warn};
+
+use crate::config::ServeConfig;
+use crate::kv::KvStore;
+use crate::proto::{Consistency, PeerMessage, Quorate, ReadOp, Responder, ServerError, WriteOp};
+use crate::server::ServeError;
+use crate::store::DurableIndex;
+
+use super::admin::AdminWaits;
+use super::kv_service::KvService;
+use super::Engine;
+
+/// The world around one group's protocol instance.
+pub(crate) struct GroupHost {
+    id: u64,
+    group: u64,
+    endpoint: Endpoint<Quorate>,
+    durable: DurableIndex,
+    pub(crate) kv: KvService,
+    pub(crate) admin: AdminWaits,
+    /// The role and leader as the engine last reported them.
+    pub(crate) soft: SoftState,
+    /// Addresses of members: the configured ones, then those recorded through the log.
+    pub(crate) addrs: BTreeMap<u64, SocketAddr>,
+}
+
+impl GroupHost {
+    pub(crate) fn new(
+        config: Arc<ServeConfig>,
+        endpoint: Endpoint<Quorate>,
+        durable: DurableIndex,
+        kv: KvStore,
+        applied: u64,
+    ) -> Self {
+        let mut addrs: BTreeMap<u64, SocketAddr> =
+            config.members.iter().map(|m| (m.id, m.addr)).collect();
+        addrs.extend(kv.member_addrs().iter().map(|(&id, &addr)| (id, addr)));
+        let mut host = GroupHost {
+            id: config.node_id,
+            group: 0,
+            endpoint,
+            durable,
+            kv: KvService::new(config, kv, applied),
+            admin: AdminWaits::default(),
+            soft: SoftState {
+                leader: None,
+                role: Role::Follower,
+            },
+            addrs: BTreeMap::new(),
+        };
+        for (id, addr) in addrs {
+            host.learn_addr(id, addr);
+        }
+        host
+    }
+
+    pub(crate) fn group(&self) -> u64 {
+        self.group
+    }
+
+    pub(crate) fn endpoint(&self) -> &Endpoint<Quorate> {
+        &self.endpoint
+    }
+
+    /// Records where member `id` listens (and tells the endpoint).
+    pub(crate) fn learn_addr(&mut self, id: u64, addr: SocketAddr) {
+        self.addrs.insert(id, addr);
+        if id != self.id {
+            self.endpoint.set_peer_addr(NetNodeId(id), addr);
+        }
+    }
+
+    /// What a follower answers a leader-only request with.
+    pub(crate) fn not_leader(&self) -> ServerError {
+        not_leader(self.id, self.soft.leader, &self.addrs)
+    }
+
+    fn leader_check(&self) -> Result<(), ServerError> {
+        if self.soft.role == Role::Leader {
+            Ok(())
+        } else {
+            Err(self.not_leader())
+        }
+    }
+
+    pub(crate) fn handle_write<C: Consensus>(
+        &mut self,
+        engine: &mut C,
+        session: crate::proto::Session,
+        op: WriteOp,
+        responder: Responder,
+    ) {
+        let leader = self.leader_check();
+        self.kv.write(engine, leader, session, op, responder);
+    }
+
+    pub(crate) fn handle_read(
+        &mut self,
+        consistency: Consistency,
+        op: ReadOp,
+        responder: Responder,
+    ) {
+        self.kv.read(consistency, op, responder);
+    }
+
+    pub(crate) fn flush_proposals<C: Consensus>(&mut self, engine: &mut C) {
+        let (id, leader, addrs) = (self.id, self.soft.leader, &self.addrs);
+        self.kv
+            .flush_proposals(engine, || not_leader(id, leader, addrs));
+    }
+
+    pub(crate) fn flush_reads<C: Consensus>(&mut self, engine: &mut C) {
+        let (id, leader, addrs) = (self.id, self.soft.leader, &self.addrs);
+        self.kv
+            .flush_reads(engine, || not_leader(id, leader, addrs));
+    }
+
+    /// Times out requests that waited too long.
+    pub(crate) fn expire(&mut self, now: Instant) {
+        self.kv.expire(now);
+        self.admin.expire(now);
+    }
+
+    /// Answers everything still waiting with `error`.
+    pub(crate) fn fail_all(&mut self, error: ServerError) {
+        self.kv.fail_all(error.clone());
+        self.admin.fail_all(error);
+    }
+
+    fn send_message<M: Envelope + serde::Serialize>(&self, message: M) {
+        let to = NetNodeId(message.to());
+        let envelope = match PeerMessage::encode(self.group, &message) {
+            Ok(envelope) => envelope,
+            Err(error) => {
+                warn!(node = self.id, %to, %error, "message does not encode");
+                return;
+            }
+        };
+        if envelope.bulk {
+            // A snapshot travels on its own stream, so small messages do not queue behind it.
+            let endpoint = self.endpoint.clone();
+            let node = self.id;
+            tokio::spawn(async move {
+                if let Err(error) = endpoint.send_bulk(to, &envelope).await {
+                    warn!(node, %to, %error, "snapshot not sent");
+                }
+            });
+        } else if let Err(error) = self.endpoint.send(to, &envelope) {
+            debug!(node = self.id, %to, %error, "message not sent");
+        }
+    }
+}
+
+pub(crate) fn not_leader(
+    id: u64,
+    leader: Option<u64>,
+    addrs: &BTreeMap<u64, SocketAddr>,
+) -> ServerError {
+    match leader {
+        Some(leader) if leader != id => ServerError::NotLeader {
+            leader: Some(leader),
+            leader_addr: addrs.get(&leader).copied(),
+        },
+        _ => ServerError::NoLeader,
+    }
+}
+
+impl<C: Engine> Host<C> for GroupHost {
+    type Error = ServeError;
+
+    fn send(&mut self, message: C::Message) -> Result<(), ServeError> {
+        self.send_message(message);
+        Ok(())
+    }
+
+    fn submit(
+        &mut self,
+        storage: &mut C::Storage,
+        write: &Write<C::HardState>,
+    ) -> Result<u64, ServeError> {
+        Ok(C::as_store(storage).submit(write)?)
+    }
+
+    fn durable(&self) -> u64 {
+        self.durable.get()
+    }
+
+    fn install_snapshot(&mut self, snapshot: &Snapshot) -> Result<(), ServeError> {
+        self.kv.install(snapshot)?;
+        let addrs: Vec<(u64, SocketAddr)> = self
+            .kv
+            .store()
+            .member_addrs()
+            .iter()
+            .map(|(&id, &addr)| (id, addr))
+            .collect();
+        for (id, addr) in addrs {
+            self.learn_addr(id, addr);
+        }
+        self.admin.snapshot_installed(snapshot.meta.index);
+        info!(
+            node = self.id,
+            index = snapshot.meta.index,
+            keys = self.kv.store().len(),
+            "installed snapshot from the leader"
+        );
+        Ok(())
+    }
+
+    fn apply(&mut self, entries: Vec<Entry>) -> Result<(), ServeError> {
+        for entry in entries {
+            let index = entry.index;
+            match &entry.payload {
+                EntryPayload::Data(data) => {
+                    for (id, addr) in self.kv.apply_data(index, data)? {
+                        self.learn_addr(id, addr);
+                    }
+                }
+                EntryPayload::Noop => self.kv.apply_other(index),
+                EntryPayload::ConfChange(change) => {
+                    info!(node = self.id, index, ?change, "membership change applied");
+                    self.kv.apply_other(index);
+                }
+            }
+            self.admin.applied(&entry);
+        }
+        self.kv.serve_ready_reads();
+        Ok(())
+    }
+
+    fn reads(&mut self, reads: Vec<ReadState>) -> Result<(), ServeError> {
+        self.kv.ordered(reads);
+        Ok(())
+    }
+
+    fn soft_state(&mut self, soft: SoftState) {
+        let was_leader = self.soft.role == Role::Leader;
+        if soft != self.soft {
+            info!(node = self.id, leader = ?soft.leader, role = ?soft.role, "role change");
+        }
+        self.soft = soft;
+        if was_leader && soft.role != Role::Leader {
+            self.kv.fail_writes(ServerError::LeaderChanged);
+            self.admin.leadership_lost();
+        }
+        self.admin.leader_changed(soft.leader);
+    }
+}

@@ -1,0 +1,311 @@
+//! One replication group on this node, for any protocol: the event loop around the one replica
+//! loop of `consensus-core` ([`consensus_core::Replica`]).
+//!
+//! - [`host`]: [`host::GroupHost`], the `Host` the replica loop drives — sends through the
+//!   endpoint (snapshots on the bulk stream), submits writes to the store, reports the store's
+//!   durable index, installs snapshots into and applies entries to the KV service.
+//! - [`kv_service`]: client writes (validated, batched into one proposal, answered when applied,
+//!   lost proposals detected by payload), reads (ReadIndex, stale) and the state machine.
+//! - [`admin`]: membership changes, leader transfer, status.
+//! - [`snapshot`]: local snapshots written and checkpointed off the loop.
+//!
+//! # The loop
+//! Each iteration waits for one event (a peer message, a client request, a durability report from
+//! the store's sync thread, a tick, shutdown), drains what else is queued (bounded), flushes the
+//! batched proposal and reads, then calls [`Replica::drive`]: send → persist → confirm → apply,
+//! with the persistence contract kept by the replica loop (held votes/acks leave only once their
+//! write is durable).
+//!
+//! # Requests on followers
+//! Writes and membership changes are answered with `NotLeader` (leader id and address) so the
+//! client redirects; reads are served locally after a ReadIndex round through the leader.
+
+mod admin;
+mod host;
+mod kv_service;
+mod snapshot;
+
+use std::sync::Arc;
+use std::time::Duration;
+
+use consensus_core::{Consensus, Envelope, Replica, Role, Storage};
+use net_quic::{ClientRequest, Endpoint, PeerMessage as NetPeerMessage};
+use tokio::sync::{mpsc, watch};
+use tokio::time::Instant;
+use tracing::{debug, info, warn};
+
+use crate::config::ServeConfig;
+use crate::kv::KvStore;
+use crate::proto::{PeerMessage, Quorate, Request, ServerError};
+use crate::server::ServeError;
+use crate::store::{Durability, LogStore};
+
+use host::GroupHost;
+use snapshot::SnapshotTask;
+
+/// Peer messages handled per iteration at most (beyond the one that woke the loop).
+const PEER_DRAIN: usize = 1024;
+/// A loop iteration taking at least this long is logged.
+const SLOW_ITERATION: Duration = Duration::from_millis(20);
+
+/// A protocol engine the node can run: any [`Consensus`] on a [`LogStore`] of its durable state.
+pub(crate) trait Engine: Consensus + Send + 'static {
+    /// The engine's store.
+    fn store(&self) -> &LogStore<Self::HardState>;
+    /// The engine's store, to adopt a local snapshot.
+    fn store_mut(&mut self) -> &mut LogStore<Self::HardState>;
+    /// The storage handed to `Host::submit`, as the store it is.
+    fn as_store(storage: &mut Self::Storage) -> &mut LogStore<Self::HardState>;
+}
+
+impl<C> Engine for C
+where
+    C: Consensus<Storage = LogStore<<C as Consensus>::HardState>> + Send + 'static,
+{
+    fn store(&self) -> &LogStore<C::HardState> {
+        self.storage()
+    }
+
+    fn store_mut(&mut self) -> &mut LogStore<C::HardState> {
+        self.storage_mut()
+    }
+
+    fn as_store(storage: &mut C::Storage) -> &mut LogStore<C::HardState> {
+        storage
+    }
+}
+
+/// The group's event loop state. Built by the server, run by [`Driver::run`].
+pub(crate) struct Driver<C: Consensus> {
+    id: u64,
+    config: Arc<ServeConfig>,
+    replica: Replica<C>,
+    host: GroupHost,
+    peer_rx: mpsc::Receiver<NetPeerMessage<PeerMessage>>,
+    request_rx: mpsc::Receiver<ClientRequest<Quorate>>,
+    durable_rx: watch::Receiver<Durability>,
+    shutdown_rx: watch::Receiver<bool>,
+    snapshot: SnapshotTask,
+    /// Set while a stopping leader waits for its transfer to complete.
+    draining_until: Option<Instant>,
+}
+
+impl<C: Engine> Driver<C> {
+    /// Builds the driver around an engine whose store was opened and a KV store restored from its
+    /// snapshot.
+    pub(crate) fn new(
+        config: Arc<ServeConfig>,
+        engine: C,
+        kv: KvStore,
+        endpoint: Endpoint<Quorate>,
+        receivers: net_quic::Receivers<Quorate>,
+        shutdown_rx: watch::Receiver<bool>,
+    ) -> Self {
+        let store = engine.store();
+        let durable_rx = store.subscribe_durable();
+        let snapshot = SnapshotTask::new(store.snapshot_meta().index);
+        let host = GroupHost::new(
+            config.clone(),
+            endpoint,
+            store.durable_handle(),
+            kv,
+            engine.status().applied,
+        );
+        Driver {
+            id: config.node_id,
+            config,
+            replica: Replica::new(engine),
+            host,
+            peer_rx: receivers.peer,
+            request_rx: receivers.requests,
+            durable_rx,
+            shutdown_rx,
+            snapshot,
+            draining_until: None,
+        }
+    }
+
+    /// Runs until shutdown is requested or a fatal error (a storage failure) happens.
+    pub(crate) async fn run(mut self) -> Result<(), ServeError> {
+        let mut ticker = tokio::time::interval(self.config.tick());
+        ticker.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+        let result = self.event_loop(&mut ticker).await;
+        self.finish().await;
+        result
+    }
+
+    async fn event_loop(&mut self, ticker: &mut tokio::time::Interval) -> Result<(), ServeError> {
+        loop {
+            tokio::select! {
+                biased;
+                changed = self.shutdown_rx.changed(), if self.draining_until.is_none() => {
+                    if (changed.is_err() || *self.shutdown_rx.borrow()) && !self.start_draining() {
+                        info!(node = self.id, "driver stopping");
+                        return Ok(());
+                    }
+                }
+                changed = self.durable_rx.changed() => {
+                    if changed.is_err() {
+                        return Err(ServeError::Stopped("the store's sync thread stopped".into()));
+                    }
+                    let durability = self.durable_rx.borrow_and_update().clone();
+                    if let Some(error) = durability.error {
+                        return Err(ServeError::Stopped(format!("store sync failed: {error}")));
+                    }
+                }
+                done = self.snapshot.join(), if self.snapshot.running() => {
+                    self.on_snapshot_step(done)?;
+                }
+                // Before the message channels: under constant load they are never empty, and
+                // the engine's clock (leases, timeouts) must not stall behind them.
+                _ = ticker.tick() => {
+                    self.replica.engine_mut().tick();
+                    self.host.expire(Instant::now());
+                }
+                Some(message) = self.peer_rx.recv() => self.step(message),
+                Some(request) = self.request_rx.recv() => self.handle_request(request),
+            }
+            let woke = std::time::Instant::now();
+            let mut peer_messages = 0;
+            for _ in 0..PEER_DRAIN {
+                match self.peer_rx.try_recv() {
+                    Ok(message) => self.step(message),
+                    Err(_) => break,
+                }
+                peer_messages += 1;
+            }
+            let mut requests = 0;
+            for _ in 0..self.config.limits.max_batch_ops {
+                match self.request_rx.try_recv() {
+                    Ok(request) => self.handle_request(request),
+                    Err(_) => break,
+                }
+                requests += 1;
+            }
+            self.host.flush_proposals(self.replica.engine_mut());
+            self.host.flush_reads(self.replica.engine_mut());
+            self.replica.drive(&mut self.host)?;
+            self.maybe_snapshot()?;
+            let took = woke.elapsed();
+            if took >= SLOW_ITERATION {
+                warn!(
+                    node = self.id,
+                    took_ms = took.as_millis() as u64,
+                    peer_messages,
+                    requests,
+                    "slow driver iteration (requests and replication wait for it)"
+                );
+            }
+            if let Some(deadline) = self.draining_until {
+                let leader = self.host.soft.leader;
+                if leader.is_some_and(|leader| leader != self.id) || Instant::now() >= deadline {
+                    info!(
+                        node = self.id,
+                        ?leader,
+                        "driver stopping after handing off leadership"
+                    );
+                    return Ok(());
+                }
+            }
+        }
+    }
+
+    /// On shutdown, a leader first hands leadership to another voter (if its protocol can) so the
+    /// group does not wait an election timeout; returns whether the loop should keep running.
+    fn start_draining(&mut self) -> bool {
+        if self.host.soft.role != Role::Leader {
+            return false;
+        }
+        let status = self.replica.engine().status();
+        let Some(to) = status
+            .conf_state
+            .voters
+            .iter()
+            .copied()
+            .find(|&id| id != self.id)
+        else {
+            return false;
+        };
+        if self.replica.engine_mut().transfer_leader(to).is_err() {
+            return false;
+        }
+        let ticks = self.config.raft.election_ticks;
+        self.draining_until = Some(Instant::now() + self.config.tick() * ticks);
+        info!(node = self.id, to, "handing off leadership before stopping");
+        true
+    }
+
+    /// Answers everything still waiting, lets the store finish its writes, and closes the
+    /// endpoint's sends.
+    async fn finish(&mut self) {
+        self.request_rx.close();
+        while let Ok(request) = self.request_rx.try_recv() {
+            let _ = request.responder.reply(&Err(ServerError::ShuttingDown));
+        }
+        self.host.fail_all(ServerError::ShuttingDown);
+        // A snapshot in the background is finished, so the next start replays from it.
+        while self.snapshot.running() {
+            let done = self.snapshot.join().await;
+            if let Err(error) = self.on_snapshot_step(done) {
+                warn!(node = self.id, %error, "snapshot not completed");
+            }
+        }
+        if let Err(error) = self.replica.engine().store().sync() {
+            warn!(node = self.id, %error, "final sync failed");
+        }
+        let report = self
+            .host
+            .endpoint()
+            .shutdown(Duration::from_millis(500))
+            .await;
+        debug!(node = self.id, ?report, "endpoint closed");
+    }
+
+    fn step(&mut self, message: NetPeerMessage<PeerMessage>) {
+        let authenticated = message.from.0;
+        let envelope = message.msg;
+        if envelope.group != self.host.group() {
+            debug!(
+                node = self.id,
+                group = envelope.group,
+                "dropping a message for another group"
+            );
+            return;
+        }
+        let decoded: C::Message = match envelope.decode() {
+            Ok(decoded) => decoded,
+            Err(error) => {
+                warn!(node = self.id, from = authenticated, %error, "dropping a peer message that does not decode");
+                return;
+            }
+        };
+        // The sender's id comes from its certificate; a message claiming another is dropped.
+        if decoded.from() != authenticated || decoded.to() != self.id {
+            warn!(
+                node = self.id,
+                claimed = decoded.from(),
+                to = decoded.to(),
+                authenticated,
+                "dropping a peer message whose sender or addressee does not match"
+            );
+            return;
+        }
+        if let Err(error) = self.replica.engine_mut().step(decoded) {
+            debug!(node = self.id, %error, "message refused by the engine");
+        }
+    }
+
+    fn handle_request(&mut self, request: ClientRequest<Quorate>) {
+        let ClientRequest {
+            request, responder, ..
+        } = request;
+        match request {
+            Request::Write { session, op } => {
+                self.host
+                    .handle_write(self.replica.engine_mut(), session, op, responder)
+            }
+            Request::Read { consistency, op } => self.host.handle_read(consistency, op, responder),
+            Request::Admin(admin) => self.handle_admin(admin, responder),
+        }
+    }
+}
