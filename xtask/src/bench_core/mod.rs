@@ -161,7 +161,10 @@ impl<C: Consensus<Storage = MemStorage<<C as Consensus>::HardState>>> Core<C> {
         let conf = ConfState::with_voters([1, 2, 3]);
         let mut nodes = Vec::new();
         for id in 1..=3u64 {
-            nodes.push(Replica::new(make(id, MemStorage::new_with_conf(conf.clone()))?));
+            nodes.push(Replica::new(make(
+                id,
+                MemStorage::new_with_conf(conf.clone()),
+            )?));
         }
         let mut core = Core {
             hosts: (0..3).map(|_| MemHost::new()).collect(),
@@ -266,10 +269,10 @@ impl<C: Consensus<Storage = MemStorage<<C as Consensus>::HardState>>> Harness fo
     }
 }
 
-#[cfg(feature = "raft-rs")]
-mod raft_rs;
 #[cfg(feature = "omnipaxos")]
 mod omnipaxos;
+#[cfg(feature = "raft-rs")]
+mod raft_rs;
 
 // ---- the command ---------------------------------------------------------------------------------
 
@@ -319,7 +322,9 @@ fn reexec(args: &Args) -> anyhow::Result<()> {
     ensure_protoc()?;
     let cargo = std::env::var("CARGO").unwrap_or_else(|_| "cargo".to_owned());
     let outstanding: Vec<String> = args.outstanding.iter().map(|n| n.to_string()).collect();
-    eprintln!("bench core: building xtask in release with the peer libraries (first time: a few minutes)");
+    eprintln!(
+        "bench core: building xtask in release with the peer libraries (first time: a few minutes)"
+    );
     let status = Command::new(cargo)
         .args([
             "run",

@@ -33,8 +33,7 @@ impl RaftRs {
                 batch_append: true,
                 ..Config::default()
             };
-            let storage =
-                MemStorage::new_with_conf_state(ConfState::from((vec![1, 2, 3], vec![])));
+            let storage = MemStorage::new_with_conf_state(ConfState::from((vec![1, 2, 3], vec![])));
             nodes.push(RawNode::new(&config, storage, &logger)?);
         }
         let mut harness = RaftRs {
