@@ -538,7 +538,12 @@ async fn after_the_leader_is_killed_a_fresh_cli_write_is_acknowledged_soon() {
     let client = cluster.client();
     let leader = cluster.wait_leader(&client, &[1, 2, 3]).await;
     // A CLI run remembers this leader (the worst case for the next run, once it is dead).
+    let baseline = std::time::Instant::now();
     expect(cluster.cli(&["kv", "put", "before", "1"]), 0, "OK", "");
+    println!(
+        "a CLI put with every member up takes {} ms",
+        baseline.elapsed().as_millis()
+    );
     let config = cluster.config(1, false);
     let election_timeout =
         Duration::from_millis(config.raft.tick_ms * u64::from(config.raft.election_ticks));
@@ -558,7 +563,7 @@ async fn after_the_leader_is_killed_a_fresh_cli_write_is_acknowledged_soon() {
     // Raft's own part is up to 2x (randomised timeout) plus the vote round; on a loaded machine
     // allow more, but never the old behaviour (whole attempt timeouts on the dead member).
     assert!(
-        acknowledged < election_timeout * 6,
+        acknowledged < election_timeout * 4,
         "took {acknowledged:?} ({ratio:.2} x the election timeout)"
     );
     drop(client);
