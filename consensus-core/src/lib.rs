@@ -1,6 +1,6 @@
 //! # consensus-core
 //!
-//! Pure, deterministic consensus protocols for Quorate: Raft and Multi-Paxos behind one
+//! Pure, deterministic consensus protocols for Quorate: Raft and Multi-Paxos ([`paxos`]) behind one
 //! [`Consensus`] trait (Zab will sit beside them), so the node, the simulator and the benches drive
 //! any of them the same way through one replica loop ([`Replica`]).
 //!
@@ -75,27 +75,31 @@
 //! ```
 
 pub mod error;
+pub mod paxos;
 pub mod protocol;
 pub mod raft;
 pub mod replica;
-// pub mod sim;
+pub mod sim;
 pub mod storage;
 pub mod types;
 
 pub use bytes::Bytes;
 pub use error::{Error, StorageError};
+pub use paxos::{
+    Config as PaxosConfig, HardState as PaxosHardState, Message as PaxosMessage, MultiPaxos,
+};
 pub use protocol::{
     Consensus, DurableState, Envelope, Persist, PersistToken, Ready, TokenSequence, Write,
 };
 #[cfg(feature = "planted-bugs")]
 pub use raft::PlantedBug;
 pub use raft::{Config, HardState, Message, MessageBody, Raft, RaftStorage, ReadMode};
-pub use replica::{Host, Replica};
 pub use rand_chacha::ChaCha8Rng;
+pub use replica::{Host, MemHost, Replica, ReplicaLoop};
 pub use storage::{MemStorage, Storage};
 pub use types::{
-    ConfChange, ConfState, Entry, EntryPayload, MemberChange, NodeId, Proposed,
-    ReadState, Role, Snapshot, SnapshotMeta, SoftState, Status,
+    ConfChange, ConfState, Entry, EntryPayload, MemberChange, NodeId, Proposed, ReadState, Role,
+    Snapshot, SnapshotMeta, SoftState, Status,
 };
 
 /// A deterministic RNG for election jitter, seeded from `seed` (what [`Raft::new`] takes).

@@ -19,6 +19,7 @@ use std::collections::VecDeque;
 
 use crate::error::Error;
 use crate::protocol::{Consensus, PersistToken, Write};
+use crate::storage::MemStorage;
 use crate::types::{Entry, ReadState, Snapshot, SoftState};
 
 /// What a replica loop needs from the world around one protocol instance.
@@ -52,7 +53,7 @@ pub trait Host<C: Consensus> {
     }
 }
 
-/// A write submitted and not yet confirmed to the engine.
+/// A write submitted and not yet confirmed.
 #[derive(Debug)]
 struct Unconfirmed {
     /// Confirm once the host's durable ticket reaches this.
@@ -60,38 +61,19 @@ struct Unconfirmed {
     token: PersistToken,
 }
 
-/// A protocol instance and the writes it waits on. See the module docs.
-#[derive(Debug)]
-pub struct Replica<C: Consensus> {
-    engine: C,
+/// The loop's own state: the writes submitted and not yet confirmed. [`Replica`] pairs it with an
+/// engine; use it directly when engines live elsewhere (a map of groups, a test harness).
+#[derive(Debug, Default)]
+pub struct ReplicaLoop {
     unconfirmed: VecDeque<Unconfirmed>,
     /// The ticket the latest write waits for (a write asking no sync waits for this one).
     last_ticket: u64,
 }
 
-impl<C: Consensus> Replica<C> {
-    /// Wraps a protocol instance.
-    pub fn new(engine: C) -> Self {
-        Replica {
-            engine,
-            unconfirmed: VecDeque::new(),
-            last_ticket: 0,
-        }
-    }
-
-    /// The protocol instance (status, storage).
-    pub fn engine(&self) -> &C {
-        &self.engine
-    }
-
-    /// The protocol instance, to feed it events (`step`, `tick`, `propose`, …).
-    pub fn engine_mut(&mut self) -> &mut C {
-        &mut self.engine
-    }
-
-    /// Gives the instance back (what a crash leaves is the host's durable state, not this).
-    pub fn into_engine(self) -> C {
-        self.engine
+impl ReplicaLoop {
+    /// A loop with nothing in flight.
+    pub fn new() -> Self {
+        Self::default()
     }
 
     /// Writes submitted and not yet confirmed.
@@ -99,15 +81,19 @@ impl<C: Consensus> Replica<C> {
         self.unconfirmed.len()
     }
 
-    /// Runs the loop until the engine has nothing more to do now. Returns after the first error
-    /// (a storage failure stops the engine: do not call again).
-    pub fn drive<H: Host<C>>(&mut self, host: &mut H) -> Result<(), H::Error> {
+    /// Runs the loop on `engine` until it has nothing more to do now. Returns after the first
+    /// error (a storage failure stops the engine: do not call again).
+    pub fn drive<C: Consensus, H: Host<C>>(
+        &mut self,
+        engine: &mut C,
+        host: &mut H,
+    ) -> Result<(), H::Error> {
         loop {
-            self.confirm(host.durable())?;
-            if !self.engine.has_ready() {
+            self.confirm(engine, host.durable())?;
+            if !engine.has_ready() {
                 return Ok(());
             }
-            let ready = self.engine.ready()?;
+            let ready = engine.ready()?;
             if let Some(soft) = ready.soft_state {
                 host.soft_state(soft);
             }
@@ -115,7 +101,7 @@ impl<C: Consensus> Replica<C> {
                 host.send(message)?;
             }
             if let Some(persist) = ready.persist {
-                let ticket = host.submit(self.engine.storage_mut(), &persist.write)?;
+                let ticket = host.submit(engine.storage_mut(), &persist.write)?;
                 let ticket = if persist.write.sync {
                     ticket
                 } else {
@@ -141,16 +127,131 @@ impl<C: Consensus> Replica<C> {
     }
 
     /// Confirms, in order, every write whose ticket is durable.
-    fn confirm(&mut self, durable: u64) -> Result<(), Error> {
+    fn confirm<C: Consensus>(&mut self, engine: &mut C, durable: u64) -> Result<(), Error> {
         while self
             .unconfirmed
             .front()
             .is_some_and(|write| write.ticket <= durable)
         {
             if let Some(write) = self.unconfirmed.pop_front() {
-                self.engine.persisted(write.token)?;
+                engine.persisted(write.token)?;
             }
         }
+        Ok(())
+    }
+}
+
+/// A protocol instance and its [`ReplicaLoop`]. See the module docs.
+#[derive(Debug)]
+pub struct Replica<C: Consensus> {
+    engine: C,
+    writes: ReplicaLoop,
+}
+
+impl<C: Consensus> Replica<C> {
+    /// Wraps a protocol instance.
+    pub fn new(engine: C) -> Self {
+        Replica {
+            engine,
+            writes: ReplicaLoop::new(),
+        }
+    }
+
+    /// The protocol instance (status, storage).
+    pub fn engine(&self) -> &C {
+        &self.engine
+    }
+
+    /// The protocol instance, to feed it events (`step`, `tick`, `propose`, …).
+    pub fn engine_mut(&mut self) -> &mut C {
+        &mut self.engine
+    }
+
+    /// Gives the instance back (what a crash leaves is the host's durable state, not this).
+    pub fn into_engine(self) -> C {
+        self.engine
+    }
+
+    /// Writes submitted and not yet confirmed.
+    pub fn unconfirmed(&self) -> usize {
+        self.writes.unconfirmed()
+    }
+
+    /// Runs the loop until the engine has nothing more to do now (see [`ReplicaLoop::drive`]).
+    pub fn drive<H: Host<C>>(&mut self, host: &mut H) -> Result<(), H::Error> {
+        self.writes.drive(&mut self.engine, host)
+    }
+}
+
+/// A host for tests, examples and in-process benches: writes go to the engine's [`MemStorage`]
+/// and are durable at once; messages, applied entries and reads are collected for the caller.
+#[derive(Debug)]
+pub struct MemHost<M> {
+    /// Messages to deliver, in the order sent.
+    pub messages: Vec<M>,
+    /// Entries applied, in order (a received snapshot drops those it replaces).
+    pub applied: Vec<Entry>,
+    /// Reads ordered.
+    pub reads: Vec<ReadState>,
+    written: u64,
+}
+
+impl<M> Default for MemHost<M> {
+    fn default() -> Self {
+        MemHost {
+            messages: Vec::new(),
+            applied: Vec::new(),
+            reads: Vec::new(),
+            written: 0,
+        }
+    }
+}
+
+impl<M> MemHost<M> {
+    /// A host that has seen nothing.
+    pub fn new() -> Self {
+        Self::default()
+    }
+}
+
+impl<C> Host<C> for MemHost<C::Message>
+where
+    C: Consensus<Storage = MemStorage<<C as Consensus>::HardState>>,
+{
+    type Error = Error;
+
+    fn send(&mut self, message: C::Message) -> Result<(), Error> {
+        self.messages.push(message);
+        Ok(())
+    }
+
+    fn submit(
+        &mut self,
+        storage: &mut MemStorage<C::HardState>,
+        write: &Write<C::HardState>,
+    ) -> Result<u64, Error> {
+        storage.write(write)?;
+        self.written += 1;
+        Ok(self.written)
+    }
+
+    fn durable(&self) -> u64 {
+        self.written
+    }
+
+    fn install_snapshot(&mut self, snapshot: &Snapshot) -> Result<(), Error> {
+        // The state machine restarts from the snapshot.
+        self.applied.retain(|e| e.index <= snapshot.meta.index);
+        Ok(())
+    }
+
+    fn apply(&mut self, entries: Vec<Entry>) -> Result<(), Error> {
+        self.applied.extend(entries);
+        Ok(())
+    }
+
+    fn reads(&mut self, reads: Vec<ReadState>) -> Result<(), Error> {
+        self.reads.extend(reads);
         Ok(())
     }
 }

@@ -228,17 +228,15 @@ impl<H: DurableState> Storage for MemStorage<H> {
             return Err(StorageError::Unavailable(hi - 1));
         }
         let mut bytes = 0u64;
-        let mut taken = 0usize;
-        for entry in self.slots[(lo - snap - 1) as usize..(hi - snap - 1) as usize]
+        let stored = self.slots[(lo - snap - 1) as usize..(hi - snap - 1) as usize]
             .iter()
-            .flatten()
-        {
+            .flatten();
+        for (taken, entry) in stored.enumerate() {
             bytes += entry.payload_size();
             if bytes > max_bytes && taken > 0 {
                 break;
             }
             out.push(entry.clone());
-            taken += 1;
         }
         Ok(())
     }

@@ -233,18 +233,18 @@ fn a_vote_is_sent_only_after_it_is_durable() {
         },
     ))
     .unwrap();
-    let ready = n.ready();
+    let ready = n.ready().unwrap();
     assert!(
         ready.messages.is_empty(),
         "the grant waits for the write: {:?}",
         ready.messages
     );
     let persist = ready.persist.expect("term and vote to persist");
-    let hard_state = persist.hard_state.expect("hard state");
+    let hard_state = persist.write.hard_state.expect("hard state");
     assert_eq!((hard_state.term, hard_state.vote), (1, 2));
-    n.storage_mut().write(&persist).unwrap();
+    n.storage_mut().write(&persist.write).unwrap();
     n.persisted(persist.token).unwrap();
-    let ready = n.ready();
+    let ready = n.ready().unwrap();
     assert!(matches!(
         ready.messages[..],
         [Message {
@@ -256,14 +256,79 @@ fn a_vote_is_sent_only_after_it_is_durable() {
 }
 
 #[test]
-fn candidate_requests_votes_only_after_its_new_term_is_durable() {
+fn candidate_requests_votes_at_once_but_counts_its_own_vote_only_once_durable() {
     let mut n = node(1, &[1, 2, 3], no_pre_vote);
     n.campaign().unwrap();
-    let ready = n.ready();
-    assert!(ready.messages.is_empty());
-    let persist = ready.persist.unwrap();
+    let ready = n.ready().unwrap();
+    // The requests do not wait for the candidate's fsync (it overlaps the voters').
+    assert_eq!(ready.messages.len(), 2, "{:?}", ready.messages);
+    let persist = ready.persist.expect("term and self-vote to persist");
+    assert!(persist.write.sync, "a new term and vote must be synced");
+    // One grant alone is not a majority while our own vote is not durable …
+    n.step(msg(2, 1, 1, MessageBody::VoteResponse { granted: true }))
+        .unwrap();
+    assert_ne!(n.role(), Role::Leader);
+    // … our durable vote makes it one.
+    n.storage_mut().write(&persist.write).unwrap();
     n.persisted(persist.token).unwrap();
-    assert_eq!(n.ready().messages.len(), 2);
+    assert_eq!(n.role(), Role::Leader);
+}
+
+#[test]
+fn a_lone_voter_leads_only_once_its_vote_is_durable() {
+    let mut n = node(1, &[1], no_pre_vote);
+    n.campaign().unwrap();
+    let persist = n.ready().unwrap().persist.expect("term and vote");
+    assert_eq!(n.role(), Role::Candidate);
+    n.storage_mut().write(&persist.write).unwrap();
+    n.persisted(persist.token).unwrap();
+    assert_eq!(n.role(), Role::Leader);
+}
+
+#[test]
+fn a_commit_index_that_moved_alone_is_written_without_sync() {
+    let mut f = node(2, &[1, 2, 3], no_pre_vote);
+    let entry = Entry {
+        term: 1,
+        index: 1,
+        payload: EntryPayload::Data(Bytes::from_static(b"x")),
+    };
+    f.step(msg(
+        1,
+        2,
+        1,
+        MessageBody::Append {
+            prev_index: 0,
+            prev_term: 0,
+            entries: vec![entry],
+            commit: 0,
+        },
+    ))
+    .unwrap();
+    let persist = f.ready().unwrap().persist.expect("the entry to store");
+    assert!(
+        persist.write.sync,
+        "entries must be synced before they are acknowledged"
+    );
+    f.storage_mut().write(&persist.write).unwrap();
+    f.persisted(persist.token).unwrap();
+    let _ack = f.ready().unwrap();
+    // The leader's heartbeat moves only our commit index.
+    f.step(msg(
+        1,
+        2,
+        1,
+        MessageBody::Heartbeat {
+            commit: 1,
+            read_round: 0,
+        },
+    ))
+    .unwrap();
+    let persist = f.ready().unwrap().persist.expect("the new commit index");
+    assert!(persist.write.entries.is_empty());
+    assert_eq!(persist.write.hard_state.map(|h| h.commit), Some(1));
+    assert!(!persist.write.sync, "a commit-only write needs no fsync");
+    f.persisted(persist.token).unwrap();
 }
 
 #[test]
@@ -405,11 +470,11 @@ fn follower_deletes_conflicting_entries_and_appends_the_leaders() {
     ))
     .unwrap();
     let persist = {
-        let ready = f.ready();
+        let ready = f.ready().unwrap();
         ready.persist.expect("the replacement must be written")
     };
-    assert_eq!(persist.truncates_from(), Some(2));
-    f.storage_mut().write(&persist).unwrap();
+    assert_eq!(persist.write.truncate_from, Some(2));
+    f.storage_mut().write(&persist.write).unwrap();
     f.persisted(persist.token).unwrap();
     assert_eq!(f.log_entries(1, 3).unwrap(), vec![entry(1, 1), entry(2, 3)]);
     assert_eq!(f.status().last_index, 2);
@@ -430,15 +495,15 @@ fn follower_acknowledges_entries_only_after_they_are_durable() {
         },
     ))
     .unwrap();
-    let ready = f.ready();
+    let ready = f.ready().unwrap();
     assert!(ready.messages.is_empty());
     let persist = ready.persist.unwrap();
-    assert_eq!(persist.entries, vec![entry(1, 1)]);
+    assert_eq!(persist.write.entries, vec![entry(1, 1)]);
     // The driver may poll again before the write completes: still nothing to send.
-    assert!(f.ready().messages.is_empty());
-    f.storage_mut().write(&persist).unwrap();
+    assert!(f.ready().unwrap().messages.is_empty());
+    f.storage_mut().write(&persist.write).unwrap();
     f.persisted(persist.token).unwrap();
-    let ready = f.ready();
+    let ready = f.ready().unwrap();
     assert!(matches!(
         ready.messages[..],
         [Message {
@@ -459,7 +524,7 @@ fn leader_sends_appends_while_its_own_write_is_in_flight_and_commits_on_follower
     let mut cluster = Cluster::with_config(&[1, 2, 3], no_pre_vote);
     cluster.elect(1);
     let proposed = cluster.node(1).propose(data("p")).unwrap();
-    let ready = cluster.node(1).ready();
+    let ready = cluster.node(1).ready().unwrap();
     let appends: Vec<Message> = ready.messages;
     assert_eq!(
         appends.len(),
@@ -480,7 +545,7 @@ fn leader_sends_appends_while_its_own_write_is_in_flight_and_commits_on_follower
         "committed by the two followers"
     );
     assert!(cluster.node(1).status().persisted_index < proposed.index);
-    cluster.node(1).storage_mut().write(&persist).unwrap();
+    cluster.node(1).storage_mut().write(&persist.write).unwrap();
     cluster.node(1).persisted(persist.token).unwrap();
     assert_eq!(cluster.node(1).status().persisted_index, proposed.index);
 }
@@ -490,7 +555,7 @@ fn leader_counts_itself_toward_a_quorum_only_for_durable_entries() {
     let mut cluster = Cluster::with_config(&[1, 2, 3], no_pre_vote);
     cluster.elect(1);
     let proposed = cluster.node(1).propose(data("p")).unwrap();
-    let ready = cluster.node(1).ready();
+    let ready = cluster.node(1).ready().unwrap();
     let persist = ready.persist.unwrap();
     // Only node 2 acknowledges; the leader's write is still in flight: 1 of 3 is not a quorum.
     let to_two = ready.messages.into_iter().find(|m| m.to == 2).unwrap();
@@ -499,7 +564,7 @@ fn leader_counts_itself_toward_a_quorum_only_for_durable_entries() {
         cluster.node(1).step(reply).unwrap();
     }
     assert!(cluster.node(1).status().commit < proposed.index);
-    cluster.node(1).storage_mut().write(&persist).unwrap();
+    cluster.node(1).storage_mut().write(&persist.write).unwrap();
     cluster.node(1).persisted(persist.token).unwrap();
     assert_eq!(
         cluster.node(1).status().commit,
@@ -685,14 +750,14 @@ fn replicate_state_keeps_at_most_max_inflight_appends_outstanding() {
     let mut sent = 0;
     for i in 0..10 {
         cluster.node(1).propose(data(&format!("p{i}"))).unwrap();
-        let ready = cluster.node(1).ready();
+        let ready = cluster.node(1).ready().unwrap();
         sent += ready
             .messages
             .iter()
             .filter(|m| matches!(m.body, MessageBody::Append { .. }))
             .count();
         if let Some(persist) = ready.persist {
-            cluster.node(1).storage_mut().write(&persist).unwrap();
+            cluster.node(1).storage_mut().write(&persist.write).unwrap();
             cluster.node(1).persisted(persist.token).unwrap();
         }
     }
@@ -778,9 +843,9 @@ fn persist_tokens_must_be_confirmed_in_the_order_issued() {
     let mut cluster = Cluster::with_config(&[1, 2, 3], no_pre_vote);
     cluster.elect(1);
     cluster.node(1).propose(data("a")).unwrap();
-    let first = cluster.node(1).ready().persist.unwrap();
+    let first = cluster.node(1).ready().unwrap().persist.unwrap();
     cluster.node(1).propose(data("b")).unwrap();
-    let second = cluster.node(1).ready().persist.unwrap();
+    let second = cluster.node(1).ready().unwrap().persist.unwrap();
     let error = cluster.node(1).persisted(second.token).unwrap_err();
     assert!(matches!(error, Error::PersistOutOfOrder { .. }), "{error}");
     cluster.node(1).persisted(first.token).unwrap();
@@ -810,7 +875,7 @@ fn read_index_is_served_only_after_a_quorum_confirms_leadership() {
     cluster.propose(1, "v");
     let commit = cluster.node(1).status().commit;
     cluster.node(1).read_index(42).unwrap();
-    let ready = cluster.node(1).ready();
+    let ready = cluster.node(1).ready().unwrap();
     assert!(ready.reads.is_empty(), "not before the heartbeat round");
     let heartbeats = ready
         .messages
@@ -874,11 +939,11 @@ fn a_new_leader_serves_reads_only_after_committing_an_entry_of_its_term() {
     assert_eq!(cluster.node(1).role(), Role::Leader);
     assert_eq!(cluster.node(1).status().commit, 0);
     cluster.node(1).read_index(9).unwrap();
-    let ready = cluster.node(1).ready();
+    let ready = cluster.node(1).ready().unwrap();
     assert!(ready.reads.is_empty());
     cluster.queue.extend(ready.messages);
     if let Some(p) = ready.persist {
-        cluster.node(1).storage_mut().write(&p).unwrap();
+        cluster.node(1).storage_mut().write(&p.write).unwrap();
         cluster.node(1).persisted(p.token).unwrap();
     }
     cluster.stabilize();
@@ -919,7 +984,7 @@ fn lease_read_is_served_without_a_round_trip() {
     cluster.elect(1);
     cluster.propose(1, "v");
     cluster.node(1).read_index(3).unwrap();
-    let ready = cluster.node(1).ready();
+    let ready = cluster.node(1).ready().unwrap();
     assert_eq!(ready.reads.len(), 1);
     assert!(ready.messages.is_empty());
 }
@@ -936,9 +1001,9 @@ fn a_lease_lapses_once_the_quorums_acknowledged_heartbeats_are_an_election_timeo
     for _ in 0..election_tick - 2 {
         cluster.node(1).tick();
     }
-    let _ = cluster.node(1).ready();
+    let _ = cluster.node(1).ready().unwrap();
     cluster.node(1).read_index(9).unwrap();
-    let ready = cluster.node(1).ready();
+    let ready = cluster.node(1).ready().unwrap();
     assert!(
         ready.reads.is_empty(),
         "an expired lease must not serve reads"
@@ -989,13 +1054,13 @@ fn a_leader_that_sent_timeout_now_no_longer_serves_lease_reads() {
     cluster.propose(1, "v");
     cluster.isolate(2);
     cluster.node(1).transfer_leader(3).unwrap(); // 3 is up to date: TimeoutNow goes out at once
-    let ready = cluster.node(1).ready();
+    let ready = cluster.node(1).ready().unwrap();
     assert!(ready
         .messages
         .iter()
         .any(|m| m.body == MessageBody::TimeoutNow));
     cluster.node(1).read_index(4).unwrap();
-    let ready = cluster.node(1).ready();
+    let ready = cluster.node(1).ready().unwrap();
     assert!(
         ready.reads.is_empty(),
         "a transfer may elect 3 before the lease ends"
@@ -1154,7 +1219,7 @@ fn what_was_not_confirmed_durable_is_lost_in_a_crash_and_nothing_else() {
     cluster.elect(1);
     cluster.propose(1, "kept");
     cluster.node(1).propose(data("lost")).unwrap();
-    let _unwritten = cluster.node(1).ready(); // never persisted
+    let _unwritten = cluster.node(1).ready().unwrap(); // never persisted
     cluster.crash(1);
     cluster.restart(1);
     let status = cluster.node(1).status();
@@ -1195,4 +1260,84 @@ fn messages_and_entries_round_trip_through_postcard() {
     let bytes = postcard::to_allocvec(&message).unwrap();
     let back: Message = postcard::from_bytes(&bytes).unwrap();
     assert_eq!(back, message);
+}
+
+/// Storage that fails every read of entries (a disk that went away).
+struct FailingReads(MemStorage);
+
+impl consensus_core::Storage for FailingReads {
+    type HardState = consensus_core::HardState;
+    fn hard_state(&self) -> consensus_core::HardState {
+        consensus_core::Storage::hard_state(&self.0)
+    }
+    fn snapshot_meta(&self) -> consensus_core::SnapshotMeta {
+        consensus_core::Storage::snapshot_meta(&self.0)
+    }
+    fn snapshot(&self) -> Result<consensus_core::Snapshot, consensus_core::StorageError> {
+        consensus_core::Storage::snapshot(&self.0)
+    }
+    fn first_index(&self) -> u64 {
+        consensus_core::Storage::first_index(&self.0)
+    }
+    fn last_index(&self) -> u64 {
+        consensus_core::Storage::last_index(&self.0)
+    }
+    fn term(&self, index: u64) -> Result<u64, consensus_core::StorageError> {
+        consensus_core::Storage::term(&self.0, index)
+    }
+    fn entries(
+        &self,
+        _: u64,
+        _: u64,
+        _: u64,
+        _: &mut Vec<Entry>,
+    ) -> Result<(), consensus_core::StorageError> {
+        Err(consensus_core::StorageError::Other("disk gone".into()))
+    }
+}
+
+#[test]
+fn a_storage_failure_stops_the_engine_with_an_error_instead_of_spinning() {
+    // A restarted node whose committed entries must be read back from storage.
+    let mut storage = MemStorage::new_with_conf(consensus_core::ConfState::with_voters([1]));
+    storage
+        .write(&consensus_core::Write {
+            snapshot: None,
+            truncate_from: Some(1),
+            entries: vec![Entry {
+                term: 1,
+                index: 1,
+                payload: EntryPayload::Data(data("x")),
+            }],
+            hard_state: Some(consensus_core::HardState {
+                term: 1,
+                vote: 1,
+                commit: 1,
+            }),
+            sync: true,
+        })
+        .unwrap();
+    let mut raft = Raft::new(
+        Config::new(1),
+        FailingReads(storage),
+        consensus_core::seeded_rng(1),
+    )
+    .unwrap();
+    let mut errors = 0;
+    for _ in 0..10 {
+        if !raft.has_ready() {
+            break;
+        }
+        match raft.ready() {
+            Ok(_) => {}
+            Err(Error::Stopped(_)) => {
+                errors += 1;
+                break; // what a driver does: stop this member
+            }
+            Err(other) => panic!("unexpected error {other}"),
+        }
+    }
+    assert_eq!(errors, 1, "the failure is reported by ready()");
+    // Asking again keeps reporting it; it never hands out a silent empty Ready.
+    assert!(matches!(raft.ready(), Err(Error::Stopped(_))));
 }

@@ -1,8 +1,20 @@
-//! The simulator as CI runs it: a fixed range of seeds must run clean, each planted bug must be
-//! caught by the simulator's own checks within a few seeds, and a failing seed must replay exactly.
+//! The simulator as CI runs it on Raft: a fixed range of seeds must run clean, each planted bug
+//! must be caught by the simulator's own checks within a few seeds, and a failing seed must replay
+//! exactly.
 
-use consensus_core::sim::{self, Outcome, SimConfig};
+use consensus_core::sim::{self, RaftOptions, RaftSim};
 use consensus_core::PlantedBug;
+
+type Outcome = sim::Outcome<RaftOptions>;
+type SimConfig = sim::SimConfig<RaftOptions>;
+
+fn from_seed(seed: u64) -> SimConfig {
+    SimConfig::from_seed::<RaftSim>(seed, None)
+}
+
+fn churn_from_seed(seed: u64) -> SimConfig {
+    SimConfig::churn_from_seed::<RaftSim>(seed)
+}
 
 /// Seeds CI runs on every push.
 const CI_SEEDS: u64 = 300;
@@ -17,15 +29,15 @@ fn first_catch(bug: PlantedBug, config: impl Fn(u64) -> SimConfig) -> Option<Out
     (0..CATCH_WITHIN)
         .map(|seed| {
             let mut c = config(seed);
-            c.planted_bug = Some(bug);
-            sim::run(c)
+            c.protocol.planted_bug = Some(bug);
+            sim::run::<RaftSim>(c)
         })
         .find(|o| !o.is_clean())
 }
 
 #[test]
 fn ci_seeds_run_clean() {
-    let failed = failures((0..CI_SEEDS).map(|seed| sim::run_seed(seed, None, None)));
+    let failed = failures((0..CI_SEEDS).map(|seed| sim::run_seed::<RaftSim>(seed, None)));
     let reports: Vec<String> = failed.iter().map(Outcome::report).collect();
     assert!(
         failed.is_empty(),
@@ -37,25 +49,21 @@ fn ci_seeds_run_clean() {
 
 #[test]
 fn the_leader_churn_profile_runs_clean() {
-    let failed = failures((0..100).map(|seed| sim::run(SimConfig::churn_from_seed(seed))));
+    let failed = failures((0..100).map(|seed| sim::run::<RaftSim>(churn_from_seed(seed))));
     let reports: Vec<String> = failed.iter().map(Outcome::report).collect();
     assert!(failed.is_empty(), "{}", reports.join("\n"));
 }
 
 #[test]
 fn planted_vote_without_log_check_is_caught() {
-    let caught = first_catch(PlantedBug::VoteWithoutLogCheck, |s| {
-        SimConfig::from_seed(s, None)
-    });
+    let caught = first_catch(PlantedBug::VoteWithoutLogCheck, from_seed);
     let caught = caught.expect("the simulator missed a vote granted without a log check");
     println!("caught at {}", caught.report());
 }
 
 #[test]
 fn planted_read_without_leadership_check_is_caught() {
-    let caught = first_catch(PlantedBug::ReadWithoutLeadershipCheck, |s| {
-        SimConfig::from_seed(s, None)
-    });
+    let caught = first_catch(PlantedBug::ReadWithoutLeadershipCheck, from_seed);
     let caught = caught.expect("the simulator missed reads served without confirming leadership");
     assert!(
         matches!(caught.failure, Some(sim::Failure::NotLinearizable { .. })),
@@ -67,10 +75,7 @@ fn planted_read_without_leadership_check_is_caught() {
 #[test]
 fn planted_commit_previous_term_by_counting_is_caught() {
     // Figure 8 needs short-lived leaders with competing tails: the leader-churn profile.
-    let caught = first_catch(
-        PlantedBug::CommitPreviousTermByCounting,
-        SimConfig::churn_from_seed,
-    );
+    let caught = first_catch(PlantedBug::CommitPreviousTermByCounting, churn_from_seed);
     let caught = caught.expect("the simulator missed a previous-term entry committed by counting");
     assert!(
         matches!(caught.failure, Some(sim::Failure::Invariant(_))),
@@ -81,11 +86,9 @@ fn planted_commit_previous_term_by_counting_is_caught() {
 
 #[test]
 fn a_failing_seed_replays_bit_for_bit() {
-    let config = |s| SimConfig::from_seed(s, None);
-    let first = first_catch(PlantedBug::VoteWithoutLogCheck, config).expect("a failing seed");
-    let mut again = first.config.clone();
-    again.planted_bug = Some(PlantedBug::VoteWithoutLogCheck);
-    let second = sim::run(again);
+    let first = first_catch(PlantedBug::VoteWithoutLogCheck, from_seed).expect("a failing seed");
+    let again = first.config.clone();
+    let second = sim::run::<RaftSim>(again);
     assert_eq!(first.trace_hash, second.trace_hash);
     assert_eq!(first.trace, second.trace);
     assert_eq!(first.failure, second.failure);
@@ -107,10 +110,10 @@ fn scan() {
     let (start, seeds) = (var("START", 0), var("SEEDS", 1000));
     let churn = std::env::var("CHURN").is_ok();
     let failed = failures((start..start + seeds).map(|seed| {
-        sim::run(if churn {
-            SimConfig::churn_from_seed(seed)
+        sim::run::<RaftSim>(if churn {
+            churn_from_seed(seed)
         } else {
-            SimConfig::from_seed(seed, None)
+            from_seed(seed)
         })
     }));
     for outcome in &failed {

@@ -6,7 +6,8 @@
 
 use std::time::Instant;
 
-use consensus_core::sim::cluster::{self, SimConfig};
+use consensus_core::paxos::PlantedBug as PaxosBug;
+use consensus_core::sim::{self, PaxosSim, RaftSim, SimConfig, SimProtocol};
 use consensus_core::PlantedBug;
 use indicatif::{ProgressBar, ProgressStyle};
 
@@ -15,6 +16,8 @@ use indicatif::{ProgressBar, ProgressStyle};
 pub enum Protocol {
     /// The Raft engine of consensus-core.
     Raft,
+    /// The Multi-Paxos engine of consensus-core.
+    MultiPaxos,
 }
 
 /// A bug to plant in every member, to see the simulator catch it.
@@ -26,15 +29,47 @@ pub enum Bug {
     ReadWithoutLeadershipCheck,
     /// Grant votes without comparing logs.
     VoteWithoutLogCheck,
+    /// Multi-Paxos: an acceptor accepts below its promise.
+    AcceptBelowPromise,
+    /// Multi-Paxos: a new leader skips phase 1 for a slot holding an accepted value.
+    SkipPhaseOne,
+    /// Multi-Paxos: a slot is applied before it is chosen.
+    ApplyBeforeChosen,
 }
 
-impl From<Bug> for PlantedBug {
-    fn from(bug: Bug) -> Self {
-        match bug {
-            Bug::CommitPreviousTerm => PlantedBug::CommitPreviousTermByCounting,
-            Bug::ReadWithoutLeadershipCheck => PlantedBug::ReadWithoutLeadershipCheck,
-            Bug::VoteWithoutLogCheck => PlantedBug::VoteWithoutLogCheck,
+impl Bug {
+    /// The Raft fault this names, if it is one of Raft's.
+    fn raft(self) -> Option<PlantedBug> {
+        match self {
+            Bug::CommitPreviousTerm => Some(PlantedBug::CommitPreviousTermByCounting),
+            Bug::ReadWithoutLeadershipCheck => Some(PlantedBug::ReadWithoutLeadershipCheck),
+            Bug::VoteWithoutLogCheck => Some(PlantedBug::VoteWithoutLogCheck),
+            _ => None,
         }
+    }
+
+    /// The Multi-Paxos fault this names, if it is one of Multi-Paxos'.
+    fn paxos(self) -> Option<PaxosBug> {
+        match self {
+            Bug::AcceptBelowPromise => Some(PaxosBug::AcceptBelowPromise),
+            Bug::SkipPhaseOne => Some(PaxosBug::SkipPhaseOneForAcceptedSlot),
+            Bug::ApplyBeforeChosen => Some(PaxosBug::ApplyBeforeChosen),
+            _ => None,
+        }
+    }
+}
+
+/// The planted fault `--bug` names for this protocol, or an error saying it is another's.
+fn planted<B>(
+    bug: Option<Bug>,
+    protocol: &str,
+    pick: impl Fn(Bug) -> Option<B>,
+) -> anyhow::Result<Option<B>> {
+    match bug {
+        Some(bug) => pick(bug)
+            .map(Some)
+            .ok_or_else(|| anyhow::anyhow!("--bug {bug:?} is not a {protocol} fault")),
+        None => Ok(None),
     }
 }
 
@@ -77,7 +112,10 @@ pub enum Profile {
 
 /// The command line that replays exactly one seed of this run, printing every event.
 fn replay_command(args: &Args, seed: u64) -> String {
-    let mut line = format!("cargo xtask sim --protocol raft --seeds 1 --start {seed} --verbose");
+    let protocol = clap::ValueEnum::to_possible_value(&args.protocol)
+        .map_or_else(|| "raft".to_owned(), |v| v.get_name().to_owned());
+    let mut line =
+        format!("cargo xtask sim --protocol {protocol} --seeds 1 --start {seed} --verbose");
     if let Some(nodes) = args.nodes {
         line.push_str(&format!(" --nodes {nodes}"));
     }
@@ -94,27 +132,44 @@ fn replay_command(args: &Args, seed: u64) -> String {
 
 /// Runs the command.
 pub fn run(args: Args) -> anyhow::Result<()> {
-    let Protocol::Raft = args.protocol;
+    match args.protocol {
+        Protocol::Raft => {
+            let bug = planted(args.planted_bug, "Raft", Bug::raft)?;
+            scan::<RaftSim>(&args, "raft", |options| options.planted_bug = bug)
+        }
+        Protocol::MultiPaxos => {
+            let bug = planted(args.planted_bug, "Multi-Paxos", Bug::paxos)?;
+            scan::<PaxosSim>(&args, "multi-paxos", |options| options.planted_bug = bug)
+        }
+    }
+}
+
+/// Runs protocol `P` over the seeds of `args`; `plant` sets the planted fault in its knobs.
+fn scan<P: SimProtocol>(
+    args: &Args,
+    name: &str,
+    plant: impl Fn(&mut P::Options),
+) -> anyhow::Result<()> {
     let end = args.start.checked_add(args.seeds).ok_or_else(|| {
         anyhow::anyhow!("--start {} + --seeds {} overflows", args.start, args.seeds)
     })?;
     let bar = ProgressBar::new(args.seeds);
     bar.set_style(
-        ProgressStyle::with_template(
-            "{spinner} sim raft [{bar:40}] {pos}/{len} seeds, {per_sec}, eta {eta} {msg}",
-        )?
+        ProgressStyle::with_template(&format!(
+            "{{spinner}} sim {name} [{{bar:40}}] {{pos}}/{{len}} seeds, {{per_sec}}, eta {{eta}} {{msg}}"
+        ))?
         .progress_chars("=> "),
     );
     let started = Instant::now();
     let mut failures = Vec::new();
     for seed in args.start..end {
         let mut config = match args.profile {
-            Profile::Mixed => SimConfig::from_seed(seed, args.nodes.map(|n| n as usize)),
-            Profile::Churn => SimConfig::churn_from_seed(seed),
+            Profile::Mixed => SimConfig::from_seed::<P>(seed, args.nodes.map(|n| n as usize)),
+            Profile::Churn => SimConfig::churn_from_seed::<P>(seed),
         };
-        config.planted_bug = args.planted_bug.map(PlantedBug::from);
+        plant(&mut config.protocol);
         config.keep_full_trace = args.verbose;
-        let outcome = cluster::run(config);
+        let outcome = sim::run::<P>(config);
         if args.verbose {
             bar.suspend(|| {
                 if outcome.is_clean() {
@@ -126,7 +181,7 @@ pub fn run(args: Args) -> anyhow::Result<()> {
             });
         }
         if !outcome.is_clean() {
-            let replay = replay_command(&args, seed);
+            let replay = replay_command(args, seed);
             bar.suspend(|| println!("{}  replay: {replay}\n", outcome.report()));
             failures.push(seed);
             bar.set_message(format!("{} violations", failures.len()));
@@ -143,11 +198,11 @@ pub fn run(args: Args) -> anyhow::Result<()> {
     if !failures.is_empty() {
         println!("failing seeds: {failures:?}");
         if let Some(&seed) = failures.first() {
-            println!("replay the first with: {}", replay_command(&args, seed));
+            println!("replay the first with: {}", replay_command(args, seed));
         }
     }
     println!(
-        "sim raft: {} seeds, {} violations",
+        "sim {name}: {} seeds, {} violations",
         args.seeds,
         failures.len()
     );

@@ -7,8 +7,8 @@ use super::message::MessageBody;
 use super::progress::Progress;
 use super::quorum::{self, VoteResult};
 use super::Raft;
-use crate::error::Error;
 use super::RaftStorage;
+use crate::error::Error;
 use crate::types::{EntryPayload, NodeId, Role};
 
 impl<S: RaftStorage> Raft<S> {
@@ -79,7 +79,10 @@ impl<S: RaftStorage> Raft<S> {
         self.pending_conf_index = last;
         // Raft §5.4.2 / §8: commit a no-op of this term so earlier entries commit with it. (The
         // planted Figure 8 bug leaves it out, as the paper's figure does, so the bug can bite.)
-        if !self.config.has_bug(PlantedBug::CommitPreviousTermByCounting) {
+        if !self
+            .config
+            .has_bug(PlantedBug::CommitPreviousTermByCounting)
+        {
             self.append_entry(EntryPayload::Noop);
         }
         if self.config.read_mode == super::config::ReadMode::LeaseBased {
@@ -97,6 +100,11 @@ impl<S: RaftStorage> Raft<S> {
 
     pub(super) fn tick_election(&mut self) {
         self.election_elapsed += 1;
+        if self.leader.is_some() && self.election_elapsed >= self.config.election_tick {
+            // Not heard from within an election timeout: stop naming it, so clients are not sent
+            // to a leader that may be dead.
+            self.leader = None;
+        }
         if self.promotable() && self.election_elapsed >= self.randomized_election_timeout {
             self.election_elapsed = 0;
             self.hup(false);

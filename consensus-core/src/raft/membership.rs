@@ -10,8 +10,8 @@ use super::message::MessageBody;
 use super::progress::Progress;
 use super::quorum;
 use super::Raft;
-use crate::error::Error;
 use super::RaftStorage;
+use crate::error::Error;
 use crate::types::{ConfChange, ConfState, EntryPayload, MemberChange, Proposed, Role};
 
 fn edit(conf: &mut ConfState, change: MemberChange) {

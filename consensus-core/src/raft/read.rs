@@ -23,8 +23,8 @@ use super::config::{PlantedBug, ReadMode};
 use super::message::MessageBody;
 use super::quorum::{self, VoteResult};
 use super::Raft;
-use crate::error::Error;
 use super::RaftStorage;
+use crate::error::Error;
 use crate::types::{NodeId, ReadState, Role};
 
 #[derive(Debug)]

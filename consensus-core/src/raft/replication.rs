@@ -5,8 +5,8 @@ use super::message::MessageBody;
 use super::progress::ProgressState;
 use super::quorum;
 use super::Raft;
-use crate::error::{Error, StorageError};
 use super::RaftStorage;
+use crate::error::{Error, StorageError};
 use crate::types::{Entry, EntryPayload, NodeId, Proposed, Role};
 
 impl<S: RaftStorage> Raft<S> {
@@ -240,7 +240,9 @@ impl<S: RaftStorage> Raft<S> {
         if index <= self.log.committed || index == u64::MAX {
             return false;
         }
-        let by_counting = self.config.has_bug(PlantedBug::CommitPreviousTermByCounting);
+        let by_counting = self
+            .config
+            .has_bug(PlantedBug::CommitPreviousTermByCounting);
         if self.log.term(index).ok() != Some(self.term) && !by_counting {
             return false;
         }

@@ -8,34 +8,27 @@ use std::collections::{BTreeMap, BTreeSet, VecDeque};
 
 use bytes::Bytes;
 use consensus_core::{
-    ConfState, Config, Consensus, Entry, EntryPayload, MemStorage, Message, NodeId, Raft,
-    ReadState, Role, Storage,
+    ConfState, Config, Consensus, Entry, EntryPayload, MemHost, MemStorage, Message, NodeId, Raft,
+    ReadState, ReplicaLoop, Role, Storage,
 };
 use rand::SeedableRng;
 use rand_chacha::ChaCha8Rng;
 
-/// Drives one node's `Ready`s to quiescence with synchronous persistence; returns what it wants sent.
+/// Drives one node through the replica loop to quiescence with synchronous persistence; returns
+/// what it wants sent.
 pub fn drain(
     node: &mut Raft<MemStorage>,
     applied: &mut Vec<Entry>,
     reads: &mut Vec<ReadState>,
 ) -> Vec<Message> {
-    let mut out = Vec::new();
-    while node.has_ready() {
-        let ready = node.ready();
-        out.extend(ready.messages);
-        if let Some(persist) = ready.persist {
-            if let Some(snapshot) = &persist.snapshot {
-                // The state machine restarts from the snapshot.
-                applied.retain(|e| e.index <= snapshot.meta.index);
-            }
-            node.storage_mut().write(&persist).expect("write");
-            node.persisted(persist.token).expect("persisted in order");
-        }
-        applied.extend(ready.committed);
-        reads.extend(ready.reads);
-    }
-    out
+    let mut host = MemHost::new();
+    host.applied = std::mem::take(applied);
+    ReplicaLoop::new()
+        .drive(node, &mut host)
+        .expect("the replica loop runs");
+    *applied = host.applied;
+    reads.extend(host.reads);
+    host.messages
 }
 
 /// Same as [`drain`] for a node whose applied entries and reads we do not track.

@@ -20,13 +20,43 @@ use std::collections::VecDeque;
 use std::process::Command;
 
 use anyhow::{bail, Context};
+use consensus_core::paxos::{Config as PaxosConfig, HardState as PaxosHardState, MultiPaxos};
 use consensus_core::{
-    Bytes, ConfState, Config, Consensus, EntryPayload, MemStorage, Message, Raft, Role,
+    Bytes, ConfState, Config, Consensus, EntryPayload, Envelope, MemHost, MemStorage, Raft,
+    Replica, Role,
 };
+
+/// The protocols `bench core` measures, each against its peer library.
+#[derive(clap::ValueEnum, Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Protocol {
+    /// consensus-core's Raft against tikv's raft-rs.
+    Raft,
+    /// consensus-core's Multi-Paxos against the omnipaxos crate.
+    MultiPaxos,
+}
+
+impl Protocol {
+    fn name(self) -> &'static str {
+        match self {
+            Protocol::Raft => "raft",
+            Protocol::MultiPaxos => "multi-paxos",
+        }
+    }
+
+    fn peer(self) -> &'static str {
+        match self {
+            Protocol::Raft => "raft-rs",
+            Protocol::MultiPaxos => "omnipaxos",
+        }
+    }
+}
 
 /// Arguments of `cargo xtask bench core`.
 #[derive(clap::Args, Debug, Clone)]
 pub struct Args {
+    /// Protocol to measure.
+    #[arg(long, value_enum, default_value = "raft")]
+    protocol: Protocol,
     /// CPU seconds measured per case (each case is run `--runs` times; the best run is kept).
     #[arg(long, default_value_t = 1.0)]
     seconds: f64,
@@ -113,49 +143,81 @@ fn measure(harness: &mut dyn Harness, outstanding: usize, seconds: f64) -> anyho
 
 // ---- consensus-core ------------------------------------------------------------------------------
 
-struct Core {
-    nodes: Vec<Raft<MemStorage>>,
-    queue: VecDeque<Message>,
+/// Any consensus-core protocol over in-memory storage, each member run by the one replica loop.
+struct Core<C: Consensus<Storage = MemStorage<<C as Consensus>::HardState>>> {
+    nodes: Vec<Replica<C>>,
+    hosts: Vec<MemHost<C::Message>>,
+    queue: VecDeque<C::Message>,
     payload: Bytes,
     conf: ConfState,
 }
 
-impl Core {
-    fn new() -> anyhow::Result<Self> {
+impl<C: Consensus<Storage = MemStorage<<C as Consensus>::HardState>>> Core<C> {
+    /// Three members built by `make`; `elect` makes member 1 run for leader.
+    fn new(
+        make: impl Fn(u64, MemStorage<C::HardState>) -> anyhow::Result<C>,
+        elect: impl Fn(&mut C) -> anyhow::Result<()>,
+    ) -> anyhow::Result<Self> {
         let conf = ConfState::with_voters([1, 2, 3]);
         let mut nodes = Vec::new();
         for id in 1..=3u64 {
-            let mut config = Config::new(id);
-            config.max_msg_bytes = 1 << 20;
-            config.max_inflight = 256;
-            config.max_uncommitted_bytes = 64 << 20;
-            let rng = consensus_core::seeded_rng(id);
-            nodes.push(Raft::new(
-                config,
-                MemStorage::new_with_conf(conf.clone()),
-                rng,
-            )?);
+            nodes.push(Replica::new(make(id, MemStorage::new_with_conf(conf.clone()))?));
         }
         let mut core = Core {
+            hosts: (0..3).map(|_| MemHost::new()).collect(),
             nodes,
             queue: VecDeque::new(),
             payload: Bytes::from(vec![7u8; PAYLOAD]),
             conf,
         };
-        core.nodes[0].campaign()?;
-        for _ in 0..100 {
+        elect(core.nodes[0].engine_mut())?;
+        for _ in 0..1000 {
             core.pump();
-            if core.nodes[0].role() == Role::Leader {
+            if core.nodes[0].engine().status().role == Role::Leader {
                 return Ok(core);
+            }
+            for node in &mut core.nodes {
+                node.engine_mut().tick();
             }
         }
         bail!("consensus-core: member 1 was not elected")
     }
 }
 
-impl Harness for Core {
+/// The Multi-Paxos engine, member 1 running phase 1 at once.
+fn paxos_core() -> anyhow::Result<Core<MultiPaxos<MemStorage<PaxosHardState>>>> {
+    Core::new(
+        |id, storage| {
+            let mut config = PaxosConfig::new(id);
+            config.max_msg_bytes = 1 << 20;
+            config.max_uncommitted_bytes = 64 << 20;
+            Ok(MultiPaxos::new(
+                config,
+                storage,
+                consensus_core::seeded_rng(id),
+            )?)
+        },
+        |paxos| Ok(paxos.campaign()?),
+    )
+}
+
+/// The Raft engine, member 1 campaigning at once.
+fn raft_core() -> anyhow::Result<Core<Raft<MemStorage>>> {
+    Core::new(
+        |id, storage| {
+            let mut config = Config::new(id);
+            config.max_msg_bytes = 1 << 20;
+            config.max_inflight = 256;
+            config.max_uncommitted_bytes = 64 << 20;
+            Ok(Raft::new(config, storage, consensus_core::seeded_rng(id))?)
+        },
+        |raft| Ok(raft.campaign()?),
+    )
+}
+
+impl<C: Consensus<Storage = MemStorage<<C as Consensus>::HardState>>> Harness for Core<C> {
     fn propose(&mut self, n: usize) -> usize {
-        let leader = &mut self.nodes[0];
+        let leader = self.nodes[0].engine_mut();
         let mut accepted = 0;
         while accepted < n && leader.propose(self.payload.clone()).is_ok() {
             accepted += 1;
@@ -167,43 +229,35 @@ impl Harness for Core {
         let mut committed = 0;
         loop {
             let mut moved = false;
-            for (i, node) in self.nodes.iter_mut().enumerate() {
-                while node.has_ready() {
-                    moved = true;
-                    let ready = node.ready();
-                    self.queue.extend(ready.messages);
-                    if let Some(persist) = ready.persist {
-                        if let Err(e) = node.storage_mut().write(&persist) {
-                            panic!("memory storage write failed: {e}");
-                        }
-                        if let Err(e) = node.persisted(persist.token) {
-                            panic!("persisted refused: {e}");
-                        }
+            for (i, (node, host)) in self.nodes.iter_mut().zip(&mut self.hosts).enumerate() {
+                if let Err(e) = node.drive(host) {
+                    panic!("replica loop failed: {e}");
+                }
+                moved |= !host.messages.is_empty() || !host.applied.is_empty();
+                self.queue.extend(host.messages.drain(..));
+                if let Some(last) = host.applied.last().map(|e| e.index) {
+                    if i == 0 {
+                        committed += host
+                            .applied
+                            .iter()
+                            .filter(|e| matches!(e.payload, EntryPayload::Data(_)))
+                            .count();
                     }
-                    if let Some(last) = ready.committed.last() {
-                        let last = last.index;
-                        if i == 0 {
-                            committed += ready
-                                .committed
-                                .iter()
-                                .filter(|e| matches!(e.payload, EntryPayload::Data(_)))
-                                .count();
-                        }
-                        if last % COMPACT_EVERY == 0 {
-                            // Keep a margin so a follower a little behind still finds its entries.
-                            let _ = node.storage_mut().compact(
-                                last - COMPACT_EVERY / 2,
-                                self.conf.clone(),
-                                Bytes::new(),
-                            );
-                        }
+                    host.applied.clear();
+                    if last % COMPACT_EVERY == 0 {
+                        // Keep a margin so a follower a little behind still finds its entries.
+                        let _ = node.engine_mut().storage_mut().compact(
+                            last - COMPACT_EVERY / 2,
+                            self.conf.clone(),
+                            Bytes::new(),
+                        );
                     }
                 }
             }
             while let Some(message) = self.queue.pop_front() {
                 moved = true;
-                let to = message.to as usize - 1;
-                let _ = self.nodes[to].step(message);
+                let to = message.to() as usize - 1;
+                let _ = self.nodes[to].engine_mut().step(message);
             }
             if !moved {
                 return committed;
@@ -212,135 +266,10 @@ impl Harness for Core {
     }
 }
 
-// ---- raft-rs -------------------------------------------------------------------------------------
-
 #[cfg(feature = "raft-rs")]
-mod peer {
-    use std::collections::VecDeque;
-
-    use anyhow::bail;
-    use raft::eraftpb::{ConfState, Entry, EntryType, Message};
-    use raft::storage::MemStorage;
-    use raft::{Config, RawNode, StateRole};
-
-    use super::{Harness, COMPACT_EVERY, PAYLOAD};
-
-    pub(super) struct RaftRs {
-        nodes: Vec<RawNode<MemStorage>>,
-        queue: VecDeque<Message>,
-    }
-
-    impl RaftRs {
-        pub(super) fn new() -> anyhow::Result<Self> {
-            let logger = slog::Logger::root(slog::Discard, slog::o!());
-            let mut nodes = Vec::new();
-            for id in 1..=3u64 {
-                // The same tunables as consensus-core's defaults.
-                let config = Config {
-                    id,
-                    election_tick: 10,
-                    heartbeat_tick: 1,
-                    pre_vote: true,
-                    check_quorum: true,
-                    max_size_per_msg: 1 << 20,
-                    max_inflight_msgs: 256,
-                    max_uncommitted_size: 64 << 20,
-                    // Its own batching of appends to one follower, as consensus-core batches.
-                    batch_append: true,
-                    ..Config::default()
-                };
-                let storage =
-                    MemStorage::new_with_conf_state(ConfState::from((vec![1, 2, 3], vec![])));
-                nodes.push(RawNode::new(&config, storage, &logger)?);
-            }
-            let mut harness = RaftRs {
-                nodes,
-                queue: VecDeque::new(),
-            };
-            harness.nodes[0].campaign()?;
-            for _ in 0..100 {
-                harness.pump();
-                if harness.nodes[0].raft.state == StateRole::Leader {
-                    return Ok(harness);
-                }
-            }
-            bail!("raft-rs: member 1 was not elected")
-        }
-    }
-
-    fn count_and_compact(node: &mut RawNode<MemStorage>, leader: bool, entries: &[Entry]) -> usize {
-        let Some(last) = entries.last() else {
-            return 0;
-        };
-        let count = if leader {
-            entries
-                .iter()
-                .filter(|e| e.get_entry_type() == EntryType::EntryNormal && !e.data.is_empty())
-                .count()
-        } else {
-            0
-        };
-        if last.index % COMPACT_EVERY == 0 {
-            // Keep a margin so a follower a little behind still finds its entries.
-            let _ = node.store().wl().compact(last.index - COMPACT_EVERY / 2);
-        }
-        count
-    }
-
-    impl Harness for RaftRs {
-        fn propose(&mut self, n: usize) -> usize {
-            let leader = &mut self.nodes[0];
-            let mut accepted = 0;
-            while accepted < n && leader.propose(Vec::new(), vec![7u8; PAYLOAD]).is_ok() {
-                accepted += 1;
-            }
-            accepted
-        }
-
-        fn pump(&mut self) -> usize {
-            let mut committed = 0;
-            loop {
-                let mut moved = false;
-                for (i, node) in self.nodes.iter_mut().enumerate() {
-                    while node.has_ready() {
-                        moved = true;
-                        let mut ready = node.ready();
-                        self.queue.extend(ready.take_messages());
-                        let store = node.store().clone();
-                        if !ready.snapshot().is_empty() {
-                            let _ = store.wl().apply_snapshot(ready.snapshot().clone());
-                        }
-                        let entries = ready.take_committed_entries();
-                        committed += count_and_compact(node, i == 0, &entries);
-                        if !ready.entries().is_empty() {
-                            let _ = store.wl().append(ready.entries());
-                        }
-                        if let Some(hs) = ready.hs() {
-                            store.wl().set_hardstate(hs.clone());
-                        }
-                        self.queue.extend(ready.take_persisted_messages());
-                        let mut light = node.advance(ready);
-                        if let Some(commit) = light.commit_index() {
-                            store.wl().mut_hard_state().set_commit(commit);
-                        }
-                        self.queue.extend(light.take_messages());
-                        let entries = light.take_committed_entries();
-                        committed += count_and_compact(node, i == 0, &entries);
-                        node.advance_apply();
-                    }
-                }
-                while let Some(message) = self.queue.pop_front() {
-                    moved = true;
-                    let to = message.to as usize - 1;
-                    let _ = self.nodes[to].step(message);
-                }
-                if !moved {
-                    return committed;
-                }
-            }
-        }
-    }
-}
+mod raft_rs;
+#[cfg(feature = "omnipaxos")]
+mod omnipaxos;
 
 // ---- the command ---------------------------------------------------------------------------------
 
@@ -390,7 +319,7 @@ fn reexec(args: &Args) -> anyhow::Result<()> {
     ensure_protoc()?;
     let cargo = std::env::var("CARGO").unwrap_or_else(|_| "cargo".to_owned());
     let outstanding: Vec<String> = args.outstanding.iter().map(|n| n.to_string()).collect();
-    eprintln!("bench core: building xtask in release with the raft-rs feature (first time: a few minutes)");
+    eprintln!("bench core: building xtask in release with the peer libraries (first time: a few minutes)");
     let status = Command::new(cargo)
         .args([
             "run",
@@ -399,11 +328,13 @@ fn reexec(args: &Args) -> anyhow::Result<()> {
             "--package",
             "xtask",
             "--features",
-            "raft-rs",
+            "raft-rs,omnipaxos",
             "--",
             "bench",
             "core",
             "--no-reexec",
+            "--protocol",
+            args.protocol.name(),
             "--seconds",
             &args.seconds.to_string(),
             "--runs",
@@ -414,7 +345,7 @@ fn reexec(args: &Args) -> anyhow::Result<()> {
         .status()
         .context("running cargo")?;
     if !status.success() {
-        bail!("bench core (release, raft-rs) failed with {status}");
+        bail!("bench core (release, with peers) failed with {status}");
     }
     Ok(())
 }
@@ -433,11 +364,45 @@ fn best_of(
     Ok(best)
 }
 
+/// The engine under test and its peer, as harness factories.
+type Factory = Box<dyn Fn() -> anyhow::Result<Box<dyn Harness>>>;
+
+fn factories(protocol: Protocol, with_peer: bool) -> (Factory, Option<Factory>) {
+    let _ = with_peer;
+    match protocol {
+        Protocol::Raft => {
+            let core: Factory = Box::new(|| Ok(Box::new(raft_core()?) as Box<dyn Harness>));
+            #[cfg(feature = "raft-rs")]
+            let peer: Option<Factory> = with_peer
+                .then(|| -> Factory { Box::new(|| Ok(Box::new(raft_rs::RaftRs::new()?) as _)) });
+            #[cfg(not(feature = "raft-rs"))]
+            let peer: Option<Factory> = None;
+            (core, peer)
+        }
+        Protocol::MultiPaxos => {
+            let core: Factory = Box::new(|| Ok(Box::new(paxos_core()?) as Box<dyn Harness>));
+            #[cfg(feature = "omnipaxos")]
+            let peer: Option<Factory> = with_peer.then(|| -> Factory {
+                Box::new(|| Ok(Box::new(omnipaxos::OmniPaxosPeer::new(OMNIPAXOS_BATCH)?) as _))
+            });
+            #[cfg(not(feature = "omnipaxos"))]
+            let peer: Option<Factory> = None;
+            (core, peer)
+        }
+    }
+}
+
+/// omnipaxos' batch size (its default of 1 means no batching; consensus-core batches every
+/// proposal made between two `ready()`s into one message).
+#[cfg(feature = "omnipaxos")]
+const OMNIPAXOS_BATCH: usize = 64;
+
 /// Runs the command.
 pub fn run(args: Args) -> anyhow::Result<()> {
-    let with_peer = cfg!(feature = "raft-rs") && !args.core_only;
+    let peers_built = cfg!(feature = "raft-rs") && cfg!(feature = "omnipaxos");
+    let with_peer = peers_built && !args.core_only;
     let release = !cfg!(debug_assertions);
-    if !args.no_reexec && (!release || (!cfg!(feature = "raft-rs") && !args.core_only)) {
+    if !args.no_reexec && (!release || (!peers_built && !args.core_only)) {
         if args.core_only {
             bail!("benchmarks are built in release: run `cargo run -p xtask --release -- bench core --core-only --no-reexec`");
         }
@@ -449,39 +414,26 @@ pub fn run(args: Args) -> anyhow::Result<()> {
     if !release {
         eprintln!("warning: not a release build; figures are not comparable");
     }
+    let (name, peer_name) = (args.protocol.name(), args.protocol.peer());
     println!(
-        "bench core: 3 members in one process, in-memory storage, 16-byte proposals; \
+        "bench core: {name}, 3 members in one process, in-memory storage, 16-byte proposals; \
          best of {} runs of {:.1} CPU-s each",
         args.runs, args.seconds
     );
     println!(
         "{:>12} {:>22} {:>22} {:>8}",
-        "outstanding", "consensus-core ops/s", "raft-rs ops/s", "ratio"
+        "outstanding",
+        "consensus-core ops/s",
+        format!("{peer_name} ops/s"),
+        "ratio"
     );
+    let (core_factory, peer_factory) = factories(args.protocol, with_peer);
     let mut last_ratio = None;
     for &outstanding in &args.outstanding {
-        let core = best_of(
-            args.runs,
-            &|| Ok(Box::new(Core::new()?) as Box<dyn Harness>),
-            outstanding,
-            args.seconds,
-        )?;
-        let peer: Option<f64> = if with_peer {
-            #[cfg(feature = "raft-rs")]
-            {
-                Some(best_of(
-                    args.runs,
-                    &|| Ok(Box::new(peer::RaftRs::new()?) as Box<dyn Harness>),
-                    outstanding,
-                    args.seconds,
-                )?)
-            }
-            #[cfg(not(feature = "raft-rs"))]
-            {
-                None
-            }
-        } else {
-            None
+        let core = best_of(args.runs, &*core_factory, outstanding, args.seconds)?;
+        let peer = match &peer_factory {
+            Some(make) => Some(best_of(args.runs, &**make, outstanding, args.seconds)?),
+            None => None,
         };
         let ratio = peer.map(|p| core / p.max(1e-9));
         println!(
@@ -495,9 +447,13 @@ pub fn run(args: Args) -> anyhow::Result<()> {
             last_ratio = ratio;
         }
     }
+    let headline = match args.protocol {
+        Protocol::Raft => "core-vs-raft-rs",
+        Protocol::MultiPaxos => "core-vs-omnipaxos",
+    };
     match last_ratio {
-        Some(ratio) => println!("core-vs-raft-rs: {ratio:.2}"),
-        None => println!("core-vs-raft-rs: n/a (raft-rs not measured at 256 outstanding)"),
+        Some(ratio) => println!("{headline}: {ratio:.2}"),
+        None => println!("{headline}: n/a ({peer_name} not measured at 256 outstanding)"),
     }
     Ok(())
 }

@@ -1,9 +1,8 @@
-//! Safety properties checked after every simulator step.
+//! Raft's own safety properties, beside the shared ones of [`super::SharedChecker`].
 //!
 //! The checker keeps a global record of what the cluster has ever shown: the leader of each term,
-//! every (index, term) ever stored with its payload digest and predecessor term, every entry ever
-//! known committed, and the state-machine digest after each applied index. Each step it compares
-//! what the nodes show now against that record:
+//! every (index, term) ever stored with its payload digest and predecessor term, and every entry
+//! ever known committed. Each step it compares what the nodes show now against that record:
 //!
 //! - **election safety**: at most one leader per term;
 //! - **log matching**: an (index, term) pair names one payload and one predecessor term, which by
@@ -11,57 +10,14 @@
 //! - **leader completeness**: a node that becomes leader in term `t` holds every entry committed in
 //!   an earlier term;
 //! - **committed entries never change**: once an index is known committed, every log that holds it
-//!   through its commit index holds the same entry;
-//! - **state-machine safety**: every replica that applied index `i` applied the same entry and
-//!   reached the same state;
-//! - **monotonic term, commit and applied** during one life of a node (a restart may go back to what
-//!   was durable, never below it).
+//!   through its commit index holds the same entry.
 
 use std::collections::BTreeMap;
 
-use crate::types::{Entry, EntryPayload, NodeId, Role};
-
-/// A safety violation, with what was seen.
-#[derive(Clone, Debug, PartialEq, Eq)]
-pub struct Violation {
-    /// The property broken.
-    pub property: &'static str,
-    /// What exactly was seen.
-    pub detail: String,
-}
-
-impl std::fmt::Display for Violation {
-    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        write!(f, "{}: {}", self.property, self.detail)
-    }
-}
-
-fn violation(property: &'static str, detail: String) -> Result<(), Violation> {
-    Err(Violation { property, detail })
-}
-
-/// A stable digest of an entry's payload.
-pub fn payload_digest(entry: &Entry) -> u64 {
-    let mut h: u64 = 0xcbf2_9ce4_8422_2325;
-    let mut feed = |bytes: &[u8]| {
-        for b in bytes {
-            h ^= u64::from(*b);
-            h = h.wrapping_mul(0x0000_0100_0000_01b3);
-        }
-    };
-    match &entry.payload {
-        EntryPayload::Noop => feed(b"noop"),
-        EntryPayload::Data(data) => {
-            feed(b"data");
-            feed(data);
-        }
-        EntryPayload::ConfChange(change) => {
-            feed(b"conf");
-            feed(format!("{change:?}").as_bytes());
-        }
-    }
-    h
-}
+use super::{payload_digest, violation, Violation};
+use crate::raft::HardState;
+use crate::storage::{MemStorage, Storage};
+use crate::types::{Entry, NodeId, Role};
 
 /// What one node shows at a point in time.
 #[derive(Clone, Copy, Debug)]
@@ -78,13 +34,13 @@ pub struct NodeView<'a> {
     pub applied: u64,
     /// Index and term of its latest snapshot (0, 0 if none).
     pub snapshot: (u64, u64),
-    /// Its stored log entries after the snapshot, in order.
-    pub log: &'a [Entry],
+    /// Its log (the engine's storage view: durable or not).
+    pub log: &'a MemStorage<HardState>,
 }
 
 impl NodeView<'_> {
     fn last_index(&self) -> u64 {
-        self.log.last().map_or(self.snapshot.0, |e| e.index)
+        self.log.last_index().max(self.snapshot.0)
     }
 
     /// The term of the entry at `index`, if this node still holds it (or it is the snapshot's).
@@ -95,16 +51,14 @@ impl NodeView<'_> {
         if index < self.snapshot.0 {
             return None;
         }
-        self.log
-            .get((index - self.snapshot.0 - 1) as usize)
-            .map(|e| e.term)
+        self.log.entry(index).map(|e| e.term)
     }
 
     fn entry(&self, index: u64) -> Option<&Entry> {
         if index <= self.snapshot.0 {
             return None;
         }
-        self.log.get((index - self.snapshot.0 - 1) as usize)
+        self.log.entry(index)
     }
 }
 
@@ -127,20 +81,18 @@ struct Committed {
     commit_term: u64,
 }
 
-/// The invariant checker. Feed it every log write, apply and restart, and call
-/// [`InvariantChecker::check`] after every step.
+/// Raft's invariant checker. Feed it every log write and restart, and call
+/// [`RaftChecker::check`] after every step.
 #[derive(Clone, Debug, Default)]
-pub struct InvariantChecker {
+pub struct RaftChecker {
     leaders: BTreeMap<u64, NodeId>,
     /// (index, term) -> (payload digest, term of the previous entry).
     entries: BTreeMap<(u64, u64), (u64, u64)>,
     committed: BTreeMap<u64, Committed>,
-    /// index -> (entry term, state digest after applying it).
-    applied: BTreeMap<u64, (u64, u64)>,
     nodes: BTreeMap<NodeId, NodeRecord>,
 }
 
-impl InvariantChecker {
+impl RaftChecker {
     /// A checker that has seen nothing.
     pub fn new() -> Self {
         Self::default()
@@ -152,21 +104,14 @@ impl InvariantChecker {
         record.dirty_from = Some(record.dirty_from.map_or(from, |d| d.min(from)));
     }
 
-    /// `node` restarted from durable state: its volatile commit and applied start over.
-    pub fn restarted(
-        &mut self,
-        node: NodeId,
-        term: u64,
-        commit: u64,
-        applied: u64,
-    ) -> Result<(), Violation> {
+    /// `node` restarted from durable state: its volatile commit starts over.
+    pub fn restarted(&mut self, node: NodeId, term: u64, applied: u64) {
         let record = self.nodes.entry(node).or_default();
         record.term = term;
-        record.commit = commit;
+        record.commit = applied;
         record.applied = applied;
         record.dirty_from = Some(0);
         record.verified_commit = 0;
-        Ok(())
     }
 
     /// How many entries are known committed.
@@ -179,51 +124,6 @@ impl InvariantChecker {
         self.committed.get(&index).map(|c| c.term)
     }
 
-    /// `node` applied `entry`, after which its state machine digest is `state`.
-    pub fn applied(&mut self, node: NodeId, entry: &Entry, state: u64) -> Result<(), Violation> {
-        let digest = payload_digest(entry);
-        if let Some(c) = self.committed.get(&entry.index) {
-            if (c.term, c.digest) != (entry.term, digest) {
-                return violation(
-                    "state machine safety",
-                    format!(
-                        "node {node} applied index {} term {} but the committed entry there has term {}",
-                        entry.index, entry.term, c.term
-                    ),
-                );
-            }
-        }
-        match self.applied.get(&entry.index) {
-            Some(&(term, seen)) if (term, seen) != (entry.term, state) => violation(
-                "state machine safety",
-                format!(
-                    "node {node} applied index {} (term {}) reaching state {state:#x}; another \
-                     replica applied term {term} there reaching {seen:#x}",
-                    entry.index, entry.term
-                ),
-            ),
-            Some(_) => Ok(()),
-            None => {
-                self.applied.insert(entry.index, (entry.term, state));
-                Ok(())
-            }
-        }
-    }
-
-    /// `node` restored its state machine from a snapshot at `index` with digest `state`.
-    pub fn restored(&mut self, node: NodeId, index: u64, state: u64) -> Result<(), Violation> {
-        match self.applied.get(&index) {
-            Some(&(_, seen)) if seen != state && index > 0 => violation(
-                "state machine safety",
-                format!(
-                    "node {node} restored a snapshot at index {index} with state {state:#x}; \
-                     replicas that applied through {index} reached {seen:#x}"
-                ),
-            ),
-            _ => Ok(()),
-        }
-    }
-
     /// Checks every property against what the live nodes show now.
     pub fn check(&mut self, nodes: &[NodeView<'_>]) -> Result<(), Violation> {
         for view in nodes {
@@ -234,44 +134,17 @@ impl InvariantChecker {
 
     fn check_node(&mut self, view: &NodeView<'_>) -> Result<(), Violation> {
         let id = view.id;
-        let mut record = self.nodes.get(&id).copied().unwrap_or_default();
-
-        // Monotonic term / commit / applied within this life.
-        if view.term < record.term {
+        if view.commit > view.last_index() {
             return violation(
-                "monotonic term",
-                format!("node {id} term went from {} to {}", record.term, view.term),
-            );
-        }
-        if view.commit < record.commit {
-            return violation(
-                "monotonic commit",
+                "commit <= last index",
                 format!(
-                    "node {id} commit went from {} to {}",
-                    record.commit, view.commit
-                ),
-            );
-        }
-        if view.applied < record.applied {
-            return violation(
-                "monotonic applied",
-                format!(
-                    "node {id} applied went from {} to {}",
-                    record.applied, view.applied
-                ),
-            );
-        }
-        if view.applied > view.commit || view.commit > view.last_index().max(view.snapshot.0) {
-            return violation(
-                "applied <= commit <= last index",
-                format!(
-                    "node {id}: applied {} commit {} last index {}",
-                    view.applied,
+                    "node {id}: commit {} last index {}",
                     view.commit,
                     view.last_index()
                 ),
             );
         }
+        let mut record = self.nodes.get(&id).copied().unwrap_or_default();
 
         // Election safety, and leader completeness for a leader seen for the first time.
         if view.role == Role::Leader {
@@ -411,6 +284,8 @@ impl InvariantChecker {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::protocol::Write;
+    use crate::types::{ConfState, EntryPayload};
     use bytes::Bytes;
 
     fn e(index: u64, term: u64, data: &'static [u8]) -> Entry {
@@ -421,7 +296,27 @@ mod tests {
         }
     }
 
-    fn view<'a>(id: NodeId, role: Role, term: u64, commit: u64, log: &'a [Entry]) -> NodeView<'a> {
+    fn log(entries: &[Entry]) -> MemStorage {
+        let mut storage = MemStorage::new_with_conf(ConfState::with_voters([1, 2, 3]));
+        storage
+            .write(&Write {
+                snapshot: None,
+                truncate_from: None,
+                entries: entries.to_vec(),
+                hard_state: None,
+                sync: true,
+            })
+            .unwrap();
+        storage
+    }
+
+    fn view<'a>(
+        id: NodeId,
+        role: Role,
+        term: u64,
+        commit: u64,
+        log: &'a MemStorage,
+    ) -> NodeView<'a> {
         NodeView {
             id,
             role,
@@ -435,17 +330,18 @@ mod tests {
 
     #[test]
     fn two_leaders_in_one_term_break_election_safety() {
-        let mut c = InvariantChecker::new();
-        c.check(&[view(1, Role::Leader, 2, 0, &[])]).unwrap();
-        let err = c.check(&[view(2, Role::Leader, 2, 0, &[])]).unwrap_err();
+        let mut c = RaftChecker::new();
+        let empty = log(&[]);
+        c.check(&[view(1, Role::Leader, 2, 0, &empty)]).unwrap();
+        let err = c.check(&[view(2, Role::Leader, 2, 0, &empty)]).unwrap_err();
         assert_eq!(err.property, "election safety");
     }
 
     #[test]
     fn different_payloads_under_one_index_and_term_break_log_matching() {
-        let mut c = InvariantChecker::new();
-        let a = [e(1, 1, b"x")];
-        let b = [e(1, 1, b"y")];
+        let mut c = RaftChecker::new();
+        let a = log(&[e(1, 1, b"x")]);
+        let b = log(&[e(1, 1, b"y")]);
         c.log_written(1, 1);
         c.log_written(2, 1);
         c.check(&[view(1, Role::Follower, 1, 0, &a)]).unwrap();
@@ -455,9 +351,9 @@ mod tests {
 
     #[test]
     fn a_committed_entry_that_changes_is_caught() {
-        let mut c = InvariantChecker::new();
-        let a = [e(1, 1, b"x")];
-        let b = [e(1, 2, b"y")];
+        let mut c = RaftChecker::new();
+        let a = log(&[e(1, 1, b"x")]);
+        let b = log(&[e(1, 2, b"y")]);
         c.log_written(1, 1);
         c.check(&[view(1, Role::Follower, 1, 1, &a)]).unwrap();
         c.log_written(2, 1);
@@ -467,31 +363,12 @@ mod tests {
 
     #[test]
     fn a_leader_missing_an_earlier_committed_entry_is_caught() {
-        let mut c = InvariantChecker::new();
-        let a = [e(1, 1, b"x")];
+        let mut c = RaftChecker::new();
+        let a = log(&[e(1, 1, b"x")]);
+        let empty = log(&[]);
         c.log_written(1, 1);
         c.check(&[view(1, Role::Leader, 1, 1, &a)]).unwrap();
-        let err = c.check(&[view(2, Role::Leader, 2, 0, &[])]).unwrap_err();
+        let err = c.check(&[view(2, Role::Leader, 2, 0, &empty)]).unwrap_err();
         assert_eq!(err.property, "leader completeness");
-    }
-
-    #[test]
-    fn a_term_going_backwards_is_caught_but_a_restart_resets_the_baseline() {
-        let mut c = InvariantChecker::new();
-        c.check(&[view(1, Role::Follower, 5, 0, &[])]).unwrap();
-        let err = c.check(&[view(1, Role::Follower, 4, 0, &[])]).unwrap_err();
-        assert_eq!(err.property, "monotonic term");
-        c.restarted(1, 4, 0, 0).unwrap();
-        c.check(&[view(1, Role::Follower, 4, 0, &[])]).unwrap();
-    }
-
-    #[test]
-    fn replicas_that_apply_the_same_index_to_different_states_are_caught() {
-        let mut c = InvariantChecker::new();
-        let entry = e(1, 1, b"x");
-        c.applied(1, &entry, 10).unwrap();
-        c.applied(2, &entry, 10).unwrap();
-        let err = c.applied(3, &entry, 11).unwrap_err();
-        assert_eq!(err.property, "state machine safety");
     }
 }

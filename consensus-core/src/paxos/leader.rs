@@ -1,0 +1,323 @@
+//! The distinguished proposer: proposals, the pipeline window, batching, counting acceptances.
+//!
+//! Every proposal gets its slot at once (so `propose` can say where it landed) and waits in a
+//! bounded queue until the window lets it out: at most `max_inflight_slots` slots above the
+//! chosen prefix are in flight, and none beyond an unchosen membership change (see
+//! `membership`). Slots let out are written to the leader's own log and broadcast in
+//! `Accept` batches of at most `max_msg_bytes`. A slot is chosen once a majority of the
+//! configuration accepted it under our ballot; the leader's own acceptance counts once its
+//! write is durable. Unacknowledged slots are re-sent with each heartbeat (one batch per peer).
+
+use std::collections::{BTreeMap, BTreeSet, VecDeque};
+
+use super::election::is_majority;
+use super::message::MessageBody;
+use super::{MultiPaxos, PaxosStorage};
+use crate::error::{Error, StorageError};
+use crate::types::{Entry, EntryPayload, NodeId, Proposed, Role};
+
+/// What only the leader keeps.
+#[derive(Debug, Default)]
+pub(crate) struct LeaderState {
+    /// Proposals with their slot, not yet let into the window.
+    queued: VecDeque<Entry>,
+    /// Slots in the window and not yet chosen: who accepted each under our ballot.
+    inflight: BTreeMap<u64, BTreeSet<NodeId>>,
+    /// Next slot to assign.
+    next_slot: u64,
+    /// Last slot phase 1 recovered (or `from - 1`): every value chosen before this leader is at
+    /// or below it.
+    pub(crate) recovery_end: u64,
+    /// Highest slot holding a membership change not yet chosen (queued or in flight).
+    pub(crate) pending_conf: Option<u64>,
+    /// Slot of a membership change in the window and not yet chosen.
+    inflight_conf: Option<u64>,
+    /// Payload bytes proposed and not yet chosen.
+    uncommitted_bytes: u64,
+    /// Peers heard from under our ballot since the last check-quorum.
+    pub(crate) active: BTreeSet<NodeId>,
+    /// Let into the window since the last broadcast.
+    fresh: Vec<Entry>,
+    /// Commit index the last broadcast carried.
+    commit_sent: u64,
+    /// A heartbeat is due.
+    pub(crate) heartbeat_pending: bool,
+    /// Unacknowledged slots are due to be re-sent.
+    pub(crate) resend_pending: bool,
+    /// A leader transfer to this node is under way (proposals are refused meanwhile).
+    pub(crate) transfer: Option<NodeId>,
+    /// Set once this leader sent `TimeoutNow`: another leader may be elected before any lease
+    /// runs out, so lease reads stop for the rest of this leadership.
+    pub(crate) lease_forfeited: bool,
+}
+
+impl LeaderState {
+    pub(crate) fn start(&mut self, from: u64, recovery_end: u64) {
+        self.next_slot = from;
+        self.recovery_end = recovery_end;
+    }
+
+    pub(crate) fn enqueue(&mut self, entry: Entry) {
+        debug_assert_eq!(entry.index, self.next_slot, "slots are assigned in order");
+        self.next_slot = entry.index + 1;
+        self.uncommitted_bytes += entry.payload_size().max(1);
+        if matches!(entry.payload, EntryPayload::ConfChange(_)) {
+            self.pending_conf = Some(entry.index);
+        }
+        self.queued.push_back(entry);
+    }
+}
+
+impl<S: PaxosStorage> MultiPaxos<S> {
+    /// Queues `payload` in the next free slot.
+    pub(super) fn propose_payload(&mut self, payload: EntryPayload) -> Result<Proposed, Error> {
+        if self.role != Role::Leader {
+            return Err(Error::NotLeader {
+                leader: self.leader,
+            });
+        }
+        if let Some(to) = self.lead.transfer {
+            return Err(Error::TransferInProgress { to });
+        }
+        let size = Entry {
+            term: 0,
+            index: 0,
+            payload: payload.clone(),
+        }
+        .payload_size();
+        if size > self.config.max_msg_bytes {
+            return Err(Error::ProposalTooLarge {
+                size,
+                limit: self.config.max_msg_bytes,
+            });
+        }
+        let uncommitted = self.lead.uncommitted_bytes;
+        if uncommitted + size.max(1) > self.config.max_uncommitted_bytes {
+            return Err(Error::UncommittedLimit {
+                uncommitted,
+                limit: self.config.max_uncommitted_bytes,
+            });
+        }
+        let term = self.ballot.encode();
+        let index = self.lead.next_slot;
+        self.lead.enqueue(Entry {
+            term,
+            index,
+            payload,
+        });
+        Ok(Proposed { index, term })
+    }
+
+    /// Whether the queue's head may enter the window now.
+    fn can_let_in(&self) -> bool {
+        let Some(front) = self.lead.queued.front() else {
+            return false;
+        };
+        if front.index > self.commit + self.config.max_inflight_slots {
+            return false;
+        }
+        // Drain behind an unchosen membership change: the slots after it belong to the
+        // configuration it creates, which is not in force until it is chosen.
+        self.lead.inflight_conf.is_none()
+    }
+
+    /// Whether `flush_leader` would produce a write or a message (exact: `has_ready` relies
+    /// on it).
+    pub(super) fn leader_has_work(&self) -> bool {
+        if self.can_let_in() {
+            return true;
+        }
+        let peers = self.peers();
+        if peers.is_empty() {
+            return false;
+        }
+        let heartbeat_due = self.lead.heartbeat_pending
+            || self.reads.heartbeat_pending()
+            || self.lead.commit_sent < self.commit;
+        let resend_due = self.lead.resend_pending
+            && self
+                .lead
+                .inflight
+                .values()
+                .any(|acks| peers.iter().any(|peer| !acks.contains(peer)));
+        heartbeat_due || resend_due
+    }
+
+    /// Lets proposals into the window and broadcasts what is due.
+    pub(super) fn flush_leader(&mut self) {
+        while self.can_let_in() {
+            let Some(entry) = self.lead.queued.pop_front() else {
+                break;
+            };
+            if matches!(entry.payload, EntryPayload::ConfChange(_)) {
+                self.lead.inflight_conf = Some(entry.index);
+            }
+            self.lead.inflight.insert(entry.index, BTreeSet::new());
+            self.log.put(entry.clone());
+            self.lead.fresh.push(entry);
+        }
+        let peers = self.peers();
+        let fresh = std::mem::take(&mut self.lead.fresh);
+        if !fresh.is_empty() {
+            for &to in &peers {
+                self.send_accepts(to, &fresh);
+            }
+            self.lead.commit_sent = self.commit;
+        }
+        if self.lead.resend_pending {
+            self.lead.resend_pending = false;
+            self.resend_unacked(&peers);
+        }
+        if self.lead.heartbeat_pending
+            || self.reads.heartbeat_pending()
+            || self.lead.commit_sent < self.commit
+        {
+            self.lead.heartbeat_pending = false;
+            self.broadcast_heartbeat(&peers);
+        }
+    }
+
+    /// Every member but this node (voters and learners).
+    pub(super) fn peers(&self) -> Vec<NodeId> {
+        let me = self.config.id;
+        self.conf
+            .members()
+            .into_iter()
+            .filter(|&id| id != me)
+            .collect()
+    }
+
+    /// Sends `entries` to `to` in `Accept` batches of at most `max_msg_bytes`.
+    fn send_accepts(&mut self, to: NodeId, entries: &[Entry]) {
+        let commit = self.commit;
+        let mut batch = Vec::new();
+        let mut bytes = 0u64;
+        for entry in entries {
+            let size = entry.payload_size();
+            if !batch.is_empty() && bytes + size > self.config.max_msg_bytes {
+                let entries = std::mem::take(&mut batch);
+                self.send(to, MessageBody::Accept { entries, commit });
+                bytes = 0;
+            }
+            bytes += size;
+            batch.push(entry.clone());
+        }
+        if !batch.is_empty() {
+            self.send(
+                to,
+                MessageBody::Accept {
+                    entries: batch,
+                    commit,
+                },
+            );
+        }
+    }
+
+    /// Re-sends, to each peer, one batch of in-flight slots it has not acknowledged.
+    fn resend_unacked(&mut self, peers: &[NodeId]) {
+        for &to in peers {
+            let mut entries = Vec::new();
+            let mut bytes = 0u64;
+            for (&slot, acks) in &self.lead.inflight {
+                if acks.contains(&to) {
+                    continue;
+                }
+                let Ok(Some(entry)) = self.log.get(slot) else {
+                    continue;
+                };
+                bytes += entry.payload_size();
+                if !entries.is_empty() && bytes > self.config.max_msg_bytes {
+                    break;
+                }
+                entries.push(entry);
+            }
+            if !entries.is_empty() {
+                let commit = self.commit;
+                self.send(to, MessageBody::Accept { entries, commit });
+            }
+        }
+    }
+
+    fn broadcast_heartbeat(&mut self, peers: &[NodeId]) {
+        let read_round = self.next_read_round();
+        let commit = self.commit;
+        for &to in peers {
+            self.send(to, MessageBody::Heartbeat { commit, read_round });
+        }
+        self.lead.commit_sent = commit;
+    }
+
+    /// Phase 2b arrived.
+    pub(super) fn handle_accepted(&mut self, from: NodeId, ballot: super::Ballot, slots: &[u64]) {
+        if self.role != Role::Leader || ballot != self.ballot {
+            return;
+        }
+        self.lead.active.insert(from);
+        for slot in slots {
+            if let Some(acks) = self.lead.inflight.get_mut(slot) {
+                acks.insert(from);
+            }
+        }
+        if let Err(error) = self.advance_chosen() {
+            self.fail(error);
+        }
+    }
+
+    /// The leader's own write of `slots` is durable: count its acceptance.
+    pub(super) fn own_accepts_durable(&mut self, slots: &[(u64, u64)]) {
+        if self.role != Role::Leader {
+            return;
+        }
+        let (me, term) = (self.config.id, self.ballot.encode());
+        for &(slot, slot_term) in slots {
+            if slot_term == term {
+                if let Some(acks) = self.lead.inflight.get_mut(&slot) {
+                    acks.insert(me);
+                }
+            }
+        }
+        if let Err(error) = self.advance_chosen() {
+            self.fail(error);
+        }
+    }
+
+    /// Moves the chosen prefix over every slot a majority accepted.
+    fn advance_chosen(&mut self) -> Result<(), StorageError> {
+        let before = self.commit;
+        loop {
+            let slot = self.commit + 1;
+            let chosen = self
+                .lead
+                .inflight
+                .get(&slot)
+                .is_some_and(|acks| is_majority(&self.conf.voters, acks));
+            if !chosen {
+                break;
+            }
+            self.lead.inflight.remove(&slot);
+            let Some(entry) = self.log.get(slot)? else {
+                return Err(StorageError::Inconsistent(format!(
+                    "leader lost its own proposal for slot {slot}"
+                )));
+            };
+            self.lead.uncommitted_bytes = self
+                .lead
+                .uncommitted_bytes
+                .saturating_sub(entry.payload_size().max(1));
+            if self.lead.pending_conf == Some(slot) {
+                self.lead.pending_conf = None;
+            }
+            if self.lead.inflight_conf == Some(slot) {
+                self.lead.inflight_conf = None;
+            }
+            self.on_chosen(&entry);
+            if self.role != Role::Leader {
+                return Ok(()); // a membership change removed us
+            }
+        }
+        if self.commit > before {
+            self.on_commit_advanced();
+        }
+        Ok(())
+    }
+}

@@ -1,0 +1,122 @@
+//! The `omnipaxos` crate (0.2, batching on, its in-memory storage) on the same harness.
+
+use omnipaxos::macros::Entry;
+use omnipaxos::messages::Message;
+use omnipaxos::{ClusterConfig, OmniPaxos, ServerConfig};
+use omnipaxos_storage::memory_storage::MemoryStorage;
+
+use super::{Harness, COMPACT_EVERY, PAYLOAD};
+
+/// The proposal payload, as omnipaxos stores it.
+#[derive(Clone, Debug, Entry)]
+pub(super) struct Payload(#[allow(dead_code)] [u8; PAYLOAD]);
+
+type Node = OmniPaxos<Payload, MemoryStorage<Payload>>;
+
+pub(super) struct OmniPaxosPeer {
+    nodes: Vec<Node>,
+    queue: Vec<Message<Payload>>,
+    buffer: Vec<Message<Payload>>,
+    decided: usize,
+}
+
+impl OmniPaxosPeer {
+    /// Three servers, server 1 with the highest priority; `batch` is the batch size.
+    pub(super) fn new(batch: usize) -> anyhow::Result<Self> {
+        let cluster = ClusterConfig {
+            configuration_id: 1,
+            nodes: vec![1, 2, 3],
+            flexible_quorum: None,
+        };
+        let mut nodes = Vec::new();
+        for pid in 1..=3u64 {
+            let server = ServerConfig {
+                pid,
+                election_tick_timeout: 5,
+                resend_message_tick_timeout: 50,
+                buffer_size: 1 << 20,
+                batch_size: batch.max(1),
+                flush_batch_tick_timeout: 1,
+                leader_priority: if pid == 1 { 10 } else { 0 },
+                ..ServerConfig::default()
+            };
+            nodes.push(
+                cluster
+                    .clone()
+                    .build_for_server(server, MemoryStorage::default())
+                    .map_err(|e| anyhow::anyhow!("omnipaxos config: {e:?}"))?,
+            );
+        }
+        let mut peer = OmniPaxosPeer {
+            nodes,
+            queue: Vec::new(),
+            buffer: Vec::new(),
+            decided: 0,
+        };
+        for _ in 0..1000 {
+            for node in &mut peer.nodes {
+                node.tick();
+            }
+            peer.deliver();
+            if peer.nodes[0].get_current_leader() == Some((1, true)) {
+                peer.decided = peer.nodes[0].get_decided_idx();
+                return Ok(peer);
+            }
+        }
+        anyhow::bail!("omnipaxos: server 1 was not elected")
+    }
+
+    /// Moves every outgoing message until nothing moves; returns whether anything did.
+    fn deliver(&mut self) -> bool {
+        let mut moved = false;
+        loop {
+            for node in &mut self.nodes {
+                node.take_outgoing_messages(&mut self.buffer);
+                self.queue.append(&mut self.buffer);
+            }
+            if self.queue.is_empty() {
+                return moved;
+            }
+            moved = true;
+            for message in std::mem::take(&mut self.queue) {
+                let to = message.get_receiver() as usize - 1;
+                self.nodes[to].handle_incoming(message);
+            }
+        }
+    }
+}
+
+impl Harness for OmniPaxosPeer {
+    fn propose(&mut self, n: usize) -> usize {
+        let leader = &mut self.nodes[0];
+        let mut accepted = 0;
+        while accepted < n && leader.append(Payload([7u8; PAYLOAD])).is_ok() {
+            accepted += 1;
+        }
+        accepted
+    }
+
+    fn pump(&mut self) -> usize {
+        loop {
+            let moved = self.deliver();
+            if !moved {
+                if self.nodes[0].get_batched_len() > 0 {
+                    // A partly filled batch is flushed by a tick (its flush timeout is 1 tick).
+                    self.nodes[0].tick();
+                    continue;
+                }
+                break;
+            }
+        }
+        let decided = self.nodes[0].get_decided_idx();
+        let committed = decided - self.decided;
+        if decided / COMPACT_EVERY as usize > self.decided / COMPACT_EVERY as usize {
+            let upto = decided - COMPACT_EVERY as usize / 2;
+            for node in &mut self.nodes {
+                let _ = node.trim(Some(upto));
+            }
+        }
+        self.decided = decided;
+        committed
+    }
+}
