@@ -513,11 +513,9 @@ async fn a_data_directory_of_another_protocol_is_refused_with_a_clear_message() 
     let status = wait_exit(&mut second, "a multi-paxos node on a raft data directory");
     assert!(!status.success());
     let log = std::fs::read_to_string(&log_path).unwrap();
-    // Until the Multi-Paxos engine is built in, the node refuses before opening the directory.
     assert!(
-        log.contains("created for protocol \"raft\", not \"multi-paxos\"")
-            || log.contains("\"multi-paxos\" is not built yet"),
-        "the error names the protocols: {log}"
+        log.contains("created for protocol \"raft\", not \"multi-paxos\""),
+        "the error names both protocols: {log}"
     );
 }
 
