@@ -10,7 +10,7 @@ use std::process::{Command, Stdio};
 use std::time::Duration;
 
 use common::{free_addr, ProcCluster, WAIT};
-use node::config::{MemberConfig, ServeConfig};
+use node::config::{MemberConfig, Protocol, ServeConfig};
 use node::proto::Consistency;
 
 /// One cluster at a time.
@@ -531,8 +531,18 @@ fn failover_timing(config: &mut ServeConfig) {
 /// member, nor on followers still naming it.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn after_the_leader_is_killed_a_fresh_cli_write_is_acknowledged_soon() {
+    failover(Protocol::Raft).await;
+}
+
+/// The same under Multi-Paxos.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn after_the_multi_paxos_leader_is_killed_a_fresh_cli_write_is_acknowledged_soon() {
+    failover(Protocol::MultiPaxos).await;
+}
+
+async fn failover(protocol: Protocol) {
     let _serial = SERIAL.lock().await;
-    let mut cluster = ProcCluster::start(3, failover_timing);
+    let mut cluster = ProcCluster::start_with(protocol, 3, failover_timing);
     let client = cluster.client();
     let leader = cluster.wait_leader(&client, &[1, 2, 3]).await;
     // A CLI run remembers this leader (the worst case for the next run, once it is dead).
@@ -553,7 +563,7 @@ async fn after_the_leader_is_killed_a_fresh_cli_write_is_acknowledged_soon() {
     expect(put, 0, "OK", "");
     let ratio = acknowledged.as_secs_f64() / election_timeout.as_secs_f64();
     println!(
-        "failover: leader {leader} killed -> first acknowledged write of a fresh CLI process after \
+        "failover ({protocol}): leader {leader} killed -> first acknowledged write of a fresh CLI process after \
          {} ms = {ratio:.2} x the election timeout ({} ms)",
         acknowledged.as_millis(),
         election_timeout.as_millis()
