@@ -2,7 +2,8 @@
 //! sequential puts of one client, with `strace -f -c` attached to every node after the leader is
 //! elected. Run with `cargo test -p node --test measure_fdatasync -- --ignored --nocapture`;
 //! `QUORATE_MEASURE_BIN=<path to another quorate>` measures another build (the configuration
-//! written omits `protocol`, so an older binary reads it too).
+//! written omits `protocol`, so an older binary reads it too); `QUORATE_MEASURE_PROTOCOL=multi-paxos`
+//! measures the other protocol.
 
 mod common;
 
@@ -65,11 +66,15 @@ async fn measure_fdatasyncs_of_50_puts_on_three_nodes() {
             members.clone(),
         );
         config.cluster = CLUSTER.to_string();
+        let protocol = std::env::var("QUORATE_MEASURE_PROTOCOL").ok();
+        if let Some(protocol) = &protocol {
+            config.protocol = protocol.parse().expect("a protocol name");
+        }
         let text: String = config
             .to_toml_string()
             .unwrap()
             .lines()
-            .filter(|line| !line.starts_with("protocol ="))
+            .filter(|line| protocol.is_some() || !line.starts_with("protocol ="))
             .map(|line| format!("{line}\n"))
             .collect();
         let path = root.join(format!("node-{}.toml", member.id));
