@@ -474,6 +474,7 @@ impl Client {
         let mut backoff = self.config.backoff_initial;
         let mut turn = 0usize;
         let mut attempts = 0u32;
+        let mut immediate = 0usize;
         let mut last = String::from("no attempt finished");
         loop {
             let now = Instant::now();
@@ -552,6 +553,10 @@ impl Client {
                 }
             };
             debug!(target, attempts, %last, "client attempt failed");
+            // At most one round over the members without a pause: two members naming each
+            // other (or a stale leader) must not make the client spin.
+            let retry_now = retry_now && immediate < self.member_count();
+            immediate = if retry_now { immediate + 1 } else { 0 };
             if !retry_now {
                 let pause = backoff.min(deadline.saturating_duration_since(Instant::now()));
                 tokio::time::sleep(pause).await;

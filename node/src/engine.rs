@@ -2,12 +2,13 @@
 //! `protocol = "raft" | "multi-paxos"` in the configuration. Everything after construction is
 //! generic (the group's [`Driver`] runs any [`Consensus`] engine on a [`LogStore`]).
 //!
-//! Adding a protocol: a variant of [`Protocol`], a `build_*` function returning its engine on a
-//! `LogStore<ItsHardState>`, and one arm in [`open`].
+//! Adding a protocol (Zab, primary-backup): a variant of [`Protocol`], a `build_*` function
+//! returning its engine on a `LogStore<ItsHardState>`, and one arm in [`open`].
 
 use std::sync::Arc;
 use std::time::{SystemTime, UNIX_EPOCH};
 
+use consensus_core::paxos::{self, MultiPaxos};
 use consensus_core::{ConfState, DurableState, Raft, ReadMode, Storage};
 use net_quic::{Endpoint, Receivers};
 use tokio::sync::watch;
@@ -50,10 +51,36 @@ pub(crate) async fn open(config: &Arc<ServeConfig>) -> Result<Opened, ServeError
             let engine = build_raft(config, store, applied)?;
             Ok(opened(config, engine, kv))
         }
-        Protocol::MultiPaxos => Err(ServeError::ProtocolNotBuilt {
-            protocol: Protocol::MultiPaxos.name(),
-        }),
+        Protocol::MultiPaxos => {
+            let store: LogStore<paxos::HardState> = open_store(config).await?;
+            let (kv, applied) = restore(config, &store)?;
+            let engine = build_multi_paxos(config, store, applied)?;
+            Ok(opened(config, engine, kv))
+        }
     }
+}
+
+fn build_multi_paxos(
+    config: &ServeConfig,
+    store: LogStore<paxos::HardState>,
+    applied: u64,
+) -> Result<MultiPaxos<LogStore<paxos::HardState>>, ServeError> {
+    let mut paxos_config = paxos::Config::new(config.node_id);
+    paxos_config.election_tick = config.raft.election_ticks;
+    paxos_config.heartbeat_tick = config.raft.heartbeat_ticks;
+    paxos_config.read_mode = match config.raft.read_mode {
+        ReadModeSetting::ReadIndex => paxos::ReadMode::Safe,
+        ReadModeSetting::Lease => paxos::ReadMode::LeaseBased,
+    };
+    paxos_config.max_inflight_slots = config.raft.max_inflight as u64;
+    paxos_config.max_msg_bytes = config.raft.max_msg_bytes;
+    paxos_config.max_uncommitted_bytes = config.raft.max_uncommitted_bytes;
+    paxos_config.applied = applied;
+    Ok(MultiPaxos::new(
+        paxos_config,
+        store,
+        consensus_core::seeded_rng(seed(config)),
+    )?)
 }
 
 fn build_raft(

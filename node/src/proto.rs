@@ -431,3 +431,43 @@ pub enum ServerError {
 
 /// Answers one client request.
 pub(crate) type Responder = net_quic::Responder<Response>;
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use consensus_core::{Message, MessageBody, Snapshot};
+
+    #[test]
+    fn a_peer_message_carries_its_group_and_whether_it_is_bulk() {
+        let heartbeat = Message {
+            from: 1,
+            to: 2,
+            term: 3,
+            body: MessageBody::Heartbeat {
+                commit: 4,
+                read_round: 0,
+            },
+        };
+        let envelope = PeerMessage::encode(7, &heartbeat).unwrap();
+        assert_eq!((envelope.group, envelope.bulk), (7, false));
+        assert_eq!(envelope.decode::<Message>().unwrap(), heartbeat);
+        let snapshot = Message {
+            body: MessageBody::InstallSnapshot {
+                snapshot: Snapshot::default(),
+            },
+            ..heartbeat
+        };
+        assert!(PeerMessage::encode(0, &snapshot).unwrap().bulk);
+    }
+
+    #[test]
+    fn a_payload_that_does_not_decode_is_an_error_not_a_panic() {
+        let envelope = PeerMessage {
+            group: 0,
+            bulk: false,
+            payload: Bytes::from_static(&[0xff, 0xff, 0xff, 0xff, 0xff, 0xff]),
+        };
+        assert!(envelope.decode::<Message>().is_err());
+        assert!(envelope.decode::<consensus_core::paxos::Message>().is_err());
+    }
+}

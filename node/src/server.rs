@@ -59,14 +59,7 @@ pub enum ServeError {
     /// The protocol engine refused its state or an operation.
     #[error("consensus: {0}")]
     Consensus(#[from] consensus_core::Error),
-    /// The configured protocol has no engine in this build yet.
-    #[error(
-        "protocol {protocol:?} is not built yet (its engine has not merged); use protocol = \"raft\""
-    )]
-    ProtocolNotBuilt {
-        /// The protocol asked for.
-        protocol: &'static str,
-    },
+
     /// The state machine's snapshot or a log entry does not decode.
     #[error("state machine: {0}")]
     Kv(#[from] KvError),

@@ -1,5 +1,6 @@
 //! End-to-end: real `quorate` processes on loopback, driven through `node::client::Client`.
 //!
+//! Every scenario runs under each protocol (`raft::*`, `multi_paxos::*`, see `per_protocol!`).
 //! Each test starts its own cluster (ports, certificates and data in a temporary folder). Tests
 //! in this file run one at a time (they share two cores with everything else).
 
@@ -12,6 +13,7 @@ use std::time::Duration;
 use bytes::Bytes;
 use common::{eventually, ProcCluster};
 use node::client::{CasOutcome, Client};
+use node::config::Protocol;
 use node::proto::{Consistency, WriteOp, WriteResult};
 
 /// One cluster at a time.
@@ -50,11 +52,11 @@ async fn wait_caught_up(client: &Client, leader: u64, id: u64) -> node::proto::N
     .await
 }
 
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn acknowledged_writes_survive_a_killed_leader_and_the_restarted_node_catches_up_from_the_log(
+    protocol: Protocol,
 ) {
     let _serial = SERIAL.lock().await;
-    let mut cluster = ProcCluster::start(3, |_| {});
+    let mut cluster = ProcCluster::start_with(protocol, 3, |_| {});
     let client = cluster.client();
     let leader = cluster.wait_leader(&client, &[1, 2, 3]).await;
 
@@ -102,11 +104,12 @@ async fn acknowledged_writes_survive_a_killed_leader_and_the_restarted_node_catc
     assert_eq!(all_pairs(&client).await, acked);
 }
 
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn a_node_restarted_after_the_log_was_compacted_catches_up_from_a_snapshot() {
+async fn a_node_restarted_after_the_log_was_compacted_catches_up_from_a_snapshot(
+    protocol: Protocol,
+) {
     let _serial = SERIAL.lock().await;
     const TRAILING: u64 = 10;
-    let mut cluster = ProcCluster::start(3, |config| {
+    let mut cluster = ProcCluster::start_with(protocol, 3, |config| {
         config.snapshot.entries = 20;
         config.snapshot.trailing_entries = TRAILING;
     });
@@ -169,10 +172,9 @@ async fn a_node_restarted_after_the_log_was_compacted_catches_up_from_a_snapshot
     }
 }
 
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn a_fourth_member_is_added_and_one_removed_while_a_client_keeps_writing() {
+async fn a_fourth_member_is_added_and_one_removed_while_a_client_keeps_writing(protocol: Protocol) {
     let _serial = SERIAL.lock().await;
-    let mut cluster = ProcCluster::start(3, |_| {});
+    let mut cluster = ProcCluster::start_with(protocol, 3, |_| {});
     let client = Arc::new(cluster.client());
     let leader = cluster.wait_leader(&client, &[1, 2, 3]).await;
 
@@ -232,10 +234,9 @@ async fn a_fourth_member_is_added_and_one_removed_while_a_client_keeps_writing()
         .is_some());
 }
 
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn leadership_moves_to_the_requested_member() {
+async fn leadership_moves_to_the_requested_member(protocol: Protocol) {
     let _serial = SERIAL.lock().await;
-    let cluster = ProcCluster::start(3, |_| {});
+    let cluster = ProcCluster::start_with(protocol, 3, |_| {});
     let client = cluster.client();
     let leader = cluster.wait_leader(&client, &[1, 2, 3]).await;
     client.put("k", "1").await.expect("put");
@@ -253,10 +254,9 @@ async fn leadership_moves_to_the_requested_member() {
     assert_eq!(kv.value, "2".as_bytes());
 }
 
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn a_write_retried_after_a_lost_reply_is_applied_once() {
+async fn a_write_retried_after_a_lost_reply_is_applied_once(protocol: Protocol) {
     let _serial = SERIAL.lock().await;
-    let cluster = ProcCluster::start(3, |_| {});
+    let cluster = ProcCluster::start_with(protocol, 3, |_| {});
     let client = cluster.client();
     cluster.wait_leader(&client, &[1, 2, 3]).await;
 
@@ -311,10 +311,11 @@ async fn a_write_retried_after_a_lost_reply_is_applied_once() {
     ));
 }
 
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn a_follower_never_serves_a_linearizable_read_older_than_an_acknowledged_write() {
+async fn a_follower_never_serves_a_linearizable_read_older_than_an_acknowledged_write(
+    protocol: Protocol,
+) {
     let _serial = SERIAL.lock().await;
-    let cluster = ProcCluster::start(3, |_| {});
+    let cluster = ProcCluster::start_with(protocol, 3, |_| {});
     let client = cluster.client();
     let leader = cluster.wait_leader(&client, &[1, 2, 3]).await;
     let followers: Vec<u64> = [1, 2, 3].into_iter().filter(|&id| id != leader).collect();
@@ -337,3 +338,34 @@ async fn a_follower_never_serves_a_linearizable_read_older_than_an_acknowledged_
         }
     }
 }
+
+/// Every scenario runs once per protocol: `raft::<name>` and `multi_paxos::<name>`.
+macro_rules! per_protocol {
+    ($($name:ident),* $(,)?) => {
+        mod raft {
+            $(
+                #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+                async fn $name() {
+                    super::$name(node::config::Protocol::Raft).await
+                }
+            )*
+        }
+        mod multi_paxos {
+            $(
+                #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+                async fn $name() {
+                    super::$name(node::config::Protocol::MultiPaxos).await
+                }
+            )*
+        }
+    };
+}
+
+per_protocol!(
+    acknowledged_writes_survive_a_killed_leader_and_the_restarted_node_catches_up_from_the_log,
+    a_node_restarted_after_the_log_was_compacted_catches_up_from_a_snapshot,
+    a_fourth_member_is_added_and_one_removed_while_a_client_keeps_writing,
+    leadership_moves_to_the_requested_member,
+    a_write_retried_after_a_lost_reply_is_applied_once,
+    a_follower_never_serves_a_linearizable_read_older_than_an_acknowledged_write,
+);

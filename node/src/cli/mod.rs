@@ -112,15 +112,17 @@ pub fn run(cli: Cli) -> Result<Outcome, CliError> {
             Ok(Outcome::Success)
         }
         Command::Kv(command) => runtime.block_on(async {
+            init_client_logging();
             let client = client(&cli.global)?;
             let result = output::kv(&client, command, cli.global.json).await;
-            client.close().await;
+            close(&client).await;
             result
         }),
         Command::Cluster(command) => runtime.block_on(async {
+            init_client_logging();
             let client = client(&cli.global)?;
             let result = output::cluster(&client, command, cli.global.json).await;
-            client.close().await;
+            close(&client).await;
             result
         }),
     }
@@ -131,6 +133,23 @@ async fn serve_node(config: ServeConfig) -> Result<(), CliError> {
     crate::server::serve(config)
         .await
         .map_err(|e| CliError::Local(format!("node stopped: {e}")))
+}
+
+/// Closes the client's connections. Bounded: a connection still half-open to a member that
+/// died would otherwise hold the process up to a second after the answer was printed (the close
+/// frames to live members leave at once).
+async fn close(client: &Client) {
+    let _ = tokio::time::timeout(Duration::from_millis(100), client.close()).await;
+}
+
+/// Client commands log only when asked (`QUORATE_LOG=debug` shows every attempt), to stderr.
+fn init_client_logging() {
+    if let Ok(filter) = tracing_subscriber::EnvFilter::try_from_env("QUORATE_LOG") {
+        let _ = tracing_subscriber::fmt()
+            .with_env_filter(filter)
+            .with_writer(std::io::stderr)
+            .try_init();
+    }
 }
 
 fn init_server_logging() {

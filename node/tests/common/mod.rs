@@ -15,7 +15,7 @@ use std::time::{Duration, Instant};
 
 use net_quic::NodeId;
 use node::client::{Client, ClientConfig};
-use node::config::{MemberConfig, ServeConfig};
+use node::config::{MemberConfig, Protocol, ServeConfig};
 use node::proto::Role;
 
 pub const CLUSTER: &str = "quorate";
@@ -48,11 +48,17 @@ pub struct ProcCluster {
     initial: Vec<MemberConfig>,
     procs: BTreeMap<u64, Child>,
     tune: fn(&mut ServeConfig),
+    protocol: Protocol,
 }
 
 impl ProcCluster {
-    /// Starts nodes `1..=n` as a fresh cluster, each configured by [`fast`] then `tune`.
+    /// Starts nodes `1..=n` as a fresh Raft cluster, each configured by [`fast`] then `tune`.
     pub fn start(n: u64, tune: fn(&mut ServeConfig)) -> ProcCluster {
+        Self::start_with(Protocol::Raft, n, tune)
+    }
+
+    /// Starts nodes `1..=n` running `protocol`, each configured by [`fast`] then `tune`.
+    pub fn start_with(protocol: Protocol, n: u64, tune: fn(&mut ServeConfig)) -> ProcCluster {
         let dir = tempfile::tempdir().expect("temp dir");
         let certs = dir.path().join("certs");
         let ids: Vec<NodeId> = (1..=9).map(NodeId).collect();
@@ -71,6 +77,7 @@ impl ProcCluster {
             initial,
             procs: BTreeMap::new(),
             tune,
+            protocol,
         };
         for id in 1..=n {
             cluster.write_config(id, false);
@@ -114,6 +121,7 @@ impl ProcCluster {
         };
         let mut config = ServeConfig::new(id, addr, self.data_dir(id), &self.certs, members);
         config.join = join;
+        config.protocol = self.protocol;
         fast(&mut config);
         (self.tune)(&mut config);
         config
