@@ -65,6 +65,7 @@
 mod error;
 pub mod format;
 pub mod fs;
+mod manifest;
 pub mod mem_fs;
 mod meta;
 mod options;

@@ -13,9 +13,10 @@ use parking_lot::{Condvar, Mutex, MutexGuard};
 use crate::error::{Result, WalError};
 use crate::format::{
     encode_record, parse_segment_name, record_size, scan_record, Scan, SegmentHeader, FLAG_BASE,
-    SEGMENT_HEADER_LEN,
+    FORMAT_VERSION, SEGMENT_HEADER_LEN,
 };
 use crate::fs::{join, FileSystem, StdFs, WalFile};
+use crate::manifest::{Manifest, MANIFEST_FILE};
 use crate::meta;
 use crate::options::{Options, RecoveryReport, Stats, TornTailCut};
 use crate::segment::{
@@ -59,6 +60,8 @@ struct State {
     last_sync_done: Instant,
     sync_time_estimate: Duration,
     metadata: Option<Vec<u8>>,
+    /// The manifest as last stored.
+    manifest: Manifest,
     stats: Stats,
     spare: Option<SpareJob>,
 }
@@ -105,6 +108,23 @@ impl State {
 
     fn segment_of(&self, index: u64) -> usize {
         self.segments.partition_point(|s| s.first_index() <= index) - 1
+    }
+
+    /// Durably replaces the manifest with `manifest` (poisoning the log if that fails).
+    fn store_manifest(
+        &mut self,
+        fs: &dyn FileSystem,
+        dir: &Path,
+        manifest: Manifest,
+    ) -> Result<()> {
+        if manifest == self.manifest {
+            return Ok(());
+        }
+        if let Err(e) = manifest.store(fs, dir) {
+            return Err(self.poison(e));
+        }
+        self.manifest = manifest;
+        Ok(())
     }
 }
 
@@ -167,7 +187,7 @@ impl Wal {
                 WalError::io("lock", &lock_path, e)
             }
         })?;
-        let (segments, report, metadata) = recover(fs.as_ref(), &dir, &options)?;
+        let (segments, report, metadata, manifest) = recover(fs.as_ref(), &dir, &options)?;
         let first_index = segments[0].first_index();
         let active = segments
             .last()
@@ -193,6 +213,7 @@ impl Wal {
             last_sync_done: Instant::now(),
             sync_time_estimate: Duration::ZERO,
             metadata,
+            manifest,
             stats: Stats::default(),
             spare: None,
         };
@@ -458,10 +479,13 @@ impl Wal {
             }
             let index = st.next_index;
             let State {
-                segments, pending, ..
+                segments,
+                pending,
+                durable_index,
+                ..
             } = &mut *st;
             let active = segments.last_mut().expect("a log always has a segment");
-            encode_record(pending, active.seed, index, payload);
+            encode_record(pending, active.seed, index, *durable_index, payload);
             active.offsets.push(active.end);
             active.end += size;
             st.next_index += 1;
@@ -488,6 +512,7 @@ impl Wal {
         st.durable_index = st.next_index - 1;
         self.wake_all();
         let header = SegmentHeader {
+            version: FORMAT_VERSION,
             seq: st.next_seq,
             first_index: st.next_index,
             flags: 0,
@@ -499,7 +524,15 @@ impl Wal {
         };
         st.next_seq += 1;
         st.pending_offset = segment.end;
+        let manifest = Manifest {
+            last: segment.id(),
+            last_capacity: segment.capacity,
+            durable_index: st.durable_index,
+            ..st.manifest
+        };
         st.segments.push(segment);
+        // Before any record of the new segment can be reported durable, the manifest says it exists.
+        st.store_manifest(self.fs.as_ref(), &self.dir, manifest)?;
         self.start_spare(st);
         Ok(())
     }
@@ -675,6 +708,20 @@ impl Wal {
 
     fn truncate_locked(&self, st: &mut State, index: u64) -> Result<()> {
         st.flush_pending()?;
+        // First the manifest stops promising what goes: the segments removed and the records cut.
+        let keep = st
+            .segments
+            .iter()
+            .rposition(|s| s.first_index() < index)
+            .unwrap_or(0);
+        let kept = &st.segments[keep];
+        let manifest = Manifest {
+            last: kept.id(),
+            last_capacity: kept.capacity,
+            durable_index: st.manifest.durable_index.min(index - 1),
+            ..st.manifest
+        };
+        st.store_manifest(self.fs.as_ref(), &self.dir, manifest)?;
         // Whole segments past the cut go first, newest first: a crash part-way leaves a prefix.
         let mut removed = false;
         while st.segments.len() > 1 && st.active().first_index() >= index {
@@ -729,6 +776,15 @@ impl Wal {
             return result.map_err(|e| st.poison(e));
         }
         st.first_index = index;
+        let first_kept = st.segment_of(index);
+        if first_kept > 0 {
+            // The manifest first, so a crash part-way leaves segments it calls obsolete.
+            let manifest = Manifest {
+                first: st.segments[first_kept].id(),
+                ..st.manifest
+            };
+            st.store_manifest(self.fs.as_ref(), &self.dir, manifest)?;
+        }
         let mut removed = false;
         while st.segments.len() > 1 && st.segments[1].first_index() <= index {
             let segment = st.segments.remove(0);
@@ -753,12 +809,21 @@ impl Wal {
         // The new segment is marked BASE: if a crash interrupts the deletions below, open deletes
         // the older segments it finds.
         let header = SegmentHeader {
+            version: FORMAT_VERSION,
             seq: st.next_seq,
             first_index: index,
             flags: FLAG_BASE,
         };
         let segment = self.new_segment(st, header, self.options.segment_size)?;
         st.next_seq += 1;
+        let manifest = Manifest {
+            first: segment.id(),
+            last: segment.id(),
+            last_capacity: segment.capacity,
+            durable_index: index - 1,
+            ..st.manifest
+        };
+        st.store_manifest(self.fs.as_ref(), &self.dir, manifest)?;
         st.pending.clear();
         st.pending_offset = segment.end;
         let old = std::mem::replace(&mut st.segments, vec![segment]);
@@ -795,7 +860,12 @@ impl Wal {
             Ok(()) => {
                 st.check_poisoned()?;
                 st.metadata = Some(bytes.to_vec());
-                Ok(())
+                // Once: from now on a missing metadata file is an error at open.
+                let manifest = Manifest {
+                    has_metadata: true,
+                    ..st.manifest
+                };
+                st.store_manifest(self.fs.as_ref(), &self.dir, manifest)
             }
             Err(e @ WalError::TooLarge { .. }) => Err(e),
             Err(e) => Err(st.poison(e)),
@@ -834,7 +904,7 @@ fn read_planned(plan: &[PlannedRead]) -> Result<Vec<Vec<u8>>> {
                 part.span.start,
                 pos,
                 part.seed,
-                i,
+                Some(i),
                 u64::from(u32::MAX),
                 true,
             ) {
@@ -879,8 +949,15 @@ impl Drop for Wal {
     fn drop(&mut self) {
         let mut st = self.state.lock();
         if st.poisoned.is_none() {
-            // Hand appended records to the OS (not durable); errors have no one to go to.
+            // Hand appended records to the OS (not durable), and record how far the log is
+            // durable so that recovery can tell if any of it goes missing; errors have no one
+            // to go to.
             let _ = st.flush_pending();
+            let manifest = Manifest {
+                durable_index: st.durable_index,
+                ..st.manifest
+            };
+            let _ = st.store_manifest(self.fs.as_ref(), &self.dir, manifest);
         }
         if let Some(job) = st.spare.take() {
             let _ = job.join();
@@ -888,13 +965,14 @@ impl Drop for Wal {
     }
 }
 
-/// Opens and checks every segment, repairs a torn tail, and loads the metadata record.
-fn recover(
-    fs: &dyn FileSystem,
-    dir: &Path,
-    options: &Options,
-) -> Result<(Vec<Segment>, RecoveryReport, Option<Vec<u8>>)> {
+/// What open recovered: segments, the report, the metadata record, the manifest now stored.
+type Recovered = (Vec<Segment>, RecoveryReport, Option<Vec<u8>>, Manifest);
+
+/// Opens and checks every segment against the manifest, repairs a torn tail, loads the metadata
+/// record, and stores the manifest of what is now durable.
+fn recover(fs: &dyn FileSystem, dir: &Path, options: &Options) -> Result<Recovered> {
     let mut report = RecoveryReport::default();
+    let manifest = Manifest::load(fs, dir)?;
     let mut names = fs.list(dir).map_err(io_err("list", dir))?;
     names.sort();
     // Temporary files belong to operations a crash interrupted; nothing refers to them.
@@ -910,63 +988,58 @@ fn recover(
     found.sort();
     let mut segments = Vec::with_capacity(found.len());
     for (seq, first, path) in found {
-        let file = fs.open(&path).map_err(io_err("open", &path))?;
-        let len = file.size().map_err(io_err("stat", &path))?;
-        let mut head = vec![0u8; len.min(SEGMENT_HEADER_LEN) as usize];
-        file.read_exact_at(&mut head, 0)
-            .map_err(io_err("read", &path))?;
-        let header = SegmentHeader::decode(&head, &path)?;
-        if header.seq != seq || header.first_index != first {
-            return Err(WalError::corrupt(
-                &path,
-                0,
-                format!(
-                    "header says sequence {} first index {}, the file name says {seq} and {first}",
-                    header.seq, header.first_index
-                ),
-            ));
-        }
-        if header.first_index == 0 {
-            return Err(WalError::corrupt(&path, 24, "first index 0"));
-        }
-        // Checked before the file is read into memory: nothing is allocated from untrusted sizes.
-        if len > options.max_segment_file() {
-            return Err(WalError::corrupt(
-                &path,
-                0,
-                format!(
-                    "segment file of {len} bytes is larger than these options allow ({} bytes)",
-                    options.max_segment_file()
-                ),
-            ));
-        }
-        segments.push(Segment {
-            header,
-            seed: header.seed(),
-            path,
-            file,
-            offsets: Vec::new(),
-            end: SEGMENT_HEADER_LEN,
-            capacity: len,
-        });
+        segments.push(open_segment(fs, seq, first, path, options)?);
     }
-    // A BASE segment makes every older one obsolete (an interrupted compaction past the end).
-    if let Some(base) = segments
+    // The oldest segment still needed: after the newest BASE segment (a compaction past the end)
+    // and the manifest's first (a compaction that recorded its new first segment, then crashed).
+    let base = segments
         .iter()
-        .rposition(|s| s.header.flags & FLAG_BASE != 0)
-    {
-        if base > 0 {
-            for old in segments.drain(..base) {
-                fs.remove(&old.path).map_err(io_err("remove", &old.path))?;
-                report.removed_files.push(old.path);
+        .rev()
+        .find(|s| s.header.flags & FLAG_BASE != 0)
+        .map(|s| s.header.seq);
+    let mut oldest_needed = base.unwrap_or(0);
+    if let Some(m) = &manifest {
+        if m.first.seq >= oldest_needed {
+            oldest_needed = m.first.seq;
+            if !segments.iter().any(|s| s.id() == m.first) {
+                return Err(WalError::MissingFile {
+                    path: join(dir, &m.first.file_name()),
+                    reason: "the manifest says the log's first segment is this one".into(),
+                });
             }
         }
+        let newest = segments.last().map_or(0, |s| s.header.seq);
+        if m.last.seq >= oldest_needed && !segments.iter().any(|s| s.id() == m.last) {
+            return Err(WalError::MissingFile {
+                path: join(dir, &m.last.file_name()),
+                reason: format!(
+                    "the manifest says the log has segments up to this one{}",
+                    if newest > m.last.seq {
+                        ""
+                    } else {
+                        " (its last)"
+                    }
+                ),
+            });
+        }
+        if m.has_metadata && !meta::exists(fs, dir)? {
+            return Err(WalError::MissingFile {
+                path: join(dir, meta::META_FILE),
+                reason: "the manifest says metadata was stored".into(),
+            });
+        }
+    }
+    let obsolete = segments.partition_point(|s| s.header.seq < oldest_needed);
+    for old in segments.drain(..obsolete) {
+        fs.remove(&old.path).map_err(io_err("remove", &old.path))?;
+        report.removed_files.push(old.path);
     }
     if !report.removed_files.is_empty() {
         fs.sync_dir(dir).map_err(io_err("fsync directory", dir))?;
     }
     if segments.is_empty() {
         let header = SegmentHeader {
+            version: FORMAT_VERSION,
             seq: 1,
             first_index: options.initial_index,
             flags: FLAG_BASE,
@@ -992,12 +1065,29 @@ fn recover(
                 ));
             }
         }
-        report.bytes_scanned += segment.capacity;
         let is_last = k + 1 == count;
+        // What the manifest promises of the last segment it knows (a newer one was added by a
+        // roll that crashed before recording it, and holds nothing reported durable).
+        let promised = manifest.filter(|m| is_last && m.last == segment.id());
+        if let Some(m) = promised {
+            if segment.capacity != m.last_capacity {
+                return Err(WalError::corrupt(
+                    &segment.path,
+                    segment.capacity.min(m.last_capacity),
+                    format!(
+                        "segment file is {} bytes but was created with {}; records up to {} were \
+                         made durable",
+                        segment.capacity, m.last_capacity, m.durable_index
+                    ),
+                ));
+            }
+        }
+        report.bytes_scanned += segment.capacity;
         let end = scan_segment(
             segment,
             &mut buf,
             is_last,
+            promised.map_or(0, |m| m.durable_index),
             options.recovery_mode,
             options.max_record_size,
         )?;
@@ -1013,8 +1103,8 @@ fn recover(
             });
         }
         if is_last {
-            if segment.capacity < options.segment_size {
-                // Cut short (say, by a crash while it was created by an older build): preallocate again.
+            if promised.is_none() && segment.capacity < options.segment_size {
+                // Cut short by a crash while an older build created it: preallocate again.
                 segment
                     .file
                     .set_len(options.segment_size)
@@ -1030,6 +1120,73 @@ fn recover(
         }
     }
     report.segments = segments.len();
+    let legacy = segments.iter().all(|s| s.header.version < FORMAT_VERSION);
+    if manifest.is_none() && report.records > 0 && !legacy {
+        // A log of this format always has a manifest once it holds a record.
+        return Err(WalError::MissingFile {
+            path: join(dir, MANIFEST_FILE),
+            reason: format!("the log holds {} records", report.records),
+        });
+    }
     let metadata = meta::load(fs, dir)?;
-    Ok((segments, report, metadata))
+    let first = &segments[0];
+    let last = segments.last().expect("at least one segment");
+    let now = Manifest {
+        first: first.id(),
+        last: last.id(),
+        last_capacity: last.capacity,
+        durable_index: last.next_index() - 1,
+        has_metadata: metadata.is_some(),
+    };
+    now.store(fs, dir)?;
+    Ok((segments, report, metadata, now))
+}
+
+/// Opens a segment file and checks its header against its name and size against the options.
+fn open_segment(
+    fs: &dyn FileSystem,
+    seq: u64,
+    first: u64,
+    path: PathBuf,
+    options: &Options,
+) -> Result<Segment> {
+    let file = fs.open(&path).map_err(io_err("open", &path))?;
+    let len = file.size().map_err(io_err("stat", &path))?;
+    let mut head = vec![0u8; len.min(SEGMENT_HEADER_LEN) as usize];
+    file.read_exact_at(&mut head, 0)
+        .map_err(io_err("read", &path))?;
+    let header = SegmentHeader::decode(&head, &path)?;
+    if header.seq != seq || header.first_index != first {
+        return Err(WalError::corrupt(
+            &path,
+            0,
+            format!(
+                "header says sequence {} first index {}, the file name says {seq} and {first}",
+                header.seq, header.first_index
+            ),
+        ));
+    }
+    if header.first_index == 0 {
+        return Err(WalError::corrupt(&path, 24, "first index 0"));
+    }
+    // Checked before the file is read into memory: nothing is allocated from untrusted sizes.
+    if len > options.max_segment_file() {
+        return Err(WalError::corrupt(
+            &path,
+            0,
+            format!(
+                "segment file of {len} bytes is larger than these options allow ({} bytes)",
+                options.max_segment_file()
+            ),
+        ));
+    }
+    Ok(Segment {
+        header,
+        seed: header.seed(),
+        path,
+        file,
+        offsets: Vec::new(),
+        end: SEGMENT_HEADER_LEN,
+        capacity: len,
+    })
 }

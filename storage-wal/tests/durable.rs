@@ -205,7 +205,7 @@ fn truncating_the_last_segment_at_record_boundaries_and_inside_records() {
     let used = end_start + end_size;
     let len = files[last].1.len();
     // Every offset within the records (boundaries among them), then the zero-filled rest sampled.
-    let cuts = (0..=used).chain((used..len).step_by(97));
+    let cuts = (0..=used).chain((used + 1..len).step_by(97));
     let mut boundaries = 0;
     for cut in cuts {
         boundaries += usize::from(records.iter().any(|&(s, _)| s == cut) || cut == used);
@@ -250,7 +250,11 @@ fn assert_missing_is_an_error(files: &Files, missing: &Path) {
         let fs = restore(&without(files, missing));
         match Wal::open_with_fs(Arc::new(fs), dir(), options(mode)) {
             Err(e) => {
-                assert!(e.is_corruption(), "{} gone ({mode:?}): {e}", missing.display());
+                assert!(
+                    e.is_corruption(),
+                    "{} gone ({mode:?}): {e}",
+                    missing.display()
+                );
                 assert_eq!(e.path(), Some(missing), "({mode:?}): {e}");
             }
             Ok(wal) => panic!(
@@ -315,12 +319,47 @@ fn crashes_still_cut_real_torn_tails() {
         }
         let crashed = fs.crash(seed);
         drop(wal);
-        let wal = common::open(&crashed, &small_options())
-            .unwrap_or_else(|e| panic!("seed {seed}: {e}"));
+        let wal =
+            common::open(&crashed, &small_options()).unwrap_or_else(|e| panic!("seed {seed}: {e}"));
         cut += usize::from(wal.recovery_report().torn_tail.is_some());
         let got = read_all(&wal);
-        assert!(got.len() >= durable, "seed {seed}: {} < {durable}", got.len());
+        assert!(
+            got.len() >= durable,
+            "seed {seed}: {} < {durable}",
+            got.len()
+        );
         assert_eq!(got[..], written[..got.len()], "seed {seed}");
     }
     assert!(cut > 0, "no crash left a torn tail to cut");
+}
+
+#[test]
+fn damage_to_an_earlier_group_commit_is_an_error_after_a_crash_too() {
+    // No clean close, so the manifest knows nothing of these records: the records of a later
+    // group commit claim the earlier ones durable.
+    let fs = MemFs::new();
+    let wal = common::open(&fs, &small_options()).unwrap();
+    let payloads: Vec<Vec<u8>> = (1..=6).map(tricky_payload).collect();
+    wal.append_batch(&payloads[..3]).unwrap();
+    wal.sync().unwrap();
+    wal.append_batch(&payloads[3..]).unwrap();
+    wal.sync().unwrap();
+    let crashed = fs.crash(7);
+    drop(wal);
+    let files: Files = snapshot(&crashed)
+        .into_iter()
+        .filter(|(p, _)| !p.to_string_lossy().ends_with(".tmp"))
+        .collect();
+    let last = last_segment(&files);
+    let path = files[last].0.clone();
+    let records = record_offsets(&files[last].1);
+    assert_eq!(records.len(), 6);
+    for (k, &(start, _)) in records[..3].iter().enumerate() {
+        // The index word zeroed, as a write that never reached the disk would leave it.
+        let mut damaged = files.clone();
+        damaged[last].1[start..start + 8].fill(0);
+        let what = format!("record {} of the first group commit", k + 1);
+        let errors = error_or_durable_prefix(&damaged, &payloads, &path, &what);
+        assert_eq!(errors, 2, "{what}");
+    }
 }
