@@ -70,6 +70,7 @@ pub mod mem_fs;
 mod meta;
 mod options;
 mod segment;
+mod waiters;
 mod wal;
 
 pub use error::{Result, WalError};

@@ -18,6 +18,7 @@ use crate::format::{
 use crate::fs::{join, FileSystem, StdFs, WalFile};
 use crate::manifest::{Manifest, MANIFEST_FILE};
 use crate::meta;
+use crate::waiters::{Waiters, Woken};
 use crate::options::{Options, RecoveryReport, Stats, TornTailCut};
 use crate::segment::{
     create_segment, install_segment, prepare_file, scan_segment, zero_range, Segment, SPARE_FILE,
@@ -57,6 +58,8 @@ struct State {
     arrivals: u64,
     expected_waiters: u64,
     gathering: bool,
+    /// Threads parked until their record is durable.
+    waiters: Waiters,
     last_sync_done: Instant,
     sync_time_estimate: Duration,
     metadata: Option<Vec<u8>>,
@@ -210,6 +213,7 @@ impl Wal {
             arrivals: 0,
             expected_waiters: 0,
             gathering: false,
+            waiters: Waiters::default(),
             last_sync_done: Instant::now(),
             sync_time_estimate: Duration::ZERO,
             metadata,
@@ -359,10 +363,24 @@ impl Wal {
 
     fn wait_locked(
         &self,
-        mut st: MutexGuard<'_, State>,
+        st: MutexGuard<'_, State>,
         index: u64,
         epoch: Option<u64>,
     ) -> Result<u64> {
+        let (result, st) = self.wait_inner(st, index, epoch);
+        if let Some(st) = st {
+            self.hand_off(st);
+        }
+        result
+    }
+
+    /// Waits for `index`; returns the lock too unless the thread returns straight from parking.
+    fn wait_inner<'a>(
+        &'a self,
+        mut st: MutexGuard<'a, State>,
+        index: u64,
+        epoch: Option<u64>,
+    ) -> (Result<u64>, Option<MutexGuard<'a, State>>) {
         st.arrivals += 1;
         if st.gathering && st.arrivals >= st.expected_waiters {
             self.gathered.notify_one();
@@ -370,18 +388,28 @@ impl Wal {
         let arrived = Instant::now();
         let mut may_gather = true;
         loop {
-            st.check_poisoned()?;
+            if let Err(e) = st.check_poisoned() {
+                return (Err(e), Some(st));
+            }
             if let Some(epoch) = epoch {
                 if truncated_since(&st, epoch, index) {
-                    return Err(WalError::Truncated { index });
+                    return (Err(WalError::Truncated { index }), Some(st));
                 }
             }
             if st.durable_index >= index {
-                return Ok(st.durable_index);
+                return (Ok(st.durable_index), Some(st));
             }
             if st.syncing || st.gathering {
-                self.sync_done.wait(&mut st);
-                continue;
+                let waiter = st.waiters.enqueue(index);
+                drop(st);
+                match waiter.park() {
+                    Woken::Covered(durable) => return (Ok(durable), None),
+                    Woken::Recheck => {
+                        st = self.state.lock();
+                        st.waiters.leader_pending = false;
+                        continue;
+                    }
+                }
             }
             // This thread leads the next fsync. Closed-loop writers released by the previous
             // fsync are on their way back: without waiting, the writers split into two groups
@@ -406,23 +434,44 @@ impl Wal {
                         }
                     }
                     st.gathering = false;
-                    // Whoever queued behind this thread looks again (it may have nothing left
-                    // to do if a concurrent `sync` covered it).
-                    self.sync_done.notify_all();
                     continue;
                 }
             }
-            self.sync_locked(&mut st)?;
+            if let Err(e) = self.sync_locked(&mut st) {
+                return (Err(e), Some(st));
+            }
         }
     }
 
-    /// Wakes every thread waiting for durability or gathering a group commit.
-    fn wake_all(&self) {
-        self.sync_done.notify_all();
-        self.gathered.notify_all();
+    /// A waiter leaving with the lock: if others wait and no fsync is running or about to be
+    /// led, wake one to lead it (all of them if the log is poisoned).
+    fn hand_off(&self, mut st: MutexGuard<'_, State>) {
+        if st.syncing || st.gathering || st.waiters.leader_pending || st.waiters.is_empty() {
+            return;
+        }
+        let wake: Vec<_> = if st.poisoned.is_some() {
+            st.waiters.take_all()
+        } else {
+            st.waiters.take_leader().into_iter().collect()
+        };
+        drop(st);
+        for waiter in wake {
+            waiter.wake();
+        }
     }
 
-    /// Writes pending records, then fsyncs the active segment with the lock released.
+    /// Wakes every thread waiting for durability or gathering a group commit, to look again.
+    fn wake_all(&self, st: &mut State) {
+        self.sync_done.notify_all();
+        self.gathered.notify_all();
+        for waiter in st.waiters.take_all() {
+            waiter.wake();
+        }
+        st.waiters.leader_pending = false;
+    }
+
+    /// Writes pending records, then fsyncs the active segment with the lock released. Then wakes
+    /// the waiters it covered and, if others wait, one to lead the next fsync.
     fn sync_locked(&self, st: &mut MutexGuard<'_, State>) -> Result<()> {
         debug_assert!(!st.syncing);
         st.flush_pending()?;
@@ -446,14 +495,35 @@ impl Wal {
         // The writers this fsync releases plus those that queued meanwhile: how many the next
         // leader may expect.
         st.expected_waiters = covered_waiters + st.arrivals;
-        self.wake_all();
-        match result {
+        let result = match result {
             Ok(()) => {
                 st.durable_index = st.durable_index.max(target);
                 Ok(())
             }
             Err(e) => Err(st.poison(WalError::io("fdatasync", &path, e))),
+        };
+        self.sync_done.notify_all();
+        self.gathered.notify_all();
+        let mut wake = if st.poisoned.is_some() {
+            st.waiters.take_all()
+        } else {
+            let durable = st.durable_index;
+            st.waiters.release_covered(durable)
+        };
+        if st.poisoned.is_none() && !st.waiters.leader_pending && !st.gathering {
+            // The next leader first, so that its fsync starts as soon as possible.
+            if let Some(leader) = st.waiters.take_leader() {
+                wake.insert(0, leader);
+            }
         }
+        if !wake.is_empty() {
+            MutexGuard::unlocked(st, || {
+                for waiter in &wake {
+                    waiter.wake();
+                }
+            });
+        }
+        result
     }
 
     fn append_locked<P: AsRef<[u8]>>(&self, st: &mut State, payloads: &[P]) -> Result<Range<u64>> {
@@ -510,7 +580,7 @@ impl Wal {
         st.stats.syncs += 1;
         // Every record so far is in sealed, synced segments now.
         st.durable_index = st.next_index - 1;
-        self.wake_all();
+        self.wake_all(st);
         let header = SegmentHeader {
             version: FORMAT_VERSION,
             seq: st.next_seq,
@@ -702,7 +772,7 @@ impl Wal {
         if st.truncations.len() > TRUNCATION_MEMORY {
             st.truncations.pop_front();
         }
-        self.wake_all();
+        self.wake_all(&mut st);
         result.map_err(|e| st.poison(e))
     }
 
@@ -772,7 +842,7 @@ impl Wal {
                 self.sync_done.wait(&mut st);
             }
             let result = self.reset_locked(&mut st, index);
-            self.wake_all();
+            self.wake_all(&mut st);
             return result.map_err(|e| st.poison(e));
         }
         st.first_index = index;
