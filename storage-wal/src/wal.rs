@@ -18,11 +18,11 @@ use crate::format::{
 use crate::fs::{join, FileSystem, StdFs, WalFile};
 use crate::manifest::{Manifest, MANIFEST_FILE};
 use crate::meta;
-use crate::waiters::{Waiters, Woken};
 use crate::options::{Options, RecoveryReport, Stats, TornTailCut};
 use crate::segment::{
     create_segment, install_segment, prepare_file, scan_segment, zero_range, Segment, SPARE_FILE,
 };
+use crate::waiters::{Waiters, Woken};
 
 const LOCK_FILE: &str = "LOCK";
 /// Pending (appended, not yet written) bytes are written to the file once they exceed this.
