@@ -38,6 +38,15 @@ pub enum WalError {
         /// Offset of the first incomplete record.
         offset: u64,
     },
+    /// A file that the log made durable is gone: a segment the manifest names, the metadata file
+    /// it says was stored, or the manifest itself of a log that holds records.
+    #[error("log file {path} is missing: {reason}")]
+    MissingFile {
+        /// The missing file.
+        path: PathBuf,
+        /// Why the log knows it should be there.
+        reason: String,
+    },
     /// A file named like a segment (or metadata file) does not start with the expected magic bytes.
     #[error("{path} is not a storage-wal file (bad magic)")]
     BadMagic {
@@ -138,6 +147,7 @@ impl WalError {
         matches!(
             self,
             WalError::Corrupt { .. }
+                | WalError::MissingFile { .. }
                 | WalError::TornTail { .. }
                 | WalError::BadMagic { .. }
                 | WalError::UnsupportedVersion { .. }
@@ -149,6 +159,7 @@ impl WalError {
         match self {
             WalError::Io { path, .. }
             | WalError::Corrupt { path, .. }
+            | WalError::MissingFile { path, .. }
             | WalError::TornTail { path, .. }
             | WalError::BadMagic { path }
             | WalError::UnsupportedVersion { path, .. } => Some(path),

@@ -6,7 +6,7 @@
 //!                  | crc32 of the previous 32 bytes u32 | zero u32
 //!   records, each 8-byte aligned, then zeros to the end of the file
 //! record
-//!   index u64 | payload length u32 | type u8 | 3 zero bytes
+//!   index u64 | payload length u32 | type u8 | durable lag u24
 //!   | payload crc u32  = crc(segment seed, the 16 bytes before it, payload)
 //!   | header crc u32   = crc(segment seed, the 20 bytes before it)
 //!   | payload | zero padding to a multiple of 8
@@ -15,12 +15,22 @@
 //! record copied or left over from another segment fails its checksums. A legitimate record header
 //! never contains an all-zero 8-byte word (indexes start at 1, the type is non-zero), which is how
 //! a header half-written by a torn write is told apart from a damaged one.
+//!
+//! The durable lag is a claim the writer makes for free: `index - lag` is the durable index when
+//! the record was appended (0 = no claim: a lag above 2^24 - 1, or a version-1 segment). Recovery
+//! uses it to tell damage to a record that was durable (an error) from a write a crash tore (cut):
+//! an intact record claiming that a damaged one was durable proves it was not torn by a crash.
+//! Version-1 segments (zero lag bytes) are read as making no claims.
 
 use crate::error::{Result, WalError};
 use std::path::Path;
 
-/// Format version written by this build.
-pub const FORMAT_VERSION: u32 = 1;
+/// Segment format version written by this build.
+pub const FORMAT_VERSION: u32 = 2;
+/// Oldest segment format version this build reads (version 1 has no durable lag in its records).
+pub const MIN_FORMAT_VERSION: u32 = 1;
+/// Largest durable lag a record header can carry.
+const MAX_LAG: u64 = (1 << 24) - 1;
 pub(crate) const SEGMENT_MAGIC: [u8; 8] = *b"QRMWALSG";
 pub(crate) const SEGMENT_HEADER_LEN: u64 = 40;
 pub(crate) const RECORD_HEADER_LEN: usize = 24;
@@ -60,6 +70,7 @@ pub(crate) fn parse_segment_name(name: &str) -> Option<(u64, u64)> {
 /// The decoded segment header.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub(crate) struct SegmentHeader {
+    pub version: u32,
     pub seq: u64,
     pub first_index: u64,
     pub flags: u32,
@@ -69,7 +80,7 @@ impl SegmentHeader {
     pub fn encode(&self) -> [u8; SEGMENT_HEADER_LEN as usize] {
         let mut b = [0u8; SEGMENT_HEADER_LEN as usize];
         b[0..8].copy_from_slice(&SEGMENT_MAGIC);
-        b[8..12].copy_from_slice(&FORMAT_VERSION.to_le_bytes());
+        b[8..12].copy_from_slice(&self.version.to_le_bytes());
         b[12..16].copy_from_slice(&self.flags.to_le_bytes());
         b[16..24].copy_from_slice(&self.seq.to_le_bytes());
         b[24..32].copy_from_slice(&self.first_index.to_le_bytes());
@@ -89,7 +100,7 @@ impl SegmentHeader {
             return Err(WalError::corrupt(path, 0, "segment header is cut short"));
         }
         let version = u32_at(buf, 8);
-        if version != FORMAT_VERSION {
+        if !(MIN_FORMAT_VERSION..=FORMAT_VERSION).contains(&version) {
             return Err(WalError::UnsupportedVersion {
                 path: path.to_path_buf(),
                 found: version,
@@ -112,6 +123,7 @@ impl SegmentHeader {
             ));
         }
         Ok(SegmentHeader {
+            version,
             seq: u64_at(buf, 16),
             first_index: u64_at(buf, 24),
             flags,
@@ -147,13 +159,27 @@ fn crc_with_seed(seed: u32, parts: &[&[u8]]) -> u32 {
     h.finalize()
 }
 
-/// Appends an encoded record (header, payload, zero padding) to `out`.
-pub(crate) fn encode_record(out: &mut Vec<u8>, seed: u32, index: u64, payload: &[u8]) {
+/// Appends an encoded record (header, payload, zero padding) to `out`; `durable_index` is the
+/// log's durable index as the record is appended (below `index`).
+pub(crate) fn encode_record(
+    out: &mut Vec<u8>,
+    seed: u32,
+    index: u64,
+    durable_index: u64,
+    payload: &[u8],
+) {
     debug_assert!(index > 0, "indexes start at 1");
+    debug_assert!(
+        durable_index < index,
+        "a record is not durable when appended"
+    );
+    let lag = index - durable_index;
+    let lag = if lag > MAX_LAG { 0 } else { lag };
     let mut h = [0u8; RECORD_HEADER_LEN];
     h[0..8].copy_from_slice(&index.to_le_bytes());
     h[8..12].copy_from_slice(&(payload.len() as u32).to_le_bytes());
     h[12] = RECORD_TYPE_ENTRY;
+    h[13..16].copy_from_slice(&lag.to_le_bytes()[..3]);
     let payload_crc = crc_with_seed(seed, &[&h[0..16], payload]);
     h[16..20].copy_from_slice(&payload_crc.to_le_bytes());
     let header_crc = crc_with_seed(seed, &[&h[0..20]]);
@@ -171,6 +197,8 @@ pub(crate) enum Scan {
     /// starts at `next`.
     Record {
         index: u64,
+        /// The durable index the writer claims for when it appended this record (0: none).
+        durable_claim: u64,
         payload_start: usize,
         len: usize,
         next: usize,
@@ -213,13 +241,14 @@ fn has_zero_sector_piece(buf: &[u8], base: u64, start: usize, end: usize) -> boo
 
 /// Examines the record at `buf[pos..]`, where `buf` holds the file from byte offset `base`, up to
 /// the end of the file if `at_eof`. `max_len` bounds a believable payload length; nothing is
-/// allocated from the length field.
+/// allocated from the length field. `expected_index` is the index the record must have; `None`
+/// accepts any (to look for intact records past damage).
 pub(crate) fn scan_record(
     buf: &[u8],
     base: u64,
     pos: usize,
     seed: u32,
-    expected_index: u64,
+    expected_index: Option<u64>,
     max_len: u64,
     at_eof: bool,
 ) -> Scan {
@@ -250,17 +279,22 @@ pub(crate) fn scan_record(
     }
     let index = u64_at(h, 0);
     let len = u64::from(u32_at(h, 8));
-    if h[12] != RECORD_TYPE_ENTRY || h[13..16] != [0, 0, 0] {
+    if h[12] != RECORD_TYPE_ENTRY {
         return Scan::Corrupt(format!("unknown record type {}", h[12]));
     }
-    if index == u64::MAX {
-        return Scan::Corrupt("record has index u64::MAX, which no record may have".into());
-    }
-    if index != expected_index {
+    if index == u64::MAX || index == 0 {
         return Scan::Corrupt(format!(
-            "record has index {index}, expected {expected_index}"
+            "record has index {index}, which no record may have"
         ));
     }
+    if let Some(expected) = expected_index.filter(|&e| e != index) {
+        return Scan::Corrupt(format!("record has index {index}, expected {expected}"));
+    }
+    let lag = u64::from(h[13]) | u64::from(h[14]) << 8 | u64::from(h[15]) << 16;
+    if lag > index {
+        return Scan::Corrupt(format!("record {index} has durable lag {lag}"));
+    }
+    let durable_claim = if lag == 0 { 0 } else { index - lag };
     if len > max_len {
         return Scan::Corrupt(format!("record length {len} exceeds the maximum {max_len}"));
     }
@@ -286,6 +320,7 @@ pub(crate) fn scan_record(
     }
     Scan::Record {
         index,
+        durable_claim,
         payload_start,
         len: len as usize,
         next,
@@ -299,35 +334,43 @@ mod tests {
     #[test]
     fn a_record_round_trips_and_is_bound_to_its_segment() {
         let seg = SegmentHeader {
+            version: FORMAT_VERSION,
             seq: 3,
             first_index: 10,
             flags: 0,
         };
         let mut buf = Vec::new();
-        encode_record(&mut buf, seg.seed(), 10, b"hello");
+        encode_record(&mut buf, seg.seed(), 10, 7, b"hello");
         assert_eq!(buf.len() as u64, record_size(5));
         assert_eq!(buf.len() % 8, 0);
-        match scan_record(&buf, 40, 0, seg.seed(), 10, 1 << 20, true) {
+        match scan_record(&buf, 40, 0, seg.seed(), Some(10), 1 << 20, true) {
             Scan::Record {
                 index,
+                durable_claim,
                 payload_start,
                 len,
                 next,
             } => {
                 assert_eq!(
-                    (index, &buf[payload_start..payload_start + len], next),
-                    (10, &b"hello"[..], buf.len())
+                    (
+                        index,
+                        durable_claim,
+                        &buf[payload_start..payload_start + len],
+                        next
+                    ),
+                    (10, 7, &b"hello"[..], buf.len())
                 );
             }
             other => panic!("unexpected {other:?}"),
         }
         let other = SegmentHeader {
+            version: FORMAT_VERSION,
             seq: 4,
             first_index: 10,
             flags: 0,
         };
         assert!(matches!(
-            scan_record(&buf, 40, 0, other.seed(), 10, 1 << 20, true),
+            scan_record(&buf, 40, 0, other.seed(), Some(10), 1 << 20, true),
             Scan::Corrupt(_)
         ));
     }
@@ -344,6 +387,7 @@ mod tests {
     fn header_decode_rejects_bad_magic_version_and_checksum() {
         let p = Path::new("x.wal");
         let h = SegmentHeader {
+            version: FORMAT_VERSION,
             seq: 1,
             first_index: 1,
             flags: FLAG_BASE,
@@ -357,10 +401,10 @@ mod tests {
             Err(WalError::BadMagic { .. })
         ));
         let mut newer = good;
-        newer[8..12].copy_from_slice(&2u32.to_le_bytes());
+        newer[8..12].copy_from_slice(&3u32.to_le_bytes());
         assert!(matches!(
             SegmentHeader::decode(&newer, p),
-            Err(WalError::UnsupportedVersion { found: 2, .. })
+            Err(WalError::UnsupportedVersion { found: 3, .. })
         ));
         let mut flipped = good;
         flipped[20] ^= 4;

@@ -129,3 +129,34 @@ impl FileSystem for StdFs {
 pub(crate) fn join(dir: &Path, name: &str) -> PathBuf {
     dir.join(name)
 }
+
+/// Durably and atomically replaces `dir/name` with `bytes`: writes `dir/tmp_name`, fdatasyncs it,
+/// renames it over `name` and fsyncs the directory, so a crash leaves the old or the new file.
+pub(crate) fn replace_file(
+    fs: &dyn FileSystem,
+    dir: &Path,
+    name: &str,
+    tmp_name: &str,
+    bytes: &[u8],
+) -> crate::Result<()> {
+    use crate::WalError;
+    let tmp = join(dir, tmp_name);
+    match fs.remove(&tmp) {
+        Ok(()) => {}
+        Err(e) if e.kind() == io::ErrorKind::NotFound => {}
+        Err(e) => return Err(WalError::io("remove", tmp, e)),
+    }
+    let file = fs
+        .create_new(&tmp)
+        .map_err(|e| WalError::io("create", &tmp, e))?;
+    file.write_all_at(bytes, 0)
+        .map_err(|e| WalError::io("write", &tmp, e))?;
+    file.sync_data()
+        .map_err(|e| WalError::io("fdatasync", &tmp, e))?;
+    let path = join(dir, name);
+    fs.rename(&tmp, &path)
+        .map_err(|e| WalError::io("rename", &tmp, e))?;
+    fs.sync_dir(dir)
+        .map_err(|e| WalError::io("fsync directory", dir, e))?;
+    Ok(())
+}

@@ -50,6 +50,12 @@
 //! - At open, an incomplete record at the end of the last segment (a write a crash interrupted) is
 //!   cut off and reported in [`Wal::recovery_report`]; damage anywhere else is an error naming the
 //!   file and byte offset ([`RecoveryMode`] chooses how strict). Records are never skipped.
+//! - A record reported durable is not cut as torn when anything shows it was durable: the
+//!   manifest (written at open, roll, compaction, truncation and close) or the durable index that
+//!   every later record carries. Damage to it is [`WalError::Corrupt`]; a missing first or last
+//!   segment, metadata file or manifest is [`WalError::MissingFile`]; a short last segment is
+//!   `Corrupt`. Only the records of the last group commit before a crash rely on the torn-write
+//!   heuristics alone (see the `storage-wal` section of ARCHITECTURE.md).
 //! - One `Wal` per directory: a second open, in this or another process, fails with
 //!   [`WalError::Locked`].
 //! - Nothing read from a file sizes an allocation before it is checked: a record length is trusted
@@ -65,10 +71,12 @@
 mod error;
 pub mod format;
 pub mod fs;
+mod manifest;
 pub mod mem_fs;
 mod meta;
 mod options;
 mod segment;
+mod waiters;
 mod wal;
 
 pub use error::{Result, WalError};

@@ -10,12 +10,14 @@
 use std::path::Path;
 
 use crate::error::{Result, WalError};
-use crate::format::{u32_at, FORMAT_VERSION};
-use crate::fs::{join, FileSystem};
+use crate::format::u32_at;
+use crate::fs::{join, replace_file, FileSystem};
 
 pub(crate) const META_FILE: &str = "meta";
 pub(crate) const META_TMP_FILE: &str = "meta.tmp";
 const META_MAGIC: [u8; 8] = *b"QRMWALMD";
+/// Version of the metadata file's layout (unchanged since the first format).
+const META_VERSION: u32 = 1;
 const META_HEADER_LEN: usize = 24;
 /// Largest metadata blob accepted.
 pub const MAX_METADATA_LEN: usize = 1 << 20;
@@ -23,12 +25,18 @@ pub const MAX_METADATA_LEN: usize = 1 << 20;
 fn encode(bytes: &[u8]) -> Vec<u8> {
     let mut out = Vec::with_capacity(META_HEADER_LEN + bytes.len());
     out.extend_from_slice(&META_MAGIC);
-    out.extend_from_slice(&FORMAT_VERSION.to_le_bytes());
+    out.extend_from_slice(&META_VERSION.to_le_bytes());
     out.extend_from_slice(&(bytes.len() as u32).to_le_bytes());
     out.extend_from_slice(&crc32fast::hash(bytes).to_le_bytes());
     out.extend_from_slice(&0u32.to_le_bytes());
     out.extend_from_slice(bytes);
     out
+}
+
+/// Whether the metadata file exists.
+pub(crate) fn exists(fs: &dyn FileSystem, dir: &Path) -> Result<bool> {
+    let names = fs.list(dir).map_err(|e| WalError::io("list", dir, e))?;
+    Ok(names.iter().any(|n| n == META_FILE))
 }
 
 /// Reads the metadata record, if the file exists.
@@ -56,11 +64,11 @@ pub(crate) fn load(fs: &dyn FileSystem, dir: &Path) -> Result<Option<Vec<u8>>> {
         return Err(WalError::BadMagic { path });
     }
     let version = u32_at(&header, 8);
-    if version != FORMAT_VERSION {
+    if version != META_VERSION {
         return Err(WalError::UnsupportedVersion {
             path,
             found: version,
-            supported: FORMAT_VERSION,
+            supported: META_VERSION,
         });
     }
     let len = u32_at(&header, 12) as usize;
@@ -97,23 +105,5 @@ pub(crate) fn store(fs: &dyn FileSystem, dir: &Path, bytes: &[u8]) -> Result<()>
             max: MAX_METADATA_LEN as u64,
         });
     }
-    let tmp = join(dir, META_TMP_FILE);
-    match fs.remove(&tmp) {
-        Ok(()) => {}
-        Err(e) if e.kind() == std::io::ErrorKind::NotFound => {}
-        Err(e) => return Err(WalError::io("remove", tmp, e)),
-    }
-    let file = fs
-        .create_new(&tmp)
-        .map_err(|e| WalError::io("create", &tmp, e))?;
-    file.write_all_at(&encode(bytes), 0)
-        .map_err(|e| WalError::io("write", &tmp, e))?;
-    file.sync_data()
-        .map_err(|e| WalError::io("fdatasync", &tmp, e))?;
-    let path = join(dir, META_FILE);
-    fs.rename(&tmp, &path)
-        .map_err(|e| WalError::io("rename", &tmp, e))?;
-    fs.sync_dir(dir)
-        .map_err(|e| WalError::io("fsync directory", dir, e))?;
-    Ok(())
+    replace_file(fs, dir, META_FILE, META_TMP_FILE, &encode(bytes))
 }

@@ -10,13 +10,15 @@ use crate::format::{record_size, SEGMENT_HEADER_LEN};
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
 pub enum RecoveryMode {
     /// An incomplete record at the end of the **last** segment (a write the crash interrupted:
-    /// cut short by the end of the file, or with sectors that never reached the disk) is cut off,
-    /// the bytes after it are zeroed, and the cut is reported in [`RecoveryReport::torn_tail`].
-    /// A damaged record anywhere else is still an error. This is the right mode after a crash.
+    /// sectors that never reached the disk) is cut off, the bytes after it are zeroed, and the
+    /// cut is reported in [`RecoveryReport::torn_tail`] — unless the manifest or a later record
+    /// shows it was durable, which makes it corruption. A damaged record anywhere else, missing
+    /// files and a short last segment are still errors. This is the right mode after a crash.
     #[default]
     TolerateTornTail,
-    /// Any incomplete or damaged record is an error, including at the end of the last segment.
-    /// Use it to check a log that was closed cleanly.
+    /// Any incomplete or damaged record is an error, including at the end of the last segment
+    /// ([`WalError::TornTail`](crate::WalError::TornTail) when it looks torn). Use it to check a
+    /// log that was closed cleanly.
     AbsoluteConsistency,
 }
 

@@ -6,9 +6,11 @@ use std::sync::Arc;
 
 use crate::error::{Result, WalError};
 use crate::format::{
-    all_zero, scan_record, segment_name, Scan, SegmentHeader, RECORD_HEADER_LEN, SEGMENT_HEADER_LEN,
+    align8, all_zero, scan_record, segment_name, Scan, SegmentHeader, RECORD_HEADER_LEN,
+    SEGMENT_HEADER_LEN,
 };
 use crate::fs::{join, FileSystem, WalFile};
+use crate::manifest::SegmentId;
 use crate::options::RecoveryMode;
 
 const ZERO_CHUNK: usize = 1 << 20;
@@ -30,6 +32,14 @@ pub(crate) struct Segment {
 }
 
 impl Segment {
+    /// How the manifest names this segment.
+    pub fn id(&self) -> SegmentId {
+        SegmentId {
+            seq: self.header.seq,
+            first_index: self.header.first_index,
+        }
+    }
+
     pub fn first_index(&self) -> u64 {
         self.header.first_index
     }
@@ -200,6 +210,12 @@ impl<'a> Window<'a> {
         Ok(())
     }
 
+    /// Forgets what is held, so the next `load` may start anywhere.
+    pub fn rewind(&mut self) {
+        self.base = 0;
+        self.filled = 0;
+    }
+
     /// The offset just past the last non-zero byte at or after `from`, if there is one.
     pub fn last_nonzero_from(&mut self, from: u64) -> std::io::Result<Option<u64>> {
         let mut last = None;
@@ -225,16 +241,24 @@ pub(crate) struct ScanEnd {
 }
 
 /// Scans a segment file front to back through `buf`, filling `segment.offsets` and `segment.end`.
-/// A torn tail is an error unless this is the last segment and the mode tolerates it.
+///
+/// In a sealed segment anything but records up to a zero end is an error. In the last segment,
+/// damage at the end (a record that fails its checks, or bytes after the zero end) is a torn
+/// write only if nothing shows that the damaged record was durable: neither `durable_floor` (from
+/// the manifest) nor the claim of an intact record after the damage reaches its index. Otherwise
+/// it is corruption, and so is a clean end before `durable_floor`. A torn tail is an error unless
+/// the mode tolerates it.
 pub(crate) fn scan_segment(
     segment: &mut Segment,
     buf: &mut Vec<u8>,
     is_last: bool,
+    durable_floor: u64,
     mode: RecoveryMode,
     max_record_size: u32,
 ) -> Result<ScanEnd> {
     let path = &segment.path;
     let read_err = |e| WalError::io("read", path, e);
+    let max_len = u64::from(max_record_size);
     let mut window = Window::new(segment.file.as_ref(), segment.capacity, buf);
     let mut pos = SEGMENT_HEADER_LEN;
     let mut expected = segment.header.first_index;
@@ -248,8 +272,8 @@ pub(crate) fn scan_segment(
             window.base(),
             rel,
             segment.seed,
-            expected,
-            u64::from(max_record_size),
+            Some(expected),
+            max_len,
             window.at_eof(),
         ) {
             Scan::Record { next, .. } => {
@@ -278,7 +302,17 @@ pub(crate) fn scan_segment(
         }
     };
     segment.end = pos;
-    let Some((torn_at, _)) = torn else {
+    let Some((torn_at, nonzero_end)) = torn else {
+        if is_last && durable_floor >= expected {
+            return Err(WalError::corrupt(
+                path,
+                pos,
+                format!(
+                    "records {expected}..={durable_floor} were made durable but are missing \
+                     (the segment ends here)"
+                ),
+            ));
+        }
         return Ok(ScanEnd { torn: None });
     };
     if !is_last {
@@ -288,6 +322,20 @@ pub(crate) fn scan_segment(
             "incomplete or unexpected bytes after the last record of a sealed segment",
         ));
     }
+    let claimed =
+        durable_claims_after(&mut window, torn_at + 8, nonzero_end, segment.seed, max_len)
+            .map_err(read_err)?;
+    let durable = durable_floor.max(claimed);
+    if durable >= expected {
+        return Err(WalError::corrupt(
+            path,
+            torn_at,
+            format!(
+                "record {expected} is damaged, but records up to {durable} were made durable \
+                 (a crash cannot tear a durable record)"
+            ),
+        ));
+    }
     if mode == RecoveryMode::AbsoluteConsistency {
         return Err(WalError::TornTail {
             path: path.clone(),
@@ -295,4 +343,48 @@ pub(crate) fn scan_segment(
         });
     }
     Ok(ScanEnd { torn })
+}
+
+/// The highest durable index claimed by an intact record (of any index) that starts in
+/// `[from, to)`, looking at every 8-aligned offset. Reads forward through `window` only.
+fn durable_claims_after(
+    window: &mut Window<'_>,
+    from: u64,
+    to: u64,
+    seed: u32,
+    max_len: u64,
+) -> std::io::Result<u64> {
+    let mut best = 0;
+    let mut pos = align8(from);
+    window.rewind();
+    let mut need = RECORD_HEADER_LEN;
+    while pos < to {
+        window.load(pos, need)?;
+        let rel = (pos - window.base()) as usize;
+        match scan_record(
+            window.bytes(),
+            window.base(),
+            rel,
+            seed,
+            None,
+            max_len,
+            window.at_eof(),
+        ) {
+            Scan::Record {
+                durable_claim,
+                next,
+                ..
+            } => {
+                best = best.max(durable_claim);
+                pos = window.base() + next as u64;
+                need = RECORD_HEADER_LEN;
+            }
+            Scan::NeedMore { need: more } => need = more,
+            Scan::End | Scan::Torn | Scan::Corrupt(_) => {
+                pos += 8;
+                need = RECORD_HEADER_LEN;
+            }
+        }
+    }
+    Ok(best)
 }

@@ -13,14 +13,16 @@ use parking_lot::{Condvar, Mutex, MutexGuard};
 use crate::error::{Result, WalError};
 use crate::format::{
     encode_record, parse_segment_name, record_size, scan_record, Scan, SegmentHeader, FLAG_BASE,
-    SEGMENT_HEADER_LEN,
+    FORMAT_VERSION, SEGMENT_HEADER_LEN,
 };
 use crate::fs::{join, FileSystem, StdFs, WalFile};
+use crate::manifest::{Manifest, MANIFEST_FILE};
 use crate::meta;
 use crate::options::{Options, RecoveryReport, Stats, TornTailCut};
 use crate::segment::{
     create_segment, install_segment, prepare_file, scan_segment, zero_range, Segment, SPARE_FILE,
 };
+use crate::waiters::{Waiters, Woken};
 
 const LOCK_FILE: &str = "LOCK";
 /// Pending (appended, not yet written) bytes are written to the file once they exceed this.
@@ -56,9 +58,13 @@ struct State {
     arrivals: u64,
     expected_waiters: u64,
     gathering: bool,
+    /// Threads parked until their record is durable.
+    waiters: Waiters,
     last_sync_done: Instant,
     sync_time_estimate: Duration,
     metadata: Option<Vec<u8>>,
+    /// The manifest as last stored.
+    manifest: Manifest,
     stats: Stats,
     spare: Option<SpareJob>,
 }
@@ -105,6 +111,23 @@ impl State {
 
     fn segment_of(&self, index: u64) -> usize {
         self.segments.partition_point(|s| s.first_index() <= index) - 1
+    }
+
+    /// Durably replaces the manifest with `manifest` (poisoning the log if that fails).
+    fn store_manifest(
+        &mut self,
+        fs: &dyn FileSystem,
+        dir: &Path,
+        manifest: Manifest,
+    ) -> Result<()> {
+        if manifest == self.manifest {
+            return Ok(());
+        }
+        if let Err(e) = manifest.store(fs, dir) {
+            return Err(self.poison(e));
+        }
+        self.manifest = manifest;
+        Ok(())
     }
 }
 
@@ -167,7 +190,7 @@ impl Wal {
                 WalError::io("lock", &lock_path, e)
             }
         })?;
-        let (segments, report, metadata) = recover(fs.as_ref(), &dir, &options)?;
+        let (segments, report, metadata, manifest) = recover(fs.as_ref(), &dir, &options)?;
         let first_index = segments[0].first_index();
         let active = segments
             .last()
@@ -190,9 +213,11 @@ impl Wal {
             arrivals: 0,
             expected_waiters: 0,
             gathering: false,
+            waiters: Waiters::default(),
             last_sync_done: Instant::now(),
             sync_time_estimate: Duration::ZERO,
             metadata,
+            manifest,
             stats: Stats::default(),
             spare: None,
         };
@@ -338,10 +363,24 @@ impl Wal {
 
     fn wait_locked(
         &self,
-        mut st: MutexGuard<'_, State>,
+        st: MutexGuard<'_, State>,
         index: u64,
         epoch: Option<u64>,
     ) -> Result<u64> {
+        let (result, st) = self.wait_inner(st, index, epoch);
+        if let Some(st) = st {
+            self.hand_off(st);
+        }
+        result
+    }
+
+    /// Waits for `index`; returns the lock too unless the thread returns straight from parking.
+    fn wait_inner<'a>(
+        &'a self,
+        mut st: MutexGuard<'a, State>,
+        index: u64,
+        epoch: Option<u64>,
+    ) -> (Result<u64>, Option<MutexGuard<'a, State>>) {
         st.arrivals += 1;
         if st.gathering && st.arrivals >= st.expected_waiters {
             self.gathered.notify_one();
@@ -349,18 +388,28 @@ impl Wal {
         let arrived = Instant::now();
         let mut may_gather = true;
         loop {
-            st.check_poisoned()?;
+            if let Err(e) = st.check_poisoned() {
+                return (Err(e), Some(st));
+            }
             if let Some(epoch) = epoch {
                 if truncated_since(&st, epoch, index) {
-                    return Err(WalError::Truncated { index });
+                    return (Err(WalError::Truncated { index }), Some(st));
                 }
             }
             if st.durable_index >= index {
-                return Ok(st.durable_index);
+                return (Ok(st.durable_index), Some(st));
             }
             if st.syncing || st.gathering {
-                self.sync_done.wait(&mut st);
-                continue;
+                let waiter = st.waiters.enqueue(index);
+                drop(st);
+                match waiter.park() {
+                    Woken::Covered(durable) => return (Ok(durable), None),
+                    Woken::Recheck => {
+                        st = self.state.lock();
+                        st.waiters.leader_pending = false;
+                        continue;
+                    }
+                }
             }
             // This thread leads the next fsync. Closed-loop writers released by the previous
             // fsync are on their way back: without waiting, the writers split into two groups
@@ -385,23 +434,44 @@ impl Wal {
                         }
                     }
                     st.gathering = false;
-                    // Whoever queued behind this thread looks again (it may have nothing left
-                    // to do if a concurrent `sync` covered it).
-                    self.sync_done.notify_all();
                     continue;
                 }
             }
-            self.sync_locked(&mut st)?;
+            if let Err(e) = self.sync_locked(&mut st) {
+                return (Err(e), Some(st));
+            }
         }
     }
 
-    /// Wakes every thread waiting for durability or gathering a group commit.
-    fn wake_all(&self) {
-        self.sync_done.notify_all();
-        self.gathered.notify_all();
+    /// A waiter leaving with the lock: if others wait and no fsync is running or about to be
+    /// led, wake one to lead it (all of them if the log is poisoned).
+    fn hand_off(&self, mut st: MutexGuard<'_, State>) {
+        if st.syncing || st.gathering || st.waiters.leader_pending || st.waiters.is_empty() {
+            return;
+        }
+        let wake: Vec<_> = if st.poisoned.is_some() {
+            st.waiters.take_all()
+        } else {
+            st.waiters.take_leader().into_iter().collect()
+        };
+        drop(st);
+        for waiter in wake {
+            waiter.wake();
+        }
     }
 
-    /// Writes pending records, then fsyncs the active segment with the lock released.
+    /// Wakes every thread waiting for durability or gathering a group commit, to look again.
+    fn wake_all(&self, st: &mut State) {
+        self.sync_done.notify_all();
+        self.gathered.notify_all();
+        for waiter in st.waiters.take_all() {
+            waiter.wake();
+        }
+        st.waiters.leader_pending = false;
+    }
+
+    /// Writes pending records, then fsyncs the active segment with the lock released. Then wakes
+    /// the waiters it covered and, if others wait, one to lead the next fsync.
     fn sync_locked(&self, st: &mut MutexGuard<'_, State>) -> Result<()> {
         debug_assert!(!st.syncing);
         st.flush_pending()?;
@@ -425,14 +495,35 @@ impl Wal {
         // The writers this fsync releases plus those that queued meanwhile: how many the next
         // leader may expect.
         st.expected_waiters = covered_waiters + st.arrivals;
-        self.wake_all();
-        match result {
+        let result = match result {
             Ok(()) => {
                 st.durable_index = st.durable_index.max(target);
                 Ok(())
             }
             Err(e) => Err(st.poison(WalError::io("fdatasync", &path, e))),
+        };
+        self.sync_done.notify_all();
+        self.gathered.notify_all();
+        let mut wake = if st.poisoned.is_some() {
+            st.waiters.take_all()
+        } else {
+            let durable = st.durable_index;
+            st.waiters.release_covered(durable)
+        };
+        if st.poisoned.is_none() && !st.waiters.leader_pending && !st.gathering {
+            // The next leader first, so that its fsync starts as soon as possible.
+            if let Some(leader) = st.waiters.take_leader() {
+                wake.insert(0, leader);
+            }
         }
+        if !wake.is_empty() {
+            MutexGuard::unlocked(st, || {
+                for waiter in &wake {
+                    waiter.wake();
+                }
+            });
+        }
+        result
     }
 
     fn append_locked<P: AsRef<[u8]>>(&self, st: &mut State, payloads: &[P]) -> Result<Range<u64>> {
@@ -458,10 +549,13 @@ impl Wal {
             }
             let index = st.next_index;
             let State {
-                segments, pending, ..
+                segments,
+                pending,
+                durable_index,
+                ..
             } = &mut *st;
             let active = segments.last_mut().expect("a log always has a segment");
-            encode_record(pending, active.seed, index, payload);
+            encode_record(pending, active.seed, index, *durable_index, payload);
             active.offsets.push(active.end);
             active.end += size;
             st.next_index += 1;
@@ -486,8 +580,9 @@ impl Wal {
         st.stats.syncs += 1;
         // Every record so far is in sealed, synced segments now.
         st.durable_index = st.next_index - 1;
-        self.wake_all();
+        self.wake_all(st);
         let header = SegmentHeader {
+            version: FORMAT_VERSION,
             seq: st.next_seq,
             first_index: st.next_index,
             flags: 0,
@@ -499,7 +594,15 @@ impl Wal {
         };
         st.next_seq += 1;
         st.pending_offset = segment.end;
+        let manifest = Manifest {
+            last: segment.id(),
+            last_capacity: segment.capacity,
+            durable_index: st.durable_index,
+            ..st.manifest
+        };
         st.segments.push(segment);
+        // Before any record of the new segment can be reported durable, the manifest says it exists.
+        st.store_manifest(self.fs.as_ref(), &self.dir, manifest)?;
         self.start_spare(st);
         Ok(())
     }
@@ -669,12 +772,26 @@ impl Wal {
         if st.truncations.len() > TRUNCATION_MEMORY {
             st.truncations.pop_front();
         }
-        self.wake_all();
+        self.wake_all(&mut st);
         result.map_err(|e| st.poison(e))
     }
 
     fn truncate_locked(&self, st: &mut State, index: u64) -> Result<()> {
         st.flush_pending()?;
+        // First the manifest stops promising what goes: the segments removed and the records cut.
+        let keep = st
+            .segments
+            .iter()
+            .rposition(|s| s.first_index() < index)
+            .unwrap_or(0);
+        let kept = &st.segments[keep];
+        let manifest = Manifest {
+            last: kept.id(),
+            last_capacity: kept.capacity,
+            durable_index: st.manifest.durable_index.min(index - 1),
+            ..st.manifest
+        };
+        st.store_manifest(self.fs.as_ref(), &self.dir, manifest)?;
         // Whole segments past the cut go first, newest first: a crash part-way leaves a prefix.
         let mut removed = false;
         while st.segments.len() > 1 && st.active().first_index() >= index {
@@ -725,10 +842,19 @@ impl Wal {
                 self.sync_done.wait(&mut st);
             }
             let result = self.reset_locked(&mut st, index);
-            self.wake_all();
+            self.wake_all(&mut st);
             return result.map_err(|e| st.poison(e));
         }
         st.first_index = index;
+        let first_kept = st.segment_of(index);
+        if first_kept > 0 {
+            // The manifest first, so a crash part-way leaves segments it calls obsolete.
+            let manifest = Manifest {
+                first: st.segments[first_kept].id(),
+                ..st.manifest
+            };
+            st.store_manifest(self.fs.as_ref(), &self.dir, manifest)?;
+        }
         let mut removed = false;
         while st.segments.len() > 1 && st.segments[1].first_index() <= index {
             let segment = st.segments.remove(0);
@@ -753,12 +879,21 @@ impl Wal {
         // The new segment is marked BASE: if a crash interrupts the deletions below, open deletes
         // the older segments it finds.
         let header = SegmentHeader {
+            version: FORMAT_VERSION,
             seq: st.next_seq,
             first_index: index,
             flags: FLAG_BASE,
         };
         let segment = self.new_segment(st, header, self.options.segment_size)?;
         st.next_seq += 1;
+        let manifest = Manifest {
+            first: segment.id(),
+            last: segment.id(),
+            last_capacity: segment.capacity,
+            durable_index: index - 1,
+            ..st.manifest
+        };
+        st.store_manifest(self.fs.as_ref(), &self.dir, manifest)?;
         st.pending.clear();
         st.pending_offset = segment.end;
         let old = std::mem::replace(&mut st.segments, vec![segment]);
@@ -795,7 +930,12 @@ impl Wal {
             Ok(()) => {
                 st.check_poisoned()?;
                 st.metadata = Some(bytes.to_vec());
-                Ok(())
+                // Once: from now on a missing metadata file is an error at open.
+                let manifest = Manifest {
+                    has_metadata: true,
+                    ..st.manifest
+                };
+                st.store_manifest(self.fs.as_ref(), &self.dir, manifest)
             }
             Err(e @ WalError::TooLarge { .. }) => Err(e),
             Err(e) => Err(st.poison(e)),
@@ -834,7 +974,7 @@ fn read_planned(plan: &[PlannedRead]) -> Result<Vec<Vec<u8>>> {
                 part.span.start,
                 pos,
                 part.seed,
-                i,
+                Some(i),
                 u64::from(u32::MAX),
                 true,
             ) {
@@ -879,8 +1019,15 @@ impl Drop for Wal {
     fn drop(&mut self) {
         let mut st = self.state.lock();
         if st.poisoned.is_none() {
-            // Hand appended records to the OS (not durable); errors have no one to go to.
+            // Hand appended records to the OS (not durable), and record how far the log is
+            // durable so that recovery can tell if any of it goes missing; errors have no one
+            // to go to.
             let _ = st.flush_pending();
+            let manifest = Manifest {
+                durable_index: st.durable_index,
+                ..st.manifest
+            };
+            let _ = st.store_manifest(self.fs.as_ref(), &self.dir, manifest);
         }
         if let Some(job) = st.spare.take() {
             let _ = job.join();
@@ -888,13 +1035,14 @@ impl Drop for Wal {
     }
 }
 
-/// Opens and checks every segment, repairs a torn tail, and loads the metadata record.
-fn recover(
-    fs: &dyn FileSystem,
-    dir: &Path,
-    options: &Options,
-) -> Result<(Vec<Segment>, RecoveryReport, Option<Vec<u8>>)> {
+/// What open recovered: segments, the report, the metadata record, the manifest now stored.
+type Recovered = (Vec<Segment>, RecoveryReport, Option<Vec<u8>>, Manifest);
+
+/// Opens and checks every segment against the manifest, repairs a torn tail, loads the metadata
+/// record, and stores the manifest of what is now durable.
+fn recover(fs: &dyn FileSystem, dir: &Path, options: &Options) -> Result<Recovered> {
     let mut report = RecoveryReport::default();
+    let manifest = Manifest::load(fs, dir)?;
     let mut names = fs.list(dir).map_err(io_err("list", dir))?;
     names.sort();
     // Temporary files belong to operations a crash interrupted; nothing refers to them.
@@ -910,63 +1058,58 @@ fn recover(
     found.sort();
     let mut segments = Vec::with_capacity(found.len());
     for (seq, first, path) in found {
-        let file = fs.open(&path).map_err(io_err("open", &path))?;
-        let len = file.size().map_err(io_err("stat", &path))?;
-        let mut head = vec![0u8; len.min(SEGMENT_HEADER_LEN) as usize];
-        file.read_exact_at(&mut head, 0)
-            .map_err(io_err("read", &path))?;
-        let header = SegmentHeader::decode(&head, &path)?;
-        if header.seq != seq || header.first_index != first {
-            return Err(WalError::corrupt(
-                &path,
-                0,
-                format!(
-                    "header says sequence {} first index {}, the file name says {seq} and {first}",
-                    header.seq, header.first_index
-                ),
-            ));
-        }
-        if header.first_index == 0 {
-            return Err(WalError::corrupt(&path, 24, "first index 0"));
-        }
-        // Checked before the file is read into memory: nothing is allocated from untrusted sizes.
-        if len > options.max_segment_file() {
-            return Err(WalError::corrupt(
-                &path,
-                0,
-                format!(
-                    "segment file of {len} bytes is larger than these options allow ({} bytes)",
-                    options.max_segment_file()
-                ),
-            ));
-        }
-        segments.push(Segment {
-            header,
-            seed: header.seed(),
-            path,
-            file,
-            offsets: Vec::new(),
-            end: SEGMENT_HEADER_LEN,
-            capacity: len,
-        });
+        segments.push(open_segment(fs, seq, first, path, options)?);
     }
-    // A BASE segment makes every older one obsolete (an interrupted compaction past the end).
-    if let Some(base) = segments
+    // The oldest segment still needed: after the newest BASE segment (a compaction past the end)
+    // and the manifest's first (a compaction that recorded its new first segment, then crashed).
+    let base = segments
         .iter()
-        .rposition(|s| s.header.flags & FLAG_BASE != 0)
-    {
-        if base > 0 {
-            for old in segments.drain(..base) {
-                fs.remove(&old.path).map_err(io_err("remove", &old.path))?;
-                report.removed_files.push(old.path);
+        .rev()
+        .find(|s| s.header.flags & FLAG_BASE != 0)
+        .map(|s| s.header.seq);
+    let mut oldest_needed = base.unwrap_or(0);
+    if let Some(m) = &manifest {
+        if m.first.seq >= oldest_needed {
+            oldest_needed = m.first.seq;
+            if !segments.iter().any(|s| s.id() == m.first) {
+                return Err(WalError::MissingFile {
+                    path: join(dir, &m.first.file_name()),
+                    reason: "the manifest says the log's first segment is this one".into(),
+                });
             }
         }
+        let newest = segments.last().map_or(0, |s| s.header.seq);
+        if m.last.seq >= oldest_needed && !segments.iter().any(|s| s.id() == m.last) {
+            return Err(WalError::MissingFile {
+                path: join(dir, &m.last.file_name()),
+                reason: format!(
+                    "the manifest says the log has segments up to this one{}",
+                    if newest > m.last.seq {
+                        ""
+                    } else {
+                        " (its last)"
+                    }
+                ),
+            });
+        }
+        if m.has_metadata && !meta::exists(fs, dir)? {
+            return Err(WalError::MissingFile {
+                path: join(dir, meta::META_FILE),
+                reason: "the manifest says metadata was stored".into(),
+            });
+        }
+    }
+    let obsolete = segments.partition_point(|s| s.header.seq < oldest_needed);
+    for old in segments.drain(..obsolete) {
+        fs.remove(&old.path).map_err(io_err("remove", &old.path))?;
+        report.removed_files.push(old.path);
     }
     if !report.removed_files.is_empty() {
         fs.sync_dir(dir).map_err(io_err("fsync directory", dir))?;
     }
     if segments.is_empty() {
         let header = SegmentHeader {
+            version: FORMAT_VERSION,
             seq: 1,
             first_index: options.initial_index,
             flags: FLAG_BASE,
@@ -992,12 +1135,29 @@ fn recover(
                 ));
             }
         }
-        report.bytes_scanned += segment.capacity;
         let is_last = k + 1 == count;
+        // What the manifest promises of the last segment it knows (a newer one was added by a
+        // roll that crashed before recording it, and holds nothing reported durable).
+        let promised = manifest.filter(|m| is_last && m.last == segment.id());
+        if let Some(m) = promised {
+            if segment.capacity != m.last_capacity {
+                return Err(WalError::corrupt(
+                    &segment.path,
+                    segment.capacity.min(m.last_capacity),
+                    format!(
+                        "segment file is {} bytes but was created with {}; records up to {} were \
+                         made durable",
+                        segment.capacity, m.last_capacity, m.durable_index
+                    ),
+                ));
+            }
+        }
+        report.bytes_scanned += segment.capacity;
         let end = scan_segment(
             segment,
             &mut buf,
             is_last,
+            promised.map_or(0, |m| m.durable_index),
             options.recovery_mode,
             options.max_record_size,
         )?;
@@ -1013,8 +1173,8 @@ fn recover(
             });
         }
         if is_last {
-            if segment.capacity < options.segment_size {
-                // Cut short (say, by a crash while it was created by an older build): preallocate again.
+            if promised.is_none() && segment.capacity < options.segment_size {
+                // Cut short by a crash while an older build created it: preallocate again.
                 segment
                     .file
                     .set_len(options.segment_size)
@@ -1030,6 +1190,73 @@ fn recover(
         }
     }
     report.segments = segments.len();
+    let legacy = segments.iter().all(|s| s.header.version < FORMAT_VERSION);
+    if manifest.is_none() && report.records > 0 && !legacy {
+        // A log of this format always has a manifest once it holds a record.
+        return Err(WalError::MissingFile {
+            path: join(dir, MANIFEST_FILE),
+            reason: format!("the log holds {} records", report.records),
+        });
+    }
     let metadata = meta::load(fs, dir)?;
-    Ok((segments, report, metadata))
+    let first = &segments[0];
+    let last = segments.last().expect("at least one segment");
+    let now = Manifest {
+        first: first.id(),
+        last: last.id(),
+        last_capacity: last.capacity,
+        durable_index: last.next_index() - 1,
+        has_metadata: metadata.is_some(),
+    };
+    now.store(fs, dir)?;
+    Ok((segments, report, metadata, now))
+}
+
+/// Opens a segment file and checks its header against its name and size against the options.
+fn open_segment(
+    fs: &dyn FileSystem,
+    seq: u64,
+    first: u64,
+    path: PathBuf,
+    options: &Options,
+) -> Result<Segment> {
+    let file = fs.open(&path).map_err(io_err("open", &path))?;
+    let len = file.size().map_err(io_err("stat", &path))?;
+    let mut head = vec![0u8; len.min(SEGMENT_HEADER_LEN) as usize];
+    file.read_exact_at(&mut head, 0)
+        .map_err(io_err("read", &path))?;
+    let header = SegmentHeader::decode(&head, &path)?;
+    if header.seq != seq || header.first_index != first {
+        return Err(WalError::corrupt(
+            &path,
+            0,
+            format!(
+                "header says sequence {} first index {}, the file name says {seq} and {first}",
+                header.seq, header.first_index
+            ),
+        ));
+    }
+    if header.first_index == 0 {
+        return Err(WalError::corrupt(&path, 24, "first index 0"));
+    }
+    // Checked before the file is read into memory: nothing is allocated from untrusted sizes.
+    if len > options.max_segment_file() {
+        return Err(WalError::corrupt(
+            &path,
+            0,
+            format!(
+                "segment file of {len} bytes is larger than these options allow ({} bytes)",
+                options.max_segment_file()
+            ),
+        ));
+    }
+    Ok(Segment {
+        header,
+        seed: header.seed(),
+        path,
+        file,
+        offsets: Vec::new(),
+        end: SEGMENT_HEADER_LEN,
+        capacity: len,
+    })
 }

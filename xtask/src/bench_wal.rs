@@ -12,13 +12,16 @@
 //! - WAL: `writers` threads each calling `append_durable` in a loop (closed loop), sharing
 //!   fdatasyncs by group commit. Its appends/s are divided by each raw loop's appends/s at a batch
 //!   size equal to the number of writers.
-//! - The three alternate in short slices (raw, raw awake, WAL, raw, ...) so that other load on
-//!   the machine falls on all of them alike.
+//! - WAL pipelined: the path the node uses. One thread submits appends (`append`, no waiting),
+//!   keeping `writers` records in flight; a sync thread calls `Wal::sync` while anything is
+//!   pending and publishes the durable index, which the submitter waits on to refill.
+//! - The four alternate in short slices (raw, raw awake, WAL, pipelined, raw, ...) so that other
+//!   load on the machine falls on all of them alike.
 //! - Recovery: the time `Wal::open` takes to check a log of at least 512 MiB of records that is in
 //!   the page cache (it was just written and opened once); the best of three opens.
 //!
-//! The last line printed is `wal-vs-raw: <ratio>` for 16 writers × 256 B against the plain raw
-//! loop.
+//! The last two lines printed are `wal-pipelined-vs-raw: <ratio>` and `wal-vs-raw: <ratio>`, for
+//! 16 writers (records in flight) × 256 B against the plain raw loop.
 
 use std::fs::{File, OpenOptions};
 use std::os::unix::fs::FileExt;
@@ -47,6 +50,15 @@ pub struct Args {
     /// with --quick).
     #[arg(long)]
     seconds: Option<f64>,
+    /// Writer counts to measure (for profiling one case; the headline needs 16).
+    #[arg(long, value_delimiter = ',', default_values_t = WRITERS.to_vec())]
+    writers: Vec<usize>,
+    /// Payload sizes to measure.
+    #[arg(long, value_delimiter = ',', default_values_t = SIZES.to_vec())]
+    sizes: Vec<usize>,
+    /// Skip the recovery case.
+    #[arg(long)]
+    no_recovery: bool,
 }
 
 const WRITERS: [usize; 4] = [1, 4, 16, 64];
@@ -127,7 +139,7 @@ pub fn run(args: Args) -> anyhow::Result<()> {
         .with_context(|| format!("creating a temporary directory in {}", parent.display()))?;
     let started = Instant::now();
 
-    let cases = WRITERS.len() * SIZES.len();
+    let cases = args.writers.len() * args.sizes.len();
     let progress = ProgressBar::new((cases + 1) as u64);
     progress.set_style(
         ProgressStyle::with_template("{elapsed_precise} [{bar:30}] {pos}/{len} {msg}")
@@ -137,13 +149,19 @@ pub fn run(args: Args) -> anyhow::Result<()> {
 
     let mut rows = Vec::new();
     let mut headline = None;
-    for &size in &SIZES {
-        for &writers in &WRITERS {
+    let mut pipelined_headline = None;
+    for &size in &args.sizes {
+        for &writers in &args.writers {
             progress.set_message(format!("{writers} writers × {size} B"));
             // The WAL first: its next segment is zero-filled in the background while the raw
             // file is, so neither write is still running when measuring starts.
             let mut wal = WalWriters::start(
                 &tmp.path().join(format!("wal-{writers}-{size}")),
+                writers,
+                size,
+            )?;
+            let mut pipelined = Pipelined::start(
+                &tmp.path().join(format!("pipelined-{writers}-{size}")),
                 writers,
                 size,
             )?;
@@ -154,7 +172,7 @@ pub fn run(args: Args) -> anyhow::Result<()> {
             )?;
             // Then a moment for the page cache to settle.
             std::thread::sleep(Duration::from_millis(300));
-            let (mut plain, mut awake) = (Tally::new(), Tally::new());
+            let (mut plain, mut awake, mut piped) = (Tally::new(), Tally::new(), Tally::new());
             for k in 0..SLICES {
                 // The first slice of each contender warms it up; later ones resume a warm state.
                 let warmup = if k == 0 {
@@ -165,15 +183,22 @@ pub fn run(args: Args) -> anyhow::Result<()> {
                 raw.slice(false, warmup, slice, &mut plain)?;
                 raw.slice(true, warmup, slice, &mut awake)?;
                 wal.slice(warmup, slice)?;
+                pipelined.slice(warmup, slice, &mut piped)?;
             }
             let wal_tally = wal.finish()?;
+            pipelined.finish()?;
             raw.remove()?;
             let ratios = [
                 wal_tally.appends_per_sec() / plain.appends_per_sec(),
                 wal_tally.appends_per_sec() / awake.appends_per_sec(),
             ];
+            let piped_ratios = [
+                piped.appends_per_sec() / plain.appends_per_sec(),
+                piped.appends_per_sec() / awake.appends_per_sec(),
+            ];
             if writers == 16 && size == 256 {
                 headline = Some(ratios[0]);
+                pipelined_headline = Some(piped_ratios[0]);
             }
             rows.push(plain.row(
                 format!("raw batch {writers:>2} × {size} B"),
@@ -190,11 +215,20 @@ pub fn run(args: Args) -> anyhow::Result<()> {
                 size,
                 ratios.map(Some),
             ));
+            rows.push(piped.row(
+                format!("wal pipelined {writers:>2} × {size} B"),
+                size,
+                piped_ratios.map(Some),
+            ));
             progress.inc(1);
         }
     }
     progress.set_message(format!("recovery of a {} MiB log", recovery_bytes >> 20));
-    let recovery = recovery_case(&tmp.path().join("recovery"), recovery_bytes)?;
+    let recovery = if args.no_recovery {
+        None
+    } else {
+        Some(recovery_case(&tmp.path().join("recovery"), recovery_bytes)?)
+    };
     progress.finish_and_clear();
 
     println!(
@@ -205,6 +239,7 @@ pub fn run(args: Args) -> anyhow::Result<()> {
     println!("raw       = one thread: pwrite of <batch> encoded records into a zero-filled preallocated file, then fdatasync");
     println!("raw+awake = the same while another thread spins, so the CPU does not idle during fdatasync");
     println!("wal       = <writers> threads each looping append_durable (group commit)");
+    println!("pipelined = one thread appending with <writers> records in flight, a sync thread publishing the durable index");
     println!("÷raw, ÷awake = wal appends/s ÷ that raw loop's appends/s at batch = writers");
     println!("latency   = one durable append (wal) or one write+fdatasync of the batch (raw)");
     println!();
@@ -229,6 +264,19 @@ pub fn run(args: Args) -> anyhow::Result<()> {
         );
     }
     println!();
+    if let Some(recovery) = recovery {
+        print_recovery(&recovery);
+    }
+    if let Some(ratio) = pipelined_headline {
+        println!("wal-pipelined-vs-raw: {ratio:.2}");
+    }
+    if let Some(ratio) = headline {
+        println!("wal-vs-raw: {ratio:.2}");
+    }
+    Ok(())
+}
+
+fn print_recovery(recovery: &Recovery) {
     let secs = recovery.elapsed.as_secs_f64();
     let times: Vec<String> = recovery
         .times
@@ -247,9 +295,6 @@ pub fn run(args: Args) -> anyhow::Result<()> {
         recovery.record_bytes as f64 / secs / 1e6,
         recovery.file_bytes as f64 / secs / 1e6,
     );
-    let headline = headline.expect("the 16 × 256 B case always runs");
-    println!("wal-vs-raw: {headline:.2}");
-    Ok(())
 }
 
 /// The raw baseline: one thread, write + fdatasync of `batch` encoded records per iteration.
@@ -506,6 +551,172 @@ fn writer(wal: &Wal, control: &Control, t: usize, size: usize) -> Histogram<u64>
             control.appends.fetch_add(1, Ordering::Relaxed);
             hist.saturating_record(started.elapsed().as_micros() as u64);
         }
+    }
+}
+
+/// The durable index as the sync thread publishes it, and what the submitter asks for.
+#[derive(Default)]
+struct Published {
+    state: Mutex<PublishedState>,
+    changed: Condvar,
+}
+
+#[derive(Default)]
+struct PublishedState {
+    /// Highest index the submitter appended (and wants durable).
+    wanted: u64,
+    durable: u64,
+    stop: bool,
+    error: Option<String>,
+}
+
+/// The node's path: one submitting thread and one sync thread.
+struct Pipelined {
+    dir: PathBuf,
+    wal: Arc<Wal>,
+    published: Arc<Published>,
+    syncer: Option<JoinHandle<()>>,
+    payload: Vec<u8>,
+    window: u64,
+}
+
+impl Pipelined {
+    fn start(dir: &Path, window: usize, size: usize) -> anyhow::Result<Self> {
+        let options = Options {
+            segment_size: SEGMENT_SIZE,
+            ..Options::default()
+        };
+        let wal = Arc::new(Wal::open(dir, options)?);
+        let published = Arc::new(Published::default());
+        {
+            let mut st = published.state.lock().expect("no panics while locked");
+            st.durable = wal.durable_index();
+            st.wanted = st.durable;
+        }
+        let syncer = {
+            let (wal, published) = (wal.clone(), published.clone());
+            std::thread::spawn(move || sync_thread(&wal, &published))
+        };
+        Ok(Pipelined {
+            dir: dir.to_path_buf(),
+            wal,
+            published,
+            syncer: Some(syncer),
+            payload: (0..size).map(|k| k as u8 | 1).collect(),
+            window: window as u64,
+        })
+    }
+
+    /// Submits for `warmup + measure`, keeping `window` records in flight; counts the records
+    /// that became durable in the measured part.
+    fn slice(
+        &mut self,
+        warmup: Duration,
+        measure: Duration,
+        tally: &mut Tally,
+    ) -> anyhow::Result<()> {
+        let start = Instant::now();
+        let mut in_flight: std::collections::VecDeque<(u64, Instant)> = Default::default();
+        let mut measured_from = None;
+        let syncs_before = self.wal.stats().syncs;
+        let mut syncs_at_measure = syncs_before;
+        let mut appends = 0u64;
+        loop {
+            let now = Instant::now();
+            if now - start >= warmup + measure {
+                break;
+            }
+            if measured_from.is_none() && now - start >= warmup {
+                measured_from = Some(now);
+                syncs_at_measure = self.wal.stats().syncs;
+            }
+            let mut last = None;
+            while (in_flight.len() as u64) < self.window {
+                let index = self.wal.append(&self.payload)?;
+                in_flight.push_back((index, Instant::now()));
+                last = Some(index);
+            }
+            let mut st = self.published.state.lock().expect("no panics while locked");
+            if let Some(last) = last {
+                st.wanted = last;
+                self.published.changed.notify_all();
+            }
+            let oldest = in_flight.front().expect("window is at least 1").0;
+            while st.durable < oldest && st.error.is_none() {
+                st = self
+                    .published
+                    .changed
+                    .wait(st)
+                    .expect("no panics while locked");
+            }
+            if let Some(e) = &st.error {
+                anyhow::bail!("the sync thread failed: {e}");
+            }
+            let durable = st.durable;
+            drop(st);
+            let done = Instant::now();
+            while in_flight.front().is_some_and(|&(i, _)| i <= durable) {
+                let (_, appended) = in_flight.pop_front().expect("checked");
+                if measured_from.is_some() {
+                    appends += 1;
+                    tally
+                        .latency_us
+                        .saturating_record((done - appended).as_micros() as u64);
+                }
+            }
+        }
+        // Let the records still in flight finish outside the measurement.
+        if let Some(&(last, _)) = in_flight.back() {
+            self.wal.wait_durable(last)?;
+        }
+        if let Some(from) = measured_from {
+            tally.secs += from.elapsed().as_secs_f64();
+        }
+        tally.appends += appends;
+        tally.fsyncs += self.wal.stats().syncs - syncs_at_measure;
+        Ok(())
+    }
+
+    fn finish(mut self) -> anyhow::Result<()> {
+        self.published
+            .state
+            .lock()
+            .expect("no panics while locked")
+            .stop = true;
+        self.published.changed.notify_all();
+        if let Some(t) = self.syncer.take() {
+            t.join()
+                .map_err(|_| anyhow::anyhow!("sync thread panicked"))?;
+        }
+        drop(self.wal);
+        std::fs::remove_dir_all(&self.dir)?;
+        Ok(())
+    }
+}
+
+/// Syncs while anything wanted is not durable, publishing each durable index (as node's
+/// `raft-store-sync` thread does).
+fn sync_thread(wal: &Wal, published: &Published) {
+    let mut st = published.state.lock().expect("no panics while locked");
+    loop {
+        while st.wanted <= st.durable && !st.stop {
+            st = published.changed.wait(st).expect("no panics while locked");
+        }
+        if st.stop {
+            return;
+        }
+        drop(st);
+        let result = wal.sync();
+        st = published.state.lock().expect("no panics while locked");
+        match result {
+            Ok(index) => st.durable = index,
+            Err(e) => {
+                st.error = Some(e.to_string());
+                published.changed.notify_all();
+                return;
+            }
+        }
+        published.changed.notify_all();
     }
 }
 
