@@ -1,7 +1,17 @@
 //! # txn-2pc
 //!
-//! Sans-IO transaction commit protocols: two-phase commit (presumed abort), three-phase commit and
-//! sagas/TCC. Not yet implemented; this crate reserves the place in the workspace.
-//!
-//! It may not depend on tokio, the filesystem, clocks, threads or unseeded randomness, and never on
-//! the `node` crate.
+//! Sans-IO atomic commitment: two-phase commit (presumed abort), three-phase commit, TCC and
+//! sagas, plus (feature `sim`) a seeded fault simulator that checks their invariants.
+//! Deterministic; no I/O, clocks, threads or randomness inside.
+
+pub mod error;
+mod finished;
+pub mod output;
+pub mod record;
+pub mod two_phase;
+pub mod types;
+
+pub use error::{DurabilityError, RecordError, RecoveryError, StepError};
+pub use output::{ForceToken, Output, Write};
+pub use record::DurableRecord;
+pub use types::{NodeId, Outcome, TxnId, Vote};
