@@ -8,6 +8,8 @@ pub mod error;
 mod finished;
 pub mod output;
 pub mod record;
+#[cfg(feature = "sim")]
+pub mod sim;
 pub mod two_phase;
 pub mod types;
 

@@ -790,6 +790,11 @@ impl Participant {
         self.out.take()
     }
 
+    /// How many transactions are live (voting or in doubt).
+    pub fn live(&self) -> usize {
+        self.txns.len()
+    }
+
     /// Every prepared transaction whose outcome is unknown here (heuristic ones included).
     pub fn in_doubt(&self) -> Vec<InDoubt> {
         self.txns
