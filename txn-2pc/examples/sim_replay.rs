@@ -10,6 +10,16 @@ fn main() {
             config.keep_trace = true;
             txn_2pc::sim::two_phase::run(config)
         }
+        "3pc" | "3pc-partitions" => {
+            let profile = if protocol == "3pc" {
+                txn_2pc::sim::three_phase::Profile::CrashOnly
+            } else {
+                txn_2pc::sim::three_phase::Profile::Partitions
+            };
+            let mut config = txn_2pc::sim::three_phase::Config::with_profile(seed, profile);
+            config.keep_trace = true;
+            txn_2pc::sim::three_phase::run(config)
+        }
         other => {
             eprintln!("unknown protocol {other}");
             std::process::exit(2);

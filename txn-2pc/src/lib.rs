@@ -10,6 +10,7 @@ pub mod output;
 pub mod record;
 #[cfg(feature = "sim")]
 pub mod sim;
+pub mod three_phase;
 pub mod two_phase;
 pub mod types;
 

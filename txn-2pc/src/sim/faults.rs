@@ -24,6 +24,9 @@ pub struct FaultPlan {
     pub partition_ppm: u32,
     /// How long a partition lasts: (min, max) ticks.
     pub partition_ticks: (u64, u64),
+    /// Chance that a partition starts in the middle of a broadcast (a step sending to two or
+    /// more nodes): the sender and some recipients on one side, the rest on the other.
+    pub partition_on_broadcast_ppm: u32,
 }
 
 impl FaultPlan {
@@ -36,6 +39,7 @@ impl FaultPlan {
             down_ticks: (1, 1),
             partition_ppm: 0,
             partition_ticks: (1, 1),
+            partition_on_broadcast_ppm: 0,
         }
     }
 
@@ -48,6 +52,7 @@ impl FaultPlan {
             down_ticks: (2, rng.gen_range(5..=40)),
             partition_ppm: 0,
             partition_ticks: (1, 1),
+            partition_on_broadcast_ppm: 0,
         }
     }
 
@@ -55,7 +60,8 @@ impl FaultPlan {
     pub fn crashes_and_partitions(rng: &mut ChaCha8Rng, until: u64) -> Self {
         FaultPlan {
             partition_ppm: rng.gen_range(2_000..=20_000),
-            partition_ticks: (10, rng.gen_range(20..=80)),
+            partition_ticks: (20, rng.gen_range(40..=250)),
+            partition_on_broadcast_ppm: rng.gen_range(5_000..=40_000),
             ..FaultPlan::crashes(rng, until)
         }
     }
@@ -93,6 +99,17 @@ impl FaultState {
     pub fn crashed(&mut self, rng: &mut ChaCha8Rng, plan: &FaultPlan, node: NodeId, now: u64) {
         let down = rng.gen_range(plan.down_ticks.0..=plan.down_ticks.1.max(plan.down_ticks.0));
         self.down_until.insert(node, now + down);
+    }
+
+    /// Whether a partition is on.
+    pub fn partitioned(&self) -> bool {
+        self.partition_until.is_some()
+    }
+
+    /// Starts a partition decided elsewhere (in the middle of a broadcast).
+    pub fn partition_started(&mut self, rng: &mut ChaCha8Rng, plan: &FaultPlan, now: u64) {
+        let (lo, hi) = plan.partition_ticks;
+        self.partition_until = Some(now + rng.gen_range(lo..=hi.max(lo)));
     }
 
     /// Whether any node is down (permanently down ones excluded).

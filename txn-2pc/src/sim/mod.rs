@@ -13,6 +13,7 @@ pub mod disk;
 pub mod faults;
 pub mod invariants;
 pub mod network;
+pub mod three_phase;
 pub mod trace;
 pub mod two_phase;
 pub mod world;

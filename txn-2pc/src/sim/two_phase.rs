@@ -200,6 +200,10 @@ pub fn run(config: Config) -> Report {
         config.faults.clone(),
         config.keep_trace,
     );
+    let mut world = world;
+    world.nodes = std::iter::once(COORDINATOR)
+        .chain(ids.iter().copied())
+        .collect();
     let mut sim = Sim {
         world,
         ledger: CommitLedger::default(),

@@ -1,7 +1,7 @@
 //! What every harness shares: the clock, the rng, the network, the trace, the fault state, and
 //! the causal depths (message and forced-write chains) the bench reads.
 
-use std::collections::BTreeMap;
+use std::collections::{BTreeMap, BTreeSet};
 use std::fmt;
 
 use rand::{Rng, SeedableRng};
@@ -33,6 +33,8 @@ pub struct World<M> {
     pub faults: FaultState,
     /// Which faults to inject.
     pub plan: FaultPlan,
+    /// Every node of the run (for partitions).
+    pub nodes: Vec<NodeId>,
     depth: BTreeMap<NodeId, (u64, u64)>,
     issued: BTreeMap<NodeId, BTreeMap<ForceToken, u64>>,
 }
@@ -49,6 +51,7 @@ impl<M: Clone + fmt::Debug> World<M> {
             stats: Stats::default(),
             faults: FaultState::default(),
             plan,
+            nodes: Vec::new(),
             depth: BTreeMap::new(),
             issued: BTreeMap::new(),
         }
@@ -105,6 +108,11 @@ impl<M: Clone + fmt::Debug> World<M> {
         let crash = forced
             && self.faulty()
             && self.rng.gen_range(0..1_000_000) < self.plan.crash_on_force_ppm;
+        let recipients: BTreeSet<NodeId> = messages.iter().map(|(to, _)| *to).collect();
+        let split = recipients.len() >= 2
+            && self.faulty()
+            && !self.faults.partitioned()
+            && self.rng.gen_range(0..1_000_000) < self.plan.partition_on_broadcast_ppm;
         for (to, message) in messages {
             if crash && self.rng.gen_bool(0.5) {
                 continue;
@@ -122,6 +130,24 @@ impl<M: Clone + fmt::Debug> World<M> {
             };
             let now = self.now;
             self.net.send(&mut self.rng, now, envelope);
+        }
+        if split {
+            // The sender keeps a random part of its recipients; the link to the rest is cut
+            // before this step's messages arrive.
+            let mut side = BTreeSet::from([from]);
+            for to in &recipients {
+                if side.len() < recipients.len() && self.rng.gen_bool(0.5) {
+                    side.insert(*to);
+                }
+            }
+            let plan = self.plan.clone();
+            self.faults
+                .partition_started(&mut self.rng, &plan, self.now);
+            self.stats.partitions += 1;
+            self.trace
+                .record(self.now, format_args!("PARTITION mid-broadcast {side:?}"));
+            let nodes = self.nodes.clone();
+            self.net.partition(&side, &nodes);
         }
         crash
     }
