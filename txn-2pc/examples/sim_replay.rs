@@ -20,6 +20,15 @@ fn main() {
             config.keep_trace = true;
             txn_2pc::sim::three_phase::run(config)
         }
+        "tcc" | "saga" => {
+            let mut config = txn_2pc::sim::branches::Config::from_seed(seed);
+            config.keep_trace = true;
+            if protocol == "tcc" {
+                txn_2pc::sim::tcc::run(config)
+            } else {
+                txn_2pc::sim::saga::run(config)
+            }
+        }
         other => {
             eprintln!("unknown protocol {other}");
             std::process::exit(2);

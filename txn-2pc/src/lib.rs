@@ -5,11 +5,14 @@
 //! Deterministic; no I/O, clocks, threads or randomness inside.
 
 pub mod error;
+pub mod fence;
 mod finished;
 pub mod output;
 pub mod record;
+pub mod saga;
 #[cfg(feature = "sim")]
 pub mod sim;
+pub mod tcc;
 pub mod three_phase;
 pub mod two_phase;
 pub mod types;

@@ -9,10 +9,13 @@
 //!
 //! Harnesses: [`two_phase`], [`three_phase`], [`tcc`], [`saga`].
 
+pub mod branches;
 pub mod disk;
 pub mod faults;
 pub mod invariants;
 pub mod network;
+pub mod saga;
+pub mod tcc;
 pub mod three_phase;
 pub mod trace;
 pub mod two_phase;

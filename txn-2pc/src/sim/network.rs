@@ -21,6 +21,9 @@ pub struct NetConfig {
     pub duplicate_ppm: u32,
     /// Chance a message is held back up to four times longer (reordering it).
     pub reorder_ppm: u32,
+    /// Chance a message straggles: held 10 to 60 ticks (a retransmission timeout, a paused
+    /// process), long enough to arrive after the sender gave up on it.
+    pub straggler_ppm: u32,
     /// Smallest delay in ticks (at least 1).
     pub min_delay: u64,
     /// Largest ordinary delay in ticks.
@@ -34,6 +37,7 @@ impl NetConfig {
             drop_ppm: 0,
             duplicate_ppm: 0,
             reorder_ppm: 0,
+            straggler_ppm: 0,
             min_delay: 1,
             max_delay: 1,
         }
@@ -45,6 +49,7 @@ impl NetConfig {
             drop_ppm: rng.gen_range(0..=60_000),
             duplicate_ppm: rng.gen_range(0..=50_000),
             reorder_ppm: rng.gen_range(0..=80_000),
+            straggler_ppm: rng.gen_range(0..=50_000),
             min_delay: 1,
             max_delay: rng.gen_range(1..=4),
         }
@@ -135,6 +140,9 @@ impl<M: Clone> Network<M> {
                 rng.gen_range(self.config.min_delay.max(1)..=self.config.max_delay.max(1));
             if rng.gen_range(0..1_000_000) < self.config.reorder_ppm {
                 delay += rng.gen_range(0..=3 * self.config.max_delay.max(1));
+            }
+            if rng.gen_range(0..1_000_000) < self.config.straggler_ppm {
+                delay += rng.gen_range(10..=60);
             }
             self.sequence += 1;
             self.in_flight

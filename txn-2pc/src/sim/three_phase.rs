@@ -105,6 +105,7 @@ impl Config {
             Profile::CrashOnly => {
                 let mut net = NetConfig::random(&mut rng);
                 net.drop_ppm = 0;
+                net.straggler_ppm = 0;
                 net.max_delay = net.max_delay.min(3);
                 (net, FaultPlan::crashes(&mut rng, 250))
             }

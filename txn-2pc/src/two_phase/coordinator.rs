@@ -308,6 +308,8 @@ impl Coordinator {
             return match (self.finished.get(txn), vote) {
                 // Presumed abort: a yes-voter of a transaction we do not know learns "abort".
                 (None | Some(Outcome::Abort), Vote::Yes) => {
+                    // Remember the presumption, so a straggling BEGIN-COMMIT cannot revive it.
+                    self.finished.insert(txn, Outcome::Abort);
                     self.out.send(from, Message::Abort { txn });
                     Ok(())
                 }
@@ -441,7 +443,15 @@ impl Coordinator {
                 Outcome::Commit
             }
             Some(_) => return, // still deciding
-            None => self.finished.get(txn).copied().unwrap_or(Outcome::Abort),
+            None => match self.finished.get(txn) {
+                Some(&outcome) => outcome,
+                None => {
+                    // Presumed abort. Remembered: a BEGIN-COMMIT for it that straggles in later
+                    // (sent before this request) must not start it again.
+                    self.finished.insert(txn, Outcome::Abort);
+                    Outcome::Abort
+                }
+            },
         };
         self.out.send(
             from,
