@@ -14,6 +14,7 @@ mod cluster;
 mod etcd;
 mod plot;
 mod sim;
+mod sim_txn;
 
 #[derive(Parser)]
 #[command(name = "cargo xtask", about = "Quorate project tooling")]

@@ -15,6 +15,19 @@ use indicatif::{ProgressBar, ProgressStyle};
 pub enum Protocol {
     /// The Raft engine of consensus-core.
     Raft,
+    /// txn-2pc: two-phase commit, presumed abort (`sim_txn`).
+    #[value(name = "2pc")]
+    TwoPc,
+    /// txn-2pc: three-phase commit under crash faults (`sim_txn`).
+    #[value(name = "3pc")]
+    ThreePc,
+    /// txn-2pc: three-phase commit under partitions, where it splits (`sim_txn`).
+    #[value(name = "3pc-partitions")]
+    ThreePcPartitions,
+    /// txn-2pc: try/confirm/cancel (`sim_txn`).
+    Tcc,
+    /// txn-2pc: sagas (`sim_txn`).
+    Saga,
 }
 
 /// A bug to plant in every member, to see the simulator catch it.
@@ -64,6 +77,9 @@ pub struct Args {
     /// Figure 8 plays out.
     #[arg(long, value_enum, default_value = "mixed")]
     pub profile: Profile,
+    /// Plant a known bug in the txn-2pc engines (for `--protocol 2pc|tcc`).
+    #[arg(long, value_enum)]
+    pub txn_bug: Option<crate::sim_txn::TxnBug>,
 }
 
 /// How a seed's schedule is chosen.
@@ -94,7 +110,9 @@ fn replay_command(args: &Args, seed: u64) -> String {
 
 /// Runs the command.
 pub fn run(args: Args) -> anyhow::Result<()> {
-    let Protocol::Raft = args.protocol;
+    if args.protocol != Protocol::Raft {
+        return crate::sim_txn::run(&args);
+    }
     let end = args.start.checked_add(args.seeds).ok_or_else(|| {
         anyhow::anyhow!("--start {} + --seeds {} overflows", args.start, args.seeds)
     })?;

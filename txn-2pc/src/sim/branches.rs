@@ -110,7 +110,12 @@ impl Config {
             txns: rng.gen_range(3..=10),
             start_window: 120,
             net: NetConfig::random(&mut rng),
-            faults: FaultPlan::crashes_and_partitions(&mut rng, 250),
+            faults: FaultPlan {
+                // Every branch step forces a record: crash on fewer of them, or hardly any
+                // transaction would get through its tries.
+                crash_on_force_ppm: rng.gen_range(20_000..=80_000),
+                ..FaultPlan::crashes_and_partitions(&mut rng, 250)
+            },
             max_ticks: 3_000,
             keep_trace: false,
             #[cfg(feature = "planted-bugs")]
@@ -256,6 +261,19 @@ pub fn run<O: Orchestrated>(config: Config, decider: Decider) -> Report {
             }
         }
         for envelope in sim.world.deliver() {
+            // The forward outcome is known everywhere once every CONFIRM (TCC) or the last DONE
+            // (saga) has arrived: the depths the bench reports.
+            let learns = match &envelope.message {
+                Wire::Request(Request::Confirm { .. }) => O::NEEDS_CONFIRM,
+                Wire::Reply(Reply::Done { .. }) => !O::NEEDS_CONFIRM,
+                _ => false,
+            };
+            if learns {
+                let stats = &mut sim.world.stats;
+                stats.decision_message_depth =
+                    stats.decision_message_depth.max(envelope.message_depth);
+                stats.decision_force_depth = stats.decision_force_depth.max(envelope.force_depth);
+            }
             sim.deliver(envelope.from, envelope.to, envelope.message);
         }
         for &node in &all {

@@ -115,6 +115,10 @@ impl Config {
                 let net = NetConfig::random(&mut rng);
                 let mut plan = FaultPlan::crashes_and_partitions(&mut rng, 900);
                 plan.partition_ticks = (100, rng.gen_range(200..=400));
+                // Fewer partitions out of the blue, more in the middle of a broadcast (a
+                // PRE-COMMIT reaching only part of the participants is where 3PC splits).
+                plan.partition_ppm = rng.gen_range(500..=3_000);
+                plan.partition_on_broadcast_ppm = rng.gen_range(100_000..=300_000);
                 (net, plan)
             }
         };

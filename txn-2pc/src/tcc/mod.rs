@@ -25,7 +25,7 @@ pub struct Config {
 impl Default for Config {
     fn default() -> Self {
         Config {
-            try_timeout: 12,
+            try_timeout: 30,
             retry_interval: 8,
         }
     }
