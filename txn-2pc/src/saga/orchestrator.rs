@@ -376,7 +376,10 @@ impl Orchestrator {
                         saga,
                         step: key.step,
                     });
-                    moved = true;
+                    // Move on (and send) only once the whole group is done.
+                    moved = steps_of(&entry.def, group)
+                        .iter()
+                        .all(|(i, ..)| done.contains(i));
                 }
             }
             (

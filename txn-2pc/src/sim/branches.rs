@@ -92,6 +92,10 @@ pub struct Config {
     pub faults: FaultPlan,
     /// Most ticks.
     pub max_ticks: u64,
+    /// Every transaction spans every service (else a random subset of two or more).
+    pub all_services: bool,
+    /// The applications never refuse or fail a step (cost measurements).
+    pub always_succeed: bool,
     /// Keep the whole trace.
     pub keep_trace: bool,
     /// A bug planted in every service.
@@ -117,6 +121,8 @@ impl Config {
                 ..FaultPlan::crashes_and_partitions(&mut rng, 250)
             },
             max_ticks: 3_000,
+            all_services: false,
+            always_succeed: false,
             keep_trace: false,
             #[cfg(feature = "planted-bugs")]
             bug: None,
@@ -131,6 +137,8 @@ impl Config {
             start_window: 1,
             net: NetConfig::reliable(),
             faults: FaultPlan::none(),
+            all_services: true,
+            always_succeed: true,
             ..Config::from_seed(seed)
         }
     }
@@ -184,7 +192,9 @@ pub fn run<O: Orchestrated>(config: Config, decider: Decider) -> Report {
     for t in 0..config.txns {
         let mut members = ids.clone();
         members.shuffle(&mut rng);
-        members.truncate(rng.gen_range(2..=ids.len()));
+        if !config.all_services {
+            members.truncate(rng.gen_range(2..=ids.len()));
+        }
         starts.push((
             rng.gen_range(0..config.start_window.max(1)),
             TxnId(t as u64 + 1),
@@ -406,7 +416,8 @@ impl<O: Orchestrated> Sim<O> {
                 self.world.log(format_args!("n{id} {event:?}"));
                 match event {
                     ServiceEvent::DoRequested { key, attempt, .. } => {
-                        let ok = (self.decider)(self.config.seed, *key, *attempt);
+                        let ok = self.config.always_succeed
+                            || (self.decider)(self.config.seed, *key, *attempt);
                         decisions.push((*key, ok));
                     }
                     ServiceEvent::Applied {
