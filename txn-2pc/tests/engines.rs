@@ -341,7 +341,7 @@ fn bad_input_gets_a_typed_error_never_a_panic() {
         ParticipantRecord::decode(&bytes),
         Ok(ParticipantRecord::Committed { txn: T })
     );
-    let stored = vec![bytes, vec![1, 77]];
+    let stored = [bytes, vec![1, 77]];
     assert!(matches!(
         txn_2pc::record::decode_all::<ParticipantRecord, _>(stored.iter()),
         Err(RecoveryError::Unparsable { index: 1, .. })

@@ -33,13 +33,9 @@ fn three_phase_commit_terminates_when_the_coordinator_dies_after_every_yes_vote(
 
 #[test]
 fn three_phase_commit_splits_under_a_partition() {
-    let split = (0..300).find_map(|seed| {
+    let split = (0..300).find(|&seed| {
         let report = three_phase::run(Config::with_profile(seed, Profile::Partitions));
-        report
-            .violations
-            .iter()
-            .any(|v| v.contains("atomicity"))
-            .then_some(seed)
+        report.violations.iter().any(|v| v.contains("atomicity"))
     });
     assert!(
         split.is_some(),

@@ -196,7 +196,7 @@ fn measure(seconds: f64, mut step: impl FnMut() -> u64) -> f64 {
     loop {
         decided += step();
         rounds += 1;
-        if rounds % 16 == 0 && cpu_seconds() - start >= seconds {
+        if rounds.is_multiple_of(16) && cpu_seconds() - start >= seconds {
             break;
         }
     }
@@ -434,7 +434,7 @@ pub fn run(args: Args) -> anyhow::Result<()> {
          to learn it; forced = forced writes in all)\n"
     );
     println!(
-        "{:<6} {:>2} | {:>5} {:>6} {:>6} | {:>6} {:>6} | {:>9} {:>6} | {:>6} {:>6} | {:<15} {}",
+        "{:<6} {:>2} | {:>5} {:>6} {:>6} | {:>6} {:>6} | {:>9} {:>6} | {:>6} {:>6} | {:<15} verdict",
         "proto",
         "N",
         "msgs",
@@ -447,7 +447,6 @@ pub fn run(args: Args) -> anyhow::Result<()> {
         "forced",
         "theory",
         "theory from",
-        "verdict"
     );
     let mut above = Vec::new();
     for row_of in [row_2pc as fn(u64) -> Row, row_3pc, row_tcc, row_saga] {

@@ -370,17 +370,16 @@ impl Orchestrator {
                     ..
                 },
                 Reply::Done { .. },
-            ) if group == *current => {
-                if done.insert(key.step) {
-                    self.out.lazy(OrchestratorRecord::StepDone {
-                        saga,
-                        step: key.step,
-                    });
-                    // Move on (and send) only once the whole group is done.
-                    moved = steps_of(&entry.def, group)
-                        .iter()
-                        .all(|(i, ..)| done.contains(i));
-                }
+            ) if group == *current && !done.contains(&key.step) => {
+                done.insert(key.step);
+                self.out.lazy(OrchestratorRecord::StepDone {
+                    saga,
+                    step: key.step,
+                });
+                // Move on (and send) only once the whole group is done.
+                moved = steps_of(&entry.def, group)
+                    .iter()
+                    .all(|(i, ..)| done.contains(i));
             }
             (
                 Phase::Running {
@@ -417,15 +416,14 @@ impl Orchestrator {
                     compensated,
                 },
                 Reply::Undone { .. },
-            ) if group == *current => {
-                if pending.remove(&key.step) {
-                    compensated.insert(key.step);
-                    self.out.lazy(OrchestratorRecord::StepCompensated {
-                        saga,
-                        step: key.step,
-                    });
-                    moved = pending.is_empty();
-                }
+            ) if group == *current && pending.contains(&key.step) => {
+                pending.remove(&key.step);
+                compensated.insert(key.step);
+                self.out.lazy(OrchestratorRecord::StepCompensated {
+                    saga,
+                    step: key.step,
+                });
+                moved = pending.is_empty();
             }
             _ => {} // duplicates and answers to requests already superseded
         }

@@ -68,7 +68,7 @@ enum Phase {
         unacked: BTreeSet<NodeId>,
         last_sent: u64,
     },
-    OnePhase {
+    Single {
         last_sent: u64,
     },
 }
@@ -186,7 +186,7 @@ impl Coordinator {
                 Txn {
                     participants,
                     started: self.now,
-                    phase: Phase::OnePhase {
+                    phase: Phase::Single {
                         last_sent: self.now,
                     },
                 },
@@ -244,7 +244,7 @@ impl Coordinator {
             Message::OnePhaseOutcome { txn, outcome } => {
                 if matches!(
                     self.txns.get(&txn),
-                    Some(Txn { phase: Phase::OnePhase { .. }, participants, .. }) if participants == &[from]
+                    Some(Txn { phase: Phase::Single { .. }, participants, .. }) if participants == &[from]
                 ) {
                     self.txns.remove(&txn);
                     self.finish(txn, outcome);
@@ -487,7 +487,7 @@ impl Coordinator {
                         }
                     }
                 }
-                Phase::OnePhase { last_sent } => {
+                Phase::Single { last_sent } => {
                     if now - *last_sent >= self.config.retry_interval {
                         *last_sent = now;
                         self.out
@@ -533,7 +533,7 @@ impl Coordinator {
         self.txns.get(&txn).map(|t| match t.phase {
             Phase::Voting { .. } => CoordinatorPhase::Voting,
             Phase::Committing { .. } => CoordinatorPhase::Committing,
-            Phase::OnePhase { .. } => CoordinatorPhase::OnePhase,
+            Phase::Single { .. } => CoordinatorPhase::OnePhase,
         })
     }
 
