@@ -8,6 +8,9 @@ fn main() {
         "2pc" => {
             let mut config = txn_2pc::sim::two_phase::Config::from_seed(seed);
             config.keep_trace = true;
+            if args.get(3).map(String::as_str) == Some("commit-before-decision") {
+                config.bug = Some(txn_2pc::two_phase::PlantedBug::CommitBeforeForcingDecision);
+            }
             txn_2pc::sim::two_phase::run(config)
         }
         "3pc" | "3pc-partitions" => {
