@@ -76,8 +76,13 @@ impl CommitLedger {
             return;
         }
         if let Some((other, theirs)) = truth.outcomes.iter().find(|(_, o)| **o != outcome) {
+            let past = |o: &Outcome| match o {
+                Outcome::Commit => "committed",
+                Outcome::Abort => "aborted",
+            };
             self.violations.push(format!(
-                "t={now}: atomicity: node {node} {outcome}s {txn} but node {other} {theirs}ed it"
+                "t={now}: atomicity: node {node} {outcome}s {txn} but node {other} {} it",
+                past(theirs)
             ));
         }
         if outcome == Outcome::Commit {
