@@ -110,7 +110,7 @@ fn replay_command(args: &Args, seed: u64) -> String {
 
 /// Runs the command.
 pub fn run(args: Args) -> anyhow::Result<()> {
-    if args.protocol != Protocol::Raft {
+    if crate::sim_txn::is_txn(args.protocol) {
         return crate::sim_txn::run(&args);
     }
     let end = args.start.checked_add(args.seeds).ok_or_else(|| {

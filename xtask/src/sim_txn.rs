@@ -25,20 +25,30 @@ pub enum TxnBug {
     CancelWithoutFence,
 }
 
-fn name(protocol: Protocol) -> &'static str {
+/// Whether `protocol` is one of txn-2pc's (the rest of `--protocol` stays in `sim.rs`).
+pub fn is_txn(protocol: Protocol) -> bool {
+    name(protocol).is_some()
+}
+
+fn name(protocol: Protocol) -> Option<&'static str> {
     match protocol {
-        Protocol::TwoPc => "2pc",
-        Protocol::ThreePc => "3pc",
-        Protocol::ThreePcPartitions => "3pc-partitions",
-        Protocol::Tcc => "tcc",
-        Protocol::Saga => "saga",
-        Protocol::Raft => "raft",
+        Protocol::TwoPc => Some("2pc"),
+        Protocol::ThreePc => Some("3pc"),
+        Protocol::ThreePcPartitions => Some("3pc-partitions"),
+        Protocol::Tcc => Some("tcc"),
+        Protocol::Saga => Some("saga"),
+        _ => None,
     }
 }
 
 /// Runs one seed of `protocol`.
-pub fn run_seed(protocol: Protocol, seed: u64, bug: Option<TxnBug>, verbose: bool) -> Report {
-    match protocol {
+pub fn run_seed(
+    protocol: Protocol,
+    seed: u64,
+    bug: Option<TxnBug>,
+    verbose: bool,
+) -> anyhow::Result<Report> {
+    Ok(match protocol {
         Protocol::TwoPc => {
             let mut config = two_phase::Config::from_seed(seed);
             config.keep_trace = verbose;
@@ -75,14 +85,15 @@ pub fn run_seed(protocol: Protocol, seed: u64, bug: Option<TxnBug>, verbose: boo
                 saga::run(config)
             }
         }
-        Protocol::Raft => unreachable!("raft runs in sim.rs"),
-    }
+        other => anyhow::bail!("{other:?} is not a txn-2pc protocol"),
+    })
 }
 
 /// Runs the command for a txn-2pc protocol.
 pub fn run(args: &Args) -> anyhow::Result<()> {
     let protocol = args.protocol;
-    let label = name(protocol);
+    let label =
+        name(protocol).ok_or_else(|| anyhow::anyhow!("{protocol:?} is not a txn-2pc protocol"))?;
     let end = args.start.checked_add(args.seeds).ok_or_else(|| {
         anyhow::anyhow!("--start {} + --seeds {} overflows", args.start, args.seeds)
     })?;
@@ -97,7 +108,7 @@ pub fn run(args: &Args) -> anyhow::Result<()> {
     let mut failures = Vec::new();
     let (mut committed, mut aborted, mut crashes, mut partitions) = (0u64, 0u64, 0u64, 0u64);
     for seed in args.start..end {
-        let report = run_seed(protocol, seed, args.txn_bug, args.verbose);
+        let report = run_seed(protocol, seed, args.txn_bug, args.verbose)?;
         committed += report.stats.committed;
         aborted += report.stats.aborted;
         crashes += report.stats.crashes;
