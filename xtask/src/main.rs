@@ -8,12 +8,14 @@ use clap::{Parser, Subcommand};
 mod bench_cluster;
 mod bench_core;
 mod bench_net;
+mod bench_txn;
 mod bench_wal;
 mod certs;
 mod cluster;
 mod etcd;
 mod plot;
 mod sim;
+mod sim_txn;
 
 #[derive(Parser)]
 #[command(name = "cargo xtask", about = "Quorate project tooling")]
@@ -47,6 +49,8 @@ enum Bench {
     Net(bench_net::Args),
     /// A local 3-node Quorate cluster under concurrent clients (and etcd 3.4 beside it with --peer etcd).
     Cluster(bench_cluster::Args),
+    /// The txn-2pc commit protocols: cost against the literature, blocking, throughput.
+    Txn(bench_txn::Args),
 }
 
 fn main() -> anyhow::Result<()> {
@@ -57,6 +61,7 @@ fn main() -> anyhow::Result<()> {
             Bench::Core(args) => bench_core::run(args),
             Bench::Net(args) => bench_net::run(args),
             Bench::Cluster(args) => bench_cluster::run(args),
+            Bench::Txn(args) => bench_txn::run(args),
         },
         Command::Sim(args) => sim::run(args),
         Command::Certs(args) => certs::run(args),

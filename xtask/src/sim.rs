@@ -18,6 +18,19 @@ pub enum Protocol {
     Raft,
     /// The Multi-Paxos engine of consensus-core.
     MultiPaxos,
+    /// txn-2pc: two-phase commit, presumed abort (`sim_txn`).
+    #[value(name = "2pc")]
+    TwoPc,
+    /// txn-2pc: three-phase commit under crash faults (`sim_txn`).
+    #[value(name = "3pc")]
+    ThreePc,
+    /// txn-2pc: three-phase commit under partitions, where it splits (`sim_txn`).
+    #[value(name = "3pc-partitions")]
+    ThreePcPartitions,
+    /// txn-2pc: try/confirm/cancel (`sim_txn`).
+    Tcc,
+    /// txn-2pc: sagas (`sim_txn`).
+    Saga,
 }
 
 /// A bug to plant in every member, to see the simulator catch it.
@@ -99,6 +112,9 @@ pub struct Args {
     /// Figure 8 plays out.
     #[arg(long, value_enum, default_value = "mixed")]
     pub profile: Profile,
+    /// Plant a known bug in the txn-2pc engines (for `--protocol 2pc|tcc`).
+    #[arg(long, value_enum)]
+    pub txn_bug: Option<crate::sim_txn::TxnBug>,
 }
 
 /// How a seed's schedule is chosen.
@@ -132,6 +148,9 @@ fn replay_command(args: &Args, seed: u64) -> String {
 
 /// Runs the command.
 pub fn run(args: Args) -> anyhow::Result<()> {
+    if crate::sim_txn::is_txn(args.protocol) {
+        return crate::sim_txn::run(&args);
+    }
     match args.protocol {
         Protocol::Raft => {
             let bug = planted(args.planted_bug, "Raft", Bug::raft)?;
@@ -141,6 +160,7 @@ pub fn run(args: Args) -> anyhow::Result<()> {
             let bug = planted(args.planted_bug, "Multi-Paxos", Bug::paxos)?;
             scan::<PaxosSim>(&args, "multi-paxos", |options| options.planted_bug = bug)
         }
+        other => anyhow::bail!("{other:?} is not a consensus protocol"),
     }
 }
 

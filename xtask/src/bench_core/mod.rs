@@ -88,7 +88,7 @@ trait Harness {
 }
 
 /// Process CPU time in seconds.
-fn cpu_seconds() -> f64 {
+pub(crate) fn cpu_seconds() -> f64 {
     // Nanosecond precision for this (single-threaded) benchmark's thread.
     if let Ok(text) = std::fs::read_to_string("/proc/thread-self/schedstat") {
         if let Some(ns) = text
