@@ -81,6 +81,12 @@ impl ReplicaLoop {
         self.unconfirmed.len()
     }
 
+    /// The ticket the oldest unconfirmed write waits for (a host that blocks waits for it, then
+    /// drives again).
+    pub fn waiting_for(&self) -> Option<u64> {
+        self.unconfirmed.front().map(|write| write.ticket)
+    }
+
     /// Runs the loop on `engine` until it has nothing more to do now. Returns after the first
     /// error (a storage failure stops the engine: do not call again).
     pub fn drive<C: Consensus, H: Host<C>>(

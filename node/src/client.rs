@@ -29,6 +29,7 @@ use std::collections::{BTreeMap, BTreeSet};
 use std::hash::{BuildHasher, Hasher};
 use std::net::SocketAddr;
 use std::path::{Path, PathBuf};
+use std::sync::atomic::Ordering;
 use std::sync::{Arc, Mutex, RwLock};
 use std::time::{Duration, Instant};
 
@@ -250,6 +251,9 @@ pub struct Client {
     suspects: Mutex<BTreeMap<u64, Instant>>,
     /// The transport; replaced when a new member address is learnt.
     net: RwLock<Arc<net_quic::Client<Quorate>>>,
+    /// Whether the leader hint was confirmed by the leader itself in this process (a hint from
+    /// the cache or a redirect may name a member that is gone).
+    leader_confirmed: std::sync::atomic::AtomicBool,
 }
 
 impl std::fmt::Debug for Client {
@@ -314,6 +318,7 @@ impl Client {
             leader: Mutex::new(config.leader_cache.as_deref().and_then(read_leader_cache)),
             suspects: Mutex::new(BTreeMap::new()),
             net: RwLock::new(Arc::new(net)),
+            leader_confirmed: std::sync::atomic::AtomicBool::new(false),
             config,
         })
     }
@@ -476,6 +481,15 @@ impl Client {
         let mut attempts = 0u32;
         let mut immediate = 0usize;
         let mut last = String::from("no attempt finished");
+        if route == Route::Leader && !self.leader_confirmed.load(Ordering::Relaxed) {
+            // No leader confirmed yet (a fresh process, or the last one stopped answering): ask
+            // every member at once rather than spend the deadline on one that may be dead.
+            // Followers only redirect, and sessions make a write apply once.
+            attempts += 1;
+            if let Some(found) = self.fan_out(request, deadline, uncertain, &mut last).await {
+                return found;
+            }
+        }
         loop {
             let now = Instant::now();
             if now >= deadline {
@@ -493,6 +507,7 @@ impl Client {
                 Ok(Ok(reply)) => {
                     if route == Route::Leader {
                         self.set_leader(Some(target));
+                        self.leader_confirmed.store(true, Ordering::Relaxed);
                     }
                     return Ok((target, reply));
                 }
@@ -545,6 +560,7 @@ impl Client {
                     self.suspect(target);
                     if self.leader_hint() == Some(target) {
                         self.set_leader(None);
+                        self.leader_confirmed.store(false, Ordering::Relaxed);
                     }
                     // A member that cannot be reached: try the next one without waiting,
                     // unless every member has just failed.
@@ -569,6 +585,89 @@ impl Client {
             attempts,
             last,
         })
+    }
+
+    /// Sends `request` to every member not suspected, at once, and returns the first reply that
+    /// serves it. Refusals leave their leader hints behind; members that do not answer become
+    /// suspects. `None`: nobody served it (the caller's retry loop goes on from the hints).
+    async fn fan_out(
+        &self,
+        request: &Request,
+        deadline: Instant,
+        uncertain: &mut bool,
+        last: &mut String,
+    ) -> Option<Result<(u64, Reply), ClientError>> {
+        let ids: Vec<u64> = {
+            let members = self.members.lock().expect("members lock");
+            members
+                .keys()
+                .copied()
+                .filter(|&id| !self.is_suspect(id))
+                .collect()
+        };
+        if ids.len() < 2 {
+            return None;
+        }
+        let budget = self
+            .config
+            .attempt_timeout
+            .min(deadline.saturating_duration_since(Instant::now()));
+        let net = self.net.read().expect("net lock").clone();
+        let mut attempts: Vec<_> = ids
+            .iter()
+            .map(|&id| {
+                let net = net.clone();
+                Box::pin(async move { (id, net.request(NodeId(id), request, budget).await) })
+            })
+            .collect();
+        let mut hint = None;
+        while !attempts.is_empty() {
+            let ((id, outcome), _, rest) = select_first(attempts).await;
+            attempts = rest;
+            match outcome {
+                Ok(Ok(reply)) => {
+                    self.answered(id);
+                    self.set_leader(Some(id));
+                    self.leader_confirmed.store(true, Ordering::Relaxed);
+                    // The others' answers (redirects, or a dead member's timeout) do not matter
+                    // now: returning drops their futures, which cancels them.
+                    return Some(Ok((id, reply)));
+                }
+                Ok(Err(ServerError::NotLeader {
+                    leader,
+                    leader_addr,
+                })) => {
+                    self.answered(id);
+                    *last = format!("node {id} is not the leader");
+                    if let (Some(leader), Some(addr)) = (leader, leader_addr) {
+                        self.learn_member(leader, addr);
+                    }
+                    if let Some(leader) = leader.filter(|&l| l != id) {
+                        hint = Some(leader);
+                    }
+                }
+                Ok(Err(error)) if is_transient(&error) => {
+                    self.answered(id);
+                    *last = format!("node {id}: {error}");
+                    if matches!(error, ServerError::Timeout | ServerError::LeaderChanged) {
+                        *uncertain = true;
+                    }
+                }
+                Ok(Err(error)) => return Some(Err(ClientError::Refused(error))),
+                Err(error) => {
+                    if !matches!(
+                        error,
+                        RequestError::UnknownNode(_) | RequestError::Connect(_)
+                    ) {
+                        *uncertain = true;
+                    }
+                    *last = format!("node {id}: {}", describe_request_error(&error));
+                    self.suspect(id);
+                }
+            }
+        }
+        self.set_leader(hint.filter(|&h| !self.is_suspect(h)));
+        None
     }
 
     fn member_count(&self) -> usize {
@@ -916,6 +1015,25 @@ impl Client {
         let net = self.net.read().expect("net lock").clone();
         net.close().await;
     }
+}
+
+/// Polls futures concurrently until the first one finishes; returns its output, its position and
+/// the others (still running).
+async fn select_first<F: std::future::Future + Unpin>(
+    mut futures: Vec<F>,
+) -> (F::Output, usize, Vec<F>) {
+    debug_assert!(!futures.is_empty(), "something to wait for");
+    let (output, index) = std::future::poll_fn(|cx| {
+        for (index, future) in futures.iter_mut().enumerate() {
+            if let std::task::Poll::Ready(output) = std::pin::Pin::new(future).poll(cx) {
+                return std::task::Poll::Ready((output, index));
+            }
+        }
+        std::task::Poll::Pending
+    })
+    .await;
+    futures.remove(index);
+    (output, index, futures)
 }
 
 /// Polls futures concurrently and returns their outputs in order (a small `join_all`, to

@@ -8,7 +8,8 @@ use std::path::{Path, PathBuf};
 
 use bytes::Bytes;
 use consensus_core::{
-    ConfState, Config, Consensus, Entry, EntryPayload, Message, PersistToken, Raft, Role, Storage,
+    ConfState, Config, Consensus, Entry, EntryPayload, Host, Message, Raft, ReplicaLoop, Role,
+    Snapshot, Storage, StorageError, Write,
 };
 use rand::{Rng, SeedableRng};
 use rand_chacha::ChaCha8Rng;
@@ -17,7 +18,7 @@ use std::sync::Arc;
 
 use storage_wal::{FileSystem, MemFs, StdFs};
 
-use super::{Identity, RaftStore, StoreOptions};
+use super::{DurableIndex, Identity, RaftStore, StoreOptions};
 
 const IDS: [u64; 3] = [1, 2, 3];
 /// Each node snapshots its state machine every this many applied entries.
@@ -28,8 +29,8 @@ struct Node {
     /// The in-memory filesystem of a node whose crashes are simulated; `None` for real files.
     fs: Option<MemFs>,
     raft: Raft<RaftStore>,
-    /// Submitted writes not yet confirmed: (WAL index, token), in order.
-    pending: VecDeque<(u64, PersistToken)>,
+    /// The replica loop's writes in flight.
+    writes: ReplicaLoop,
     /// The state machine: every applied command, in order.
     state: Vec<Bytes>,
     applied: u64,
@@ -92,7 +93,7 @@ impl Node {
             dir: dir.to_path_buf(),
             fs,
             raft,
-            pending: VecDeque::new(),
+            writes: ReplicaLoop::new(),
             state: decode_state(&snapshot.data),
             applied: snapshot.meta.index,
             restarts: 0,
@@ -119,30 +120,37 @@ impl Node {
         node
     }
 
-    /// Drains `ready()` once. Returns whether there was anything.
+    /// Runs the replica loop until the engine has nothing more to do now (writes are submitted,
+    /// confirmed once the store reports them durable). Returns whether there was anything.
     fn step_ready(&mut self, network: &mut VecDeque<Message>) -> bool {
-        if !self.raft.has_ready() {
+        if !self.raft.has_ready() && self.writes.waiting_for().is_none() {
             return false;
         }
-        let ready = self.raft.ready().expect("ready");
-        network.extend(ready.messages);
-        if let Some(persist) = ready.persist {
-            if let Some(snapshot) = &persist.write.snapshot {
-                // Restore the state machine before applying anything committed after it.
-                self.state = decode_state(&snapshot.data);
-                self.applied = snapshot.meta.index;
+        let before = (self.writes.unconfirmed(), network.len(), self.applied);
+        let mut host = TestHost {
+            network,
+            durable: self.raft.storage().durable_handle(),
+            events: Vec::new(),
+        };
+        self.writes
+            .drive(&mut self.raft, &mut host)
+            .expect("the replica loop runs");
+        let (events, sent) = (host.events, network.len());
+        for event in events {
+            match event {
+                Event::Snapshot(snapshot) => {
+                    // Restore the state machine before applying anything committed after it.
+                    self.state = decode_state(&snapshot.data);
+                    self.applied = snapshot.meta.index;
+                }
+                Event::Apply(entries) => {
+                    for entry in entries {
+                        self.apply(entry);
+                    }
+                }
             }
-            let wal_index = self
-                .raft
-                .storage_mut()
-                .submit(&persist.write)
-                .expect("submit");
-            self.pending.push_back((wal_index, persist.token));
         }
-        for entry in ready.committed {
-            self.apply(entry);
-        }
-        true
+        before != (self.writes.unconfirmed(), sent, self.applied)
     }
 
     fn apply(&mut self, entry: Entry) {
@@ -165,27 +173,66 @@ impl Node {
         }
     }
 
-    /// Confirms every write the store reports durable; if none is and `block`, waits for the
-    /// oldest.
-    fn confirm_durable(&mut self, block: bool) -> bool {
-        let Some(&(oldest, _)) = self.pending.front() else {
+    /// Waits (if `block`) until the oldest unconfirmed write is durable, then lets the replica
+    /// loop confirm what is. Returns whether a write was waiting.
+    fn confirm_durable(&mut self, block: bool, network: &mut VecDeque<Message>) -> bool {
+        let Some(ticket) = self.writes.waiting_for() else {
             return false;
         };
-        let mut durable = self.raft.storage().durable_index();
-        if durable < oldest && !block {
+        if block {
+            self.raft.storage().wait_durable(ticket).expect("durable");
+        } else if self.raft.storage().durable_index() < ticket {
             return false;
         }
-        if durable < oldest {
-            durable = self.raft.storage().wait_durable(oldest).expect("durable");
-        }
-        while let Some(&(wal_index, _)) = self.pending.front() {
-            if wal_index > durable {
-                break;
-            }
-            let (_, token) = self.pending.pop_front().expect("front exists");
-            self.raft.persisted(token).expect("in order");
-        }
+        self.step_ready(network);
         true
+    }
+}
+
+/// What the replica loop handed over, in order.
+enum Event {
+    Snapshot(Snapshot),
+    Apply(Vec<Entry>),
+}
+
+/// The replica loop's host in this test: messages into the shared queue, writes into the
+/// node's store, the state machine updated after the loop returns.
+struct TestHost<'a> {
+    network: &'a mut VecDeque<Message>,
+    durable: DurableIndex,
+    events: Vec<Event>,
+}
+
+impl Host<Raft<RaftStore>> for TestHost<'_> {
+    type Error = consensus_core::Error;
+
+    fn send(&mut self, message: Message) -> Result<(), Self::Error> {
+        self.network.push_back(message);
+        Ok(())
+    }
+
+    fn submit(
+        &mut self,
+        storage: &mut RaftStore,
+        write: &Write<consensus_core::HardState>,
+    ) -> Result<u64, Self::Error> {
+        storage
+            .submit(write)
+            .map_err(|e| StorageError::Other(e.to_string()).into())
+    }
+
+    fn durable(&self) -> u64 {
+        self.durable.get()
+    }
+
+    fn install_snapshot(&mut self, snapshot: &Snapshot) -> Result<(), Self::Error> {
+        self.events.push(Event::Snapshot(snapshot.clone()));
+        Ok(())
+    }
+
+    fn apply(&mut self, entries: Vec<Entry>) -> Result<(), Self::Error> {
+        self.events.push(Event::Apply(entries));
+        Ok(())
     }
 }
 
@@ -236,7 +283,7 @@ impl Group {
                 while node.step_ready(&mut self.network) {
                     progress = true;
                 }
-                progress |= node.confirm_durable(true);
+                progress |= node.confirm_durable(true, &mut self.network);
             }
             while let Some(message) = self.network.pop_front() {
                 progress = true;
@@ -259,7 +306,7 @@ impl Group {
     fn step_without_waiting(&mut self) {
         for node in self.nodes.values_mut() {
             while node.step_ready(&mut self.network) {}
-            node.confirm_durable(false);
+            node.confirm_durable(false, &mut self.network);
         }
         while let Some(message) = self.network.pop_front() {
             if let Some(node) = self.nodes.get_mut(&message.to) {

@@ -172,31 +172,23 @@ pub struct StoreStats {
 /// (or [`subscribe_durable`](Self::subscribe_durable)) reaches the returned WAL index.
 ///
 /// ```
-/// use consensus_core::{ConfState, Config, Consensus, Raft, Replica, Role, Storage};
+/// use consensus_core::{ConfState, HardState, Storage, Write};
 /// use node::store::{Identity, RaftStore, StoreOptions};
 ///
 /// # fn main() -> Result<(), Box<dyn std::error::Error>> {
 /// let dir = tempfile::tempdir()?;
 /// let identity = || Identity { protocol: "raft".into(), cluster_id: "example".into(), node_id: 1, group_id: 0 };
-/// let store = RaftStore::open(dir.path(), identity(), ConfState::with_voters([1]), StoreOptions::default())?;
-/// let mut raft = Raft::new(Config::new(1), store, consensus_core::seeded_rng(1))?;
-/// raft.campaign()?;
-/// while raft.role() != Role::Leader || raft.has_ready() {
-///     let ready = raft.ready()?;
-///     if let Some(persist) = ready.persist {
-///         // Returns at once; the sync thread makes it durable (group commit).
-///         let wal_index = raft.storage_mut().submit(&persist.write)?;
-///         raft.storage().wait_durable(wal_index)?;
-///         raft.persisted(persist.token)?;
-///     }
-/// }
-/// let term = raft.storage().hard_state().term;
-/// drop(raft);
+/// let mut store = RaftStore::open(dir.path(), identity(), ConfState::with_voters([1]), StoreOptions::default())?;
+/// // What an engine's `Ready` asks for (here: a vote), as the replica loop's host submits it.
+/// let vote = HardState { term: 1, vote: 1, commit: 0 };
+/// let write = Write { snapshot: None, truncate_from: None, entries: Vec::new(), hard_state: Some(vote), sync: true };
+/// // Returns at once; the sync thread makes it durable (group commit).
+/// let wal_index = store.submit(&write)?;
+/// store.wait_durable(wal_index)?;
+/// drop(store);
 /// // The vote survives a restart.
 /// let store = RaftStore::open(dir.path(), identity(), ConfState::default(), StoreOptions::default())?;
-/// assert_eq!(store.hard_state().term, term);
-/// assert_eq!(store.hard_state().vote, 1);
-/// # let _ = Replica::new(Raft::new(Config::new(1), store, consensus_core::seeded_rng(1))?);
+/// assert_eq!(store.hard_state(), vote);
 /// # Ok(()) }
 /// ```
 pub struct LogStore<H> {
