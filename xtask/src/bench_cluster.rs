@@ -37,6 +37,10 @@ pub struct Args {
     /// Also run this system as a baseline, in the same run with the same load generator.
     #[arg(long, value_enum)]
     peer: Option<Peer>,
+    /// Protocols the Quorate cluster runs, each a system of its own in the same run (Raft always
+    /// runs first, as the reference the others are compared with).
+    #[arg(long, value_enum, value_delimiter = ',', default_value = "raft")]
+    protocol: Vec<Protocol>,
     /// Concurrent client tasks, one row each.
     #[arg(long, value_delimiter = ',', default_value = "1,16,64,256")]
     clients: Vec<usize>,
@@ -59,6 +63,24 @@ pub struct Args {
     /// Run in this build even if it is a debug build (figures of the load generator suffer).
     #[arg(long, hide = true)]
     no_reexec: bool,
+}
+
+/// A protocol the Quorate nodes run.
+#[derive(clap::ValueEnum, Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Protocol {
+    /// Raft.
+    Raft,
+    /// Multi-Paxos.
+    MultiPaxos,
+}
+
+impl Protocol {
+    fn node(self) -> node::config::Protocol {
+        match self {
+            Protocol::Raft => node::config::Protocol::Raft,
+            Protocol::MultiPaxos => node::config::Protocol::MultiPaxos,
+        }
+    }
 }
 
 /// A baseline system.
@@ -398,7 +420,18 @@ async fn run_async(args: Args) -> anyhow::Result<()> {
         None => None,
     };
 
-    let systems = usize::from(quorate_bin.is_some()) + usize::from(etcd_bin.is_some());
+    let mut protocols = vec![Protocol::Raft];
+    for &p in &args.protocol {
+        if !protocols.contains(&p) {
+            protocols.push(p);
+        }
+    }
+    let quorate_systems = if quorate_bin.is_some() {
+        protocols.len()
+    } else {
+        0
+    };
+    let systems = quorate_systems + usize::from(etcd_bin.is_some());
     let total = (systems * args.clients.len() * args.ops * 2) as u64;
     let progress = ProgressBar::new(total);
     progress.set_style(
@@ -425,9 +458,13 @@ async fn run_async(args: Args) -> anyhow::Result<()> {
         runs.push(run);
     }
     if let Some(bin) = &quorate_bin {
-        progress.set_message("starting 3 Quorate nodes");
-        let run = run_quorate(bin, &tmp.path().join("quorate"), &args, &progress).await?;
-        runs.push(run);
+        for &protocol in &protocols {
+            let name = protocol.node().name();
+            progress.set_message(format!("starting 3 Quorate nodes ({name})"));
+            let dir = tmp.path().join(format!("quorate-{name}"));
+            let run = run_quorate(bin, &dir, protocol, &args, &progress).await?;
+            runs.push(run);
+        }
     }
     progress.finish_and_clear();
 
@@ -443,12 +480,28 @@ async fn run_async(args: Args) -> anyhow::Result<()> {
         println!();
         print_system(run);
     }
+    // Raft runs first: the reference for the peer's headline and for the other protocols.
     let quorate = runs.iter().find(|r| r.name.starts_with("quorate"));
     let peer = runs.iter().find(|r| !r.name.starts_with("quorate"));
     let mut headline = None;
     if let (Some(q), Some(p)) = (quorate, peer) {
         println!();
         headline = print_ratios(q, p);
+    }
+    let mut others = Vec::new();
+    for other in runs
+        .iter()
+        .filter(|r| r.name.starts_with("quorate"))
+        .skip(1)
+    {
+        if let Some(raft) = quorate {
+            println!();
+            others.push((other.name.clone(), print_ratios(other, raft)));
+        }
+        if let Some(p) = peer {
+            println!();
+            print_ratios(other, p);
+        }
     }
     if !runs.is_empty() {
         let files = plot::write_plots(&out, &runs)?;
@@ -462,6 +515,13 @@ async fn run_async(args: Args) -> anyhow::Result<()> {
         println!("kept: {} (data directories and logs)", kept.display());
     } else {
         drop(tmp);
+    }
+    for (name, ratio) in others {
+        let name = name.trim_start_matches("quorate ");
+        match ratio {
+            Some(ratio) => println!("cluster-{name}-vs-raft writes@64: {ratio:.2}"),
+            None => println!("cluster-{name}-vs-raft writes@64: n/a (64 is not in --clients)"),
+        }
     }
     match (headline, quorate, peer) {
         (Some(ratio), _, _) => println!("cluster-vs-etcd writes@64: {ratio:.2}"),
@@ -630,15 +690,17 @@ mod etcd_kv {
 async fn run_quorate(
     bin: &std::path::Path,
     dir: &std::path::Path,
+    protocol: Protocol,
     args: &Args,
     progress: &ProgressBar,
 ) -> anyhow::Result<SystemRun> {
     let ports = cluster::free_ports(MEMBERS, true)?;
-    let mut nodes = cluster::QuorateCluster::start(bin, dir, &ports)?;
+    let mut nodes = cluster::QuorateCluster::start_with(bin, dir, &ports, protocol.node())?;
     let result = async {
         nodes.wait_leader(Duration::from_secs(30)).await?;
         let system = Quorate {
             config: nodes.client_config()?,
+            protocol: protocol.node().name(),
         };
         let pids: Vec<u32> = nodes.pids().into_iter().map(|(_, pid)| pid).collect();
         let run = run_system(&system, &pids, &args.clients, args.ops, progress).await;
@@ -663,6 +725,7 @@ async fn run_quorate(
 /// one session) shared by the tasks, as the client allows many operations at once.
 struct Quorate {
     config: node::client::ClientConfig,
+    protocol: &'static str,
 }
 
 /// Clients shared by the tasks; as many as etcd gets gRPC connections.
@@ -690,7 +753,7 @@ impl System for Quorate {
     type Handle = QuorateHandle;
 
     fn name(&self) -> String {
-        "quorate".into()
+        format!("quorate {}", self.protocol)
     }
 
     async fn handles(&self, clients: usize) -> anyhow::Result<Vec<QuorateHandle>> {

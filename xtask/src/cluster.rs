@@ -282,6 +282,16 @@ impl QuorateCluster {
     /// Writes certificates (reusing an existing CA in `<dir>/certs`) and node configs, then starts
     /// one `bin serve --config <node.toml>` per port.
     pub fn start(bin: &Path, dir: &Path, ports: &[u16]) -> anyhow::Result<Self> {
+        Self::start_with(bin, dir, ports, node::config::Protocol::Raft)
+    }
+
+    /// [`QuorateCluster::start`] with the nodes running `protocol`.
+    pub fn start_with(
+        bin: &Path,
+        dir: &Path,
+        ports: &[u16],
+        protocol: node::config::Protocol,
+    ) -> anyhow::Result<Self> {
         use node::config::{MemberConfig, ServeConfig};
 
         let dir = absolute(dir)?;
@@ -307,6 +317,7 @@ impl QuorateCluster {
             let mut config =
                 ServeConfig::new(id, addr, node_dir.join("data"), &certs, members.clone());
             config.cluster = CLUSTER.to_string();
+            config.protocol = protocol;
             config.validate()?;
             let toml_path = node_dir.join("node.toml");
             std::fs::write(&toml_path, config.to_toml_string()?)
