@@ -81,6 +81,7 @@ pub mod replica;
 pub mod sim;
 pub mod storage;
 pub mod types;
+pub mod zab;
 
 pub use bytes::Bytes;
 pub use error::{Error, StorageError};
