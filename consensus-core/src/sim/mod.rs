@@ -33,9 +33,11 @@ pub mod outcome;
 pub mod protocol;
 pub mod raft;
 pub mod trace;
+pub mod zab;
 
 pub use cluster::{run, run_seed};
 pub use config::SimConfig;
 pub use outcome::{Failure, Outcome, SimStats};
 pub use protocol::{ProtocolChecker, SimProtocol};
 pub use raft::{RaftOptions, RaftSim};
+pub use zab::{ZabOptions, ZabSim};
