@@ -98,17 +98,38 @@ fn scan() {
     };
     let (start, seeds) = (var("START", 0), var("SEEDS", 1000));
     let churn = std::env::var("CHURN").is_ok();
+    let bug = match std::env::var("BUG").as_deref() {
+        Ok("ack") => Some(PlantedBug::AckBeforeDurable),
+        Ok("broadcast") => Some(PlantedBug::BroadcastBeforeNewLeaderQuorum),
+        Ok("election") => Some(PlantedBug::ElectionIgnoresZxid),
+        _ => None,
+    };
     let mut failed = 0;
     for seed in start..start + seeds {
-        let o = sim::run::<ZabSim>(if churn {
+        let mut config = if churn {
             churn_from_seed(seed)
         } else {
             from_seed(seed)
-        });
+        };
+        config.protocol.planted_bug = bug;
+        config.keep_full_trace = std::env::var("FULL").is_ok();
+        let o = sim::run::<ZabSim>(config);
         if !o.is_clean() {
             failed += 1;
             println!("{}", o.report());
         }
     }
     assert_eq!(failed, 0, "{failed} of {seeds} seeds failed");
+}
+
+/// Prints one seed's statistics (local use).
+#[test]
+#[ignore]
+fn stats() {
+    let seed = std::env::var("SEED").ok().and_then(|v| v.parse().ok()).unwrap_or(1);
+    let o = sim::run_seed::<ZabSim>(seed, None);
+    println!("{:?}\n{:?}", o.stats, o.config);
+    for line in &o.trace {
+        println!("{line}");
+    }
 }

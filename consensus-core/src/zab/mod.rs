@@ -606,6 +606,8 @@ impl<S: ZabStorage> Consensus for Zab<S> {
                 self.applied = self.applied.max(s.meta.index);
                 self.commit = self.commit.max(s.meta.index);
                 committed.retain(|e| e.index > s.meta.index);
+                // The state machine and the membership restart from the snapshot.
+                self.conf = s.meta.conf_state.clone();
             }
             self.issued_hard_state = hard_state;
             Some(Persist {
