@@ -262,13 +262,18 @@ impl<S: ZabStorage> Zab<S> {
             return;
         }
         // The leader must hold the most up-to-date history of its quorum.
-        let ahead = acks.iter().any(|&(id, epoch, zxid)| {
-            better(&Vote { leader: id, epoch, zxid }, &own, ignore)
-                && (ignore || (epoch, zxid) > (own.epoch, own.zxid))
-        });
-        if ahead {
+        let ahead = acks
+            .iter()
+            .map(|&(id, epoch, zxid)| Vote {
+                leader: id,
+                epoch,
+                zxid,
+            })
+            .filter(|v| better(v, &own, ignore) && (ignore || (v.epoch, v.zxid) > (own.epoch, own.zxid)))
+            .reduce(|a, b| if better(&b, &a, ignore) { b } else { a });
+        if let Some(ahead) = ahead {
             tracing::info!(leader = me, "zab: a follower holds a newer history; stepping aside");
-            self.become_looking();
+            self.step_aside_for(ahead);
             return;
         }
         let epoch = l.epoch;

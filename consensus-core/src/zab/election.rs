@@ -20,7 +20,7 @@ use rand::Rng;
 use super::config::PlantedBug;
 use super::message::{MessageBody, PeerState, Vote};
 use super::{FollowerPhase, State, Zab, ZabStorage};
-use crate::types::NodeId;
+use crate::types::{ConfState, EntryPayload, NodeId};
 
 /// The election's volatile state.
 #[derive(Debug, Default)]
@@ -33,6 +33,18 @@ pub(crate) struct Election {
     pub(crate) notify_at: u64,
     pub(crate) backoff: u64,
     pub(crate) decide_at: Option<u64>,
+    /// Members that say they follow someone: member -> the leader it names.
+    pub(crate) following: BTreeMap<NodeId, NodeId>,
+    /// The membership the election runs in: the latest configuration in this member's history
+    /// (committed or not). The applied one may lag after a restart (the commit point is only a
+    /// hint), and members whose views differ could then never agree.
+    pub(crate) conf: ConfState,
+}
+
+impl Election {
+    fn quorum(&self) -> usize {
+        self.conf.voters.len() / 2 + 1
+    }
 }
 
 /// Whether vote `a` beats vote `b`: (current epoch, last zxid, server id), or server id alone
@@ -45,7 +57,15 @@ pub(crate) fn better(a: &Vote, b: &Vote, ignore_zxid: bool) -> bool {
 }
 
 impl<S: ZabStorage> Zab<S> {
+    /// This member's own vote: for itself if it may lead, otherwise a blank any vote beats.
     pub(crate) fn own_vote(&self) -> Vote {
+        if !self.election.conf.is_voter(self.config.id) {
+            return Vote {
+                leader: 0,
+                epoch: 0,
+                zxid: super::Zxid::default(),
+            };
+        }
         Vote {
             leader: self.config.id,
             epoch: self.current_epoch,
@@ -53,8 +73,39 @@ impl<S: ZabStorage> Zab<S> {
         }
     }
 
+    /// The configuration of the last membership entry in the history (the applied one if none
+    /// follows it).
+    fn latest_conf(&self) -> ConfState {
+        let mut conf = self.conf.clone();
+        let last = self.log.last_index();
+        if last > self.applied {
+            if let Ok(entries) = self.log.entries(self.applied + 1, last + 1, u64::MAX) {
+                for entry in entries {
+                    if let EntryPayload::ConfChange(change) = &entry.payload {
+                        if let Ok(next) = super::membership::apply_change(&conf, change) {
+                            conf = next;
+                        }
+                    }
+                }
+            }
+        }
+        conf
+    }
+
     pub(crate) fn ignores_zxid(&self) -> bool {
         self.has_bug(PlantedBug::ElectionIgnoresZxid)
+    }
+
+    /// Steps aside for `better`, a follower whose history beats ours: a new round voting for it.
+    pub(crate) fn step_aside_for(&mut self, better: Vote) {
+        self.become_looking();
+        if self.election.conf.is_voter(better.leader) {
+            self.election.vote = Some(better);
+            if self.election.conf.is_voter(self.config.id) {
+                self.election.received.insert(self.config.id, better);
+            }
+            self.broadcast_notification();
+        }
     }
 
     /// Starts (or restarts) looking: a new round, voting for itself.
@@ -63,15 +114,17 @@ impl<S: ZabStorage> Zab<S> {
             self.abandon_reads();
         }
         self.state = State::Looking;
+        self.election.conf = self.latest_conf();
         self.randomize_timeout();
         self.election.round += 1;
         self.election.received.clear();
+        self.election.following.clear();
         self.election.decide_at = None;
         self.election.since = self.now;
         self.election.backoff = 1;
         let vote = self.own_vote();
         self.election.vote = Some(vote);
-        if self.conf.is_voter(self.config.id) {
+        if self.election.conf.is_voter(self.config.id) {
             self.election.received.insert(self.config.id, vote);
         }
         self.broadcast_notification();
@@ -110,7 +163,10 @@ impl<S: ZabStorage> Zab<S> {
 
     pub(crate) fn broadcast_notification(&mut self) {
         let body = self.my_notification();
-        let voters: Vec<NodeId> = self.conf.voters.iter().copied().collect();
+        let mut voters: Vec<NodeId> = self.election.conf.voters.iter().copied().collect();
+        voters.extend(self.conf.voters.iter().copied());
+        voters.sort_unstable();
+        voters.dedup();
         for to in voters {
             self.send(to, body.clone());
         }
@@ -143,7 +199,7 @@ impl<S: ZabStorage> Zab<S> {
         vote: Vote,
         state: PeerState,
     ) {
-        let from_voter = self.conf.is_voter(from);
+        let from_voter = self.election.conf.is_voter(from);
         if !matches!(self.state, State::Looking) {
             // Tell a looking member who leads.
             if state == PeerState::Looking {
@@ -160,10 +216,10 @@ impl<S: ZabStorage> Zab<S> {
         }
         match state {
             PeerState::Looking => {
-                if !from_voter || !self.conf.is_voter(self.config.id) {
-                    // Observers (and members outside the configuration) never vote.
-                    return;
-                }
+                // Like Raft's servers, a member takes part whatever its own view of the
+                // membership (views lag; the tally counts only voters of this member's view). A
+                // vote for a member that cannot lead here is never adopted.
+                let _ = from_voter;
                 let ignore = self.ignores_zxid();
                 let mine = self.election.vote.unwrap_or_else(|| self.own_vote());
                 if round > self.election.round {
@@ -172,9 +228,13 @@ impl<S: ZabStorage> Zab<S> {
                     self.election.decide_at = None;
                     self.election.since = self.now;
                     let own = self.own_vote();
-                    let pick = if better(&vote, &own, ignore) { vote } else { own };
+                    let pick = if self.election.conf.is_voter(vote.leader) && better(&vote, &own, ignore) {
+                        vote
+                    } else {
+                        own
+                    };
                     self.election.vote = Some(pick);
-                    if self.conf.is_voter(self.config.id) {
+                    if self.election.conf.is_voter(self.config.id) {
                         self.election.received.insert(self.config.id, pick);
                     }
                     self.election.backoff = 1;
@@ -183,10 +243,10 @@ impl<S: ZabStorage> Zab<S> {
                     let body = self.my_notification();
                     self.send(from, body);
                     return;
-                } else if better(&vote, &mine, ignore) {
+                } else if self.election.conf.is_voter(vote.leader) && better(&vote, &mine, ignore) {
                     self.election.vote = Some(vote);
                     self.election.decide_at = None;
-                    if self.conf.is_voter(self.config.id) {
+                    if self.election.conf.is_voter(self.config.id) {
                         self.election.received.insert(self.config.id, vote);
                     }
                     self.election.backoff = 1;
@@ -202,6 +262,25 @@ impl<S: ZabStorage> Zab<S> {
                 }
             }
             PeerState::Following | PeerState::Observing => {
+                // Only members that decided in this election (no NEWEPOCH yet) count: one still
+                // in a session with an earlier attempt of ours says nothing about this round.
+                if vote.epoch == 0 {
+                    self.election.following.insert(from, vote.leader);
+                }
+                if vote.leader == self.config.id && self.election.conf.is_voter(self.config.id) {
+                    // A quorum decided for us before we heard enough of them: lead.
+                    let me = self.config.id;
+                    let behind = self
+                        .election
+                        .following
+                        .iter()
+                        .filter(|(id, l)| **l == me && self.election.conf.is_voter(**id))
+                        .count();
+                    if behind + 1 >= self.election.quorum() {
+                        self.become_leading();
+                    }
+                    return;
+                }
                 // Ask the leader it names; its own answer (Leading) makes us join.
                 if vote.leader != self.config.id && vote.leader != 0 {
                     let body = self.my_notification();
@@ -215,19 +294,19 @@ impl<S: ZabStorage> Zab<S> {
         let Some(vote) = self.election.vote else {
             return;
         };
-        if !self.conf.is_voter(self.config.id) {
-            return; // an observer joins a leader that tells it so
+        if vote.leader == 0 {
+            return;
         }
         let agree = self
             .election
             .received
             .iter()
-            .filter(|(id, v)| self.conf.is_voter(**id) && v.leader == vote.leader)
+            .filter(|(id, v)| self.election.conf.is_voter(**id) && v.leader == vote.leader)
             .count();
-        if agree >= self.quorum() {
+        if agree >= self.election.quorum() {
             if self.election.decide_at.is_none() {
                 // Finalize wait: a better vote may still be on its way.
-                self.election.decide_at = Some(self.now + 1 + self.rng.gen_range(0..2));
+                self.election.decide_at = Some(self.now + 2 + self.rng.gen_range(0..3));
             }
         } else {
             self.election.decide_at = None;
