@@ -112,9 +112,25 @@ impl ProtocolChecker<ZabSim> for ZabChecker {
         ZabChecker::written(self, node, truncate, &write.entries);
     }
 
+    fn durable(
+        &mut self,
+        node: NodeId,
+        write: &Write<HardState>,
+        conf: &crate::types::ConfState,
+    ) -> Result<(), Violation> {
+        let _ = conf;
+        ZabChecker::durable(
+            self,
+            node,
+            write.snapshot.as_ref().map(|s| (s.meta.index, s.meta.term)),
+            write.truncate_from,
+            &write.entries,
+        );
+        Ok(())
+    }
+
     fn restarted(&mut self, node: NodeId, durable: &MemStorage<HardState>, applied: u64) {
-        let _ = durable;
-        ZabChecker::restarted(self, node, applied);
+        self.restarted_on(node, durable, applied);
     }
 
     fn applied(&mut self, node: NodeId, entry: &Entry) -> Result<(), Violation> {
@@ -133,6 +149,7 @@ impl ProtocolChecker<ZabSim> for ZabChecker {
                 commit: status.commit,
                 log: crate::protocol::Consensus::storage(engine),
             },
+            &status.conf_state.voters,
         )
     }
 }

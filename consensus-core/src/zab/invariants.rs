@@ -10,6 +10,9 @@
 //! - **delivered proposals never change**: a member's history through its commit point holds the
 //!   delivered zxids (nothing delivered is skipped, truncated or reordered after a leader change);
 //!   a member never shows a commit point beyond its history;
+//! - **committed only once durable on a quorum**: when a leader's commit point moves to `c`, a
+//!   quorum of its voters has the proposal at `c` on disk (fed by the durable-write hook), which
+//!   is what ACKs held until their write is confirmed guarantee;
 //! - **at most one leader per epoch**, and a leader of a new epoch holds every proposal delivered
 //!   before it was established (what discovery and the election ordering guarantee).
 
@@ -65,6 +68,10 @@ pub struct ZabChecker {
     verified: BTreeMap<NodeId, u64>,
     /// A violation seen in a hook that cannot report one.
     pending: Option<Violation>,
+    /// Per member: what its disk holds (position -> epoch), and its durable snapshot point.
+    disks: BTreeMap<NodeId, (BTreeMap<u64, u64>, u64)>,
+    /// Per (leader, epoch): the commit point last checked against the disks.
+    commit_checked: BTreeMap<(NodeId, u64), u64>,
 }
 
 impl ZabChecker {
@@ -99,6 +106,40 @@ impl ZabChecker {
                 });
             }
         }
+    }
+
+    /// `write` (its snapshot point, truncation and entries) reached `node`'s disk.
+    pub fn durable(
+        &mut self,
+        node: NodeId,
+        snapshot: Option<(u64, u64)>,
+        truncate_from: Option<u64>,
+        entries: &[Entry],
+    ) {
+        let (disk, snap) = self.disks.entry(node).or_default();
+        if let Some((index, epoch)) = snapshot {
+            if index > *snap {
+                *snap = index;
+                disk.insert(index, epoch);
+            }
+        }
+        if let Some(from) = truncate_from {
+            let from = from.max(*snap + 1);
+            disk.retain(|&i, _| i < from);
+        }
+        for entry in entries {
+            disk.insert(entry.index, entry.term);
+        }
+    }
+
+    /// `node` restarted on `disk` (what survived, including writes that reached the disk
+    /// unreported), with its state machine at `applied`.
+    pub fn restarted_on(&mut self, node: NodeId, disk: &MemStorage<HardState>, applied: u64) {
+        let snap = disk.snapshot_meta();
+        let mut held: BTreeMap<u64, u64> = disk.stored_entries().map(|e| (e.index, e.term)).collect();
+        held.insert(snap.index, snap.term);
+        self.disks.insert(node, (held, snap.index));
+        self.restarted(node, applied);
     }
 
     /// `node` restarted with its state machine at `applied`.
@@ -151,8 +192,48 @@ impl ZabChecker {
         Ok(())
     }
 
-    /// Checks what `view` shows now.
-    pub fn check(&mut self, view: ZabView<'_>) -> Result<(), Violation> {
+    fn check_commit_durable(
+        &mut self,
+        view: ZabView<'_>,
+        voters: &std::collections::BTreeSet<NodeId>,
+    ) -> Result<(), Violation> {
+        let c = view.commit;
+        let key = (view.id, view.epoch);
+        let checked = self.commit_checked.get(&key).copied().unwrap_or(0);
+        if c <= checked || c <= view.log.snapshot_meta().index {
+            return Ok(());
+        }
+        self.commit_checked.insert(key, c);
+        let Some(epoch) = view.log.entry(c).map(|e| e.term) else {
+            return Ok(());
+        };
+        // Counted over every member: the change committed at `c` may itself have just changed
+        // who votes (quorums of configurations one voter apart differ in size by at most one).
+        let holding = self
+            .disks
+            .values()
+            .filter(|(disk, snap)| *snap >= c || disk.get(&c) == Some(&epoch))
+            .count();
+        if holding < voters.len() / 2 + 1 {
+            return violation(
+                "committed only once durable on a quorum",
+                format!(
+                    "leader {} committed {epoch}@{c} while only {holding} members hold it on disk \
+                     ({} voters)",
+                    view.id,
+                    voters.len()
+                ),
+            );
+        }
+        Ok(())
+    }
+
+    /// Checks what `view` shows now; `voters` are the voters of the membership it is in.
+    pub fn check(
+        &mut self,
+        view: ZabView<'_>,
+        voters: &std::collections::BTreeSet<NodeId>,
+    ) -> Result<(), Violation> {
         if let Some(v) = self.pending.take() {
             return Err(v);
         }
@@ -168,6 +249,7 @@ impl ZabChecker {
             );
         }
         if view.role == Role::Leader {
+            self.check_commit_durable(view, voters)?;
             match self.leaders.get(&view.epoch) {
                 Some(&other) if other != id => {
                     return violation(
@@ -269,9 +351,10 @@ mod tests {
             commit: 0,
             log: &log,
         };
-        c.check(view(1)).unwrap();
+        let voters = [1, 2, 3].into_iter().collect();
+        c.check(view(1), &voters).unwrap();
         assert_eq!(
-            c.check(view(2)).unwrap_err().property,
+            c.check(view(2), &voters).unwrap_err().property,
             "at most one leader per epoch"
         );
     }
