@@ -115,6 +115,12 @@ impl<S: ZabStorage> Zab<S> {
         let State::Leading(l) = &mut self.state else {
             return;
         };
+        if l.epoch > 0 && accepted_epoch > l.epoch {
+            // A newer epoch was proposed since ours: this leadership is over.
+            tracing::info!(leader = self.config.id, "zab: a follower accepted a newer epoch; looking");
+            self.become_looking();
+            return;
+        }
         let peer = l.peers.entry(from).or_insert(Peer {
             phase: PeerPhase::Info,
             observer,
@@ -126,7 +132,6 @@ impl<S: ZabStorage> Zab<S> {
             sent_at: now,
             read_round: 0,
         });
-        peer.heard_at = now;
         peer.observer = observer;
         if peer.phase == PeerPhase::Synced {
             // The follower lost its session (a restart): it starts over.

@@ -214,7 +214,18 @@ impl ZabChecker {
             .values()
             .filter(|(disk, snap)| *snap >= c || disk.get(&c) == Some(&epoch))
             .count();
-        if holding < voters.len() / 2 + 1 {
+        // A membership change committed in this step may have changed the quorum size by one.
+        let changed = (checked + 1..=c).any(|i| {
+            view.log
+                .entry(i)
+                .is_some_and(|e| matches!(e.payload, crate::types::EntryPayload::ConfChange(_)))
+        });
+        let quorum = if changed {
+            voters.len().saturating_sub(1) / 2 + 1
+        } else {
+            voters.len() / 2 + 1
+        };
+        if holding < quorum {
             return violation(
                 "committed only once durable on a quorum",
                 format!(
