@@ -70,7 +70,8 @@ fn planted_ack_before_durable_is_caught() {
 #[test]
 fn planted_broadcast_before_newleader_quorum_is_caught() {
     let caught = first_catch(PlantedBug::BroadcastBeforeNewLeaderQuorum, churn_from_seed);
-    let caught = caught.expect("the simulator missed proposals broadcast before a NEWLEADER quorum");
+    let caught =
+        caught.expect("the simulator missed proposals broadcast before a NEWLEADER quorum");
     println!("caught at {}", caught.report());
 }
 
@@ -126,7 +127,10 @@ fn scan() {
 #[test]
 #[ignore]
 fn stats() {
-    let seed = std::env::var("SEED").ok().and_then(|v| v.parse().ok()).unwrap_or(1);
+    let seed = std::env::var("SEED")
+        .ok()
+        .and_then(|v| v.parse().ok())
+        .unwrap_or(1);
     let o = sim::run_seed::<ZabSim>(seed, None);
     println!("{:?}\n{:?}", o.stats, o.config);
     for line in &o.trace {

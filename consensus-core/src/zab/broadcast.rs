@@ -216,7 +216,8 @@ impl<S: ZabStorage> Zab<S> {
         if f.leader != from || f.epoch != epoch {
             return false;
         }
-        let ok = f.phase == FollowerPhase::Broadcast || (allow_sync && f.phase == FollowerPhase::Sync);
+        let ok =
+            f.phase == FollowerPhase::Broadcast || (allow_sync && f.phase == FollowerPhase::Sync);
         if ok || f.phase == FollowerPhase::Sync {
             f.heard_at = now;
         }
@@ -244,9 +245,15 @@ impl<S: ZabStorage> Zab<S> {
         for entry in entries {
             if entry.index <= self.log.last_index() {
                 let held = self.log.term(entry.index);
-                if held.is_some_and(|t| t != entry.term) && !bug && entry.index > self.log.snapshot_point().0 {
+                if held.is_some_and(|t| t != entry.term)
+                    && !bug
+                    && entry.index > self.log.snapshot_point().0
+                {
                     // A synchronised follower's history is a prefix of its leader's.
-                    tracing::warn!(index = entry.index, "zab: proposal disagrees with the history; ignored");
+                    tracing::warn!(
+                        index = entry.index,
+                        "zab: proposal disagrees with the history; ignored"
+                    );
                     return;
                 }
             } else {
@@ -313,8 +320,7 @@ impl<S: ZabStorage> Zab<S> {
                 .iter()
                 .filter(|&&v| {
                     v == me
-                        || l
-                            .peers
+                        || l.peers
                             .get(&v)
                             .is_some_and(|p| now.saturating_sub(p.heard_at) < timeout)
                 })

@@ -109,7 +109,12 @@ impl<S: ZabStorage> Zab<S> {
         self.maybe_choose_epoch();
     }
 
-    pub(crate) fn handle_follower_info(&mut self, from: NodeId, accepted_epoch: u64, observer: bool) {
+    pub(crate) fn handle_follower_info(
+        &mut self,
+        from: NodeId,
+        accepted_epoch: u64,
+        observer: bool,
+    ) {
         let now = self.now;
         let observer = observer || !self.conf.is_voter(from);
         let State::Leading(l) = &mut self.state else {
@@ -117,7 +122,10 @@ impl<S: ZabStorage> Zab<S> {
         };
         if l.epoch > 0 && accepted_epoch > l.epoch {
             // A newer epoch was proposed since ours: this leadership is over.
-            tracing::info!(leader = self.config.id, "zab: a follower accepted a newer epoch; looking");
+            tracing::info!(
+                leader = self.config.id,
+                "zab: a follower accepted a newer epoch; looking"
+            );
             self.become_looking();
             return;
         }
@@ -274,10 +282,15 @@ impl<S: ZabStorage> Zab<S> {
                 epoch,
                 zxid,
             })
-            .filter(|v| better(v, &own, ignore) && (ignore || (v.epoch, v.zxid) > (own.epoch, own.zxid)))
+            .filter(|v| {
+                better(v, &own, ignore) && (ignore || (v.epoch, v.zxid) > (own.epoch, own.zxid))
+            })
             .reduce(|a, b| if better(&b, &a, ignore) { b } else { a });
         if let Some(ahead) = ahead {
-            tracing::info!(leader = me, "zab: a follower holds a newer history; stepping aside");
+            tracing::info!(
+                leader = me,
+                "zab: a follower holds a newer history; stepping aside"
+            );
             self.step_aside_for(ahead);
             return;
         }
@@ -314,9 +327,7 @@ impl<S: ZabStorage> Zab<S> {
         let synced = l
             .peers
             .iter()
-            .filter(|(id, p)| {
-                self.conf.is_voter(**id) && p.phase == PeerPhase::Synced
-            })
+            .filter(|(id, p)| self.conf.is_voter(**id) && p.phase == PeerPhase::Synced)
             .count()
             + usize::from(self.conf.is_voter(me));
         if synced >= quorum {

@@ -172,7 +172,8 @@ impl<S: ZabStorage> Zab<S> {
         }
         let jitter = self.rng.gen_range(0..=self.election.backoff);
         self.election.notify_at = self.now + self.election.backoff + jitter;
-        self.election.backoff = (self.election.backoff * 2).min(u64::from(self.config.election_tick));
+        self.election.backoff =
+            (self.election.backoff * 2).min(u64::from(self.config.election_tick));
     }
 
     pub(crate) fn tick_looking(&mut self) {
@@ -228,7 +229,9 @@ impl<S: ZabStorage> Zab<S> {
                     self.election.decide_at = None;
                     self.election.since = self.now;
                     let own = self.own_vote();
-                    let pick = if self.election.conf.is_voter(vote.leader) && better(&vote, &own, ignore) {
+                    let pick = if self.election.conf.is_voter(vote.leader)
+                        && better(&vote, &own, ignore)
+                    {
                         vote
                     } else {
                         own

@@ -136,7 +136,8 @@ impl ZabChecker {
     /// unreported), with its state machine at `applied`.
     pub fn restarted_on(&mut self, node: NodeId, disk: &MemStorage<HardState>, applied: u64) {
         let snap = disk.snapshot_meta();
-        let mut held: BTreeMap<u64, u64> = disk.stored_entries().map(|e| (e.index, e.term)).collect();
+        let mut held: BTreeMap<u64, u64> =
+            disk.stored_entries().map(|e| (e.index, e.term)).collect();
         held.insert(snap.index, snap.term);
         self.disks.insert(node, (held, snap.index));
         self.restarted(node, applied);
@@ -164,15 +165,13 @@ impl ZabChecker {
             }
         }
         match self.delivered.get(&entry.index) {
-            Some(&(epoch, d)) if (epoch, d) != (entry.term, digest) => {
-                return violation(
-                    "agreement",
-                    format!(
-                        "node {node} delivered zxid {}@{} where another member delivered epoch {epoch}",
-                        entry.term, entry.index
-                    ),
-                )
-            }
+            Some(&(epoch, d)) if (epoch, d) != (entry.term, digest) => return violation(
+                "agreement",
+                format!(
+                    "node {node} delivered zxid {}@{} where another member delivered epoch {epoch}",
+                    entry.term, entry.index
+                ),
+            ),
             Some(_) => {}
             None => {
                 self.delivered.insert(entry.index, (entry.term, digest));
@@ -275,16 +274,14 @@ impl ZabChecker {
                         match view.epoch_at(index) {
                             Some(None) => {}
                             Some(Some(e)) if e == epoch => {}
-                            held => {
-                                return violation(
-                                    "leader holds every delivered proposal",
-                                    format!(
-                                        "node {id} leads epoch {} without delivered {epoch}@{index} \
+                            held => return violation(
+                                "leader holds every delivered proposal",
+                                format!(
+                                    "node {id} leads epoch {} without delivered {epoch}@{index} \
                                          (holds {held:?})",
-                                        view.epoch
-                                    ),
-                                )
-                            }
+                                    view.epoch
+                                ),
+                            ),
                         }
                     }
                 }
@@ -331,7 +328,10 @@ mod tests {
         let mut c = ZabChecker::new();
         c.written(1, None, &[e(1, 1, b"x")]);
         assert!(c.delivered(2, &e(1, 1, b"x")).is_ok());
-        assert_eq!(c.delivered(2, &e(2, 1, b"y")).unwrap_err().property, "integrity");
+        assert_eq!(
+            c.delivered(2, &e(2, 1, b"y")).unwrap_err().property,
+            "integrity"
+        );
     }
 
     #[test]
@@ -340,7 +340,10 @@ mod tests {
         c.written(1, None, &[e(1, 1, b"x")]);
         c.written(2, None, &[e(1, 2, b"y")]);
         c.delivered(1, &e(1, 1, b"x")).unwrap();
-        assert_eq!(c.delivered(2, &e(1, 2, b"y")).unwrap_err().property, "agreement");
+        assert_eq!(
+            c.delivered(2, &e(1, 2, b"y")).unwrap_err().property,
+            "agreement"
+        );
     }
 
     #[test]
@@ -348,7 +351,10 @@ mod tests {
         let mut c = ZabChecker::new();
         c.written(1, None, &[e(1, 2, b"x"), e(2, 1, b"y")]);
         c.delivered(1, &e(1, 2, b"x")).unwrap();
-        assert_eq!(c.delivered(1, &e(2, 1, b"y")).unwrap_err().property, "primary order");
+        assert_eq!(
+            c.delivered(1, &e(2, 1, b"y")).unwrap_err().property,
+            "primary order"
+        );
     }
 
     #[test]

@@ -103,7 +103,9 @@ impl<S: Storage> History<S> {
             self.storage.entries(lo, stored_hi, max_bytes, &mut out)?;
         }
         let mut bytes: u64 = out.iter().map(Entry::payload_size).sum();
-        let complete = out.last().map_or(lo >= stored_hi, |e| e.index + 1 == stored_hi);
+        let complete = out
+            .last()
+            .map_or(lo >= stored_hi, |e| e.index + 1 == stored_hi);
         if complete {
             for entry in &self.unstable {
                 if entry.index < lo.max(stored_hi) || entry.index >= hi {

@@ -34,9 +34,9 @@ mod sync;
 mod tests;
 mod zxid;
 
+pub use config::Config;
 #[cfg(feature = "planted-bugs")]
 pub use config::PlantedBug;
-pub use config::Config;
 pub use message::{Message, MessageBody, PeerState, SyncKind, Vote};
 pub use zxid::Zxid;
 

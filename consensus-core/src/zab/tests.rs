@@ -75,7 +75,11 @@ impl Net {
         let mut conf = ConfState::with_voters(voters.iter().copied());
         conf.learners = learners.iter().copied().collect();
         let all: Vec<NodeId> = voters.iter().chain(learners).copied().collect();
-        Net::with_storages(all.iter().map(|&id| (id, Mem::new_with_conf(conf.clone()))).collect())
+        Net::with_storages(
+            all.iter()
+                .map(|&id| (id, Mem::new_with_conf(conf.clone())))
+                .collect(),
+        )
     }
 
     fn engine(&self, id: NodeId) -> &Zab<Mem> {
@@ -175,7 +179,10 @@ fn the_election_picks_the_member_with_the_most_up_to_date_history() {
     net.tick(5);
     for id in [1, 2, 3] {
         assert_eq!(net.engine(id).status().commit, 3, "node {id}");
-        assert_eq!(net.engine(id).current_epoch(), net.engine(1).current_epoch());
+        assert_eq!(
+            net.engine(id).current_epoch(),
+            net.engine(1).current_epoch()
+        );
     }
 }
 
@@ -206,21 +213,35 @@ fn trunc_removes_proposals_the_new_leader_never_saw() {
     let s3 = net.engine(3).storage();
     assert_eq!(s3.last_index(), 3, "position 4 was truncated");
     assert_eq!(s3.term(3), Ok(2), "position 3 holds the leader's proposal");
-    assert_eq!(net.engine(3).current_epoch(), net.engine(leader).current_epoch());
+    assert_eq!(
+        net.engine(3).current_epoch(),
+        net.engine(leader).current_epoch()
+    );
 }
 
 #[test]
 fn diff_sends_a_lagging_follower_the_missing_proposals() {
     let conf = conf3();
     let mut net = Net::with_storages(vec![
-        (1, storage_with(&conf, &[(1, 1), (1, 2), (1, 3), (1, 4), (1, 5)], 1)),
-        (2, storage_with(&conf, &[(1, 1), (1, 2), (1, 3), (1, 4), (1, 5)], 1)),
+        (
+            1,
+            storage_with(&conf, &[(1, 1), (1, 2), (1, 3), (1, 4), (1, 5)], 1),
+        ),
+        (
+            2,
+            storage_with(&conf, &[(1, 1), (1, 2), (1, 3), (1, 4), (1, 5)], 1),
+        ),
         (3, storage_with(&conf, &[(1, 1), (1, 2)], 1)),
     ]);
     let leader = net.elect();
     assert_ne!(leader, 3);
     net.tick(5);
-    let got: Vec<u64> = net.engine(3).storage().stored_entries().map(|e| e.index).collect();
+    let got: Vec<u64> = net
+        .engine(3)
+        .storage()
+        .stored_entries()
+        .map(|e| e.index)
+        .collect();
     assert_eq!(got, vec![1, 2, 3, 4, 5]);
     assert_eq!(net.applied(3).len(), 5);
 }
@@ -255,7 +276,10 @@ fn snap_brings_a_follower_behind_the_leaders_compaction() {
     assert!(saw_bulk.get(), "the snapshot travels as a bulk message");
     let meta: SnapshotMeta = net.engine(behind).storage().snapshot_meta();
     assert!(meta.index >= applied, "snapshot {} < {applied}", meta.index);
-    assert_eq!(net.engine(behind).status().applied, net.engine(leader).status().applied);
+    assert_eq!(
+        net.engine(behind).status().applied,
+        net.engine(leader).status().applied
+    );
 }
 
 #[test]
@@ -286,7 +310,10 @@ fn the_leader_proposes_nothing_until_a_quorum_acked_newleader() {
     let id = establishing.expect("a leader reaches synchronisation");
     assert!(net.engine(id).is_establishing());
     let refused = net.engine_mut(id).propose(Bytes::from_static(b"early"));
-    assert!(matches!(refused, Err(Error::NotLeader { .. })), "{refused:?}");
+    assert!(
+        matches!(refused, Err(Error::NotLeader { .. })),
+        "{refused:?}"
+    );
     assert_eq!(net.engine(id).status().commit, 0);
     net.filter = Box::new(|_| true);
     let leader = net.elect();
@@ -315,7 +342,10 @@ fn a_follower_acks_a_proposal_only_once_its_write_is_persisted() {
     engine.step(proposal).expect("step");
     let ready = engine.ready().expect("ready");
     assert!(
-        !ready.messages.iter().any(|m| matches!(m.body, MessageBody::Ack { .. })),
+        !ready
+            .messages
+            .iter()
+            .any(|m| matches!(m.body, MessageBody::Ack { .. })),
         "no ACK before the write is durable"
     );
     let persist = ready.persist.expect("the proposal is written");
@@ -336,7 +366,9 @@ fn observers_receive_proposals_but_never_count_towards_a_quorum() {
     net.tick(5);
     let observer = net.engine(4).status();
     assert_eq!(observer.role, Role::Follower);
-    assert!(observer.detail.contains(&("state", "observing".to_string())));
+    assert!(observer
+        .detail
+        .contains(&("state", "observing".to_string())));
     // With the other two voters gone, the observer's ACKs do not make a quorum.
     for id in [1, 2, 3] {
         if id != leader {
@@ -345,8 +377,15 @@ fn observers_receive_proposals_but_never_count_towards_a_quorum() {
     }
     let p = net.propose(leader, "o");
     net.tick(3);
-    assert_eq!(net.engine(4).storage().last_index(), p.index, "the observer holds it");
-    assert!(net.engine(leader).status().commit < p.index, "yet it is not committed");
+    assert_eq!(
+        net.engine(4).storage().last_index(),
+        p.index,
+        "the observer holds it"
+    );
+    assert!(
+        net.engine(leader).status().commit < p.index,
+        "yet it is not committed"
+    );
 }
 
 #[test]
@@ -480,7 +519,10 @@ fn a_storage_failure_stops_the_engine() {
     zab.storage_mut().broken = true;
     let first = run_by_hand(&mut zab);
     assert!(matches!(first, Err(Error::Stopped(_))), "{first:?}");
-    assert!(matches!(zab.ready(), Err(Error::Stopped(_))), "it stays stopped");
+    assert!(
+        matches!(zab.ready(), Err(Error::Stopped(_))),
+        "it stays stopped"
+    );
 }
 
 #[test]

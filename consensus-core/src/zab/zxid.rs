@@ -11,7 +11,9 @@
 use serde::{Deserialize, Serialize};
 
 /// A position in the history named the Zab way: the epoch of the entry and its log position.
-#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, PartialOrd, Ord, Hash, Serialize, Deserialize)]
+#[derive(
+    Clone, Copy, Debug, Default, PartialEq, Eq, PartialOrd, Ord, Hash, Serialize, Deserialize,
+)]
 pub struct Zxid {
     /// Epoch of the leader that proposed the entry (the entry's `term`).
     pub epoch: u64,
