@@ -1,7 +1,7 @@
 //! # consensus-core
 //!
-//! Pure, deterministic consensus protocols for Quorate: Raft and Multi-Paxos behind one
-//! [`Consensus`] trait (Zab will sit beside them), so the node, the simulator and the benches drive
+//! Pure, deterministic consensus protocols for Quorate: Raft, Multi-Paxos and Zab ([`zab`]) behind
+//! one [`Consensus`] trait, so the node, the simulator and the benches drive
 //! any of them the same way through one replica loop ([`Replica`]).
 //!
 //! This crate is **sans-IO**: events go in (messages, ticks, proposals, storage completions) and
@@ -98,6 +98,7 @@ pub use types::{
     ConfChange, ConfState, Entry, EntryPayload, MemberChange, NodeId, Proposed, ReadState, Role,
     Snapshot, SnapshotMeta, SoftState, Status,
 };
+pub use zab::{Config as ZabConfig, HardState as ZabHardState, Message as ZabMessage, Zab};
 
 /// A deterministic RNG for election jitter, seeded from `seed` (what [`Raft::new`] takes).
 pub fn seeded_rng(seed: u64) -> ChaCha8Rng {

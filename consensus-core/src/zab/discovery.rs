@@ -116,6 +116,9 @@ impl<S: ZabStorage> Zab<S> {
         observer: bool,
     ) {
         let now = self.now;
+        if !self.conf.contains(from) && !self.election.conf.contains(from) {
+            return; // not a member (keeps the peer table bounded by the membership)
+        }
         let observer = observer || !self.conf.is_voter(from);
         let State::Leading(l) = &mut self.state else {
             return;

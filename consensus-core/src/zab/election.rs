@@ -200,6 +200,9 @@ impl<S: ZabStorage> Zab<S> {
         vote: Vote,
         state: PeerState,
     ) {
+        if !self.election.conf.contains(from) && !self.conf.contains(from) {
+            return; // not a member: nothing to learn, nothing to store (keeps the tallies bounded)
+        }
         let from_voter = self.election.conf.is_voter(from);
         if !matches!(self.state, State::Looking) {
             // Tell a looking member who leads.

@@ -165,13 +165,15 @@ impl ZabChecker {
             }
         }
         match self.delivered.get(&entry.index) {
-            Some(&(epoch, d)) if (epoch, d) != (entry.term, digest) => return violation(
-                "agreement",
-                format!(
+            Some(&(epoch, d)) if (epoch, d) != (entry.term, digest) => {
+                return violation(
+                    "agreement",
+                    format!(
                     "node {node} delivered zxid {}@{} where another member delivered epoch {epoch}",
                     entry.term, entry.index
                 ),
-            ),
+                )
+            }
             Some(_) => {}
             None => {
                 self.delivered.insert(entry.index, (entry.term, digest));
@@ -274,14 +276,16 @@ impl ZabChecker {
                         match view.epoch_at(index) {
                             Some(None) => {}
                             Some(Some(e)) if e == epoch => {}
-                            held => return violation(
-                                "leader holds every delivered proposal",
-                                format!(
+                            held => {
+                                return violation(
+                                    "leader holds every delivered proposal",
+                                    format!(
                                     "node {id} leads epoch {} without delivered {epoch}@{index} \
                                          (holds {held:?})",
                                     view.epoch
                                 ),
-                            ),
+                                )
+                            }
                         }
                     }
                 }
