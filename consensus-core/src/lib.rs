@@ -1,7 +1,7 @@
 //! # consensus-core
 //!
-//! Pure, deterministic consensus protocols for Quorate: Raft and Multi-Paxos ([`paxos`]) behind one
-//! [`Consensus`] trait (Zab will sit beside them), so the node, the simulator and the benches drive
+//! Pure, deterministic consensus protocols for Quorate: Raft, Multi-Paxos ([`paxos`]) and Zab
+//! ([`zab`]) behind one [`Consensus`] trait, so the node, the simulator and the benches drive
 //! any of them the same way through one replica loop ([`Replica`]).
 //!
 //! This crate is **sans-IO**: events go in (messages, ticks, proposals, storage completions) and
@@ -82,6 +82,7 @@ pub mod replica;
 pub mod sim;
 pub mod storage;
 pub mod types;
+pub mod zab;
 
 pub use bytes::Bytes;
 pub use error::{Error, StorageError};
@@ -101,6 +102,7 @@ pub use types::{
     ConfChange, ConfState, Entry, EntryPayload, MemberChange, NodeId, Proposed, ReadState, Role,
     Snapshot, SnapshotMeta, SoftState, Status,
 };
+pub use zab::{Config as ZabConfig, HardState as ZabHardState, Message as ZabMessage, Zab};
 
 /// A deterministic RNG for election jitter, seeded from `seed` (what [`Raft::new`] takes).
 pub fn seeded_rng(seed: u64) -> ChaCha8Rng {

@@ -34,6 +34,7 @@ pub mod paxos;
 pub mod protocol;
 pub mod raft;
 pub mod trace;
+pub mod zab;
 
 pub use cluster::{run, run_seed};
 pub use config::SimConfig;
@@ -41,3 +42,4 @@ pub use outcome::{Failure, Outcome, SimStats};
 pub use paxos::{PaxosOptions, PaxosSim};
 pub use protocol::{ProtocolChecker, SimProtocol};
 pub use raft::{RaftOptions, RaftSim};
+pub use zab::{ZabOptions, ZabSim};
