@@ -50,9 +50,10 @@
 //! a Paxos acceptor's promised ballot, Zab's accepted and current epochs). Optional capabilities
 //! (membership change, leader transfer, read index) default to [`crate::Error::Unsupported`].
 //!
-//! # Fit check on paper (Zab and primary-backup, the next protocols to plug in)
+//! # Fit check (Zab, now built on it, and primary-backup, on paper)
 //!
-//! - **Zab**: `HardState` = `{ accepted_epoch, current_epoch }` (both persisted before ACKEPOCH /
+//! - **Zab** (built: [`crate::zab`]): `HardState` = `{ accepted_epoch, current_epoch, commit }` (the
+//!   epochs persisted before ACKEPOCH /
 //!   ACK-NEWLEADER — held messages). A follower's history is contiguous; TRUNC sync is a write with
 //!   `truncate_from`, DIFF sync appends entries (term = epoch, index = counter position), SNAP sync
 //!   is `Write::snapshot`. PROPOSAL → held ACK after the write → COMMIT advances `committed`.
