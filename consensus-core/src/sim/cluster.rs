@@ -1,7 +1,7 @@
 //! The simulated cluster for any [`SimProtocol`]: N members behind one replica loop each, a faulty
 //! network, clients and a nemesis. This file holds the run loop and the node lifecycle (start,
-//! crash, disk completions, driving the replica loop, checks); [`super::client`] the clients and
-//! [`super::nemesis`] the faults.
+//! crash, disk completions, driving the replica loop, checks); `client` the clients and
+//! `nemesis` the faults.
 //!
 //! Every choice — delays, faults, client operations, which node to crash — comes from ChaCha RNGs
 //! derived from the seed; every container that is iterated is ordered. Same seed, same run.

@@ -1,8 +1,8 @@
 //! The deterministic fault simulator and the linearizability checker, for any protocol.
 //!
 //! Everything here is a pure function of a seed: the network ([`network`]), the nodes with their
-//! replica loop and a disk that loses unsynced writes ([`node`]), the run loop ([`cluster`]), the
-//! faults ([`nemesis`]), the clients and their history ([`client`], [`history`], [`kv`]). Safety
+//! replica loop and a disk that loses unsynced writes (`node`), the run loop ([`cluster`]), the
+//! faults (`nemesis`), the clients and their history (`client`, [`history`], [`kv`]). Safety
 //! invariants are checked after every step ([`invariants`]: the shared ones plus each protocol's);
 //! the client history is checked for linearizability per key after the run ([`linearizability`]);
 //! [`trace`] keeps the last events and a hash of all of them so a failing seed replays bit for bit.
