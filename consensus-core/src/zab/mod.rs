@@ -1,21 +1,21 @@
 //! Zab (Junqueira, Reed, Serafini, DSN'11; Medeiros, "ZooKeeper's atomic broadcast protocol:
 //! Theory and practice"), as a sans-IO state machine behind the [`Consensus`] seam.
 //!
-//! A member is *looking* (FastLeaderElection, [`election`]), *following* / *observing*, or
+//! A member is *looking* (FastLeaderElection, `election`), *following* / *observing*, or
 //! *leading*. An elected leader runs the three phases of Zab with a quorum:
 //!
-//! 1. **discovery** ([`discovery`]): FOLLOWERINFO(acceptedEpoch) from a quorum → NEWEPOCH(e') above
+//! 1. **discovery** (`discovery`): FOLLOWERINFO(acceptedEpoch) from a quorum → NEWEPOCH(e') above
 //!    all of them → ACKEPOCH(currentEpoch, last zxid) once the follower made `accepted_epoch = e'`
 //!    durable. The leader checks it holds the most up-to-date history of the quorum (the election
 //!    ordering makes it so; if not, it steps aside);
-//! 2. **synchronisation** ([`sync`]): DIFF / TRUNC / SNAP chunks bring each follower to the
+//! 2. **synchronisation** (`sync`): DIFF / TRUNC / SNAP chunks bring each follower to the
 //!    leader's history; the last chunk carries NEWLEADER(e'), acknowledged once the follower made
 //!    `current_epoch = e'` durable. The leader proposes nothing until a quorum ACKed NEWLEADER,
 //!    then commits its initial history (UPTODATE);
-//! 3. **broadcast** ([`broadcast`]): PROPOSAL → ACK once durable → COMMIT on a quorum.
+//! 3. **broadcast** (`broadcast`): PROPOSAL → ACK once durable → COMMIT on a quorum.
 //!
-//! The zxid mapping is in [`zxid`]; observers in [`observer`]; ReadIndex-style reads in [`read`];
-//! single-server membership changes in [`membership`]; SNAP after compaction in [`snapshot`]; the
+//! The zxid mapping is in `zxid`; observers in `observer`; ReadIndex-style reads in `read`;
+//! single-server membership changes in `membership`; SNAP after compaction in `snapshot`; the
 //! pure safety checker the simulator uses in [`invariants`].
 
 mod broadcast;
