@@ -1,11 +1,17 @@
 //! Simulated clients: one operation at a time each, with a session (client id, sequence number)
 //! so a retried write applies once, retries on another node after a timeout, and a history of
 //! what they observed for the linearizability check.
+//!
+//! A get goes through the log, through `read_index` (linearizable), or is *sequential*: any
+//! member serves it once it has applied at least the session's revision — the highest applied
+//! index this client saw in an answer (the answering member's, for writes and reads alike). A
+//! member behind it holds the read; the client gives up on it after `RETRY_AFTER` and asks
+//! another, as the node's client does on its typed error.
 
 use rand::Rng;
 
 use super::cluster::Simulation;
-use super::history::{KvInput, KvOutput, OpId};
+use super::history::{Consistency, KvInput, KvOutput, OpId};
 use super::kv::Command;
 use super::node::PendingRead;
 use super::outcome::Failure;
@@ -29,12 +35,31 @@ pub(super) enum Waiting {
     Read { node: NodeId, ctx: u64 },
 }
 
+/// How a client's operation reaches the state machine.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub(super) enum Path {
+    /// Proposed as a log entry (writes, and some gets).
+    Log,
+    /// A get ordered by `read_index`: linearizable.
+    ReadIndex,
+    /// A get served by any member that has applied the session's revision.
+    Sequential,
+}
+
+/// Planted harness bugs (only with the `planted-bugs` feature), to prove the checker bites.
+#[cfg(feature = "planted-bugs")]
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum HarnessBug {
+    /// A member serves a sequential read at once, without waiting for the session's revision.
+    SequentialReadIgnoresSession,
+}
+
 pub(super) struct Outstanding {
     op: OpId,
     command: Command,
     deadline: u64,
     waiting: Waiting,
-    via_read_index: bool,
+    path: Path,
     /// When to give up on the current attempt and resubmit (same session sequence, so a write
     /// that did commit is answered from the session cache rather than applied twice).
     retry_at: u64,
@@ -47,6 +72,8 @@ pub(super) struct Client {
     next_op_at: u64,
     leader_hint: Option<NodeId>,
     values_written: u64,
+    /// The highest applied index seen in an answer: what a sequential read must not go behind.
+    session_revision: u64,
 }
 
 impl Client {
@@ -58,6 +85,7 @@ impl Client {
             next_op_at: 0,
             leader_hint: None,
             values_written: 0,
+            session_revision: 0,
         }
     }
 }
@@ -80,7 +108,10 @@ impl<P: SimProtocol> Simulation<P> {
                 }
                 let ours = done.command.as_ref().filter(|(c, _)| *c == out.command);
                 match ours {
-                    Some((_, Some(output))) => self.finish(client, *output),
+                    Some((_, Some(output))) => {
+                        let applied = self.nodes[self.slot(done.node)].state.applied;
+                        self.finish(client, *output, applied)
+                    }
                     // Our command, but answered as a stale duplicate: outcome unknown.
                     Some((_, None)) => self.abandon(client),
                     None => {
@@ -113,17 +144,27 @@ impl<P: SimProtocol> Simulation<P> {
             let KvInput::Get { key } = out.command.input else {
                 continue;
             };
-            let value = self.nodes[slot].state.kv.get(key);
-            self.finish(client, KvOutput::Get(value));
+            let state = &self.nodes[slot].state;
+            let (value, applied) = (state.kv.get(key), state.applied);
+            if out.path == Path::Sequential {
+                self.world.stats.sequential_reads += 1;
+            }
+            self.finish(client, KvOutput::Get(value), applied);
         }
     }
 
-    fn finish(&mut self, client: usize, output: KvOutput) {
+    /// Completes the client's operation, answered by a member that had applied through `applied`.
+    fn finish(&mut self, client: usize, output: KvOutput, applied: u64) {
+        let session = &mut self.clients[client].session_revision;
+        *session = (*session).max(applied);
         if let Some(out) = self.clients[client].outstanding.take() {
             self.history.complete(out.op, output);
             self.world.stats.completed += 1;
             let c = self.clients[client].id;
-            self.event(format_args!("client {c} {} -> {output}", out.command.input));
+            self.event(format_args!(
+                "client {c} {} -> {output} (applied {applied})",
+                out.command.input
+            ));
             let think = self.world.rng.gen_range(0..self.config.client_think.max(1));
             self.clients[client].next_op_at = self.now() + think;
         }
@@ -197,9 +238,15 @@ impl<P: SimProtocol> Simulation<P> {
                 return Ok(());
             }
             let input = self.random_input(client);
-            let via_read_index =
-                matches!(input, KvInput::Get { .. }) && self.world.rng.gen_bool(0.7);
-            self.call(client, input, via_read_index, now + OP_TIMEOUT);
+            let path = match input {
+                KvInput::Get { .. } => match self.world.rng.gen_range(0..10) {
+                    0..=4 => Path::ReadIndex,
+                    5..=7 => Path::Sequential,
+                    _ => Path::Log,
+                },
+                _ => Path::Log,
+            };
+            self.call(client, input, path, now + OP_TIMEOUT);
         }
         let Some(out) = self.clients[client].outstanding.as_ref() else {
             return Ok(());
@@ -225,7 +272,7 @@ impl<P: SimProtocol> Simulation<P> {
     }
 
     /// Starts an operation of `client` (recorded in the history at once).
-    fn call(&mut self, client: usize, input: KvInput, via_read_index: bool, deadline: u64) {
+    fn call(&mut self, client: usize, input: KvInput, path: Path, deadline: u64) {
         let now = self.now();
         let c = &mut self.clients[client];
         c.sequence += 1;
@@ -234,7 +281,11 @@ impl<P: SimProtocol> Simulation<P> {
             sequence: c.sequence,
             input,
         };
-        let op = self.history.invoke(c.id, input);
+        let consistency = match path {
+            Path::Sequential => Consistency::Sequential,
+            Path::Log | Path::ReadIndex => Consistency::Linearizable,
+        };
+        let op = self.history.invoke_with(c.id, input, consistency);
         self.world.stats.operations += 1;
         self.event(format_args!(
             "client {} calls {input} (seq {})",
@@ -245,7 +296,7 @@ impl<P: SimProtocol> Simulation<P> {
             command,
             deadline,
             waiting: Waiting::Submit { at: now },
-            via_read_index,
+            path,
             retry_at: u64::MAX,
         });
     }
@@ -253,16 +304,17 @@ impl<P: SimProtocol> Simulation<P> {
     /// The write the liveness phase waits for.
     pub(super) fn call_final_write(&mut self, client: usize) {
         let value = self.clients[client].id * 1_000_000 + 999_999;
-        self.call(client, KvInput::Put { key: 0, value }, false, u64::MAX);
+        self.call(client, KvInput::Put { key: 0, value }, Path::Log, u64::MAX);
     }
 
     fn pick_node(&mut self, client: usize) -> NodeId {
-        let reads = self.clients[client]
-            .outstanding
-            .as_ref()
-            .is_some_and(|o| o.via_read_index);
+        let path = self.clients[client].outstanding.as_ref().map(|o| o.path);
         let rng = &mut self.world.rng;
-        if reads && rng.gen_bool(0.5) {
+        if path == Some(Path::Sequential) && rng.gen_bool(0.7) {
+            // Any member may serve it: most often not the leader.
+            return rng.gen_range(1..=self.nodes.len() as NodeId);
+        }
+        if path == Some(Path::ReadIndex) && rng.gen_bool(0.5) {
             // Reads often go to the client's home node (any node can order a read: a follower
             // forwards it to the leader it knows).
             return (client % self.nodes.len()) as NodeId + 1;
@@ -279,37 +331,40 @@ impl<P: SimProtocol> Simulation<P> {
         let Some(out) = self.clients[client].outstanding.as_ref() else {
             return Ok(());
         };
-        let (command, via_read_index) = (out.command, out.via_read_index);
+        let (command, path) = (out.command, out.path);
         let c = self.clients[client].id;
         let ctx = self.next_read_ctx;
+        let session = self.sequential_floor(client);
         let Some(engine) = self.nodes[slot].engine_mut() else {
             self.retry_later(client, None);
             return Ok(());
         };
-        let result = if via_read_index {
-            engine
+        let result = match path {
+            Path::ReadIndex => engine
                 .read_index(ctx)
-                .map(|()| Waiting::Read { node: target, ctx })
-        } else {
-            engine.propose(command.encode()).map(|p| Waiting::Entry {
+                .map(|()| Waiting::Read { node: target, ctx }),
+            // Served locally once the member has applied the session's revision.
+            Path::Sequential => Ok(Waiting::Read { node: target, ctx }),
+            Path::Log => engine.propose(command.encode()).map(|p| Waiting::Entry {
                 node: target,
                 index: p.index,
-            })
+            }),
         };
         match result {
             Ok(waiting) => {
                 if let Waiting::Read { ctx, .. } = waiting {
                     self.next_read_ctx += 1;
-                    self.nodes[slot].state.reads.insert(
-                        ctx,
-                        PendingRead {
-                            client,
-                            index: None,
-                        },
-                    );
+                    let index = (path == Path::Sequential).then_some(session);
+                    if index.is_some_and(|floor| floor > self.nodes[slot].state.applied) {
+                        self.world.stats.sequential_held += 1;
+                    }
+                    self.nodes[slot]
+                        .state
+                        .reads
+                        .insert(ctx, PendingRead { client, index });
                 }
                 self.event(format_args!(
-                    "client {c} seq {} submitted to {target}: {waiting:?}",
+                    "client {c} seq {} submitted to {target}: {waiting:?} ({path:?}, session {session})",
                     command.sequence
                 ));
                 let retry_at = self.now() + RETRY_AFTER;
@@ -317,7 +372,9 @@ impl<P: SimProtocol> Simulation<P> {
                     out.waiting = waiting;
                     out.retry_at = retry_at;
                 }
-                self.clients[client].leader_hint = Some(target);
+                if path != Path::Sequential {
+                    self.clients[client].leader_hint = Some(target);
+                }
                 self.process(slot)
             }
             Err(Error::NotLeader { leader }) => {
@@ -329,6 +386,15 @@ impl<P: SimProtocol> Simulation<P> {
                 Ok(())
             }
         }
+    }
+
+    /// The applied index a member must reach before it serves this client a sequential read.
+    fn sequential_floor(&self, client: usize) -> u64 {
+        #[cfg(feature = "planted-bugs")]
+        if self.config.harness_bug == Some(HarnessBug::SequentialReadIgnoresSession) {
+            return 0;
+        }
+        self.clients[client].session_revision
     }
 
     fn retry_later(&mut self, client: usize, hint: Option<NodeId>) {

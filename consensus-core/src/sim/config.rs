@@ -40,6 +40,9 @@ pub struct SimConfig<O> {
     pub keep_full_trace: bool,
     /// The protocol's knobs.
     pub protocol: O,
+    /// A planted bug in the harness itself (the sequential-read rule), to prove the checker bites.
+    #[cfg(feature = "planted-bugs")]
+    pub harness_bug: Option<super::client::HarnessBug>,
 }
 
 impl<O> SimConfig<O> {
@@ -81,6 +84,8 @@ impl<O> SimConfig<O> {
             trace_window: 40,
             keep_full_trace: false,
             protocol,
+            #[cfg(feature = "planted-bugs")]
+            harness_bug: None,
         }
     }
 

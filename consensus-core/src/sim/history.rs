@@ -103,10 +103,22 @@ pub(crate) fn show_value(v: Option<Value>) -> String {
     }
 }
 
+/// What a read promises, and so which specification the checker holds it to.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Hash)]
+pub enum Consistency {
+    /// Takes effect between its call and its return, as every write does.
+    #[default]
+    Linearizable,
+    /// Session-consistent: returns a state at least as new as everything its client observed
+    /// before (its own completed writes and reads, on any key), and one that existed by its return;
+    /// other clients' operations need not be visible yet.
+    Sequential,
+}
+
 /// One client operation as observed by the client.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub struct Operation {
-    /// The client that issued it (for messages only).
+    /// The client that issued it: its session (its operations are ordered by their call times).
     pub client: u64,
     /// What was asked.
     pub input: KvInput,
@@ -114,6 +126,8 @@ pub struct Operation {
     pub call: u64,
     /// When and what the client heard back; `None` if it never did (timeout, crash).
     pub completion: Option<(u64, KvOutput)>,
+    /// What the operation promises ([`Consistency::Sequential`] only for gets).
+    pub consistency: Consistency,
 }
 
 impl Operation {
@@ -124,7 +138,21 @@ impl Operation {
             input,
             call,
             completion: Some((ret, output)),
+            consistency: Consistency::Linearizable,
         }
+    }
+
+    /// The same operation held to `consistency`.
+    pub fn with_consistency(self, consistency: Consistency) -> Self {
+        Operation {
+            consistency,
+            ..self
+        }
+    }
+
+    /// Whether this is a session-consistent read.
+    pub fn is_sequential(&self) -> bool {
+        self.consistency == Consistency::Sequential
     }
 
     /// An operation whose outcome the client never learned.
@@ -134,12 +162,16 @@ impl Operation {
             input,
             call,
             completion: None,
+            consistency: Consistency::Linearizable,
         }
     }
 }
 
 impl fmt::Display for Operation {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        if self.is_sequential() {
+            write!(f, "(sequential) ")?;
+        }
         match self.completion {
             Some((ret, out)) => write!(
                 f,
@@ -187,8 +219,14 @@ impl History {
 
     /// Records that `client` issued `input` now.
     pub fn invoke(&mut self, client: u64, input: KvInput) -> OpId {
+        self.invoke_with(client, input, Consistency::Linearizable)
+    }
+
+    /// Records that `client` issued `input` now, held to `consistency`.
+    pub fn invoke_with(&mut self, client: u64, input: KvInput, consistency: Consistency) -> OpId {
         let call = self.tick();
-        self.ops.push(Operation::unknown(client, input, call));
+        self.ops
+            .push(Operation::unknown(client, input, call).with_consistency(consistency));
         self.open.push(true);
         OpId(self.ops.len() - 1)
     }

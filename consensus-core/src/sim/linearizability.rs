@@ -10,6 +10,15 @@
 //! is placed after every other event, where linearizing it changes nothing anyone observed. A get that
 //! never returned is dropped, since it has no effect at all.
 //!
+//! Session-consistent (`Sequential`) gets are held to their own, weaker rule in the same search: a
+//! linearization of everything else must exist in which each of them reads the state at some point
+//! no earlier than everything its client had observed before it and no later than its return. Its
+//! client's last completed operation on the same key must be linearized before it (read-your-writes
+//! and monotonic reads on that key), and its call is moved back to the call of its client's last
+//! completed operation on any key — whose effect it must include, which took effect after that
+//! call — so an operation that returned before then must precede it too. Other clients' concurrent
+//! or earlier writes may be missing from what it reads.
+//!
 //! The search is bounded by a step budget; a history that exhausts it is reported as
 //! [`Verdict::Unknown`], never silently accepted.
 
@@ -81,9 +90,9 @@ pub fn check(history: &[Operation]) -> Verdict {
 
 /// Checks a whole history, key by key, allowing `budget` search steps per key.
 pub fn check_with_budget(history: &[Operation], budget: u64) -> Verdict {
-    let mut per_key: BTreeMap<Key, Vec<Operation>> = BTreeMap::new();
-    for op in history {
-        per_key.entry(op.input.key()).or_default().push(*op);
+    let mut per_key: BTreeMap<Key, Vec<KeyOp>> = BTreeMap::new();
+    for op in session_bounded(history) {
+        per_key.entry(op.op.input.key()).or_default().push(op);
     }
     let mut unknown = None;
     for (key, ops) in per_key {
@@ -96,6 +105,65 @@ pub fn check_with_budget(history: &[Operation], budget: u64) -> Verdict {
         }
     }
     unknown.unwrap_or(Verdict::Linearizable)
+}
+
+/// One operation as the per-key search sees it.
+#[derive(Clone, Copy)]
+struct KeyOp {
+    /// Its position in the whole history.
+    at: usize,
+    /// The operation; a sequential get's call is moved back to its session's lower bound.
+    op: Operation,
+    /// For a sequential get, the position in the whole history of its client's last completed
+    /// operation on the same key, which must be linearized before it.
+    after: Option<usize>,
+}
+
+/// Turns each sequential get into an operation the search can place: its call becomes the
+/// earliest time its client's earlier observations allow — the latest (session-bounded) call among
+/// its client's operations that returned before it (any key; 0 for a session's first) — and its
+/// client's last such operation on the same key becomes its predecessor. An earlier sequential get
+/// bounds it by its own moved call, since it may have read a state older than its call.
+fn session_bounded(history: &[Operation]) -> Vec<KeyOp> {
+    let mut by_client: BTreeMap<u64, Vec<usize>> = BTreeMap::new();
+    for (at, op) in history.iter().enumerate() {
+        by_client.entry(op.client).or_default().push(at);
+    }
+    let mut bounded: Vec<KeyOp> = history
+        .iter()
+        .enumerate()
+        .map(|(at, op)| KeyOp {
+            at,
+            op: *op,
+            after: None,
+        })
+        .collect();
+    for mut session in by_client.into_values() {
+        session.sort_by_key(|&i| history[i].call);
+        for (n, &at) in session.iter().enumerate() {
+            let op = &history[at];
+            if !(op.is_sequential() && matches!(op.input, KvInput::Get { .. })) {
+                continue;
+            }
+            let mut call = 0;
+            let mut last_on_key: Option<usize> = None;
+            for &i in &session[..n] {
+                let earlier = &history[i];
+                if earlier.completion.is_none_or(|(ret, _)| ret >= op.call) {
+                    continue;
+                }
+                call = call.max(bounded[i].op.call);
+                if earlier.input.key() == op.input.key()
+                    && last_on_key.is_none_or(|l| history[l].call < earlier.call)
+                {
+                    last_on_key = Some(i);
+                }
+            }
+            bounded[at].op.call = call;
+            bounded[at].after = last_on_key;
+        }
+    }
+    bounded
 }
 
 enum KeyVerdict {
@@ -126,6 +194,9 @@ impl Bits {
     fn set(&mut self, i: usize) {
         self.0[i / 64] |= 1 << (i % 64);
     }
+    fn get(&self, i: usize) -> bool {
+        self.0[i / 64] & (1 << (i % 64)) != 0
+    }
     fn clear(&mut self, i: usize) {
         self.0[i / 64] &= !(1 << (i % 64));
     }
@@ -135,15 +206,22 @@ impl Bits {
 /// may depend on a per-process random seed.
 type FixedState = BuildHasherDefault<std::collections::hash_map::DefaultHasher>;
 
-fn check_key(history: &[Operation], budget: u64) -> KeyVerdict {
+fn check_key(history: &[KeyOp], budget: u64) -> KeyVerdict {
     // Gets that never returned have no effect and cannot constrain anything.
-    let ops: Vec<&Operation> = history
+    let kept: Vec<&KeyOp> = history
         .iter()
-        .filter(|op| op.completion.is_some() || op.input.is_write())
+        .filter(|k| k.op.completion.is_some() || k.op.input.is_write())
         .collect();
-    if ops.is_empty() {
+    if kept.is_empty() {
         return KeyVerdict::Ok;
     }
+    let ops: Vec<&Operation> = kept.iter().map(|k| &k.op).collect();
+    // Each sequential get's predecessor as a position in `ops` (it completed, so it was kept).
+    let local: BTreeMap<usize, usize> = kept.iter().enumerate().map(|(i, k)| (k.at, i)).collect();
+    let must_follow: Vec<Option<usize>> = kept
+        .iter()
+        .map(|k| k.after.and_then(|at| local.get(&at).copied()))
+        .collect();
 
     // (time, order, event): calls sort before returns at equal times (equal times overlap); unknown
     // returns go after everything.
@@ -213,7 +291,8 @@ fn check_key(history: &[Operation], budget: u64) -> KeyVerdict {
         if event.is_call {
             let op = ops[event.op];
             let output = op.completion.as_ref().map(|(_, out)| out);
-            if let Some(new_state) = step(state, &op.input, output) {
+            let ordered = must_follow[event.op].is_none_or(|before| linearized.get(before));
+            if let Some(new_state) = step(state, &op.input, output).filter(|_| ordered) {
                 let mut candidate = linearized.clone();
                 candidate.set(event.op);
                 if cache.insert((candidate.clone(), new_state)) {
@@ -295,6 +374,105 @@ mod tests {
     }
     fn del(c: u64, k: Key, call: u64, ret: u64) -> Op {
         Op::completed(c, Delete { key: k }, call, ret, Out::Delete)
+    }
+
+    fn seq_get(c: u64, k: Key, call: u64, ret: u64, v: Option<Value>) -> Op {
+        get(c, k, call, ret, v).with_consistency(crate::sim::history::Consistency::Sequential)
+    }
+
+    #[test]
+    fn a_sequential_read_may_miss_another_clients_finished_write() {
+        let h = [
+            put(1, 0, 1, 1, 2),
+            put(2, 0, 2, 3, 4),
+            seq_get(3, 0, 5, 6, Some(1)),
+        ];
+        assert!(check(&h).is_linearizable());
+        // Held to the linearizable rule, the same read is stale.
+        let strict = [h[0], h[1], get(3, 0, 5, 6, Some(1))];
+        assert!(!check(&strict).is_linearizable());
+    }
+
+    #[test]
+    fn a_sequential_read_must_see_its_own_sessions_write() {
+        let h = [
+            put(1, 0, 1, 1, 2),
+            put(2, 0, 2, 3, 4),
+            seq_get(2, 0, 5, 6, Some(1)),
+        ];
+        match check(&h) {
+            Verdict::NotLinearizable { key, explanation } => {
+                assert_eq!(key, 0);
+                assert!(explanation.contains("(sequential)"), "{explanation}");
+            }
+            other => panic!("read-your-writes broken, yet {other:?}"),
+        }
+    }
+
+    #[test]
+    fn sequential_reads_of_one_session_never_go_back() {
+        let base = [put(1, 0, 1, 1, 2), put(1, 0, 2, 3, 4)];
+        let forward = [
+            base[0],
+            base[1],
+            seq_get(2, 0, 5, 6, Some(1)),
+            seq_get(2, 0, 7, 8, Some(2)),
+        ];
+        assert!(check(&forward).is_linearizable());
+        let back = [
+            base[0],
+            base[1],
+            seq_get(2, 0, 5, 6, Some(2)),
+            seq_get(2, 0, 7, 8, Some(1)),
+        ];
+        assert!(!check(&back).is_linearizable());
+        // Another session may still read the older value.
+        let other = [
+            base[0],
+            base[1],
+            seq_get(2, 0, 5, 6, Some(2)),
+            seq_get(3, 0, 7, 8, Some(1)),
+        ];
+        assert!(check(&other).is_linearizable());
+    }
+
+    #[test]
+    fn a_session_bound_crosses_keys() {
+        // Client 2 wrote key 1 after client 1's write of key 0 had returned: a sequential read of
+        // key 0 by client 2 must then see it.
+        let h = [
+            put(1, 0, 7, 1, 2),
+            put(2, 1, 1, 3, 4),
+            seq_get(2, 0, 5, 6, None),
+        ];
+        assert!(!check(&h).is_linearizable());
+        // Had the writes overlapped, client 2's state may predate key 0's write.
+        let h = [
+            put(1, 0, 7, 1, 4),
+            put(2, 1, 1, 2, 3),
+            seq_get(2, 0, 5, 6, None),
+        ];
+        assert!(check(&h).is_linearizable());
+    }
+
+    #[test]
+    fn a_sequential_read_cannot_see_the_future() {
+        // The value is written only after the read returned.
+        let h = [seq_get(1, 0, 1, 2, Some(5)), put(2, 0, 5, 3, 4)];
+        assert!(!check(&h).is_linearizable());
+    }
+
+    #[test]
+    fn a_sessions_earlier_sequential_read_bounds_it_by_what_that_read_saw() {
+        // Client 2's first read legitimately saw the state before client 1's write finished;
+        // its second, after it, may see the same state (a member still behind).
+        let h = [
+            put(3, 0, 1, 1, 2),
+            put(1, 0, 2, 3, 4),
+            seq_get(2, 0, 5, 6, Some(1)),
+            seq_get(2, 0, 7, 8, Some(1)),
+        ];
+        assert!(check(&h).is_linearizable());
     }
 
     #[test]

@@ -36,6 +36,8 @@ pub mod raft;
 pub mod trace;
 pub mod zab;
 
+#[cfg(feature = "planted-bugs")]
+pub use client::HarnessBug;
 pub use cluster::{run, run_seed};
 pub use config::SimConfig;
 pub use outcome::{Failure, Outcome, SimStats};

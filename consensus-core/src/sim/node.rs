@@ -97,6 +97,8 @@ impl<H: crate::protocol::DurableState> Disk<H> {
 #[derive(Clone, Copy)]
 pub(super) struct PendingRead {
     pub(super) client: usize,
+    /// The applied index it waits for: its read index once known, or the session's revision
+    /// for a sequential read.
     pub(super) index: Option<u64>,
 }
 

@@ -68,6 +68,11 @@ pub struct SimStats {
     pub commit_index: u64,
     /// Messages delivered.
     pub messages: u64,
+    /// Sequential reads served.
+    pub sequential_reads: u64,
+    /// Sequential reads sent to a member that had not applied the session's revision yet (held
+    /// there until it had, or until the client asked another member).
+    pub sequential_held: u64,
 }
 
 /// The result of one run.
