@@ -8,8 +8,18 @@
 //! Writes are exactly-once through a session (see [`crate::proto`]): the client picks a random
 //! non-zero id when it is created and numbers its writes 1, 2, 3, ...; every retry of one write
 //! carries the same number, so the state machine applies it once and answers a retry with the
-//! original result. Reads are served by any member; linearizable reads (the default) never return
-//! a value older than a write acknowledged before the read started.
+//! original result. Reads are served by any member, at one of three levels
+//! ([`Consistency`]):
+//! - `Linearizable` (the default): never a value older than a write acknowledged (to anyone)
+//!   before the read started; costs a round through the leader (ReadIndex) or its lease.
+//! - `Sequential` (session-consistent, ZooKeeper's guarantee): the client remembers the newest
+//!   store revision any reply gave it ([`Client::revision_seen`]) and sends it with the read; the
+//!   member serves from its own state once it has applied that revision, without asking the
+//!   leader. So this client reads its own writes and never sees the store go back, on whichever
+//!   member; other clients' latest writes may be missing. A member that does not catch up in time
+//!   answers [`ServerError::Behind`] and the client asks the next one. These reads go to the
+//!   members in turn starting at one chosen by the client id, not to the leader.
+//! - `Stale`: the member's local state at once, no promise.
 //!
 //! ```no_run
 //! # async fn demo() -> Result<(), node::client::ClientError> {
@@ -228,6 +238,9 @@ enum Route {
     Leader,
     /// Any member serves it (reads, status): prefer the leader, move on on failure.
     Any,
+    /// A sequential read: any member, in turn from one chosen by the client id (not the
+    /// leader first); one that is behind the session makes the client move on at once.
+    Session,
 }
 
 /// The client's session state: the next sequence number and the writes awaiting a reply.
@@ -254,6 +267,8 @@ pub struct Client {
     /// Whether the leader hint was confirmed by the leader itself in this process (a hint from
     /// the cache or a redirect may name a member that is gone).
     leader_confirmed: std::sync::atomic::AtomicBool,
+    /// The newest store revision a reply carried: what this session's sequential reads ask for.
+    revision_seen: std::sync::atomic::AtomicU64,
 }
 
 impl std::fmt::Debug for Client {
@@ -319,6 +334,7 @@ impl Client {
             suspects: Mutex::new(BTreeMap::new()),
             net: RwLock::new(Arc::new(net)),
             leader_confirmed: std::sync::atomic::AtomicBool::new(false),
+            revision_seen: std::sync::atomic::AtomicU64::new(0),
             config,
         })
     }
@@ -430,8 +446,8 @@ impl Client {
 
     /// The member to try next: the leader if known, else the members in turn, skipping those
     /// that just failed to answer (unless every member did).
-    fn pick(&self, turn: &mut usize) -> u64 {
-        if let Some(leader) = self.leader_hint() {
+    fn pick(&self, turn: &mut usize, route: Route) -> u64 {
+        if let Some(leader) = self.leader_hint().filter(|_| route != Route::Session) {
             let known = self
                 .members
                 .lock()
@@ -477,7 +493,10 @@ impl Client {
         let started = Instant::now();
         let deadline = started + self.config.timeout;
         let mut backoff = self.config.backoff_initial;
-        let mut turn = 0usize;
+        let mut turn = match route {
+            Route::Session => (self.client_id % self.member_count().max(1) as u64) as usize,
+            Route::Leader | Route::Any => 0,
+        };
         let mut attempts = 0u32;
         let mut immediate = 0usize;
         let mut last = String::from("no attempt finished");
@@ -495,7 +514,7 @@ impl Client {
             if now >= deadline {
                 break;
             }
-            let target = self.pick(&mut turn);
+            let target = self.pick(&mut turn, route);
             let budget = self.config.attempt_timeout.min(deadline - now);
             attempts += 1;
             let net = self.net.read().expect("net lock").clone();
@@ -509,7 +528,13 @@ impl Client {
                         self.set_leader(Some(target));
                         self.leader_confirmed.store(true, Ordering::Relaxed);
                     }
+                    self.observe_reply(&reply);
                     return Ok((target, reply));
+                }
+                Ok(Err(error @ ServerError::Behind { .. })) => {
+                    // Only this member lags: ask the next one at once.
+                    last = format!("node {target}: {error}");
+                    !turn.is_multiple_of(self.member_count())
                 }
                 Ok(Err(ServerError::NotLeader {
                     leader,
@@ -629,6 +654,7 @@ impl Client {
                     self.answered(id);
                     self.set_leader(Some(id));
                     self.leader_confirmed.store(true, Ordering::Relaxed);
+                    self.observe_reply(&reply);
                     // The others' answers (redirects, or a dead member's timeout) do not matter
                     // now: returning drops their futures, which cancels them.
                     return Some(Ok((id, reply)));
@@ -776,6 +802,37 @@ impl Client {
         }
     }
 
+    /// The newest store revision this client has seen in a reply: a sequential read never
+    /// returns an older state. Hand it to another client (or a later CLI run, `--min-revision`)
+    /// to carry the session on.
+    pub fn revision_seen(&self) -> u64 {
+        self.revision_seen.load(Ordering::Relaxed)
+    }
+
+    /// Raises the session's revision to at least `revision` (seen elsewhere).
+    pub fn observe_revision(&self, revision: u64) {
+        self.revision_seen.fetch_max(revision, Ordering::Relaxed);
+    }
+
+    fn observe_reply(&self, reply: &Reply) {
+        if let Some(revision) = reply_revision(reply) {
+            self.observe_revision(revision);
+        }
+    }
+
+    /// `consistency` with this session's revision filled in, and where to send it.
+    fn in_session(&self, consistency: Consistency) -> (Consistency, Route) {
+        match consistency {
+            Consistency::Sequential { min_revision } => (
+                Consistency::Sequential {
+                    min_revision: min_revision.max(self.revision_seen()),
+                },
+                Route::Session,
+            ),
+            other => (other, Route::Any),
+        }
+    }
+
     /// Reads `key`.
     pub async fn get(
         &self,
@@ -791,11 +848,12 @@ impl Client {
         key: impl Into<Bytes>,
         consistency: Consistency,
     ) -> Result<(u64, Option<KeyValue>), ClientError> {
+        let (consistency, route) = self.in_session(consistency);
         let request = Request::Read {
             consistency,
             op: ReadOp::Get { key: key.into() },
         };
-        match self.call(&request, Route::Any).await? {
+        match self.call(&request, route).await? {
             (_, Reply::Get { revision, kv }) => Ok((revision, kv)),
             (node, other) => Err(unexpected(node, &other)),
         }
@@ -809,6 +867,7 @@ impl Client {
         key: impl Into<Bytes>,
         consistency: Consistency,
     ) -> Result<Option<KeyValue>, ClientError> {
+        let (consistency, _) = self.in_session(consistency);
         let request = Request::Read {
             consistency,
             op: ReadOp::Get { key: key.into() },
@@ -828,6 +887,7 @@ impl Client {
         limit: u32,
         consistency: Consistency,
     ) -> Result<ScanPage, ClientError> {
+        let (consistency, route) = self.in_session(consistency);
         let request = Request::Read {
             consistency,
             op: ReadOp::Scan {
@@ -836,7 +896,7 @@ impl Client {
                 limit,
             },
         };
-        match self.call(&request, Route::Any).await? {
+        match self.call(&request, route).await? {
             (
                 _,
                 Reply::Scan {
@@ -985,7 +1045,10 @@ impl Client {
                 .min(deadline.saturating_duration_since(Instant::now()));
             let net = self.net.read().expect("net lock").clone();
             match net.request(NodeId(node), request, budget).await {
-                Ok(Ok(reply)) => return Ok(reply),
+                Ok(Ok(reply)) => {
+                    self.observe_reply(&reply);
+                    return Ok(reply);
+                }
                 Ok(Err(error)) if is_transient(&error) => last = error.to_string(),
                 Ok(Err(error)) => return Err(ClientError::Refused(error)),
                 Err(RequestError::UnknownNode(_)) => {
@@ -1125,7 +1188,23 @@ fn is_transient(error: &ServerError) -> bool {
             | ServerError::Busy(_)
             | ServerError::LeaderChanged
             | ServerError::ShuttingDown
+            | ServerError::Behind { .. }
     )
+}
+
+/// The store revision a reply shows this session (the state it reflects includes everything up
+/// to it).
+fn reply_revision(reply: &Reply) -> Option<u64> {
+    match reply {
+        Reply::Write(
+            WriteResult::Put { revision }
+            | WriteResult::Delete { revision, .. }
+            | WriteResult::Cas { revision, .. },
+        )
+        | Reply::Get { revision, .. }
+        | Reply::Scan { revision, .. } => Some(*revision),
+        Reply::Status(_) | Reply::Members { .. } | Reply::Done => None,
+    }
 }
 
 fn describe_request_error(error: &RequestError) -> String {

@@ -12,7 +12,12 @@
 //! through the leader and waits until the local state machine has applied through it, so a
 //! follower never returns a value older than a write acknowledged before the read started.
 //! Whether the leader confirms leadership with a heartbeat round or a lease is the server's
-//! `read_mode` setting. [`Consistency::Stale`] reads the local state at once.
+//! `read_mode` setting. [`Consistency::Sequential`] carries the newest store revision the client's
+//! session has seen (from its writes' and reads' replies): the member serves it from its own state
+//! once it has applied at least that revision — no leader round trip — and answers
+//! [`ServerError::Behind`] if it has not caught up within an election timeout, so the client tries
+//! another member. That gives read-your-writes and monotonic reads per session, never recency
+//! across sessions. [`Consistency::Stale`] reads the local state at once.
 //!
 //! # Sessions (exactly-once writes)
 //! Every write carries a [`Session`]: a client id chosen at random by the client and a sequence
@@ -99,6 +104,19 @@ pub enum Consistency {
     Linearizable,
     /// The serving member's local state, possibly behind.
     Stale,
+    /// Session-consistent (ZooKeeper's guarantee): the serving member's local state once it has
+    /// applied at least store revision `min_revision` — the newest the client's session has seen,
+    /// which [`crate::client::Client`] fills in (a larger value given here is kept). Any member
+    /// serves it; it may miss other sessions' recent writes.
+    Sequential {
+        /// The lowest store revision the state read may have.
+        min_revision: u64,
+    },
+}
+
+impl Consistency {
+    /// A session-consistent read bounded only by what the client's session has seen.
+    pub const SEQUENTIAL: Consistency = Consistency::Sequential { min_revision: 0 };
 }
 
 /// A client request.
@@ -424,6 +442,15 @@ pub enum ServerError {
     /// The member is shutting down.
     #[error("the node is shutting down; use another member")]
     ShuttingDown,
+    /// A sequential read asked for a revision this member has not applied, and it did not catch
+    /// up in time (it lags, is cut off, or just restarted); another member may serve it.
+    #[error("this member has applied revision {applied} of the {wanted} the session has seen and did not catch up in time; read from another member")]
+    Behind {
+        /// The store revision applied here.
+        applied: u64,
+        /// The revision the read asked for.
+        wanted: u64,
+    },
     /// Anything else (a bug or a storage failure); the message has details.
     #[error("internal error: {0}")]
     Internal(String),

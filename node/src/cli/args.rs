@@ -132,6 +132,10 @@ pub enum KvCommand {
         /// How fresh the read must be.
         #[arg(long, value_enum, default_value_t = ConsistencyArg::Linearizable)]
         consistency: ConsistencyArg,
+        /// With `--consistency sequential`: read a state at least as new as this store revision
+        /// (the one an earlier `put`/`get` printed), carrying a session across CLI runs.
+        #[arg(long, value_name = "REVISION")]
+        min_revision: Option<u64>,
     },
     /// Delete KEY (exit code 1 if there was none).
     Del {
@@ -153,6 +157,10 @@ pub enum KvCommand {
         /// How fresh the read must be.
         #[arg(long, value_enum, default_value_t = ConsistencyArg::Linearizable)]
         consistency: ConsistencyArg,
+        /// With `--consistency sequential`: read a state at least as new as this store revision
+        /// (the one an earlier `put`/`get` printed), carrying a session across CLI runs.
+        #[arg(long, value_name = "REVISION")]
+        min_revision: Option<u64>,
     },
     /// Compare-and-set: set KEY to NEW only if its value is EXPECTED (or absent, with
     /// `--absent`). Exit code 1 if it was not.
@@ -176,6 +184,11 @@ pub enum ConsistencyArg {
     /// Never older than a write acknowledged before the read started (ReadIndex, or the leader's
     /// lease when the cluster runs with `read_mode = "lease"`).
     Linearizable,
+    /// Session-consistent: the member asked serves its own state once it has applied at least
+    /// the session's revision (read-your-writes and monotonic reads within a session, no leader
+    /// round trip; may miss others' latest writes). Each CLI run is a new session: pass
+    /// `--min-revision` to carry one on.
+    Sequential,
     /// Whatever the node asked has applied; may be old.
     Stale,
 }

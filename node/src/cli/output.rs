@@ -18,10 +18,16 @@ pub(super) fn print_json_error(error: &CliError) {
     );
 }
 
-fn consistency(arg: ConsistencyArg) -> Consistency {
-    match arg {
-        ConsistencyArg::Linearizable => Consistency::Linearizable,
-        ConsistencyArg::Stale => Consistency::Stale,
+fn consistency(arg: ConsistencyArg, min_revision: Option<u64>) -> Result<Consistency, CliError> {
+    match (arg, min_revision) {
+        (ConsistencyArg::Sequential, min_revision) => Ok(Consistency::Sequential {
+            min_revision: min_revision.unwrap_or(0),
+        }),
+        (_, Some(_)) => Err(CliError::Usage(
+            "--min-revision applies to sequential reads: add --consistency sequential".into(),
+        )),
+        (ConsistencyArg::Linearizable, None) => Ok(Consistency::Linearizable),
+        (ConsistencyArg::Stale, None) => Ok(Consistency::Stale),
     }
 }
 
@@ -98,9 +104,10 @@ pub(super) async fn kv(
         KvCommand::Get {
             key,
             consistency: c,
+            min_revision,
         } => {
             let (revision, kv) = client
-                .get_with_revision(key.clone(), consistency(c))
+                .get_with_revision(key.clone(), consistency(c, min_revision)?)
                 .await?;
             match (kv, json) {
                 (Some(kv), true) => {
@@ -151,7 +158,9 @@ pub(super) async fn kv(
             prefix,
             limit,
             consistency: c,
+            min_revision,
         } => {
+            let consistency = consistency(c, min_revision)?;
             let (start, end) = match prefix {
                 Some(prefix) => {
                     let start = Bytes::from(prefix.into_bytes());
@@ -163,7 +172,7 @@ pub(super) async fn kv(
                     end.map(|e| Bytes::from(e.into_bytes())),
                 ),
             };
-            let page = client.scan(start, end, limit, consistency(c)).await?;
+            let page = client.scan(start, end, limit, consistency).await?;
             if json {
                 let kvs: Vec<KvOut> = page.kvs.iter().map(kv_json).collect();
                 println!(

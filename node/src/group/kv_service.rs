@@ -1,6 +1,7 @@
 //! The key-value service of a group: client writes (validated, batched into one proposal per
 //! iteration, answered once their entry is applied), reads (linearizable through the protocol's
-//! read index, or stale) and the state machine they act on.
+//! read index; sequential, served here once the store reaches the session's revision; or stale)
+//! and the state machine they act on.
 //!
 //! A proposal is lost when the entry committed at its index carries another payload (leadership
 //! changed and another leader's entry won the slot). Payloads are compared, not terms: a Paxos
@@ -40,6 +41,12 @@ struct PendingRead {
     responder: Responder,
 }
 
+/// A sequential read waiting for the store to reach its revision.
+struct WaitingRead {
+    deadline: Instant,
+    read: PendingRead,
+}
+
 struct ReadBatch {
     deadline: Instant,
     reads: Vec<PendingRead>,
@@ -66,6 +73,8 @@ pub(crate) struct KvService {
     reads_by_ctx: HashMap<u64, ReadBatch>,
     /// Reads ordered at a log index, waiting for the state machine to apply through it.
     reads_by_index: BTreeMap<u64, Vec<PendingRead>>,
+    /// Sequential reads by the store revision they wait for.
+    reads_by_revision: BTreeMap<u64, Vec<WaitingRead>>,
 }
 
 impl KvService {
@@ -84,6 +93,7 @@ impl KvService {
             next_read_ctx: 1,
             reads_by_ctx: HashMap::new(),
             reads_by_index: BTreeMap::new(),
+            reads_by_revision: BTreeMap::new(),
         }
     }
 
@@ -113,6 +123,7 @@ impl KvService {
                 .map(|b| b.reads.len())
                 .sum::<usize>()
             + self.reads_by_index.values().map(Vec::len).sum::<usize>()
+            + self.reads_by_revision.values().map(Vec::len).sum::<usize>()
     }
 
     /// A client write; `leader` is `Err(what to answer)` when this member does not lead.
@@ -155,7 +166,9 @@ impl KvService {
         }
     }
 
-    /// A client read, served at once (stale) or queued for the next read-index round.
+    /// A client read: served at once (stale, or sequential when the store has the session's
+    /// revision), held until the store reaches it (sequential, bounded by an election timeout),
+    /// or queued for the next read-index round.
     pub(crate) fn read(&mut self, consistency: Consistency, op: ReadOp, responder: Responder) {
         if let Err(error) = self.check_read(&op) {
             return reply(responder, Err(error));
@@ -164,6 +177,27 @@ impl KvService {
             Consistency::Stale => {
                 let result = self.serve(&op);
                 reply(responder, Ok(result));
+            }
+            Consistency::Sequential { min_revision } if min_revision <= self.kv.revision() => {
+                let result = self.serve(&op);
+                reply(responder, Ok(result));
+            }
+            Consistency::Sequential { min_revision } => {
+                if self.pending_count() >= self.config.limits.max_pending_requests {
+                    return reply(
+                        responder,
+                        Err(ServerError::Busy("too many requests pending".into())),
+                    );
+                }
+                let election = self.config.tick() * self.config.raft.election_ticks;
+                let deadline = Instant::now() + election.min(self.config.request_timeout());
+                self.reads_by_revision
+                    .entry(min_revision)
+                    .or_default()
+                    .push(WaitingRead {
+                        deadline,
+                        read: PendingRead { op, responder },
+                    });
             }
             Consistency::Linearizable => {
                 if self.pending_count() >= self.config.limits.max_pending_requests {
@@ -328,6 +362,15 @@ impl KvService {
                 reply(read.responder, Ok(result));
             }
         }
+        while let Some(entry) = self.reads_by_revision.first_entry() {
+            if *entry.key() > self.kv.revision() {
+                break;
+            }
+            for waiting in entry.remove() {
+                let result = self.serve(&waiting.read.op);
+                reply(waiting.read.responder, Ok(result));
+            }
+        }
     }
 
     /// Times out reads whose read index never came back (leader lost).
@@ -345,6 +388,16 @@ impl KvService {
                 }
             }
         }
+        let applied = self.kv.revision();
+        self.reads_by_revision.retain(|&wanted, reads| {
+            let (late, waiting): (Vec<_>, Vec<_>) =
+                std::mem::take(reads).into_iter().partition(|w| w.deadline <= now);
+            for w in late {
+                reply(w.read.responder, Err(ServerError::Behind { applied, wanted }));
+            }
+            *reads = waiting;
+            !reads.is_empty()
+        });
     }
 
     /// Leadership was lost: writes proposed here may still commit under the next leader, or
@@ -373,6 +426,11 @@ impl KvService {
         for (_, reads) in std::mem::take(&mut self.reads_by_index) {
             for read in reads {
                 reply(read.responder, Err(error.clone()));
+            }
+        }
+        for (_, reads) in std::mem::take(&mut self.reads_by_revision) {
+            for waiting in reads {
+                reply(waiting.read.responder, Err(error.clone()));
             }
         }
     }
