@@ -500,6 +500,9 @@ impl Client {
         let mut attempts = 0u32;
         let mut immediate = 0usize;
         let mut last = String::from("no attempt finished");
+        // A member behind the session, kept for the final error (a last attempt cut short by the
+        // deadline would hide it).
+        let mut behind: Option<String> = None;
         if route == Route::Leader && !self.leader_confirmed.load(Ordering::Relaxed) {
             // No leader confirmed yet (a fresh process, or the last one stopped answering): ask
             // every member at once rather than spend the deadline on one that may be dead.
@@ -534,6 +537,7 @@ impl Client {
                 Ok(Err(error @ ServerError::Behind { .. })) => {
                     // Only this member lags: ask the next one at once.
                     last = format!("node {target}: {error}");
+                    behind = Some(last.clone());
                     !turn.is_multiple_of(self.member_count())
                 }
                 Ok(Err(ServerError::NotLeader {
@@ -604,6 +608,10 @@ impl Client {
                 backoff = (backoff * 2).min(self.config.backoff_max);
             }
         }
+        let last = match behind {
+            Some(behind) if behind != last => format!("{last}; before that, {behind}"),
+            _ => last,
+        };
         Err(ClientError::Unavailable {
             endpoints: self.endpoints_text(),
             elapsed: started.elapsed(),

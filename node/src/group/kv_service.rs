@@ -390,10 +390,14 @@ impl KvService {
         }
         let applied = self.kv.revision();
         self.reads_by_revision.retain(|&wanted, reads| {
-            let (late, waiting): (Vec<_>, Vec<_>) =
-                std::mem::take(reads).into_iter().partition(|w| w.deadline <= now);
+            let (late, waiting): (Vec<_>, Vec<_>) = std::mem::take(reads)
+                .into_iter()
+                .partition(|w| w.deadline <= now);
             for w in late {
-                reply(w.read.responder, Err(ServerError::Behind { applied, wanted }));
+                reply(
+                    w.read.responder,
+                    Err(ServerError::Behind { applied, wanted }),
+                );
             }
             *reads = waiting;
             !reads.is_empty()

@@ -173,6 +173,18 @@ impl ProcCluster {
         }
     }
 
+    /// Sends `signal` (`STOP`, `CONT`, ...) to node `id`'s process: `STOP` freezes it in place,
+    /// sockets open, until `CONT` (a SIGKILL on drop still ends a frozen one).
+    pub fn signal(&self, id: u64, signal: &str) {
+        let child = self.procs.get(&id).expect("a running node");
+        let status = Command::new("kill")
+            .arg(format!("-{signal}"))
+            .arg(child.id().to_string())
+            .status()
+            .expect("run kill");
+        assert!(status.success(), "kill -{signal} node {id}");
+    }
+
     /// Stops node `id` with SIGTERM and waits (bounded) for a clean exit; returns its status.
     pub fn terminate(&mut self, id: u64) -> Option<ExitStatus> {
         let mut child = self.procs.remove(&id)?;
