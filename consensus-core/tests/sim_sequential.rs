@@ -76,3 +76,25 @@ fn sequential_reads_are_served_and_some_wait_for_the_session() {
     assert_served_and_held::<PaxosSim>();
     assert_served_and_held::<ZabSim>();
 }
+
+/// How many of the first 50 seeds catch the planted bug, per protocol: `cargo test -p
+/// consensus-core --test sim_sequential -- --ignored --nocapture catch_rates`.
+#[test]
+#[ignore]
+fn catch_rates() {
+    fn rate<P: SimProtocol>() -> usize {
+        (0..CATCH_WITHIN)
+            .filter(|&seed| {
+                let mut config = SimConfig::from_seed::<P>(seed, None);
+                config.harness_bug = Some(HarnessBug::SequentialReadIgnoresSession);
+                !sim::run::<P>(config).is_clean()
+            })
+            .count()
+    }
+    println!(
+        "caught in {} (raft), {} (multi-paxos), {} (zab) of {CATCH_WITHIN} seeds",
+        rate::<RaftSim>(),
+        rate::<PaxosSim>(),
+        rate::<ZabSim>()
+    );
+}
