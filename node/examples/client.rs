@@ -74,6 +74,14 @@ async fn main() -> anyhow::Result<()> {
             String::from_utf8_lossy(&kv.value)
         );
     }
+    // Session-consistent: any member, no leader round trip, never older than this session's
+    // last write (revision_seen).
+    let kv = client.get("fruit/2", Consistency::SEQUENTIAL).await?;
+    println!(
+        "sequential get fruit/2 -> {:?} (session at revision {})",
+        kv.map(|kv| String::from_utf8_lossy(&kv.value).into_owned()),
+        client.revision_seen()
+    );
 
     let status = client.status().await?;
     let leader = status.leader.unwrap_or(1);

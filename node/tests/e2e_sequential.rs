@@ -141,6 +141,10 @@ async fn a_restarted_follower_serves_the_sessions_write_only_once_it_has_it(prot
     assert_eq!(kv.mod_revision, last);
     let (code, stdout, stderr) = cli_sequential_get(&cluster, follower, "k", last);
     assert_eq!((code, stdout.trim()), (0, "new-19"), "{stderr}");
+    // A revision bound means nothing to the other levels: a usage error.
+    let (code, _, stderr) = cluster.cli(&["kv", "get", "k", "--min-revision", "1"]);
+    assert_eq!(code, 2, "{stderr}");
+    assert!(stderr.contains("--consistency sequential"), "{stderr}");
 }
 
 async fn sequential_reads_of_one_session_never_go_back_across_members(protocol: Protocol) {

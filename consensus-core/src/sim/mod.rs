@@ -4,7 +4,8 @@
 //! replica loop and a disk that loses unsynced writes (`node`), the run loop ([`cluster`]), the
 //! faults (`nemesis`), the clients and their history (`client`, [`history`], [`kv`]). Safety
 //! invariants are checked after every step ([`invariants`]: the shared ones plus each protocol's);
-//! the client history is checked for linearizability per key after the run ([`linearizability`]);
+//! the client history is checked for linearizability per key after the run ([`linearizability`]),
+//! sequential (session-consistent) reads against their own, weaker spec;
 //! [`trace`] keeps the last events and a hash of all of them so a failing seed replays bit for bit.
 //!
 //! A protocol plugs in by implementing [`SimProtocol`] (and its [`ProtocolChecker`]); [`raft`] is

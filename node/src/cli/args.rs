@@ -133,7 +133,8 @@ pub enum KvCommand {
         #[arg(long, value_enum, default_value_t = ConsistencyArg::Linearizable)]
         consistency: ConsistencyArg,
         /// With `--consistency sequential`: read a state at least as new as this store revision
-        /// (the one an earlier `put`/`get` printed), carrying a session across CLI runs.
+        /// (an earlier `put` prints its revision, `--json` reads print theirs), carrying a
+        /// session across CLI runs.
         #[arg(long, value_name = "REVISION")]
         min_revision: Option<u64>,
     },
@@ -158,7 +159,8 @@ pub enum KvCommand {
         #[arg(long, value_enum, default_value_t = ConsistencyArg::Linearizable)]
         consistency: ConsistencyArg,
         /// With `--consistency sequential`: read a state at least as new as this store revision
-        /// (the one an earlier `put`/`get` printed), carrying a session across CLI runs.
+        /// (an earlier `put` prints its revision, `--json` reads print theirs), carrying a
+        /// session across CLI runs.
         #[arg(long, value_name = "REVISION")]
         min_revision: Option<u64>,
     },
