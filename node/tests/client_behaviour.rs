@@ -11,7 +11,7 @@ use std::time::Duration;
 
 use net_quic::{ClientRequest, Credentials, Endpoint, EndpointConfig, Limits, NodeId};
 use node::client::{Client, ClientConfig, ClientError};
-use node::proto::{Quorate, Reply, Request, ServerError, Session, WriteResult};
+use node::proto::{Consistency, Quorate, Reply, Request, ServerError, Session, WriteResult};
 
 const CLUSTER: &str = "quorate";
 
@@ -201,4 +201,81 @@ async fn a_cluster_that_never_answers_fails_within_the_deadline_with_advice() {
         "{text}"
     );
     assert!(text.contains("1=127.0.0.1:"), "names the endpoints: {text}");
+}
+
+#[tokio::test]
+async fn a_sequential_read_carries_the_sessions_revision_and_moves_on_from_a_member_behind_it() {
+    let dir = certs();
+    let wanted = |request: &Request| match request {
+        Request::Read {
+            consistency: Consistency::Sequential { min_revision },
+            ..
+        } => Some(*min_revision),
+        _ => None,
+    };
+    // Node 1 leads and has applied only revision 7 when asked to read; node 2 is behind too at
+    // first, then has applied 9: whichever the client asks first, it must move on.
+    let (addr1, seen1) = fake_node(
+        dir.path(),
+        1,
+        Box::new(move |request| match request {
+            Request::Write { .. } => Some(Ok(Reply::Write(WriteResult::Put { revision: 8 }))),
+            _ => Some(Err(ServerError::Behind {
+                applied: 7,
+                wanted: wanted(request).unwrap_or(0),
+            })),
+        }),
+    );
+    let mut caught_up = false;
+    let (addr2, seen2) = fake_node(
+        dir.path(),
+        2,
+        Box::new(move |request| match request {
+            Request::Write { .. } => Some(Err(ServerError::NotLeader {
+                leader: Some(1),
+                leader_addr: None,
+            })),
+            _ if !caught_up => {
+                caught_up = true;
+                Some(Err(ServerError::Behind {
+                    applied: 5,
+                    wanted: wanted(request).unwrap_or(0),
+                }))
+            }
+            _ => Some(Ok(Reply::Get {
+                revision: 9,
+                kv: None,
+            })),
+        }),
+    );
+    let client = client(
+        dir.path(),
+        vec![(1, addr1), (2, addr2)],
+        Duration::from_secs(5),
+    );
+    assert_eq!(client.put("k", "v").await.unwrap(), 8);
+    assert_eq!(client.revision_seen(), 8);
+    let (revision, kv) = client
+        .get_with_revision("k", Consistency::SEQUENTIAL)
+        .await
+        .expect("node 2 serves it");
+    assert_eq!((revision, kv), (9, None));
+    assert_eq!(
+        client.revision_seen(),
+        9,
+        "a read's revision joins the session"
+    );
+    let reads: Vec<Option<u64>> = seen1
+        .lock()
+        .unwrap()
+        .iter()
+        .chain(seen2.lock().unwrap().iter())
+        .filter(|r| matches!(r, Request::Read { .. }))
+        .map(wanted)
+        .collect();
+    assert!(
+        reads.len() >= 3,
+        "asked both members, node 2 twice: {reads:?}"
+    );
+    assert!(reads.iter().all(|&w| w == Some(8)), "{reads:?}");
 }
