@@ -63,7 +63,12 @@ impl Phase1 {
 
 /// Whether `acks` holds a majority of `voters` (an empty set of voters never agrees).
 pub(crate) fn is_majority(voters: &BTreeSet<NodeId>, acks: &BTreeSet<NodeId>) -> bool {
-    !voters.is_empty() && voters.iter().filter(|id| acks.contains(id)).count() * 2 > voters.len()
+    is_majority_by(voters, |id| acks.contains(&id))
+}
+
+/// Whether the members `agrees` holds for are a majority of `voters` (never for no voters).
+pub(crate) fn is_majority_by(voters: &BTreeSet<NodeId>, agrees: impl Fn(NodeId) -> bool) -> bool {
+    !voters.is_empty() && voters.iter().filter(|&&id| agrees(id)).count() * 2 > voters.len()
 }
 
 impl<S: PaxosStorage> MultiPaxos<S> {

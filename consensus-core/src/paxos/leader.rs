@@ -8,9 +8,9 @@
 //! configuration accepted it under our ballot; the leader's own acceptance counts once its
 //! write is durable. Unacknowledged slots are re-sent with each heartbeat (one batch per peer).
 
-use std::collections::{BTreeMap, BTreeSet, VecDeque};
+use std::collections::{BTreeSet, VecDeque};
 
-use super::election::is_majority;
+use super::election::is_majority_by;
 use super::message::MessageBody;
 use super::{MultiPaxos, PaxosStorage};
 use crate::error::{Error, StorageError};
@@ -21,8 +21,9 @@ use crate::types::{Entry, EntryPayload, NodeId, Proposed, Role};
 pub(crate) struct LeaderState {
     /// Proposals with their slot, not yet let into the window.
     queued: VecDeque<Entry>,
-    /// Slots in the window and not yet chosen: who accepted each under our ballot.
-    inflight: BTreeMap<u64, BTreeSet<NodeId>>,
+    /// Slots in the window and not yet chosen, in slot order: who accepted each under our
+    /// ballot.
+    inflight: VecDeque<InFlight>,
     /// Next slot to assign.
     next_slot: u64,
     /// Last slot phase 1 recovered (or `from - 1`): every value chosen before this leader is at
@@ -51,7 +52,34 @@ pub(crate) struct LeaderState {
     pub(crate) lease_forfeited: bool,
 }
 
+/// One slot in the window.
+#[derive(Debug)]
+struct InFlight {
+    slot: u64,
+    /// Its payload size as counted in `uncommitted_bytes`.
+    size: u64,
+    /// Whether it holds a membership change (its value is needed when it is chosen).
+    conf_change: bool,
+    /// Members that accepted it under our ballot (a handful: a plain vector, no allocation until
+    /// the first acceptance).
+    acks: Vec<NodeId>,
+}
+
+impl InFlight {
+    fn accept(&mut self, from: NodeId) {
+        if !self.acks.contains(&from) {
+            self.acks.push(from);
+        }
+    }
+}
+
 impl LeaderState {
+    /// The in-flight record of `slot`, if it is in the window and not chosen.
+    fn slot_mut(&mut self, slot: u64) -> Option<&mut InFlight> {
+        let at = self.inflight.binary_search_by_key(&slot, |f| f.slot).ok()?;
+        self.inflight.get_mut(at)
+    }
+
     pub(crate) fn start(&mut self, from: u64, recovery_end: u64) {
         self.next_slot = from;
         self.recovery_end = recovery_end;
@@ -138,8 +166,8 @@ impl<S: PaxosStorage> MultiPaxos<S> {
             && self
                 .lead
                 .inflight
-                .values()
-                .any(|acks| peers.iter().any(|peer| !acks.contains(peer)));
+                .iter()
+                .any(|f| peers.iter().any(|peer| !f.acks.contains(peer)));
         heartbeat_due || resend_due
     }
 
@@ -149,10 +177,23 @@ impl<S: PaxosStorage> MultiPaxos<S> {
             let Some(entry) = self.lead.queued.pop_front() else {
                 break;
             };
-            if matches!(entry.payload, EntryPayload::ConfChange(_)) {
+            let conf_change = matches!(entry.payload, EntryPayload::ConfChange(_));
+            if conf_change {
                 self.lead.inflight_conf = Some(entry.index);
             }
-            self.lead.inflight.insert(entry.index, BTreeSet::new());
+            debug_assert!(
+                self.lead
+                    .inflight
+                    .back()
+                    .is_none_or(|f| f.slot < entry.index),
+                "slots enter the window in order"
+            );
+            self.lead.inflight.push_back(InFlight {
+                slot: entry.index,
+                size: entry.payload_size().max(1),
+                conf_change,
+                acks: Vec::new(),
+            });
             self.log.put(entry.clone());
             self.lead.fresh.push(entry);
         }
@@ -218,11 +259,11 @@ impl<S: PaxosStorage> MultiPaxos<S> {
         for &to in peers {
             let mut entries = Vec::new();
             let mut bytes = 0u64;
-            for (&slot, acks) in &self.lead.inflight {
-                if acks.contains(&to) {
+            for f in &self.lead.inflight {
+                if f.acks.contains(&to) {
                     continue;
                 }
-                let Ok(Some(entry)) = self.log.get(slot) else {
+                let Ok(Some(entry)) = self.log.get(f.slot) else {
                     continue;
                 };
                 bytes += entry.payload_size();
@@ -253,9 +294,9 @@ impl<S: PaxosStorage> MultiPaxos<S> {
             return;
         }
         self.lead.active.insert(from);
-        for slot in slots {
-            if let Some(acks) = self.lead.inflight.get_mut(slot) {
-                acks.insert(from);
+        for &slot in slots {
+            if let Some(f) = self.lead.slot_mut(slot) {
+                f.accept(from);
             }
         }
         if let Err(error) = self.advance_chosen() {
@@ -271,8 +312,8 @@ impl<S: PaxosStorage> MultiPaxos<S> {
         let (me, term) = (self.config.id, self.ballot.encode());
         for &(slot, slot_term) in slots {
             if slot_term == term {
-                if let Some(acks) = self.lead.inflight.get_mut(&slot) {
-                    acks.insert(me);
+                if let Some(f) = self.lead.slot_mut(slot) {
+                    f.accept(me);
                 }
             }
         }
@@ -286,31 +327,33 @@ impl<S: PaxosStorage> MultiPaxos<S> {
         let before = self.commit;
         loop {
             let slot = self.commit + 1;
-            let chosen = self
-                .lead
-                .inflight
-                .get(&slot)
-                .is_some_and(|acks| is_majority(&self.conf.voters, acks));
+            let chosen = self.lead.inflight.front().is_some_and(|f| {
+                f.slot == slot && is_majority_by(&self.conf.voters, |id| f.acks.contains(&id))
+            });
             if !chosen {
                 break;
             }
-            self.lead.inflight.remove(&slot);
-            let Some(entry) = self.log.get(slot)? else {
-                return Err(StorageError::Inconsistent(format!(
-                    "leader lost its own proposal for slot {slot}"
-                )));
+            let Some(f) = self.lead.inflight.pop_front() else {
+                break;
             };
-            self.lead.uncommitted_bytes = self
-                .lead
-                .uncommitted_bytes
-                .saturating_sub(entry.payload_size().max(1));
+            self.lead.uncommitted_bytes = self.lead.uncommitted_bytes.saturating_sub(f.size);
             if self.lead.pending_conf == Some(slot) {
                 self.lead.pending_conf = None;
             }
             if self.lead.inflight_conf == Some(slot) {
                 self.lead.inflight_conf = None;
             }
-            self.on_chosen(&entry);
+            if f.conf_change {
+                // Only a membership change needs its value here (to change the configuration).
+                let Some(entry) = self.log.get(slot)? else {
+                    return Err(StorageError::Inconsistent(format!(
+                        "leader lost its own proposal for slot {slot}"
+                    )));
+                };
+                self.on_chosen(&entry);
+            } else {
+                self.on_chosen_data(slot);
+            }
             if self.role != Role::Leader {
                 return Ok(()); // a membership change removed us
             }

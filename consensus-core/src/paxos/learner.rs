@@ -24,6 +24,13 @@ pub(crate) struct FetchState {
 }
 
 impl<S: PaxosStorage> MultiPaxos<S> {
+    /// Slot `slot` (at `commit + 1`), known to hold no membership change, is chosen and stored
+    /// here: extend the chosen prefix.
+    pub(super) fn on_chosen_data(&mut self, slot: u64) {
+        debug_assert_eq!(slot, self.commit + 1, "the chosen prefix has no gap");
+        self.commit = slot;
+    }
+
     /// `entry` (at `commit + 1`) is chosen and stored here: extend the chosen prefix.
     pub(super) fn on_chosen(&mut self, entry: &Entry) {
         debug_assert_eq!(entry.index, self.commit + 1, "the chosen prefix has no gap");

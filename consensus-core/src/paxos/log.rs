@@ -71,11 +71,7 @@ impl<S: Storage> SlotLog<S> {
         if slot > self.storage.last_index() {
             return Ok(None);
         }
-        match self.storage.term(slot) {
-            Ok(_) => {}
-            Err(StorageError::Unavailable(_)) => return Ok(None),
-            Err(error) => return Err(error),
-        }
+        // A hole yields nothing (`entries` skips slots that hold nothing).
         let mut out = Vec::with_capacity(1);
         self.storage.entries(slot, slot + 1, u64::MAX, &mut out)?;
         Ok(out.pop())
@@ -106,6 +102,28 @@ impl<S: Storage> SlotLog<S> {
         Ok((out, covered))
     }
 
+    /// The entries in `lo ..= hi`, a range expected to hold no hole (the chosen prefix), up to
+    /// `max_bytes` of payload (at least one entry). Slots held only by the storage are read in
+    /// one call; a hole ends the answer early (the caller checks the indexes).
+    pub(crate) fn prefix(
+        &self,
+        lo: u64,
+        hi: u64,
+        max_bytes: u64,
+    ) -> Result<Vec<Entry>, StorageError> {
+        let overlaid = self.unissued.range(lo..=hi).next().is_some()
+            || self.unstable.range(lo..=hi).next().is_some();
+        if overlaid
+            || lo <= self.storage.first_index().saturating_sub(1)
+            || hi > self.storage.last_index()
+        {
+            return Ok(self.range(lo, hi, max_bytes)?.0);
+        }
+        let mut out = Vec::new();
+        self.storage.entries(lo, hi + 1, max_bytes, &mut out)?;
+        Ok(out)
+    }
+
     /// Stages `entry` for the next write (replacing what its slot held).
     pub(crate) fn put(&mut self, entry: Entry) {
         self.unissued.insert(entry.index, entry);
@@ -130,10 +148,10 @@ impl<S: Storage> SlotLog<S> {
         if let Some(snapshot) = &snapshot {
             self.snapshot_unstable = Some(snapshot.meta.index);
         }
-        let entries: Vec<Entry> = std::mem::take(&mut self.unissued).into_values().collect();
-        for entry in &entries {
-            self.unstable.insert(entry.index, entry.clone());
-        }
+        let mut staged = std::mem::take(&mut self.unissued);
+        let entries: Vec<Entry> = staged.values().cloned().collect();
+        // A newer value for a slot replaces the unconfirmed older one.
+        self.unstable.append(&mut staged);
         (snapshot, entries)
     }
 

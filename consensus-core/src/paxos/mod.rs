@@ -382,7 +382,7 @@ impl<S: PaxosStorage> MultiPaxos<S> {
         if upto <= self.applied {
             return Ok(Vec::new());
         }
-        let (entries, _) = self.log.range(
+        let entries = self.log.prefix(
             self.applied + 1,
             upto,
             self.config.max_committed_bytes_per_ready,

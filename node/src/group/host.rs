@@ -20,8 +20,12 @@ use crate::server::ServeError;
 use crate::store::DurableIndex;
 
 use super::admin::AdminWaits;
-use super::kv_service::KvService;
+use super::kv_service::{reply, KvService};
+use super::leaderless::Leaderless;
 use super::Engine;
+
+/// A write waiting for a leader to be known.
+type ParkedWrite = (crate::proto::Session, WriteOp, Responder);
 
 /// The world around one group's protocol instance.
 pub(crate) struct GroupHost {
@@ -35,6 +39,8 @@ pub(crate) struct GroupHost {
     pub(crate) soft: SoftState,
     /// Addresses of members: the configured ones, then those recorded through the log.
     pub(crate) addrs: BTreeMap<u64, SocketAddr>,
+    /// Writes that arrived while no leader was known.
+    leaderless: Leaderless<ParkedWrite>,
 }
 
 impl GroupHost {
@@ -48,7 +54,12 @@ impl GroupHost {
         let mut addrs: BTreeMap<u64, SocketAddr> =
             config.members.iter().map(|m| (m.id, m.addr)).collect();
         addrs.extend(kv.member_addrs().iter().map(|(&id, &addr)| (id, addr)));
+        let leaderless = Leaderless::new(
+            config.limits.max_pending_requests,
+            config.tick() * config.raft.election_ticks * 2,
+        );
         let mut host = GroupHost {
+            leaderless,
             id: config.node_id,
             group: 0,
             endpoint,
@@ -104,7 +115,40 @@ impl GroupHost {
         responder: Responder,
     ) {
         let leader = self.leader_check();
+        if matches!(leader, Err(ServerError::NoLeader)) {
+            if let Err(error) = self.kv.validate_write(&session, &op) {
+                return reply(responder, Err(error));
+            }
+            match self
+                .leaderless
+                .park(Instant::now(), (session, op, responder))
+            {
+                Ok(()) => return,
+                // Full: refused at once, as without parking.
+                Err((_, _, responder)) => return reply(responder, Err(ServerError::NoLeader)),
+            }
+        }
         self.kv.write(engine, leader, session, op, responder);
+    }
+
+    /// Once a leader is known, handles again the writes that waited for one: proposed here if
+    /// this member leads, redirected otherwise. Returns whether any was released.
+    pub(crate) fn release_parked<C: Consensus>(&mut self, engine: &mut C) -> bool {
+        let leader_known = self.soft.role == Role::Leader
+            || self.soft.leader.is_some_and(|leader| leader != self.id);
+        if self.leaderless.len() == 0 || !leader_known {
+            return false;
+        }
+        debug!(
+            node = self.id,
+            writes = self.leaderless.len(),
+            leader = ?self.soft.leader,
+            "a leader is known: handling the writes that waited for one"
+        );
+        for (session, op, responder) in self.leaderless.release() {
+            self.handle_write(engine, session, op, responder);
+        }
+        true
     }
 
     pub(crate) fn handle_read(
@@ -132,11 +176,17 @@ impl GroupHost {
     pub(crate) fn expire(&mut self, now: Instant) {
         self.kv.expire(now);
         self.admin.expire(now);
+        for (_, _, responder) in self.leaderless.expire(now) {
+            reply(responder, Err(ServerError::NoLeader));
+        }
     }
 
     /// Answers everything still waiting with `error`.
     pub(crate) fn fail_all(&mut self, error: ServerError) {
         self.kv.fail_all(error.clone());
+        for (_, _, responder) in self.leaderless.release() {
+            reply(responder, Err(error.clone()));
+        }
         self.admin.fail_all(error);
     }
 

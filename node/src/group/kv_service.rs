@@ -126,6 +126,21 @@ impl KvService {
             + self.reads_by_revision.values().map(Vec::len).sum::<usize>()
     }
 
+    /// Checks a client write on its own (size limits, session); returns its size.
+    pub(crate) fn validate_write(
+        &self,
+        session: &Session,
+        op: &WriteOp,
+    ) -> Result<u64, ServerError> {
+        let size = self.check_write(op)?;
+        if session.client_id == 0 || session.seq == 0 {
+            return Err(ServerError::InvalidSession(
+                "client id and sequence number must be non-zero".into(),
+            ));
+        }
+        Ok(size)
+    }
+
     /// A client write; `leader` is `Err(what to answer)` when this member does not lead.
     pub(crate) fn write<C: Consensus>(
         &mut self,
@@ -135,18 +150,10 @@ impl KvService {
         op: WriteOp,
         responder: Responder,
     ) {
-        let size = match self.check_write(&op) {
+        let size = match self.validate_write(&session, &op) {
             Ok(size) => size,
             Err(error) => return reply(responder, Err(error)),
         };
-        if session.client_id == 0 || session.seq == 0 {
-            return reply(
-                responder,
-                Err(ServerError::InvalidSession(
-                    "client id and sequence number must be non-zero".into(),
-                )),
-            );
-        }
         if let Err(error) = leader {
             return reply(responder, Err(error));
         }

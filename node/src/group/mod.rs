@@ -6,6 +6,7 @@
 //!   durable index, installs snapshots into and applies entries to the KV service.
 //! - [`kv_service`]: client writes (validated, batched into one proposal, answered when applied,
 //!   lost proposals detected by payload), reads (ReadIndex, stale) and the state machine.
+//! - [`leaderless`]: writes that arrive during an election wait (bounded) for a leader.
 //! - [`admin`]: membership changes, leader transfer, status.
 //! - [`snapshot`]: local snapshots written and checkpointed off the loop.
 //!
@@ -18,11 +19,14 @@
 //!
 //! # Requests on followers
 //! Writes and membership changes are answered with `NotLeader` (leader id and address) so the
-//! client redirects; reads are served locally after a ReadIndex round through the leader.
+//! client redirects; reads are served locally after a ReadIndex round through the leader. A write
+//! arriving while no leader is known waits (at most an election timeout) until one is, so the
+//! client hears of the new leader as soon as this member does.
 
 mod admin;
 mod host;
 mod kv_service;
+mod leaderless;
 mod snapshot;
 
 use std::sync::Arc;
@@ -185,6 +189,10 @@ impl<C: Engine> Driver<C> {
             self.host.flush_proposals(self.replica.engine_mut());
             self.host.flush_reads(self.replica.engine_mut());
             self.replica.drive(&mut self.host)?;
+            if self.host.release_parked(self.replica.engine_mut()) {
+                self.host.flush_proposals(self.replica.engine_mut());
+                self.replica.drive(&mut self.host)?;
+            }
             self.maybe_snapshot()?;
             let took = woke.elapsed();
             if took >= SLOW_ITERATION {

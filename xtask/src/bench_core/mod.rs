@@ -368,38 +368,43 @@ fn reexec(args: &Args) -> anyhow::Result<()> {
 
 fn best_of(
     runs: usize,
-    make: &dyn Fn() -> anyhow::Result<Box<dyn Harness>>,
+    make: &dyn Fn(usize) -> anyhow::Result<Box<dyn Harness>>,
     outstanding: usize,
     seconds: f64,
 ) -> anyhow::Result<f64> {
     let mut best: f64 = 0.0;
     for _ in 0..runs.max(1) {
-        let mut harness = make()?;
+        let mut harness = make(outstanding)?;
         best = best.max(measure(harness.as_mut(), outstanding, seconds)?);
     }
     Ok(best)
 }
 
-/// The engine under test and its peer, as harness factories.
-type Factory = Box<dyn Fn() -> anyhow::Result<Box<dyn Harness>>>;
+/// The engine under test and its peer, as harness factories taking the window they will run with.
+type Factory = Box<dyn Fn(usize) -> anyhow::Result<Box<dyn Harness>>>;
 
 fn factories(protocol: Protocol, with_peer: bool) -> (Factory, Option<Factory>) {
     let _ = with_peer;
     match protocol {
         Protocol::Raft => {
-            let core: Factory = Box::new(|| Ok(Box::new(raft_core()?) as Box<dyn Harness>));
+            let core: Factory = Box::new(|_| Ok(Box::new(raft_core()?) as Box<dyn Harness>));
             #[cfg(feature = "raft-rs")]
             let peer: Option<Factory> = with_peer
-                .then(|| -> Factory { Box::new(|| Ok(Box::new(raft_rs::RaftRs::new()?) as _)) });
+                .then(|| -> Factory { Box::new(|_| Ok(Box::new(raft_rs::RaftRs::new()?) as _)) });
             #[cfg(not(feature = "raft-rs"))]
             let peer: Option<Factory> = None;
             (core, peer)
         }
         Protocol::MultiPaxos => {
-            let core: Factory = Box::new(|| Ok(Box::new(paxos_core()?) as Box<dyn Harness>));
+            let core: Factory = Box::new(|_| Ok(Box::new(paxos_core()?) as Box<dyn Harness>));
             #[cfg(feature = "omnipaxos")]
             let peer: Option<Factory> = with_peer.then(|| -> Factory {
-                Box::new(|| Ok(Box::new(omnipaxos::OmniPaxosPeer::new(OMNIPAXOS_BATCH)?) as _))
+                Box::new(|outstanding: usize| {
+                    // A batch larger than the window never fills: omnipaxos would then wait for
+                    // its flush tick on every proposal.
+                    let batch = OMNIPAXOS_BATCH.min(outstanding);
+                    Ok(Box::new(omnipaxos::OmniPaxosPeer::new(batch)?) as _)
+                })
             });
             #[cfg(not(feature = "omnipaxos"))]
             let peer: Option<Factory> = None;
