@@ -171,7 +171,9 @@ impl<T: Clone> Dvv<T> {
     }
 
     fn has_dot(&self, dot: Dot) -> bool {
-        self.siblings.binary_search_by_key(&dot, |(d, _)| *d).is_ok()
+        self.siblings
+            .binary_search_by_key(&dot, |(d, _)| *d)
+            .is_ok()
     }
 }
 
@@ -206,7 +208,7 @@ mod tests {
         a.merge(&b);
         a.write(&saw_x, dot(1, 2), "z");
         let values: Vec<_> = a.siblings().iter().map(|(_, v)| *v).collect();
-        assert_eq!(values, ["y", "z"]);
+        assert_eq!(values, ["z", "y"]); // dot order: (1,2) before (2,5)
     }
 
     #[test]

@@ -95,10 +95,16 @@ mod tests {
     #[test]
     fn the_hash_is_fixed_across_runs_and_platforms() {
         // A change here breaks placement and anti-entropy between old and new peers.
-        assert_eq!(stable_hash(0, b"quorate".as_slice()), stable_hash(0, b"quorate".as_slice()));
+        assert_eq!(
+            stable_hash(0, b"quorate".as_slice()),
+            stable_hash(0, b"quorate".as_slice())
+        );
         assert_ne!(stable_hash(0, &1u64), stable_hash(1, &1u64));
         let mut h = StableHasher::default();
         h.write(b"a");
-        assert_eq!(h.finish(), mix64((FNV_OFFSET ^ 0x61).wrapping_mul(FNV_PRIME)));
+        assert_eq!(
+            h.finish(),
+            mix64((FNV_OFFSET ^ 0x61).wrapping_mul(FNV_PRIME))
+        );
     }
 }

@@ -27,7 +27,9 @@ impl MerkleTree {
     /// An empty tree; the shape was validated by the config (fanout ≥ 2, depth ≥ 1, at most
     /// 2^20 leaves).
     pub fn new(fanout: u32, depth: u32) -> Self {
-        let levels = (0..=depth).map(|l| vec![0; fanout.pow(l) as usize]).collect();
+        let levels = (0..=depth)
+            .map(|l| vec![0; fanout.pow(l) as usize])
+            .collect();
         MerkleTree {
             fanout,
             depth,
@@ -83,7 +85,10 @@ impl MerkleTree {
         if self.dirty {
             self.rebuild();
         }
-        self.levels.get(level as usize)?.get(index as usize).copied()
+        self.levels
+            .get(level as usize)?
+            .get(index as usize)
+            .copied()
     }
 
     /// The children of node `index` at `level` (indexes at `level + 1`).

@@ -8,8 +8,8 @@
 
 use serde::{Deserialize, Serialize};
 
-use crate::message::{Message, Response};
 use crate::error::RequestError;
+use crate::message::{Message, Response};
 use crate::object::Object;
 use crate::types::{Key, NodeId, RequestId};
 

@@ -46,9 +46,14 @@ impl Peer {
             return;
         }
         self.anti_entropy.next_at = self.now + self.config.anti_entropy_interval_ms;
-        for _ in 0..self.config.anti_entropy_exchanges.min(self.anti_entropy.pairs.len()) {
+        for _ in 0..self
+            .config
+            .anti_entropy_exchanges
+            .min(self.anti_entropy.pairs.len())
+        {
             let (p, peer) = self.anti_entropy.pairs[self.anti_entropy.cursor];
-            self.anti_entropy.cursor = (self.anti_entropy.cursor + 1) % self.anti_entropy.pairs.len();
+            self.anti_entropy.cursor =
+                (self.anti_entropy.cursor + 1) % self.anti_entropy.pairs.len();
             let root = self.tree(p).hash(0, 0).unwrap_or(0);
             self.send(
                 peer,
@@ -85,7 +90,9 @@ impl Peer {
     }
 
     fn tree(&mut self, p: PartitionId) -> &mut crate::merkle::MerkleTree {
-        self.trees.get_mut(&p).expect("a pair names only partitions this node holds")
+        self.trees
+            .get_mut(&p)
+            .expect("a pair names only partitions this node holds")
     }
 
     fn shared(&self, from: NodeId, p: PartitionId) -> Result<(), StepError> {
@@ -170,7 +177,9 @@ impl Peer {
         let width = tree.width(tree.depth());
         if leaves.len() > width as usize
             || leaves.iter().any(|&l| l >= width)
-            || entries.iter().any(|(k, _)| !leaves.contains(&tree.leaf_of(k)))
+            || entries
+                .iter()
+                .any(|(k, _)| !leaves.contains(&tree.leaf_of(k)))
         {
             return Err(StepError::BadExchange {
                 partition: p,

@@ -115,7 +115,9 @@ impl Peer {
             }
             (Request::Put { .. }, Policy::Crdt(_)) => return wrong("put"),
             (Request::Delete { .. }, Policy::Crdt(_)) => return wrong("delete"),
-            (Request::Update { .. }, Policy::Siblings | Policy::Lww) => return wrong("a CRDT update"),
+            (Request::Update { .. }, Policy::Siblings | Policy::Lww) => {
+                return wrong("a CRDT update")
+            }
             (Request::Update { op, .. }, Policy::Crdt(kind)) => {
                 let fits = matches!(
                     (op, kind),
@@ -171,17 +173,37 @@ impl Peer {
             _ => Object::Causal(Dvv::new()),
         });
         let (w, result) = match (request, &mut object) {
-            (Request::Put { value, context, w, .. }, Object::Causal(d)) => {
-                (w, self.causal_write(policy, d, context, dot, Some(value), at))
-            }
+            (
+                Request::Put {
+                    value, context, w, ..
+                },
+                Object::Causal(d),
+            ) => (
+                w,
+                self.causal_write(policy, d, context, dot, Some(value), at),
+            ),
             (Request::Delete { context, w, .. }, Object::Causal(d)) => {
                 (w, self.causal_write(policy, d, context, dot, None, at))
             }
             (Request::Update { op, w, .. }, Object::Crdt(c)) => {
-                c.apply(&op, &OpContext { node: me, dot, now: at });
+                c.apply(
+                    &op,
+                    &OpContext {
+                        node: me,
+                        dot,
+                        now: at,
+                    },
+                );
                 let len = c.payload_bytes();
                 let max = self.config.limits.max_value_bytes;
-                (w, if len > max { Err(RequestError::ValueTooLarge { len, max }) } else { Ok(()) })
+                (
+                    w,
+                    if len > max {
+                        Err(RequestError::ValueTooLarge { len, max })
+                    } else {
+                        Ok(())
+                    },
+                )
             }
             (_, _) => (
                 0,
@@ -461,7 +483,10 @@ impl Peer {
                 let siblings = if o.reads_as_absent(policy) {
                     Vec::new()
                 } else if policy == Policy::Lww {
-                    o.lww_winner().map(|(dot, v)| view((&dot, v))).into_iter().collect()
+                    o.lww_winner()
+                        .map(|(dot, v)| view((&dot, v)))
+                        .into_iter()
+                        .collect()
                 } else {
                     d.siblings().iter().map(|(dot, v)| view((dot, v))).collect()
                 };

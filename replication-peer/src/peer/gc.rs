@@ -40,7 +40,9 @@ impl Peer {
             .gc
             .rounds
             .iter()
-            .filter(|(k, r)| r.ready_at.is_some_and(|t| t <= self.now) && !self.in_flight.is_dirty(k))
+            .filter(|(k, r)| {
+                r.ready_at.is_some_and(|t| t <= self.now) && !self.in_flight.is_dirty(k)
+            })
             .map(|(k, _)| k.clone())
             .collect();
         for k in ready {

@@ -109,7 +109,11 @@ mod tests {
         assert_eq!(h.dropped(), 1);
         let s2 = h.push(2, b"a", 5);
         h.acked(2, b"a", s1);
-        assert_eq!(h.pending()[&2], 2, "the ack of the first push leaves the second pending");
+        assert_eq!(
+            h.pending()[&2],
+            2,
+            "the ack of the first push leaves the second pending"
+        );
         h.acked(2, b"a", s2);
         assert_eq!(h.pending()[&2], 1);
         assert_eq!(h.due(10, 10, 8), vec![(2, b"b".to_vec())]);

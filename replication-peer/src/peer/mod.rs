@@ -119,7 +119,12 @@ impl Peer {
         let trees = ring
             .partitions_of(id)
             .into_iter()
-            .map(|p| (p, MerkleTree::new(config.merkle_fanout, config.merkle_depth)))
+            .map(|p| {
+                (
+                    p,
+                    MerkleTree::new(config.merkle_fanout, config.merkle_depth),
+                )
+            })
             .collect();
         let mut hlc = Hlc::new(id);
         let mut floor = 0;
@@ -402,14 +407,18 @@ impl Peer {
             (Policy::Siblings | Policy::Lww, Object::Causal(d)) => {
                 // Concurrent coordinators can exceed max_siblings between them; not by more
                 // than one per member per round of writes.
-                if d.siblings().len() > limits.max_siblings.saturating_mul(self.ring.members().len().max(2)) {
+                if d.siblings().len()
+                    > limits
+                        .max_siblings
+                        .saturating_mul(self.ring.members().len().max(2))
+                {
                     return Err(bad("too many siblings"));
                 }
-                if d
-                    .siblings()
-                    .iter()
-                    .any(|(_, v)| v.value.as_ref().is_some_and(|b| b.len() > limits.max_value_bytes))
-                {
+                if d.siblings().iter().any(|(_, v)| {
+                    v.value
+                        .as_ref()
+                        .is_some_and(|b| b.len() > limits.max_value_bytes)
+                }) {
                     return Err(bad("value over the limit"));
                 }
                 Ok(())
