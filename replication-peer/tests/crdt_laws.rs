@@ -8,15 +8,27 @@ use replication_peer::{Dot, Dvv, Lattice, Timestamp, VersionVector};
 /// One step of a 3-replica history: a local update on `replica`, or a merge into it.
 #[derive(Clone, Debug)]
 enum Step {
-    Update { replica: usize, value: u8, blind: bool },
-    Merge { into: usize, from: usize },
+    Update {
+        replica: usize,
+        value: u8,
+        blind: bool,
+    },
+    Merge {
+        into: usize,
+        from: usize,
+    },
 }
 
 fn history() -> impl Strategy<Value = Vec<Step>> {
     prop::collection::vec(
         prop_oneof![
-            (0..3usize, any::<u8>(), any::<bool>())
-                .prop_map(|(replica, value, blind)| Step::Update { replica, value, blind }),
+            (0..3usize, any::<u8>(), any::<bool>()).prop_map(|(replica, value, blind)| {
+                Step::Update {
+                    replica,
+                    value,
+                    blind,
+                }
+            }),
             (0..3usize, 0..3usize).prop_map(|(into, from)| Step::Merge { into, from }),
         ],
         0..30,
@@ -33,9 +45,19 @@ fn replay<S: Clone + Default>(
     let mut counters = [0u64; 3];
     for s in steps {
         match *s {
-            Step::Update { replica, value, blind } => {
+            Step::Update {
+                replica,
+                value,
+                blind,
+            } => {
                 counters[replica] += 1;
-                update(&mut states[replica], replica as u64 + 1, counters[replica], value, blind);
+                update(
+                    &mut states[replica],
+                    replica as u64 + 1,
+                    counters[replica],
+                    value,
+                    blind,
+                );
             }
             Step::Merge { into, from } => {
                 let other = states[from].clone();
@@ -56,13 +78,21 @@ fn check_laws<S: Clone + PartialEq + std::fmt::Debug>(
         m
     };
     prop_assert_eq!(join(&a, &b), join(&b, &a), "commutative");
-    prop_assert_eq!(join(&join(&a, &b), &c), join(&a, &join(&b, &c)), "associative");
+    prop_assert_eq!(
+        join(&join(&a, &b), &c),
+        join(&a, &join(&b, &c)),
+        "associative"
+    );
     prop_assert_eq!(join(&a, &a), a.clone(), "idempotent");
     Ok(())
 }
 
 fn dvv_update(d: &mut Dvv<u8>, node: u64, counter: u64, value: u8, blind: bool) {
-    let ctx = if blind { VersionVector::new() } else { d.context().clone() };
+    let ctx = if blind {
+        VersionVector::new()
+    } else {
+        d.context().clone()
+    };
     d.write(&ctx, Dot { node, counter }, value);
 }
 

@@ -4,7 +4,7 @@ use replication_peer::sim::{run_seed, SimOptions};
 use replication_peer::PlantedBug;
 
 /// Seeds CI runs (more with `cargo xtask sim --protocol peer --seeds N`).
-const SEEDS: u64 = 120;
+const SEEDS: u64 = 200;
 
 #[test]
 fn every_seed_converges_and_keeps_every_invariant() {
@@ -26,15 +26,40 @@ fn every_seed_converges_and_keeps_every_invariant() {
 
 fn first_catch(bug: PlantedBug) -> Option<u64> {
     (0..50).find(|&seed| {
-        run_seed(
+        let caught = run_seed(
             seed,
             SimOptions {
                 bug: Some(bug),
                 ..SimOptions::default()
             },
-        )
-        .is_err()
+        );
+        if let Err(f) = &caught {
+            println!("{bug:?} caught at seed {seed}: {}", f.violation.invariant);
+        }
+        caught.is_err()
     })
+}
+
+#[test]
+fn a_seed_replays_bit_for_bit() {
+    let a = run_seed(7, SimOptions::default()).unwrap();
+    let b = run_seed(7, SimOptions::default()).unwrap();
+    assert_eq!(a, b);
+    let f1 = run_seed(
+        0,
+        SimOptions {
+            bug: Some(PlantedBug::MergeDropsSibling),
+            ..SimOptions::default()
+        },
+    );
+    let f2 = run_seed(
+        0,
+        SimOptions {
+            bug: Some(PlantedBug::MergeDropsSibling),
+            ..SimOptions::default()
+        },
+    );
+    assert_eq!(f1.unwrap_err().trace, f2.unwrap_err().trace);
 }
 
 #[test]
