@@ -41,7 +41,7 @@ impl PolicyTable {
         let prefix = prefix.into();
         self.prefixes.retain(|(p, _)| *p != prefix);
         self.prefixes.push((prefix, policy));
-        self.prefixes.sort_by(|a, b| b.0.len().cmp(&a.0.len()));
+        self.prefixes.sort_by_key(|p| std::cmp::Reverse(p.0.len()));
         self
     }
 

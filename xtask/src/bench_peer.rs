@@ -144,7 +144,7 @@ pub fn run(args: Args) -> anyhow::Result<()> {
     let mut headline = None;
     for &d in &args.divergent {
         let d = d.min(args.keys);
-        let stride = if d == 0 { 1 } else { args.keys / d };
+        let stride = args.keys.checked_div(d).unwrap_or(1);
         let changed: Vec<usize> = (0..d).map(|j| j * stride).collect();
         let mut mine = base.clone();
         for (n, &i) in changed.iter().enumerate() {

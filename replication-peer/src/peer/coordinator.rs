@@ -105,13 +105,13 @@ impl Peer {
         let policy = self.policy(key);
         let wrong = |operation| Err(RequestError::WrongPolicy { policy, operation });
         match (request, policy) {
-            (Request::Put { value, .. }, Policy::Siblings | Policy::Lww) => {
-                if value.len() > limits.max_value_bytes {
-                    return Err(RequestError::ValueTooLarge {
-                        len: value.len(),
-                        max: limits.max_value_bytes,
-                    });
-                }
+            (Request::Put { value, .. }, Policy::Siblings | Policy::Lww)
+                if value.len() > limits.max_value_bytes =>
+            {
+                return Err(RequestError::ValueTooLarge {
+                    len: value.len(),
+                    max: limits.max_value_bytes,
+                });
             }
             (Request::Put { .. }, Policy::Crdt(_)) => return wrong("put"),
             (Request::Delete { .. }, Policy::Crdt(_)) => return wrong("delete"),

@@ -181,10 +181,11 @@ impl World {
         let deadline = self.now + self.options.quiet_ticks;
         loop {
             self.step()?;
-            if self.now % 25 == 0 && self.net.in_flight() == 0 {
-                if converged(&self.ring, &workload::policies(), &self.states()).is_ok() {
-                    break;
-                }
+            if self.now.is_multiple_of(25)
+                && self.net.in_flight() == 0
+                && converged(&self.ring, &workload::policies(), &self.states()).is_ok()
+            {
+                break;
             }
             if self.now >= deadline {
                 break;
