@@ -416,3 +416,22 @@ fn bad_peer_messages_are_typed_errors_and_change_nothing() {
     assert!(p.local_objects().next().is_none());
     assert_eq!(p.status().refused_messages, 4);
 }
+
+#[test]
+fn r_plus_w_over_n_reads_the_write_and_r_plus_w_at_most_n_may_not() {
+    let mut c = Cluster::new(&[1, 2, 3], quiet);
+    c.cut.insert(3);
+    let w = c.request(1, put("k", "v", VersionVector::new(), 2));
+    assert!(matches!(c.reply(w), Some(Ok(Response::Written { .. }))));
+    c.cut.clear();
+    // Node 3 missed the push. R = 1 there answers from node 3 alone: stale (R + W = N).
+    let stale = c.request(3, get("k", 1));
+    assert!(values(c.reply(stale).unwrap()).is_empty());
+    // R = 2 (R + W > N) must include a replica that holds the write.
+    let mut fresh_cluster = Cluster::new(&[1, 2, 3], quiet);
+    fresh_cluster.cut.insert(3);
+    fresh_cluster.request(1, put("k", "v", VersionVector::new(), 2));
+    fresh_cluster.cut.clear();
+    let fresh = fresh_cluster.request(3, get("k", 2));
+    assert_eq!(values(fresh_cluster.reply(fresh).unwrap()), [b"v".to_vec()]);
+}
