@@ -10,7 +10,7 @@
 //! and a sibling is dropped as soon as any write that saw it reaches the replica.
 //!
 //! The dot counters come from the coordinating node's own allocator, strictly increasing across
-//! all keys and restarts (see [`crate::peer`]); so "`vv[n] >= c`" really does mean "has seen
+//! all keys and restarts (see `peer/durability.rs`); so "`vv[n] >= c`" really does mean "has seen
 //! every write node `n` coordinated for this key up to `c`": a node ships its whole object, which
 //! carries every earlier dot of its own that is still alive.
 

@@ -188,7 +188,9 @@ pub enum Response {
     Written {
         /// The write's dot.
         dot: Dot,
-        /// The key's context after it (the context of a read that saw this write).
+        /// The key's context at the coordinator right after the write — what a read there
+        /// would have returned. It covers every sibling the coordinator held, including
+        /// concurrent ones this client never read: write with it only to replace them all.
         context: VersionVector,
     },
 }
