@@ -435,3 +435,23 @@ fn r_plus_w_over_n_reads_the_write_and_r_plus_w_at_most_n_may_not() {
     let fresh = fresh_cluster.request(3, get("k", 2));
     assert_eq!(values(fresh_cluster.reply(fresh).unwrap()), [b"v".to_vec()]);
 }
+
+#[test]
+fn a_write_waiting_for_its_dot_times_out_when_the_disk_stalls() {
+    let mut c = Cluster::new(&[1, 2, 3], |cfg| {
+        quiet(cfg);
+        cfg.dot_block = 2;
+        cfg.request_timeout_ms = 10;
+    });
+    c.hold_disk.insert(1);
+    let ids: Vec<_> = (0..3)
+        .map(|i| c.request(1, put(&format!("k{i}"), "v", VersionVector::new(), 1)))
+        .collect();
+    c.advance(20, 10);
+    for id in ids {
+        assert!(
+            matches!(c.reply(id), Some(Err(RequestError::Timeout { .. }))),
+            "{id:?}"
+        );
+    }
+}

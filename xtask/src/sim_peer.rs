@@ -35,6 +35,7 @@ pub fn run(args: &Args) -> anyhow::Result<()> {
     let started = Instant::now();
     let mut failures = Vec::new();
     let (mut acked, mut collected, mut crashes, mut partitions) = (0, 0, 0, 0);
+    let mut settle: Vec<u64> = Vec::new();
     for seed in args.start..end {
         match run_seed(seed, options) {
             Ok(stats) => {
@@ -42,6 +43,7 @@ pub fn run(args: &Args) -> anyhow::Result<()> {
                 collected += stats.tombstones_collected;
                 crashes += stats.crashes;
                 partitions += stats.partitions;
+                settle.push(stats.converged_at.saturating_sub(options.faulty_ticks));
                 if args.verbose {
                     println!("seed {seed}: clean, {stats:?}");
                 }
@@ -58,6 +60,14 @@ pub fn run(args: &Args) -> anyhow::Result<()> {
         }
     }
     let elapsed = started.elapsed().as_secs_f64();
+    settle.sort_unstable();
+    if let (Some(&max), false) = (settle.last(), settle.is_empty()) {
+        println!(
+            "ticks from the end of faults to convergence: median {}, p99 {}, max {max}",
+            settle[settle.len() / 2],
+            settle[(settle.len() * 99 / 100).min(settle.len() - 1)]
+        );
+    }
     println!(
         "{} seeds in {elapsed:.2} s ({:.1} seeds/s); clean seeds: {acked} writes acknowledged, {collected} tombstones collected, {crashes} crashes, {partitions} partitions",
         args.seeds,

@@ -47,8 +47,8 @@ struct InProgress {
 pub(crate) struct Requests {
     next_tag: u64,
     active: BTreeMap<u64, InProgress>,
-    /// Writes waiting for the dot allocator's next durable ceiling.
-    blocked: VecDeque<(RequestId, Request)>,
+    /// Writes waiting for the dot allocator's next durable ceiling, with when they arrived.
+    blocked: VecDeque<(RequestId, Request, u64)>,
 }
 
 impl Requests {
@@ -67,7 +67,7 @@ impl Peer {
         match request {
             Request::Get { key, r } => self.start_read(id, key, r),
             write if self.dots.available() => self.start_write(id, write),
-            write => self.requests.blocked.push_back((id, write)),
+            write => self.requests.blocked.push_back((id, write, self.now)),
         }
     }
 
@@ -146,7 +146,7 @@ impl Peer {
 
     pub(super) fn retry_blocked(&mut self) {
         while self.dots.available() {
-            let Some((id, request)) = self.requests.blocked.pop_front() else {
+            let Some((id, request, _)) = self.requests.blocked.pop_front() else {
                 break;
             };
             self.start_write(id, request);
@@ -502,6 +502,25 @@ impl Peer {
     pub(super) fn expire_requests(&mut self) {
         let timeout = self.config.request_timeout_ms;
         let now = self.now;
+        // A write still waiting for its dot (the ceiling write is slow) times out like any.
+        while self
+            .requests
+            .blocked
+            .front()
+            .is_some_and(|(_, _, at)| now.saturating_sub(*at) >= timeout)
+        {
+            if let Some((id, request, _)) = self.requests.blocked.pop_front() {
+                let needed = match request {
+                    Request::Put { w, .. }
+                    | Request::Delete { w, .. }
+                    | Request::Update { w, .. } => w,
+                    Request::Get { r, .. } => r,
+                };
+                self.out
+                    .replies
+                    .push((id, Err(RequestError::Timeout { acks: 0, needed })));
+            }
+        }
         let expired: Vec<u64> = self
             .requests
             .active
