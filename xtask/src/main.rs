@@ -8,6 +8,7 @@ use clap::{Parser, Subcommand};
 mod bench_cluster;
 mod bench_core;
 mod bench_net;
+mod bench_peer;
 mod bench_txn;
 mod bench_wal;
 mod certs;
@@ -15,6 +16,7 @@ mod cluster;
 mod etcd;
 mod plot;
 mod sim;
+mod sim_peer;
 mod sim_txn;
 
 #[derive(Parser)]
@@ -51,6 +53,8 @@ enum Bench {
     Cluster(bench_cluster::Args),
     /// The txn-2pc commit protocols: cost against the literature, blocking, throughput.
     Txn(bench_txn::Args),
+    /// replication-peer: Merkle anti-entropy bytes against the data and the full key list.
+    Peer(bench_peer::Args),
 }
 
 fn main() -> anyhow::Result<()> {
@@ -62,6 +66,7 @@ fn main() -> anyhow::Result<()> {
             Bench::Net(args) => bench_net::run(args),
             Bench::Cluster(args) => bench_cluster::run(args),
             Bench::Txn(args) => bench_txn::run(args),
+            Bench::Peer(args) => bench_peer::run(args),
         },
         Command::Sim(args) => sim::run(args),
         Command::Certs(args) => certs::run(args),

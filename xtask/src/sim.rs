@@ -31,6 +31,8 @@ pub enum Protocol {
     Tcc,
     /// txn-2pc: sagas (`sim_txn`).
     Saga,
+    /// replication-peer: multi-master replication with anti-entropy (`sim_peer`).
+    Peer,
 }
 
 /// A bug to plant in every member, to see the simulator catch it.
@@ -48,6 +50,12 @@ pub enum Bug {
     SkipPhaseOne,
     /// Multi-Paxos: a slot is applied before it is chosen.
     ApplyBeforeChosen,
+    /// replication-peer: a merge that brings siblings together drops one.
+    MergeDropsSibling,
+    /// replication-peer: anti-entropy skips a differing subtree.
+    AntiEntropySkipsSubtree,
+    /// replication-peer: a tombstone is collected before every replica holds it.
+    EarlyTombstoneCollection,
 }
 
 impl Bug {
@@ -152,6 +160,7 @@ pub fn run(args: Args) -> anyhow::Result<()> {
         return crate::sim_txn::run(&args);
     }
     match args.protocol {
+        Protocol::Peer => crate::sim_peer::run(&args),
         Protocol::Raft => {
             let bug = planted(args.planted_bug, "Raft", Bug::raft)?;
             scan::<RaftSim>(&args, "raft", |options| options.planted_bug = bug)
