@@ -272,7 +272,7 @@ pub struct NodeStatus {
     pub cluster: String,
     /// Role.
     pub role: Role,
-    /// The replication protocol ("raft", "multi-paxos").
+    /// The replication protocol ("raft", "multi-paxos", "zab").
     pub protocol: String,
     /// Current term (Raft), ballot round (Multi-Paxos).
     pub term: u64,
