@@ -427,6 +427,9 @@ pub enum ServerError {
     /// Anything else (a bug or a storage failure); the message has details.
     #[error("internal error: {0}")]
     Internal(String),
+    /// The cluster's protocol lacks the capability asked for (Zab has no leader transfer).
+    #[error("not supported: {0}")]
+    Unsupported(String),
 }
 
 /// Answers one client request.

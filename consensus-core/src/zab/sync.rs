@@ -172,6 +172,12 @@ impl<S: ZabStorage> Zab<S> {
                         );
                         return Ok(());
                     }
+                    tracing::info!(
+                        from = entry.index,
+                        last = self.log.last_index(),
+                        leader = from,
+                        "zab: TRUNC: dropping proposals the new leader never saw"
+                    );
                     self.truncate_log(entry.index);
                     self.append_entry(entry.clone());
                 }
@@ -189,6 +195,12 @@ impl<S: ZabStorage> Zab<S> {
                     tracing::warn!("zab: NEWLEADER would cut committed proposals; ignored");
                     return Ok(());
                 }
+                tracing::info!(
+                    from = reached + 1,
+                    last = self.log.last_index(),
+                    leader = from,
+                    "zab: TRUNC: dropping proposals the new leader never saw"
+                );
                 self.truncate_log(reached + 1);
             }
             self.current_epoch = epoch; // durable before the ACK below leaves
