@@ -92,6 +92,16 @@ impl<S: ZabStorage> Zab<S> {
         conf
     }
 
+    /// Whether a vote names a member this one may adopt as leader: a voter of its view of the
+    /// membership, or any member whose history is of a newer epoch than this one's — its view
+    /// may lag (an uncommitted change of an older epoch, cut by the newer leader), and refusing
+    /// the newer history left elections where no member could gather a quorum (churn seed 73
+    /// after follower reads shifted the schedule). Safety does not rest on it: discovery does.
+    fn may_lead(&self, vote: &Vote) -> bool {
+        vote.leader != 0
+            && (self.election.conf.is_voter(vote.leader) || vote.epoch > self.current_epoch)
+    }
+
     pub(crate) fn ignores_zxid(&self) -> bool {
         self.has_bug(PlantedBug::ElectionIgnoresZxid)
     }
@@ -232,9 +242,7 @@ impl<S: ZabStorage> Zab<S> {
                     self.election.decide_at = None;
                     self.election.since = self.now;
                     let own = self.own_vote();
-                    let pick = if self.election.conf.is_voter(vote.leader)
-                        && better(&vote, &own, ignore)
-                    {
+                    let pick = if self.may_lead(&vote) && better(&vote, &own, ignore) {
                         vote
                     } else {
                         own
@@ -249,7 +257,7 @@ impl<S: ZabStorage> Zab<S> {
                     let body = self.my_notification();
                     self.send(from, body);
                     return;
-                } else if self.election.conf.is_voter(vote.leader) && better(&vote, &mine, ignore) {
+                } else if self.may_lead(&vote) && better(&vote, &mine, ignore) {
                     self.election.vote = Some(vote);
                     self.election.decide_at = None;
                     if self.election.conf.is_voter(self.config.id) {

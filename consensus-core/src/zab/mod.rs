@@ -489,6 +489,10 @@ impl<S: ZabStorage> Zab<S> {
                 read_round,
             } => self.handle_ping(from, epoch, commit, read_round),
             MessageBody::Pong { epoch, read_round } => self.handle_pong(from, epoch, read_round),
+            MessageBody::ReadRequest { epoch, ctx } => self.handle_read_request(from, epoch, ctx),
+            MessageBody::ReadIndex { epoch, ctx, index } => {
+                self.handle_read_index(from, epoch, ctx, index)
+            }
         }
         Ok(())
     }

@@ -483,10 +483,20 @@ fn a_read_is_ordered_after_a_quorum_confirms_the_leaders_epoch() {
     let reads = &net.nodes[&leader].1.reads;
     assert_eq!(reads, &vec![ReadState { ctx: 7, index: 1 }]);
     let follower = if leader == 1 { 2 } else { 1 };
-    assert!(matches!(
-        net.engine_mut(follower).read_index(8),
-        Err(Error::NotLeader { leader: Some(_) })
-    ));
+    // A follower forwards its read (ZooKeeper's SYNC) and gets the leader's confirmed commit.
+    net.engine_mut(follower)
+        .read_index(8)
+        .expect("follower read");
+    net.settle();
+    net.tick(2);
+    let reads = &net.nodes[&follower].1.reads;
+    assert_eq!(reads, &vec![ReadState { ctx: 8, index: 1 }]);
+    // With the leader gone, a forwarded read is never answered (the embedder times it out).
+    net.down.insert(leader);
+    net.engine_mut(follower).read_index(9).expect("forwarded");
+    net.tick(3);
+    assert!(!net.nodes[&follower].1.reads.iter().any(|r| r.ctx == 9));
+    net.down.remove(&leader);
     assert!(matches!(
         net.engine_mut(leader).transfer_leader(follower),
         Err(Error::Unsupported { .. })
