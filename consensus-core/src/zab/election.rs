@@ -150,7 +150,7 @@ impl<S: ZabStorage> Zab<S> {
         }
     }
 
-    fn my_notification(&self) -> MessageBody {
+    pub(crate) fn my_notification(&self) -> MessageBody {
         let vote = match &self.state {
             State::Looking => self.election.vote.unwrap_or_else(|| self.own_vote()),
             State::Leading(l) => Vote {
@@ -210,8 +210,20 @@ impl<S: ZabStorage> Zab<S> {
         vote: Vote,
         state: PeerState,
     ) {
-        if !self.election.conf.contains(from) && !self.conf.contains(from) {
+        let joining = self.conf.voters.is_empty() && self.election.conf.voters.is_empty();
+        if !joining && !self.election.conf.contains(from) && !self.conf.contains(from) {
             return; // not a member: nothing to learn, nothing to store (keeps the tallies bounded)
+        }
+        if joining {
+            // A new member that knows no membership yet (started to join) waits for the leader
+            // of the group that added it to say so; it takes part in no election.
+            if state == PeerState::Leading
+                && vote.leader == from
+                && matches!(self.state, State::Looking)
+            {
+                self.become_following(from);
+            }
+            return;
         }
         let from_voter = self.election.conf.is_voter(from);
         if !matches!(self.state, State::Looking) {
