@@ -53,9 +53,9 @@ fn the_leader_churn_profile_runs_clean() {
     assert!(failed.is_empty(), "{}", reports.join("\n"));
 }
 
-/// Seeds outside CI's range that once ended without a leader: members whose membership view
-/// lagged (an older epoch's uncommitted change) refused to vote for the member holding the newer
-/// epoch's history, so no side could gather a quorum; now a vote of a newer epoch is adopted.
+/// Seeds outside CI's range that once ended without a leader (3214: members whose membership
+/// view lagged refused to vote for the member holding a newer epoch's history; now such a vote is
+/// adopted), and churn seeds that did on the way to follower reads and joining members.
 #[test]
 fn seeds_that_once_lost_liveness_run_clean() {
     let outcomes = [
