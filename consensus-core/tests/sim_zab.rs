@@ -53,6 +53,22 @@ fn the_leader_churn_profile_runs_clean() {
     assert!(failed.is_empty(), "{}", reports.join("\n"));
 }
 
+/// Seeds outside CI's range that once ended without a leader (3214: members whose membership
+/// view lagged refused to vote for the member holding a newer epoch's history; now such a vote is
+/// adopted), and churn seeds that did on the way to follower reads and joining members.
+#[test]
+fn seeds_that_once_lost_liveness_run_clean() {
+    let outcomes = [
+        sim::run::<ZabSim>(from_seed(3214)),
+        sim::run::<ZabSim>(churn_from_seed(1504)),
+        sim::run::<ZabSim>(churn_from_seed(1761)),
+        sim::run::<ZabSim>(churn_from_seed(73)),
+    ];
+    let failed = failures(outcomes.into_iter());
+    let reports: Vec<String> = failed.iter().map(Outcome::report).collect();
+    assert!(failed.is_empty(), "{}", reports.join("\n"));
+}
+
 #[test]
 fn planted_election_ignoring_zxid_is_caught() {
     let caught = first_catch(PlantedBug::ElectionIgnoresZxid, from_seed);

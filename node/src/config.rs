@@ -6,7 +6,7 @@
 //! listen = "127.0.0.1:7001"        # one QUIC endpoint for peers and clients (ALPNs differ)
 //! data_dir = "data/node-1"
 //! # join = true                    # a new member added with `quorate cluster add`: no bootstrap
-//! protocol = "raft"                # or "multi-paxos"; recorded in the data dir at creation
+//! protocol = "raft"                # or "multi-paxos" or "zab"; recorded in the data dir at creation
 //!
 //! [certs]
 //! dir = "certs"                    # ca.pem, node-<id>.pem, node-<id>.key (as `cargo xtask certs`)
@@ -72,6 +72,8 @@ pub enum Protocol {
     Raft,
     /// Multi-Paxos (`consensus_core::paxos::MultiPaxos`).
     MultiPaxos,
+    /// Zab, ZooKeeper's atomic broadcast (`consensus_core::zab::Zab`).
+    Zab,
 }
 
 impl Protocol {
@@ -81,6 +83,7 @@ impl Protocol {
         match self {
             Protocol::Raft => "raft",
             Protocol::MultiPaxos => "multi-paxos",
+            Protocol::Zab => "zab",
         }
     }
 }
@@ -98,8 +101,9 @@ impl std::str::FromStr for Protocol {
         match s {
             "raft" => Ok(Protocol::Raft),
             "multi-paxos" | "multipaxos" | "paxos" => Ok(Protocol::MultiPaxos),
+            "zab" => Ok(Protocol::Zab),
             other => Err(format!(
-                "unknown protocol {other:?}; expected \"raft\" or \"multi-paxos\""
+                "unknown protocol {other:?}; expected \"raft\", \"multi-paxos\" or \"zab\""
             )),
         }
     }
@@ -435,18 +439,24 @@ mod tests {
     }
 
     #[test]
-    fn the_protocol_defaults_to_raft_and_names_multi_paxos() {
+    fn the_protocol_defaults_to_raft_and_names_multi_paxos_and_zab() {
         let config = ServeConfig::from_toml_str(EXAMPLE).unwrap();
         assert_eq!(config.protocol, Protocol::Raft);
         let paxos = format!("protocol = \"multi-paxos\"\n{EXAMPLE}");
         let config = ServeConfig::from_toml_str(&paxos).unwrap();
         assert_eq!(config.protocol, Protocol::MultiPaxos);
         assert_eq!(config.protocol.name(), "multi-paxos");
-        let unknown = format!("protocol = \"zab\"\n{EXAMPLE}");
+        let zab = format!("protocol = \"zab\"\n{EXAMPLE}");
+        let config = ServeConfig::from_toml_str(&zab).unwrap();
+        assert_eq!(config.protocol, Protocol::Zab);
+        assert_eq!(config.protocol.name(), "zab");
+        let unknown = format!("protocol = \"viewstamped\"\n{EXAMPLE}");
         let error = ServeConfig::from_toml_str(&unknown).unwrap_err();
         assert!(error.to_string().contains("multi-paxos"), "{error}");
         assert_eq!("multi-paxos".parse::<Protocol>(), Ok(Protocol::MultiPaxos));
-        assert!("zab".parse::<Protocol>().is_err());
+        assert_eq!("zab".parse::<Protocol>(), Ok(Protocol::Zab));
+        let error = "vr".parse::<Protocol>().unwrap_err();
+        assert!(error.contains("\"zab\""), "{error}");
     }
 
     #[test]

@@ -1,14 +1,15 @@
 //! Building a group's protocol engine: one small constructor per protocol, chosen by
-//! `protocol = "raft" | "multi-paxos"` in the configuration. Everything after construction is
+//! `protocol = "raft" | "multi-paxos" | "zab"` in the configuration. Everything after construction is
 //! generic (the group's [`Driver`] runs any [`Consensus`] engine on a [`LogStore`]).
 //!
-//! Adding a protocol (Zab, primary-backup): a variant of [`Protocol`], a `build_*` function
+//! Adding a protocol (primary-backup, say): a variant of [`Protocol`], a `build_*` function
 //! returning its engine on a `LogStore<ItsHardState>`, and one arm in [`open`].
 
 use std::sync::Arc;
 use std::time::{SystemTime, UNIX_EPOCH};
 
 use consensus_core::paxos::{self, MultiPaxos};
+use consensus_core::zab::{self, Zab};
 use consensus_core::{ConfState, DurableState, Raft, ReadMode, Storage};
 use net_quic::{Endpoint, Receivers};
 use tokio::sync::watch;
@@ -57,7 +58,39 @@ pub(crate) async fn open(config: &Arc<ServeConfig>) -> Result<Opened, ServeError
             let engine = build_multi_paxos(config, store, applied)?;
             Ok(opened(config, engine, kv))
         }
+        Protocol::Zab => {
+            let store: LogStore<zab::HardState> = open_store(config).await?;
+            let (kv, applied) = restore(config, &store)?;
+            let engine = build_zab(config, store, applied)?;
+            Ok(opened(config, engine, kv))
+        }
     }
+}
+
+/// Zab takes the same timing as the others. Its linearizable reads always take a quorum round
+/// (a PING the followers answer): it has no lease mode, so `read_mode = "lease"` reads as
+/// `"read-index"` would. Its uncommitted limit counts proposals (each a batch of client writes),
+/// so it keeps Zab's own default rather than the byte budget.
+fn build_zab(
+    config: &ServeConfig,
+    store: LogStore<zab::HardState>,
+    applied: u64,
+) -> Result<Zab<LogStore<zab::HardState>>, ServeError> {
+    let mut zab_config = zab::Config::new(config.node_id);
+    zab_config.election_tick = config.raft.election_ticks;
+    zab_config.heartbeat_tick = config.raft.heartbeat_ticks;
+    // An unanswered FOLLOWERINFO, sync chunk or proposal is resent after two heartbeats.
+    zab_config.resend_tick = (2 * config.raft.heartbeat_ticks)
+        .max(3)
+        .min(config.raft.election_ticks - 1);
+    zab_config.max_inflight = config.raft.max_inflight as u64;
+    zab_config.max_msg_bytes = config.raft.max_msg_bytes;
+    zab_config.applied = applied;
+    Ok(Zab::new(
+        zab_config,
+        store,
+        consensus_core::seeded_rng(seed(config)),
+    )?)
 }
 
 fn build_multi_paxos(

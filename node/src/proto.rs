@@ -290,7 +290,7 @@ pub struct NodeStatus {
     pub cluster: String,
     /// Role.
     pub role: Role,
-    /// The replication protocol ("raft", "multi-paxos").
+    /// The replication protocol ("raft", "multi-paxos", "zab").
     pub protocol: String,
     /// Current term (Raft), ballot round (Multi-Paxos).
     pub term: u64,
@@ -454,6 +454,9 @@ pub enum ServerError {
     /// Anything else (a bug or a storage failure); the message has details.
     #[error("internal error: {0}")]
     Internal(String),
+    /// The cluster's protocol lacks the capability asked for (Zab has no leader transfer).
+    #[error("not supported: {0}")]
+    Unsupported(String),
 }
 
 /// Answers one client request.

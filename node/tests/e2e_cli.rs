@@ -540,6 +540,77 @@ async fn after_the_multi_paxos_leader_is_killed_a_fresh_cli_write_is_acknowledge
     failover(Protocol::MultiPaxos).await;
 }
 
+/// The same under Zab (FastLeaderElection, then discovery and synchronisation with a quorum).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn after_the_zab_leader_is_killed_a_fresh_cli_write_is_acknowledged_soon() {
+    failover(Protocol::Zab).await;
+}
+
+/// Under Zab, `cluster status` names each member's ZooKeeper state (leading / following /
+/// observing / looking), its epoch and its last zxid; an observer is added as a learner.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn under_zab_cluster_status_shows_state_epoch_and_zxid_and_an_observer_observes() {
+    let _serial = SERIAL.lock().await;
+    let mut cluster = ProcCluster::start_with(Protocol::Zab, 3, |_| {});
+    let client = cluster.client();
+    let leader = cluster.wait_leader(&client, &[1, 2, 3]).await;
+    expect(cluster.cli(&["kv", "put", "a", "1"]), 0, "OK", "");
+    expect(cluster.cli(&["kv", "put", "b", "2"]), 0, "OK", "");
+    let addr = cluster.spawn_joiner(4);
+    expect(
+        cluster.cli(&["cluster", "add", "4", &addr.to_string(), "--learner"]),
+        0,
+        "added node 4",
+        "",
+    );
+    let status = common::eventually("node 4 observes", || async {
+        let (code, stdout, _) = cluster.cli(&["cluster", "status"]);
+        (code == 0 && stdout.contains("state=observing")).then_some(stdout)
+    })
+    .await;
+    let rows: Vec<&str> = status.lines().collect();
+    assert!(
+        rows[0].contains("PROTOCOL") && rows[0].contains("DETAIL"),
+        "{status}"
+    );
+    for id in 1..=4u64 {
+        let row = rows
+            .iter()
+            .find(|row| row.starts_with(&format!("{id} ")))
+            .unwrap_or_else(|| panic!("no row for node {id}: {status}"));
+        let state = if id == 4 {
+            "state=observing"
+        } else if id == leader {
+            "state=leading"
+        } else {
+            "state=following"
+        };
+        assert!(row.contains("zab"), "{row}");
+        assert!(row.contains(state), "{row} lacks {state}");
+        assert!(row.contains("phase=broadcast"), "{row}");
+        assert!(
+            row.contains("current_epoch=") && row.contains("zxid="),
+            "{row}"
+        );
+    }
+    // The JSON form carries the same detail, by name.
+    let json = expect(cluster.cli(&["--json", "cluster", "status"]), 0, "", "");
+    let value: serde_json::Value = serde_json::from_str(&json).expect("JSON");
+    let nodes = value["nodes"].as_array().expect("nodes");
+    let leader_node = nodes
+        .iter()
+        .find(|n| n["id"] == leader)
+        .expect("leader row");
+    assert_eq!(leader_node["detail"]["state"], "leading", "{json}");
+    let zxid = leader_node["detail"]["zxid"].as_str().expect("zxid");
+    let epoch = leader_node["term"].as_u64().expect("epoch");
+    assert!(
+        zxid.starts_with(&format!("{epoch}.")),
+        "{zxid} in epoch {epoch}"
+    );
+    cluster.kill(4);
+}
+
 async fn failover(protocol: Protocol) {
     let _serial = SERIAL.lock().await;
     let mut cluster = ProcCluster::start_with(protocol, 3, failover_timing);

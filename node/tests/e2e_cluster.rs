@@ -1,6 +1,8 @@
 //! End-to-end: real `quorate` processes on loopback, driven through `node::client::Client`.
 //!
-//! Every scenario runs under each protocol (`raft::*`, `multi_paxos::*`, see `per_protocol!`).
+//! Every scenario runs under each protocol (`raft::*`, `multi_paxos::*`, `zab::*`, see
+//! `per_protocol!`); the Zab-specific ones (TRUNC, kill -9 under concurrent writes) are in
+//! `e2e_zab.rs`.
 //! Each test starts its own cluster (ports, certificates and data in a temporary folder). Tests
 //! in this file run one at a time (they share two cores with everything else).
 
@@ -234,6 +236,8 @@ async fn a_fourth_member_is_added_and_one_removed_while_a_client_keeps_writing(p
         .is_some());
 }
 
+/// Zab (as ZooKeeper) has no leader transfer: there the request is refused, naming why, and the
+/// leader stays.
 async fn leadership_moves_to_the_requested_member(protocol: Protocol) {
     let _serial = SERIAL.lock().await;
     let cluster = ProcCluster::start_with(protocol, 3, |_| {});
@@ -241,6 +245,21 @@ async fn leadership_moves_to_the_requested_member(protocol: Protocol) {
     let leader = cluster.wait_leader(&client, &[1, 2, 3]).await;
     client.put("k", "1").await.expect("put");
     let target = [1, 2, 3].into_iter().find(|&id| id != leader).unwrap();
+    if protocol == Protocol::Zab {
+        let error = client
+            .transfer_leader(target)
+            .await
+            .expect_err("zab has no leader transfer");
+        assert!(
+            error
+                .to_string()
+                .contains("zab does not support leader transfer"),
+            "{error}"
+        );
+        assert_eq!(cluster.wait_leader(&client, &[1, 2, 3]).await, leader);
+        client.put("k", "2").await.expect("put after the refusal");
+        return;
+    }
     client.transfer_leader(target).await.expect("transfer");
     assert_eq!(cluster.wait_leader(&client, &[1, 2, 3]).await, target);
     // Writes go to the new leader.
@@ -339,7 +358,7 @@ async fn a_follower_never_serves_a_linearizable_read_older_than_an_acknowledged_
     }
 }
 
-/// Every scenario runs once per protocol: `raft::<name>` and `multi_paxos::<name>`.
+/// Every scenario runs once per protocol: `raft::<name>`, `multi_paxos::<name>`, `zab::<name>`.
 macro_rules! per_protocol {
     ($($name:ident),* $(,)?) => {
         mod raft {
@@ -355,6 +374,14 @@ macro_rules! per_protocol {
                 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
                 async fn $name() {
                     super::$name(node::config::Protocol::MultiPaxos).await
+                }
+            )*
+        }
+        mod zab {
+            $(
+                #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+                async fn $name() {
+                    super::$name(node::config::Protocol::Zab).await
                 }
             )*
         }

@@ -369,5 +369,22 @@ impl<S: ZabStorage> Zab<S> {
         for id in resync {
             self.send_sync(id);
         }
+        // Members of the configuration that never reported (a member just added, started to
+        // join and knowing nobody) hear who leads, so they can follow.
+        let strangers: Vec<NodeId> = match &self.state {
+            State::Leading(l) if l.phase == LeaderPhase::Broadcast => self
+                .conf
+                .members()
+                .into_iter()
+                .filter(|id| *id != me && !l.peers.contains_key(id))
+                .collect(),
+            _ => Vec::new(),
+        };
+        if !strangers.is_empty() {
+            let body = self.my_notification();
+            for id in strangers {
+                self.send(id, body.clone());
+            }
+        }
     }
 }

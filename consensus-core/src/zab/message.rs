@@ -1,6 +1,7 @@
 //! Zab's wire messages, by phase: election notifications, discovery (FOLLOWERINFO, NEWEPOCH,
 //! ACKEPOCH), synchronisation (DIFF / TRUNC / SNAP chunks ending in NEWLEADER, ACK of it) and
-//! broadcast (PROPOSAL, ACK, COMMIT, PING / PONG).
+//! broadcast (PROPOSAL, ACK, COMMIT, PING / PONG), and a follower's reads forwarded to the
+//! leader (READ REQUEST / READ INDEX, as ZooKeeper's SYNC).
 //!
 //! Zab assumes FIFO channels; the network here may drop, duplicate and reorder, so every message
 //! that extends a history names the position it follows (`prev_index`, `prev_epoch`) and a member
@@ -153,6 +154,24 @@ pub enum MessageBody {
         epoch: u64,
         /// The read round of the ping answered.
         read_round: u64,
+    },
+    /// A follower's linearizable read, forwarded to its leader (as ZooKeeper's SYNC): the
+    /// leader answers with the commit point a quorum round confirmed.
+    ReadRequest {
+        /// The leader's epoch, as the follower knows it.
+        epoch: u64,
+        /// The follower's read context.
+        ctx: u64,
+    },
+    /// The leader's answer to [`MessageBody::ReadRequest`]: the follower may serve read `ctx`
+    /// once it applied through `index`.
+    ReadIndex {
+        /// The leader's epoch.
+        epoch: u64,
+        /// The follower's read context.
+        ctx: u64,
+        /// The leader's commit point when the read arrived, confirmed by a quorum round.
+        index: u64,
     },
 }
 

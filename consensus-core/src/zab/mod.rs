@@ -324,6 +324,37 @@ impl<S: ZabStorage> Zab<S> {
         self.log.storage
     }
 
+    /// ZooKeeper's name for what this member is doing (`looking`, `following`, `observing`,
+    /// `leading`) and, unless looking, the Zab phase it is in with its leader (`discovery`,
+    /// `synchronisation`, `broadcast`). A prospective leader is `leading` from its election on,
+    /// as in ZooKeeper, though the seam's role stays `Candidate` until discovery is over.
+    pub fn server_state(&self) -> (&'static str, Option<&'static str>) {
+        let observing = self.is_observer();
+        match &self.state {
+            State::Looking if observing => ("observing", None),
+            State::Looking => ("looking", None),
+            State::Following(f) => {
+                let phase = match f.phase {
+                    FollowerPhase::Discovery => "discovery",
+                    FollowerPhase::Sync => "synchronisation",
+                    FollowerPhase::Broadcast => "broadcast",
+                };
+                (
+                    if observing { "observing" } else { "following" },
+                    Some(phase),
+                )
+            }
+            State::Leading(l) => {
+                let phase = match l.phase {
+                    LeaderPhase::Discovery => "discovery",
+                    LeaderPhase::Sync => "synchronisation",
+                    LeaderPhase::Broadcast => "broadcast",
+                };
+                ("leading", Some(phase))
+            }
+        }
+    }
+
     pub(crate) fn has_bug(&self, bug: Bug) -> bool {
         self.config.has_bug(bug)
     }
@@ -458,6 +489,10 @@ impl<S: ZabStorage> Zab<S> {
                 read_round,
             } => self.handle_ping(from, epoch, commit, read_round),
             MessageBody::Pong { epoch, read_round } => self.handle_pong(from, epoch, read_round),
+            MessageBody::ReadRequest { epoch, ctx } => self.handle_read_request(from, epoch, ctx),
+            MessageBody::ReadIndex { epoch, ctx, index } => {
+                self.handle_read_index(from, epoch, ctx, index)
+            }
         }
         Ok(())
     }
@@ -668,17 +703,19 @@ impl<S: ZabStorage> Consensus for Zab<S> {
 
     fn status(&self) -> Status {
         let zxid = self.log.last_zxid();
-        let mut detail = vec![
-            ("accepted_epoch", self.accepted_epoch.to_string()),
+        let (state, phase) = self.server_state();
+        let mut detail = vec![("state", state.to_string())];
+        if let Some(phase) = phase {
+            detail.push(("phase", phase.to_string()));
+        }
+        detail.extend([
             ("current_epoch", self.current_epoch.to_string()),
+            ("accepted_epoch", self.accepted_epoch.to_string()),
             (
                 "zxid",
                 format!("{}.{}", zxid.epoch, zxid.counter(self.epoch_start)),
             ),
-        ];
-        if self.is_observer() {
-            detail.push(("state", "observing".to_string()));
-        }
+        ]);
         Status {
             id: self.config.id,
             role: self.role(),

@@ -2,7 +2,7 @@
 //! discovery and synchronisation (so they never take a stale leader's history: their accepted
 //! epoch only grows), receive proposals and commits, and ACK them, but never vote in elections,
 //! never count towards the epoch, NEWLEADER, commit or read quorums, and never lead. They report
-//! role `Follower` with status detail ("state", "observing").
+//! role `Follower` with status detail ("state", "observing") (see `Zab::server_state`).
 
 use super::{Zab, ZabStorage};
 

@@ -7,7 +7,9 @@
 //!   (`Write::truncate_from`), and the NEWLEADER chunk cuts whatever the follower holds beyond
 //!   the leader's history;
 //! - **SNAP**: what the follower needs is compacted on the leader: the leader's snapshot goes first
-//!   (`Write::snapshot`, a bulk message).
+//!   (`Write::snapshot`, a bulk message). Also for a joining member (empty history, not in the
+//!   snapshot's membership): even an uncompacted leader's snapshot at position 0 carries the
+//!   group's first membership, which no entry of the history does.
 //!
 //! Each chunk names the position it follows; a follower that does not hold that position (or holds
 //! another epoch there) answers NACK with a lower hint and the leader backs up. The chunk that
@@ -78,7 +80,12 @@ impl<S: ZabStorage> Zab<S> {
         let mut prev = peer.next.saturating_sub(1).min(last);
         let mut snapshot: Option<Snapshot> = None;
         let mut prev_epoch = self.log.term(prev);
-        if prev_epoch.is_none() || prev < self.log.snapshot_point().0 {
+        // A member added to the group and started to join holds nothing, not even the group's
+        // first membership (the leader's snapshot at position 0 has it): it starts from SNAP too.
+        let joining = their_last == 0
+            && prev == 0
+            && !self.log.storage.snapshot_meta().conf_state.contains(id);
+        if prev_epoch.is_none() || prev < self.log.snapshot_point().0 || joining {
             match self.snapshot_for_sync() {
                 Some(s) => {
                     prev = s.meta.index;
@@ -144,7 +151,8 @@ impl<S: ZabStorage> Zab<S> {
         let in_broadcast = f.phase == FollowerPhase::Broadcast;
         tracing::trace!(?kind, prev_index, n = entries.len(), "zab: sync chunk");
         if let Some(snapshot) = snapshot {
-            if snapshot.meta.index > self.commit {
+            let joining = self.conf.voters.is_empty() && self.log.last_index() == 0;
+            if snapshot.meta.index > self.commit || joining {
                 self.log.install_snapshot(snapshot);
                 self.recompute_epoch_start();
             }
@@ -172,6 +180,12 @@ impl<S: ZabStorage> Zab<S> {
                         );
                         return Ok(());
                     }
+                    tracing::info!(
+                        from = entry.index,
+                        last = self.log.last_index(),
+                        leader = from,
+                        "zab: TRUNC: dropping proposals the new leader never saw"
+                    );
                     self.truncate_log(entry.index);
                     self.append_entry(entry.clone());
                 }
@@ -189,6 +203,12 @@ impl<S: ZabStorage> Zab<S> {
                     tracing::warn!("zab: NEWLEADER would cut committed proposals; ignored");
                     return Ok(());
                 }
+                tracing::info!(
+                    from = reached + 1,
+                    last = self.log.last_index(),
+                    leader = from,
+                    "zab: TRUNC: dropping proposals the new leader never saw"
+                );
                 self.truncate_log(reached + 1);
             }
             self.current_epoch = epoch; // durable before the ACK below leaves

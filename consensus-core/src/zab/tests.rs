@@ -359,6 +359,47 @@ fn a_follower_acks_a_proposal_only_once_its_write_is_persisted() {
         .any(|m| matches!(m.body, MessageBody::Ack { index: 1, .. })));
 }
 
+fn detail(status: &crate::types::Status, name: &str) -> Option<String> {
+    status
+        .detail
+        .iter()
+        .find(|(n, _)| *n == name)
+        .map(|(_, v)| v.clone())
+}
+
+#[test]
+fn status_names_the_server_state_epoch_and_zxid_as_zookeeper_does() {
+    let mut net = Net::new(&[1, 2, 3], &[4]);
+    for id in [1, 2, 3] {
+        let status = net.engine(id).status();
+        assert_eq!(detail(&status, "state").as_deref(), Some("looking"));
+        assert_eq!(detail(&status, "phase"), None);
+    }
+    let leader = net.elect();
+    net.tick(5);
+    net.propose(leader, "a");
+    net.propose(leader, "b");
+    net.tick(5);
+    let status = net.engine(leader).status();
+    assert_eq!(detail(&status, "state").as_deref(), Some("leading"));
+    assert_eq!(detail(&status, "phase").as_deref(), Some("broadcast"));
+    let epoch = status.term;
+    assert!(epoch >= 1);
+    assert_eq!(detail(&status, "current_epoch"), Some(epoch.to_string()));
+    // The zxid counter restarts each epoch: the new leader's initial history and two proposals.
+    let zxid = detail(&status, "zxid").expect("zxid");
+    let (zxid_epoch, counter) = zxid.split_once('.').expect("epoch.counter");
+    assert_eq!(zxid_epoch, epoch.to_string());
+    assert!(counter.parse::<u64>().expect("counter") >= 2, "{zxid}");
+    for id in [1, 2, 3].into_iter().filter(|&id| id != leader) {
+        let status = net.engine(id).status();
+        assert_eq!(detail(&status, "state").as_deref(), Some("following"));
+        assert_eq!(detail(&status, "zxid").as_deref(), Some(zxid.as_str()));
+    }
+    let observer = net.engine(4).status();
+    assert_eq!(detail(&observer, "state").as_deref(), Some("observing"));
+}
+
 #[test]
 fn observers_receive_proposals_but_never_count_towards_a_quorum() {
     let mut net = Net::new(&[1, 2, 3], &[4]);
@@ -442,10 +483,20 @@ fn a_read_is_ordered_after_a_quorum_confirms_the_leaders_epoch() {
     let reads = &net.nodes[&leader].1.reads;
     assert_eq!(reads, &vec![ReadState { ctx: 7, index: 1 }]);
     let follower = if leader == 1 { 2 } else { 1 };
-    assert!(matches!(
-        net.engine_mut(follower).read_index(8),
-        Err(Error::NotLeader { leader: Some(_) })
-    ));
+    // A follower forwards its read (ZooKeeper's SYNC) and gets the leader's confirmed commit.
+    net.engine_mut(follower)
+        .read_index(8)
+        .expect("follower read");
+    net.settle();
+    net.tick(2);
+    let reads = &net.nodes[&follower].1.reads;
+    assert_eq!(reads, &vec![ReadState { ctx: 8, index: 1 }]);
+    // With the leader gone, a forwarded read is never answered (the embedder times it out).
+    net.down.insert(leader);
+    net.engine_mut(follower).read_index(9).expect("forwarded");
+    net.tick(3);
+    assert!(!net.nodes[&follower].1.reads.iter().any(|r| r.ctx == 9));
+    net.down.remove(&leader);
     assert!(matches!(
         net.engine_mut(leader).transfer_leader(follower),
         Err(Error::Unsupported { .. })

@@ -110,7 +110,7 @@ pub struct ServeArgs {
     /// Join an existing cluster instead of bootstrapping a new one.
     #[arg(long, env = "QUORATE_JOIN")]
     pub join: bool,
-    /// Replication protocol: `raft` or `multi-paxos` (overrides `protocol` in the file).
+    /// Replication protocol: `raft`, `multi-paxos` or `zab` (overrides `protocol` in the file).
     #[arg(long, env = "QUORATE_PROTOCOL")]
     pub protocol: Option<String>,
 }

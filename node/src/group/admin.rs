@@ -129,7 +129,7 @@ pub(crate) fn engine_error(
         E::Unsupported {
             protocol,
             capability,
-        } => ServerError::Internal(format!("{protocol} does not support {capability}")),
+        } => ServerError::Unsupported(format!("{protocol} does not support {capability}")),
         other => ServerError::Internal(other.to_string()),
     }
 }

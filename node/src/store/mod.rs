@@ -96,7 +96,7 @@ pub const WAL_DIR: &str = "wal";
 /// Who a data directory belongs to; recorded at creation and checked at every open.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct Identity {
-    /// The replication protocol (`Consensus::NAME`: "raft", "multi-paxos").
+    /// The replication protocol (`Consensus::NAME`: "raft", "multi-paxos", "zab").
     pub protocol: String,
     /// The cluster's id (from its configuration), e.g. `"quorate-dev"`.
     pub cluster_id: String,

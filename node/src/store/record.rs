@@ -62,7 +62,7 @@ pub(crate) fn decode<H: DurableState>(bytes: &[u8]) -> Result<Record<H>, postcar
 pub(crate) struct MetaHead {
     pub(crate) magic: [u8; 8],
     pub(crate) version: u32,
-    /// The replication protocol the directory was created for ("raft", "multi-paxos").
+    /// The replication protocol the directory was created for ("raft", "multi-paxos", "zab").
     pub(crate) protocol: String,
     pub(crate) cluster_id: String,
     pub(crate) node_id: NodeId,

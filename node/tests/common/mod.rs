@@ -233,12 +233,25 @@ impl ProcCluster {
 
     /// A client knowing every node started so far, with a generous operation timeout.
     pub fn client(&self) -> Client {
+        self.client_with_timeout(WAIT, Duration::from_secs(2))
+    }
+
+    /// A client knowing every node started so far, giving up on an operation after `timeout`
+    /// (each attempt after `attempt`).
+    pub fn client_with_timeout(&self, timeout: Duration, attempt: Duration) -> Client {
+        let ids: Vec<u64> = self.addrs.keys().copied().collect();
+        self.client_of(&ids, timeout, attempt)
+    }
+
+    /// A client knowing only members `ids`, giving up on an operation after `timeout` (each
+    /// attempt after `attempt`).
+    pub fn client_of(&self, ids: &[u64], timeout: Duration, attempt: Duration) -> Client {
         let endpoints: Vec<(u64, SocketAddr)> =
-            self.addrs.iter().map(|(&id, &addr)| (id, addr)).collect();
+            ids.iter().map(|id| (*id, self.addrs[id])).collect();
         let mut config = ClientConfig::from_cert_dir(CLUSTER, &self.certs, CLIENT_NAME, endpoints)
             .expect("client credentials");
-        config.timeout = WAIT;
-        config.attempt_timeout = Duration::from_secs(2);
+        config.timeout = timeout;
+        config.attempt_timeout = attempt;
         Client::connect(config).expect("client")
     }
 
