@@ -82,6 +82,7 @@ pub mod replica;
 pub mod sim;
 pub mod storage;
 pub mod types;
+pub mod write_queue;
 pub mod zab;
 
 pub use bytes::Bytes;
@@ -102,6 +103,7 @@ pub use types::{
     ConfChange, ConfState, Entry, EntryPayload, MemberChange, NodeId, Proposed, ReadState, Role,
     Snapshot, SnapshotMeta, SoftState, Status,
 };
+pub use write_queue::WriteQueue;
 pub use zab::{Config as ZabConfig, HardState as ZabHardState, Message as ZabMessage, Zab};
 
 /// A deterministic RNG for election jitter, seeded from `seed` (what [`Raft::new`] takes).

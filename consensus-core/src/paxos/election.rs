@@ -124,7 +124,7 @@ impl<S: PaxosStorage> MultiPaxos<S> {
     /// snapshot moved the chosen prefix past `from`).
     pub(super) fn restart_phase1(&mut self) {
         let own_durable = self.issued_hard_state.promised == self.ballot
-            && !self.tasks.iter().any(|t| t.hard_state.is_some());
+            && !self.writes.records().any(|t| t.hard_state.is_some());
         self.phase1 = Phase1 {
             transfer: self.phase1.transfer,
             ..Phase1::default()

@@ -44,19 +44,18 @@ pub use config::PlantedBug;
 pub use config::{Config, ReadMode};
 pub use message::{Message, MessageBody};
 
-use std::collections::VecDeque;
-
 use bytes::Bytes;
 use rand_chacha::ChaCha8Rng;
 use serde::{Deserialize, Serialize};
 
 use crate::error::{Error, StorageError};
-use crate::protocol::{Consensus, Persist, PersistToken, Ready, TokenSequence, Write};
+use crate::protocol::{Consensus, Persist, PersistToken, Ready, Write};
 use crate::storage::Storage;
 use crate::types::{
     ConfChange, ConfState, Entry, EntryPayload, NodeId, Proposed, ReadState, Role, SoftState,
     Status,
 };
+use crate::write_queue::WriteQueue;
 
 use self::election::Phase1;
 use self::leader::LeaderState;
@@ -81,15 +80,12 @@ impl<S: Storage<HardState = HardState>> PaxosStorage for S {}
 /// A write handed to the driver and not yet confirmed.
 #[derive(Debug)]
 struct Task {
-    seq: u64,
     /// The hard state in the write, if any.
     hard_state: Option<HardState>,
     /// `(slot, term)` of each entry written.
     slots: Vec<(u64, u64)>,
     /// Index of the snapshot in the write, if any.
     snapshot_index: Option<u64>,
-    /// Messages released once this write is durable.
-    held: Vec<Message>,
 }
 
 /// One Multi-Paxos member (proposer, acceptor and learner). Drive it through [`Consensus`].
@@ -131,11 +127,9 @@ pub struct MultiPaxos<S: PaxosStorage> {
     fetch: FetchState,
 
     messages: Vec<Message>,
-    /// Messages that need every write issued so far to be durable before they leave.
-    held: Vec<Message>,
     ready_reads: Vec<ReadState>,
-    tasks: VecDeque<Task>,
-    tokens: TokenSequence,
+    /// Writes handed out and not yet durable, with the messages each holds back.
+    writes: WriteQueue<Task, Message>,
     /// Set after a storage failure: the member stops and `ready()` reports it.
     stopped: Option<StorageError>,
     issued_hard_state: HardState,
@@ -211,10 +205,8 @@ impl<S: PaxosStorage> MultiPaxos<S> {
             reads: ReadQueue::default(),
             fetch: FetchState::default(),
             messages: Vec::new(),
-            held: Vec::new(),
             ready_reads: Vec::new(),
-            tasks: VecDeque::new(),
-            tokens: TokenSequence::new(),
+            writes: WriteQueue::new(),
             stopped: None,
             // What storage holds is already written: only changes are issued.
             issued_hard_state: HardState {
@@ -308,7 +300,7 @@ impl<S: PaxosStorage> MultiPaxos<S> {
             body,
         };
         if durable_promise {
-            self.held.push(message);
+            self.writes.hold(message);
         } else {
             self.messages.push(message);
         }
@@ -469,7 +461,7 @@ impl<S: PaxosStorage> Consensus for MultiPaxos<S> {
             return true; // `ready()` reports the failure
         }
         !self.messages.is_empty()
-            || !self.held.is_empty()
+            || self.writes.has_held()
             || !self.ready_reads.is_empty()
             || self.log.has_unissued()
             || self.commit > self.applied
@@ -506,13 +498,10 @@ impl<S: PaxosStorage> Consensus for MultiPaxos<S> {
             let sync = hard_state.promised != self.issued_hard_state.promised
                 || snapshot.is_some()
                 || !entries.is_empty();
-            let token = self.tokens.issue();
-            self.tasks.push_back(Task {
-                seq: token.seq(),
+            let token = self.writes.issue(Task {
                 hard_state: hard_state_changed.then_some(hard_state),
                 slots: entries.iter().map(|e| (e.index, e.term)).collect(),
                 snapshot_index: snapshot.as_ref().map(|s| s.meta.index),
-                held: Vec::new(),
             });
             self.issued_hard_state = hard_state;
             Some(Persist {
@@ -529,12 +518,7 @@ impl<S: PaxosStorage> Consensus for MultiPaxos<S> {
             None
         };
         // 4. Messages promising durability wait for the newest write issued so far.
-        if !self.held.is_empty() {
-            match self.tasks.back_mut() {
-                Some(task) => task.held.append(&mut self.held),
-                None => self.messages.append(&mut self.held),
-            }
-        }
+        self.writes.attach_held(&mut self.messages);
         let soft_state = self.soft_state();
         let soft_changed = soft_state != self.issued_soft_state;
         self.issued_soft_state = soft_state;
@@ -548,19 +532,12 @@ impl<S: PaxosStorage> Consensus for MultiPaxos<S> {
     }
 
     fn persisted(&mut self, token: PersistToken) -> Result<(), Error> {
-        let seq = self.tokens.confirm(token)?;
-        let Some(mut task) = self.tasks.pop_front() else {
-            return Err(Error::PersistOutOfOrder {
-                got: seq,
-                expected: seq + 1,
-            });
-        };
-        debug_assert_eq!(task.seq, seq, "tasks and tokens advance together");
+        let (task, mut released) = self.writes.confirm(token)?;
         self.log.stable(&task.slots, task.snapshot_index);
         if let Some(&(last, _)) = task.slots.iter().max() {
             self.persisted_slot = self.persisted_slot.max(last);
         }
-        self.messages.append(&mut task.held);
+        self.messages.append(&mut released);
         if let Some(durable) = task.hard_state {
             self.own_promise_durable(durable.promised);
         }

@@ -22,7 +22,7 @@ pub use config::PlantedBug;
 pub use config::{Config, ReadMode};
 pub use message::{Message, MessageBody};
 
-use std::collections::{BTreeMap, VecDeque};
+use std::collections::BTreeMap;
 
 use bytes::Bytes;
 use rand_chacha::ChaCha8Rng;
@@ -30,12 +30,13 @@ use rand_chacha::ChaCha8Rng;
 use serde::{Deserialize, Serialize};
 
 use crate::error::{Error, StorageError};
-use crate::protocol::{Consensus, Persist, PersistToken, Ready, TokenSequence, Write};
+use crate::protocol::{Consensus, Persist, PersistToken, Ready, Write};
 use crate::storage::Storage;
 use crate::types::{
     ConfChange, ConfState, Entry, EntryPayload, NodeId, Proposed, ReadState, Role, SoftState,
     Status,
 };
+use crate::write_queue::WriteQueue;
 
 use self::log::RaftLog;
 use self::progress::Progress;
@@ -60,15 +61,12 @@ impl<S: Storage<HardState = HardState>> RaftStorage for S {}
 /// A write handed to the driver and not yet confirmed.
 #[derive(Debug)]
 struct Task {
-    seq: u64,
     /// The hard state in the write, if any (a candidate counts its own vote once it is durable).
     hard_state: Option<HardState>,
     /// Last entry in the write, if any.
     last_entry: Option<(u64, u64)>,
     /// Index of the snapshot in the write, if any.
     snapshot_index: Option<u64>,
-    /// Messages released once this write is durable.
-    held: Vec<Message>,
 }
 
 /// One Raft member. Drive it through the [`Consensus`] trait.
@@ -110,11 +108,9 @@ pub struct Raft<S: RaftStorage> {
 
     // Output bookkeeping.
     messages: Vec<Message>,
-    /// Messages that need every write issued so far to be durable before they leave.
-    held: Vec<Message>,
     ready_reads: Vec<ReadState>,
-    tasks: VecDeque<Task>,
-    tokens: TokenSequence,
+    /// Writes handed out and not yet durable, with the messages each holds back.
+    writes: WriteQueue<Task, Message>,
     /// Set after a storage failure: the member stops and `ready()` reports it.
     stopped: Option<StorageError>,
     issued_hard_state: HardState,
@@ -176,10 +172,8 @@ impl<S: RaftStorage> Raft<S> {
             lease_forfeited: false,
             broadcast_pending: false,
             messages: Vec::new(),
-            held: Vec::new(),
             ready_reads: Vec::new(),
-            tasks: VecDeque::new(),
-            tokens: TokenSequence::new(),
+            writes: WriteQueue::new(),
             stopped: None,
             issued_hard_state: hard_state,
             issued_soft_state: SoftState {
@@ -287,7 +281,7 @@ impl<S: RaftStorage> Raft<S> {
             body,
         };
         if durable_promise {
-            self.held.push(message);
+            self.writes.hold(message);
         } else {
             self.messages.push(message);
         }
@@ -511,7 +505,7 @@ impl<S: RaftStorage> Consensus for Raft<S> {
             return true; // `ready()` reports the failure
         }
         !self.messages.is_empty()
-            || !self.held.is_empty()
+            || self.writes.has_held()
             || !self.ready_reads.is_empty()
             || (self.broadcast_pending && self.role == Role::Leader)
             || self.reads.heartbeat_pending()
@@ -565,13 +559,10 @@ impl<S: RaftStorage> Consensus for Raft<S> {
                 Some(snapshot) => Some(snapshot.meta.index + 1),
                 None => entries.first().map(|e| e.index),
             };
-            let token = self.tokens.issue();
-            self.tasks.push_back(Task {
-                seq: token.seq(),
+            let token = self.writes.issue(Task {
                 hard_state: hard_state_changed.then_some(hard_state),
                 last_entry: entries.last().map(|e| (e.index, e.term)),
                 snapshot_index: snapshot.as_ref().map(|s| s.meta.index),
-                held: Vec::new(),
             });
             self.issued_hard_state = hard_state;
             Some(Persist {
@@ -588,12 +579,7 @@ impl<S: RaftStorage> Consensus for Raft<S> {
             None
         };
         // 4. Messages promising durability wait for the newest write issued so far.
-        if !self.held.is_empty() {
-            match self.tasks.back_mut() {
-                Some(task) => task.held.append(&mut self.held),
-                None => self.messages.append(&mut self.held),
-            }
-        }
+        self.writes.attach_held(&mut self.messages);
         let soft_state = self.soft_state();
         let soft_changed = soft_state != self.issued_soft_state;
         self.issued_soft_state = soft_state;
@@ -607,21 +593,14 @@ impl<S: RaftStorage> Consensus for Raft<S> {
     }
 
     fn persisted(&mut self, token: PersistToken) -> Result<(), Error> {
-        let seq = self.tokens.confirm(token)?;
-        let Some(mut task) = self.tasks.pop_front() else {
-            return Err(Error::PersistOutOfOrder {
-                got: seq,
-                expected: seq + 1,
-            });
-        };
-        debug_assert_eq!(task.seq, seq, "tasks and tokens advance together");
+        let (task, mut released) = self.writes.confirm(token)?;
         if let Some(index) = task.snapshot_index {
             self.log.stable_snapshot_to(index);
         }
         if let Some((index, term)) = task.last_entry {
             self.log.stable_to(index, term);
         }
-        self.messages.append(&mut task.held);
+        self.messages.append(&mut released);
         if let Some(durable) = task.hard_state {
             self.own_vote_durable(durable);
         }

@@ -40,7 +40,7 @@ pub use config::PlantedBug;
 pub use message::{Message, MessageBody, PeerState, SyncKind, Vote};
 pub use zxid::Zxid;
 
-use std::collections::{BTreeMap, VecDeque};
+use std::collections::BTreeMap;
 
 use bytes::Bytes;
 use rand::Rng;
@@ -52,12 +52,13 @@ use self::election::Election;
 use self::log::History;
 use self::read::ReadQueue;
 use crate::error::{Error, StorageError};
-use crate::protocol::{Consensus, Persist, PersistToken, Ready, TokenSequence, Write};
+use crate::protocol::{Consensus, Persist, PersistToken, Ready, Write};
 use crate::storage::Storage;
 use crate::types::{
     ConfChange, ConfState, Entry, EntryPayload, NodeId, Proposed, ReadState, Role, SoftState,
     Status,
 };
+use crate::write_queue::WriteQueue;
 
 /// Zab's durable state besides the history.
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
@@ -162,12 +163,10 @@ pub(crate) enum State {
 /// A write handed to the driver and not yet confirmed.
 #[derive(Debug)]
 struct Task {
-    seq: u64,
     hard_state: Option<HardState>,
     /// Last position in the write (clamped if a later truncation cut it).
     last_entry: Option<u64>,
     snapshot_index: Option<u64>,
-    held: Vec<Message>,
 }
 
 /// One Zab member. Drive it through the [`Consensus`] trait.
@@ -191,10 +190,9 @@ pub struct Zab<S: ZabStorage> {
     pub(crate) epoch_start: u64,
 
     messages: Vec<Message>,
-    held: Vec<Message>,
     pub(crate) ready_reads: Vec<ReadState>,
-    tasks: VecDeque<Task>,
-    tokens: TokenSequence,
+    /// Writes handed out and not yet durable, with the messages each holds back.
+    writes: WriteQueue<Task, Message>,
     stopped: Option<StorageError>,
     issued_hard_state: HardState,
     issued_soft_state: SoftState,
@@ -242,10 +240,8 @@ impl<S: ZabStorage> Zab<S> {
             pending_conf_index: 0,
             epoch_start: 0,
             messages: Vec::new(),
-            held: Vec::new(),
             ready_reads: Vec::new(),
-            tasks: VecDeque::new(),
-            tokens: TokenSequence::new(),
+            writes: WriteQueue::new(),
             stopped: None,
             issued_hard_state: hard_state,
             issued_soft_state: SoftState {
@@ -401,7 +397,7 @@ impl<S: ZabStorage> Zab<S> {
         if to == self.config.id || to == 0 {
             return;
         }
-        self.held.push(Message {
+        self.writes.hold(Message {
             from: self.config.id,
             to,
             body,
@@ -413,7 +409,7 @@ impl<S: ZabStorage> Zab<S> {
         self.log.truncate(from);
         let keep = from.saturating_sub(1);
         self.persisted = self.persisted.min(keep);
-        for task in &mut self.tasks {
+        for task in self.writes.records_mut() {
             if let Some(last) = task.last_entry.as_mut() {
                 *last = (*last).min(keep);
             }
@@ -595,7 +591,7 @@ impl<S: ZabStorage> Consensus for Zab<S> {
             return true;
         }
         !self.messages.is_empty()
-            || !self.held.is_empty()
+            || self.writes.has_held()
             || !self.ready_reads.is_empty()
             || matches!(&self.state, State::Leading(l) if l.broadcast_pending || l.reads.ping_pending())
             || self.log.has_unissued()
@@ -625,16 +621,13 @@ impl<S: ZabStorage> Consensus for Zab<S> {
                 || snapshot.is_some()
                 || truncate_from.is_some()
                 || !entries.is_empty();
-            let token = self.tokens.issue();
-            self.tasks.push_back(Task {
-                seq: token.seq(),
+            let token = self.writes.issue(Task {
                 hard_state: hard_changed.then_some(hard_state),
                 last_entry: entries
                     .last()
                     .map(|e| e.index)
                     .or(snapshot.as_ref().map(|s| s.meta.index)),
                 snapshot_index: snapshot.as_ref().map(|s| s.meta.index),
-                held: Vec::new(),
             });
             if let Some(s) = &snapshot {
                 // The replica loop installs the snapshot in the state machine with this write.
@@ -658,12 +651,7 @@ impl<S: ZabStorage> Consensus for Zab<S> {
         } else {
             None
         };
-        if !self.held.is_empty() {
-            match self.tasks.back_mut() {
-                Some(task) => task.held.append(&mut self.held),
-                None => self.messages.append(&mut self.held),
-            }
-        }
+        self.writes.attach_held(&mut self.messages);
         let soft_state = self.soft_state();
         let soft_changed = soft_state != self.issued_soft_state;
         self.issued_soft_state = soft_state;
@@ -677,21 +665,14 @@ impl<S: ZabStorage> Consensus for Zab<S> {
     }
 
     fn persisted(&mut self, token: PersistToken) -> Result<(), Error> {
-        let seq = self.tokens.confirm(token)?;
-        let Some(mut task) = self.tasks.pop_front() else {
-            return Err(Error::PersistOutOfOrder {
-                got: seq,
-                expected: seq + 1,
-            });
-        };
-        debug_assert_eq!(task.seq, seq, "tasks and tokens advance together");
+        let (task, mut released) = self.writes.confirm(token)?;
         if let Some(index) = task.snapshot_index {
             self.persisted = self.persisted.max(index);
         }
         if let Some(last) = task.last_entry {
             self.persisted = self.persisted.max(last).min(self.log.last_index());
         }
-        self.messages.append(&mut task.held);
+        self.messages.append(&mut released);
         if let Some(durable) = task.hard_state {
             self.own_epochs_durable(durable);
         }

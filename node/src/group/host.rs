@@ -136,7 +136,7 @@ impl GroupHost {
     pub(crate) fn release_parked<C: Consensus>(&mut self, engine: &mut C) -> bool {
         let leader_known = self.soft.role == Role::Leader
             || self.soft.leader.is_some_and(|leader| leader != self.id);
-        if self.leaderless.len() == 0 || !leader_known {
+        if self.leaderless.is_empty() || !leader_known {
             return false;
         }
         debug!(

@@ -38,6 +38,10 @@ impl<T> Leaderless<T> {
         Ok(())
     }
 
+    pub(crate) fn is_empty(&self) -> bool {
+        self.parked.is_empty()
+    }
+
     pub(crate) fn len(&self) -> usize {
         self.parked.len()
     }
