@@ -1211,7 +1211,7 @@ fn reply_revision(reply: &Reply) -> Option<u64> {
         )
         | Reply::Get { revision, .. }
         | Reply::Scan { revision, .. } => Some(*revision),
-        Reply::Status(_) | Reply::Members { .. } | Reply::Done => None,
+        Reply::Status(_) | Reply::Members { .. } | Reply::Done | Reply::Peer(_) => None,
     }
 }
 

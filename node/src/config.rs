@@ -7,6 +7,7 @@
 //! data_dir = "data/node-1"
 //! # join = true                    # a new member added with `quorate cluster add`: no bootstrap
 //! protocol = "raft"                # or "multi-paxos" or "zab"; recorded in the data dir at creation
+//! # replication = "peer"           # multi-master instead of one consensus group: see `config::peer`
 //!
 //! [certs]
 //! dir = "certs"                    # ca.pem, node-<id>.pem, node-<id>.key (as `cargo xtask certs`)
@@ -42,6 +43,9 @@ use std::path::{Path, PathBuf};
 use std::time::Duration;
 
 use serde::{Deserialize, Serialize};
+
+pub mod peer;
+pub use peer::{PeerPolicy, PeerSettings, Replication};
 
 /// Why a configuration could not be used.
 #[derive(Debug, thiserror::Error)]
@@ -269,6 +273,12 @@ pub struct ServeConfig {
     /// Snapshot policy.
     #[serde(default)]
     pub snapshot: SnapshotConfig,
+    /// Consensus (default) or peer-to-peer replication.
+    #[serde(default)]
+    pub replication: Replication,
+    /// Peer-to-peer settings (used with `replication = "peer"`).
+    #[serde(default)]
+    pub peer: PeerSettings,
 }
 
 fn default_cluster() -> String {
@@ -300,6 +310,8 @@ impl ServeConfig {
             raft: RaftSettings::default(),
             limits: LimitsConfig::default(),
             snapshot: SnapshotConfig::default(),
+            replication: Replication::default(),
+            peer: PeerSettings::default(),
         }
     }
 
@@ -369,6 +381,14 @@ impl ServeConfig {
             && (self.certs.cert.is_none() || self.certs.key.is_none() || self.certs.ca.is_none())
         {
             return invalid("[certs] needs `dir`, or all of `cert`, `key` and `ca`".into());
+        }
+        if self.replication == Replication::Peer {
+            self.peer.validate().map_err(ConfigError::Invalid)?;
+            if self.join {
+                return invalid(
+                    "replication = \"peer\" has a fixed membership: join is not supported".into(),
+                );
+            }
         }
         Ok(())
     }

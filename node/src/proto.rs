@@ -36,6 +36,9 @@ use std::net::SocketAddr;
 use bytes::Bytes;
 use serde::{Deserialize, Serialize};
 
+pub mod peer;
+pub use peer::{PeerNodeStatus, PeerReply, PeerRequest, PeerSibling};
+
 /// Version of the message layout in this module.
 pub const PROTOCOL_VERSION: u32 = 2;
 
@@ -58,13 +61,37 @@ impl net_quic::Protocol for Quorate {
 pub struct PeerMessage {
     /// The replication group (0 while a node runs one group); checked on receipt.
     pub group: u64,
+    /// What the payload is: a consensus group's message or a peer-replication message.
+    pub class: MessageClass,
     /// Whether the payload is a large transfer (a snapshot), sent on the bulk stream.
     pub bulk: bool,
     /// The protocol message, postcard-encoded.
     pub payload: Bytes,
 }
 
+/// The class of a [`PeerMessage`]: which engine decodes its payload.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+pub enum MessageClass {
+    /// A consensus group's `Consensus::Message`.
+    Consensus,
+    /// A `replication_peer::Message` (`replication = "peer"`).
+    Peer,
+}
+
 impl PeerMessage {
+    /// Wraps a peer-replication message of `group` (`replication = "peer"`).
+    pub fn encode_peer(
+        group: u64,
+        message: &replication_peer::Message,
+    ) -> Result<Self, postcard::Error> {
+        Ok(PeerMessage {
+            group,
+            class: MessageClass::Peer,
+            bulk: false,
+            payload: Bytes::from(postcard::to_allocvec(message)?),
+        })
+    }
+
     /// Wraps a protocol message of `group`.
     pub fn encode<M: Serialize + consensus_core::Envelope>(
         group: u64,
@@ -72,6 +99,7 @@ impl PeerMessage {
     ) -> Result<Self, postcard::Error> {
         Ok(PeerMessage {
             group,
+            class: MessageClass::Consensus,
             bulk: message.is_bulk(),
             payload: Bytes::from(postcard::to_allocvec(message)?),
         })
@@ -138,6 +166,8 @@ pub enum Request {
     },
     /// Cluster administration.
     Admin(AdminRequest),
+    /// A request to a peer-replicated cluster (`replication = "peer"`).
+    Peer(PeerRequest),
 }
 
 /// The writes the key-value store supports.
@@ -361,6 +391,8 @@ pub enum Reply {
     },
     /// An admin change is done (committed and applied on the leader, or leadership moved).
     Done,
+    /// The answer to a [`PeerRequest`].
+    Peer(PeerReply),
 }
 
 /// A reply to a [`Request`].
@@ -457,6 +489,30 @@ pub enum ServerError {
     /// The cluster's protocol lacks the capability asked for (Zab has no leader transfer).
     #[error("not supported: {0}")]
     Unsupported(String),
+    /// The cluster runs `replication = "peer"`: send a [`Request::Peer`] instead.
+    #[error("this cluster runs peer-to-peer replication (replication = \"peer\"); {0}")]
+    PeerReplication(String),
+    /// This node does not replicate the key; send the request to one of its replicas.
+    #[error("this node does not replicate the key; send the request to one of its replicas {replicas:?}")]
+    NotAReplica {
+        /// The key's replicas and their addresses, if known.
+        replicas: Vec<(u64, Option<SocketAddr>)>,
+    },
+    /// A peer request was refused (a bad context, a bound, R/W out of range) or fewer than R/W
+    /// replicas answered in time (then a write may still have been applied and spreads).
+    #[error("{0}")]
+    PeerRefused(String),
+    /// Fewer than R/W replicas answered in time; a write is durable on `acks` of them and
+    /// spreads from there.
+    #[error(
+        "only {acks} of the {needed} replicas needed answered in time; a write may still spread"
+    )]
+    QuorumTimeout {
+        /// Replicas that answered.
+        acks: u32,
+        /// R or W.
+        needed: u32,
+    },
 }
 
 /// Answers one client request.
@@ -494,6 +550,7 @@ mod tests {
     fn a_payload_that_does_not_decode_is_an_error_not_a_panic() {
         let envelope = PeerMessage {
             group: 0,
+            class: MessageClass::Consensus,
             bulk: false,
             payload: Bytes::from_static(&[0xff, 0xff, 0xff, 0xff, 0xff, 0xff]),
         };

@@ -40,7 +40,7 @@ use tracing::{debug, info, warn};
 
 use crate::config::ServeConfig;
 use crate::kv::KvStore;
-use crate::proto::{PeerMessage, Quorate, Request, ServerError};
+use crate::proto::{MessageClass, PeerMessage, Quorate, Request, ServerError};
 use crate::server::ServeError;
 use crate::store::{Durability, LogStore};
 
@@ -272,7 +272,7 @@ impl<C: Engine> Driver<C> {
     fn step(&mut self, message: NetPeerMessage<PeerMessage>) {
         let authenticated = message.from.0;
         let envelope = message.msg;
-        if envelope.group != self.host.group() {
+        if envelope.group != self.host.group() || envelope.class != MessageClass::Consensus {
             debug!(
                 node = self.id,
                 group = envelope.group,
@@ -314,6 +314,11 @@ impl<C: Engine> Driver<C> {
             }
             Request::Read { consistency, op } => self.host.handle_read(consistency, op, responder),
             Request::Admin(admin) => self.handle_admin(admin, responder),
+            Request::Peer(_) => {
+                let _ = responder.reply(&Err(ServerError::Unsupported(
+                    "this cluster runs a consensus group, not replication = \"peer\"".into(),
+                )));
+            }
         }
     }
 }

@@ -1,0 +1,132 @@
+//! `replication = "peer"`: the settings of peer-to-peer (multi-master) replication.
+//!
+//! ```toml
+//! replication = "peer"             # default "consensus" (the `protocol` group)
+//!
+//! [peer]                           # optional; defaults shown
+//! n = 3                            # replicas per key (capped at the member count)
+//! r = 2                            # replicas a read hears from, unless the client asks otherwise
+//! w = 2                            # replicas holding a write durably before it is acknowledged
+//! vnodes = 64                      # points per member on the hash ring
+//! policy = "siblings"              # or "lww": how concurrent writes resolve
+//! anti_entropy_interval_ms = 1000  # Merkle exchanges start this often
+//! hint_retry_ms = 500              # unacknowledged pushes (hints) are replayed this often
+//! gc_interval_ms = 5000            # tombstone collection attempts
+//! tombstone_grace_ms = 30000       # wait after every replica holds a tombstone
+//! ```
+//!
+//! Every member must use the same `n`, `vnodes` and `policy` (placement and merges depend on
+//! them). Timing is driven by the node's tick (`[raft] tick_ms`).
+
+use serde::{Deserialize, Serialize};
+
+/// Which replication the node runs.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "kebab-case")]
+pub enum Replication {
+    /// One consensus group (`protocol` picks Raft, Multi-Paxos or Zab).
+    #[default]
+    Consensus,
+    /// Peer-to-peer multi-master replication (`replication-peer`): any node takes writes.
+    Peer,
+}
+
+impl std::str::FromStr for Replication {
+    type Err = String;
+
+    fn from_str(s: &str) -> Result<Self, String> {
+        match s {
+            "consensus" => Ok(Replication::Consensus),
+            "peer" => Ok(Replication::Peer),
+            other => Err(format!(
+                "unknown replication {other:?}; expected \"consensus\" or \"peer\""
+            )),
+        }
+    }
+}
+
+/// How concurrent writes to one key resolve.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "kebab-case")]
+pub enum PeerPolicy {
+    /// Reads return every concurrent value; a write with the read's context resolves them.
+    #[default]
+    Siblings,
+    /// Last writer wins by hybrid logical clock: concurrent writes are dropped (documented loss).
+    Lww,
+}
+
+/// `[peer]`.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct PeerSettings {
+    /// N: replicas per key.
+    pub n: usize,
+    /// Default R.
+    pub r: usize,
+    /// Default W.
+    pub w: usize,
+    /// Ring points per member.
+    pub vnodes: u32,
+    /// Conflict policy for every key.
+    pub policy: PeerPolicy,
+    /// Anti-entropy interval.
+    pub anti_entropy_interval_ms: u64,
+    /// Hint replay interval.
+    pub hint_retry_ms: u64,
+    /// Tombstone collection interval.
+    pub gc_interval_ms: u64,
+    /// Grace after every replica holds a tombstone.
+    pub tombstone_grace_ms: u64,
+}
+
+impl Default for PeerSettings {
+    fn default() -> Self {
+        PeerSettings {
+            n: 3,
+            r: 2,
+            w: 2,
+            vnodes: 64,
+            policy: PeerPolicy::Siblings,
+            anti_entropy_interval_ms: 1_000,
+            hint_retry_ms: 500,
+            gc_interval_ms: 5_000,
+            tombstone_grace_ms: 30_000,
+        }
+    }
+}
+
+impl PeerSettings {
+    /// Checks the quorum settings.
+    pub fn validate(&self) -> Result<(), String> {
+        if self.n == 0 {
+            return Err("peer.n must be at least 1".into());
+        }
+        for (name, v) in [("peer.r", self.r), ("peer.w", self.w)] {
+            if !(1..=self.n).contains(&v) {
+                return Err(format!("{name} = {v} must be in 1..={} (peer.n)", self.n));
+            }
+        }
+        if self.vnodes == 0 {
+            return Err("peer.vnodes must be at least 1".into());
+        }
+        Ok(())
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn quorums_must_fit_n() {
+        assert!(PeerSettings::default().validate().is_ok());
+        let bad = PeerSettings {
+            w: 4,
+            ..PeerSettings::default()
+        };
+        assert!(bad.validate().unwrap_err().contains("peer.w"));
+        assert_eq!("peer".parse::<Replication>(), Ok(Replication::Peer));
+        assert!("gossip".parse::<Replication>().is_err());
+    }
+}
