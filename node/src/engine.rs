@@ -45,6 +45,9 @@ pub(crate) struct Opened {
 
 /// Opens the data directory under the configured protocol and builds its engine.
 pub(crate) async fn open(config: &Arc<ServeConfig>) -> Result<Opened, ServeError> {
+    if config.replication == crate::config::Replication::Peer {
+        return crate::peer::open(config).await;
+    }
     match config.protocol {
         Protocol::Raft => {
             let store: RaftStore = open_store(config).await?;

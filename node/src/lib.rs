@@ -13,6 +13,8 @@
 //!   service and the admin layer of one group, for any protocol.
 //! - `store`: durable storage of one group (any protocol's hard state) on `storage-wal` (group
 //!   commit, snapshots, WAL compaction).
+//! - `peer`: `replication = "peer"` — the node runs `replication-peer` (multi-master, any node
+//!   takes writes) on its own write-ahead log instead of a consensus group.
 //! - [`client`] and [`cli`]: the Rust client and the `quorate` command line.
 
 pub mod cli;
@@ -23,6 +25,7 @@ pub mod config;
 mod engine;
 mod group;
 pub mod kv;
+mod peer;
 pub mod proto;
 pub mod server;
 pub mod store;
