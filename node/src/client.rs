@@ -44,7 +44,10 @@ use std::sync::{Arc, Mutex, RwLock};
 use std::time::{Duration, Instant};
 
 use bytes::Bytes;
+
+mod peer;
 use net_quic::{Credentials, Limits, NodeId, RequestError};
+pub use peer::{PeerRead, PeerWritten};
 use tracing::debug;
 
 use crate::proto::{

@@ -113,6 +113,9 @@ pub struct ServeArgs {
     /// Replication protocol: `raft`, `multi-paxos` or `zab` (overrides `protocol` in the file).
     #[arg(long, env = "QUORATE_PROTOCOL")]
     pub protocol: Option<String>,
+    /// `consensus` (one group running `protocol`) or `peer` (multi-master; `[peer]` settings).
+    #[arg(long, env = "QUORATE_REPLICATION")]
+    pub replication: Option<String>,
 }
 
 /// `quorate kv ...`
@@ -124,6 +127,13 @@ pub enum KvCommand {
         key: String,
         /// The value (UTF-8 text).
         value: String,
+        /// Peer replication: the context a `kv get --json` printed; the write supersedes the
+        /// siblings it covers (without it, a write beside concurrent ones adds a sibling).
+        #[arg(long, value_name = "CONTEXT")]
+        context: Option<String>,
+        /// Peer replication: replicas that must hold the write durably (default: the cluster's W).
+        #[arg(long, value_name = "W")]
+        w: Option<u32>,
     },
     /// Print the value of KEY (exit code 1 if there is none).
     Get {
@@ -137,11 +147,21 @@ pub enum KvCommand {
         /// session across CLI runs.
         #[arg(long, value_name = "REVISION")]
         min_revision: Option<u64>,
+        /// Peer replication: replicas to hear from (default: the cluster's R). A peer read prints
+        /// every sibling; `--json` adds the context that resolves them.
+        #[arg(long, value_name = "R")]
+        r: Option<u32>,
     },
     /// Delete KEY (exit code 1 if there was none).
     Del {
         /// The key.
         key: String,
+        /// Peer replication: the context of a read; the delete supersedes what it covers.
+        #[arg(long, value_name = "CONTEXT")]
+        context: Option<String>,
+        /// Peer replication: replicas that must hold the delete durably.
+        #[arg(long, value_name = "W")]
+        w: Option<u32>,
     },
     /// List keys in [START, END) in order.
     Scan {

@@ -7,6 +7,7 @@
 
 pub mod args;
 mod output;
+mod peer_output;
 
 use std::path::{Path, PathBuf};
 use std::process::ExitCode;
@@ -255,6 +256,9 @@ pub fn serve_config(args: &ServeArgs) -> Result<ServeConfig, CliError> {
     }
     if let Some(protocol) = &args.protocol {
         table.insert("protocol".into(), Value::String(protocol.clone()));
+    }
+    if let Some(replication) = &args.replication {
+        table.insert("replication".into(), Value::String(replication.clone()));
     }
     if args.join {
         table.insert("join".into(), Value::Boolean(true));

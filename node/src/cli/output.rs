@@ -92,8 +92,21 @@ pub(super) async fn kv(
     json: bool,
 ) -> Result<Outcome, CliError> {
     match command {
-        KvCommand::Put { key, value } => {
-            let revision = client.put(key.clone(), value).await?;
+        KvCommand::Put {
+            key,
+            value,
+            context,
+            w,
+        } => {
+            if context.is_some() || w.is_some() {
+                return super::peer_output::put(client, key, value, context.as_deref(), w, json)
+                    .await;
+            }
+            let result = client.put(key.clone(), value.clone()).await;
+            if super::peer_output::is_peer_cluster(&result) {
+                return super::peer_output::put(client, key, value, None, None, json).await;
+            }
+            let revision = result?;
             if json {
                 println!("{}", json!({ "key": key, "revision": revision }));
             } else {
@@ -105,10 +118,18 @@ pub(super) async fn kv(
             key,
             consistency: c,
             min_revision,
+            r,
         } => {
-            let (revision, kv) = client
+            if r.is_some() {
+                return super::peer_output::get(client, key, r, json).await;
+            }
+            let result = client
                 .get_with_revision(key.clone(), consistency(c, min_revision)?)
-                .await?;
+                .await;
+            if super::peer_output::is_peer_cluster(&result) {
+                return super::peer_output::get(client, key, None, json).await;
+            }
+            let (revision, kv) = result?;
             match (kv, json) {
                 (Some(kv), true) => {
                     println!(
@@ -134,8 +155,15 @@ pub(super) async fn kv(
                 }
             }
         }
-        KvCommand::Del { key } => {
-            let (deleted, revision) = client.delete(key.clone()).await?;
+        KvCommand::Del { key, context, w } => {
+            if context.is_some() || w.is_some() {
+                return super::peer_output::del(client, key, context.as_deref(), w, json).await;
+            }
+            let result = client.delete(key.clone()).await;
+            if super::peer_output::is_peer_cluster(&result) {
+                return super::peer_output::del(client, key, None, None, json).await;
+            }
+            let (deleted, revision) = result?;
             if json {
                 println!(
                     "{}",
@@ -351,6 +379,12 @@ pub(super) async fn cluster(
     match command {
         ClusterCommand::Status => {
             let statuses = client.status_all().await;
+            if statuses
+                .iter()
+                .any(|(_, s)| s.as_ref().is_ok_and(|s| s.protocol == "peer"))
+            {
+                return super::peer_output::cluster_status(client, &statuses, json).await;
+            }
             let addrs = client.known_members();
             let reachable = statuses.iter().filter(|(_, s)| s.is_ok()).count();
             let leaders: Vec<u64> = statuses
