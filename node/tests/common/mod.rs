@@ -7,6 +7,8 @@
 
 #![allow(dead_code)]
 
+pub mod relay;
+
 use std::collections::BTreeMap;
 use std::net::{SocketAddr, UdpSocket};
 use std::path::{Path, PathBuf};
@@ -59,6 +61,17 @@ impl ProcCluster {
 
     /// Starts nodes `1..=n` running `protocol`, each configured by [`fast`] then `tune`.
     pub fn start_with(protocol: Protocol, n: u64, tune: fn(&mut ServeConfig)) -> ProcCluster {
+        let mut cluster = Self::prepare(protocol, n, tune);
+        for id in 1..=n {
+            cluster.write_config(id, false);
+            cluster.spawn(id);
+        }
+        cluster
+    }
+
+    /// Like [`ProcCluster::start_with`], but starts nothing and writes no config file: the test
+    /// writes (or adjusts) each node's file at [`ProcCluster::config_path`], then spawns it.
+    pub fn prepare(protocol: Protocol, n: u64, tune: fn(&mut ServeConfig)) -> ProcCluster {
         let dir = tempfile::tempdir().expect("temp dir");
         let certs = dir.path().join("certs");
         let ids: Vec<NodeId> = (1..=9).map(NodeId).collect();
@@ -70,7 +83,7 @@ impl ProcCluster {
                 addr: free_addr(),
             })
             .collect();
-        let mut cluster = ProcCluster {
+        let cluster = ProcCluster {
             addrs: initial.iter().map(|m| (m.id, m.addr)).collect(),
             dir,
             certs,
@@ -79,10 +92,6 @@ impl ProcCluster {
             tune,
             protocol,
         };
-        for id in 1..=n {
-            cluster.write_config(id, false);
-            cluster.spawn(id);
-        }
         cluster
     }
 

@@ -1,0 +1,233 @@
+//! `replication = "peer"` end to end, with real `quorate serve` processes on loopback: any node
+//! takes writes; a partition lets both sides write the same keys; after the heal every replica
+//! converges to both siblings (policy `siblings`), and a write naming the read's context resolves
+//! them to one. A write with W = 2 while a replica is down succeeds and leaves a hint, replayed
+//! when the replica returns.
+//!
+//! Partitions go through [`common::relay::Relay`]s: each node reaches each other node through
+//! its own UDP relay, which the test can make drop everything (no firewall rules, nothing left
+//! on the machine). Every wait is bounded ([`common::WAIT`]).
+
+mod common;
+
+use std::collections::BTreeMap;
+use std::time::Duration;
+
+use common::relay::Relay;
+use common::{eventually, ProcCluster};
+use node::client::Client;
+use node::config::{MemberConfig, Protocol, Replication, ServeConfig};
+use replication_peer::VersionVector;
+
+fn peer_tune(config: &mut ServeConfig) {
+    config.replication = Replication::Peer;
+    config.peer.anti_entropy_interval_ms = 200;
+    config.peer.hint_retry_ms = 200;
+}
+
+/// Three peer nodes; node `a` reaches node `b` through `relays[(a, b)]`.
+struct PeerCluster {
+    relays: BTreeMap<(u64, u64), Relay>,
+    procs: ProcCluster,
+}
+
+impl PeerCluster {
+    fn start() -> PeerCluster {
+        let mut procs = ProcCluster::prepare(Protocol::Raft, 3, peer_tune);
+        let mut relays = BTreeMap::new();
+        for a in 1..=3 {
+            for b in (1..=3).filter(|&b| b != a) {
+                relays.insert((a, b), Relay::new(procs.addrs[&b]));
+            }
+        }
+        for id in 1..=3 {
+            let mut config = procs.config(id, false);
+            config.members = (1..=3)
+                .map(|m| MemberConfig {
+                    id: m,
+                    addr: if m == id {
+                        procs.addrs[&m]
+                    } else {
+                        relays[&(id, m)].addr()
+                    },
+                })
+                .collect();
+            std::fs::write(procs.config_path(id), config.to_toml_string().unwrap()).unwrap();
+            procs.spawn(id);
+        }
+        PeerCluster { relays, procs }
+    }
+
+    /// Cuts (or heals) the link between `a` and `b`, both directions.
+    fn cut(&self, a: u64, b: u64, cut: bool) {
+        self.relays[&(a, b)].cut(cut);
+        self.relays[&(b, a)].cut(cut);
+    }
+
+    /// A client that talks to node `id` only.
+    fn client_at(&self, id: u64) -> Client {
+        self.procs
+            .client_of(&[id], Duration::from_secs(5), Duration::from_secs(2))
+    }
+}
+
+/// The values node `id` holds for `key` (R = 1: its own copy), sorted.
+async fn local_values(client: &Client, key: &str) -> Option<Vec<String>> {
+    let read = client.peer_get(key.to_string(), Some(1)).await.ok()?;
+    let mut values: Vec<String> = read
+        .siblings
+        .iter()
+        .map(|s| {
+            s.value.as_ref().map_or("<deleted>".into(), |v| {
+                String::from_utf8_lossy(v).into_owned()
+            })
+        })
+        .collect();
+    values.sort();
+    Some(values)
+}
+
+async fn wait_values(cluster: &PeerCluster, key: &str, want: &[&str]) {
+    for id in 1..=3 {
+        let client = cluster.client_at(id);
+        let want: Vec<String> = want.iter().map(|s| s.to_string()).collect();
+        eventually(&format!("node {id} to hold {want:?} for {key}"), || {
+            let (client, want) = (&client, &want);
+            async move { (local_values(client, key).await.as_ref() == Some(want)).then_some(()) }
+        })
+        .await;
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn both_sides_of_a_partition_write_the_same_keys_and_converge_to_siblings_then_one_value() {
+    let cluster = PeerCluster::start();
+    let (one, two) = (cluster.client_at(1), cluster.client_at(2));
+    // Every node is up and takes writes.
+    eventually("the cluster to take a write", || async {
+        one.peer_put("warmup", "x", VersionVector::new(), Some(3))
+            .await
+            .ok()
+    })
+    .await;
+
+    // {1, 3} | {2}.
+    cluster.cut(1, 2, true);
+    cluster.cut(2, 3, true);
+    let keys: Vec<String> = (0..5).map(|i| format!("cart-{i}")).collect();
+    for key in &keys {
+        one.peer_put(
+            key.clone(),
+            format!("{key}-a"),
+            VersionVector::new(),
+            Some(2),
+        )
+        .await
+        .expect("side {1, 3} takes the write with W = 2");
+        two.peer_put(
+            key.clone(),
+            format!("{key}-b"),
+            VersionVector::new(),
+            Some(1),
+        )
+        .await
+        .expect("side {2} takes the write with W = 1");
+    }
+    // The cut holds: node 2 alone has seen only its own writes, and a W = 2 write there fails.
+    assert_eq!(
+        local_values(&two, &keys[0]).await,
+        Some(vec![format!("{}-b", keys[0])])
+    );
+    assert!(two
+        .peer_put("lonely", "v", VersionVector::new(), Some(2))
+        .await
+        .is_err());
+
+    cluster.cut(1, 2, false);
+    cluster.cut(2, 3, false);
+    for key in &keys {
+        let a = format!("{key}-a");
+        let b = format!("{key}-b");
+        wait_values(&cluster, key, &[&a, &b]).await;
+    }
+
+    // The CLI shows both siblings, with the context in --json; a put with it resolves them.
+    let (code, out, err) = cluster.procs.cli(&["--json", "kv", "get", &keys[0]]);
+    assert_eq!(code, 0, "{out}{err}");
+    let doc: serde_json::Value = serde_json::from_str(&out).expect("JSON");
+    assert_eq!(doc["siblings"].as_array().map(Vec::len), Some(2), "{out}");
+    let context = doc["context"].as_str().expect("a context").to_string();
+    let (code, out, err) = cluster.procs.cli(&["kv", "get", &keys[0]]);
+    assert_eq!(code, 0, "{out}{err}");
+    assert!(err.contains("2 siblings"), "{err}");
+    let (code, out, err) = cluster.procs.cli(&[
+        "kv",
+        "put",
+        &keys[0],
+        "merged",
+        "--context",
+        &context,
+        "--w",
+        "3",
+    ]);
+    assert_eq!(code, 0, "{out}{err}");
+    wait_values(&cluster, &keys[0], &["merged"]).await;
+
+    // The same through the client, for the other keys: read the context, write with it.
+    for key in &keys[1..] {
+        let read = two.peer_get(key.clone(), Some(3)).await.expect("read");
+        assert_eq!(read.siblings.len(), 2);
+        two.peer_put(key.clone(), format!("{key}-merged"), read.context, Some(2))
+            .await
+            .expect("resolving write");
+        wait_values(&cluster, key, &[&format!("{key}-merged")]).await;
+    }
+
+    // A bad context is a usage error, not a crash.
+    let (code, _, err) = cluster
+        .procs
+        .cli(&["kv", "put", &keys[0], "v", "--context", "not-hex"]);
+    assert_eq!(code, 2, "{err}");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_w2_write_with_a_replica_down_succeeds_and_its_hint_is_replayed_on_return() {
+    let mut cluster = PeerCluster::start();
+    let one = cluster.client_at(1);
+    eventually("the cluster to take a write", || async {
+        one.peer_put("warmup", "x", VersionVector::new(), Some(3))
+            .await
+            .ok()
+    })
+    .await;
+
+    cluster.procs.kill(3);
+    one.peer_put("k", "while-3-was-down", VersionVector::new(), Some(2))
+        .await
+        .expect("W = 2 with two of three replicas up");
+    let status = one.peer_status_of(1).await.expect("status");
+    assert!(
+        status.hints_pending.get(&3).copied().unwrap_or(0) >= 1,
+        "a hint for node 3: {status:?}"
+    );
+    let (code, out, err) = cluster.procs.cli(&["cluster", "status"]);
+    assert!(out.contains("HINTS PENDING"), "{code} {out}{err}");
+    assert!(out.contains("3:"), "node 1's hints for node 3 shown: {out}");
+
+    cluster.procs.spawn(3);
+    eventually("node 1's hints for node 3 to be replayed", || async {
+        let status = one.peer_status_of(1).await.ok()?;
+        (status.hints_pending.get(&3).copied().unwrap_or(0) == 0).then_some(())
+    })
+    .await;
+    let three = cluster.client_at(3);
+    assert_eq!(
+        local_values(&three, "k").await,
+        Some(vec!["while-3-was-down".to_string()])
+    );
+    let (code, out, err) = cluster.procs.cli(&["--json", "cluster", "status"]);
+    assert_eq!(code, 0, "{out}{err}");
+    let doc: serde_json::Value = serde_json::from_str(&out).expect("JSON");
+    assert_eq!(doc["replication"], "peer");
+    assert_eq!(doc["nodes"].as_array().map(Vec::len), Some(3), "{out}");
+}
