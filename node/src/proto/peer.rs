@@ -151,7 +151,7 @@ pub fn decode_context(text: &str) -> Result<VersionVector, ContextError> {
     if text.len() > MAX_CONTEXT_CHARS {
         return Err(ContextError::TooLong(text.len()));
     }
-    if text.len() % 2 != 0 || !text.bytes().all(|b| b.is_ascii_hexdigit()) {
+    if !text.len().is_multiple_of(2) || !text.bytes().all(|b| b.is_ascii_hexdigit()) {
         return Err(ContextError::NotHex(text.chars().take(40).collect()));
     }
     let bytes: Vec<u8> = (0..text.len())
