@@ -60,6 +60,13 @@ pub struct Args {
     /// Skip the Quorate cluster (to check the harness against the peer alone).
     #[arg(long, hide = true)]
     no_quorate: bool,
+    /// `peer`: also run the node with `replication = "peer"` (W=1 and W=2) beside Raft, and
+    /// measure convergence after a heal (`bench_cluster_peer`).
+    #[arg(long, value_enum, default_value = "consensus")]
+    mode: Mode,
+    /// With `--mode peer`: keys written while a node is cut off, one convergence round each.
+    #[arg(long, value_delimiter = ',', default_value = "10,100,1000,10000")]
+    divergent: Vec<usize>,
     /// Run in this build even if it is a debug build (figures of the load generator suffer).
     #[arg(long, hide = true)]
     no_reexec: bool,
@@ -83,6 +90,15 @@ impl Protocol {
     }
 }
 
+/// Which replication the Quorate systems run besides Raft.
+#[derive(clap::ValueEnum, Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Mode {
+    /// Consensus protocols only.
+    Consensus,
+    /// Also peer-to-peer replication.
+    Peer,
+}
+
 /// A baseline system.
 #[derive(clap::ValueEnum, Debug, Clone, Copy, PartialEq, Eq)]
 pub enum Peer {
@@ -95,7 +111,7 @@ pub const KEY_SIZE: usize = 16;
 /// Value size of the workload.
 pub const VALUE_SIZE: usize = 256;
 /// A request that takes longer than this fails the run (the bench must end on its own).
-const OP_TIMEOUT: Duration = Duration::from_secs(30);
+pub(crate) const OP_TIMEOUT: Duration = Duration::from_secs(30);
 /// Members of each cluster.
 const MEMBERS: usize = 3;
 /// Set on the re-run so it never re-runs again.
@@ -300,7 +316,7 @@ async fn phase<H: KvHandle>(
 }
 
 /// Runs every row against `system`: a short warm-up, then puts and gets per client count.
-async fn run_system<S: System>(
+pub(crate) async fn run_system<S: System>(
     system: &S,
     pids: &[u32],
     clients: &[usize],
@@ -466,6 +482,17 @@ async fn run_async(args: Args) -> anyhow::Result<()> {
             runs.push(run);
         }
     }
+    let mut convergence = Vec::new();
+    if let (Some(bin), Mode::Peer) = (&quorate_bin, args.mode) {
+        let peer_dir = tmp.path().join("quorate-peer");
+        runs.extend(
+            crate::bench_cluster_peer::run_peer(bin, &peer_dir, &args.clients, args.ops, &progress)
+                .await?,
+        );
+        convergence =
+            crate::bench_cluster_peer::convergence(bin, &peer_dir, &args.divergent, &progress)
+                .await?;
+    }
     progress.finish_and_clear();
 
     println!(
@@ -503,8 +530,18 @@ async fn run_async(args: Args) -> anyhow::Result<()> {
             print_ratios(other, p);
         }
     }
+    if !convergence.is_empty() {
+        println!();
+        crate::bench_cluster_peer::print_convergence(&convergence);
+    }
     if !runs.is_empty() {
-        let files = plot::write_plots(&out, &runs)?;
+        let mut files = plot::write_plots(&out, &runs)?;
+        if !convergence.is_empty() {
+            files.push(crate::bench_cluster_peer::plot_convergence(
+                &out,
+                &convergence,
+            )?);
+        }
         println!();
         for f in files {
             println!("plot: {}", f.display());

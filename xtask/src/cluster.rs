@@ -292,6 +292,17 @@ impl QuorateCluster {
         ports: &[u16],
         protocol: node::config::Protocol,
     ) -> anyhow::Result<Self> {
+        Self::start_tuned(bin, dir, ports, &|_, config| config.protocol = protocol)
+    }
+
+    /// [`QuorateCluster::start`] with each node's configuration adjusted by `tune(id, config)`
+    /// before it is written (replication mode, member addresses, timings).
+    pub fn start_tuned(
+        bin: &Path,
+        dir: &Path,
+        ports: &[u16],
+        tune: &dyn Fn(u64, &mut node::config::ServeConfig),
+    ) -> anyhow::Result<Self> {
         use node::config::{MemberConfig, ServeConfig};
 
         let dir = absolute(dir)?;
@@ -317,7 +328,7 @@ impl QuorateCluster {
             let mut config =
                 ServeConfig::new(id, addr, node_dir.join("data"), &certs, members.clone());
             config.cluster = CLUSTER.to_string();
-            config.protocol = protocol;
+            tune(id, &mut config);
             config.validate()?;
             let toml_path = node_dir.join("node.toml");
             std::fs::write(&toml_path, config.to_toml_string()?)

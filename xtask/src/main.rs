@@ -6,6 +6,7 @@
 use clap::{Parser, Subcommand};
 
 mod bench_cluster;
+mod bench_cluster_peer;
 mod bench_core;
 mod bench_net;
 mod bench_peer;
