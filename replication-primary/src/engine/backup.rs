@@ -1,0 +1,217 @@
+//! The backup: fencing, prepares (append, cut what a new primary never prepared, acknowledge once
+//! durable), the grace period before asking to take over, and the quorum-mode tail check.
+
+use std::collections::BTreeMap;
+
+use consensus_core::{Entry, Error, NodeId, Storage, StorageError};
+
+use super::PrimaryBackup;
+use crate::config::Ack;
+use crate::configuration::{Change, Configuration, HardState};
+use crate::message::Body;
+
+/// A quorum-mode candidate's round of tail queries.
+#[derive(Clone, Debug)]
+struct TailRound {
+    round: u64,
+    started: u64,
+    replies: BTreeMap<NodeId, (u64, u64)>,
+}
+
+/// The backup's state.
+#[derive(Clone, Debug, Default)]
+pub(super) struct Backup {
+    /// When this replica last accepted a message of its primary (or entered its epoch, or
+    /// started: a restarted replica waits a whole grace period).
+    last_heard: u64,
+    /// The commit point the primary last reported.
+    pub(super) primary_commit: u64,
+    tail: Option<TailRound>,
+    rounds: u64,
+}
+
+impl Backup {
+    pub(super) fn entered_epoch(&mut self, now: u64) {
+        self.last_heard = now;
+        self.tail = None;
+    }
+}
+
+impl<S: Storage<HardState = HardState>> PrimaryBackup<S> {
+    #[allow(clippy::too_many_arguments)]
+    pub(super) fn on_prepare(
+        &mut self,
+        from: NodeId,
+        epoch: u64,
+        config: Configuration,
+        sent_at: u64,
+        prev_index: u64,
+        prev_term: u64,
+        entries: Vec<Entry>,
+        commit: u64,
+        last: u64,
+    ) -> Result<(), Error> {
+        let lower = epoch < self.epoch();
+        if lower && !planted!(self.cfg, AcceptLowerEpoch) {
+            let config = self.state.config.clone();
+            self.send(from, Body::Fenced { config });
+            return Ok(());
+        }
+        if !lower {
+            self.learn(config.clone());
+            if self.epoch() != epoch || self.state.config.primary != Some(from) {
+                return Ok(());
+            }
+            if self.primary.is_some() {
+                return Ok(());
+            }
+            self.backup.last_heard = self.now;
+            self.backup.primary_commit = self.backup.primary_commit.max(commit);
+        }
+        let end = prev_index + entries.len() as u64;
+        let matches = prev_index <= self.last_index() && self.term_at(prev_index) == Some(prev_term);
+        if !matches {
+            let hint = self.last_index().min(prev_index.saturating_sub(1));
+            self.send(from, Body::Mismatch { sent_at, hint });
+            return Ok(());
+        }
+        // What to cut: the first entry that conflicts; and, once the prepare reaches the
+        // primary's log end, anything this replica holds beyond it (the primary never prepared it).
+        let mut k = 0;
+        while k < entries.len() && self.term_at(entries[k].index) == Some(entries[k].term) {
+            k += 1;
+        }
+        let reaches_end = end >= last;
+        let mut cut = None;
+        if k < entries.len() && entries[k].index <= self.last_index() {
+            cut = Some(entries[k].index);
+        } else if k == entries.len() && reaches_end && self.last_index() > end {
+            cut = Some(end + 1);
+        }
+        if let Some(c) = cut {
+            if c <= self.applied {
+                // Only an `async` failover can take back what this replica applied: its state
+                // machine is ahead of the log it must keep. Stop; the host restarts it.
+                return Err(Error::Stopped(StorageError::Inconsistent(format!(
+                    "epoch {epoch} cuts index {c}, below applied {}",
+                    self.applied
+                ))));
+            }
+            self.stage_truncate(c);
+        }
+        let wrote = cut.is_some() || k < entries.len();
+        self.stage_entries(entries.into_iter().skip(k));
+        let mut synced = false;
+        if self.last_index() == end && self.state.synced_epoch < epoch && !lower {
+            self.state.synced_epoch = epoch;
+            self.stage_hard_state();
+            synced = true;
+        }
+        self.commit = self.commit.max(commit.min(end));
+        let body = Body::PrepareAck {
+            sent_at,
+            durable: end,
+        };
+        if wrote || synced || self.durable < end {
+            self.send_held(from, body);
+        } else {
+            self.send(from, body);
+        }
+        Ok(())
+    }
+
+    pub(super) fn on_tail_query(&mut self, from: NodeId, epoch: u64, round: u64) {
+        if epoch < self.epoch() {
+            let config = self.state.config.clone();
+            self.send(from, Body::Fenced { config });
+            return;
+        }
+        let body = Body::TailReply {
+            round,
+            synced_epoch: self.durable_synced_epoch,
+            last_index: self.durable.min(self.last_index()),
+        };
+        self.send(from, body);
+    }
+
+    pub(super) fn on_tail_reply(
+        &mut self,
+        from: NodeId,
+        epoch: u64,
+        round: u64,
+        synced_epoch: u64,
+        last_index: u64,
+    ) {
+        if epoch > self.epoch() {
+            return;
+        }
+        if let Some(t) = &mut self.backup.tail {
+            if t.round == round {
+                t.replies.insert(from, (synced_epoch, last_index));
+            }
+        }
+    }
+
+    pub(super) fn backup_tick(&mut self) {
+        let me = self.cfg.id;
+        let config = &self.state.config;
+        let eligible = match self.cfg.ack {
+            Ack::Quorum => true,
+            Ack::All | Ack::Async => config.is_member(me),
+        };
+        if !eligible || self.request.is_some() {
+            return;
+        }
+        let grace = if planted!(self.cfg, ServeBeforeGrace) {
+            2 * self.cfg.beacon_ticks
+        } else {
+            self.cfg.grace_ticks
+        };
+        if self.now < self.backup.last_heard + grace {
+            return;
+        }
+        let mut proposed = config.members.clone();
+        if let Some(old) = config.primary.filter(|&p| p != me) {
+            proposed.remove(&old);
+        }
+        proposed.insert(me);
+        if self.cfg.ack != Ack::Quorum {
+            self.send_request(Change::BecomePrimary(me), proposed);
+            return;
+        }
+        // Quorum: every acknowledged write is durable on a majority of the replicas, so the best
+        // durable tail of any majority holds them all. Take over only when this replica has it.
+        let stale = self
+            .backup
+            .tail
+            .as_ref()
+            .is_none_or(|t| self.now >= t.started + 2 * self.cfg.retry_ticks);
+        if stale {
+            self.backup.rounds += 1;
+            let round = self.backup.rounds;
+            self.backup.tail = Some(TailRound {
+                round,
+                started: self.now,
+                replies: BTreeMap::new(),
+            });
+            let others: Vec<NodeId> = self.cfg.replicas.iter().copied().filter(|&r| r != me).collect();
+            for r in others {
+                self.send(r, Body::TailQuery { round });
+            }
+            return;
+        }
+        let t = self.backup.tail.as_ref().expect("round");
+        if (t.replies.len() + 1) * 2 <= self.cfg.replicas.len() {
+            return;
+        }
+        let mine = (self.durable_synced_epoch, self.durable.min(self.last_index()));
+        let best = t.replies.values().all(|&theirs| theirs <= mine);
+        self.backup.tail = None;
+        if best {
+            self.send_request(Change::BecomePrimary(me), proposed);
+        } else {
+            // A better replica will ask; wait another grace period.
+            self.backup.last_heard = self.now;
+        }
+    }
+}

@@ -1,0 +1,24 @@
+//! The simulator over a range of seeds per acknowledgement mode.
+
+use replication_primary::sim::{run_seed, SimOptions, SimStats};
+use replication_primary::Ack;
+
+fn scan(ack: Ack, seeds: std::ops::Range<u64>) -> Vec<SimStats> {
+    let opts = SimOptions { ack, ..SimOptions::default() };
+    let mut out = Vec::new();
+    let mut failures = Vec::new();
+    for seed in seeds {
+        match run_seed(seed, opts) {
+            Ok(s) => out.push(s),
+            Err(f) => failures.push(f.to_string()),
+        }
+    }
+    assert!(failures.is_empty(), "{} failing seeds:\n{}", failures.len(), failures.join("\n"));
+    out
+}
+
+#[test]
+fn all_mode_loses_no_acknowledged_write() {
+    let stats = scan(Ack::All, 0..40);
+    assert!(stats.iter().map(|s| s.failovers).sum::<u64>() > 0);
+}
