@@ -75,18 +75,24 @@ impl<S: Storage<HardState = HardState>> PrimaryBackup<S> {
             self.send(from, Body::Mismatch { sent_at, hint });
             return Ok(());
         }
-        // What to cut: the first entry that conflicts; and, once the prepare reaches the
-        // primary's log end, anything this replica holds beyond it (the primary never prepared it).
+        // What to cut: the first entry that conflicts; and, on the first prepares of an epoch,
+        // a tail of older epochs beyond the primary's log end (`last`). Every entry the primary
+        // holds past `last`'s predecessors is of its own epoch (it took office at or below
+        // `last`), so an older-epoch entry there was never prepared by it; reordered prepares
+        // of this epoch can therefore never cut what this epoch's primary sent.
         let mut k = 0;
         while k < entries.len() && self.term_at(entries[k].index) == Some(entries[k].term) {
             k += 1;
         }
-        let reaches_end = end >= last;
         let mut cut = None;
         if k < entries.len() && entries[k].index <= self.last_index() {
             cut = Some(entries[k].index);
-        } else if k == entries.len() && reaches_end && self.last_index() > end {
-            cut = Some(end + 1);
+        } else if k == entries.len()
+            && self.state.synced_epoch < epoch
+            && self.last_index() > last
+            && self.term_at(last + 1).is_some_and(|t| t < epoch)
+        {
+            cut = Some(last + 1);
         }
         if let Some(c) = cut {
             if c <= self.applied {

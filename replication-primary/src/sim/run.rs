@@ -337,8 +337,10 @@ impl Sim {
                     .copied()
                     .filter(|&m| !holds(&self.nodes[Self::slot(m)]))
                     .collect();
-                self.checker
-                    .committed(id, entry, holders, self.nodes.len(), &missing)?;
+                if let Err((p, d)) = self.checker.committed(id, entry, holders, self.nodes.len(), &missing) {
+                    let more: Vec<String> = missing.iter().map(|&m| { let n = &self.nodes[Self::slot(m)]; format!("{m}: durable last {} entry {:?} view {:?}", consensus_core::Storage::last_index(&n.disk.durable), n.disk.durable.entry(entry.index), n.replica.as_ref().map(|r| r.engine().storage().entry(entry.index).cloned())) }).collect();
+                    return Err((p, format!("{d} [{}] entry {entry:?}", more.join("; "))));
+                }
             }
         }
         if is_primary && !fresh.is_empty() {
