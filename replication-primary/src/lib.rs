@@ -30,12 +30,24 @@
 //!
 //! ```
 //! use consensus_core::{Consensus, MemHost, MemStorage, Replica};
-//! use replication_primary::{Ack, Config, PrimaryBackup};
+//! use replication_primary::{Ack, Body, Config, ConfigManager, Message, PrimaryBackup, MANAGER};
 //!
-//! // The bootstrap primary (the lowest id) of a one-replica group serves after its first tick.
+//! // A one-replica group: the replica asks the manager for an epoch, then serves.
 //! let cfg = Config::new(1, [1], Ack::All);
+//! let mut manager = ConfigManager::new(cfg.bootstrap(), [1], Ack::All);
 //! let mut replica = Replica::new(PrimaryBackup::new(cfg, MemStorage::default()).unwrap());
 //! let mut host = MemHost::new();
+//! replica.drive(&mut host).unwrap();
+//! let request = host.messages.pop().unwrap();
+//! let Body::Request(change) = request.body else { panic!("expected a request") };
+//! assert_eq!(request.to, MANAGER);
+//! let installed = manager.handle(request.from, change).unwrap().clone();
+//! let epoch = installed.epoch;
+//! replica
+//!     .engine_mut()
+//!     .step(Message { from: MANAGER, to: 1, epoch, body: Body::Installed(installed) })
+//!     .unwrap();
+//! replica.drive(&mut host).unwrap();
 //! replica.engine_mut().tick();
 //! replica.drive(&mut host).unwrap();
 //! assert!(replica.engine().is_serving());
@@ -43,6 +55,7 @@
 //! replica.drive(&mut host).unwrap();
 //! assert_eq!(host.applied.len(), 1);
 //! ```
+
 
 /// `planted!(cfg, Bug)`: whether planted bug `Bug` is on (always false without the feature).
 macro_rules! planted {

@@ -19,6 +19,19 @@ fn scan(ack: Ack, seeds: std::ops::Range<u64>) -> Vec<SimStats> {
 
 #[test]
 fn all_mode_loses_no_acknowledged_write() {
-    let stats = scan(Ack::All, 0..40);
+    let stats = scan(Ack::All, 0..200);
     assert!(stats.iter().map(|s| s.failovers).sum::<u64>() > 0);
+}
+
+#[test]
+fn quorum_mode_loses_no_acknowledged_write() {
+    let stats = scan(Ack::Quorum, 0..200);
+    assert!(stats.iter().map(|s| s.failovers).sum::<u64>() > 0);
+}
+
+#[test]
+fn async_mode_loses_writes_within_the_window() {
+    let stats = scan(Ack::Async, 0..200);
+    let lost: u64 = stats.iter().map(|s| s.lost()).sum();
+    assert!(lost > 0, "async mode should lose some acknowledged writes in failovers");
 }

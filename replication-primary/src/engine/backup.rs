@@ -65,6 +65,15 @@ impl<S: Storage<HardState = HardState>> PrimaryBackup<S> {
             if self.primary.is_some() {
                 return Ok(());
             }
+            if self
+                .request
+                .as_ref()
+                .is_some_and(|r| matches!(r.request.change, Change::BecomePrimary(_)))
+            {
+                // It asked to take over: it grants its primary no further lease (the manager may
+                // install it any moment, and it would serve while that lease ran).
+                return Ok(());
+            }
             self.backup.last_heard = self.now;
             self.backup.primary_commit = self.backup.primary_commit.max(commit);
         }

@@ -97,17 +97,14 @@ impl<S: Storage<HardState = HardState>> PrimaryBackup<S> {
             cfg,
         };
         let config = engine.state.config.clone();
-        if config.primary == Some(engine.cfg.id) {
-            if config.version == 1 && engine.storage.last_index() == 0 {
-                // A fresh group: the bootstrap primary starts at once.
-                engine.become_primary();
-            } else if engine.cfg.ack != crate::config::Ack::Quorum {
-                // A restarted primary may have lost a tail its backups hold: it never reuses its
-                // epoch, but asks for a fresh one. (Its own durable log holds every acknowledged
-                // write in `all` and `async` modes; in `quorum` mode it first checks a majority's
-                // tails after its grace period, like any candidate.)
-                engine.send_request(Change::BecomePrimary(engine.cfg.id), config.members);
-            }
+        if config.primary == Some(engine.cfg.id) && engine.cfg.ack != crate::config::Ack::Quorum {
+            // A primary never resumes an epoch after a restart (it may have lost a tail its
+            // backups hold, and would then reuse serial numbers): it asks for a fresh epoch —
+            // the bootstrap primary too, since a fresh start and a crash before anything became
+            // durable look the same. Its own durable log holds every acknowledged write in `all`
+            // and `async` modes; in `quorum` mode it first checks a majority's tails after its
+            // grace period, like any candidate.
+            engine.send_request(Change::BecomePrimary(engine.cfg.id), config.members);
         }
         engine.update_soft();
         Ok(engine)
