@@ -34,7 +34,7 @@
 //!
 //! // A one-replica group: the replica asks the manager for an epoch, then serves.
 //! let cfg = Config::new(1, [1], Ack::All);
-//! let mut manager = ConfigManager::new(cfg.bootstrap(), [1], Ack::All);
+//! let mut manager = ConfigManager::new(cfg.bootstrap(), [1]);
 //! let mut replica = Replica::new(PrimaryBackup::new(cfg, MemStorage::default()).unwrap());
 //! let mut host = MemHost::new();
 //! replica.drive(&mut host).unwrap();

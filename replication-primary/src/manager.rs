@@ -7,7 +7,6 @@ use std::collections::BTreeSet;
 use consensus_core::NodeId;
 use thiserror::Error;
 
-use crate::config::Ack;
 use crate::configuration::{Change, ChangeRequest, Configuration};
 
 /// Why the manager refused a request.
@@ -31,21 +30,19 @@ pub enum Refused {
     },
 }
 
-/// The manager's state: the current configuration, the group's replicas and its ack mode.
+/// The manager's state: the current configuration and the group's replicas.
 #[derive(Clone, Debug)]
 pub struct ConfigManager {
     current: Configuration,
     replicas: BTreeSet<NodeId>,
-    ack: Ack,
 }
 
 impl ConfigManager {
     /// A manager for a group of `replicas` starting from `initial`.
-    pub fn new(initial: Configuration, replicas: impl IntoIterator<Item = NodeId>, ack: Ack) -> Self {
+    pub fn new(initial: Configuration, replicas: impl IntoIterator<Item = NodeId>) -> Self {
         ConfigManager {
             current: initial,
             replicas: replicas.into_iter().collect(),
-            ack,
         }
     }
 
@@ -57,9 +54,11 @@ impl ConfigManager {
     /// Applies `request` from `from`: installs the next version, or refuses.
     ///
     /// Rules: the request must be based on the current version; only the primary removes or adds
-    /// backups; a replica may become primary if it is a member (`all`, `async`: every member holds
-    /// every acknowledged write) or any replica (`quorum`: the candidate checked a majority's tails
-    /// first); the old primary leaves the in-sync set and rejoins through `Add` once caught up.
+    /// backups; only a member may become primary (the primary holds a lease from every member, so
+    /// a member that waited out its grace period knows the old primary stopped serving; in `all`
+    /// and `async` modes it also holds every acknowledged write, in `quorum` mode it checked a
+    /// majority's tails first); the old primary leaves the in-sync set and rejoins through `Add`
+    /// once caught up.
     pub fn handle(&mut self, from: NodeId, request: ChangeRequest) -> Result<&Configuration, Refused> {
         let cur = &self.current;
         if request.based_on != cur.version {
@@ -88,11 +87,7 @@ impl ConfigManager {
                 next.members.insert(x);
             }
             Change::BecomePrimary(x) => {
-                let eligible = match self.ack {
-                    Ack::Quorum => self.replicas.contains(&x),
-                    Ack::All | Ack::Async => cur.is_member(x),
-                };
-                if x != from || !eligible {
+                if x != from || !cur.is_member(x) {
                     return not_allowed;
                 }
                 if let Some(old) = cur.primary.filter(|&p| p != x) {
@@ -112,13 +107,13 @@ impl ConfigManager {
 mod tests {
     use super::*;
 
-    fn manager(ack: Ack) -> ConfigManager {
-        ConfigManager::new(Configuration::bootstrap(1, [1, 2, 3]), [1, 2, 3], ack)
+    fn manager() -> ConfigManager {
+        ConfigManager::new(Configuration::bootstrap(1, [1, 2, 3]), [1, 2, 3])
     }
 
     #[test]
     fn a_request_based_on_a_stale_version_is_refused() {
-        let mut m = manager(Ack::All);
+        let mut m = manager();
         let first = ChangeRequest { based_on: 1, change: Change::Remove(3) };
         assert_eq!(m.handle(1, first).unwrap().version, 2);
         let stale = ChangeRequest { based_on: 1, change: Change::BecomePrimary(2) };
@@ -127,7 +122,7 @@ mod tests {
 
     #[test]
     fn a_failover_starts_an_epoch_and_drops_the_old_primary() {
-        let mut m = manager(Ack::All);
+        let mut m = manager();
         let c = m
             .handle(2, ChangeRequest { based_on: 1, change: Change::BecomePrimary(2) })
             .unwrap();
@@ -141,7 +136,7 @@ mod tests {
 
     #[test]
     fn only_the_primary_edits_the_in_sync_set() {
-        let mut m = manager(Ack::Quorum);
+        let mut m = manager();
         let r = m.handle(2, ChangeRequest { based_on: 1, change: Change::Remove(3) });
         assert!(matches!(r, Err(Refused::NotAllowed { .. })));
         assert_eq!(m.current().version, 1);

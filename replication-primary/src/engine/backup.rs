@@ -170,11 +170,7 @@ impl<S: Storage<HardState = HardState>> PrimaryBackup<S> {
     pub(super) fn backup_tick(&mut self) {
         let me = self.cfg.id;
         let config = &self.state.config;
-        let eligible = match self.cfg.ack {
-            Ack::Quorum => true,
-            Ack::All | Ack::Async => config.is_member(me),
-        };
-        if !eligible || self.request.is_some() {
+        if !config.is_member(me) || self.request.is_some() {
             return;
         }
         let grace = if planted!(self.cfg, ServeBeforeGrace) {

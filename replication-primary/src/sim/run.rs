@@ -119,7 +119,7 @@ pub fn run_seed(seed: u64, opts: SimOptions) -> Result<SimStats, Failure> {
         opts,
         now: 0,
         net: Network::new(network, seed.wrapping_mul(0x9e37_79b9_7f4a_7c15)),
-        manager: ConfigManager::new(bootstrap, template.replicas.iter().copied(), opts.ack),
+        manager: ConfigManager::new(bootstrap, template.replicas.iter().copied()),
         nodes: (1..=n as NodeId)
             .map(|id| Node {
                 id,
