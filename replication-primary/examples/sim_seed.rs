@@ -12,7 +12,13 @@ fn main() {
         Some("async") => Ack::Async,
         _ => Ack::All,
     };
-    match run_seed(seed, SimOptions { ack, ..SimOptions::default() }) {
+    match run_seed(
+        seed,
+        SimOptions {
+            ack,
+            ..SimOptions::default()
+        },
+    ) {
         Ok(stats) => println!("seed {seed} ({ack:?}): clean, {stats:?}"),
         Err(failure) => {
             println!("{failure}");

@@ -87,7 +87,9 @@ impl Config {
     /// Refuses settings that would break the protocol's guarantees.
     pub fn validate(&self) -> Result<(), Error> {
         if self.id == 0 || !self.replicas.contains(&self.id) {
-            return Err(Error::InvalidConfig("id must be a non-zero member of replicas"));
+            return Err(Error::InvalidConfig(
+                "id must be a non-zero member of replicas",
+            ));
         }
         if self.grace_ticks < self.lease_ticks {
             return Err(Error::InvalidConfig(

@@ -56,7 +56,6 @@
 //! assert_eq!(host.applied.len(), 1);
 //! ```
 
-
 /// `planted!(cfg, Bug)`: whether planted bug `Bug` is on (always false without the feature).
 macro_rules! planted {
     ($cfg:expr, $bug:ident) => {{

@@ -59,7 +59,11 @@ impl ConfigManager {
     /// and `async` modes it also holds every acknowledged write, in `quorum` mode it checked a
     /// majority's tails first); the old primary leaves the in-sync set and rejoins through `Add`
     /// once caught up.
-    pub fn handle(&mut self, from: NodeId, request: ChangeRequest) -> Result<&Configuration, Refused> {
+    pub fn handle(
+        &mut self,
+        from: NodeId,
+        request: ChangeRequest,
+    ) -> Result<&Configuration, Refused> {
         let cur = &self.current;
         if request.based_on != cur.version {
             return Err(Refused::Stale {
@@ -114,30 +118,67 @@ mod tests {
     #[test]
     fn a_request_based_on_a_stale_version_is_refused() {
         let mut m = manager();
-        let first = ChangeRequest { based_on: 1, change: Change::Remove(3) };
+        let first = ChangeRequest {
+            based_on: 1,
+            change: Change::Remove(3),
+        };
         assert_eq!(m.handle(1, first).unwrap().version, 2);
-        let stale = ChangeRequest { based_on: 1, change: Change::BecomePrimary(2) };
-        assert_eq!(m.handle(2, stale), Err(Refused::Stale { based_on: 1, current: 2 }));
+        let stale = ChangeRequest {
+            based_on: 1,
+            change: Change::BecomePrimary(2),
+        };
+        assert_eq!(
+            m.handle(2, stale),
+            Err(Refused::Stale {
+                based_on: 1,
+                current: 2
+            })
+        );
     }
 
     #[test]
     fn a_failover_starts_an_epoch_and_drops_the_old_primary() {
         let mut m = manager();
         let c = m
-            .handle(2, ChangeRequest { based_on: 1, change: Change::BecomePrimary(2) })
+            .handle(
+                2,
+                ChangeRequest {
+                    based_on: 1,
+                    change: Change::BecomePrimary(2),
+                },
+            )
             .unwrap();
         assert_eq!((c.version, c.epoch, c.primary), (2, 2, Some(2)));
         assert!(!c.is_member(1));
         // A removed replica may not take over in `all` mode.
-        m.handle(2, ChangeRequest { based_on: 2, change: Change::Remove(3) }).unwrap();
-        let r = m.handle(3, ChangeRequest { based_on: 3, change: Change::BecomePrimary(3) });
+        m.handle(
+            2,
+            ChangeRequest {
+                based_on: 2,
+                change: Change::Remove(3),
+            },
+        )
+        .unwrap();
+        let r = m.handle(
+            3,
+            ChangeRequest {
+                based_on: 3,
+                change: Change::BecomePrimary(3),
+            },
+        );
         assert!(matches!(r, Err(Refused::NotAllowed { .. })));
     }
 
     #[test]
     fn only_the_primary_edits_the_in_sync_set() {
         let mut m = manager();
-        let r = m.handle(2, ChangeRequest { based_on: 1, change: Change::Remove(3) });
+        let r = m.handle(
+            2,
+            ChangeRequest {
+                based_on: 1,
+                change: Change::Remove(3),
+            },
+        );
         assert!(matches!(r, Err(Refused::NotAllowed { .. })));
         assert_eq!(m.current().version, 1);
     }

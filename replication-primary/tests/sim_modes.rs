@@ -4,7 +4,10 @@ use replication_primary::sim::{run_seed, SimOptions, SimStats};
 use replication_primary::Ack;
 
 fn scan(ack: Ack, seeds: std::ops::Range<u64>) -> Vec<SimStats> {
-    let opts = SimOptions { ack, ..SimOptions::default() };
+    let opts = SimOptions {
+        ack,
+        ..SimOptions::default()
+    };
     let mut out = Vec::new();
     let mut failures = Vec::new();
     for seed in seeds {
@@ -13,7 +16,12 @@ fn scan(ack: Ack, seeds: std::ops::Range<u64>) -> Vec<SimStats> {
             Err(f) => failures.push(f.to_string()),
         }
     }
-    assert!(failures.is_empty(), "{} failing seeds:\n{}", failures.len(), failures.join("\n"));
+    assert!(
+        failures.is_empty(),
+        "{} failing seeds:\n{}",
+        failures.len(),
+        failures.join("\n")
+    );
     out
 }
 
@@ -33,5 +41,8 @@ fn quorum_mode_loses_no_acknowledged_write() {
 fn async_mode_loses_writes_within_the_window() {
     let stats = scan(Ack::Async, 0..200);
     let lost: u64 = stats.iter().map(|s| s.lost()).sum();
-    assert!(lost > 0, "async mode should lose some acknowledged writes in failovers");
+    assert!(
+        lost > 0,
+        "async mode should lose some acknowledged writes in failovers"
+    );
 }

@@ -23,7 +23,11 @@ fn a_backup_accepting_a_lower_epoch_is_caught() {
 #[test]
 fn a_primary_serving_before_the_grace_period_is_caught() {
     let caught = first_catch(Ack::All, PlantedBug::ServeBeforeGrace);
-    assert_eq!(caught.map(|c| c.1), Some("one primary serves at a time"), "{caught:?}");
+    assert_eq!(
+        caught.map(|c| c.1),
+        Some("one primary serves at a time"),
+        "{caught:?}"
+    );
     eprintln!("ServeBeforeGrace caught: {caught:?}");
 }
 

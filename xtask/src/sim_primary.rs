@@ -98,7 +98,10 @@ pub fn run(args: &Args) -> anyhow::Result<()> {
             args.seeds
         );
         if mode == AckMode::Async {
-            let hist: Vec<String> = lost_hist.iter().map(|(l, n)| format!("{l} lost: {n}")).collect();
+            let hist: Vec<String> = lost_hist
+                .iter()
+                .map(|(l, n)| format!("{l} lost: {n}"))
+                .collect();
             println!(
                 "  async lost acknowledged writes: {lost_total} over {failovers} failovers, max {lost_max} per failover (bound: async_window = {}); per failover: {}",
                 replication_primary::Config::new(1, [1], Ack::Async).async_window,
@@ -107,7 +110,11 @@ pub fn run(args: &Args) -> anyhow::Result<()> {
         }
         match bug {
             None => {
-                println!("sim primary-backup {mode:?}: {} seeds, {} violations", args.seeds, failures.len());
+                println!(
+                    "sim primary-backup {mode:?}: {} seeds, {} violations",
+                    args.seeds,
+                    failures.len()
+                );
                 any_violation |= !failures.is_empty();
             }
             Some(bug) => {
@@ -124,7 +131,11 @@ pub fn run(args: &Args) -> anyhow::Result<()> {
         }
     }
     if any_violation {
-        anyhow::bail!(if bug.is_some() { "the planted bug went unnoticed" } else { "violations found" });
+        anyhow::bail!(if bug.is_some() {
+            "the planted bug went unnoticed"
+        } else {
+            "violations found"
+        });
     }
     Ok(())
 }

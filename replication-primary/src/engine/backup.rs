@@ -78,7 +78,8 @@ impl<S: Storage<HardState = HardState>> PrimaryBackup<S> {
             self.backup.primary_commit = self.backup.primary_commit.max(commit);
         }
         let end = prev_index + entries.len() as u64;
-        let matches = prev_index <= self.last_index() && self.term_at(prev_index) == Some(prev_term);
+        let matches =
+            prev_index <= self.last_index() && self.term_at(prev_index) == Some(prev_term);
         if !matches {
             let hint = self.last_index().min(prev_index.saturating_sub(1));
             self.send(from, Body::Mismatch { sent_at, hint });
@@ -205,7 +206,13 @@ impl<S: Storage<HardState = HardState>> PrimaryBackup<S> {
                 started: self.now,
                 replies: BTreeMap::new(),
             });
-            let others: Vec<NodeId> = self.cfg.replicas.iter().copied().filter(|&r| r != me).collect();
+            let others: Vec<NodeId> = self
+                .cfg
+                .replicas
+                .iter()
+                .copied()
+                .filter(|&r| r != me)
+                .collect();
             for r in others {
                 self.send(r, Body::TailQuery { round });
             }
@@ -215,7 +222,10 @@ impl<S: Storage<HardState = HardState>> PrimaryBackup<S> {
         if (t.replies.len() + 1) * 2 <= self.cfg.replicas.len() {
             return;
         }
-        let mine = (self.durable_synced_epoch, self.durable.min(self.last_index()));
+        let mine = (
+            self.durable_synced_epoch,
+            self.durable.min(self.last_index()),
+        );
         let best = t.replies.values().all(|&theirs| theirs <= mine);
         self.backup.tail = None;
         if best {

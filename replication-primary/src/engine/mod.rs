@@ -13,7 +13,7 @@ use std::collections::BTreeSet;
 
 use bytes::Bytes;
 use consensus_core::{
-    Consensus, ConfState, Entry, EntryPayload, Error, NodeId, Persist, PersistToken, Proposed,
+    ConfState, Consensus, Entry, EntryPayload, Error, NodeId, Persist, PersistToken, Proposed,
     ReadState, Ready, Role, SoftState, Status, Storage, Write, WriteQueue,
 };
 
@@ -113,7 +113,9 @@ impl<S: Storage<HardState = HardState>> PrimaryBackup<S> {
     /// Whether this replica is the primary and may serve reads and acknowledge writes now: it
     /// holds a lease from every backup and has committed everything it prepared before.
     pub fn is_serving(&self) -> bool {
-        self.primary.as_ref().is_some_and(|p| self.commit >= p.epoch_start)
+        self.primary
+            .as_ref()
+            .is_some_and(|p| self.commit >= p.epoch_start)
             && self.leases_held()
             && self.within_async_window()
     }
@@ -181,7 +183,9 @@ impl<S: Storage<HardState = HardState>> PrimaryBackup<S> {
             return None;
         }
         let mut out = Vec::new();
-        self.storage.entries(index, index + 1, u64::MAX, &mut out).ok()?;
+        self.storage
+            .entries(index, index + 1, u64::MAX, &mut out)
+            .ok()?;
         out.pop().filter(|e| e.index == index)
     }
 
@@ -349,15 +353,7 @@ impl<S: Storage<HardState = HardState>> PrimaryBackup<S> {
                 commit,
                 last,
             } => self.on_prepare(
-                m.from,
-                m.epoch,
-                config,
-                sent_at,
-                prev_index,
-                prev_term,
-                entries,
-                commit,
-                last,
+                m.from, m.epoch, config, sent_at, prev_index, prev_term, entries, commit, last,
             ),
             Body::TailQuery { round } => {
                 self.on_tail_query(m.from, m.epoch, round);
@@ -483,7 +479,8 @@ impl<S: Storage<HardState = HardState>> Consensus for PrimaryBackup<S> {
         self.durable_synced_epoch = record.synced_epoch;
         let epoch = self.epoch();
         // An answer promised in an epoch this replica has left is void: drop it.
-        self.out.extend(held.into_iter().filter(|m| m.epoch == epoch));
+        self.out
+            .extend(held.into_iter().filter(|m| m.epoch == epoch));
         if self.primary.is_some() {
             self.advance_commit();
         }

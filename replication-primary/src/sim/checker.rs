@@ -132,7 +132,9 @@ impl Checker {
                 if lost > self.window {
                     return Err((
                         "async: a failover loses at most async_window writes",
-                        format!("node {node} (epoch {epoch}) serves without {lost} acknowledged writes"),
+                        format!(
+                            "node {node} (epoch {epoch}) serves without {lost} acknowledged writes"
+                        ),
                     ));
                 }
             }
@@ -143,7 +145,9 @@ impl Checker {
                         "node {node} serves epoch {epoch} without {lost} acknowledged writes: {:?}",
                         self.acked
                             .iter()
-                            .filter(|a| a.lost && log(node, a.entry.index).as_ref() != Some(&a.entry))
+                            .filter(
+                                |a| a.lost && log(node, a.entry.index).as_ref() != Some(&a.entry)
+                            )
                             .map(|a| a.entry.index)
                             .take(8)
                             .collect::<Vec<_>>()
@@ -156,7 +160,12 @@ impl Checker {
     }
 
     /// Acknowledged writes (not yet counted) missing from `node`'s log; marks them lost.
-    fn missing_from(&mut self, node: NodeId, log: &impl Fn(NodeId, u64) -> Option<Entry>, mark: bool) -> u64 {
+    fn missing_from(
+        &mut self,
+        node: NodeId,
+        log: &impl Fn(NodeId, u64) -> Option<Entry>,
+        mark: bool,
+    ) -> u64 {
         let mut lost = 0;
         for a in self.acked.iter_mut().filter(|a| !a.lost) {
             if log(node, a.entry.index).as_ref() != Some(&a.entry) {
@@ -170,7 +179,11 @@ impl Checker {
     }
 
     /// At the end: the final primary holds every acknowledged write not counted lost.
-    pub(super) fn final_primary(&mut self, node: NodeId, log: impl Fn(NodeId, u64) -> Option<Entry>) -> Result<(), Violation> {
+    pub(super) fn final_primary(
+        &mut self,
+        node: NodeId,
+        log: impl Fn(NodeId, u64) -> Option<Entry>,
+    ) -> Result<(), Violation> {
         let missing = self.missing_from(node, &log, false);
         if missing > 0 {
             return Err((

@@ -20,7 +20,8 @@ impl Disk {
     pub(super) fn submit(&mut self, write: &Write<HardState>, due: u64) -> u64 {
         self.issued += 1;
         self.last_due = self.last_due.max(due);
-        self.queue.push_back((self.issued, write.clone(), self.last_due));
+        self.queue
+            .push_back((self.issued, write.clone(), self.last_due));
         self.issued
     }
 

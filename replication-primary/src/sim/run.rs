@@ -5,8 +5,7 @@ use std::collections::{BTreeSet, VecDeque};
 use bytes::Bytes;
 use consensus_core::sim::network::{Network, NetworkConfig};
 use consensus_core::{
-    Consensus, Entry, EntryPayload, Error, Host, MemStorage, NodeId, Replica, Role, Snapshot,
-    Write,
+    Consensus, Entry, EntryPayload, Error, Host, MemStorage, NodeId, Replica, Role, Snapshot, Write,
 };
 use rand::seq::SliceRandom;
 use rand::{Rng, SeedableRng};
@@ -102,7 +101,10 @@ struct Sim {
 /// Runs one seed; a clean run returns what it saw.
 pub fn run_seed(seed: u64, opts: SimOptions) -> Result<SimStats, Failure> {
     let mut rng = ChaCha8Rng::seed_from_u64(seed ^ 0x9b1d_2c3a_0000_0014);
-    let n = opts.nodes.unwrap_or_else(|| rng.gen_range(3..=5)).clamp(3, 5);
+    let n = opts
+        .nodes
+        .unwrap_or_else(|| rng.gen_range(3..=5))
+        .clamp(3, 5);
     let network = NetworkConfig {
         drop_ppm: rng.gen_range(0..50_000),
         duplicate_ppm: rng.gen_range(0..30_000),
@@ -243,17 +245,40 @@ impl Sim {
             Ok(config) => {
                 let config = config.clone();
                 self.stats.config_changes += 1;
-                self.event(format!("manager installs {config:?} for {} ({:?})", m.from, request.change));
+                self.event(format!(
+                    "manager installs {config:?} for {} ({:?})",
+                    m.from, request.change
+                ));
                 for r in replicas {
                     let body = Body::Installed(config.clone());
-                    self.net.send(self.now, MANAGER, r, Message { from: MANAGER, to: r, epoch: config.epoch, body });
+                    self.net.send(
+                        self.now,
+                        MANAGER,
+                        r,
+                        Message {
+                            from: MANAGER,
+                            to: r,
+                            epoch: config.epoch,
+                            body,
+                        },
+                    );
                 }
             }
             Err(refused) => {
                 let config = self.manager.current().clone();
                 self.event(format!("manager refuses {} {request:?}: {refused}", m.from));
                 let body = Body::Installed(config.clone());
-                self.net.send(self.now, MANAGER, m.from, Message { from: MANAGER, to: m.from, epoch: config.epoch, body });
+                self.net.send(
+                    self.now,
+                    MANAGER,
+                    m.from,
+                    Message {
+                        from: MANAGER,
+                        to: m.from,
+                        epoch: config.epoch,
+                        body,
+                    },
+                );
             }
         }
     }
@@ -272,7 +297,11 @@ impl Sim {
     }
 
     fn crash(&mut self, id: NodeId) {
-        let keep = if self.rng.gen_bool(0.3) { self.rng.gen_range(0..=4) } else { 0 };
+        let keep = if self.rng.gen_bool(0.3) {
+            self.rng.gen_range(0..=4)
+        } else {
+            0
+        };
         let node = &mut self.nodes[Self::slot(id)];
         node.replica = None;
         node.disk.crash(keep);
@@ -291,7 +320,10 @@ impl Sim {
     fn rollback(&mut self, slot: usize, why: String) -> Result<(), Violation> {
         let id = self.nodes[slot].id;
         if self.opts.ack != Ack::Async {
-            return Err(("committed entries are never taken back", format!("node {id}: {why}")));
+            return Err((
+                "committed entries are never taken back",
+                format!("node {id}: {why}"),
+            ));
         }
         self.stats.rollbacks += 1;
         self.event(format!("node {id} rolls back: {why}"));
@@ -337,16 +369,41 @@ impl Sim {
                     .copied()
                     .filter(|&m| !holds(&self.nodes[Self::slot(m)]))
                     .collect();
-                if let Err((p, d)) = self.checker.committed(id, entry, holders, self.nodes.len(), &missing) {
-                    let more: Vec<String> = missing.iter().map(|&m| { let n = &self.nodes[Self::slot(m)]; format!("{m}: durable last {} entry {:?} view {:?}", consensus_core::Storage::last_index(&n.disk.durable), n.disk.durable.entry(entry.index), n.replica.as_ref().map(|r| r.engine().storage().entry(entry.index).cloned())) }).collect();
+                if let Err((p, d)) =
+                    self.checker
+                        .committed(id, entry, holders, self.nodes.len(), &missing)
+                {
+                    let more: Vec<String> = missing
+                        .iter()
+                        .map(|&m| {
+                            let n = &self.nodes[Self::slot(m)];
+                            format!(
+                                "{m}: durable last {} entry {:?} view {:?}",
+                                consensus_core::Storage::last_index(&n.disk.durable),
+                                n.disk.durable.entry(entry.index),
+                                n.replica.as_ref().map(|r| r
+                                    .engine()
+                                    .storage()
+                                    .entry(entry.index)
+                                    .cloned())
+                            )
+                        })
+                        .collect();
                     return Err((p, format!("{d} [{}] entry {entry:?}", more.join("; "))));
                 }
             }
         }
         if is_primary && !fresh.is_empty() {
-            let epoch = self.nodes[slot].replica.as_ref().expect("live").engine().epoch();
+            let epoch = self.nodes[slot]
+                .replica
+                .as_ref()
+                .expect("live")
+                .engine()
+                .epoch();
             for c in 0..self.clients.len() {
-                let Some(p) = &self.clients[c].outstanding else { continue };
+                let Some(p) = &self.clients[c].outstanding else {
+                    continue;
+                };
                 if p.node != id {
                     continue;
                 }
@@ -357,7 +414,10 @@ impl Sim {
                 let e = e.clone();
                 self.clients[c].outstanding = None;
                 if landed {
-                    self.event(format!("client {c}: write {} acknowledged (epoch {epoch})", e.index));
+                    self.event(format!(
+                        "client {c}: write {} acknowledged (epoch {epoch})",
+                        e.index
+                    ));
                     self.checker.acknowledged(e);
                 }
             }
@@ -386,11 +446,15 @@ impl Sim {
                 // The last ticks are quiet, so every member can catch up before the final check.
                 continue;
             }
-            let Some(&node) = serving.first() else { continue };
+            let Some(&node) = serving.first() else {
+                continue;
+            };
             self.clients[c].seq += 1;
             let payload = Bytes::from(format!("c{c}-{}", self.clients[c].seq));
             let slot = Self::slot(node);
-            let Some(replica) = self.nodes[slot].replica.as_mut() else { continue };
+            let Some(replica) = self.nodes[slot].replica.as_mut() else {
+                continue;
+            };
             if let Ok(proposed) = replica.engine_mut().propose(payload.clone()) {
                 self.clients[c].outstanding = Some(Pending {
                     node,
@@ -421,7 +485,9 @@ impl Sim {
         };
         if let Some(lost) = self.checker.serving(&serving, log)? {
             let (id, epoch) = serving[0];
-            self.event(format!("failover: node {id} serves epoch {epoch}, {lost} acknowledged writes lost"));
+            self.event(format!(
+                "failover: node {id} serves epoch {epoch}, {lost} acknowledged writes lost"
+            ));
         }
         Ok(())
     }
@@ -473,7 +539,11 @@ impl Sim {
             62..=67 => {
                 if let Some(id) = primary {
                     // The primary keeps the manager; the backups lose both.
-                    let rest: Vec<NodeId> = everyone.iter().copied().filter(|&x| x != id && x != MANAGER).collect();
+                    let rest: Vec<NodeId> = everyone
+                        .iter()
+                        .copied()
+                        .filter(|&x| x != id && x != MANAGER)
+                        .collect();
                     self.event(format!("isolate primary {id} with the manager"));
                     self.net.partition(&everyone, &[vec![id, MANAGER], rest]);
                 }
@@ -508,17 +578,35 @@ impl Sim {
             .iter()
             .find(|x| x.replica.as_ref().is_some_and(|r| r.engine().is_serving()))
             .map(|x| x.id)
-            .ok_or(("liveness", format!("no primary serves {} ticks after the faults", self.opts.quiet_ticks)))?;
+            .ok_or((
+                "liveness",
+                format!(
+                    "no primary serves {} ticks after the faults",
+                    self.opts.quiet_ticks
+                ),
+            ))?;
         if self.checker.acked_count() == acked_before_quiet {
-            return Err(("liveness", "no write acknowledged after the faults stopped".into()));
+            return Err((
+                "liveness",
+                "no write acknowledged after the faults stopped".into(),
+            ));
         }
-        let engine = self.nodes[Self::slot(primary)].replica.as_ref().expect("live").engine();
+        let engine = self.nodes[Self::slot(primary)]
+            .replica
+            .as_ref()
+            .expect("live")
+            .engine();
         let commit = engine.status().commit;
         let members: Vec<NodeId> = engine.configuration().members.iter().copied().collect();
-        let reference: Vec<Option<Entry>> = (1..=commit).map(|i| engine.storage().entry(i).cloned()).collect();
+        let reference: Vec<Option<Entry>> = (1..=commit)
+            .map(|i| engine.storage().entry(i).cloned())
+            .collect();
         let nodes = &self.nodes;
         self.checker.final_primary(primary, |node, index| {
-            nodes[Self::slot(node)].replica.as_ref().and_then(|r| r.engine().storage().entry(index).cloned())
+            nodes[Self::slot(node)]
+                .replica
+                .as_ref()
+                .and_then(|r| r.engine().storage().entry(index).cloned())
         })?;
         for m in members {
             let storage = self.nodes[Self::slot(m)].disk.durable.clone();
@@ -538,7 +626,15 @@ impl Sim {
 
 fn summarize(m: &Message) -> String {
     let body = match &m.body {
-        Body::Prepare { config, sent_at, prev_index, prev_term, entries, commit, last } => format!(
+        Body::Prepare {
+            config,
+            sent_at,
+            prev_index,
+            prev_term,
+            entries,
+            commit,
+            last,
+        } => format!(
             "Prepare v{} t{sent_at} prev={prev_term}@{prev_index} n={} commit={commit} last={last}",
             config.version,
             entries.len()
