@@ -1,5 +1,5 @@
 //! Runs the primary-backup simulator on one seed and prints what it saw (or the failure and its
-//! trace): `cargo run -p replication-primary --example sim_seed -- <seed> [all|quorum|async]`.
+//! trace): `cargo run -p replication-primary --example sim_seed -- <seed> [all|quorum|async] [trace events]`.
 
 use replication_primary::sim::{run_seed, SimOptions};
 use replication_primary::Ack;

@@ -291,13 +291,15 @@ impl<S: Storage<HardState = HardState>> PrimaryBackup<S> {
         {
             self.request = None;
         }
-        let was_primary = self.primary.is_some();
         let new_epoch = config.epoch != self.state.config.epoch;
         self.state.config = config;
         self.stage_hard_state();
         let me = self.cfg.id;
         if self.state.config.primary == Some(me) {
-            if !was_primary || new_epoch {
+            // A new epoch makes it primary. A later version of the same epoch keeps a primary in
+            // office, but never re-installs one that restarted: it waits for a fresh epoch
+            // (resuming would reuse serial numbers its backups may hold with other content).
+            if new_epoch {
                 self.become_primary();
             }
         } else {

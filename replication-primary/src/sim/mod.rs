@@ -46,6 +46,8 @@ pub struct SimOptions {
     pub fault_ticks: u64,
     /// Ticks after the faults for a primary to serve again and a final write to be acknowledged.
     pub quiet_ticks: u64,
+    /// Events kept for a failure report.
+    pub trace_window: usize,
     /// A planted bug.
     #[cfg(feature = "planted-bugs")]
     pub bug: Option<PlantedBug>,
@@ -58,6 +60,7 @@ impl Default for SimOptions {
             nodes: None,
             fault_ticks: 800,
             quiet_ticks: 400,
+            trace_window: 80,
             #[cfg(feature = "planted-bugs")]
             bug: None,
         }

@@ -165,7 +165,7 @@ fn config(id: NodeId, n: usize, opts: &SimOptions) -> Config {
 
 impl Sim {
     fn event(&mut self, line: String) {
-        if self.trace.len() == 80 {
+        if self.trace.len() >= self.opts.trace_window.max(1) {
             self.trace.pop_front();
         }
         self.trace.push_back(format!("[{}] {line}", self.now));
