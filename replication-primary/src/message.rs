@@ -9,6 +9,9 @@ use crate::configuration::{ChangeRequest, Configuration};
 /// replica id; a node routes these to wherever its manager runs.
 pub const MANAGER: NodeId = 0;
 
+/// Most entries one [`Body::TailReply`] carries.
+pub const MAX_TAIL_ENTRIES: u64 = 1024;
+
 /// One message. `epoch` is the sender's epoch; a replica refuses anything from a lower one.
 #[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
 pub struct Message {
@@ -64,12 +67,17 @@ pub enum Body {
         /// The configuration the replica knows.
         config: Configuration,
     },
-    /// Quorum-mode candidate → replicas: what are your durable tails?
+    /// Quorum-mode candidate → replicas: what are your durable tails? `commit` is the
+    /// candidate's commit point (a prefix every replica agrees on).
     TailQuery {
         /// Matches replies to the round.
         round: u64,
+        /// The candidate's commit point.
+        commit: u64,
     },
-    /// Replica → candidate: its durable `(synced_epoch, last index)`.
+    /// Replica → candidate: its durable `(synced_epoch, last index, last term)`, and its durable
+    /// entries after the candidate's commit point (at most [`MAX_TAIL_ENTRIES`]), so a candidate
+    /// can pull a better tail before it takes over.
     TailReply {
         /// Echo of the query's round.
         round: u64,
@@ -77,6 +85,14 @@ pub enum Body {
         synced_epoch: u64,
         /// Durable last index.
         last_index: u64,
+        /// Term of that entry.
+        last_term: u64,
+        /// Index before `entries` (the candidate's commit point).
+        prev_index: u64,
+        /// Term of that entry here.
+        prev_term: u64,
+        /// Durable entries after `prev_index`.
+        entries: Vec<Entry>,
     },
     /// Replica → manager.
     Request(ChangeRequest),

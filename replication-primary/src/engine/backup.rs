@@ -8,14 +8,27 @@ use consensus_core::{Entry, Error, NodeId, Storage, StorageError};
 use super::PrimaryBackup;
 use crate::config::Ack;
 use crate::configuration::{Change, Configuration, HardState};
-use crate::message::Body;
+use crate::message::{Body, MAX_TAIL_ENTRIES};
 
 /// A quorum-mode candidate's round of tail queries.
 #[derive(Clone, Debug)]
 struct TailRound {
     round: u64,
     started: u64,
-    replies: BTreeMap<NodeId, (u64, u64)>,
+    /// Each replier's durable `(synced_epoch, last)` and last term.
+    replies: BTreeMap<NodeId, ((u64, u64), u64)>,
+    /// The best tail pulled in this round.
+    adopted: Option<(u64, u64)>,
+}
+
+/// What a [`Body::TailReply`] says.
+#[derive(Clone, Debug)]
+pub(super) struct Tail {
+    pub(super) key: (u64, u64),
+    pub(super) last_term: u64,
+    pub(super) prev_index: u64,
+    pub(super) prev_term: u64,
+    pub(super) entries: Vec<Entry>,
 }
 
 /// The backup's state.
@@ -136,35 +149,66 @@ impl<S: Storage<HardState = HardState>> PrimaryBackup<S> {
         Ok(())
     }
 
-    pub(super) fn on_tail_query(&mut self, from: NodeId, epoch: u64, round: u64) {
+    pub(super) fn on_tail_query(&mut self, from: NodeId, epoch: u64, round: u64, commit: u64) {
         if epoch < self.epoch() {
             let config = self.state.config.clone();
             self.send(from, Body::Fenced { config });
             return;
         }
+        let last = self.durable.min(self.last_index());
+        let (prev_index, hi) = (commit.min(last), last.min(commit + MAX_TAIL_ENTRIES));
+        let entries: Vec<Entry> = (prev_index + 1..=hi)
+            .filter_map(|i| self.entry_at(i))
+            .collect();
         let body = Body::TailReply {
             round,
             synced_epoch: self.durable_synced_epoch,
-            last_index: self.durable.min(self.last_index()),
+            last_index: last,
+            last_term: self.term_at(last).unwrap_or(0),
+            prev_index,
+            prev_term: self.term_at(prev_index).unwrap_or(0),
+            entries,
         };
         self.send(from, body);
     }
 
-    pub(super) fn on_tail_reply(
-        &mut self,
-        from: NodeId,
-        epoch: u64,
-        round: u64,
-        synced_epoch: u64,
-        last_index: u64,
-    ) {
-        if epoch > self.epoch() {
+    pub(super) fn on_tail_reply(&mut self, from: NodeId, epoch: u64, round: u64, tail: Tail) {
+        if epoch > self.epoch() || self.primary.is_some() {
             return;
         }
-        if let Some(t) = &mut self.backup.tail {
-            if t.round == round {
-                t.replies.insert(from, (synced_epoch, last_index));
+        let mine = (
+            self.durable_synced_epoch,
+            self.durable.min(self.last_index()),
+        );
+        let Some(t) = &mut self.backup.tail else {
+            return;
+        };
+        if t.round != round {
+            return;
+        }
+        t.replies.insert(from, (tail.key, tail.last_term));
+        // Pull a better tail: entries after the commit point, cut where they conflict.
+        let better = tail.key > mine && t.adopted.is_none_or(|a| tail.key > a);
+        if !better || self.term_at(tail.prev_index) != Some(tail.prev_term) {
+            return;
+        }
+        let mut k = 0;
+        while k < tail.entries.len()
+            && self.term_at(tail.entries[k].index) == Some(tail.entries[k].term)
+        {
+            k += 1;
+        }
+        if let Some(e) = tail.entries.get(k) {
+            if e.index <= self.applied {
+                return;
             }
+            if e.index <= self.last_index() {
+                self.stage_truncate(e.index);
+            }
+        }
+        self.stage_entries(tail.entries.into_iter().skip(k));
+        if let Some(t) = &mut self.backup.tail {
+            t.adopted = Some(tail.key);
         }
     }
 
@@ -205,6 +249,7 @@ impl<S: Storage<HardState = HardState>> PrimaryBackup<S> {
                 round,
                 started: self.now,
                 replies: BTreeMap::new(),
+                adopted: None,
             });
             let others: Vec<NodeId> = self
                 .cfg
@@ -214,7 +259,8 @@ impl<S: Storage<HardState = HardState>> PrimaryBackup<S> {
                 .filter(|&r| r != me)
                 .collect();
             for r in others {
-                self.send(r, Body::TailQuery { round });
+                let commit = self.commit;
+                self.send(r, Body::TailQuery { round, commit });
             }
             return;
         }
@@ -226,12 +272,18 @@ impl<S: Storage<HardState = HardState>> PrimaryBackup<S> {
             self.durable_synced_epoch,
             self.durable.min(self.last_index()),
         );
-        let best = t.replies.values().all(|&theirs| theirs <= mine);
+        // Best: no replier's durable tail is better, or this log holds it (pulled when the
+        // reply came; by log matching, holding its last entry means holding all of it).
+        let best = t.replies.values().all(|&(theirs, last_term)| {
+            theirs <= mine || self.term_at(theirs.1) == Some(last_term)
+        });
+        let pulled = t.adopted.is_some();
         self.backup.tail = None;
         if best {
             self.send_request(Change::BecomePrimary(me), proposed);
-        } else {
-            // A better replica will ask; wait another grace period.
+        } else if !pulled {
+            // Nothing could be pulled (the better tail does not extend this log's commit
+            // point): wait another grace period.
             self.backup.last_heard = self.now;
         }
     }

@@ -357,16 +357,27 @@ impl<S: Storage<HardState = HardState>> PrimaryBackup<S> {
             } => self.on_prepare(
                 m.from, m.epoch, config, sent_at, prev_index, prev_term, entries, commit, last,
             ),
-            Body::TailQuery { round } => {
-                self.on_tail_query(m.from, m.epoch, round);
+            Body::TailQuery { round, commit } => {
+                self.on_tail_query(m.from, m.epoch, round, commit);
                 Ok(())
             }
             Body::TailReply {
                 round,
                 synced_epoch,
                 last_index,
+                last_term,
+                prev_index,
+                prev_term,
+                entries,
             } => {
-                self.on_tail_reply(m.from, m.epoch, round, synced_epoch, last_index);
+                let tail = backup::Tail {
+                    key: (synced_epoch, last_index),
+                    last_term,
+                    prev_index,
+                    prev_term,
+                    entries,
+                };
+                self.on_tail_reply(m.from, m.epoch, round, tail);
                 Ok(())
             }
         }
