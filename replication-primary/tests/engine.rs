@@ -86,7 +86,7 @@ fn a_backup_refuses_a_lower_epoch_and_answers_with_its_configuration() {
 
 #[test]
 fn a_backup_acknowledges_a_prepare_only_once_it_is_durable() {
-    let (mut r, mut host) = replica(2, Ack::All);
+    let (mut r, _host) = replica(2, Ack::All);
     let c = config(2, 2, 1, &[1, 2, 3]);
     r.engine_mut()
         .step(prepare(1, 2, &c, 3, vec![entry(2, 1), entry(2, 2)]))
@@ -113,7 +113,6 @@ fn a_backup_acknowledges_a_prepare_only_once_it_is_durable() {
         "{:?}",
         ready.messages
     );
-    let _ = host;
 }
 
 #[test]
