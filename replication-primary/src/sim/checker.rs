@@ -96,6 +96,23 @@ impl Checker {
         }
     }
 
+    /// A read at `node`, ordered at `index` (its commit point): in `all` and `quorum` modes it
+    /// must see every write acknowledged before it, by any primary.
+    pub(super) fn read(&mut self, node: NodeId, index: u64) -> Result<(), Violation> {
+        if self.ack == Ack::Async {
+            return Ok(());
+        }
+        match self.acked.iter().map(|a| a.entry.index).max() {
+            Some(newest) if newest > index => Err((
+                "reads at the primary are linearizable",
+                format!(
+                    "node {node} served a read at {index}; write {newest} was acknowledged before"
+                ),
+            )),
+            _ => Ok(()),
+        }
+    }
+
     pub(super) fn acknowledged(&mut self, entry: Entry) {
         self.acked.push(Acked { entry, lost: false });
     }

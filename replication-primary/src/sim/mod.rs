@@ -12,7 +12,8 @@
 //! Checked after every tick (`checker.rs`): no two replicas serve at once; in `all` and `quorum`
 //! modes every committed entry is durable where the mode says (every member / a majority) when the
 //! primary commits it, every replica applies the same entry at each position, and no
-//! acknowledged write is missing from a new primary's log when it starts serving; in `async`
+//! acknowledged write is missing from a new primary's log when it starts serving, and a read at
+//! the primary is ordered after every acknowledged write; in `async`
 //! mode the writes missing at each failover are *counted* and must stay within
 //! [`crate::Config::async_window`]. After the faults: a primary serves again, a final write is
 //! acknowledged, and every member holds the primary's committed prefix.
@@ -74,6 +75,8 @@ pub struct SimStats {
     pub nodes: usize,
     /// Writes acknowledged to clients.
     pub acked: u64,
+    /// Linearizable reads served at the primary.
+    pub reads: u64,
     /// Times a new epoch's primary started serving (the first primary not counted).
     pub failovers: u64,
     /// Acknowledged writes missing from the new primary's log, per failover (`async` only; all

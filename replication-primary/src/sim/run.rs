@@ -449,6 +449,20 @@ impl Sim {
             let Some(&node) = serving.first() else {
                 continue;
             };
+            if self.rng.gen_bool(0.25) {
+                // A linearizable read at the primary, ordered at its commit point.
+                let slot = Self::slot(node);
+                let Some(replica) = self.nodes[slot].replica.as_mut() else {
+                    continue;
+                };
+                if replica.engine_mut().read_index(self.now).is_ok() {
+                    let index = replica.engine().status().commit;
+                    self.checker.read(node, index)?;
+                    self.stats.reads += 1;
+                    self.process(slot)?;
+                }
+                continue;
+            }
             self.clients[c].seq += 1;
             let payload = Bytes::from(format!("c{c}-{}", self.clients[c].seq));
             let slot = Self::slot(node);
