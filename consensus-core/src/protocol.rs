@@ -59,12 +59,15 @@
 //!   is `Write::snapshot`. PROPOSAL → held ACK after the write → COMMIT advances `committed`.
 //!   FastLeaderElection votes ordered by (last zxid, id) are protocol messages. Status: role, leader,
 //!   epoch as `term`, detail = accepted/current epoch.
-//! - **Primary-backup (PacificA)**: `HardState` = `{ epoch }` of the configuration this replica
-//!   serves; the primary assigns serial numbers = `index`, epoch = `term`. PREPARE → held ACK after
-//!   the write; the commit point travels on later messages → `committed`. A new primary's
-//!   reconciliation truncates backups' uncommitted suffixes → `truncate_from`. The configuration
-//!   manager's decisions arrive as inputs (its own message type), requests to it go out as messages.
-//!   It issues its tokens with [`TokenSequence`] from its own crate.
+//! - **Primary-backup (PacificA)** (built: crate `replication-primary`): `HardState` =
+//!   `{ config, synced_epoch }` — the whole configuration (version, epoch, primary, in-sync set),
+//!   since a restarted replica must know whom to fence, plus the epoch its log was last synced to
+//!   (what a quorum-mode candidate compares); the primary assigns serial numbers = `index`,
+//!   epoch = `term`. PREPARE → held ACK after the write; the commit point travels on later
+//!   messages → `committed`. A new primary's reconciliation truncates backups' suffixes it never
+//!   prepared → `truncate_from`. The configuration manager's decisions arrive as inputs and
+//!   requests go out as messages of the same `Message` type, addressed to a reserved id (0).
+//!   Its tokens come from [`crate::WriteQueue`].
 
 use bytes::Bytes;
 use serde::{de::DeserializeOwned, Serialize};

@@ -33,6 +33,8 @@ pub enum Protocol {
     Saga,
     /// replication-peer: multi-master replication with anti-entropy (`sim_peer`).
     Peer,
+    /// replication-primary: PacificA primary-backup, `--ack all|quorum|async` (`sim_primary`).
+    PrimaryBackup,
 }
 
 /// A bug to plant in every member, to see the simulator catch it.
@@ -56,6 +58,12 @@ pub enum Bug {
     AntiEntropySkipsSubtree,
     /// replication-peer: a tombstone is collected before every replica holds it.
     EarlyTombstoneCollection,
+    /// replication-primary: a backup accepts prepares of a lower epoch.
+    AcceptLowerEpoch,
+    /// replication-primary: a backup asks to take over before its grace period.
+    ServeBeforeGrace,
+    /// replication-primary: an `all`-mode primary acknowledges before every backup did.
+    AllAckBeforeBackups,
 }
 
 impl Bug {
@@ -123,6 +131,9 @@ pub struct Args {
     /// Plant a known bug in the txn-2pc engines (for `--protocol 2pc|tcc`).
     #[arg(long, value_enum)]
     pub txn_bug: Option<crate::sim_txn::TxnBug>,
+    /// Acknowledgement mode(s) for `--protocol primary-backup`, comma-separated.
+    #[arg(long, value_enum, value_delimiter = ',', default_value = "all")]
+    pub ack: Vec<crate::sim_primary::AckMode>,
 }
 
 /// How a seed's schedule is chosen.
@@ -161,6 +172,7 @@ pub fn run(args: Args) -> anyhow::Result<()> {
     }
     match args.protocol {
         Protocol::Peer => crate::sim_peer::run(&args),
+        Protocol::PrimaryBackup => crate::sim_primary::run(&args),
         Protocol::Raft => {
             let bug = planted(args.planted_bug, "Raft", Bug::raft)?;
             scan::<RaftSim>(&args, "raft", |options| options.planted_bug = bug)

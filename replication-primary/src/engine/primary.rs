@@ -1,0 +1,292 @@
+//! The primary: serial numbers, PREPARE to every replica, leases from the in-sync set, the commit
+//! rule of each ack mode, and requests to remove a backup whose lease ran out or add one that
+//! caught up.
+
+use std::collections::BTreeMap;
+
+use consensus_core::{Entry, EntryPayload, Error, NodeId, Proposed, Storage};
+
+use super::PrimaryBackup;
+use crate::config::Ack;
+use crate::configuration::{Change, HardState};
+use crate::message::Body;
+
+/// What the primary knows of one other replica.
+#[derive(Clone, Copy, Debug)]
+pub(super) struct Progress {
+    /// Next index to send.
+    next: u64,
+    /// Durable and matching through this index.
+    pub(super) durable: u64,
+    /// Send time of the newest prepare it answered (its lease runs `lease_ticks` from there).
+    lease_from: Option<u64>,
+    /// When the last prepare went to it.
+    last_sent: u64,
+}
+
+/// The primary's state.
+#[derive(Clone, Debug)]
+pub(super) struct Primary {
+    /// The log end when this replica took office: it serves only once that is committed (its
+    /// reconciliation: everything it prepared is on every member, backups cut what it never had).
+    pub(super) epoch_start: u64,
+    /// When it took office (a member that never answered counts as expired a lease later).
+    since: u64,
+    pub(super) progress: BTreeMap<NodeId, Progress>,
+}
+
+impl<S: Storage<HardState = HardState>> PrimaryBackup<S> {
+    /// Takes office: every replica's progress starts at the log end.
+    pub(super) fn become_primary(&mut self) {
+        let last = self.last_index();
+        let progress = self
+            .cfg
+            .replicas
+            .iter()
+            .filter(|&&r| r != self.cfg.id)
+            .map(|&r| {
+                (
+                    r,
+                    Progress {
+                        next: last + 1,
+                        durable: 0,
+                        lease_from: None,
+                        last_sent: 0,
+                    },
+                )
+            })
+            .collect();
+        self.primary = Some(super::Primary {
+            epoch_start: last,
+            since: self.now,
+            progress,
+        });
+        if self.state.synced_epoch != self.epoch() {
+            self.state.synced_epoch = self.epoch();
+            self.stage_hard_state();
+        }
+        self.update_soft();
+        self.send_prepares(true);
+    }
+
+    /// Whether a lease from every required backup is still running.
+    pub(super) fn leases_held(&self) -> bool {
+        let Some(p) = &self.primary else { return false };
+        let lease = self.cfg.lease_ticks;
+        self.required().iter().all(|r| {
+            p.progress
+                .get(r)
+                .and_then(|g| g.lease_from)
+                .is_some_and(|from| self.now < from + lease)
+        })
+    }
+
+    /// `async` mode: every required backup's durable acknowledgement is within `async_window`
+    /// of the log end (else the primary neither serves nor takes writes: that bounds what a
+    /// failover can lose). Always true in the other modes.
+    pub(super) fn within_async_window(&self) -> bool {
+        if self.cfg.ack != Ack::Async {
+            return true;
+        }
+        let Some(p) = &self.primary else { return false };
+        let last = self.last_index();
+        self.required().iter().all(|r| {
+            p.progress
+                .get(r)
+                .is_some_and(|g| g.durable + self.cfg.async_window >= last)
+        })
+    }
+
+    pub(super) fn primary_propose(&mut self, payload: EntryPayload) -> Result<Proposed, Error> {
+        if !self.is_serving() {
+            return Err(Error::NotLeader {
+                leader: self.state.config.primary.filter(|&p| p != self.cfg.id),
+            });
+        }
+        let index = self.last_index() + 1;
+        if self.cfg.ack == Ack::Async {
+            // Flow control bounds what a failover can lose: no member lags more than the window.
+            let window = self.cfg.async_window;
+            let required = self.required();
+            let p = self.primary.as_ref().expect("serving implies primary");
+            let slowest = required
+                .iter()
+                .filter_map(|r| p.progress.get(r))
+                .map(|g| g.durable)
+                .min()
+                .unwrap_or(index);
+            if index - slowest.min(index) > window {
+                return Err(Error::UncommittedLimit {
+                    uncommitted: index - slowest,
+                    limit: window,
+                });
+            }
+        }
+        let term = self.epoch();
+        self.stage_entries([Entry {
+            term,
+            index,
+            payload,
+        }]);
+        self.send_prepares(false);
+        Ok(Proposed { index, term })
+    }
+
+    pub(super) fn primary_tick(&mut self) {
+        self.send_prepares(false);
+        self.check_leases();
+        self.maybe_add_learner();
+        self.advance_commit();
+    }
+
+    /// Sends each replica what it lacks; with nothing new, a beacon every `beacon_ticks` (which
+    /// also goes back to the last acknowledged index, resending what was lost).
+    fn send_prepares(&mut self, force: bool) {
+        let Some(p) = &self.primary else { return };
+        let replicas: Vec<NodeId> = p.progress.keys().copied().collect();
+        let last = self.last_index();
+        for r in replicas {
+            let (next, beacon_due) = {
+                let p = self.primary.as_mut().expect("primary");
+                let g = p.progress.get_mut(&r).expect("replica");
+                let due = force || self.now >= g.last_sent + self.cfg.beacon_ticks;
+                if due {
+                    g.next = g.durable + 1;
+                }
+                (g.next, due)
+            };
+            let inflight = next.saturating_sub(1);
+            let window = (self.cfg.max_batch * 4) as u64;
+            let durable = self.primary.as_ref().expect("primary").progress[&r].durable;
+            if !beacon_due && (next > last || inflight >= durable + window) {
+                continue;
+            }
+            let prev_index = next - 1;
+            let Some(prev_term) = self.term_at(prev_index) else {
+                continue;
+            };
+            let hi = last.min(prev_index + self.cfg.max_batch as u64);
+            let entries: Vec<Entry> = (next..=hi).filter_map(|i| self.entry_at(i)).collect();
+            let sent = entries.len() as u64;
+            let body = Body::Prepare {
+                config: self.state.config.clone(),
+                sent_at: self.now,
+                prev_index,
+                prev_term,
+                entries,
+                commit: self.commit,
+                last,
+            };
+            self.send(r, body);
+            let p = self.primary.as_mut().expect("primary");
+            let g = p.progress.get_mut(&r).expect("replica");
+            g.next = next + sent;
+            g.last_sent = self.now;
+        }
+    }
+
+    /// An answer from `from`: its lease and durable progress.
+    pub(super) fn on_ack(
+        &mut self,
+        from: NodeId,
+        epoch: u64,
+        sent_at: u64,
+        durable: Option<u64>,
+        hint: Option<u64>,
+    ) {
+        if epoch != self.epoch() {
+            return;
+        }
+        let now = self.now;
+        let Some(p) = &mut self.primary else { return };
+        let Some(g) = p.progress.get_mut(&from) else {
+            return;
+        };
+        if sent_at <= now {
+            g.lease_from = Some(g.lease_from.map_or(sent_at, |l| l.max(sent_at)));
+        }
+        if let Some(d) = durable {
+            g.durable = g.durable.max(d);
+            g.next = g.next.max(d + 1);
+        }
+        if let Some(h) = hint {
+            g.next = g.next.min(h + 1).max(g.durable + 1);
+        }
+        self.advance_commit();
+        self.emit_committed();
+    }
+
+    /// Moves the commit point as the ack mode says; only while every lease is held.
+    pub(super) fn advance_commit(&mut self) {
+        if !self.leases_held() {
+            return;
+        }
+        let Some(p) = &self.primary else { return };
+        let own = self.durable.min(self.last_index());
+        let mut ack = self.cfg.ack;
+        if planted!(self.cfg, AllAckBeforeBackups) && ack == Ack::All {
+            ack = Ack::Async;
+        }
+        let point = match ack {
+            Ack::Async => own,
+            Ack::All => self
+                .required()
+                .iter()
+                .map(|r| p.progress.get(r).map_or(0, |g| g.durable))
+                .fold(own, u64::min),
+            Ack::Quorum => {
+                let mut all: Vec<u64> = p.progress.values().map(|g| g.durable).collect();
+                all.push(own);
+                all.sort_unstable_by(|a, b| b.cmp(a));
+                all[self.cfg.replicas.len() / 2]
+            }
+        };
+        if point > self.commit {
+            self.commit = point;
+        }
+    }
+
+    /// A backup whose lease ran out is removed through the manager (the primary serves again
+    /// once the manager confirms).
+    fn check_leases(&mut self) {
+        if self.request.is_some() {
+            return;
+        }
+        let Some(p) = &self.primary else { return };
+        let lease = self.cfg.lease_ticks;
+        let since = p.since;
+        let expired = self.state.config.members.iter().copied().find(|r| {
+            *r != self.cfg.id
+                && p.progress.get(r).is_some_and(|g| {
+                    g.lease_from
+                        .map_or(self.now >= since + lease, |from| self.now >= from + lease)
+                })
+        });
+        if let Some(r) = expired {
+            let mut proposed = self.state.config.members.clone();
+            proposed.remove(&r);
+            self.send_request(Change::Remove(r), proposed);
+        }
+    }
+
+    /// A replica outside the in-sync set that holds everything committed rejoins it.
+    fn maybe_add_learner(&mut self) {
+        if self.request.is_some() || !self.is_serving() {
+            return;
+        }
+        let Some(p) = &self.primary else { return };
+        let now = self.now;
+        let lease = self.cfg.lease_ticks;
+        let commit = self.commit;
+        let learner = p.progress.iter().find(|(r, g)| {
+            !self.state.config.is_member(**r)
+                && g.durable >= commit
+                && g.lease_from.is_some_and(|f| now < f + lease)
+        });
+        if let Some((&r, _)) = learner {
+            let mut proposed = self.state.config.members.clone();
+            proposed.insert(r);
+            self.send_request(Change::Add(r), proposed);
+        }
+    }
+}
