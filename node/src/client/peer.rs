@@ -26,7 +26,7 @@ pub struct PeerRead {
 /// An acknowledged write (durable on W replicas).
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct PeerWritten {
-    /// The member that coordinated it.
+    /// The member that coordinated it (the one asked, or the replica it forwarded to).
     pub node: u64,
     /// The write's counter at that member.
     pub counter: u64,
@@ -104,9 +104,11 @@ impl Client {
     async fn peer_written(&self, request: &Request) -> Result<PeerWritten, ClientError> {
         match self.peer_call(request).await? {
             (
-                node,
+                _,
                 PeerReply::Written {
-                    counter, context, ..
+                    node,
+                    counter,
+                    context,
                 },
             ) => Ok(PeerWritten {
                 node,
