@@ -1,7 +1,7 @@
 //! The client side of `replication = "peer"`: reads that show siblings and their context, writes
 //! that name a context, and each node's replication status. Any member serves a request for a
-//! key it replicates; one that does not answers `NotAReplica` with the key's replicas, and the
-//! client asks those in turn.
+//! key it replicates and forwards the others to a replica; if a node still answers `NotAReplica`
+//! (a one-hop forward that did not land), the client asks the replicas it names in turn.
 
 use bytes::Bytes;
 use net_quic::NodeId;
