@@ -76,6 +76,8 @@ pub enum MessageClass {
     Consensus,
     /// A `replication_peer::Message` (`replication = "peer"`).
     Peer,
+    /// A client request one peer node forwards to a replica of its key, or the answer.
+    Forward,
 }
 
 impl PeerMessage {
@@ -90,6 +92,16 @@ impl PeerMessage {
             bulk: false,
             payload: Bytes::from(postcard::to_allocvec(message)?),
         })
+    }
+
+    /// Wraps the postcard bytes of a forwarded peer request or its answer.
+    pub fn forward(group: u64, payload: Vec<u8>) -> Self {
+        PeerMessage {
+            group,
+            class: MessageClass::Forward,
+            bulk: false,
+            payload: Bytes::from(payload),
+        }
     }
 
     /// Wraps a protocol message of `group`.

@@ -1,12 +1,14 @@
 //! `replication = "peer"` with more nodes than replicas: four in-process nodes, N = 2. A client
-//! that knows one node only still writes and reads every key — requests for keys that node does
-//! not replicate come back as `NotAReplica` naming the replicas, and the client asks those.
+//! that knows one node only still writes and reads every key — that node forwards requests for
+//! keys it does not replicate to a replica and relays the answer (the coordinator the answer
+//! names is then another node).
 
 use std::net::{SocketAddr, UdpSocket};
 use std::time::Duration;
 
 use node::client::{Client, ClientConfig};
 use node::config::{MemberConfig, Replication, ServeConfig};
+use node::proto::{PeerReply, PeerRequest, Reply, Request};
 use node::server::Server;
 use replication_peer::VersionVector;
 
@@ -18,7 +20,7 @@ fn free_addr() -> SocketAddr {
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn a_node_that_does_not_replicate_a_key_sends_the_client_to_one_that_does() {
+async fn a_node_that_does_not_replicate_a_key_forwards_the_request_to_one_that_does() {
     let dir = tempfile::tempdir().unwrap();
     let certs = dir.path().join("certs");
     let ids: Vec<net_quic::NodeId> = (1..=4).map(net_quic::NodeId).collect();
@@ -67,6 +69,37 @@ async fn a_node_that_does_not_replicate_a_key_sends_the_client_to_one_that_does(
         elsewhere > 0,
         "some keys must be coordinated by another node"
     );
+
+    // Node 1 itself answers (no client redirect: one request, to node 1 only), with the
+    // coordinator's write for keys it does not replicate.
+    let raw = net_quic::Client::<node::proto::Quorate>::new(net_quic::ClientConfig {
+        cluster: "quorate".into(),
+        bind: "127.0.0.1:0".parse().unwrap(),
+        credentials: net_quic::Credentials::load_client(&certs, "test").unwrap(),
+        nodes: [(net_quic::NodeId(1), members[0].addr)]
+            .into_iter()
+            .collect(),
+        limits: net_quic::Limits::default(),
+    })
+    .unwrap();
+    let mut forwarded = 0;
+    for i in 0..16 {
+        let request = Request::Peer(PeerRequest::Put {
+            key: format!("raw-{i}").into(),
+            value: "v".into(),
+            context: VersionVector::new(),
+            w: Some(2),
+        });
+        let reply = raw
+            .request(net_quic::NodeId(1), &request, Duration::from_secs(5))
+            .await
+            .expect("node 1 answers");
+        match reply {
+            Ok(Reply::Peer(PeerReply::Written { node, .. })) => forwarded += usize::from(node != 1),
+            other => panic!("raw-{i}: {other:?}"),
+        }
+    }
+    assert!(forwarded > 0, "node 1 forwarded some writes");
     client.close().await;
     for s in servers {
         s.shutdown().await.unwrap();

@@ -1,7 +1,7 @@
 //! The client side of `replication = "peer"`: reads that show siblings and their context, writes
 //! that name a context, and each node's replication status. Any member serves a request for a
-//! key it replicates; one that does not answers `NotAReplica` with the key's replicas, and the
-//! client asks those in turn.
+//! key it replicates and forwards the others to a replica; if a node still answers `NotAReplica`
+//! (a one-hop forward that did not land), the client asks the replicas it names in turn.
 
 use bytes::Bytes;
 use net_quic::NodeId;
@@ -26,7 +26,7 @@ pub struct PeerRead {
 /// An acknowledged write (durable on W replicas).
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct PeerWritten {
-    /// The member that coordinated it.
+    /// The member that coordinated it (the one asked, or the replica it forwarded to).
     pub node: u64,
     /// The write's counter at that member.
     pub counter: u64,
@@ -104,9 +104,11 @@ impl Client {
     async fn peer_written(&self, request: &Request) -> Result<PeerWritten, ClientError> {
         match self.peer_call(request).await? {
             (
-                node,
+                _,
                 PeerReply::Written {
-                    counter, context, ..
+                    node,
+                    counter,
+                    context,
                 },
             ) => Ok(PeerWritten {
                 node,

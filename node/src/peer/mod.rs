@@ -14,6 +14,7 @@
 //!   in milliseconds, which drives request timeouts, hint replay, anti-entropy and tombstone
 //!   collection, and the hybrid logical clock of LWW keys.
 
+mod forward;
 mod log;
 mod requests;
 mod status;
@@ -30,11 +31,12 @@ use tracing::{debug, info, warn, Instrument};
 use crate::config::{PeerPolicy, ServeConfig};
 use crate::engine::Opened;
 use crate::proto::{
-    AdminRequest, MessageClass, PeerMessage, PeerReply, Quorate, Reply, Request, Responder,
-    ServerError,
+    AdminRequest, MessageClass, PeerMessage, PeerReply, PeerRequest, Quorate, Reply, Request,
+    Responder, ServerError,
 };
 use crate::server::ServeError;
 
+use self::forward::{Forward, Forwards, Waiter};
 use self::log::PeerLog;
 
 /// Peer messages handled per iteration at most (beyond the one that woke the loop).
@@ -99,6 +101,7 @@ pub(crate) async fn open(config: &Arc<ServeConfig>) -> Result<Opened, ServeError
                 request_rx: receivers.requests,
                 shutdown_rx,
                 waiting: HashMap::new(),
+                forwards: Forwards::default(),
                 next_request: 0,
                 last_now: 0,
             };
@@ -117,8 +120,10 @@ struct PeerDriver {
     request_rx: mpsc::Receiver<ClientRequest<Quorate>>,
     durable_rx: watch::Receiver<log::Durable>,
     shutdown_rx: watch::Receiver<bool>,
-    /// Client requests the engine is working on.
-    waiting: HashMap<RequestId, Responder>,
+    /// Requests the engine is working on, and who waits for each.
+    waiting: HashMap<RequestId, Waiter>,
+    /// Requests forwarded to a replica, waiting for its answer.
+    forwards: Forwards,
     next_request: u64,
     /// The clock never goes back, whatever the wall clock does.
     last_now: u64,
@@ -167,6 +172,7 @@ impl PeerDriver {
                 _ = ticker.tick() => {
                     let now = self.now_ms();
                     self.peer.tick(now);
+                    self.forwards.expire(now);
                 }
                 Some(message) = self.peer_rx.recv() => self.step(message),
                 Some(request) = self.request_rx.recv() => self.handle_request(request),
@@ -233,9 +239,78 @@ impl PeerDriver {
                 }
             }
             for (id, answer) in out.replies {
-                if let Some(responder) = self.waiting.remove(&id) {
-                    let reply = requests::reply(&self.config, answer).map(Reply::Peer);
-                    let _ = responder.reply(&reply);
+                match self.waiting.remove(&id) {
+                    Some(Waiter::Local { responder, request }) => match answer {
+                        Err(replication_peer::RequestError::NotAReplica { replicas }) => {
+                            self.forward(responder, request, &replicas)
+                        }
+                        answer => {
+                            let reply = requests::reply(&self.config, answer).map(Reply::Peer);
+                            let _ = responder.reply(&reply);
+                        }
+                    },
+                    Some(Waiter::Remote { from, id }) => {
+                        let reply = requests::reply(&self.config, answer);
+                        self.send_forward(from, &Forward::Reply { id, reply });
+                    }
+                    None => {}
+                }
+            }
+        }
+    }
+
+    /// Sends a client's request for a key this node does not replicate to the first of its
+    /// replicas; the answer comes back as a [`Forward::Reply`].
+    fn forward(&mut self, responder: Responder, request: PeerRequest, replicas: &[u64]) {
+        let Some(&to) = replicas.first() else {
+            let _ = responder.reply(&Err(ServerError::NotAReplica { replicas: vec![] }));
+            return;
+        };
+        let deadline = self.now_ms() + self.config.limits.request_timeout_ms;
+        let id = self.forwards.start(responder, deadline);
+        self.send_forward(to, &Forward::Request { id, request });
+    }
+
+    fn send_forward(&mut self, to: u64, forward: &Forward) {
+        match postcard::to_allocvec(forward) {
+            Ok(bytes) => {
+                if let Err(error) = self
+                    .endpoint
+                    .send(NetNodeId(to), &PeerMessage::forward(0, bytes))
+                {
+                    debug!(node = self.config.node_id, to, %error, "forward not sent");
+                }
+            }
+            Err(error) => warn!(node = self.config.node_id, %error, "forward does not encode"),
+        }
+    }
+
+    fn on_forward(&mut self, from: u64, forward: Forward) {
+        match forward {
+            Forward::Request { id, request } => {
+                match requests::engine_request(request, &self.config.peer) {
+                    Ok(Some(request)) => {
+                        self.next_request += 1;
+                        let rid = RequestId(self.next_request);
+                        self.waiting.insert(rid, Waiter::Remote { from, id });
+                        self.peer.client_request(rid, request);
+                    }
+                    Ok(None) => {
+                        let reply = Ok(PeerReply::Status(self.peer_status()));
+                        self.send_forward(from, &Forward::Reply { id, reply });
+                    }
+                    Err(error) => self.send_forward(
+                        from,
+                        &Forward::Reply {
+                            id,
+                            reply: Err(error),
+                        },
+                    ),
+                }
+            }
+            Forward::Reply { id, reply } => {
+                if let Some(responder) = self.forwards.finish(id) {
+                    let _ = responder.reply(&reply.map(Reply::Peer));
                 }
             }
         }
@@ -244,6 +319,15 @@ impl PeerDriver {
     fn step(&mut self, message: NetPeerMessage<PeerMessage>) {
         let from = message.from.0;
         let envelope = message.msg;
+        if envelope.group == 0 && envelope.class == MessageClass::Forward {
+            match envelope.decode::<Forward>() {
+                Ok(forward) => self.on_forward(from, forward),
+                Err(error) => {
+                    warn!(node = self.config.node_id, from, %error, "dropping a forward that does not decode")
+                }
+            }
+            return;
+        }
         if envelope.group != 0 || envelope.class != MessageClass::Peer {
             debug!(
                 node = self.config.node_id,
@@ -269,17 +353,20 @@ impl PeerDriver {
             request, responder, ..
         } = request;
         let answer = match request {
-            Request::Peer(request) => match requests::engine_request(request, &self.config.peer) {
-                Ok(Some(request)) => {
-                    self.next_request += 1;
-                    let id = RequestId(self.next_request);
-                    self.waiting.insert(id, responder);
-                    self.peer.client_request(id, request);
-                    return;
+            Request::Peer(request) => {
+                match requests::engine_request(request.clone(), &self.config.peer) {
+                    Ok(Some(engine_request)) => {
+                        self.next_request += 1;
+                        let id = RequestId(self.next_request);
+                        self.waiting
+                            .insert(id, Waiter::Local { responder, request });
+                        self.peer.client_request(id, engine_request);
+                        return;
+                    }
+                    Ok(None) => Ok(Reply::Peer(PeerReply::Status(self.peer_status()))),
+                    Err(error) => Err(error),
                 }
-                Ok(None) => Ok(Reply::Peer(PeerReply::Status(self.peer_status()))),
-                Err(error) => Err(error),
-            },
+            }
             Request::Admin(AdminRequest::Status) => {
                 let peer_status = self.peer_status();
                 Ok(Reply::Status(status::node_status(
@@ -312,9 +399,12 @@ impl PeerDriver {
         while let Ok(request) = self.request_rx.try_recv() {
             let _ = request.responder.reply(&Err(ServerError::ShuttingDown));
         }
-        for (_, responder) in self.waiting.drain() {
-            let _ = responder.reply(&Err(ServerError::ShuttingDown));
+        for (_, waiter) in self.waiting.drain() {
+            if let Waiter::Local { responder, .. } = waiter {
+                let _ = responder.reply(&Err(ServerError::ShuttingDown));
+            }
         }
+        self.forwards.fail_all(ServerError::ShuttingDown);
         if let Err(error) = self.log.sync() {
             warn!(node = self.config.node_id, %error, "final sync failed");
         }

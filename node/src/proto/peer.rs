@@ -1,9 +1,10 @@
 //! The wire of `replication = "peer"`: client requests and replies, and the message class between
 //! peer nodes.
 //!
-//! Any node takes a request. A node that does not replicate the key answers
-//! [`super::ServerError::NotAReplica`] naming the key's replicas and their addresses, and the
-//! client sends it to one of them (as a follower's `NotLeader` redirects a consensus client).
+//! Any node takes a request. A node that does not replicate the key forwards it to a replica
+//! (class [`super::MessageClass::Forward`]) and relays the answer; only if that fails to apply
+//! (the replica disagrees) does the client get [`super::ServerError::NotAReplica`], naming the
+//! key's replicas and their addresses, and ask one of them itself.
 //! Contexts travel as opaque text ([`encode_context`]): what a read returned, handed back
 //! unchanged with the write that resolves its siblings.
 
