@@ -31,6 +31,8 @@ pub enum PlantedBug {
     ServeBeforeGrace,
     /// An `all`-mode primary commits once its own write is durable.
     AllAckBeforeBackups,
+    /// A primary answers `read_index` without holding its leases.
+    ReadWithoutLease,
 }
 
 /// One replica's settings.

@@ -37,3 +37,14 @@ fn an_all_mode_primary_acking_before_every_backup_is_caught() {
     assert!(caught.is_some(), "not caught within 50 seeds");
     eprintln!("AllAckBeforeBackups caught: {caught:?}");
 }
+
+#[test]
+fn a_primary_reading_without_its_leases_is_caught() {
+    let caught = first_catch(Ack::All, PlantedBug::ReadWithoutLease);
+    assert_eq!(
+        caught.map(|c| c.1),
+        Some("reads at the primary are linearizable"),
+        "{caught:?}"
+    );
+    eprintln!("ReadWithoutLease caught: {caught:?}");
+}

@@ -432,7 +432,8 @@ impl<S: Storage<HardState = HardState>> Consensus for PrimaryBackup<S> {
     }
 
     fn read_index(&mut self, ctx: u64) -> Result<(), Error> {
-        if !self.is_serving() {
+        let unleased = planted!(self.cfg, ReadWithoutLease) && self.primary.is_some();
+        if !self.is_serving() && !unleased {
             return Err(Error::NotLeader {
                 leader: self.state.config.primary,
             });

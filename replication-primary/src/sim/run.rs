@@ -446,11 +446,22 @@ impl Sim {
                 // The last ticks are quiet, so every member can catch up before the final check.
                 continue;
             }
-            let Some(&node) = serving.first() else {
-                continue;
-            };
             if self.rng.gen_bool(0.25) {
-                // A linearizable read at the primary, ordered at its commit point.
+                // A linearizable read at a replica that thinks it is primary (a deposed one
+                // must refuse), ordered at its commit point.
+                let primaries: Vec<NodeId> = self
+                    .nodes
+                    .iter()
+                    .filter(|n| {
+                        n.replica
+                            .as_ref()
+                            .is_some_and(|r| r.engine().status().role == Role::Leader)
+                    })
+                    .map(|n| n.id)
+                    .collect();
+                let Some(&node) = primaries.choose(&mut self.rng) else {
+                    continue;
+                };
                 let slot = Self::slot(node);
                 let Some(replica) = self.nodes[slot].replica.as_mut() else {
                     continue;
@@ -463,6 +474,9 @@ impl Sim {
                 }
                 continue;
             }
+            let Some(&node) = serving.first() else {
+                continue;
+            };
             self.clients[c].seq += 1;
             let payload = Bytes::from(format!("c{c}-{}", self.clients[c].seq));
             let slot = Self::slot(node);
