@@ -33,7 +33,8 @@ pub async fn run_zookeeper(
         cluster
             .wait_listening(std::time::Duration::from_secs(60))
             .await?;
-        let run = measure(&cluster, version, args, progress).await;
+        let pids = cluster.pids();
+        let run = measure(&cluster.client_addrs, &pids, version, args, progress).await;
         cluster.check_running()?;
         run
     }
@@ -43,20 +44,23 @@ pub async fn run_zookeeper(
     result
 }
 
+/// Connects to the servers at `addrs` (processes `pids`) and runs every row.
 #[cfg(feature = "zookeeper")]
 async fn measure(
-    cluster: &ZooKeeperCluster,
+    addrs: &[String],
+    pids: &[u32],
     version: &str,
     args: &Args,
     progress: &ProgressBar,
 ) -> anyhow::Result<SystemRun> {
-    let system = kv::ZooKeeper::connect(&cluster.client_addrs, version).await?;
-    super::run_system(&system, &cluster.pids(), args, progress).await
+    let system = kv::ZooKeeper::connect(addrs, version).await?;
+    super::run_system(&system, pids, args, progress).await
 }
 
 #[cfg(not(feature = "zookeeper"))]
 async fn measure(
-    _cluster: &ZooKeeperCluster,
+    _addrs: &[String],
+    _pids: &[u32],
     _version: &str,
     _args: &Args,
     _progress: &ProgressBar,
