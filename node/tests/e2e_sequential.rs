@@ -2,7 +2,7 @@
 //!
 //! A member serves a sequential read from its own state once it has applied the revision the
 //! client's session has seen; a member behind it holds the read, then answers `Behind`, and never
-//! serves the older state. Each scenario runs under each protocol (`raft::*`, `multi_paxos::*`).
+//! serves the older state. Each scenario runs under each protocol (`raft::*`, `multi_paxos::*`, `zab::*`).
 //! Tests in this file run one at a time.
 
 mod common;
@@ -212,6 +212,14 @@ macro_rules! per_protocol {
                 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
                 async fn $name() {
                     super::$name(node::config::Protocol::MultiPaxos).await
+                }
+            )*
+        }
+        mod zab {
+            $(
+                #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+                async fn $name() {
+                    super::$name(node::config::Protocol::Zab).await
                 }
             )*
         }

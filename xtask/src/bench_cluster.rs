@@ -1,12 +1,17 @@
-//! `cargo xtask bench cluster [--peer etcd]`: a local 3-node Quorate cluster (and, with `--peer
-//! etcd`, a local 3-member etcd 3.4 cluster) driven by one load generator.
+//! `cargo xtask bench cluster [--peer etcd | --protocol zab --peer zookeeper]`: a local 3-node
+//! Quorate cluster (and, with `--peer etcd`, a local 3-member etcd 3.4 cluster; with `--peer
+//! zookeeper`, a local 3-server ZooKeeper 3.8 ensemble, see [`zookeeper_kv`]) driven by one load
+//! generator.
 //!
 //! For each client count (1, 16, 64, 256 by default) the generator runs that many concurrent
 //! tasks (closed loop: each waits for its reply before sending the next request) that together
 //! issue `--ops` puts of 16 B keys and 256 B values, then `--ops` linearizable gets of the same
 //! keys (each checked against the value written). Per row: ops/s and p50/p99/max latency
 //! (hdrhistogram, µs). With a peer: ratios Quorate ÷ etcd for throughput and p99, SVG plots, and
-//! the last line `cluster-vs-etcd writes@64: <ratio>`.
+//! the last line `cluster-vs-etcd writes@64: <ratio>`. Against ZooKeeper a third phase per row
+//! reads at ZooKeeper's own guarantee (session-consistent: Quorate `sequential` against plain
+//! `getData`; the linearizable phase is `sync`+`getData` there), and the last line is
+//! `cluster-zab-vs-zookeeper writes@64: <ratio>`.
 //!
 //! The load generator must not favour either system, so it runs in release mode with the same
 //! runtime for both: when invoked from a debug build, or with `--peer etcd` without the `etcd`
@@ -30,6 +35,9 @@ use indicatif::{ProgressBar, ProgressStyle};
 use crate::cluster;
 use crate::etcd;
 use crate::plot;
+use crate::zookeeper;
+
+mod zookeeper_kv;
 
 /// Arguments of `cargo xtask bench cluster`.
 #[derive(clap::Args, Debug, Clone)]
@@ -72,6 +80,14 @@ pub struct Args {
     no_reexec: bool,
 }
 
+impl Args {
+    /// Whether each row also measures session-consistent reads: against ZooKeeper, whose plain
+    /// reads are that.
+    fn sequential_reads(&self) -> bool {
+        self.peer == Some(Peer::Zookeeper)
+    }
+}
+
 /// A protocol the Quorate nodes run.
 #[derive(clap::ValueEnum, Debug, Clone, Copy, PartialEq, Eq)]
 pub enum Protocol {
@@ -79,6 +95,8 @@ pub enum Protocol {
     Raft,
     /// Multi-Paxos.
     MultiPaxos,
+    /// Zab.
+    Zab,
 }
 
 impl Protocol {
@@ -86,6 +104,7 @@ impl Protocol {
         match self {
             Protocol::Raft => node::config::Protocol::Raft,
             Protocol::MultiPaxos => node::config::Protocol::MultiPaxos,
+            Protocol::Zab => node::config::Protocol::Zab,
         }
     }
 }
@@ -104,6 +123,9 @@ pub enum Mode {
 pub enum Peer {
     /// etcd 3.4 (Debian package `etcd-server`), through the `etcd-client` crate.
     Etcd,
+    /// Apache ZooKeeper 3.8 (Debian package `zookeeper`), through the `zookeeper-client` crate;
+    /// compared with the `--protocol zab` run.
+    Zookeeper,
 }
 
 /// Key and value sizes of the workload.
@@ -128,6 +150,14 @@ pub trait KvHandle: Clone + Send + 'static {
     /// A linearizable read of `key`.
     fn get(&mut self, key: Vec<u8>)
         -> impl Future<Output = anyhow::Result<Option<Vec<u8>>>> + Send;
+    /// A session-consistent read of `key` (read-your-writes, monotonic); a system without one
+    /// reads linearizably.
+    fn get_sequential(
+        &mut self,
+        key: Vec<u8>,
+    ) -> impl Future<Output = anyhow::Result<Option<Vec<u8>>>> + Send {
+        self.get(key)
+    }
 }
 
 /// A system under test: hands out one handle per client task (sharing connections as the
@@ -213,6 +243,8 @@ pub struct Row {
     pub writes: PhaseStats,
     /// The linearizable get phase.
     pub reads: PhaseStats,
+    /// The session-consistent get phase (only against ZooKeeper).
+    pub seq_reads: Option<PhaseStats>,
 }
 
 /// All rows of one system.
@@ -244,6 +276,7 @@ fn value(key: &[u8]) -> Vec<u8> {
 enum Op {
     Put,
     Get,
+    GetSequential,
 }
 
 /// Runs one phase: `ops` operations split over `handles.len()` concurrent tasks.
@@ -275,11 +308,13 @@ async fn phase<H: KvHandle>(
                             .context("put timed out")?
                             .context("put failed")?;
                     }
-                    Op::Get => {
-                        let got = tokio::time::timeout(OP_TIMEOUT, handle.get(k.clone()))
-                            .await
-                            .context("get timed out")?
-                            .context("get failed")?;
+                    Op::Get | Op::GetSequential => {
+                        let got = if op == Op::Get {
+                            tokio::time::timeout(OP_TIMEOUT, handle.get(k.clone())).await
+                        } else {
+                            tokio::time::timeout(OP_TIMEOUT, handle.get_sequential(k.clone())).await
+                        };
+                        let got = got.context("get timed out")?.context("get failed")?;
                         if got.as_deref() != Some(&value(&k)[..]) {
                             bail!(
                                 "get of {} returned {:?}, not the value written",
@@ -315,12 +350,32 @@ async fn phase<H: KvHandle>(
     })
 }
 
-/// Runs every row against `system`: a short warm-up, then puts and gets per client count.
-pub(crate) async fn run_system<S: System>(
+/// Runs every row against `system` with the client counts and sequential-read choice of `args`.
+async fn run_system<S: System>(
+    system: &S,
+    pids: &[u32],
+    args: &Args,
+    progress: &ProgressBar,
+) -> anyhow::Result<SystemRun> {
+    run_rows(
+        system,
+        pids,
+        &args.clients,
+        args.ops,
+        args.sequential_reads(),
+        progress,
+    )
+    .await
+}
+
+/// Runs every row against `system`: a short warm-up, then puts and gets per client count (and
+/// session-consistent gets too when `sequential`).
+pub(crate) async fn run_rows<S: System>(
     system: &S,
     pids: &[u32],
     clients: &[usize],
     ops: usize,
+    sequential: bool,
     progress: &ProgressBar,
 ) -> anyhow::Result<SystemRun> {
     let name = system.name();
@@ -335,11 +390,18 @@ pub(crate) async fn run_system<S: System>(
         progress.set_message(format!("{name}: {c} clients, puts"));
         let writes = phase(handles.clone(), pids, r, ops, Op::Put, progress).await?;
         progress.set_message(format!("{name}: {c} clients, linearizable gets"));
-        let reads = phase(handles, pids, r, ops, Op::Get, progress).await?;
+        let reads = phase(handles.clone(), pids, r, ops, Op::Get, progress).await?;
+        let seq_reads = if sequential {
+            progress.set_message(format!("{name}: {c} clients, sequential gets"));
+            Some(phase(handles, pids, r, ops, Op::GetSequential, progress).await?)
+        } else {
+            None
+        };
         rows.push(Row {
             clients: c,
             writes,
             reads,
+            seq_reads,
         });
     }
     Ok(SystemRun { name, rows })
@@ -354,12 +416,18 @@ pub fn run(args: Args) -> anyhow::Result<()> {
         bail!("--ops must be positive");
     }
     let need_etcd_feature = args.peer == Some(Peer::Etcd) && !cfg!(feature = "etcd");
+    let need_zk_feature = args.peer == Some(Peer::Zookeeper) && !cfg!(feature = "zookeeper");
     let debug_build = cfg!(debug_assertions) && !args.no_reexec;
-    if (need_etcd_feature || debug_build) && std::env::var_os(REEXEC_ENV).is_none() {
+    if (need_etcd_feature || need_zk_feature || debug_build)
+        && std::env::var_os(REEXEC_ENV).is_none()
+    {
         return reexec(&args);
     }
     if need_etcd_feature {
         bail!("this build of xtask lacks the `etcd` feature: run `cargo run -p xtask --release --features etcd -- bench cluster --peer etcd`");
+    }
+    if need_zk_feature {
+        bail!("this build of xtask lacks the `zookeeper` feature: run `cargo run -p xtask --release --features zookeeper -- bench cluster --protocol zab --peer zookeeper`");
     }
     let runtime = tokio::runtime::Runtime::new()?;
     runtime.block_on(async {
@@ -384,6 +452,10 @@ fn reexec(args: &Args) -> anyhow::Result<()> {
         }
         features = vec!["--features", "etcd"];
     }
+    if args.peer == Some(Peer::Zookeeper) {
+        zookeeper::ensure_zookeeper()?;
+        features = vec!["--features", "zookeeper"];
+    }
     let mut cmd = cluster::cargo();
     cmd.args(["run", "--quiet", "-p", "xtask", "--release"])
         .args(&features)
@@ -392,7 +464,7 @@ fn reexec(args: &Args) -> anyhow::Result<()> {
         .env(REEXEC_ENV, "1");
     eprintln!(
         "running the load generator as a release build: cargo run -p xtask --release {}-- bench cluster ...",
-        if features.is_empty() { "" } else { "--features etcd " }
+        features.iter().map(|f| format!("{f} ")).collect::<String>()
     );
     // The terminal's Ctrl-C reaches the re-run too, which cleans up; wait for it.
     let runtime = tokio::runtime::Builder::new_current_thread()
@@ -433,7 +505,11 @@ async fn run_async(args: Args) -> anyhow::Result<()> {
     };
     let etcd_bin = match args.peer {
         Some(Peer::Etcd) => Some(etcd::ensure_etcd()?),
-        None => None,
+        _ => None,
+    };
+    let zk_install = match args.peer {
+        Some(Peer::Zookeeper) => Some(zookeeper::ensure_zookeeper()?),
+        _ => None,
     };
 
     let mut protocols = vec![Protocol::Raft];
@@ -447,8 +523,9 @@ async fn run_async(args: Args) -> anyhow::Result<()> {
     } else {
         0
     };
-    let systems = quorate_systems + usize::from(etcd_bin.is_some());
-    let total = (systems * args.clients.len() * args.ops * 2) as u64;
+    let systems = quorate_systems + usize::from(etcd_bin.is_some() || zk_install.is_some());
+    let phases = if args.sequential_reads() { 3 } else { 2 };
+    let total = (systems * args.clients.len() * args.ops * phases) as u64;
     let progress = ProgressBar::new(total);
     progress.set_style(
         ProgressStyle::with_template(
@@ -471,6 +548,13 @@ async fn run_async(args: Args) -> anyhow::Result<()> {
             &progress,
         )
         .await?;
+        runs.push(run);
+    }
+    if let Some(install) = &zk_install {
+        let version = zookeeper::version();
+        progress.set_message(format!("starting 3 ZooKeeper servers ({version})"));
+        let dir = tmp.path().join("zookeeper");
+        let run = zookeeper_kv::run_zookeeper(install, &dir, &version, &args, &progress).await?;
         runs.push(run);
     }
     if let Some(bin) = &quorate_bin {
@@ -496,8 +580,14 @@ async fn run_async(args: Args) -> anyhow::Result<()> {
     progress.finish_and_clear();
 
     println!(
-        "cluster benchmark: 3 members each on loopback, fsync on; closed-loop client tasks; {} puts ({KEY_SIZE} B keys, {VALUE_SIZE} B values) then {} linearizable gets per row",
-        args.ops, args.ops
+        "cluster benchmark: 3 members each on loopback, fsync on; closed-loop client tasks; {} puts ({KEY_SIZE} B keys, {VALUE_SIZE} B values) then {} linearizable gets{} per row",
+        args.ops,
+        args.ops,
+        if args.sequential_reads() {
+            format!(" then {} sequential (session-consistent) gets", args.ops)
+        } else {
+            String::new()
+        }
     );
     println!(
         "latency in µs per request; data under {}",
@@ -506,6 +596,7 @@ async fn run_async(args: Args) -> anyhow::Result<()> {
     for run in &runs {
         println!();
         print_system(run);
+        zookeeper_kv::print_sequential(run);
     }
     // Raft runs first: the reference for the peer's headline and for the other protocols.
     let quorate = runs.iter().find(|r| r.name.starts_with("quorate"));
@@ -528,6 +619,7 @@ async fn run_async(args: Args) -> anyhow::Result<()> {
         if let Some(p) = peer {
             println!();
             print_ratios(other, p);
+            zookeeper_kv::print_sequential_ratios(other, p);
         }
     }
     if !convergence.is_empty() {
@@ -535,7 +627,12 @@ async fn run_async(args: Args) -> anyhow::Result<()> {
         crate::bench_cluster_peer::print_convergence(&convergence);
     }
     if !runs.is_empty() {
-        let mut files = plot::write_plots(&out, &runs)?;
+        let prefix = if zk_install.is_some() {
+            "cluster-zab-vs-zookeeper"
+        } else {
+            "cluster"
+        };
+        let mut files = plot::write_plots(&out, prefix, &runs)?;
         if !convergence.is_empty() {
             files.push(crate::bench_cluster_peer::plot_convergence(
                 &out,
@@ -559,6 +656,11 @@ async fn run_async(args: Args) -> anyhow::Result<()> {
             Some(ratio) => println!("cluster-{name}-vs-raft writes@64: {ratio:.2}"),
             None => println!("cluster-{name}-vs-raft writes@64: n/a (64 is not in --clients)"),
         }
+    }
+    if zk_install.is_some() {
+        let zab = runs.iter().find(|r| r.name == "quorate zab");
+        zookeeper_kv::print_headline(zab, peer);
+        return Ok(());
     }
     match (headline, quorate, peer) {
         (Some(ratio), _, _) => println!("cluster-vs-etcd writes@64: {ratio:.2}"),
@@ -585,7 +687,7 @@ async fn run_etcd(
     let result = async {
         cluster.wait_listening(Duration::from_secs(30)).await?;
         let system = etcd_system(&cluster.client_urls, version).await?;
-        let run = run_system(&system, &cluster.pids(), &args.clients, args.ops, progress).await;
+        let run = run_system(&system, &cluster.pids(), args, progress).await;
         cluster.check_running()?;
         run
     }
@@ -740,7 +842,7 @@ async fn run_quorate(
             protocol: protocol.node().name(),
         };
         let pids: Vec<u32> = nodes.pids().into_iter().map(|(_, pid)| pid).collect();
-        let run = run_system(&system, &pids, &args.clients, args.ops, progress).await;
+        let run = run_system(&system, &pids, args, progress).await;
         nodes.check_running()?;
         run
     }
@@ -781,6 +883,15 @@ impl KvHandle for QuorateHandle {
         let kv = self
             .0
             .get(key, node::proto::Consistency::Linearizable)
+            .await?;
+        Ok(kv.map(|kv| kv.value.to_vec()))
+    }
+
+    async fn get_sequential(&mut self, key: Vec<u8>) -> anyhow::Result<Option<Vec<u8>>> {
+        // The client fills in the newest revision its session has seen.
+        let kv = self
+            .0
+            .get(key, node::proto::Consistency::SEQUENTIAL)
             .await?;
         Ok(kv.map(|kv| kv.value.to_vec()))
     }
@@ -994,6 +1105,7 @@ mod tests {
                     clients,
                     writes: stats(ops * clients as u64),
                     reads: stats(ops),
+                    seq_reads: None,
                 })
                 .collect(),
         };

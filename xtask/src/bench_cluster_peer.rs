@@ -23,7 +23,7 @@ use node::config::{MemberConfig, Replication};
 use plotters::prelude::*;
 use replication_peer::VersionVector;
 
-use crate::bench_cluster::{run_system, KvHandle, System, SystemRun, OP_TIMEOUT};
+use crate::bench_cluster::{run_rows, KvHandle, System, SystemRun, OP_TIMEOUT};
 use crate::cluster::{self, QuorateCluster};
 
 /// Replicas per key (every node, with 3 members).
@@ -140,7 +140,7 @@ pub(crate) async fn run_peer(
                 w,
             };
             let pids: Vec<u32> = nodes.pids().into_iter().map(|(_, pid)| pid).collect();
-            let run = run_system(&system, &pids, clients, ops, progress).await;
+            let run = run_rows(&system, &pids, clients, ops, false, progress).await;
             nodes.check_running()?;
             run
         }

@@ -61,7 +61,8 @@ pub fn which(name: &str) -> Option<PathBuf> {
     })
 }
 
-fn is_root() -> bool {
+/// Whether this process runs as root (so apt-get can install).
+pub fn is_root() -> bool {
     Command::new("id")
         .arg("-u")
         .output()

@@ -20,6 +20,7 @@ mod sim;
 mod sim_peer;
 mod sim_primary;
 mod sim_txn;
+mod zookeeper;
 
 #[derive(Parser)]
 #[command(name = "cargo xtask", about = "Quorate project tooling")]
@@ -51,7 +52,7 @@ enum Bench {
     Core(bench_core::Args),
     /// The QUIC transport against the same framing over TCP + TLS.
     Net(bench_net::Args),
-    /// A local 3-node Quorate cluster under concurrent clients (and etcd 3.4 beside it with --peer etcd).
+    /// A local 3-node Quorate cluster under concurrent clients (etcd 3.4 or ZooKeeper 3.8 beside it with --peer).
     Cluster(bench_cluster::Args),
     /// The txn-2pc commit protocols: cost against the literature, blocking, throughput.
     Txn(bench_txn::Args),

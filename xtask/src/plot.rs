@@ -11,17 +11,34 @@ use plotters::prelude::*;
 
 use crate::bench_cluster::{PhaseStats, SystemRun};
 
-const COLORS: [RGBColor; 4] = [
+const COLORS: [RGBColor; 6] = [
     RGBColor(0x1f, 0x77, 0xb4),
     RGBColor(0xd6, 0x27, 0x28),
     RGBColor(0x2c, 0xa0, 0x2c),
     RGBColor(0xff, 0x7f, 0x0e),
+    RGBColor(0x94, 0x67, 0xbd),
+    RGBColor(0x8c, 0x56, 0x4b),
 ];
 
-/// Writes `cluster-throughput.svg` and `cluster-latency.svg` into `dir`; returns their paths.
-pub fn write_plots(dir: &Path, runs: &[SystemRun]) -> anyhow::Result<Vec<PathBuf>> {
-    let throughput = dir.join("cluster-throughput.svg");
-    let latency = dir.join("cluster-latency.svg");
+/// The phases the runs measured: puts and linearizable gets always, sequential gets if any run
+/// has them.
+fn picks(runs: &[SystemRun]) -> Vec<(&'static str, Pick)> {
+    let mut picks = vec![("puts", Pick::Writes), ("linearizable gets", Pick::Reads)];
+    if runs
+        .iter()
+        .flat_map(|r| &r.rows)
+        .any(|row| row.seq_reads.is_some())
+    {
+        picks.push(("sequential gets", Pick::SeqReads));
+    }
+    picks
+}
+
+/// Writes `<prefix>-throughput.svg` and `<prefix>-latency.svg` into `dir`; returns their paths.
+/// Runs with session-consistent reads get those plotted too.
+pub fn write_plots(dir: &Path, prefix: &str, runs: &[SystemRun]) -> anyhow::Result<Vec<PathBuf>> {
+    let throughput = dir.join(format!("{prefix}-throughput.svg"));
+    let latency = dir.join(format!("{prefix}-latency.svg"));
     draw_throughput(&throughput, runs)
         .map_err(|e| anyhow::anyhow!("{e}"))
         .with_context(|| format!("drawing {}", throughput.display()))?;
@@ -53,7 +70,9 @@ fn draw_throughput(path: &Path, runs: &[SystemRun]) -> DrawResult {
     let max = runs
         .iter()
         .flat_map(|r| r.rows.iter())
-        .map(|row| row.writes.ops_per_sec().max(row.reads.ops_per_sec()))
+        .flat_map(|row| [Some(&row.writes), Some(&row.reads), row.seq_reads.as_ref()])
+        .flatten()
+        .map(PhaseStats::ops_per_sec)
         .fold(1.0, f64::max);
     let mut chart = ChartBuilder::on(&root)
         .caption(
@@ -73,14 +92,17 @@ fn draw_throughput(path: &Path, runs: &[SystemRun]) -> DrawResult {
         .draw()?;
     let mut color = 0;
     for run in runs {
-        for (label, pick) in [("puts", Pick::Writes), ("linearizable gets", Pick::Reads)] {
+        for (label, pick) in picks(runs) {
             let c = COLORS[color % COLORS.len()];
             color += 1;
             let points: Vec<(f64, f64)> = run
                 .rows
                 .iter()
-                .map(|row| (row.clients as f64, pick.of(row).ops_per_sec()))
+                .filter_map(|row| Some((row.clients as f64, pick.of(row)?.ops_per_sec())))
                 .collect();
+            if points.is_empty() {
+                continue;
+            }
             chart
                 .draw_series(LineSeries::new(points.clone(), c.stroke_width(2)))?
                 .label(format!("{} {label}", run.name))
@@ -104,34 +126,34 @@ fn draw_throughput(path: &Path, runs: &[SystemRun]) -> DrawResult {
 enum Pick {
     Writes,
     Reads,
+    SeqReads,
 }
 
 impl Pick {
-    fn of(self, row: &crate::bench_cluster::Row) -> &PhaseStats {
+    fn of(self, row: &crate::bench_cluster::Row) -> Option<&PhaseStats> {
         match self {
-            Pick::Writes => &row.writes,
-            Pick::Reads => &row.reads,
+            Pick::Writes => Some(&row.writes),
+            Pick::Reads => Some(&row.reads),
+            Pick::SeqReads => row.seq_reads.as_ref(),
         }
     }
 }
 
 fn draw_latency(path: &Path, runs: &[SystemRun]) -> DrawResult {
-    let root = SVGBackend::new(path, (1200, 560)).into_drawing_area();
+    let picks = picks(runs);
+    let root = SVGBackend::new(path, (600 * picks.len() as u32, 560)).into_drawing_area();
     root.fill(&WHITE)?;
-    let panels = root.split_evenly((1, 2));
-    for (area, (title, pick)) in panels
-        .iter()
-        .zip([("puts", Pick::Writes), ("linearizable gets", Pick::Reads)])
-    {
+    let panels = root.split_evenly((1, picks.len()));
+    for (area, (title, pick)) in panels.iter().zip(picks) {
         let max = runs
             .iter()
             .flat_map(|r| r.rows.iter())
-            .map(|row| pick.of(row).p99_us.max(1) as f64 / 1000.0)
+            .filter_map(|row| Some(pick.of(row)?.p99_us.max(1) as f64 / 1000.0))
             .fold(0.01, f64::max);
         let min = runs
             .iter()
             .flat_map(|r| r.rows.iter())
-            .map(|row| pick.of(row).p50_us.max(1) as f64 / 1000.0)
+            .filter_map(|row| Some(pick.of(row)?.p50_us.max(1) as f64 / 1000.0))
             .fold(f64::INFINITY, f64::min)
             .min(max);
         let mut chart = ChartBuilder::on(area)
@@ -152,26 +174,18 @@ fn draw_latency(path: &Path, runs: &[SystemRun]) -> DrawResult {
             .draw()?;
         for (i, run) in runs.iter().enumerate() {
             let c = COLORS[(2 * i) % COLORS.len()];
-            let p50: Vec<(f64, f64)> = run
-                .rows
-                .iter()
-                .map(|row| {
-                    (
-                        row.clients as f64,
-                        pick.of(row).p50_us.max(1) as f64 / 1000.0,
-                    )
-                })
-                .collect();
-            let p99: Vec<(f64, f64)> = run
-                .rows
-                .iter()
-                .map(|row| {
-                    (
-                        row.clients as f64,
-                        pick.of(row).p99_us.max(1) as f64 / 1000.0,
-                    )
-                })
-                .collect();
+            let at = |q: fn(&PhaseStats) -> u64| -> Vec<(f64, f64)> {
+                run.rows
+                    .iter()
+                    .filter_map(|row| {
+                        Some((row.clients as f64, q(pick.of(row)?).max(1) as f64 / 1000.0))
+                    })
+                    .collect()
+            };
+            let (p50, p99) = (at(|s| s.p50_us), at(|s| s.p99_us));
+            if p50.is_empty() {
+                continue;
+            }
             chart
                 .draw_series(LineSeries::new(p50.clone(), c.stroke_width(2)))?
                 .label(format!("{} p50", run.name))
@@ -226,12 +240,17 @@ mod tests {
                     clients,
                     writes: stats(scale * clients as u64, 1000 + clients as u64),
                     reads: stats(2 * scale * clients as u64, 500),
+                    seq_reads: None,
                 })
                 .collect(),
         };
         let dir = tempfile::tempdir().unwrap();
-        let files =
-            write_plots(dir.path(), &[run("quorate", 100), run("etcd 3.4.23", 40)]).unwrap();
+        let files = write_plots(
+            dir.path(),
+            "cluster",
+            &[run("quorate", 100), run("etcd 3.4.23", 40)],
+        )
+        .unwrap();
         assert_eq!(files.len(), 2);
         for f in files {
             let svg = std::fs::read_to_string(&f).unwrap();
