@@ -452,7 +452,7 @@ impl Wal {
         let wake: Vec<_> = if st.poisoned.is_some() {
             st.waiters.take_all()
         } else {
-            st.waiters.take_leader().into_iter().collect()
+            st.waiters.take_leader(None).into_iter().collect()
         };
         drop(st);
         for waiter in wake {
@@ -504,23 +504,33 @@ impl Wal {
         };
         self.sync_done.notify_all();
         self.gathered.notify_all();
-        let mut wake = if st.poisoned.is_some() {
-            st.waiters.take_all()
-        } else {
-            let durable = st.durable_index;
-            st.waiters.release_covered(durable)
-        };
-        if st.poisoned.is_none() && !st.waiters.leader_pending && !st.gathering {
-            // The next leader first, so that its fsync starts as soon as possible.
-            if let Some(leader) = st.waiters.take_leader() {
-                wake.insert(0, leader);
-            }
+        if st.poisoned.is_some() {
+            let wake = st.waiters.take_all();
+            MutexGuard::unlocked(st, || wake.iter().for_each(|w| w.wake()));
+            return result;
         }
-        if !wake.is_empty() {
+        let durable = st.durable_index;
+        let covered = st.waiters.release_covered(durable);
+        // The next leader first, so that its fsync starts as soon as possible; it wakes the
+        // second half of the covered writers, this thread the first (see `waiters.rs`).
+        let half = covered.len() / 2;
+        let leader = if !st.waiters.leader_pending && !st.gathering {
+            let help = (half < covered.len()).then(|| (covered.clone(), half..covered.len()));
+            st.waiters.take_leader(help)
+        } else {
+            None
+        };
+        let mine = if leader.is_some() {
+            0..half
+        } else {
+            0..covered.len()
+        };
+        if leader.is_some() || !covered.is_empty() {
             MutexGuard::unlocked(st, || {
-                for waiter in &wake {
-                    waiter.wake();
+                if let Some(leader) = &leader {
+                    leader.wake();
                 }
+                covered[mine].iter().for_each(|w| w.wake());
             });
         }
         result

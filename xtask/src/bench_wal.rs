@@ -16,7 +16,10 @@
 //!   keeping `writers` records in flight; a sync thread calls `Wal::sync` while anything is
 //!   pending and publishes the durable index, which the submitter waits on to refill.
 //! - The four alternate in short slices (raw, raw awake, WAL, pipelined, raw, ...) so that other
-//!   load on the machine falls on all of them alike.
+//!   load on the machine falls on all of them alike. A ratio is the median over the rounds of
+//!   that round's ratio (each round is one slice of each contender, run back to back), so a
+//!   moment when the disk or the machine was much faster or slower than usual moves it little;
+//!   the headline lines also print the lowest and highest round.
 //! - Recovery: the time `Wal::open` takes to check a log of at least 512 MiB of records that is in
 //!   the page cache (it was just written and opened once); the best of three opens.
 //!
@@ -46,7 +49,7 @@ pub struct Args {
     /// A short run: 0.6 s per case and a 128 MiB recovery log (figures are noisier).
     #[arg(long)]
     quick: bool,
-    /// Seconds measured per case and per contender, split over six slices (default 2.4, or 0.6
+    /// Seconds measured per case and per contender, split over seven slices (default 2.4, or 0.6
     /// with --quick).
     #[arg(long)]
     seconds: Option<f64>,
@@ -65,7 +68,7 @@ const WRITERS: [usize; 4] = [1, 4, 16, 64];
 const SIZES: [usize; 2] = [256, 4096];
 const SEGMENT_SIZE: u64 = 64 << 20;
 /// Each contender of a case is measured in this many alternating slices.
-const SLICES: u32 = 6;
+const SLICES: u32 = 7;
 
 /// Encoded size of a record in the WAL: 24-byte header, payload, zero padding to 8 bytes.
 fn stored_size(payload: usize) -> usize {
@@ -82,6 +85,8 @@ struct Tally {
     fsyncs: u64,
     secs: f64,
     latency_us: Histogram<u64>,
+    /// Appends/s of each slice, in order.
+    slices: Vec<f64>,
 }
 
 impl Tally {
@@ -91,7 +96,18 @@ impl Tally {
             fsyncs: 0,
             secs: 0.0,
             latency_us: histogram(),
+            slices: Vec::new(),
         }
+    }
+
+    /// Records the slice measured since `before` (the tally's appends and seconds then).
+    fn end_slice(&mut self, before: (u64, f64)) {
+        let (appends, secs) = (self.appends - before.0, self.secs - before.1);
+        self.slices.push(appends as f64 / secs.max(1e-9));
+    }
+
+    fn mark(&self) -> (u64, f64) {
+        (self.appends, self.secs)
     }
 
     fn appends_per_sec(&self) -> f64 {
@@ -121,6 +137,36 @@ struct Row {
     p99_us: u64,
     /// WAL rows: appends/s ÷ the plain raw loop, and ÷ the raw loop with the CPU kept awake.
     ratios: [Option<f64>; 2],
+}
+
+/// A ratio that the machine's swings move little: `ours ÷ baseline` in each round, the median
+/// over the rounds, and the lowest and highest round.
+#[derive(Clone, Copy)]
+struct Ratio {
+    median: f64,
+    low: f64,
+    high: f64,
+}
+
+fn round_ratio(ours: &Tally, baseline: &Tally) -> Ratio {
+    let mut r: Vec<f64> = ours
+        .slices
+        .iter()
+        .zip(&baseline.slices)
+        .map(|(a, b)| a / b.max(1e-9))
+        .collect();
+    r.sort_by(f64::total_cmp);
+    let n = r.len();
+    let median = match n {
+        0 => ours.appends_per_sec() / baseline.appends_per_sec().max(1e-9),
+        _ if n % 2 == 1 => r[n / 2],
+        _ => (r[n / 2 - 1] + r[n / 2]) / 2.0,
+    };
+    Ratio {
+        median,
+        low: r.first().copied().unwrap_or(median),
+        high: r.last().copied().unwrap_or(median),
+    }
 }
 
 /// Runs the benchmark.
@@ -180,22 +226,25 @@ pub fn run(args: Args) -> anyhow::Result<()> {
                 } else {
                     Duration::from_millis(50)
                 };
+                let before = plain.mark();
                 raw.slice(false, warmup, slice, &mut plain)?;
+                plain.end_slice(before);
+                let before = awake.mark();
                 raw.slice(true, warmup, slice, &mut awake)?;
+                awake.end_slice(before);
                 wal.slice(warmup, slice)?;
+                let before = piped.mark();
                 pipelined.slice(warmup, slice, &mut piped)?;
+                piped.end_slice(before);
             }
             let wal_tally = wal.finish()?;
             pipelined.finish()?;
             raw.remove()?;
             let ratios = [
-                wal_tally.appends_per_sec() / plain.appends_per_sec(),
-                wal_tally.appends_per_sec() / awake.appends_per_sec(),
+                round_ratio(&wal_tally, &plain),
+                round_ratio(&wal_tally, &awake),
             ];
-            let piped_ratios = [
-                piped.appends_per_sec() / plain.appends_per_sec(),
-                piped.appends_per_sec() / awake.appends_per_sec(),
-            ];
+            let piped_ratios = [round_ratio(&piped, &plain), round_ratio(&piped, &awake)];
             if writers == 16 && size == 256 {
                 headline = Some(ratios[0]);
                 pipelined_headline = Some(piped_ratios[0]);
@@ -213,12 +262,12 @@ pub fn run(args: Args) -> anyhow::Result<()> {
             rows.push(wal_tally.row(
                 format!("wal {writers:>2} writers × {size} B"),
                 size,
-                ratios.map(Some),
+                ratios.map(|r| Some(r.median)),
             ));
             rows.push(piped.row(
                 format!("wal pipelined {writers:>2} × {size} B"),
                 size,
-                piped_ratios.map(Some),
+                piped_ratios.map(|r| Some(r.median)),
             ));
             progress.inc(1);
         }
@@ -240,7 +289,7 @@ pub fn run(args: Args) -> anyhow::Result<()> {
     println!("raw+awake = the same while another thread spins, so the CPU does not idle during fdatasync");
     println!("wal       = <writers> threads each looping append_durable (group commit)");
     println!("pipelined = one thread appending with <writers> records in flight, a sync thread publishing the durable index");
-    println!("÷raw, ÷awake = wal appends/s ÷ that raw loop's appends/s at batch = writers");
+    println!("÷raw, ÷awake = wal appends/s ÷ that raw loop's appends/s at batch = writers: the median of the per-round ratios");
     println!("latency   = one durable append (wal) or one write+fdatasync of the batch (raw)");
     println!();
     println!(
@@ -267,11 +316,17 @@ pub fn run(args: Args) -> anyhow::Result<()> {
     if let Some(recovery) = recovery {
         print_recovery(&recovery);
     }
+    if let (Some(piped), Some(wal)) = (pipelined_headline, headline) {
+        println!(
+            "16 × 256 B per-round ratios: pipelined {:.2}–{:.2}, wal {:.2}–{:.2} (median printed below)",
+            piped.low, piped.high, wal.low, wal.high
+        );
+    }
     if let Some(ratio) = pipelined_headline {
-        println!("wal-pipelined-vs-raw: {ratio:.2}");
+        println!("wal-pipelined-vs-raw: {:.2}", ratio.median);
     }
     if let Some(ratio) = headline {
-        println!("wal-vs-raw: {ratio:.2}");
+        println!("wal-vs-raw: {:.2}", ratio.median);
     }
     Ok(())
 }
@@ -484,12 +539,14 @@ impl WalWriters {
         let syncs_before = self.wal.stats().syncs;
         let appends_before = self.control.appends.load(Ordering::Relaxed);
         self.control.measuring.store(true, Ordering::Relaxed);
+        let before = self.tally.mark();
         let started = Instant::now();
         std::thread::sleep(measure);
         self.control.measuring.store(false, Ordering::Relaxed);
         self.tally.secs += started.elapsed().as_secs_f64();
         self.tally.appends += self.control.appends.load(Ordering::Relaxed) - appends_before;
         self.tally.fsyncs += self.wal.stats().syncs - syncs_before;
+        self.tally.end_slice(before);
         self.set_run(false);
         self.wait_parked()
     }
