@@ -125,7 +125,11 @@ impl<H: DurableState> MemStorage<H> {
             return; // covered by a snapshot written since
         }
         let at = (entry.index - first) as usize;
-        if at >= self.slots.len() {
+        if at == self.slots.len() {
+            self.slots.push(Some(entry)); // the common case: the next slot
+            return;
+        }
+        if at > self.slots.len() {
             self.slots.resize(at + 1, None);
         }
         self.slots[at] = Some(entry);

@@ -60,24 +60,71 @@ struct InFlight {
     size: u64,
     /// Whether it holds a membership change (its value is needed when it is chosen).
     conf_change: bool,
-    /// Members that accepted it under our ballot (a handful: a plain vector, no allocation until
-    /// the first acceptance).
-    acks: Vec<NodeId>,
+    /// Members that accepted it under our ballot.
+    acks: Acks,
+}
+
+/// The members that accepted one slot: a handful, kept inline (no allocation per slot unless a
+/// group has more than [`Acks::INLINE`] members).
+#[derive(Debug, Default)]
+struct Acks {
+    inline: [NodeId; Acks::INLINE],
+    len: usize,
+    more: Vec<NodeId>,
+}
+
+impl Acks {
+    const INLINE: usize = 5;
+
+    fn contains(&self, id: NodeId) -> bool {
+        self.inline[..self.len.min(Self::INLINE)].contains(&id) || self.more.contains(&id)
+    }
+
+    fn count(&self) -> usize {
+        self.len
+    }
+
+    fn insert(&mut self, id: NodeId) {
+        if self.contains(id) {
+            return;
+        }
+        if self.len < Self::INLINE {
+            self.inline[self.len] = id;
+        } else {
+            self.more.push(id);
+        }
+        self.len += 1;
+    }
 }
 
 impl InFlight {
     fn accept(&mut self, from: NodeId) {
-        if !self.acks.contains(&from) {
-            self.acks.push(from);
-        }
+        self.acks.insert(from);
     }
 }
 
 impl LeaderState {
-    /// The in-flight record of `slot`, if it is in the window and not chosen.
-    fn slot_mut(&mut self, slot: u64) -> Option<&mut InFlight> {
-        let at = self.inflight.binary_search_by_key(&slot, |f| f.slot).ok()?;
-        self.inflight.get_mut(at)
+    /// Records `from`'s acceptance of each of `slots` (ascending) still in the window: one
+    /// search for the first, then a walk (the window is in slot order too).
+    fn accept_slots(&mut self, from: NodeId, slots: impl IntoIterator<Item = u64>) {
+        let mut slots = slots.into_iter().peekable();
+        let Some(&first) = slots.peek() else {
+            return;
+        };
+        let mut at = self.inflight.partition_point(|f| f.slot < first);
+        for slot in slots {
+            if at > 0 && self.inflight.get(at - 1).is_some_and(|f| f.slot >= slot) {
+                at = self.inflight.partition_point(|f| f.slot < slot); // not ascending after all
+            }
+            while self.inflight.get(at).is_some_and(|f| f.slot < slot) {
+                at += 1;
+            }
+            match self.inflight.get_mut(at) {
+                Some(f) if f.slot == slot => f.accept(from),
+                Some(_) => {}
+                None => return,
+            }
+        }
     }
 
     pub(crate) fn start(&mut self, from: u64, recovery_end: u64) {
@@ -107,12 +154,12 @@ impl<S: PaxosStorage> MultiPaxos<S> {
         if let Some(to) = self.lead.transfer {
             return Err(Error::TransferInProgress { to });
         }
-        let size = Entry {
-            term: 0,
-            index: 0,
-            payload: payload.clone(),
-        }
-        .payload_size();
+        let entry = Entry {
+            term: self.ballot.encode(),
+            index: self.lead.next_slot,
+            payload,
+        };
+        let size = entry.payload_size();
         if size > self.config.max_msg_bytes {
             return Err(Error::ProposalTooLarge {
                 size,
@@ -126,13 +173,8 @@ impl<S: PaxosStorage> MultiPaxos<S> {
                 limit: self.config.max_uncommitted_bytes,
             });
         }
-        let term = self.ballot.encode();
-        let index = self.lead.next_slot;
-        self.lead.enqueue(Entry {
-            term,
-            index,
-            payload,
-        });
+        let (index, term) = (entry.index, entry.term);
+        self.lead.enqueue(entry);
         Ok(Proposed { index, term })
     }
 
@@ -155,20 +197,29 @@ impl<S: PaxosStorage> MultiPaxos<S> {
         if self.can_let_in() {
             return true;
         }
-        let peers = self.peers();
-        if peers.is_empty() {
+        // Called from every `has_ready`: no allocation here.
+        let me = self.config.id;
+        let conf = &self.conf;
+        let peers = conf
+            .voters
+            .iter()
+            .chain(&conf.outgoing)
+            .chain(&conf.learners)
+            .copied()
+            .filter(|&id| id != me);
+        if peers.clone().next().is_none() {
             return false;
         }
         let heartbeat_due = self.lead.heartbeat_pending
             || self.reads.heartbeat_pending()
             || self.lead.commit_sent < self.commit;
-        let resend_due = self.lead.resend_pending
-            && self
-                .lead
-                .inflight
-                .iter()
-                .any(|f| peers.iter().any(|peer| !f.acks.contains(peer)));
-        heartbeat_due || resend_due
+        heartbeat_due
+            || (self.lead.resend_pending
+                && self
+                    .lead
+                    .inflight
+                    .iter()
+                    .any(|f| peers.clone().any(|peer| !f.acks.contains(peer))))
     }
 
     /// Lets proposals into the window and broadcasts what is due.
@@ -192,7 +243,7 @@ impl<S: PaxosStorage> MultiPaxos<S> {
                 slot: entry.index,
                 size: entry.payload_size().max(1),
                 conf_change,
-                acks: Vec::new(),
+                acks: Acks::default(),
             });
             self.log.put(entry.clone());
             self.lead.fresh.push(entry);
@@ -200,8 +251,11 @@ impl<S: PaxosStorage> MultiPaxos<S> {
         let peers = self.peers();
         let fresh = std::mem::take(&mut self.lead.fresh);
         if !fresh.is_empty() {
-            for &to in &peers {
-                self.send_accepts(to, &fresh);
+            if let Some((&last, others)) = peers.split_last() {
+                for &to in others {
+                    self.send_accepts(to, fresh.iter().cloned());
+                }
+                self.send_accepts(last, fresh); // the last peer gets the batch itself
             }
             self.lead.commit_sent = self.commit;
         }
@@ -229,9 +283,10 @@ impl<S: PaxosStorage> MultiPaxos<S> {
     }
 
     /// Sends `entries` to `to` in `Accept` batches of at most `max_msg_bytes`.
-    fn send_accepts(&mut self, to: NodeId, entries: &[Entry]) {
+    fn send_accepts(&mut self, to: NodeId, entries: impl IntoIterator<Item = Entry>) {
         let commit = self.commit;
-        let mut batch = Vec::new();
+        let entries = entries.into_iter();
+        let mut batch = Vec::with_capacity(entries.size_hint().0);
         let mut bytes = 0u64;
         for entry in entries {
             let size = entry.payload_size();
@@ -241,7 +296,7 @@ impl<S: PaxosStorage> MultiPaxos<S> {
                 bytes = 0;
             }
             bytes += size;
-            batch.push(entry.clone());
+            batch.push(entry);
         }
         if !batch.is_empty() {
             self.send(
@@ -260,7 +315,7 @@ impl<S: PaxosStorage> MultiPaxos<S> {
             let mut entries = Vec::new();
             let mut bytes = 0u64;
             for f in &self.lead.inflight {
-                if f.acks.contains(&to) {
+                if f.acks.contains(to) {
                     continue;
                 }
                 let Ok(Some(entry)) = self.log.get(f.slot) else {
@@ -294,11 +349,7 @@ impl<S: PaxosStorage> MultiPaxos<S> {
             return;
         }
         self.lead.active.insert(from);
-        for &slot in slots {
-            if let Some(f) = self.lead.slot_mut(slot) {
-                f.accept(from);
-            }
-        }
+        self.lead.accept_slots(from, slots.iter().copied());
         if let Err(error) = self.advance_chosen() {
             self.fail(error);
         }
@@ -310,13 +361,11 @@ impl<S: PaxosStorage> MultiPaxos<S> {
             return;
         }
         let (me, term) = (self.config.id, self.ballot.encode());
-        for &(slot, slot_term) in slots {
-            if slot_term == term {
-                if let Some(f) = self.lead.slot_mut(slot) {
-                    f.accept(me);
-                }
-            }
-        }
+        let ours = slots
+            .iter()
+            .filter(|&&(_, slot_term)| slot_term == term)
+            .map(|&(slot, _)| slot);
+        self.lead.accept_slots(me, ours);
         if let Err(error) = self.advance_chosen() {
             self.fail(error);
         }
@@ -328,7 +377,9 @@ impl<S: PaxosStorage> MultiPaxos<S> {
         loop {
             let slot = self.commit + 1;
             let chosen = self.lead.inflight.front().is_some_and(|f| {
-                f.slot == slot && is_majority_by(&self.conf.voters, |id| f.acks.contains(&id))
+                f.slot == slot
+                    && f.acks.count() * 2 > self.conf.voters.len()
+                    && is_majority_by(&self.conf.voters, |id| f.acks.contains(id))
             });
             if !chosen {
                 break;

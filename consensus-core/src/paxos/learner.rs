@@ -61,10 +61,19 @@ impl<S: PaxosStorage> MultiPaxos<S> {
     ) -> Result<(), StorageError> {
         self.fetch.known_commit = self.fetch.known_commit.max(commit);
         let term = ballot.encode();
+        // Only the term is read per slot; a membership change's value is needed to apply it.
         while self.commit < commit {
-            match self.log.get(self.commit + 1)? {
-                Some(entry) if entry.term == term => self.on_chosen(&entry),
-                _ => break,
+            let slot = self.commit + 1;
+            if self.log.term(slot)? != Some(term) {
+                break;
+            }
+            if self.log.holds_conf_change(slot) {
+                match self.log.get(slot)? {
+                    Some(entry) => self.on_chosen(&entry),
+                    None => break,
+                }
+            } else {
+                self.on_chosen_data(slot);
             }
         }
         if self.commit < commit {

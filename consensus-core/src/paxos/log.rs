@@ -5,34 +5,136 @@
 //! slots are never cut. Invariant kept by the engine: every slot at or below the commit index
 //! holds its chosen value (or is compacted into the snapshot).
 
-use std::collections::BTreeMap;
+use std::collections::BTreeSet;
 
 use crate::error::StorageError;
 use crate::storage::Storage;
-use crate::types::{Entry, Snapshot};
+use crate::types::{Entry, EntryPayload, Snapshot};
+
+/// Entries keyed by slot, kept sorted in a vector: the leader and its acceptors write ascending
+/// slots, so the common insert is a push and the common hand-out is a move of the whole vector
+/// (a `BTreeMap` here cost a node insert and remove per slot on every member).
+#[derive(Debug, Default)]
+struct SlotVec(Vec<Entry>);
+
+impl SlotVec {
+    fn find(&self, slot: u64) -> Result<usize, usize> {
+        match self.0.last() {
+            Some(last) if last.index < slot => Err(self.0.len()),
+            _ => self.0.binary_search_by_key(&slot, |e| e.index),
+        }
+    }
+
+    fn get(&self, slot: u64) -> Option<&Entry> {
+        self.find(slot).ok().map(|at| &self.0[at])
+    }
+
+    /// Stores `entry`, replacing what its slot held.
+    fn put(&mut self, entry: Entry) {
+        match self.find(entry.index) {
+            Ok(at) => self.0[at] = entry,
+            Err(at) => self.0.insert(at, entry),
+        }
+    }
+
+    fn last_slot(&self) -> u64 {
+        self.0.last().map_or(0, |e| e.index)
+    }
+
+    fn is_empty(&self) -> bool {
+        self.0.is_empty()
+    }
+
+    /// Whether a slot in `lo ..= hi` is held.
+    fn any_in(&self, lo: u64, hi: u64) -> bool {
+        let at = self.find(lo).unwrap_or_else(|at| at);
+        self.0.get(at).is_some_and(|e| e.index <= hi)
+    }
+
+    /// Moves every entry of `newer` in, its values replacing ours for the same slot.
+    fn absorb(&mut self, newer: Vec<Entry>) {
+        if self
+            .0
+            .last()
+            .is_none_or(|last| newer.first().is_none_or(|f| f.index > last.index))
+        {
+            self.0.extend(newer);
+        } else {
+            for entry in newer {
+                self.put(entry);
+            }
+        }
+    }
+}
 
 /// Durable slots plus the in-memory overlay of writes not yet confirmed.
 pub(crate) struct SlotLog<S: Storage> {
     pub(crate) storage: S,
     /// Slots to write at the next `ready()`.
-    unissued: BTreeMap<u64, Entry>,
+    unissued: SlotVec,
     /// Slots handed out in a write and not yet confirmed durable.
-    unstable: BTreeMap<u64, Entry>,
+    unstable: SlotVec,
     /// A snapshot to write at the next `ready()`.
     snapshot_unissued: Option<Snapshot>,
     /// Index of a snapshot handed out and not yet confirmed.
     snapshot_unstable: Option<u64>,
+    /// Slots above the snapshot whose value here (durable or not) is a membership change, so
+    /// that learning a chosen slot needs only its term, not a copy of its value.
+    conf_slots: BTreeSet<u64>,
 }
 
 impl<S: Storage> SlotLog<S> {
-    pub(crate) fn new(storage: S) -> Self {
-        SlotLog {
+    pub(crate) fn new(storage: S) -> Result<Self, StorageError> {
+        // Find the stored membership changes once (in chunks, holes skipped).
+        let mut conf_slots = BTreeSet::new();
+        let (mut lo, hi) = (storage.first_index(), storage.last_index());
+        let mut chunk = Vec::new();
+        while lo <= hi {
+            chunk.clear();
+            storage.entries(lo, hi + 1, 1 << 20, &mut chunk)?;
+            let Some(last) = chunk.last() else {
+                break;
+            };
+            lo = last.index + 1;
+            conf_slots.extend(
+                chunk
+                    .iter()
+                    .filter(|e| matches!(e.payload, EntryPayload::ConfChange(_)))
+                    .map(|e| e.index),
+            );
+        }
+        Ok(SlotLog {
             storage,
-            unissued: BTreeMap::new(),
-            unstable: BTreeMap::new(),
+            unissued: SlotVec::default(),
+            unstable: SlotVec::default(),
             snapshot_unissued: None,
             snapshot_unstable: None,
+            conf_slots,
+        })
+    }
+
+    /// The ballot (term) of the entry at `slot`, `None` for a hole; no copy of the value.
+    /// Compacted slots are an error.
+    pub(crate) fn term(&self, slot: u64) -> Result<Option<u64>, StorageError> {
+        if slot <= self.snapshot_index() {
+            return Err(StorageError::Compacted(slot));
         }
+        if let Some(entry) = self.unissued.get(slot).or_else(|| self.unstable.get(slot)) {
+            return Ok(Some(entry.term));
+        }
+        if slot > self.storage.last_index() {
+            return Ok(None);
+        }
+        match self.storage.term(slot) {
+            Ok(term) => Ok(Some(term)),
+            Err(StorageError::Unavailable(_)) => Ok(None),
+            Err(error) => Err(error),
+        }
+    }
+
+    /// Whether the value held at `slot` is a membership change.
+    pub(crate) fn holds_conf_change(&self, slot: u64) -> bool {
+        self.conf_slots.contains(&slot)
     }
 
     /// The slot the log starts after (the newest snapshot's index, durable or not).
@@ -44,13 +146,7 @@ impl<S: Storage> SlotLog<S> {
 
     /// The highest slot holding an entry (or the snapshot index).
     pub(crate) fn last_slot(&self) -> u64 {
-        let overlay = self
-            .unissued
-            .keys()
-            .next_back()
-            .copied()
-            .unwrap_or(0)
-            .max(self.unstable.keys().next_back().copied().unwrap_or(0));
+        let overlay = self.unissued.last_slot().max(self.unstable.last_slot());
         overlay
             .max(self.storage.last_index())
             .max(self.snapshot_index())
@@ -61,11 +157,7 @@ impl<S: Storage> SlotLog<S> {
         if slot <= self.snapshot_index() {
             return Err(StorageError::Compacted(slot));
         }
-        if let Some(entry) = self
-            .unissued
-            .get(&slot)
-            .or_else(|| self.unstable.get(&slot))
-        {
+        if let Some(entry) = self.unissued.get(slot).or_else(|| self.unstable.get(slot)) {
             return Ok(Some(entry.clone()));
         }
         if slot > self.storage.last_index() {
@@ -111,8 +203,7 @@ impl<S: Storage> SlotLog<S> {
         hi: u64,
         max_bytes: u64,
     ) -> Result<Vec<Entry>, StorageError> {
-        let overlaid = self.unissued.range(lo..=hi).next().is_some()
-            || self.unstable.range(lo..=hi).next().is_some();
+        let overlaid = self.unissued.any_in(lo, hi) || self.unstable.any_in(lo, hi);
         if overlaid
             || lo <= self.storage.first_index().saturating_sub(1)
             || hi > self.storage.last_index()
@@ -126,14 +217,20 @@ impl<S: Storage> SlotLog<S> {
 
     /// Stages `entry` for the next write (replacing what its slot held).
     pub(crate) fn put(&mut self, entry: Entry) {
-        self.unissued.insert(entry.index, entry);
+        if matches!(entry.payload, EntryPayload::ConfChange(_)) {
+            self.conf_slots.insert(entry.index);
+        } else if !self.conf_slots.is_empty() {
+            self.conf_slots.remove(&entry.index);
+        }
+        self.unissued.put(entry);
     }
 
     /// Stages a snapshot for the next write; slots it covers leave the overlay.
     pub(crate) fn put_snapshot(&mut self, snapshot: Snapshot) {
         let index = snapshot.meta.index;
-        self.unissued.retain(|&slot, _| slot > index);
-        self.unstable.retain(|&slot, _| slot > index);
+        self.unissued.0.retain(|e| e.index > index);
+        self.unstable.0.retain(|e| e.index > index);
+        self.conf_slots.retain(|&slot| slot > index);
         self.snapshot_unissued = Some(snapshot);
     }
 
@@ -148,20 +245,22 @@ impl<S: Storage> SlotLog<S> {
         if let Some(snapshot) = &snapshot {
             self.snapshot_unstable = Some(snapshot.meta.index);
         }
-        let mut staged = std::mem::take(&mut self.unissued);
-        let entries: Vec<Entry> = staged.values().cloned().collect();
+        let staged = std::mem::take(&mut self.unissued.0);
         // A newer value for a slot replaces the unconfirmed older one.
-        self.unstable.append(&mut staged);
-        (snapshot, entries)
+        self.unstable.absorb(staged.clone());
+        (snapshot, staged)
     }
 
     /// A write holding `slots` (with these terms) and maybe a snapshot is durable.
     pub(crate) fn stable(&mut self, slots: &[(u64, u64)], snapshot: Option<u64>) {
-        for &(slot, term) in slots {
-            if self.unstable.get(&slot).is_some_and(|e| e.term == term) {
-                self.unstable.remove(&slot);
-            }
-        }
+        // Both are in slot order (a write holds what `take_unissued` handed out): one merge pass.
+        let mut written = slots.iter().peekable();
+        self.unstable.0.retain(|e| {
+            while written.next_if(|&&(slot, _)| slot < e.index).is_some() {}
+            !written
+                .next_if(|&&(slot, term)| slot == e.index && term == e.term)
+                .is_some()
+        });
         if snapshot.is_some() && self.snapshot_unstable == snapshot {
             self.snapshot_unstable = None;
         }

@@ -143,7 +143,7 @@ impl<S: PaxosStorage> MultiPaxos<S> {
         config.validate()?;
         let hard_state = storage.hard_state();
         let snapshot_meta = storage.snapshot_meta();
-        let log = SlotLog::new(storage);
+        let log = SlotLog::new(storage)?;
         let snap = snapshot_meta.index;
         let applied = config.applied.max(snap);
         // The commit hint is durable only after the slots it covers (writes are a prefix), but
