@@ -64,6 +64,8 @@ pub enum Bug {
     ServeBeforeGrace,
     /// replication-primary: an `all`-mode primary acknowledges before every backup did.
     AllAckBeforeBackups,
+    /// replication-primary: a primary answers reads without holding its leases.
+    ReadWithoutLease,
 }
 
 impl Bug {

@@ -41,6 +41,7 @@ fn planted(bug: Option<Bug>) -> anyhow::Result<Option<PlantedBug>> {
         Some(Bug::AcceptLowerEpoch) => Some(PlantedBug::AcceptLowerEpoch),
         Some(Bug::ServeBeforeGrace) => Some(PlantedBug::ServeBeforeGrace),
         Some(Bug::AllAckBeforeBackups) => Some(PlantedBug::AllAckBeforeBackups),
+        Some(Bug::ReadWithoutLease) => Some(PlantedBug::ReadWithoutLease),
         Some(other) => anyhow::bail!("--bug {other:?} is not a replication-primary fault"),
     })
 }
@@ -62,12 +63,14 @@ pub fn run(args: &Args) -> anyhow::Result<()> {
         let started = Instant::now();
         let mut failures = Vec::new();
         let (mut acked, mut failovers, mut crashes, mut rollbacks, mut changes) = (0, 0, 0, 0, 0);
+        let mut reads = 0;
         let mut lost_hist: BTreeMap<u64, u64> = BTreeMap::new();
         let (mut lost_total, mut lost_max) = (0u64, 0u64);
         for seed in args.start..end {
             match run_seed(seed, options) {
                 Ok(stats) => {
                     acked += stats.acked;
+                    reads += stats.reads;
                     failovers += stats.failovers;
                     crashes += stats.crashes;
                     rollbacks += stats.rollbacks;
@@ -94,7 +97,7 @@ pub fn run(args: &Args) -> anyhow::Result<()> {
         }
         let elapsed = started.elapsed().as_secs_f64();
         println!(
-            "mode {mode:?}: {} seeds in {elapsed:.2} s; clean seeds: {acked} writes acknowledged, {failovers} failovers, {crashes} crashes, {changes} configuration changes, {rollbacks} async rollbacks",
+            "mode {mode:?}: {} seeds in {elapsed:.2} s; clean seeds: {acked} writes acknowledged, {reads} primary reads, {failovers} failovers, {crashes} crashes, {changes} configuration changes, {rollbacks} async rollbacks",
             args.seeds
         );
         if mode == AckMode::Async {
