@@ -257,9 +257,9 @@ impl<S: Storage> SlotLog<S> {
         let mut written = slots.iter().peekable();
         self.unstable.0.retain(|e| {
             while written.next_if(|&&(slot, _)| slot < e.index).is_some() {}
-            !written
+            written
                 .next_if(|&&(slot, term)| slot == e.index && term == e.term)
-                .is_some()
+                .is_none()
         });
         if snapshot.is_some() && self.snapshot_unstable == snapshot {
             self.snapshot_unstable = None;

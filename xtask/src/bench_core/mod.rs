@@ -85,6 +85,9 @@ trait Harness {
     fn propose(&mut self, n: usize) -> usize;
     /// Drains ready states and messages until quiescent; returns proposals the leader saw commit.
     fn pump(&mut self) -> usize;
+    /// After a measurement (not timed): fails unless every member applied (read) every entry
+    /// the leader counted, so a harness cannot count what followers never received.
+    fn check(&mut self) -> anyhow::Result<()>;
 }
 
 /// Process CPU time in seconds.
@@ -138,6 +141,7 @@ fn measure(harness: &mut dyn Harness, outstanding: usize, seconds: f64) -> anyho
         }
     }
     let elapsed = (cpu_seconds() - start).max(1e-9);
+    harness.check()?;
     Ok(committed as f64 / elapsed)
 }
 
@@ -277,6 +281,31 @@ impl<C: Consensus<Storage = MemStorage<<C as Consensus>::HardState>>> Harness fo
                 return committed;
             }
         }
+    }
+
+    fn check(&mut self) -> anyhow::Result<()> {
+        // A protocol that tells followers the commit point with the next message needs a tick
+        // or two of quiet time before they catch up.
+        for _ in 0..20 {
+            let leader = self.nodes[0].engine().status().applied;
+            if self
+                .nodes
+                .iter()
+                .all(|n| n.engine().status().applied == leader)
+            {
+                return Ok(());
+            }
+            for node in &mut self.nodes {
+                node.engine_mut().tick();
+            }
+            self.pump();
+        }
+        let applied: Vec<u64> = self
+            .nodes
+            .iter()
+            .map(|n| n.engine().status().applied)
+            .collect();
+        bail!("consensus-core: members applied {applied:?}, not all as far as the leader")
     }
 }
 

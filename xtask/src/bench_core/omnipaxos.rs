@@ -1,7 +1,13 @@
 //! The `omnipaxos` crate (0.2, batching on, its in-memory storage) on the same harness.
+//!
+//! Held to what consensus-core does on it: every server reads every entry decided there
+//! (`read_decided_suffix`, as an application applying the log would; consensus-core hands each
+//! member its committed entries), the leader's decided entries are the count, and
+//! [`Harness::check`] fails the run unless every follower decided and read as far as the leader.
 
 use omnipaxos::macros::Entry;
 use omnipaxos::messages::Message;
+use omnipaxos::util::LogEntry;
 use omnipaxos::{ClusterConfig, OmniPaxos, ServerConfig};
 use omnipaxos_storage::memory_storage::MemoryStorage;
 
@@ -18,6 +24,8 @@ pub(super) struct OmniPaxosPeer {
     queue: Vec<Message<Payload>>,
     buffer: Vec<Message<Payload>>,
     decided: usize,
+    /// Per server: the log index up to which its decided entries were read (applied).
+    read: Vec<usize>,
 }
 
 impl OmniPaxosPeer {
@@ -52,6 +60,7 @@ impl OmniPaxosPeer {
             queue: Vec::new(),
             buffer: Vec::new(),
             decided: 0,
+            read: vec![0; 3],
         };
         for _ in 0..1000 {
             for node in &mut peer.nodes {
@@ -60,6 +69,7 @@ impl OmniPaxosPeer {
             peer.deliver();
             if peer.nodes[0].get_current_leader() == Some((1, true)) {
                 peer.decided = peer.nodes[0].get_decided_idx();
+                peer.read = peer.nodes.iter().map(|n| n.get_decided_idx()).collect();
                 return Ok(peer);
             }
         }
@@ -108,8 +118,26 @@ impl Harness for OmniPaxosPeer {
                 break;
             }
         }
+        // Every server applies what it decided; the leader's decided entries are the count.
+        let mut committed = 0;
+        for (i, node) in self.nodes.iter().enumerate() {
+            if let Some(entries) = node.read_decided_suffix(self.read[i]) {
+                let data = entries
+                    .iter()
+                    .filter(|e| matches!(e, LogEntry::Decided(_)))
+                    .count();
+                if i == 0 {
+                    committed = data;
+                }
+                self.read[i] += entries.len();
+            }
+        }
         let decided = self.nodes[0].get_decided_idx();
-        let committed = decided - self.decided;
+        debug_assert_eq!(
+            committed,
+            decided - self.decided,
+            "leader read what it decided"
+        );
         if decided / COMPACT_EVERY as usize > self.decided / COMPACT_EVERY as usize {
             let upto = decided - COMPACT_EVERY as usize / 2;
             for node in &mut self.nodes {
@@ -118,5 +146,19 @@ impl Harness for OmniPaxosPeer {
         }
         self.decided = decided;
         committed
+    }
+
+    fn check(&mut self) -> anyhow::Result<()> {
+        let leader = self.read[0];
+        for (i, node) in self.nodes.iter().enumerate() {
+            let (decided, read) = (node.get_decided_idx(), self.read[i]);
+            if decided != leader || read != leader {
+                anyhow::bail!(
+                    "omnipaxos server {}: decided {decided}, read {read}, leader read {leader}",
+                    i + 1
+                );
+            }
+        }
+        Ok(())
     }
 }

@@ -122,4 +122,19 @@ impl Harness for RaftRs {
             }
         }
     }
+
+    fn check(&mut self) -> anyhow::Result<()> {
+        for _ in 0..20 {
+            let applied: Vec<u64> = self.nodes.iter().map(|n| n.raft.raft_log.applied).collect();
+            if applied.iter().all(|&a| a == applied[0]) {
+                return Ok(());
+            }
+            for node in &mut self.nodes {
+                node.tick();
+            }
+            self.pump();
+        }
+        let applied: Vec<u64> = self.nodes.iter().map(|n| n.raft.raft_log.applied).collect();
+        anyhow::bail!("raft-rs: members applied {applied:?}, not all as far as the leader")
+    }
 }
