@@ -22,6 +22,9 @@ const WAITING: u8 = 0;
 const COVERED: u8 = 1;
 const RECHECK: u8 = 2;
 
+/// Covered writers a next leader wakes: a batch and which of its writers.
+pub(crate) type Help = (Arc<[Arc<Waiter>]>, Range<usize>);
+
 /// One waiting thread; reused by that thread for every wait.
 pub(crate) struct Waiter {
     thread: Thread,
@@ -29,7 +32,7 @@ pub(crate) struct Waiter {
     durable: AtomicU64,
     /// Set with `RECHECK` for a next leader: covered writers it wakes first. Taken when it
     /// wakes.
-    help: Mutex<Option<(Arc<[Arc<Waiter>]>, Range<usize>)>>,
+    help: Mutex<Option<Help>>,
 }
 
 /// Why a parked waiter woke.
@@ -116,10 +119,7 @@ impl Waiters {
 
     /// Removes the waiter with the lowest index, marked to look again (and lead), if any; once
     /// woken it first wakes `help` (writers already marked covered).
-    pub fn take_leader(
-        &mut self,
-        help: Option<(Arc<[Arc<Waiter>]>, Range<usize>)>,
-    ) -> Option<Arc<Waiter>> {
+    pub fn take_leader(&mut self, help: Option<Help>) -> Option<Arc<Waiter>> {
         let k = (0..self.list.len()).min_by_key(|&k| self.list[k].0)?;
         let (_, waiter) = self.list.swap_remove(k);
         *waiter.help.lock() = help;
