@@ -194,8 +194,8 @@ impl Peer {
         self.objects.get(key)
     }
 
-    /// Every local object, in key order.
-    pub fn local_objects(&self) -> impl Iterator<Item = (&Key, &Object)> + '_ {
+    /// Every local object, in key order; `len()` counts them without walking them.
+    pub fn local_objects(&self) -> impl ExactSizeIterator<Item = (&Key, &Object)> + '_ {
         self.objects.iter()
     }
 
