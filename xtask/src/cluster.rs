@@ -91,6 +91,39 @@ impl Supervisor {
         Ok(())
     }
 
+    /// Waits until every address accepts TCP connections, or errors after `timeout` (or as soon
+    /// as a process exits); `what` names a server in the error ("etcd member", …).
+    pub async fn wait_tcp(
+        &mut self,
+        addrs: &[String],
+        what: &str,
+        timeout: Duration,
+    ) -> anyhow::Result<()> {
+        let deadline = tokio::time::Instant::now() + timeout;
+        for addr in addrs {
+            loop {
+                self.check_running()?;
+                if tokio::net::TcpStream::connect(addr).await.is_ok() {
+                    break;
+                }
+                if tokio::time::Instant::now() > deadline {
+                    bail!("{what} at {addr} did not listen within {timeout:?}");
+                }
+                tokio::time::sleep(Duration::from_millis(50)).await;
+            }
+        }
+        Ok(())
+    }
+
+    /// [`Supervisor::stop`], saying on stderr which processes had to be killed.
+    pub async fn stop_reporting(&mut self, grace: Duration) {
+        for s in self.stop(grace).await {
+            if s.killed {
+                eprintln!("{} did not stop within {grace:?}: killed", s.name);
+            }
+        }
+    }
+
     /// Stops every process: SIGTERM to all, wait up to `grace` for them to exit, SIGKILL the rest.
     pub async fn stop(&mut self, grace: Duration) -> Vec<Stopped> {
         for p in &mut self.procs {

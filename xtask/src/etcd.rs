@@ -153,30 +153,22 @@ impl EtcdCluster {
     /// Waits until every member accepts TCP connections on its client port, or errors after
     /// `timeout` (or as soon as a member exits).
     pub async fn wait_listening(&mut self, timeout: Duration) -> anyhow::Result<()> {
-        let deadline = tokio::time::Instant::now() + timeout;
-        for url in &self.client_urls {
-            let addr = url.trim_start_matches("http://").to_string();
-            loop {
-                self.procs.check_running()?;
-                if tokio::net::TcpStream::connect(&addr).await.is_ok() {
-                    break;
-                }
-                if tokio::time::Instant::now() > deadline {
-                    bail!("etcd member at {url} did not listen within {timeout:?}");
-                }
-                tokio::time::sleep(Duration::from_millis(50)).await;
-            }
-        }
-        Ok(())
+        self.procs
+            .wait_tcp(
+                &self
+                    .client_urls
+                    .iter()
+                    .map(|u| u.trim_start_matches("http://").to_string())
+                    .collect::<Vec<_>>(),
+                "etcd member",
+                timeout,
+            )
+            .await
     }
 
     /// Stops every member (SIGTERM, then SIGKILL after a grace period).
     pub async fn stop(mut self) -> anyhow::Result<()> {
-        for s in self.procs.stop(STOP_GRACE).await {
-            if s.killed {
-                eprintln!("{} did not stop within {STOP_GRACE:?}: killed", s.name);
-            }
-        }
+        self.procs.stop_reporting(STOP_GRACE).await;
         Ok(())
     }
 }

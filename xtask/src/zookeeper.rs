@@ -162,29 +162,14 @@ impl ZooKeeperCluster {
     /// Waits until every server accepts TCP connections on its client port, or errors after
     /// `timeout` (or as soon as a server exits). A quorum is awaited by the client's first write.
     pub async fn wait_listening(&mut self, timeout: Duration) -> anyhow::Result<()> {
-        let deadline = tokio::time::Instant::now() + timeout;
-        for addr in &self.client_addrs {
-            loop {
-                self.procs.check_running()?;
-                if tokio::net::TcpStream::connect(addr).await.is_ok() {
-                    break;
-                }
-                if tokio::time::Instant::now() > deadline {
-                    bail!("ZooKeeper server at {addr} did not listen within {timeout:?}");
-                }
-                tokio::time::sleep(Duration::from_millis(100)).await;
-            }
-        }
-        Ok(())
+        self.procs
+            .wait_tcp(&self.client_addrs, "ZooKeeper server", timeout)
+            .await
     }
 
     /// Stops every server (SIGTERM, then SIGKILL after a grace period).
     pub async fn stop(mut self) -> anyhow::Result<()> {
-        for s in self.procs.stop(STOP_GRACE).await {
-            if s.killed {
-                eprintln!("{} did not stop within {STOP_GRACE:?}: killed", s.name);
-            }
-        }
+        self.procs.stop_reporting(STOP_GRACE).await;
         Ok(())
     }
 }
