@@ -2,7 +2,9 @@
 //! takes writes; a partition lets both sides write the same keys; after the heal every replica
 //! converges to both siblings (policy `siblings`), and a write naming the read's context resolves
 //! them to one. A write with W = 2 while a replica is down succeeds and leaves a hint, replayed
-//! when the replica returns.
+//! when the replica returns. Prefixes with other policies converge to their own answers: CRDT
+//! counters add up the increments of both sides, an or-set keeps an add made concurrently with a
+//! remove, and an `lww` key keeps one value.
 //!
 //! Partitions go through [`common::relay::Relay`]s: each node reaches each other node through
 //! its own UDP relay, which the test can make drop everything (no firewall rules, nothing left
@@ -16,8 +18,8 @@ use std::time::Duration;
 use common::relay::Relay;
 use common::{eventually, ProcCluster};
 use node::client::Client;
-use node::config::{MemberConfig, Protocol, Replication, ServeConfig};
-use replication_peer::VersionVector;
+use node::config::{MemberConfig, PeerPolicy, Protocol, Replication, ServeConfig};
+use replication_peer::{CrdtOp, CrdtValue, VersionVector};
 
 fn peer_tune(config: &mut ServeConfig) {
     config.replication = Replication::Peer;
@@ -33,7 +35,11 @@ struct PeerCluster {
 
 impl PeerCluster {
     fn start() -> PeerCluster {
-        let mut procs = ProcCluster::prepare(Protocol::Raft, 3, peer_tune);
+        PeerCluster::start_with(peer_tune)
+    }
+
+    fn start_with(tune: fn(&mut ServeConfig)) -> PeerCluster {
+        let mut procs = ProcCluster::prepare(Protocol::Raft, 3, tune);
         let mut relays = BTreeMap::new();
         for a in 1..=3 {
             for b in (1..=3).filter(|&b| b != a) {
@@ -230,4 +236,136 @@ async fn a_w2_write_with_a_replica_down_succeeds_and_its_hint_is_replayed_on_ret
     let doc: serde_json::Value = serde_json::from_str(&out).expect("JSON");
     assert_eq!(doc["replication"], "peer");
     assert_eq!(doc["nodes"].as_array().map(Vec::len), Some(3), "{out}");
+}
+
+fn crdt_tune(config: &mut ServeConfig) {
+    peer_tune(config);
+    let prefixes = &mut config.peer.prefixes;
+    prefixes.insert("views/".into(), PeerPolicy::Counter);
+    prefixes.insert("tags/".into(), PeerPolicy::OrSet);
+    prefixes.insert("cache/".into(), PeerPolicy::Lww);
+}
+
+/// Node `id`'s own copy (R = 1) of a CRDT key.
+async fn local_crdt(client: &Client, key: &str) -> Option<CrdtValue> {
+    client.peer_get(key.to_string(), Some(1)).await.ok()?.crdt
+}
+
+async fn wait_crdt(cluster: &PeerCluster, key: &str, want: &CrdtValue) {
+    for id in 1..=3 {
+        let client = cluster.client_at(id);
+        eventually(&format!("node {id} to hold {want:?} for {key}"), || {
+            let client = &client;
+            async move { (local_crdt(client, key).await.as_ref() == Some(want)).then_some(()) }
+        })
+        .await;
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn across_a_partition_counters_add_up_an_or_set_keeps_concurrent_adds_and_lww_keeps_one() {
+    let cluster = PeerCluster::start_with(crdt_tune);
+    let (one, two) = (cluster.client_at(1), cluster.client_at(2));
+    eventually("the cluster to take an update", || async {
+        one.peer_update("views/warmup", CrdtOp::Increment(1), Some(3))
+            .await
+            .ok()
+    })
+    .await;
+    one.peer_update("tags/t", CrdtOp::Add(b"green".to_vec()), Some(3))
+        .await
+        .expect("add green everywhere");
+
+    // {1, 3} | {2}: both sides update the same keys.
+    cluster.cut(1, 2, true);
+    cluster.cut(2, 3, true);
+    one.peer_update("views/home", CrdtOp::Increment(3), Some(2))
+        .await
+        .expect("side {1, 3} increments");
+    two.peer_update("views/home", CrdtOp::Increment(4), Some(1))
+        .await
+        .expect("side {2} increments");
+    one.peer_update("tags/t", CrdtOp::Add(b"red".to_vec()), Some(2))
+        .await
+        .expect("side {1, 3} adds red");
+    // Side {1, 3} removes green while side {2} adds it again: the add it did not see survives.
+    one.peer_update("tags/t", CrdtOp::Remove(b"green".to_vec()), Some(2))
+        .await
+        .expect("side {1, 3} removes green");
+    two.peer_update("tags/t", CrdtOp::Add(b"green".to_vec()), Some(1))
+        .await
+        .expect("side {2} re-adds green");
+    two.peer_update("tags/t", CrdtOp::Add(b"blue".to_vec()), Some(1))
+        .await
+        .expect("side {2} adds blue");
+    one.peer_put("cache/k", "a", VersionVector::new(), Some(2))
+        .await
+        .expect("side {1, 3} writes cache/k");
+    two.peer_put("cache/k", "b", VersionVector::new(), Some(1))
+        .await
+        .expect("side {2} writes cache/k");
+    // The cut holds: each side sees only its own increments.
+    assert_eq!(
+        local_crdt(&two, "views/home").await,
+        Some(CrdtValue::Counter(4))
+    );
+    assert_eq!(
+        local_crdt(&one, "views/home").await,
+        Some(CrdtValue::Counter(3))
+    );
+
+    cluster.cut(1, 2, false);
+    cluster.cut(2, 3, false);
+    wait_crdt(&cluster, "views/home", &CrdtValue::Counter(7)).await;
+    let set =
+        |items: &[&str]| CrdtValue::Set(items.iter().map(|i| i.as_bytes().to_vec()).collect());
+    wait_crdt(&cluster, "tags/t", &set(&["blue", "green", "red"])).await;
+    // LWW: every replica ends with one and the same value (the other write is dropped, as the
+    // policy documents), whichever side wrote it.
+    let mut winners = Vec::new();
+    for id in 1..=3 {
+        let client = cluster.client_at(id);
+        let values = eventually(&format!("node {id} to hold one value of cache/k"), || {
+            let client = &client;
+            async move {
+                local_values(client, "cache/k")
+                    .await
+                    .filter(|v| v.len() == 1)
+            }
+        })
+        .await;
+        winners.push(values[0].clone());
+    }
+    assert!(
+        winners.iter().all(|w| *w == winners[0]) && ["a", "b"].contains(&winners[0].as_str()),
+        "{winners:?}"
+    );
+
+    // The CLI: `kv get` prints a CRDT's merged value; `kv update` changes it; a plain put on a
+    // CRDT key and an update of a siblings key are refused with a typed error, no crash.
+    let (code, out, err) = cluster.procs.cli(&["kv", "get", "views/home"]);
+    assert_eq!((code, out.trim()), (0, "7"), "{err}");
+    let (code, out, err) =
+        cluster
+            .procs
+            .cli(&["kv", "update", "views/home", "incr", "-2", "--w", "3"]);
+    assert_eq!(code, 0, "{out}{err}");
+    let (code, out, err) = cluster.procs.cli(&["--json", "kv", "get", "views/home"]);
+    assert_eq!(code, 0, "{err}");
+    let doc: serde_json::Value = serde_json::from_str(&out).expect("JSON");
+    assert_eq!(doc["crdt"]["value"], 5, "{out}");
+    let (code, out, _) = cluster.procs.cli(&["kv", "get", "tags/t"]);
+    assert_eq!(
+        (code, out.lines().collect::<Vec<_>>()),
+        (0, vec!["blue", "green", "red"])
+    );
+    let (code, _, err) = cluster.procs.cli(&["kv", "put", "views/home", "x"]);
+    assert_eq!(code, 4, "{err}");
+    assert!(err.contains("policy"), "{err}");
+    let (code, _, err) = cluster.procs.cli(&["kv", "update", "plain", "incr", "1"]);
+    assert_eq!(code, 4, "{err}");
+    let (code, _, err) = cluster
+        .procs
+        .cli(&["kv", "update", "views/home", "incr", "x"]);
+    assert_eq!(code, 2, "{err}");
 }

@@ -198,6 +198,36 @@ pub enum KvCommand {
         #[arg(long, conflicts_with = "expect")]
         absent: bool,
     },
+    /// Peer replication: update a CRDT key (a `[peer.prefixes]` entry names its type). Updates
+    /// made concurrently anywhere merge: increments add up, an add wins over a concurrent
+    /// remove, a register keeps the latest assignment by hybrid logical clock.
+    Update {
+        /// The key.
+        key: String,
+        /// What to do: `incr` (counter), `add` / `remove` (or-set), `assign` (lww-register).
+        #[arg(value_enum)]
+        op: CrdtOpArg,
+        /// The amount (`incr`, may be negative), the element (`add`, `remove`) or the value
+        /// (`assign`).
+        #[arg(allow_hyphen_values = true)]
+        arg: String,
+        /// Replicas that must hold the update durably (default: the cluster's W).
+        #[arg(long, value_name = "W")]
+        w: Option<u32>,
+    },
+}
+
+/// A CRDT operation of `kv update`.
+#[derive(ValueEnum, Debug, Clone, Copy, PartialEq, Eq)]
+pub enum CrdtOpArg {
+    /// Add ARG (an integer, negative to subtract) to a counter.
+    Incr,
+    /// Add the element ARG to a set.
+    Add,
+    /// Remove the element ARG from a set (the adds this replica has seen).
+    Remove,
+    /// Set a register to ARG.
+    Assign,
 }
 
 /// How fresh a read must be.

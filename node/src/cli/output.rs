@@ -222,6 +222,9 @@ pub(super) async fn kv(
             }
             Ok(Outcome::Success)
         }
+        KvCommand::Update { key, op, arg, w } => {
+            super::peer_output::update(client, key, op, arg, w, json).await
+        }
         KvCommand::Cas {
             key,
             new,

@@ -8,10 +8,12 @@ use std::time::Duration;
 use serde::Serialize;
 use serde_json::json;
 
+use super::args::CrdtOpArg;
 use super::{CliError, Outcome};
 use crate::client::{Client, ClientError, PeerWritten};
 use crate::proto::peer::{decode_context, encode_context};
 use crate::proto::{NodeStatus, PeerNodeStatus, ServerError};
+use replication_peer::{CrdtOp, CrdtValue};
 
 /// Whether a consensus request failed because the cluster runs peer replication (then the
 /// command is sent again as a peer request).
@@ -42,6 +44,10 @@ pub(super) async fn get(
     json: bool,
 ) -> Result<Outcome, CliError> {
     let read = client.peer_get(key.clone(), r).await?;
+    if let Some(value) = &read.crdt {
+        print_crdt(&key, read.node, value, json);
+        return Ok(Outcome::Success);
+    }
     let live = read.siblings.iter().filter(|s| s.value.is_some()).count();
     if json {
         let siblings: Vec<SiblingOut> = read
@@ -89,6 +95,62 @@ pub(super) async fn get(
     } else {
         Outcome::ConditionFailed
     })
+}
+
+fn text(bytes: &[u8]) -> String {
+    String::from_utf8_lossy(bytes).into_owned()
+}
+
+/// A CRDT key's merged value: a counter's number, a set's elements one per line (sorted), a
+/// register's value.
+fn print_crdt(key: &str, coordinator: u64, value: &CrdtValue, json: bool) {
+    if json {
+        let value = match value {
+            CrdtValue::Counter(n) => json!({ "type": "counter", "value": n }),
+            CrdtValue::Set(elements) => json!({
+                "type": "or-set",
+                "elements": elements.iter().map(|e| text(e)).collect::<Vec<_>>(),
+            }),
+            CrdtValue::Register(v) => json!({
+                "type": "lww-register",
+                "value": v.as_deref().map(text),
+            }),
+        };
+        println!(
+            "{}",
+            json!({ "key": key, "coordinator": coordinator, "crdt": value })
+        );
+        return;
+    }
+    match value {
+        CrdtValue::Counter(n) => println!("{n}"),
+        CrdtValue::Set(elements) => elements.iter().for_each(|e| println!("{}", text(e))),
+        CrdtValue::Register(Some(v)) => println!("{}", text(v)),
+        CrdtValue::Register(None) => eprintln!("register {key:?} was never assigned"),
+    }
+}
+
+/// `kv update` on a peer cluster's CRDT key.
+pub(super) async fn update(
+    client: &Client,
+    key: String,
+    op: CrdtOpArg,
+    arg: String,
+    w: Option<u32>,
+    json: bool,
+) -> Result<Outcome, CliError> {
+    let op =
+        match op {
+            CrdtOpArg::Incr => CrdtOp::Increment(arg.trim().parse().map_err(|_| {
+                CliError::Usage(format!("incr takes an integer amount, not {arg:?}"))
+            })?),
+            CrdtOpArg::Add => CrdtOp::Add(arg.into_bytes()),
+            CrdtOpArg::Remove => CrdtOp::Remove(arg.into_bytes()),
+            CrdtOpArg::Assign => CrdtOp::Assign(arg.into_bytes()),
+        };
+    let written = client.peer_update(key.clone(), op, w).await?;
+    print_written("update", &key, &written, json);
+    Ok(Outcome::Success)
 }
 
 fn print_written(what: &str, key: &str, written: &PeerWritten, json: bool) {

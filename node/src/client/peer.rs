@@ -5,7 +5,7 @@
 
 use bytes::Bytes;
 use net_quic::NodeId;
-use replication_peer::VersionVector;
+use replication_peer::{CrdtOp, CrdtValue, VersionVector};
 
 use super::{describe_request_error, Client, ClientError, Route};
 use crate::proto::{
@@ -19,6 +19,8 @@ pub struct PeerRead {
     pub node: u64,
     /// Every sibling (empty: the key is absent).
     pub siblings: Vec<PeerSibling>,
+    /// A CRDT key's merged value (`None` for other keys).
+    pub crdt: Option<CrdtValue>,
     /// Send this with the next write to supersede these siblings.
     pub context: VersionVector,
 }
@@ -46,11 +48,14 @@ impl Client {
             (
                 node,
                 PeerReply::Read {
-                    siblings, context, ..
+                    siblings,
+                    crdt,
+                    context,
                 },
             ) => Ok(PeerRead {
                 node,
                 siblings,
+                crdt,
                 context,
             }),
             (node, other) => Err(super::unexpected(node, &Reply::Peer(other))),
@@ -85,6 +90,21 @@ impl Client {
         let request = Request::Peer(PeerRequest::Delete {
             key: key.into(),
             context,
+            w,
+        });
+        self.peer_written(&request).await
+    }
+
+    /// Updates a CRDT key (its prefix's policy names the type) once W replicas hold it.
+    pub async fn peer_update(
+        &self,
+        key: impl Into<Bytes>,
+        op: CrdtOp,
+        w: Option<u32>,
+    ) -> Result<PeerWritten, ClientError> {
+        let request = Request::Peer(PeerRequest::Update {
+            key: key.into(),
+            op,
             w,
         });
         self.peer_written(&request).await

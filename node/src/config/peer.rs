@@ -13,10 +13,18 @@
 //! hint_retry_ms = 500              # unacknowledged pushes (hints) are replayed this often
 //! gc_interval_ms = 5000            # tombstone collection attempts
 //! tombstone_grace_ms = 30000       # wait after every replica holds a tombstone
+//!
+//! [peer.prefixes]                  # optional: a policy per key prefix (longest prefix wins)
+//! "cache/" = "lww"
+//! "views/" = "counter"             # CRDTs, merged automatically: "counter" (PN-counter),
+//! "tags/" = "or-set"               # "or-set" (add wins over a concurrent remove),
+//! "owner/" = "lww-register"        # "lww-register"; written with `quorate kv update`
 //! ```
 //!
-//! Every member must use the same `n`, `vnodes` and `policy` (placement and merges depend on
-//! them). Timing is driven by the node's tick (`[raft] tick_ms`).
+//! Every member must use the same `n`, `vnodes`, `policy` and `prefixes` (placement and merges
+//! depend on them). Timing is driven by the node's tick (`[raft] tick_ms`).
+
+use std::collections::BTreeMap;
 
 use serde::{Deserialize, Serialize};
 
@@ -54,6 +62,23 @@ pub enum PeerPolicy {
     Siblings,
     /// Last writer wins by hybrid logical clock: concurrent writes are dropped (documented loss).
     Lww,
+    /// A positive-negative counter (CRDT): `kv update KEY incr N`; concurrent increments add up.
+    Counter,
+    /// An observed-remove set (CRDT): `kv update KEY add|remove ELEMENT`; an add wins over a
+    /// concurrent remove.
+    OrSet,
+    /// A last-writer-wins register (CRDT) by hybrid logical clock: `kv update KEY assign VALUE`.
+    LwwRegister,
+}
+
+impl PeerPolicy {
+    /// Whether keys under this policy are CRDTs (written with `kv update`, never deleted).
+    pub fn is_crdt(self) -> bool {
+        matches!(
+            self,
+            PeerPolicy::Counter | PeerPolicy::OrSet | PeerPolicy::LwwRegister
+        )
+    }
 }
 
 /// `[peer]`.
@@ -68,8 +93,11 @@ pub struct PeerSettings {
     pub w: usize,
     /// Ring points per member.
     pub vnodes: u32,
-    /// Conflict policy for every key.
+    /// Conflict policy of every key no prefix names. Must not be a CRDT (it would make every
+    /// key a CRDT, which no `kv put` can write).
     pub policy: PeerPolicy,
+    /// Policies per key prefix (the longest matching prefix wins).
+    pub prefixes: BTreeMap<String, PeerPolicy>,
     /// Anti-entropy interval.
     pub anti_entropy_interval_ms: u64,
     /// Hint replay interval.
@@ -88,6 +116,7 @@ impl Default for PeerSettings {
             w: 2,
             vnodes: 64,
             policy: PeerPolicy::Siblings,
+            prefixes: BTreeMap::new(),
             anti_entropy_interval_ms: 1_000,
             hint_retry_ms: 500,
             gc_interval_ms: 5_000,
@@ -110,6 +139,19 @@ impl PeerSettings {
         if self.vnodes == 0 {
             return Err("peer.vnodes must be at least 1".into());
         }
+        if self.policy.is_crdt() {
+            return Err(format!(
+                "peer.policy = {:?} is a CRDT; name CRDT key ranges in [peer.prefixes] and keep \
+                 the default \"siblings\" or \"lww\"",
+                self.policy
+            ));
+        }
+        if self.prefixes.contains_key("") {
+            return Err(
+                "peer.prefixes: an empty prefix would cover every key; set peer.policy instead"
+                    .into(),
+            );
+        }
         Ok(())
     }
 }
@@ -128,5 +170,27 @@ mod tests {
         assert!(bad.validate().unwrap_err().contains("peer.w"));
         assert_eq!("peer".parse::<Replication>(), Ok(Replication::Peer));
         assert!("gossip".parse::<Replication>().is_err());
+    }
+
+    #[test]
+    fn prefixes_parse_from_toml_and_a_crdt_default_is_refused() {
+        let settings: PeerSettings = toml::from_str(
+            "policy = \"lww\"\n[prefixes]\n\"views/\" = \"counter\"\n\"tags/\" = \"or-set\"\n\"owner/\" = \"lww-register\"\n",
+        )
+        .expect("parses");
+        assert_eq!(settings.policy, PeerPolicy::Lww);
+        assert_eq!(settings.prefixes["views/"], PeerPolicy::Counter);
+        assert_eq!(settings.prefixes["tags/"], PeerPolicy::OrSet);
+        assert_eq!(settings.prefixes["owner/"], PeerPolicy::LwwRegister);
+        assert!(settings.validate().is_ok());
+        let crdt_default = PeerSettings {
+            policy: PeerPolicy::Counter,
+            ..PeerSettings::default()
+        };
+        assert!(crdt_default.validate().unwrap_err().contains("CRDT"));
+        let mut empty = PeerSettings::default();
+        empty.prefixes.insert(String::new(), PeerPolicy::Lww);
+        assert!(empty.validate().unwrap_err().contains("empty prefix"));
+        assert!(toml::from_str::<PeerSettings>("[prefixes]\n\"a/\" = \"gcounter\"\n").is_err());
     }
 }

@@ -24,7 +24,7 @@ use std::sync::Arc;
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
 use net_quic::{ClientRequest, Endpoint, NodeId as NetNodeId, PeerMessage as NetPeerMessage};
-use replication_peer::{Limits, Peer, Policy, PolicyTable, RequestId};
+use replication_peer::{CrdtKind, Limits, Peer, Policy, PolicyTable, RequestId};
 use tokio::sync::{mpsc, watch};
 use tracing::{debug, info, warn, Instrument};
 
@@ -51,10 +51,12 @@ fn engine_config(config: &ServeConfig) -> replication_peer::Config {
     let s = &config.peer;
     c.replication = s.n;
     c.vnodes = s.vnodes;
-    c.policies = PolicyTable::new(match s.policy {
-        PeerPolicy::Siblings => Policy::Siblings,
-        PeerPolicy::Lww => Policy::Lww,
-    });
+    c.policies = s
+        .prefixes
+        .iter()
+        .fold(PolicyTable::new(policy(s.policy)), |table, (prefix, p)| {
+            table.with_prefix(prefix.as_bytes(), policy(*p))
+        });
     c.limits = Limits {
         max_key_bytes: config.limits.max_key_bytes as usize,
         max_value_bytes: config.limits.max_value_bytes as usize,
@@ -67,6 +69,17 @@ fn engine_config(config: &ServeConfig) -> replication_peer::Config {
     c.tombstone_grace_ms = s.tombstone_grace_ms;
     c.max_pending_requests = config.limits.max_pending_requests;
     c
+}
+
+/// The engine's policy for the configured one.
+fn policy(policy: PeerPolicy) -> Policy {
+    match policy {
+        PeerPolicy::Siblings => Policy::Siblings,
+        PeerPolicy::Lww => Policy::Lww,
+        PeerPolicy::Counter => Policy::Crdt(CrdtKind::Counter),
+        PeerPolicy::OrSet => Policy::Crdt(CrdtKind::OrSet),
+        PeerPolicy::LwwRegister => Policy::Crdt(CrdtKind::LwwRegister),
+    }
 }
 
 /// Opens the peer log, recovers the engine from it, and returns the driver to start.

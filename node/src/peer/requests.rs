@@ -44,6 +44,11 @@ pub(super) fn engine_request(
             context,
             w: quorum(w, settings.w),
         },
+        PeerRequest::Update { key, op, w } => Request::Update {
+            key: key_of(key)?,
+            op,
+            w: quorum(w, settings.w),
+        },
         PeerRequest::Status => return Ok(None),
     }))
 }

@@ -11,7 +11,7 @@
 use std::collections::BTreeMap;
 
 use bytes::Bytes;
-use replication_peer::{CrdtValue, VersionVector};
+use replication_peer::{CrdtOp, CrdtValue, VersionVector};
 use serde::{Deserialize, Serialize};
 
 /// A client request to a peer-replicated cluster. `r`/`w` `None`: the cluster's `[peer]`
@@ -48,6 +48,16 @@ pub enum PeerRequest {
     },
     /// This node's replication status: hints and anti-entropy per peer.
     Status,
+    /// Update a CRDT key (a prefix with policy `counter`, `or-set` or `lww-register`); merged
+    /// automatically with concurrent updates, so it needs no context.
+    Update {
+        /// Key.
+        key: Bytes,
+        /// The operation.
+        op: CrdtOp,
+        /// Replicas that must hold it durably before the reply.
+        w: Option<u32>,
+    },
 }
 
 /// One sibling of a read.
