@@ -41,6 +41,15 @@ pub enum StoreError {
         /// The protocol recorded in the directory.
         found: String,
     },
+    /// The data directory holds a peer-replication node's log (`replication = "peer"`).
+    #[error(
+        "data directory {dir} holds a peer node's log (peer-wal/); start the node with \
+         replication = \"peer\" or point it at a new data directory"
+    )]
+    PeerDataDir {
+        /// The data directory.
+        dir: PathBuf,
+    },
     /// The data directory was created for another cluster.
     #[error(
         "data directory {dir} belongs to cluster {found:?}, not {expected:?}; \

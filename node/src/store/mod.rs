@@ -273,6 +273,10 @@ impl<H: DurableState> LogStore<H> {
         let dir = dir.as_ref().to_path_buf();
         fs.create_dir_all(&dir)
             .map_err(|e| StoreError::io("create directory", &dir, e))?;
+        // A peer node's directory (node/src/peer/log.rs) refuses a consensus log the same way.
+        if fs.list(&dir.join("peer-wal")).is_ok() {
+            return Err(StoreError::PeerDataDir { dir });
+        }
         snapfile::remove_tmp(fs.as_ref(), &dir)?;
         let wal_dir = dir.join(WAL_DIR);
         let wal = Wal::open_with_fs(fs.clone(), &wal_dir, options.wal.clone())?;

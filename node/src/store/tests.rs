@@ -673,6 +673,24 @@ fn a_directory_of_another_cluster_or_node_is_refused() {
 }
 
 #[test]
+fn a_peer_nodes_directory_is_refused_and_left_untouched() {
+    let dir = tempfile::tempdir().unwrap();
+    std::fs::create_dir(dir.path().join("peer-wal")).unwrap();
+    let error =
+        LogStore::<HardState>::open(dir.path(), identity(1), ConfState::default(), options(0))
+            .expect_err("a peer node's directory must not open as a consensus store");
+    assert!(matches!(error, StoreError::PeerDataDir { .. }), "{error:?}");
+    assert!(
+        error.to_string().contains("replication = \"peer\""),
+        "{error}"
+    );
+    assert!(
+        !dir.path().join(WAL_DIR).exists(),
+        "no consensus log was created beside it"
+    );
+}
+
+#[test]
 fn a_directory_created_for_another_protocol_is_refused_naming_both() {
     let dir = tempfile::tempdir().unwrap();
     drop(open(dir.path(), 0));
