@@ -573,9 +573,18 @@ async fn run_async(args: Args) -> anyhow::Result<()> {
             crate::bench_cluster_peer::run_peer(bin, &peer_dir, &args.clients, args.ops, &progress)
                 .await?,
         );
-        convergence =
-            crate::bench_cluster_peer::convergence(bin, &peer_dir, &args.divergent, &progress)
-                .await?;
+        for repair in crate::bench_cluster_peer::Repair::ALL {
+            convergence.extend(
+                crate::bench_cluster_peer::convergence(
+                    bin,
+                    &peer_dir.join(format!("repair-{}", convergence.len())),
+                    &args.divergent,
+                    repair,
+                    &progress,
+                )
+                .await?,
+            );
+        }
     }
     progress.finish_and_clear();
 

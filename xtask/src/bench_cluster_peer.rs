@@ -6,9 +6,11 @@
 //!   checks). Clients spread over the nodes (any node coordinates).
 //! - Convergence after a heal: one 3-node peer cluster whose nodes reach each other through UDP
 //!   relays; per round node 3 is cut off, `K` new keys are written at node 1 (W = 2, 64 tasks),
-//!   the cut heals, and the time until node 3 holds every key is measured (hinted handoff and
-//!   Merkle anti-entropy at the node's defaults). Printed as a table and drawn as
-//!   `peer-convergence.svg`.
+//!   the cut heals, and the time until node 3 holds every key is measured. Two series: the
+//!   node's defaults (hinted handoff repairs up to 10,000 keys, Merkle anti-entropy the rest),
+//!   and anti-entropy alone (`max_hints_per_peer = 1`: every push to the cut node but one is
+//!   dropped, so Merkle exchanges find and repair the differences). Printed as a table and drawn
+//!   as `peer-convergence.svg`.
 
 use std::net::{SocketAddr, UdpSocket};
 use std::path::{Path, PathBuf};
@@ -208,8 +210,38 @@ impl Drop for Relay {
     }
 }
 
+/// What repairs the node that was cut off.
+#[derive(Clone, Copy, PartialEq, Eq)]
+pub(crate) enum Repair {
+    /// The node's defaults: hinted handoff, then anti-entropy past the hint bound.
+    HintsAndAntiEntropy,
+    /// Merkle anti-entropy only (one hint per peer kept).
+    AntiEntropyOnly,
+}
+
+impl Repair {
+    /// Both series, in the order they run.
+    pub const ALL: [Repair; 2] = [Repair::HintsAndAntiEntropy, Repair::AntiEntropyOnly];
+
+    fn name(self) -> &'static str {
+        match self {
+            Repair::HintsAndAntiEntropy => "hints + anti-entropy",
+            Repair::AntiEntropyOnly => "anti-entropy only",
+        }
+    }
+
+    fn color(self) -> RGBColor {
+        match self {
+            Repair::HintsAndAntiEntropy => RGBColor(0x2c, 0xa0, 0x2c),
+            Repair::AntiEntropyOnly => RGBColor(0x1f, 0x77, 0xb4),
+        }
+    }
+}
+
 /// One convergence round.
 pub(crate) struct Convergence {
+    /// What repaired it.
+    pub repair: Repair,
     /// Keys written while node 3 was cut off.
     pub keys: usize,
     /// From the heal until node 3 held them all.
@@ -223,6 +255,7 @@ pub(crate) async fn convergence(
     bin: &Path,
     dir: &Path,
     divergent: &[usize],
+    repair: Repair,
     progress: &ProgressBar,
 ) -> anyhow::Result<Vec<Convergence>> {
     let ports = cluster::free_ports(3, true)?;
@@ -249,6 +282,9 @@ pub(crate) async fn convergence(
         QuorateCluster::start_tuned(bin, &dir.join("peer-converge"), &ports, &|id, c| {
             c.replication = Replication::Peer;
             c.members = members_of(id);
+            if repair == Repair::AntiEntropyOnly {
+                c.peer.max_hints_per_peer = 1;
+            }
         })?;
     let result = async {
         wait_ready(&mut nodes, Duration::from_secs(30)).await?;
@@ -263,7 +299,10 @@ pub(crate) async fn convergence(
         let mut rows = Vec::new();
         let mut total = three.peer_status_of(3).await?.keys;
         for (round, &k) in divergent.iter().enumerate() {
-            progress.set_message(format!("peer convergence: {k} divergent keys"));
+            progress.set_message(format!(
+                "peer convergence ({}): {k} divergent keys",
+                repair.name()
+            ));
             let cut = |on: bool| {
                 for (&(a, b), r) in &relays {
                     if a == 3 || b == 3 {
@@ -310,6 +349,7 @@ pub(crate) async fn convergence(
                 tokio::time::sleep(Duration::from_millis(20)).await;
             }
             rows.push(Convergence {
+                repair,
                 keys: k,
                 converged: healed.elapsed(),
                 hints_at_heal,
@@ -325,15 +365,16 @@ pub(crate) async fn convergence(
 
 /// Prints the convergence table.
 pub(crate) fn print_convergence(rows: &[Convergence]) {
-    println!("peer convergence after a heal (node 3 cut off while keys were written at node 1 with W=2; defaults: tick 100 ms, anti-entropy every 1 s, hints replayed 64 per tick)");
+    println!("peer convergence after a heal (node 3 cut off while keys were written at node 1 with W=2; defaults: tick 100 ms, anti-entropy every 1 s, hints replayed 64 per tick, 10,000 hints per peer; anti-entropy only: 1 hint per peer)");
     println!(
-        "{:>15} {:>14} {:>12} {:>18}",
-        "divergent keys", "converged (s)", "keys/s", "hints at heal"
+        "{:>22} {:>15} {:>14} {:>12} {:>18}",
+        "repair", "divergent keys", "converged (s)", "keys/s", "hints at heal"
     );
     for r in rows {
         let secs = r.converged.as_secs_f64();
         println!(
-            "{:>15} {:>14.2} {:>12.0} {:>18}",
+            "{:>22} {:>15} {:>14.2} {:>12.0} {:>18}",
+            r.repair.name(),
             r.keys,
             secs,
             r.keys as f64 / secs.max(1e-9),
@@ -383,16 +424,22 @@ fn draw(path: &Path, rows: &[Convergence]) -> Result<(), Box<dyn std::error::Err
         .x_label_formatter(&|x| format!("{x:.0}"))
         .y_label_formatter(&|y| format!("{y:.2}"))
         .draw()?;
-    let c = RGBColor(0x2c, 0xa0, 0x2c);
-    let points: Vec<(f64, f64)> = rows
-        .iter()
-        .map(|r| (r.keys as f64, r.converged.as_secs_f64()))
-        .collect();
-    chart
-        .draw_series(LineSeries::new(points.clone(), c.stroke_width(2)))?
-        .label("quorate peer (hints + anti-entropy)")
-        .legend(move |(x, y)| PathElement::new(vec![(x, y), (x + 20, y)], c.stroke_width(2)));
-    chart.draw_series(points.into_iter().map(|p| Circle::new(p, 4, c.filled())))?;
+    for repair in Repair::ALL {
+        let c = repair.color();
+        let points: Vec<(f64, f64)> = rows
+            .iter()
+            .filter(|r| r.repair == repair)
+            .map(|r| (r.keys as f64, r.converged.as_secs_f64()))
+            .collect();
+        if points.is_empty() {
+            continue;
+        }
+        chart
+            .draw_series(LineSeries::new(points.clone(), c.stroke_width(2)))?
+            .label(format!("quorate peer ({})", repair.name()))
+            .legend(move |(x, y)| PathElement::new(vec![(x, y), (x + 20, y)], c.stroke_width(2)));
+        chart.draw_series(points.into_iter().map(|p| Circle::new(p, 4, c.filled())))?;
+    }
     chart
         .configure_series_labels()
         .position(SeriesLabelPosition::UpperLeft)

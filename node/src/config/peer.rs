@@ -11,6 +11,7 @@
 //! policy = "siblings"              # or "lww": how concurrent writes resolve
 //! anti_entropy_interval_ms = 1000  # Merkle exchanges start this often
 //! hint_retry_ms = 500              # unacknowledged pushes (hints) are replayed this often
+//! max_hints_per_peer = 10000       # hints kept per peer; past it anti-entropy repairs instead
 //! gc_interval_ms = 5000            # tombstone collection attempts
 //! tombstone_grace_ms = 30000       # wait after every replica holds a tombstone
 //!
@@ -102,6 +103,8 @@ pub struct PeerSettings {
     pub anti_entropy_interval_ms: u64,
     /// Hint replay interval.
     pub hint_retry_ms: u64,
+    /// Hints kept per peer (at least 1); pushes past it are left to anti-entropy.
+    pub max_hints_per_peer: usize,
     /// Tombstone collection interval.
     pub gc_interval_ms: u64,
     /// Grace after every replica holds a tombstone.
@@ -119,6 +122,7 @@ impl Default for PeerSettings {
             prefixes: BTreeMap::new(),
             anti_entropy_interval_ms: 1_000,
             hint_retry_ms: 500,
+            max_hints_per_peer: 10_000,
             gc_interval_ms: 5_000,
             tombstone_grace_ms: 30_000,
         }
@@ -138,6 +142,9 @@ impl PeerSettings {
         }
         if self.vnodes == 0 {
             return Err("peer.vnodes must be at least 1".into());
+        }
+        if self.max_hints_per_peer == 0 {
+            return Err("peer.max_hints_per_peer must be at least 1".into());
         }
         if self.policy.is_crdt() {
             return Err(format!(

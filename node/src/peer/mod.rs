@@ -64,6 +64,7 @@ fn engine_config(config: &ServeConfig) -> replication_peer::Config {
     };
     c.request_timeout_ms = config.limits.request_timeout_ms;
     c.hint_retry_ms = s.hint_retry_ms;
+    c.max_hints_per_peer = s.max_hints_per_peer;
     c.anti_entropy_interval_ms = s.anti_entropy_interval_ms;
     c.gc_interval_ms = s.gc_interval_ms;
     c.tombstone_grace_ms = s.tombstone_grace_ms;
