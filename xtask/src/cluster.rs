@@ -124,6 +124,17 @@ impl Supervisor {
         }
     }
 
+    /// Kills `name` at once (SIGKILL, as a crash) and forgets it; `false` if no such process.
+    pub fn kill(&mut self, name: &str) -> bool {
+        let Some(at) = self.procs.iter().position(|p| p.name == name) else {
+            return false;
+        };
+        let mut p = self.procs.remove(at);
+        let _ = p.child.kill();
+        let _ = p.child.wait();
+        true
+    }
+
     /// Stops every process: SIGTERM to all, wait up to `grace` for them to exit, SIGKILL the rest.
     pub async fn stop(&mut self, grace: Duration) -> Vec<Stopped> {
         for p in &mut self.procs {
@@ -308,6 +319,7 @@ pub struct QuorateCluster {
     pub dir: PathBuf,
     /// Node ids and client addresses.
     pub endpoints: Vec<(u64, std::net::SocketAddr)>,
+    bin: PathBuf,
     procs: Supervisor,
 }
 
@@ -366,15 +378,27 @@ impl QuorateCluster {
             let toml_path = node_dir.join("node.toml");
             std::fs::write(&toml_path, config.to_toml_string()?)
                 .with_context(|| format!("writing {}", toml_path.display()))?;
-            let mut cmd = Command::new(bin);
-            cmd.arg("serve").arg("--config").arg(&toml_path);
-            procs.spawn(&format!("node-{id}"), &mut cmd, &node_dir.join("node.log"))?;
+            spawn_node(&mut procs, bin, &dir, id)?;
         }
         Ok(QuorateCluster {
             dir,
             endpoints,
+            bin: bin.to_path_buf(),
             procs,
         })
+    }
+
+    /// Kills node `id` with SIGKILL (a crash: nothing unsynced survives).
+    pub fn kill_node(&mut self, id: u64) -> anyhow::Result<()> {
+        if !self.procs.kill(&format!("node-{id}")) {
+            bail!("node {id} is not running");
+        }
+        Ok(())
+    }
+
+    /// Starts node `id` again from its configuration and data.
+    pub fn restart_node(&mut self, id: u64) -> anyhow::Result<()> {
+        spawn_node(&mut self.procs, &self.bin, &self.dir, id)
     }
 
     /// The certificate folder.
@@ -450,6 +474,16 @@ impl QuorateCluster {
     pub async fn stop(mut self) -> Vec<Stopped> {
         self.procs.stop(STOP_GRACE).await
     }
+}
+
+/// `bin serve --config <dir>/node-<id>/node.toml`, its output appended to that node's log.
+fn spawn_node(procs: &mut Supervisor, bin: &Path, dir: &Path, id: u64) -> anyhow::Result<()> {
+    let node_dir = dir.join(format!("node-{id}"));
+    let mut cmd = Command::new(bin);
+    cmd.arg("serve")
+        .arg("--config")
+        .arg(node_dir.join("node.toml"));
+    procs.spawn(&format!("node-{id}"), &mut cmd, &node_dir.join("node.log"))
 }
 
 fn absolute(path: &Path) -> anyhow::Result<PathBuf> {
