@@ -34,6 +34,9 @@ pub struct Config {
     pub anti_entropy_interval_ms: u64,
     /// Exchanges (one partition with one peer) started each interval.
     pub anti_entropy_exchanges: usize,
+    /// Compare every shared partition at once with a peer that returns: heard from for the
+    /// first time since this node started, or after three intervals of silence.
+    pub anti_entropy_on_return: bool,
     /// Merkle tree fanout.
     pub merkle_fanout: u32,
     /// Merkle tree depth (levels below the root).
@@ -66,6 +69,7 @@ impl Config {
             hint_replays_per_tick: 64,
             anti_entropy_interval_ms: 1_000,
             anti_entropy_exchanges: 4,
+            anti_entropy_on_return: true,
             merkle_fanout: 16,
             merkle_depth: 3,
             gc_interval_ms: 5_000,

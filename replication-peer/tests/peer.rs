@@ -24,6 +24,7 @@ fn get(key: &str, r: usize) -> Request {
 fn quiet(c: &mut Config) {
     // Keep background work out of the way unless a test advances time.
     c.anti_entropy_interval_ms = 1_000_000;
+    c.anti_entropy_on_return = false;
     c.gc_interval_ms = 1_000_000;
     c.policies = PolicyTable::new(Policy::Siblings)
         .with_prefix("l/", Policy::Lww)
@@ -218,6 +219,34 @@ fn hints_are_bounded_and_replayed_when_the_replica_returns() {
         })
         .count();
     assert_eq!(held, 3, "the three remembered hints were handed off");
+}
+
+#[test]
+fn a_replica_that_restarts_behind_is_repaired_by_anti_entropy_as_soon_as_it_is_heard_from() {
+    // No hints, no periodic exchange in the test's time: only the return can repair node 3.
+    let mut c = Cluster::new(&[1, 2, 3], |cfg| {
+        quiet(cfg);
+        cfg.anti_entropy_on_return = true;
+        cfg.max_hints_per_peer = 1;
+    });
+    c.request(1, put("warm", "v", VersionVector::new(), 3));
+    c.cut.insert(3);
+    for i in 0..20 {
+        c.request(1, put(&format!("k{i}"), "v", VersionVector::new(), 2));
+    }
+    c.cut.clear();
+    c.restart(1); // forget the one hint
+    c.restart(3);
+    // Node 3 speaks (a read of its own), so its peers hear from it after its restart.
+    c.request(3, get("warm", 3));
+    c.run();
+    for i in 0..20 {
+        let k = format!("k{i}");
+        assert!(
+            c.peers[&3].local_object(k.as_bytes()).is_some(),
+            "{k} repaired on node 3"
+        );
+    }
 }
 
 #[test]

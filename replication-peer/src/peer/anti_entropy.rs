@@ -2,6 +2,12 @@
 //! the children of differing nodes, level by level, then the `(key, digest)` entries of differing
 //! leaves, then only the objects that differ. Traffic grows with the differences, not the data:
 //! about `depth × fanout × 12` bytes per differing leaf, plus its entries and the objects.
+//!
+//! Exchanges run round-robin over every (partition, peer) pair, a few per interval, so a full
+//! pass takes `pairs / exchanges` intervals whatever the differences. A peer heard from after
+//! [`RETURN_AFTER_INTERVALS`] intervals of silence (or for the first time since this node
+//! started) is taken to be back from a crash or a partition: every partition shared with it is
+//! compared at once, so repair after a return does not wait for the round-robin.
 
 use std::collections::BTreeMap;
 
@@ -19,7 +25,12 @@ pub(crate) struct AntiEntropy {
     cursor: usize,
     next_at: u64,
     pub(crate) last_exchange: BTreeMap<NodeId, u64>,
+    /// When each peer's last message arrived.
+    last_heard: BTreeMap<NodeId, u64>,
 }
+
+/// Silence, in anti-entropy intervals, after which a peer heard again counts as returned.
+pub(crate) const RETURN_AFTER_INTERVALS: u64 = 3;
 
 impl AntiEntropy {
     pub(crate) fn new(ring: &Ring, me: NodeId) -> Self {
@@ -36,6 +47,7 @@ impl AntiEntropy {
             cursor: 0,
             next_at: 0,
             last_exchange: BTreeMap::new(),
+            last_heard: BTreeMap::new(),
         }
     }
 }
@@ -63,6 +75,19 @@ impl Peer {
                     nodes: vec![(0, root)],
                 },
             );
+        }
+    }
+
+    /// Notes a message from `from`; starts a full exchange with it if it has just returned.
+    pub(super) fn heard_from(&mut self, from: NodeId) {
+        let silence = RETURN_AFTER_INTERVALS.saturating_mul(self.config.anti_entropy_interval_ms);
+        let returned = self
+            .anti_entropy
+            .last_heard
+            .insert(from, self.now)
+            .is_none_or(|last| self.now.saturating_sub(last) > silence);
+        if returned && self.config.anti_entropy_on_return {
+            self.start_anti_entropy_with(from);
         }
     }
 

@@ -236,6 +236,7 @@ impl Peer {
         if from == self.id() || !self.ring.members().contains(&from) {
             return Err(StepError::UnknownSender(from));
         }
+        self.heard_from(from);
         match message {
             Message::Replicate {
                 tag,
