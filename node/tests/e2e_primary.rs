@@ -193,3 +193,105 @@ async fn all_mode_loses_no_acknowledged_write_when_the_primary_is_killed_under_w
 async fn quorum_mode_loses_no_acknowledged_write_when_the_primary_is_killed_under_writes() {
     primary_killed_under_writes(pb_quorum, "quorum").await;
 }
+
+/// The in-sync set the primary `id` reports.
+async fn in_sync(client: &Client, id: u64) -> Vec<u64> {
+    let status = client.status_of(id).await.expect("status");
+    detail(&status, "in_sync")
+        .unwrap_or("")
+        .split(',')
+        .filter_map(|s| s.parse().ok())
+        .collect()
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_restarted_backup_catches_up_rejoins_the_in_sync_set_and_status_shows_each_step() {
+    let _serial = SERIAL.lock().await;
+    let mut cluster = ProcCluster::start_with(Protocol::Raft, 3, pb_all);
+    let client = cluster.client();
+    let primary = wait_primary(&client, &[1, 2, 3]).await.id;
+    for i in 0..20 {
+        client.put(format!("a-{i:02}"), "1").await.expect("put");
+    }
+    let backup = [1, 2, 3].into_iter().find(|&id| id != primary).unwrap();
+    wait_caught_up(&client, primary, backup).await;
+
+    // The backup dies: the primary's lease from it runs out, the manager removes it from the
+    // in-sync set, and writes are acknowledged again without it.
+    cluster.kill(backup);
+    for i in 0..50 {
+        client.put(format!("b-{i:02}"), "2").await.expect("put");
+    }
+    assert!(!in_sync(&client, primary).await.contains(&backup));
+    let (code, out, err) = cluster.cli(&["cluster", "status"]);
+    assert_eq!(code, 0, "{out}{err}");
+    eprintln!("{out}");
+    assert!(
+        out.contains(&format!("primary: node {primary}, epoch ")) && out.contains("serving"),
+        "status names the primary and its epoch: {out}"
+    );
+    assert!(
+        !out.contains(&format!("node {backup} 0")),
+        "the dead backup shows a lag: {out}"
+    );
+
+    // It comes back, catches up from the primary's log and is added back.
+    cluster.spawn(backup);
+    let status = wait_caught_up(&client, primary, backup).await;
+    assert_eq!(status.keys, 70);
+    eventually("the backup rejoins the in-sync set", || async {
+        in_sync(&client, primary)
+            .await
+            .contains(&backup)
+            .then_some(())
+    })
+    .await;
+    let (code, out, _) = cluster.cli(&["--json", "cluster", "status"]);
+    assert_eq!(code, 0);
+    let json: serde_json::Value = serde_json::from_str(&out).expect("status --json");
+    let pb = &json["primary_backup"];
+    assert_eq!(pb["primary"], primary, "{out}");
+    assert_eq!(pb["in_sync"].as_array().map(Vec::len), Some(3), "{out}");
+    assert!(
+        pb["backup_lag"]
+            .as_array()
+            .is_some_and(|lags| lags.iter().any(|l| l[0] == backup)),
+        "{out}"
+    );
+
+    // Reads: stale at the backup from its own state; linearizable through a client that knows
+    // only the backup is sent to the primary and sees the latest write.
+    client.put("last", "3").await.expect("put");
+    let only_backup = cluster.client_of(&[backup], Duration::from_secs(10), Duration::from_secs(2));
+    let latest = only_backup
+        .get("last", Consistency::Linearizable)
+        .await
+        .expect("linearizable get through a backup");
+    assert_eq!(latest.map(|kv| kv.value.to_vec()), Some(b"3".to_vec()));
+    let stale = eventually("the backup applies the last write", || async {
+        let kv = only_backup.get("b-49", Consistency::Stale).await.ok()??;
+        Some(kv)
+    })
+    .await;
+    assert_eq!(stale.value.to_vec(), b"2".to_vec());
+
+    // Its data directory records the mode: started as a Raft node it refuses to open.
+    cluster.kill(backup);
+    let mut config = cluster.config(backup, false);
+    config.replication = Replication::Consensus;
+    std::fs::write(
+        cluster.config_path(backup),
+        config.to_toml_string().unwrap(),
+    )
+    .unwrap();
+    cluster.spawn(backup);
+    let exit = cluster
+        .wait_exit(backup, common::WAIT)
+        .expect("a raft node on a primary-backup data directory exits");
+    assert!(!exit.success());
+    let log = cluster.log(backup);
+    assert!(
+        log.contains("created for protocol \"primary-backup\", not \"raft\""),
+        "the error names both modes: {log}"
+    );
+}
