@@ -8,7 +8,10 @@
 //!   rejoins the in-sync set;
 //! - reads: linearizable at the primary (a client asking a backup is sent there), stale at a
 //!   backup; `cluster status` names primary, epoch, in-sync set and each backup's lag;
-//! - a data directory records its mode: a Raft node refuses a primary-backup one.
+//! - a data directory records its mode: a Raft node refuses a primary-backup one;
+//! - a primary cut off from both backups (UDP relays, [`common::relay`]) stops serving once its
+//!   leases run out, before the others' grace period lets one of them take over; it acknowledges
+//!   nothing meanwhile, and after the heal it follows the new epoch.
 //!
 //! Tests here run one at a time (2 cores shared).
 
@@ -19,9 +22,10 @@ use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
+use common::relay::Relay;
 use common::{eventually, ProcCluster};
 use node::client::Client;
-use node::config::{AckSetting, Protocol, Replication, ServeConfig};
+use node::config::{AckSetting, MemberConfig, Protocol, Replication, ServeConfig};
 use node::proto::{Consistency, NodeStatus, Role};
 
 /// One cluster at a time.
@@ -294,4 +298,113 @@ async fn a_restarted_backup_catches_up_rejoins_the_in_sync_set_and_status_shows_
         log.contains("created for protocol \"primary-backup\", not \"raft\""),
         "the error names both modes: {log}"
     );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_partitioned_primary_stops_serving_when_its_leases_run_out_and_follows_after_the_heal() {
+    let _serial = SERIAL.lock().await;
+    // Every node reaches every other through its own relay; clients reach nodes directly.
+    let mut procs = ProcCluster::prepare(Protocol::Raft, 3, pb_all);
+    let mut relays = BTreeMap::new();
+    for a in 1..=3u64 {
+        for b in (1..=3u64).filter(|&b| b != a) {
+            relays.insert((a, b), Relay::new(procs.addrs[&b]));
+        }
+    }
+    for id in 1..=3u64 {
+        let mut config = procs.config(id, false);
+        config.members = (1..=3)
+            .map(|m| MemberConfig {
+                id: m,
+                addr: if m == id {
+                    procs.addrs[&m]
+                } else {
+                    relays[&(id, m)].addr()
+                },
+            })
+            .collect();
+        std::fs::write(procs.config_path(id), config.to_toml_string().unwrap()).unwrap();
+        procs.spawn(id);
+    }
+    let client = procs.client();
+    let old = wait_primary(&client, &[1, 2, 3]).await;
+    for i in 0..10 {
+        client.put(format!("before-{i}"), "1").await.expect("put");
+    }
+    let at_old = procs.client_of(&[old.id], Duration::from_secs(2), Duration::from_secs(1));
+    at_old
+        .get("before-9", Consistency::Linearizable)
+        .await
+        .expect("the primary serves linearizable reads");
+
+    for other in [1, 2, 3].into_iter().filter(|&id| id != old.id) {
+        relays[&(old.id, other)].cut(true);
+        relays[&(other, old.id)].cut(true);
+    }
+    let cut_at = Instant::now();
+    // Until a backup serves in a new epoch: each round asks the others first, then the old
+    // primary. A backup serving at the first answer and the old primary serving at the later one
+    // would be two primaries serving at once.
+    let others: Vec<u64> = [1, 2, 3].into_iter().filter(|&id| id != old.id).collect();
+    let stopped = std::sync::Mutex::new(None);
+    let (next, took_over) = eventually("a backup serves in a new epoch", || async {
+        let mut serving_new = None;
+        for &id in &others {
+            if let Ok(status) = client.status_of(id).await {
+                if status.role == Role::Leader && detail(&status, "serving") == Some("true") {
+                    serving_new = Some(status);
+                }
+            }
+        }
+        let took = cut_at.elapsed();
+        if let Ok(status) = at_old.status_of(old.id).await {
+            let serving = detail(&status, "serving") == Some("true");
+            if let Some(new) = &serving_new {
+                assert!(
+                    !serving,
+                    "node {} serves in epoch {} while the old primary {} still serves",
+                    new.id, new.term, old.id
+                );
+            }
+            let mut stopped = stopped.lock().unwrap();
+            if !serving && stopped.is_none() {
+                *stopped = Some(cut_at.elapsed());
+            }
+        }
+        serving_new.map(|s| (s, took))
+    })
+    .await;
+    assert!(
+        next.term > old.term,
+        "a new epoch: {} then {}",
+        old.term,
+        next.term
+    );
+    let stopped = stopped.into_inner().unwrap();
+    eprintln!(
+        "partition: old primary {} seen not serving {stopped:?} after the cut; node {} serving in epoch {} after {took_over:?}",
+        old.id, next.id, next.term
+    );
+    // Cut off, the old primary acknowledges nothing and serves no linearizable read.
+    assert!(at_old.put("during", "lost").await.is_err());
+    assert!(at_old
+        .get("before-9", Consistency::Linearizable)
+        .await
+        .is_err());
+    client
+        .put("after", "2")
+        .await
+        .expect("put at the new primary");
+
+    for other in others {
+        relays[&(old.id, other)].cut(false);
+        relays[&(other, old.id)].cut(false);
+    }
+    let status = wait_caught_up(&client, next.id, old.id).await;
+    assert_eq!(status.role, Role::Follower);
+    assert!(status.term >= next.term);
+    let keys = all_keys(&client).await;
+    assert!(!keys.contains_key("during"), "{keys:?}");
+    assert!(keys.contains_key("after") && keys.contains_key("before-9"));
+    drop(relays);
 }
