@@ -355,7 +355,7 @@ impl<C: Engine> Driver<C> {
         };
         for _ in 0..4 {
             for message in std::mem::take(&mut self.host.local) {
-                sidecar.from_engine(message);
+                sidecar.take_from_engine(message);
             }
             let answers = sidecar.drive()?;
             if answers.is_empty() {

@@ -27,7 +27,7 @@ pub(crate) trait Sidecar<C: Consensus>: Send {
     /// A peer message of its group from `from` (the sender's certificate id).
     fn step(&mut self, from: u64, message: PeerMessage);
     /// A message the engine addressed to [`LOCAL_SERVICE`], encoded as the engine's message.
-    fn from_engine(&mut self, message: PeerMessage);
+    fn take_from_engine(&mut self, message: PeerMessage);
     /// Runs its own work (its replica loop); returns messages for the engine, encoded as the
     /// engine's messages, to be stepped in as they are.
     fn drive(&mut self) -> Result<Vec<PeerMessage>, ServeError>;

@@ -3,7 +3,7 @@
 //! `replication_primary::ConfigManager`.
 //!
 //! - The primary-backup engine addresses the manager as node 0; the loop hands those requests
-//!   here ([`Sidecar::from_engine`]). The Raft leader proposes each request as one log entry; a
+//!   here ([`Sidecar::take_from_engine`]). The Raft leader proposes each request as one log entry; a
 //!   follower forwards its own node's requests to the leader ([`ManagerMessage::Request`]).
 //! - Every member applies every entry, in log order, to its `ConfigManager` (which refuses stale
 //!   or disallowed requests), and steps each configuration it installs into its *own* engine as
@@ -290,7 +290,7 @@ impl Sidecar<PbEngine> for Manager {
         }
     }
 
-    fn from_engine(&mut self, envelope: PeerMessage) {
+    fn take_from_engine(&mut self, envelope: PeerMessage) {
         match envelope.decode::<PbMessage>() {
             Ok(PbMessage {
                 from,
