@@ -8,6 +8,7 @@
 //! # join = true                    # a new member added with `quorate cluster add`: no bootstrap
 //! protocol = "raft"                # or "multi-paxos" or "zab"; recorded in the data dir at creation
 //! # replication = "peer"           # multi-master instead of one consensus group: see `config::peer`
+//! # replication = "primary-backup" # PacificA primary-backup: see `config::primary`
 //!
 //! [certs]
 //! dir = "certs"                    # ca.pem, node-<id>.pem, node-<id>.key (as `cargo xtask certs`)
@@ -45,7 +46,9 @@ use std::time::Duration;
 use serde::{Deserialize, Serialize};
 
 pub mod peer;
+pub mod primary;
 pub use peer::{PeerPolicy, PeerSettings, Replication};
+pub use primary::{AckSetting, PrimaryBackupSettings};
 
 /// Why a configuration could not be used.
 #[derive(Debug, thiserror::Error)]
@@ -279,6 +282,9 @@ pub struct ServeConfig {
     /// Peer-to-peer settings (used with `replication = "peer"`).
     #[serde(default)]
     pub peer: PeerSettings,
+    /// Primary-backup settings (used with `replication = "primary-backup"`).
+    #[serde(default)]
+    pub primary_backup: PrimaryBackupSettings,
 }
 
 fn default_cluster() -> String {
@@ -312,6 +318,7 @@ impl ServeConfig {
             snapshot: SnapshotConfig::default(),
             replication: Replication::default(),
             peer: PeerSettings::default(),
+            primary_backup: PrimaryBackupSettings::default(),
         }
     }
 
@@ -387,6 +394,16 @@ impl ServeConfig {
             if self.join {
                 return invalid(
                     "replication = \"peer\" has a fixed membership: join is not supported".into(),
+                );
+            }
+        }
+        if self.replication == Replication::PrimaryBackup {
+            self.primary_backup
+                .validate()
+                .map_err(ConfigError::Invalid)?;
+            if self.join {
+                return invalid(
+                    "replication = \"primary-backup\" has a fixed set of replicas: join is not supported".into(),
                 );
             }
         }

@@ -48,6 +48,9 @@ pub(crate) async fn open(config: &Arc<ServeConfig>) -> Result<Opened, ServeError
     if config.replication == crate::config::Replication::Peer {
         return crate::peer::open(config).await;
     }
+    if config.replication == crate::config::Replication::PrimaryBackup {
+        return crate::primary::open(config).await;
+    }
     match config.protocol {
         Protocol::Raft => {
             let store: RaftStore = open_store(config).await?;
@@ -179,7 +182,7 @@ async fn open_store<H: DurableState>(config: &Arc<ServeConfig>) -> Result<LogSto
 }
 
 /// The state machine as of the store's snapshot, and the index it stands at.
-fn restore<H: DurableState>(
+pub(crate) fn restore<H: DurableState>(
     config: &ServeConfig,
     store: &LogStore<H>,
 ) -> Result<(KvStore, u64), ServeError> {

@@ -15,6 +15,8 @@
 //!   commit, snapshots, WAL compaction).
 //! - `peer`: `replication = "peer"` — the node runs `replication-peer` (multi-master, any node
 //!   takes writes) on its own write-ahead log instead of a consensus group.
+//! - `primary`: `replication = "primary-backup"` — the group runs `replication-primary`
+//!   (PacificA), its configuration manager a Raft group of the members beside it.
 //! - [`client`] and [`cli`]: the Rust client and the `quorate` command line.
 
 pub mod cli;
@@ -26,6 +28,7 @@ mod engine;
 mod group;
 pub mod kv;
 mod peer;
+mod primary;
 pub mod proto;
 pub mod server;
 pub mod store;

@@ -154,6 +154,7 @@ impl Server {
             %local_addr,
             data_dir = %config.data_dir.display(),
             protocol = %config.protocol,
+            replication = ?config.replication,
             snapshot_index = group.snapshot_index,
             keys = group.keys,
             "node started"

@@ -72,6 +72,9 @@ pub struct Args {
     /// measure convergence after a heal (`bench_cluster_peer`).
     #[arg(long, value_enum, default_value = "consensus")]
     mode: Mode,
+    /// With `--mode primary-backup`: the ack modes, each a system of its own.
+    #[arg(long, value_delimiter = ',', default_value = "all,quorum,async")]
+    ack: Vec<node::config::AckSetting>,
     /// With `--mode peer`: keys written while a node is cut off, one convergence round each.
     #[arg(long, value_delimiter = ',', default_value = "10,100,1000,10000")]
     divergent: Vec<usize>,
@@ -116,6 +119,8 @@ pub enum Mode {
     Consensus,
     /// Also peer-to-peer replication.
     Peer,
+    /// Also primary-backup replication, one system per `--ack` mode (`bench_cluster_primary`).
+    PrimaryBackup,
 }
 
 /// A baseline system.
@@ -523,7 +528,13 @@ async fn run_async(args: Args) -> anyhow::Result<()> {
     } else {
         0
     };
-    let systems = quorate_systems + usize::from(etcd_bin.is_some() || zk_install.is_some());
+    let pb_systems = if args.mode == Mode::PrimaryBackup && quorate_bin.is_some() {
+        args.ack.len()
+    } else {
+        0
+    };
+    let systems =
+        quorate_systems + pb_systems + usize::from(etcd_bin.is_some() || zk_install.is_some());
     let phases = if args.sequential_reads() { 3 } else { 2 };
     let total = (systems * args.clients.len() * args.ops * phases) as u64;
     let progress = ProgressBar::new(total);
@@ -586,6 +597,20 @@ async fn run_async(args: Args) -> anyhow::Result<()> {
             );
         }
     }
+    let mut failovers = Vec::new();
+    if let (Some(bin), Mode::PrimaryBackup) = (&quorate_bin, args.mode) {
+        let (pb_runs, pb_failovers) = crate::bench_cluster_primary::run_primary(
+            bin,
+            &tmp.path().join("quorate-primary-backup"),
+            &args.ack,
+            &args.clients,
+            args.ops,
+            &progress,
+        )
+        .await?;
+        runs.extend(pb_runs);
+        failovers = pb_failovers;
+    }
     progress.finish_and_clear();
 
     println!(
@@ -634,6 +659,10 @@ async fn run_async(args: Args) -> anyhow::Result<()> {
     if !convergence.is_empty() {
         println!();
         crate::bench_cluster_peer::print_convergence(&convergence);
+    }
+    if !failovers.is_empty() {
+        println!();
+        crate::bench_cluster_primary::print_failovers(&failovers);
     }
     if !runs.is_empty() {
         let prefix = if zk_install.is_some() {
@@ -871,16 +900,16 @@ async fn run_quorate(
 
 /// Quorate through `node::client::Client`: a few clients (each one QUIC connection per member and
 /// one session) shared by the tasks, as the client allows many operations at once.
-struct Quorate {
-    config: node::client::ClientConfig,
-    protocol: &'static str,
+pub(crate) struct Quorate {
+    pub(crate) config: node::client::ClientConfig,
+    pub(crate) protocol: &'static str,
 }
 
 /// Clients shared by the tasks; as many as etcd gets gRPC connections.
 const QUORATE_CONNECTIONS: usize = 8;
 
 #[derive(Clone)]
-struct QuorateHandle(std::sync::Arc<node::client::Client>);
+pub(crate) struct QuorateHandle(std::sync::Arc<node::client::Client>);
 
 impl KvHandle for QuorateHandle {
     async fn put(&mut self, key: Vec<u8>, value: Vec<u8>) -> anyhow::Result<()> {

@@ -113,9 +113,14 @@ pub struct ServeArgs {
     /// Replication protocol: `raft`, `multi-paxos` or `zab` (overrides `protocol` in the file).
     #[arg(long, env = "QUORATE_PROTOCOL")]
     pub protocol: Option<String>,
-    /// `consensus` (one group running `protocol`) or `peer` (multi-master; `[peer]` settings).
+    /// `consensus` (one group running `protocol`), `peer` (multi-master; `[peer]` settings) or
+    /// `primary-backup` (PacificA; `[primary_backup]` settings).
     #[arg(long, env = "QUORATE_REPLICATION")]
     pub replication: Option<String>,
+    /// Primary-backup: when the primary acknowledges a write, `all`, `quorum` or `async`
+    /// (overrides `ack` in `[primary_backup]`).
+    #[arg(long, env = "QUORATE_ACK")]
+    pub ack: Option<String>,
 }
 
 /// `quorate kv ...`

@@ -7,6 +7,7 @@
 
 pub mod args;
 mod output;
+mod pb_output;
 mod peer_output;
 
 use std::path::{Path, PathBuf};
@@ -260,6 +261,21 @@ pub fn serve_config(args: &ServeArgs) -> Result<ServeConfig, CliError> {
     if let Some(replication) = &args.replication {
         table.insert("replication".into(), Value::String(replication.clone()));
     }
+    if let Some(ack) = &args.ack {
+        let section = table
+            .entry("primary_backup")
+            .or_insert_with(|| Value::Table(toml::Table::new()));
+        match section {
+            Value::Table(section) => {
+                section.insert("ack".into(), Value::String(ack.clone()));
+            }
+            _ => {
+                return Err(CliError::Usage(
+                    "primary_backup in the config file must be a table".into(),
+                ))
+            }
+        }
+    }
     if args.join {
         table.insert("join".into(), Value::Boolean(true));
     }
@@ -357,6 +373,34 @@ mod tests {
         let config = serve_config(&args).unwrap();
         assert_eq!(config.node_id, 1);
         assert_eq!(config.data_dir, Path::new("elsewhere"));
+    }
+
+    #[test]
+    fn replication_and_ack_flags_select_primary_backup() {
+        let base = [
+            "--id",
+            "1",
+            "--listen",
+            "127.0.0.1:7001",
+            "--data-dir",
+            "/tmp/q1",
+            "--certs",
+            "/tmp/certs",
+            "--peers",
+            "1=127.0.0.1:7001",
+        ];
+        let mut argv = base.to_vec();
+        argv.extend(["--replication", "primary-backup", "--ack", "quorum"]);
+        let config = serve_config(&serve_args(&argv)).unwrap();
+        assert_eq!(
+            config.replication,
+            crate::config::Replication::PrimaryBackup
+        );
+        assert_eq!(config.primary_backup.ack, crate::config::AckSetting::Quorum);
+        let mut bad = base.to_vec();
+        bad.extend(["--replication", "primary-backup", "--ack", "most"]);
+        let error = serve_config(&serve_args(&bad)).unwrap_err();
+        assert!(error.to_string().contains("async"), "{error}");
     }
 
     #[test]

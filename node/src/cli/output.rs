@@ -407,9 +407,10 @@ pub(super) async fn cluster(
                         status: s.as_ref().ok().map(StatusFields::from),
                     })
                     .collect();
+                let pb = super::pb_output::summary(&statuses);
                 println!(
                     "{}",
-                    json!({ "leader": leaders.first().copied(), "reachable": reachable, "nodes": nodes })
+                    json!({ "leader": leaders.first().copied(), "reachable": reachable, "nodes": nodes, "primary_backup": pb })
                 );
             } else {
                 println!(
@@ -453,6 +454,11 @@ pub(super) async fn cluster(
                         Err(error) => {
                             println!("{id:<4} {addr:<22} unreachable: {}", short_error(error))
                         }
+                    }
+                }
+                if let Some(summary) = super::pb_output::summary(&statuses) {
+                    for line in super::pb_output::lines(&summary) {
+                        println!("{line}");
                     }
                 }
                 match leaders.as_slice() {

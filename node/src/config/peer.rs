@@ -38,6 +38,9 @@ pub enum Replication {
     Consensus,
     /// Peer-to-peer multi-master replication (`replication-peer`): any node takes writes.
     Peer,
+    /// Primary-backup replication (`replication-primary`, PacificA) with a Raft configuration
+    /// manager: see `config::primary`.
+    PrimaryBackup,
 }
 
 impl std::str::FromStr for Replication {
@@ -47,8 +50,9 @@ impl std::str::FromStr for Replication {
         match s {
             "consensus" => Ok(Replication::Consensus),
             "peer" => Ok(Replication::Peer),
+            "primary-backup" => Ok(Replication::PrimaryBackup),
             other => Err(format!(
-                "unknown replication {other:?}; expected \"consensus\" or \"peer\""
+                "unknown replication {other:?}; expected \"consensus\", \"peer\" or \"primary-backup\""
             )),
         }
     }

@@ -304,6 +304,11 @@ impl<C: Engine> Driver<C> {
                 .detail
                 .iter()
                 .map(|(name, value)| (name.to_string(), value.clone()))
+                .chain(
+                    self.sidecar
+                        .iter()
+                        .flat_map(|sidecar| sidecar.status_detail()),
+                )
                 .collect(),
             leader: status.leader,
             commit_index: status.commit,

@@ -41,6 +41,8 @@ pub(crate) struct GroupHost {
     pub(crate) addrs: BTreeMap<u64, SocketAddr>,
     /// Writes that arrived while no leader was known.
     leaderless: Leaderless<ParkedWrite>,
+    /// Messages the engine addressed to node 0 (the loop's sidecar), not sent.
+    pub(crate) local: Vec<PeerMessage>,
 }
 
 impl GroupHost {
@@ -71,6 +73,7 @@ impl GroupHost {
                 role: Role::Follower,
             },
             addrs: BTreeMap::new(),
+            local: Vec::new(),
         };
         for (id, addr) in addrs {
             host.learn_addr(id, addr);
@@ -190,7 +193,7 @@ impl GroupHost {
         self.admin.fail_all(error);
     }
 
-    fn send_message<M: Envelope + serde::Serialize>(&self, message: M) {
+    fn send_message<M: Envelope + serde::Serialize>(&mut self, message: M) {
         let to = NetNodeId(message.to());
         let envelope = match PeerMessage::encode(self.group, &message) {
             Ok(envelope) => envelope,
@@ -199,6 +202,10 @@ impl GroupHost {
                 return;
             }
         };
+        if to.0 == super::sidecar::LOCAL_SERVICE {
+            self.local.push(envelope);
+            return;
+        }
         if envelope.bulk {
             // A snapshot travels on its own stream, so small messages do not queue behind it.
             let endpoint = self.endpoint.clone();

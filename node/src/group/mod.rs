@@ -9,6 +9,8 @@
 //! - [`leaderless`]: writes that arrive during an election wait (bounded) for a leader.
 //! - [`admin`]: membership changes, leader transfer, status.
 //! - [`snapshot`]: local snapshots written and checkpointed off the loop.
+//! - [`sidecar`]: a service driven by the same loop beside the engine, addressed by it as node 0
+//!   (primary-backup's configuration manager).
 //!
 //! # The loop
 //! Each iteration waits for one event (a peer message, a client request, a durability report from
@@ -27,6 +29,7 @@ mod admin;
 mod host;
 mod kv_service;
 mod leaderless;
+pub(crate) mod sidecar;
 mod snapshot;
 
 use std::sync::Arc;
@@ -45,6 +48,7 @@ use crate::server::ServeError;
 use crate::store::{Durability, LogStore};
 
 use host::GroupHost;
+use sidecar::Sidecar;
 use snapshot::SnapshotTask;
 
 /// Peer messages handled per iteration at most (beyond the one that woke the loop).
@@ -79,6 +83,25 @@ where
     }
 }
 
+/// How the loop runs an engine beyond the defaults.
+#[derive(Clone, Copy, Debug)]
+pub(crate) struct DriverOptions {
+    /// Tick the engine as often as the wall clock says (a late tick is caught up), so an engine
+    /// counting leases in ticks never stretches one while the loop stalls.
+    pub(crate) wall_clock_ticks: bool,
+    /// Take local snapshots (and compact the log) as `[snapshot]` says.
+    pub(crate) snapshots: bool,
+}
+
+impl Default for DriverOptions {
+    fn default() -> Self {
+        DriverOptions {
+            wall_clock_ticks: false,
+            snapshots: true,
+        }
+    }
+}
+
 /// The group's event loop state. Built by the server, run by [`Driver::run`].
 pub(crate) struct Driver<C: Consensus> {
     id: u64,
@@ -92,6 +115,13 @@ pub(crate) struct Driver<C: Consensus> {
     snapshot: SnapshotTask,
     /// Set while a stopping leader waits for its transfer to complete.
     draining_until: Option<Instant>,
+    options: DriverOptions,
+    /// A service run beside the engine (see [`sidecar`]).
+    sidecar: Option<Box<dyn Sidecar<C>>>,
+    sidecar_durable: Option<watch::Receiver<Durability>>,
+    /// When the loop started, and the ticks given since (wall-clock ticks).
+    started: Instant,
+    ticks: u64,
 }
 
 impl<C: Engine> Driver<C> {
@@ -126,7 +156,24 @@ impl<C: Engine> Driver<C> {
             shutdown_rx,
             snapshot,
             draining_until: None,
+            options: DriverOptions::default(),
+            sidecar: None,
+            sidecar_durable: None,
+            started: Instant::now(),
+            ticks: 0,
         }
+    }
+
+    /// Runs `sidecar` in this loop and applies `options`.
+    pub(crate) fn with_sidecar(
+        mut self,
+        sidecar: Box<dyn Sidecar<C>>,
+        options: DriverOptions,
+    ) -> Self {
+        self.sidecar_durable = Some(sidecar.subscribe_durable());
+        self.sidecar = Some(sidecar);
+        self.options = options;
+        self
     }
 
     /// Runs until shutdown is requested or a fatal error (a storage failure) happens.
@@ -160,10 +207,15 @@ impl<C: Engine> Driver<C> {
                 done = self.snapshot.join(), if self.snapshot.running() => {
                     self.on_snapshot_step(done)?;
                 }
+                changed = sidecar_changed(self.sidecar_durable.as_mut()) => {
+                    if let Some(error) = changed?.error {
+                        return Err(ServeError::Stopped(format!("sidecar store sync failed: {error}")));
+                    }
+                }
                 // Before the message channels: under constant load they are never empty, and
                 // the engine's clock (leases, timeouts) must not stall behind them.
                 _ = ticker.tick() => {
-                    self.replica.engine_mut().tick();
+                    self.on_tick();
                     self.host.expire(Instant::now());
                 }
                 Some(message) = self.peer_rx.recv() => self.step(message),
@@ -189,11 +241,14 @@ impl<C: Engine> Driver<C> {
             self.host.flush_proposals(self.replica.engine_mut());
             self.host.flush_reads(self.replica.engine_mut());
             self.replica.drive(&mut self.host)?;
+            self.drive_sidecar()?;
             if self.host.release_parked(self.replica.engine_mut()) {
                 self.host.flush_proposals(self.replica.engine_mut());
                 self.replica.drive(&mut self.host)?;
             }
-            self.maybe_snapshot()?;
+            if self.options.snapshots {
+                self.maybe_snapshot()?;
+            }
             let took = woke.elapsed();
             if took >= SLOW_ITERATION {
                 warn!(
@@ -269,9 +324,69 @@ impl<C: Engine> Driver<C> {
         debug!(node = self.id, ?report, "endpoint closed");
     }
 
+    /// One tick, or as many as the wall clock says are due (`wall_clock_ticks`).
+    fn on_tick(&mut self) {
+        let due = if self.options.wall_clock_ticks {
+            let tick = self.config.tick().as_nanos().max(1);
+            let elapsed = self.started.elapsed().as_nanos() / tick;
+            // Bounded: after a very long stall (SIGSTOP) the rest is skipped, not spun through.
+            (elapsed as u64).saturating_sub(self.ticks).min(100_000)
+        } else {
+            1
+        };
+        for _ in 0..due {
+            self.replica.engine_mut().tick();
+            if let Some(sidecar) = &mut self.sidecar {
+                sidecar.tick();
+            }
+        }
+        self.ticks = if self.options.wall_clock_ticks {
+            (self.started.elapsed().as_nanos() / self.config.tick().as_nanos().max(1)) as u64
+        } else {
+            self.ticks + 1
+        };
+    }
+
+    /// Hands the sidecar what the engine addressed to it, runs it, and steps its answers into the
+    /// engine (a few rounds: an answer may make the engine address it again).
+    fn drive_sidecar(&mut self) -> Result<(), ServeError> {
+        let Some(sidecar) = &mut self.sidecar else {
+            return Ok(());
+        };
+        for _ in 0..4 {
+            for message in std::mem::take(&mut self.host.local) {
+                sidecar.take_from_engine(message);
+            }
+            let answers = sidecar.drive()?;
+            if answers.is_empty() {
+                break;
+            }
+            for answer in answers {
+                match answer.decode::<C::Message>() {
+                    Ok(message) => {
+                        if let Err(error) = self.replica.engine_mut().step(message) {
+                            debug!(node = self.id, %error, "sidecar message refused by the engine");
+                        }
+                    }
+                    Err(error) => {
+                        warn!(node = self.id, %error, "sidecar message does not decode");
+                    }
+                }
+            }
+            self.replica.drive(&mut self.host)?;
+        }
+        Ok(())
+    }
+
     fn step(&mut self, message: NetPeerMessage<PeerMessage>) {
         let authenticated = message.from.0;
         let envelope = message.msg;
+        if let Some(sidecar) = &mut self.sidecar {
+            if envelope.group == sidecar.group() {
+                sidecar.step(authenticated, envelope);
+                return;
+            }
+        }
         if envelope.group != self.host.group() || envelope.class != MessageClass::Consensus {
             debug!(
                 node = self.id,
@@ -321,4 +436,20 @@ impl<C: Engine> Driver<C> {
             }
         }
     }
+}
+
+/// The sidecar's next durability report (never, without a sidecar).
+async fn sidecar_changed(
+    rx: Option<&mut watch::Receiver<Durability>>,
+) -> Result<Durability, ServeError> {
+    let Some(rx) = rx else {
+        return std::future::pending().await;
+    };
+    if rx.changed().await.is_err() {
+        return Err(ServeError::Stopped(
+            "the sidecar store's sync thread stopped".into(),
+        ));
+    }
+    let durability = rx.borrow_and_update().clone();
+    Ok(durability)
 }

@@ -520,6 +520,8 @@ impl<S: Storage<HardState = HardState>> Consensus for PrimaryBackup<S> {
                 ("serving", self.is_serving().to_string()),
                 ("synced_epoch", self.state.synced_epoch.to_string()),
                 ("lag", self.lag().to_string()),
+                ("in_sync", join_ids(config.members.iter().copied())),
+                ("backup_lag", self.backup_lags()),
             ],
         }
     }
@@ -533,7 +535,26 @@ impl<S: Storage<HardState = HardState>> Consensus for PrimaryBackup<S> {
     }
 }
 
+/// `1,2,3`.
+fn join_ids(ids: impl Iterator<Item = NodeId>) -> String {
+    ids.map(|id| id.to_string()).collect::<Vec<_>>().join(",")
+}
+
 impl<S: Storage<HardState = HardState>> PrimaryBackup<S> {
+    /// At the primary, each other replica's lag: entries of the primary's log not yet durable
+    /// there as far as the primary knows (`2=0,3=5`); `-` elsewhere.
+    fn backup_lags(&self) -> String {
+        let Some(p) = &self.primary else {
+            return "-".into();
+        };
+        let last = self.last_index();
+        p.progress
+            .iter()
+            .map(|(id, g)| format!("{id}={}", last.saturating_sub(g.durable)))
+            .collect::<Vec<_>>()
+            .join(",")
+    }
+
     /// The log end once `write` (just taken from the stage) is applied to storage.
     fn last_index_after(&self, write: &Write<HardState>) -> u64 {
         if let Some(e) = write.entries.last() {
