@@ -35,7 +35,7 @@ pub struct Config {
     /// Exchanges (one partition with one peer) started each interval.
     pub anti_entropy_exchanges: usize,
     /// Compare every shared partition at once with a peer that returns: heard from for the
-    /// first time since this node started, or after three intervals of silence.
+    /// first time since this node started, or after ten intervals of silence.
     pub anti_entropy_on_return: bool,
     /// Merkle tree fanout.
     pub merkle_fanout: u32,

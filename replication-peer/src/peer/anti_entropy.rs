@@ -30,7 +30,7 @@ pub(crate) struct AntiEntropy {
 }
 
 /// Silence, in anti-entropy intervals, after which a peer heard again counts as returned.
-pub(crate) const RETURN_AFTER_INTERVALS: u64 = 3;
+pub(crate) const RETURN_AFTER_INTERVALS: u64 = 10;
 
 impl AntiEntropy {
     pub(crate) fn new(ring: &Ring, me: NodeId) -> Self {
