@@ -78,12 +78,20 @@ impl<S: PaxosStorage> MultiPaxos<S> {
     fn reset(&mut self) {
         self.election_elapsed = 0;
         self.heartbeat_elapsed = 0;
-        self.randomized_election_timeout = self
-            .rng
-            .gen_range(self.config.election_tick..2 * self.config.election_tick);
+        self.redraw_election_timeout();
         self.phase1 = Phase1::default();
         self.lead = Default::default();
         self.reads.clear();
+    }
+
+    /// A new ballot was promised (or a new leader heard): draw a fresh randomized timeout, as
+    /// Raft does on a term change. Without it a follower kept the draw of its last candidacy —
+    /// for the members that lost the last election, a draw above the winner's — so a failover
+    /// waited for the larger of the survivors' old draws rather than a fresh minimum.
+    pub(super) fn redraw_election_timeout(&mut self) {
+        self.randomized_election_timeout = self
+            .rng
+            .gen_range(self.config.election_tick..2 * self.config.election_tick);
     }
 
     pub(super) fn become_follower(&mut self, leader: Option<NodeId>) {
