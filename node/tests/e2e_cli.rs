@@ -673,7 +673,8 @@ fn print_failover_timeline(
             &log,
             &format!("node {id}"),
             killed_at,
-            &["role change", "phase 1", "preempted", "lost contact"],
+            // (`consensus_core` lines appear with QUORATE_TEST_NODE_LOG=...,consensus_core=debug.)
+            &["role change", "consensus_core"],
         ));
     }
     events.extend(timeline::events(cli_log, "cli", killed_at, &["client"]));
