@@ -680,7 +680,10 @@ fn print_failover_timeline(
     events.extend(timeline::events(cli_log, "cli", killed_at, &["client"]));
     events.sort_by(|a, b| a.at_ms.total_cmp(&b.at_ms));
     for event in &events {
-        println!("  +{:7.1} ms  {:8} {}", event.at_ms, event.source, event.text);
+        println!(
+            "  +{:7.1} ms  {:8} {}",
+            event.at_ms, event.source, event.text
+        );
     }
     let first = |pred: &dyn Fn(&timeline::Event) -> bool| {
         events

@@ -342,7 +342,9 @@ impl<S: PaxosStorage> MultiPaxos<S> {
     pub(super) fn tick_election(&mut self) {
         self.election_elapsed += 1;
         if self.role == Role::Candidate
-            && self.election_elapsed.is_multiple_of(self.config.heartbeat_tick)
+            && self
+                .election_elapsed
+                .is_multiple_of(self.config.heartbeat_tick)
         {
             self.resend_prepares();
         }

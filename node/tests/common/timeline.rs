@@ -56,7 +56,9 @@ pub fn parse_line(line: &str) -> Option<(f64, String)> {
     let min: i64 = time.next()?.parse().ok()?;
     let sec: f64 = time.next()?.parse().ok()?;
     let seconds = (days_from_civil(y, m, d) * 86_400 + h * 3_600 + min * 60) as f64 + sec;
-    let rest = line[line.find(stamp)? + stamp.len() + 1..].trim().to_string();
+    let rest = line[line.find(stamp)? + stamp.len() + 1..]
+        .trim()
+        .to_string();
     Some((seconds, rest))
 }
 
