@@ -68,7 +68,8 @@ pub struct ClientConfig {
     pub timeout: Duration,
     /// How long one attempt against one member may take before the next member is tried.
     pub attempt_timeout: Duration,
-    /// First pause after a failed attempt; doubles per failure up to `backoff_max`.
+    /// First pause after a failed attempt; doubles per failure up to `backoff_max`, except
+    /// while answers show an election under way (then it stays at this).
     pub backoff_initial: Duration,
     /// Longest pause between attempts.
     pub backoff_max: Duration,
@@ -506,6 +507,7 @@ impl Client {
         // A member behind the session, kept for the final error (a last attempt cut short by the
         // deadline would hide it).
         let mut behind: Option<String> = None;
+        debug!(?route, leader = ?self.leader_hint(), "client call");
         if route == Route::Leader && !self.leader_confirmed.load(Ordering::Relaxed) {
             // No leader confirmed yet (a fresh process, or the last one stopped answering): ask
             // every member at once rather than spend the deadline on one that may be dead.
@@ -528,8 +530,13 @@ impl Client {
             if outcome.is_ok() {
                 self.answered(target);
             }
+            // An answer showing an election under way (no leader known, or below: a redirect to
+            // a member that just failed to answer) keeps the next pause short: the new leader
+            // is typically a vote round away, and a doubled pause would hide it.
+            let mut electing = matches!(outcome, Ok(Err(ServerError::NoLeader)));
             let retry_now = match outcome {
                 Ok(Ok(reply)) => {
+                    debug!(target, attempts, "client served");
                     if route == Route::Leader {
                         self.set_leader(Some(target));
                         self.leader_confirmed.store(true, Ordering::Relaxed);
@@ -555,6 +562,7 @@ impl Client {
                         // A hint naming a member that just failed to answer is stale (the
                         // followers have not elected another leader yet): ask the others.
                         Some(leader) if self.is_suspect(leader) => {
+                            electing = true;
                             self.set_leader(None);
                             !turn.is_multiple_of(self.member_count())
                         }
@@ -606,9 +614,16 @@ impl Client {
             let retry_now = retry_now && immediate < self.member_count();
             immediate = if retry_now { immediate + 1 } else { 0 };
             if !retry_now {
-                let pause = backoff.min(deadline.saturating_duration_since(Instant::now()));
+                let pause = if electing {
+                    self.config.backoff_initial
+                } else {
+                    backoff
+                };
+                let pause = pause.min(deadline.saturating_duration_since(Instant::now()));
                 tokio::time::sleep(pause).await;
-                backoff = (backoff * 2).min(self.config.backoff_max);
+                if !electing {
+                    backoff = (backoff * 2).min(self.config.backoff_max);
+                }
             }
         }
         let last = match behind {
@@ -662,6 +677,7 @@ impl Client {
             attempts = rest;
             match outcome {
                 Ok(Ok(reply)) => {
+                    debug!(target = id, "client served by the fan-out");
                     self.answered(id);
                     self.set_leader(Some(id));
                     self.leader_confirmed.store(true, Ordering::Relaxed);
@@ -703,6 +719,7 @@ impl Client {
                 }
             }
         }
+        debug!(?hint, %last, "client fan-out served by nobody");
         self.set_leader(hint.filter(|&h| !self.is_suspect(h)));
         None
     }

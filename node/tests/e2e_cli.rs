@@ -9,7 +9,7 @@ use std::path::{Path, PathBuf};
 use std::process::{Command, Stdio};
 use std::time::Duration;
 
-use common::{free_addr, ProcCluster, WAIT};
+use common::{free_addr, timeline, ProcCluster, WAIT};
 use node::config::{MemberConfig, Protocol, ServeConfig};
 use node::proto::Consistency;
 
@@ -629,9 +629,16 @@ async fn failover(protocol: Protocol) {
 
     cluster.kill(leader);
     let killed = std::time::Instant::now();
-    let put = cluster.cli(&["kv", "put", "after", "2"]);
+    let killed_at = timeline::unix_seconds(std::time::SystemTime::now());
+    // The CLI logs each attempt (to stderr), for the timeline below.
+    let put = cluster.cli_with_env(
+        &[("QUORATE_LOG", "node::client=debug")],
+        &["kv", "put", "after", "2"],
+    );
     let acknowledged = killed.elapsed();
+    let cli_log = put.2.clone();
     expect(put, 0, "OK", "");
+    print_failover_timeline(&cluster, leader, killed_at, &cli_log, acknowledged);
     let ratio = acknowledged.as_secs_f64() / election_timeout.as_secs_f64();
     println!(
         "failover ({protocol}): leader {leader} killed -> first acknowledged write of a fresh CLI process after \
@@ -646,4 +653,53 @@ async fn failover(protocol: Protocol) {
         "took {acknowledged:?} ({ratio:.2} x the election timeout)"
     );
     drop(client);
+}
+
+/// Prints where the failover's time went, in ms after the kill: each surviving node's role
+/// changes (a timeout fired: candidate; elected: leader; learnt the new leader), the CLI's first
+/// log line (process and runtime started) and its attempts, and the acknowledgement; then one
+/// `failover phases` line with the first of each.
+fn print_failover_timeline(
+    cluster: &ProcCluster,
+    killed: u64,
+    killed_at: f64,
+    cli_log: &str,
+    acknowledged: Duration,
+) {
+    let mut events = Vec::new();
+    for id in cluster.addrs.keys().copied().filter(|&id| id != killed) {
+        let log = std::fs::read_to_string(cluster.log_path(id)).unwrap_or_default();
+        events.extend(timeline::events(
+            &log,
+            &format!("node {id}"),
+            killed_at,
+            // (`consensus_core` lines appear with QUORATE_TEST_NODE_LOG=...,consensus_core=debug.)
+            &["role change", "consensus_core"],
+        ));
+    }
+    events.extend(timeline::events(cli_log, "cli", killed_at, &["client"]));
+    events.sort_by(|a, b| a.at_ms.total_cmp(&b.at_ms));
+    for event in &events {
+        println!(
+            "  +{:7.1} ms  {:8} {}",
+            event.at_ms, event.source, event.text
+        );
+    }
+    let first = |pred: &dyn Fn(&timeline::Event) -> bool| {
+        events
+            .iter()
+            .find(|e| pred(e))
+            .map_or("-".to_string(), |e| format!("{:.0}", e.at_ms))
+    };
+    let role_change = |e: &timeline::Event, role: &str| {
+        e.source.starts_with("node") && e.text.contains("role change") && e.text.contains(role)
+    };
+    println!(
+        "failover phases (ms after the kill): candidate {} | leader {} | cli first log {} | cli attempts failed {} | acknowledged {}",
+        first(&|e| role_change(e, "Candidate")),
+        first(&|e| role_change(e, "role=Leader")),
+        timeline::first_line_ms(cli_log, killed_at).map_or("-".into(), |ms| format!("{ms:.0}")),
+        events.iter().filter(|e| e.source == "cli" && e.text.contains("failed")).count(),
+        acknowledged.as_millis(),
+    );
 }

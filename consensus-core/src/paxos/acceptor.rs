@@ -54,6 +54,7 @@ impl<S: PaxosStorage> MultiPaxos<S> {
             self.promised = ballot;
             self.leader = None;
             self.election_elapsed = 0;
+            self.redraw_election_timeout();
         }
         let compacted = self.log.snapshot_index();
         let last = self.log.last_slot();
@@ -96,6 +97,9 @@ impl<S: PaxosStorage> MultiPaxos<S> {
                 return Ok(()); // our own ballot: another node cannot hold it
             }
             self.yield_to(ballot, Some(ballot.node));
+            if ballot > self.promised {
+                self.redraw_election_timeout();
+            }
             self.promised = ballot;
             self.leader = Some(ballot.node);
             self.election_elapsed = 0;
@@ -161,6 +165,9 @@ impl<S: PaxosStorage> MultiPaxos<S> {
             return Ok(());
         }
         self.yield_to(ballot, Some(from));
+        if self.leader != Some(from) {
+            self.redraw_election_timeout();
+        }
         self.leader = Some(from);
         self.election_elapsed = 0;
         self.learn_commit(from, ballot, commit)?;

@@ -7,7 +7,9 @@
 //! restarts its own timer (as granting a vote does), an acceptor that hears a live leader refuses
 //! to promise a newcomer (leader stickiness), and a preempted proposer (a `Nack` with a higher
 //! promise) does not retry at once but backs off for a fresh randomized timeout, then goes above
-//! every round it has seen. A follower forgets its leader hint after `election_tick` silent ticks
+//! every round it has seen. A candidate re-sends its prepare each heartbeat interval to the
+//! acceptors that have not promised (one that still heard the leader dropped it). A follower
+//! forgets its leader hint after `election_tick` silent ticks
 //! so clients are not redirected to a dead leader; a leader that has not heard from a majority
 //! within `election_tick` steps down (check-quorum).
 //!
@@ -76,12 +78,20 @@ impl<S: PaxosStorage> MultiPaxos<S> {
     fn reset(&mut self) {
         self.election_elapsed = 0;
         self.heartbeat_elapsed = 0;
-        self.randomized_election_timeout = self
-            .rng
-            .gen_range(self.config.election_tick..2 * self.config.election_tick);
+        self.redraw_election_timeout();
         self.phase1 = Phase1::default();
         self.lead = Default::default();
         self.reads.clear();
+    }
+
+    /// A new ballot was promised (or a new leader heard): draw a fresh randomized timeout, as
+    /// Raft does on a term change. Without it a follower kept the draw of its last candidacy —
+    /// for the members that lost the last election, a draw above the winner's — so a failover
+    /// waited for the larger of the survivors' old draws rather than a fresh minimum.
+    pub(super) fn redraw_election_timeout(&mut self) {
+        self.randomized_election_timeout = self
+            .rng
+            .gen_range(self.config.election_tick..2 * self.config.election_tick);
     }
 
     pub(super) fn become_follower(&mut self, leader: Option<NodeId>) {
@@ -149,6 +159,31 @@ impl<S: PaxosStorage> MultiPaxos<S> {
         for to in voters {
             self.phase1.asked.insert(to);
             let transfer = self.phase1.transfer;
+            self.send(to, MessageBody::Prepare { from, transfer });
+        }
+    }
+
+    /// Sends the prepare again to every acceptor asked and not yet complete, under the same
+    /// ballot (a duplicate promise counts once). An acceptor that still heard the old leader
+    /// drops a prepare silently (stickiness); its own ticks may run up to one tick behind ours,
+    /// so a candidate whose randomized timeout was the shortest would otherwise wait a whole new
+    /// timeout, and the failover would take the *other* member's timeout instead of the first.
+    fn resend_prepares(&mut self) {
+        if self.outstanding_fetch() {
+            return; // learning compacted slots first; phase 1 restarts after that
+        }
+        let transfer = self.phase1.transfer;
+        let pending: Vec<(NodeId, u64)> = self
+            .phase1
+            .asked
+            .iter()
+            .filter(|id| !self.phase1.complete.contains(id))
+            .map(|&id| {
+                let from = self.phase1.next_from.get(&id).copied();
+                (id, from.unwrap_or(self.phase1.from))
+            })
+            .collect();
+        for (to, from) in pending {
             self.send(to, MessageBody::Prepare { from, transfer });
         }
     }
@@ -306,6 +341,13 @@ impl<S: PaxosStorage> MultiPaxos<S> {
 
     pub(super) fn tick_election(&mut self) {
         self.election_elapsed += 1;
+        if self.role == Role::Candidate
+            && self
+                .election_elapsed
+                .is_multiple_of(self.config.heartbeat_tick)
+        {
+            self.resend_prepares();
+        }
         if self.role == Role::Follower
             && self.leader.is_some()
             && self.election_elapsed >= self.config.election_tick

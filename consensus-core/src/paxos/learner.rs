@@ -92,7 +92,8 @@ impl<S: PaxosStorage> MultiPaxos<S> {
         self.send(from, MessageBody::Fetch { from: slot });
     }
 
-    fn outstanding_fetch(&self) -> bool {
+    /// Whether a fetch is in flight (a candidate learns compacted slots before phase 1 goes on).
+    pub(super) fn outstanding_fetch(&self) -> bool {
         self.fetch.outstanding.is_some()
     }
 

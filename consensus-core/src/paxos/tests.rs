@@ -470,6 +470,32 @@ fn a_follower_forgets_a_leader_it_stopped_hearing() {
 }
 
 #[test]
+fn a_candidate_resends_its_prepare_to_an_acceptor_that_still_heard_the_leader() {
+    let mut net = Net::new(3);
+    net.campaign(1);
+    net.tick_all(2);
+    net.crash(1);
+    net.drop_all();
+    // Node 2 times out first; node 3 heard the leader a moment ago and drops the prepare.
+    net.forget_leader(2);
+    net.engine_mut(2).campaign().unwrap();
+    net.drive(2);
+    net.deliver_all();
+    assert_eq!(net.engine(2).role(), Role::Candidate, "node 3 is sticky");
+    assert_eq!(net.engine(3).leader(), Some(1));
+    // Node 3 stops hearing the dead leader (its own timeout has not fired yet).
+    net.forget_leader(3);
+    assert_eq!(net.engine(3).role(), Role::Follower);
+    // Node 2's next heartbeat interval re-sends the prepare: it leads well before a new
+    // randomized timeout (at least `election_tick` ticks) would have run phase 1 again.
+    net.tick(2);
+    net.deliver_all();
+    assert_eq!(net.leaders(), vec![2]);
+    assert_eq!(net.engine(3).leader(), Some(2));
+    net.assert_clean();
+}
+
+#[test]
 fn a_leader_that_loses_its_majority_steps_down() {
     let mut net = Net::new(3);
     net.campaign(1);

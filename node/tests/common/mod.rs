@@ -8,6 +8,7 @@
 #![allow(dead_code)]
 
 pub mod relay;
+pub mod timeline;
 
 use std::collections::BTreeMap;
 use std::net::{SocketAddr, UdpSocket};
@@ -156,7 +157,11 @@ impl ProcCluster {
             .arg("serve")
             .arg("--config")
             .arg(self.config_path(id))
-            .env("QUORATE_LOG", "info,quinn=warn")
+            // `QUORATE_TEST_NODE_LOG` raises the nodes' log level when a test is investigated.
+            .env(
+                "QUORATE_LOG",
+                std::env::var("QUORATE_TEST_NODE_LOG").unwrap_or_else(|_| "info,quinn=warn".into()),
+            )
             .stdin(Stdio::null())
             .stdout(log.try_clone().expect("log handle"))
             .stderr(log)
@@ -295,6 +300,12 @@ impl ProcCluster {
 
     /// Runs the CLI against this cluster; returns (exit code, stdout, stderr).
     pub fn cli(&self, args: &[&str]) -> (i32, String, String) {
+        self.cli_with_env(&[], args)
+    }
+
+    /// [`ProcCluster::cli`] with extra environment variables (e.g. `QUORATE_LOG` for a CLI
+    /// debug log on stderr).
+    pub fn cli_with_env(&self, env: &[(&str, &str)], args: &[&str]) -> (i32, String, String) {
         let endpoints: Vec<String> = self
             .addrs
             .iter()
@@ -312,6 +323,7 @@ impl ProcCluster {
             .args(args)
             // The CLI's leader hint cache stays inside this cluster's folder.
             .env("XDG_CACHE_HOME", self.root().join("cache"))
+            .envs(env.iter().copied())
             .stdin(Stdio::null())
             .output()
             .expect("run quorate");
