@@ -58,14 +58,8 @@ pub(crate) fn better(a: &Vote, b: &Vote, ignore_zxid: bool) -> bool {
 
 impl<S: ZabStorage> Zab<S> {
     /// This member's own vote: for itself if it may lead, otherwise a blank any vote beats.
-    ///
-    /// It may lead if it is a voter of the membership it applied or of the latest one in its
-    /// history. A member whose history ends in an uncommitted change demoting it may hold the
-    /// group's most up-to-date history: every other leader steps aside for it (discovery), so
-    /// unless it may lead itself — commit the change, then step down — nobody leads (churn seed
-    /// 1250). Its own vote does not count in its tally (that runs in the latest membership).
     pub(crate) fn own_vote(&self) -> Vote {
-        if !self.election.conf.is_voter(self.config.id) && !self.conf.is_voter(self.config.id) {
+        if !self.election.conf.is_voter(self.config.id) {
             return Vote {
                 leader: 0,
                 epoch: 0,
