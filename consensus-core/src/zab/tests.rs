@@ -200,18 +200,15 @@ fn votes_are_ordered_by_current_epoch_before_last_zxid() {
     assert_ne!(leader, 3);
 }
 
-/// Known liveness gap (churn seed 1250), kept to show it: fails today.
 #[test]
-#[ignore = "known liveness gap: no leader when the newest history ends in its holder's own demotion"]
-fn a_member_whose_newest_history_ends_in_its_own_uncommitted_demotion_still_gets_a_leader() {
+fn a_member_holding_the_newest_history_leads_even_if_that_history_ends_in_its_demotion() {
     // Voters 1 and 3, learner 2. Leader 3 committed promoting 2 (position 2, not yet applied
     // anywhere) and then proposed demoting itself (position 3, held by it alone). Node 3 holds the
     // most up-to-date history, and its latest view makes it a learner, so it votes blank; node 1
-    // needs 3 for a quorum of the membership it applied, and steps aside for 3's better history:
-    // nobody ever leads. Letting 3 vote for itself (a voter of the membership it applied) fixes
-    // this case but cost 3 + 17 liveness failures over seeds 0..4000 + churn 0..3000 (against
-    // 0 + 1): after a restart the applied membership lags. A leader adopting the best history of
-    // its quorum (the DSN'11 paper's discovery) instead of stepping aside would fix it.
+    // needs 3 for a quorum of the membership it applied, and steps aside for 3's better history.
+    // Unless 3 takes the votes cast for it (a voter of the membership it applied), nobody ever
+    // leads (churn seed 1250). Letting it vote for itself instead cost 3 + 17 liveness failures
+    // over seeds 0..4000 + churn 0..3000: after a restart the applied membership lags.
     let mut conf = ConfState::with_voters([1, 3]);
     conf.learners.insert(2);
     let change = |index, change| Entry {
