@@ -379,6 +379,31 @@ fn the_leader_proposes_nothing_until_a_quorum_acked_newleader() {
 }
 
 #[test]
+fn a_proposal_commits_everywhere_without_waiting_for_a_tick() {
+    // PROPOSAL -> ACK once durable -> COMMIT on a quorum, each step as soon as the one before:
+    // no tick (a heartbeat, a resend) is on the write path.
+    let mut net = Net::new(&[1, 2, 3], &[]);
+    let leader = net.elect();
+    net.settle();
+    for round in 0..3 {
+        let first = net.propose(leader, "a");
+        let second = net.propose(leader, "b");
+        assert_eq!(second.index, first.index + 1);
+        for id in [1, 2, 3] {
+            let status = net.engine(id).status();
+            assert!(
+                status.commit >= second.index,
+                "round {round}, node {id}: {status:?}"
+            );
+            assert!(
+                net.applied(id).iter().any(|e| e.index == second.index),
+                "node {id}"
+            );
+        }
+    }
+}
+
+#[test]
 fn a_follower_acks_a_proposal_only_once_its_write_is_persisted() {
     let mut net = Net::new(&[1, 2, 3], &[]);
     let leader = net.elect();
