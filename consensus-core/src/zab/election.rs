@@ -98,7 +98,7 @@ impl<S: ZabStorage> Zab<S> {
     /// the newer history left elections where no member could gather a quorum (seed 3214).
     /// Safety does not rest on it: discovery does. Measured over seeds 0..4000 (and churn
     /// 0..3000): 1 + 1 liveness failures with this rule (1735; churn 458), 2 + 3 without it;
-    /// rerun after the shared write queue: 0 + 1 (churn 1250), and 0 + 0 with the rule below.
+    /// rerun at commit 05fcbe5: 0 + 1 (churn 1250), and 0 + 0 with the rule below.
     ///
     /// A vote others cast for this member is adopted if it is a voter of the membership it
     /// applied, even when a newer change in its history demotes it: it may hold the newest
