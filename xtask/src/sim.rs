@@ -7,7 +7,8 @@
 use std::time::Instant;
 
 use consensus_core::paxos::PlantedBug as PaxosBug;
-use consensus_core::sim::{self, PaxosSim, RaftSim, SimConfig, SimProtocol};
+use consensus_core::sim::{self, PaxosSim, RaftSim, SimConfig, SimProtocol, ZabSim};
+use consensus_core::zab::PlantedBug as ZabBug;
 use consensus_core::PlantedBug;
 use indicatif::{ProgressBar, ProgressStyle};
 
@@ -18,6 +19,8 @@ pub enum Protocol {
     Raft,
     /// The Multi-Paxos engine of consensus-core.
     MultiPaxos,
+    /// The Zab engine of consensus-core.
+    Zab,
     /// txn-2pc: two-phase commit, presumed abort (`sim_txn`).
     #[value(name = "2pc")]
     TwoPc,
@@ -52,6 +55,12 @@ pub enum Bug {
     SkipPhaseOne,
     /// Multi-Paxos: a slot is applied before it is chosen.
     ApplyBeforeChosen,
+    /// Zab: the leader proposes before a quorum acknowledged NEWLEADER.
+    BroadcastBeforeNewLeaderQuorum,
+    /// Zab: a follower acknowledges proposals before its write is durable.
+    AckBeforeDurable,
+    /// Zab: votes are ordered by server id only, ignoring the zxid.
+    ElectionIgnoresZxid,
     /// replication-peer: a merge that brings siblings together drops one.
     MergeDropsSibling,
     /// replication-peer: anti-entropy skips a differing subtree.
@@ -85,6 +94,16 @@ impl Bug {
             Bug::AcceptBelowPromise => Some(PaxosBug::AcceptBelowPromise),
             Bug::SkipPhaseOne => Some(PaxosBug::SkipPhaseOneForAcceptedSlot),
             Bug::ApplyBeforeChosen => Some(PaxosBug::ApplyBeforeChosen),
+            _ => None,
+        }
+    }
+
+    /// The Zab fault this names, if it is one of Zab's.
+    fn zab(self) -> Option<ZabBug> {
+        match self {
+            Bug::BroadcastBeforeNewLeaderQuorum => Some(ZabBug::BroadcastBeforeNewLeaderQuorum),
+            Bug::AckBeforeDurable => Some(ZabBug::AckBeforeDurable),
+            Bug::ElectionIgnoresZxid => Some(ZabBug::ElectionIgnoresZxid),
             _ => None,
         }
     }
@@ -182,6 +201,10 @@ pub fn run(args: Args) -> anyhow::Result<()> {
         Protocol::MultiPaxos => {
             let bug = planted(args.planted_bug, "Multi-Paxos", Bug::paxos)?;
             scan::<PaxosSim>(&args, "multi-paxos", |options| options.planted_bug = bug)
+        }
+        Protocol::Zab => {
+            let bug = planted(args.planted_bug, "Zab", Bug::zab)?;
+            scan::<ZabSim>(&args, "zab", |options| options.planted_bug = bug)
         }
         other => anyhow::bail!("{other:?} is not a consensus protocol"),
     }
