@@ -106,6 +106,9 @@ impl<S: ZabStorage> Zab<S> {
         }));
         // Tell the members who voted for us that we lead (they may have decided already).
         self.broadcast_notification();
+        for (from, (accepted_epoch, observer)) in std::mem::take(&mut self.election.early_infos) {
+            self.handle_follower_info(from, accepted_epoch, observer);
+        }
         self.maybe_choose_epoch();
     }
 
@@ -118,6 +121,12 @@ impl<S: ZabStorage> Zab<S> {
         let now = self.now;
         if !self.conf.contains(from) && !self.election.conf.contains(from) {
             return; // not a member (keeps the peer table bounded by the membership)
+        }
+        if matches!(self.state, State::Looking) {
+            self.election
+                .early_infos
+                .insert(from, (accepted_epoch, observer));
+            return;
         }
         let observer = observer || !self.conf.is_voter(from);
         let State::Leading(l) = &mut self.state else {

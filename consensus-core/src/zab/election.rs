@@ -39,6 +39,10 @@ pub(crate) struct Election {
     /// (committed or not). The applied one may lag after a restart (the commit point is only a
     /// hint), and members whose views differ could then never agree.
     pub(crate) conf: ConfState,
+    /// FOLLOWERINFOs that arrived while this member was still looking (member -> accepted
+    /// epoch, observer): a follower that decided first is not kept waiting for its resend once
+    /// this member decides to lead. Bounded by the membership; cleared with each new round.
+    pub(crate) early_infos: BTreeMap<NodeId, (u64, bool)>,
 }
 
 impl Election {
@@ -138,6 +142,7 @@ impl<S: ZabStorage> Zab<S> {
         self.election.round += 1;
         self.election.received.clear();
         self.election.following.clear();
+        self.election.early_infos.clear();
         self.election.decide_at = None;
         self.election.since = self.now;
         self.election.backoff = 1;
@@ -236,6 +241,17 @@ impl<S: ZabStorage> Zab<S> {
         }
         let from_voter = self.election.conf.is_voter(from);
         if !matches!(self.state, State::Looking) {
+            if state == PeerState::Looking && from_voter && self.missed_leader() {
+                // A voter is looking and this follower has not heard its leader for half an
+                // election timeout either: join that election now rather than wait out its own
+                // (randomized, up to twice as long) timeout — with one member down, a quorum of
+                // the rest needs both. ZooKeeper's followers learn it from the leader's closed
+                // socket; here silence is the only signal. Safety rests on discovery, not on
+                // who looks when.
+                self.become_looking();
+                self.handle_notification(from, round, vote, state);
+                return;
+            }
             // Tell a looking member who leads.
             if state == PeerState::Looking {
                 let body = self.my_notification();
@@ -325,6 +341,19 @@ impl<S: ZabStorage> Zab<S> {
         }
     }
 
+    /// Whether this member follows (as a voter) a leader it has not heard from for half an
+    /// election timeout.
+    fn missed_leader(&self) -> bool {
+        match &self.state {
+            State::Following(f) => {
+                !self.is_observer()
+                    && self.now.saturating_sub(f.heard_at)
+                        >= u64::from(self.config.election_tick) / 2
+            }
+            _ => false,
+        }
+    }
+
     fn check_decision(&mut self) {
         let Some(vote) = self.election.vote else {
             return;
@@ -341,7 +370,7 @@ impl<S: ZabStorage> Zab<S> {
         if agree >= self.election.quorum() {
             if self.election.decide_at.is_none() {
                 // Finalize wait: a better vote may still be on its way.
-                self.election.decide_at = Some(self.now + 2 + self.rng.gen_range(0..3));
+                self.election.decide_at = Some(self.now + 1 + self.rng.gen_range(0..2));
             }
         } else {
             self.election.decide_at = None;

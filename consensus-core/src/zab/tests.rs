@@ -687,3 +687,42 @@ fn a_misrouted_or_stale_message_is_refused_or_ignored() {
     assert_eq!(engine.status().last_index, before.last_index);
     assert_eq!(engine.status().commit, before.commit);
 }
+
+#[test]
+fn a_follower_that_missed_its_leader_joins_a_voters_election_at_once() {
+    // Five voters, so the four survivors' randomized timeouts cannot all fall on one tick.
+    let mut net = Net::new(&[1, 2, 3, 4, 5], &[]);
+    let old = net.elect();
+    net.down.insert(old);
+    let survivors: Vec<NodeId> = (1..=5).filter(|&id| id != old).collect();
+    // Tick until the first survivor's own timeout sends it looking.
+    let mut ticks = 0;
+    while survivors
+        .iter()
+        .all(|&id| net.engine(id).role() == Role::Follower)
+    {
+        net.tick(1);
+        ticks += 1;
+        assert!(ticks < 40, "no survivor ever started looking");
+    }
+    // Its notification reached the other survivor, which had not heard the leader for at least
+    // half an election timeout either: it joined at once instead of waiting for its own draw.
+    for &id in &survivors {
+        assert_ne!(
+            net.engine(id).leader(),
+            Some(old),
+            "node {id} still follows the dead leader"
+        );
+    }
+    // Finalize wait, discovery and synchronisation: a few ticks, not another timeout.
+    for _ in 0..8 {
+        if net.leader().is_some() {
+            break;
+        }
+        net.tick(1);
+    }
+    let new = net
+        .leader()
+        .expect("a new leader within 8 ticks of the first looking member");
+    assert_ne!(new, old);
+}
