@@ -36,7 +36,8 @@ pub(super) struct Primary {
 }
 
 impl<S: Storage<HardState = HardState>> PrimaryBackup<S> {
-    /// Takes office: every replica's progress starts at the log end.
+    /// Takes office: every replica's progress starts at the log end. It acts in the epoch (sends
+    /// prepares, serves) only once the epoch is durable here ([`Self::epoch_durable`]).
     pub(super) fn become_primary(&mut self) {
         let last = self.last_index();
         let progress = self
@@ -66,6 +67,24 @@ impl<S: Storage<HardState = HardState>> PrimaryBackup<S> {
             self.stage_hard_state();
         }
         self.update_soft();
+        self.send_prepares(true);
+    }
+
+    /// Whether this replica's hard state of the current epoch is durable. A primary sends nothing
+    /// and serves nothing before: a crash could otherwise lose the epoch while its prepares live
+    /// on at a backup, and the restarted replica, learning the epoch again from the manager, would
+    /// take office in it a second time and hand out the same serial numbers with other entries
+    /// (a backup holding the old entry of the same epoch would keep it, and the two diverge).
+    pub(super) fn epoch_durable(&self) -> bool {
+        self.durable_synced_epoch == self.epoch()
+    }
+
+    /// The epoch just became durable: the primary starts acting in it.
+    pub(super) fn on_epoch_durable(&mut self) {
+        let now = self.now;
+        if let Some(p) = &mut self.primary {
+            p.since = now;
+        }
         self.send_prepares(true);
     }
 
@@ -142,6 +161,9 @@ impl<S: Storage<HardState = HardState>> PrimaryBackup<S> {
     /// Sends each replica what it lacks; with nothing new, a beacon every `beacon_ticks` (which
     /// also goes back to the last acknowledged index, resending what was lost).
     fn send_prepares(&mut self, force: bool) {
+        if !self.epoch_durable() {
+            return;
+        }
         let Some(p) = &self.primary else { return };
         let replicas: Vec<NodeId> = p.progress.keys().copied().collect();
         let last = self.last_index();
@@ -218,7 +240,7 @@ impl<S: Storage<HardState = HardState>> PrimaryBackup<S> {
 
     /// Moves the commit point as the ack mode says; only while every lease is held.
     pub(super) fn advance_commit(&mut self) {
-        if !self.leases_held() {
+        if !self.epoch_durable() || !self.leases_held() {
             return;
         }
         let Some(p) = &self.primary else { return };
