@@ -106,7 +106,7 @@ impl Group {
         while left > 0
             || self
                 .serving()
-                .map_or(true, |p| self.engine(p).status().commit < target)
+                .is_none_or(|p| self.engine(p).status().commit < target)
         {
             if let Some(p) = self.serving() {
                 let (r, host) = &mut self.replicas[p as usize - 1];
