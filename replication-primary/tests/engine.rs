@@ -285,3 +285,38 @@ fn grace_shorter_than_the_lease_is_refused() {
         Err(Error::InvalidConfig(_))
     ));
 }
+
+#[test]
+fn a_new_primary_sends_nothing_of_its_epoch_before_the_epoch_is_durable() {
+    // A crash before the epoch is durable must leave no prepare of it anywhere: the restarted
+    // replica may learn the same epoch again from the manager and take office in it once more.
+    let (mut r, mut host) = replica(1, Ack::All);
+    r.drive(&mut host).unwrap();
+    host.messages.clear();
+    r.engine_mut()
+        .step(installed(1, config(2, 2, 1, &[1, 2, 3])))
+        .unwrap();
+    let ready = r.engine_mut().ready().unwrap();
+    let prepares = |ms: &[Message]| {
+        ms.iter()
+            .filter(|m| matches!(m.body, Body::Prepare { .. }))
+            .count()
+    };
+    assert_eq!(prepares(&ready.messages), 0, "{:?}", ready.messages);
+    assert!(!r.engine().is_serving());
+    let persist = ready.persist.expect("the epoch's hard state is written");
+    assert_eq!(
+        persist.write.hard_state.as_ref().map(|h| h.synced_epoch),
+        Some(2)
+    );
+    // Nor on later ticks while the write is outstanding.
+    for _ in 0..3 {
+        r.engine_mut().tick();
+    }
+    let ready = r.engine_mut().ready().unwrap();
+    assert_eq!(prepares(&ready.messages), 0, "{:?}", ready.messages);
+    r.engine_mut().storage_mut().write(&persist.write).unwrap();
+    r.engine_mut().persisted(persist.token).unwrap();
+    let ready = r.engine_mut().ready().unwrap();
+    assert_eq!(prepares(&ready.messages), 2, "{:?}", ready.messages);
+}

@@ -94,7 +94,12 @@ impl<S: Storage<HardState = HardState>> PrimaryBackup<S> {
         let matches =
             prev_index <= self.last_index() && self.term_at(prev_index) == Some(prev_term);
         if !matches {
-            let hint = self.last_index().min(prev_index.saturating_sub(1));
+            // Where the primary should look next: the log end, or below the mismatch; skipping
+            // entries of epochs above `prev_term`, which the primary's log cannot hold there.
+            let mut hint = self.last_index().min(prev_index.saturating_sub(1));
+            while hint > 0 && self.term_at(hint).is_some_and(|t| t > prev_term) {
+                hint -= 1;
+            }
             self.send(from, Body::Mismatch { sent_at, hint });
             return Ok(());
         }

@@ -113,9 +113,11 @@ impl<S: Storage<HardState = HardState>> PrimaryBackup<S> {
     /// Whether this replica is the primary and may serve reads and acknowledge writes now: it
     /// holds a lease from every backup and has committed everything it prepared before.
     pub fn is_serving(&self) -> bool {
-        self.primary
-            .as_ref()
-            .is_some_and(|p| self.commit >= p.epoch_start)
+        self.epoch_durable()
+            && self
+                .primary
+                .as_ref()
+                .is_some_and(|p| self.commit >= p.epoch_start)
             && self.leases_held()
             && self.within_async_window()
     }
@@ -489,8 +491,12 @@ impl<S: Storage<HardState = HardState>> Consensus for PrimaryBackup<S> {
 
     fn persisted(&mut self, token: PersistToken) -> Result<(), Error> {
         let (record, held) = self.queue.confirm(token)?;
+        let was_durable = self.epoch_durable();
         self.durable = record.last;
         self.durable_synced_epoch = record.synced_epoch;
+        if self.primary.is_some() && !was_durable && self.epoch_durable() {
+            self.on_epoch_durable();
+        }
         let epoch = self.epoch();
         // An answer promised in an epoch this replica has left is void: drop it.
         self.out

@@ -18,6 +18,12 @@ pub(super) struct Progress {
     next: u64,
     /// Durable and matching through this index.
     pub(super) durable: u64,
+    /// Whether it answered a prepare of this epoch that matched its log (until then `durable`
+    /// says nothing and the primary probes for where the logs meet).
+    matched: bool,
+    /// While unmatched: the first index to send, the log end at first and lowered by each
+    /// `Mismatch` hint (the replica's own log end) — one round trip finds an up-to-date tail.
+    probe: u64,
     /// Send time of the newest prepare it answered (its lease runs `lease_ticks` from there).
     lease_from: Option<u64>,
     /// When the last prepare went to it.
@@ -36,7 +42,8 @@ pub(super) struct Primary {
 }
 
 impl<S: Storage<HardState = HardState>> PrimaryBackup<S> {
-    /// Takes office: every replica's progress starts at the log end.
+    /// Takes office: every replica's progress starts unmatched, probing at the log end. It acts in the epoch (sends
+    /// prepares, serves) only once the epoch is durable here ([`Self::epoch_durable`]).
     pub(super) fn become_primary(&mut self) {
         let last = self.last_index();
         let progress = self
@@ -50,6 +57,8 @@ impl<S: Storage<HardState = HardState>> PrimaryBackup<S> {
                     Progress {
                         next: last + 1,
                         durable: 0,
+                        matched: false,
+                        probe: last + 1,
                         lease_from: None,
                         last_sent: 0,
                     },
@@ -66,6 +75,24 @@ impl<S: Storage<HardState = HardState>> PrimaryBackup<S> {
             self.stage_hard_state();
         }
         self.update_soft();
+        self.send_prepares(true);
+    }
+
+    /// Whether this replica's hard state of the current epoch is durable. A primary sends nothing
+    /// and serves nothing before: a crash could otherwise lose the epoch while its prepares live
+    /// on at a backup, and the restarted replica, learning the epoch again from the manager, would
+    /// take office in it a second time and hand out the same serial numbers with other entries
+    /// (a backup holding the old entry of the same epoch would keep it, and the two diverge).
+    pub(super) fn epoch_durable(&self) -> bool {
+        self.durable_synced_epoch == self.epoch()
+    }
+
+    /// The epoch just became durable: the primary starts acting in it.
+    pub(super) fn on_epoch_durable(&mut self) {
+        let now = self.now;
+        if let Some(p) = &mut self.primary {
+            p.since = now;
+        }
         self.send_prepares(true);
     }
 
@@ -139,38 +166,54 @@ impl<S: Storage<HardState = HardState>> PrimaryBackup<S> {
         self.advance_commit();
     }
 
-    /// Sends each replica what it lacks; with nothing new, a beacon every `beacon_ticks` (which
-    /// also goes back to the last acknowledged index, resending what was lost).
+    /// Sends each replica what it lacks; see [`Self::send_to`].
     fn send_prepares(&mut self, force: bool) {
         let Some(p) = &self.primary else { return };
         let replicas: Vec<NodeId> = p.progress.keys().copied().collect();
-        let last = self.last_index();
         for r in replicas {
-            let (next, beacon_due) = {
-                let p = self.primary.as_mut().expect("primary");
-                let g = p.progress.get_mut(&r).expect("replica");
-                let due = force || self.now >= g.last_sent + self.cfg.beacon_ticks;
-                if due {
-                    g.next = g.durable + 1;
-                }
-                (g.next, due)
+            self.send_to(r, force);
+        }
+    }
+
+    /// Sends `r` what it lacks. A matched replica gets batches pipelined up to a window of
+    /// `4 × max_batch` entries beyond its durable index (called again on each of its answers, so
+    /// catch-up streams at a window per round trip); an unmatched one only the probe. With
+    /// nothing new, a beacon every `beacon_ticks`, which also goes back to the last acknowledged
+    /// index (or the probe), resending what was lost.
+    fn send_to(&mut self, r: NodeId, force: bool) {
+        if !self.epoch_durable() {
+            return;
+        }
+        let last = self.last_index();
+        let window = (self.cfg.max_batch * 4) as u64;
+        let now = self.now;
+        let mut beacon = {
+            let Some(g) = self.primary.as_mut().and_then(|p| p.progress.get_mut(&r)) else {
+                return;
             };
-            let inflight = next.saturating_sub(1);
-            let window = (self.cfg.max_batch * 4) as u64;
-            let durable = self.primary.as_ref().expect("primary").progress[&r].durable;
-            if !beacon_due && (next > last || inflight >= durable + window) {
-                continue;
+            let due = force || now >= g.last_sent + self.cfg.beacon_ticks;
+            if due {
+                g.next = if g.matched { g.durable + 1 } else { g.probe };
             }
-            let prev_index = next - 1;
+            due
+        };
+        loop {
+            let g = self.primary.as_ref().expect("primary").progress[&r];
+            let more = g.matched && g.next <= last && g.next - 1 < g.durable + window;
+            if !beacon && !more {
+                return;
+            }
+            beacon = false;
+            let prev_index = g.next - 1;
             let Some(prev_term) = self.term_at(prev_index) else {
-                continue;
+                return;
             };
             let hi = last.min(prev_index + self.cfg.max_batch as u64);
-            let entries: Vec<Entry> = (next..=hi).filter_map(|i| self.entry_at(i)).collect();
+            let entries: Vec<Entry> = (g.next..=hi).filter_map(|i| self.entry_at(i)).collect();
             let sent = entries.len() as u64;
             let body = Body::Prepare {
                 config: self.state.config.clone(),
-                sent_at: self.now,
+                sent_at: now,
                 prev_index,
                 prev_term,
                 entries,
@@ -178,10 +221,16 @@ impl<S: Storage<HardState = HardState>> PrimaryBackup<S> {
                 last,
             };
             self.send(r, body);
-            let p = self.primary.as_mut().expect("primary");
-            let g = p.progress.get_mut(&r).expect("replica");
-            g.next = next + sent;
-            g.last_sent = self.now;
+            let g = self
+                .primary
+                .as_mut()
+                .and_then(|p| p.progress.get_mut(&r))
+                .expect("replica");
+            g.next += sent;
+            g.last_sent = now;
+            if sent == 0 {
+                return;
+            }
         }
     }
 
@@ -205,20 +254,29 @@ impl<S: Storage<HardState = HardState>> PrimaryBackup<S> {
         if sent_at <= now {
             g.lease_from = Some(g.lease_from.map_or(sent_at, |l| l.max(sent_at)));
         }
+        let mut probe_again = false;
         if let Some(d) = durable {
+            g.matched = true;
             g.durable = g.durable.max(d);
             g.next = g.next.max(d + 1);
         }
         if let Some(h) = hint {
-            g.next = g.next.min(h + 1).max(g.durable + 1);
+            if g.matched {
+                g.next = g.next.min(h + 1).max(g.durable + 1);
+            } else if h + 1 < g.probe {
+                // Probe where its log ends (or below the mismatch) at once.
+                g.probe = h + 1;
+                probe_again = true;
+            }
         }
         self.advance_commit();
         self.emit_committed();
+        self.send_to(from, probe_again);
     }
 
     /// Moves the commit point as the ack mode says; only while every lease is held.
     pub(super) fn advance_commit(&mut self) {
-        if !self.leases_held() {
+        if !self.epoch_durable() || !self.leases_held() {
             return;
         }
         let Some(p) = &self.primary else { return };
