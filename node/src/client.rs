@@ -54,6 +54,7 @@ use crate::proto::{
     AdminRequest, Consistency, KeyValue, Member, NodeStatus, Quorate, ReadOp, Reply, Request,
     ServerError, Session, WriteOp, WriteResult,
 };
+use crate::proto::{Compare, TxnOp, TxnOpResult};
 
 /// How a [`Client`] connects and how long it tries.
 #[derive(Debug, Clone)]
@@ -830,6 +831,33 @@ impl Client {
         }
     }
 
+    /// Runs a transaction: if every compare holds, the `success` ops, else the `failure` ops, as
+    /// one atomic write at one store revision (etcd's `Txn`).
+    pub async fn txn(
+        &self,
+        compares: Vec<Compare>,
+        success: Vec<TxnOp>,
+        failure: Vec<TxnOp>,
+    ) -> Result<TxnOutcome, ClientError> {
+        let op = WriteOp::Txn {
+            compares,
+            success,
+            failure,
+        };
+        match self.write(op).await? {
+            WriteResult::Txn {
+                succeeded,
+                revision,
+                results,
+            } => Ok(TxnOutcome {
+                succeeded,
+                revision,
+                results,
+            }),
+            other => Err(unexpected_write(&other)),
+        }
+    }
+
     /// The newest store revision this client has seen in a reply: a sequential read never
     /// returns an older state. Hand it to another client (or a later CLI run, `--min-revision`)
     /// to carry the session on.
@@ -1174,6 +1202,17 @@ pub enum CasOutcome {
     },
 }
 
+/// The result of a transaction.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct TxnOutcome {
+    /// Whether every compare held (the success branch ran; else the failure branch).
+    pub succeeded: bool,
+    /// Store revision after the transaction.
+    pub revision: u64,
+    /// What each op of the branch that ran did.
+    pub results: Vec<TxnOpResult>,
+}
+
 /// One page of a scan.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct ScanPage {
@@ -1227,7 +1266,8 @@ fn reply_revision(reply: &Reply) -> Option<u64> {
         Reply::Write(
             WriteResult::Put { revision }
             | WriteResult::Delete { revision, .. }
-            | WriteResult::Cas { revision, .. },
+            | WriteResult::Cas { revision, .. }
+            | WriteResult::Txn { revision, .. },
         )
         | Reply::Get { revision, .. }
         | Reply::Scan { revision, .. } => Some(*revision),

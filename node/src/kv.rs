@@ -17,7 +17,7 @@ use std::ops::Bound;
 use bytes::Bytes;
 use serde::{Deserialize, Serialize};
 
-use crate::proto::{KeyValue, ServerError, Session, WriteOp, WriteResult};
+use crate::proto::{KeyValue, ServerError, Session, TxnOp, TxnOpResult, WriteOp, WriteResult};
 
 /// Results remembered per client at most; the oldest is forgotten beyond this (a client with more
 /// writes in flight than this under one id loses exactly-once for the oldest).
@@ -58,14 +58,9 @@ impl Batch {
             .iter()
             .map(|command| match command {
                 Command::Write { op, .. } => {
-                    let values = match op {
-                        WriteOp::Put { value, .. } => value.len(),
-                        WriteOp::Delete { .. } => 0,
-                        WriteOp::Cas { expected, new, .. } => {
-                            new.len() + expected.as_ref().map_or(0, Bytes::len)
-                        }
-                    };
-                    op.key().len() + values + 48
+                    let keys: usize = op.keys().iter().map(|k| k.len() + 8).sum();
+                    let values: usize = op.values().iter().map(|v| v.len()).sum();
+                    keys + values + 48
                 }
                 Command::SetMemberAddr { .. } => 48,
             })
@@ -323,6 +318,46 @@ impl KvStore {
                     }
                 }
             }
+            WriteOp::Txn {
+                compares,
+                success,
+                failure,
+            } => {
+                let succeeded = compares.iter().all(|c| {
+                    let current = data.get(&c.key).map(|stored| Self::kv(&c.key, stored));
+                    c.holds(current.as_ref())
+                });
+                let branch = if succeeded { success } else { failure };
+                // One revision for the whole transaction, taken only if it changes something.
+                let txn_revision = *revision + 1;
+                let mut changed = false;
+                let results = branch
+                    .iter()
+                    .map(|op| match op {
+                        TxnOp::Put { key, value } => {
+                            Self::put(data, txn_revision, key, value);
+                            changed = true;
+                            TxnOpResult::Put
+                        }
+                        TxnOp::Delete { key } => {
+                            let deleted = data.remove(key).is_some();
+                            changed |= deleted;
+                            TxnOpResult::Delete { deleted }
+                        }
+                        TxnOp::Get { key } => TxnOpResult::Get {
+                            kv: data.get(key).map(|stored| Self::kv(key, stored)),
+                        },
+                    })
+                    .collect();
+                if changed {
+                    *revision = txn_revision;
+                }
+                WriteResult::Txn {
+                    succeeded,
+                    revision: *revision,
+                    results,
+                }
+            }
         }
     }
 
@@ -404,6 +439,104 @@ mod tests {
         kv.apply(&Command::Write { session: s, op }, index)
             .unwrap()
             .unwrap()
+    }
+
+    #[test]
+    fn a_transaction_runs_one_branch_atomically_at_one_revision() {
+        use crate::proto::{Compare, CompareOp, CompareTarget};
+        let mut kv = KvStore::new(10);
+        write(&mut kv, session(1, 1), put("a", "1"), 1);
+        let txn = |compares: Vec<Compare>| WriteOp::Txn {
+            compares,
+            success: vec![
+                TxnOp::Put {
+                    key: b("a"),
+                    value: b("2"),
+                },
+                TxnOp::Put {
+                    key: b("b"),
+                    value: b("new"),
+                },
+                TxnOp::Get { key: b("b") },
+                TxnOp::Delete { key: b("zz") },
+            ],
+            failure: vec![TxnOp::Get { key: b("a") }],
+        };
+        let a_is = |value: &str| Compare {
+            key: b("a"),
+            target: CompareTarget::Value(b(value)),
+            op: CompareOp::Equal,
+        };
+        let b_absent = Compare {
+            key: b("b"),
+            target: CompareTarget::Version(0),
+            op: CompareOp::Equal,
+        };
+        // Both compares hold: the success branch, every write at revision 2, the get sees the put.
+        let WriteResult::Txn {
+            succeeded,
+            revision,
+            results,
+        } = write(
+            &mut kv,
+            session(1, 2),
+            txn(vec![a_is("1"), b_absent.clone()]),
+            2,
+        )
+        else {
+            panic!("a txn result")
+        };
+        assert!(succeeded);
+        assert_eq!(revision, 2);
+        let TxnOpResult::Get { kv: Some(read) } = &results[2] else {
+            panic!("{results:?}")
+        };
+        assert_eq!((read.value.as_ref(), read.mod_revision), (&b"new"[..], 2));
+        assert_eq!(results[3], TxnOpResult::Delete { deleted: false });
+        let a = kv.get(b"a").expect("a");
+        assert_eq!(
+            (a.value.as_ref(), a.mod_revision, a.version),
+            (&b"2"[..], 2, 2)
+        );
+        // Now `a` is "2" and `b` exists: the failure branch reads and changes nothing.
+        let before = kv.clone();
+        let result = write(&mut kv, session(1, 3), txn(vec![a_is("1"), b_absent]), 3);
+        let WriteResult::Txn {
+            succeeded,
+            revision,
+            results,
+        } = result
+        else {
+            panic!("a txn result")
+        };
+        assert!(!succeeded);
+        assert_eq!(revision, 2, "a read-only branch takes no revision");
+        assert!(matches!(&results[..], [TxnOpResult::Get { kv: Some(_) }]));
+        assert_eq!(kv.get(b"a"), before.get(b"a"));
+        // A retry of the same session sequence number gets the same answer, applied once.
+        let again = write(&mut kv, session(1, 2), txn(vec![]), 4);
+        assert!(matches!(
+            again,
+            WriteResult::Txn {
+                succeeded: true,
+                revision: 2,
+                ..
+            }
+        ));
+        // Ordering compares on revisions; a value compare on an absent key holds only for !=.
+        let cmp = |key: &str, target, op| Compare {
+            key: b(key),
+            target,
+            op,
+        };
+        let absent = kv.get(b"nope");
+        assert!(
+            cmp("nope", CompareTarget::Value(b("x")), CompareOp::NotEqual).holds(absent.as_ref())
+        );
+        assert!(!cmp("nope", CompareTarget::Value(b("x")), CompareOp::Less).holds(absent.as_ref()));
+        let a = kv.get(b"a");
+        assert!(cmp("a", CompareTarget::ModRevision(3), CompareOp::Less).holds(a.as_ref()));
+        assert!(cmp("a", CompareTarget::CreateRevision(0), CompareOp::Greater).holds(a.as_ref()));
     }
 
     #[test]

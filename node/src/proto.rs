@@ -37,7 +37,9 @@ use bytes::Bytes;
 use serde::{Deserialize, Serialize};
 
 pub mod peer;
+pub mod txn;
 pub use peer::{PeerNodeStatus, PeerReply, PeerRequest, PeerSibling};
+pub use txn::{Compare, CompareOp, CompareTarget, TxnOp, TxnOpResult, MAX_TXN_OPS};
 
 /// Version of the message layout in this module.
 pub const PROTOCOL_VERSION: u32 = 2;
@@ -206,13 +208,57 @@ pub enum WriteOp {
         /// Value to set.
         new: Bytes,
     },
+    /// A transaction ([`txn`]): if every compare holds, the success ops, else the failure ops.
+    Txn {
+        /// Conditions, all of which must hold.
+        compares: Vec<Compare>,
+        /// Ops when they all hold.
+        success: Vec<TxnOp>,
+        /// Ops otherwise.
+        failure: Vec<TxnOp>,
+    },
 }
 
 impl WriteOp {
-    /// The key written.
-    pub fn key(&self) -> &Bytes {
+    /// Every key the op names (compared, read or written), in order.
+    pub fn keys(&self) -> Vec<&Bytes> {
         match self {
-            WriteOp::Put { key, .. } | WriteOp::Delete { key } | WriteOp::Cas { key, .. } => key,
+            WriteOp::Put { key, .. } | WriteOp::Delete { key } | WriteOp::Cas { key, .. } => {
+                vec![key]
+            }
+            WriteOp::Txn {
+                compares,
+                success,
+                failure,
+            } => compares
+                .iter()
+                .map(|c| &c.key)
+                .chain(success.iter().chain(failure).map(TxnOp::key))
+                .collect(),
+        }
+    }
+
+    /// Every value the op carries (to set or to compare with).
+    pub fn values(&self) -> Vec<&Bytes> {
+        match self {
+            WriteOp::Put { value, .. } => vec![value],
+            WriteOp::Delete { .. } => vec![],
+            WriteOp::Cas { expected, new, .. } => std::iter::once(new).chain(expected).collect(),
+            WriteOp::Txn {
+                compares,
+                success,
+                failure,
+            } => compares
+                .iter()
+                .filter_map(|c| match &c.target {
+                    CompareTarget::Value(v) => Some(v),
+                    _ => None,
+                })
+                .chain(success.iter().chain(failure).filter_map(|op| match op {
+                    TxnOp::Put { value, .. } => Some(value),
+                    _ => None,
+                }))
+                .collect(),
         }
     }
 }
@@ -305,6 +351,15 @@ pub enum WriteResult {
         revision: u64,
         /// When it failed: the current pair (`None` if absent).
         current: Option<KeyValue>,
+    },
+    /// A transaction.
+    Txn {
+        /// Whether every compare held (the success branch ran).
+        succeeded: bool,
+        /// Store revision after the transaction (one more than before if it changed anything).
+        revision: u64,
+        /// What each op of the branch that ran did, in order.
+        results: Vec<TxnOpResult>,
     },
 }
 
@@ -524,6 +579,14 @@ pub enum ServerError {
         acks: u32,
         /// R or W.
         needed: u32,
+    },
+    /// A transaction holds more compares and ops than allowed.
+    #[error("transaction of {ops} compares and ops exceeds the limit of {limit}")]
+    TxnTooLarge {
+        /// Compares plus ops of both branches.
+        ops: u64,
+        /// Limit ([`MAX_TXN_OPS`]).
+        limit: u64,
     },
 }
 

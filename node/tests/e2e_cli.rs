@@ -179,6 +179,80 @@ async fn the_cli_writes_reads_and_manages_the_cluster() {
     assert_eq!(cluster.wait_leader(&client, &[1, 2, 3]).await, target);
 }
 
+/// `kv txn`: compares, then one branch, atomically; the branch that ran is the exit code.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_cli_transaction_runs_the_branch_its_compares_choose_atomically() {
+    let _serial = SERIAL.lock().await;
+    let cluster = ProcCluster::start(3, |_| {});
+    let client = cluster.client();
+    cluster.wait_leader(&client, &[1, 2, 3]).await;
+    expect(
+        cluster.cli(&["kv", "put", "balance/alice", "10"]),
+        0,
+        "OK",
+        "",
+    );
+    // Move the money only if alice still holds 10 and bob has no account yet.
+    let transfer = r#"{"compare": [{"key": "balance/alice", "value": "10"},
+                                   {"key": "balance/bob", "version": 0}],
+                       "success": [{"put": {"key": "balance/alice", "value": "0"}},
+                                   {"put": {"key": "balance/bob", "value": "10"}},
+                                   {"get": "balance/bob"}],
+                       "failure": [{"get": "balance/alice"}, {"get": "balance/bob"}]}"#;
+    let out = expect(cluster.cli(&["kv", "txn", transfer]), 0, "SUCCESS", "");
+    assert!(out.contains("get \"balance/bob\": 10"), "{out}");
+    // Both keys carry the transaction's one revision.
+    let alice = expect(
+        cluster.cli(&["--json", "kv", "get", "balance/alice"]),
+        0,
+        "",
+        "",
+    );
+    let bob = expect(
+        cluster.cli(&["--json", "kv", "get", "balance/bob"]),
+        0,
+        "",
+        "",
+    );
+    let revision = |json: &str| -> u64 {
+        let v: serde_json::Value = serde_json::from_str(json).expect("JSON");
+        v["kv"]["mod_revision"].as_u64().expect("mod_revision")
+    };
+    assert_eq!(revision(&alice), revision(&bob), "{alice} {bob}");
+    // The same transaction again: the compares fail, the failure branch reads, exit code 1.
+    let dir = tempfile::tempdir().unwrap();
+    let file = dir.path().join("transfer.json");
+    std::fs::write(&file, transfer).unwrap();
+    let out = expect(
+        cluster.cli(&["--json", "kv", "txn", "--file", file.to_str().unwrap()]),
+        1,
+        "",
+        "",
+    );
+    let doc: serde_json::Value = serde_json::from_str(&out).expect("JSON");
+    assert_eq!(doc["succeeded"], false, "{out}");
+    assert_eq!(doc["results"][0]["kv"]["value"], "0", "{out}");
+    assert_eq!(doc["results"][1]["kv"]["value"], "10", "{out}");
+    expect(cluster.cli(&["kv", "get", "balance/alice"]), 0, "0", "");
+    // Malformed transactions are usage errors; an empty key is refused by the server.
+    expect(
+        cluster.cli(&["kv", "txn", "{not json"]),
+        2,
+        "",
+        "not a transaction",
+    );
+    expect(
+        cluster.cli(&[
+            "kv",
+            "txn",
+            r#"{"success": [{"put": {"key": "", "value": "x"}}]}"#,
+        ]),
+        4,
+        "",
+        "empty",
+    );
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn the_cli_without_a_reachable_cluster_says_what_to_do() {
     let dir = tempfile::tempdir().unwrap();

@@ -203,6 +203,19 @@ pub enum KvCommand {
         #[arg(long, conflicts_with = "expect")]
         absent: bool,
     },
+    /// Run a transaction (etcd's Txn): compares, then the success ops if all hold, else the
+    /// failure ops, atomically at one revision. Prints SUCCESS or FAILURE and each op's result;
+    /// exit code 1 when the failure branch ran. JSON:
+    /// `{"compare":[{"key":"a","version":0}],"success":[{"put":{"key":"a","value":"1"}}],"failure":[{"get":"a"}]}`
+    /// (compare on one of value / version / create_revision / mod_revision, op = != < >).
+    Txn {
+        /// The transaction as JSON text.
+        #[arg(value_name = "JSON", conflicts_with = "file")]
+        transaction: Option<String>,
+        /// Read the transaction's JSON from this file.
+        #[arg(long)]
+        file: Option<PathBuf>,
+    },
     /// Peer replication: update a CRDT key (a `[peer.prefixes]` entry names its type). Updates
     /// made concurrently anywhere merge: increments add up, an add wins over a concurrent
     /// remove, a register keeps the latest assignment by hybrid logical clock.

@@ -9,6 +9,7 @@ pub mod args;
 mod output;
 mod pb_output;
 mod peer_output;
+mod txn;
 
 use std::path::{Path, PathBuf};
 use std::process::ExitCode;

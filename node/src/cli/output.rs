@@ -32,7 +32,7 @@ fn consistency(arg: ConsistencyArg, min_revision: Option<u64>) -> Result<Consist
 }
 
 /// Text for people: the bytes as UTF-8 if they are, else hex with a `0x` prefix.
-fn text(bytes: &[u8]) -> String {
+pub(super) fn text(bytes: &[u8]) -> String {
     match std::str::from_utf8(bytes) {
         Ok(s) => s.to_string(),
         Err(_) => {
@@ -45,7 +45,7 @@ fn text(bytes: &[u8]) -> String {
 /// Bytes in JSON: a string if they are UTF-8, else `{"hex": "..."}`.
 #[derive(Serialize)]
 #[serde(untagged)]
-enum BytesOut {
+pub(super) enum BytesOut {
     Utf8(String),
     Binary { hex: String },
 }
@@ -63,7 +63,7 @@ impl From<&[u8]> for BytesOut {
 
 /// A stored pair, as `--json` prints it.
 #[derive(Serialize)]
-struct KvOut {
+pub(super) struct KvOut {
     key: BytesOut,
     value: BytesOut,
     create_revision: u64,
@@ -71,7 +71,7 @@ struct KvOut {
     version: u64,
 }
 
-fn kv_json(kv: &KeyValue) -> KvOut {
+pub(super) fn kv_json(kv: &KeyValue) -> KvOut {
     KvOut {
         key: kv.key.as_ref().into(),
         value: kv.value.as_ref().into(),
@@ -221,6 +221,9 @@ pub(super) async fn kv(
                 }
             }
             Ok(Outcome::Success)
+        }
+        KvCommand::Txn { transaction, file } => {
+            super::txn::run(client, transaction, file, json).await
         }
         KvCommand::Update { key, op, arg, w } => {
             super::peer_output::update(client, key, op, arg, w, json).await

@@ -17,7 +17,9 @@ use tokio::time::Instant;
 
 use crate::config::ServeConfig;
 use crate::kv::{Batch, Command, KvError, KvStore};
-use crate::proto::{Consistency, ReadOp, Reply, Responder, ServerError, Session, WriteOp};
+use crate::proto::{
+    Consistency, ReadOp, Reply, Responder, ServerError, Session, WriteOp, MAX_TXN_OPS,
+};
 
 use super::admin::engine_error;
 
@@ -480,18 +482,27 @@ impl KvService {
     }
 
     fn check_write(&self, op: &WriteOp) -> Result<u64, ServerError> {
-        self.check_key(op.key())?;
-        let limits = &self.config.limits;
-        let values: Vec<&Bytes> = match op {
-            WriteOp::Put { value, .. } => vec![value],
-            WriteOp::Delete { .. } => vec![],
-            WriteOp::Cas { expected, new, .. } => {
-                let mut v = vec![new];
-                v.extend(expected.iter());
-                v
+        if let WriteOp::Txn {
+            compares,
+            success,
+            failure,
+        } = op
+        {
+            let ops = compares.len() + success.len() + failure.len();
+            if ops > MAX_TXN_OPS {
+                return Err(ServerError::TxnTooLarge {
+                    ops: ops as u64,
+                    limit: MAX_TXN_OPS as u64,
+                });
             }
-        };
-        let mut size = op.key().len() as u64 + WRITE_OVERHEAD;
+        }
+        let keys = op.keys();
+        for key in &keys {
+            self.check_key(key)?;
+        }
+        let limits = &self.config.limits;
+        let values = op.values();
+        let mut size = keys.iter().map(|k| k.len() as u64).sum::<u64>() + WRITE_OVERHEAD;
         for value in values {
             if value.len() as u64 > limits.max_value_bytes {
                 return Err(ServerError::ValueTooLarge {
