@@ -97,8 +97,11 @@ fn op(o: OpIn) -> TxnOp {
     }
 }
 
+/// A parsed transaction: compares, success ops, failure ops.
+type Txn = (Vec<Compare>, Vec<TxnOp>, Vec<TxnOp>);
+
 /// Reads the transaction from its JSON text.
-pub(super) fn parse(json_text: &str) -> Result<(Vec<Compare>, Vec<TxnOp>, Vec<TxnOp>), CliError> {
+pub(super) fn parse(json_text: &str) -> Result<Txn, CliError> {
     let input: TxnIn =
         serde_json::from_str(json_text).map_err(|e| usage(format!("not a transaction: {e}")))?;
     let compares = input
