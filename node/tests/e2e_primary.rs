@@ -18,11 +18,11 @@
 mod common;
 
 use std::collections::BTreeMap;
-use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use common::relay::Relay;
+use common::writers::Writers;
 use common::{eventually, ProcCluster};
 use node::client::Client;
 use node::config::{AckSetting, MemberConfig, Protocol, Replication, ServeConfig};
@@ -112,35 +112,14 @@ async fn primary_killed_under_writes(tune: fn(&mut ServeConfig), mode: &str) {
     let first = wait_primary(&client, &[1, 2, 3]).await;
     let primary = first.id;
 
-    const WRITERS: usize = 4;
-    const PER_WRITER: usize = 80;
-    let acked_total = Arc::new(AtomicUsize::new(0));
-    let mut writers = Vec::new();
-    for w in 0..WRITERS {
-        let (client, acked_total) = (client.clone(), acked_total.clone());
-        writers.push(tokio::spawn(async move {
-            let mut acked = Vec::new();
-            for i in 0..PER_WRITER {
-                let key = format!("w{w}-{i:03}");
-                client
-                    .put(key.clone(), format!("{w}.{i}"))
-                    .await
-                    .unwrap_or_else(|e| panic!("put {key} across the failover: {e}"));
-                acked.push(key);
-                acked_total.fetch_add(1, Ordering::Relaxed);
-                // Paced, so the kill below lands while writes are in flight.
-                tokio::time::sleep(Duration::from_millis(4)).await;
-            }
-            acked
-        }));
-    }
+    let writers = Writers::start(&client, 4, 80, Duration::from_millis(4));
     eventually("a third of the writes are acknowledged", || async {
-        (acked_total.load(Ordering::Relaxed) >= WRITERS * PER_WRITER / 3).then_some(())
+        (writers.acked_so_far() >= writers.total / 3).then_some(())
     })
     .await;
     cluster.kill(primary);
     let killed_at = Instant::now();
-    let at_kill = acked_total.load(Ordering::Relaxed);
+    let at_kill = writers.acked_so_far();
 
     let survivors: Vec<u64> = [1, 2, 3].into_iter().filter(|&id| id != primary).collect();
     let next = wait_primary(&client, &survivors).await;
@@ -151,11 +130,7 @@ async fn primary_killed_under_writes(tune: fn(&mut ServeConfig), mode: &str) {
         first.term,
         next.term
     );
-    let mut acked = Vec::new();
-    for writer in writers {
-        acked.extend(writer.await.expect("writer task"));
-    }
-    assert_eq!(acked.len(), WRITERS * PER_WRITER);
+    let acked = writers.finish().await;
     assert!(
         at_kill < acked.len(),
         "writes were still in flight when the primary died ({at_kill} acknowledged before)"

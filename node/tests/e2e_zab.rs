@@ -11,10 +11,10 @@
 mod common;
 
 use std::collections::BTreeMap;
-use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::Arc;
 use std::time::Duration;
 
+use common::writers::Writers;
 use common::{eventually, ProcCluster};
 use node::client::Client;
 use node::config::Protocol;
@@ -67,39 +67,15 @@ async fn no_acknowledged_write_is_lost_when_the_leader_is_killed_under_writes_an
 
     // Four writers, each putting its own keys once; a put whose reply the failover cut off is
     // retried by the client in the same session with the same sequence number.
-    const WRITERS: usize = 4;
-    const PER_WRITER: usize = 60;
-    let acked_total = Arc::new(AtomicUsize::new(0));
-    let mut writers = Vec::new();
-    for w in 0..WRITERS {
-        let (client, acked_total) = (client.clone(), acked_total.clone());
-        writers.push(tokio::spawn(async move {
-            let mut acked = Vec::new();
-            for i in 0..PER_WRITER {
-                let key = format!("w{w}-{i:03}");
-                client
-                    .put(key.clone(), format!("{w}.{i}"))
-                    .await
-                    .unwrap_or_else(|e| panic!("put {key} across the failover: {e}"));
-                acked.push(key);
-                acked_total.fetch_add(1, Ordering::Relaxed);
-            }
-            acked
-        }));
-    }
-    // Kill the leader once a third of the writes are in, while the rest are in flight.
+    let writers = Writers::start(&client, 4, 60, Duration::ZERO);
     eventually("a third of the writes are acknowledged", || async {
-        (acked_total.load(Ordering::Relaxed) >= WRITERS * PER_WRITER / 3).then_some(())
+        (writers.acked_so_far() >= writers.total / 3).then_some(())
     })
     .await;
     cluster.kill(leader);
-    let at_kill = acked_total.load(Ordering::Relaxed);
+    let at_kill = writers.acked_so_far();
 
-    let mut acked = Vec::new();
-    for writer in writers {
-        acked.extend(writer.await.expect("writer task"));
-    }
-    assert_eq!(acked.len(), WRITERS * PER_WRITER);
+    let acked = writers.finish().await;
     assert!(
         at_kill < acked.len(),
         "writes were still in flight when the leader died ({at_kill} acknowledged before)"

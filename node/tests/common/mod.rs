@@ -9,6 +9,7 @@
 
 pub mod relay;
 pub mod timeline;
+pub mod writers;
 
 use std::collections::BTreeMap;
 use std::net::{SocketAddr, UdpSocket};
