@@ -13,6 +13,7 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use bytes::Bytes;
+use common::kv::{all_keys, wait_caught_up};
 use common::{eventually, ProcCluster};
 use node::client::{CasOutcome, Client};
 use node::config::Protocol;
@@ -21,37 +22,13 @@ use node::proto::{Consistency, WriteOp, WriteResult};
 /// One cluster at a time.
 static SERIAL: tokio::sync::Mutex<()> = tokio::sync::Mutex::const_new(());
 
+/// Every key and its value.
 async fn all_pairs(client: &Client) -> BTreeMap<String, String> {
-    let page = client
-        .scan("", None, 0, Consistency::Linearizable)
+    all_keys(client)
         .await
-        .expect("scan");
-    assert!(!page.more, "test data fits in one scan page");
-    page.kvs
         .into_iter()
-        .map(|kv| {
-            (
-                String::from_utf8(kv.key.to_vec()).unwrap(),
-                String::from_utf8(kv.value.to_vec()).unwrap(),
-            )
-        })
+        .map(|(key, (value, _))| (key, value))
         .collect()
-}
-
-/// Waits until member `id` has applied everything the leader had committed when asked.
-async fn wait_caught_up(client: &Client, leader: u64, id: u64) -> node::proto::NodeStatus {
-    let target = client
-        .status_of(leader)
-        .await
-        .expect("leader status")
-        .commit_index;
-    eventually(&format!("node {id} applies through {target}"), || async {
-        match client.status_of(id).await {
-            Ok(status) if status.applied_index >= target => Some(status),
-            _ => None,
-        }
-    })
-    .await
 }
 
 async fn acknowledged_writes_survive_a_killed_leader_and_the_restarted_node_catches_up_from_the_log(

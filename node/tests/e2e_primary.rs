@@ -21,6 +21,7 @@ use std::collections::BTreeMap;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
+use common::kv::{all_keys, wait_caught_up};
 use common::relay::Relay;
 use common::writers::Writers;
 use common::{eventually, ProcCluster};
@@ -67,40 +68,6 @@ async fn wait_primary(client: &Client, among: &[u64]) -> NodeStatus {
             }
         }
         None
-    })
-    .await
-}
-
-/// Every key and its value and version, read linearizably (at the primary).
-async fn all_keys(client: &Client) -> BTreeMap<String, (String, u64)> {
-    let page = client
-        .scan("", None, 0, Consistency::Linearizable)
-        .await
-        .expect("scan");
-    assert!(!page.more, "test data fits in one scan page");
-    page.kvs
-        .into_iter()
-        .map(|kv| {
-            (
-                String::from_utf8(kv.key.to_vec()).unwrap(),
-                (String::from_utf8(kv.value.to_vec()).unwrap(), kv.version),
-            )
-        })
-        .collect()
-}
-
-/// Waits until `id` has applied everything `primary` had committed when asked.
-async fn wait_caught_up(client: &Client, primary: u64, id: u64) -> NodeStatus {
-    let target = client
-        .status_of(primary)
-        .await
-        .expect("primary status")
-        .commit_index;
-    eventually(&format!("node {id} applies through {target}"), || async {
-        match client.status_of(id).await {
-            Ok(status) if status.applied_index >= target => Some(status),
-            _ => None,
-        }
     })
     .await
 }

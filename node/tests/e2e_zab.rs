@@ -10,52 +10,17 @@
 
 mod common;
 
-use std::collections::BTreeMap;
 use std::sync::Arc;
 use std::time::Duration;
 
+use common::kv::{all_keys, wait_caught_up};
 use common::writers::Writers;
 use common::{eventually, ProcCluster};
-use node::client::Client;
 use node::config::Protocol;
 use node::proto::Consistency;
 
 /// One cluster at a time.
 static SERIAL: tokio::sync::Mutex<()> = tokio::sync::Mutex::const_new(());
-
-/// Every key and its value and version, read linearizably.
-async fn all_keys(client: &Client) -> BTreeMap<String, (String, u64)> {
-    let page = client
-        .scan("", None, 0, Consistency::Linearizable)
-        .await
-        .expect("scan");
-    assert!(!page.more, "test data fits in one scan page");
-    page.kvs
-        .into_iter()
-        .map(|kv| {
-            (
-                String::from_utf8(kv.key.to_vec()).unwrap(),
-                (String::from_utf8(kv.value.to_vec()).unwrap(), kv.version),
-            )
-        })
-        .collect()
-}
-
-/// Waits until member `id` has applied everything member `leader` had committed when asked.
-async fn wait_caught_up(client: &Client, leader: u64, id: u64) -> node::proto::NodeStatus {
-    let target = client
-        .status_of(leader)
-        .await
-        .expect("leader status")
-        .commit_index;
-    eventually(&format!("node {id} applies through {target}"), || async {
-        match client.status_of(id).await {
-            Ok(status) if status.applied_index >= target => Some(status),
-            _ => None,
-        }
-    })
-    .await
-}
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn no_acknowledged_write_is_lost_when_the_leader_is_killed_under_writes_and_retries_apply_once(

@@ -7,6 +7,7 @@
 
 #![allow(dead_code)]
 
+pub mod kv;
 pub mod relay;
 pub mod timeline;
 pub mod writers;
