@@ -413,6 +413,17 @@ pub struct NodeStatus {
     pub members: Vec<Member>,
 }
 
+impl NodeStatus {
+    /// The protocol detail named `name` (Raft's `vote`, Zab's `state`, primary-backup's
+    /// `serving`, …), if the member reported it.
+    pub fn detail(&self, name: &str) -> Option<&str> {
+        self.detail
+            .iter()
+            .find(|(n, _)| n == name)
+            .map(|(_, v)| v.as_str())
+    }
+}
+
 /// A group member.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub struct Member {

@@ -46,15 +46,6 @@ fn pb_quorum(config: &mut ServeConfig) {
     config.primary_backup.ack = AckSetting::Quorum;
 }
 
-/// A status detail value.
-fn detail<'a>(status: &'a NodeStatus, name: &str) -> Option<&'a str> {
-    status
-        .detail
-        .iter()
-        .find(|(n, _)| n == name)
-        .map(|(_, v)| v.as_str())
-}
-
 /// Waits until one of `among` is a serving primary; returns its status.
 async fn wait_primary(client: &Client, among: &[u64]) -> NodeStatus {
     eventually(&format!("a serving primary among {among:?}"), || async {
@@ -62,7 +53,7 @@ async fn wait_primary(client: &Client, among: &[u64]) -> NodeStatus {
             if let Ok(Ok(status)) =
                 tokio::time::timeout(Duration::from_secs(1), client.status_of(id)).await
             {
-                if status.role == Role::Leader && detail(&status, "serving") == Some("true") {
+                if status.role == Role::Leader && status.detail("serving") == Some("true") {
                     return Some(status);
                 }
             }
@@ -143,7 +134,8 @@ async fn quorum_mode_loses_no_acknowledged_write_when_the_primary_is_killed_unde
 /// The in-sync set the primary `id` reports.
 async fn in_sync(client: &Client, id: u64) -> Vec<u64> {
     let status = client.status_of(id).await.expect("status");
-    detail(&status, "in_sync")
+    status
+        .detail("in_sync")
         .unwrap_or("")
         .split(',')
         .filter_map(|s| s.parse().ok())
@@ -293,14 +285,14 @@ async fn a_partitioned_primary_stops_serving_when_its_leases_run_out_and_follows
         let mut serving_new = None;
         for &id in &others {
             if let Ok(status) = client.status_of(id).await {
-                if status.role == Role::Leader && detail(&status, "serving") == Some("true") {
+                if status.role == Role::Leader && status.detail("serving") == Some("true") {
                     serving_new = Some(status);
                 }
             }
         }
         let took = cut_at.elapsed();
         if let Ok(status) = at_old.status_of(old.id).await {
-            let serving = detail(&status, "serving") == Some("true");
+            let serving = status.detail("serving") == Some("true");
             if let Some(new) = &serving_new {
                 assert!(
                     !serving,

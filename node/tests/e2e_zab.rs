@@ -67,12 +67,7 @@ async fn no_acknowledged_write_is_lost_when_the_leader_is_killed_under_writes_an
     cluster.spawn(leader);
     let status = wait_caught_up(&client, new_leader, leader).await;
     assert_eq!(status.keys as usize, acked.len());
-    let state = status
-        .detail
-        .iter()
-        .find(|(name, _)| name == "state")
-        .map(|(_, v)| v.as_str());
-    assert_eq!(state, Some("following"), "{status:?}");
+    assert_eq!(status.detail("state"), Some("following"), "{status:?}");
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

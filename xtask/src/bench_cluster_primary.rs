@@ -136,7 +136,7 @@ async fn failover(
     let (serving, next) = 'found: loop {
         for &id in &survivors {
             if let Ok(s) = probe.status_of(id).await {
-                let serves = s.detail.iter().any(|(n, v)| n == "serving" && v == "true");
+                let serves = s.detail("serving") == Some("true");
                 if s.role == node::proto::Role::Leader && serves {
                     break 'found (killed_at.elapsed(), Some(id));
                 }

@@ -23,14 +23,6 @@ pub(super) struct PbSummary {
     pub applied_lag: Vec<(u64, u64)>,
 }
 
-fn detail<'a>(status: &'a NodeStatus, name: &str) -> Option<&'a str> {
-    status
-        .detail
-        .iter()
-        .find(|(n, _)| n == name)
-        .map(|(_, v)| v.as_str())
-}
-
 fn ids(text: &str) -> Vec<u64> {
     text.split(',')
         .filter_map(|s| s.trim().parse().ok())
@@ -51,7 +43,7 @@ pub(super) fn summary(statuses: &[(u64, Result<NodeStatus, ClientError>)]) -> Op
         .copied();
     let newest = primary.or_else(|| answered.iter().max_by_key(|s| s.term).copied())?;
     let backup_lag = primary
-        .and_then(|p| detail(p, "backup_lag"))
+        .and_then(|p| p.detail("backup_lag"))
         .map(|text| {
             text.split(',')
                 .filter_map(|pair| {
@@ -64,13 +56,13 @@ pub(super) fn summary(statuses: &[(u64, Result<NodeStatus, ClientError>)]) -> Op
     let applied_lag = answered
         .iter()
         .filter(|s| s.role != Role::Leader)
-        .filter_map(|s| Some((s.id, detail(s, "lag")?.parse().ok()?)))
+        .filter_map(|s| Some((s.id, s.detail("lag")?.parse().ok()?)))
         .collect();
     Some(PbSummary {
         primary: primary.map(|p| p.id),
         epoch: newest.term,
-        serving: primary.is_some_and(|p| detail(p, "serving") == Some("true")),
-        in_sync: detail(newest, "in_sync").map(ids).unwrap_or_default(),
+        serving: primary.is_some_and(|p| p.detail("serving") == Some("true")),
+        in_sync: newest.detail("in_sync").map(ids).unwrap_or_default(),
         backup_lag,
         applied_lag,
     })
