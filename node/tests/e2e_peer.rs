@@ -12,13 +12,12 @@
 
 mod common;
 
-use std::collections::BTreeMap;
 use std::time::Duration;
 
-use common::relay::Relay;
+use common::relay::RelayMesh;
 use common::{eventually, ProcCluster};
 use node::client::Client;
-use node::config::{MemberConfig, PeerPolicy, Protocol, Replication, ServeConfig};
+use node::config::{PeerPolicy, Protocol, Replication, ServeConfig};
 use replication_peer::{CrdtOp, CrdtValue, VersionVector};
 
 fn peer_tune(config: &mut ServeConfig) {
@@ -27,9 +26,9 @@ fn peer_tune(config: &mut ServeConfig) {
     config.peer.hint_retry_ms = 200;
 }
 
-/// Three peer nodes; node `a` reaches node `b` through `relays[(a, b)]`.
+/// Three peer nodes, each reaching the others through relays.
 struct PeerCluster {
-    relays: BTreeMap<(u64, u64), Relay>,
+    relays: RelayMesh,
     procs: ProcCluster,
 }
 
@@ -40,34 +39,13 @@ impl PeerCluster {
 
     fn start_with(tune: fn(&mut ServeConfig)) -> PeerCluster {
         let mut procs = ProcCluster::prepare(Protocol::Raft, 3, tune);
-        let mut relays = BTreeMap::new();
-        for a in 1..=3 {
-            for b in (1..=3).filter(|&b| b != a) {
-                relays.insert((a, b), Relay::new(procs.addrs[&b]));
-            }
-        }
-        for id in 1..=3 {
-            let mut config = procs.config(id, false);
-            config.members = (1..=3)
-                .map(|m| MemberConfig {
-                    id: m,
-                    addr: if m == id {
-                        procs.addrs[&m]
-                    } else {
-                        relays[&(id, m)].addr()
-                    },
-                })
-                .collect();
-            std::fs::write(procs.config_path(id), config.to_toml_string().unwrap()).unwrap();
-            procs.spawn(id);
-        }
+        let relays = RelayMesh::spawn(&mut procs, 3);
         PeerCluster { relays, procs }
     }
 
     /// Cuts (or heals) the link between `a` and `b`, both directions.
     fn cut(&self, a: u64, b: u64, cut: bool) {
-        self.relays[&(a, b)].cut(cut);
-        self.relays[&(b, a)].cut(cut);
+        self.relays.cut(a, b, cut);
     }
 
     /// A client that talks to node `id` only.

@@ -17,16 +17,15 @@
 
 mod common;
 
-use std::collections::BTreeMap;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use common::kv::{all_keys, wait_caught_up};
-use common::relay::Relay;
+use common::relay::RelayMesh;
 use common::writers::Writers;
 use common::{eventually, ProcCluster};
 use node::client::Client;
-use node::config::{AckSetting, MemberConfig, Protocol, Replication, ServeConfig};
+use node::config::{AckSetting, Protocol, Replication, ServeConfig};
 use node::proto::{Consistency, NodeStatus, Role};
 
 /// One cluster at a time.
@@ -239,27 +238,7 @@ async fn a_partitioned_primary_stops_serving_when_its_leases_run_out_and_follows
     let _serial = SERIAL.lock().await;
     // Every node reaches every other through its own relay; clients reach nodes directly.
     let mut procs = ProcCluster::prepare(Protocol::Raft, 3, pb_all);
-    let mut relays = BTreeMap::new();
-    for a in 1..=3u64 {
-        for b in (1..=3u64).filter(|&b| b != a) {
-            relays.insert((a, b), Relay::new(procs.addrs[&b]));
-        }
-    }
-    for id in 1..=3u64 {
-        let mut config = procs.config(id, false);
-        config.members = (1..=3)
-            .map(|m| MemberConfig {
-                id: m,
-                addr: if m == id {
-                    procs.addrs[&m]
-                } else {
-                    relays[&(id, m)].addr()
-                },
-            })
-            .collect();
-        std::fs::write(procs.config_path(id), config.to_toml_string().unwrap()).unwrap();
-        procs.spawn(id);
-    }
+    let relays = RelayMesh::spawn(&mut procs, 3);
     let client = procs.client();
     let old = wait_primary(&client, &[1, 2, 3]).await;
     for i in 0..10 {
@@ -272,8 +251,7 @@ async fn a_partitioned_primary_stops_serving_when_its_leases_run_out_and_follows
         .expect("the primary serves linearizable reads");
 
     for other in [1, 2, 3].into_iter().filter(|&id| id != old.id) {
-        relays[&(old.id, other)].cut(true);
-        relays[&(other, old.id)].cut(true);
+        relays.cut(old.id, other, true);
     }
     let cut_at = Instant::now();
     // Until a backup serves in a new epoch: each round asks the others first, then the old
@@ -331,8 +309,7 @@ async fn a_partitioned_primary_stops_serving_when_its_leases_run_out_and_follows
         .expect("put at the new primary");
 
     for other in others {
-        relays[&(old.id, other)].cut(false);
-        relays[&(other, old.id)].cut(false);
+        relays.cut(old.id, other, false);
     }
     let status = wait_caught_up(&client, next.id, old.id).await;
     assert_eq!(status.role, Role::Follower);

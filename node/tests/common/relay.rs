@@ -84,3 +84,44 @@ impl Drop for Relay {
         }
     }
 }
+
+/// Every node reaching every other node through its own [`Relay`] (clients reach the nodes
+/// directly), so a test can cut any link.
+pub struct RelayMesh {
+    relays: std::collections::BTreeMap<(u64, u64), Relay>,
+}
+
+impl RelayMesh {
+    /// Puts relays between every pair of `procs`' nodes `1..=nodes`, writes each node's
+    /// configuration with its peers at their relays' addresses, and starts the nodes.
+    pub fn spawn(procs: &mut super::ProcCluster, nodes: u64) -> RelayMesh {
+        let mut relays = std::collections::BTreeMap::new();
+        for a in 1..=nodes {
+            for b in (1..=nodes).filter(|&b| b != a) {
+                relays.insert((a, b), Relay::new(procs.addrs[&b]));
+            }
+        }
+        for id in 1..=nodes {
+            let mut config = procs.config(id, false);
+            config.members = (1..=nodes)
+                .map(|m| node::config::MemberConfig {
+                    id: m,
+                    addr: if m == id {
+                        procs.addrs[&m]
+                    } else {
+                        relays[&(id, m)].addr()
+                    },
+                })
+                .collect();
+            std::fs::write(procs.config_path(id), config.to_toml_string().unwrap()).unwrap();
+            procs.spawn(id);
+        }
+        RelayMesh { relays }
+    }
+
+    /// Cuts (or heals) the link between `a` and `b`, both directions.
+    pub fn cut(&self, a: u64, b: u64, cut: bool) {
+        self.relays[&(a, b)].cut(cut);
+        self.relays[&(b, a)].cut(cut);
+    }
+}
