@@ -17,6 +17,8 @@
 //!   takes writes) on its own write-ahead log instead of a consensus group.
 //! - `primary`: `replication = "primary-backup"` — the group runs `replication-primary`
 //!   (PacificA), its configuration manager a Raft group of the members beside it.
+//! - [`shards`]: a sharded node (`[shards]`): the meta group, one group per key range, the
+//!   router in front of their loops, the layout recorded in the data directory.
 //! - [`client`] and [`cli`]: the Rust client and the `quorate` command line.
 
 pub mod cli;
@@ -31,4 +33,5 @@ mod peer;
 mod primary;
 pub mod proto;
 pub mod server;
+pub mod shards;
 pub mod store;
