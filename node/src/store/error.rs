@@ -1,4 +1,4 @@
-//! Typed errors of the Raft store. Every error about stored bytes names the file or directory.
+//! Typed errors of the store. Every error about stored bytes names the file or directory.
 
 use std::path::PathBuf;
 use std::sync::Arc;

@@ -1,5 +1,10 @@
-//! Durable storage for one replication group of any protocol: [`LogStore<H>`] (`H` = the
+//! Durable storage for a replication group of any protocol: [`LogStore<H>`] (`H` = the
 //! protocol's durable state, e.g. Raft's `HardState`; [`RaftStore`] for Raft), on `storage-wal`.
+//!
+//! A store either has a log of its own ([`LogStore::open`], the layout below; an unsharded node)
+//! or is one group of the node's [`SharedLog`] ([`SharedLog::open_group`]: one log, one sync
+//! thread and one `fdatasync` per round for every group; group-tagged records and per-group
+//! checkpoint records; see [`SharedLog`]). Both have the same API and durability contract.
 //!
 //! # On disk
 //! ```text

@@ -86,6 +86,15 @@ impl Default for SharedOptions {
 /// A node's write-ahead log shared by all its groups; each group's [`LogStore`] comes from
 /// [`open_group`](Self::open_group). Cheap to clone.
 ///
+/// On disk: `<dir>/shared-wal/` (the log; its metadata names the node) and
+/// `<dir>/groups/<g>/snapshot`. Records are tagged with their group; each group's checkpoint
+/// (snapshot metadata, first kept index, hard state, replay point) is a record in the log, the
+/// last one winning. Open reads the log once and splits it by group. Segments are deleted below
+/// the minimum replay point over all groups once checkpoints are durable; a group whose replay
+/// point falls [`SharedOptions::rewrite_after_records`] behind the end (an idle group that never
+/// snapshots) is rewritten at the end — a checkpoint and copies of its live entries — so it does
+/// not pin the log. Tokens are this log's WAL indexes; one sync covers every group.
+///
 /// ```
 /// use consensus_core::{ConfState, HardState, Storage, Write};
 /// use node::store::{Identity, RaftStore, SharedLog, SharedOptions, StoreOptions};
