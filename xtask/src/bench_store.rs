@@ -11,11 +11,17 @@
 //!   thread, own `fdatasync`s). Shared: one `SharedLog` and G groups of it (one sync thread, one
 //!   `fdatasync` per round for all groups). Both preallocate the same segment space in total
 //!   (shared: 64 MiB segments; separate: 64 MiB / G each, at least 1 MiB).
-//! - The two alternate in slices (separate, shared, separate, ...), each slice on fresh
+//! - The two alternate in slices (separate, shared, shared, separate, ...: which goes first
+//!   alternates too, as a slice may pay for the previous one's writeback), each slice on fresh
 //!   directories; the ratio is the median over the rounds of that round's shared/separate
 //!   appends/s. `fdatasync`s per write come from the logs' counters (segment rolls included).
 //!
-//! The last line printed is `store-shared-vs-separate@<largest G>: <ratio>`.
+//! - CPU per write: the process's CPU time (every thread) over the slice, per write; on a loaded
+//!   machine it moves less than appends/s (a single sync thread competes for a CPU less well
+//!   than G of them).
+//!
+//! The last two lines printed are `store-separate-vs-shared cpu-per-write@<largest G>: <ratio>`
+//! and `store-shared-vs-separate@<largest G>: <ratio>` (appends/s).
 
 use std::path::{Path, PathBuf};
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
@@ -61,6 +67,8 @@ struct Slice {
     writes: u64,
     syncs: u64,
     seconds: f64,
+    /// Process CPU seconds (every thread: writers, sync threads).
+    cpu: f64,
 }
 
 impl Slice {
@@ -71,6 +79,25 @@ impl Slice {
     fn syncs_per_write(&self) -> f64 {
         self.syncs as f64 / self.writes.max(1) as f64
     }
+
+    fn cpu_us_per_write(&self) -> f64 {
+        self.cpu * 1e6 / self.writes.max(1) as f64
+    }
+}
+
+/// Process CPU time (utime + stime of every thread) in seconds, from `/proc/self/stat`.
+fn process_cpu() -> f64 {
+    let stat = std::fs::read_to_string("/proc/self/stat").unwrap_or_default();
+    // Fields after the parenthesised command name; utime and stime are the 12th and 13th.
+    let after = stat.rsplit_once(')').map_or("", |(_, rest)| rest);
+    let fields: Vec<&str> = after.split_whitespace().collect();
+    let ticks = |i: usize| {
+        fields
+            .get(i)
+            .and_then(|s| s.parse::<u64>().ok())
+            .unwrap_or(0)
+    };
+    (ticks(11) + ticks(12)) as f64 / 100.0
 }
 
 struct Group {
@@ -164,6 +191,7 @@ fn run_slice(
     let writes = Arc::new(AtomicU64::new(0));
     let payload = consensus_core::Bytes::from(vec![7u8; PAYLOAD]);
     let started = Instant::now();
+    let cpu_before = process_cpu();
     let tasks: Vec<_> = (0..writers)
         .map(|w| {
             let (stores, stop, writes, payload) = (
@@ -207,6 +235,7 @@ fn run_slice(
     std::thread::sleep(Duration::from_secs_f64(seconds));
     stop.store(true, Ordering::Relaxed);
     let elapsed = started.elapsed().as_secs_f64();
+    let cpu = process_cpu() - cpu_before;
     let done = writes.load(Ordering::Relaxed);
     runtime.block_on(async {
         for task in tasks {
@@ -217,6 +246,7 @@ fn run_slice(
         writes: done,
         syncs: syncs(&stores) - syncs_before,
         seconds: elapsed,
+        cpu,
     };
     drop(syncs);
     drop(stores);
@@ -243,18 +273,20 @@ pub fn run(args: Args) -> anyhow::Result<()> {
         root.path().display()
     );
     println!(
-        "{:>6} {:>10} {:>14} {:>14} {:>14} {:>14} {:>8}",
-        "groups", "contender", "appends/s", "syncs/write", "", "", ""
+        "{:>6} {:>10} {:>12} {:>12} {:>14}",
+        "groups", "contender", "appends/s", "syncs/write", "cpu µs/write"
     );
     let mut headline = None;
     for &groups in &args.groups {
         let mut results: Vec<(Slice, Slice)> = Vec::new();
         for round in 0..args.rounds {
             let mut pair = [Slice::default(); 2];
-            for (i, contender) in [Contender::Separate, Contender::Shared]
-                .into_iter()
-                .enumerate()
-            {
+            // Alternate which runs first: a slice may pay for the previous one's writeback.
+            let mut order = [(0, Contender::Separate), (1, Contender::Shared)];
+            if round % 2 == 1 {
+                order.reverse();
+            }
+            for (i, contender) in order {
                 eprintln!(
                     "  groups {groups} round {}/{}: {contender:?} ...",
                     round + 1,
@@ -269,9 +301,10 @@ pub fn run(args: Args) -> anyhow::Result<()> {
                     args.seconds,
                 )?;
                 eprintln!(
-                    "    {:.0} appends/s, {:.3} fdatasyncs/write",
+                    "    {:.0} appends/s, {:.3} fdatasyncs/write, {:.1} cpu µs/write",
                     pair[i].per_second(),
-                    pair[i].syncs_per_write()
+                    pair[i].syncs_per_write(),
+                    pair[i].cpu_us_per_write()
                 );
             }
             results.push((pair[0], pair[1]));
@@ -288,18 +321,27 @@ pub fn run(args: Args) -> anyhow::Result<()> {
                 .map(|(a, b)| if pick == 0 { *a } else { *b })
                 .collect();
             println!(
-                "{groups:>6} {name:>10} {:>14.0} {:>14.3}",
+                "{groups:>6} {name:>10} {:>12.0} {:>12.3} {:>14.1}",
                 median(slices.iter().map(Slice::per_second).collect()),
                 median(slices.iter().map(Slice::syncs_per_write).collect()),
+                median(slices.iter().map(Slice::cpu_us_per_write).collect()),
             );
         }
-        println!(
-            "{groups:>6} {:>10} {ratio:>14.2}x (median of per-round shared/separate)",
-            "ratio"
+        let cpu_ratio = median(
+            results
+                .iter()
+                .map(|(separate, shared)| separate.cpu_us_per_write() / shared.cpu_us_per_write())
+                .collect(),
         );
-        headline = Some((groups, ratio));
+        println!(
+            "{groups:>6} {:>10} {ratio:>11.2}x {:>12} {cpu_ratio:>13.2}x  (shared vs separate: \
+             appends/s, and CPU per write separate/shared; medians of per-round ratios)",
+            "ratio", ""
+        );
+        headline = Some((groups, ratio, cpu_ratio));
     }
-    if let Some((groups, ratio)) = headline {
+    if let Some((groups, ratio, cpu_ratio)) = headline {
+        println!("store-separate-vs-shared cpu-per-write@{groups}: {cpu_ratio:.2}");
         println!("store-shared-vs-separate@{groups}: {ratio:.2}");
     }
     Ok(())

@@ -487,7 +487,7 @@ impl<H: DurableState> LogStore<H> {
         &self.recovery
     }
 
-    /// Counters since open.
+    /// Counters since open (of the whole shared log, for a group of a [`SharedLog`]).
     pub fn stats(&self) -> StoreStats {
         let stats = self.wal.stats();
         StoreStats {

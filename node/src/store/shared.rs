@@ -33,7 +33,8 @@
 //! [`SharedOptions::rewrite_after_records`] records behind the end of the log — a checkpoint
 //! record of its current state followed by copies of its live entries, at the end of the log —
 //! which moves its replay point to the end. Its cost is the group's live entries, which the
-//! driver's snapshot interval bounds.
+//! driver's snapshot interval bounds. Only open groups are rewritten: a group found at open but
+//! not opened since pins the log until it is (a node opens all its groups at start).
 //!
 //! # Durability
 //! Tokens are the shared log's WAL indexes: a group's write is durable once the shared durable
