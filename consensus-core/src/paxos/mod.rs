@@ -378,8 +378,8 @@ impl<S: PaxosStorage> MultiPaxos<S> {
             self.config.max_committed_bytes_per_ready,
         )?;
         // The chosen prefix never has a hole: its first entries must follow `applied` exactly.
-        let mut out = Vec::with_capacity(entries.len());
-        for (expected, entry) in (self.applied + 1..).zip(entries) {
+        // Checked in place: the entries read are handed out as they are (no second vector).
+        for (expected, entry) in (self.applied + 1..).zip(&entries) {
             if entry.index != expected {
                 return Err(StorageError::Inconsistent(format!(
                     "chosen slot {expected} is missing from storage"
