@@ -209,6 +209,26 @@ impl<S: Storage> SlotLog<S> {
         self.unissued.put(entry);
     }
 
+    /// Stages every entry of `entries` (ascending slots, as an `Accept` batch carries them). When
+    /// nothing else is staged the batch's vector itself becomes the staged write (no copy).
+    pub(crate) fn put_batch(&mut self, entries: Vec<Entry>) {
+        let ascending = entries.windows(2).all(|w| w[0].index < w[1].index);
+        if !ascending || !self.unissued.is_empty() {
+            for entry in entries {
+                self.put(entry);
+            }
+            return;
+        }
+        for entry in &entries {
+            if matches!(entry.payload, EntryPayload::ConfChange(_)) {
+                self.conf_slots.insert(entry.index);
+            } else if !self.conf_slots.is_empty() {
+                self.conf_slots.remove(&entry.index);
+            }
+        }
+        self.unissued.0 = entries;
+    }
+
     /// Stages a snapshot for the next write; slots it covers leave the overlay.
     pub(crate) fn put_snapshot(&mut self, snapshot: Snapshot) {
         let index = snapshot.meta.index;
