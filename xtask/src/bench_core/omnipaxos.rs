@@ -44,6 +44,8 @@ impl OmniPaxosPeer {
         };
         let mut nodes = Vec::new();
         for pid in 1..=3u64 {
+            // omnipaxos' `logging` feature adds fields (the update then fills them).
+            #[allow(clippy::needless_update)]
             let server = ServerConfig {
                 pid,
                 election_tick_timeout: 5,
