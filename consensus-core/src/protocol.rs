@@ -16,6 +16,11 @@
 //!    *prefix*). Messages that promise durability are held inside the protocol and come out of a
 //!    later `ready()` once their write is confirmed. Tokens are confirmed strictly in order; one
 //!    confirmed out of order is refused with [`crate::Error::PersistOutOfOrder`].
+//!    The driver applies a write to the engine's storage (its read view, [`Consensus::storage`])
+//!    before it calls the engine again, durable or not yet ([`crate::Replica`] does so in
+//!    `Host::submit`): an engine may read a slot it handed out back from storage rather than keep
+//!    a copy until the write is confirmed (Multi-Paxos does). A crash loses the view, not the
+//!    contract: the engine restarts on what was durable.
 //! 3. [`Ready::committed`] are entries known committed (chosen), in log order with no gap; apply them
 //!    to the state machine. [`Ready::reads`] are linearizable reads that may be served once the state
 //!    machine has applied through their index.

@@ -36,6 +36,16 @@ pub trait Host<C: Consensus> {
         storage: &mut C::Storage,
         write: &Write<C::HardState>,
     ) -> Result<u64, Self::Error>;
+    /// [`Host::submit`] with the write handed over by value, so a host that keeps entries in
+    /// memory can move them in rather than copy them (the replica loop calls this one). By
+    /// default it submits by reference.
+    fn submit_owned(
+        &mut self,
+        storage: &mut C::Storage,
+        write: Write<C::HardState>,
+    ) -> Result<u64, Self::Error> {
+        self.submit(storage, &write)
+    }
     /// The highest ticket known durable (every write up to it is durable: a prefix).
     fn durable(&self) -> u64;
     /// Restores the state machine from a snapshot received from a leader.
@@ -107,15 +117,15 @@ impl ReplicaLoop {
                 host.send(message)?;
             }
             if let Some(persist) = ready.persist {
-                let ticket = host.submit(engine.storage_mut(), &persist.write)?;
-                let ticket = if persist.write.sync {
-                    ticket
-                } else {
-                    self.last_ticket
-                };
+                let sync = persist.write.sync;
+                // Rare (a snapshot received): the state machine is restored from it after the
+                // write, which the host now owns.
+                let snapshot = persist.write.snapshot.clone();
+                let ticket = host.submit_owned(engine.storage_mut(), persist.write)?;
+                let ticket = if sync { ticket } else { self.last_ticket };
                 debug_assert!(ticket >= self.last_ticket, "tickets never go back");
                 self.last_ticket = ticket;
-                if let Some(snapshot) = &persist.write.snapshot {
+                if let Some(snapshot) = &snapshot {
                     host.install_snapshot(snapshot)?;
                 }
                 self.unconfirmed.push_back(Unconfirmed {
@@ -237,6 +247,16 @@ where
         write: &Write<C::HardState>,
     ) -> Result<u64, Error> {
         storage.write(write)?;
+        self.written += 1;
+        Ok(self.written)
+    }
+
+    fn submit_owned(
+        &mut self,
+        storage: &mut MemStorage<C::HardState>,
+        write: Write<C::HardState>,
+    ) -> Result<u64, Error> {
+        storage.write_owned(write)?;
         self.written += 1;
         Ok(self.written)
     }

@@ -93,6 +93,30 @@ impl<H: DurableState> MemStorage<H> {
         Ok(())
     }
 
+    /// [`MemStorage::write`] taking the write by value: its entries are moved in, not copied.
+    pub fn write_owned(&mut self, write: Write<H>) -> Result<(), StorageError> {
+        let Write {
+            snapshot,
+            truncate_from,
+            entries,
+            hard_state,
+            sync: _,
+        } = write;
+        if let Some(snapshot) = snapshot {
+            self.install_snapshot(snapshot);
+        }
+        if let Some(from) = truncate_from {
+            self.truncate_from(from);
+        }
+        for entry in entries {
+            self.put(entry);
+        }
+        if let Some(hard_state) = hard_state {
+            self.hard_state = hard_state;
+        }
+        Ok(())
+    }
+
     /// Installs `snapshot` (as a write carrying one does) if it is at least as new as the stored
     /// one: stored entries at or below its index are dropped, those above are kept.
     pub fn apply_snapshot(&mut self, snapshot: Snapshot) {

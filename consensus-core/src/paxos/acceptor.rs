@@ -106,8 +106,17 @@ impl<S: PaxosStorage> MultiPaxos<S> {
         }
         let term = ballot.encode();
         let snapshot_index = self.log.snapshot_index();
+        let floor = snapshot_index.max(self.commit);
         let mut slots = Vec::with_capacity(entries.len());
-        for entry in entries {
+        let rest = if entries.iter().all(|e| e.term == term && e.index > floor) {
+            // The common case: every slot is new here; the batch is staged as it came.
+            slots.extend(entries.iter().map(|e| e.index));
+            self.log.put_batch(entries);
+            Vec::new()
+        } else {
+            entries
+        };
+        for entry in rest {
             if entry.term != term || entry.index == 0 {
                 continue; // malformed: a proposer proposes under its own ballot only
             }

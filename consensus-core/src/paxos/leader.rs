@@ -255,7 +255,7 @@ impl<S: PaxosStorage> MultiPaxos<S> {
                 for &to in others {
                     self.send_accepts(to, fresh.iter().cloned());
                 }
-                self.send_accepts(last, fresh); // the last peer gets the batch itself
+                self.send_batch(last, fresh); // the last peer gets the batch itself
             }
             self.lead.commit_sent = self.commit;
         }
@@ -280,6 +280,17 @@ impl<S: PaxosStorage> MultiPaxos<S> {
             .into_iter()
             .filter(|&id| id != me)
             .collect()
+    }
+
+    /// [`Self::send_accepts`] for a vector: one that fits one message is sent as it is.
+    fn send_batch(&mut self, to: NodeId, entries: Vec<Entry>) {
+        let bytes: u64 = entries.iter().map(Entry::payload_size).sum();
+        if bytes <= self.config.max_msg_bytes {
+            let commit = self.commit;
+            self.send(to, MessageBody::Accept { entries, commit });
+        } else {
+            self.send_accepts(to, entries);
+        }
     }
 
     /// Sends `entries` to `to` in `Accept` batches of at most `max_msg_bytes`.

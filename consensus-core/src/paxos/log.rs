@@ -1,5 +1,11 @@
-//! The acceptor's slot log: durable slots read through [`Storage`], with the accepted (or
-//! learnt) slots not yet confirmed durable laid over them.
+//! The acceptor's slot log: slots read through [`Storage`], with the accepted (or learnt) slots
+//! not yet handed out in a write laid over them.
+//!
+//! Once `ready()` hands a write out, its slots are read back from storage: the persistence
+//! contract (see [`crate::protocol`]) has the driver apply a write to the engine's storage view
+//! before it calls the engine again ([`crate::Replica`] does so in `Host::submit`), durable or
+//! not yet. So no second copy of a slot waits here for its write to be confirmed (that copy cost
+//! a refcount increment and decrement per slot on every member).
 //!
 //! Unlike Raft's log this one has holes: a slot is written on its own when accepted, and higher
 //! slots are never cut. Invariant kept by the engine: every slot at or below the commit index
@@ -50,34 +56,15 @@ impl SlotVec {
         let at = self.find(lo).unwrap_or_else(|at| at);
         self.0.get(at).is_some_and(|e| e.index <= hi)
     }
-
-    /// Moves every entry of `newer` in, its values replacing ours for the same slot.
-    fn absorb(&mut self, newer: Vec<Entry>) {
-        if self
-            .0
-            .last()
-            .is_none_or(|last| newer.first().is_none_or(|f| f.index > last.index))
-        {
-            self.0.extend(newer);
-        } else {
-            for entry in newer {
-                self.put(entry);
-            }
-        }
-    }
 }
 
-/// Durable slots plus the in-memory overlay of writes not yet confirmed.
+/// Stored slots plus the in-memory overlay of slots not yet handed out in a write.
 pub(crate) struct SlotLog<S: Storage> {
     pub(crate) storage: S,
     /// Slots to write at the next `ready()`.
     unissued: SlotVec,
-    /// Slots handed out in a write and not yet confirmed durable.
-    unstable: SlotVec,
     /// A snapshot to write at the next `ready()`.
     snapshot_unissued: Option<Snapshot>,
-    /// Index of a snapshot handed out and not yet confirmed.
-    snapshot_unstable: Option<u64>,
     /// Slots above the snapshot whose value here (durable or not) is a membership change, so
     /// that learning a chosen slot needs only its term, not a copy of its value.
     conf_slots: BTreeSet<u64>,
@@ -106,9 +93,7 @@ impl<S: Storage> SlotLog<S> {
         Ok(SlotLog {
             storage,
             unissued: SlotVec::default(),
-            unstable: SlotVec::default(),
             snapshot_unissued: None,
-            snapshot_unstable: None,
             conf_slots,
         })
     }
@@ -119,7 +104,7 @@ impl<S: Storage> SlotLog<S> {
         if slot <= self.snapshot_index() {
             return Err(StorageError::Compacted(slot));
         }
-        if let Some(entry) = self.unissued.get(slot).or_else(|| self.unstable.get(slot)) {
+        if let Some(entry) = self.unissued.get(slot) {
             return Ok(Some(entry.term));
         }
         if slot > self.storage.last_index() {
@@ -137,17 +122,17 @@ impl<S: Storage> SlotLog<S> {
         self.conf_slots.contains(&slot)
     }
 
-    /// The slot the log starts after (the newest snapshot's index, durable or not).
+    /// The slot the log starts after (the newest snapshot's index, written or staged).
     pub(crate) fn snapshot_index(&self) -> u64 {
         let stored = self.storage.first_index().saturating_sub(1);
         let pending = self.snapshot_unissued.as_ref().map_or(0, |s| s.meta.index);
-        stored.max(pending).max(self.snapshot_unstable.unwrap_or(0))
+        stored.max(pending)
     }
 
     /// The highest slot holding an entry (or the snapshot index).
     pub(crate) fn last_slot(&self) -> u64 {
-        let overlay = self.unissued.last_slot().max(self.unstable.last_slot());
-        overlay
+        self.unissued
+            .last_slot()
             .max(self.storage.last_index())
             .max(self.snapshot_index())
     }
@@ -157,7 +142,7 @@ impl<S: Storage> SlotLog<S> {
         if slot <= self.snapshot_index() {
             return Err(StorageError::Compacted(slot));
         }
-        if let Some(entry) = self.unissued.get(slot).or_else(|| self.unstable.get(slot)) {
+        if let Some(entry) = self.unissued.get(slot) {
             return Ok(Some(entry.clone()));
         }
         if slot > self.storage.last_index() {
@@ -203,8 +188,7 @@ impl<S: Storage> SlotLog<S> {
         hi: u64,
         max_bytes: u64,
     ) -> Result<Vec<Entry>, StorageError> {
-        let overlaid = self.unissued.any_in(lo, hi) || self.unstable.any_in(lo, hi);
-        if overlaid
+        if self.unissued.any_in(lo, hi)
             || lo <= self.storage.first_index().saturating_sub(1)
             || hi > self.storage.last_index()
         {
@@ -225,11 +209,30 @@ impl<S: Storage> SlotLog<S> {
         self.unissued.put(entry);
     }
 
+    /// Stages every entry of `entries` (ascending slots, as an `Accept` batch carries them). When
+    /// nothing else is staged the batch's vector itself becomes the staged write (no copy).
+    pub(crate) fn put_batch(&mut self, entries: Vec<Entry>) {
+        let ascending = entries.windows(2).all(|w| w[0].index < w[1].index);
+        if !ascending || !self.unissued.is_empty() {
+            for entry in entries {
+                self.put(entry);
+            }
+            return;
+        }
+        for entry in &entries {
+            if matches!(entry.payload, EntryPayload::ConfChange(_)) {
+                self.conf_slots.insert(entry.index);
+            } else if !self.conf_slots.is_empty() {
+                self.conf_slots.remove(&entry.index);
+            }
+        }
+        self.unissued.0 = entries;
+    }
+
     /// Stages a snapshot for the next write; slots it covers leave the overlay.
     pub(crate) fn put_snapshot(&mut self, snapshot: Snapshot) {
         let index = snapshot.meta.index;
         self.unissued.0.retain(|e| e.index > index);
-        self.unstable.0.retain(|e| e.index > index);
         self.conf_slots.retain(|&slot| slot > index);
         self.snapshot_unissued = Some(snapshot);
     }
@@ -239,30 +242,10 @@ impl<S: Storage> SlotLog<S> {
         !self.unissued.is_empty() || self.snapshot_unissued.is_some()
     }
 
-    /// Hands the staged snapshot and slots out for writing.
+    /// Hands the staged snapshot and slots out for writing (moved, not copied: from here on
+    /// they are read back from storage, which the driver updates before calling us again).
     pub(crate) fn take_unissued(&mut self) -> (Option<Snapshot>, Vec<Entry>) {
         let snapshot = self.snapshot_unissued.take();
-        if let Some(snapshot) = &snapshot {
-            self.snapshot_unstable = Some(snapshot.meta.index);
-        }
-        let staged = std::mem::take(&mut self.unissued.0);
-        // A newer value for a slot replaces the unconfirmed older one.
-        self.unstable.absorb(staged.clone());
-        (snapshot, staged)
-    }
-
-    /// A write holding `slots` (with these terms) and maybe a snapshot is durable.
-    pub(crate) fn stable(&mut self, slots: &[(u64, u64)], snapshot: Option<u64>) {
-        // Both are in slot order (a write holds what `take_unissued` handed out): one merge pass.
-        let mut written = slots.iter().peekable();
-        self.unstable.0.retain(|e| {
-            while written.next_if(|&&(slot, _)| slot < e.index).is_some() {}
-            written
-                .next_if(|&&(slot, term)| slot == e.index && term == e.term)
-                .is_none()
-        });
-        if snapshot.is_some() && self.snapshot_unstable == snapshot {
-            self.snapshot_unstable = None;
-        }
+        (snapshot, std::mem::take(&mut self.unissued.0))
     }
 }

@@ -84,8 +84,6 @@ struct Task {
     hard_state: Option<HardState>,
     /// `(slot, term)` of each entry written.
     slots: Vec<(u64, u64)>,
-    /// Index of the snapshot in the write, if any.
-    snapshot_index: Option<u64>,
 }
 
 /// One Multi-Paxos member (proposer, acceptor and learner). Drive it through [`Consensus`].
@@ -380,8 +378,8 @@ impl<S: PaxosStorage> MultiPaxos<S> {
             self.config.max_committed_bytes_per_ready,
         )?;
         // The chosen prefix never has a hole: its first entries must follow `applied` exactly.
-        let mut out = Vec::with_capacity(entries.len());
-        for (expected, entry) in (self.applied + 1..).zip(entries) {
+        // Checked in place: the entries read are handed out as they are (no second vector).
+        for (expected, entry) in (self.applied + 1..).zip(&entries) {
             if entry.index != expected {
                 return Err(StorageError::Inconsistent(format!(
                     "chosen slot {expected} is missing from storage"
@@ -392,13 +390,12 @@ impl<S: PaxosStorage> MultiPaxos<S> {
                     self.applied_conf = next;
                 }
             }
-            out.push(entry);
         }
-        if let Some(last) = out.last() {
+        if let Some(last) = entries.last() {
             debug_assert!(last.index > self.applied, "applied only grows");
             self.applied = last.index;
         }
-        Ok(out)
+        Ok(entries)
     }
 }
 
@@ -501,7 +498,6 @@ impl<S: PaxosStorage> Consensus for MultiPaxos<S> {
             let token = self.writes.issue(Task {
                 hard_state: hard_state_changed.then_some(hard_state),
                 slots: entries.iter().map(|e| (e.index, e.term)).collect(),
-                snapshot_index: snapshot.as_ref().map(|s| s.meta.index),
             });
             self.issued_hard_state = hard_state;
             Some(Persist {
@@ -533,7 +529,6 @@ impl<S: PaxosStorage> Consensus for MultiPaxos<S> {
 
     fn persisted(&mut self, token: PersistToken) -> Result<(), Error> {
         let (task, mut released) = self.writes.confirm(token)?;
-        self.log.stable(&task.slots, task.snapshot_index);
         if let Some(&(last, _)) = task.slots.iter().max() {
             self.persisted_slot = self.persisted_slot.max(last);
         }
