@@ -1256,6 +1256,7 @@ fn is_transient(error: &ServerError) -> bool {
             | ServerError::LeaderChanged
             | ServerError::ShuttingDown
             | ServerError::Behind { .. }
+            | ServerError::Locked { .. }
     )
 }
 
@@ -1271,7 +1272,11 @@ fn reply_revision(reply: &Reply) -> Option<u64> {
         )
         | Reply::Get { revision, .. }
         | Reply::Scan { revision, .. } => Some(*revision),
-        Reply::Status(_) | Reply::Members { .. } | Reply::Done | Reply::Peer(_) => None,
+        Reply::Write(WriteResult::Shard(_))
+        | Reply::Status(_)
+        | Reply::Members { .. }
+        | Reply::Done
+        | Reply::Peer(_) => None,
     }
 }
 

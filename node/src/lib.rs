@@ -17,6 +17,8 @@
 //!   takes writes) on its own write-ahead log instead of a consensus group.
 //! - `primary`: `replication = "primary-backup"` — the group runs `replication-primary`
 //!   (PacificA), its configuration manager a Raft group of the members beside it.
+//! - [`xtxn`]: cross-shard transactions — the coordinator (txn-2pc's two-phase engine over the
+//!   shards' logs), the in-doubt resolver and the bank simulator.
 //! - [`client`] and [`cli`]: the Rust client and the `quorate` command line.
 
 pub mod cli;
@@ -32,3 +34,4 @@ mod primary;
 pub mod proto;
 pub mod server;
 pub mod store;
+pub mod xtxn;

@@ -38,8 +38,10 @@ use serde::{Deserialize, Serialize};
 
 pub mod peer;
 pub mod txn;
+pub mod xtxn;
 pub use peer::{PeerNodeStatus, PeerReply, PeerRequest, PeerSibling};
 pub use txn::{Compare, CompareOp, CompareTarget, TxnOp, TxnOpResult, MAX_TXN_OPS};
+pub use xtxn::{ShardOutcome, ShardTxnId, ShardTxnOp, ShardTxnResult};
 
 /// Version of the message layout in this module.
 pub const PROTOCOL_VERSION: u32 = 2;
@@ -217,6 +219,8 @@ pub enum WriteOp {
         /// Ops otherwise.
         failure: Vec<TxnOp>,
     },
+    /// One step of a cross-shard transaction, sent by its coordinating node ([`xtxn`]).
+    Shard(ShardTxnOp),
 }
 
 impl WriteOp {
@@ -235,6 +239,7 @@ impl WriteOp {
                 .map(|c| &c.key)
                 .chain(success.iter().chain(failure).map(TxnOp::key))
                 .collect(),
+            WriteOp::Shard(op) => op.keys(),
         }
     }
 
@@ -259,6 +264,7 @@ impl WriteOp {
                     _ => None,
                 }))
                 .collect(),
+            WriteOp::Shard(op) => op.values(),
         }
     }
 }
@@ -361,6 +367,8 @@ pub enum WriteResult {
         /// What each op of the branch that ran did, in order.
         results: Vec<TxnOpResult>,
     },
+    /// A step of a cross-shard transaction ([`xtxn`]).
+    Shard(ShardTxnResult),
 }
 
 /// A member's role, as reported by status.
@@ -599,6 +607,21 @@ pub enum ServerError {
         /// Limit ([`MAX_TXN_OPS`]).
         limit: u64,
     },
+    /// The key is locked by a prepared cross-shard transaction (no-wait rule: the write is
+    /// refused, not queued, so no deadlock); retry shortly — the lock goes at its decision.
+    #[error(
+        "key {key:?} is locked by cross-shard transaction {txn} until it is decided; retry shortly"
+    )]
+    Locked {
+        /// The key.
+        key: Bytes,
+        /// The transaction holding it.
+        txn: u64,
+    },
+    /// A cross-shard transaction aborted (a key was locked by another transaction or changed
+    /// since it was read, or a participant timed out); nothing of it was applied: retry it.
+    #[error("cross-shard transaction aborted, nothing applied: {0}; retry it")]
+    TxnAborted(String),
 }
 
 /// Answers one client request.

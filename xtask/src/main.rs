@@ -18,6 +18,7 @@ mod cluster;
 mod etcd;
 mod plot;
 mod sim;
+mod sim_bank;
 mod sim_peer;
 mod sim_primary;
 mod sim_txn;
