@@ -7,6 +7,8 @@
 //!   its results, what each shard prepares.
 //! - [`coordinator`]: [`CrossShardTxn`], one transaction's coordinator, sans-IO, its phases run
 //!   by txn-2pc's two-phase coordinator (presumed abort).
+//! - [`driver`]: runs them over an abstract async [`driver::Shards`] (the node's client
+//!   connections, or an in-process test double).
 //! - [`resolver`]: [`Resolver`], a participant shard's leader asking the coordinator shard about
 //!   transactions prepared too long (ABORT recorded if nothing was decided).
 //! - [`bank`]: the deterministic in-process bank test under crashes, drops, duplicates,
@@ -14,6 +16,7 @@
 
 pub mod bank;
 pub mod coordinator;
+pub mod driver;
 pub mod plan;
 pub mod resolver;
 
