@@ -46,8 +46,10 @@ use std::time::{Duration, Instant};
 use bytes::Bytes;
 
 mod peer;
+mod shards;
 use net_quic::{Credentials, Limits, NodeId, RequestError};
 pub use peer::{PeerRead, PeerWritten};
+use shards::{request_group, ShardCache};
 use tracing::debug;
 
 use crate::proto::{
@@ -263,17 +265,21 @@ pub struct Client {
     session: Mutex<SessionState>,
     /// Known member addresses, learnt from the configuration, redirects and membership replies.
     members: Mutex<BTreeMap<u64, SocketAddr>>,
-    /// The member believed to lead.
-    leader: Mutex<Option<u64>>,
+    /// The member believed to lead, per group (group 0 alone on an unsharded cluster).
+    leaders: Mutex<BTreeMap<u64, u64>>,
+    /// The groups whose leader hint was confirmed by the leader itself in this process (a hint
+    /// from the cache or a redirect may name a member that is gone).
+    confirmed: Mutex<BTreeSet<u64>>,
     /// Members that failed to answer, and when.
     suspects: Mutex<BTreeMap<u64, Instant>>,
     /// The transport; replaced when a new member address is learnt.
     net: RwLock<Arc<net_quic::Client<Quorate>>>,
-    /// Whether the leader hint was confirmed by the leader itself in this process (a hint from
-    /// the cache or a redirect may name a member that is gone).
-    leader_confirmed: std::sync::atomic::AtomicBool,
     /// The newest store revision a reply carried: what this session's sequential reads ask for.
     revision_seen: std::sync::atomic::AtomicU64,
+    /// The same per group of a sharded cluster (each group counts its own revisions).
+    group_revisions: Mutex<BTreeMap<u64, u64>>,
+    /// The shard map, once fetched.
+    shards: ShardCache,
 }
 
 impl std::fmt::Debug for Client {
@@ -281,7 +287,7 @@ impl std::fmt::Debug for Client {
         f.debug_struct("Client")
             .field("client_id", &self.client_id)
             .field("members", &self.members)
-            .field("leader", &self.leader)
+            .field("leaders", &self.leaders)
             .finish_non_exhaustive()
     }
 }
@@ -335,11 +341,21 @@ impl Client {
                 in_flight: BTreeSet::new(),
             }),
             members: Mutex::new(members),
-            leader: Mutex::new(config.leader_cache.as_deref().and_then(read_leader_cache)),
+            leaders: Mutex::new(
+                config
+                    .leader_cache
+                    .as_deref()
+                    .and_then(read_leader_cache)
+                    .map(|leader| (0, leader))
+                    .into_iter()
+                    .collect(),
+            ),
+            confirmed: Mutex::new(BTreeSet::new()),
             suspects: Mutex::new(BTreeMap::new()),
             net: RwLock::new(Arc::new(net)),
-            leader_confirmed: std::sync::atomic::AtomicBool::new(false),
             revision_seen: std::sync::atomic::AtomicU64::new(0),
+            group_revisions: Mutex::new(BTreeMap::new()),
+            shards: ShardCache::default(),
             config,
         })
     }
@@ -373,7 +389,32 @@ impl Client {
 
     /// The member this client currently believes leads, if any.
     pub fn leader_hint(&self) -> Option<u64> {
-        *self.leader.lock().expect("leader lock")
+        self.leader_of(0)
+    }
+
+    /// The member this client believes leads `group`.
+    pub fn leader_of(&self, group: u64) -> Option<u64> {
+        self.leaders
+            .lock()
+            .expect("leader lock")
+            .get(&group)
+            .copied()
+    }
+
+    fn is_confirmed(&self, group: u64) -> bool {
+        self.confirmed
+            .lock()
+            .expect("confirmed lock")
+            .contains(&group)
+    }
+
+    fn confirm(&self, group: u64, confirmed: bool) {
+        let mut groups = self.confirmed.lock().expect("confirmed lock");
+        if confirmed {
+            groups.insert(group);
+        } else {
+            groups.remove(&group);
+        }
     }
 
     /// The member addresses known so far.
@@ -406,12 +447,18 @@ impl Client {
         }
     }
 
-    fn set_leader(&self, leader: Option<u64>) {
+    fn set_leader_of(&self, group: u64, leader: Option<u64>) {
         let changed = {
-            let mut current = self.leader.lock().expect("leader lock");
-            std::mem::replace(&mut *current, leader) != leader
+            let mut leaders = self.leaders.lock().expect("leader lock");
+            let old = match leader {
+                Some(leader) => leaders.insert(group, leader),
+                None => leaders.remove(&group),
+            };
+            old != leader
         };
-        if let (true, Some(leader), Some(path)) = (changed, leader, &self.config.leader_cache) {
+        if let (true, 0, Some(leader), Some(path)) =
+            (changed, group, leader, &self.config.leader_cache)
+        {
             write_leader_cache(path, leader);
         }
     }
@@ -451,8 +498,8 @@ impl Client {
 
     /// The member to try next: the leader if known, else the members in turn, skipping those
     /// that just failed to answer (unless every member did).
-    fn pick(&self, turn: &mut usize, route: Route) -> u64 {
-        if let Some(leader) = self.leader_hint().filter(|_| route != Route::Session) {
+    fn pick(&self, turn: &mut usize, route: Route, group: u64) -> u64 {
+        if let Some(leader) = self.leader_of(group).filter(|_| route != Route::Session) {
             let known = self
                 .members
                 .lock()
@@ -495,6 +542,7 @@ impl Client {
         route: Route,
         uncertain: &mut bool,
     ) -> Result<(u64, Reply), ClientError> {
+        let group = request_group(request);
         let started = Instant::now();
         let deadline = started + self.config.timeout;
         let mut backoff = self.config.backoff_initial;
@@ -508,8 +556,8 @@ impl Client {
         // A member behind the session, kept for the final error (a last attempt cut short by the
         // deadline would hide it).
         let mut behind: Option<String> = None;
-        debug!(?route, leader = ?self.leader_hint(), "client call");
-        if route == Route::Leader && !self.leader_confirmed.load(Ordering::Relaxed) {
+        debug!(?route, leader = ?self.leader_of(group), "client call");
+        if route == Route::Leader && !self.is_confirmed(group) {
             // No leader confirmed yet (a fresh process, or the last one stopped answering): ask
             // every member at once rather than spend the deadline on one that may be dead.
             // Followers only redirect, and sessions make a write apply once.
@@ -523,7 +571,7 @@ impl Client {
             if now >= deadline {
                 break;
             }
-            let target = self.pick(&mut turn, route);
+            let target = self.pick(&mut turn, route, group);
             let budget = self.config.attempt_timeout.min(deadline - now);
             attempts += 1;
             let net = self.net.read().expect("net lock").clone();
@@ -539,10 +587,10 @@ impl Client {
                 Ok(Ok(reply)) => {
                     debug!(target, attempts, "client served");
                     if route == Route::Leader {
-                        self.set_leader(Some(target));
-                        self.leader_confirmed.store(true, Ordering::Relaxed);
+                        self.set_leader_of(group, Some(target));
+                        self.confirm(group, true);
                     }
-                    self.observe_reply(&reply);
+                    self.observe_reply(group, &reply);
                     return Ok((target, reply));
                 }
                 Ok(Err(error @ ServerError::Behind { .. })) => {
@@ -564,17 +612,17 @@ impl Client {
                         // followers have not elected another leader yet): ask the others.
                         Some(leader) if self.is_suspect(leader) => {
                             electing = true;
-                            self.set_leader(None);
+                            self.set_leader_of(group, None);
                             !turn.is_multiple_of(self.member_count())
                         }
                         Some(leader) if leader != target => {
-                            self.set_leader(Some(leader));
+                            self.set_leader_of(group, Some(leader));
                             // A fresh hint: follow it at once, but only once per attempt
                             // budget so that two members pointing at each other cannot spin.
                             !attempts.is_multiple_of(4)
                         }
                         _ => {
-                            self.set_leader(None);
+                            self.set_leader_of(group, None);
                             false
                         }
                     }
@@ -584,8 +632,8 @@ impl Client {
                     if matches!(error, ServerError::Timeout | ServerError::LeaderChanged) {
                         *uncertain = true;
                     }
-                    if self.leader_hint() == Some(target) {
-                        self.set_leader(None);
+                    if self.leader_of(group) == Some(target) {
+                        self.set_leader_of(group, None);
                     }
                     false
                 }
@@ -599,9 +647,9 @@ impl Client {
                     }
                     last = format!("node {target}: {}", describe_request_error(&error));
                     self.suspect(target);
-                    if self.leader_hint() == Some(target) {
-                        self.set_leader(None);
-                        self.leader_confirmed.store(false, Ordering::Relaxed);
+                    if self.leader_of(group) == Some(target) {
+                        self.set_leader_of(group, None);
+                        self.confirm(group, false);
                     }
                     // A member that cannot be reached: try the next one without waiting,
                     // unless every member has just failed.
@@ -649,6 +697,7 @@ impl Client {
         uncertain: &mut bool,
         last: &mut String,
     ) -> Option<Result<(u64, Reply), ClientError>> {
+        let group = request_group(request);
         let ids: Vec<u64> = {
             let members = self.members.lock().expect("members lock");
             members
@@ -680,9 +729,9 @@ impl Client {
                 Ok(Ok(reply)) => {
                     debug!(target = id, "client served by the fan-out");
                     self.answered(id);
-                    self.set_leader(Some(id));
-                    self.leader_confirmed.store(true, Ordering::Relaxed);
-                    self.observe_reply(&reply);
+                    self.set_leader_of(group, Some(id));
+                    self.confirm(group, true);
+                    self.observe_reply(group, &reply);
                     // The others' answers (redirects, or a dead member's timeout) do not matter
                     // now: returning drops their futures, which cancels them.
                     return Some(Ok((id, reply)));
@@ -721,7 +770,7 @@ impl Client {
             }
         }
         debug!(?hint, %last, "client fan-out served by nobody");
-        self.set_leader(hint.filter(|&h| !self.is_suspect(h)));
+        self.set_leader_of(group, hint.filter(|&h| !self.is_suspect(h)));
         None
     }
 
@@ -761,8 +810,15 @@ impl Client {
         session: Session,
         op: WriteOp,
     ) -> Result<WriteResult, ClientError> {
-        let request = Request::Write { session, op };
-        match self.call(&request, Route::Leader).await? {
+        let keys = op.keys();
+        let build = |_| Request::Write {
+            session,
+            op: op.clone(),
+        };
+        match self
+            .call_keyed(&keys, Route::Leader, &mut false, build)
+            .await?
+        {
             (_, Reply::Write(result)) => Ok(result),
             (node, other) => Err(unexpected(node, &other)),
         }
@@ -870,18 +926,30 @@ impl Client {
         self.revision_seen.fetch_max(revision, Ordering::Relaxed);
     }
 
-    fn observe_reply(&self, reply: &Reply) {
+    fn observe_reply(&self, group: u64, reply: &Reply) {
         if let Some(revision) = reply_revision(reply) {
             self.observe_revision(revision);
+            let mut revisions = self.group_revisions.lock().expect("revisions lock");
+            let seen = revisions.entry(group).or_default();
+            *seen = (*seen).max(revision);
         }
     }
 
-    /// `consistency` with this session's revision filled in, and where to send it.
-    fn in_session(&self, consistency: Consistency) -> (Consistency, Route) {
+    /// The newest revision of `group` this session saw (every revision, unsharded).
+    fn revision_of(&self, group: u64) -> u64 {
+        if !self.shards.is_sharded() {
+            return self.revision_seen();
+        }
+        let revisions = self.group_revisions.lock().expect("revisions lock");
+        revisions.get(&group).copied().unwrap_or(0)
+    }
+
+    /// `consistency` with this session's revision of `group` filled in, and where to send it.
+    fn in_session(&self, consistency: Consistency, group: u64) -> (Consistency, Route) {
         match consistency {
             Consistency::Sequential { min_revision } => (
                 Consistency::Sequential {
-                    min_revision: min_revision.max(self.revision_seen()),
+                    min_revision: min_revision.max(self.revision_of(group)),
                 },
                 Route::Session,
             ),
@@ -904,12 +972,13 @@ impl Client {
         key: impl Into<Bytes>,
         consistency: Consistency,
     ) -> Result<(u64, Option<KeyValue>), ClientError> {
-        let (consistency, route) = self.in_session(consistency);
-        let request = Request::Read {
-            consistency,
-            op: ReadOp::Get { key: key.into() },
+        let key: Bytes = key.into();
+        let (_, route) = self.in_session(consistency, 0);
+        let build = |group| Request::Read {
+            consistency: self.in_session(consistency, group).0,
+            op: ReadOp::Get { key: key.clone() },
         };
-        match self.call(&request, route).await? {
+        match self.call_keyed(&[&key], route, &mut false, build).await? {
             (_, Reply::Get { revision, kv }) => Ok((revision, kv)),
             (node, other) => Err(unexpected(node, &other)),
         }
@@ -923,19 +992,21 @@ impl Client {
         key: impl Into<Bytes>,
         consistency: Consistency,
     ) -> Result<Option<KeyValue>, ClientError> {
-        let (consistency, _) = self.in_session(consistency);
-        let request = Request::Read {
-            consistency,
-            op: ReadOp::Get { key: key.into() },
+        let key: Bytes = key.into();
+        let build = |group| Request::Read {
+            consistency: self.in_session(consistency, group).0,
+            op: ReadOp::Get { key: key.clone() },
         };
-        match self.call_one(node, &request).await? {
+        match self.call_one_keyed(node, &key, build).await? {
             Reply::Get { kv, .. } => Ok(kv),
             other => Err(unexpected(node, &other)),
         }
     }
 
     /// Lists pairs with keys in `start..end` (`end: None`: to the last key), at most `limit`
-    /// (0: the server's maximum). Returns the pairs and whether more remain.
+    /// (0: the server's maximum). Returns the pairs and whether more remain. On a sharded cluster
+    /// the shards are read one after the other in key order (the page's revision is the highest
+    /// of theirs; with `limit` 0 each shard returns up to the server's maximum).
     pub async fn scan(
         &self,
         start: impl Into<Bytes>,
@@ -943,16 +1014,30 @@ impl Client {
         limit: u32,
         consistency: Consistency,
     ) -> Result<ScanPage, ClientError> {
-        let (consistency, route) = self.in_session(consistency);
+        let start: Bytes = start.into();
+        if self.cached_shard_map().is_sharded() {
+            return self.scan_shards(start, end, limit, consistency).await;
+        }
+        let (session_consistency, route) = self.in_session(consistency, 0);
         let request = Request::Read {
-            consistency,
+            consistency: session_consistency,
             op: ReadOp::Scan {
-                start: start.into(),
-                end,
+                start: start.clone(),
+                end: end.clone(),
                 limit,
             },
         };
-        match self.call(&request, route).await? {
+        let result = match self.call(&request, route).await {
+            // A sharded cluster: learn its map and scan shard by shard.
+            Err(ClientError::Refused(ServerError::WrongShard { .. })) => {
+                if self.refresh_shard_map().await?.is_sharded() {
+                    return self.scan_shards(start, end, limit, consistency).await;
+                }
+                self.call(&request, route).await?
+            }
+            other => other?,
+        };
+        match result {
             (
                 _,
                 Reply::Scan {
@@ -1071,7 +1156,7 @@ impl Client {
     pub async fn transfer_leader(&self, to: u64) -> Result<(), ClientError> {
         self.admin(AdminRequest::TransferLeader { to }, &mut false)
             .await?;
-        self.set_leader(Some(to));
+        self.set_leader_of(0, Some(to));
         Ok(())
     }
 
@@ -1102,7 +1187,7 @@ impl Client {
             let net = self.net.read().expect("net lock").clone();
             match net.request(NodeId(node), request, budget).await {
                 Ok(Ok(reply)) => {
-                    self.observe_reply(&reply);
+                    self.observe_reply(request_group(request), &reply);
                     return Ok(reply);
                 }
                 Ok(Err(error)) if is_transient(&error) => last = error.to_string(),
@@ -1276,7 +1361,8 @@ fn reply_revision(reply: &Reply) -> Option<u64> {
         | Reply::Status(_)
         | Reply::Members { .. }
         | Reply::Done
-        | Reply::Peer(_) => None,
+        | Reply::Peer(_)
+        | Reply::Shards(_) => None,
     }
 }
 

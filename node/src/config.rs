@@ -47,8 +47,10 @@ use serde::{Deserialize, Serialize};
 
 pub mod peer;
 pub mod primary;
+pub mod shards;
 pub use peer::{PeerPolicy, PeerSettings, Replication};
 pub use primary::{AckSetting, PrimaryBackupSettings};
+pub use shards::ShardsConfig;
 
 /// Why a configuration could not be used.
 #[derive(Debug, thiserror::Error)]
@@ -285,6 +287,9 @@ pub struct ServeConfig {
     /// Primary-backup settings (used with `replication = "primary-backup"`).
     #[serde(default)]
     pub primary_backup: PrimaryBackupSettings,
+    /// Key-range shards (absent: one group holds every key); see `config::shards`.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub shards: Option<ShardsConfig>,
 }
 
 fn default_cluster() -> String {
@@ -319,6 +324,7 @@ impl ServeConfig {
             replication: Replication::default(),
             peer: PeerSettings::default(),
             primary_backup: PrimaryBackupSettings::default(),
+            shards: None,
         }
     }
 
@@ -394,6 +400,23 @@ impl ServeConfig {
             if self.join {
                 return invalid(
                     "replication = \"peer\" has a fixed membership: join is not supported".into(),
+                );
+            }
+        }
+        if let Some(shards) = &self.shards {
+            shards.validate().map_err(ConfigError::Invalid)?;
+            if self.replication != Replication::Consensus {
+                let name = match self.replication {
+                    Replication::Peer => "peer",
+                    _ => "primary-backup",
+                };
+                return invalid(format!(
+                    "[shards] needs consensus replication (the default); replication = \"{name}\" runs one group"
+                ));
+            }
+            if self.join {
+                return invalid(
+                    "[shards] groups have a fixed membership for now: join is not supported".into(),
                 );
             }
         }

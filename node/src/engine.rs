@@ -5,6 +5,7 @@
 //! Adding a protocol (primary-backup, say): a variant of [`Protocol`], a `build_*` function
 //! returning its engine on a `LogStore<ItsHardState>`, and one arm in [`open`].
 
+use std::path::PathBuf;
 use std::sync::Arc;
 use std::time::{SystemTime, UNIX_EPOCH};
 
@@ -17,7 +18,8 @@ use tokio::task::JoinHandle;
 use tracing::Instrument;
 
 use crate::config::{Protocol, ReadModeSetting, ServeConfig};
-use crate::group::{Driver, Engine};
+use crate::group::shard::GroupShard;
+use crate::group::{Driver, Engine, GroupChannels};
 use crate::kv::KvStore;
 use crate::proto::Quorate;
 use crate::server::ServeError;
@@ -33,7 +35,37 @@ pub(crate) type Start = Box<
         + Send,
 >;
 
-/// A group whose store is open and whose engine is built, ready to run.
+/// Starts one opened group's loop on the bound endpoint, reading the given channels; `owns`
+/// says whether the loop closes the endpoint when it stops (false: other groups share it).
+pub(crate) type StartGroup = Box<
+    dyn FnOnce(
+            Endpoint<Quorate>,
+            GroupChannels,
+            watch::Receiver<bool>,
+            bool,
+        ) -> JoinHandle<Result<(), ServeError>>
+        + Send,
+>;
+
+/// Where one group of this node keeps its data and what it serves.
+pub(crate) struct GroupSpec {
+    /// Its store's directory.
+    pub(crate) dir: PathBuf,
+    /// Its shard.
+    pub(crate) shard: GroupShard,
+}
+
+/// One group whose store is open and whose engine is built.
+pub(crate) struct OpenedGroup {
+    /// Index of the snapshot the state machine was restored from.
+    pub(crate) snapshot_index: u64,
+    /// Keys in the restored state machine.
+    pub(crate) keys: usize,
+    /// Spawns its loop.
+    pub(crate) start: StartGroup,
+}
+
+/// A node whose groups are open, ready to run.
 pub(crate) struct Opened {
     /// Index of the snapshot the state machine was restored from.
     pub(crate) snapshot_index: u64,
@@ -51,24 +83,47 @@ pub(crate) async fn open(config: &Arc<ServeConfig>) -> Result<Opened, ServeError
     if config.replication == crate::config::Replication::PrimaryBackup {
         return crate::primary::open(config).await;
     }
+    if config.shards.is_some() {
+        return crate::shards::open(config).await;
+    }
+    crate::shards::layout::check_unsharded(&config.data_dir)?;
+    let spec = GroupSpec {
+        dir: config.data_dir.clone(),
+        shard: GroupShard::unsharded(),
+    };
+    let group = open_group(config, spec).await?;
+    Ok(Opened {
+        snapshot_index: group.snapshot_index,
+        keys: group.keys,
+        start: Box::new(move |endpoint, receivers, shutdown_rx| {
+            (group.start)(endpoint, receivers.into(), shutdown_rx, true)
+        }),
+    })
+}
+
+/// Opens one consensus group's store under the configured protocol and builds its engine.
+pub(crate) async fn open_group(
+    config: &Arc<ServeConfig>,
+    spec: GroupSpec,
+) -> Result<OpenedGroup, ServeError> {
     match config.protocol {
         Protocol::Raft => {
-            let store: RaftStore = open_store(config).await?;
+            let store: RaftStore = open_store(config, &spec).await?;
             let (kv, applied) = restore(config, &store)?;
             let engine = build_raft(config, store, applied)?;
-            Ok(opened(config, engine, kv))
+            Ok(opened(config, engine, kv, spec.shard))
         }
         Protocol::MultiPaxos => {
-            let store: LogStore<paxos::HardState> = open_store(config).await?;
+            let store: LogStore<paxos::HardState> = open_store(config, &spec).await?;
             let (kv, applied) = restore(config, &store)?;
             let engine = build_multi_paxos(config, store, applied)?;
-            Ok(opened(config, engine, kv))
+            Ok(opened(config, engine, kv, spec.shard))
         }
         Protocol::Zab => {
-            let store: LogStore<zab::HardState> = open_store(config).await?;
+            let store: LogStore<zab::HardState> = open_store(config, &spec).await?;
             let (kv, applied) = restore(config, &store)?;
             let engine = build_zab(config, store, applied)?;
-            Ok(opened(config, engine, kv))
+            Ok(opened(config, engine, kv, spec.shard))
         }
     }
 }
@@ -154,9 +209,13 @@ fn seed(config: &ServeConfig) -> u64 {
         ^ config.node_id.rotate_left(32)
 }
 
-/// Opens (or bootstraps from `[[members]]`) the data directory, refusing one recorded for
-/// another protocol, cluster or node.
-async fn open_store<H: DurableState>(config: &Arc<ServeConfig>) -> Result<LogStore<H>, ServeError> {
+/// Opens (or bootstraps from `[[members]]`) one group's store, refusing one recorded for
+/// another protocol, cluster, node or group. The one place a group's store is opened (the
+/// shared WAL replaces its body).
+async fn open_store<H: DurableState>(
+    config: &Arc<ServeConfig>,
+    spec: &GroupSpec,
+) -> Result<LogStore<H>, ServeError> {
     let bootstrap = if config.join {
         ConfState::default()
     } else {
@@ -166,9 +225,9 @@ async fn open_store<H: DurableState>(config: &Arc<ServeConfig>) -> Result<LogSto
         protocol: config.protocol.name().to_string(),
         cluster_id: config.cluster.clone(),
         node_id: config.node_id,
-        group_id: 0,
+        group_id: spec.shard.group,
     };
-    let data_dir = config.data_dir.clone();
+    let data_dir = spec.dir.clone();
     let options = StoreOptions {
         trailing_entries: config.snapshot.trailing_entries,
         ..StoreOptions::default()
@@ -193,7 +252,12 @@ pub(crate) fn restore<H: DurableState>(
     Ok((kv, snapshot.meta.index))
 }
 
-fn opened<C: Engine>(config: &Arc<ServeConfig>, engine: C, kv: KvStore) -> Opened
+fn opened<C: Engine>(
+    config: &Arc<ServeConfig>,
+    engine: C,
+    kv: KvStore,
+    shard: GroupShard,
+) -> OpenedGroup
 where
     C::Message: Send,
 {
@@ -201,12 +265,17 @@ where
     let snapshot_index = engine.storage().snapshot_meta().index;
     let keys = kv.len();
     let config = config.clone();
-    Opened {
+    OpenedGroup {
         snapshot_index,
         keys,
-        start: Box::new(move |endpoint, receivers, shutdown_rx| {
-            let span = tracing::info_span!("group", node = config.node_id, group = 0);
-            let driver = Driver::new(config, engine, kv, endpoint, receivers, shutdown_rx);
+        start: Box::new(move |endpoint, channels, shutdown_rx, owns| {
+            let span = tracing::info_span!("group", node = config.node_id, group = shard.group);
+            let driver = Driver::new(config, engine, kv, endpoint, channels, shutdown_rx, shard);
+            let driver = if owns {
+                driver
+            } else {
+                driver.sharing_endpoint()
+            };
             tokio::spawn(driver.run().instrument(span))
         }),
     }

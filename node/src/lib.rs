@@ -17,6 +17,8 @@
 //!   takes writes) on its own write-ahead log instead of a consensus group.
 //! - `primary`: `replication = "primary-backup"` — the group runs `replication-primary`
 //!   (PacificA), its configuration manager a Raft group of the members beside it.
+//! - [`shards`]: a sharded node (`[shards]`): the meta group, one group per key range, the
+//!   router in front of their loops, the layout recorded in the data directory.
 //! - [`xtxn`]: cross-shard transactions — the coordinator (txn-2pc's two-phase engine over the
 //!   shards' logs), the in-doubt resolver and the bank simulator.
 //! - [`client`] and [`cli`]: the Rust client and the `quorate` command line.
@@ -33,5 +35,6 @@ mod peer;
 mod primary;
 pub mod proto;
 pub mod server;
+pub mod shards;
 pub mod store;
 pub mod xtxn;

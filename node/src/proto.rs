@@ -37,9 +37,11 @@ use bytes::Bytes;
 use serde::{Deserialize, Serialize};
 
 pub mod peer;
+pub mod shard;
 pub mod txn;
 pub mod xtxn;
 pub use peer::{PeerNodeStatus, PeerReply, PeerRequest, PeerSibling};
+pub use shard::{KeyRange, ShardInfo, ShardMap, META_GROUP};
 pub use txn::{Compare, CompareOp, CompareTarget, TxnOp, TxnOpResult, MAX_TXN_OPS};
 pub use xtxn::{ShardOutcome, ShardTxnId, ShardTxnOp, ShardTxnResult};
 
@@ -63,8 +65,11 @@ impl net_quic::Protocol for Quorate {
 /// receiving group decodes it with its own type and drops what does not decode.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub struct PeerMessage {
-    /// The replication group (0 while a node runs one group); checked on receipt.
+    /// The replication group (0 while a node runs one group); routed by on receipt.
     pub group: u64,
+    /// The group's range epoch ([`ShardInfo::epoch`]; 0 unsharded): a message of another epoch
+    /// is dropped by the receiving node's router.
+    pub epoch: u64,
     /// What the payload is: a consensus group's message or a peer-replication message.
     pub class: MessageClass,
     /// Whether the payload is a large transfer (a snapshot), sent on the bulk stream.
@@ -92,6 +97,7 @@ impl PeerMessage {
     ) -> Result<Self, postcard::Error> {
         Ok(PeerMessage {
             group,
+            epoch: 0,
             class: MessageClass::Peer,
             bulk: false,
             payload: Bytes::from(postcard::to_allocvec(message)?),
@@ -102,6 +108,7 @@ impl PeerMessage {
     pub fn forward(group: u64, payload: Vec<u8>) -> Self {
         PeerMessage {
             group,
+            epoch: 0,
             class: MessageClass::Forward,
             bulk: false,
             payload: Bytes::from(payload),
@@ -115,6 +122,7 @@ impl PeerMessage {
     ) -> Result<Self, postcard::Error> {
         Ok(PeerMessage {
             group,
+            epoch: 0,
             class: MessageClass::Consensus,
             bulk: message.is_bulk(),
             payload: Bytes::from(postcard::to_allocvec(message)?),
@@ -184,6 +192,17 @@ pub enum Request {
     Admin(AdminRequest),
     /// A request to a peer-replicated cluster (`replication = "peer"`).
     Peer(PeerRequest),
+    /// `request` for replication group `group` at range epoch `epoch` (a sharded cluster; see
+    /// [`shard`]). A plain request goes to group 0. Answered `WrongShard` if the node has no such
+    /// group, the epoch is not the group's, or a key is outside the group's range.
+    Routed {
+        /// The group.
+        group: u64,
+        /// The group's range epoch as the client's map has it.
+        epoch: u64,
+        /// The request (not itself `Routed`).
+        request: Box<Request>,
+    },
 }
 
 /// The writes the key-value store supports.
@@ -315,6 +334,9 @@ pub enum AdminRequest {
         /// The member to lead next.
         to: u64,
     },
+    /// The shard map with each group's leader and keys as this member knows them (answered by
+    /// any member, locally; [`ShardMap::single`] on an unsharded node).
+    Shards,
 }
 
 /// A stored pair with its revisions (etcd's meaning: `create_revision` is the revision of the write
@@ -479,6 +501,8 @@ pub enum Reply {
     Done,
     /// The answer to a [`PeerRequest`].
     Peer(PeerReply),
+    /// The shard map ([`AdminRequest::Shards`]).
+    Shards(ShardMap),
 }
 
 /// A reply to a [`Request`].
@@ -607,6 +631,21 @@ pub enum ServerError {
         /// Limit ([`MAX_TXN_OPS`]).
         limit: u64,
     },
+    /// The request reached a group that does not serve its key (or named a stale epoch): fetch
+    /// the shard map again (`AdminRequest::Shards`) and resend to the group it names.
+    #[error("wrong shard: group {group} at epoch {epoch} does not serve this key; refresh the shard map and retry")]
+    WrongShard {
+        /// The group that refused (or that was named).
+        group: u64,
+        /// That group's current range epoch.
+        epoch: u64,
+    },
+    /// A transaction names keys of several shards, which is not supported yet.
+    #[error("the transaction's keys are on several shards (groups {groups:?}); cross-shard transactions are not supported yet")]
+    CrossShard {
+        /// The groups the keys are on.
+        groups: Vec<u64>,
+    },
     /// The key is locked by a prepared cross-shard transaction (no-wait rule: the write is
     /// refused, not queued, so no deadlock); retry shortly — the lock goes at its decision.
     #[error(
@@ -659,6 +698,7 @@ mod tests {
     fn a_payload_that_does_not_decode_is_an_error_not_a_panic() {
         let envelope = PeerMessage {
             group: 0,
+            epoch: 0,
             class: MessageClass::Consensus,
             bulk: false,
             payload: Bytes::from_static(&[0xff, 0xff, 0xff, 0xff, 0xff, 0xff]),

@@ -56,6 +56,9 @@ pub enum ServeError {
     /// The data directory could not be opened or written (another cluster's, corrupt, ...).
     #[error(transparent)]
     Store(Box<StoreError>),
+    /// The data directory's shard layout does not fit the configuration.
+    #[error(transparent)]
+    Layout(#[from] crate::shards::layout::LayoutError),
     /// The protocol engine refused its state or an operation.
     #[error("consensus: {0}")]
     Consensus(#[from] consensus_core::Error),

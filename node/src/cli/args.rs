@@ -121,6 +121,11 @@ pub struct ServeArgs {
     /// (overrides `ack` in `[primary_backup]`).
     #[arg(long, env = "QUORATE_ACK")]
     pub ack: Option<String>,
+    /// Bootstrap N key-range shards (the first key byte divided evenly; `[shards] count = N`),
+    /// each its own group on every member, plus the meta group holding the shard map. Fixed at
+    /// bootstrap: a restart must give the same.
+    #[arg(long, env = "QUORATE_SHARDS", value_name = "N")]
+    pub shards: Option<usize>,
 }
 
 /// `quorate kv ...`
@@ -290,6 +295,8 @@ pub enum ClusterCommand {
         /// The voter to become leader.
         id: u64,
     },
+    /// The shards: each key range, its group, the group's leader and keys (as one member knows).
+    Shards,
 }
 
 /// Parses `250ms`, `5s`, `2m` or a bare number of seconds.

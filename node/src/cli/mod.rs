@@ -9,6 +9,7 @@ pub mod args;
 mod output;
 mod pb_output;
 mod peer_output;
+mod shards_output;
 mod txn;
 
 use std::path::{Path, PathBuf};
@@ -281,6 +282,11 @@ pub fn serve_config(args: &ServeArgs) -> Result<ServeConfig, CliError> {
     }
     if args.join {
         table.insert("join".into(), Value::Boolean(true));
+    }
+    if let Some(count) = args.shards {
+        let mut shards = toml::Table::new();
+        shards.insert("count".into(), Value::Integer(count as i64));
+        table.insert("shards".into(), Value::Table(shards));
     }
     let text = toml::to_string(&table)
         .map_err(|e| CliError::Local(format!("cannot assemble the configuration: {e}")))?;

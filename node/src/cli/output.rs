@@ -539,6 +539,7 @@ pub(super) async fn cluster(
             }
             Ok(Outcome::Success)
         }
+        ClusterCommand::Shards => super::shards_output::shards(client, json).await,
     }
 }
 

@@ -138,6 +138,10 @@ impl<C: Engine> Driver<C> {
     pub(super) fn handle_admin(&mut self, admin: AdminRequest, responder: Responder) {
         let result = match admin {
             AdminRequest::Status => Ok(Reply::Status(self.status())),
+            AdminRequest::Shards => {
+                let own = (self.host.soft.leader, self.host.kv.store().len() as u64);
+                Ok(Reply::Shards(self.host.shard.map(own)))
+            }
             AdminRequest::Members => Ok(Reply::Members {
                 members: self.members(),
                 leader: self.host.soft.leader,

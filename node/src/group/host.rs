@@ -22,6 +22,7 @@ use crate::store::DurableIndex;
 use super::admin::AdminWaits;
 use super::kv_service::{reply, KvService};
 use super::leaderless::Leaderless;
+use super::shard::GroupShard;
 use super::Engine;
 
 /// A write waiting for a leader to be known.
@@ -31,6 +32,8 @@ type ParkedWrite = (crate::proto::Session, WriteOp, Responder);
 pub(crate) struct GroupHost {
     id: u64,
     group: u64,
+    /// The shard this group serves (its range, epoch, and the node's group table).
+    pub(crate) shard: GroupShard,
     endpoint: Endpoint<Quorate>,
     durable: DurableIndex,
     pub(crate) kv: KvService,
@@ -52,6 +55,7 @@ impl GroupHost {
         durable: DurableIndex,
         kv: KvStore,
         applied: u64,
+        shard: GroupShard,
     ) -> Self {
         let mut addrs: BTreeMap<u64, SocketAddr> =
             config.members.iter().map(|m| (m.id, m.addr)).collect();
@@ -63,7 +67,8 @@ impl GroupHost {
         let mut host = GroupHost {
             leaderless,
             id: config.node_id,
-            group: 0,
+            group: shard.group,
+            shard,
             endpoint,
             durable,
             kv: KvService::new(config, kv, applied),
@@ -117,6 +122,9 @@ impl GroupHost {
         op: WriteOp,
         responder: Responder,
     ) {
+        if let Err(error) = self.shard.check_write(&op) {
+            return reply(responder, Err(error));
+        }
         let leader = self.leader_check();
         if matches!(leader, Err(ServerError::NoLeader)) {
             if let Err(error) = self.kv.validate_write(&session, &op) {
@@ -160,6 +168,9 @@ impl GroupHost {
         op: ReadOp,
         responder: Responder,
     ) {
+        if let Err(error) = self.shard.check_read(&op) {
+            return reply(responder, Err(error));
+        }
         self.kv.read(consistency, op, responder);
     }
 
@@ -196,7 +207,10 @@ impl GroupHost {
     fn send_message<M: Envelope + serde::Serialize>(&mut self, message: M) {
         let to = NetNodeId(message.to());
         let envelope = match PeerMessage::encode(self.group, &message) {
-            Ok(envelope) => envelope,
+            Ok(envelope) => PeerMessage {
+                epoch: self.shard.epoch,
+                ..envelope
+            },
             Err(error) => {
                 warn!(node = self.id, %to, %error, "message does not encode");
                 return;

@@ -11,6 +11,11 @@
 //! - [`snapshot`]: local snapshots written and checkpointed off the loop.
 //! - [`sidecar`]: a service driven by the same loop beside the engine, addressed by it as node 0
 //!   (primary-backup's configuration manager).
+//! - [`shard`]: the key range the group serves (`WrongShard` outside it) and the node's table of
+//!   groups the shard map is answered from.
+//!
+//! A driver reads its own [`GroupChannels`]: the endpoint's receivers themselves when the node
+//! runs one group, or the channels the node's router (`crate::shards::router`) feeds.
 //!
 //! # The loop
 //! Each iteration waits for one event (a peer message, a client request, a durability report from
@@ -29,6 +34,7 @@ mod admin;
 mod host;
 mod kv_service;
 mod leaderless;
+pub(crate) mod shard;
 pub(crate) mod sidecar;
 mod snapshot;
 
@@ -36,7 +42,7 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use consensus_core::{Consensus, Envelope, Replica, Role, Storage};
-use net_quic::{ClientRequest, Endpoint, PeerMessage as NetPeerMessage};
+use net_quic::{ClientRequest, Endpoint, PeerMessage as NetPeerMessage, Receivers};
 use tokio::sync::{mpsc, watch};
 use tokio::time::Instant;
 use tracing::{debug, info, warn};
@@ -48,6 +54,7 @@ use crate::server::ServeError;
 use crate::store::{Durability, LogStore};
 
 use host::GroupHost;
+use shard::GroupShard;
 use sidecar::Sidecar;
 use snapshot::SnapshotTask;
 
@@ -80,6 +87,24 @@ where
 
     fn as_store(storage: &mut C::Storage) -> &mut LogStore<C::HardState> {
         storage
+    }
+}
+
+/// What one group's loop receives: peer messages for the group and client requests to it.
+pub(crate) struct GroupChannels {
+    /// Peer messages of this group.
+    pub(crate) peer: mpsc::Receiver<NetPeerMessage<PeerMessage>>,
+    /// Client requests to this group (unwrapped from `Request::Routed` by the router).
+    pub(crate) requests: mpsc::Receiver<ClientRequest<Quorate>>,
+}
+
+impl From<Receivers<Quorate>> for GroupChannels {
+    /// The endpoint's own receivers: the node runs this one group.
+    fn from(receivers: Receivers<Quorate>) -> Self {
+        GroupChannels {
+            peer: receivers.peer,
+            requests: receivers.requests,
+        }
     }
 }
 
@@ -122,6 +147,8 @@ pub(crate) struct Driver<C: Consensus> {
     /// When the loop started, and the ticks given since (wall-clock ticks).
     started: Instant,
     ticks: u64,
+    /// Whether this loop closes the endpoint when it stops (not when other groups share it).
+    owns_endpoint: bool,
 }
 
 impl<C: Engine> Driver<C> {
@@ -132,8 +159,9 @@ impl<C: Engine> Driver<C> {
         engine: C,
         kv: KvStore,
         endpoint: Endpoint<Quorate>,
-        receivers: net_quic::Receivers<Quorate>,
+        channels: GroupChannels,
         shutdown_rx: watch::Receiver<bool>,
+        shard: GroupShard,
     ) -> Self {
         let store = engine.store();
         let durable_rx = store.subscribe_durable();
@@ -144,14 +172,15 @@ impl<C: Engine> Driver<C> {
             store.durable_handle(),
             kv,
             engine.status().applied,
+            shard,
         );
         Driver {
             id: config.node_id,
             config,
             replica: Replica::new(engine),
             host,
-            peer_rx: receivers.peer,
-            request_rx: receivers.requests,
+            peer_rx: channels.peer,
+            request_rx: channels.requests,
             durable_rx,
             shutdown_rx,
             snapshot,
@@ -161,7 +190,14 @@ impl<C: Engine> Driver<C> {
             sidecar_durable: None,
             started: Instant::now(),
             ticks: 0,
+            owns_endpoint: true,
         }
+    }
+
+    /// The endpoint is shared with other groups: it is closed by the node, not by this loop.
+    pub(crate) fn sharing_endpoint(mut self) -> Self {
+        self.owns_endpoint = false;
+        self
     }
 
     /// Runs `sidecar` in this loop and applies `options`.
@@ -249,6 +285,11 @@ impl<C: Engine> Driver<C> {
             if self.options.snapshots {
                 self.maybe_snapshot()?;
             }
+            self.host.shard.table.publish(
+                self.host.group(),
+                self.host.soft.leader,
+                self.host.kv.store().len() as u64,
+            );
             let took = woke.elapsed();
             if took >= SLOW_ITERATION {
                 warn!(
@@ -315,6 +356,9 @@ impl<C: Engine> Driver<C> {
         }
         if let Err(error) = self.replica.engine().store().sync() {
             warn!(node = self.id, %error, "final sync failed");
+        }
+        if !self.owns_endpoint {
+            return;
         }
         let report = self
             .host
@@ -429,6 +473,10 @@ impl<C: Engine> Driver<C> {
             }
             Request::Read { consistency, op } => self.host.handle_read(consistency, op, responder),
             Request::Admin(admin) => self.handle_admin(admin, responder),
+            Request::Routed { group, epoch, .. } => {
+                // The router unwraps one level; a nested or unrouted one is refused.
+                let _ = responder.reply(&Err(ServerError::WrongShard { group, epoch }));
+            }
             Request::Peer(_) => {
                 let _ = responder.reply(&Err(ServerError::Unsupported(
                     "this cluster runs a consensus group, not replication = \"peer\"".into(),

@@ -394,12 +394,18 @@ impl PeerDriver {
                 members: status::members(&self.config),
                 leader: None,
             }),
+            Request::Admin(AdminRequest::Shards) => {
+                Ok(Reply::Shards(crate::proto::ShardMap::single()))
+            }
             Request::Admin(_) => Err(ServerError::PeerReplication(
                 "its membership is fixed by [[members]] and it has no leader".into(),
             )),
-            Request::Write { .. } | Request::Read { .. } => Err(ServerError::PeerReplication(
-                "send peer requests (`quorate kv get/put/del` do when the node answers so)".into(),
-            )),
+            Request::Write { .. } | Request::Read { .. } | Request::Routed { .. } => {
+                Err(ServerError::PeerReplication(
+                    "send peer requests (`quorate kv get/put/del` do when the node answers so)"
+                        .into(),
+                ))
+            }
         };
         let _ = responder.reply(&answer);
     }

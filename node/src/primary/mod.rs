@@ -24,6 +24,7 @@ use tracing::Instrument;
 
 use crate::config::{AckSetting, ServeConfig};
 use crate::engine::{restore, Opened};
+use crate::group::shard::GroupShard;
 use crate::group::{Driver, DriverOptions};
 use crate::server::ServeError;
 use crate::store::{Identity, LogStore, RaftStore, StoreOptions};
@@ -75,10 +76,18 @@ pub(crate) async fn open(config: &Arc<ServeConfig>) -> Result<Opened, ServeError
                         wall_clock_ticks: true,
                         snapshots: false,
                     };
-                    Driver::new(config, engine, kv, endpoint, receivers, shutdown_rx)
-                        .with_sidecar(Box::new(manager), options)
-                        .run()
-                        .await
+                    Driver::new(
+                        config,
+                        engine,
+                        kv,
+                        endpoint,
+                        receivers.into(),
+                        shutdown_rx,
+                        GroupShard::unsharded(),
+                    )
+                    .with_sidecar(Box::new(manager), options)
+                    .run()
+                    .await
                 }
                 .instrument(span),
             )

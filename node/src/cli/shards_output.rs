@@ -1,0 +1,55 @@
+//! `quorate cluster shards`: the shard map as one member knows it — each range, its group, the
+//! group's leader and its keys there.
+
+use serde_json::json;
+
+use super::output::text;
+use super::{CliError, Outcome};
+use crate::client::Client;
+
+/// Prints the shard map (fetched fresh from any member).
+pub(super) async fn shards(client: &Client, json: bool) -> Result<Outcome, CliError> {
+    let map = client.refresh_shard_map().await?;
+    let end_text = |end: &Option<bytes::Bytes>| end.as_ref().map(|e| text(e));
+    if json {
+        let shards: Vec<_> = map
+            .shards
+            .iter()
+            .map(|s| {
+                json!({
+                    "group": s.group,
+                    "start": text(&s.range.start),
+                    "end": end_text(&s.range.end),
+                    "epoch": s.epoch,
+                    "leader": s.leader,
+                    "keys": s.keys,
+                })
+            })
+            .collect();
+        println!(
+            "{}",
+            json!({ "epoch": map.epoch, "sharded": map.is_sharded(), "shards": shards })
+        );
+    } else {
+        println!(
+            "{:<6} {:<16} {:<16} {:<6} {:<7} KEYS",
+            "GROUP", "START", "END", "EPOCH", "LEADER"
+        );
+        for s in &map.shards {
+            println!(
+                "{:<6} {:<16} {:<16} {:<6} {:<7} {}",
+                s.group,
+                if s.range.start.is_empty() {
+                    "-".to_string()
+                } else {
+                    text(&s.range.start)
+                },
+                end_text(&s.range.end).unwrap_or_else(|| "-".into()),
+                s.epoch,
+                s.leader.map_or("?".to_string(), |l| l.to_string()),
+                s.keys
+            );
+        }
+    }
+    Ok(Outcome::Success)
+}

@@ -1,0 +1,206 @@
+//! What key range a group serves, and the node's table of its groups (leader and keys of each,
+//! as the groups last reported them) from which any member answers `AdminRequest::Shards`.
+//!
+//! Unsharded, group 0 serves every key and reports [`ShardMap::single`]. Sharded, group 0 is the
+//! meta group: it serves no key and answers with the map it holds (bootstrapped identically on
+//! every member from the configuration and recorded in the data directory), each shard's leader
+//! and keys filled in from the table. A data group refuses a key outside its range with
+//! `ServerError::WrongShard { group, epoch }` before proposing it (the ranges of a bootstrapped
+//! map never change, so the check at proposal time is the check at apply time).
+
+use std::collections::BTreeMap;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::Arc;
+
+use crate::proto::{KeyRange, ReadOp, ServerError, ShardMap, WriteOp};
+
+/// One local group's last report (leader 0 = none known).
+#[derive(Debug, Default)]
+struct Slot {
+    leader: AtomicU64,
+    keys: AtomicU64,
+}
+
+/// The groups this node runs, each reporting its leader and key count after every loop
+/// iteration (two relaxed stores: no lock between the groups).
+#[derive(Debug, Default)]
+pub(crate) struct GroupTable {
+    slots: BTreeMap<u64, Slot>,
+}
+
+impl GroupTable {
+    /// A table of `groups`.
+    pub(crate) fn new(groups: impl IntoIterator<Item = u64>) -> Arc<Self> {
+        Arc::new(GroupTable {
+            slots: groups.into_iter().map(|g| (g, Slot::default())).collect(),
+        })
+    }
+
+    /// Records `group`'s leader and keys.
+    pub(crate) fn publish(&self, group: u64, leader: Option<u64>, keys: u64) {
+        if let Some(slot) = self.slots.get(&group) {
+            slot.leader.store(leader.unwrap_or(0), Ordering::Relaxed);
+            slot.keys.store(keys, Ordering::Relaxed);
+        }
+    }
+
+    /// `group`'s last report.
+    pub(crate) fn get(&self, group: u64) -> (Option<u64>, u64) {
+        match self.slots.get(&group) {
+            Some(slot) => {
+                let leader = slot.leader.load(Ordering::Relaxed);
+                (
+                    (leader != 0).then_some(leader),
+                    slot.keys.load(Ordering::Relaxed),
+                )
+            }
+            None => (None, 0),
+        }
+    }
+}
+
+/// The shard one group serves.
+#[derive(Debug, Clone)]
+pub(crate) struct GroupShard {
+    /// The group id (0: the only group, or the meta group).
+    pub(crate) group: u64,
+    /// The group's range epoch (carried by its peer messages).
+    pub(crate) epoch: u64,
+    /// The keys it serves.
+    pub(crate) range: KeyRange,
+    /// The shard map (the meta group of a sharded node), else `None`: unsharded.
+    pub(crate) map: Option<Arc<ShardMap>>,
+    /// The node's groups.
+    pub(crate) table: Arc<GroupTable>,
+}
+
+impl GroupShard {
+    /// The one group of an unsharded node.
+    pub(crate) fn unsharded() -> Self {
+        GroupShard {
+            group: 0,
+            epoch: 0,
+            range: KeyRange::all(),
+            map: None,
+            table: GroupTable::new([0]),
+        }
+    }
+
+    fn wrong_shard(&self) -> ServerError {
+        ServerError::WrongShard {
+            group: self.group,
+            epoch: self.epoch,
+        }
+    }
+
+    /// `WrongShard` unless every key of the write is in the range.
+    pub(crate) fn check_write(&self, op: &WriteOp) -> Result<(), ServerError> {
+        if op.keys().iter().all(|key| self.range.contains(key)) {
+            Ok(())
+        } else {
+            Err(self.wrong_shard())
+        }
+    }
+
+    /// `WrongShard` unless the read lies in the range.
+    pub(crate) fn check_read(&self, op: &ReadOp) -> Result<(), ServerError> {
+        let inside = match op {
+            ReadOp::Get { key } => self.range.contains(key),
+            ReadOp::Scan { start, end, .. } => self.range.covers(start, end.as_deref()),
+        };
+        if inside {
+            Ok(())
+        } else {
+            Err(self.wrong_shard())
+        }
+    }
+
+    /// The map as this member knows it: leaders and keys from the table (this group's own
+    /// entry from `own`, which is fresher).
+    pub(crate) fn map(&self, own: (Option<u64>, u64)) -> ShardMap {
+        let mut map = match &self.map {
+            Some(map) => (**map).clone(),
+            None => ShardMap::single(),
+        };
+        for shard in &mut map.shards {
+            (shard.leader, shard.keys) = if shard.group == self.group {
+                own
+            } else {
+                self.table.get(shard.group)
+            };
+        }
+        map
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use bytes::Bytes;
+
+    fn data_group(map: &ShardMap, group: u64) -> GroupShard {
+        let shard = map.shard(group).unwrap();
+        GroupShard {
+            group,
+            epoch: shard.epoch,
+            range: shard.range.clone(),
+            map: None,
+            table: GroupTable::new([0, 1, 2]),
+        }
+    }
+
+    #[test]
+    fn a_data_group_refuses_keys_outside_its_range_naming_itself_and_its_epoch() {
+        let map = ShardMap::from_split_keys(&[Bytes::from_static(b"g")]).unwrap();
+        let second = data_group(&map, 2);
+        let put = |key: &'static [u8]| WriteOp::Put {
+            key: Bytes::from_static(key),
+            value: Bytes::new(),
+        };
+        assert_eq!(second.check_write(&put(b"k")), Ok(()));
+        assert_eq!(
+            second.check_write(&put(b"a")),
+            Err(ServerError::WrongShard { group: 2, epoch: 1 })
+        );
+        let scan = |start: &'static [u8], end: Option<&'static [u8]>| ReadOp::Scan {
+            start: Bytes::from_static(start),
+            end: end.map(Bytes::from_static),
+            limit: 0,
+        };
+        assert_eq!(second.check_read(&scan(b"g", None)), Ok(()));
+        assert!(second.check_read(&scan(b"a", None)).is_err());
+        let first = data_group(&map, 1);
+        assert_eq!(first.check_read(&scan(b"a", Some(b"g"))), Ok(()));
+        assert!(first.check_read(&scan(b"a", None)).is_err());
+        assert_eq!(GroupShard::unsharded().check_write(&put(b"a")), Ok(()));
+    }
+
+    #[test]
+    fn the_meta_group_fills_leaders_and_keys_from_the_table() {
+        let map = ShardMap::from_split_keys(&[Bytes::from_static(b"g")]).unwrap();
+        let table = GroupTable::new([0, 1, 2]);
+        table.publish(1, Some(3), 10);
+        table.publish(2, None, 4);
+        let meta = GroupShard {
+            group: 0,
+            epoch: 1,
+            range: KeyRange::empty(),
+            map: Some(Arc::new(map)),
+            table,
+        };
+        let known = meta.map((Some(1), 0));
+        assert_eq!(
+            known
+                .shards
+                .iter()
+                .map(|s| (s.group, s.leader, s.keys))
+                .collect::<Vec<_>>(),
+            vec![(1, Some(3), 10), (2, None, 4)]
+        );
+        let single = GroupShard::unsharded().map((Some(2), 7));
+        assert_eq!(
+            (single.shards[0].leader, single.shards[0].keys),
+            (Some(2), 7)
+        );
+    }
+}
