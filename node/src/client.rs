@@ -47,6 +47,7 @@ use bytes::Bytes;
 
 mod peer;
 mod shards;
+mod xtxn;
 use net_quic::{Credentials, Limits, NodeId, RequestError};
 pub use peer::{PeerRead, PeerWritten};
 use shards::{request_group, ShardCache};
@@ -900,7 +901,14 @@ impl Client {
             success,
             failure,
         };
-        match self.write(op).await? {
+        let result = match self.write(op.clone()).await {
+            // Keys on several shards: a member coordinates its two-phase commit.
+            Err(ClientError::Refused(ServerError::CrossShard { .. })) => {
+                self.cross_shard_txn(op).await?
+            }
+            other => other?,
+        };
+        match result {
             WriteResult::Txn {
                 succeeded,
                 revision,
@@ -1362,7 +1370,8 @@ fn reply_revision(reply: &Reply) -> Option<u64> {
         | Reply::Members { .. }
         | Reply::Done
         | Reply::Peer(_)
-        | Reply::Shards(_) => None,
+        | Reply::Shards(_)
+        | Reply::Prepared { .. } => None,
     }
 }
 

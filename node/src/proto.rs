@@ -306,6 +306,9 @@ pub enum ReadOp {
         /// Maximum number of pairs returned.
         limit: u32,
     },
+    /// The cross-shard transactions prepared on the group and not yet decided (what the
+    /// node's in-doubt resolver watches).
+    Prepared,
 }
 
 /// Cluster administration requests.
@@ -501,6 +504,11 @@ pub enum Reply {
     Done,
     /// The answer to a [`PeerRequest`].
     Peer(PeerReply),
+    /// The cross-shard transactions prepared on the group ([`ReadOp::Prepared`]).
+    Prepared {
+        /// By transaction id.
+        txns: Vec<(ShardTxnId, crate::kv::PreparedTxn)>,
+    },
     /// The shard map ([`AdminRequest::Shards`]).
     Shards(ShardMap),
 }
