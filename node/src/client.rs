@@ -901,6 +901,11 @@ impl Client {
             success,
             failure,
         };
+        // Know the map first: a plain Txn sent to every member at once (a fresh client's first
+        // write) would be coordinated by each of them if it spans shards.
+        if !self.shards.is_known() {
+            self.refresh_shard_map().await?;
+        }
         let result = match self.write(op.clone()).await {
             // Keys on several shards: a member coordinates its two-phase commit.
             Err(ClientError::Refused(ServerError::CrossShard { .. })) => {

@@ -268,4 +268,48 @@ async fn transfers_across_shards_keep_the_total_through_kills_of_a_shard_leader_
     );
     assert!(tally.acked.len() >= 10, "too few transfers committed");
     assert!(tally.audits_ok >= 3, "too few audits committed");
+    drop(tally);
+
+    // `quorate kv txn` across the two shards: prints the branch that ran and what it read.
+    let a0 = balances["a-0"];
+    let txn = format!(
+        r#"{{"compare": [{{"key": "a-0", "value": "{a0}"}}],
+            "success": [{{"put": {{"key": "a-0", "value": "{}"}}}},
+                        {{"put": {{"key": "x-0", "value": "{}"}}}},
+                        {{"get": "x-0"}}],
+            "failure": [{{"get": "a-0"}}]}}"#,
+        a0 - 1,
+        balances["x-0"] + 1
+    );
+    let (code, out, err) = cluster.cli(&["kv", "txn", &txn]);
+    if code != 0 {
+        let mut seen = Vec::new();
+        for node in 1..=3u64 {
+            for group in 1..=2u64 {
+                let request = Request::Routed {
+                    group,
+                    epoch: map.shard(group).map_or(0, |s| s.epoch),
+                    request: Box::new(Request::Read {
+                        consistency: Consistency::Stale,
+                        op: ReadOp::Prepared,
+                    }),
+                };
+                seen.push((node, group, client.request_to(node, &request).await));
+            }
+        }
+        panic!("{out}{err}; prepared now: {seen:?}");
+    }
+    assert!(out.contains("SUCCESS"), "{out}");
+    assert!(
+        out.contains(&format!("get \"x-0\": {}", balances["x-0"] + 1)),
+        "{out}"
+    );
+    // Run again: the compare no longer holds, the failure branch reads a-0 on the other shard.
+    let (code, out, err) = cluster.cli(&["kv", "txn", &txn]);
+    assert_eq!(code, 1, "{out}{err}");
+    assert!(out.contains(&format!("get \"a-0\": {}", a0 - 1)), "{out}");
+    assert_eq!(
+        audit(&client, &Mutex::new(Tally::default())).await,
+        Some(total)
+    );
 }

@@ -40,6 +40,11 @@ impl ShardCache {
         map
     }
 
+    /// Whether a map was fetched (or set) at all.
+    pub(super) fn is_known(&self) -> bool {
+        self.get().is_some()
+    }
+
     /// Whether the cached map has data groups (false before a map was fetched).
     pub(super) fn is_sharded(&self) -> bool {
         self.get().is_some_and(|map| map.is_sharded())

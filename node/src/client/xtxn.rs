@@ -8,17 +8,33 @@ use crate::proto::{Reply, Request, ServerError, ShardTxnOp, ShardTxnResult, Writ
 /// How often a `WrongShard` answer makes the client fetch the map and resend.
 const REROUTES: usize = 5;
 
+/// How often a cross-shard transaction that aborted on a conflict is run.
+pub const TXN_ATTEMPTS: u32 = 3;
+
 impl Client {
     /// Sends a transaction spanning shards to a member, which runs its two-phase commit.
     /// Not retried by the client once a member took it: a transaction whose reply was lost may
     /// have committed (guard it with compares, as the bank test's transfers do).
+    /// One that aborted (a conflict: nothing applied) is run again, up to [`TXN_ATTEMPTS`] times.
     pub(super) async fn cross_shard_txn(&self, op: WriteOp) -> Result<WriteResult, ClientError> {
-        let (_in_flight, session) = self.begin_write();
-        let request = Request::Write { session, op };
-        match self.call(&request, Route::Any).await? {
-            (_, Reply::Write(result)) => Ok(result),
-            (node, other) => Err(unexpected(node, &other)),
+        let mut pause = std::time::Duration::from_millis(10);
+        for attempt in 1..=TXN_ATTEMPTS {
+            let (_in_flight, session) = self.begin_write();
+            let request = Request::Write {
+                session,
+                op: op.clone(),
+            };
+            match self.call(&request, Route::Any).await {
+                Ok((_, Reply::Write(result))) => return Ok(result),
+                Ok((node, other)) => return Err(unexpected(node, &other)),
+                Err(ClientError::Refused(ServerError::TxnAborted(_))) if attempt < TXN_ATTEMPTS => {
+                    tokio::time::sleep(pause).await;
+                    pause *= 2;
+                }
+                Err(error) => return Err(error),
+            }
         }
+        unreachable!("the last attempt returns")
     }
 
     /// Sends `request` to member `node` only (retrying transient errors there).

@@ -106,6 +106,12 @@ struct Committing {
     one_phase: Option<u64>,
     /// Participants that only read (voted read-only): told the outcome when it is decided.
     read_only: BTreeSet<u64>,
+    /// Read-only participants told the outcome that have not confirmed yet (their read locks
+    /// are released before the client hears back, so its next transaction does not meet them).
+    releases: BTreeMap<u64, ShardOutcome>,
+    releases_sent: u64,
+    /// The engine reported the transaction finished.
+    engine_finished: bool,
     /// The decision record being proposed: its force token, when it was last sent.
     decision: Option<(ForceToken, u64)>,
     decided: Option<ShardOutcome>,
@@ -261,6 +267,9 @@ impl CrossShardTxn {
             engine,
             one_phase,
             read_only: BTreeSet::new(),
+            releases: BTreeMap::new(),
+            releases_sent: 0,
+            engine_finished: false,
             decision: None,
             decided: None,
             revisions: BTreeMap::new(),
@@ -333,6 +342,9 @@ impl CrossShardTxn {
                 ShardTxnResult::Decided { outcome, revision },
             ) => {
                 c.revisions.insert(group, revision);
+                if c.read_only.contains(&group) {
+                    c.releases.remove(&group);
+                }
                 if c.one_phase == Some(group) {
                     let outcome = match outcome {
                         ShardOutcome::Commit => Outcome::Commit,
@@ -428,6 +440,18 @@ impl CrossShardTxn {
                         });
                     }
                 }
+                if !c.releases.is_empty() && now - c.releases_sent >= self.config.retry_interval {
+                    c.releases_sent = now;
+                    for (&group, &outcome) in &c.releases {
+                        self.actions.push(Action::Propose {
+                            group,
+                            op: ShardTxnOp::Decide {
+                                txn: self.txn,
+                                outcome,
+                            },
+                        });
+                    }
+                }
                 self.drain();
             }
             State::Done(_) => {}
@@ -485,7 +509,6 @@ impl CrossShardTxn {
             };
             self.actions.push(Action::Propose { group: to, op });
         }
-        let mut finished = false;
         for event in out.events {
             match event {
                 CoordinatorEvent::Decided { outcome, .. } => {
@@ -494,8 +517,10 @@ impl CrossShardTxn {
                         Outcome::Abort => ShardOutcome::Abort,
                     };
                     c.decided = Some(outcome);
+                    c.releases_sent = self.now;
                     // Read-only participants hold read locks until now; the engine forgot them.
                     for &group in &c.read_only {
+                        c.releases.insert(group, outcome);
                         self.actions.push(Action::Propose {
                             group,
                             op: ShardTxnOp::Decide {
@@ -505,10 +530,10 @@ impl CrossShardTxn {
                         });
                     }
                 }
-                CoordinatorEvent::Finished { .. } => finished = true,
+                CoordinatorEvent::Finished { .. } => c.engine_finished = true,
             }
         }
-        if finished {
+        if c.engine_finished && c.releases.is_empty() {
             let outcome = c.decided.unwrap_or(ShardOutcome::Abort);
             let report = Report {
                 txn: self.txn,
