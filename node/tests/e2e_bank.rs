@@ -216,7 +216,7 @@ async fn transfers_across_shards_keep_the_total_through_kills_of_a_shard_leader_
     .await;
     assert_eq!(final_sum, total, "the final audit");
 
-    let tally = tally.lock().unwrap();
+    let tally = std::mem::take(&mut *tally.lock().unwrap());
     assert!(
         bad_audits.lock().unwrap().is_empty(),
         "audits saw sums {:?}, the total is {total}",

@@ -737,7 +737,7 @@ impl World {
                     "txn {txn}: applied more than once on a shard: {applied:?}"
                 ));
             }
-            if committed && applied.iter().any(|&n| n == 0) {
+            if committed && applied.contains(&0) {
                 v.push(format!(
                     "txn {txn}: decided commit but not applied on every participant {participants:?}: {applied:?}"
                 ));
