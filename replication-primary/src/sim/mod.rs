@@ -9,7 +9,8 @@
 //! clients that write at whichever replica serves, and a nemesis (`run.rs`) that crashes replicas,
 //! crashes or isolates the primary, partitions and heals.
 //!
-//! Checked after every tick (`checker.rs`): no two replicas serve at once; in `all` and `quorum`
+//! Checked after every tick (`checker.rs`, `leases.rs`): no two replicas serve at once, and no
+//! replica serves while a lease it granted a primary of an older epoch still runs; in `all` and `quorum`
 //! modes every committed entry is durable where the mode says (every member / a majority) when the
 //! primary commits it, every replica applies the same entry at each position, and no
 //! acknowledged write is missing from a new primary's log when it starts serving, and a read at
@@ -28,6 +29,7 @@
 
 mod checker;
 mod disk;
+mod leases;
 mod run;
 
 use crate::config::Ack;

@@ -13,6 +13,7 @@ use rand_chacha::ChaCha8Rng;
 
 use super::checker::{Checker, Violation};
 use super::disk::Disk;
+use super::leases::Leases;
 use super::{Failure, SimOptions, SimStats};
 use crate::config::{Ack, Config};
 use crate::configuration::HardState;
@@ -92,6 +93,7 @@ struct Sim {
     nodes: Vec<Node>,
     clients: Vec<Client>,
     checker: Checker,
+    leases: Leases,
     stats: SimStats,
     trace: VecDeque<String>,
     crashed: BTreeSet<NodeId>,
@@ -132,6 +134,7 @@ pub fn run_seed(seed: u64, opts: SimOptions) -> Result<SimStats, Failure> {
             .collect(),
         clients: (0..clients).map(|_| Client::default()).collect(),
         checker: Checker::new(opts.ack, template.async_window),
+        leases: Leases::new(template.lease_ticks),
         stats: SimStats {
             nodes: n,
             ..SimStats::default()
@@ -351,6 +354,7 @@ impl Sim {
         let result = replica.drive(&mut host);
         let id = node.id;
         for m in out {
+            self.leases.sent(self.now, &m);
             self.net.send(self.now, m.from, m.to, m);
         }
         if let Err(e) = result {
@@ -504,6 +508,7 @@ impl Sim {
             .filter(|(_, e)| e.is_serving())
             .map(|(id, e)| (id, e.epoch()))
             .collect();
+        self.leases.check(self.now, &serving)?;
         let nodes = &self.nodes;
         let log = |node: NodeId, index: u64| {
             nodes[Self::slot(node)]
