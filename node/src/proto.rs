@@ -648,8 +648,9 @@ pub enum ServerError {
         /// That group's current range epoch.
         epoch: u64,
     },
-    /// A transaction names keys of several shards, which is not supported yet.
-    #[error("the transaction's keys are on several shards (groups {groups:?}); cross-shard transactions are not supported yet")]
+    /// A transaction names keys of several shards: raised inside the client, which then sends it
+    /// to a member to coordinate (`Client::txn`); never sent by a server.
+    #[error("the transaction's keys are on several shards (groups {groups:?})")]
     CrossShard {
         /// The groups the keys are on.
         groups: Vec<u64>,

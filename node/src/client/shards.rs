@@ -8,7 +8,8 @@
 //!
 //! A scan crosses shards in key order: each shard's part of the range, the limit counting down
 //! across them. A transaction whose keys are on several shards is refused here with
-//! `ServerError::CrossShard` (not supported yet).
+//! `ServerError::CrossShard`, which `Client::txn` turns into a cross-shard transaction
+//! (`client/xtxn.rs`).
 
 use std::collections::BTreeSet;
 use std::sync::{Arc, RwLock};
