@@ -5,8 +5,8 @@
 //! [`ShardTxnOp::Decision`] entry on the coordinator shard's log (`forced` once that entry is
 //! applied and answers commit), its lazy END becomes [`ShardTxnOp::End`].
 //!
-//! Before the engine starts, the coordinator reads every key the transaction names and
-//! evaluates it ([`Plan`]). A participant that only reads votes read-only to the engine (no
+//! Before the engine starts, the coordinator reads every key the transaction compares, reads or
+//! deletes (a key it only puts is locked at PREPARE, not read) and evaluates it ([`Plan`]). A participant that only reads votes read-only to the engine (no
 //! phase 2 in txn-2pc's accounting) but still holds its read locks until the decision: it is
 //! told the outcome as soon as the engine decides, which releases them. A transaction whose
 //! participants all only read needs no decision record at all.
@@ -124,6 +124,8 @@ pub struct CrossShardTxn {
     txn: ShardTxnId,
     request: TxnRequest,
     groups: BTreeMap<Bytes, u64>,
+    /// The keys read before the engine starts ([`TxnRequest::read_keys`]).
+    to_read: BTreeSet<Bytes>,
     config: Config,
     now: u64,
     state: State,
@@ -150,9 +152,11 @@ impl CrossShardTxn {
                 (k, g)
             })
             .collect();
+        let to_read = request.read_keys();
         let mut this = CrossShardTxn {
             txn,
             request,
+            to_read,
             groups,
             config,
             now: 0,
@@ -166,7 +170,11 @@ impl CrossShardTxn {
             #[cfg(any(test, feature = "planted-bugs"))]
             bug: None,
         };
-        this.send_reads();
+        if this.to_read.is_empty() {
+            this.start(&BTreeMap::new());
+        } else {
+            this.send_reads();
+        }
         this
     }
 
@@ -204,10 +212,10 @@ impl CrossShardTxn {
         let State::Reading { reads, .. } = &self.state else {
             return;
         };
-        for (key, &group) in &self.groups {
+        for key in &self.to_read {
             if !reads.contains_key(key) {
                 self.actions.push(Action::Read {
-                    group,
+                    group: self.groups.get(key).copied().unwrap_or(0),
                     key: key.clone(),
                 });
             }
@@ -222,11 +230,11 @@ impl CrossShardTxn {
         let Ok(kv) = result else {
             return; // retried on a later tick
         };
-        if !self.groups.contains_key(key) {
+        if !self.to_read.contains(key) {
             return;
         }
         reads.insert(key.clone(), kv);
-        if reads.len() == self.groups.len() {
+        if reads.len() == self.to_read.len() {
             let reads = std::mem::take(reads);
             self.start(&reads);
         }

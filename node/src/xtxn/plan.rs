@@ -34,6 +34,23 @@ impl TxnRequest {
             .collect()
     }
 
+    /// The keys whose current state the transaction depends on: compared, read or deleted
+    /// (a delete reports whether the key existed) in either branch. A key only put needs no
+    /// read and no validation — its lock at PREPARE is enough.
+    pub fn read_keys(&self) -> BTreeSet<Bytes> {
+        self.compares
+            .iter()
+            .map(|c| c.key.clone())
+            .chain(
+                self.success
+                    .iter()
+                    .chain(&self.failure)
+                    .filter(|op| !matches!(op, TxnOp::Put { .. }))
+                    .map(|op| op.key().clone()),
+            )
+            .collect()
+    }
+
     /// The groups of every key named, with `locate` mapping a key to its group.
     pub fn groups(&self, locate: impl Fn(&[u8]) -> u64) -> BTreeSet<u64> {
         self.keys().iter().map(|k| locate(k)).collect()
@@ -73,7 +90,8 @@ pub struct Plan {
 }
 
 impl Plan {
-    /// Evaluates `request` against `reads` (every key it names; `None`: absent). A `Get` after a
+    /// Evaluates `request` against `reads` (every key of [`TxnRequest::read_keys`]; `None`:
+    /// absent; a key not read is only put, and not validated). A `Get` after a
     /// write of the same branch sees that write with `mod_revision` 0: the revision is assigned
     /// by the key's shard at commit.
     pub fn new(
@@ -133,7 +151,7 @@ impl Plan {
             .map(|c| &c.key)
             .chain(branch.iter().map(TxnOp::key))
             .collect();
-        for key in validated {
+        for key in validated.into_iter().filter(|k| reads.contains_key(*k)) {
             parts
                 .entry(locate(key))
                 .or_default()
