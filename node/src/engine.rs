@@ -23,7 +23,7 @@ use crate::group::{Driver, Engine, GroupChannels};
 use crate::kv::KvStore;
 use crate::proto::Quorate;
 use crate::server::ServeError;
-use crate::store::{Identity, LogStore, RaftStore, StoreOptions};
+use crate::store::{Identity, LogStore, RaftStore, SharedLog, StoreOptions};
 
 /// Starts the opened group's driver on the bound endpoint.
 pub(crate) type Start = Box<
@@ -53,6 +53,9 @@ pub(crate) struct GroupSpec {
     pub(crate) dir: PathBuf,
     /// Its shard.
     pub(crate) shard: GroupShard,
+    /// The node's write-ahead log shared by every group (a sharded node); `None`: the group's
+    /// own store in `dir` (an unsharded node).
+    pub(crate) shared: Option<SharedLog>,
 }
 
 /// One group whose store is open and whose engine is built.
@@ -90,6 +93,7 @@ pub(crate) async fn open(config: &Arc<ServeConfig>) -> Result<Opened, ServeError
     let spec = GroupSpec {
         dir: config.data_dir.clone(),
         shard: GroupShard::unsharded(),
+        shared: None,
     };
     let group = open_group(config, spec).await?;
     Ok(Opened {
@@ -210,8 +214,8 @@ fn seed(config: &ServeConfig) -> u64 {
 }
 
 /// Opens (or bootstraps from `[[members]]`) one group's store, refusing one recorded for
-/// another protocol, cluster, node or group. The one place a group's store is opened (the
-/// shared WAL replaces its body).
+/// another protocol, cluster, node or group: in the node's shared log when it has one (a sharded
+/// node: one fsync per round covers every group), else in the group's own directory.
 async fn open_store<H: DurableState>(
     config: &Arc<ServeConfig>,
     spec: &GroupSpec,
@@ -228,12 +232,14 @@ async fn open_store<H: DurableState>(
         group_id: spec.shard.group,
     };
     let data_dir = spec.dir.clone();
+    let shared = spec.shared.clone();
     let options = StoreOptions {
         trailing_entries: config.snapshot.trailing_entries,
         ..StoreOptions::default()
     };
-    let store = tokio::task::spawn_blocking(move || {
-        LogStore::open(&data_dir, identity, bootstrap, options)
+    let store = tokio::task::spawn_blocking(move || match shared {
+        Some(shared) => shared.open_group(identity, bootstrap, options),
+        None => LogStore::open(&data_dir, identity, bootstrap, options),
     })
     .await
     .map_err(|e| ServeError::Stopped(format!("opening the store: {e}")))??;

@@ -240,6 +240,18 @@ async fn a_restart_with_another_shard_layout_is_refused_and_the_recorded_one_sta
     let client = cluster.client();
     client.put("k", "v").await.expect("put");
     cluster.kill(1);
+    // Every group's records are in the node's one shared log; a group directory holds only its
+    // snapshot.
+    let dir = cluster.data_dir(1);
+    assert!(
+        dir.join("shared-wal").is_dir(),
+        "no shared log in {}",
+        dir.display()
+    );
+    for group in 0..=4 {
+        let own_wal = dir.join("groups").join(group.to_string()).join("wal");
+        assert!(!own_wal.exists(), "group {group} has a log of its own");
+    }
 
     let mut other = cluster.config(1, false);
     other.shards = Some(ShardsConfig::count(2));

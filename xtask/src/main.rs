@@ -12,6 +12,7 @@ mod bench_cluster_txn;
 mod bench_core;
 mod bench_net;
 mod bench_peer;
+mod bench_store;
 mod bench_txn;
 mod bench_wal;
 mod certs;
@@ -51,6 +52,8 @@ enum Command {
 enum Bench {
     /// The write-ahead log against raw write + fdatasync on the same filesystem.
     Wal(bench_wal::Args),
+    /// One write-ahead log shared by every group of a node against one log per group.
+    Store(bench_store::Args),
     /// The Raft core (three nodes in one process) against tikv's raft-rs.
     Core(bench_core::Args),
     /// The QUIC transport against the same framing over TCP + TLS.
@@ -68,6 +71,7 @@ fn main() -> anyhow::Result<()> {
     match cli.command {
         Command::Bench { what } => match what {
             Bench::Wal(args) => bench_wal::run(args),
+            Bench::Store(args) => bench_store::run(args),
             Bench::Core(args) => bench_core::run(args),
             Bench::Net(args) => bench_net::run(args),
             Bench::Cluster(args) => bench_cluster::run(args),

@@ -1,5 +1,5 @@
 //! The shard layout recorded in a sharded node's data directory (`shards.json`): the split keys it
-//! was bootstrapped with. Groups live in `groups/<g>/` beside it. A restart whose `[shards]`
+//! was bootstrapped with. Beside it, the node's shared log (`shared-wal/`) holds every group's records and `groups/<g>/` each group's snapshot. A restart whose `[shards]`
 //! differs, an unsharded config on a sharded directory and a sharded config on an unsharded one
 //! are refused, so a node never serves keys under a layout its data was not written for.
 

@@ -3,7 +3,9 @@
 //! all sharing the node's one endpoint — so messages of many groups to one node travel on the
 //! same QUIC connection.
 //!
-//! - [`layout`]: the layout recorded in the data directory; `groups/<g>/` per group.
+//! - [`layout`]: the layout recorded in the data directory. Every group's records go to the node's
+//!   one shared log (`shared-wal/`, see `crate::store::SharedLog`); `groups/<g>/` holds each
+//!   group's snapshot.
 //! - [`router`]: dispatches peer messages and client requests to the groups; supervises them.
 
 pub mod layout;
@@ -19,6 +21,7 @@ use crate::engine::{open_group, GroupSpec, Opened};
 use crate::group::shard::{GroupShard, GroupTable};
 use crate::proto::{KeyRange, META_GROUP};
 use crate::server::ServeError;
+use crate::store::{SharedLog, SharedOptions};
 
 /// Opens every group of a sharded node (recording the layout on a fresh data directory).
 pub(crate) async fn open(config: &Arc<ServeConfig>) -> Result<Opened, ServeError> {
@@ -29,6 +32,11 @@ pub(crate) async fn open(config: &Arc<ServeConfig>) -> Result<Opened, ServeError
     tokio::task::spawn_blocking(move || layout::check_or_record(&data_dir, &split))
         .await
         .map_err(|e| ServeError::Stopped(format!("checking the shard layout: {e}")))??;
+    let dir = config.data_dir.clone();
+    let shared =
+        tokio::task::spawn_blocking(move || SharedLog::open(&dir, SharedOptions::default()))
+            .await
+            .map_err(|e| ServeError::Stopped(format!("opening the shared log: {e}")))??;
     let groups: Vec<u64> = std::iter::once(META_GROUP)
         .chain(map.shards.iter().map(|s| s.group))
         .collect();
@@ -56,6 +64,7 @@ pub(crate) async fn open(config: &Arc<ServeConfig>) -> Result<Opened, ServeError
         let spec = GroupSpec {
             dir: layout::group_dir(&config.data_dir, group),
             shard,
+            shared: Some(shared.clone()),
         };
         let group_opened = open_group(config, spec).await?;
         snapshot_index = snapshot_index.max(group_opened.snapshot_index);

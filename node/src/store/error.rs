@@ -1,4 +1,4 @@
-//! Typed errors of the Raft store. Every error about stored bytes names the file or directory.
+//! Typed errors of the store. Every error about stored bytes names the file or directory.
 
 use std::path::PathBuf;
 use std::sync::Arc;
@@ -49,6 +49,29 @@ pub enum StoreError {
     PeerDataDir {
         /// The data directory.
         dir: PathBuf,
+    },
+    /// The data directory holds the other storage layout: a single group's store (`wal/`) where
+    /// a node-wide shared log (`shared-wal/`) was expected, or the reverse, or a group directory
+    /// with a log of its own inside a shared-log directory.
+    #[error(
+        "data directory {dir} holds {found}, not {expected}; start the node with the matching \
+         [shards] configuration or point it at a new data directory"
+    )]
+    WrongLayout {
+        /// The data directory.
+        dir: PathBuf,
+        /// What the node was started for.
+        expected: &'static str,
+        /// What the directory holds.
+        found: &'static str,
+    },
+    /// A group of a shared log is already open (each group has one store at a time).
+    #[error("group {group} of the shared log in {dir} is already open")]
+    GroupInUse {
+        /// The data directory.
+        dir: PathBuf,
+        /// The group.
+        group: u64,
     },
     /// The data directory was created for another cluster.
     #[error(

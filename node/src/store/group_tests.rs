@@ -18,7 +18,7 @@ use std::sync::Arc;
 
 use storage_wal::{FileSystem, MemFs, StdFs};
 
-use super::{DurableIndex, Identity, RaftStore, StoreOptions};
+use super::{DurableIndex, Identity, RaftStore, SharedLog, SharedOptions, StoreOptions};
 
 const IDS: [u64; 3] = [1, 2, 3];
 /// Each node snapshots its state machine every this many applied entries.
@@ -35,6 +35,42 @@ struct Node {
     state: Vec<Bytes>,
     applied: u64,
     restarts: u64,
+    /// On a node-wide shared log: a second group of the same log, written to on every step so
+    /// the Raft group's records interleave with another group's.
+    neighbour: Option<Neighbour>,
+}
+
+/// The other group of a node's shared log.
+struct Neighbour {
+    store: RaftStore,
+    next: u64,
+}
+
+impl Neighbour {
+    fn write(&mut self) {
+        let write = Write {
+            snapshot: None,
+            truncate_from: None,
+            entries: vec![Entry {
+                term: 1,
+                index: self.next,
+                payload: EntryPayload::Data(Bytes::from("neighbour")),
+            }],
+            hard_state: None,
+            sync: true,
+        };
+        self.store.submit(&write).expect("neighbour write");
+        self.next += 1;
+    }
+}
+
+fn identity(id: u64, group_id: u64) -> Identity {
+    Identity {
+        protocol: "raft".into(),
+        cluster_id: "group-test".into(),
+        node_id: id,
+        group_id,
+    }
 }
 
 fn options(background_sync: bool) -> StoreOptions {
@@ -64,25 +100,54 @@ fn decode_state(data: &[u8]) -> Vec<Bytes> {
 }
 
 impl Node {
-    fn start(dir: &Path, fs: Option<MemFs>, id: u64, seed: u64) -> Node {
+    fn start(dir: &Path, fs: Option<MemFs>, id: u64, seed: u64, shared: bool) -> Node {
         let fs_arc: Arc<dyn FileSystem> = match &fs {
             Some(fs) => Arc::new(fs.clone()),
             None => Arc::new(StdFs),
         };
-        let store = RaftStore::open_with_fs(
-            fs_arc,
-            dir,
-            Identity {
-                protocol: "raft".into(),
-                cluster_id: "group-test".into(),
-                node_id: id,
-                group_id: 0,
-            },
-            ConfState::with_voters(IDS),
-            // Simulated disks sync only when the driver waits, so a crash finds writes in flight.
-            options(fs.is_none()),
-        )
-        .expect("open store");
+        // Simulated disks sync only when the driver waits, so a crash finds writes in flight.
+        let options = options(fs.is_none());
+        let (store, neighbour) = if shared {
+            let log = SharedLog::open_with_fs(
+                fs_arc,
+                dir,
+                SharedOptions {
+                    wal: options.wal.clone(),
+                    background_sync: options.background_sync,
+                    // Small, so the groups are rewritten rather than pinning the log.
+                    rewrite_after_records: 64,
+                },
+            )
+            .expect("open shared log");
+            let store = log
+                .open_group(
+                    identity(id, 1),
+                    ConfState::with_voters(IDS),
+                    options.clone(),
+                )
+                .expect("open group");
+            let neighbour: RaftStore = log
+                .open_group(identity(id, 2), ConfState::with_voters([id]), options)
+                .expect("open neighbour");
+            let next = neighbour.last_index() + 1;
+            (
+                store,
+                Some(Neighbour {
+                    store: neighbour,
+                    next,
+                }),
+            )
+        } else {
+            let store = RaftStore::open_with_fs(
+                fs_arc,
+                dir,
+                identity(id, 0),
+                ConfState::with_voters(IDS),
+                options,
+            )
+            .expect("open store");
+            (store, None)
+        };
         let snapshot = store.snapshot().unwrap();
         let config = Config {
             applied: snapshot.meta.index,
@@ -97,6 +162,7 @@ impl Node {
             state: decode_state(&snapshot.data),
             applied: snapshot.meta.index,
             restarts: 0,
+            neighbour,
         }
     }
 
@@ -114,8 +180,9 @@ impl Node {
 
     fn restart_on(self, fs: Option<MemFs>) -> Node {
         let (dir, id, restarts) = (self.dir.clone(), self.raft.id(), self.restarts + 1);
+        let shared = self.neighbour.is_some();
         drop(self);
-        let mut node = Node::start(&dir, fs, id, 1000 * restarts + id);
+        let mut node = Node::start(&dir, fs, id, 1000 * restarts + id, shared);
         node.restarts = restarts;
         node
     }
@@ -127,6 +194,9 @@ impl Node {
             return false;
         }
         let before = (self.writes.unconfirmed(), network.len(), self.applied);
+        if let Some(neighbour) = &mut self.neighbour {
+            neighbour.write();
+        }
         let mut host = TestHost {
             network,
             durable: self.raft.storage().durable_handle(),
@@ -245,12 +315,13 @@ struct Group {
 }
 
 impl Group {
-    fn new() -> Group {
-        Self::with_fs(false)
+    fn new(shared: bool) -> Group {
+        Self::with_fs(false, shared)
     }
 
-    /// A group whose nodes run on simulated disks that crashes can tear.
-    fn with_fs(simulated: bool) -> Group {
+    /// A group whose nodes run on simulated disks that crashes can tear; with `shared`, each
+    /// node's store is a group of a node-wide shared log that holds another group too.
+    fn with_fs(simulated: bool, shared: bool) -> Group {
         let dir = tempfile::tempdir().unwrap();
         let nodes = IDS
             .iter()
@@ -262,6 +333,7 @@ impl Group {
                         simulated.then(MemFs::new),
                         id,
                         id,
+                        shared,
                     ),
                 )
             })
@@ -376,7 +448,16 @@ impl Group {
 
 #[test]
 fn a_group_on_raft_stores_keeps_committed_entries_across_restarts() {
-    let mut group = Group::new();
+    keeps_committed_entries_across_restarts(false);
+}
+
+#[test]
+fn a_group_on_shared_logs_keeps_committed_entries_across_restarts() {
+    keeps_committed_entries_across_restarts(true);
+}
+
+fn keeps_committed_entries_across_restarts(shared: bool) {
+    let mut group = Group::new(shared);
     group.propose(25);
     group.assert_all_applied(&IDS);
 
@@ -431,10 +512,19 @@ fn a_group_on_raft_stores_keeps_committed_entries_across_restarts() {
 
 #[test]
 fn nodes_losing_power_keep_every_committed_entry() {
+    lose_power_and_keep_every_committed_entry(false);
+}
+
+#[test]
+fn nodes_on_shared_logs_losing_power_keep_every_committed_entry() {
+    lose_power_and_keep_every_committed_entry(true);
+}
+
+fn lose_power_and_keep_every_committed_entry(shared: bool) {
     let mut rng = ChaCha8Rng::seed_from_u64(7);
     let mut lossy = 0;
     for round in 0..3u64 {
-        let mut group = Group::with_fs(true);
+        let mut group = Group::with_fs(true, shared);
         // The longest state machine any node has applied: committed, so it must survive.
         let mut committed: Vec<Bytes> = Vec::new();
         for step in 0..40u64 {

@@ -1,5 +1,10 @@
-//! Durable storage for one replication group of any protocol: [`LogStore<H>`] (`H` = the
+//! Durable storage for a replication group of any protocol: [`LogStore<H>`] (`H` = the
 //! protocol's durable state, e.g. Raft's `HardState`; [`RaftStore`] for Raft), on `storage-wal`.
+//!
+//! A store either has a log of its own ([`LogStore::open`], the layout below; an unsharded node)
+//! or is one group of the node's [`SharedLog`] ([`SharedLog::open_group`]: one log, one sync
+//! thread and one `fdatasync` per round for every group; group-tagged records and per-group
+//! checkpoint records; see [`SharedLog`]). Both have the same API and durability contract.
 //!
 //! # On disk
 //! ```text
@@ -68,8 +73,12 @@ mod error;
 #[cfg(test)]
 mod group_tests;
 mod record;
+mod shared;
+#[cfg(test)]
+mod shared_tests;
 mod snapfile;
 mod syncer;
+mod tagged;
 #[cfg(test)]
 mod tests;
 mod view;
@@ -85,8 +94,10 @@ use storage_wal::{FileSystem, RecoveryReport, StdFs, Wal};
 use tokio::sync::watch;
 
 pub use error::{Result, StoreError};
+pub use shared::{SharedLog, SharedOptions, GROUPS_DIR, SHARED_WAL_DIR};
 
 use record::{MetaDecodeError, MetaHead, Record, RecordRef, StoreMeta};
+use shared::{GroupLease, GroupLog, Rewrite};
 use syncer::Syncer;
 use view::{Base, LogView, Stored};
 
@@ -193,35 +204,100 @@ pub struct StoreStats {
 /// ```
 pub struct LogStore<H> {
     fs: Arc<dyn FileSystem>,
+    /// The data directory (a shared log's group: `<data dir>/groups/<g>`, its snapshot's).
     dir: PathBuf,
     identity: Identity,
     options: StoreOptions,
     wal: Arc<Wal>,
-    view: LogView<H>,
+    /// The in-memory view; shared with the shared log, which may rewrite an idle group.
+    core: Arc<Core<H>>,
     snapshot_data: Bytes,
     /// What the snapshot file and the checkpoint hold, shared with background jobs.
     files: Arc<parking_lot::Mutex<Files>>,
     /// Reused encoding buffer of `submit`.
     encode_buf: Vec<u8>,
-    syncer: Syncer,
+    syncer: Arc<Syncer>,
     recovery: Recovery,
+    /// Set for a group of a [`SharedLog`]; marks the group closed on drop.
+    lease: Option<GroupLease>,
+}
+
+/// What a group's store shares with its log: the view, under a lock held across each append
+/// so the view's record indexes follow the log's order.
+struct Core<H> {
+    view: parking_lot::Mutex<LogView<H>>,
+    wal: Arc<Wal>,
+    wal_dir: PathBuf,
+    /// The group tag of a shared log's records; `None` for a store with its own log.
+    tag: Option<u64>,
+}
+
+impl<H: DurableState> Core<H> {
+    /// Appends the encoding of `record` (in its envelope, in a shared log) to `buf`.
+    fn encode(&self, record: &RecordRef<'_, H>, buf: &mut Vec<u8>) -> Result<()> {
+        let encoded = match self.tag {
+            Some(group) => tagged::push_head(group, tagged::KIND_RECORD, buf)
+                .and_then(|()| record::encode_into(record, buf)),
+            None => record::encode_into(record, buf),
+        };
+        encoded.map_err(|e| StoreError::BadRecord {
+            dir: self.wal_dir.clone(),
+            wal_index: self.wal.next_index(),
+            reason: format!("cannot encode: {e}"),
+        })
+    }
+}
+
+impl<H: DurableState> Rewrite for Core<H> {
+    fn rewrite(&self) -> Result<Option<(u64, u64)>> {
+        let Some(group) = self.tag else {
+            return Ok(None);
+        };
+        let mut view = self.view.lock();
+        let replay_from = self.wal.next_index();
+        let checkpoint =
+            tagged::encode_checkpoint(group, replay_from, &view.base()).map_err(|e| {
+                StoreError::BadRecord {
+                    dir: self.wal_dir.clone(),
+                    wal_index: replay_from,
+                    reason: format!("cannot encode: {e}"),
+                }
+            })?;
+        let mut payloads = vec![checkpoint];
+        for stored in view.slots.iter().flatten() {
+            let mut buf = Vec::new();
+            self.encode(&RecordRef::Entry(&stored.entry), &mut buf)?;
+            payloads.push(buf);
+        }
+        let range = self.wal.append_batch(&payloads)?;
+        for (wal_index, stored) in (range.start + 1..).zip(view.slots.iter_mut().flatten()) {
+            stored.wal_index = wal_index;
+        }
+        tracing::debug!(
+            group,
+            records = payloads.len(),
+            "shared log: group rewritten at the end"
+        );
+        Ok(Some((replay_from, range.end - 1)))
+    }
 }
 
 impl<H: DurableState> std::fmt::Debug for LogStore<H> {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        let view = self.core.view.lock();
         f.debug_struct("LogStore")
             .field("dir", &self.dir)
             .field("identity", &self.identity)
-            .field("first_index", &self.view.first)
-            .field("last_index", &self.view.last_index())
-            .field("snapshot_index", &self.view.snapshot.index)
-            .field("hard_state", &self.view.hard_state)
+            .field("first_index", &view.first)
+            .field("last_index", &view.last_index())
+            .field("snapshot_index", &view.snapshot.index)
+            .field("hard_state", &view.hard_state)
             .finish()
     }
 }
 
 /// Bytes read per call while replaying the log at open.
-const REPLAY_READ_BYTES: u64 = 8 << 20;
+pub(crate) const REPLAY_READ_BYTES: u64 = 8 << 20;
 
 /// The store of a Raft group.
 pub type RaftStore = LogStore<consensus_core::HardState>;
@@ -277,6 +353,13 @@ impl<H: DurableState> LogStore<H> {
         if fs.list(&dir.join("peer-wal")).is_ok() {
             return Err(StoreError::PeerDataDir { dir });
         }
+        if fs.list(&dir.join(SHARED_WAL_DIR)).is_ok() {
+            return Err(StoreError::WrongLayout {
+                dir,
+                expected: "a single group's store (wal/)",
+                found: "a node-wide shared log (shared-wal/)",
+            });
+        }
         snapfile::remove_tmp(fs.as_ref(), &dir)?;
         let wal_dir = dir.join(WAL_DIR);
         let wal = Wal::open_with_fs(fs.clone(), &wal_dir, options.wal.clone())?;
@@ -307,53 +390,86 @@ impl<H: DurableState> LogStore<H> {
                 meta
             }
         };
-        let snapshot_file = snapfile::read(fs.as_ref(), &dir)?;
         let (view, replayed) = replay(&dir, &wal, &meta)?;
         recovery.replayed_records = replayed;
-        let (view, snapshot_data) = reconcile_snapshot(&dir, view, snapshot_file, &mut recovery)?;
-        if recovery.snapshot_file_ahead {
-            // Complete the interrupted install: log it, or the entries written after it would
-            // follow a gap at the next replay.
-            let marker =
-                record::encode::<H>(&RecordRef::InstallSnapshot(&view.snapshot)).map_err(|e| {
-                    StoreError::BadRecord {
-                        dir: wal_dir.clone(),
-                        wal_index: wal.next_index(),
-                        reason: format!("cannot encode: {e}"),
-                    }
-                })?;
-            wal.append(&marker)?;
-            wal.sync()?;
-        }
-        let files = Arc::new(parking_lot::Mutex::new(Files {
-            snapshot_index: view.snapshot.index,
-            checkpoint: (meta.checkpoint_end, meta.base.snapshot.index),
-        }));
         let wal = Arc::new(wal);
-        let syncer = Syncer::start(wal.clone(), options.background_sync);
-        tracing::info!(
-            dir = %dir.display(),
-            first_index = view.first,
-            last_index = view.last_index(),
-            snapshot_index = view.snapshot.index,
-            hard_state = ?view.hard_state,
-            replayed,
-            torn_tail = recovery.wal.torn_tail.is_some(),
-            "store opened"
-        );
-        Ok(LogStore {
+        let syncer = Arc::new(Syncer::start(wal.clone(), options.background_sync));
+        let opened = Opened {
             fs,
             dir,
+            wal_dir,
             identity,
             options,
             wal,
-            view,
-            files,
-            snapshot_data,
-            encode_buf: Vec::new(),
             syncer,
+            view,
             recovery,
-        })
+            checkpoint: (meta.checkpoint_end, meta.base.snapshot.index),
+            lease: None,
+        };
+        opened.finish()
+    }
+
+    /// Opens a group of a shared log from its part of the log (see [`SharedLog::open_group`]).
+    fn open_in_shared(
+        lease: GroupLease,
+        dir: PathBuf,
+        identity: Identity,
+        options: StoreOptions,
+        log: GroupLog,
+        created: bool,
+    ) -> Result<Self> {
+        let inner = lease.inner.clone();
+        let wal_dir = inner.wal_dir.clone();
+        let Some((checkpoint_at, replay_from, base)) = log.checkpoint else {
+            return Err(StoreError::Inconsistent {
+                dir,
+                reason: format!("the shared log has no checkpoint of group {}", lease.group),
+            });
+        };
+        let base: Base<H> = tagged::decode_base(&base).map_err(|e| StoreError::BadRecord {
+            dir: wal_dir.clone(),
+            wal_index: checkpoint_at,
+            reason: e.to_string(),
+        })?;
+        check_base(&wal_dir, &base)?;
+        let mut view = LogView::from_base(base.clone());
+        let replayed = log.records.len() as u64;
+        for (wal_index, body) in &log.records {
+            if *wal_index < replay_from {
+                continue;
+            }
+            let record = record::decode::<H>(body).map_err(|e| StoreError::BadRecord {
+                dir: wal_dir.clone(),
+                wal_index: *wal_index,
+                reason: e.to_string(),
+            })?;
+            apply_record(&mut view, *wal_index, *wal_index < checkpoint_at, record).map_err(
+                |reason| StoreError::Inconsistent {
+                    dir: dir.clone(),
+                    reason,
+                },
+            )?;
+        }
+        let opened = Opened {
+            fs: inner.fs.clone(),
+            dir,
+            wal_dir,
+            identity,
+            options,
+            wal: inner.wal.clone(),
+            syncer: inner.syncer.clone(),
+            view,
+            recovery: Recovery {
+                created,
+                wal: inner.wal.recovery_report().clone(),
+                replayed_records: replayed,
+                snapshot_file_ahead: false,
+            },
+            checkpoint: (checkpoint_at, base.snapshot.index),
+            lease: Some(lease),
+        };
+        opened.finish()
     }
 
     /// The data directory.
@@ -371,7 +487,7 @@ impl<H: DurableState> LogStore<H> {
         &self.recovery
     }
 
-    /// Counters since open.
+    /// Counters since open (of the whole shared log, for a group of a [`SharedLog`]).
     pub fn stats(&self) -> StoreStats {
         let stats = self.wal.stats();
         StoreStats {
@@ -392,25 +508,25 @@ impl<H: DurableState> LogStore<H> {
     /// refused with [`StoreError::Refused`] and nothing is written.
     pub fn submit(&mut self, write: &Write<H>) -> Result<u64> {
         self.syncer.check()?;
-        self.view.check_write(write).map_err(StoreError::Refused)?;
+        let core = &self.core;
+        // Held across the append: a shared log's rewrite of this group sees the view and the log
+        // agree.
+        let mut view = core.view.lock();
+        view.check_write(write).map_err(StoreError::Refused)?;
         let staged = write.snapshot.as_ref().map(|snapshot| {
-            let mut staged = self.view.clone();
+            let mut staged = view.clone();
             staged.install(&snapshot.meta);
             staged
         });
         let cuts = write
             .truncate_from
-            .filter(|&from| staged.as_ref().unwrap_or(&self.view).truncation_cuts(from));
+            .filter(|&from| staged.as_ref().unwrap_or(&view).truncation_cuts(from));
         // All records of the write are encoded into one reused buffer.
         let mut buf = std::mem::take(&mut self.encode_buf);
         buf.clear();
         let mut ends = Vec::with_capacity(write.entries.len() + 3);
         let mut push = |record: RecordRef<'_, H>, buf: &mut Vec<u8>| -> Result<()> {
-            record::encode_into(&record, buf).map_err(|e| StoreError::BadRecord {
-                dir: self.dir.join(WAL_DIR),
-                wal_index: self.wal.next_index(),
-                reason: format!("cannot encode: {e}"),
-            })?;
+            core.encode(&record, buf)?;
             ends.push(buf.len());
             Ok(())
         };
@@ -446,10 +562,10 @@ impl<H: DurableState> LogStore<H> {
         self.encode_buf = buf;
         let range = appended?;
         if let Some(staged) = staged {
-            self.view = staged;
+            *view = staged;
         }
         if let Some(from) = cuts {
-            self.view.truncate_from(from);
+            view.truncate_from(from);
         }
         let first_entry_wal =
             range.start + u64::from(write.snapshot.is_some()) + u64::from(cuts.is_some());
@@ -458,11 +574,12 @@ impl<H: DurableState> LogStore<H> {
                 entry: entry.clone(),
                 wal_index: first_entry_wal + i as u64,
             };
-            self.view.put(stored).map_err(StoreError::Refused)?;
+            view.put(stored).map_err(StoreError::Refused)?;
         }
         if let Some(hard_state) = &write.hard_state {
-            self.view.hard_state = hard_state.clone();
+            view.hard_state = hard_state.clone();
         }
+        drop(view);
         let last = range.end - 1;
         if write.sync {
             self.syncer.request(last);
@@ -531,13 +648,13 @@ impl<H: DurableState> LogStore<H> {
         data: Bytes,
     ) -> Result<SnapshotMeta> {
         let Some(job) = self.begin_snapshot(index, conf_state)? else {
-            return Ok(self.view.snapshot.clone());
+            return Ok(self.core.view.lock().snapshot.clone());
         };
         let written = job.write(data)?;
         let meta = written.meta().clone();
         match self.finish_snapshot(written)? {
             Some(checkpoint) => checkpoint.run()?,
-            None => return Ok(self.view.snapshot.clone()),
+            None => return Ok(self.core.view.lock().snapshot.clone()),
         }
         Ok(meta)
     }
@@ -551,11 +668,11 @@ impl<H: DurableState> LogStore<H> {
     /// writes nothing), and a snapshot installed from a leader meanwhile wins over an older job.
     pub fn begin_snapshot(&self, index: u64, conf_state: ConfState) -> Result<Option<SnapshotJob>> {
         self.syncer.check()?;
-        if index <= self.view.snapshot.index {
+        let view = self.core.view.lock();
+        if index <= view.snapshot.index {
             return Ok(None);
         }
-        let stored = self
-            .view
+        let stored = view
             .get(index)
             .ok_or(StoreError::Refused(StorageError::Unavailable(index)))?;
         Ok(Some(SnapshotJob {
@@ -581,11 +698,12 @@ impl<H: DurableState> LogStore<H> {
     pub fn finish_snapshot(&mut self, written: WrittenSnapshot) -> Result<Option<CheckpointJob>> {
         self.syncer.check()?;
         let snapshot = written.snapshot;
-        if snapshot.meta.index <= self.view.snapshot.index {
+        let core = &self.core;
+        let mut view = core.view.lock();
+        if snapshot.meta.index <= view.snapshot.index {
             return Ok(None);
         }
-        let meta = self
-            .view
+        let meta = view
             .compact(
                 snapshot.meta.index,
                 snapshot.meta.conf_state.clone(),
@@ -595,20 +713,33 @@ impl<H: DurableState> LogStore<H> {
         debug_assert_eq!(meta, snapshot.meta);
         self.snapshot_data = snapshot.data;
         // Checkpoint: replay starts at the first kept entry's record, from the state as of now.
-        let checkpoint_end = self.wal.next_index();
-        let replay_from = self
-            .view
-            .oldest_record()
-            .map_or(checkpoint_end, |oldest| oldest.min(checkpoint_end));
-        let store_meta = StoreMeta::new(
-            &self.identity,
-            replay_from,
-            checkpoint_end,
-            self.view.base(),
-        );
-        let wal_dir = self.dir.join(WAL_DIR);
+        let next = self.wal.next_index();
+        let replay_from = view.oldest_record().map_or(next, |oldest| oldest.min(next));
+        let (target, checkpoint_end) = match &self.lease {
+            None => {
+                let store_meta = StoreMeta::new(&self.identity, replay_from, next, view.base());
+                (
+                    CheckpointTarget::Meta(encode_meta(&core.wal_dir, &store_meta)?),
+                    next,
+                )
+            }
+            Some(lease) => {
+                // A checkpoint record in the shared log, after every record of the group it
+                // covers; it counts once durable.
+                let encoded = tagged::encode_checkpoint(lease.group, replay_from, &view.base())
+                    .map_err(|e| lease.inner.bad_record(next, e))?;
+                let at = self.wal.append(&encoded)?;
+                (
+                    CheckpointTarget::Shared {
+                        inner: lease.inner.clone(),
+                        group: lease.group,
+                    },
+                    at + 1,
+                )
+            }
+        };
         Ok(Some(CheckpointJob {
-            encoded: encode_meta(&wal_dir, &store_meta)?,
+            target,
             replay_from,
             checkpoint_end,
             index: meta.index,
@@ -622,6 +753,90 @@ impl<H: DurableState> LogStore<H> {
         self.syncer.check()?;
         self.wal.sync()?;
         Ok(())
+    }
+}
+
+/// A store's parts once its log is replayed, before the snapshot file is checked against it.
+struct Opened<H> {
+    fs: Arc<dyn FileSystem>,
+    dir: PathBuf,
+    wal_dir: PathBuf,
+    identity: Identity,
+    options: StoreOptions,
+    wal: Arc<Wal>,
+    syncer: Arc<Syncer>,
+    view: LogView<H>,
+    recovery: Recovery,
+    checkpoint: (u64, u64),
+    lease: Option<GroupLease>,
+}
+
+impl<H: DurableState> Opened<H> {
+    fn finish(self) -> Result<LogStore<H>> {
+        let Opened {
+            fs,
+            dir,
+            wal_dir,
+            identity,
+            options,
+            wal,
+            syncer,
+            view,
+            mut recovery,
+            checkpoint,
+            lease,
+        } = self;
+        let snapshot_file = snapfile::read(fs.as_ref(), &dir)?;
+        let (view, snapshot_data) = reconcile_snapshot(&dir, view, snapshot_file, &mut recovery)?;
+        let core = Arc::new(Core {
+            view: parking_lot::Mutex::new(view),
+            wal: wal.clone(),
+            wal_dir,
+            tag: lease.as_ref().map(|lease| lease.group),
+        });
+        let view = core.view.lock();
+        if recovery.snapshot_file_ahead {
+            // Complete the interrupted install: log it, or the entries written after it would
+            // follow a gap at the next replay.
+            let mut marker = Vec::new();
+            core.encode(&RecordRef::InstallSnapshot(&view.snapshot), &mut marker)?;
+            wal.append(&marker)?;
+            wal.sync()?;
+        }
+        let files = Arc::new(parking_lot::Mutex::new(Files {
+            snapshot_index: view.snapshot.index,
+            checkpoint,
+        }));
+        tracing::info!(
+            dir = %dir.display(),
+            group = identity.group_id,
+            first_index = view.first,
+            last_index = view.last_index(),
+            snapshot_index = view.snapshot.index,
+            hard_state = ?view.hard_state,
+            replayed = recovery.replayed_records,
+            torn_tail = recovery.wal.torn_tail.is_some(),
+            "store opened"
+        );
+        drop(view);
+        if let Some(lease) = &lease {
+            let weak: std::sync::Weak<dyn Rewrite> = Arc::downgrade(&core) as _;
+            lease.register(weak);
+        }
+        Ok(LogStore {
+            fs,
+            dir,
+            identity,
+            options,
+            wal,
+            core,
+            files,
+            snapshot_data,
+            encode_buf: Vec::new(),
+            syncer,
+            recovery,
+            lease,
+        })
     }
 }
 
@@ -704,11 +919,32 @@ impl WrittenSnapshot {
     }
 }
 
+/// Where a checkpoint goes.
+enum CheckpointTarget {
+    /// A store with its own log: the log's metadata record (encoded), replaced.
+    Meta(Vec<u8>),
+    /// A group of a shared log: its checkpoint record is in the log; once durable it raises the
+    /// group's replay point.
+    Shared {
+        inner: Arc<shared::SharedInner>,
+        group: u64,
+    },
+}
+
+impl std::fmt::Debug for CheckpointTarget {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self {
+            CheckpointTarget::Meta(encoded) => write!(f, "Meta({} bytes)", encoded.len()),
+            CheckpointTarget::Shared { group, .. } => write!(f, "Shared(group {group})"),
+        }
+    }
+}
+
 /// The checkpoint that follows an adopted snapshot, from [`RaftStore::finish_snapshot`].
 #[derive(Debug)]
 #[must_use = "the log is not compacted until the checkpoint runs"]
 pub struct CheckpointJob {
-    encoded: Vec<u8>,
+    target: CheckpointTarget,
     replay_from: u64,
     checkpoint_end: u64,
     index: u64,
@@ -730,10 +966,19 @@ impl CheckpointJob {
         if this <= files.checkpoint {
             return Ok(());
         }
-        self.wal.set_metadata(&self.encoded)?;
-        files.checkpoint = this;
-        drop(files);
-        self.wal.compact(self.replay_from)?;
+        match self.target {
+            CheckpointTarget::Meta(encoded) => {
+                self.wal.set_metadata(&encoded)?;
+                files.checkpoint = this;
+                drop(files);
+                self.wal.compact(self.replay_from)?;
+            }
+            CheckpointTarget::Shared { inner, group } => {
+                files.checkpoint = this;
+                drop(files);
+                inner.advance(group, self.replay_from)?;
+            }
+        }
         tracing::debug!(
             index = self.index,
             replay_from = self.replay_from,
@@ -747,30 +992,30 @@ impl<H: DurableState> Storage for LogStore<H> {
     type HardState = H;
 
     fn hard_state(&self) -> H {
-        self.view.hard_state.clone()
+        self.core.view.lock().hard_state.clone()
     }
 
     fn snapshot_meta(&self) -> SnapshotMeta {
-        self.view.snapshot.clone()
+        self.core.view.lock().snapshot.clone()
     }
 
     fn snapshot(&self) -> Result<Snapshot, StorageError> {
         Ok(Snapshot {
-            meta: self.view.snapshot.clone(),
+            meta: self.core.view.lock().snapshot.clone(),
             data: self.snapshot_data.clone(),
         })
     }
 
     fn first_index(&self) -> u64 {
-        self.view.first
+        self.core.view.lock().first
     }
 
     fn last_index(&self) -> u64 {
-        self.view.last_index()
+        self.core.view.lock().last_index()
     }
 
     fn term(&self, index: u64) -> Result<u64, StorageError> {
-        self.view.term(index)
+        self.core.view.lock().term(index)
     }
 
     fn entries(
@@ -783,14 +1028,15 @@ impl<H: DurableState> Storage for LogStore<H> {
         if lo >= hi {
             return Ok(());
         }
-        if lo < self.view.first {
+        let view = self.core.view.lock();
+        if lo < view.first {
             return Err(StorageError::Compacted(lo));
         }
-        if hi > self.view.last_index() + 1 {
+        if hi > view.last_index() + 1 {
             return Err(StorageError::Unavailable(hi - 1));
         }
         let mut bytes = 0u64;
-        for (taken, stored) in self.view.range(lo, hi).enumerate() {
+        for (taken, stored) in view.range(lo, hi).enumerate() {
             bytes += stored.entry.payload_size();
             if bytes > max_bytes && taken > 0 {
                 break;
@@ -827,17 +1073,21 @@ fn decode_head(wal_dir: &Path, bytes: &[u8]) -> Result<MetaHead> {
 fn decode_meta<H: DurableState>(wal_dir: &Path, bytes: &[u8]) -> Result<StoreMeta<H>> {
     let path = wal_dir.join("meta");
     let meta: StoreMeta<H> = StoreMeta::decode(bytes).map_err(|e| meta_error(&path, e))?;
-    let base = &meta.base;
+    check_base(wal_dir, &meta.base)?;
+    Ok(meta)
+}
+
+fn check_base<H>(wal_dir: &Path, base: &Base<H>) -> Result<()> {
     if base.first == 0 || base.first > base.snapshot.index.saturating_add(1) {
         return Err(StoreError::corrupt(
-            path,
+            wal_dir.join("meta"),
             format!(
                 "checkpoint keeps entries from {} but its snapshot is at {}",
                 base.first, base.snapshot.index
             ),
         ));
     }
-    Ok(meta)
+    Ok(())
 }
 
 fn check_identity(dir: &Path, identity: &Identity, meta: &MetaHead) -> Result<()> {
@@ -905,23 +1155,41 @@ fn replay<H: DurableState>(
                 wal_index,
                 reason: e.to_string(),
             })?;
-            let before_checkpoint = wal_index < meta.checkpoint_end;
-            match record {
-                Record::Entry(entry) => {
-                    let index = entry.index;
-                    view.put(Stored { entry, wal_index }).map_err(|e| {
-                        inconsistent(format!("log record {wal_index}: entry {index}: {e}"))
-                    })?;
-                }
-                Record::Truncate(from) => view.truncate_from(from),
-                Record::HardState(_) | Record::InstallSnapshot(_) if before_checkpoint => {}
-                Record::HardState(hard_state) => view.hard_state = hard_state,
-                Record::InstallSnapshot(snapshot) => view.install(&snapshot),
-            }
+            apply_record(
+                &mut view,
+                wal_index,
+                wal_index < meta.checkpoint_end,
+                record,
+            )
+            .map_err(inconsistent)?;
             wal_index += 1;
         }
     }
     Ok((view, end - meta.replay_from))
+}
+
+/// Replays one record into `view`. A record from before the checkpoint the view started from
+/// only contributes its entries and truncations (the checkpoint holds the hard state and
+/// snapshot of its time), and entries the checkpoint compacted away are skipped.
+fn apply_record<H: DurableState>(
+    view: &mut LogView<H>,
+    wal_index: u64,
+    before_checkpoint: bool,
+    record: Record<H>,
+) -> std::result::Result<(), String> {
+    match record {
+        Record::Entry(entry) if before_checkpoint && entry.index < view.first => {}
+        Record::Entry(entry) => {
+            let index = entry.index;
+            view.put(Stored { entry, wal_index })
+                .map_err(|e| format!("log record {wal_index}: entry {index}: {e}"))?;
+        }
+        Record::Truncate(from) => view.truncate_from(from),
+        Record::HardState(_) | Record::InstallSnapshot(_) if before_checkpoint => {}
+        Record::HardState(hard_state) => view.hard_state = hard_state,
+        Record::InstallSnapshot(snapshot) => view.install(&snapshot),
+    }
+    Ok(())
 }
 
 /// Checks the snapshot file against the replayed view; installs it if it is ahead (a crash

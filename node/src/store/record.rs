@@ -38,10 +38,6 @@ pub(crate) enum Record<H> {
     Truncate(u64),
 }
 
-pub(crate) fn encode<H: Serialize>(record: &RecordRef<'_, H>) -> Result<Vec<u8>, postcard::Error> {
-    postcard::to_allocvec(record)
-}
-
 /// Appends the encoding of `record` to `buf`.
 pub(crate) fn encode_into<H: Serialize>(
     record: &RecordRef<'_, H>,
