@@ -47,6 +47,7 @@ use bytes::Bytes;
 
 mod peer;
 mod shards;
+mod xtxn;
 use net_quic::{Credentials, Limits, NodeId, RequestError};
 pub use peer::{PeerRead, PeerWritten};
 use shards::{request_group, ShardCache};
@@ -900,7 +901,19 @@ impl Client {
             success,
             failure,
         };
-        match self.write(op).await? {
+        // Know the map first: a plain Txn sent to every member at once (a fresh client's first
+        // write) would be coordinated by each of them if it spans shards.
+        if !self.shards.is_known() {
+            self.refresh_shard_map().await?;
+        }
+        let result = match self.write(op.clone()).await {
+            // Keys on several shards: a member coordinates its two-phase commit.
+            Err(ClientError::Refused(ServerError::CrossShard { .. })) => {
+                self.cross_shard_txn(op).await?
+            }
+            other => other?,
+        };
+        match result {
             WriteResult::Txn {
                 succeeded,
                 revision,
@@ -1341,6 +1354,7 @@ fn is_transient(error: &ServerError) -> bool {
             | ServerError::LeaderChanged
             | ServerError::ShuttingDown
             | ServerError::Behind { .. }
+            | ServerError::Locked { .. }
     )
 }
 
@@ -1356,11 +1370,13 @@ fn reply_revision(reply: &Reply) -> Option<u64> {
         )
         | Reply::Get { revision, .. }
         | Reply::Scan { revision, .. } => Some(*revision),
-        Reply::Status(_)
+        Reply::Write(WriteResult::Shard(_))
+        | Reply::Status(_)
         | Reply::Members { .. }
         | Reply::Done
         | Reply::Peer(_)
-        | Reply::Shards(_) => None,
+        | Reply::Shards(_)
+        | Reply::Prepared { .. } => None,
     }
 }
 

@@ -8,6 +8,10 @@
 //!
 //! Invariants: `revision` counts state-changing writes and only grows; every pair's
 //! `create_revision <= mod_revision <= revision`; a session never holds results below its floor.
+//! Cross-shard transaction steps ([`shard_txn`]) are writes too; a plain write to a key a
+//! prepared transaction locks is refused with [`ServerError::Locked`].
+
+mod shard_txn;
 
 use std::collections::btree_map::Entry;
 use std::collections::{BTreeMap, BTreeSet};
@@ -18,6 +22,7 @@ use bytes::Bytes;
 use serde::{Deserialize, Serialize};
 
 use crate::proto::{KeyValue, ServerError, Session, TxnOp, TxnOpResult, WriteOp, WriteResult};
+pub use shard_txn::{PreparedTxn, ShardTxns, MAX_FINISHED_TXNS};
 
 /// Results remembered per client at most; the oldest is forgotten beyond this (a client with more
 /// writes in flight than this under one id loses exactly-once for the oldest).
@@ -116,10 +121,15 @@ pub struct KvStore {
     /// `(last_active, client_id)` of every session; derived, rebuilt on restore.
     #[serde(skip)]
     by_activity: BTreeSet<(u64, u64)>,
+    /// Cross-shard transactions prepared here and decided here; snapshotted after the rest
+    /// (layout version 2).
+    #[serde(skip)]
+    shard_txns: ShardTxns,
 }
 
-/// Snapshot layout version, the first field of every snapshot.
-const SNAPSHOT_VERSION: u32 = 1;
+/// Snapshot layout version, the first field of every snapshot: 2 appends the cross-shard
+/// transaction state to version 1's layout (version 1 snapshots still restore).
+const SNAPSHOT_VERSION: u32 = 2;
 
 impl KvStore {
     /// An empty store that remembers at most `max_sessions` client sessions.
@@ -148,6 +158,11 @@ impl KvStore {
     /// Number of client sessions remembered.
     pub fn session_count(&self) -> usize {
         self.sessions.len()
+    }
+
+    /// Cross-shard transaction state: prepared transactions, locks, decisions.
+    pub fn shard_txns(&self) -> &ShardTxns {
+        &self.shard_txns
     }
 
     /// Member addresses recorded through the log.
@@ -246,7 +261,17 @@ impl KvStore {
         if let Some(result) = client.results.get(&session.seq) {
             return Ok(result.clone());
         }
-        let result = Self::execute(&mut self.data, &mut self.revision, op);
+        let result = match op {
+            WriteOp::Shard(step) => WriteResult::Shard(ShardTxns::apply(self, step, index)),
+            _ => {
+                if let Some((key, txn)) = self.shard_txns.locked(op.keys()) {
+                    // Refused, not remembered: the retry of this sequence number runs anew.
+                    self.evict_sessions();
+                    return Err(ServerError::Locked { key, txn });
+                }
+                Self::execute(&mut self.data, &mut self.revision, op)
+            }
+        };
         let client = self
             .sessions
             .get_mut(&session.client_id)
@@ -358,6 +383,7 @@ impl KvStore {
                     results,
                 }
             }
+            WriteOp::Shard(_) => unreachable!("cross-shard steps are applied by apply_write"),
         }
     }
 
@@ -384,7 +410,7 @@ impl KvStore {
 
     /// Serializes the whole state (pairs, revision, sessions, member addresses).
     pub fn snapshot(&self) -> Result<Bytes, KvError> {
-        postcard::to_allocvec(&(SNAPSHOT_VERSION, self))
+        postcard::to_allocvec(&(SNAPSHOT_VERSION, self, &self.shard_txns))
             .map(Bytes::from)
             .map_err(|e| KvError::Encode(e.to_string()))
     }
@@ -395,13 +421,22 @@ impl KvStore {
         if data.is_empty() {
             return Ok(KvStore::new(max_sessions));
         }
-        let (version, mut store): (u32, KvStore) =
-            postcard::from_bytes(data).map_err(|e| KvError::Decode(e.to_string()))?;
-        if version != SNAPSHOT_VERSION {
-            return Err(KvError::Decode(format!(
-                "snapshot version {version}, this build reads {SNAPSHOT_VERSION}"
-            )));
-        }
+        let decode = |e: postcard::Error| KvError::Decode(e.to_string());
+        let (version, rest): (u32, &[u8]) = postcard::take_from_bytes(data).map_err(decode)?;
+        let mut store = match version {
+            1 => postcard::from_bytes::<KvStore>(rest).map_err(decode)?,
+            SNAPSHOT_VERSION => {
+                let (mut store, shard_txns): (KvStore, ShardTxns) =
+                    postcard::from_bytes(rest).map_err(decode)?;
+                store.shard_txns = shard_txns;
+                store
+            }
+            _ => {
+                return Err(KvError::Decode(format!(
+                    "snapshot version {version}, this build reads 1 and {SNAPSHOT_VERSION}"
+                )))
+            }
+        };
         store.by_activity = store
             .sessions
             .iter()

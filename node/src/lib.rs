@@ -19,6 +19,8 @@
 //!   (PacificA), its configuration manager a Raft group of the members beside it.
 //! - [`shards`]: a sharded node (`[shards]`): the meta group, one group per key range, the
 //!   router in front of their loops, the layout recorded in the data directory.
+//! - [`xtxn`]: cross-shard transactions — the coordinator (txn-2pc's two-phase engine over the
+//!   shards' logs), the in-doubt resolver and the bank simulator.
 //! - [`client`] and [`cli`]: the Rust client and the `quorate` command line.
 
 pub mod cli;
@@ -35,3 +37,4 @@ pub mod proto;
 pub mod server;
 pub mod shards;
 pub mod store;
+pub mod xtxn;

@@ -39,9 +39,11 @@ use serde::{Deserialize, Serialize};
 pub mod peer;
 pub mod shard;
 pub mod txn;
+pub mod xtxn;
 pub use peer::{PeerNodeStatus, PeerReply, PeerRequest, PeerSibling};
 pub use shard::{KeyRange, ShardInfo, ShardMap, META_GROUP};
 pub use txn::{Compare, CompareOp, CompareTarget, TxnOp, TxnOpResult, MAX_TXN_OPS};
+pub use xtxn::{ShardOutcome, ShardTxnId, ShardTxnOp, ShardTxnResult};
 
 /// Version of the message layout in this module.
 pub const PROTOCOL_VERSION: u32 = 2;
@@ -236,6 +238,8 @@ pub enum WriteOp {
         /// Ops otherwise.
         failure: Vec<TxnOp>,
     },
+    /// One step of a cross-shard transaction, sent by its coordinating node ([`xtxn`]).
+    Shard(ShardTxnOp),
 }
 
 impl WriteOp {
@@ -254,6 +258,7 @@ impl WriteOp {
                 .map(|c| &c.key)
                 .chain(success.iter().chain(failure).map(TxnOp::key))
                 .collect(),
+            WriteOp::Shard(op) => op.keys(),
         }
     }
 
@@ -278,6 +283,7 @@ impl WriteOp {
                     _ => None,
                 }))
                 .collect(),
+            WriteOp::Shard(op) => op.values(),
         }
     }
 }
@@ -300,6 +306,9 @@ pub enum ReadOp {
         /// Maximum number of pairs returned.
         limit: u32,
     },
+    /// The cross-shard transactions prepared on the group and not yet decided (what the
+    /// node's in-doubt resolver watches).
+    Prepared,
 }
 
 /// Cluster administration requests.
@@ -383,6 +392,8 @@ pub enum WriteResult {
         /// What each op of the branch that ran did, in order.
         results: Vec<TxnOpResult>,
     },
+    /// A step of a cross-shard transaction ([`xtxn`]).
+    Shard(ShardTxnResult),
 }
 
 /// A member's role, as reported by status.
@@ -493,6 +504,11 @@ pub enum Reply {
     Done,
     /// The answer to a [`PeerRequest`].
     Peer(PeerReply),
+    /// The cross-shard transactions prepared on the group ([`ReadOp::Prepared`]).
+    Prepared {
+        /// By transaction id.
+        txns: Vec<(ShardTxnId, crate::kv::PreparedTxn)>,
+    },
     /// The shard map ([`AdminRequest::Shards`]).
     Shards(ShardMap),
 }
@@ -632,12 +648,28 @@ pub enum ServerError {
         /// That group's current range epoch.
         epoch: u64,
     },
-    /// A transaction names keys of several shards, which is not supported yet.
-    #[error("the transaction's keys are on several shards (groups {groups:?}); cross-shard transactions are not supported yet")]
+    /// A transaction names keys of several shards: raised inside the client, which then sends it
+    /// to a member to coordinate (`Client::txn`); never sent by a server.
+    #[error("the transaction's keys are on several shards (groups {groups:?})")]
     CrossShard {
         /// The groups the keys are on.
         groups: Vec<u64>,
     },
+    /// The key is locked by a prepared cross-shard transaction (no-wait rule: the write is
+    /// refused, not queued, so no deadlock); retry shortly — the lock goes at its decision.
+    #[error(
+        "key {key:?} is locked by cross-shard transaction {txn} until it is decided; retry shortly"
+    )]
+    Locked {
+        /// The key.
+        key: Bytes,
+        /// The transaction holding it.
+        txn: u64,
+    },
+    /// A cross-shard transaction aborted (a key was locked by another transaction or changed
+    /// since it was read, or a participant timed out); nothing of it was applied: retry it.
+    #[error("cross-shard transaction aborted, nothing applied: {0}; retry it")]
+    TxnAborted(String),
 }
 
 /// Answers one client request.

@@ -11,7 +11,7 @@ use bytes::Bytes;
 use common::{eventually, ProcCluster};
 use node::client::Client;
 use node::config::{ServeConfig, ShardsConfig};
-use node::proto::{Consistency, ServerError, ShardMap, TxnOp};
+use node::proto::{Consistency, ShardMap, TxnOp};
 
 /// One cluster at a time.
 static SERIAL: tokio::sync::Mutex<()> = tokio::sync::Mutex::const_new(());
@@ -138,7 +138,7 @@ async fn keys_land_in_their_shards_scans_cross_them_in_order_and_a_killed_group_
     assert_eq!(scanned, expected_part);
     assert!(page.more, "the limit cut the range short");
 
-    // A transaction within one shard runs; across shards it is refused, typed.
+    // A transaction within one shard runs in one entry; across shards, through 2PC.
     let txn = client
         .txn(
             vec![],
@@ -175,11 +175,10 @@ async fn keys_land_in_their_shards_scans_cross_them_in_order_and_a_killed_group_
             vec![],
         )
         .await
-        .expect_err("a cross-shard transaction is refused for now");
-    assert_eq!(
-        cross.server_error(),
-        Some(&ServerError::CrossShard { groups: vec![1, 4] })
-    );
+        .expect("a cross-shard transaction commits through two-phase commit");
+    assert!(cross.succeeded);
+    written.insert("a-x".into());
+    written.insert("z-x".into());
 
     // Kill -9 a node leading at least one data group; writes go on to every shard.
     let map = client.refresh_shard_map().await.expect("map");

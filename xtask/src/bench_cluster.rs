@@ -81,6 +81,10 @@ pub struct Args {
     /// Run in this build even if it is a debug build (figures of the load generator suffer).
     #[arg(long, hide = true)]
     no_reexec: bool,
+    /// Cross-shard transactions instead (`bench_cluster_txn`): a 2-shard cluster, single put vs
+    /// 1-shard vs 2-shard transaction latency and throughput per `--clients`, `--ops` per row.
+    #[arg(long)]
+    txn: bool,
 }
 
 impl Args {
@@ -435,6 +439,14 @@ pub fn run(args: Args) -> anyhow::Result<()> {
         bail!("this build of xtask lacks the `zookeeper` feature: run `cargo run -p xtask --release --features zookeeper -- bench cluster --protocol zab --peer zookeeper`");
     }
     let runtime = tokio::runtime::Runtime::new()?;
+    if args.txn {
+        return runtime.block_on(async {
+            tokio::select! {
+                r = crate::bench_cluster_txn::run(&args.clients, args.ops, args.keep) => r,
+                _ = cluster::interrupted() => bail!("interrupted: every process stopped, data removed"),
+            }
+        });
+    }
     runtime.block_on(async {
         tokio::select! {
             r = run_async(args) => r,

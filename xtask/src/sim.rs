@@ -38,6 +38,8 @@ pub enum Protocol {
     Peer,
     /// replication-primary: PacificA primary-backup, `--ack all|quorum|async` (`sim_primary`).
     PrimaryBackup,
+    /// node: the bank test of cross-shard transactions, in process (`sim_bank`).
+    Bank,
 }
 
 /// A bug to plant in every member, to see the simulator catch it.
@@ -152,6 +154,9 @@ pub struct Args {
     /// Plant a known bug in the txn-2pc engines (for `--protocol 2pc|tcc`).
     #[arg(long, value_enum)]
     pub txn_bug: Option<crate::sim_txn::TxnBug>,
+    /// Plant a known bug in the node's cross-shard transactions (for `--protocol bank`).
+    #[arg(long, value_enum)]
+    pub xtxn_bug: Option<crate::sim_bank::XtxnBug>,
     /// Acknowledgement mode(s) for `--protocol primary-backup`, comma-separated.
     #[arg(long, value_enum, value_delimiter = ',', default_value = "all")]
     pub ack: Vec<crate::sim_primary::AckMode>,
@@ -194,6 +199,7 @@ pub fn run(args: Args) -> anyhow::Result<()> {
     match args.protocol {
         Protocol::Peer => crate::sim_peer::run(&args),
         Protocol::PrimaryBackup => crate::sim_primary::run(&args),
+        Protocol::Bank => crate::sim_bank::run(&args),
         Protocol::Raft => {
             let bug = planted(args.planted_bug, "Raft", Bug::raft)?;
             scan::<RaftSim>(&args, "raft", |options| options.planted_bug = bug)

@@ -8,7 +8,8 @@
 //!
 //! A scan crosses shards in key order: each shard's part of the range, the limit counting down
 //! across them. A transaction whose keys are on several shards is refused here with
-//! `ServerError::CrossShard` (not supported yet).
+//! `ServerError::CrossShard`, which `Client::txn` turns into a cross-shard transaction
+//! (`client/xtxn.rs`).
 
 use std::collections::BTreeSet;
 use std::sync::{Arc, RwLock};
@@ -38,6 +39,11 @@ impl ShardCache {
         let map = Arc::new(map);
         *self.map.write().expect("shard map lock") = Some(map.clone());
         map
+    }
+
+    /// Whether a map was fetched (or set) at all.
+    pub(super) fn is_known(&self) -> bool {
+        self.get().is_some()
     }
 
     /// Whether the cached map has data groups (false before a map was fetched).

@@ -464,6 +464,15 @@ impl KvService {
                     more,
                 }
             }
+            ReadOp::Prepared => Reply::Prepared {
+                txns: self
+                    .kv
+                    .shard_txns()
+                    .prepared()
+                    .iter()
+                    .map(|(txn, p)| (*txn, p.clone()))
+                    .collect(),
+            },
         }
     }
 
@@ -536,6 +545,7 @@ impl KvService {
                 }
                 Ok(())
             }
+            ReadOp::Prepared => Ok(()),
         }
     }
 }

@@ -107,6 +107,7 @@ impl GroupShard {
         let inside = match op {
             ReadOp::Get { key } => self.range.contains(key),
             ReadOp::Scan { start, end, .. } => self.range.covers(start, end.as_deref()),
+            ReadOp::Prepared => true,
         };
         if inside {
             Ok(())

@@ -10,6 +10,7 @@
 
 pub mod layout;
 pub(crate) mod router;
+pub(crate) mod xtxn;
 
 use std::sync::Arc;
 
@@ -71,12 +72,15 @@ pub(crate) async fn open(config: &Arc<ServeConfig>) -> Result<Opened, ServeError
         opened.push((group, epoch, group_opened.start));
     }
     let node = config.node_id;
+    let xtxn = xtxn::XtxnService::new(config.clone(), map.clone());
     Ok(Opened {
         snapshot_index,
         keys,
         start: Box::new(move |endpoint, receivers, shutdown_rx| {
             let mut router = router::Router::new(node, receivers);
+            router.set_xtxn(xtxn.clone());
             let (stop_tx, stop_rx) = watch::channel(false);
+            tokio::spawn(xtxn.resolve(stop_rx.clone()));
             let handles = opened
                 .into_iter()
                 .map(|(group, epoch, start)| {

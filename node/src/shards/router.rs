@@ -37,6 +37,8 @@ pub(crate) struct Router {
     routes: BTreeMap<u64, Route>,
     receivers: Receivers<Quorate>,
     node: u64,
+    /// Coordinates transactions whose keys span shards (a sharded node).
+    xtxn: Option<std::sync::Arc<super::xtxn::XtxnService>>,
 }
 
 impl Router {
@@ -46,7 +48,13 @@ impl Router {
             routes: BTreeMap::new(),
             receivers,
             node,
+            xtxn: None,
         }
+    }
+
+    /// Plain `Txn` requests spanning shards go to `service` instead of the meta group.
+    pub(crate) fn set_xtxn(&mut self, service: std::sync::Arc<super::xtxn::XtxnService>) {
+        self.xtxn = Some(service);
     }
 
     /// Adds group `group` at range epoch `epoch`; returns the channels its loop reads.
@@ -123,7 +131,15 @@ impl Router {
                 epoch,
                 request,
             } => (group, Some(epoch), *request),
-            plain => (META_GROUP, None, plain),
+            plain => {
+                if let Some(txn) = self.xtxn.as_ref().and_then(|x| x.cross_shard(&plain)) {
+                    if let Some(service) = &self.xtxn {
+                        service.coordinate(txn, responder);
+                    }
+                    return;
+                }
+                (META_GROUP, None, plain)
+            }
         };
         let refuse = |responder: net_quic::Responder<Response>, error: ServerError| {
             let _ = responder.reply(&Err(error));

@@ -1,0 +1,623 @@
+//! The shard side of cross-shard transactions ([`crate::proto::xtxn`]), applied
+//! deterministically from the shard's log: as a participant, prepared transactions, the locks
+//! they hold and a bounded table of finished ones; as a coordinator shard, the decisions.
+//!
+//! Rules, all decided at apply time so every member agrees:
+//! - PREPARE votes yes only if no key of the transaction (read, compared or written) is locked by
+//!   another transaction and every key still has the `mod_revision` the coordinator read; then
+//!   it locks every such key and keeps the writes. A no vote changes nothing but is remembered
+//!   (a repeated or late prepare of that transaction votes no again, never locks).
+//! - DECIDE applies the kept writes at one new revision of this shard (commit) or drops them
+//!   (abort) and releases the locks; a repeat, or a decide for a finished transaction, is
+//!   answered from the finished table and applies nothing. An abort for a transaction never
+//!   prepared here is remembered, so a prepare that straggles in after it votes no.
+//! - Plain writes to a locked key are refused with `ServerError::Locked` (no-wait: nobody ever
+//!   waits for a lock, so there is no deadlock); reads see the last committed value.
+//! - The first decision recorded for a transaction wins; RESOLVE records ABORT when none is.
+//!   A recorded commit is kept until END (every participant applied it); aborts and ended
+//!   commits go to a bounded table, so a late question is still answered truthfully.
+//!
+//! Isolation: a transaction's reads are validated and its keys locked from PREPARE to DECIDE on
+//! every participant, so it serializes at its decision (every key is locked and unchanged since
+//! read at that instant): transactions are serializable against each other and against plain
+//! writes. A plain read of a key in a prepared transaction returns the committed value; a
+//! read-only transaction goes through the same prepare/validate/lock path, so the values it
+//! returns held together at one instant — a bank audit sums exactly the total.
+
+use std::collections::{BTreeMap, BTreeSet, VecDeque};
+
+use bytes::Bytes;
+use serde::{Deserialize, Serialize};
+
+use super::{KvStore, Stored};
+use crate::proto::xtxn::{ExpectedRevision, NoVote};
+use crate::proto::{ShardOutcome, ShardTxnId, ShardTxnOp, ShardTxnResult, TxnOp};
+
+/// Finished transactions (and decisions) remembered per shard, to answer repeats.
+pub const MAX_FINISHED_TXNS: usize = 65_536;
+
+/// A transaction prepared on this shard.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct PreparedTxn {
+    /// The group whose log holds the decision.
+    pub coordinator: u64,
+    /// Every participant group.
+    pub participants: Vec<u64>,
+    /// Log index of the prepare (a resolver's timer starts when it first sees it).
+    pub index: u64,
+    keys: Vec<Bytes>,
+    writes: Vec<TxnOp>,
+}
+
+impl PreparedTxn {
+    /// The writes kept for the commit.
+    pub fn writes(&self) -> &[TxnOp] {
+        &self.writes
+    }
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+struct Finished {
+    outcome: ShardOutcome,
+    revision: u64,
+}
+
+/// A map that forgets its oldest insertions beyond a bound.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+struct Bounded<V> {
+    map: BTreeMap<ShardTxnId, V>,
+    order: VecDeque<ShardTxnId>,
+}
+
+impl<V> Default for Bounded<V> {
+    fn default() -> Self {
+        Bounded {
+            map: BTreeMap::new(),
+            order: VecDeque::new(),
+        }
+    }
+}
+
+impl<V> Bounded<V> {
+    fn get(&self, txn: ShardTxnId) -> Option<&V> {
+        self.map.get(&txn)
+    }
+
+    fn insert(&mut self, txn: ShardTxnId, value: V) {
+        if self.map.insert(txn, value).is_none() {
+            self.order.push_back(txn);
+        }
+        while self.order.len() > MAX_FINISHED_TXNS {
+            if let Some(oldest) = self.order.pop_front() {
+                self.map.remove(&oldest);
+            }
+        }
+    }
+}
+
+/// Cross-shard transaction state of one shard (part of its snapshot).
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub struct ShardTxns {
+    prepared: BTreeMap<ShardTxnId, PreparedTxn>,
+    locks: BTreeMap<Bytes, ShardTxnId>,
+    finished: Bounded<Finished>,
+    /// Coordinator shard: commits recorded and not yet ended.
+    open_commits: BTreeMap<ShardTxnId, Vec<u64>>,
+    /// Coordinator shard: aborts, and commits every participant applied.
+    decided: Bounded<ShardOutcome>,
+}
+
+impl ShardTxns {
+    /// The first key of `keys` locked by a transaction, with that transaction.
+    pub fn locked<'a>(
+        &self,
+        keys: impl IntoIterator<Item = &'a Bytes>,
+    ) -> Option<(Bytes, ShardTxnId)> {
+        if self.locks.is_empty() {
+            return None;
+        }
+        keys.into_iter()
+            .find_map(|key| self.locks.get(key).map(|&txn| (key.clone(), txn)))
+    }
+
+    /// Transactions prepared here, awaiting their decision.
+    pub fn prepared(&self) -> &BTreeMap<ShardTxnId, PreparedTxn> {
+        &self.prepared
+    }
+
+    /// The decision recorded here for `txn` (coordinator shard), if any is still remembered.
+    pub fn decision(&self, txn: ShardTxnId) -> Option<ShardOutcome> {
+        if self.open_commits.contains_key(&txn) {
+            return Some(ShardOutcome::Commit);
+        }
+        self.decided.get(txn).copied()
+    }
+
+    /// Applies one cross-shard step to the store at log `index`.
+    pub(super) fn apply(store: &mut KvStore, op: &ShardTxnOp, index: u64) -> ShardTxnResult {
+        match op {
+            ShardTxnOp::Prepare {
+                txn,
+                coordinator,
+                participants,
+                expected,
+                writes,
+            } => ShardTxnResult::Vote {
+                no: Self::prepare(
+                    store,
+                    *txn,
+                    *coordinator,
+                    participants,
+                    expected,
+                    writes,
+                    index,
+                )
+                .err(),
+            },
+            ShardTxnOp::Decide { txn, outcome } => Self::decide(store, *txn, *outcome),
+            ShardTxnOp::Decision {
+                txn,
+                participants,
+                outcome,
+            } => ShardTxnResult::Decision {
+                outcome: store.shard_txns.record(*txn, participants, *outcome),
+            },
+            ShardTxnOp::Resolve { txn } => ShardTxnResult::Decision {
+                outcome: store.shard_txns.record(*txn, &[], ShardOutcome::Abort),
+            },
+            ShardTxnOp::End { txn } => {
+                let txns = &mut store.shard_txns;
+                if txns.open_commits.remove(txn).is_some() {
+                    txns.decided.insert(*txn, ShardOutcome::Commit);
+                }
+                ShardTxnResult::Ended
+            }
+        }
+    }
+
+    #[allow(clippy::too_many_arguments)]
+    fn prepare(
+        store: &mut KvStore,
+        txn: ShardTxnId,
+        coordinator: u64,
+        participants: &[u64],
+        expected: &[ExpectedRevision],
+        writes: &[TxnOp],
+        index: u64,
+    ) -> Result<(), NoVote> {
+        let txns = &mut store.shard_txns;
+        if let Some(finished) = txns.finished.get(txn) {
+            return Err(NoVote::Finished(finished.outcome));
+        }
+        if txns.prepared.contains_key(&txn) {
+            return Ok(()); // a repeat: the keys are ours already
+        }
+        let refuse = |txns: &mut ShardTxns, why: NoVote| {
+            // Remembered: a repeat of this prepare must not lock later.
+            txns.finished.insert(
+                txn,
+                Finished {
+                    outcome: ShardOutcome::Abort,
+                    revision: 0,
+                },
+            );
+            Err(why)
+        };
+        if participants.is_empty() {
+            return refuse(txns, NoVote::Invalid("no participants".into()));
+        }
+        if writes.iter().any(|w| matches!(w, TxnOp::Get { .. })) {
+            return refuse(txns, NoVote::Invalid("a read among the writes".into()));
+        }
+        let keys: BTreeSet<&Bytes> = expected
+            .iter()
+            .map(|e| &e.key)
+            .chain(writes.iter().map(TxnOp::key))
+            .collect();
+        for key in &keys {
+            if let Some(&by) = txns.locks.get(*key) {
+                return refuse(
+                    txns,
+                    NoVote::Locked {
+                        key: (*key).clone(),
+                        by,
+                    },
+                );
+            }
+        }
+        for e in expected {
+            let current = store.data.get(&e.key).map_or(0, |s| s.mod_revision);
+            if current != e.mod_revision {
+                return refuse(
+                    txns,
+                    NoVote::Changed {
+                        key: e.key.clone(),
+                        expected: e.mod_revision,
+                        current,
+                    },
+                );
+            }
+        }
+        for key in &keys {
+            txns.locks.insert((*key).clone(), txn);
+        }
+        txns.prepared.insert(
+            txn,
+            PreparedTxn {
+                coordinator,
+                participants: participants.to_vec(),
+                index,
+                keys: keys.into_iter().cloned().collect(),
+                writes: writes.to_vec(),
+            },
+        );
+        Ok(())
+    }
+
+    fn decide(store: &mut KvStore, txn: ShardTxnId, outcome: ShardOutcome) -> ShardTxnResult {
+        if let Some(finished) = store.shard_txns.finished.get(txn) {
+            return ShardTxnResult::Decided {
+                outcome: finished.outcome,
+                revision: finished.revision,
+            };
+        }
+        let Some(prepared) = store.shard_txns.prepared.remove(&txn) else {
+            if outcome == ShardOutcome::Abort {
+                // Never prepared here: remembered, so a straggling prepare votes no.
+                store.shard_txns.finished.insert(
+                    txn,
+                    Finished {
+                        outcome,
+                        revision: store.revision,
+                    },
+                );
+            }
+            // A commit for a transaction this shard never prepared (or long forgot) applies
+            // nothing: it answers abort, which tells the coordinator something is wrong.
+            return ShardTxnResult::Decided {
+                outcome: ShardOutcome::Abort,
+                revision: store.revision,
+            };
+        };
+        for key in &prepared.keys {
+            store.shard_txns.locks.remove(key);
+        }
+        if outcome == ShardOutcome::Commit {
+            Self::apply_writes(&mut store.data, &mut store.revision, &prepared.writes);
+        }
+        store.shard_txns.finished.insert(
+            txn,
+            Finished {
+                outcome,
+                revision: store.revision,
+            },
+        );
+        ShardTxnResult::Decided {
+            outcome,
+            revision: store.revision,
+        }
+    }
+
+    /// The writes at one new revision (taken only if they change something).
+    fn apply_writes(data: &mut BTreeMap<Bytes, Stored>, revision: &mut u64, writes: &[TxnOp]) {
+        let txn_revision = *revision + 1;
+        let mut changed = false;
+        for op in writes {
+            match op {
+                TxnOp::Put { key, value } => {
+                    KvStore::put(data, txn_revision, key, value);
+                    changed = true;
+                }
+                TxnOp::Delete { key } => changed |= data.remove(key).is_some(),
+                TxnOp::Get { .. } => {}
+            }
+        }
+        if changed {
+            *revision = txn_revision;
+        }
+    }
+
+    fn record(
+        &mut self,
+        txn: ShardTxnId,
+        participants: &[u64],
+        outcome: ShardOutcome,
+    ) -> ShardOutcome {
+        if let Some(first) = self.decision(txn) {
+            return first;
+        }
+        match outcome {
+            ShardOutcome::Commit => {
+                self.open_commits.insert(txn, participants.to_vec());
+            }
+            ShardOutcome::Abort => self.decided.insert(txn, ShardOutcome::Abort),
+        }
+        outcome
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::kv::Command;
+    use crate::proto::{ServerError, Session, WriteOp, WriteResult};
+
+    fn b(s: &str) -> Bytes {
+        Bytes::copy_from_slice(s.as_bytes())
+    }
+
+    struct Shard {
+        kv: KvStore,
+        index: u64,
+    }
+
+    impl Shard {
+        fn new() -> Self {
+            Shard {
+                kv: KvStore::new(100),
+                index: 0,
+            }
+        }
+
+        fn write(&mut self, op: WriteOp) -> Result<WriteResult, ServerError> {
+            self.index += 1;
+            let session = Session {
+                client_id: 1,
+                seq: self.index,
+                first_unacked: 1,
+            };
+            self.kv
+                .apply(&Command::Write { session, op }, self.index)
+                .expect("a write has a result")
+        }
+
+        fn step(&mut self, op: ShardTxnOp) -> ShardTxnResult {
+            match self.write(WriteOp::Shard(op)) {
+                Ok(WriteResult::Shard(result)) => result,
+                other => panic!("unexpected {other:?}"),
+            }
+        }
+
+        fn put(&mut self, key: &str, value: &str) -> u64 {
+            match self.write(WriteOp::Put {
+                key: b(key),
+                value: b(value),
+            }) {
+                Ok(WriteResult::Put { revision }) => revision,
+                other => panic!("unexpected {other:?}"),
+            }
+        }
+    }
+
+    fn prepare(txn: u64, expected: &[(&str, u64)], writes: &[(&str, &str)]) -> ShardTxnOp {
+        ShardTxnOp::Prepare {
+            txn,
+            coordinator: 1,
+            participants: vec![1, 2],
+            expected: expected
+                .iter()
+                .map(|(k, r)| ExpectedRevision {
+                    key: b(k),
+                    mod_revision: *r,
+                })
+                .collect(),
+            writes: writes
+                .iter()
+                .map(|(k, v)| TxnOp::Put {
+                    key: b(k),
+                    value: b(v),
+                })
+                .collect(),
+        }
+    }
+
+    fn decide(txn: u64, outcome: ShardOutcome) -> ShardTxnOp {
+        ShardTxnOp::Decide { txn, outcome }
+    }
+
+    const YES: ShardTxnResult = ShardTxnResult::Vote { no: None };
+
+    #[test]
+    fn a_prepare_locks_its_keys_and_a_commit_applies_the_writes_once_at_one_revision() {
+        let mut shard = Shard::new();
+        let ra = shard.put("a", "1");
+        assert_eq!(
+            shard.step(prepare(
+                7,
+                &[("a", ra), ("b", 0)],
+                &[("a", "2"), ("b", "3")]
+            )),
+            YES
+        );
+        // Locked: plain writes are refused (no-wait), reads see the committed value.
+        assert_eq!(
+            shard.write(WriteOp::Delete { key: b("b") }),
+            Err(ServerError::Locked {
+                key: b("b"),
+                txn: 7
+            })
+        );
+        assert_eq!(shard.kv.get(b"a").unwrap().value, b("1"));
+        assert_eq!(shard.kv.shard_txns().locked([&b("a")]), Some((b("a"), 7)));
+        // A repeated prepare is the same yes; another transaction on a locked key votes no.
+        assert_eq!(shard.step(prepare(7, &[("a", ra)], &[])), YES);
+        assert!(matches!(
+            shard.step(prepare(8, &[("a", ra)], &[])),
+            ShardTxnResult::Vote {
+                no: Some(NoVote::Locked { by: 7, .. })
+            }
+        ));
+        let before = shard.kv.revision();
+        let committed = shard.step(decide(7, ShardOutcome::Commit));
+        assert_eq!(
+            committed,
+            ShardTxnResult::Decided {
+                outcome: ShardOutcome::Commit,
+                revision: before + 1
+            }
+        );
+        let (a, bb) = (shard.kv.get(b"a").unwrap(), shard.kv.get(b"b").unwrap());
+        assert_eq!((a.value, bb.value), (b("2"), b("3")));
+        assert_eq!((a.mod_revision, bb.mod_revision), (before + 1, before + 1));
+        assert!(shard.kv.shard_txns().prepared().is_empty());
+        assert_eq!(shard.kv.shard_txns().locked([&b("a"), &b("b")]), None);
+        // Repeats are answered from the finished table and apply nothing.
+        assert_eq!(shard.step(decide(7, ShardOutcome::Commit)), committed);
+        assert_eq!(shard.step(decide(7, ShardOutcome::Abort)), committed);
+        assert_eq!(shard.kv.revision(), before + 1);
+        assert_eq!(
+            shard.step(prepare(7, &[("a", before + 1)], &[("a", "9")])),
+            ShardTxnResult::Vote {
+                no: Some(NoVote::Finished(ShardOutcome::Commit))
+            }
+        );
+        // The lock is gone: plain writes go through again.
+        shard.put("b", "4");
+    }
+
+    #[test]
+    fn a_prepare_on_a_changed_key_votes_no_and_changes_nothing() {
+        let mut shard = Shard::new();
+        let ra = shard.put("a", "1");
+        shard.put("a", "2");
+        let before = shard.kv.clone();
+        let vote = shard.step(prepare(5, &[("a", ra)], &[("a", "3")]));
+        assert!(matches!(
+            vote,
+            ShardTxnResult::Vote { no: Some(NoVote::Changed { expected, current, .. }) }
+                if expected == ra && current == ra + 1
+        ));
+        assert_eq!(shard.kv.get(b"a"), before.get(b"a"));
+        assert_eq!(shard.kv.shard_txns().locked([&b("a")]), None);
+        // Remembered: the same prepare again still votes no, even though nothing blocks it now.
+        assert!(matches!(
+            shard.step(prepare(5, &[("a", ra + 1)], &[])),
+            ShardTxnResult::Vote {
+                no: Some(NoVote::Finished(ShardOutcome::Abort))
+            }
+        ));
+        // A key the coordinator read as absent must still be absent.
+        assert!(matches!(
+            shard.step(prepare(6, &[("a", 0)], &[])),
+            ShardTxnResult::Vote {
+                no: Some(NoVote::Changed { expected: 0, .. })
+            }
+        ));
+    }
+
+    #[test]
+    fn an_abort_that_overtakes_its_prepare_makes_the_late_prepare_vote_no() {
+        let mut shard = Shard::new();
+        assert!(matches!(
+            shard.step(decide(3, ShardOutcome::Abort)),
+            ShardTxnResult::Decided {
+                outcome: ShardOutcome::Abort,
+                ..
+            }
+        ));
+        assert!(matches!(
+            shard.step(prepare(3, &[("a", 0)], &[("a", "1")])),
+            ShardTxnResult::Vote {
+                no: Some(NoVote::Finished(ShardOutcome::Abort))
+            }
+        ));
+        assert_eq!(shard.kv.shard_txns().locked([&b("a")]), None);
+        // A commit for a transaction never prepared here applies nothing and says so.
+        assert!(matches!(
+            shard.step(decide(4, ShardOutcome::Commit)),
+            ShardTxnResult::Decided {
+                outcome: ShardOutcome::Abort,
+                ..
+            }
+        ));
+        assert!(shard.kv.is_empty());
+        // An abort of a prepared transaction drops its writes and frees its keys.
+        assert_eq!(shard.step(prepare(9, &[("a", 0)], &[("a", "1")])), YES);
+        shard.step(decide(9, ShardOutcome::Abort));
+        assert!(shard.kv.is_empty());
+        shard.put("a", "free");
+    }
+
+    #[test]
+    fn the_first_decision_recorded_wins_and_resolve_presumes_abort() {
+        let mut shard = Shard::new();
+        let decision = |txn, outcome| ShardTxnOp::Decision {
+            txn,
+            participants: vec![1, 2],
+            outcome,
+        };
+        let is = |outcome| ShardTxnResult::Decision { outcome };
+        assert_eq!(
+            shard.step(decision(1, ShardOutcome::Commit)),
+            is(ShardOutcome::Commit)
+        );
+        assert_eq!(
+            shard.step(ShardTxnOp::Resolve { txn: 1 }),
+            is(ShardOutcome::Commit)
+        );
+        assert_eq!(
+            shard.step(decision(1, ShardOutcome::Abort)),
+            is(ShardOutcome::Commit)
+        );
+        // Nothing recorded: the question records ABORT, and a later commit is refused with it.
+        assert_eq!(
+            shard.step(ShardTxnOp::Resolve { txn: 2 }),
+            is(ShardOutcome::Abort)
+        );
+        assert_eq!(
+            shard.step(decision(2, ShardOutcome::Commit)),
+            is(ShardOutcome::Abort)
+        );
+        // END forgets the open commit but the answer stays truthful.
+        assert_eq!(
+            shard.step(ShardTxnOp::End { txn: 1 }),
+            ShardTxnResult::Ended
+        );
+        assert_eq!(
+            shard.kv.shard_txns().decision(1),
+            Some(ShardOutcome::Commit)
+        );
+        assert_eq!(
+            shard.step(ShardTxnOp::Resolve { txn: 1 }),
+            is(ShardOutcome::Commit)
+        );
+    }
+
+    #[test]
+    fn prepared_transactions_locks_and_decisions_survive_a_snapshot() {
+        let mut shard = Shard::new();
+        shard.put("a", "1");
+        assert_eq!(shard.step(prepare(7, &[("a", 1)], &[("a", "2")])), YES);
+        shard.step(ShardTxnOp::Decision {
+            txn: 8,
+            participants: vec![1, 2],
+            outcome: ShardOutcome::Commit,
+        });
+        shard.step(decide(9, ShardOutcome::Abort));
+        let data = shard.kv.snapshot().unwrap();
+        let mut restored = KvStore::restore(&data, 100).unwrap();
+        assert_eq!(restored, shard.kv);
+        assert_eq!(restored.shard_txns().locked([&b("a")]), Some((b("a"), 7)));
+        assert_eq!(
+            restored.shard_txns().decision(8),
+            Some(ShardOutcome::Commit)
+        );
+        shard.kv = restored.clone();
+        assert!(matches!(
+            shard.step(decide(7, ShardOutcome::Commit)),
+            ShardTxnResult::Decided {
+                outcome: ShardOutcome::Commit,
+                ..
+            }
+        ));
+        assert_eq!(shard.kv.get(b"a").unwrap().value, b("2"));
+        // A version 1 snapshot (before cross-shard transactions) still restores, empty of them.
+        restored.shard_txns = ShardTxns::default();
+        let v1 = postcard::to_allocvec(&(1u32, &restored)).unwrap();
+        let old = KvStore::restore(&v1, 100).unwrap();
+        assert_eq!(old, restored);
+        assert!(
+            KvStore::restore(&postcard::to_allocvec(&(3u32, &restored)).unwrap(), 100).is_err()
+        );
+    }
+}

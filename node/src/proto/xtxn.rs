@@ -1,0 +1,184 @@
+//! Cross-shard transactions on the wire: the operations a transaction's coordinator (the node that
+//! received a `Txn` naming keys of several shards) proposes to the shards' groups, and their
+//! results. They travel as ordinary writes ([`super::WriteOp::Shard`], with a session, so a
+//! retried request is applied once) and are applied by each shard's state machine
+//! (`kv::shard_txn`): the participant's PREPARE and DECIDE, and the coordinator shard's decision
+//! record, are entries of the shards' own logs.
+//!
+//! Protocol (two-phase commit, presumed abort, decision on the coordinator shard's log):
+//! 1. the coordinator reads every key the transaction names (linearizable reads at each shard),
+//!    evaluates the compares and the branch;
+//! 2. [`ShardTxnOp::Prepare`] at every shard the transaction touches (read or written): the shard
+//!    checks that no key is locked by another transaction and that every key still has the
+//!    `mod_revision` the coordinator read, then locks the keys and keeps the writes (vote yes) —
+//!    or changes nothing (vote no);
+//! 3. all yes: [`ShardTxnOp::Decision`] (commit) on the coordinator shard; the first decision
+//!    recorded for a transaction wins, a later different one is answered with the first;
+//! 4. [`ShardTxnOp::Decide`] at every participant: apply the writes at one shard revision (commit)
+//!    or drop them (abort), release the locks; then [`ShardTxnOp::End`] lets the coordinator
+//!    shard forget the decision.
+//!
+//! A participant that holds a prepared transaction too long asks the coordinator shard with
+//! [`ShardTxnOp::Resolve`]: the recorded decision, or — none recorded — ABORT, recorded by that
+//! very request (presumed abort), so a crashed coordinating node never blocks the shards.
+
+use bytes::Bytes;
+use serde::{Deserialize, Serialize};
+
+use super::TxnOp;
+
+/// A cross-shard transaction id, chosen at random by the coordinating node (never reused).
+pub type ShardTxnId = u64;
+
+/// The outcome of a cross-shard transaction.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Hash, Serialize, Deserialize)]
+pub enum ShardOutcome {
+    /// Every participant applies its writes.
+    Commit,
+    /// No participant applies anything.
+    Abort,
+}
+
+/// A key's `mod_revision` as the coordinator read it (0: the key was absent).
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct ExpectedRevision {
+    /// The key (on the shard the prepare goes to).
+    pub key: Bytes,
+    /// Its `mod_revision` when read.
+    pub mod_revision: u64,
+}
+
+/// What the coordinator proposes to a shard's group.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub enum ShardTxnOp {
+    /// Participant: validate, lock, keep the writes (vote yes) — or vote no, changing nothing.
+    Prepare {
+        /// The transaction.
+        txn: ShardTxnId,
+        /// The group whose log holds the decision.
+        coordinator: u64,
+        /// Every participant group (this one included).
+        participants: Vec<u64>,
+        /// Every key of this shard the transaction read or compared, as read.
+        expected: Vec<ExpectedRevision>,
+        /// The writes on this shard (puts and deletes of the branch that ran, in order).
+        writes: Vec<TxnOp>,
+    },
+    /// Participant: apply (commit) or drop (abort) the prepared writes, release the locks.
+    Decide {
+        /// The transaction.
+        txn: ShardTxnId,
+        /// The outcome.
+        outcome: ShardOutcome,
+    },
+    /// Coordinator shard: record the decision (the first recorded wins).
+    Decision {
+        /// The transaction.
+        txn: ShardTxnId,
+        /// Every participant group.
+        participants: Vec<u64>,
+        /// The outcome the coordinator reached.
+        outcome: ShardOutcome,
+    },
+    /// Coordinator shard: what was decided? Records ABORT if nothing was (presumed abort).
+    Resolve {
+        /// The transaction.
+        txn: ShardTxnId,
+    },
+    /// Coordinator shard: every participant applied the decision; forget it (lazily sent).
+    End {
+        /// The transaction.
+        txn: ShardTxnId,
+    },
+}
+
+impl ShardTxnOp {
+    /// The transaction the op is about.
+    pub fn txn(&self) -> ShardTxnId {
+        match self {
+            ShardTxnOp::Prepare { txn, .. }
+            | ShardTxnOp::Decide { txn, .. }
+            | ShardTxnOp::Decision { txn, .. }
+            | ShardTxnOp::Resolve { txn }
+            | ShardTxnOp::End { txn } => *txn,
+        }
+    }
+
+    /// Every key the op names.
+    pub fn keys(&self) -> Vec<&Bytes> {
+        match self {
+            ShardTxnOp::Prepare {
+                expected, writes, ..
+            } => expected
+                .iter()
+                .map(|e| &e.key)
+                .chain(writes.iter().map(TxnOp::key))
+                .collect(),
+            _ => Vec::new(),
+        }
+    }
+
+    /// Every value the op carries.
+    pub fn values(&self) -> Vec<&Bytes> {
+        match self {
+            ShardTxnOp::Prepare { writes, .. } => writes
+                .iter()
+                .filter_map(|op| match op {
+                    TxnOp::Put { value, .. } => Some(value),
+                    _ => None,
+                })
+                .collect(),
+            _ => Vec::new(),
+        }
+    }
+}
+
+/// Why a participant voted no.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub enum NoVote {
+    /// Another transaction holds a key (no-wait: the requester aborts, never waits).
+    Locked {
+        /// The key.
+        key: Bytes,
+        /// The transaction holding it.
+        by: ShardTxnId,
+    },
+    /// A key changed since the coordinator read it.
+    Changed {
+        /// The key.
+        key: Bytes,
+        /// The `mod_revision` the coordinator read.
+        expected: u64,
+        /// The `mod_revision` now (0: absent).
+        current: u64,
+    },
+    /// The transaction is already decided here (a late or repeated prepare).
+    Finished(ShardOutcome),
+    /// The prepare is malformed (a write that is not a put or delete, no participants…).
+    Invalid(String),
+}
+
+/// What a shard's state machine answered to a [`ShardTxnOp`].
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub enum ShardTxnResult {
+    /// The answer to a prepare: `None` is a yes vote (the keys are locked), else why not.
+    Vote {
+        /// Why the shard voted no, or `None` for yes.
+        no: Option<NoVote>,
+    },
+    /// The answer to a decide: what this shard did (or had already done) with the transaction.
+    Decided {
+        /// The outcome applied here (for a commit asked of a shard that never prepared or already
+        /// aborted: `Abort` — the coordinator then knows something is wrong).
+        outcome: ShardOutcome,
+        /// The shard's revision after applying the writes (commit), else the current one.
+        revision: u64,
+    },
+    /// The answer to a decision record or a resolve: the decision recorded on this shard.
+    Decision {
+        /// The first outcome recorded for the transaction.
+        outcome: ShardOutcome,
+    },
+    /// The decision is forgotten (or was never held).
+    Ended,
+}

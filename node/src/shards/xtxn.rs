@@ -1,0 +1,218 @@
+//! Cross-shard transactions on a sharded node. The node that receives a `Txn` whose keys are on
+//! several shards coordinates it ([`crate::xtxn::driver::run`]): it reads the keys and proposes
+//! PREPARE, the decision and DECIDE to the groups' leaders through a client of its own cluster
+//! (node-to-node requests on the client ALPN, with the node's certificate). Every node also
+//! watches its data groups' prepared transactions ([`crate::xtxn::Resolver`]): one prepared for
+//! longer than [`RESOLVE_AFTER`] is resolved through the coordinator shard (presumed abort), so a
+//! coordinating node killed mid-transaction never leaves locks behind.
+
+use std::collections::BTreeMap;
+use std::sync::{Arc, OnceLock};
+use std::time::Duration;
+
+use bytes::Bytes;
+use tokio::sync::watch;
+use tracing::{debug, info};
+use txn_2pc::two_phase::Config;
+
+use crate::client::{Client, ClientConfig, ClientError};
+use crate::config::ServeConfig;
+use crate::proto::{
+    Consistency, KeyValue, ReadOp, Reply, Request, Response, ServerError, ShardMap, ShardTxnOp,
+    ShardTxnResult, WriteOp,
+};
+use crate::xtxn::driver::{self, Shards};
+use crate::xtxn::{Resolver, TxnRequest};
+
+/// One coordinator tick.
+const TICK: Duration = Duration::from_millis(50);
+/// Resolver rounds this often.
+const RESOLVE_TICK: Duration = Duration::from_millis(500);
+/// A transaction prepared this long (in resolver rounds) is asked about at its coordinator shard.
+pub const RESOLVE_AFTER: u64 = 6;
+
+/// The coordinator's timers, in ticks of [`TICK`]: votes within 2 s, resends every 250 ms.
+fn txn_config() -> Config {
+    Config {
+        vote_timeout: 40,
+        retry_interval: 5,
+        ..Config::default()
+    }
+}
+
+/// The node's cross-shard transaction service.
+pub(crate) struct XtxnService {
+    config: Arc<ServeConfig>,
+    map: Arc<ShardMap>,
+    client: OnceLock<Result<Arc<Client>, String>>,
+}
+
+/// The cluster as a coordinator sees it: the node's own client.
+#[derive(Clone)]
+struct ClusterShards {
+    client: Arc<Client>,
+    map: Arc<ShardMap>,
+}
+
+fn refused(error: ClientError) -> ServerError {
+    match error {
+        ClientError::Refused(error) => error,
+        other => ServerError::Internal(other.to_string()),
+    }
+}
+
+impl Shards for ClusterShards {
+    fn locate(&self, key: &[u8]) -> u64 {
+        self.map.locate(key).map_or(0, |s| s.group)
+    }
+
+    async fn read(&self, _group: u64, key: Bytes) -> Result<Option<KeyValue>, ServerError> {
+        self.client
+            .get(key, Consistency::Linearizable)
+            .await
+            .map_err(refused)
+    }
+
+    async fn propose(&self, group: u64, op: ShardTxnOp) -> Result<ShardTxnResult, ServerError> {
+        self.client
+            .propose_to_group(group, op)
+            .await
+            .map_err(refused)
+    }
+}
+
+impl XtxnService {
+    pub(crate) fn new(config: Arc<ServeConfig>, map: Arc<ShardMap>) -> Arc<Self> {
+        Arc::new(XtxnService {
+            config,
+            map,
+            client: OnceLock::new(),
+        })
+    }
+
+    fn shards(&self) -> Result<ClusterShards, ServerError> {
+        let client = self.client.get_or_init(|| {
+            let (cert, key, ca) = self.config.cert_paths();
+            let credentials = net_quic::Credentials::from_pem_files(&cert, &key, &ca)
+                .map_err(|e| e.to_string())?;
+            let endpoints = self.config.members.iter().map(|m| (m.id, m.addr)).collect();
+            let mut config = ClientConfig::new(&self.config.cluster, credentials, endpoints);
+            config.timeout = Duration::from_secs(3);
+            Client::connect(config)
+                .map(Arc::new)
+                .map_err(|e| e.to_string())
+        });
+        match client {
+            Ok(client) => Ok(ClusterShards {
+                client: client.clone(),
+                map: self.map.clone(),
+            }),
+            Err(error) => Err(ServerError::Internal(format!(
+                "no client for cross-shard transactions: {error}"
+            ))),
+        }
+    }
+
+    /// The transaction a plain request carries, if its keys are on several data groups.
+    pub(crate) fn cross_shard(&self, request: &Request) -> Option<TxnRequest> {
+        let Request::Write {
+            op:
+                WriteOp::Txn {
+                    compares,
+                    success,
+                    failure,
+                },
+            ..
+        } = request
+        else {
+            return None;
+        };
+        let txn = TxnRequest {
+            compares: compares.clone(),
+            success: success.clone(),
+            failure: failure.clone(),
+        };
+        let map = &self.map;
+        let groups = txn.groups(|k| map.locate(k).map_or(0, |s| s.group));
+        (groups.len() > 1).then_some(txn)
+    }
+
+    /// Coordinates `txn` in the background and answers `responder` with its outcome.
+    pub(crate) fn coordinate(
+        self: &Arc<Self>,
+        txn: TxnRequest,
+        responder: net_quic::Responder<Response>,
+    ) {
+        let this = self.clone();
+        tokio::spawn(async move {
+            let response = match this.shards() {
+                Ok(shards) => {
+                    let id = rand_id();
+                    let report = driver::run(shards, id, txn, txn_config(), TICK).await;
+                    debug!(txn = id, outcome = ?report.outcome, participants = ?report.participants, reason = ?report.reason, "cross-shard transaction");
+                    report.into_result().map(Reply::Write)
+                }
+                Err(error) => Err(error),
+            };
+            let _ = responder.reply(&response);
+        });
+    }
+
+    /// Watches the data groups' prepared transactions until shutdown, resolving those prepared
+    /// too long through their coordinator shards.
+    pub(crate) async fn resolve(self: Arc<Self>, mut shutdown: watch::Receiver<bool>) {
+        let groups: Vec<u64> = self.map.shards.iter().map(|s| s.group).collect();
+        let mut resolvers: BTreeMap<u64, Resolver> = groups
+            .iter()
+            .map(|&g| (g, Resolver::new(g, RESOLVE_AFTER, 2)))
+            .collect();
+        let node = self.config.node_id;
+        let mut ticker = tokio::time::interval(RESOLVE_TICK);
+        loop {
+            tokio::select! {
+                _ = ticker.tick() => {}
+                _ = shutdown.changed() => return,
+            }
+            if *shutdown.borrow() {
+                return;
+            }
+            let Ok(shards) = self.shards() else {
+                continue;
+            };
+            for (&group, resolver) in resolvers.iter_mut() {
+                let epoch = self.map.shard(group).map_or(0, |s| s.epoch);
+                // This node's own view of the group (a stale read: no leader round needed).
+                let request = Request::Routed {
+                    group,
+                    epoch,
+                    request: Box::new(Request::Read {
+                        consistency: Consistency::Stale,
+                        op: ReadOp::Prepared,
+                    }),
+                };
+                let prepared = match shards.client.request_to(node, &request).await {
+                    Ok(Reply::Prepared { txns }) => txns.into_iter().collect(),
+                    _ => continue,
+                };
+                let decided = driver::resolve_round(&shards, resolver, &prepared).await;
+                if decided > 0 {
+                    info!(
+                        node,
+                        group, decided, "resolved in-doubt cross-shard transactions"
+                    );
+                }
+            }
+        }
+    }
+}
+
+/// A fresh transaction id: random per process (hash seeds), a counter within it.
+fn rand_id() -> u64 {
+    use std::hash::{BuildHasher, Hasher};
+    use std::sync::atomic::{AtomicU64, Ordering};
+    static NEXT: AtomicU64 = AtomicU64::new(0);
+    let mut hasher = std::collections::hash_map::RandomState::new().build_hasher();
+    hasher.write_u64(NEXT.fetch_add(1, Ordering::Relaxed));
+    hasher.write_u32(std::process::id());
+    hasher.finish().max(1)
+}

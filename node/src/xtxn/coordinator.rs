@@ -1,0 +1,596 @@
+//! The coordinator of one cross-shard transaction, sans-IO: it asks for reads and proposals
+//! ([`Action`]), is told their results, and ticks. The phases are txn-2pc's
+//! [`txn_2pc::two_phase::Coordinator`] (presumed abort): its PREPARE / COMMIT / ABORT messages
+//! become proposals to the participant groups, its forced COMMIT record becomes the
+//! [`ShardTxnOp::Decision`] entry on the coordinator shard's log (`forced` once that entry is
+//! applied and answers commit), its lazy END becomes [`ShardTxnOp::End`].
+//!
+//! Before the engine starts, the coordinator reads every key the transaction compares, reads or
+//! deletes (a key it only puts is locked at PREPARE, not read) and evaluates it ([`Plan`]). A participant that only reads votes read-only to the engine (no
+//! phase 2 in txn-2pc's accounting) but still holds its read locks until the decision: it is
+//! told the outcome as soon as the engine decides, which releases them. A transaction whose
+//! participants all only read needs no decision record at all.
+//!
+//! Nothing here has to survive a crash of the coordinating node: every prepared participant
+//! asks the coordinator shard after a timeout ([`super::resolver`]) and, if no decision is
+//! recorded, records ABORT itself.
+
+use std::collections::{BTreeMap, BTreeSet};
+
+use bytes::Bytes;
+use txn_2pc::two_phase::{Config, Coordinator, CoordinatorEvent, CoordinatorRecord, Message};
+use txn_2pc::{ForceToken, Outcome, TxnId, Vote, Write};
+
+use super::plan::{Plan, TxnRequest};
+use crate::proto::xtxn::NoVote;
+use crate::proto::{KeyValue, ServerError, ShardOutcome, ShardTxnId, ShardTxnOp, ShardTxnResult};
+use crate::proto::{TxnOpResult, WriteResult};
+
+/// Something the coordinator needs done.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Action {
+    /// A linearizable read of `key` at `group`; answer with [`CrossShardTxn::on_read`].
+    Read {
+        /// The key's group.
+        group: u64,
+        /// The key.
+        key: Bytes,
+    },
+    /// Propose `op` to `group` (through its leader); answer with [`CrossShardTxn::on_result`].
+    Propose {
+        /// The group.
+        group: u64,
+        /// The step.
+        op: ShardTxnOp,
+    },
+}
+
+/// How a transaction ended, as its client learns it.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Report {
+    /// The transaction.
+    pub txn: ShardTxnId,
+    /// Commit or abort.
+    pub outcome: ShardOutcome,
+    /// Whether every compare held (the success branch ran); meaningful on commit.
+    pub succeeded: bool,
+    /// What each op of the branch did; meaningful on commit.
+    pub results: Vec<TxnOpResult>,
+    /// The coordinator shard's revision after the transaction (0 if it did not write there).
+    pub revision: u64,
+    /// The participant groups.
+    pub participants: Vec<u64>,
+    /// Why it aborted (a no vote, a timeout, a participant that resolved it first).
+    pub reason: Option<String>,
+}
+
+impl Report {
+    /// The client's answer: the transaction's result on commit, else a typed error to retry on.
+    pub fn into_result(self) -> Result<WriteResult, ServerError> {
+        match self.outcome {
+            ShardOutcome::Commit => Ok(WriteResult::Txn {
+                succeeded: self.succeeded,
+                revision: self.revision,
+                results: self.results,
+            }),
+            ShardOutcome::Abort => Err(ServerError::TxnAborted(
+                self.reason.unwrap_or_else(|| "aborted".into()),
+            )),
+        }
+    }
+}
+
+/// Bugs a test plants to show the bank checker catches them.
+#[cfg(any(test, feature = "planted-bugs"))]
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum CoordinatorBug {
+    /// Counts a participant's no vote as yes: commits without every yes vote.
+    CommitWithoutAllYes,
+}
+
+enum State {
+    Reading {
+        reads: BTreeMap<Bytes, Option<KeyValue>>,
+        since: u64,
+        last_sent: u64,
+    },
+    Committing(Box<Committing>),
+    Done(Report),
+}
+
+struct Committing {
+    plan: Plan,
+    coordinator: u64,
+    engine: Coordinator,
+    /// The single participant, when the engine runs one-phase commit.
+    one_phase: Option<u64>,
+    /// Participants that only read (voted read-only): told the outcome when it is decided.
+    read_only: BTreeSet<u64>,
+    /// Read-only participants told the outcome that have not confirmed yet (their read locks
+    /// are released before the client hears back, so its next transaction does not meet them).
+    releases: BTreeMap<u64, ShardOutcome>,
+    releases_sent: u64,
+    /// The engine reported the transaction finished.
+    engine_finished: bool,
+    /// The decision record being proposed: its force token, when it was last sent.
+    decision: Option<(ForceToken, u64)>,
+    decided: Option<ShardOutcome>,
+    revisions: BTreeMap<u64, u64>,
+    reason: Option<String>,
+}
+
+/// One cross-shard transaction's coordinator.
+pub struct CrossShardTxn {
+    txn: ShardTxnId,
+    request: TxnRequest,
+    groups: BTreeMap<Bytes, u64>,
+    /// The keys read before the engine starts ([`TxnRequest::read_keys`]).
+    to_read: BTreeSet<Bytes>,
+    config: Config,
+    now: u64,
+    state: State,
+    actions: Vec<Action>,
+    anomalies: Vec<String>,
+    #[cfg(any(test, feature = "planted-bugs"))]
+    bug: Option<CoordinatorBug>,
+}
+
+impl CrossShardTxn {
+    /// Starts coordinating `request` as transaction `txn` (an id never used before), with
+    /// `locate` naming each key's group. Asks for the reads first.
+    pub fn new(
+        txn: ShardTxnId,
+        request: TxnRequest,
+        locate: impl Fn(&[u8]) -> u64,
+        config: Config,
+    ) -> Self {
+        let groups: BTreeMap<Bytes, u64> = request
+            .keys()
+            .into_iter()
+            .map(|k| {
+                let g = locate(&k);
+                (k, g)
+            })
+            .collect();
+        let to_read = request.read_keys();
+        let mut this = CrossShardTxn {
+            txn,
+            request,
+            to_read,
+            groups,
+            config,
+            now: 0,
+            state: State::Reading {
+                reads: BTreeMap::new(),
+                since: 0,
+                last_sent: 0,
+            },
+            actions: Vec::new(),
+            anomalies: Vec::new(),
+            #[cfg(any(test, feature = "planted-bugs"))]
+            bug: None,
+        };
+        if this.to_read.is_empty() {
+            this.start(&BTreeMap::new());
+        } else {
+            this.send_reads();
+        }
+        this
+    }
+
+    /// Plants a bug (tests and `cargo xtask sim --protocol bank --xtxn-bug` only).
+    #[cfg(any(test, feature = "planted-bugs"))]
+    pub fn plant_bug(&mut self, bug: CoordinatorBug) {
+        self.bug = Some(bug);
+    }
+
+    /// The transaction id.
+    pub fn txn(&self) -> ShardTxnId {
+        self.txn
+    }
+
+    /// What to do now.
+    pub fn take_actions(&mut self) -> Vec<Action> {
+        std::mem::take(&mut self.actions)
+    }
+
+    /// How it ended, once it has.
+    pub fn report(&self) -> Option<&Report> {
+        match &self.state {
+            State::Done(report) => Some(report),
+            _ => None,
+        }
+    }
+
+    /// Results that contradict the protocol (a participant answering abort to a commit): empty
+    /// unless something is broken.
+    pub fn anomalies(&self) -> &[String] {
+        &self.anomalies
+    }
+
+    fn send_reads(&mut self) {
+        let State::Reading { reads, .. } = &self.state else {
+            return;
+        };
+        for key in &self.to_read {
+            if !reads.contains_key(key) {
+                self.actions.push(Action::Read {
+                    group: self.groups.get(key).copied().unwrap_or(0),
+                    key: key.clone(),
+                });
+            }
+        }
+    }
+
+    /// The answer to an [`Action::Read`].
+    pub fn on_read(&mut self, key: &Bytes, result: Result<Option<KeyValue>, ServerError>) {
+        let State::Reading { reads, .. } = &mut self.state else {
+            return;
+        };
+        let Ok(kv) = result else {
+            return; // retried on a later tick
+        };
+        if !self.to_read.contains(key) {
+            return;
+        }
+        reads.insert(key.clone(), kv);
+        if reads.len() == self.to_read.len() {
+            let reads = std::mem::take(reads);
+            self.start(&reads);
+        }
+    }
+
+    fn start(&mut self, reads: &BTreeMap<Bytes, Option<KeyValue>>) {
+        let groups = &self.groups;
+        let plan = Plan::new(&self.request, reads, |k| {
+            groups.get(k).copied().unwrap_or(0)
+        });
+        let participants: Vec<u64> = plan.parts.keys().copied().collect();
+        let coordinator = self
+            .request
+            .coordinator(|k| groups.get(k).copied().unwrap_or(0))
+            .unwrap_or(0);
+        if participants.is_empty() {
+            // Nothing compared, nothing in the branch: commits trivially.
+            self.state = State::Done(Report {
+                txn: self.txn,
+                outcome: ShardOutcome::Commit,
+                succeeded: plan.succeeded,
+                results: plan.results,
+                revision: 0,
+                participants,
+                reason: None,
+            });
+            return;
+        }
+        let mut engine = Coordinator::new(coordinator, self.config.clone());
+        // The id is fresh and the participants distinct and non-empty: begin cannot refuse.
+        if let Err(error) = engine.begin(TxnId(self.txn), &participants) {
+            self.anomalies.push(format!("begin refused: {error}"));
+        }
+        let one_phase = (participants.len() == 1).then(|| participants[0]);
+        self.state = State::Committing(Box::new(Committing {
+            plan,
+            coordinator,
+            engine,
+            one_phase,
+            read_only: BTreeSet::new(),
+            releases: BTreeMap::new(),
+            releases_sent: 0,
+            engine_finished: false,
+            decision: None,
+            decided: None,
+            revisions: BTreeMap::new(),
+            reason: None,
+        }));
+        self.drain();
+    }
+
+    /// The answer to an [`Action::Propose`] of `op` to `group`.
+    pub fn on_result(
+        &mut self,
+        group: u64,
+        op: &ShardTxnOp,
+        result: Result<ShardTxnResult, ServerError>,
+    ) {
+        if op.txn() != self.txn {
+            return;
+        }
+        let State::Committing(c) = &mut self.state else {
+            return;
+        };
+        let Ok(result) = result else {
+            return; // lost or refused: the engine's timers retry or abort
+        };
+        let txn = TxnId(self.txn);
+        match (op, result) {
+            (ShardTxnOp::Prepare { writes, .. }, ShardTxnResult::Vote { no }) => {
+                if let Some(why) = &no {
+                    c.reason.get_or_insert_with(|| describe(group, why));
+                }
+                if c.one_phase == Some(group) {
+                    match no {
+                        None => self.actions.push(Action::Propose {
+                            group,
+                            op: ShardTxnOp::Decide {
+                                txn: self.txn,
+                                outcome: ShardOutcome::Commit,
+                            },
+                        }),
+                        Some(_) => {
+                            let _ = c.engine.step(
+                                group,
+                                Message::OnePhaseOutcome {
+                                    txn,
+                                    outcome: Outcome::Abort,
+                                },
+                            );
+                        }
+                    }
+                } else {
+                    #[allow(unused_mut)]
+                    let mut vote = match no {
+                        None if writes.is_empty() => Vote::ReadOnly,
+                        None => Vote::Yes,
+                        Some(_) => Vote::No,
+                    };
+                    #[cfg(any(test, feature = "planted-bugs"))]
+                    if self.bug == Some(CoordinatorBug::CommitWithoutAllYes) && vote == Vote::No {
+                        vote = Vote::Yes;
+                    }
+                    if vote == Vote::ReadOnly {
+                        c.read_only.insert(group);
+                    }
+                    // A repeated vote is ignored by the engine; a changed one is its error.
+                    let _ = c.engine.step(group, Message::Vote { txn, vote });
+                }
+            }
+            (
+                ShardTxnOp::Decide { outcome: asked, .. },
+                ShardTxnResult::Decided { outcome, revision },
+            ) => {
+                c.revisions.insert(group, revision);
+                if c.read_only.contains(&group) {
+                    c.releases.remove(&group);
+                }
+                if c.one_phase == Some(group) {
+                    let outcome = match outcome {
+                        ShardOutcome::Commit => Outcome::Commit,
+                        ShardOutcome::Abort => Outcome::Abort,
+                    };
+                    let _ = c
+                        .engine
+                        .step(group, Message::OnePhaseOutcome { txn, outcome });
+                } else if *asked == ShardOutcome::Commit && !c.read_only.contains(&group) {
+                    if outcome != ShardOutcome::Commit {
+                        self.anomalies.push(format!(
+                            "group {group} answered {outcome:?} to a commit of txn {}",
+                            self.txn
+                        ));
+                    }
+                    let _ = c.engine.step(group, Message::Ack { txn });
+                }
+            }
+            (ShardTxnOp::Decision { .. }, ShardTxnResult::Decision { outcome }) => {
+                let Some((token, _)) = c.decision.take() else {
+                    return; // a repeated answer
+                };
+                match outcome {
+                    ShardOutcome::Commit => {
+                        if let Err(error) = c.engine.forced(token) {
+                            self.anomalies.push(format!("forced refused: {error}"));
+                        }
+                    }
+                    ShardOutcome::Abort => {
+                        // A participant asked first and recorded ABORT: that is the outcome.
+                        for &p in c.plan.parts.keys() {
+                            self.actions.push(Action::Propose {
+                                group: p,
+                                op: ShardTxnOp::Decide {
+                                    txn: self.txn,
+                                    outcome: ShardOutcome::Abort,
+                                },
+                            });
+                        }
+                        let report = Report {
+                            txn: self.txn,
+                            outcome: ShardOutcome::Abort,
+                            succeeded: c.plan.succeeded,
+                            results: Vec::new(),
+                            revision: 0,
+                            participants: c.plan.parts.keys().copied().collect(),
+                            reason: Some(
+                                "a participant resolved the transaction as aborted first".into(),
+                            ),
+                        };
+                        self.state = State::Done(report);
+                        return;
+                    }
+                }
+            }
+            _ => {}
+        }
+        self.drain();
+    }
+
+    /// Advances time by one tick: reads and decision records are resent, the engine's
+    /// timers run (vote timeout aborts, unacknowledged commits are resent).
+    pub fn tick(&mut self) {
+        self.now += 1;
+        let now = self.now;
+        match &mut self.state {
+            State::Reading {
+                since, last_sent, ..
+            } => {
+                if now - *since >= self.config.vote_timeout {
+                    self.state = State::Done(Report {
+                        txn: self.txn,
+                        outcome: ShardOutcome::Abort,
+                        succeeded: false,
+                        results: Vec::new(),
+                        revision: 0,
+                        participants: Vec::new(),
+                        reason: Some("the reads did not complete in time".into()),
+                    });
+                } else if now - *last_sent >= self.config.retry_interval {
+                    *last_sent = now;
+                    self.send_reads();
+                }
+            }
+            State::Committing(c) => {
+                c.engine.tick();
+                if let Some((_, last_sent)) = &mut c.decision {
+                    if now - *last_sent >= self.config.retry_interval {
+                        *last_sent = now;
+                        self.actions.push(Action::Propose {
+                            group: c.coordinator,
+                            op: decision(self.txn, &c.plan),
+                        });
+                    }
+                }
+                if !c.releases.is_empty() && now - c.releases_sent >= self.config.retry_interval {
+                    c.releases_sent = now;
+                    for (&group, &outcome) in &c.releases {
+                        self.actions.push(Action::Propose {
+                            group,
+                            op: ShardTxnOp::Decide {
+                                txn: self.txn,
+                                outcome,
+                            },
+                        });
+                    }
+                }
+                self.drain();
+            }
+            State::Done(_) => {}
+        }
+    }
+
+    /// Turns the engine's output into actions.
+    fn drain(&mut self) {
+        let State::Committing(c) = &mut self.state else {
+            return;
+        };
+        let out = c.engine.take_output();
+        for write in out.writes {
+            match write {
+                Write::Force {
+                    token,
+                    record: CoordinatorRecord::Commit { .. },
+                } => {
+                    c.decision = Some((token, self.now));
+                    self.actions.push(Action::Propose {
+                        group: c.coordinator,
+                        op: decision(self.txn, &c.plan),
+                    });
+                }
+                Write::Lazy {
+                    record: CoordinatorRecord::End { .. },
+                } => self.actions.push(Action::Propose {
+                    group: c.coordinator,
+                    op: ShardTxnOp::End { txn: self.txn },
+                }),
+                _ => {}
+            }
+        }
+        for (to, message) in out.messages {
+            let op = match message {
+                Message::Prepare { .. } | Message::OnePhaseCommit { .. } => {
+                    let part = c.plan.parts.get(&to).cloned().unwrap_or_default();
+                    ShardTxnOp::Prepare {
+                        txn: self.txn,
+                        coordinator: c.coordinator,
+                        participants: c.plan.parts.keys().copied().collect(),
+                        expected: part.expected,
+                        writes: part.writes,
+                    }
+                }
+                Message::Commit { .. } => ShardTxnOp::Decide {
+                    txn: self.txn,
+                    outcome: ShardOutcome::Commit,
+                },
+                Message::Abort { .. } => ShardTxnOp::Decide {
+                    txn: self.txn,
+                    outcome: ShardOutcome::Abort,
+                },
+                _ => continue,
+            };
+            self.actions.push(Action::Propose { group: to, op });
+        }
+        for event in out.events {
+            match event {
+                CoordinatorEvent::Decided { outcome, .. } => {
+                    let outcome = match outcome {
+                        Outcome::Commit => ShardOutcome::Commit,
+                        Outcome::Abort => ShardOutcome::Abort,
+                    };
+                    c.decided = Some(outcome);
+                    c.releases_sent = self.now;
+                    // Read-only participants hold read locks until now; the engine forgot them.
+                    for &group in &c.read_only {
+                        c.releases.insert(group, outcome);
+                        self.actions.push(Action::Propose {
+                            group,
+                            op: ShardTxnOp::Decide {
+                                txn: self.txn,
+                                outcome,
+                            },
+                        });
+                    }
+                }
+                CoordinatorEvent::Finished { .. } => c.engine_finished = true,
+            }
+        }
+        if c.engine_finished && c.releases.is_empty() {
+            let outcome = c.decided.unwrap_or(ShardOutcome::Abort);
+            let report = Report {
+                txn: self.txn,
+                outcome,
+                succeeded: c.plan.succeeded,
+                results: if outcome == ShardOutcome::Commit {
+                    std::mem::take(&mut c.plan.results)
+                } else {
+                    Vec::new()
+                },
+                revision: c.revisions.get(&c.coordinator).copied().unwrap_or(0),
+                participants: c.plan.parts.keys().copied().collect(),
+                reason: match outcome {
+                    ShardOutcome::Commit => None,
+                    ShardOutcome::Abort => Some(
+                        c.reason
+                            .take()
+                            .unwrap_or_else(|| "the votes did not arrive in time".into()),
+                    ),
+                },
+            };
+            self.state = State::Done(report);
+        }
+    }
+}
+
+fn decision(txn: ShardTxnId, plan: &Plan) -> ShardTxnOp {
+    ShardTxnOp::Decision {
+        txn,
+        participants: plan.parts.keys().copied().collect(),
+        outcome: ShardOutcome::Commit,
+    }
+}
+
+fn describe(group: u64, why: &NoVote) -> String {
+    match why {
+        NoVote::Locked { key, by } => format!(
+            "group {group}: key {:?} is locked by transaction {by}",
+            String::from_utf8_lossy(key)
+        ),
+        NoVote::Changed {
+            key,
+            expected,
+            current,
+        } => format!(
+            "group {group}: key {:?} changed (mod revision {expected} read, {current} now)",
+            String::from_utf8_lossy(key)
+        ),
+        NoVote::Finished(outcome) => format!("group {group}: already decided ({outcome:?})"),
+        NoVote::Invalid(why) => format!("group {group}: {why}"),
+    }
+}

@@ -1,0 +1,123 @@
+//! Running a [`CrossShardTxn`] or a [`Resolver`] over real shards: an abstract async
+//! [`Shards`] interface (read a key at a group, propose a step to a group and get its applied
+//! result), implemented by the node over its client connections and by tests in process.
+
+use std::collections::BTreeMap;
+use std::future::Future;
+use std::time::Duration;
+
+use bytes::Bytes;
+use tokio::task::JoinSet;
+use txn_2pc::two_phase::Config;
+
+use super::coordinator::{Action, CrossShardTxn, Report};
+use super::plan::TxnRequest;
+use super::resolver::Resolver;
+use crate::kv::PreparedTxn;
+use crate::proto::{KeyValue, ServerError, ShardTxnId, ShardTxnOp, ShardTxnResult};
+
+/// What a coordinator or resolver needs of the cluster.
+pub trait Shards: Clone + Send + Sync + 'static {
+    /// The group holding `key`.
+    fn locate(&self, key: &[u8]) -> u64;
+
+    /// A linearizable read of `key` at `group`.
+    fn read(
+        &self,
+        group: u64,
+        key: Bytes,
+    ) -> impl Future<Output = Result<Option<KeyValue>, ServerError>> + Send;
+
+    /// Proposes `op` to `group` (through its leader, retried with the same session on
+    /// transient errors) and returns the result its state machine applied.
+    fn propose(
+        &self,
+        group: u64,
+        op: ShardTxnOp,
+    ) -> impl Future<Output = Result<ShardTxnResult, ServerError>> + Send;
+}
+
+/// The answer to one action.
+enum Done {
+    Read(Bytes, Result<Option<KeyValue>, ServerError>),
+    Proposed(u64, ShardTxnOp, Result<ShardTxnResult, ServerError>),
+}
+
+fn spawn<S: Shards>(set: &mut JoinSet<Done>, shards: &S, action: Action) {
+    let shards = shards.clone();
+    set.spawn(async move {
+        match action {
+            Action::Read { group, key } => {
+                let result = shards.read(group, key.clone()).await;
+                Done::Read(key, result)
+            }
+            Action::Propose { group, op } => {
+                let result = shards.propose(group, op.clone()).await;
+                Done::Proposed(group, op, result)
+            }
+        }
+    });
+}
+
+/// Coordinates `request` as transaction `txn` until it is decided and applied (commit) or
+/// aborted; one engine tick per `tick`. Steps still owed after the answer (lock releases of
+/// read-only participants) are sent in the background.
+pub async fn run<S: Shards>(
+    shards: S,
+    txn: ShardTxnId,
+    request: TxnRequest,
+    config: Config,
+    tick: Duration,
+) -> Report {
+    let locator = shards.clone();
+    let mut coordinator = CrossShardTxn::new(txn, request, |k| locator.locate(k), config);
+    let mut set = JoinSet::new();
+    let mut ticker = tokio::time::interval(tick);
+    ticker.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+    loop {
+        for action in coordinator.take_actions() {
+            spawn(&mut set, &shards, action);
+        }
+        if let Some(report) = coordinator.report().cloned() {
+            // Whatever is still in flight finishes on its own (detached, not aborted).
+            set.detach_all();
+            return report;
+        }
+        tokio::select! {
+            Some(done) = set.join_next() => match done {
+                Ok(Done::Read(key, result)) => coordinator.on_read(&key, result),
+                Ok(Done::Proposed(group, op, result)) => coordinator.on_result(group, &op, result),
+                Err(_) => {} // a task panicked or was cancelled: the timers retry
+            },
+            _ = ticker.tick() => coordinator.tick(),
+        }
+    }
+}
+
+/// One resolver round for `group`: asks the coordinator shards about the transactions prepared
+/// too long and proposes their decisions to `group`; returns how many were decided.
+pub async fn resolve_round<S: Shards>(
+    shards: &S,
+    resolver: &mut Resolver,
+    prepared: &BTreeMap<ShardTxnId, PreparedTxn>,
+) -> usize {
+    let mut set = JoinSet::new();
+    for (target, op) in resolver.tick(prepared) {
+        spawn(&mut set, shards, Action::Propose { group: target, op });
+    }
+    let mut decides = JoinSet::new();
+    while let Some(done) = set.join_next().await {
+        if let Ok(Done::Proposed(_, op, Ok(result))) = done {
+            if let Some((group, decide)) = resolver.on_result(&op, &result) {
+                spawn(&mut decides, shards, Action::Propose { group, op: decide });
+            }
+        }
+    }
+    let mut decided = 0;
+    while let Some(done) = decides.join_next().await {
+        if matches!(done, Ok(Done::Proposed(_, _, Ok(_)))) {
+            decided += 1;
+        }
+    }
+    decided
+}

@@ -1,0 +1,177 @@
+//! `cargo xtask bench cluster --txn`: a local 3-node cluster with 2 shards (split at "n");
+//! per client count, latency (p50/p99, hdrhistogram µs) and throughput of a single put, a
+//! transaction of two puts on one shard (one log entry) and one of two puts on two shards
+//! (two-phase commit: reads, two PREPAREs, the decision, two DECIDEs), every op on fresh keys so
+//! nothing conflicts. Last line: `xtxn 2-shard-txn-p50-vs-put: <ratio>` (target ≤ 2.5).
+
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use anyhow::Context;
+use hdrhistogram::Histogram;
+use node::client::Client;
+use node::config::ShardsConfig;
+use node::proto::TxnOp;
+
+use crate::cluster::{self, QuorateCluster};
+
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+enum Workload {
+    Put,
+    OneShardTxn,
+    TwoShardTxn,
+}
+
+impl Workload {
+    fn name(self) -> &'static str {
+        match self {
+            Workload::Put => "put",
+            Workload::OneShardTxn => "1-shard txn",
+            Workload::TwoShardTxn => "2-shard txn",
+        }
+    }
+}
+
+async fn one(client: &Client, workload: Workload, tag: &str) -> anyhow::Result<()> {
+    let put = |key: String| TxnOp::Put {
+        key: key.into(),
+        value: "v".into(),
+    };
+    match workload {
+        Workload::Put => {
+            client.put(format!("a-{tag}"), "v").await?;
+        }
+        Workload::OneShardTxn => {
+            let outcome = client
+                .txn(
+                    Vec::new(),
+                    vec![put(format!("a-{tag}")), put(format!("b-{tag}"))],
+                    Vec::new(),
+                )
+                .await?;
+            anyhow::ensure!(outcome.succeeded, "a transaction without compares failed");
+        }
+        Workload::TwoShardTxn => {
+            let outcome = client
+                .txn(
+                    Vec::new(),
+                    vec![put(format!("a-{tag}")), put(format!("x-{tag}"))],
+                    Vec::new(),
+                )
+                .await?;
+            anyhow::ensure!(outcome.succeeded, "a transaction without compares failed");
+        }
+    }
+    Ok(())
+}
+
+/// Runs `ops` ops of `workload` over `clients` tasks; (ops/s, latency histogram).
+async fn row(
+    clients: &[Arc<Client>],
+    workload: Workload,
+    ops: usize,
+    round: usize,
+) -> anyhow::Result<(f64, Histogram<u64>)> {
+    let per = ops.div_ceil(clients.len());
+    let started = Instant::now();
+    let mut tasks = Vec::new();
+    for (c, client) in clients.iter().enumerate() {
+        let client = client.clone();
+        tasks.push(tokio::spawn(async move {
+            let mut hist = Histogram::<u64>::new_with_bounds(1, 120_000_000, 3)?;
+            for i in 0..per {
+                let begun = Instant::now();
+                one(&client, workload, &format!("{round}-{c}-{i}")).await?;
+                hist.record(begun.elapsed().as_micros().max(1) as u64)?;
+            }
+            anyhow::Ok(hist)
+        }));
+    }
+    let mut all = Histogram::<u64>::new_with_bounds(1, 120_000_000, 3)?;
+    for task in tasks {
+        all.add(task.await??)?;
+    }
+    let secs = started.elapsed().as_secs_f64();
+    Ok((all.len() as f64 / secs, all))
+}
+
+/// Runs the benchmark: `clients` concurrent tasks per row, `ops` ops per row.
+pub async fn run(clients: &[usize], ops: usize, keep: bool) -> anyhow::Result<()> {
+    // The dev profile of this workspace is optimized; a debug xtask measures the dev binary.
+    let bin = if cfg!(debug_assertions) {
+        let status = cluster::cargo()
+            .args(["build", "-p", "node", "--bin", "quorate"])
+            .status()
+            .context("building quorate")?;
+        anyhow::ensure!(status.success(), "building quorate failed");
+        cluster::target_dir().join("debug").join("quorate")
+    } else {
+        cluster::build_quorate()?
+    };
+    let parent = cluster::target_dir().join("bench-cluster");
+    std::fs::create_dir_all(&parent)?;
+    let tmp = tempfile::Builder::new()
+        .prefix("txn-")
+        .tempdir_in(&parent)?;
+    let ports = cluster::free_ports(3, true)?;
+    let mut quorate = QuorateCluster::start_tuned(&bin, tmp.path(), &ports, &|_, config| {
+        config.shards = Some(ShardsConfig {
+            split_keys: vec!["n".into()],
+            count: None,
+        });
+    })?;
+    let result = async {
+        quorate.wait_leader(Duration::from_secs(30)).await?;
+        let max = clients.iter().copied().max().unwrap_or(1);
+        let mut pool = Vec::new();
+        for _ in 0..max {
+            let client = Client::connect(quorate.client_config()?)?;
+            // Warm up: the map, both shards' leaders, the coordinator's own client.
+            for i in 0..3 {
+                one(
+                    &client,
+                    Workload::TwoShardTxn,
+                    &format!("warm-{}-{i}", pool.len()),
+                )
+                .await?;
+            }
+            pool.push(Arc::new(client));
+        }
+        println!(
+            "{:>8} {:>14} {:>10} {:>10} {:>10}",
+            "clients", "workload", "ops/s", "p50 µs", "p99 µs"
+        );
+        let mut put_p50 = None;
+        let mut two_p50 = None;
+        for (round, &n) in clients.iter().enumerate() {
+            for workload in [Workload::Put, Workload::OneShardTxn, Workload::TwoShardTxn] {
+                let (rate, hist) = row(&pool[..n], workload, ops, round).await?;
+                let (p50, p99) = (hist.value_at_quantile(0.5), hist.value_at_quantile(0.99));
+                println!(
+                    "{n:>8} {:>14} {rate:>10.0} {p50:>10} {p99:>10}",
+                    workload.name()
+                );
+                if n == 1 {
+                    match workload {
+                        Workload::Put => put_p50 = Some(p50),
+                        Workload::TwoShardTxn => two_p50 = Some(p50),
+                        Workload::OneShardTxn => {}
+                    }
+                }
+            }
+        }
+        if let (Some(put), Some(two)) = (put_p50, two_p50) {
+            println!(
+                "xtxn 2-shard-txn-p50-vs-put (1 client): {:.2}",
+                two as f64 / put.max(1) as f64
+            );
+        }
+        anyhow::Ok(())
+    }
+    .await;
+    quorate.stop().await;
+    if keep {
+        println!("kept {}", tmp.keep().display());
+    }
+    result
+}
