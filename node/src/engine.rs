@@ -271,10 +271,11 @@ where
         start: Box::new(move |endpoint, channels, shutdown_rx, owns| {
             let span = tracing::info_span!("group", node = config.node_id, group = shard.group);
             let driver = Driver::new(config, engine, kv, endpoint, channels, shutdown_rx, shard);
+            // Groups sharing the endpoint are a sharded node's: they quiesce when idle.
             let driver = if owns {
                 driver
             } else {
-                driver.sharing_endpoint()
+                driver.sharing_endpoint().quiescing()
             };
             tokio::spawn(driver.run().instrument(span))
         }),

@@ -181,7 +181,28 @@ async fn keys_land_in_their_shards_scans_cross_them_in_order_and_a_killed_group_
         Some(&ServerError::CrossShard { groups: vec![1, 4] })
     );
 
-    // Kill -9 a node leading at least one data group; writes go on to every shard.
+    // Idle, every group goes quiet on every node (no ticks, no heartbeats) ...
+    for node in 1..=3 {
+        eventually(&format!("every group quiet on node {node}"), || async {
+            let map = client.shard_map_of(node).await.ok()?;
+            map.shards.iter().all(|s| s.quiet).then_some(())
+        })
+        .await;
+    }
+    // ... and a request wakes its group.
+    client
+        .put("b-wake", "1")
+        .await
+        .expect("a write to a quiet group");
+    written.insert("b-wake".into());
+
+    // Kill -9 a node leading at least one data group (its groups quiet again first: their
+    // followers must wake on the requests that follow); writes go on to every shard.
+    eventually("every group quiet on node 1 again", || async {
+        let map = client.shard_map_of(1).await.ok()?;
+        map.shards.iter().all(|s| s.quiet).then_some(())
+    })
+    .await;
     let map = client.refresh_shard_map().await.expect("map");
     let victim = map
         .shards
