@@ -51,6 +51,8 @@ pub(crate) type StartGroup = Box<
 pub(crate) struct GroupSpec {
     /// Its store's directory.
     pub(crate) dir: PathBuf,
+    /// Its WAL's segment size (default: the WAL's).
+    pub(crate) segment_bytes: Option<u64>,
     /// Its shard.
     pub(crate) shard: GroupShard,
 }
@@ -89,6 +91,7 @@ pub(crate) async fn open(config: &Arc<ServeConfig>) -> Result<Opened, ServeError
     crate::shards::layout::check_unsharded(&config.data_dir)?;
     let spec = GroupSpec {
         dir: config.data_dir.clone(),
+        segment_bytes: None,
         shard: GroupShard::unsharded(),
     };
     let group = open_group(config, spec).await?;
@@ -228,10 +231,13 @@ async fn open_store<H: DurableState>(
         group_id: spec.shard.group,
     };
     let data_dir = spec.dir.clone();
-    let options = StoreOptions {
+    let mut options = StoreOptions {
         trailing_entries: config.snapshot.trailing_entries,
         ..StoreOptions::default()
     };
+    if let Some(bytes) = spec.segment_bytes {
+        options.wal.segment_size = bytes;
+    }
     let store = tokio::task::spawn_blocking(move || {
         LogStore::open(&data_dir, identity, bootstrap, options)
     })
@@ -270,12 +276,13 @@ where
         keys,
         start: Box::new(move |endpoint, channels, shutdown_rx, owns| {
             let span = tracing::info_span!("group", node = config.node_id, group = shard.group);
-            let driver = Driver::new(config, engine, kv, endpoint, channels, shutdown_rx, shard);
             // Groups sharing the endpoint are a sharded node's: they quiesce when idle.
-            let driver = if owns {
-                driver
-            } else {
-                driver.sharing_endpoint().quiescing()
+            let quiesce = config.shards.as_ref().is_some_and(|s| s.quiesce);
+            let driver = Driver::new(config, engine, kv, endpoint, channels, shutdown_rx, shard);
+            let driver = match (owns, quiesce) {
+                (true, _) => driver,
+                (false, false) => driver.sharing_endpoint(),
+                (false, true) => driver.sharing_endpoint().quiescing(),
             };
             tokio::spawn(driver.run().instrument(span))
         }),

@@ -18,10 +18,11 @@ static SERIAL: tokio::sync::Mutex<()> = tokio::sync::Mutex::const_new(());
 
 /// Shards [.., "g"), ["g", "n"), ["n", "t"), ["t", ..): groups 1 to 4.
 fn four_shards(config: &mut ServeConfig) {
-    config.shards = Some(ShardsConfig {
-        split_keys: vec!["g".into(), "n".into(), "t".into()],
-        count: None,
-    });
+    config.shards = Some(ShardsConfig::split(vec![
+        "g".into(),
+        "n".into(),
+        "t".into(),
+    ]));
 }
 
 /// 26 letters × `per_letter` keys: every shard gets some.

@@ -19,6 +19,10 @@ use crate::group::shard::{GroupShard, GroupTable};
 use crate::proto::{KeyRange, META_GROUP};
 use crate::server::ServeError;
 
+/// Each group's WAL segment size until the groups share one WAL (many groups must not each
+/// zero-fill 64 MiB).
+const SEGMENT_BYTES: u64 = 1 << 20;
+
 /// Opens every group of a sharded node (recording the layout on a fresh data directory).
 pub(crate) async fn open(config: &Arc<ServeConfig>) -> Result<Opened, ServeError> {
     let shards = config.shards.as_ref().expect("called for a sharded config");
@@ -54,6 +58,7 @@ pub(crate) async fn open(config: &Arc<ServeConfig>) -> Result<Opened, ServeError
         let epoch = shard.epoch;
         let spec = GroupSpec {
             dir: layout::group_dir(&config.data_dir, group),
+            segment_bytes: Some(SEGMENT_BYTES),
             shard,
         };
         let group_opened = open_group(config, spec).await?;
