@@ -254,6 +254,24 @@ async fn keys_land_in_their_shards_scans_cross_them_in_order_and_a_killed_group_
         .await
         .expect("scan");
     assert_eq!(page.kvs.len(), written.len());
+
+    // A node whose groups are all quiet still stops cleanly and promptly on SIGTERM.
+    eventually("every group quiet on node 1 before stopping it", || async {
+        let map = client.shard_map_of(1).await.ok()?;
+        map.shards.iter().all(|s| s.quiet).then_some(())
+    })
+    .await;
+    let asked = std::time::Instant::now();
+    let status = cluster.terminate(1);
+    assert!(
+        status.is_some_and(|s| s.success()),
+        "node 1 stops cleanly: {status:?}"
+    );
+    assert!(
+        asked.elapsed() < Duration::from_secs(5),
+        "took {:?}",
+        asked.elapsed()
+    );
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

@@ -370,6 +370,8 @@ impl<C: Engine> Driver<C> {
     /// On shutdown, a leader first hands leadership to another voter (if its protocol can) so the
     /// group does not wait an election timeout; returns whether the loop should keep running.
     fn start_draining(&mut self) -> bool {
+        // A quiet group ticks again: the hand-off and its deadline need the clock.
+        self.quiet.on_request();
         if self.host.soft.role != Role::Leader {
             return false;
         }
