@@ -276,11 +276,13 @@ where
         keys,
         start: Box::new(move |endpoint, channels, shutdown_rx, owns| {
             let span = tracing::info_span!("group", node = config.node_id, group = shard.group);
+            // Groups sharing the endpoint are a sharded node's: they quiesce when idle.
+            let quiesce = config.shards.as_ref().is_some_and(|s| s.quiesce);
             let driver = Driver::new(config, engine, kv, endpoint, channels, shutdown_rx, shard);
-            let driver = if owns {
-                driver
-            } else {
-                driver.sharing_endpoint()
+            let driver = match (owns, quiesce) {
+                (true, _) => driver,
+                (false, false) => driver.sharing_endpoint(),
+                (false, true) => driver.sharing_endpoint().quiescing(),
             };
             tokio::spawn(driver.run().instrument(span))
         }),

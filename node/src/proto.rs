@@ -37,6 +37,7 @@ use bytes::Bytes;
 use serde::{Deserialize, Serialize};
 
 pub mod peer;
+pub mod quiesce;
 pub mod shard;
 pub mod txn;
 pub mod xtxn;
@@ -87,6 +88,8 @@ pub enum MessageClass {
     Peer,
     /// A client request one peer node forwards to a replica of its key, or the answer.
     Forward,
+    /// A group's quiescence handshake ([`quiesce::Quiesce`]), between the node's loops.
+    Control,
 }
 
 impl PeerMessage {
@@ -113,6 +116,21 @@ impl PeerMessage {
             bulk: false,
             payload: Bytes::from(payload),
         }
+    }
+
+    /// Wraps a quiescence message of `group` at range epoch `epoch`.
+    pub fn control(
+        group: u64,
+        epoch: u64,
+        message: &quiesce::Quiesce,
+    ) -> Result<Self, postcard::Error> {
+        Ok(PeerMessage {
+            group,
+            epoch,
+            class: MessageClass::Control,
+            bulk: false,
+            payload: Bytes::from(postcard::to_allocvec(message)?),
+        })
     }
 
     /// Wraps a protocol message of `group`.

@@ -30,7 +30,7 @@ const INITIAL: i64 = 100;
 fn two_shards(config: &mut ServeConfig) {
     config.shards = Some(ShardsConfig {
         split_keys: vec!["n".into()],
-        count: None,
+        ..ShardsConfig::default()
     });
 }
 

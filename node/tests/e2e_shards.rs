@@ -18,10 +18,11 @@ static SERIAL: tokio::sync::Mutex<()> = tokio::sync::Mutex::const_new(());
 
 /// Shards [.., "g"), ["g", "n"), ["n", "t"), ["t", ..): groups 1 to 4.
 fn four_shards(config: &mut ServeConfig) {
-    config.shards = Some(ShardsConfig {
-        split_keys: vec!["g".into(), "n".into(), "t".into()],
-        count: None,
-    });
+    config.shards = Some(ShardsConfig::split(vec![
+        "g".into(),
+        "n".into(),
+        "t".into(),
+    ]));
 }
 
 /// 26 letters × `per_letter` keys: every shard gets some.
@@ -180,7 +181,28 @@ async fn keys_land_in_their_shards_scans_cross_them_in_order_and_a_killed_group_
     written.insert("a-x".into());
     written.insert("z-x".into());
 
-    // Kill -9 a node leading at least one data group; writes go on to every shard.
+    // Idle, every group goes quiet on every node (no ticks, no heartbeats) ...
+    for node in 1..=3 {
+        eventually(&format!("every group quiet on node {node}"), || async {
+            let map = client.shard_map_of(node).await.ok()?;
+            map.shards.iter().all(|s| s.quiet).then_some(())
+        })
+        .await;
+    }
+    // ... and a request wakes its group.
+    client
+        .put("b-wake", "1")
+        .await
+        .expect("a write to a quiet group");
+    written.insert("b-wake".into());
+
+    // Kill -9 a node leading at least one data group (its groups quiet again first: their
+    // followers must wake on the requests that follow); writes go on to every shard.
+    eventually("every group quiet on node 1 again", || async {
+        let map = client.shard_map_of(1).await.ok()?;
+        map.shards.iter().all(|s| s.quiet).then_some(())
+    })
+    .await;
     let map = client.refresh_shard_map().await.expect("map");
     let victim = map
         .shards
@@ -231,6 +253,28 @@ async fn keys_land_in_their_shards_scans_cross_them_in_order_and_a_killed_group_
         .await
         .expect("scan");
     assert_eq!(page.kvs.len(), written.len());
+
+    // A node leading quiet groups still stops cleanly and promptly on SIGTERM.
+    let map = eventually(
+        "every group quiet on node 1 before stopping a leader",
+        || async {
+            let map = client.shard_map_of(1).await.ok()?;
+            map.shards.iter().all(|s| s.quiet).then_some(map)
+        },
+    )
+    .await;
+    let leader = map.shards[0].leader.expect("group 1 has a leader");
+    let asked = std::time::Instant::now();
+    let status = cluster.terminate(leader);
+    assert!(
+        status.is_some_and(|s| s.success()),
+        "node {leader} stops cleanly: {status:?}"
+    );
+    assert!(
+        asked.elapsed() < Duration::from_secs(5),
+        "took {:?}",
+        asked.elapsed()
+    );
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

@@ -78,6 +78,13 @@ pub struct Args {
     /// With `--mode peer`: keys written while a node is cut off, one convergence round each.
     #[arg(long, value_delimiter = ',', default_value = "10,100,1000,10000")]
     divergent: Vec<usize>,
+    /// Measure idle sharded clusters instead: 3 nodes with each of these shard counts, the
+    /// servers' CPU while idle with quiescence off (the baseline) and on (`bench_cluster_shards`).
+    #[arg(long, value_delimiter = ',')]
+    shards: Vec<usize>,
+    /// With `--shards`: seconds of idle time measured per run.
+    #[arg(long, default_value_t = 10)]
+    idle_secs: u64,
     /// Run in this build even if it is a debug build (figures of the load generator suffer).
     #[arg(long, hide = true)]
     no_reexec: bool,
@@ -219,7 +226,7 @@ impl PhaseStats {
 
 /// CPU time (user + system, all threads) of process `pid` so far, from `/proc/<pid>/stat`; zero if
 /// it cannot be read (not Linux, process gone).
-fn process_cpu(pid: &str) -> Duration {
+pub(crate) fn process_cpu(pid: &str) -> Duration {
     std::fs::read_to_string(format!("/proc/{pid}/stat"))
         .ok()
         .and_then(|stat| stat_cpu(&stat))
@@ -529,6 +536,16 @@ async fn run_async(args: Args) -> anyhow::Result<()> {
         _ => None,
     };
 
+    if !args.shards.is_empty() {
+        let bin = cluster::build_quorate()?;
+        return crate::bench_cluster_shards::run_idle(
+            &bin,
+            tmp.path(),
+            &args.shards,
+            Duration::from_secs(args.idle_secs),
+        )
+        .await;
+    }
     let mut protocols = vec![Protocol::Raft];
     for &p in &args.protocol {
         if !protocols.contains(&p) {

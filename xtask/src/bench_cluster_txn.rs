@@ -118,6 +118,7 @@ pub async fn run(clients: &[usize], ops: usize, keep: bool) -> anyhow::Result<()
         config.shards = Some(ShardsConfig {
             split_keys: vec!["n".into()],
             count: None,
+            quiesce: true,
         });
     })?;
     let result = async {

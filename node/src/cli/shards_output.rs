@@ -23,6 +23,7 @@ pub(super) async fn shards(client: &Client, json: bool) -> Result<Outcome, CliEr
                     "epoch": s.epoch,
                     "leader": s.leader,
                     "keys": s.keys,
+                    "quiet": s.quiet,
                 })
             })
             .collect();
@@ -32,12 +33,12 @@ pub(super) async fn shards(client: &Client, json: bool) -> Result<Outcome, CliEr
         );
     } else {
         println!(
-            "{:<6} {:<16} {:<16} {:<6} {:<7} KEYS",
-            "GROUP", "START", "END", "EPOCH", "LEADER"
+            "{:<6} {:<16} {:<16} {:<6} {:<7} {:<8} STATE",
+            "GROUP", "START", "END", "EPOCH", "LEADER", "KEYS"
         );
         for s in &map.shards {
             println!(
-                "{:<6} {:<16} {:<16} {:<6} {:<7} {}",
+                "{:<6} {:<16} {:<16} {:<6} {:<7} {:<8} {}",
                 s.group,
                 if s.range.start.is_empty() {
                     "-".to_string()
@@ -47,7 +48,8 @@ pub(super) async fn shards(client: &Client, json: bool) -> Result<Outcome, CliEr
                 end_text(&s.range.end).unwrap_or_else(|| "-".into()),
                 s.epoch,
                 s.leader.map_or("?".to_string(), |l| l.to_string()),
-                s.keys
+                s.keys,
+                if s.quiet { "quiet" } else { "active" }
             );
         }
     }

@@ -30,6 +30,11 @@ pub(crate) struct AdminWaits {
 }
 
 impl AdminWaits {
+    /// Whether no admin request waits.
+    pub(crate) fn is_empty(&self) -> bool {
+        self.conf.is_empty() && self.transfer.is_none()
+    }
+
     /// An entry was applied: a membership change waiting at its index is done if the entry
     /// carries that change, and was lost (another leader's entry won the slot) otherwise.
     pub(crate) fn applied(&mut self, entry: &Entry) {
@@ -138,10 +143,7 @@ impl<C: Engine> Driver<C> {
     pub(super) fn handle_admin(&mut self, admin: AdminRequest, responder: Responder) {
         let result = match admin {
             AdminRequest::Status => Ok(Reply::Status(self.status())),
-            AdminRequest::Shards => {
-                let own = (self.host.soft.leader, self.host.kv.store().len() as u64);
-                Ok(Reply::Shards(self.host.shard.map(own)))
-            }
+            AdminRequest::Shards => Ok(Reply::Shards(self.host.shard.map(self.group_state()))),
             AdminRequest::Members => Ok(Reply::Members {
                 members: self.members(),
                 leader: self.host.soft.leader,

@@ -90,6 +90,23 @@ impl GroupHost {
         self.group
     }
 
+    /// Whether no client request waits on this group.
+    pub(crate) fn is_idle(&self) -> bool {
+        self.kv.pending_count() == 0 && self.leaderless.is_empty() && self.admin.is_empty()
+    }
+
+    /// Sends a quiescence message to member `to`.
+    pub(crate) fn send_control(&self, to: u64, message: &crate::proto::quiesce::Quiesce) {
+        match PeerMessage::control(self.group, self.shard.epoch, message) {
+            Ok(envelope) => {
+                if let Err(error) = self.endpoint.send(NetNodeId(to), &envelope) {
+                    debug!(node = self.id, to, %error, "quiescence message not sent");
+                }
+            }
+            Err(error) => warn!(node = self.id, %error, "quiescence message does not encode"),
+        }
+    }
+
     pub(crate) fn endpoint(&self) -> &Endpoint<Quorate> {
         &self.endpoint
     }

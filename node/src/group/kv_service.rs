@@ -115,7 +115,7 @@ impl KvService {
         self.applied_bytes = 0;
     }
 
-    fn pending_count(&self) -> usize {
+    pub(crate) fn pending_count(&self) -> usize {
         self.pending_write_count
             + self.batch.len()
             + self.read_batch.len()

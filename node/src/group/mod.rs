@@ -11,6 +11,7 @@
 //! - [`snapshot`]: local snapshots written and checkpointed off the loop.
 //! - [`sidecar`]: a service driven by the same loop beside the engine, addressed by it as node 0
 //!   (primary-backup's configuration manager).
+//! - [`quiesce`]: idle groups of a sharded node stop ticking (leader and followers agree first).
 //! - [`shard`]: the key range the group serves (`WrongShard` outside it) and the node's table of
 //!   groups the shard map is answered from.
 //!
@@ -34,6 +35,7 @@ mod admin;
 mod host;
 mod kv_service;
 mod leaderless;
+pub(crate) mod quiesce;
 pub(crate) mod shard;
 pub(crate) mod sidecar;
 mod snapshot;
@@ -54,6 +56,7 @@ use crate::server::ServeError;
 use crate::store::{Durability, LogStore};
 
 use host::GroupHost;
+use quiesce::{Quiescence, View};
 use shard::GroupShard;
 use sidecar::Sidecar;
 use snapshot::SnapshotTask;
@@ -149,6 +152,10 @@ pub(crate) struct Driver<C: Consensus> {
     ticks: u64,
     /// Whether this loop closes the endpoint when it stops (not when other groups share it).
     owns_endpoint: bool,
+    /// Whether the group is idle and not ticking (see [`quiesce`]).
+    quiet: Quiescence,
+    /// Quiescence messages to send once this iteration's own messages are out.
+    control_out: Vec<(u64, crate::proto::quiesce::Quiesce)>,
 }
 
 impl<C: Engine> Driver<C> {
@@ -191,6 +198,48 @@ impl<C: Engine> Driver<C> {
             started: Instant::now(),
             ticks: 0,
             owns_endpoint: true,
+            quiet: Quiescence::disabled(),
+            control_out: Vec::new(),
+        }
+    }
+
+    /// Lets the group go quiet when idle (not with lease reads, which count ticks).
+    pub(crate) fn quiescing(mut self) -> Self {
+        if self.config.raft.read_mode == crate::config::ReadModeSetting::ReadIndex {
+            let election = self.config.raft.election_ticks;
+            self.quiet = Quiescence::new(election, (election / 2).max(1));
+        }
+        self
+    }
+
+    /// What this group reports in the shard map.
+    fn group_state(&self) -> shard::GroupState {
+        shard::GroupState {
+            leader: self.host.soft.leader,
+            keys: self.host.kv.store().len() as u64,
+            quiet: self.quiet.is_quiet(),
+        }
+    }
+
+    /// What quiescence looks at.
+    fn quiesce_view(&self) -> View {
+        let status = self.replica.engine().status();
+        let conf = &status.conf_state;
+        View {
+            leader_role: status.role == Role::Leader,
+            leader: status.leader,
+            term: status.term,
+            commit: status.commit,
+            applied: self.host.kv.applied(),
+            last_index: status.last_index,
+            idle: self.host.is_idle() && !self.snapshot.running(),
+            peers: conf
+                .voters
+                .iter()
+                .chain(conf.learners.iter())
+                .copied()
+                .filter(|&id| id != self.id)
+                .collect(),
         }
     }
 
@@ -250,9 +299,13 @@ impl<C: Engine> Driver<C> {
                 }
                 // Before the message channels: under constant load they are never empty, and
                 // the engine's clock (leases, timeouts) must not stall behind them.
-                _ = ticker.tick() => {
+                _ = ticker.tick(), if self.quiet.ticker_runs() => {
                     self.on_tick();
                     self.host.expire(Instant::now());
+                    // Sent after this iteration's own messages (the tick's heartbeats):
+                    // no heartbeat may follow a proposal to go quiet.
+                    let view = self.quiesce_view();
+                    self.control_out.extend(self.quiet.on_tick(&view));
                 }
                 Some(message) = self.peer_rx.recv() => self.step(message),
                 Some(request) = self.request_rx.recv() => self.handle_request(request),
@@ -277,6 +330,9 @@ impl<C: Engine> Driver<C> {
             self.host.flush_proposals(self.replica.engine_mut());
             self.host.flush_reads(self.replica.engine_mut());
             self.replica.drive(&mut self.host)?;
+            for (to, message) in std::mem::take(&mut self.control_out) {
+                self.host.send_control(to, &message);
+            }
             self.drive_sidecar()?;
             if self.host.release_parked(self.replica.engine_mut()) {
                 self.host.flush_proposals(self.replica.engine_mut());
@@ -285,11 +341,8 @@ impl<C: Engine> Driver<C> {
             if self.options.snapshots {
                 self.maybe_snapshot()?;
             }
-            self.host.shard.table.publish(
-                self.host.group(),
-                self.host.soft.leader,
-                self.host.kv.store().len() as u64,
-            );
+            let state = self.group_state();
+            self.host.shard.table.publish(self.host.group(), state);
             let took = woke.elapsed();
             if took >= SLOW_ITERATION {
                 warn!(
@@ -317,6 +370,8 @@ impl<C: Engine> Driver<C> {
     /// On shutdown, a leader first hands leadership to another voter (if its protocol can) so the
     /// group does not wait an election timeout; returns whether the loop should keep running.
     fn start_draining(&mut self) -> bool {
+        // A quiet group ticks again: the hand-off and its deadline need the clock.
+        self.quiet.on_request();
         if self.host.soft.role != Role::Leader {
             return false;
         }
@@ -379,6 +434,9 @@ impl<C: Engine> Driver<C> {
             1
         };
         for _ in 0..due {
+            if !self.quiet.ticks_engine() {
+                break;
+            }
             self.replica.engine_mut().tick();
             if let Some(sidecar) = &mut self.sidecar {
                 sidecar.tick();
@@ -431,6 +489,9 @@ impl<C: Engine> Driver<C> {
                 return;
             }
         }
+        if envelope.group == self.host.group() && envelope.class == MessageClass::Control {
+            return self.on_control(authenticated, &envelope);
+        }
         if envelope.group != self.host.group() || envelope.class != MessageClass::Consensus {
             debug!(
                 node = self.id,
@@ -457,8 +518,32 @@ impl<C: Engine> Driver<C> {
             );
             return;
         }
+        self.quiet.on_message();
         if let Err(error) = self.replica.engine_mut().step(decoded) {
             debug!(node = self.id, %error, "message refused by the engine");
+        }
+    }
+
+    fn on_control(&mut self, from: u64, envelope: &PeerMessage) {
+        let message = match envelope.decode() {
+            Ok(message) => message,
+            Err(error) => {
+                warn!(node = self.id, from, %error, "dropping a quiescence message that does not decode");
+                return;
+            }
+        };
+        let view = self.quiesce_view();
+        let was_quiet = self.quiet.is_quiet();
+        if let Some(answer) = self.quiet.on_control(from, message, &view) {
+            self.control_out.push((from, answer));
+        }
+        if self.quiet.is_quiet() != was_quiet {
+            debug!(
+                node = self.id,
+                group = self.host.group(),
+                quiet = !was_quiet,
+                "quiescence"
+            );
         }
     }
 
@@ -466,6 +551,7 @@ impl<C: Engine> Driver<C> {
         let ClientRequest {
             request, responder, ..
         } = request;
+        self.quiet.on_request();
         match request {
             Request::Write { session, op } => {
                 self.host

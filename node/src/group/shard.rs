@@ -9,16 +9,28 @@
 //! map never change, so the check at proposal time is the check at apply time).
 
 use std::collections::BTreeMap;
-use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::Arc;
 
 use crate::proto::{KeyRange, ReadOp, ServerError, ShardMap, WriteOp};
+
+/// What a group reports of itself.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub(crate) struct GroupState {
+    /// The leader it knows.
+    pub(crate) leader: Option<u64>,
+    /// Its keys here.
+    pub(crate) keys: u64,
+    /// Whether it is quiet.
+    pub(crate) quiet: bool,
+}
 
 /// One local group's last report (leader 0 = none known).
 #[derive(Debug, Default)]
 struct Slot {
     leader: AtomicU64,
     keys: AtomicU64,
+    quiet: AtomicBool,
 }
 
 /// The groups this node runs, each reporting its leader and key count after every loop
@@ -36,25 +48,28 @@ impl GroupTable {
         })
     }
 
-    /// Records `group`'s leader and keys.
-    pub(crate) fn publish(&self, group: u64, leader: Option<u64>, keys: u64) {
+    /// Records `group`'s state.
+    pub(crate) fn publish(&self, group: u64, state: GroupState) {
         if let Some(slot) = self.slots.get(&group) {
-            slot.leader.store(leader.unwrap_or(0), Ordering::Relaxed);
-            slot.keys.store(keys, Ordering::Relaxed);
+            slot.leader
+                .store(state.leader.unwrap_or(0), Ordering::Relaxed);
+            slot.keys.store(state.keys, Ordering::Relaxed);
+            slot.quiet.store(state.quiet, Ordering::Relaxed);
         }
     }
 
     /// `group`'s last report.
-    pub(crate) fn get(&self, group: u64) -> (Option<u64>, u64) {
+    pub(crate) fn get(&self, group: u64) -> GroupState {
         match self.slots.get(&group) {
             Some(slot) => {
                 let leader = slot.leader.load(Ordering::Relaxed);
-                (
-                    (leader != 0).then_some(leader),
-                    slot.keys.load(Ordering::Relaxed),
-                )
+                GroupState {
+                    leader: (leader != 0).then_some(leader),
+                    keys: slot.keys.load(Ordering::Relaxed),
+                    quiet: slot.quiet.load(Ordering::Relaxed),
+                }
             }
-            None => (None, 0),
+            None => GroupState::default(),
         }
     }
 }
@@ -118,17 +133,18 @@ impl GroupShard {
 
     /// The map as this member knows it: leaders and keys from the table (this group's own
     /// entry from `own`, which is fresher).
-    pub(crate) fn map(&self, own: (Option<u64>, u64)) -> ShardMap {
+    pub(crate) fn map(&self, own: GroupState) -> ShardMap {
         let mut map = match &self.map {
             Some(map) => (**map).clone(),
             None => ShardMap::single(),
         };
         for shard in &mut map.shards {
-            (shard.leader, shard.keys) = if shard.group == self.group {
+            let state = if shard.group == self.group {
                 own
             } else {
                 self.table.get(shard.group)
             };
+            (shard.leader, shard.keys, shard.quiet) = (state.leader, state.keys, state.quiet);
         }
         map
     }
@@ -178,10 +194,15 @@ mod tests {
 
     #[test]
     fn the_meta_group_fills_leaders_and_keys_from_the_table() {
+        let state = |leader, keys| GroupState {
+            leader,
+            keys,
+            quiet: false,
+        };
         let map = ShardMap::from_split_keys(&[Bytes::from_static(b"g")]).unwrap();
         let table = GroupTable::new([0, 1, 2]);
-        table.publish(1, Some(3), 10);
-        table.publish(2, None, 4);
+        table.publish(1, state(Some(3), 10));
+        table.publish(2, state(None, 4));
         let meta = GroupShard {
             group: 0,
             epoch: 1,
@@ -189,7 +210,7 @@ mod tests {
             map: Some(Arc::new(map)),
             table,
         };
-        let known = meta.map((Some(1), 0));
+        let known = meta.map(state(Some(1), 0));
         assert_eq!(
             known
                 .shards
@@ -198,7 +219,7 @@ mod tests {
                 .collect::<Vec<_>>(),
             vec![(1, Some(3), 10), (2, None, 4)]
         );
-        let single = GroupShard::unsharded().map((Some(2), 7));
+        let single = GroupShard::unsharded().map(state(Some(2), 7));
         assert_eq!(
             (single.shards[0].leader, single.shards[0].keys),
             (Some(2), 7)

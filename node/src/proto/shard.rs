@@ -91,6 +91,8 @@ pub struct ShardInfo {
     pub leader: Option<u64>,
     /// Keys of the group on the answering member (its replica, possibly behind).
     pub keys: u64,
+    /// Whether the group is quiet (idle, not ticking) on the answering member.
+    pub quiet: bool,
 }
 
 /// The shard map: every key range and its group, at map version `epoch`.
@@ -127,6 +129,7 @@ impl ShardMap {
                 epoch: 0,
                 leader: None,
                 keys: 0,
+                quiet: false,
             }],
         }
     }
@@ -157,6 +160,7 @@ impl ShardMap {
                 epoch: 1,
                 leader: None,
                 keys: 0,
+                quiet: false,
             })
             .collect();
         Ok(ShardMap { epoch: 1, shards })
