@@ -1091,27 +1091,47 @@ fn check_base<H>(wal_dir: &Path, base: &Base<H>) -> Result<()> {
 }
 
 fn check_identity(dir: &Path, identity: &Identity, meta: &MetaHead) -> Result<()> {
-    if meta.protocol != identity.protocol {
+    check_owner(
+        dir,
+        identity,
+        &meta.protocol,
+        &meta.cluster_id,
+        meta.node_id,
+        meta.group_id,
+    )
+}
+
+/// Refuses a directory recorded for another protocol, cluster, node or group than `identity`
+/// (the single-group store's metadata and the shared log's both name their owner).
+fn check_owner(
+    dir: &Path,
+    identity: &Identity,
+    protocol: &str,
+    cluster_id: &str,
+    node_id: NodeId,
+    group_id: u64,
+) -> Result<()> {
+    if protocol != identity.protocol {
         return Err(StoreError::WrongProtocol {
             dir: dir.to_path_buf(),
             expected: identity.protocol.clone(),
-            found: meta.protocol.clone(),
+            found: protocol.to_string(),
         });
     }
-    if meta.cluster_id != identity.cluster_id {
+    if cluster_id != identity.cluster_id {
         return Err(StoreError::WrongCluster {
             dir: dir.to_path_buf(),
             expected: identity.cluster_id.clone(),
-            found: meta.cluster_id.clone(),
+            found: cluster_id.to_string(),
         });
     }
-    if meta.node_id != identity.node_id || meta.group_id != identity.group_id {
+    if node_id != identity.node_id || group_id != identity.group_id {
         return Err(StoreError::WrongMember {
             dir: dir.to_path_buf(),
             expected_node: identity.node_id,
             expected_group: identity.group_id,
-            found_node: meta.node_id,
-            found_group: meta.group_id,
+            found_node: node_id,
+            found_group: group_id,
         });
     }
     Ok(())

@@ -534,31 +534,16 @@ impl SharedInner {
     }
 }
 
+/// The shared log names its node only; each group's own id is checked when it is opened.
 fn check_node(dir: &Path, identity: &Identity, meta: &SharedMeta) -> Result<()> {
-    if meta.protocol != identity.protocol {
-        return Err(StoreError::WrongProtocol {
-            dir: dir.to_path_buf(),
-            expected: identity.protocol.clone(),
-            found: meta.protocol.clone(),
-        });
-    }
-    if meta.cluster_id != identity.cluster_id {
-        return Err(StoreError::WrongCluster {
-            dir: dir.to_path_buf(),
-            expected: identity.cluster_id.clone(),
-            found: meta.cluster_id.clone(),
-        });
-    }
-    if meta.node_id != identity.node_id {
-        return Err(StoreError::WrongMember {
-            dir: dir.to_path_buf(),
-            expected_node: identity.node_id,
-            expected_group: identity.group_id,
-            found_node: meta.node_id,
-            found_group: identity.group_id,
-        });
-    }
-    Ok(())
+    super::check_owner(
+        dir,
+        identity,
+        &meta.protocol,
+        &meta.cluster_id,
+        meta.node_id,
+        identity.group_id,
+    )
 }
 
 /// Reads the log from its first record and splits it by group (only `only`'s, if given): each

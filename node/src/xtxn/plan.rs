@@ -22,22 +22,18 @@ pub struct TxnRequest {
 impl TxnRequest {
     /// Every key the transaction names, once each, in key order.
     pub fn keys(&self) -> BTreeSet<Bytes> {
-        self.compares
-            .iter()
-            .map(|c| c.key.clone())
-            .chain(
-                self.success
-                    .iter()
-                    .chain(&self.failure)
-                    .map(|op| op.key().clone()),
-            )
-            .collect()
+        self.compared_and(|_| true)
     }
 
     /// The keys whose current state the transaction depends on: compared, read or deleted
     /// (a delete reports whether the key existed) in either branch. A key only put needs no
     /// read and no validation — its lock at PREPARE is enough.
     pub fn read_keys(&self) -> BTreeSet<Bytes> {
+        self.compared_and(|op| !matches!(op, TxnOp::Put { .. }))
+    }
+
+    /// The compared keys and those of the ops (either branch) that `op` selects.
+    fn compared_and(&self, op: impl Fn(&TxnOp) -> bool) -> BTreeSet<Bytes> {
         self.compares
             .iter()
             .map(|c| c.key.clone())
@@ -45,8 +41,8 @@ impl TxnRequest {
                 self.success
                     .iter()
                     .chain(&self.failure)
-                    .filter(|op| !matches!(op, TxnOp::Put { .. }))
-                    .map(|op| op.key().clone()),
+                    .filter(|o| op(o))
+                    .map(|o| o.key().clone()),
             )
             .collect()
     }
