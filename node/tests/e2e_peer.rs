@@ -324,7 +324,10 @@ async fn across_a_partition_counters_add_up_an_or_set_keeps_concurrent_adds_and_
                 (values.len() == 1).then_some(())?;
                 winners.push(values[0].clone());
             }
-            winners.iter().all(|w| *w == winners[0]).then(|| winners[0].clone())
+            winners
+                .iter()
+                .all(|w| *w == winners[0])
+                .then(|| winners[0].clone())
         }
     })
     .await;
