@@ -307,7 +307,7 @@ impl ShardMap {
             source_epoch: source.epoch,
             start: source.range.start.clone(),
             end: source.range.end.clone(),
-            new_group: highest.max(META_GROUP) + 1,
+            new_group: highest + 1,
             epoch: source.epoch + 1,
             map_epoch: self.epoch + 1,
         })
