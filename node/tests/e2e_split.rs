@@ -11,8 +11,11 @@ use std::time::Duration;
 use common::writers::Writers;
 use common::{eventually, ProcCluster};
 use node::client::Client;
-use node::config::{ServeConfig, ShardsConfig};
+use node::config::{Protocol, ServeConfig, ShardsConfig};
 use node::proto::Consistency;
+
+/// One cluster at a time.
+static SERIAL: tokio::sync::Mutex<()> = tokio::sync::Mutex::const_new(());
 
 /// Shards [.., "g"), ["g", "n"), ["n", "t"), ["t", ..): groups 1 to 4. The writers' keys
 /// (`w0-…` to `w3-…`) are all in group 4 until the split at `w2`.
@@ -83,6 +86,7 @@ async fn check_readable(client: &Client, written: &BTreeMap<String, String>) {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_range_splits_online_under_writes_and_the_new_group_survives_a_lagging_member_and_a_restart(
 ) {
+    let _serial = SERIAL.lock().await;
     let mut cluster = ProcCluster::start(3, four_shards);
     let client = Arc::new(cluster.client());
 
@@ -118,8 +122,7 @@ async fn a_range_splits_online_under_writes_and_the_new_group_survives_a_lagging
     assert_ne!(code, 0);
     assert!(err.contains("boundary"), "{err}");
 
-    for (w, key) in writers.finish().await.into_iter().enumerate() {
-        let _ = w;
+    for key in writers.finish().await {
         let (writer, i) = key[1..].split_once('-').unwrap();
         let value = format!("{writer}.{}", i.parse::<u32>().unwrap());
         written.insert(key, value);
@@ -175,4 +178,37 @@ async fn a_range_splits_online_under_writes_and_the_new_group_survives_a_lagging
     let recorded = std::fs::read_to_string(cluster.data_dir(1).join("shards.json")).unwrap();
     assert!(recorded.contains("\"version\": 2"), "{recorded}");
     check_readable(&client, &written).await;
+}
+
+/// The new group starts from a snapshot at index 1 (term 0) under every protocol.
+async fn split_under(protocol: Protocol) {
+    let _serial = SERIAL.lock().await;
+    let cluster = ProcCluster::start_with(protocol, 3, four_shards);
+    let client = cluster.client();
+    let mut written = BTreeMap::new();
+    for key in ["a-1", "u-1", "w1-x", "w2", "w3-x"] {
+        client.put(key, format!("v-{key}")).await.expect("put");
+        written.insert(key.to_string(), format!("v-{key}"));
+    }
+    let plan = client.split(SPLIT_KEY).await.expect("split");
+    assert_eq!((plan.source, plan.new_group), (4, 5));
+    for key in ["w2-after", "w9", "v-after"] {
+        client.put(key, "after").await.expect("put after the split");
+        written.insert(key.to_string(), "after".to_string());
+    }
+    check_readable(&client, &written).await;
+    let expected = counts(&written);
+    for node in 1..=3 {
+        wait_groups(&client, node, &expected).await;
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_split_group_starts_under_multi_paxos() {
+    split_under(Protocol::MultiPaxos).await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_split_group_starts_under_zab() {
+    split_under(Protocol::Zab).await;
 }

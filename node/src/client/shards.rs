@@ -240,11 +240,11 @@ impl Client {
                 {
                     break
                 }
-                // A prepared cross-shard transaction holds a key of the upper half: it is
-                // decided shortly.
-                Err(ClientError::Refused(ServerError::Locked { .. }))
-                    if backoffs < STALE_MAP_BACKOFFS =>
-                {
+                // A prepared cross-shard transaction holds a key of the upper half (it is
+                // decided shortly), or an earlier split of the source is not applied there yet.
+                Err(ClientError::Refused(
+                    ServerError::Locked { .. } | ServerError::WrongShard { .. },
+                )) if backoffs < STALE_MAP_BACKOFFS => {
                     tokio::time::sleep(stale_map_backoff(backoffs)).await;
                     backoffs += 1;
                 }
