@@ -212,3 +212,38 @@ async fn a_split_group_starts_under_multi_paxos() {
 async fn a_split_group_starts_under_zab() {
     split_under(Protocol::Zab).await;
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_split_recorded_in_the_meta_group_completes_without_the_client_that_asked() {
+    let _serial = SERIAL.lock().await;
+    let cluster = ProcCluster::start(3, four_shards);
+    let client = cluster.client();
+    client.put("w3-before", "1").await.expect("put");
+    // Only the first step, as from a client that died before the second: the meta group
+    // records the split, nobody asks the source group to divide.
+    let request = node::proto::Request::Write {
+        session: client.new_session(),
+        op: node::proto::WriteOp::SplitMap {
+            key: SPLIT_KEY.into(),
+        },
+    };
+    let plan = eventually("the meta group's leader records the split", || async {
+        for node in 1..=3 {
+            if let Ok(node::proto::Reply::Write(node::proto::WriteResult::Split(plan))) =
+                client.request_to(node, &request).await
+            {
+                return Some(plan);
+            }
+        }
+        None
+    })
+    .await;
+    assert_eq!(plan.new_group, 5);
+    // The meta group's leader finishes it: group 5 runs everywhere with the upper half.
+    let written: BTreeMap<String, String> = [("w3-before".to_string(), "1".to_string())].into();
+    let expected = counts(&written);
+    for node in 1..=3 {
+        wait_groups(&client, node, &expected).await;
+    }
+    check_readable(&client, &written).await;
+}

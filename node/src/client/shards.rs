@@ -221,6 +221,15 @@ impl Client {
             (_, Reply::Write(WriteResult::Split(plan))) => plan,
             (node, other) => return Err(unexpected(node, &other)),
         };
+        self.finish_split(&plan).await?;
+        Ok(plan)
+    }
+
+    /// The second step of a split the meta group recorded: the source group divides at the plan
+    /// (nothing happens if it did already). The meta group's leader also runs it for recorded
+    /// splits whose group it does not see running, so a split whose client died in between
+    /// completes.
+    pub async fn finish_split(&self, plan: &SplitPlan) -> Result<(), ClientError> {
         let (_in_flight, session) = self.begin_write();
         let request = Request::Routed {
             group: plan.source,
@@ -253,7 +262,7 @@ impl Client {
             }
         }
         self.refresh_shard_map().await?;
-        Ok(plan)
+        Ok(())
     }
 
     pub(super) async fn call_one_keyed(

@@ -254,6 +254,13 @@ impl GroupHost {
 }
 
 impl GroupHost {
+    /// The meta group tells the node which splits its state machine records.
+    fn publish_splits(&self) {
+        if let (Some(splits), Some(_)) = (&self.shard.splits, &self.shard.map) {
+            splits.planned(self.kv.store().splits());
+        }
+    }
+
     /// This group's range divided at the log entry `index`: it keeps the lower half, and the node
     /// starts the new group from `upper` (the same state on every member).
     fn split_applied(
@@ -333,6 +340,7 @@ impl<C: Engine> Host<C> for GroupHost {
             self.learn_addr(id, addr);
         }
         self.admin.snapshot_installed(snapshot.meta.index);
+        self.publish_splits();
         info!(
             node = self.id,
             index = snapshot.meta.index,
@@ -354,6 +362,7 @@ impl<C: Engine> Host<C> for GroupHost {
                     for (plan, upper) in applied.splits {
                         self.split_applied(index, plan, upper)?;
                     }
+                    self.publish_splits();
                 }
                 EntryPayload::Noop => self.kv.apply_other(index),
                 EntryPayload::ConfChange(change) => {

@@ -106,7 +106,8 @@ pub(crate) async fn open(config: &Arc<ServeConfig>) -> Result<Opened, ServeError
             let mut router = router::Router::new(node, receivers);
             router.set_xtxn(xtxn.clone());
             let (stop_tx, stop_rx) = watch::channel(false);
-            tokio::spawn(xtxn.resolve(stop_rx.clone()));
+            tokio::spawn(xtxn.clone().resolve(stop_rx.clone()));
+            tokio::spawn(split::finish_splits(splits, xtxn, stop_rx.clone()));
             let handles = opened
                 .into_iter()
                 .map(|(group, epoch, wire_epoch, start)| {

@@ -13,7 +13,8 @@
 //! 3. Clients routed with the source's old epoch are answered `WrongShard` with the new epoch,
 //!    fetch the map again from the meta group and retry at the new group.
 //!
-//! A restarted node opens the groups `shards.json` lists; replaying the source's split entry finds
+//! If the client dies between the two steps, the meta group's leader finishes the split
+//! ([`finish_splits`]). A restarted node opens the groups `shards.json` lists; replaying the source's split entry finds
 //! the group recorded and creates nothing. A crash between creating the store and recording the
 //! split leaves a store with no snapshot: the replayed entry installs it then.
 
@@ -32,6 +33,50 @@ use crate::kv::KvStore;
 use crate::proto::SplitPlan;
 use crate::server::ServeError;
 use crate::store::SharedLog;
+
+/// How often the meta group's leader looks for recorded splits not yet applied.
+const FINISH_TICK: std::time::Duration = std::time::Duration::from_secs(1);
+
+/// On the meta group's leader: a split recorded in the meta log whose new group this node still
+/// does not run after two rounds (its client died between the two steps, say) is finished by
+/// proposing its `SplitRange` to the source group (idempotent). Runs until shutdown.
+pub(crate) async fn finish_splits(
+    splits: Arc<SplitHost>,
+    xtxn: Arc<super::xtxn::XtxnService>,
+    mut shutdown: tokio::sync::watch::Receiver<bool>,
+) {
+    let node = splits.config.node_id;
+    let mut seen: Vec<u64> = Vec::new();
+    let mut ticker = tokio::time::interval(FINISH_TICK);
+    loop {
+        tokio::select! {
+            _ = ticker.tick() => {}
+            _ = shutdown.changed() => return,
+        }
+        if *shutdown.borrow() {
+            return;
+        }
+        let leading = splits.table.get(crate::proto::META_GROUP).leader == Some(node);
+        let unfinished = if leading {
+            splits.unfinished()
+        } else {
+            Vec::new()
+        };
+        for plan in &unfinished {
+            if !seen.contains(&plan.new_group) {
+                continue;
+            }
+            let Ok(client) = xtxn.client() else { break };
+            match client.finish_split(plan).await {
+                Ok(()) => info!(node, group = plan.new_group, "finished a recorded split"),
+                Err(error) => {
+                    tracing::debug!(node, group = plan.new_group, %error, "finishing a split")
+                }
+            }
+        }
+        seen = unfinished.iter().map(|plan| plan.new_group).collect();
+    }
+}
 
 /// Index of the snapshot a split group starts from (its log is empty below).
 pub(crate) const SPLIT_SNAPSHOT_INDEX: u64 = 1;
@@ -64,6 +109,8 @@ pub(crate) struct SplitHost {
     events: mpsc::UnboundedSender<GroupEvent>,
     /// Serializes `shards.json` updates of splits applied by different groups at once.
     record: parking_lot::Mutex<()>,
+    /// The splits the meta group's state machine recorded here, oldest first.
+    planned: parking_lot::Mutex<Vec<SplitPlan>>,
 }
 
 impl std::fmt::Debug for SplitHost {
@@ -87,7 +134,26 @@ impl SplitHost {
             table,
             events,
             record: parking_lot::Mutex::new(()),
+            planned: parking_lot::Mutex::new(Vec::new()),
         })
+    }
+
+    /// The meta group's state machine now records `splits` (oldest first).
+    pub(crate) fn planned(&self, splits: &[SplitPlan]) {
+        let mut planned = self.planned.lock();
+        if planned.len() != splits.len() {
+            *planned = splits.to_vec();
+        }
+    }
+
+    /// Recorded splits whose new group this node does not run.
+    fn unfinished(&self) -> Vec<SplitPlan> {
+        self.planned
+            .lock()
+            .iter()
+            .filter(|plan| !self.table.contains(plan.new_group))
+            .cloned()
+            .collect()
     }
 
     /// The shard of a group created by `plan`.

@@ -102,6 +102,11 @@ impl XtxnService {
         })
     }
 
+    /// The node's own client of its cluster (node-to-node requests on the client ALPN).
+    pub(crate) fn client(&self) -> Result<Arc<Client>, ServerError> {
+        self.shards().map(|shards| shards.client)
+    }
+
     fn shards(&self) -> Result<ClusterShards, ServerError> {
         let client = self.client.get_or_init(|| {
             let (cert, key, ca) = self.config.cert_paths();
