@@ -261,6 +261,30 @@ impl GroupHost {
         }
     }
 
+    /// A snapshot from the leader shows splits of this group's range that this member never
+    /// applied (its log was compacted past them): the range and epoch follow, but the new group
+    /// cannot be built here from it (known gap: the new group runs without this member).
+    fn splits_missed(&mut self) {
+        let Some((group, epoch, range)) = self.kv.store().owned_range() else {
+            return;
+        };
+        if group != self.group || epoch <= self.shard.epoch {
+            return;
+        }
+        warn!(
+            node = self.id,
+            group,
+            epoch,
+            ours = self.shard.epoch,
+            "a snapshot carried splits of this range never applied here: the groups they created do not run on this member"
+        );
+        self.shard.range = range.clone();
+        self.shard.epoch = epoch;
+        if let Some(splits) = &self.shard.splits {
+            splits.epoch_moved(group, epoch);
+        }
+    }
+
     /// This group's range divided at the log entry `index`: it keeps the lower half, and the node
     /// starts the new group from `upper` (the same state on every member).
     fn split_applied(
@@ -341,6 +365,7 @@ impl<C: Engine> Host<C> for GroupHost {
         }
         self.admin.snapshot_installed(snapshot.meta.index);
         self.publish_splits();
+        self.splits_missed();
         info!(
             node = self.id,
             index = snapshot.meta.index,

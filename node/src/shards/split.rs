@@ -146,6 +146,11 @@ impl SplitHost {
         }
     }
 
+    /// `group`'s range epoch moved to `epoch` without a split applied here (a snapshot).
+    pub(crate) fn epoch_moved(&self, group: u64, epoch: u64) {
+        let _ = self.events.send(GroupEvent::Epoch { group, epoch });
+    }
+
     /// Recorded splits whose new group this node does not run.
     fn unfinished(&self) -> Vec<SplitPlan> {
         self.planned
