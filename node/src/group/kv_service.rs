@@ -18,7 +18,8 @@ use tokio::time::Instant;
 use crate::config::ServeConfig;
 use crate::kv::{Batch, Command, KvError, KvStore};
 use crate::proto::{
-    Consistency, ReadOp, Reply, Responder, ServerError, Session, WriteOp, MAX_TXN_OPS,
+    Consistency, ReadOp, Reply, Responder, ServerError, Session, ShardMap, SplitPlan, WriteOp,
+    MAX_TXN_OPS,
 };
 
 use super::admin::engine_error;
@@ -77,11 +78,31 @@ pub(crate) struct KvService {
     reads_by_index: BTreeMap<u64, Vec<PendingRead>>,
     /// Sequential reads by the store revision they wait for.
     reads_by_revision: BTreeMap<u64, Vec<WaitingRead>>,
+    /// The meta group's bootstrap map, set again on every restored state.
+    base_map: Option<Arc<ShardMap>>,
+}
+
+/// What applying one entry did besides answering its writes.
+#[derive(Default)]
+pub(crate) struct Applied {
+    /// Member addresses it recorded.
+    pub(crate) addrs: Vec<(u64, SocketAddr)>,
+    /// Splits it applied here (source group), each with the upper half of the state.
+    pub(crate) splits: Vec<(SplitPlan, KvStore)>,
 }
 
 impl KvService {
-    pub(crate) fn new(config: Arc<ServeConfig>, kv: KvStore, applied: u64) -> Self {
+    pub(crate) fn new(
+        config: Arc<ServeConfig>,
+        mut kv: KvStore,
+        applied: u64,
+        base_map: Option<Arc<ShardMap>>,
+    ) -> Self {
+        if let Some(map) = &base_map {
+            kv.set_base_map(map.clone());
+        }
         KvService {
+            base_map,
             config,
             kv,
             applied,
@@ -185,11 +206,11 @@ impl KvService {
         match consistency {
             Consistency::Stale => {
                 let result = self.serve(&op);
-                reply(responder, Ok(result));
+                reply(responder, result);
             }
             Consistency::Sequential { min_revision } if min_revision <= self.kv.revision() => {
                 let result = self.serve(&op);
-                reply(responder, Ok(result));
+                reply(responder, result);
             }
             Consistency::Sequential { min_revision } => {
                 if self.pending_count() >= self.config.limits.max_pending_requests {
@@ -303,6 +324,9 @@ impl KvService {
     /// addresses it records.
     pub(crate) fn install(&mut self, snapshot: &Snapshot) -> Result<(), KvError> {
         self.kv = KvStore::restore(&snapshot.data, self.config.limits.max_sessions)?;
+        if let Some(map) = &self.base_map {
+            self.kv.set_base_map(map.clone());
+        }
         self.applied = snapshot.meta.index;
         self.applied_bytes = 0;
         // Proposals at or below the snapshot can no longer be matched with their entry.
@@ -316,12 +340,9 @@ impl KvService {
     }
 
     /// Applies the committed entry at `index` carrying `data`; returns the member addresses it
-    /// set. Waiting clients get their results, or `LeaderChanged` if another payload won.
-    pub(crate) fn apply_data(
-        &mut self,
-        index: u64,
-        data: &Bytes,
-    ) -> Result<Vec<(u64, SocketAddr)>, KvError> {
+    /// set and the splits it applied. Waiting clients get their results, or `LeaderChanged` if
+    /// another payload won.
+    pub(crate) fn apply_data(&mut self, index: u64, data: &Bytes) -> Result<Applied, KvError> {
         self.applied_bytes += data.len() as u64;
         let (commands, mut waiters) = match self.take_pending(index) {
             Some(pending) if pending.data == *data => (pending.commands, pending.waiters),
@@ -331,11 +352,14 @@ impl KvService {
             }
             None => (Batch::decode(data)?.commands, Vec::new()),
         };
-        let mut addrs = Vec::new();
+        let mut applied = Applied::default();
         for (i, command) in commands.iter().enumerate() {
             let result = self.kv.apply(command, index);
             if let Command::SetMemberAddr { id, addr } = command {
-                addrs.push((*id, *addr));
+                applied.addrs.push((*id, *addr));
+            }
+            if let Some(split) = self.kv.take_split_off() {
+                applied.splits.push(split);
             }
             if let (Some(result), Some(slot)) = (result, waiters.get_mut(i)) {
                 if let Some(responder) = slot.take() {
@@ -344,7 +368,7 @@ impl KvService {
             }
         }
         self.applied = index;
-        Ok(addrs)
+        Ok(applied)
     }
 
     /// An entry without client data (a no-op, a membership change) was applied at `index`.
@@ -368,7 +392,7 @@ impl KvService {
             }
             for read in entry.remove() {
                 let result = self.serve(&read.op);
-                reply(read.responder, Ok(result));
+                reply(read.responder, result);
             }
         }
         while let Some(entry) = self.reads_by_revision.first_entry() {
@@ -377,7 +401,7 @@ impl KvService {
             }
             for waiting in entry.remove() {
                 let result = self.serve(&waiting.read.op);
-                reply(waiting.read.responder, Ok(result));
+                reply(waiting.read.responder, result);
             }
         }
     }
@@ -448,7 +472,18 @@ impl KvService {
         }
     }
 
-    fn serve(&self, op: &ReadOp) -> Reply {
+    /// Answers a read from the state machine (`WrongShard` if a split moved its keys away since
+    /// it was accepted).
+    fn serve(&self, op: &ReadOp) -> Result<Reply, ServerError> {
+        match op {
+            ReadOp::Get { key } => self.kv.check_owned(std::iter::once(&key[..]))?,
+            ReadOp::Scan { start, end, .. } => self.kv.check_owned_scan(start, end.as_deref())?,
+            ReadOp::Prepared => {}
+        }
+        Ok(self.serve_owned(op))
+    }
+
+    fn serve_owned(&self, op: &ReadOp) -> Reply {
         match op {
             ReadOp::Get { key } => Reply::Get {
                 revision: self.kv.revision(),
