@@ -92,6 +92,14 @@ impl ConfState {
         all.extend(self.learners.iter().copied());
         all
     }
+
+    /// The configuration after the committed `change` takes effect, or why it does not apply
+    /// here (every member skips the same invalid entry). For an observer of a group's applied
+    /// log (a host tracking membership entry by entry): the protocols that take only
+    /// single-server changes give the same result for every change they commit.
+    pub fn after(&self, change: &ConfChange) -> Result<ConfState, crate::Error> {
+        crate::raft::membership::apply_change(self, change)
+    }
 }
 
 /// A single membership edit.

@@ -9,7 +9,7 @@
 mod config;
 mod election;
 mod log;
-mod membership;
+pub(crate) mod membership;
 mod message;
 mod progress;
 mod quorum;

@@ -22,6 +22,7 @@ use crate::store::DurableIndex;
 use super::admin::AdminWaits;
 use super::kv_service::{reply, KvService};
 use super::leaderless::Leaderless;
+use super::membership::AppliedMembership;
 use super::shard::GroupShard;
 use super::Engine;
 
@@ -46,6 +47,8 @@ pub(crate) struct GroupHost {
     leaderless: Leaderless<ParkedWrite>,
     /// Messages the engine addressed to node 0 (the loop's sidecar), not sent.
     pub(crate) local: Vec<PeerMessage>,
+    /// Membership as of the last applied entry.
+    membership: AppliedMembership,
 }
 
 impl GroupHost {
@@ -55,6 +58,7 @@ impl GroupHost {
         durable: DurableIndex,
         kv: KvStore,
         applied: u64,
+        conf: consensus_core::ConfState,
         shard: GroupShard,
     ) -> Self {
         let mut addrs: BTreeMap<u64, SocketAddr> =
@@ -80,6 +84,7 @@ impl GroupHost {
             },
             addrs: BTreeMap::new(),
             local: Vec::new(),
+            membership: AppliedMembership::new(conf),
         };
         for (id, addr) in addrs {
             host.learn_addr(id, addr);
@@ -286,7 +291,8 @@ impl GroupHost {
     }
 
     /// This group's range divided at the log entry `index`: it keeps the lower half, and the node
-    /// starts the new group from `upper` (the same state on every member).
+    /// starts the new group from `upper` with this group's members as of `index` (the same state
+    /// and members on every member).
     fn split_applied(
         &mut self,
         index: u64,
@@ -305,7 +311,7 @@ impl GroupHost {
         self.shard.range = plan.lower();
         self.shard.epoch = plan.epoch;
         match &self.shard.splits {
-            Some(splits) => splits.applied(&plan, upper),
+            Some(splits) => splits.applied(&plan, upper, self.membership.for_split()),
             None => {
                 warn!(
                     node = self.id,
@@ -353,6 +359,7 @@ impl<C: Engine> Host<C> for GroupHost {
 
     fn install_snapshot(&mut self, snapshot: &Snapshot) -> Result<(), ServeError> {
         self.kv.install(snapshot)?;
+        self.membership.installed(&snapshot.meta.conf_state);
         let addrs: Vec<(u64, SocketAddr)> = self
             .kv
             .store()
@@ -392,6 +399,7 @@ impl<C: Engine> Host<C> for GroupHost {
                 EntryPayload::Noop => self.kv.apply_other(index),
                 EntryPayload::ConfChange(change) => {
                     info!(node = self.id, index, ?change, "membership change applied");
+                    self.membership.applied(change);
                     self.kv.apply_other(index);
                 }
             }

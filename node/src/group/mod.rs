@@ -8,6 +8,8 @@
 //!   lost proposals detected by payload), reads (ReadIndex, stale) and the state machine.
 //! - [`leaderless`]: writes that arrive during an election wait (bounded) for a leader.
 //! - [`admin`]: membership changes, leader transfer, status.
+//! - [`membership`]: the membership as of the last applied entry (what a split at that entry
+//!   gives the new group).
 //! - [`snapshot`]: local snapshots written and checkpointed off the loop.
 //! - [`sidecar`]: a service driven by the same loop beside the engine, addressed by it as node 0
 //!   (primary-backup's configuration manager).
@@ -35,6 +37,7 @@ mod admin;
 mod host;
 mod kv_service;
 mod leaderless;
+mod membership;
 pub(crate) mod quiesce;
 pub(crate) mod shard;
 pub(crate) mod sidecar;
@@ -179,6 +182,7 @@ impl<C: Engine> Driver<C> {
             store.durable_handle(),
             kv,
             engine.status().applied,
+            engine.status().conf_state,
             shard,
         );
         Driver {

@@ -7,7 +7,7 @@
 //! 2. The SOURCE group's log then carries the plan (`WriteOp::SplitRange`); at that index every
 //!    member's state divides (`KvStore::split_off`) and the group's loop hands the upper half to
 //!    [`SplitHost::applied`], which creates the new group's store in the node's shared log with
-//!    that state as its snapshot (index 1, the source's members), records the split in
+//!    that state as its snapshot (index 1, the source's members as of the split entry), records the split in
 //!    `shards.json` and asks the router to run the group. Every member builds the same initial
 //!    state, so the new group elects a leader among members that agree on its log.
 //! 3. Clients routed with the source's old epoch are answered `WrongShard` with the new epoch,
@@ -179,12 +179,15 @@ impl SplitHost {
     }
 
     /// The source group applied `plan` at a log entry: its range epoch moves, and the new group
-    /// is created from `upper` (unless this node created it before) and started. Blocks on the
+    /// is created from `upper` with `members` (the source's membership at that entry, not the
+    /// configured members, which a membership change leaves behind) unless this node created it
+    /// before, and started. Blocks on the
     /// new store's fsync and the layout file's.
     pub(crate) fn applied(
         self: &Arc<Self>,
         plan: &SplitPlan,
         upper: KvStore,
+        members: ConfState,
     ) -> Result<(), ServeError> {
         let _ = self.events.send(GroupEvent::Epoch {
             group: plan.source,
@@ -202,7 +205,7 @@ impl SplitHost {
             meta: SnapshotMeta {
                 index: SPLIT_SNAPSHOT_INDEX,
                 term: 0,
-                conf_state: ConfState::with_voters(self.config.members.iter().map(|m| m.id)),
+                conf_state: members,
             },
             data,
         };
