@@ -1,7 +1,8 @@
 //! The client's retry rules against scripted fake nodes (real QUIC endpoints on loopback that answer
 //! as a test says): a lost reply is retried under the same session sequence number, a redirect is
-//! followed, a refusal is not retried, and a cluster that never answers gives a bounded, explained
-//! failure.
+//! followed, a refusal is not retried, a cluster that never answers gives a bounded, explained
+//! failure, and a `WrongShard` whose refetched map is no newer is retried a bounded number of
+//! times (and succeeds once the map moves on).
 
 use std::collections::HashMap;
 use std::net::SocketAddr;
@@ -11,7 +12,9 @@ use std::time::Duration;
 
 use net_quic::{ClientRequest, Credentials, Endpoint, EndpointConfig, Limits, NodeId};
 use node::client::{Client, ClientConfig, ClientError};
-use node::proto::{Consistency, Quorate, Reply, Request, ServerError, Session, WriteResult};
+use node::proto::{
+    AdminRequest, Consistency, Quorate, Reply, Request, ServerError, Session, ShardMap, WriteResult,
+};
 
 const CLUSTER: &str = "quorate";
 
@@ -278,4 +281,107 @@ async fn a_sequential_read_carries_the_sessions_revision_and_moves_on_from_a_mem
         "asked both members, node 2 twice: {reads:?}"
     );
     assert!(reads.iter().all(|&w| w == Some(8)), "{reads:?}");
+}
+
+/// Shards [.., "g") and ["g", ..) (groups 1 and 2, epoch 1), node 1 leading both.
+fn two_shards() -> ShardMap {
+    let mut map = ShardMap::from_split_keys(&[bytes::Bytes::from_static(b"g")]).unwrap();
+    for shard in &mut map.shards {
+        shard.leader = Some(1);
+    }
+    map
+}
+
+/// Group 1 split at "c" (into 1 and 3, epoch 2): the map after it.
+fn after_split(map: &ShardMap) -> ShardMap {
+    let mut next = map.clone();
+    let plan = next.plan_split(b"c").unwrap();
+    next.apply_split(&plan).unwrap();
+    for shard in &mut next.shards {
+        shard.leader = Some(1);
+    }
+    next
+}
+
+/// What a sharded fake node saw: key writes (plain or routed, with the epoch they were routed
+/// at) and map fetches.
+fn writes_and_fetches(seen: &[Request]) -> (Vec<Option<u64>>, usize) {
+    let writes = seen
+        .iter()
+        .filter_map(|request| match request {
+            Request::Write { .. } => Some(None),
+            Request::Routed { epoch, .. } => Some(Some(*epoch)),
+            _ => None,
+        })
+        .collect();
+    let fetches = seen
+        .iter()
+        .filter(|r| matches!(r, Request::Admin(AdminRequest::Shards)))
+        .count();
+    (writes, fetches)
+}
+
+#[tokio::test]
+async fn a_wrong_shard_whose_refetched_map_is_never_newer_is_retried_after_each_of_eight_backoffs_then_returned(
+) {
+    let dir = certs();
+    let map = two_shards();
+    let answered = map.clone();
+    // Group 1 moved past the map's epoch (a split the meta group's map does not show yet), and
+    // never catches up.
+    let (addr, seen) = fake_node(
+        dir.path(),
+        1,
+        Box::new(move |request| match request {
+            Request::Admin(AdminRequest::Shards) => Some(Ok(Reply::Shards(answered.clone()))),
+            _ => Some(Err(ServerError::WrongShard { group: 1, epoch: 2 })),
+        }),
+    );
+    let client = client(dir.path(), vec![(1, addr)], Duration::from_secs(20));
+    let error = client.put("a", "v").await.unwrap_err();
+    assert!(
+        matches!(
+            error.server_error(),
+            Some(ServerError::WrongShard { group: 1, epoch: 2 })
+        ),
+        "{error}"
+    );
+    let (writes, fetches) = writes_and_fetches(&seen.lock().unwrap());
+    // Plain first (the client knows no map), then routed with the fetched map (newer than
+    // none), then once after each of the 8 back-offs; each back-off refetches before and after.
+    let mut expected = vec![None];
+    expected.extend(std::iter::repeat_n(Some(1), 9));
+    assert_eq!(writes, expected);
+    assert_eq!(fetches, 1 + 8 * 2 + 1);
+}
+
+#[tokio::test]
+async fn a_wrong_shard_is_retried_until_the_refetched_map_moves_on_and_then_routed_by_it() {
+    let dir = certs();
+    let map = two_shards();
+    let split = after_split(&map);
+    let mut fetches = 0;
+    // The meta group's map shows the split only from the 4th fetch on.
+    let (addr, seen) = fake_node(
+        dir.path(),
+        1,
+        Box::new(move |request| match request {
+            Request::Admin(AdminRequest::Shards) => {
+                fetches += 1;
+                let answer = if fetches >= 4 { &split } else { &map };
+                Some(Ok(Reply::Shards(answer.clone())))
+            }
+            Request::Routed { epoch: 2, .. } => {
+                Some(Ok(Reply::Write(WriteResult::Put { revision: 5 })))
+            }
+            _ => Some(Err(ServerError::WrongShard { group: 1, epoch: 2 })),
+        }),
+    );
+    let client = client(dir.path(), vec![(1, addr)], Duration::from_secs(20));
+    assert_eq!(client.put("a", "v").await.unwrap(), 5);
+    let (writes, fetches) = writes_and_fetches(&seen.lock().unwrap());
+    // Plain, at epoch 1 (first map), at epoch 1 after a back-off (fetches 2 and 3 not newer),
+    // then at epoch 2 with the map of fetch 4.
+    assert_eq!(writes, vec![None, Some(1), Some(1), Some(2)]);
+    assert_eq!(fetches, 4);
 }
