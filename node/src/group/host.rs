@@ -17,10 +17,11 @@ use crate::config::ServeConfig;
 use crate::kv::KvStore;
 use crate::proto::{Consistency, PeerMessage, Quorate, ReadOp, Responder, ServerError, WriteOp};
 use crate::server::ServeError;
+use crate::shards::split::{PendingSplit, SplitHost};
 use crate::store::DurableIndex;
 
 use super::admin::AdminWaits;
-use super::kv_service::{reply, KvService};
+use super::kv_service::{reply, AppliedSplit, KvService};
 use super::leaderless::Leaderless;
 use super::membership::AppliedMembership;
 use super::shard::GroupShard;
@@ -49,6 +50,8 @@ pub(crate) struct GroupHost {
     pub(crate) local: Vec<PeerMessage>,
     /// Membership as of the last applied entry.
     membership: AppliedMembership,
+    /// Splits applied whose new group the loop still has to create (off the async workers).
+    pending_splits: Vec<PendingSplit>,
 }
 
 impl GroupHost {
@@ -85,6 +88,7 @@ impl GroupHost {
             addrs: BTreeMap::new(),
             local: Vec::new(),
             membership: AppliedMembership::new(conf),
+            pending_splits: Vec::new(),
         };
         for (id, addr) in addrs {
             host.learn_addr(id, addr);
@@ -293,12 +297,12 @@ impl GroupHost {
     /// This group's range divided at the log entry `index`: it keeps the lower half, and the node
     /// starts the new group from `upper` with this group's members as of `index` (the same state
     /// and members on every member).
-    fn split_applied(
-        &mut self,
-        index: u64,
-        plan: crate::proto::SplitPlan,
-        upper: KvStore,
-    ) -> Result<(), ServeError> {
+    fn split_applied(&mut self, index: u64, split: AppliedSplit) {
+        let AppliedSplit {
+            plan,
+            upper,
+            answer,
+        } = split;
         info!(
             node = self.id,
             group = self.group,
@@ -311,15 +315,35 @@ impl GroupHost {
         self.shard.range = plan.lower();
         self.shard.epoch = plan.epoch;
         match &self.shard.splits {
-            Some(splits) => splits.applied(&plan, upper, self.membership.for_split()),
+            Some(splits) => {
+                splits.epoch_moved(plan.source, plan.epoch);
+                self.pending_splits.push(PendingSplit {
+                    plan,
+                    upper,
+                    members: self.membership.for_split(),
+                    answer,
+                });
+            }
             None => {
                 warn!(
                     node = self.id,
                     "a split applied on a node that cannot start groups"
                 );
-                Ok(())
+                if let Some((responder, answer)) = answer {
+                    reply(responder, answer);
+                }
             }
         }
+    }
+
+    /// The splits applied since the last call, for the loop to create their groups (in order,
+    /// off the async workers) before it goes on.
+    pub(crate) fn take_pending_splits(&mut self) -> Option<(Arc<SplitHost>, Vec<PendingSplit>)> {
+        if self.pending_splits.is_empty() {
+            return None;
+        }
+        let splits = self.shard.splits.clone()?;
+        Some((splits, std::mem::take(&mut self.pending_splits)))
     }
 }
 
@@ -391,8 +415,8 @@ impl<C: Engine> Host<C> for GroupHost {
                     for (id, addr) in applied.addrs {
                         self.learn_addr(id, addr);
                     }
-                    for (plan, upper) in applied.splits {
-                        self.split_applied(index, plan, upper)?;
+                    for split in applied.splits {
+                        self.split_applied(index, split);
                     }
                     self.publish_splits();
                 }

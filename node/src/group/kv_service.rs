@@ -87,8 +87,20 @@ pub(crate) struct KvService {
 pub(crate) struct Applied {
     /// Member addresses it recorded.
     pub(crate) addrs: Vec<(u64, SocketAddr)>,
-    /// Splits it applied here (source group), each with the upper half of the state.
-    pub(crate) splits: Vec<(SplitPlan, KvStore)>,
+    /// Splits it applied here (source group), each with the upper half of the state and its
+    /// writer's answer, held until the new group exists.
+    pub(crate) splits: Vec<AppliedSplit>,
+}
+
+/// A split an entry applied: the plan, the upper half of the state the new group starts from,
+/// and the answer to the write that asked for it (sent once the new group is durable).
+pub(crate) struct AppliedSplit {
+    /// The plan applied.
+    pub(crate) plan: SplitPlan,
+    /// The upper half of the state.
+    pub(crate) upper: KvStore,
+    /// Who waits here for the answer, and the answer.
+    pub(crate) answer: Option<(Responder, Result<Reply, ServerError>)>,
 }
 
 impl KvService {
@@ -358,8 +370,15 @@ impl KvService {
             if let Command::SetMemberAddr { id, addr } = command {
                 applied.addrs.push((*id, *addr));
             }
-            if let Some(split) = self.kv.take_split_off() {
-                applied.splits.push(split);
+            if let Some((plan, upper)) = self.kv.take_split_off() {
+                let waiter = waiters.get_mut(i).and_then(Option::take);
+                let answer = waiter.zip(result.map(|result| result.map(Reply::Write)));
+                applied.splits.push(AppliedSplit {
+                    plan,
+                    upper,
+                    answer,
+                });
+                continue;
             }
             if let (Some(result), Some(slot)) = (result, waiters.get_mut(i)) {
                 if let Some(responder) = slot.take() {

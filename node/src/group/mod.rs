@@ -342,6 +342,8 @@ impl<C: Engine> Driver<C> {
                 self.host.flush_proposals(self.replica.engine_mut());
                 self.replica.drive(&mut self.host)?;
             }
+            // Before a checkpoint can cover a split's entry: the new group is durable first.
+            self.create_split_groups().await?;
             if self.options.snapshots {
                 self.maybe_snapshot()?;
             }
@@ -396,6 +398,15 @@ impl<C: Engine> Driver<C> {
         self.draining_until = Some(Instant::now() + self.config.tick() * ticks);
         info!(node = self.id, to, "handing off leadership before stopping");
         true
+    }
+
+    /// Creates the groups of the splits this iteration applied, in order, off the async workers
+    /// (a store's and `shards.json`'s fsyncs); this loop waits, other groups' loops run on.
+    async fn create_split_groups(&mut self) -> Result<(), ServeError> {
+        match self.host.take_pending_splits() {
+            Some((splits, pending)) => splits.create(pending).await,
+            None => Ok(()),
+        }
     }
 
     /// Answers everything still waiting, lets the store finish its writes, and closes the

@@ -6,10 +6,12 @@
 //!    split is asked for again).
 //! 2. The SOURCE group's log then carries the plan (`WriteOp::SplitRange`); at that index every
 //!    member's state divides (`KvStore::split_off`) and the group's loop hands the upper half to
-//!    [`SplitHost::applied`], which creates the new group's store in the node's shared log with
-//!    that state as its snapshot (index 1, the source's members as of the split entry), records the split in
-//!    `shards.json` and asks the router to run the group. Every member builds the same initial
-//!    state, so the new group elects a leader among members that agree on its log.
+//!    [`SplitHost::create`], which, on a blocking thread, creates the new group's store in the
+//!    node's shared log with that state as its snapshot (index 1, the source's members as of the
+//!    split entry), records the split in `shards.json`, asks the router to run the group and
+//!    then answers the split's writer. The source's loop waits for it before it goes on (no
+//!    checkpoint past the entry before the new group is durable). Every member builds the same
+//!    initial state, so the new group elects a leader among members that agree on its log.
 //! 3. Clients routed with the source's old epoch are answered `WrongShard` with the new epoch,
 //!    fetch the map again from the meta group and retry at the new group.
 //!
@@ -30,7 +32,7 @@ use crate::config::ServeConfig;
 use crate::engine::{open_group_blocking, GroupSpec, StartGroup};
 use crate::group::shard::{GroupShard, GroupTable};
 use crate::kv::KvStore;
-use crate::proto::SplitPlan;
+use crate::proto::{Reply, Responder, ServerError, SplitPlan};
 use crate::server::ServeError;
 use crate::store::SharedLog;
 
@@ -101,6 +103,18 @@ pub(crate) enum GroupEvent {
     },
 }
 
+/// A split applied by a source group here, its new group not created yet.
+pub(crate) struct PendingSplit {
+    /// The plan applied.
+    pub(crate) plan: SplitPlan,
+    /// The upper half of the state the new group starts from.
+    pub(crate) upper: KvStore,
+    /// The source group's membership at the split's entry: the new group's members.
+    pub(crate) members: ConfState,
+    /// The answer to the write that asked for the split, sent once the group is durable.
+    pub(crate) answer: Option<(Responder, Result<Reply, ServerError>)>,
+}
+
 /// Starts the groups splits create on this node.
 pub(crate) struct SplitHost {
     config: Arc<ServeConfig>,
@@ -111,6 +125,9 @@ pub(crate) struct SplitHost {
     record: parking_lot::Mutex<()>,
     /// The splits the meta group's state machine recorded here, oldest first.
     planned: parking_lot::Mutex<Vec<SplitPlan>>,
+    /// Test seam: runs where the blocking work runs, before it.
+    #[cfg(test)]
+    before_create: Option<Box<dyn Fn() + Send + Sync>>,
 }
 
 impl std::fmt::Debug for SplitHost {
@@ -135,6 +152,8 @@ impl SplitHost {
             events,
             record: parking_lot::Mutex::new(()),
             planned: parking_lot::Mutex::new(Vec::new()),
+            #[cfg(test)]
+            before_create: None,
         })
     }
 
@@ -178,21 +197,43 @@ impl SplitHost {
         layout::group_dir(&self.config.data_dir, group)
     }
 
-    /// The source group applied `plan` at a log entry: its range epoch moves, and the new group
+    /// Creates the groups of `pending` in order on a blocking thread (the stores' and the layout
+    /// file's fsyncs must not hold an async worker, which other groups' loops share), answering
+    /// each split's writer once its group is durable. The caller waits: its group neither
+    /// checkpoints past a split nor answers it before the new group exists.
+    pub(crate) async fn create(
+        self: &Arc<Self>,
+        pending: Vec<PendingSplit>,
+    ) -> Result<(), ServeError> {
+        let host = self.clone();
+        tokio::task::spawn_blocking(move || {
+            #[cfg(test)]
+            if let Some(before) = &host.before_create {
+                before();
+            }
+            for split in pending {
+                host.applied(&split.plan, split.upper, split.members)?;
+                if let Some((responder, answer)) = split.answer {
+                    let _ = responder.reply(&answer);
+                }
+            }
+            Ok(())
+        })
+        .await
+        .map_err(|e| ServeError::Stopped(format!("creating a split's group: {e}")))?
+    }
+
+    /// The source group applied `plan` at a log entry: the new group
     /// is created from `upper` with `members` (the source's membership at that entry, not the
     /// configured members, which a membership change leaves behind) unless this node created it
     /// before, and started. Blocks on the
     /// new store's fsync and the layout file's.
-    pub(crate) fn applied(
+    fn applied(
         self: &Arc<Self>,
         plan: &SplitPlan,
         upper: KvStore,
         members: ConfState,
     ) -> Result<(), ServeError> {
-        let _ = self.events.send(GroupEvent::Epoch {
-            group: plan.source,
-            epoch: plan.epoch,
-        });
         let _recording = self.record.lock();
         if self.table.contains(plan.new_group) {
             // Created before a restart (and opened at startup), or by an earlier apply.
@@ -230,5 +271,95 @@ impl SplitHost {
             start: opened.start,
         });
         Ok(())
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use std::path::Path;
+    use std::sync::atomic::{AtomicBool, Ordering};
+    use std::time::Duration;
+
+    use bytes::Bytes;
+
+    use super::*;
+    use crate::config::MemberConfig;
+    use crate::proto::ShardMap;
+    use crate::store::SharedOptions;
+
+    fn host(
+        dir: &Path,
+        before_create: Box<dyn Fn() + Send + Sync>,
+    ) -> (Arc<SplitHost>, mpsc::UnboundedReceiver<GroupEvent>) {
+        let members = vec![MemberConfig {
+            id: 1,
+            addr: "127.0.0.1:1".parse().unwrap(),
+        }];
+        let addr = members[0].addr;
+        let config = Arc::new(ServeConfig::new(1, addr, dir, dir.join("certs"), members));
+        let base = ShardMap::from_split_keys(&[Bytes::from_static(b"g")]).unwrap();
+        layout::check_or_record(dir, &base.split_keys()).unwrap();
+        let shared = SharedLog::open(dir, SharedOptions::default()).unwrap();
+        let (events, events_rx) = mpsc::unbounded_channel();
+        let host = SplitHost {
+            config,
+            shared,
+            table: GroupTable::new([0, 1, 2]),
+            events,
+            record: parking_lot::Mutex::new(()),
+            planned: parking_lot::Mutex::new(Vec::new()),
+            before_create: Some(before_create),
+        };
+        (Arc::new(host), events_rx)
+    }
+
+    #[tokio::test(flavor = "current_thread")]
+    async fn a_split_group_is_created_without_holding_the_async_worker_and_recorded_before_it_runs()
+    {
+        let dir = tempfile::tempdir().unwrap();
+        // The blocking work waits for a task of the same one-worker runtime: that task runs
+        // only if the work does not hold the worker (the bound only ends a failing run).
+        let (ran_tx, ran_rx) = std::sync::mpsc::channel::<()>();
+        let ran_rx = parking_lot::Mutex::new(ran_rx);
+        let other_task_ran = Arc::new(AtomicBool::new(false));
+        let seen = other_task_ran.clone();
+        let (host, mut events) = host(
+            dir.path(),
+            Box::new(move || {
+                let ran = ran_rx.lock().recv_timeout(Duration::from_secs(10)).is_ok();
+                seen.store(ran, Ordering::SeqCst);
+            }),
+        );
+        tokio::spawn(async move {
+            let _ = ran_tx.send(());
+        });
+        let plan = ShardMap::from_split_keys(&[Bytes::from_static(b"g")])
+            .unwrap()
+            .plan_split(b"m")
+            .unwrap();
+        let mut kv = KvStore::new(10);
+        let upper = kv.split_off(&plan).unwrap();
+        let pending = PendingSplit {
+            plan: plan.clone(),
+            upper,
+            members: ConfState::with_voters([1]),
+            answer: None,
+        };
+        host.create(vec![pending]).await.unwrap();
+        assert!(
+            other_task_ran.load(Ordering::SeqCst),
+            "creating the group held the runtime's only worker"
+        );
+        // Durable and recorded before the router hears of it.
+        assert!(host.table.contains(plan.new_group));
+        let recorded = layout::check_or_record(dir.path(), &[Bytes::from_static(b"g")]).unwrap();
+        assert_eq!(recorded.splits, vec![plan.clone()]);
+        match events.try_recv() {
+            Ok(GroupEvent::Created { group, epoch, .. }) => {
+                assert_eq!((group, epoch), (plan.new_group, plan.epoch))
+            }
+            Ok(GroupEvent::Epoch { group, .. }) => panic!("an epoch event for {group}"),
+            Err(error) => panic!("no group created: {error}"),
+        }
     }
 }
