@@ -77,6 +77,9 @@ pub(crate) struct KvService {
     reads_by_index: BTreeMap<u64, Vec<PendingRead>>,
     /// Sequential reads by the store revision they wait for.
     reads_by_revision: BTreeMap<u64, Vec<WaitingRead>>,
+    /// Reads of a key a prepared cross-shard transaction writes, waiting for its DECIDE
+    /// (`KvStore::get_checked`); answered `Locked` at their deadline (the client retries).
+    reads_on_lock: Vec<WaitingRead>,
 }
 
 impl KvService {
@@ -96,6 +99,7 @@ impl KvService {
             reads_by_ctx: HashMap::new(),
             reads_by_index: BTreeMap::new(),
             reads_by_revision: BTreeMap::new(),
+            reads_on_lock: Vec::new(),
         }
     }
 
@@ -126,6 +130,7 @@ impl KvService {
                 .sum::<usize>()
             + self.reads_by_index.values().map(Vec::len).sum::<usize>()
             + self.reads_by_revision.values().map(Vec::len).sum::<usize>()
+            + self.reads_on_lock.len()
     }
 
     /// Checks a client write on its own (size limits, session); returns its size.
@@ -184,12 +189,11 @@ impl KvService {
         }
         match consistency {
             Consistency::Stale => {
-                let result = self.serve(&op);
-                reply(responder, Ok(result));
+                let result = self.serve(&op, false);
+                reply(responder, result);
             }
             Consistency::Sequential { min_revision } if min_revision <= self.kv.revision() => {
-                let result = self.serve(&op);
-                reply(responder, Ok(result));
+                self.answer(PendingRead { op, responder });
             }
             Consistency::Sequential { min_revision } => {
                 if self.pending_count() >= self.config.limits.max_pending_requests {
@@ -367,8 +371,7 @@ impl KvService {
                 break;
             }
             for read in entry.remove() {
-                let result = self.serve(&read.op);
-                reply(read.responder, Ok(result));
+                self.answer(read);
             }
         }
         while let Some(entry) = self.reads_by_revision.first_entry() {
@@ -376,9 +379,30 @@ impl KvService {
                 break;
             }
             for waiting in entry.remove() {
-                let result = self.serve(&waiting.read.op);
-                reply(waiting.read.responder, Ok(result));
+                self.answer(waiting.read);
             }
+        }
+        if !self.reads_on_lock.is_empty() {
+            for waiting in std::mem::take(&mut self.reads_on_lock) {
+                match self.serve(&waiting.read.op, true) {
+                    Err(ServerError::Locked { .. }) => self.reads_on_lock.push(waiting),
+                    result => reply(waiting.read.responder, result),
+                }
+            }
+        }
+    }
+
+    /// Answers a read whose turn has come (linearizable or sequential), or holds it while a
+    /// prepared cross-shard transaction writes what it reads: that transaction may be decided
+    /// and its client answered already, so the committed value here could be out of date.
+    fn answer(&mut self, read: PendingRead) {
+        match self.serve(&read.op, true) {
+            Err(ServerError::Locked { .. }) => {
+                let election = self.config.tick() * self.config.raft.election_ticks;
+                let deadline = Instant::now() + election.min(self.config.request_timeout());
+                self.reads_on_lock.push(WaitingRead { deadline, read });
+            }
+            result => reply(read.responder, result),
         }
     }
 
@@ -395,6 +419,17 @@ impl KvService {
                 for read in batch.reads {
                     reply(read.responder, Err(ServerError::Timeout));
                 }
+            }
+        }
+        if !self.reads_on_lock.is_empty() {
+            let (late, waiting): (Vec<_>, Vec<_>) = std::mem::take(&mut self.reads_on_lock)
+                .into_iter()
+                .partition(|w| w.deadline <= now);
+            self.reads_on_lock = waiting;
+            for w in late {
+                // Still locked (else it was answered on apply): `Locked`, which clients retry.
+                let result = self.serve(&w.read.op, true);
+                reply(w.read.responder, result);
             }
         }
         let applied = self.kv.revision();
@@ -446,18 +481,32 @@ impl KvService {
                 reply(waiting.read.responder, Err(error.clone()));
             }
         }
+        for waiting in std::mem::take(&mut self.reads_on_lock) {
+            reply(waiting.read.responder, Err(error.clone()));
+        }
     }
 
-    fn serve(&self, op: &ReadOp) -> Reply {
-        match op {
+    /// The answer to `op`; `checked` (every read but a stale one): `Locked` if a prepared
+    /// cross-shard transaction writes a key it reads.
+    fn serve(&self, op: &ReadOp, checked: bool) -> Result<Reply, ServerError> {
+        Ok(match op {
             ReadOp::Get { key } => Reply::Get {
                 revision: self.kv.revision(),
-                kv: self.kv.get(key),
+                kv: if checked {
+                    self.kv.get_checked(key)?
+                } else {
+                    self.kv.get(key)
+                },
             },
             ReadOp::Scan { start, end, limit } => {
                 let max = self.config.limits.max_scan_limit;
                 let limit = if *limit == 0 { max } else { (*limit).min(max) };
-                let (kvs, more) = self.kv.scan(start, end.as_deref(), limit as usize);
+                let (kvs, more) = if checked {
+                    self.kv
+                        .scan_checked(start, end.as_deref(), limit as usize)?
+                } else {
+                    self.kv.scan(start, end.as_deref(), limit as usize)
+                };
                 Reply::Scan {
                     revision: self.kv.revision(),
                     kvs,
@@ -473,7 +522,7 @@ impl KvService {
                     .map(|(txn, p)| (*txn, p.clone()))
                     .collect(),
             },
-        }
+        })
     }
 
     fn check_key(&self, key: &Bytes) -> Result<(), ServerError> {
