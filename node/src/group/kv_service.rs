@@ -182,7 +182,8 @@ impl KvService {
 
     /// A client read: served at once (stale, or sequential when the store has the session's
     /// revision), held until the store reaches it (sequential, bounded by an election timeout),
-    /// or queued for the next read-index round.
+    /// or queued for the next read-index round. A non-stale read of a key a prepared cross-shard
+    /// transaction writes is then held until that transaction's DECIDE is applied (`answer`).
     pub(crate) fn read(&mut self, consistency: Consistency, op: ReadOp, responder: Responder) {
         if let Err(error) = self.check_read(&op) {
             return reply(responder, Err(error));
