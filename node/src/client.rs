@@ -1370,7 +1370,7 @@ fn reply_revision(reply: &Reply) -> Option<u64> {
         )
         | Reply::Get { revision, .. }
         | Reply::Scan { revision, .. } => Some(*revision),
-        Reply::Write(WriteResult::Shard(_))
+        Reply::Write(WriteResult::Shard(_) | WriteResult::Split(_))
         | Reply::Status(_)
         | Reply::Members { .. }
         | Reply::Done

@@ -11,7 +11,7 @@ use std::time::{SystemTime, UNIX_EPOCH};
 
 use consensus_core::paxos::{self, MultiPaxos};
 use consensus_core::zab::{self, Zab};
-use consensus_core::{ConfState, DurableState, Raft, ReadMode, Storage};
+use consensus_core::{ConfState, DurableState, Raft, ReadMode, Snapshot, Storage, Write};
 use net_quic::{Endpoint, Receivers};
 use tokio::sync::watch;
 use tokio::task::JoinHandle;
@@ -110,21 +110,35 @@ pub(crate) async fn open_group(
     config: &Arc<ServeConfig>,
     spec: GroupSpec,
 ) -> Result<OpenedGroup, ServeError> {
+    let config = config.clone();
+    tokio::task::spawn_blocking(move || open_group_blocking(&config, spec, None))
+        .await
+        .map_err(|e| ServeError::Stopped(format!("opening the store: {e}")))?
+}
+
+/// [`open_group`] on the calling thread (it reads the store and may fsync). A group created by a
+/// split passes `initial`, the state it starts from: installed as its snapshot unless the store
+/// has one already (a retried creation).
+pub(crate) fn open_group_blocking(
+    config: &Arc<ServeConfig>,
+    spec: GroupSpec,
+    initial: Option<Snapshot>,
+) -> Result<OpenedGroup, ServeError> {
     match config.protocol {
         Protocol::Raft => {
-            let store: RaftStore = open_store(config, &spec).await?;
+            let store: RaftStore = open_store(config, &spec, initial)?;
             let (kv, applied) = restore(config, &store)?;
             let engine = build_raft(config, store, applied)?;
             Ok(opened(config, engine, kv, spec.shard))
         }
         Protocol::MultiPaxos => {
-            let store: LogStore<paxos::HardState> = open_store(config, &spec).await?;
+            let store: LogStore<paxos::HardState> = open_store(config, &spec, initial)?;
             let (kv, applied) = restore(config, &store)?;
             let engine = build_multi_paxos(config, store, applied)?;
             Ok(opened(config, engine, kv, spec.shard))
         }
         Protocol::Zab => {
-            let store: LogStore<zab::HardState> = open_store(config, &spec).await?;
+            let store: LogStore<zab::HardState> = open_store(config, &spec, initial)?;
             let (kv, applied) = restore(config, &store)?;
             let engine = build_zab(config, store, applied)?;
             Ok(opened(config, engine, kv, spec.shard))
@@ -215,10 +229,11 @@ fn seed(config: &ServeConfig) -> u64 {
 
 /// Opens (or bootstraps from `[[members]]`) one group's store, refusing one recorded for
 /// another protocol, cluster, node or group: in the node's shared log when it has one (a sharded
-/// node: one fsync per round covers every group), else in the group's own directory.
-async fn open_store<H: DurableState>(
+/// node: one fsync per round covers every group), else in the group's own directory. Blocks.
+fn open_store<H: DurableState>(
     config: &Arc<ServeConfig>,
     spec: &GroupSpec,
+    initial: Option<Snapshot>,
 ) -> Result<LogStore<H>, ServeError> {
     let bootstrap = if config.join {
         ConfState::default()
@@ -231,18 +246,25 @@ async fn open_store<H: DurableState>(
         node_id: config.node_id,
         group_id: spec.shard.group,
     };
-    let data_dir = spec.dir.clone();
-    let shared = spec.shared.clone();
     let options = StoreOptions {
         trailing_entries: config.snapshot.trailing_entries,
         ..StoreOptions::default()
     };
-    let store = tokio::task::spawn_blocking(move || match shared {
-        Some(shared) => shared.open_group(identity, bootstrap, options),
-        None => LogStore::open(&data_dir, identity, bootstrap, options),
-    })
-    .await
-    .map_err(|e| ServeError::Stopped(format!("opening the store: {e}")))??;
+    let mut store = match &spec.shared {
+        Some(shared) => shared.open_group(identity, bootstrap, options)?,
+        None => LogStore::open(&spec.dir, identity, bootstrap, options)?,
+    };
+    if let Some(snapshot) = initial {
+        if store.snapshot_meta().index == 0 {
+            store.write(&Write {
+                snapshot: Some(snapshot),
+                truncate_from: None,
+                entries: Vec::new(),
+                hard_state: None,
+                sync: true,
+            })?;
+        }
+    }
     Ok(store)
 }
 

@@ -13,6 +13,7 @@
 //! ([`KvStore::get_checked`]) of a key one writes.
 
 mod shard_txn;
+mod split;
 
 use std::collections::btree_map::Entry;
 use std::collections::{BTreeMap, BTreeSet};
@@ -24,6 +25,7 @@ use serde::{Deserialize, Serialize};
 
 use crate::proto::{KeyValue, ServerError, Session, TxnOp, TxnOpResult, WriteOp, WriteResult};
 pub use shard_txn::{PreparedTxn, ShardTxns, MAX_FINISHED_TXNS};
+pub use split::SplitState;
 
 /// Results remembered per client at most; the oldest is forgotten beyond this (a client with more
 /// writes in flight than this under one id loses exactly-once for the oldest).
@@ -126,11 +128,20 @@ pub struct KvStore {
     /// (layout version 2).
     #[serde(skip)]
     shard_txns: ShardTxns,
+    /// Range splits (layout version 3, after the transaction state).
+    #[serde(skip)]
+    split: SplitState,
+    /// The meta group's bootstrap map (configuration, not replicated state).
+    #[serde(skip)]
+    base_map: Option<std::sync::Arc<crate::proto::ShardMap>>,
+    /// The upper half of a split just applied, until the node takes it.
+    #[serde(skip)]
+    split_off: Option<Box<(crate::proto::SplitPlan, KvStore)>>,
 }
 
 /// Snapshot layout version, the first field of every snapshot: 2 appends the cross-shard
-/// transaction state to version 1's layout (version 1 snapshots still restore).
-const SNAPSHOT_VERSION: u32 = 2;
+/// transaction state to version 1's layout, 3 the split state (versions 1 and 2 still restore).
+const SNAPSHOT_VERSION: u32 = 3;
 
 impl KvStore {
     /// An empty store that remembers at most `max_sessions` client sessions.
@@ -289,8 +300,33 @@ impl KvStore {
         if let Some(result) = client.results.get(&session.seq) {
             return Ok(result.clone());
         }
+        let refused = match op {
+            WriteOp::SplitMap { .. } | WriteOp::SplitRange(_) => None,
+            _ => self
+                .check_owned(op.keys().into_iter().map(|k| &k[..]))
+                .err(),
+        };
+        if let Some(error) = refused {
+            // Refused, not remembered: the client retries at the group that owns the key.
+            self.evict_sessions();
+            return Err(error);
+        }
         let result = match op {
             WriteOp::Shard(step) => WriteResult::Shard(ShardTxns::apply(self, step, index)),
+            WriteOp::SplitMap { key } => match self.record_split(key) {
+                Ok(plan) => WriteResult::Split(plan),
+                Err(error) => {
+                    self.evict_sessions();
+                    return Err(ServerError::Split(error));
+                }
+            },
+            WriteOp::SplitRange(plan) => match self.apply_split_range(plan) {
+                Ok(()) => WriteResult::Split(plan.clone()),
+                Err(error) => {
+                    self.evict_sessions();
+                    return Err(error);
+                }
+            },
             _ => {
                 if let Some((key, txn)) = self.shard_txns.locked(op.keys()) {
                     // Refused, not remembered: the retry of this sequence number runs anew.
@@ -411,7 +447,9 @@ impl KvStore {
                     results,
                 }
             }
-            WriteOp::Shard(_) => unreachable!("cross-shard steps are applied by apply_write"),
+            WriteOp::Shard(_) | WriteOp::SplitMap { .. } | WriteOp::SplitRange(_) => {
+                unreachable!("cross-shard steps and splits are applied by apply_write")
+            }
         }
     }
 
@@ -438,7 +476,7 @@ impl KvStore {
 
     /// Serializes the whole state (pairs, revision, sessions, member addresses).
     pub fn snapshot(&self) -> Result<Bytes, KvError> {
-        postcard::to_allocvec(&(SNAPSHOT_VERSION, self, &self.shard_txns))
+        postcard::to_allocvec(&(SNAPSHOT_VERSION, self, &self.shard_txns, &self.split))
             .map(Bytes::from)
             .map_err(|e| KvError::Encode(e.to_string()))
     }
@@ -453,15 +491,22 @@ impl KvStore {
         let (version, rest): (u32, &[u8]) = postcard::take_from_bytes(data).map_err(decode)?;
         let mut store = match version {
             1 => postcard::from_bytes::<KvStore>(rest).map_err(decode)?,
-            SNAPSHOT_VERSION => {
+            2 => {
                 let (mut store, shard_txns): (KvStore, ShardTxns) =
                     postcard::from_bytes(rest).map_err(decode)?;
                 store.shard_txns = shard_txns;
                 store
             }
+            SNAPSHOT_VERSION => {
+                let (mut store, shard_txns, split): (KvStore, ShardTxns, SplitState) =
+                    postcard::from_bytes(rest).map_err(decode)?;
+                store.shard_txns = shard_txns;
+                store.split = split;
+                store
+            }
             _ => {
                 return Err(KvError::Decode(format!(
-                    "snapshot version {version}, this build reads 1 and {SNAPSHOT_VERSION}"
+                    "snapshot version {version}, this build reads 1 to {SNAPSHOT_VERSION}"
                 )))
             }
         };

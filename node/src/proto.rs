@@ -42,7 +42,7 @@ pub mod shard;
 pub mod txn;
 pub mod xtxn;
 pub use peer::{PeerNodeStatus, PeerReply, PeerRequest, PeerSibling};
-pub use shard::{KeyRange, ShardInfo, ShardMap, META_GROUP};
+pub use shard::{KeyRange, ShardInfo, ShardMap, SplitError, SplitPlan, META_GROUP};
 pub use txn::{Compare, CompareOp, CompareTarget, TxnOp, TxnOpResult, MAX_TXN_OPS};
 pub use xtxn::{ShardOutcome, ShardTxnId, ShardTxnOp, ShardTxnResult};
 
@@ -258,6 +258,15 @@ pub enum WriteOp {
     },
     /// One step of a cross-shard transaction, sent by its coordinating node ([`xtxn`]).
     Shard(ShardTxnOp),
+    /// Meta group: plan splitting the range holding `key` at `key` and record it in the map
+    /// (answered with the plan; asked again, with the same plan).
+    SplitMap {
+        /// Where the range divides.
+        key: Bytes,
+    },
+    /// Source group: divide the range and its state as the meta group planned; every member
+    /// starts the new group from the upper half.
+    SplitRange(SplitPlan),
 }
 
 impl WriteOp {
@@ -277,6 +286,7 @@ impl WriteOp {
                 .chain(success.iter().chain(failure).map(TxnOp::key))
                 .collect(),
             WriteOp::Shard(op) => op.keys(),
+            WriteOp::SplitMap { .. } | WriteOp::SplitRange(_) => vec![],
         }
     }
 
@@ -302,6 +312,7 @@ impl WriteOp {
                 }))
                 .collect(),
             WriteOp::Shard(op) => op.values(),
+            WriteOp::SplitMap { .. } | WriteOp::SplitRange(_) => vec![],
         }
     }
 }
@@ -412,6 +423,8 @@ pub enum WriteResult {
     },
     /// A step of a cross-shard transaction ([`xtxn`]).
     Shard(ShardTxnResult),
+    /// A range split, planned (meta group) or applied (source group).
+    Split(SplitPlan),
 }
 
 /// A member's role, as reported by status.
@@ -688,6 +701,9 @@ pub enum ServerError {
     /// since it was read, or a participant timed out); nothing of it was applied: retry it.
     #[error("cross-shard transaction aborted, nothing applied: {0}; retry it")]
     TxnAborted(String),
+    /// A range split (`quorate cluster split`) was refused; the reason says what to do.
+    #[error("split refused: {0}")]
+    Split(SplitError),
 }
 
 /// Answers one client request.

@@ -68,6 +68,7 @@
 //! [`mod@format`] is the on-disk layout; [`fs`] the filesystem seam with the real [`StdFs`] and the
 //! crash-simulating [`MemFs`] used by the tests.
 
+mod bell;
 mod error;
 pub mod format;
 pub mod fs;

@@ -22,7 +22,7 @@ use crate::options::{Options, RecoveryReport, Stats, TornTailCut};
 use crate::segment::{
     create_segment, install_segment, prepare_file, scan_segment, zero_range, Segment, SPARE_FILE,
 };
-use crate::waiters::{Waiters, Woken};
+use crate::waiters::{GroupCommit, Woken};
 
 const LOCK_FILE: &str = "LOCK";
 /// Pending (appended, not yet written) bytes are written to the file once they exceed this.
@@ -58,8 +58,6 @@ struct State {
     arrivals: u64,
     expected_waiters: u64,
     gathering: bool,
-    /// Threads parked until their record is durable.
-    waiters: Waiters,
     last_sync_done: Instant,
     sync_time_estimate: Duration,
     metadata: Option<Vec<u8>>,
@@ -141,9 +139,10 @@ pub struct Wal {
     /// Serialises metadata replacements, whose file I/O runs outside `state` so appends and
     /// group commits are not held up by it.
     meta_writer: Mutex<()>,
-    /// Signalled when a sync finishes, the log is truncated or poisoned, or a leader stops gathering.
-    sync_done: Condvar,
-    /// Signalled for a gathering leader when enough writers wait or a sync finished.
+    /// What group-commit waiters read without the lock, the claim to lead the next fsync, and
+    /// the bell they sleep on.
+    group: GroupCommit,
+    /// Signalled for a gathering leader when enough writers wait, or the log changed under it.
     gathered: Condvar,
     report: RecoveryReport,
     _lock: Box<dyn Any + Send + Sync>,
@@ -213,7 +212,6 @@ impl Wal {
             arrivals: 0,
             expected_waiters: 0,
             gathering: false,
-            waiters: Waiters::default(),
             last_sync_done: Instant::now(),
             sync_time_estimate: Duration::ZERO,
             metadata,
@@ -227,13 +225,14 @@ impl Wal {
             options,
             state: Mutex::new(state),
             meta_writer: Mutex::new(()),
-            sync_done: Condvar::new(),
+            group: GroupCommit::default(),
             gathered: Condvar::new(),
             report,
             _lock: lock,
         };
         {
             let mut st = wal.state.lock();
+            wal.publish(&st);
             wal.start_spare(&mut st);
         }
         tracing::debug!(dir = %wal.dir.display(), first_index, next_index, "write-ahead log opened");
@@ -325,30 +324,22 @@ impl Wal {
         let mut st = self.state.lock();
         let index = self.append_locked(&mut st, &[payload])?.start;
         let epoch = st.epoch;
-        self.wait_locked(st, index, Some(epoch))?;
+        self.wait_inner(st, index, Some(epoch), true)?;
         Ok(index)
     }
 
     /// Makes every record appended so far durable with one `fdatasync` (or by joining one in
     /// progress) and returns the durable index.
     pub fn sync(&self) -> Result<u64> {
-        let mut st = self.state.lock();
+        let st = self.state.lock();
         let target = st.next_index - 1;
-        loop {
-            st.check_poisoned()?;
-            if st.durable_index >= target {
-                return Ok(st.durable_index);
-            }
-            if st.syncing {
-                self.sync_done.wait(&mut st);
-            } else {
-                self.sync_locked(&mut st)?;
-            }
-        }
+        self.wait_inner(st, target, None, false)
     }
 
     /// Blocks until record `index` is durable, joining other writers' group commit, and returns
-    /// the durable index.
+    /// the durable index. If a concurrent [`truncate_from`](Self::truncate_from) removes `index`
+    /// meanwhile, it returns once the rest of the log is durable, with a durable index below
+    /// `index`.
     pub fn wait_durable(&self, index: u64) -> Result<u64> {
         let st = self.state.lock();
         if index >= st.next_index {
@@ -358,59 +349,76 @@ impl Wal {
                 last: st.next_index - 1,
             });
         }
-        self.wait_locked(st, index, None)
+        self.wait_inner(st, index, None, true)
     }
 
-    fn wait_locked(
-        &self,
-        st: MutexGuard<'_, State>,
-        index: u64,
-        epoch: Option<u64>,
-    ) -> Result<u64> {
-        let (result, st) = self.wait_inner(st, index, epoch);
-        if let Some(st) = st {
-            self.hand_off(st);
+    /// Whether a wait for `index` (appended in truncation `epoch`, if given) is over, and how.
+    fn wait_outcome(st: &State, index: u64, epoch: Option<u64>) -> Option<Result<u64>> {
+        if let Err(e) = st.check_poisoned() {
+            return Some(Err(e));
         }
-        result
+        if let Some(epoch) = epoch {
+            if truncated_since(st, epoch, index) {
+                return Some(Err(WalError::Truncated { index }));
+            }
+        }
+        // A record a truncation removed (possible only without `epoch`) waits for the rest.
+        if st.durable_index >= index.min(st.next_index - 1) {
+            return Some(Ok(st.durable_index));
+        }
+        None
     }
 
-    /// Waits for `index`; returns the lock too unless the thread returns straight from parking.
+    /// Waits until `index` is durable: leading the next fsync if no other thread leads one, else
+    /// sleeping on the bell (see `waiters.rs`). `writer` marks a closed-loop writer: it counts
+    /// as an arrival for group-commit gathering, and may gather others when it leads.
     fn wait_inner<'a>(
         &'a self,
         mut st: MutexGuard<'a, State>,
         index: u64,
         epoch: Option<u64>,
-    ) -> (Result<u64>, Option<MutexGuard<'a, State>>) {
-        st.arrivals += 1;
-        if st.gathering && st.arrivals >= st.expected_waiters {
-            self.gathered.notify_one();
+        writer: bool,
+    ) -> Result<u64> {
+        if writer {
+            st.arrivals += 1;
+            if st.gathering && st.arrivals >= st.expected_waiters {
+                self.gathered.notify_one();
+            }
         }
         let arrived = Instant::now();
-        let mut may_gather = true;
+        let mut may_gather = writer;
+        let mut leading = false;
+        // An fsync this thread ran whose sleepers are not rung yet (rung once the lock is free).
+        let mut ring = false;
         loop {
-            if let Err(e) = st.check_poisoned() {
-                return (Err(e), Some(st));
-            }
-            if let Some(epoch) = epoch {
-                if truncated_since(&st, epoch, index) {
-                    return (Err(WalError::Truncated { index }), Some(st));
+            if let Some(outcome) = Self::wait_outcome(&st, index, epoch) {
+                if leading {
+                    self.group.resign();
+                    ring = true;
                 }
-            }
-            if st.durable_index >= index {
-                return (Ok(st.durable_index), Some(st));
-            }
-            if st.syncing || st.gathering {
-                let waiter = st.waiters.enqueue(index);
                 drop(st);
-                match waiter.park() {
-                    Woken::Covered(durable) => return (Ok(durable), None),
-                    Woken::Recheck => {
-                        st = self.state.lock();
-                        st.waiters.leader_pending = false;
-                        continue;
-                    }
+                if ring {
+                    self.group.ring();
                 }
+                return outcome;
             }
+            if ring {
+                MutexGuard::unlocked(&mut st, || self.group.ring());
+                ring = false;
+                continue;
+            }
+            if !leading && !self.group.try_lead() {
+                let seen = self.group.generation();
+                drop(st);
+                match self.group.sleep(index, epoch, seen) {
+                    Woken::Durable(durable) => return Ok(durable),
+                    Woken::Lead => leading = true,
+                    Woken::Recheck => {}
+                }
+                st = self.state.lock();
+                continue;
+            }
+            leading = true;
             // This thread leads the next fsync. Closed-loop writers released by the previous
             // fsync are on their way back: without waiting, the writers split into two groups
             // whose fsyncs alternate, each covering half of them. So wait until as many writers
@@ -437,43 +445,52 @@ impl Wal {
                     continue;
                 }
             }
-            if let Err(e) = self.sync_locked(&mut st) {
-                return (Err(e), Some(st));
+            // Resigns the leadership whatever happens; the sleepers are rung next time round.
+            let result = self.sync_locked(&mut st);
+            leading = false;
+            ring = true;
+            if let Err(e) = result {
+                drop(st);
+                self.group.ring();
+                return Err(e);
             }
         }
     }
 
-    /// A waiter leaving with the lock: if others wait and no fsync is running or about to be
-    /// led, wake one to lead it (all of them if the log is poisoned).
-    fn hand_off(&self, mut st: MutexGuard<'_, State>) {
-        if st.syncing || st.gathering || st.waiters.leader_pending || st.waiters.is_empty() {
-            return;
-        }
-        let wake: Vec<_> = if st.poisoned.is_some() {
-            st.waiters.take_all()
-        } else {
-            st.waiters.take_leader(None).into_iter().collect()
-        };
-        drop(st);
-        for waiter in wake {
-            waiter.wake();
-        }
+    /// Publishes what waiters may read without the lock (after every change of the durable
+    /// index, the truncation epoch or poisoning, before the ring that announces it).
+    fn publish(&self, st: &State) {
+        self.group
+            .publish(st.durable_index, st.epoch, st.poisoned.is_some());
     }
 
     /// Wakes every thread waiting for durability or gathering a group commit, to look again.
     fn wake_all(&self, st: &mut State) {
-        self.sync_done.notify_all();
+        self.publish(st);
         self.gathered.notify_all();
-        for waiter in st.waiters.take_all() {
-            waiter.wake();
-        }
-        st.waiters.leader_pending = false;
+        self.group.ring();
     }
 
-    /// Writes pending records, then fsyncs the active segment with the lock released. Then wakes
-    /// the waiters it covered and, if others wait, one to lead the next fsync.
+    /// Waits (with the lock released) until no fsync runs outside the lock.
+    fn wait_no_fsync(&self, st: &mut MutexGuard<'_, State>) {
+        while st.syncing {
+            let seen = self.group.generation();
+            MutexGuard::unlocked(st, || self.group.wait_for_ring(seen));
+        }
+    }
+
+    /// Run by the leader: writes pending records, then fsyncs the active segment with the lock
+    /// released, publishes the new durable index and resigns the leadership. The caller rings
+    /// the bell, once it has released the lock.
     fn sync_locked(&self, st: &mut MutexGuard<'_, State>) -> Result<()> {
         debug_assert!(!st.syncing);
+        let result = self.fsync_pending(st);
+        self.publish(st);
+        self.group.resign();
+        result
+    }
+
+    fn fsync_pending(&self, st: &mut MutexGuard<'_, State>) -> Result<()> {
         st.flush_pending()?;
         let target = st.next_index - 1;
         let covered_waiters = st.arrivals;
@@ -495,45 +512,13 @@ impl Wal {
         // The writers this fsync releases plus those that queued meanwhile: how many the next
         // leader may expect.
         st.expected_waiters = covered_waiters + st.arrivals;
-        let result = match result {
+        match result {
             Ok(()) => {
                 st.durable_index = st.durable_index.max(target);
                 Ok(())
             }
             Err(e) => Err(st.poison(WalError::io("fdatasync", &path, e))),
-        };
-        self.sync_done.notify_all();
-        self.gathered.notify_all();
-        if st.poisoned.is_some() {
-            let wake = st.waiters.take_all();
-            MutexGuard::unlocked(st, || wake.iter().for_each(|w| w.wake()));
-            return result;
         }
-        let durable = st.durable_index;
-        let covered = st.waiters.release_covered(durable);
-        // The next leader first, so that its fsync starts as soon as possible; it wakes the
-        // second half of the covered writers, this thread the first (see `waiters.rs`).
-        let half = covered.len() / 2;
-        let leader = if !st.waiters.leader_pending && !st.gathering {
-            let help = (half < covered.len()).then(|| (covered.clone(), half..covered.len()));
-            st.waiters.take_leader(help)
-        } else {
-            None
-        };
-        let mine = if leader.is_some() {
-            0..half
-        } else {
-            0..covered.len()
-        };
-        if leader.is_some() || !covered.is_empty() {
-            MutexGuard::unlocked(st, || {
-                if let Some(leader) = &leader {
-                    leader.wake();
-                }
-                covered[mine].iter().for_each(|w| w.wake());
-            });
-        }
-        result
     }
 
     fn append_locked<P: AsRef<[u8]>>(&self, st: &mut State, payloads: &[P]) -> Result<Range<u64>> {
@@ -772,9 +757,7 @@ impl Wal {
         if index >= st.next_index {
             return Ok(());
         }
-        while st.syncing {
-            self.sync_done.wait(&mut st);
-        }
+        self.wait_no_fsync(&mut st);
         let result = self.truncate_locked(&mut st, index);
         st.epoch += 1;
         let epoch = st.epoch;
@@ -848,9 +831,7 @@ impl Wal {
             return Ok(());
         }
         if index > st.next_index {
-            while st.syncing {
-                self.sync_done.wait(&mut st);
-            }
+            self.wait_no_fsync(&mut st);
             let result = self.reset_locked(&mut st, index);
             self.wake_all(&mut st);
             return result.map_err(|e| st.poison(e));

@@ -247,7 +247,16 @@ fn concurrent_writers_share_fsyncs_and_every_acknowledged_record_is_there() {
                 (0..50u64)
                     .map(|k| {
                         let data = format!("writer {t} record {k}").into_bytes();
-                        (wal.append_durable(&data).unwrap(), data)
+                        let index = wal.append_durable(&data).unwrap();
+                        // Returned means durable: the durable index only grows (no truncation
+                        // here), so it covers the record now. A waiter woken too early (by
+                        // the fsync before the one that covers it) fails this, not the count.
+                        let durable = wal.durable_index();
+                        assert!(
+                            durable >= index,
+                            "record {index} returned at durable {durable}"
+                        );
+                        (index, data)
                     })
                     .collect::<Vec<_>>()
             })

@@ -78,10 +78,15 @@ pub struct Args {
     /// With `--mode peer`: keys written while a node is cut off, one convergence round each.
     #[arg(long, value_delimiter = ',', default_value = "10,100,1000,10000")]
     divergent: Vec<usize>,
-    /// Measure idle sharded clusters instead: 3 nodes with each of these shard counts, the
-    /// servers' CPU while idle with quiescence off (the baseline) and on (`bench_cluster_shards`).
+    /// Measure sharded clusters instead: 3 nodes with each of these shard counts; what `--measure`
+    /// says.
     #[arg(long, value_delimiter = ',')]
     shards: Vec<usize>,
+    /// With `--shards`: `idle` is the servers' CPU while idle with quiescence off (the baseline)
+    /// and on (`bench_cluster_shards`); `load` is the usual put and get rows per `--clients`, keys
+    /// spread over the shards, against 1 shard (`bench_cluster_shard_load`).
+    #[arg(long, value_enum, value_delimiter = ',', default_value = "idle,load")]
+    measure: Vec<ShardMeasure>,
     /// With `--shards`: seconds of idle time measured per run.
     #[arg(long, default_value_t = 10)]
     idle_secs: u64,
@@ -132,6 +137,15 @@ pub enum Mode {
     Peer,
     /// Also primary-backup replication, one system per `--ack` mode (`bench_cluster_primary`).
     PrimaryBackup,
+}
+
+/// What `--shards` measures.
+#[derive(clap::ValueEnum, Debug, Clone, Copy, PartialEq, Eq)]
+pub enum ShardMeasure {
+    /// Idle groups' CPU, quiescence off and on.
+    Idle,
+    /// Writes/s and CPU per op as shards grow.
+    Load,
 }
 
 /// A baseline system.
@@ -538,13 +552,30 @@ async fn run_async(args: Args) -> anyhow::Result<()> {
 
     if !args.shards.is_empty() {
         let bin = cluster::build_quorate()?;
-        return crate::bench_cluster_shards::run_idle(
-            &bin,
-            tmp.path(),
-            &args.shards,
-            Duration::from_secs(args.idle_secs),
-        )
-        .await;
+        if args.measure.contains(&ShardMeasure::Idle) {
+            crate::bench_cluster_shards::run_idle(
+                &bin,
+                tmp.path(),
+                &args.shards,
+                Duration::from_secs(args.idle_secs),
+            )
+            .await?;
+        }
+        if args.measure.contains(&ShardMeasure::Load) {
+            if args.shards.iter().any(|&n| n > 4096) {
+                bail!("--measure load takes shard counts up to 4096");
+            }
+            crate::bench_cluster_shard_load::run(
+                &bin,
+                tmp.path(),
+                &out,
+                &args.shards,
+                &args.clients,
+                args.ops,
+            )
+            .await?;
+        }
+        return Ok(());
     }
     let mut protocols = vec![Protocol::Raft];
     for &p in &args.protocol {
@@ -992,7 +1023,7 @@ impl System for Quorate {
     }
 }
 
-fn print_system(run: &SystemRun) {
+pub(crate) fn print_system(run: &SystemRun) {
     println!("{}", run.name);
     println!(
         "{:>8} {:>10} {:>9} {:>9} {:>9} {:>7} {:>7}   {:>10} {:>9} {:>9} {:>9} {:>7} {:>7}",

@@ -23,10 +23,12 @@ struct IdleRow {
     cpu_percent: f64,
 }
 
-/// Split keys dividing `k00000`..`k99999` into `shards` ranges.
-fn split_keys(shards: usize) -> Vec<String> {
-    (1..shards)
-        .map(|i| format!("k{:05}", i * 100_000 / shards))
+/// Split keys dividing the 8-hex-digit prefixes `00000000`..`ffffffff` into `shards` ranges (the
+/// load rows put that prefix, a hash of the key, in front of every key: see
+/// `bench_cluster_shard_load`).
+pub(crate) fn split_keys(shards: usize) -> Vec<String> {
+    (1..shards as u64)
+        .map(|i| format!("{:08x}", (i << 32) / shards as u64))
         .collect()
 }
 
@@ -113,31 +115,7 @@ async fn idle_row(
     })?;
     let result = async {
         let client = node::client::Client::connect(nodes.client_config()?)?;
-        let deadline = Instant::now() + Duration::from_secs(300);
-        let groups = shards * 3;
-        // Ready: every node knows every group's leader (and, quiescing, every group is quiet).
-        let quiet_groups = loop {
-            nodes.check_running()?;
-            let mut ready = true;
-            let mut quiet = 0;
-            for id in 1..=3 {
-                match client.shard_map_of(id).await {
-                    Ok(map) => {
-                        ready &= map.shards.len() == shards
-                            && map.shards.iter().all(|s| s.leader.is_some());
-                        quiet += map.shards.iter().filter(|s| s.quiet).count();
-                    }
-                    Err(_) => ready = false,
-                }
-            }
-            if ready && (!quiesce || quiet == groups) {
-                break quiet;
-            }
-            if Instant::now() > deadline {
-                bail!("{shards} shards not ready within 300s ({quiet}/{groups} quiet)");
-            }
-            tokio::time::sleep(Duration::from_millis(500)).await;
-        };
+        let quiet_groups = wait_ready(&mut nodes, &client, shards, quiesce).await?;
         let ready_after = started.elapsed();
         // Let the start-up work (elections, first snapshots, segment preallocation) settle.
         tokio::time::sleep(Duration::from_secs(2)).await;
@@ -154,12 +132,12 @@ async fn idle_row(
         let elapsed = t0.elapsed();
         nodes.check_running()?;
         client.close().await;
-        Ok(IdleRow {
+        anyhow::Ok(IdleRow {
             shards,
             quiesce,
             ready_after,
             quiet_groups,
-            groups,
+            groups: shards * 3,
             cpu_percent: used.as_secs_f64() * 100.0 / elapsed.as_secs_f64(),
         })
     }
@@ -173,6 +151,40 @@ async fn idle_row(
     result
 }
 
+/// Waits until every node knows every group's leader (and, with `quiesce`, every group on every
+/// node is quiet); returns how many (group, node) pairs are quiet.
+pub(crate) async fn wait_ready(
+    nodes: &mut cluster::QuorateCluster,
+    client: &node::client::Client,
+    shards: usize,
+    quiesce: bool,
+) -> anyhow::Result<usize> {
+    let deadline = Instant::now() + Duration::from_secs(300);
+    let groups = shards * 3;
+    loop {
+        nodes.check_running()?;
+        let mut ready = true;
+        let mut quiet = 0;
+        for id in 1..=3 {
+            match client.shard_map_of(id).await {
+                Ok(map) => {
+                    ready &=
+                        map.shards.len() == shards && map.shards.iter().all(|s| s.leader.is_some());
+                    quiet += map.shards.iter().filter(|s| s.quiet).count();
+                }
+                Err(_) => ready = false,
+            }
+        }
+        if ready && (!quiesce || quiet == groups) {
+            return Ok(quiet);
+        }
+        if Instant::now() > deadline {
+            bail!("{shards} shards not ready within 300s ({quiet}/{groups} quiet)");
+        }
+        tokio::time::sleep(Duration::from_millis(500)).await;
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -183,6 +195,7 @@ mod tests {
         let keys = split_keys(1000);
         assert_eq!(keys.len(), 999);
         assert!(keys.windows(2).all(|w| w[0] < w[1]));
-        assert_eq!(keys[0], "k00100");
+        assert_eq!(keys[0], "00418937");
+        assert_eq!(split_keys(4), ["40000000", "80000000", "c0000000"]);
     }
 }

@@ -8,6 +8,7 @@ use clap::{Parser, Subcommand};
 mod bench_cluster;
 mod bench_cluster_peer;
 mod bench_cluster_primary;
+mod bench_cluster_shard_load;
 mod bench_cluster_shards;
 mod bench_cluster_txn;
 mod bench_core;

@@ -297,6 +297,12 @@ pub enum ClusterCommand {
     },
     /// The shards: each key range, its group, the group's leader and keys (as one member knows).
     Shards,
+    /// Split the range holding KEY at KEY, online: a new group takes the keys from KEY to the
+    /// range's end. Safe to run again (a split done already is reported, not repeated).
+    Split {
+        /// Where the range divides (UTF-8 text; the new group's first key).
+        key: String,
+    },
 }
 
 /// Parses `250ms`, `5s`, `2m` or a bare number of seconds.

@@ -540,6 +540,7 @@ pub(super) async fn cluster(
             Ok(Outcome::Success)
         }
         ClusterCommand::Shards => super::shards_output::shards(client, json).await,
+        ClusterCommand::Split { key } => super::shards_output::split(client, key, json).await,
     }
 }
 

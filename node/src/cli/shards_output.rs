@@ -1,5 +1,5 @@
 //! `quorate cluster shards`: the shard map as one member knows it — each range, its group, the
-//! group's leader and its keys there.
+//! group's leader and its keys there. `quorate cluster split KEY`: an online split.
 
 use serde_json::json;
 
@@ -52,6 +52,37 @@ pub(super) async fn shards(client: &Client, json: bool) -> Result<Outcome, CliEr
                 if s.quiet { "quiet" } else { "active" }
             );
         }
+    }
+    Ok(Outcome::Success)
+}
+
+/// Splits the range holding `key` at `key` and prints the plan that ran.
+pub(super) async fn split(client: &Client, key: String, json: bool) -> Result<Outcome, CliError> {
+    let plan = client.split(bytes::Bytes::from(key)).await?;
+    let end = plan.end.as_ref().map(|e| text(e));
+    if json {
+        println!(
+            "{}",
+            json!({
+                "key": text(&plan.key),
+                "source": plan.source,
+                "group": plan.new_group,
+                "end": end,
+                "epoch": plan.epoch,
+                "map_epoch": plan.map_epoch,
+            })
+        );
+    } else {
+        println!(
+            "split group {} at {}: group {} serves [{}, {}) at epoch {} (map epoch {})",
+            plan.source,
+            text(&plan.key),
+            plan.new_group,
+            text(&plan.key),
+            end.unwrap_or_else(|| "-".into()),
+            plan.epoch,
+            plan.map_epoch
+        );
     }
     Ok(Outcome::Success)
 }

@@ -18,11 +18,22 @@ use bytes::Bytes;
 
 use super::{unexpected, Client, ClientError, Route, ScanPage};
 use crate::proto::{
-    AdminRequest, Consistency, ReadOp, Reply, Request, ServerError, ShardInfo, ShardMap,
+    AdminRequest, Consistency, ReadOp, Reply, Request, ServerError, ShardInfo, ShardMap, SplitPlan,
+    WriteOp, WriteResult,
 };
 
 /// How often a `WrongShard` answer makes the client fetch the map and resend.
 const REROUTES: usize = 5;
+
+/// Back-offs (10 ms doubling to 160 ms) while the refetched map is no newer than the cached one
+/// (a split applied at the group before the meta group's map shows it, or the new group not yet
+/// running on the member asked), before the client gives up.
+const STALE_MAP_BACKOFFS: u32 = 8;
+
+/// The pause before the `attempt`-th refetch of a map that was not newer.
+fn stale_map_backoff(attempt: u32) -> std::time::Duration {
+    std::time::Duration::from_millis(10 << attempt.min(4))
+}
 
 /// The cached shard map.
 #[derive(Debug, Default)]
@@ -158,21 +169,102 @@ impl Client {
         build: impl Fn(u64) -> Request,
     ) -> Result<(u64, Reply), ClientError> {
         let mut map = self.cached_shard_map();
-        for _ in 0..REROUTES {
+        let mut reroute = Reroute::default();
+        loop {
             let shard = locate_all(&map, keys)?;
             let request = routed(&map, shard, build(shard.group));
             let result = self.call_tracked(&request, route, uncertain).await;
             if !is_wrong_shard(&result) {
                 return result;
             }
-            map = self.refresh_shard_map().await?;
+            match self.next_map(&map, &mut reroute).await? {
+                Some(next) => map = next,
+                None => return result,
+            }
         }
-        let shard = locate_all(&map, keys)?;
-        let request = routed(&map, shard, build(shard.group));
-        self.call_tracked(&request, route, uncertain).await
     }
 
-    /// A request for `key` to one member only, routed to the key's group.
+    /// After a `WrongShard`: the map fetched again, after a back-off if it is not newer than
+    /// `stale`; `None` once the reroutes or back-offs are used up.
+    async fn next_map(
+        &self,
+        stale: &ShardMap,
+        reroute: &mut Reroute,
+    ) -> Result<Option<Arc<ShardMap>>, ClientError> {
+        if reroute.newer >= REROUTES {
+            return Ok(None);
+        }
+        let map = self.refresh_shard_map().await?;
+        if map.epoch > stale.epoch {
+            reroute.newer += 1;
+            return Ok(Some(map));
+        }
+        if reroute.backoffs >= STALE_MAP_BACKOFFS {
+            return Ok(None);
+        }
+        tokio::time::sleep(stale_map_backoff(reroute.backoffs)).await;
+        reroute.backoffs += 1;
+        Ok(Some(self.refresh_shard_map().await?))
+    }
+
+    /// Splits the range holding `key` at `key` (`quorate cluster split`): the meta group records
+    /// the plan, then the source group divides its state and every member starts the new group.
+    /// Safe to retry: a split recorded already is answered with its plan and not applied twice.
+    pub async fn split(&self, key: impl Into<Bytes>) -> Result<SplitPlan, ClientError> {
+        let key = key.into();
+        let (_in_flight, session) = self.begin_write();
+        let request = Request::Write {
+            session,
+            op: WriteOp::SplitMap { key },
+        };
+        let plan = match self.call(&request, Route::Leader).await? {
+            (_, Reply::Write(WriteResult::Split(plan))) => plan,
+            (node, other) => return Err(unexpected(node, &other)),
+        };
+        self.finish_split(&plan).await?;
+        Ok(plan)
+    }
+
+    /// The second step of a split the meta group recorded: the source group divides at the plan
+    /// (nothing happens if it did already). The meta group's leader also runs it for recorded
+    /// splits whose group it does not see running, so a split whose client died in between
+    /// completes.
+    pub async fn finish_split(&self, plan: &SplitPlan) -> Result<(), ClientError> {
+        let (_in_flight, session) = self.begin_write();
+        let request = Request::Routed {
+            group: plan.source,
+            epoch: plan.source_epoch,
+            request: Box::new(Request::Write {
+                session,
+                op: WriteOp::SplitRange(plan.clone()),
+            }),
+        };
+        let mut backoffs = 0;
+        loop {
+            match self.call(&request, Route::Leader).await {
+                Ok((_, Reply::Write(WriteResult::Split(_)))) => break,
+                // The source moved past the plan's epoch: this split (or a retry of it) applied.
+                Err(ClientError::Refused(ServerError::WrongShard { group, epoch }))
+                    if group == plan.source && epoch >= plan.epoch =>
+                {
+                    break
+                }
+                // A prepared cross-shard transaction holds a key of the upper half (it is
+                // decided shortly), or an earlier split of the source is not applied there yet.
+                Err(ClientError::Refused(
+                    ServerError::Locked { .. } | ServerError::WrongShard { .. },
+                )) if backoffs < STALE_MAP_BACKOFFS => {
+                    tokio::time::sleep(stale_map_backoff(backoffs)).await;
+                    backoffs += 1;
+                }
+                Ok((node, other)) => return Err(unexpected(node, &other)),
+                Err(error) => return Err(error),
+            }
+        }
+        self.refresh_shard_map().await?;
+        Ok(())
+    }
+
     pub(super) async fn call_one_keyed(
         &self,
         node: u64,
@@ -180,24 +272,24 @@ impl Client {
         build: impl Fn(u64) -> Request,
     ) -> Result<Reply, ClientError> {
         let mut map = self.cached_shard_map();
-        for _ in 0..REROUTES {
+        let mut reroute = Reroute::default();
+        loop {
             let shard = locate_all(&map, &[key])?;
             let request = routed(&map, shard, build(shard.group));
-            match self.call_one(node, &request).await {
-                Err(ClientError::Refused(ServerError::WrongShard { .. })) => {
-                    map = self.refresh_shard_map().await?;
-                }
-                other => return other,
+            let result = self.call_one(node, &request).await;
+            if !matches!(
+                result,
+                Err(ClientError::Refused(ServerError::WrongShard { .. }))
+            ) {
+                return result;
+            }
+            match self.next_map(&map, &mut reroute).await? {
+                Some(next) => map = next,
+                None => return result,
             }
         }
-        let shard = locate_all(&map, &[key])?;
-        let request = routed(&map, shard, build(shard.group));
-        self.call_one(node, &request).await
     }
 
-    /// A scan across the shards `[start, end)` touches, in key order, at most `limit` pairs
-    /// (0: each shard's server maximum). `more` is set when a shard's part was cut short, or
-    /// when the limit was reached before the last shard (the rest may hold more).
     pub(super) async fn scan_shards(
         &self,
         start: Bytes,
@@ -206,7 +298,8 @@ impl Client {
         consistency: Consistency,
     ) -> Result<ScanPage, ClientError> {
         let mut map = self.cached_shard_map();
-        'reroute: for attempt in 0..=REROUTES {
+        let mut reroute = Reroute::default();
+        'reroute: loop {
             let mut page = ScanPage {
                 revision: 0,
                 kvs: Vec::new(),
@@ -234,9 +327,11 @@ impl Client {
                 let result = self
                     .call_tracked(&routed(&map, shard, read), route, &mut false)
                     .await;
-                if is_wrong_shard(&result) && attempt < REROUTES {
-                    map = self.refresh_shard_map().await?;
-                    continue 'reroute;
+                if is_wrong_shard(&result) {
+                    if let Some(next) = self.next_map(&map, &mut reroute).await? {
+                        map = next;
+                        continue 'reroute;
+                    }
                 }
                 match result? {
                     (
@@ -263,8 +358,16 @@ impl Client {
             }
             return Ok(page);
         }
-        unreachable!("the last attempt returns")
     }
+}
+
+/// How often a request was sent again after `WrongShard`.
+#[derive(Debug, Default)]
+struct Reroute {
+    /// Maps fetched that were newer.
+    newer: usize,
+    /// Back-offs taken for maps that were not.
+    backoffs: u32,
 }
 
 #[cfg(test)]

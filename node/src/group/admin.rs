@@ -143,7 +143,12 @@ impl<C: Engine> Driver<C> {
     pub(super) fn handle_admin(&mut self, admin: AdminRequest, responder: Responder) {
         let result = match admin {
             AdminRequest::Status => Ok(Reply::Status(self.status())),
-            AdminRequest::Shards => Ok(Reply::Shards(self.host.shard.map(self.group_state()))),
+            AdminRequest::Shards => {
+                let current = self.host.kv.store().shard_map();
+                Ok(Reply::Shards(
+                    self.host.shard.map(current, self.group_state()),
+                ))
+            }
             AdminRequest::Members => Ok(Reply::Members {
                 members: self.members(),
                 leader: self.host.soft.leader,

@@ -64,6 +64,7 @@ impl GroupHost {
             config.limits.max_pending_requests,
             config.tick() * config.raft.election_ticks * 2,
         );
+        let base_map = shard.map.clone();
         let mut host = GroupHost {
             leaderless,
             id: config.node_id,
@@ -71,7 +72,7 @@ impl GroupHost {
             shard,
             endpoint,
             durable,
-            kv: KvService::new(config, kv, applied),
+            kv: KvService::new(config, kv, applied, base_map),
             admin: AdminWaits::default(),
             soft: SoftState {
                 leader: None,
@@ -97,7 +98,7 @@ impl GroupHost {
 
     /// Sends a quiescence message to member `to`.
     pub(crate) fn send_control(&self, to: u64, message: &crate::proto::quiesce::Quiesce) {
-        match PeerMessage::control(self.group, self.shard.epoch, message) {
+        match PeerMessage::control(self.group, self.shard.wire_epoch, message) {
             Ok(envelope) => {
                 if let Err(error) = self.endpoint.send(NetNodeId(to), &envelope) {
                     debug!(node = self.id, to, %error, "quiescence message not sent");
@@ -225,7 +226,7 @@ impl GroupHost {
         let to = NetNodeId(message.to());
         let envelope = match PeerMessage::encode(self.group, &message) {
             Ok(envelope) => PeerMessage {
-                epoch: self.shard.epoch,
+                epoch: self.shard.wire_epoch,
                 ..envelope
             },
             Err(error) => {
@@ -248,6 +249,70 @@ impl GroupHost {
             });
         } else if let Err(error) = self.endpoint.send(to, &envelope) {
             debug!(node = self.id, %to, %error, "message not sent");
+        }
+    }
+}
+
+impl GroupHost {
+    /// The meta group tells the node which splits its state machine records.
+    fn publish_splits(&self) {
+        if let (Some(splits), Some(_)) = (&self.shard.splits, &self.shard.map) {
+            splits.planned(self.kv.store().splits());
+        }
+    }
+
+    /// A snapshot from the leader shows splits of this group's range that this member never
+    /// applied (its log was compacted past them): the range and epoch follow, but the new group
+    /// cannot be built here from it (known gap: the new group runs without this member).
+    fn splits_missed(&mut self) {
+        let Some((group, epoch, range)) = self.kv.store().owned_range() else {
+            return;
+        };
+        if group != self.group || epoch <= self.shard.epoch {
+            return;
+        }
+        warn!(
+            node = self.id,
+            group,
+            epoch,
+            ours = self.shard.epoch,
+            "a snapshot carried splits of this range never applied here: the groups they created do not run on this member"
+        );
+        self.shard.range = range.clone();
+        self.shard.epoch = epoch;
+        if let Some(splits) = &self.shard.splits {
+            splits.epoch_moved(group, epoch);
+        }
+    }
+
+    /// This group's range divided at the log entry `index`: it keeps the lower half, and the node
+    /// starts the new group from `upper` (the same state on every member).
+    fn split_applied(
+        &mut self,
+        index: u64,
+        plan: crate::proto::SplitPlan,
+        upper: KvStore,
+    ) -> Result<(), ServeError> {
+        info!(
+            node = self.id,
+            group = self.group,
+            index,
+            key = ?plan.key,
+            new_group = plan.new_group,
+            epoch = plan.epoch,
+            "range split applied"
+        );
+        self.shard.range = plan.lower();
+        self.shard.epoch = plan.epoch;
+        match &self.shard.splits {
+            Some(splits) => splits.applied(&plan, upper),
+            None => {
+                warn!(
+                    node = self.id,
+                    "a split applied on a node that cannot start groups"
+                );
+                Ok(())
+            }
         }
     }
 }
@@ -299,6 +364,8 @@ impl<C: Engine> Host<C> for GroupHost {
             self.learn_addr(id, addr);
         }
         self.admin.snapshot_installed(snapshot.meta.index);
+        self.publish_splits();
+        self.splits_missed();
         info!(
             node = self.id,
             index = snapshot.meta.index,
@@ -313,9 +380,14 @@ impl<C: Engine> Host<C> for GroupHost {
             let index = entry.index;
             match &entry.payload {
                 EntryPayload::Data(data) => {
-                    for (id, addr) in self.kv.apply_data(index, data)? {
+                    let applied = self.kv.apply_data(index, data)?;
+                    for (id, addr) in applied.addrs {
                         self.learn_addr(id, addr);
                     }
+                    for (plan, upper) in applied.splits {
+                        self.split_applied(index, plan, upper)?;
+                    }
+                    self.publish_splits();
                 }
                 EntryPayload::Noop => self.kv.apply_other(index),
                 EntryPayload::ConfChange(change) => {

@@ -18,7 +18,8 @@ use tokio::time::Instant;
 use crate::config::ServeConfig;
 use crate::kv::{Batch, Command, KvError, KvStore};
 use crate::proto::{
-    Consistency, ReadOp, Reply, Responder, ServerError, Session, WriteOp, MAX_TXN_OPS,
+    Consistency, ReadOp, Reply, Responder, ServerError, Session, ShardMap, SplitPlan, WriteOp,
+    MAX_TXN_OPS,
 };
 
 use super::admin::engine_error;
@@ -80,11 +81,31 @@ pub(crate) struct KvService {
     /// Reads of a key a prepared cross-shard transaction writes, waiting for its DECIDE
     /// (`KvStore::get_checked`); answered `Locked` at their deadline (the client retries).
     reads_on_lock: Vec<WaitingRead>,
+    /// The meta group's bootstrap map, set again on every restored state.
+    base_map: Option<Arc<ShardMap>>,
+}
+
+/// What applying one entry did besides answering its writes.
+#[derive(Default)]
+pub(crate) struct Applied {
+    /// Member addresses it recorded.
+    pub(crate) addrs: Vec<(u64, SocketAddr)>,
+    /// Splits it applied here (source group), each with the upper half of the state.
+    pub(crate) splits: Vec<(SplitPlan, KvStore)>,
 }
 
 impl KvService {
-    pub(crate) fn new(config: Arc<ServeConfig>, kv: KvStore, applied: u64) -> Self {
+    pub(crate) fn new(
+        config: Arc<ServeConfig>,
+        mut kv: KvStore,
+        applied: u64,
+        base_map: Option<Arc<ShardMap>>,
+    ) -> Self {
+        if let Some(map) = &base_map {
+            kv.set_base_map(map.clone());
+        }
         KvService {
+            base_map,
             config,
             kv,
             applied,
@@ -308,6 +329,9 @@ impl KvService {
     /// addresses it records.
     pub(crate) fn install(&mut self, snapshot: &Snapshot) -> Result<(), KvError> {
         self.kv = KvStore::restore(&snapshot.data, self.config.limits.max_sessions)?;
+        if let Some(map) = &self.base_map {
+            self.kv.set_base_map(map.clone());
+        }
         self.applied = snapshot.meta.index;
         self.applied_bytes = 0;
         // Proposals at or below the snapshot can no longer be matched with their entry.
@@ -321,12 +345,9 @@ impl KvService {
     }
 
     /// Applies the committed entry at `index` carrying `data`; returns the member addresses it
-    /// set. Waiting clients get their results, or `LeaderChanged` if another payload won.
-    pub(crate) fn apply_data(
-        &mut self,
-        index: u64,
-        data: &Bytes,
-    ) -> Result<Vec<(u64, SocketAddr)>, KvError> {
+    /// set and the splits it applied. Waiting clients get their results, or `LeaderChanged` if
+    /// another payload won.
+    pub(crate) fn apply_data(&mut self, index: u64, data: &Bytes) -> Result<Applied, KvError> {
         self.applied_bytes += data.len() as u64;
         let (commands, mut waiters) = match self.take_pending(index) {
             Some(pending) if pending.data == *data => (pending.commands, pending.waiters),
@@ -336,11 +357,14 @@ impl KvService {
             }
             None => (Batch::decode(data)?.commands, Vec::new()),
         };
-        let mut addrs = Vec::new();
+        let mut applied = Applied::default();
         for (i, command) in commands.iter().enumerate() {
             let result = self.kv.apply(command, index);
             if let Command::SetMemberAddr { id, addr } = command {
-                addrs.push((*id, *addr));
+                applied.addrs.push((*id, *addr));
+            }
+            if let Some(split) = self.kv.take_split_off() {
+                applied.splits.push(split);
             }
             if let (Some(result), Some(slot)) = (result, waiters.get_mut(i)) {
                 if let Some(responder) = slot.take() {
@@ -349,7 +373,7 @@ impl KvService {
             }
         }
         self.applied = index;
-        Ok(addrs)
+        Ok(applied)
     }
 
     /// An entry without client data (a no-op, a membership change) was applied at `index`.
@@ -487,9 +511,15 @@ impl KvService {
         }
     }
 
-    /// The answer to `op`; `checked` (every read but a stale one): `Locked` if a prepared
+    /// Answers a read from the state machine (`WrongShard` if a split moved its keys away since
+    /// it was accepted); `checked` (every read but a stale one): `Locked` if a prepared
     /// cross-shard transaction writes a key it reads.
     fn serve(&self, op: &ReadOp, checked: bool) -> Result<Reply, ServerError> {
+        match op {
+            ReadOp::Get { key } => self.kv.check_owned(std::iter::once(&key[..]))?,
+            ReadOp::Scan { start, end, .. } => self.kv.check_owned_scan(start, end.as_deref())?,
+            ReadOp::Prepared => {}
+        }
         Ok(match op {
             ReadOp::Get { key } => Reply::Get {
                 revision: self.kv.revision(),

@@ -5,8 +5,11 @@
 //! meta group: it serves no key and answers with the map it holds (bootstrapped identically on
 //! every member from the configuration and recorded in the data directory), each shard's leader
 //! and keys filled in from the table. A data group refuses a key outside its range with
-//! `ServerError::WrongShard { group, epoch }` before proposing it (the ranges of a bootstrapped
-//! map never change, so the check at proposal time is the check at apply time).
+//! `ServerError::WrongShard { group, epoch }` before proposing it; since a split
+//! (`crate::shards::split`) can move the range between proposal and apply, the state machine
+//! checks again at apply time. A split raises the range epoch (`epoch`) but not the epoch the
+//! group's peer messages carry (`wire_epoch`), so a member that has not applied the split yet
+//! still hears its group and catches up.
 
 use std::collections::BTreeMap;
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
@@ -34,23 +37,39 @@ struct Slot {
 }
 
 /// The groups this node runs, each reporting its leader and key count after every loop
-/// iteration (two relaxed stores: no lock between the groups).
+/// iteration (relaxed stores under a shared read lock: no lock between the groups). A split adds
+/// a group while the node runs.
 #[derive(Debug, Default)]
 pub(crate) struct GroupTable {
-    slots: BTreeMap<u64, Slot>,
+    slots: parking_lot::RwLock<BTreeMap<u64, Arc<Slot>>>,
 }
 
 impl GroupTable {
     /// A table of `groups`.
     pub(crate) fn new(groups: impl IntoIterator<Item = u64>) -> Arc<Self> {
         Arc::new(GroupTable {
-            slots: groups.into_iter().map(|g| (g, Slot::default())).collect(),
+            slots: parking_lot::RwLock::new(
+                groups
+                    .into_iter()
+                    .map(|g| (g, Arc::new(Slot::default())))
+                    .collect(),
+            ),
         })
+    }
+
+    /// Adds `group` (created by a split); a group present already is kept.
+    pub(crate) fn add(&self, group: u64) {
+        self.slots.write().entry(group).or_default();
+    }
+
+    /// Whether this node runs `group`.
+    pub(crate) fn contains(&self, group: u64) -> bool {
+        self.slots.read().contains_key(&group)
     }
 
     /// Records `group`'s state.
     pub(crate) fn publish(&self, group: u64, state: GroupState) {
-        if let Some(slot) = self.slots.get(&group) {
+        if let Some(slot) = self.slots.read().get(&group) {
             slot.leader
                 .store(state.leader.unwrap_or(0), Ordering::Relaxed);
             slot.keys.store(state.keys, Ordering::Relaxed);
@@ -60,7 +79,7 @@ impl GroupTable {
 
     /// `group`'s last report.
     pub(crate) fn get(&self, group: u64) -> GroupState {
-        match self.slots.get(&group) {
+        match self.slots.read().get(&group) {
             Some(slot) => {
                 let leader = slot.leader.load(Ordering::Relaxed);
                 GroupState {
@@ -79,14 +98,19 @@ impl GroupTable {
 pub(crate) struct GroupShard {
     /// The group id (0: the only group, or the meta group).
     pub(crate) group: u64,
-    /// The group's range epoch (carried by its peer messages).
+    /// The group's range epoch (raised by every split of its range).
     pub(crate) epoch: u64,
+    /// The epoch its peer messages carry: its range epoch when it was created, never raised.
+    pub(crate) wire_epoch: u64,
     /// The keys it serves.
     pub(crate) range: KeyRange,
-    /// The shard map (the meta group of a sharded node), else `None`: unsharded.
+    /// The bootstrap shard map (the meta group of a sharded node; the splits since are in its
+    /// state machine), else `None`.
     pub(crate) map: Option<Arc<ShardMap>>,
     /// The node's groups.
     pub(crate) table: Arc<GroupTable>,
+    /// Where a split applied in this group starts the new one (a sharded node).
+    pub(crate) splits: Option<Arc<crate::shards::split::SplitHost>>,
 }
 
 impl GroupShard {
@@ -95,9 +119,11 @@ impl GroupShard {
         GroupShard {
             group: 0,
             epoch: 0,
+            wire_epoch: 0,
             range: KeyRange::all(),
             map: None,
             table: GroupTable::new([0]),
+            splits: None,
         }
     }
 
@@ -131,12 +157,14 @@ impl GroupShard {
         }
     }
 
-    /// The map as this member knows it: leaders and keys from the table (this group's own
+    /// The map as this member knows it — `current` (the meta group's, as of its last applied
+    /// entry), else the bootstrap map — with leaders and keys from the table (this group's own
     /// entry from `own`, which is fresher).
-    pub(crate) fn map(&self, own: GroupState) -> ShardMap {
-        let mut map = match &self.map {
-            Some(map) => (**map).clone(),
-            None => ShardMap::single(),
+    pub(crate) fn map(&self, current: Option<ShardMap>, own: GroupState) -> ShardMap {
+        let mut map = match (current, &self.map) {
+            (Some(map), _) => map,
+            (None, Some(map)) => (**map).clone(),
+            (None, None) => ShardMap::single(),
         };
         for shard in &mut map.shards {
             let state = if shard.group == self.group {
@@ -160,9 +188,11 @@ mod tests {
         GroupShard {
             group,
             epoch: shard.epoch,
+            wire_epoch: shard.epoch,
             range: shard.range.clone(),
             map: None,
             table: GroupTable::new([0, 1, 2]),
+            splits: None,
         }
     }
 
@@ -206,11 +236,13 @@ mod tests {
         let meta = GroupShard {
             group: 0,
             epoch: 1,
+            wire_epoch: 1,
             range: KeyRange::empty(),
             map: Some(Arc::new(map)),
             table,
+            splits: None,
         };
-        let known = meta.map(state(Some(1), 0));
+        let known = meta.map(None, state(Some(1), 0));
         assert_eq!(
             known
                 .shards
@@ -219,7 +251,7 @@ mod tests {
                 .collect::<Vec<_>>(),
             vec![(1, Some(3), 10), (2, None, 4)]
         );
-        let single = GroupShard::unsharded().map(state(Some(2), 7));
+        let single = GroupShard::unsharded().map(None, state(Some(2), 7));
         assert_eq!(
             (single.shards[0].leader, single.shards[0].keys),
             (Some(2), 7)

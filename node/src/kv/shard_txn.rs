@@ -129,6 +129,14 @@ impl ShardTxns {
             .find_map(|key| self.locks.get(key).map(|&txn| (key.clone(), txn)))
     }
 
+    /// The first key in `range` locked by a transaction, with that transaction.
+    pub fn locked_in(&self, range: &crate::proto::KeyRange) -> Option<(Bytes, ShardTxnId)> {
+        self.locks
+            .range(range.start.clone()..)
+            .find(|(key, _)| range.contains(key))
+            .map(|(key, &txn)| (key.clone(), txn))
+    }
+
     /// Transactions prepared here, awaiting their decision.
     pub fn prepared(&self) -> &BTreeMap<ShardTxnId, PreparedTxn> {
         &self.prepared

@@ -219,6 +219,161 @@ impl ShardMap {
     }
 }
 
+/// One split of a range, decided in the meta group's log: shard `source` (at `source_epoch`,
+/// covering `[start, end)`) divides at `key`; the new group `new_group` takes `[key, end)`. Both
+/// ranges move to `epoch`, the map to `map_epoch`.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct SplitPlan {
+    /// Where the range divides (the new group's first key).
+    pub key: Bytes,
+    /// The group whose range divides.
+    pub source: u64,
+    /// Its range epoch before the split.
+    pub source_epoch: u64,
+    /// Its range before the split.
+    pub start: Bytes,
+    /// Its range's end before the split (the new group's end).
+    pub end: Option<Bytes>,
+    /// The group created for the upper half (the highest group id + 1).
+    pub new_group: u64,
+    /// The range epoch of both halves after the split (`source_epoch + 1`).
+    pub epoch: u64,
+    /// The map epoch after the split.
+    pub map_epoch: u64,
+}
+
+impl SplitPlan {
+    /// The source's range after the split.
+    pub fn lower(&self) -> KeyRange {
+        KeyRange {
+            start: self.start.clone(),
+            end: Some(self.key.clone()),
+        }
+    }
+
+    /// The new group's range.
+    pub fn upper(&self) -> KeyRange {
+        KeyRange {
+            start: self.key.clone(),
+            end: self.end.clone(),
+        }
+    }
+}
+
+/// Why a range cannot be split as asked.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, thiserror::Error)]
+pub enum SplitError {
+    /// The key is empty or already the first key of a range.
+    #[error("the key is already a range boundary (or empty): nothing to split")]
+    AtBound,
+    /// The node runs one group over every key.
+    #[error("this cluster is not sharded (start it with [shards] to split ranges)")]
+    Unsharded,
+    /// The plan was made against another version of the map or range (another split won).
+    #[error("the plan was made for another version of the shard map: plan again")]
+    Stale,
+    /// No shard holds the key (a malformed map).
+    #[error("no shard holds the key")]
+    Outside,
+    /// The new group id is in use already.
+    #[error("group {0} exists already")]
+    GroupTaken(u64),
+    /// Too many shards already.
+    #[error("{max} shards already; no more splits", max = MAX_SHARDS)]
+    TooMany,
+}
+
+impl ShardMap {
+    /// Plans splitting the range holding `key` at `key`: the new group is the highest group id
+    /// plus one, both halves move to the source's epoch plus one and the map to its epoch plus one.
+    pub fn plan_split(&self, key: &[u8]) -> Result<SplitPlan, SplitError> {
+        if !self.is_sharded() {
+            return Err(SplitError::Unsharded);
+        }
+        if key.is_empty() {
+            return Err(SplitError::AtBound);
+        }
+        if self.shards.len() >= MAX_SHARDS {
+            return Err(SplitError::TooMany);
+        }
+        let source = self.locate(key).ok_or(SplitError::Outside)?;
+        if source.range.start.as_ref() == key {
+            return Err(SplitError::AtBound);
+        }
+        let highest = self.shards.iter().map(|s| s.group).max().unwrap_or(0);
+        Ok(SplitPlan {
+            key: Bytes::copy_from_slice(key),
+            source: source.group,
+            source_epoch: source.epoch,
+            start: source.range.start.clone(),
+            end: source.range.end.clone(),
+            new_group: highest + 1,
+            epoch: source.epoch + 1,
+            map_epoch: self.epoch + 1,
+        })
+    }
+
+    /// Whether `plan` is applied to this map already.
+    pub fn has_split(&self, plan: &SplitPlan) -> bool {
+        let (Some(source), Some(new)) = (self.shard(plan.source), self.shard(plan.new_group))
+        else {
+            return false;
+        };
+        source
+            .range
+            .end
+            .as_ref()
+            .is_some_and(|end| *end <= plan.key)
+            && source.range.start == plan.start
+            && new.range.start == plan.key
+            && new.epoch >= plan.epoch
+    }
+
+    /// Applies `plan`: `Ok(false)` if it was applied already (a retried split changes nothing),
+    /// `Ok(true)` if the map changed; refused if it was made for another version of the map.
+    pub fn apply_split(&mut self, plan: &SplitPlan) -> Result<bool, SplitError> {
+        if self.has_split(plan) {
+            return Ok(false);
+        }
+        if self.epoch + 1 != plan.map_epoch || plan.epoch != plan.source_epoch + 1 {
+            return Err(SplitError::Stale);
+        }
+        if self.shard(plan.new_group).is_some() || plan.new_group == META_GROUP {
+            return Err(SplitError::GroupTaken(plan.new_group));
+        }
+        let at = self
+            .shards
+            .iter()
+            .position(|s| s.group == plan.source)
+            .ok_or(SplitError::Stale)?;
+        let source = &mut self.shards[at];
+        if source.epoch != plan.source_epoch
+            || source.range
+                != (KeyRange {
+                    start: plan.start.clone(),
+                    end: plan.end.clone(),
+                })
+            || !source.range.contains(&plan.key)
+            || source.range.start == plan.key
+        {
+            return Err(SplitError::Stale);
+        }
+        source.range = plan.lower();
+        source.epoch = plan.epoch;
+        let new = ShardInfo {
+            group: plan.new_group,
+            range: plan.upper(),
+            epoch: plan.epoch,
+            leader: None,
+            keys: 0,
+            quiet: false,
+        };
+        self.shards.insert(at + 1, new);
+        self.epoch = plan.map_epoch;
+        Ok(true)
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -321,5 +476,73 @@ mod tests {
         assert!(KeyRange::all().covers(b"", None));
         assert!(!KeyRange::empty().contains(b"a"));
         assert!(!KeyRange::empty().contains(b""));
+    }
+
+    fn split(map: &mut ShardMap, key: &str) -> SplitPlan {
+        let plan = map.plan_split(key.as_bytes()).unwrap();
+        assert_eq!(map.apply_split(&plan), Ok(true));
+        plan
+    }
+
+    #[test]
+    fn a_split_divides_one_range_into_a_new_group_at_the_next_epochs() {
+        let mut map = ShardMap::from_split_keys(&keys(&["g", "n"])).unwrap();
+        let plan = split(&mut map, "k");
+        assert_eq!(
+            (
+                plan.source,
+                plan.new_group,
+                plan.source_epoch,
+                plan.epoch,
+                plan.map_epoch
+            ),
+            (2, 4, 1, 2, 2)
+        );
+        assert_eq!(map.epoch, 2);
+        let groups: Vec<(u64, u64)> = map.shards.iter().map(|s| (s.group, s.epoch)).collect();
+        assert_eq!(groups, vec![(1, 1), (2, 2), (4, 2), (3, 1)]);
+        assert_eq!(map.locate(b"j").unwrap().group, 2);
+        assert_eq!(map.locate(b"k").unwrap().group, 4);
+        assert_eq!(map.locate(b"mz").unwrap().group, 4);
+        assert_eq!(map.locate(b"n").unwrap().group, 3);
+        assert_eq!(map.shard(4).unwrap().range, plan.upper());
+        assert_eq!(map.shard(2).unwrap().range, plan.lower());
+        // The new group splits again; ids keep growing, the last range stays open-ended.
+        let again = split(&mut map, "z");
+        assert_eq!((again.source, again.new_group, again.epoch), (3, 5, 2));
+        assert_eq!(map.locate(b"zz").unwrap().group, 5);
+        assert_eq!(map.shards.last().unwrap().range.end, None);
+    }
+
+    #[test]
+    fn applying_a_split_twice_changes_nothing_and_a_stale_plan_is_refused() {
+        let mut map = ShardMap::from_split_keys(&keys(&["g"])).unwrap();
+        let plan = map.plan_split(b"m").unwrap();
+        let stale = map.plan_split(b"p").unwrap();
+        assert_eq!(map.apply_split(&plan), Ok(true));
+        let after = map.clone();
+        assert_eq!(map.apply_split(&plan), Ok(false));
+        assert_eq!(map, after);
+        // Planned against the map before `plan`: same new group id, old epochs.
+        assert_eq!(map.apply_split(&stale), Err(SplitError::Stale));
+        assert_eq!(map, after);
+        // A plan whose group id is taken is refused.
+        let mut taken = map.plan_split(b"q").unwrap();
+        taken.new_group = 3;
+        assert_eq!(map.apply_split(&taken), Err(SplitError::GroupTaken(3)));
+    }
+
+    #[test]
+    fn a_split_at_a_bound_or_on_an_unsharded_map_is_refused() {
+        let map = ShardMap::from_split_keys(&keys(&["g"])).unwrap();
+        assert_eq!(map.plan_split(b"g"), Err(SplitError::AtBound));
+        assert_eq!(map.plan_split(b""), Err(SplitError::AtBound));
+        assert_eq!(
+            ShardMap::single().plan_split(b"g"),
+            Err(SplitError::Unsharded)
+        );
+        let mut map = map;
+        split(&mut map, "m");
+        assert_eq!(map.plan_split(b"m"), Err(SplitError::AtBound));
     }
 }

@@ -6,10 +6,14 @@
 //! - [`layout`]: the layout recorded in the data directory. Every group's records go to the node's
 //!   one shared log (`shared-wal/`, see `crate::store::SharedLog`); `groups/<g>/` holds each
 //!   group's snapshot.
-//! - [`router`]: dispatches peer messages and client requests to the groups; supervises them.
+//! - [`router`]: dispatches peer messages and client requests to the groups; supervises them,
+//!   and runs the groups splits create while the node runs.
+//! - [`split`]: online range splits (`quorate cluster split KEY`): the meta group records the
+//!   plan, the source group's state divides at one log index, the node starts the new group.
 
 pub mod layout;
 pub(crate) mod router;
+pub(crate) mod split;
 pub(crate) mod xtxn;
 
 use std::sync::Arc;
@@ -23,15 +27,26 @@ use crate::proto::{KeyRange, META_GROUP};
 use crate::server::ServeError;
 use crate::store::{SharedLog, SharedOptions};
 
-/// Opens every group of a sharded node (recording the layout on a fresh data directory).
+/// Opens every group of a sharded node (recording the layout on a fresh data directory): the
+/// meta group, the bootstrap shards, and the groups splits created here.
 pub(crate) async fn open(config: &Arc<ServeConfig>) -> Result<Opened, ServeError> {
     let shards = config.shards.as_ref().expect("called for a sharded config");
-    let map = Arc::new(shards.map().map_err(crate::config::ConfigError::Invalid)?);
-    let split = map.split_keys();
+    let base = Arc::new(shards.map().map_err(crate::config::ConfigError::Invalid)?);
+    let split = base.split_keys();
     let data_dir = config.data_dir.clone();
-    tokio::task::spawn_blocking(move || layout::check_or_record(&data_dir, &split))
+    let recorded = tokio::task::spawn_blocking(move || layout::check_or_record(&data_dir, &split))
         .await
         .map_err(|e| ServeError::Stopped(format!("checking the shard layout: {e}")))??;
+    // The ranges as of the splits this node applied (the meta group's own map may be ahead).
+    let mut map = (*base).clone();
+    for plan in &recorded.splits {
+        if let Err(error) = map.apply_split(plan) {
+            return Err(ServeError::Stopped(format!(
+                "{}: a recorded split does not apply ({error}): {plan:?}",
+                config.data_dir.join(layout::LAYOUT_FILE).display()
+            )));
+        }
+    }
     let dir = config.data_dir.clone();
     let shared =
         tokio::task::spawn_blocking(move || SharedLog::open(&dir, SharedOptions::default()))
@@ -41,6 +56,8 @@ pub(crate) async fn open(config: &Arc<ServeConfig>) -> Result<Opened, ServeError
         .chain(map.shards.iter().map(|s| s.group))
         .collect();
     let table = GroupTable::new(groups.iter().copied());
+    let (events_tx, events_rx) = tokio::sync::mpsc::unbounded_channel();
+    let splits = split::SplitHost::new(config.clone(), shared.clone(), table.clone(), events_tx);
     let mut opened = Vec::with_capacity(groups.len());
     let (mut snapshot_index, mut keys) = (0, 0);
     for &group in &groups {
@@ -48,19 +65,28 @@ pub(crate) async fn open(config: &Arc<ServeConfig>) -> Result<Opened, ServeError
             Some(info) => GroupShard {
                 group,
                 epoch: info.epoch,
+                // Bootstrap groups send epoch 1; a split's group the epoch it was created at.
+                wire_epoch: recorded
+                    .splits
+                    .iter()
+                    .find(|plan| plan.new_group == group)
+                    .map_or(1, |plan| plan.epoch),
                 range: info.range.clone(),
                 map: None,
                 table: table.clone(),
+                splits: Some(splits.clone()),
             },
             None => GroupShard {
                 group,
-                epoch: map.epoch,
+                epoch: base.epoch,
+                wire_epoch: base.epoch,
                 range: KeyRange::empty(),
-                map: Some(map.clone()),
+                map: Some(base.clone()),
                 table: table.clone(),
+                splits: Some(splits.clone()),
             },
         };
-        let epoch = shard.epoch;
+        let (epoch, wire_epoch) = (shard.epoch, shard.wire_epoch);
         let spec = GroupSpec {
             dir: layout::group_dir(&config.data_dir, group),
             shard,
@@ -69,10 +95,10 @@ pub(crate) async fn open(config: &Arc<ServeConfig>) -> Result<Opened, ServeError
         let group_opened = open_group(config, spec).await?;
         snapshot_index = snapshot_index.max(group_opened.snapshot_index);
         keys += group_opened.keys;
-        opened.push((group, epoch, group_opened.start));
+        opened.push((group, epoch, wire_epoch, group_opened.start));
     }
     let node = config.node_id;
-    let xtxn = xtxn::XtxnService::new(config.clone(), map.clone());
+    let xtxn = xtxn::XtxnService::new(config.clone(), base.clone());
     Ok(Opened {
         snapshot_index,
         keys,
@@ -80,11 +106,12 @@ pub(crate) async fn open(config: &Arc<ServeConfig>) -> Result<Opened, ServeError
             let mut router = router::Router::new(node, receivers);
             router.set_xtxn(xtxn.clone());
             let (stop_tx, stop_rx) = watch::channel(false);
-            tokio::spawn(xtxn.resolve(stop_rx.clone()));
+            tokio::spawn(xtxn.clone().resolve(stop_rx.clone()));
+            tokio::spawn(split::finish_splits(splits, xtxn, stop_rx.clone()));
             let handles = opened
                 .into_iter()
-                .map(|(group, epoch, start)| {
-                    let channels = router.add(group, epoch);
+                .map(|(group, epoch, wire_epoch, start)| {
+                    let channels = router.add(group, epoch, wire_epoch);
                     (
                         group,
                         start(endpoint.clone(), channels, stop_rx.clone(), false),
@@ -95,6 +122,7 @@ pub(crate) async fn open(config: &Arc<ServeConfig>) -> Result<Opened, ServeError
                 node,
                 router,
                 handles,
+                events_rx,
                 endpoint,
                 shutdown_rx,
                 stop_tx,

@@ -16,6 +16,7 @@ use tokio::sync::{mpsc, watch};
 use tokio::task::{JoinHandle, JoinSet};
 use tracing::{debug, info, warn};
 
+use super::split::GroupEvent;
 use crate::group::GroupChannels;
 use crate::proto::{Quorate, Request, Response, ServerError, META_GROUP};
 use crate::server::ServeError;
@@ -27,7 +28,10 @@ const REQUEST_QUEUE: usize = 4096;
 
 /// Where the router sends one group's traffic.
 struct Route {
+    /// The range epoch a routed request must name.
     epoch: u64,
+    /// The epoch the group's peer messages carry (fixed at its creation; see `GroupShard`).
+    wire_epoch: u64,
     peer: mpsc::Sender<NetPeerMessage<crate::proto::PeerMessage>>,
     requests: mpsc::Sender<ClientRequest<Quorate>>,
 }
@@ -57,14 +61,16 @@ impl Router {
         self.xtxn = Some(service);
     }
 
-    /// Adds group `group` at range epoch `epoch`; returns the channels its loop reads.
-    pub(crate) fn add(&mut self, group: u64, epoch: u64) -> GroupChannels {
+    /// Adds group `group` at range epoch `epoch`, its peer messages carrying `wire_epoch`;
+    /// returns the channels its loop reads. Also while the router runs (a split's new group).
+    pub(crate) fn add(&mut self, group: u64, epoch: u64, wire_epoch: u64) -> GroupChannels {
         let (peer, peer_rx) = mpsc::channel(PEER_QUEUE);
         let (requests, requests_rx) = mpsc::channel(REQUEST_QUEUE);
         self.routes.insert(
             group,
             Route {
                 epoch,
+                wire_epoch,
                 peer,
                 requests,
             },
@@ -72,6 +78,13 @@ impl Router {
         GroupChannels {
             peer: peer_rx,
             requests: requests_rx,
+        }
+    }
+
+    /// A split moved `group` to range epoch `epoch` (never back).
+    pub(crate) fn set_epoch(&mut self, group: u64, epoch: u64) {
+        if let Some(route) = self.routes.get_mut(&group) {
+            route.epoch = route.epoch.max(epoch);
         }
     }
 
@@ -104,7 +117,7 @@ impl Router {
             );
             return;
         };
-        if route.epoch != epoch {
+        if route.wire_epoch != epoch {
             debug!(
                 node = self.node,
                 group,
@@ -172,16 +185,18 @@ impl Router {
 
 /// Runs the router and the groups' loops until shutdown (or a group's fatal error), then
 /// closes the endpoint. Returns the first group's error, if any.
+#[allow(clippy::too_many_arguments)]
 pub(crate) async fn supervise(
     node: u64,
     mut router: Router,
     groups: Vec<(u64, JoinHandle<Result<(), ServeError>>)>,
+    mut events: mpsc::UnboundedReceiver<GroupEvent>,
     endpoint: Endpoint<Quorate>,
     mut shutdown_rx: watch::Receiver<bool>,
     stop_tx: watch::Sender<bool>,
 ) -> Result<(), ServeError> {
     // Aborting this task (a simulated crash) aborts the groups' loops too.
-    let _abort = AbortOnDrop(groups.iter().map(|(_, h)| h.abort_handle()).collect());
+    let mut abort = AbortOnDrop(groups.iter().map(|(_, h)| h.abort_handle()).collect());
     let mut tasks = JoinSet::new();
     for (group, handle) in groups {
         tasks.spawn(async move { (group, handle.await) });
@@ -214,6 +229,16 @@ pub(crate) async fn supervise(
                     let _ = stop_tx.send(true);
                 }
             }
+            Some(event) = events.recv(), if !stopping => match event {
+                GroupEvent::Epoch { group, epoch } => router.set_epoch(group, epoch),
+                GroupEvent::Created { group, epoch, start } => {
+                    info!(node, group, epoch, "starting a group created by a split");
+                    let channels = router.add(group, epoch, epoch);
+                    let handle = start(endpoint.clone(), channels, stop_tx.subscribe(), false);
+                    abort.0.push(handle.abort_handle());
+                    tasks.spawn(async move { (group, handle.await) });
+                }
+            },
             open = router.route_next(), if routing => routing = open,
         }
     }

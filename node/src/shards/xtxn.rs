@@ -6,6 +6,9 @@
 //! watches its data groups' prepared transactions ([`crate::xtxn::Resolver`]): one prepared for
 //! longer than [`RESOLVE_AFTER`] is resolved through the coordinator shard (presumed abort), so a
 //! coordinating node killed mid-transaction never leaves locks behind.
+//!
+//! Keys are located with the service client's cached shard map once it has one (it is fetched
+//! again on every `WrongShard`, so splits are seen), else the bootstrap map.
 
 use std::collections::BTreeMap;
 use std::sync::{Arc, OnceLock};
@@ -83,12 +86,26 @@ impl Shards for ClusterShards {
 }
 
 impl XtxnService {
+    /// The shard map to locate keys with: the client's, fresher after a split, else the
+    /// bootstrap map.
+    fn map(&self) -> Arc<ShardMap> {
+        match self.client.get() {
+            Some(Ok(client)) if client.cached_shard_map().is_sharded() => client.cached_shard_map(),
+            _ => self.map.clone(),
+        }
+    }
+
     pub(crate) fn new(config: Arc<ServeConfig>, map: Arc<ShardMap>) -> Arc<Self> {
         Arc::new(XtxnService {
             config,
             map,
             client: OnceLock::new(),
         })
+    }
+
+    /// The node's own client of its cluster (node-to-node requests on the client ALPN).
+    pub(crate) fn client(&self) -> Result<Arc<Client>, ServerError> {
+        self.shards().map(|shards| shards.client)
     }
 
     fn shards(&self) -> Result<ClusterShards, ServerError> {
@@ -106,7 +123,7 @@ impl XtxnService {
         match client {
             Ok(client) => Ok(ClusterShards {
                 client: client.clone(),
-                map: self.map.clone(),
+                map: self.map(),
             }),
             Err(error) => Err(ServerError::Internal(format!(
                 "no client for cross-shard transactions: {error}"
@@ -133,7 +150,7 @@ impl XtxnService {
             success: success.clone(),
             failure: failure.clone(),
         };
-        let map = &self.map;
+        let map = self.map();
         let groups = txn.groups(|k| map.locate(k).map_or(0, |s| s.group));
         (groups.len() > 1).then_some(txn)
     }
@@ -162,11 +179,7 @@ impl XtxnService {
     /// Watches the data groups' prepared transactions until shutdown, resolving those prepared
     /// too long through their coordinator shards.
     pub(crate) async fn resolve(self: Arc<Self>, mut shutdown: watch::Receiver<bool>) {
-        let groups: Vec<u64> = self.map.shards.iter().map(|s| s.group).collect();
-        let mut resolvers: BTreeMap<u64, Resolver> = groups
-            .iter()
-            .map(|&g| (g, Resolver::new(g, RESOLVE_AFTER, 2)))
-            .collect();
+        let mut resolvers: BTreeMap<u64, Resolver> = BTreeMap::new();
         let node = self.config.node_id;
         let mut ticker = tokio::time::interval(RESOLVE_TICK);
         loop {
@@ -180,8 +193,15 @@ impl XtxnService {
             let Ok(shards) = self.shards() else {
                 continue;
             };
+            // Groups a split created join as the map shows them.
+            let map = self.map();
+            for shard in &map.shards {
+                resolvers
+                    .entry(shard.group)
+                    .or_insert_with(|| Resolver::new(shard.group, RESOLVE_AFTER, 2));
+            }
             for (&group, resolver) in resolvers.iter_mut() {
-                let epoch = self.map.shard(group).map_or(0, |s| s.epoch);
+                let epoch = map.shard(group).map_or(0, |s| s.epoch);
                 // This node's own view of the group (a stale read: no leader round needed).
                 let request = Request::Routed {
                     group,
