@@ -9,7 +9,8 @@
 //! Invariants: `revision` counts state-changing writes and only grows; every pair's
 //! `create_revision <= mod_revision <= revision`; a session never holds results below its floor.
 //! Cross-shard transaction steps ([`shard_txn`]) are writes too; a plain write to a key a
-//! prepared transaction locks is refused with [`ServerError::Locked`].
+//! prepared transaction locks is refused with [`ServerError::Locked`], and so is a checked read
+//! ([`KvStore::get_checked`]) of a key one writes.
 
 mod shard_txn;
 mod split;
@@ -196,6 +197,33 @@ impl KvStore {
         self.data
             .get_key_value(key)
             .map(|(key, stored)| Self::kv(key, stored))
+    }
+
+    /// The pair at `key` for a linearizable or sequential read: refused with
+    /// [`ServerError::Locked`] while a prepared cross-shard transaction writes `key` (it may be
+    /// decided already, its client answered; the read waits for the DECIDE — see [`shard_txn`]).
+    pub fn get_checked(&self, key: &Bytes) -> Result<Option<KeyValue>, ServerError> {
+        match self.shard_txns.writer_of(key) {
+            Some(txn) => Err(ServerError::Locked {
+                key: key.clone(),
+                txn,
+            }),
+            None => Ok(self.get(key)),
+        }
+    }
+
+    /// [`KvStore::scan`] for a linearizable or sequential read: refused with
+    /// [`ServerError::Locked`] while a prepared cross-shard transaction writes a key of the range.
+    pub fn scan_checked(
+        &self,
+        start: &[u8],
+        end: Option<&[u8]>,
+        limit: usize,
+    ) -> Result<(Vec<KeyValue>, bool), ServerError> {
+        match self.shard_txns.writer_in(start, end) {
+            Some((key, txn)) => Err(ServerError::Locked { key, txn }),
+            None => Ok(self.scan(start, end, limit)),
+        }
     }
 
     /// Pairs with `start <= key < end` (no end: to the last key), at most `limit`; the flag says

@@ -1,8 +1,9 @@
 //! `cargo xtask bench cluster --txn`: a local 3-node cluster with 2 shards (split at "n");
 //! per client count, latency (p50/p99, hdrhistogram µs) and throughput of a single put, a
 //! transaction of two puts on one shard (one log entry) and one of two puts on two shards
-//! (two-phase commit: reads, two PREPAREs, the decision, two DECIDEs), every op on fresh keys so
-//! nothing conflicts. Last line: `xtxn 2-shard-txn-p50-vs-put: <ratio>` (target ≤ 2.5).
+//! (two-phase commit of blind puts: two PREPAREs in parallel, then the COMMIT entry on the
+//! coordinator shard, which answers the client; the other shard's DECIDE and END follow after the
+//! answer), every op on fresh keys so nothing conflicts. Last line: `xtxn 2-shard-txn-p50-vs-put: <ratio>` (target ≤ 2.5).
 
 use std::sync::Arc;
 use std::time::{Duration, Instant};

@@ -17,6 +17,9 @@ pub enum XtxnBug {
     CommitWithoutAllYes,
     /// An in-doubt participant aborts on its own instead of asking the coordinator shard.
     ResolveWithoutAsking,
+    /// A shard reads through a prepared transaction's write lock (the value before a commit
+    /// already acknowledged).
+    ReadThroughLocks,
 }
 
 /// Runs the seeds of `args`.
@@ -24,6 +27,7 @@ pub fn run(args: &Args) -> anyhow::Result<()> {
     let bug = args.xtxn_bug.map(|bug| match bug {
         XtxnBug::CommitWithoutAllYes => BankBug::CommitWithoutAllYes,
         XtxnBug::ResolveWithoutAsking => BankBug::ResolveWithoutAsking,
+        XtxnBug::ReadThroughLocks => BankBug::ReadThroughLocks,
     });
     let started = Instant::now();
     let mut totals = BankReport::default();

@@ -78,6 +78,9 @@ pub(crate) struct KvService {
     reads_by_index: BTreeMap<u64, Vec<PendingRead>>,
     /// Sequential reads by the store revision they wait for.
     reads_by_revision: BTreeMap<u64, Vec<WaitingRead>>,
+    /// Reads of a key a prepared cross-shard transaction writes, waiting for its DECIDE
+    /// (`KvStore::get_checked`); answered `Locked` at their deadline (the client retries).
+    reads_on_lock: Vec<WaitingRead>,
     /// The meta group's bootstrap map, set again on every restored state.
     base_map: Option<Arc<ShardMap>>,
 }
@@ -129,6 +132,7 @@ impl KvService {
             reads_by_ctx: HashMap::new(),
             reads_by_index: BTreeMap::new(),
             reads_by_revision: BTreeMap::new(),
+            reads_on_lock: Vec::new(),
         }
     }
 
@@ -159,6 +163,7 @@ impl KvService {
                 .sum::<usize>()
             + self.reads_by_index.values().map(Vec::len).sum::<usize>()
             + self.reads_by_revision.values().map(Vec::len).sum::<usize>()
+            + self.reads_on_lock.len()
     }
 
     /// Checks a client write on its own (size limits, session); returns its size.
@@ -210,19 +215,19 @@ impl KvService {
 
     /// A client read: served at once (stale, or sequential when the store has the session's
     /// revision), held until the store reaches it (sequential, bounded by an election timeout),
-    /// or queued for the next read-index round.
+    /// or queued for the next read-index round. A non-stale read of a key a prepared cross-shard
+    /// transaction writes is then held until that transaction's DECIDE is applied (`answer`).
     pub(crate) fn read(&mut self, consistency: Consistency, op: ReadOp, responder: Responder) {
         if let Err(error) = self.check_read(&op) {
             return reply(responder, Err(error));
         }
         match consistency {
             Consistency::Stale => {
-                let result = self.serve(&op);
+                let result = self.serve(&op, false);
                 reply(responder, result);
             }
             Consistency::Sequential { min_revision } if min_revision <= self.kv.revision() => {
-                let result = self.serve(&op);
-                reply(responder, result);
+                self.answer(PendingRead { op, responder });
             }
             Consistency::Sequential { min_revision } => {
                 if self.pending_count() >= self.config.limits.max_pending_requests {
@@ -410,8 +415,7 @@ impl KvService {
                 break;
             }
             for read in entry.remove() {
-                let result = self.serve(&read.op);
-                reply(read.responder, result);
+                self.answer(read);
             }
         }
         while let Some(entry) = self.reads_by_revision.first_entry() {
@@ -419,9 +423,30 @@ impl KvService {
                 break;
             }
             for waiting in entry.remove() {
-                let result = self.serve(&waiting.read.op);
-                reply(waiting.read.responder, result);
+                self.answer(waiting.read);
             }
+        }
+        if !self.reads_on_lock.is_empty() {
+            for waiting in std::mem::take(&mut self.reads_on_lock) {
+                match self.serve(&waiting.read.op, true) {
+                    Err(ServerError::Locked { .. }) => self.reads_on_lock.push(waiting),
+                    result => reply(waiting.read.responder, result),
+                }
+            }
+        }
+    }
+
+    /// Answers a read whose turn has come (linearizable or sequential), or holds it while a
+    /// prepared cross-shard transaction writes what it reads: that transaction may be decided
+    /// and its client answered already, so the committed value here could be out of date.
+    fn answer(&mut self, read: PendingRead) {
+        match self.serve(&read.op, true) {
+            Err(ServerError::Locked { .. }) => {
+                let election = self.config.tick() * self.config.raft.election_ticks;
+                let deadline = Instant::now() + election.min(self.config.request_timeout());
+                self.reads_on_lock.push(WaitingRead { deadline, read });
+            }
+            result => reply(read.responder, result),
         }
     }
 
@@ -438,6 +463,17 @@ impl KvService {
                 for read in batch.reads {
                     reply(read.responder, Err(ServerError::Timeout));
                 }
+            }
+        }
+        if !self.reads_on_lock.is_empty() {
+            let (late, waiting): (Vec<_>, Vec<_>) = std::mem::take(&mut self.reads_on_lock)
+                .into_iter()
+                .partition(|w| w.deadline <= now);
+            self.reads_on_lock = waiting;
+            for w in late {
+                // Still locked (else it was answered on apply): `Locked`, which clients retry.
+                let result = self.serve(&w.read.op, true);
+                reply(w.read.responder, result);
             }
         }
         let applied = self.kv.revision();
@@ -489,29 +525,38 @@ impl KvService {
                 reply(waiting.read.responder, Err(error.clone()));
             }
         }
+        for waiting in std::mem::take(&mut self.reads_on_lock) {
+            reply(waiting.read.responder, Err(error.clone()));
+        }
     }
 
     /// Answers a read from the state machine (`WrongShard` if a split moved its keys away since
-    /// it was accepted).
-    fn serve(&self, op: &ReadOp) -> Result<Reply, ServerError> {
+    /// it was accepted); `checked` (every read but a stale one): `Locked` if a prepared
+    /// cross-shard transaction writes a key it reads.
+    fn serve(&self, op: &ReadOp, checked: bool) -> Result<Reply, ServerError> {
         match op {
             ReadOp::Get { key } => self.kv.check_owned(std::iter::once(&key[..]))?,
             ReadOp::Scan { start, end, .. } => self.kv.check_owned_scan(start, end.as_deref())?,
             ReadOp::Prepared => {}
         }
-        Ok(self.serve_owned(op))
-    }
-
-    fn serve_owned(&self, op: &ReadOp) -> Reply {
-        match op {
+        Ok(match op {
             ReadOp::Get { key } => Reply::Get {
                 revision: self.kv.revision(),
-                kv: self.kv.get(key),
+                kv: if checked {
+                    self.kv.get_checked(key)?
+                } else {
+                    self.kv.get(key)
+                },
             },
             ReadOp::Scan { start, end, limit } => {
                 let max = self.config.limits.max_scan_limit;
                 let limit = if *limit == 0 { max } else { (*limit).min(max) };
-                let (kvs, more) = self.kv.scan(start, end.as_deref(), limit as usize);
+                let (kvs, more) = if checked {
+                    self.kv
+                        .scan_checked(start, end.as_deref(), limit as usize)?
+                } else {
+                    self.kv.scan(start, end.as_deref(), limit as usize)
+                };
                 Reply::Scan {
                     revision: self.kv.revision(),
                     kvs,
@@ -527,7 +572,7 @@ impl KvService {
                     .map(|(txn, p)| (*txn, p.clone()))
                     .collect(),
             },
-        }
+        })
     }
 
     fn check_key(&self, key: &Bytes) -> Result<(), ServerError> {

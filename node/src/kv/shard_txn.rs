@@ -12,15 +12,24 @@
 //!   answered from the finished table and applies nothing. An abort for a transaction never
 //!   prepared here is remembered, so a prepare that straggles in after it votes no.
 //! - Plain writes to a locked key are refused with `ServerError::Locked` (no-wait: nobody ever
-//!   waits for a lock, so there is no deadlock); reads see the last committed value.
+//!   waits for a lock, so there is no deadlock, and the client retries).
+//! - Reads: a key that a prepared transaction *writes* ([`ShardTxns::writer_of`]) is not read
+//!   from this shard until its DECIDE is applied — the group holds a linearizable or sequential
+//!   read of it until then ([`super::KvStore::get_checked`]), stale reads excepted. The client is
+//!   answered as soon as the decision is recorded, before the other participants apply it, so
+//!   serving the old value then could show a read that started after the answer a state before
+//!   it. A key only read or compared by a prepared transaction is read as usual (its value is
+//!   not about to change).
 //! - The first decision recorded for a transaction wins; RESOLVE records ABORT when none is.
+//!   COMMIT (the coordinator's) records it and decides the coordinator shard's own part in the
+//!   same entry.
 //!   A recorded commit is kept until END (every participant applied it); aborts and ended
 //!   commits go to a bounded table, so a late question is still answered truthfully.
 //!
 //! Isolation: a transaction's reads are validated and its keys locked from PREPARE to DECIDE on
 //! every participant, so it serializes at its decision (every key is locked and unchanged since
 //! read at that instant): transactions are serializable against each other and against plain
-//! writes. A plain read of a key in a prepared transaction returns the committed value; a
+//! writes. A plain read of a key a prepared transaction writes waits for its decision; a
 //! read-only transaction goes through the same prepare/validate/lock path, so the values it
 //! returns held together at one instant — a bank audit sums exactly the total.
 
@@ -180,7 +189,47 @@ impl ShardTxns {
                 }
                 ShardTxnResult::Ended
             }
+            ShardTxnOp::Commit { txn, participants } => {
+                let outcome = store
+                    .shard_txns
+                    .record(*txn, participants, ShardOutcome::Commit);
+                // This shard's own part, decided by the outcome just recorded (final either way).
+                // Not prepared here (a coordinator shard that is no participant): nothing to do.
+                if store.shard_txns.prepared.contains_key(txn) {
+                    Self::decide(store, *txn, outcome);
+                }
+                ShardTxnResult::Committed {
+                    outcome,
+                    revision: store.revision,
+                }
+            }
         }
+    }
+
+    /// The transaction whose prepared writes include `key`, if any. Such a key's committed value
+    /// may already be out of date: the transaction can be decided (its client answered) before
+    /// this shard applies the decision, so a read must not be served from it until then.
+    pub fn writer_of(&self, key: &[u8]) -> Option<ShardTxnId> {
+        let txn = *self.locks.get(key)?;
+        let prepared = self.prepared.get(&txn)?;
+        prepared
+            .writes
+            .iter()
+            .any(|w| w.key().as_ref() == key)
+            .then_some(txn)
+    }
+
+    /// The first key in `[start, end)` (`end` `None`: to the last key) that a prepared
+    /// transaction writes, with that transaction ([`ShardTxns::writer_of`] for a scan).
+    pub fn writer_in(&self, start: &[u8], end: Option<&[u8]>) -> Option<(Bytes, ShardTxnId)> {
+        use std::ops::Bound;
+        if self.locks.is_empty() || end.is_some_and(|end| end <= start) {
+            return None;
+        }
+        let upper = end.map_or(Bound::Unbounded, Bound::Excluded);
+        self.locks
+            .range::<[u8], _>((Bound::Included(start), upper))
+            .find_map(|(key, _)| self.writer_of(key).map(|txn| (key.clone(), txn)))
     }
 
     #[allow(clippy::too_many_arguments)]
@@ -589,6 +638,125 @@ mod tests {
             shard.step(ShardTxnOp::Resolve { txn: 1 }),
             is(ShardOutcome::Commit)
         );
+    }
+
+    #[test]
+    fn commit_records_the_decision_and_decides_the_coordinator_shards_own_part_in_one_entry() {
+        let mut shard = Shard::new();
+        assert_eq!(shard.step(prepare(7, &[], &[("a", "1")])), YES);
+        let before = shard.kv.revision();
+        let commit = |txn| ShardTxnOp::Commit {
+            txn,
+            participants: vec![1, 2],
+        };
+        let committed = shard.step(commit(7));
+        assert_eq!(
+            committed,
+            ShardTxnResult::Committed {
+                outcome: ShardOutcome::Commit,
+                revision: before + 1
+            }
+        );
+        assert_eq!(shard.kv.get(b"a").unwrap().value, b("1"));
+        assert_eq!(shard.kv.shard_txns().locked([&b("a")]), None);
+        assert_eq!(
+            shard.kv.shard_txns().decision(7),
+            Some(ShardOutcome::Commit)
+        );
+        // A repeat applies nothing more; a DECIDE that still comes is answered as done.
+        assert_eq!(shard.step(commit(7)), committed);
+        assert_eq!(
+            shard.step(decide(7, ShardOutcome::Commit)),
+            ShardTxnResult::Decided {
+                outcome: ShardOutcome::Commit,
+                revision: before + 1
+            }
+        );
+        // A resolver recorded ABORT first: the commit is refused and this shard's part dropped.
+        assert_eq!(shard.step(prepare(8, &[], &[("b", "2")])), YES);
+        assert_eq!(
+            shard.step(ShardTxnOp::Resolve { txn: 8 }),
+            ShardTxnResult::Decision {
+                outcome: ShardOutcome::Abort
+            }
+        );
+        assert_eq!(
+            shard.step(commit(8)),
+            ShardTxnResult::Committed {
+                outcome: ShardOutcome::Abort,
+                revision: before + 1
+            }
+        );
+        assert!(shard.kv.get(b"b").is_none());
+        assert!(shard.kv.shard_txns().prepared().is_empty());
+        // The coordinator shard need not be a participant: only the decision is recorded.
+        assert!(matches!(
+            shard.step(commit(9)),
+            ShardTxnResult::Committed {
+                outcome: ShardOutcome::Commit,
+                ..
+            }
+        ));
+        assert_eq!(shard.kv.revision(), before + 1);
+    }
+
+    #[test]
+    fn a_checked_read_of_a_key_a_prepared_transaction_writes_is_refused_until_its_decide() {
+        let mut shard = Shard::new();
+        let rc = shard.put("c", "0");
+        shard.put("d", "old");
+        assert_eq!(shard.step(prepare(7, &[("c", rc)], &[("d", "new")])), YES);
+        fn locked<T>(key: &str) -> Result<T, ServerError> {
+            Err(ServerError::Locked {
+                key: b(key),
+                txn: 7,
+            })
+        }
+        // "d" is written: its committed value may be stale once the transaction is decided.
+        assert_eq!(shard.kv.get_checked(&b("d")), locked("d"));
+        assert_eq!(shard.kv.get(b"d").unwrap().value, b("old"));
+        // "c" is only compared: it is not about to change, and is read as usual.
+        assert_eq!(
+            shard.kv.get_checked(&b("c")).unwrap().unwrap().value,
+            b("0")
+        );
+        assert_eq!(
+            shard
+                .kv
+                .scan_checked(b"a", None, 10)
+                .map(|(kvs, _)| kvs.len()),
+            locked("d")
+        );
+        assert_eq!(
+            shard
+                .kv
+                .scan_checked(b"a", Some(b"d"), 10)
+                .map(|(kvs, _)| kvs.len()),
+            Ok(1)
+        );
+        assert_eq!(
+            shard
+                .kv
+                .scan_checked(b"e", Some(b"a"), 10)
+                .map(|(kvs, _)| kvs.len()),
+            Ok(0)
+        );
+        // A key not yet there but about to be put is held back too.
+        assert_eq!(shard.step(prepare(8, &[], &[("e", "1")])), YES);
+        assert_eq!(
+            shard.kv.get_checked(&b("e")),
+            Err(ServerError::Locked {
+                key: b("e"),
+                txn: 8
+            })
+        );
+        shard.step(decide(7, ShardOutcome::Commit));
+        assert_eq!(
+            shard.kv.get_checked(&b("d")).unwrap().unwrap().value,
+            b("new")
+        );
+        shard.step(decide(8, ShardOutcome::Abort));
+        assert_eq!(shard.kv.get_checked(&b("e")), Ok(None));
     }
 
     #[test]

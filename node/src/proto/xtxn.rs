@@ -12,11 +12,15 @@
 //!    checks that no key is locked by another transaction and that every key still has the
 //!    `mod_revision` the coordinator read, then locks the keys and keeps the writes (vote yes) —
 //!    or changes nothing (vote no);
-//! 3. all yes: [`ShardTxnOp::Decision`] (commit) on the coordinator shard; the first decision
-//!    recorded for a transaction wins, a later different one is answered with the first;
-//! 4. [`ShardTxnOp::Decide`] at every participant: apply the writes at one shard revision (commit)
-//!    or drop them (abort), release the locks; then [`ShardTxnOp::End`] lets the coordinator
-//!    shard forget the decision.
+//! 3. all yes: [`ShardTxnOp::Commit`] on the coordinator shard records the decision (the first
+//!    decision recorded for a transaction wins, a later different one is answered with the first)
+//!    and decides that shard's own part in the same entry; once it is applied the client is
+//!    answered ([`ShardTxnOp::Decision`], the record alone, is still applied from older logs);
+//! 4. [`ShardTxnOp::Decide`] at every other participant, after the answer: apply the writes at one
+//!    shard revision (commit) or drop them (abort), release the locks; then [`ShardTxnOp::End`]
+//!    lets the coordinator shard forget the decision. Until a participant has applied it, its
+//!    keys stay locked, and a read of a key a prepared transaction writes waits (see
+//!    `kv::shard_txn`), so no read after the answer sees the old value.
 //!
 //! A participant that holds a prepared transaction too long asks the coordinator shard with
 //! [`ShardTxnOp::Resolve`]: the recorded decision, or — none recorded — ABORT, recorded by that
@@ -90,6 +94,16 @@ pub enum ShardTxnOp {
         /// The transaction.
         txn: ShardTxnId,
     },
+    /// Coordinator shard: record COMMIT (the first decision recorded wins, as for
+    /// [`ShardTxnOp::Decision`]) and, in the same entry, decide this shard's own prepared part
+    /// with the outcome recorded — so the coordinator shard needs no DECIDE of its own, and the
+    /// client can be answered once this one entry is applied.
+    Commit {
+        /// The transaction.
+        txn: ShardTxnId,
+        /// Every participant group.
+        participants: Vec<u64>,
+    },
 }
 
 impl ShardTxnOp {
@@ -100,7 +114,8 @@ impl ShardTxnOp {
             | ShardTxnOp::Decide { txn, .. }
             | ShardTxnOp::Decision { txn, .. }
             | ShardTxnOp::Resolve { txn }
-            | ShardTxnOp::End { txn } => *txn,
+            | ShardTxnOp::End { txn }
+            | ShardTxnOp::Commit { txn, .. } => *txn,
         }
     }
 
@@ -181,4 +196,12 @@ pub enum ShardTxnResult {
     },
     /// The decision is forgotten (or was never held).
     Ended,
+    /// The answer to [`ShardTxnOp::Commit`]: the decision recorded, and this shard's revision
+    /// after deciding its own part with it (the current one if it had nothing to write).
+    Committed {
+        /// The first outcome recorded for the transaction.
+        outcome: ShardOutcome,
+        /// The coordinator shard's revision after the entry.
+        revision: u64,
+    },
 }

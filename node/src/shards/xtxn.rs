@@ -1,7 +1,8 @@
 //! Cross-shard transactions on a sharded node. The node that receives a `Txn` whose keys are on
 //! several shards coordinates it ([`crate::xtxn::driver::run`]): it reads the keys and proposes
-//! PREPARE, the decision and DECIDE to the groups' leaders through a client of its own cluster
-//! (node-to-node requests on the client ALPN, with the node's certificate). Every node also
+//! PREPARE, COMMIT and DECIDE to the groups' leaders through a client of its own cluster
+//! (node-to-node requests on the client ALPN, with the node's certificate), answering the client
+//! once COMMIT is applied and proposing the DECIDEs after (in a task of their own). Every node also
 //! watches its data groups' prepared transactions ([`crate::xtxn::Resolver`]): one prepared for
 //! longer than [`RESOLVE_AFTER`] is resolved through the coordinator shard (presumed abort), so a
 //! coordinating node killed mid-transaction never leaves locks behind.

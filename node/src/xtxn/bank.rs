@@ -9,7 +9,11 @@
 //! balances' `mod_revision` as the worker read them and puts the new balances), audit every
 //! account in one read-only cross-shard transaction, and touch accounts with plain
 //! compare-and-sets of the same value (which a prepared transaction's locks refuse).
-//! Checked: every committed audit sums exactly the total; once faults stop, nothing stays
+//! A transaction is acknowledged once its decision is durable, before the other participants
+//! applied it (their DECIDEs are driven on after the answer, as on a node). Checked: no read
+//! delivered after a transaction's acknowledgement returns a value from before it (a shard holds
+//! back reads of what a prepared transaction writes); every committed audit sums exactly the
+//! total; once faults stop, nothing stays
 //! prepared or locked, the total is unchanged; each transaction that has a commit decision was
 //! applied exactly once on every participant and any other on none (atomicity); the final
 //! balances are the initial ones plus exactly the committed transfers; every transfer
@@ -46,6 +50,9 @@ pub enum BankBug {
     CommitWithoutAllYes,
     /// An in-doubt participant aborts on its own instead of asking the coordinator shard.
     ResolveWithoutAsking,
+    /// A shard serves a read of a key a prepared transaction writes from the value before it
+    /// (the transaction may be decided and acknowledged already).
+    ReadThroughLocks,
 }
 
 /// One run's shape, derived from its seed.
@@ -158,7 +165,7 @@ enum Msg {
     ReadReply {
         to: Who,
         key: Bytes,
-        kv: Option<KeyValue>,
+        kv: Result<Option<KeyValue>, ServerError>,
     },
     Propose {
         from: Who,
@@ -196,6 +203,9 @@ struct Worker {
     client_id: u64,
     seq: u64,
     running: Option<Running>,
+    /// Transactions answered whose coordinator still drives their last steps (DECIDEs, END),
+    /// as a node's coordinator does in the background; lost when the worker crashes.
+    finishing: Vec<CrossShardTxn>,
 }
 
 /// What is known about every transaction started.
@@ -252,10 +262,13 @@ impl World {
         let shard = self.shards.get_mut(&group).expect("groups are 1..=shards");
         // A commit that applies writes kept at prepare (read-only releases are not counted).
         let commit_of = match &op {
-            WriteOp::Shard(ShardTxnOp::Decide {
-                txn,
-                outcome: ShardOutcome::Commit,
-            }) => shard
+            WriteOp::Shard(
+                ShardTxnOp::Decide {
+                    txn,
+                    outcome: ShardOutcome::Commit,
+                }
+                | ShardTxnOp::Commit { txn, .. },
+            ) => shard
                 .store
                 .shard_txns()
                 .prepared()
@@ -273,10 +286,16 @@ impl World {
             .unwrap_or(Err(ServerError::Internal("no result".into())));
         if let (
             Some(txn),
-            Ok(WriteResult::Shard(ShardTxnResult::Decided {
-                outcome: ShardOutcome::Commit,
-                ..
-            })),
+            Ok(WriteResult::Shard(
+                ShardTxnResult::Decided {
+                    outcome: ShardOutcome::Commit,
+                    ..
+                }
+                | ShardTxnResult::Committed {
+                    outcome: ShardOutcome::Commit,
+                    ..
+                },
+            )),
         ) = (commit_of, &result)
         {
             *self.ledger.applied.entry((txn, group)).or_default() += 1;
@@ -436,14 +455,20 @@ impl World {
 
     fn flush_worker(&mut self, w: usize) {
         let worker = &mut self.workers[w];
-        let Some(running) = &mut worker.running else {
-            return;
-        };
         let who = Who::Worker {
             id: w as u64,
             incarnation: worker.incarnation,
         };
-        for action in running.txn.take_actions() {
+        let mut actions: Vec<Action> = worker
+            .finishing
+            .iter_mut()
+            .flat_map(|txn| txn.take_actions())
+            .collect();
+        worker.finishing.retain(|txn| !txn.is_finished());
+        if let Some(running) = &mut worker.running {
+            actions.extend(running.txn.take_actions());
+        }
+        for action in actions {
             match action {
                 Action::Read { group, key } => self.net.push(Msg::Read {
                     to: who,
@@ -472,6 +497,9 @@ impl World {
                 }
             }
         }
+        let Some(running) = &mut worker.running else {
+            return;
+        };
         let Some(report) = running.txn.report().cloned() else {
             return;
         };
@@ -480,9 +508,12 @@ impl World {
                 .violations
                 .push(format!("coordinator: {anomaly}"));
         }
-        // Done: answer the "client"; the worker keeps sending what is left (lock releases)
-        // through the flush above, then takes the next job.
+        // Answered: tell the "client"; the coordinator drives what is left (DECIDEs, END) on
+        // its own while the worker takes the next job.
         let running = worker.running.take().expect("checked above");
+        if !running.txn.is_finished() {
+            worker.finishing.push(running.txn);
+        }
         match running.job {
             Job::Audit => match report.outcome {
                 ShardOutcome::Commit => {
@@ -523,13 +554,27 @@ impl World {
     fn deliver(&mut self, msg: Msg) {
         match msg {
             Msg::Read { to, group, key } => {
-                let kv = self.shards[&group].store.get(&key);
+                let store = &self.shards[&group].store;
+                #[allow(unused_mut)]
+                let mut kv = store.get_checked(&key);
+                #[cfg(any(test, feature = "planted-bugs"))]
+                if self.config.bug == Some(BankBug::ReadThroughLocks) {
+                    kv = Ok(store.get(&key));
+                }
+                // Linearizability: a read after a transaction's acknowledgement must see it.
+                if let Some(txn) = store.shard_txns().writer_of(&key) {
+                    if kv.is_ok() && self.ledger.acked_commit.contains(&txn) {
+                        self.report.violations.push(format!(
+                            "a read of {key:?} at group {group} returned the value before txn {txn}, acknowledged as committed"
+                        ));
+                    }
+                }
                 self.net.push(Msg::ReadReply { to, key, kv });
             }
             Msg::ReadReply { to, key, kv } => {
                 if let Some(w) = self.worker_of(to) {
                     if let Some(running) = &mut self.workers[w].running {
-                        running.txn.on_read(&key, Ok(kv));
+                        running.txn.on_read(&key, kv);
                     }
                     self.flush_worker(w);
                 }
@@ -580,7 +625,12 @@ impl World {
                         WriteResult::Shard(r) => Ok(r),
                         other => Err(ServerError::Internal(format!("unexpected {other:?}"))),
                     });
-                    if let Some(running) = &mut self.workers[w].running {
+                    let worker = &mut self.workers[w];
+                    // Each coordinator ignores results of transactions not its own.
+                    for txn in &mut worker.finishing {
+                        txn.on_result(group, op, result.clone());
+                    }
+                    if let Some(running) = &mut worker.running {
                         running.txn.on_result(group, op, result);
                     }
                     self.flush_worker(w);
@@ -619,7 +669,11 @@ impl World {
 
     fn tick(&mut self) {
         for w in 0..self.workers.len() {
-            if let Some(running) = &mut self.workers[w].running {
+            let worker = &mut self.workers[w];
+            for txn in &mut worker.finishing {
+                txn.tick();
+            }
+            if let Some(running) = &mut worker.running {
                 running.txn.tick();
             }
             self.flush_worker(w);
@@ -639,7 +693,10 @@ impl World {
 
     fn crash_a_coordinator(&mut self) {
         let running: Vec<usize> = (0..self.workers.len())
-            .filter(|&w| self.workers[w].running.is_some())
+            .filter(|&w| {
+                let worker = &self.workers[w];
+                worker.running.is_some() || !worker.finishing.is_empty()
+            })
             .collect();
         if running.is_empty() {
             return;
@@ -648,6 +705,7 @@ impl World {
         self.report.coordinator_crashes += 1;
         let worker = &mut self.workers[w];
         worker.running = None;
+        worker.finishing.clear();
         worker.incarnation += 1;
         self.start_job(w);
     }
@@ -677,7 +735,11 @@ impl World {
     }
 
     fn idle(&self) -> bool {
-        self.started >= self.config.ops && self.workers.iter().all(|w| w.running.is_none())
+        self.started >= self.config.ops
+            && self
+                .workers
+                .iter()
+                .all(|w| w.running.is_none() && w.finishing.is_empty())
     }
 
     fn quiet(&self) -> bool {
@@ -818,6 +880,7 @@ pub fn run(config: BankConfig) -> BankReport {
                 client_id: 0,
                 seq: 0,
                 running: None,
+                finishing: Vec::new(),
             })
             .collect(),
         net: Vec::new(),
@@ -922,6 +985,21 @@ mod tests {
         let caught: Vec<u64> = reports
             .iter()
             .filter(|r| !r.violations.is_empty())
+            .map(|r| r.seed)
+            .collect();
+        assert!(!caught.is_empty(), "no seed of 50 caught the planted bug");
+    }
+
+    #[test]
+    fn a_shard_that_reads_through_a_decided_transactions_lock_is_caught() {
+        let reports = run_seeds(0..50, Some(BankBug::ReadThroughLocks));
+        let caught: Vec<u64> = reports
+            .iter()
+            .filter(|r| {
+                r.violations
+                    .iter()
+                    .any(|v| v.contains("returned the value before"))
+            })
             .map(|r| r.seed)
             .collect();
         assert!(!caught.is_empty(), "no seed of 50 caught the planted bug");

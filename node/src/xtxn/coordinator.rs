@@ -2,8 +2,18 @@
 //! ([`Action`]), is told their results, and ticks. The phases are txn-2pc's
 //! [`txn_2pc::two_phase::Coordinator`] (presumed abort): its PREPARE / COMMIT / ABORT messages
 //! become proposals to the participant groups, its forced COMMIT record becomes the
-//! [`ShardTxnOp::Decision`] entry on the coordinator shard's log (`forced` once that entry is
-//! applied and answers commit), its lazy END becomes [`ShardTxnOp::End`].
+//! [`ShardTxnOp::Commit`] entry on the coordinator shard's log (`forced` once that entry is
+//! applied and answers commit; the same entry decides the coordinator shard's own part, so the
+//! engine's COMMIT to that shard is acknowledged at once), its lazy END becomes
+//! [`ShardTxnOp::End`].
+//!
+//! The client's answer ([`CrossShardTxn::report`]) is ready as soon as the commit is durable —
+//! the COMMIT entry applied, every PREPARE before it voted yes — not after every participant
+//! applied it: the DECIDEs to the other participants (and the END) are still to be driven, by
+//! ticks and results, until [`CrossShardTxn::is_finished`]. A participant that has not applied
+//! its DECIDE yet holds its keys locked and holds back reads of what it writes, so a read after
+//! the answer never sees the state before the transaction (`kv::shard_txn`). An abort is
+//! answered when the engine decides it (presumed abort: nothing to force).
 //!
 //! Before the engine starts, the coordinator reads every key the transaction compares, reads or
 //! deletes (a key it only puts is locked at PREPARE, not read) and evaluates it ([`Plan`]). A participant that only reads votes read-only to the engine (no
@@ -95,7 +105,7 @@ enum State {
         last_sent: u64,
     },
     Committing(Box<Committing>),
-    Done(Report),
+    Done,
 }
 
 struct Committing {
@@ -112,6 +122,8 @@ struct Committing {
     releases_sent: u64,
     /// The engine reported the transaction finished.
     engine_finished: bool,
+    /// The COMMIT entry applied and decided the coordinator shard's own part.
+    decided_here: bool,
     /// The decision record being proposed: its force token, when it was last sent.
     decision: Option<(ForceToken, u64)>,
     decided: Option<ShardOutcome>,
@@ -129,6 +141,8 @@ pub struct CrossShardTxn {
     config: Config,
     now: u64,
     state: State,
+    /// The client's answer, once there is one (possibly before the state is `Done`).
+    answer: Option<Report>,
     actions: Vec<Action>,
     anomalies: Vec<String>,
     #[cfg(any(test, feature = "planted-bugs"))]
@@ -165,6 +179,7 @@ impl CrossShardTxn {
                 since: 0,
                 last_sent: 0,
             },
+            answer: None,
             actions: Vec::new(),
             anomalies: Vec::new(),
             #[cfg(any(test, feature = "planted-bugs"))]
@@ -194,12 +209,21 @@ impl CrossShardTxn {
         std::mem::take(&mut self.actions)
     }
 
-    /// How it ended, once it has.
+    /// The client's answer, once it is known: an abort, or a commit made durable (the other
+    /// participants may still be applying it; see [`CrossShardTxn::is_finished`]).
     pub fn report(&self) -> Option<&Report> {
-        match &self.state {
-            State::Done(report) => Some(report),
-            _ => None,
-        }
+        self.answer.as_ref()
+    }
+
+    /// Whether nothing is left to drive: every participant applied the outcome (or it was an
+    /// abort), read locks are released, END is sent. Until then, keep ticking and feeding results.
+    pub fn is_finished(&self) -> bool {
+        matches!(self.state, State::Done)
+    }
+
+    fn done(&mut self, report: Report) {
+        self.answer.get_or_insert(report);
+        self.state = State::Done;
     }
 
     /// Results that contradict the protocol (a participant answering abort to a commit): empty
@@ -252,7 +276,7 @@ impl CrossShardTxn {
             .unwrap_or(0);
         if participants.is_empty() {
             // Nothing compared, nothing in the branch: commits trivially.
-            self.state = State::Done(Report {
+            self.done(Report {
                 txn: self.txn,
                 outcome: ShardOutcome::Commit,
                 succeeded: plan.succeeded,
@@ -278,6 +302,7 @@ impl CrossShardTxn {
             releases: BTreeMap::new(),
             releases_sent: 0,
             engine_finished: false,
+            decided_here: false,
             decision: None,
             decided: None,
             revisions: BTreeMap::new(),
@@ -371,12 +396,15 @@ impl CrossShardTxn {
                     let _ = c.engine.step(group, Message::Ack { txn });
                 }
             }
-            (ShardTxnOp::Decision { .. }, ShardTxnResult::Decision { outcome }) => {
+            (ShardTxnOp::Commit { .. }, ShardTxnResult::Committed { outcome, revision }) => {
                 let Some((token, _)) = c.decision.take() else {
                     return; // a repeated answer
                 };
                 match outcome {
                     ShardOutcome::Commit => {
+                        // Durable; the entry decided this shard's part too (its revision).
+                        c.revisions.insert(group, revision);
+                        c.decided_here = true;
                         if let Err(error) = c.engine.forced(token) {
                             self.anomalies.push(format!("forced refused: {error}"));
                         }
@@ -403,7 +431,7 @@ impl CrossShardTxn {
                                 "a participant resolved the transaction as aborted first".into(),
                             ),
                         };
-                        self.state = State::Done(report);
+                        self.done(report);
                         return;
                     }
                 }
@@ -423,7 +451,7 @@ impl CrossShardTxn {
                 since, last_sent, ..
             } => {
                 if now - *since >= self.config.vote_timeout {
-                    self.state = State::Done(Report {
+                    self.done(Report {
                         txn: self.txn,
                         outcome: ShardOutcome::Abort,
                         succeeded: false,
@@ -462,88 +490,110 @@ impl CrossShardTxn {
                 }
                 self.drain();
             }
-            State::Done(_) => {}
+            State::Done => {}
         }
     }
 
-    /// Turns the engine's output into actions.
+    /// Turns the engine's output into actions; answers the client once the outcome is known.
     fn drain(&mut self) {
         let State::Committing(c) = &mut self.state else {
             return;
         };
-        let out = c.engine.take_output();
-        for write in out.writes {
-            match write {
-                Write::Force {
-                    token,
-                    record: CoordinatorRecord::Commit { .. },
-                } => {
-                    c.decision = Some((token, self.now));
-                    self.actions.push(Action::Propose {
-                        group: c.coordinator,
-                        op: decision(self.txn, &c.plan),
-                    });
-                }
-                Write::Lazy {
-                    record: CoordinatorRecord::End { .. },
-                } => self.actions.push(Action::Propose {
-                    group: c.coordinator,
-                    op: ShardTxnOp::End { txn: self.txn },
-                }),
-                _ => {}
+        let txn = TxnId(self.txn);
+        loop {
+            let out = c.engine.take_output();
+            if out.is_empty() {
+                break;
             }
-        }
-        for (to, message) in out.messages {
-            let op = match message {
-                Message::Prepare { .. } | Message::OnePhaseCommit { .. } => {
-                    let part = c.plan.parts.get(&to).cloned().unwrap_or_default();
-                    ShardTxnOp::Prepare {
-                        txn: self.txn,
-                        coordinator: c.coordinator,
-                        participants: c.plan.parts.keys().copied().collect(),
-                        expected: part.expected,
-                        writes: part.writes,
-                    }
-                }
-                Message::Commit { .. } => ShardTxnOp::Decide {
-                    txn: self.txn,
-                    outcome: ShardOutcome::Commit,
-                },
-                Message::Abort { .. } => ShardTxnOp::Decide {
-                    txn: self.txn,
-                    outcome: ShardOutcome::Abort,
-                },
-                _ => continue,
-            };
-            self.actions.push(Action::Propose { group: to, op });
-        }
-        for event in out.events {
-            match event {
-                CoordinatorEvent::Decided { outcome, .. } => {
-                    let outcome = match outcome {
-                        Outcome::Commit => ShardOutcome::Commit,
-                        Outcome::Abort => ShardOutcome::Abort,
-                    };
-                    c.decided = Some(outcome);
-                    c.releases_sent = self.now;
-                    // Read-only participants hold read locks until now; the engine forgot them.
-                    for &group in &c.read_only {
-                        c.releases.insert(group, outcome);
+            // The engine's COMMIT to the coordinator shard: its part was decided by the COMMIT
+            // entry itself, so it is acknowledged here instead of proposed again.
+            let mut applied_here = Vec::new();
+            for write in out.writes {
+                match write {
+                    Write::Force {
+                        token,
+                        record: CoordinatorRecord::Commit { .. },
+                    } => {
+                        c.decision = Some((token, self.now));
                         self.actions.push(Action::Propose {
-                            group,
-                            op: ShardTxnOp::Decide {
-                                txn: self.txn,
-                                outcome,
-                            },
+                            group: c.coordinator,
+                            op: decision(self.txn, &c.plan),
                         });
                     }
+                    Write::Lazy {
+                        record: CoordinatorRecord::End { .. },
+                    } => self.actions.push(Action::Propose {
+                        group: c.coordinator,
+                        op: ShardTxnOp::End { txn: self.txn },
+                    }),
+                    _ => {}
                 }
-                CoordinatorEvent::Finished { .. } => c.engine_finished = true,
+            }
+            for (to, message) in out.messages {
+                let op = match message {
+                    Message::Prepare { .. } | Message::OnePhaseCommit { .. } => {
+                        let part = c.plan.parts.get(&to).cloned().unwrap_or_default();
+                        ShardTxnOp::Prepare {
+                            txn: self.txn,
+                            coordinator: c.coordinator,
+                            participants: c.plan.parts.keys().copied().collect(),
+                            expected: part.expected,
+                            writes: part.writes,
+                        }
+                    }
+                    Message::Commit { .. } if to == c.coordinator && c.decided_here => {
+                        applied_here.push(to);
+                        continue;
+                    }
+                    Message::Commit { .. } => ShardTxnOp::Decide {
+                        txn: self.txn,
+                        outcome: ShardOutcome::Commit,
+                    },
+                    Message::Abort { .. } => ShardTxnOp::Decide {
+                        txn: self.txn,
+                        outcome: ShardOutcome::Abort,
+                    },
+                    _ => continue,
+                };
+                self.actions.push(Action::Propose { group: to, op });
+            }
+            for event in out.events {
+                match event {
+                    CoordinatorEvent::Decided { outcome, .. } => {
+                        let outcome = match outcome {
+                            Outcome::Commit => ShardOutcome::Commit,
+                            Outcome::Abort => ShardOutcome::Abort,
+                        };
+                        c.decided = Some(outcome);
+                        c.releases_sent = self.now;
+                        // Read-only participants hold read locks until now; the engine forgot
+                        // them. The coordinator shard's were released by the COMMIT entry.
+                        for &group in &c.read_only {
+                            if group == c.coordinator && c.decided_here {
+                                continue;
+                            }
+                            c.releases.insert(group, outcome);
+                            self.actions.push(Action::Propose {
+                                group,
+                                op: ShardTxnOp::Decide {
+                                    txn: self.txn,
+                                    outcome,
+                                },
+                            });
+                        }
+                    }
+                    CoordinatorEvent::Finished { .. } => c.engine_finished = true,
+                }
+            }
+            for group in applied_here {
+                let _ = c.engine.step(group, Message::Ack { txn });
             }
         }
-        if c.engine_finished && c.releases.is_empty() {
+        // Read locks go before the answer, so the client's next transaction does not meet them.
+        let known = c.engine_finished || c.decided == Some(ShardOutcome::Commit);
+        if known && c.releases.is_empty() && self.answer.is_none() {
             let outcome = c.decided.unwrap_or(ShardOutcome::Abort);
-            let report = Report {
+            self.answer = Some(Report {
                 txn: self.txn,
                 outcome,
                 succeeded: c.plan.succeeded,
@@ -562,17 +612,18 @@ impl CrossShardTxn {
                             .unwrap_or_else(|| "the votes did not arrive in time".into()),
                     ),
                 },
-            };
-            self.state = State::Done(report);
+            });
+        }
+        if c.engine_finished && c.releases.is_empty() && self.answer.is_some() {
+            self.state = State::Done;
         }
     }
 }
 
 fn decision(txn: ShardTxnId, plan: &Plan) -> ShardTxnOp {
-    ShardTxnOp::Decision {
+    ShardTxnOp::Commit {
         txn,
         participants: plan.parts.keys().copied().collect(),
-        outcome: ShardOutcome::Commit,
     }
 }
 

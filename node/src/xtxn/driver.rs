@@ -59,9 +59,14 @@ fn spawn<S: Shards>(set: &mut JoinSet<Done>, shards: &S, action: Action) {
     });
 }
 
-/// Coordinates `request` as transaction `txn` until it is decided and applied (commit) or
-/// aborted; one engine tick per `tick`. Steps still owed after the answer (lock releases of
-/// read-only participants) are sent in the background.
+/// After the answer, a transaction's remaining steps (DECIDEs, END) are driven for at most this
+/// many vote timeouts; whatever is still open then is left to the participants' resolvers.
+const FINISH_VOTE_TIMEOUTS: u64 = 10;
+
+/// Coordinates `request` as transaction `txn` and returns the client's answer as soon as it is
+/// known: an abort, or a commit once its decision is durable; one engine tick per `tick`. The
+/// steps still owed after the answer (the other participants' DECIDEs, END) are driven on in a
+/// task of their own, so the answer never waits for them.
 pub async fn run<S: Shards>(
     shards: S,
     txn: ShardTxnId,
@@ -70,6 +75,7 @@ pub async fn run<S: Shards>(
     tick: Duration,
 ) -> Report {
     let locator = shards.clone();
+    let finish_ticks = config.vote_timeout.max(1) * FINISH_VOTE_TIMEOUTS;
     let mut coordinator = CrossShardTxn::new(txn, request, |k| locator.locate(k), config);
     let mut set = JoinSet::new();
     let mut ticker = tokio::time::interval(tick);
@@ -79,17 +85,56 @@ pub async fn run<S: Shards>(
             spawn(&mut set, &shards, action);
         }
         if let Some(report) = coordinator.report().cloned() {
-            // Whatever is still in flight finishes on its own (detached, not aborted).
-            set.detach_all();
+            if coordinator.is_finished() {
+                // Whatever is still in flight finishes on its own (detached, not aborted).
+                set.detach_all();
+            } else {
+                tokio::spawn(finish(shards, coordinator, set, ticker, finish_ticks));
+            }
             return report;
         }
-        tokio::select! {
-            Some(done) = set.join_next() => match done {
+        step(&mut coordinator, &mut set, &mut ticker).await;
+    }
+}
+
+/// Drives an answered transaction until it is finished, for at most `max_ticks` ticks.
+async fn finish<S: Shards>(
+    shards: S,
+    mut coordinator: CrossShardTxn,
+    mut set: JoinSet<Done>,
+    mut ticker: tokio::time::Interval,
+    max_ticks: u64,
+) {
+    let mut ticks = 0;
+    while !coordinator.is_finished() && ticks < max_ticks {
+        if step(&mut coordinator, &mut set, &mut ticker).await {
+            ticks += 1;
+        }
+        for action in coordinator.take_actions() {
+            spawn(&mut set, &shards, action);
+        }
+    }
+    set.detach_all();
+}
+
+/// Feeds the coordinator the next result or tick; true if it was a tick.
+async fn step(
+    coordinator: &mut CrossShardTxn,
+    set: &mut JoinSet<Done>,
+    ticker: &mut tokio::time::Interval,
+) -> bool {
+    tokio::select! {
+        Some(done) = set.join_next() => {
+            match done {
                 Ok(Done::Read(key, result)) => coordinator.on_read(&key, result),
                 Ok(Done::Proposed(group, op, result)) => coordinator.on_result(group, &op, result),
                 Err(_) => {} // a task panicked or was cancelled: the timers retry
-            },
-            _ = ticker.tick() => coordinator.tick(),
+            }
+            false
+        }
+        _ = ticker.tick() => {
+            coordinator.tick();
+            true
         }
     }
 }
