@@ -437,6 +437,20 @@ pub(crate) async fn run_rows<S: System>(
     Ok(SystemRun { name, rows })
 }
 
+/// A progress bar of `total` operations, as every cluster benchmark shows it.
+pub(crate) fn progress_bar(total: u64) -> ProgressBar {
+    let progress = ProgressBar::new(total);
+    progress.set_style(
+        ProgressStyle::with_template(
+            "{elapsed_precise} [{bar:30}] {percent:>3}% {per_sec:>12} {msg}",
+        )
+        .expect("static template")
+        .progress_chars("=> "),
+    );
+    progress.enable_steady_tick(Duration::from_millis(200));
+    progress
+}
+
 /// Runs the benchmark.
 pub fn run(args: Args) -> anyhow::Result<()> {
     if args.clients.is_empty() || args.clients.contains(&0) {
@@ -597,15 +611,7 @@ async fn run_async(args: Args) -> anyhow::Result<()> {
         quorate_systems + pb_systems + usize::from(etcd_bin.is_some() || zk_install.is_some());
     let phases = if args.sequential_reads() { 3 } else { 2 };
     let total = (systems * args.clients.len() * args.ops * phases) as u64;
-    let progress = ProgressBar::new(total);
-    progress.set_style(
-        ProgressStyle::with_template(
-            "{elapsed_precise} [{bar:30}] {percent:>3}% {per_sec:>12} {msg}",
-        )
-        .expect("static template")
-        .progress_chars("=> "),
-    );
-    progress.enable_steady_tick(Duration::from_millis(200));
+    let progress = progress_bar(total);
 
     let mut runs = Vec::new();
     if let Some(etcd_bin) = &etcd_bin {

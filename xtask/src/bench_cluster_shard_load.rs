@@ -10,7 +10,7 @@ use std::path::Path;
 use std::time::Duration;
 
 use anyhow::Context;
-use indicatif::{ProgressBar, ProgressStyle};
+use indicatif::ProgressBar;
 
 use crate::bench_cluster::{self, KvHandle, Quorate, QuorateHandle, System, SystemRun};
 use crate::bench_cluster_shards::{split_keys, wait_ready};
@@ -78,15 +78,7 @@ pub(crate) async fn run(
     clients: &[usize],
     ops: usize,
 ) -> anyhow::Result<()> {
-    let progress = ProgressBar::new((shards.len() * clients.len() * ops * 2) as u64);
-    progress.set_style(
-        ProgressStyle::with_template(
-            "{elapsed_precise} [{bar:30}] {percent:>3}% {per_sec:>12} {msg}",
-        )
-        .expect("static template")
-        .progress_chars("=> "),
-    );
-    progress.enable_steady_tick(Duration::from_millis(200));
+    let progress = bench_cluster::progress_bar((shards.len() * clients.len() * ops * 2) as u64);
     let mut runs = Vec::new();
     for &n in shards {
         progress.set_message(format!("{n} shards: starting 3 nodes"));
