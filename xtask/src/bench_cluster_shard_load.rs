@@ -7,7 +7,6 @@
 //! against 1 shard's at the same client count (the baseline of the same run).
 
 use std::path::Path;
-use std::time::Duration;
 
 use anyhow::Context;
 use indicatif::ProgressBar;
