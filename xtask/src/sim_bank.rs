@@ -20,6 +20,9 @@ pub enum XtxnBug {
     /// A shard reads through a prepared transaction's write lock (the value before a commit
     /// already acknowledged).
     ReadThroughLocks,
+    /// A coordinator answers an abort without recording it under the client's session (a resent
+    /// request whose first run committed is answered "aborted").
+    AbortWithoutSession,
 }
 
 /// Runs the seeds of `args`.
@@ -28,6 +31,7 @@ pub fn run(args: &Args) -> anyhow::Result<()> {
         XtxnBug::CommitWithoutAllYes => BankBug::CommitWithoutAllYes,
         XtxnBug::ResolveWithoutAsking => BankBug::ResolveWithoutAsking,
         XtxnBug::ReadThroughLocks => BankBug::ReadThroughLocks,
+        XtxnBug::AbortWithoutSession => BankBug::AbortWithoutSession,
     });
     let started = Instant::now();
     let mut totals = BankReport::default();
@@ -58,6 +62,8 @@ pub fn run(args: &Args) -> anyhow::Result<()> {
         totals.audits_committed += report.audits_committed;
         totals.audits_aborted += report.audits_aborted;
         totals.coordinator_crashes += report.coordinator_crashes;
+        totals.resent += report.resent;
+        totals.answered_by_earlier_run += report.answered_by_earlier_run;
         totals.resolved += report.resolved;
         totals.locked_refusals += report.locked_refusals;
         totals.leader_changes += report.leader_changes;
@@ -73,7 +79,7 @@ pub fn run(args: &Args) -> anyhow::Result<()> {
         }
     }
     println!(
-        "bank: {} seeds from {} in {:.1}s: transfers {} committed / {} aborted, audits {} committed / {} aborted, {} coordinator crashes, {} resolver decides, {} plain writes refused on locks, {} leader changes, {} steps",
+        "bank: {} seeds from {} in {:.1}s: transfers {} committed / {} aborted, audits {} committed / {} aborted, {} coordinator crashes, {} requests resent ({} answered by an earlier run), {} resolver decides, {} plain writes refused on locks, {} leader changes, {} steps",
         args.seeds,
         args.start,
         started.elapsed().as_secs_f64(),
@@ -82,6 +88,8 @@ pub fn run(args: &Args) -> anyhow::Result<()> {
         totals.audits_committed,
         totals.audits_aborted,
         totals.coordinator_crashes,
+        totals.resent,
+        totals.answered_by_earlier_run,
         totals.resolved,
         totals.locked_refusals,
         totals.leader_changes,

@@ -3,7 +3,9 @@
 //! proposes to one named group ([`Client::propose_to_group`]).
 
 use super::{unexpected, Client, ClientError, Route};
-use crate::proto::{Reply, Request, ServerError, ShardTxnOp, ShardTxnResult, WriteOp, WriteResult};
+use crate::proto::{
+    Reply, Request, ServerError, Session, ShardTxnOp, ShardTxnResult, WriteOp, WriteResult,
+};
 
 /// How often a `WrongShard` answer makes the client fetch the map and resend.
 const REROUTES: usize = 5;
@@ -12,10 +14,12 @@ const REROUTES: usize = 5;
 pub const TXN_ATTEMPTS: u32 = 3;
 
 impl Client {
-    /// Sends a transaction spanning shards to a member, which runs its two-phase commit.
-    /// Not retried by the client once a member took it: a transaction whose reply was lost may
-    /// have committed (guard it with compares, as the bank test's transfers do).
-    /// One that aborted (a conflict: nothing applied) is run again, up to [`TXN_ATTEMPTS`] times.
+    /// Sends a transaction spanning shards to a member, which runs its two-phase commit. A
+    /// resend after a lost reply (to any member) carries the same session sequence number, under
+    /// which the coordinator shard records the request's outcome — the first run's commit, or
+    /// the abort a run answers with — so the transaction commits at most once and an abort
+    /// answered is final. One that aborted (a conflict: nothing applied) is run again under a
+    /// new sequence number, up to [`TXN_ATTEMPTS`] times.
     pub(super) async fn cross_shard_txn(&self, op: WriteOp) -> Result<WriteResult, ClientError> {
         let mut pause = std::time::Duration::from_millis(10);
         for attempt in 1..=TXN_ATTEMPTS {
@@ -44,13 +48,16 @@ impl Client {
 
     /// Proposes one step of a cross-shard transaction to `group` (through its leader) and
     /// returns what its state machine answered. Transient errors are retried with the same
-    /// session, so the step is applied at most once.
+    /// session — `session` if given (a client request's commit, under that client's session),
+    /// else the next of this client's — so the step is applied at most once.
     pub async fn propose_to_group(
         &self,
         group: u64,
         op: ShardTxnOp,
+        session: Option<Session>,
     ) -> Result<ShardTxnResult, ClientError> {
-        let (_in_flight, session) = self.begin_write();
+        let (_in_flight, own) = self.begin_write();
+        let session = session.unwrap_or(own);
         let mut map = self.cached_shard_map();
         if !map.is_sharded() {
             map = self.refresh_shard_map().await?;

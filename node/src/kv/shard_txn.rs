@@ -22,7 +22,9 @@
 //!   not about to change).
 //! - The first decision recorded for a transaction wins; RESOLVE records ABORT when none is.
 //!   COMMIT (the coordinator's) records it and decides the coordinator shard's own part in the
-//!   same entry.
+//!   same entry. A client request's COMMIT ([`ShardTxnOp::CommitFor`]) and a run's ABORT of it
+//!   ([`ShardTxnOp::AbortFor`]) come under the client's session, which keeps the first of them:
+//!   every later run of the same request commits nothing and gets that outcome.
 //!   A recorded commit is kept until END (every participant applied it); aborts and ended
 //!   commits go to a bounded table, so a late question is still answered truthfully.
 //!
@@ -203,6 +205,46 @@ impl ShardTxns {
                     revision: store.revision,
                 }
             }
+            ShardTxnOp::CommitFor {
+                txn,
+                participants,
+                succeeded,
+                results,
+            } if participants.is_empty() => ShardTxnResult::CommittedFor {
+                // A read-only request's answer: kept in the session only, nothing decided.
+                txn: *txn,
+                revision: store.revision,
+                succeeded: *succeeded,
+                results: results.clone(),
+            },
+            ShardTxnOp::CommitFor {
+                txn,
+                participants,
+                succeeded,
+                results,
+            } => {
+                let outcome = store
+                    .shard_txns
+                    .record(*txn, participants, ShardOutcome::Commit);
+                if store.shard_txns.prepared.contains_key(txn) {
+                    Self::decide(store, *txn, outcome);
+                }
+                match outcome {
+                    ShardOutcome::Commit => ShardTxnResult::CommittedFor {
+                        txn: *txn,
+                        revision: store.revision,
+                        succeeded: *succeeded,
+                        results: results.clone(),
+                    },
+                    ShardOutcome::Abort => ShardTxnResult::Committed {
+                        outcome,
+                        revision: store.revision,
+                    },
+                }
+            }
+            ShardTxnOp::AbortFor { txn } => ShardTxnResult::Decision {
+                outcome: store.shard_txns.record(*txn, &[], ShardOutcome::Abort),
+            },
         }
     }
 
@@ -397,7 +439,7 @@ impl ShardTxns {
 mod tests {
     use super::*;
     use crate::kv::Command;
-    use crate::proto::{ServerError, Session, WriteOp, WriteResult};
+    use crate::proto::{ServerError, Session, TxnOpResult, WriteOp, WriteResult};
 
     fn b(s: &str) -> Bytes {
         Bytes::copy_from_slice(s.as_bytes())
@@ -417,12 +459,16 @@ mod tests {
         }
 
         fn write(&mut self, op: WriteOp) -> Result<WriteResult, ServerError> {
-            self.index += 1;
             let session = Session {
                 client_id: 1,
-                seq: self.index,
+                seq: self.index + 1,
                 first_unacked: 1,
             };
+            self.write_as(session, op)
+        }
+
+        fn write_as(&mut self, session: Session, op: WriteOp) -> Result<WriteResult, ServerError> {
+            self.index += 1;
             self.kv
                 .apply(&Command::Write { session, op }, self.index)
                 .expect("a write has a result")
@@ -698,6 +744,73 @@ mod tests {
             }
         ));
         assert_eq!(shard.kv.revision(), before + 1);
+    }
+
+    #[test]
+    fn a_second_run_of_a_client_request_meets_the_first_runs_commit_and_applies_nothing() {
+        let mut shard = Shard::new();
+        // The client's request: session (client 77, seq 5), whichever member coordinates it.
+        let request = Session {
+            client_id: 77,
+            seq: 5,
+            first_unacked: 5,
+        };
+        let commit_for = |txn| {
+            WriteOp::Shard(ShardTxnOp::CommitFor {
+                txn,
+                participants: vec![1, 2],
+                succeeded: true,
+                results: vec![TxnOpResult::Put],
+            })
+        };
+        assert_eq!(shard.step(prepare(7, &[], &[("a", "1")])), YES);
+        let first = shard.write_as(request, commit_for(7)).unwrap();
+        let revision = shard.kv.revision();
+        assert_eq!(
+            first,
+            WriteResult::Shard(ShardTxnResult::CommittedFor {
+                txn: 7,
+                revision,
+                succeeded: true,
+                results: vec![TxnOpResult::Put],
+            })
+        );
+        // The reply was lost; the client's retry ran as transaction 8, which prepared the same
+        // write: its commit is answered with run 7's, and 8's part stays prepared (to abort).
+        assert_eq!(shard.step(prepare(8, &[], &[("b", "2")])), YES);
+        assert_eq!(shard.write_as(request, commit_for(8)).unwrap(), first);
+        assert_eq!(shard.kv.revision(), revision);
+        assert!(shard.kv.get(b"b").is_none());
+        assert_eq!(shard.kv.shard_txns().decision(8), None);
+        assert!(shard.kv.shard_txns().prepared().contains_key(&8));
+        shard.step(decide(8, ShardOutcome::Abort));
+        // A run that aborted closes the request: a later run's commit applies nothing.
+        let other = Session {
+            seq: 6,
+            first_unacked: 5,
+            ..request
+        };
+        let closed = shard
+            .write_as(other, WriteOp::Shard(ShardTxnOp::AbortFor { txn: 9 }))
+            .unwrap();
+        assert_eq!(
+            closed,
+            WriteResult::Shard(ShardTxnResult::Decision {
+                outcome: ShardOutcome::Abort
+            })
+        );
+        assert_eq!(shard.step(prepare(10, &[], &[("c", "3")])), YES);
+        assert_eq!(shard.write_as(other, commit_for(10)).unwrap(), closed);
+        assert!(shard.kv.get(b"c").is_none());
+        assert_eq!(shard.kv.shard_txns().decision(10), None);
+        // And an abort after the commit is answered with the commit.
+        assert_eq!(
+            shard
+                .write_as(request, WriteOp::Shard(ShardTxnOp::AbortFor { txn: 11 }))
+                .unwrap(),
+            first
+        );
+        assert_eq!(shard.kv.shard_txns().decision(11), None);
     }
 
     #[test]

@@ -12,10 +12,14 @@
 //!    checks that no key is locked by another transaction and that every key still has the
 //!    `mod_revision` the coordinator read, then locks the keys and keeps the writes (vote yes) —
 //!    or changes nothing (vote no);
-//! 3. all yes: [`ShardTxnOp::Commit`] on the coordinator shard records the decision (the first
-//!    decision recorded for a transaction wins, a later different one is answered with the first)
-//!    and decides that shard's own part in the same entry; once it is applied the client is
-//!    answered ([`ShardTxnOp::Decision`], the record alone, is still applied from older logs);
+//! 3. all yes: [`ShardTxnOp::CommitFor`] on the coordinator shard, under the client's session,
+//!    records the decision (the first decision recorded for a transaction wins, a later different
+//!    one is answered with the first) and decides that shard's own part in the same entry; once it
+//!    is applied the client is answered. The session keeps the request's outcome, so a resent
+//!    request commits once: a second run meets the first run's answer there and aborts; a run
+//!    that aborts records that under the session too ([`ShardTxnOp::AbortFor`]) before it
+//!    answers, so an abort answered is final ([`ShardTxnOp::Commit`] and [`ShardTxnOp::Decision`]
+//!    are still applied from older logs);
 //! 4. [`ShardTxnOp::Decide`] at every other participant, after the answer: apply the writes at one
 //!    shard revision (commit) or drop them (abort), release the locks; then [`ShardTxnOp::End`]
 //!    lets the coordinator shard forget the decision. Until a participant has applied it, its
@@ -29,9 +33,10 @@
 use bytes::Bytes;
 use serde::{Deserialize, Serialize};
 
-use super::TxnOp;
+use super::{TxnOp, TxnOpResult};
 
-/// A cross-shard transaction id, chosen at random by the coordinating node (never reused).
+/// A cross-shard transaction id, chosen at random by the coordinating node (never reused; a
+/// retried client request runs under a new one, see [`ShardTxnOp::CommitFor`]).
 pub type ShardTxnId = u64;
 
 /// The outcome of a cross-shard transaction.
@@ -104,6 +109,32 @@ pub enum ShardTxnOp {
         /// Every participant group.
         participants: Vec<u64>,
     },
+    /// [`ShardTxnOp::Commit`] for a client's request, with the answer the client is to get. It
+    /// is proposed under the *client's* session (its id and the request's sequence number), so
+    /// the shard's session table keeps the request's outcome: a second run of the same request
+    /// (the client resent it after a lost reply, to any member) is answered with the first
+    /// run's [`ShardTxnResult::CommittedFor`] and aborts its own prepares. Found aborted (a
+    /// resolver recorded ABORT first), it answers [`ShardTxnResult::Committed`] with `Abort`,
+    /// and that closes the request as [`ShardTxnOp::AbortFor`] does.
+    CommitFor {
+        /// The transaction.
+        txn: ShardTxnId,
+        /// Every participant group; none for a read-only request, whose answer is only kept in
+        /// the session (nothing is decided).
+        participants: Vec<u64>,
+        /// Whether every compare held (the success branch ran).
+        succeeded: bool,
+        /// What each op of the branch did, as the client is answered.
+        results: Vec<TxnOpResult>,
+    },
+    /// Coordinator shard, under the client's session: this run of the request aborted — record
+    /// ABORT for `txn` and close the request, so no other run of it commits later. Proposed
+    /// before an abort is answered; answered with the request's outcome as first recorded in
+    /// the session (an earlier run's [`ShardTxnResult::CommittedFor`], if one committed).
+    AbortFor {
+        /// The transaction (this run).
+        txn: ShardTxnId,
+    },
 }
 
 impl ShardTxnOp {
@@ -115,7 +146,9 @@ impl ShardTxnOp {
             | ShardTxnOp::Decision { txn, .. }
             | ShardTxnOp::Resolve { txn }
             | ShardTxnOp::End { txn }
-            | ShardTxnOp::Commit { txn, .. } => *txn,
+            | ShardTxnOp::Commit { txn, .. }
+            | ShardTxnOp::CommitFor { txn, .. }
+            | ShardTxnOp::AbortFor { txn } => *txn,
         }
     }
 
@@ -203,5 +236,18 @@ pub enum ShardTxnResult {
         outcome: ShardOutcome,
         /// The coordinator shard's revision after the entry.
         revision: u64,
+    },
+    /// The answer to a [`ShardTxnOp::CommitFor`] that committed — possibly an earlier run of the
+    /// same client request (`txn` then differs from the one proposed), remembered in the
+    /// client's session.
+    CommittedFor {
+        /// The transaction that committed the request.
+        txn: ShardTxnId,
+        /// The coordinator shard's revision after that entry.
+        revision: u64,
+        /// Whether every compare held.
+        succeeded: bool,
+        /// What each op of the branch did.
+        results: Vec<TxnOpResult>,
     },
 }

@@ -145,9 +145,10 @@ impl Router {
                 request,
             } => (group, Some(epoch), *request),
             plain => {
-                if let Some(txn) = self.xtxn.as_ref().and_then(|x| x.cross_shard(&plain)) {
+                if let Some((txn, session)) = self.xtxn.as_ref().and_then(|x| x.cross_shard(&plain))
+                {
                     if let Some(service) = &self.xtxn {
-                        service.coordinate(txn, responder);
+                        service.coordinate(txn, session, responder);
                     }
                     return;
                 }

@@ -22,8 +22,8 @@ use txn_2pc::two_phase::Config;
 use crate::client::{Client, ClientConfig, ClientError};
 use crate::config::ServeConfig;
 use crate::proto::{
-    Consistency, KeyValue, ReadOp, Reply, Request, Response, ServerError, ShardMap, ShardTxnOp,
-    ShardTxnResult, WriteOp,
+    Consistency, KeyValue, ReadOp, Reply, Request, Response, ServerError, Session, ShardMap,
+    ShardTxnOp, ShardTxnResult, WriteOp,
 };
 use crate::xtxn::driver::{self, Shards};
 use crate::xtxn::{Resolver, TxnRequest};
@@ -77,9 +77,14 @@ impl Shards for ClusterShards {
             .map_err(refused)
     }
 
-    async fn propose(&self, group: u64, op: ShardTxnOp) -> Result<ShardTxnResult, ServerError> {
+    async fn propose(
+        &self,
+        group: u64,
+        op: ShardTxnOp,
+        session: Option<Session>,
+    ) -> Result<ShardTxnResult, ServerError> {
         self.client
-            .propose_to_group(group, op)
+            .propose_to_group(group, op, session)
             .await
             .map_err(refused)
     }
@@ -131,9 +136,11 @@ impl XtxnService {
         }
     }
 
-    /// The transaction a plain request carries, if its keys are on several data groups.
-    pub(crate) fn cross_shard(&self, request: &Request) -> Option<TxnRequest> {
+    /// The transaction a plain request carries, with the request's session, if its keys are on
+    /// several data groups.
+    pub(crate) fn cross_shard(&self, request: &Request) -> Option<(TxnRequest, Session)> {
         let Request::Write {
+            session,
             op:
                 WriteOp::Txn {
                     compares,
@@ -152,21 +159,31 @@ impl XtxnService {
         };
         let map = self.map();
         let groups = txn.groups(|k| map.locate(k).map_or(0, |s| s.group));
-        (groups.len() > 1).then_some(txn)
+        (groups.len() > 1).then_some((txn, *session))
     }
 
-    /// Coordinates `txn` in the background and answers `responder` with its outcome.
+    /// Coordinates `txn`, the request of `session`, in the background and answers `responder`
+    /// with its outcome. Its commit is proposed under `session`, so a client that sends the
+    /// request again (its reply was lost), here or to another member, gets it applied once.
     pub(crate) fn coordinate(
         self: &Arc<Self>,
         txn: TxnRequest,
+        session: Session,
         responder: net_quic::Responder<Response>,
     ) {
+        if session.client_id == 0 || session.seq == 0 {
+            let _ = responder.reply(&Err(ServerError::InvalidSession(
+                "client id and sequence number must be non-zero".into(),
+            )));
+            return;
+        }
         let this = self.clone();
         tokio::spawn(async move {
             let response = match this.shards() {
                 Ok(shards) => {
                     let id = rand_id();
-                    let report = driver::run(shards, id, txn, txn_config(), TICK).await;
+                    let report =
+                        driver::run(shards, id, txn, Some(session), txn_config(), TICK).await;
                     debug!(txn = id, outcome = ?report.outcome, participants = ?report.participants, reason = ?report.reason, "cross-shard transaction");
                     report.into_result().map(Reply::Write)
                 }

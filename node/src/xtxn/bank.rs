@@ -50,6 +50,9 @@ pub enum BankBug {
     CommitWithoutAllYes,
     /// An in-doubt participant aborts on its own instead of asking the coordinator shard.
     ResolveWithoutAsking,
+    /// A coordinator answers an abort without recording it under the client's session, so a
+    /// resent request whose first run committed is answered "aborted".
+    AbortWithoutSession,
     /// A shard serves a read of a key a prepared transaction writes from the value before it
     /// (the transaction may be decided and acknowledged already).
     ReadThroughLocks,
@@ -78,6 +81,9 @@ pub struct BankConfig {
     pub leader_change: u64,
     /// Ticks before a resolver asks about a prepared transaction.
     pub resolve_after: u64,
+    /// Per mille of answers the client loses (it resends the request, to a new coordinator,
+    /// under the same session); a client whose coordinator crashed resends too.
+    pub lose_answer: u64,
     /// A planted bug.
     #[cfg(any(test, feature = "planted-bugs"))]
     pub bug: Option<BankBug>,
@@ -98,6 +104,7 @@ impl BankConfig {
             crash: below(&mut rng, 8),
             leader_change: below(&mut rng, 15),
             resolve_after: 3 + below(&mut rng, 60),
+            lose_answer: below(&mut rng, 300),
             #[cfg(any(test, feature = "planted-bugs"))]
             bug: None,
         }
@@ -115,6 +122,10 @@ pub struct BankReport {
     pub transfers_aborted: u64,
     /// Transactions whose coordinator crashed before answering.
     pub coordinator_crashes: u64,
+    /// Requests resent under the same session (a lost answer or a crashed coordinator).
+    pub resent: u64,
+    /// Runs of a resent request answered with an earlier run's commit.
+    pub answered_by_earlier_run: u64,
     /// Audits committed (each summed exactly the total, else a violation).
     pub audits_committed: u64,
     /// Audits aborted.
@@ -196,6 +207,9 @@ enum Job {
 struct Running {
     txn: CrossShardTxn,
     job: Job,
+    /// The client request this run is for, to resend it.
+    request: TxnRequest,
+    origin: Session,
 }
 
 struct Worker {
@@ -211,14 +225,17 @@ struct Worker {
 /// What is known about every transaction started.
 #[derive(Default)]
 struct Ledger {
-    /// Transfer deltas by transaction.
-    deltas: BTreeMap<ShardTxnId, BTreeMap<Bytes, i64>>,
+    /// Transfer deltas by client request (origin client id).
+    request_deltas: BTreeMap<u64, BTreeMap<Bytes, i64>>,
     /// Coordinator groups by transaction.
     coordinator: BTreeMap<ShardTxnId, u64>,
     /// Participant groups by transaction (from the prepares proposed).
     participants: BTreeMap<ShardTxnId, BTreeSet<u64>>,
     acked_commit: BTreeSet<ShardTxnId>,
-    acked_abort: BTreeSet<ShardTxnId>,
+    /// Client requests (by origin client id) answered as aborted or with a failed compare.
+    acked_not_applied: BTreeSet<u64>,
+    /// The client request (origin client id) each run is for.
+    request_of: BTreeMap<ShardTxnId, u64>,
     /// (txn, group) → times its prepared writes were applied by a commit.
     applied: BTreeMap<(ShardTxnId, u64), u64>,
     /// Transactions whose commit applied writes somewhere.
@@ -267,7 +284,8 @@ impl World {
                     txn,
                     outcome: ShardOutcome::Commit,
                 }
-                | ShardTxnOp::Commit { txn, .. },
+                | ShardTxnOp::Commit { txn, .. }
+                | ShardTxnOp::CommitFor { txn, .. },
             ) => shard
                 .store
                 .shard_txns()
@@ -300,6 +318,16 @@ impl World {
         {
             *self.ledger.applied.entry((txn, group)).or_default() += 1;
             self.ledger.wrote.insert(txn);
+        } else if let (
+            Some(txn),
+            Ok(WriteResult::Shard(ShardTxnResult::CommittedFor { txn: by, .. })),
+        ) = (commit_of, &result)
+        {
+            // Applied here only if this entry committed it (not an earlier run's answer).
+            if *by == txn {
+                *self.ledger.applied.entry((txn, group)).or_default() += 1;
+                self.ledger.wrote.insert(txn);
+            }
         }
         result
     }
@@ -382,9 +410,6 @@ impl World {
             self.start_job(w);
             return;
         }
-        let txn = self.rng.next_u64();
-        let config = Self::txn_config();
-        let shards = self.config.shards;
         let (request, job) = if kind < 4 {
             let keys = (0..self.config.accounts).map(account);
             let request = TxnRequest {
@@ -430,25 +455,55 @@ impl World {
                 failure: Vec::new(),
             };
             let deltas = BTreeMap::from([(a, -amount), (b, amount)]);
-            self.ledger.deltas.insert(txn, deltas);
+            self.ledger.request_deltas.insert(client_id, deltas);
             (request, Job::Transfer)
         };
+        // The client's request: its own session, kept by every resend.
+        let origin = Session {
+            client_id,
+            seq: 1,
+            first_unacked: 1,
+        };
+        self.run_request(w, request, job, origin);
+    }
+
+    /// Starts a run of the client request `origin` names (a first one, or a resend) on worker
+    /// `w`, as a fresh coordinator with a fresh transaction id.
+    fn run_request(&mut self, w: usize, request: TxnRequest, job: Job, origin: Session) {
+        let txn = self.rng.next_u64();
+        let shards = self.config.shards;
         #[allow(unused_mut)]
-        let mut coordinator =
-            CrossShardTxn::new(txn, request.clone(), |k| locate(shards, k), config);
+        let mut coordinator = CrossShardTxn::new(
+            txn,
+            request.clone(),
+            |k| locate(shards, k),
+            Self::txn_config(),
+        )
+        .with_origin(origin);
         #[cfg(any(test, feature = "planted-bugs"))]
-        if self.config.bug == Some(BankBug::CommitWithoutAllYes) {
-            coordinator.plant_bug(CoordinatorBug::CommitWithoutAllYes);
+        match self.config.bug {
+            Some(BankBug::CommitWithoutAllYes) => {
+                coordinator.plant_bug(CoordinatorBug::CommitWithoutAllYes)
+            }
+            Some(BankBug::AbortWithoutSession) => {
+                coordinator.plant_bug(CoordinatorBug::AbortWithoutSession)
+            }
+            _ => {}
         }
         if let Some(g) = request.coordinator(|k| locate(shards, k)) {
             self.ledger.coordinator.insert(txn, g);
         }
+        self.ledger.request_of.insert(txn, origin.client_id);
+        // The coordinator's own proposals use a session of the coordinating node's.
+        self.next_client += 1;
         let worker = &mut self.workers[w];
-        worker.client_id = client_id;
+        worker.client_id = 10_000_000 + self.next_client;
         worker.seq = 0;
         worker.running = Some(Running {
             txn: coordinator,
             job,
+            request,
+            origin,
         });
         self.flush_worker(w);
     }
@@ -495,6 +550,12 @@ impl World {
                         op: WriteOp::Shard(op),
                     });
                 }
+                Action::ProposeAs { group, op, session } => self.net.push(Msg::Propose {
+                    from: who,
+                    group,
+                    session,
+                    op: WriteOp::Shard(op),
+                }),
             }
         }
         let Some(running) = &mut worker.running else {
@@ -511,8 +572,30 @@ impl World {
         // Answered: tell the "client"; the coordinator drives what is left (DECIDEs, END) on
         // its own while the worker takes the next job.
         let running = worker.running.take().expect("checked above");
+        let run = running.txn.txn();
         if !running.txn.is_finished() {
             worker.finishing.push(running.txn);
+        }
+        if report.txn != run {
+            self.report.answered_by_earlier_run += 1;
+        }
+        if report.unknown {
+            // The outcome is unknown (the client would get a timeout): it resends the request
+            // under the same session half the time, else gives up (nothing acknowledged).
+            if below(&mut self.rng, 2) == 0 {
+                self.report.resent += 1;
+                self.run_request(w, running.request, running.job, running.origin);
+            } else {
+                self.start_job(w);
+            }
+            return;
+        }
+        if chance(&mut self.rng, self.config.lose_answer) {
+            // The answer is lost: the client resends the request under the same session, and
+            // another member coordinates it.
+            self.report.resent += 1;
+            self.run_request(w, running.request, running.job, running.origin);
+            return;
         }
         match running.job {
             Job::Audit => match report.outcome {
@@ -542,9 +625,9 @@ impl World {
                     self.ledger.acked_commit.insert(report.txn);
                 } else {
                     self.report.transfers_aborted += 1;
-                    if report.outcome == ShardOutcome::Abort {
-                        self.ledger.acked_abort.insert(report.txn);
-                    }
+                    self.ledger
+                        .acked_not_applied
+                        .insert(running.origin.client_id);
                 }
             }
         }
@@ -704,10 +787,17 @@ impl World {
         let w = running[below(&mut self.rng, running.len() as u64) as usize];
         self.report.coordinator_crashes += 1;
         let worker = &mut self.workers[w];
-        worker.running = None;
+        let crashed = worker.running.take();
         worker.finishing.clear();
         worker.incarnation += 1;
-        self.start_job(w);
+        match crashed {
+            // The client's request times out; it resends it (half the time) or gives up.
+            Some(run) if below(&mut self.rng, 2) == 0 => {
+                self.report.resent += 1;
+                self.run_request(w, run.request, run.job, run.origin);
+            }
+            _ => self.start_job(w),
+        }
     }
 
     fn step(&mut self) {
@@ -778,6 +868,8 @@ impl World {
         let mut expected_balances: BTreeMap<Bytes, i64> = (0..self.config.accounts)
             .map(|i| (account(i), INITIAL_BALANCE))
             .collect();
+        // Runs that committed writes, by client request: at most one each.
+        let mut applied_runs: BTreeMap<u64, Vec<ShardTxnId>> = BTreeMap::new();
         for (&txn, participants) in &self.ledger.participants {
             let decision = self
                 .ledger
@@ -812,15 +904,28 @@ impl World {
             if self.ledger.acked_commit.contains(&txn) && !committed {
                 v.push(format!("txn {txn}: acknowledged as committed, but lost"));
             }
-            if self.ledger.acked_abort.contains(&txn) && committed {
-                v.push(format!("txn {txn}: acknowledged as aborted, but committed"));
-            }
+            let request = self.ledger.request_of.get(&txn).copied();
             if committed && self.ledger.wrote.contains(&txn) {
-                if let Some(deltas) = self.ledger.deltas.get(&txn) {
-                    for (key, d) in deltas {
-                        *expected_balances.entry(key.clone()).or_default() += d;
+                if let Some(request) = request {
+                    applied_runs.entry(request).or_default().push(txn);
+                    if self.ledger.acked_not_applied.contains(&request) {
+                        v.push(format!(
+                            "request {request}: answered as aborted or failed, but its run {txn} committed"
+                        ));
+                    }
+                    if let Some(deltas) = self.ledger.request_deltas.get(&request) {
+                        for (key, d) in deltas {
+                            *expected_balances.entry(key.clone()).or_default() += d;
+                        }
                     }
                 }
+            }
+        }
+        for (request, runs) in applied_runs {
+            if runs.len() > 1 {
+                v.push(format!(
+                    "request {request}: applied by several runs {runs:?}"
+                ));
             }
         }
         if expected_balances != balances {
@@ -977,6 +1082,30 @@ mod tests {
         assert!(sum(|r| r.resolved) > 100, "{totals}");
         assert!(sum(|r| r.locked_refusals) > 100, "{totals}");
         assert!(sum(|r| r.leader_changes) > 100, "{totals}");
+        // Resent requests, and resends answered with their first run's commit, happened.
+        let resends = format!(
+            "resent {}, answered by an earlier run {}",
+            sum(|r| r.resent),
+            sum(|r| r.answered_by_earlier_run)
+        );
+        eprintln!("{resends}");
+        assert!(sum(|r| r.resent) > 300, "{resends}");
+        assert!(sum(|r| r.answered_by_earlier_run) > 50, "{resends}");
+    }
+
+    #[test]
+    fn a_coordinator_that_answers_an_abort_outside_the_clients_session_is_caught() {
+        let reports = run_seeds(0..50, Some(BankBug::AbortWithoutSession));
+        let caught: Vec<u64> = reports
+            .iter()
+            .filter(|r| {
+                r.violations
+                    .iter()
+                    .any(|v| v.contains("answered as aborted or failed, but its run"))
+            })
+            .map(|r| r.seed)
+            .collect();
+        assert!(!caught.is_empty(), "no seed of 50 caught the planted bug");
     }
 
     #[test]

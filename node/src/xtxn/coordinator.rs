@@ -33,7 +33,9 @@ use txn_2pc::{ForceToken, Outcome, TxnId, Vote, Write};
 
 use super::plan::{Plan, TxnRequest};
 use crate::proto::xtxn::NoVote;
-use crate::proto::{KeyValue, ServerError, ShardOutcome, ShardTxnId, ShardTxnOp, ShardTxnResult};
+use crate::proto::{
+    KeyValue, ServerError, Session, ShardOutcome, ShardTxnId, ShardTxnOp, ShardTxnResult,
+};
 use crate::proto::{TxnOpResult, WriteResult};
 
 /// Something the coordinator needs done.
@@ -53,12 +55,23 @@ pub enum Action {
         /// The step.
         op: ShardTxnOp,
     },
+    /// Propose `op` to `group` under `session` — the client's, for the commit of a client
+    /// request ([`ShardTxnOp::CommitFor`]) — and answer with [`CrossShardTxn::on_result`].
+    ProposeAs {
+        /// The group.
+        group: u64,
+        /// The step.
+        op: ShardTxnOp,
+        /// The session to propose it under.
+        session: Session,
+    },
 }
 
 /// How a transaction ended, as its client learns it.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct Report {
-    /// The transaction.
+    /// The transaction; on a commit, the one that committed the request (an earlier run's, when
+    /// a retried request met its first run's commit).
     pub txn: ShardTxnId,
     /// Commit or abort.
     pub outcome: ShardOutcome,
@@ -72,11 +85,18 @@ pub struct Report {
     pub participants: Vec<u64>,
     /// Why it aborted (a no vote, a timeout, a participant that resolved it first).
     pub reason: Option<String>,
+    /// The outcome is not known: this run aborted but could not record that under the client's
+    /// session in time, and an earlier run of the request may have committed. The client is
+    /// answered `Timeout` and resends the request under the same session.
+    pub unknown: bool,
 }
 
 impl Report {
     /// The client's answer: the transaction's result on commit, else a typed error to retry on.
     pub fn into_result(self) -> Result<WriteResult, ServerError> {
+        if self.unknown {
+            return Err(ServerError::Timeout);
+        }
         match self.outcome {
             ShardOutcome::Commit => Ok(WriteResult::Txn {
                 succeeded: self.succeeded,
@@ -96,6 +116,9 @@ impl Report {
 pub enum CoordinatorBug {
     /// Counts a participant's no vote as yes: commits without every yes vote.
     CommitWithoutAllYes,
+    /// Answers an abort without recording it under the client's session: a run of the same
+    /// request still in flight, or one that committed already, goes unseen.
+    AbortWithoutSession,
 }
 
 enum State {
@@ -105,6 +128,16 @@ enum State {
         last_sent: u64,
     },
     Committing(Box<Committing>),
+    /// The outcome is known; before it is answered it is recorded under the client's session at
+    /// `group` (`op`: [`ShardTxnOp::AbortFor`], or a read-only run's answer), which answers with
+    /// an earlier run's outcome if one closed the request first.
+    Fencing {
+        group: u64,
+        op: ShardTxnOp,
+        report: Box<Report>,
+        since: u64,
+        last_sent: u64,
+    },
     Done,
 }
 
@@ -124,6 +157,8 @@ struct Committing {
     engine_finished: bool,
     /// The COMMIT entry applied and decided the coordinator shard's own part.
     decided_here: bool,
+    /// This run's outcome is recorded under the client's session (its commit applied).
+    recorded: bool,
     /// The decision record being proposed: its force token, when it was last sent.
     decision: Option<(ForceToken, u64)>,
     decided: Option<ShardOutcome>,
@@ -143,6 +178,8 @@ pub struct CrossShardTxn {
     state: State,
     /// The client's answer, once there is one (possibly before the state is `Done`).
     answer: Option<Report>,
+    /// The client request's session, under which the commit is proposed.
+    origin: Option<Session>,
     actions: Vec<Action>,
     anomalies: Vec<String>,
     #[cfg(any(test, feature = "planted-bugs"))]
@@ -180,6 +217,7 @@ impl CrossShardTxn {
                 last_sent: 0,
             },
             answer: None,
+            origin: None,
             actions: Vec::new(),
             anomalies: Vec::new(),
             #[cfg(any(test, feature = "planted-bugs"))]
@@ -191,6 +229,14 @@ impl CrossShardTxn {
             this.send_reads();
         }
         this
+    }
+
+    /// Runs the transaction for the client request `session` names: its commit is proposed
+    /// under that session, so of several runs of one request (the client retried it after a
+    /// lost reply) at most one commits and every run answers with that one's result.
+    pub fn with_origin(mut self, session: Session) -> Self {
+        self.origin = Some(session);
+        self
     }
 
     /// Plants a bug (tests and `cargo xtask sim --protocol bank --xtxn-bug` only).
@@ -270,10 +316,14 @@ impl CrossShardTxn {
             groups.get(k).copied().unwrap_or(0)
         });
         let participants: Vec<u64> = plan.parts.keys().copied().collect();
-        let coordinator = self
-            .request
-            .coordinator(|k| groups.get(k).copied().unwrap_or(0))
-            .unwrap_or(0);
+        // One participant: it records its own commit (one-phase), so a resolver there asks itself.
+        let coordinator = match participants[..] {
+            [only] => only,
+            _ => self
+                .request
+                .coordinator(|k| groups.get(k).copied().unwrap_or(0))
+                .unwrap_or(0),
+        };
         if participants.is_empty() {
             // Nothing compared, nothing in the branch: commits trivially.
             self.done(Report {
@@ -284,6 +334,7 @@ impl CrossShardTxn {
                 revision: 0,
                 participants,
                 reason: None,
+                unknown: false,
             });
             return;
         }
@@ -303,6 +354,7 @@ impl CrossShardTxn {
             releases_sent: 0,
             engine_finished: false,
             decided_here: false,
+            recorded: false,
             decision: None,
             decided: None,
             revisions: BTreeMap::new(),
@@ -321,11 +373,42 @@ impl CrossShardTxn {
         if op.txn() != self.txn {
             return;
         }
+        if let State::Fencing { op: fence, .. } = &self.state {
+            if op == fence {
+                self.on_fence_result(result);
+            }
+            return;
+        }
+        if !matches!(self.state, State::Committing(_)) {
+            return;
+        }
+        let result = match (op, result) {
+            (ShardTxnOp::CommitFor { .. }, Err(ServerError::SessionExpired { .. })) => {
+                // The client acknowledged this request already: another run answered it, or it
+                // gave up. Whether this run's commit was applied before is unknown here (the
+                // session forgot it), so nothing is decided: the participants' resolvers ask
+                // the coordinator shard, which knows. Nobody waits for this answer.
+                let report = Report {
+                    txn: self.txn,
+                    outcome: ShardOutcome::Abort,
+                    succeeded: false,
+                    results: Vec::new(),
+                    revision: 0,
+                    participants: Vec::new(),
+                    reason: Some(
+                        "the request was answered elsewhere; left to the resolvers".into(),
+                    ),
+                    unknown: true,
+                };
+                self.done(report);
+                return;
+            }
+            (_, Ok(result)) => result,
+            // Lost or refused: the engine's timers retry or abort.
+            (_, Err(_)) => return,
+        };
         let State::Committing(c) = &mut self.state else {
             return;
-        };
-        let Ok(result) = result else {
-            return; // lost or refused: the engine's timers retry or abort
         };
         let txn = TxnId(self.txn);
         match (op, result) {
@@ -335,13 +418,10 @@ impl CrossShardTxn {
                 }
                 if c.one_phase == Some(group) {
                     match no {
-                        None => self.actions.push(Action::Propose {
-                            group,
-                            op: ShardTxnOp::Decide {
-                                txn: self.txn,
-                                outcome: ShardOutcome::Commit,
-                            },
-                        }),
+                        None => {
+                            self.actions
+                                .push(commit_action(self.txn, self.origin, group, &c.plan))
+                        }
                         Some(_) => {
                             let _ = c.engine.step(
                                 group,
@@ -396,7 +476,62 @@ impl CrossShardTxn {
                     let _ = c.engine.step(group, Message::Ack { txn });
                 }
             }
-            (ShardTxnOp::Commit { .. }, ShardTxnResult::Committed { outcome, revision }) => {
+            (
+                ShardTxnOp::CommitFor { .. },
+                ShardTxnResult::CommittedFor {
+                    txn: first,
+                    revision,
+                    succeeded,
+                    results,
+                },
+            ) if first != self.txn => {
+                // An earlier run of this request committed: that is the client's answer, and
+                // this run's prepares are dropped.
+                let mut report = self.abort_all("an earlier run of the request committed");
+                report.txn = first;
+                report.outcome = ShardOutcome::Commit;
+                report.succeeded = succeeded;
+                report.results = results;
+                report.revision = revision;
+                report.reason = None;
+                self.done(report);
+                return;
+            }
+            (ShardTxnOp::CommitFor { .. }, ShardTxnResult::Decision { .. }) => {
+                // An earlier run's abort closed the request: this run commits nothing.
+                let report = self.abort_all("an earlier run of the request aborted");
+                self.done(report);
+                return;
+            }
+            (ShardTxnOp::CommitFor { .. }, ShardTxnResult::CommittedFor { revision, .. })
+                if c.one_phase == Some(group) =>
+            {
+                c.revisions.insert(group, revision);
+                c.recorded = true;
+                let outcome = Outcome::Commit;
+                let _ = c
+                    .engine
+                    .step(group, Message::OnePhaseOutcome { txn, outcome });
+            }
+            (ShardTxnOp::CommitFor { .. }, ShardTxnResult::Committed { .. })
+                if c.one_phase == Some(group) =>
+            {
+                // A resolver here recorded ABORT first.
+                c.reason
+                    .get_or_insert_with(|| "resolved as aborted before its commit".into());
+                let outcome = Outcome::Abort;
+                let _ = c
+                    .engine
+                    .step(group, Message::OnePhaseOutcome { txn, outcome });
+            }
+            (ShardTxnOp::Commit { .. } | ShardTxnOp::CommitFor { .. }, result) => {
+                let (outcome, revision) = match result {
+                    ShardTxnResult::Committed { outcome, revision } => (outcome, revision),
+                    ShardTxnResult::CommittedFor { revision, .. } => {
+                        (ShardOutcome::Commit, revision)
+                    }
+                    _ => return, // not an answer to a commit
+                };
                 let Some((token, _)) = c.decision.take() else {
                     return; // a repeated answer
                 };
@@ -405,32 +540,15 @@ impl CrossShardTxn {
                         // Durable; the entry decided this shard's part too (its revision).
                         c.revisions.insert(group, revision);
                         c.decided_here = true;
+                        c.recorded = true;
                         if let Err(error) = c.engine.forced(token) {
                             self.anomalies.push(format!("forced refused: {error}"));
                         }
                     }
                     ShardOutcome::Abort => {
                         // A participant asked first and recorded ABORT: that is the outcome.
-                        for &p in c.plan.parts.keys() {
-                            self.actions.push(Action::Propose {
-                                group: p,
-                                op: ShardTxnOp::Decide {
-                                    txn: self.txn,
-                                    outcome: ShardOutcome::Abort,
-                                },
-                            });
-                        }
-                        let report = Report {
-                            txn: self.txn,
-                            outcome: ShardOutcome::Abort,
-                            succeeded: c.plan.succeeded,
-                            results: Vec::new(),
-                            revision: 0,
-                            participants: c.plan.parts.keys().copied().collect(),
-                            reason: Some(
-                                "a participant resolved the transaction as aborted first".into(),
-                            ),
-                        };
+                        let report = self
+                            .abort_all("a participant resolved the transaction as aborted first");
                         self.done(report);
                         return;
                     }
@@ -439,6 +557,118 @@ impl CrossShardTxn {
             _ => {}
         }
         self.drain();
+    }
+
+    /// Answers `report`, an abort: for a client request only once it is recorded under the
+    /// request's session at `group` (the coordinator shard), so that no other run of the request
+    /// commits later — or, if one did already, with that run's commit.
+    fn answer_abort(&mut self, report: Report, group: u64) {
+        #[cfg(any(test, feature = "planted-bugs"))]
+        if self.bug == Some(CoordinatorBug::AbortWithoutSession) {
+            self.done(report);
+            return;
+        }
+        let op = ShardTxnOp::AbortFor { txn: self.txn };
+        self.answer_recorded(report, group, op);
+    }
+
+    /// Answers `report` once `op` — the request's outcome, under the client's session — is
+    /// applied at `group`; without a client session, at once.
+    fn answer_recorded(&mut self, report: Report, group: u64, op: ShardTxnOp) {
+        let Some(session) = self.origin else {
+            self.done(report);
+            return;
+        };
+        self.actions.push(Action::ProposeAs {
+            group,
+            op: op.clone(),
+            session,
+        });
+        self.state = State::Fencing {
+            group,
+            op,
+            report: Box::new(report),
+            since: self.now,
+            last_sent: self.now,
+        };
+    }
+
+    fn on_fence_result(&mut self, result: Result<ShardTxnResult, ServerError>) {
+        let State::Fencing { report, .. } = &mut self.state else {
+            return;
+        };
+        let mut report = (**report).clone();
+        match result {
+            // This run's answer is the request's (a read-only run's, recorded now).
+            Ok(ShardTxnResult::CommittedFor { txn, .. }) if txn == self.txn => {}
+            Ok(ShardTxnResult::CommittedFor {
+                txn,
+                revision,
+                succeeded,
+                results,
+            }) => {
+                // An earlier run committed the request: that is the answer.
+                report.txn = txn;
+                report.outcome = ShardOutcome::Commit;
+                report.succeeded = succeeded;
+                report.results = results;
+                report.revision = revision;
+                report.reason = None;
+            }
+            Ok(ShardTxnResult::Decision {
+                outcome: ShardOutcome::Commit,
+            }) => {
+                self.anomalies.push(format!(
+                    "txn {}: the abort of this run found it committed",
+                    self.txn
+                ));
+                report.unknown = true;
+            }
+            // This run's abort recorded now, or an earlier run's: the request is aborted.
+            Ok(_) => {
+                if report.outcome == ShardOutcome::Commit {
+                    report.outcome = ShardOutcome::Abort;
+                    report.results = Vec::new();
+                    report.reason = Some("an earlier run of the request aborted".into());
+                }
+            }
+            // The client acknowledged the request already: nobody waits for this answer.
+            Err(ServerError::SessionExpired { .. }) => report.unknown = true,
+            Err(_) => return, // resent on a tick
+        }
+        self.done(report);
+    }
+
+    /// Asks every participant to drop the transaction and returns the abort answer (the
+    /// resolvers finish what these proposals miss).
+    fn abort_all(&mut self, reason: &str) -> Report {
+        let parts: Vec<u64> = match &self.state {
+            State::Committing(c) => c.plan.parts.keys().copied().collect(),
+            _ => Vec::new(),
+        };
+        let succeeded = match &self.state {
+            State::Committing(c) => c.plan.succeeded,
+            _ => false,
+        };
+        for &group in &parts {
+            self.actions.push(Action::Propose {
+                group,
+                op: ShardTxnOp::Decide {
+                    txn: self.txn,
+                    outcome: ShardOutcome::Abort,
+                },
+            });
+        }
+        Report {
+            txn: self.txn,
+            outcome: ShardOutcome::Abort,
+            succeeded,
+            results: Vec::new(),
+            revision: 0,
+            participants: parts,
+            reason: Some(reason.into()),
+            unknown: false,
+        }
     }
 
     /// Advances time by one tick: reads and decision records are resent, the engine's
@@ -451,15 +681,24 @@ impl CrossShardTxn {
                 since, last_sent, ..
             } => {
                 if now - *since >= self.config.vote_timeout {
-                    self.done(Report {
-                        txn: self.txn,
-                        outcome: ShardOutcome::Abort,
-                        succeeded: false,
-                        results: Vec::new(),
-                        revision: 0,
-                        participants: Vec::new(),
-                        reason: Some("the reads did not complete in time".into()),
-                    });
+                    let groups = &self.groups;
+                    let coordinator = self
+                        .request
+                        .coordinator(|k| groups.get(k).copied().unwrap_or(0))
+                        .unwrap_or(0);
+                    self.answer_abort(
+                        Report {
+                            txn: self.txn,
+                            outcome: ShardOutcome::Abort,
+                            succeeded: false,
+                            results: Vec::new(),
+                            revision: 0,
+                            participants: Vec::new(),
+                            reason: Some("the reads did not complete in time".into()),
+                            unknown: false,
+                        },
+                        coordinator,
+                    );
                 } else if now - *last_sent >= self.config.retry_interval {
                     *last_sent = now;
                     self.send_reads();
@@ -470,10 +709,12 @@ impl CrossShardTxn {
                 if let Some((_, last_sent)) = &mut c.decision {
                     if now - *last_sent >= self.config.retry_interval {
                         *last_sent = now;
-                        self.actions.push(Action::Propose {
-                            group: c.coordinator,
-                            op: decision(self.txn, &c.plan),
-                        });
+                        self.actions.push(commit_action(
+                            self.txn,
+                            self.origin,
+                            c.coordinator,
+                            &c.plan,
+                        ));
                     }
                 }
                 if !c.releases.is_empty() && now - c.releases_sent >= self.config.retry_interval {
@@ -489,6 +730,29 @@ impl CrossShardTxn {
                     }
                 }
                 self.drain();
+            }
+            State::Fencing {
+                group,
+                op,
+                report,
+                since,
+                last_sent,
+            } => {
+                if now - *since >= self.config.vote_timeout {
+                    // The coordinator shard does not answer: the outcome stays unknown.
+                    let mut report = (**report).clone();
+                    report.unknown = true;
+                    self.done(report);
+                } else if now - *last_sent >= self.config.retry_interval {
+                    *last_sent = now;
+                    if let Some(session) = self.origin {
+                        self.actions.push(Action::ProposeAs {
+                            group: *group,
+                            op: op.clone(),
+                            session,
+                        });
+                    }
+                }
             }
             State::Done => {}
         }
@@ -515,10 +779,12 @@ impl CrossShardTxn {
                         record: CoordinatorRecord::Commit { .. },
                     } => {
                         c.decision = Some((token, self.now));
-                        self.actions.push(Action::Propose {
-                            group: c.coordinator,
-                            op: decision(self.txn, &c.plan),
-                        });
+                        self.actions.push(commit_action(
+                            self.txn,
+                            self.origin,
+                            c.coordinator,
+                            &c.plan,
+                        ));
                     }
                     Write::Lazy {
                         record: CoordinatorRecord::End { .. },
@@ -593,7 +859,7 @@ impl CrossShardTxn {
         let known = c.engine_finished || c.decided == Some(ShardOutcome::Commit);
         if known && c.releases.is_empty() && self.answer.is_none() {
             let outcome = c.decided.unwrap_or(ShardOutcome::Abort);
-            self.answer = Some(Report {
+            let report = Report {
                 txn: self.txn,
                 outcome,
                 succeeded: c.plan.succeeded,
@@ -612,7 +878,26 @@ impl CrossShardTxn {
                             .unwrap_or_else(|| "the votes did not arrive in time".into()),
                     ),
                 },
-            });
+                unknown: false,
+            };
+            let group = c.coordinator;
+            if outcome == ShardOutcome::Abort {
+                self.answer_abort(report, group);
+                return;
+            }
+            if !c.recorded {
+                // All read-only: no commit record was needed, but the answer goes into the
+                // session as one would (a resent request must not be answered differently).
+                let op = ShardTxnOp::CommitFor {
+                    txn: self.txn,
+                    participants: Vec::new(),
+                    succeeded: report.succeeded,
+                    results: report.results.clone(),
+                };
+                self.answer_recorded(report, group, op);
+                return;
+            }
+            self.answer = Some(report);
         }
         if c.engine_finished && c.releases.is_empty() && self.answer.is_some() {
             self.state = State::Done;
@@ -620,10 +905,17 @@ impl CrossShardTxn {
     }
 }
 
-fn decision(txn: ShardTxnId, plan: &Plan) -> ShardTxnOp {
-    ShardTxnOp::Commit {
+/// The commit record: for a client request, under its session (see [`CrossShardTxn::with_origin`]).
+fn commit_action(txn: ShardTxnId, origin: Option<Session>, group: u64, plan: &Plan) -> Action {
+    let op = ShardTxnOp::CommitFor {
         txn,
         participants: plan.parts.keys().copied().collect(),
+        succeeded: plan.succeeded,
+        results: plan.results.clone(),
+    };
+    match origin {
+        Some(session) => Action::ProposeAs { group, op, session },
+        None => Action::Propose { group, op },
     }
 }
 

@@ -14,7 +14,7 @@ use super::coordinator::{Action, CrossShardTxn, Report};
 use super::plan::TxnRequest;
 use super::resolver::Resolver;
 use crate::kv::PreparedTxn;
-use crate::proto::{KeyValue, ServerError, ShardTxnId, ShardTxnOp, ShardTxnResult};
+use crate::proto::{KeyValue, ServerError, Session, ShardTxnId, ShardTxnOp, ShardTxnResult};
 
 /// What a coordinator or resolver needs of the cluster.
 pub trait Shards: Clone + Send + Sync + 'static {
@@ -29,11 +29,13 @@ pub trait Shards: Clone + Send + Sync + 'static {
     ) -> impl Future<Output = Result<Option<KeyValue>, ServerError>> + Send;
 
     /// Proposes `op` to `group` (through its leader, retried with the same session on
-    /// transient errors) and returns the result its state machine applied.
+    /// transient errors) and returns the result its state machine applied. The session is
+    /// `session` if given (a client request's commit), else a fresh one of the proposer's.
     fn propose(
         &self,
         group: u64,
         op: ShardTxnOp,
+        session: Option<Session>,
     ) -> impl Future<Output = Result<ShardTxnResult, ServerError>> + Send;
 }
 
@@ -52,7 +54,11 @@ fn spawn<S: Shards>(set: &mut JoinSet<Done>, shards: &S, action: Action) {
                 Done::Read(key, result)
             }
             Action::Propose { group, op } => {
-                let result = shards.propose(group, op.clone()).await;
+                let result = shards.propose(group, op.clone(), None).await;
+                Done::Proposed(group, op, result)
+            }
+            Action::ProposeAs { group, op, session } => {
+                let result = shards.propose(group, op.clone(), Some(session)).await;
                 Done::Proposed(group, op, result)
             }
         }
@@ -63,20 +69,26 @@ fn spawn<S: Shards>(set: &mut JoinSet<Done>, shards: &S, action: Action) {
 /// many vote timeouts; whatever is still open then is left to the participants' resolvers.
 const FINISH_VOTE_TIMEOUTS: u64 = 10;
 
-/// Coordinates `request` as transaction `txn` and returns the client's answer as soon as it is
-/// known: an abort, or a commit once its decision is durable; one engine tick per `tick`. The
+/// Coordinates `request` as transaction `txn` for the client request `origin` (its session: at
+/// most one run of a request commits, see [`CrossShardTxn::with_origin`]) and returns the
+/// client's answer as soon as it is known: an abort, or a commit once its decision is durable
+/// (possibly an earlier run's); one engine tick per `tick`. The
 /// steps still owed after the answer (the other participants' DECIDEs, END) are driven on in a
 /// task of their own, so the answer never waits for them.
 pub async fn run<S: Shards>(
     shards: S,
     txn: ShardTxnId,
     request: TxnRequest,
+    origin: Option<Session>,
     config: Config,
     tick: Duration,
 ) -> Report {
     let locator = shards.clone();
     let finish_ticks = config.vote_timeout.max(1) * FINISH_VOTE_TIMEOUTS;
     let mut coordinator = CrossShardTxn::new(txn, request, |k| locator.locate(k), config);
+    if let Some(session) = origin {
+        coordinator = coordinator.with_origin(session);
+    }
     let mut set = JoinSet::new();
     let mut ticker = tokio::time::interval(tick);
     ticker.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
