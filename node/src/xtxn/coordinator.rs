@@ -316,14 +316,12 @@ impl CrossShardTxn {
             groups.get(k).copied().unwrap_or(0)
         });
         let participants: Vec<u64> = plan.parts.keys().copied().collect();
-        // One participant: it records its own commit (one-phase), so a resolver there asks itself.
-        let coordinator = match participants[..] {
-            [only] => only,
-            _ => self
-                .request
-                .coordinator(|k| groups.get(k).copied().unwrap_or(0))
-                .unwrap_or(0),
-        };
+        // Fixed by the request's keys, not by this run's plan: every run of a request records
+        // its outcome under the client's session at the same group.
+        let coordinator = self
+            .request
+            .coordinator(|k| groups.get(k).copied().unwrap_or(0))
+            .unwrap_or(0);
         if participants.is_empty() {
             // Nothing compared, nothing in the branch: commits trivially.
             self.done(Report {
@@ -418,10 +416,14 @@ impl CrossShardTxn {
                 }
                 if c.one_phase == Some(group) {
                     match no {
-                        None => {
-                            self.actions
-                                .push(commit_action(self.txn, self.origin, group, &c.plan))
-                        }
+                        // The commit point: recorded at the coordinator shard (under the client's
+                        // session), which decides this part too when it is that shard.
+                        None => self.actions.push(commit_action(
+                            self.txn,
+                            self.origin,
+                            c.coordinator,
+                            &c.plan,
+                        )),
                         Some(_) => {
                             let _ = c.engine.step(
                                 group,
@@ -459,6 +461,13 @@ impl CrossShardTxn {
                     c.releases.remove(&group);
                 }
                 if c.one_phase == Some(group) {
+                    if outcome == ShardOutcome::Commit && group != c.coordinator {
+                        // Applied: the coordinator shard may forget the decision.
+                        self.actions.push(Action::Propose {
+                            group: c.coordinator,
+                            op: ShardTxnOp::End { txn: self.txn },
+                        });
+                    }
                     let outcome = match outcome {
                         ShardOutcome::Commit => Outcome::Commit,
                         ShardOutcome::Abort => Outcome::Abort,
@@ -504,25 +513,38 @@ impl CrossShardTxn {
                 return;
             }
             (ShardTxnOp::CommitFor { .. }, ShardTxnResult::CommittedFor { revision, .. })
-                if c.one_phase == Some(group) =>
+                if c.one_phase.is_some() =>
             {
-                c.revisions.insert(group, revision);
+                let only = c.one_phase.unwrap_or(group);
                 c.recorded = true;
-                let outcome = Outcome::Commit;
-                let _ = c
-                    .engine
-                    .step(group, Message::OnePhaseOutcome { txn, outcome });
+                if only == group {
+                    // The same entry decided the participant's part.
+                    c.revisions.insert(group, revision);
+                    let outcome = Outcome::Commit;
+                    let _ = c
+                        .engine
+                        .step(only, Message::OnePhaseOutcome { txn, outcome });
+                } else {
+                    self.actions.push(Action::Propose {
+                        group: only,
+                        op: ShardTxnOp::Decide {
+                            txn: self.txn,
+                            outcome: ShardOutcome::Commit,
+                        },
+                    });
+                }
             }
             (ShardTxnOp::CommitFor { .. }, ShardTxnResult::Committed { .. })
-                if c.one_phase == Some(group) =>
+                if c.one_phase.is_some() =>
             {
-                // A resolver here recorded ABORT first.
+                // A resolver recorded ABORT first.
+                let only = c.one_phase.unwrap_or(group);
                 c.reason
                     .get_or_insert_with(|| "resolved as aborted before its commit".into());
                 let outcome = Outcome::Abort;
                 let _ = c
                     .engine
-                    .step(group, Message::OnePhaseOutcome { txn, outcome });
+                    .step(only, Message::OnePhaseOutcome { txn, outcome });
             }
             (ShardTxnOp::Commit { .. } | ShardTxnOp::CommitFor { .. }, result) => {
                 let (outcome, revision) = match result {
