@@ -509,6 +509,7 @@ impl Wal {
         st.stats.syncs += 1;
         st.last_sync_done = now;
         st.sync_time_estimate = (st.sync_time_estimate * 7 + (now - started)) / 8;
+        st.stats.sync_busy_micros += (now - started).as_micros() as u64;
         // The writers this fsync releases plus those that queued meanwhile: how many the next
         // leader may expect.
         st.expected_waiters = covered_waiters + st.arrivals;
