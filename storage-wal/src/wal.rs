@@ -445,8 +445,23 @@ impl Wal {
                     st.gathering = true;
                     st.gatherings += 1;
                     let mine = st.gatherings;
-                    let seen = self.group.generation();
-                    MutexGuard::unlocked(&mut st, || self.group.sleep_gathering(seen, deadline));
+                    loop {
+                        let seen = self.group.generation();
+                        MutexGuard::unlocked(&mut st, || {
+                            self.group.sleep_gathering(seen, deadline)
+                        });
+                        // Rung for something else (or woken spuriously) with the group still
+                        // short: gather on.
+                        let gathering_on = st.gathering
+                            && st.gatherings == mine
+                            && st.arrivals < st.expected_waiters
+                            && st.poisoned.is_none()
+                            && st.durable_index < index
+                            && Instant::now() < deadline;
+                        if !gathering_on {
+                            break;
+                        }
+                    }
                     if st.gathering && st.gatherings == mine {
                         st.gathering = false;
                     } else {
