@@ -180,6 +180,58 @@ async fn a_range_splits_online_under_writes_and_the_new_group_survives_a_lagging
     check_readable(&client, &written).await;
 }
 
+/// Four shards, and group logs compacted often (a snapshot every 20 entries, none kept below).
+fn four_shards_compacting(config: &mut ServeConfig) {
+    four_shards(config);
+    config.snapshot.entries = 20;
+    config.snapshot.trailing_entries = 0;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_member_that_gets_the_source_as_a_snapshot_past_the_split_joins_the_new_group() {
+    let _serial = SERIAL.lock().await;
+    let mut cluster = ProcCluster::start(3, four_shards_compacting);
+    let client = cluster.client();
+    let mut written = BTreeMap::new();
+    for key in ["a-1", "u-1", "w1-x", "w3-x"] {
+        client.put(key, format!("v-{key}")).await.expect("put");
+        written.insert(key.to_string(), format!("v-{key}"));
+    }
+    // Node 3 is down through the split and long after: group 4's log is compacted past the
+    // split entry, so node 3 gets group 4's state as a snapshot, never the entry itself.
+    cluster.kill(3);
+    let plan = client.split(SPLIT_KEY).await.expect("split");
+    assert_eq!((plan.source, plan.new_group), (4, 5));
+    for i in 0..60 {
+        for key in [format!("u-{i:02}"), format!("w5-{i:02}")] {
+            client
+                .put(key.clone(), "after")
+                .await
+                .expect("put after the split");
+            written.insert(key, "after".to_string());
+        }
+    }
+    let expected = counts(&written);
+    for node in [1, 2] {
+        wait_groups(&client, node, &expected).await;
+    }
+    cluster.spawn(3);
+    wait_groups(&client, 3, &expected).await;
+    let kv = client
+        .get_from(3, "w5-59", Consistency::Stale)
+        .await
+        .expect("read from the member that missed the split")
+        .expect("it has the new group's writes");
+    assert_eq!(kv.value, "after".as_bytes());
+    assert!(
+        cluster
+            .log(3)
+            .contains("splits of this range never applied here"),
+        "node 3 should have caught up group 4 from a snapshot past the split"
+    );
+    check_readable(&client, &written).await;
+}
+
 /// The new group starts from a snapshot at index 1 (term 0) under every protocol.
 async fn split_under(protocol: Protocol) {
     let _serial = SERIAL.lock().await;

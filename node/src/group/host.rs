@@ -271,8 +271,9 @@ impl GroupHost {
     }
 
     /// A snapshot from the leader shows splits of this group's range that this member never
-    /// applied (its log was compacted past them): the range and epoch follow, but the new group
-    /// cannot be built here from it (known gap: the new group runs without this member).
+    /// applied (its log was compacted past them): the range and epoch follow, and the node joins
+    /// the groups those splits created, empty, to catch up from their leaders
+    /// ([`crate::shards::split::SplitHost::missed`]).
     fn splits_missed(&mut self) {
         let Some((group, epoch, range)) = self.kv.store().owned_range() else {
             return;
@@ -285,12 +286,13 @@ impl GroupHost {
             group,
             epoch,
             ours = self.shard.epoch,
-            "a snapshot carried splits of this range never applied here: the groups they created do not run on this member"
+            "a snapshot carried splits of this range never applied here: joining the groups they created"
         );
         self.shard.range = range.clone();
         self.shard.epoch = epoch;
         if let Some(splits) = &self.shard.splits {
             splits.epoch_moved(group, epoch);
+            splits.missed(group, epoch);
         }
     }
 

@@ -15,6 +15,10 @@
 //! 3. Clients routed with the source's old epoch are answered `WrongShard` with the new epoch,
 //!    fetch the map again from the meta group and retry at the new group.
 //!
+//! A member whose source group catches up from a snapshot taken past the split never applies
+//! the split's entry: it joins the new group empty (the configured members) and catches up from
+//! that group's leader like any follower far behind ([`SplitHost::missed`]).
+//!
 //! If the client dies between the two steps, the meta group's leader finishes the split
 //! ([`finish_splits`]). A restarted node opens the groups `shards.json` lists; replaying the source's split entry finds
 //! the group recorded and creates nothing. A crash between creating the store and recording the
@@ -25,7 +29,7 @@ use std::sync::Arc;
 
 use consensus_core::{ConfState, Snapshot, SnapshotMeta};
 use tokio::sync::mpsc;
-use tracing::info;
+use tracing::{info, warn};
 
 use super::layout;
 use crate::config::ServeConfig;
@@ -125,6 +129,8 @@ pub(crate) struct SplitHost {
     record: parking_lot::Mutex<()>,
     /// The splits the meta group's state machine recorded here, oldest first.
     planned: parking_lot::Mutex<Vec<SplitPlan>>,
+    /// Source groups whose snapshot showed splits never applied here: group → its range epoch.
+    missed: parking_lot::Mutex<std::collections::BTreeMap<u64, u64>>,
     /// Test seam: runs where the blocking work runs, before it.
     #[cfg(test)]
     before_create: Option<Box<dyn Fn() + Send + Sync>>,
@@ -152,16 +158,64 @@ impl SplitHost {
             events,
             record: parking_lot::Mutex::new(()),
             planned: parking_lot::Mutex::new(Vec::new()),
+            missed: parking_lot::Mutex::new(std::collections::BTreeMap::new()),
             #[cfg(test)]
             before_create: None,
         })
     }
 
     /// The meta group's state machine now records `splits` (oldest first).
-    pub(crate) fn planned(&self, splits: &[SplitPlan]) {
+    pub(crate) fn planned(self: &Arc<Self>, splits: &[SplitPlan]) {
         let mut planned = self.planned.lock();
         if planned.len() != splits.len() {
             *planned = splits.to_vec();
+            drop(planned);
+            if !self.missed.lock().is_empty() {
+                self.adopt_missed_later();
+            }
+        }
+    }
+
+    /// `source`'s state came from a snapshot whose range epoch is `epoch`, past splits this
+    /// member never applied (its log was compacted past them): the groups they created cannot be
+    /// built here from that state, so this member joins them empty and catches up from their
+    /// leaders (a snapshot), as any follower far behind does. Groups the meta group has not
+    /// shown this node yet are joined once it does ([`SplitHost::planned`]).
+    pub(crate) fn missed(self: &Arc<Self>, source: u64, epoch: u64) {
+        {
+            let mut missed = self.missed.lock();
+            let seen = missed.entry(source).or_default();
+            *seen = (*seen).max(epoch);
+        }
+        self.adopt_missed_later();
+    }
+
+    fn adopt_missed_later(self: &Arc<Self>) {
+        let host = self.clone();
+        tokio::task::spawn_blocking(move || host.adopt_missed());
+    }
+
+    /// Joins, empty, the groups of recorded splits that a snapshot of their source carried past.
+    fn adopt_missed(self: &Arc<Self>) {
+        let plans: Vec<SplitPlan> = {
+            let missed = self.missed.lock();
+            self.planned
+                .lock()
+                .iter()
+                .filter(|plan| missed.get(&plan.source).is_some_and(|&e| e >= plan.epoch))
+                .filter(|plan| !self.table.contains(plan.new_group))
+                .cloned()
+                .collect()
+        };
+        for plan in plans {
+            if let Err(error) = self.start_group(&plan, None) {
+                warn!(
+                    node = self.config.node_id,
+                    group = plan.new_group,
+                    %error,
+                    "joining a split group missed in a snapshot"
+                );
+            }
         }
     }
 
@@ -234,7 +288,6 @@ impl SplitHost {
         upper: KvStore,
         members: ConfState,
     ) -> Result<(), ServeError> {
-        let _recording = self.record.lock();
         if self.table.contains(plan.new_group) {
             // Created before a restart (and opened at startup), or by an earlier apply.
             return Ok(());
@@ -250,12 +303,28 @@ impl SplitHost {
             },
             data,
         };
+        self.start_group(plan, Some(snapshot))
+    }
+
+    /// Creates `plan`'s new group here — from `initial`, or empty (a member that missed the split
+    /// joins it with the configured members and catches up from its leader) — records it in
+    /// `shards.json` and hands it to the router, unless it exists.
+    fn start_group(
+        self: &Arc<Self>,
+        plan: &SplitPlan,
+        initial: Option<Snapshot>,
+    ) -> Result<(), ServeError> {
+        let _recording = self.record.lock();
+        if self.table.contains(plan.new_group) {
+            return Ok(());
+        }
+        let from_split = initial.is_some();
         let spec = GroupSpec {
             dir: self.group_dir(plan.new_group),
             shard: self.new_shard(plan),
             shared: Some(self.shared.clone()),
         };
-        let opened = open_group_blocking(&self.config, spec, Some(snapshot))?;
+        let opened = open_group_blocking(&self.config, spec, initial)?;
         layout::record_split(&self.config.data_dir, plan)?;
         self.table.add(plan.new_group);
         info!(
@@ -263,6 +332,7 @@ impl SplitHost {
             group = plan.new_group,
             keys = opened.keys,
             epoch = plan.epoch,
+            from_split,
             "created a group from a split"
         );
         let _ = self.events.send(GroupEvent::Created {
@@ -308,6 +378,7 @@ mod tests {
             events,
             record: parking_lot::Mutex::new(()),
             planned: parking_lot::Mutex::new(Vec::new()),
+            missed: parking_lot::Mutex::new(std::collections::BTreeMap::new()),
             before_create: Some(before_create),
         };
         (Arc::new(host), events_rx)
