@@ -242,6 +242,52 @@ impl ShardTxns {
                     },
                 }
             }
+            ShardTxnOp::PrepareCommitFor {
+                txn,
+                coordinator,
+                participants,
+                expected,
+                writes,
+                succeeded,
+                results,
+            } => {
+                let recorded = store.shard_txns.decision(*txn);
+                let outcome = match recorded {
+                    // A repeat, or a resolver's ABORT first: the recorded outcome stands.
+                    Some(outcome) => outcome,
+                    None => {
+                        let vote = Self::prepare(
+                            store,
+                            *txn,
+                            *coordinator,
+                            participants,
+                            expected,
+                            writes,
+                            index,
+                        );
+                        let outcome = match vote {
+                            Ok(()) => ShardOutcome::Commit,
+                            Err(_) => ShardOutcome::Abort,
+                        };
+                        store.shard_txns.record(*txn, participants, outcome)
+                    }
+                };
+                if store.shard_txns.prepared.contains_key(txn) {
+                    Self::decide(store, *txn, outcome);
+                }
+                match outcome {
+                    ShardOutcome::Commit => ShardTxnResult::CommittedFor {
+                        txn: *txn,
+                        revision: store.revision,
+                        succeeded: *succeeded,
+                        results: results.clone(),
+                    },
+                    ShardOutcome::Abort => ShardTxnResult::Committed {
+                        outcome,
+                        revision: store.revision,
+                    },
+                }
+            }
             ShardTxnOp::AbortFor { txn } => ShardTxnResult::Decision {
                 outcome: store.shard_txns.record(*txn, &[], ShardOutcome::Abort),
             },
@@ -683,6 +729,86 @@ mod tests {
         assert_eq!(
             shard.step(ShardTxnOp::Resolve { txn: 1 }),
             is(ShardOutcome::Commit)
+        );
+    }
+
+    #[test]
+    fn the_coordinator_shard_prepares_and_commits_its_part_in_one_entry_or_aborts_it() {
+        let mut shard = Shard::new();
+        let rc = shard.put("c", "0");
+        let combined = |txn, expected: u64, key: &str| ShardTxnOp::PrepareCommitFor {
+            txn,
+            coordinator: 1,
+            participants: vec![1, 2],
+            expected: vec![ExpectedRevision {
+                key: b("c"),
+                mod_revision: expected,
+            }],
+            writes: vec![TxnOp::Put {
+                key: b(key),
+                value: b("1"),
+            }],
+            succeeded: true,
+            results: vec![TxnOpResult::Put],
+        };
+        // Its part holds: prepared, committed and applied at once, the decision recorded.
+        let committed = shard.step(combined(7, rc, "a"));
+        assert!(
+            matches!(committed, ShardTxnResult::CommittedFor { txn: 7, .. }),
+            "{committed:?}"
+        );
+        assert_eq!(shard.kv.get(b"a").unwrap().value, b("1"));
+        assert!(shard.kv.shard_txns().prepared().is_empty());
+        assert_eq!(shard.kv.shard_txns().locked([&b("a")]), None);
+        assert_eq!(
+            shard.kv.shard_txns().decision(7),
+            Some(ShardOutcome::Commit)
+        );
+        // A repeat applies nothing more.
+        let revision = shard.kv.revision();
+        assert!(matches!(
+            shard.step(combined(7, rc, "a")),
+            ShardTxnResult::CommittedFor { txn: 7, .. }
+        ));
+        assert_eq!(shard.kv.revision(), revision);
+        // A key changed since it was read: ABORT is recorded, nothing applied or locked, and a
+        // late PREPARE of that transaction votes no.
+        assert_eq!(
+            shard.step(combined(8, rc + 100, "b")),
+            ShardTxnResult::Committed {
+                outcome: ShardOutcome::Abort,
+                revision
+            }
+        );
+        assert!(shard.kv.get(b"b").is_none());
+        assert_eq!(shard.kv.shard_txns().decision(8), Some(ShardOutcome::Abort));
+        assert_eq!(shard.kv.shard_txns().locked([&b("b")]), None);
+        assert!(matches!(
+            shard.step(prepare(8, &[], &[("b", "2")])),
+            ShardTxnResult::Vote { no: Some(_) }
+        ));
+        // A resolver recorded ABORT first: the entry aborts and applies nothing.
+        shard.step(ShardTxnOp::Resolve { txn: 9 });
+        assert!(matches!(
+            shard.step(combined(9, rc, "d")),
+            ShardTxnResult::Committed {
+                outcome: ShardOutcome::Abort,
+                ..
+            }
+        ));
+        assert!(shard.kv.get(b"d").is_none());
+        // Another transaction's lock on its key: no.
+        assert_eq!(shard.step(prepare(10, &[], &[("e", "x")])), YES);
+        assert!(matches!(
+            shard.step(combined(11, rc, "e")),
+            ShardTxnResult::Committed {
+                outcome: ShardOutcome::Abort,
+                ..
+            }
+        ));
+        assert_eq!(
+            shard.kv.shard_txns().locked([&b("e")]).map(|(_, t)| t),
+            Some(10)
         );
     }
 

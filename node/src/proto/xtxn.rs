@@ -127,6 +127,28 @@ pub enum ShardTxnOp {
         /// What each op of the branch did, as the client is answered.
         results: Vec<TxnOpResult>,
     },
+    /// Coordinator shard, under the client's session, once every *other* participant voted yes:
+    /// its own PREPARE and the COMMIT in one entry (the last-agent optimisation). The shard
+    /// validates its part as a PREPARE would; if it holds, it records COMMIT and applies its
+    /// writes (answer: [`ShardTxnResult::CommittedFor`]); if not, it records ABORT (answer:
+    /// [`ShardTxnResult::Committed`] with `Abort`). One consensus round fewer than PREPARE then
+    /// [`ShardTxnOp::CommitFor`].
+    PrepareCommitFor {
+        /// The transaction.
+        txn: ShardTxnId,
+        /// This shard (the coordinator shard).
+        coordinator: u64,
+        /// Every participant group (this one included).
+        participants: Vec<u64>,
+        /// Every key of this shard the transaction read or compared, as read.
+        expected: Vec<ExpectedRevision>,
+        /// The writes on this shard.
+        writes: Vec<TxnOp>,
+        /// Whether every compare held (the success branch ran).
+        succeeded: bool,
+        /// What each op of the branch did, as the client is answered.
+        results: Vec<TxnOpResult>,
+    },
     /// Coordinator shard, under the client's session: this run of the request aborted — record
     /// ABORT for `txn` and close the request, so no other run of it commits later. Proposed
     /// before an abort is answered; answered with the request's outcome as first recorded in
@@ -148,7 +170,8 @@ impl ShardTxnOp {
             | ShardTxnOp::End { txn }
             | ShardTxnOp::Commit { txn, .. }
             | ShardTxnOp::CommitFor { txn, .. }
-            | ShardTxnOp::AbortFor { txn } => *txn,
+            | ShardTxnOp::AbortFor { txn }
+            | ShardTxnOp::PrepareCommitFor { txn, .. } => *txn,
         }
     }
 
@@ -156,6 +179,9 @@ impl ShardTxnOp {
     pub fn keys(&self) -> Vec<&Bytes> {
         match self {
             ShardTxnOp::Prepare {
+                expected, writes, ..
+            }
+            | ShardTxnOp::PrepareCommitFor {
                 expected, writes, ..
             } => expected
                 .iter()
@@ -169,13 +195,15 @@ impl ShardTxnOp {
     /// Every value the op carries.
     pub fn values(&self) -> Vec<&Bytes> {
         match self {
-            ShardTxnOp::Prepare { writes, .. } => writes
-                .iter()
-                .filter_map(|op| match op {
-                    TxnOp::Put { value, .. } => Some(value),
-                    _ => None,
-                })
-                .collect(),
+            ShardTxnOp::Prepare { writes, .. } | ShardTxnOp::PrepareCommitFor { writes, .. } => {
+                writes
+                    .iter()
+                    .filter_map(|op| match op {
+                        TxnOp::Put { value, .. } => Some(value),
+                        _ => None,
+                    })
+                    .collect()
+            }
             _ => Vec::new(),
         }
     }

@@ -231,6 +231,8 @@ struct Ledger {
     coordinator: BTreeMap<ShardTxnId, u64>,
     /// Participant groups by transaction (from the prepares proposed).
     participants: BTreeMap<ShardTxnId, BTreeSet<u64>>,
+    /// (txn, group) whose part writes something.
+    writers: BTreeSet<(ShardTxnId, u64)>,
     acked_commit: BTreeSet<ShardTxnId>,
     /// Client requests (by origin client id) answered as aborted or with a failed compare.
     acked_not_applied: BTreeSet<u64>,
@@ -293,6 +295,12 @@ impl World {
                 .get(txn)
                 .filter(|p| !p.writes().is_empty())
                 .map(|_| *txn),
+            // Prepared and committed in the entry itself.
+            WriteOp::Shard(ShardTxnOp::PrepareCommitFor { txn, writes, .. })
+                if !writes.is_empty() && shard.store.shard_txns().decision(*txn).is_none() =>
+            {
+                Some(*txn)
+            }
             _ => None,
         };
         let command = Command::Write { session, op };
@@ -531,12 +539,15 @@ impl World {
                     key,
                 }),
                 Action::Propose { group, op } => {
-                    if let ShardTxnOp::Prepare { txn, .. } = &op {
+                    if let ShardTxnOp::Prepare { txn, writes, .. } = &op {
                         self.ledger
                             .participants
                             .entry(*txn)
                             .or_default()
                             .insert(group);
+                        if !writes.is_empty() {
+                            self.ledger.writers.insert((*txn, group));
+                        }
                     }
                     worker.seq += 1;
                     self.net.push(Msg::Propose {
@@ -550,12 +561,24 @@ impl World {
                         op: WriteOp::Shard(op),
                     });
                 }
-                Action::ProposeAs { group, op, session } => self.net.push(Msg::Propose {
-                    from: who,
-                    group,
-                    session,
-                    op: WriteOp::Shard(op),
-                }),
+                Action::ProposeAs { group, op, session } => {
+                    if let ShardTxnOp::PrepareCommitFor { txn, writes, .. } = &op {
+                        self.ledger
+                            .participants
+                            .entry(*txn)
+                            .or_default()
+                            .insert(group);
+                        if !writes.is_empty() {
+                            self.ledger.writers.insert((*txn, group));
+                        }
+                    }
+                    self.net.push(Msg::Propose {
+                        from: who,
+                        group,
+                        session,
+                        op: WriteOp::Shard(op),
+                    })
+                }
             }
         }
         let Some(running) = &mut worker.running else {
@@ -891,7 +914,11 @@ impl World {
                     "txn {txn}: applied more than once on a shard: {applied:?}"
                 ));
             }
-            if committed && applied.contains(&0) {
+            let unapplied_writer = participants
+                .iter()
+                .zip(&applied)
+                .any(|(g, &n)| n == 0 && self.ledger.writers.contains(&(txn, *g)));
+            if committed && unapplied_writer {
                 v.push(format!(
                     "txn {txn}: decided commit but not applied on every participant {participants:?}: {applied:?}"
                 ));

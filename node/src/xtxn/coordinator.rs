@@ -147,6 +147,15 @@ struct Committing {
     engine: Coordinator,
     /// The single participant, when the engine runs one-phase commit.
     one_phase: Option<u64>,
+    /// The coordinator shard is a participant: its PREPARE waits until every other participant
+    /// voted yes and then goes with the COMMIT in one entry (`PrepareCommitFor`); this is when
+    /// that entry was last sent. Once sent, only its answer (or a resolver at that shard)
+    /// decides: the engine's timers stop, so it cannot abort the others behind its back.
+    combined: Option<u64>,
+    /// Participants other than the coordinator shard that voted yes or read-only.
+    voted: BTreeSet<u64>,
+    /// END was proposed to the coordinator shard.
+    end_sent: bool,
     /// Participants that only read (voted read-only): told the outcome when it is decided.
     read_only: BTreeSet<u64>,
     /// Read-only participants told the outcome that have not confirmed yet (their read locks
@@ -347,6 +356,9 @@ impl CrossShardTxn {
             coordinator,
             engine,
             one_phase,
+            combined: None,
+            voted: BTreeSet::new(),
+            end_sent: false,
             read_only: BTreeSet::new(),
             releases: BTreeMap::new(),
             releases_sent: 0,
@@ -381,7 +393,10 @@ impl CrossShardTxn {
             return;
         }
         let result = match (op, result) {
-            (ShardTxnOp::CommitFor { .. }, Err(ServerError::SessionExpired { .. })) => {
+            (
+                ShardTxnOp::CommitFor { .. } | ShardTxnOp::PrepareCommitFor { .. },
+                Err(ServerError::SessionExpired { .. }),
+            ) => {
                 // The client acknowledged this request already: another run answered it, or it
                 // gave up. Whether this run's commit was applied before is unknown here (the
                 // session forgot it), so nothing is decided: the participants' resolvers ask
@@ -448,6 +463,9 @@ impl CrossShardTxn {
                     if vote == Vote::ReadOnly {
                         c.read_only.insert(group);
                     }
+                    if vote != Vote::No {
+                        c.voted.insert(group);
+                    }
                     // A repeated vote is ignored by the engine; a changed one is its error.
                     let _ = c.engine.step(group, Message::Vote { txn, vote });
                 }
@@ -486,7 +504,7 @@ impl CrossShardTxn {
                 }
             }
             (
-                ShardTxnOp::CommitFor { .. },
+                ShardTxnOp::CommitFor { .. } | ShardTxnOp::PrepareCommitFor { .. },
                 ShardTxnResult::CommittedFor {
                     txn: first,
                     revision,
@@ -506,9 +524,50 @@ impl CrossShardTxn {
                 self.done(report);
                 return;
             }
-            (ShardTxnOp::CommitFor { .. }, ShardTxnResult::Decision { .. }) => {
+            (
+                ShardTxnOp::CommitFor { .. } | ShardTxnOp::PrepareCommitFor { .. },
+                ShardTxnResult::Decision { .. },
+            ) => {
                 // An earlier run's abort closed the request: this run commits nothing.
                 let report = self.abort_all("an earlier run of the request aborted");
+                self.done(report);
+                return;
+            }
+            (
+                ShardTxnOp::PrepareCommitFor { .. },
+                ShardTxnResult::CommittedFor { revision, .. },
+            ) => {
+                if c.combined.take().is_none() {
+                    return; // a repeated answer
+                }
+                // Prepared, committed and applied here in one entry: the decision is durable.
+                c.revisions.insert(group, revision);
+                c.recorded = true;
+                c.decided_here = true;
+                if c.one_phase == Some(group) {
+                    let outcome = Outcome::Commit;
+                    let _ = c
+                        .engine
+                        .step(group, Message::OnePhaseOutcome { txn, outcome });
+                } else {
+                    let writes = c
+                        .plan
+                        .parts
+                        .get(&group)
+                        .is_some_and(|p| !p.writes.is_empty());
+                    let vote = if writes { Vote::Yes } else { Vote::ReadOnly };
+                    if vote == Vote::ReadOnly {
+                        c.read_only.insert(group);
+                    }
+                    let _ = c.engine.step(group, Message::Vote { txn, vote });
+                }
+            }
+            (ShardTxnOp::PrepareCommitFor { .. }, ShardTxnResult::Committed { .. }) => {
+                // The coordinator shard's part did not hold (or a resolver aborted first): ABORT
+                // is recorded there, the others drop theirs.
+                let report = self.abort_all(
+                    "the coordinator shard's part could not be prepared (a conflict or a changed key)",
+                );
                 self.done(report);
                 return;
             }
@@ -727,7 +786,21 @@ impl CrossShardTxn {
                 }
             }
             State::Committing(c) => {
-                c.engine.tick();
+                match c.combined {
+                    Some(last_sent) => {
+                        if now - last_sent >= self.config.retry_interval {
+                            c.combined = Some(now);
+                            let group = c.coordinator;
+                            self.actions.push(combined_action(
+                                self.txn,
+                                self.origin,
+                                group,
+                                &c.plan,
+                            ));
+                        }
+                    }
+                    None => c.engine.tick(),
+                }
                 if let Some((_, last_sent)) = &mut c.decision {
                     if now - *last_sent >= self.config.retry_interval {
                         *last_sent = now;
@@ -794,8 +867,14 @@ impl CrossShardTxn {
             // The engine's COMMIT to the coordinator shard: its part was decided by the COMMIT
             // entry itself, so it is acknowledged here instead of proposed again.
             let mut applied_here = Vec::new();
+            let mut forced_here = Vec::new();
             for write in out.writes {
                 match write {
+                    // The combined entry recorded the commit already.
+                    Write::Force {
+                        token,
+                        record: CoordinatorRecord::Commit { .. },
+                    } if c.decided_here => forced_here.push(token),
                     Write::Force {
                         token,
                         record: CoordinatorRecord::Commit { .. },
@@ -810,15 +889,24 @@ impl CrossShardTxn {
                     }
                     Write::Lazy {
                         record: CoordinatorRecord::End { .. },
-                    } => self.actions.push(Action::Propose {
-                        group: c.coordinator,
-                        op: ShardTxnOp::End { txn: self.txn },
-                    }),
+                    } => {
+                        c.end_sent = true;
+                        self.actions.push(Action::Propose {
+                            group: c.coordinator,
+                            op: ShardTxnOp::End { txn: self.txn },
+                        })
+                    }
                     _ => {}
                 }
             }
             for (to, message) in out.messages {
                 let op = match message {
+                    // The coordinator shard prepares in its combined entry, sent below.
+                    Message::Prepare { .. } | Message::OnePhaseCommit { .. }
+                        if to == c.coordinator =>
+                    {
+                        continue;
+                    }
                     Message::Prepare { .. } | Message::OnePhaseCommit { .. } => {
                         let part = c.plan.parts.get(&to).cloned().unwrap_or_default();
                         ShardTxnOp::Prepare {
@@ -870,12 +958,43 @@ impl CrossShardTxn {
                             });
                         }
                     }
-                    CoordinatorEvent::Finished { .. } => c.engine_finished = true,
+                    CoordinatorEvent::Finished { .. } => {
+                        c.engine_finished = true;
+                        // A commit the combined entry recorded with nothing for the engine to
+                        // end (every participant only read): the shard forgets it all the same.
+                        if c.decided_here && !c.end_sent {
+                            c.end_sent = true;
+                            self.actions.push(Action::Propose {
+                                group: c.coordinator,
+                                op: ShardTxnOp::End { txn: self.txn },
+                            });
+                        }
+                    }
                 }
             }
             for group in applied_here {
                 let _ = c.engine.step(group, Message::Ack { txn });
             }
+            for token in forced_here {
+                if let Err(error) = c.engine.forced(token) {
+                    self.anomalies.push(format!("forced refused: {error}"));
+                }
+            }
+        }
+        // Every other participant voted yes: the coordinator shard's combined entry decides.
+        if c.plan.parts.contains_key(&c.coordinator)
+            && c.combined.is_none()
+            && !c.decided_here
+            && c.decided.is_none()
+            && c.plan
+                .parts
+                .keys()
+                .all(|g| *g == c.coordinator || c.voted.contains(g))
+        {
+            c.combined = Some(self.now);
+            let group = c.coordinator;
+            self.actions
+                .push(combined_action(self.txn, self.origin, group, &c.plan));
         }
         // Read locks go before the answer, so the client's next transaction does not meet them.
         let known = c.engine_finished || c.decided == Some(ShardOutcome::Commit);
@@ -924,6 +1043,24 @@ impl CrossShardTxn {
         if c.engine_finished && c.releases.is_empty() && self.answer.is_some() {
             self.state = State::Done;
         }
+    }
+}
+
+/// The coordinator shard's PREPARE and COMMIT in one entry, under the client's session.
+fn combined_action(txn: ShardTxnId, origin: Option<Session>, group: u64, plan: &Plan) -> Action {
+    let part = plan.parts.get(&group).cloned().unwrap_or_default();
+    let op = ShardTxnOp::PrepareCommitFor {
+        txn,
+        coordinator: group,
+        participants: plan.parts.keys().copied().collect(),
+        expected: part.expected,
+        writes: part.writes,
+        succeeded: plan.succeeded,
+        results: plan.results.clone(),
+    };
+    match origin {
+        Some(session) => Action::ProposeAs { group, op, session },
+        None => Action::Propose { group, op },
     }
 }
 
