@@ -144,6 +144,12 @@ impl ShardTxns {
         &self.prepared
     }
 
+    /// Commits recorded here (coordinator shard) that some participant may not have applied
+    /// yet: kept until END.
+    pub fn open_commits(&self) -> usize {
+        self.open_commits.len()
+    }
+
     /// The decision recorded here for `txn` (coordinator shard), if any is still remembered.
     pub fn decision(&self, txn: ShardTxnId) -> Option<ShardOutcome> {
         if self.open_commits.contains_key(&txn) {
@@ -185,9 +191,12 @@ impl ShardTxns {
                 outcome: store.shard_txns.record(*txn, &[], ShardOutcome::Abort),
             },
             ShardTxnOp::End { txn } => {
-                let txns = &mut store.shard_txns;
-                if txns.open_commits.remove(txn).is_some() {
-                    txns.decided.insert(*txn, ShardOutcome::Commit);
+                store.shard_txns.end(*txn);
+                ShardTxnResult::Ended
+            }
+            ShardTxnOp::EndAll { txns } => {
+                for txn in txns {
+                    store.shard_txns.end(*txn);
                 }
                 ShardTxnResult::Ended
             }
@@ -462,6 +471,14 @@ impl ShardTxns {
         }
     }
 
+    /// Every participant applied `txn`'s commit: forget it (a late question is still answered
+    /// from the bounded table).
+    fn end(&mut self, txn: ShardTxnId) {
+        if self.open_commits.remove(&txn).is_some() {
+            self.decided.insert(txn, ShardOutcome::Commit);
+        }
+    }
+
     fn record(
         &mut self,
         txn: ShardTxnId,
@@ -730,6 +747,33 @@ mod tests {
             shard.step(ShardTxnOp::Resolve { txn: 1 }),
             is(ShardOutcome::Commit)
         );
+    }
+
+    #[test]
+    fn end_all_forgets_every_commit_it_names_and_the_answers_stay_truthful() {
+        let mut shard = Shard::new();
+        for txn in [1, 2, 3] {
+            shard.step(ShardTxnOp::Decision {
+                txn,
+                participants: vec![1, 2],
+                outcome: ShardOutcome::Commit,
+            });
+        }
+        assert_eq!(shard.kv.shard_txns().open_commits(), 3);
+        assert_eq!(
+            shard.step(ShardTxnOp::EndAll {
+                txns: vec![1, 3, 9]
+            }),
+            ShardTxnResult::Ended
+        );
+        assert_eq!(shard.kv.shard_txns().open_commits(), 1);
+        for txn in [1, 2, 3] {
+            assert_eq!(
+                shard.kv.shard_txns().decision(txn),
+                Some(ShardOutcome::Commit)
+            );
+        }
+        assert_eq!(shard.kv.shard_txns().decision(9), None);
     }
 
     #[test]

@@ -149,6 +149,13 @@ pub enum ShardTxnOp {
         /// What each op of the branch did, as the client is answered.
         results: Vec<TxnOpResult>,
     },
+    /// Coordinator shard: [`ShardTxnOp::End`] for many transactions in one entry (a node
+    /// gathers the ENDs its coordinators owe a shard and sends them now and then, so they cost
+    /// the shard's log one entry per batch instead of one per transaction).
+    EndAll {
+        /// The transactions every participant applied.
+        txns: Vec<ShardTxnId>,
+    },
     /// Coordinator shard, under the client's session: this run of the request aborted — record
     /// ABORT for `txn` and close the request, so no other run of it commits later. Proposed
     /// before an abort is answered; answered with the request's outcome as first recorded in
@@ -172,6 +179,8 @@ impl ShardTxnOp {
             | ShardTxnOp::CommitFor { txn, .. }
             | ShardTxnOp::AbortFor { txn }
             | ShardTxnOp::PrepareCommitFor { txn, .. } => *txn,
+            // About many: no coordinator waits for its answer.
+            ShardTxnOp::EndAll { .. } => 0,
         }
     }
 

@@ -107,6 +107,7 @@ pub(crate) async fn open(config: &Arc<ServeConfig>) -> Result<Opened, ServeError
             router.set_xtxn(xtxn.clone());
             let (stop_tx, stop_rx) = watch::channel(false);
             tokio::spawn(xtxn.clone().resolve(stop_rx.clone()));
+            tokio::spawn(xtxn.clone().flush_ends(stop_rx.clone()));
             tokio::spawn(split::finish_splits(splits, xtxn, stop_rx.clone()));
             let handles = opened
                 .into_iter()

@@ -23,7 +23,7 @@ use crate::client::{Client, ClientConfig, ClientError};
 use crate::config::ServeConfig;
 use crate::proto::{
     Consistency, KeyValue, ReadOp, Reply, Request, Response, ServerError, Session, ShardMap,
-    ShardTxnOp, ShardTxnResult, WriteOp,
+    ShardTxnId, ShardTxnOp, ShardTxnResult, WriteOp,
 };
 use crate::xtxn::driver::{self, Shards};
 use crate::xtxn::{Resolver, TxnRequest};
@@ -34,6 +34,13 @@ const TICK: Duration = Duration::from_millis(50);
 const RESOLVE_TICK: Duration = Duration::from_millis(500);
 /// A transaction prepared this long (in resolver rounds) is asked about at its coordinator shard.
 pub const RESOLVE_AFTER: u64 = 6;
+/// The ENDs owed to each coordinator shard go out together this often.
+const END_FLUSH: Duration = Duration::from_millis(50);
+/// At most this many ENDs wait; beyond, an END is proposed on its own.
+const MAX_DEFERRED_ENDS: usize = 65_536;
+
+/// ENDs owed, by coordinator shard.
+type DeferredEnds = Arc<parking_lot::Mutex<BTreeMap<u64, Vec<ShardTxnId>>>>;
 
 /// The coordinator's timers, in ticks of [`TICK`]: votes within 2 s, resends every 250 ms.
 fn txn_config() -> Config {
@@ -49,6 +56,7 @@ pub(crate) struct XtxnService {
     config: Arc<ServeConfig>,
     map: Arc<ShardMap>,
     client: OnceLock<Result<Arc<Client>, String>>,
+    ends: DeferredEnds,
 }
 
 /// The cluster as a coordinator sees it: the node's own client.
@@ -56,6 +64,7 @@ pub(crate) struct XtxnService {
 struct ClusterShards {
     client: Arc<Client>,
     map: Arc<ShardMap>,
+    ends: DeferredEnds,
 }
 
 fn refused(error: ClientError) -> ServerError {
@@ -88,6 +97,15 @@ impl Shards for ClusterShards {
             .await
             .map_err(refused)
     }
+
+    fn defer_end(&self, group: u64, txn: ShardTxnId) -> bool {
+        let mut ends = self.ends.lock();
+        if ends.values().map(Vec::len).sum::<usize>() >= MAX_DEFERRED_ENDS {
+            return false;
+        }
+        ends.entry(group).or_default().push(txn);
+        true
+    }
 }
 
 impl XtxnService {
@@ -105,6 +123,7 @@ impl XtxnService {
             config,
             map,
             client: OnceLock::new(),
+            ends: DeferredEnds::default(),
         })
     }
 
@@ -129,6 +148,7 @@ impl XtxnService {
             Ok(client) => Ok(ClusterShards {
                 client: client.clone(),
                 map: self.map(),
+                ends: self.ends.clone(),
             }),
             Err(error) => Err(ServerError::Internal(format!(
                 "no client for cross-shard transactions: {error}"
@@ -191,6 +211,36 @@ impl XtxnService {
             };
             let _ = responder.reply(&response);
         });
+    }
+
+    /// Sends the ENDs the node's coordinators owe, one `EndAll` entry per coordinator shard
+    /// every [`END_FLUSH`], until shutdown (then once more). An END that fails goes back.
+    pub(crate) async fn flush_ends(self: Arc<Self>, mut shutdown: watch::Receiver<bool>) {
+        let mut ticker = tokio::time::interval(END_FLUSH);
+        loop {
+            let stopping = tokio::select! {
+                _ = ticker.tick() => *shutdown.borrow(),
+                _ = shutdown.changed() => true,
+            };
+            let owed = std::mem::take(&mut *self.ends.lock());
+            if !owed.is_empty() {
+                if let Ok(client) = self.client() {
+                    for (group, txns) in owed {
+                        let op = ShardTxnOp::EndAll { txns: txns.clone() };
+                        if client.propose_to_group(group, op, None).await.is_err() && !stopping {
+                            let mut ends = self.ends.lock();
+                            let total: usize = ends.values().map(Vec::len).sum();
+                            if total + txns.len() <= MAX_DEFERRED_ENDS {
+                                ends.entry(group).or_default().extend(txns);
+                            }
+                        }
+                    }
+                }
+            }
+            if stopping {
+                return;
+            }
+        }
     }
 
     /// Watches the data groups' prepared transactions until shutdown, resolving those prepared

@@ -37,6 +37,12 @@ pub trait Shards: Clone + Send + Sync + 'static {
         op: ShardTxnOp,
         session: Option<Session>,
     ) -> impl Future<Output = Result<ShardTxnResult, ServerError>> + Send;
+
+    /// Takes `txn`'s END for `group` to send later with others ([`ShardTxnOp::EndAll`]); false:
+    /// not taken, propose it now.
+    fn defer_end(&self, _group: u64, _txn: ShardTxnId) -> bool {
+        false
+    }
 }
 
 /// The answer to one action.
@@ -46,6 +52,16 @@ enum Done {
 }
 
 fn spawn<S: Shards>(set: &mut JoinSet<Done>, shards: &S, action: Action) {
+    if let Action::Propose {
+        group,
+        op: ShardTxnOp::End { txn },
+    } = &action
+    {
+        // Nobody waits for an END's answer.
+        if shards.defer_end(*group, *txn) {
+            return;
+        }
+    }
     let shards = shards.clone();
     set.spawn(async move {
         match action {
