@@ -39,22 +39,24 @@ fn main() -> Result<(), Box<dyn std::error::Error>> {
         .collect();
 
     let started = Instant::now();
-    let syncs_before = wal.stats().syncs;
+    let before = wal.stats();
     std::thread::sleep(Duration::from_secs_f64(seconds));
-    let (appends, syncs) = (
-        appended.load(Ordering::Relaxed),
-        wal.stats().syncs - syncs_before,
-    );
+    let (appends, after) = (appended.load(Ordering::Relaxed), wal.stats());
+    let syncs = after.syncs - before.syncs;
+    let busy_us = (after.sync_busy_micros - before.sync_busy_micros) as f64;
     let elapsed = started.elapsed().as_secs_f64();
     stop.store(true, Ordering::Relaxed);
     for t in threads {
         t.join().expect("writer thread")?;
     }
     println!(
-        "{writers} writers × 256 B: {:.0} durable appends/s, {:.0} fdatasyncs/s, {:.1} appends per fdatasync",
+        "{writers} writers × 256 B: {:.0} durable appends/s, {:.0} fdatasyncs/s, {:.1} appends per fdatasync, \
+         fdatasync {:.0} µs on average, disk idle {:.0} µs between them",
         appends as f64 / elapsed,
         syncs as f64 / elapsed,
-        appends as f64 / syncs.max(1) as f64
+        appends as f64 / syncs.max(1) as f64,
+        busy_us / syncs.max(1) as f64,
+        (elapsed * 1e6 - busy_us) / syncs.max(1) as f64,
     );
     Ok(())
 }

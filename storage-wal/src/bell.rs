@@ -8,13 +8,14 @@
 //!
 //! On Linux the bell is a futex on an `AtomicU32` generation word; elsewhere a mutex and a
 //! condition variable guard the same word. Both keep one contract: [`Bell::wait`] returns once the
-//! generation differs from the one the caller saw (or spuriously), and [`Bell::ring`] advances it and
-//! wakes everyone waiting. A caller reads [`Bell::generation`] *before* checking the condition it
+//! generation differs from the one the caller saw (or spuriously, or at its deadline if given),
+//! and [`Bell::ring`] advances it and wakes everyone waiting. A caller reads [`Bell::generation`] *before* checking the condition it
 //! waits for, so a ring between the check and the wait is never missed.
 
 #[cfg(test)]
 use std::sync::atomic::AtomicU32;
 use std::sync::atomic::Ordering;
+use std::time::Instant;
 
 /// A wake-everyone signal with a generation count (see the module docs).
 #[derive(Default)]
@@ -34,7 +35,12 @@ impl Bell {
     /// Blocks until the generation is no longer `seen` (it may also return spuriously: callers
     /// check their condition again in a loop).
     pub fn wait(&self, seen: u32) {
-        self.inner.wait(seen);
+        self.inner.wait_until(seen, None);
+    }
+
+    /// Like [`wait`](Self::wait), but returns by `deadline` at the latest.
+    pub fn wait_until(&self, seen: u32, deadline: Instant) {
+        self.inner.wait_until(seen, Some(deadline));
     }
 
     /// Advances the generation and wakes every thread waiting on the bell.
@@ -46,6 +52,7 @@ impl Bell {
 #[cfg(target_os = "linux")]
 mod futex {
     use std::sync::atomic::{AtomicU32, Ordering};
+    use std::time::Instant;
 
     #[derive(Default)]
     pub(super) struct FutexBell {
@@ -57,17 +64,32 @@ mod futex {
             &self.generation
         }
 
-        pub fn wait(&self, seen: u32) {
+        pub fn wait_until(&self, seen: u32, deadline: Option<Instant>) {
             if self.generation.load(Ordering::Acquire) != seen {
                 return;
             }
+            // FUTEX_WAIT takes a relative timeout.
+            let timeout = match deadline {
+                None => None,
+                Some(deadline) => {
+                    let left = deadline.saturating_duration_since(Instant::now());
+                    if left.is_zero() {
+                        return;
+                    }
+                    Some(libc::timespec {
+                        tv_sec: left.as_secs() as libc::time_t,
+                        tv_nsec: left.subsec_nanos() as libc::c_long,
+                    })
+                }
+            };
             // The kernel compares the word with `seen` atomically with queueing this thread, so
-            // a ring after the load above makes the call return at once (EAGAIN). EINTR and
-            // spurious returns are fine: the contract allows them.
+            // a ring after the load above makes the call return at once (EAGAIN). EINTR,
+            // ETIMEDOUT and spurious returns are fine: the contract allows them.
             futex(
                 &self.generation,
                 libc::FUTEX_WAIT | libc::FUTEX_PRIVATE_FLAG,
                 seen,
+                timeout.as_ref(),
             );
         }
 
@@ -77,25 +99,29 @@ mod futex {
                 &self.generation,
                 libc::FUTEX_WAKE | libc::FUTEX_PRIVATE_FLAG,
                 i32::MAX as u32,
+                None,
             );
         }
     }
 
-    /// `futex(2)` on `word` with no timeout. Its result is ignored: a wait that fails (EAGAIN,
-    /// EINTR) is a spurious return to the caller's loop, and a wake cannot fail on a valid word.
+    /// `futex(2)` on `word`, with a relative `timeout` for FUTEX_WAIT (none: wait without one).
+    /// Its result is ignored: a wait that fails (EAGAIN, EINTR, ETIMEDOUT) is a spurious return
+    /// to the caller's loop, and a wake cannot fail on a valid word.
     #[allow(unsafe_code)]
-    fn futex(word: &AtomicU32, op: libc::c_int, value: u32) {
+    fn futex(word: &AtomicU32, op: libc::c_int, value: u32, timeout: Option<&libc::timespec>) {
+        let timeout = timeout.map_or(std::ptr::null(), |t| t as *const libc::timespec);
         // SAFETY: `word` is a live, aligned 32-bit atomic for the whole call (borrowed from
         // `self`); FUTEX_WAIT and FUTEX_WAKE only read it and queue or wake threads on its
-        // address; the timeout (null: wait without one) and the second address are unused by
-        // these two operations. No memory is written through any pointer passed.
+        // address. `timeout` is null or borrowed from the caller for the whole call, and only
+        // read (by FUTEX_WAIT; FUTEX_WAKE ignores it); the second address is unused by these two
+        // operations. No memory is written through any pointer passed.
         unsafe {
             libc::syscall(
                 libc::SYS_futex,
                 word.as_ptr(),
                 op,
                 value,
-                std::ptr::null::<libc::timespec>(),
+                timeout,
                 std::ptr::null::<u32>(),
                 0u32,
             );
@@ -106,6 +132,7 @@ mod futex {
 #[cfg(any(not(target_os = "linux"), test))]
 mod portable {
     use std::sync::atomic::{AtomicU32, Ordering};
+    use std::time::Instant;
 
     use parking_lot::{Condvar, Mutex};
 
@@ -123,10 +150,17 @@ mod portable {
             &self.generation
         }
 
-        pub fn wait(&self, seen: u32) {
+        pub fn wait_until(&self, seen: u32, deadline: Option<Instant>) {
             let mut guard = self.lock.lock();
             while self.generation.load(Ordering::Acquire) == seen {
-                self.rung.wait(&mut guard);
+                match deadline {
+                    None => self.rung.wait(&mut guard),
+                    Some(deadline) => {
+                        if self.rung.wait_until(&mut guard, deadline).timed_out() {
+                            return;
+                        }
+                    }
+                }
             }
         }
 
@@ -143,7 +177,10 @@ mod portable {
 #[cfg(test)]
 trait AnyBell: Send + Sync + Default + 'static {
     fn word(&self) -> &AtomicU32;
-    fn wait(&self, seen: u32);
+    fn wait(&self, seen: u32) {
+        self.wait_until(seen, None);
+    }
+    fn wait_until(&self, seen: u32, deadline: Option<Instant>);
     fn ring(&self);
 }
 
@@ -152,8 +189,8 @@ impl AnyBell for portable::CondvarBell {
     fn word(&self) -> &AtomicU32 {
         portable::CondvarBell::word(self)
     }
-    fn wait(&self, seen: u32) {
-        portable::CondvarBell::wait(self, seen)
+    fn wait_until(&self, seen: u32, deadline: Option<Instant>) {
+        portable::CondvarBell::wait_until(self, seen, deadline)
     }
     fn ring(&self) {
         portable::CondvarBell::ring(self)
@@ -165,8 +202,8 @@ impl AnyBell for futex::FutexBell {
     fn word(&self) -> &AtomicU32 {
         futex::FutexBell::word(self)
     }
-    fn wait(&self, seen: u32) {
-        futex::FutexBell::wait(self, seen)
+    fn wait_until(&self, seen: u32, deadline: Option<Instant>) {
+        futex::FutexBell::wait_until(self, seen, deadline)
     }
     fn ring(&self) {
         futex::FutexBell::ring(self)
@@ -216,6 +253,43 @@ mod tests {
             back.recv_timeout(std::time::Duration::from_secs(30))
                 .unwrap_or_else(|_| panic!("only {k} of {SLEEPERS} sleepers woke from one ring"));
         }
+    }
+
+    /// A wait with a deadline and no ring must come back (a bell that ignored the deadline
+    /// hangs here: the hang guard fails the test), and one whose deadline passed already must
+    /// not block at all.
+    fn wait_until_returns_by_its_deadline<B: AnyBell>() {
+        let bell = Arc::new(B::default());
+        let seen = bell.word().load(Ordering::Acquire);
+        bell.wait_until(seen, Some(Instant::now()));
+        let (back, returned) = std::sync::mpsc::channel();
+        let sleeper = bell.clone();
+        std::thread::spawn(move || {
+            sleeper.wait_until(
+                seen,
+                Some(Instant::now() + std::time::Duration::from_millis(5)),
+            );
+            let _ = back.send(());
+        });
+        returned
+            .recv_timeout(std::time::Duration::from_secs(30))
+            .expect("a wait with a deadline came back without a ring");
+        assert_eq!(
+            bell.word().load(Ordering::Acquire),
+            seen,
+            "the deadline passing is not a ring"
+        );
+    }
+
+    #[test]
+    fn condvar_bell_wait_until_returns_by_its_deadline() {
+        wait_until_returns_by_its_deadline::<portable::CondvarBell>();
+    }
+
+    #[cfg(target_os = "linux")]
+    #[test]
+    fn futex_bell_wait_until_returns_by_its_deadline() {
+        wait_until_returns_by_its_deadline::<futex::FutexBell>();
     }
 
     #[test]

@@ -124,4 +124,7 @@ pub struct Stats {
     pub appended_bytes: u64,
     /// `fdatasync` calls made to make records durable (group commits and segment rolls).
     pub syncs: u64,
+    /// Microseconds spent in group-commit `fdatasync` calls (the disk's busy time, as far as
+    /// the log's own syncs go): with `syncs`, shows how long the disk idles between them.
+    pub sync_busy_micros: u64,
 }

@@ -76,6 +76,13 @@ impl GroupCommit {
         self.bell.wait(seen);
     }
 
+    /// Sleeps, as a leader gathering writers, until the bell rings or `deadline` passes; `seen`
+    /// is the generation read under the lock. The writer whose arrival completes the gathering
+    /// takes the leadership over instead of waking this thread (see `Wal::wait_inner`).
+    pub fn sleep_gathering(&self, seen: u32, deadline: std::time::Instant) {
+        self.bell.wait_until(seen, deadline);
+    }
+
     /// Sleeps until record `index` (appended in truncation epoch `epoch`, if given) is durable,
     /// this thread takes the leadership, or something needs a look under the lock. `seen` is the
     /// generation read under the lock when this thread found another leading.

@@ -8,7 +8,7 @@ use std::sync::Arc;
 use std::thread::JoinHandle;
 use std::time::{Duration, Instant};
 
-use parking_lot::{Condvar, Mutex, MutexGuard};
+use parking_lot::{Mutex, MutexGuard};
 
 use crate::error::{Result, WalError};
 use crate::format::{
@@ -54,10 +54,13 @@ struct State {
     truncations: VecDeque<(u64, u64)>,
     /// Group commit: durability waiters since the last fsync started; how many the next fsync
     /// may expect (those the last one covered plus those that queued during it); whether a
-    /// leader is waiting for them before it starts the fsync.
+    /// leader is waiting for them before it starts the fsync (the writer that completes the
+    /// count clears it and leads in its place).
     arrivals: u64,
     expected_waiters: u64,
     gathering: bool,
+    /// Gatherings begun, so a gathering leader can tell its own from a later one.
+    gatherings: u64,
     last_sync_done: Instant,
     sync_time_estimate: Duration,
     metadata: Option<Vec<u8>>,
@@ -142,8 +145,6 @@ pub struct Wal {
     /// What group-commit waiters read without the lock, the claim to lead the next fsync, and
     /// the bell they sleep on.
     group: GroupCommit,
-    /// Signalled for a gathering leader when enough writers wait, or the log changed under it.
-    gathered: Condvar,
     report: RecoveryReport,
     _lock: Box<dyn Any + Send + Sync>,
 }
@@ -212,6 +213,7 @@ impl Wal {
             arrivals: 0,
             expected_waiters: 0,
             gathering: false,
+            gatherings: 0,
             last_sync_done: Instant::now(),
             sync_time_estimate: Duration::ZERO,
             metadata,
@@ -226,7 +228,6 @@ impl Wal {
             state: Mutex::new(state),
             meta_writer: Mutex::new(()),
             group: GroupCommit::default(),
-            gathered: Condvar::new(),
             report,
             _lock: lock,
         };
@@ -379,15 +380,20 @@ impl Wal {
         epoch: Option<u64>,
         writer: bool,
     ) -> Result<u64> {
-        if writer {
-            st.arrivals += 1;
-            if st.gathering && st.arrivals >= st.expected_waiters {
-                self.gathered.notify_one();
-            }
-        }
         let arrived = Instant::now();
         let mut may_gather = writer;
         let mut leading = false;
+        if writer {
+            st.arrivals += 1;
+            if st.gathering && st.arrivals >= st.expected_waiters {
+                // This arrival completes the group a leader is gathering: lead in its place,
+                // now, rather than wake it to start the fsync (the claim stays held; the
+                // gathering thread finds `gathering` cleared and waits as any writer).
+                st.gathering = false;
+                leading = true;
+                may_gather = false;
+            }
+        }
         // An fsync this thread ran whose sleepers are not rung yet (rung once the lock is free).
         let mut ring = false;
         loop {
@@ -432,16 +438,37 @@ impl Wal {
                     .min(st.sync_time_estimate);
                 let deadline = arrived.max(st.last_sync_done) + delay;
                 if Instant::now() < deadline {
+                    // Sleep on the bell, not on a condition variable: the writer that completes
+                    // the group leads the fsync itself, so no wake-up stands between the last
+                    // arrival and the disk. A ring (the log changed) or the deadline brings this
+                    // thread back; if no one took over, it leads.
                     st.gathering = true;
-                    while st.arrivals < st.expected_waiters
-                        && st.poisoned.is_none()
-                        && st.durable_index < index
-                    {
-                        if self.gathered.wait_until(&mut st, deadline).timed_out() {
+                    st.gatherings += 1;
+                    let mine = st.gatherings;
+                    loop {
+                        let seen = self.group.generation();
+                        MutexGuard::unlocked(&mut st, || {
+                            self.group.sleep_gathering(seen, deadline)
+                        });
+                        // Rung for something else (or woken spuriously) with the group still
+                        // short: gather on.
+                        let gathering_on = st.gathering
+                            && st.gatherings == mine
+                            && st.arrivals < st.expected_waiters
+                            && st.poisoned.is_none()
+                            && st.durable_index < index
+                            && Instant::now() < deadline;
+                        if !gathering_on {
                             break;
                         }
                     }
-                    st.gathering = false;
+                    if st.gathering && st.gatherings == mine {
+                        st.gathering = false;
+                    } else {
+                        // A writer took over (and perhaps finished and another leader began
+                        // gathering since): this thread waits as any other.
+                        leading = false;
+                    }
                     continue;
                 }
             }
@@ -467,7 +494,6 @@ impl Wal {
     /// Wakes every thread waiting for durability or gathering a group commit, to look again.
     fn wake_all(&self, st: &mut State) {
         self.publish(st);
-        self.gathered.notify_all();
         self.group.ring();
     }
 
@@ -509,6 +535,7 @@ impl Wal {
         st.stats.syncs += 1;
         st.last_sync_done = now;
         st.sync_time_estimate = (st.sync_time_estimate * 7 + (now - started)) / 8;
+        st.stats.sync_busy_micros += (now - started).as_micros() as u64;
         // The writers this fsync releases plus those that queued meanwhile: how many the next
         // leader may expect.
         st.expected_waiters = covered_waiters + st.arrivals;
