@@ -272,7 +272,11 @@ where
     }
 
     fn apply(&mut self, entries: Vec<Entry>) -> Result<(), Error> {
-        self.applied.extend(entries);
+        if self.applied.is_empty() {
+            self.applied = entries; // no second copy of what the engine handed out
+        } else {
+            self.applied.extend(entries);
+        }
         Ok(())
     }
 

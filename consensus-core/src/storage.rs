@@ -4,6 +4,8 @@
 //! [`crate::Persist`] says, then confirms with the token. [`MemStorage`] does both halves in memory for tests,
 //! the examples and the simulator (which keeps a copy of it to model a crash that loses unsynced state).
 
+use std::collections::VecDeque;
+
 use bytes::Bytes;
 
 use crate::error::StorageError;
@@ -54,7 +56,8 @@ pub struct MemStorage<H = HardState> {
     hard_state: H,
     snapshot: Snapshot,
     /// `slots[i]` holds the entry at index `snapshot.meta.index + 1 + i`; the last one is `Some`.
-    slots: Vec<Option<Entry>>,
+    /// A ring, so compaction drops the front without moving what stays.
+    slots: VecDeque<Option<Entry>>,
 }
 
 impl<H: DurableState> MemStorage<H> {
@@ -71,7 +74,7 @@ impl<H: DurableState> MemStorage<H> {
                 },
                 data: Bytes::new(),
             },
-            slots: Vec::new(),
+            slots: VecDeque::new(),
         }
     }
 
@@ -84,8 +87,12 @@ impl<H: DurableState> MemStorage<H> {
         if let Some(from) = write.truncate_from {
             self.truncate_from(from);
         }
-        for entry in &write.entries {
-            self.put(entry.clone());
+        if self.appends(&write.entries) {
+            self.slots.extend(write.entries.iter().cloned().map(Some));
+        } else {
+            for entry in &write.entries {
+                self.put(entry.clone());
+            }
         }
         if let Some(hard_state) = &write.hard_state {
             self.hard_state = hard_state.clone();
@@ -108,8 +115,12 @@ impl<H: DurableState> MemStorage<H> {
         if let Some(from) = truncate_from {
             self.truncate_from(from);
         }
-        for entry in entries {
-            self.put(entry);
+        if self.appends(&entries) {
+            self.slots.extend(entries.into_iter().map(Some));
+        } else {
+            for entry in entries {
+                self.put(entry);
+            }
         }
         if let Some(hard_state) = hard_state {
             self.hard_state = hard_state;
@@ -143,6 +154,17 @@ impl<H: DurableState> MemStorage<H> {
         self.trim();
     }
 
+    /// Whether `entries` are exactly the next slots after the last stored one (ascending, no
+    /// gap): the common write, stored in one bulk append.
+    fn appends(&self, entries: &[Entry]) -> bool {
+        let (Some(first), Some(last)) = (entries.first(), entries.last()) else {
+            return false;
+        };
+        first.index == self.last_index() + 1
+            && last.index - first.index + 1 == entries.len() as u64
+            && entries.windows(2).all(|w| w[0].index + 1 == w[1].index)
+    }
+
     fn put(&mut self, entry: Entry) {
         let first = self.snapshot.meta.index + 1;
         if entry.index < first {
@@ -150,7 +172,7 @@ impl<H: DurableState> MemStorage<H> {
         }
         let at = (entry.index - first) as usize;
         if at == self.slots.len() {
-            self.slots.push(Some(entry)); // the common case: the next slot
+            self.slots.push_back(Some(entry)); // the common case: the next slot
             return;
         }
         if at > self.slots.len() {
@@ -161,8 +183,8 @@ impl<H: DurableState> MemStorage<H> {
 
     /// Keeps the invariant that the last slot holds an entry.
     fn trim(&mut self) {
-        while matches!(self.slots.last(), Some(None)) {
-            self.slots.pop();
+        while matches!(self.slots.back(), Some(None)) {
+            self.slots.pop_back();
         }
     }
 
@@ -255,11 +277,10 @@ impl<H: DurableState> Storage for MemStorage<H> {
         if hi > self.last_index() + 1 {
             return Err(StorageError::Unavailable(hi - 1));
         }
+        let range = (lo - snap - 1) as usize..(hi - snap - 1) as usize;
+        out.reserve(range.len().min(4096));
         let mut bytes = 0u64;
-        let stored = self.slots[(lo - snap - 1) as usize..(hi - snap - 1) as usize]
-            .iter()
-            .flatten();
-        for (taken, entry) in stored.enumerate() {
+        for (taken, entry) in self.slots.range(range).flatten().enumerate() {
             bytes += entry.payload_size();
             if bytes > max_bytes && taken > 0 {
                 break;
@@ -267,5 +288,90 @@ impl<H: DurableState> Storage for MemStorage<H> {
             out.push(entry.clone());
         }
         Ok(())
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::types::EntryPayload;
+
+    fn entry(index: u64) -> Entry {
+        Entry {
+            term: 1,
+            index,
+            payload: EntryPayload::Data(Bytes::from(index.to_le_bytes().to_vec())),
+        }
+    }
+
+    fn write(entries: Vec<Entry>) -> Write<HardState> {
+        Write {
+            snapshot: None,
+            truncate_from: None,
+            entries,
+            hard_state: None,
+            sync: true,
+        }
+    }
+
+    fn stored(storage: &MemStorage, lo: u64, hi: u64) -> Vec<u64> {
+        let mut out = Vec::new();
+        storage.entries(lo, hi, u64::MAX, &mut out).unwrap();
+        out.iter().map(|e| e.index).collect()
+    }
+
+    #[test]
+    fn appends_single_slots_and_holes_read_back_at_their_own_index() {
+        let mut storage = MemStorage::new_with_conf(ConfState::with_voters([1]));
+        storage
+            .write_owned(write((1..=3).map(entry).collect()))
+            .unwrap();
+        storage
+            .write_owned(write(vec![entry(6), entry(5)]))
+            .unwrap(); // not an append
+        storage.write(&write((7..=8).map(entry).collect())).unwrap(); // an append again
+        assert_eq!(stored(&storage, 1, 9), vec![1, 2, 3, 5, 6, 7, 8]);
+        assert_eq!(storage.term(4), Err(StorageError::Unavailable(4)));
+        assert_eq!(storage.last_index(), 8);
+        for index in [1, 5, 8] {
+            assert_eq!(storage.entry(index), Some(&entry(index)));
+        }
+    }
+
+    #[test]
+    fn compaction_keeps_every_later_entry_at_its_index() {
+        let mut storage = MemStorage::new_with_conf(ConfState::with_voters([1]));
+        storage
+            .write_owned(write((1..=10).map(entry).collect()))
+            .unwrap();
+        storage
+            .compact(4, ConfState::with_voters([1]), Bytes::new())
+            .unwrap();
+        storage
+            .write_owned(write((11..=12).map(entry).collect()))
+            .unwrap();
+        assert_eq!(storage.first_index(), 5);
+        assert_eq!(stored(&storage, 5, 13), (5..=12).collect::<Vec<_>>());
+        assert_eq!(storage.entry(7), Some(&entry(7)));
+        assert_eq!(
+            storage.entries(4, 6, u64::MAX, &mut Vec::new()),
+            Err(StorageError::Compacted(4))
+        );
+    }
+
+    #[test]
+    fn a_read_stops_at_the_byte_limit_but_returns_at_least_one_entry() {
+        let mut storage = MemStorage::new_with_conf(ConfState::with_voters([1]));
+        storage
+            .write_owned(write((1..=5).map(entry).collect()))
+            .unwrap();
+        assert_eq!(stored_limited(&storage, 16), vec![1, 2]);
+        assert_eq!(stored_limited(&storage, 1), vec![1]);
+    }
+
+    fn stored_limited(storage: &MemStorage, max_bytes: u64) -> Vec<u64> {
+        let mut out = Vec::new();
+        storage.entries(1, 6, max_bytes, &mut out).unwrap();
+        out.iter().map(|e| e.index).collect()
     }
 }

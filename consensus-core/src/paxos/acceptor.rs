@@ -107,16 +107,28 @@ impl<S: PaxosStorage> MultiPaxos<S> {
         let term = ballot.encode();
         let snapshot_index = self.log.snapshot_index();
         let floor = snapshot_index.max(self.commit);
-        let mut slots = Vec::with_capacity(entries.len());
-        let rest = if entries.iter().all(|e| e.term == term && e.index > floor) {
-            // The common case: every slot is new here; the batch is staged as it came.
-            slots.extend(entries.iter().map(|e| e.index));
-            self.log.put_batch(entries);
-            Vec::new()
-        } else {
-            entries
+        let (first, last) = match (entries.first(), entries.last()) {
+            (Some(first), Some(last)) => (first.index, last.index),
+            _ => (0, 0),
         };
-        for entry in rest {
+        // Consecutive slots (first, first + 1, …), all under this ballot, all above the floor.
+        let one_run = !entries.is_empty()
+            && first > floor
+            && (first..)
+                .zip(&entries)
+                .all(|(slot, e)| e.index == slot && e.term == term);
+        if one_run {
+            // The common case: one run of slots, all new here; the batch is staged as it came
+            // and acknowledged as one range.
+            self.log.put_batch(entries);
+            self.send_with(from, ballot, MessageBody::Accepted { first, last });
+            if !below {
+                self.learn_commit(from, ballot, commit)?;
+            }
+            return Ok(());
+        }
+        let mut slots = Vec::with_capacity(entries.len());
+        for entry in entries {
             if entry.term != term || entry.index == 0 {
                 continue; // malformed: a proposer proposes under its own ballot only
             }
@@ -139,8 +151,15 @@ impl<S: PaxosStorage> MultiPaxos<S> {
             slots.push(entry.index);
             self.log.put(entry);
         }
-        if !slots.is_empty() {
-            self.send_with(from, ballot, MessageBody::Accepted { slots });
+        // One `Accepted` per contiguous run of the slots accepted.
+        let mut runs = slots.into_iter().peekable();
+        while let Some(first) = runs.next() {
+            let mut last = first;
+            while runs.peek() == Some(&(last + 1)) {
+                last += 1;
+                runs.next();
+            }
+            self.send_with(from, ballot, MessageBody::Accepted { first, last });
         }
         if !below {
             self.learn_commit(from, ballot, commit)?;

@@ -7,12 +7,18 @@
 //! `Accept` batches of at most `max_msg_bytes`. A slot is chosen once a majority of the
 //! configuration accepted it under our ballot; the leader's own acceptance counts once its
 //! write is durable. Unacknowledged slots are re-sent with each heartbeat (one batch per peer).
+//!
+//! Acceptances are counted as ranges: an acceptor answers a batch with one
+//! `Accepted { first, last }` per run of consecutive slots, the leader keeps per member the
+//! ranges it accepted ([`AcceptedRuns`]), and the chosen prefix moves once per answer to the
+//! highest slot a majority accepted every slot up to (as Raft's match index, or omnipaxos'
+//! "accepted up to"), not slot by slot.
 
 use std::collections::{BTreeSet, VecDeque};
 
 use super::election::is_majority_by;
 use super::message::MessageBody;
-use super::{MultiPaxos, PaxosStorage};
+use super::{MultiPaxos, PaxosStorage, SlotRuns};
 use crate::error::{Error, StorageError};
 use crate::types::{Entry, EntryPayload, NodeId, Proposed, Role};
 
@@ -21,9 +27,11 @@ use crate::types::{Entry, EntryPayload, NodeId, Proposed, Role};
 pub(crate) struct LeaderState {
     /// Proposals with their slot, not yet let into the window.
     queued: VecDeque<Entry>,
-    /// Slots in the window and not yet chosen, in slot order: who accepted each under our
-    /// ballot.
+    /// Slots in the window and not yet chosen, in slot order (consecutive: the window is
+    /// `commit + 1 ..= last in flight`).
     inflight: VecDeque<InFlight>,
+    /// Per member (this node included), the slots it accepted under our ballot.
+    acks: Vec<(NodeId, AcceptedRuns)>,
     /// Next slot to assign.
     next_slot: u64,
     /// Last slot phase 1 recovered (or `from - 1`): every value chosen before this leader is at
@@ -52,7 +60,7 @@ pub(crate) struct LeaderState {
     pub(crate) lease_forfeited: bool,
 }
 
-/// One slot in the window.
+/// One slot in the window (who accepted it is kept per member, as ranges: [`AcceptedRuns`]).
 #[derive(Debug)]
 struct InFlight {
     slot: u64,
@@ -60,71 +68,111 @@ struct InFlight {
     size: u64,
     /// Whether it holds a membership change (its value is needed when it is chosen).
     conf_change: bool,
-    /// Members that accepted it under our ballot.
-    acks: Acks,
 }
 
-/// The members that accepted one slot: a handful, kept inline (no allocation per slot unless a
-/// group has more than [`Acks::INLINE`] members).
+/// The slots one member accepted under our ballot, as ascending, disjoint, non-adjacent
+/// inclusive ranges. An acceptor answers a batch with one range, so the common update extends
+/// the last range: counting acceptances costs per message, not per slot.
 #[derive(Debug, Default)]
-struct Acks {
-    inline: [NodeId; Acks::INLINE],
-    len: usize,
-    more: Vec<NodeId>,
-}
+pub(crate) struct AcceptedRuns(Vec<(u64, u64)>);
 
-impl Acks {
-    const INLINE: usize = 5;
-
-    fn contains(&self, id: NodeId) -> bool {
-        self.inline[..self.len.min(Self::INLINE)].contains(&id) || self.more.contains(&id)
-    }
-
-    fn count(&self) -> usize {
-        self.len
-    }
-
-    fn insert(&mut self, id: NodeId) {
-        if self.contains(id) {
+impl AcceptedRuns {
+    /// Records that `first ..= last` was accepted.
+    pub(crate) fn insert(&mut self, first: u64, last: u64) {
+        if first > last {
             return;
         }
-        if self.len < Self::INLINE {
-            self.inline[self.len] = id;
-        } else {
-            self.more.push(id);
+        match self.0.last_mut() {
+            None => {
+                self.0.push((first, last));
+                return;
+            }
+            Some(tail) if first >= tail.0 && first <= tail.1.saturating_add(1) => {
+                tail.1 = tail.1.max(last); // the common case: the next batch
+                return;
+            }
+            Some(tail) if first > tail.1 => {
+                self.0.push((first, last));
+                return;
+            }
+            Some(_) => {}
         }
-        self.len += 1;
+        // Out of order (a resend, a reordered answer): merge every range it touches.
+        let at = self
+            .0
+            .partition_point(|&(_, hi)| hi.saturating_add(1) < first);
+        let mut merged = (first, last);
+        let mut end = at;
+        while let Some(&(lo, hi)) = self.0.get(end) {
+            if lo > merged.1.saturating_add(1) {
+                break;
+            }
+            merged = (merged.0.min(lo), merged.1.max(hi));
+            end += 1;
+        }
+        self.0.splice(at..end, [merged]);
     }
-}
 
-impl InFlight {
-    fn accept(&mut self, from: NodeId) {
-        self.acks.insert(from);
+    /// The highest slot `s` such that every slot in `from ..= s` was accepted (`from - 1` when
+    /// `from` was not).
+    pub(crate) fn through(&self, from: u64) -> u64 {
+        // The range holding `from`, if any, is the first whose end reaches it.
+        let at = self.0.partition_point(|&(_, hi)| hi < from);
+        match self.0.get(at) {
+            Some(&(lo, hi)) if lo <= from => hi,
+            _ => from.saturating_sub(1),
+        }
+    }
+
+    /// Whether `slot` was accepted.
+    pub(crate) fn contains(&self, slot: u64) -> bool {
+        self.through(slot) >= slot
+    }
+
+    /// Forgets ranges wholly at or below `floor` (chosen slots: no acceptance matters there).
+    pub(crate) fn forget_through(&mut self, floor: u64) {
+        let below = self.0.partition_point(|&(_, hi)| hi <= floor);
+        if below > 0 {
+            self.0.drain(..below);
+        }
     }
 }
 
 impl LeaderState {
-    /// Records `from`'s acceptance of each of `slots` (ascending) still in the window: one
-    /// search for the first, then a walk (the window is in slot order too).
-    fn accept_slots(&mut self, from: NodeId, slots: impl IntoIterator<Item = u64>) {
-        let mut slots = slots.into_iter().peekable();
-        let Some(&first) = slots.peek() else {
-            return;
-        };
-        let mut at = self.inflight.partition_point(|f| f.slot < first);
-        for slot in slots {
-            if at > 0 && self.inflight.get(at - 1).is_some_and(|f| f.slot >= slot) {
-                at = self.inflight.partition_point(|f| f.slot < slot); // not ascending after all
-            }
-            while self.inflight.get(at).is_some_and(|f| f.slot < slot) {
-                at += 1;
-            }
-            match self.inflight.get_mut(at) {
-                Some(f) if f.slot == slot => f.accept(from),
-                Some(_) => {}
-                None => return,
+    /// Records `from`'s acceptance of `first ..= last` under our ballot.
+    fn accept_run(&mut self, from: NodeId, first: u64, last: u64) {
+        match self.acks.iter_mut().find(|(id, _)| *id == from) {
+            Some((_, runs)) => runs.insert(first, last),
+            None => {
+                let mut runs = AcceptedRuns::default();
+                runs.insert(first, last);
+                self.acks.push((from, runs));
             }
         }
+    }
+
+    /// The highest slot `s` such that `id` accepted every slot in `from ..= s`.
+    fn accepted_through(&self, id: NodeId, from: u64) -> u64 {
+        self.acks
+            .iter()
+            .find(|(member, _)| *member == id)
+            .map_or(from.saturating_sub(1), |(_, runs)| runs.through(from))
+    }
+
+    /// Whether `id` has not accepted some slot in the window.
+    fn lacks(&self, id: NodeId) -> bool {
+        match (self.inflight.front(), self.inflight.back()) {
+            (Some(front), Some(back)) => self.accepted_through(id, front.slot) < back.slot,
+            _ => false,
+        }
+    }
+
+    /// Whether `id` accepted `slot`.
+    fn has_accepted(&self, id: NodeId, slot: u64) -> bool {
+        self.acks
+            .iter()
+            .find(|(member, _)| *member == id)
+            .is_some_and(|(_, runs)| runs.contains(slot))
     }
 
     pub(crate) fn start(&mut self, from: u64, recovery_end: u64) {
@@ -214,12 +262,7 @@ impl<S: PaxosStorage> MultiPaxos<S> {
             || self.reads.heartbeat_pending()
             || self.lead.commit_sent < self.commit;
         heartbeat_due
-            || (self.lead.resend_pending
-                && self
-                    .lead
-                    .inflight
-                    .iter()
-                    .any(|f| peers.clone().any(|peer| !f.acks.contains(peer))))
+            || (self.lead.resend_pending && peers.clone().any(|peer| self.lead.lacks(peer)))
     }
 
     /// Lets proposals into the window and broadcasts what is due.
@@ -243,7 +286,6 @@ impl<S: PaxosStorage> MultiPaxos<S> {
                 slot: entry.index,
                 size: entry.payload_size().max(1),
                 conf_change,
-                acks: Acks::default(),
             });
             self.log.put(entry.clone());
             self.lead.fresh.push(entry);
@@ -326,7 +368,7 @@ impl<S: PaxosStorage> MultiPaxos<S> {
             let mut entries = Vec::new();
             let mut bytes = 0u64;
             for f in &self.lead.inflight {
-                if f.acks.contains(to) {
+                if self.lead.has_accepted(to, f.slot) {
                     continue;
                 }
                 let Ok(Some(entry)) = self.log.get(f.slot) else {
@@ -354,50 +396,74 @@ impl<S: PaxosStorage> MultiPaxos<S> {
         self.lead.commit_sent = commit;
     }
 
-    /// Phase 2b arrived.
-    pub(super) fn handle_accepted(&mut self, from: NodeId, ballot: super::Ballot, slots: &[u64]) {
+    /// Phase 2b arrived: `from` accepted `first ..= last` under `ballot`.
+    pub(super) fn handle_accepted(
+        &mut self,
+        from: NodeId,
+        ballot: super::Ballot,
+        first: u64,
+        last: u64,
+    ) {
         if self.role != Role::Leader || ballot != self.ballot {
             return;
         }
         self.lead.active.insert(from);
-        self.lead.accept_slots(from, slots.iter().copied());
+        self.lead.accept_run(from, first, last);
         if let Err(error) = self.advance_chosen() {
             self.fail(error);
         }
     }
 
-    /// The leader's own write of `slots` is durable: count its acceptance.
-    pub(super) fn own_accepts_durable(&mut self, slots: &[(u64, u64)]) {
+    /// The leader's own write of `runs` is durable: count its acceptance of the slots written
+    /// under its ballot.
+    pub(super) fn own_accepts_durable(&mut self, runs: &SlotRuns) {
         if self.role != Role::Leader {
             return;
         }
         let (me, term) = (self.config.id, self.ballot.encode());
-        let ours = slots
-            .iter()
-            .filter(|&&(_, slot_term)| slot_term == term)
-            .map(|&(slot, _)| slot);
-        self.lead.accept_slots(me, ours);
+        for run in runs.iter().filter(|run| run.term == term) {
+            self.lead.accept_run(me, run.first, run.last);
+        }
         if let Err(error) = self.advance_chosen() {
             self.fail(error);
         }
     }
 
-    /// Moves the chosen prefix over every slot a majority accepted.
+    /// Moves the chosen prefix over every slot a majority accepted: the highest `s` such that a
+    /// majority of voters accepted every slot in `commit + 1 ..= s` (found from each voter's
+    /// accepted-through point, not slot by slot), then walks the window up to it.
     fn advance_chosen(&mut self) -> Result<(), StorageError> {
         let before = self.commit;
-        loop {
-            let slot = self.commit + 1;
-            let chosen = self.lead.inflight.front().is_some_and(|f| {
-                f.slot == slot
-                    && f.acks.count() * 2 > self.conf.voters.len()
-                    && is_majority_by(&self.conf.voters, |id| f.acks.contains(id))
-            });
-            if !chosen {
-                break;
+        let from = self.commit + 1;
+        let Some(last) = self.lead.inflight.back().map(|f| f.slot) else {
+            return Ok(());
+        };
+        debug_assert!(
+            self.lead.inflight.front().is_some_and(|f| f.slot == from),
+            "the window starts right after the chosen prefix"
+        );
+        let mut target = self.commit;
+        for &voter in &self.conf.voters {
+            let through = self.lead.accepted_through(voter, from).min(last);
+            if through > target
+                && is_majority_by(&self.conf.voters, |id| {
+                    self.lead.accepted_through(id, from) >= through
+                })
+            {
+                target = through;
             }
+        }
+        while self.commit < target {
+            let slot = self.commit + 1;
             let Some(f) = self.lead.inflight.pop_front() else {
                 break;
             };
+            if f.slot != slot {
+                return Err(StorageError::Inconsistent(format!(
+                    "leader's window holds slot {} where {slot} was due",
+                    f.slot
+                )));
+            }
             self.lead.uncommitted_bytes = self.lead.uncommitted_bytes.saturating_sub(f.size);
             if self.lead.pending_conf == Some(slot) {
                 self.lead.pending_conf = None;
@@ -413,16 +479,60 @@ impl<S: PaxosStorage> MultiPaxos<S> {
                     )));
                 };
                 self.on_chosen(&entry);
+                if self.role != Role::Leader {
+                    return Ok(()); // a membership change removed us
+                }
             } else {
                 self.on_chosen_data(slot);
             }
-            if self.role != Role::Leader {
-                return Ok(()); // a membership change removed us
-            }
         }
         if self.commit > before {
+            let commit = self.commit;
+            for (_, runs) in &mut self.lead.acks {
+                runs.forget_through(commit);
+            }
             self.on_commit_advanced();
         }
         Ok(())
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::AcceptedRuns;
+
+    #[test]
+    fn accepted_runs_merge_out_of_order_ranges_and_never_bridge_a_hole() {
+        let mut runs = AcceptedRuns::default();
+        runs.insert(5, 6);
+        assert_eq!(runs.through(1), 0, "slot 1 was not accepted");
+        assert_eq!(runs.through(5), 6);
+        runs.insert(9, 9);
+        runs.insert(1, 3);
+        assert_eq!(runs.through(1), 3, "4 is a hole");
+        assert!(!runs.contains(4) && runs.contains(9) && !runs.contains(8));
+        runs.insert(4, 4); // fills the hole: 1..=6 join
+        assert_eq!(runs.through(1), 6);
+        runs.insert(7, 8); // joins 9 as well
+        assert_eq!(runs.through(1), 9);
+        assert_eq!(runs.0, vec![(1, 9)]);
+        runs.insert(2, 12); // overlapping the tail extends it
+        assert_eq!(runs.0, vec![(1, 12)]);
+    }
+
+    #[test]
+    fn accepted_runs_forget_only_what_lies_at_or_below_the_floor() {
+        let mut runs = AcceptedRuns::default();
+        runs.insert(1, 3);
+        runs.insert(5, 7);
+        runs.forget_through(4);
+        assert_eq!(runs.0, vec![(5, 7)]);
+        runs.forget_through(6);
+        assert_eq!(
+            runs.0,
+            vec![(5, 7)],
+            "a range reaching above the floor stays"
+        );
+        assert_eq!(runs.through(7), 7);
     }
 }

@@ -6,6 +6,8 @@
 //! knows slot `s` is chosen but holds no value there, or a value of another ballot, fetches the
 //! chosen values from the leader; chosen slots reach `Ready::committed` strictly in order.
 //! One fetch is outstanding at a time; an unanswered one is abandoned after an election timeout.
+//! The slot log keeps the latest run of consecutive slots written under one ballot, so a commit
+//! index covering a whole batch is learnt at once, not by reading each slot's ballot.
 
 use super::ballot::Ballot;
 use super::membership;
@@ -64,6 +66,22 @@ impl<S: PaxosStorage> MultiPaxos<S> {
         // Only the term is read per slot; a membership change's value is needed to apply it.
         while self.commit < commit {
             let slot = self.commit + 1;
+            // Fast path: the slots this ballot's batches wrote here, one run, skipped at once
+            // (stopping at each membership change, which is applied on its own, in order).
+            if let Some(run_end) = self.log.run_through(slot, term) {
+                let upto = run_end.min(commit);
+                match self.log.first_conf_change_in(slot, upto) {
+                    Some(conf_slot) => {
+                        self.commit = conf_slot - 1;
+                        match self.log.get(conf_slot)? {
+                            Some(entry) => self.on_chosen(&entry),
+                            None => break,
+                        }
+                    }
+                    None => self.commit = upto,
+                }
+                continue;
+            }
             if self.log.term(slot)? != Some(term) {
                 break;
             }

@@ -68,6 +68,18 @@ pub(crate) struct SlotLog<S: Storage> {
     /// Slots above the snapshot whose value here (durable or not) is a membership change, so
     /// that learning a chosen slot needs only its term, not a copy of its value.
     conf_slots: BTreeSet<u64>,
+    /// The latest run of consecutive slots written under one ballot: every slot in
+    /// `lo ..= hi` holds an entry of ballot `term` (staged or stored). Lets a follower learn a
+    /// chosen prefix without reading each slot's term.
+    run: Option<Run>,
+}
+
+/// Consecutive slots `lo ..= hi` all holding entries of ballot `term`.
+#[derive(Clone, Copy, Debug)]
+struct Run {
+    term: u64,
+    lo: u64,
+    hi: u64,
 }
 
 impl<S: Storage> SlotLog<S> {
@@ -95,6 +107,7 @@ impl<S: Storage> SlotLog<S> {
             unissued: SlotVec::default(),
             snapshot_unissued: None,
             conf_slots,
+            run: None,
         })
     }
 
@@ -199,8 +212,47 @@ impl<S: Storage> SlotLog<S> {
         Ok(out)
     }
 
+    /// The highest slot `h` such that every slot in `from ..= h` holds an entry of ballot
+    /// `term`, as far as the latest run shows (`None` when the run does not hold `from`).
+    pub(crate) fn run_through(&self, from: u64, term: u64) -> Option<u64> {
+        self.run
+            .filter(|run| run.term == term && run.lo <= from && from <= run.hi)
+            .map(|run| run.hi)
+    }
+
+    /// The first slot in `lo ..= hi` holding a membership change.
+    pub(crate) fn first_conf_change_in(&self, lo: u64, hi: u64) -> Option<u64> {
+        self.conf_slots.range(lo..=hi).next().copied()
+    }
+
+    /// Keeps the run true after `first ..= last` (consecutive) were written under `term`.
+    fn extend_run(&mut self, first: u64, last: u64, term: u64) {
+        match &mut self.run {
+            Some(run) if run.term == term && run.lo <= first && first <= run.hi + 1 => {
+                run.hi = run.hi.max(last);
+            }
+            Some(run) if first <= run.hi && last >= run.lo => {
+                // The write overlaps the run under another ballot (or from below it): what
+                // the run claimed may no longer hold, so the write starts a new run.
+                *run = Run {
+                    term,
+                    lo: first,
+                    hi: last,
+                };
+            }
+            _ => {
+                self.run = Some(Run {
+                    term,
+                    lo: first,
+                    hi: last,
+                })
+            }
+        }
+    }
+
     /// Stages `entry` for the next write (replacing what its slot held).
     pub(crate) fn put(&mut self, entry: Entry) {
+        self.extend_run(entry.index, entry.index, entry.term);
         if matches!(entry.payload, EntryPayload::ConfChange(_)) {
             self.conf_slots.insert(entry.index);
         } else if !self.conf_slots.is_empty() {
@@ -226,6 +278,15 @@ impl<S: Storage> SlotLog<S> {
                 self.conf_slots.remove(&entry.index);
             }
         }
+        if let (Some(first), Some(last)) = (entries.first(), entries.last()) {
+            let consecutive = last.index - first.index + 1 == entries.len() as u64
+                && entries.iter().all(|e| e.term == first.term);
+            if consecutive {
+                self.extend_run(first.index, last.index, first.term);
+            } else {
+                self.run = None; // ascending with holes or mixed ballots: no run claimed
+            }
+        }
         self.unissued.0 = entries;
     }
 
@@ -234,6 +295,11 @@ impl<S: Storage> SlotLog<S> {
         let index = snapshot.meta.index;
         self.unissued.0.retain(|e| e.index > index);
         self.conf_slots.retain(|&slot| slot > index);
+        // Slots the snapshot covers hold nothing any more.
+        self.run = self.run.and_then(|run| {
+            let lo = run.lo.max(index + 1);
+            (lo <= run.hi).then_some(Run { lo, ..run })
+        });
         self.snapshot_unissued = Some(snapshot);
     }
 
@@ -247,5 +313,71 @@ impl<S: Storage> SlotLog<S> {
     pub(crate) fn take_unissued(&mut self) -> (Option<Snapshot>, Vec<Entry>) {
         let snapshot = self.snapshot_unissued.take();
         (snapshot, std::mem::take(&mut self.unissued.0))
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::SlotLog;
+    use crate::paxos::HardState;
+    use crate::storage::MemStorage;
+    use crate::types::{ConfState, Entry, EntryPayload, Snapshot, SnapshotMeta};
+
+    fn entry(index: u64, term: u64) -> Entry {
+        Entry {
+            term,
+            index,
+            payload: EntryPayload::Noop,
+        }
+    }
+
+    fn log() -> SlotLog<MemStorage<HardState>> {
+        SlotLog::new(MemStorage::new_with_conf(ConfState::with_voters([1]))).unwrap()
+    }
+
+    #[test]
+    fn a_run_never_claims_a_slot_another_ballot_overwrote() {
+        let mut log = log();
+        log.put_batch((1..=4).map(|i| entry(i, 7)).collect());
+        assert_eq!(log.run_through(1, 7), Some(4));
+        assert_eq!(log.run_through(1, 8), None, "another ballot's run");
+        log.put(entry(3, 9));
+        assert!(
+            log.run_through(1, 7).is_none_or(|hi| hi < 3),
+            "slot 3 now holds ballot 9"
+        );
+        assert_eq!(log.term(3).unwrap(), Some(9));
+    }
+
+    #[test]
+    fn a_run_grows_with_the_next_batch_and_stops_at_a_hole() {
+        let mut log = log();
+        log.put_batch(vec![entry(1, 7), entry(2, 7)]);
+        let _ = log.take_unissued();
+        log.put_batch(vec![entry(3, 7)]);
+        assert_eq!(log.run_through(2, 7), Some(3));
+        log.put_batch(vec![entry(5, 7)]);
+        assert_eq!(
+            log.run_through(1, 7),
+            None,
+            "slot 4 is a hole: the run restarted at 5"
+        );
+        assert_eq!(log.run_through(5, 7), Some(5));
+    }
+
+    #[test]
+    fn a_snapshot_cuts_the_run_below_it() {
+        let mut log = log();
+        log.put_batch((1..=4).map(|i| entry(i, 7)).collect());
+        log.put_snapshot(Snapshot {
+            meta: SnapshotMeta {
+                index: 2,
+                term: 7,
+                conf_state: ConfState::with_voters([1]),
+            },
+            data: Default::default(),
+        });
+        assert_eq!(log.run_through(2, 7), None);
+        assert_eq!(log.run_through(3, 7), Some(4));
     }
 }

@@ -66,10 +66,14 @@ pub enum MessageBody {
         /// The proposer's chosen prefix (slots ≤ this are chosen).
         commit: u64,
     },
-    /// Phase 2b, sent once the accepted entries are durable.
+    /// Phase 2b, sent once the accepted entries are durable: every slot in `first ..= last`
+    /// was accepted under the message's ballot (one message per contiguous run, so a batch is
+    /// acknowledged by one range, not a list of its slots).
     Accepted {
-        /// Slots accepted under the message's ballot.
-        slots: Vec<u64>,
+        /// First slot of the run.
+        first: u64,
+        /// Last slot of the run.
+        last: u64,
     },
     /// A ballot at or above the sender's promise was refused: `promised` is higher.
     Nack {

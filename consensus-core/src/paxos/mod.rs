@@ -82,8 +82,71 @@ impl<S: Storage<HardState = HardState>> PaxosStorage for S {}
 struct Task {
     /// The hard state in the write, if any.
     hard_state: Option<HardState>,
-    /// `(slot, term)` of each entry written.
-    slots: Vec<(u64, u64)>,
+    /// The slots written, as runs of consecutive slots under one ballot.
+    slots: SlotRuns,
+}
+
+/// Consecutive slots `first ..= last` written under one ballot (`term`).
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub(crate) struct SlotRun {
+    first: u64,
+    last: u64,
+    term: u64,
+}
+
+/// The slots of one write as runs (a write is almost always one run: a batch, or a leader's
+/// window step), kept without an allocation for the common single run.
+#[derive(Debug, Default)]
+pub(crate) struct SlotRuns {
+    head: Option<SlotRun>,
+    more: Vec<SlotRun>,
+}
+
+impl SlotRuns {
+    /// The runs of `entries`, in the order written.
+    fn of(entries: &[Entry]) -> Self {
+        let mut runs = SlotRuns::default();
+        let mut current: Option<SlotRun> = None;
+        for entry in entries {
+            match &mut current {
+                Some(run) if entry.index == run.last + 1 && entry.term == run.term => {
+                    run.last = entry.index;
+                }
+                _ => {
+                    if let Some(done) = current.take() {
+                        runs.push(done);
+                    }
+                    current = Some(SlotRun {
+                        first: entry.index,
+                        last: entry.index,
+                        term: entry.term,
+                    });
+                }
+            }
+        }
+        if let Some(done) = current {
+            runs.push(done);
+        }
+        runs
+    }
+
+    fn push(&mut self, run: SlotRun) {
+        if self.head.is_none() {
+            self.head = Some(run);
+        } else {
+            self.more.push(run);
+        }
+    }
+
+    /// The runs, in the order written.
+    fn iter(&self) -> impl Iterator<Item = &SlotRun> {
+        self.head.iter().chain(&self.more)
+    }
+
+    /// The highest slot written.
+    fn max_slot(&self) -> Option<u64> {
+        self.iter().map(|run| run.last).max()
+    }
 }
 
 /// One Multi-Paxos member (proposer, acceptor and learner). Drive it through [`Consensus`].
@@ -335,7 +398,9 @@ impl<S: PaxosStorage> MultiPaxos<S> {
             MessageBody::Accept { entries, commit } => {
                 self.handle_accept(m.from, m.ballot, entries, commit)?
             }
-            MessageBody::Accepted { slots } => self.handle_accepted(m.from, m.ballot, &slots),
+            MessageBody::Accepted { first, last } => {
+                self.handle_accepted(m.from, m.ballot, first, last)
+            }
             MessageBody::Nack { promised } => self.handle_nack(m.ballot, promised),
             MessageBody::Heartbeat { commit, read_round } => {
                 self.handle_heartbeat(m.from, m.ballot, commit, read_round)?
@@ -497,7 +562,7 @@ impl<S: PaxosStorage> Consensus for MultiPaxos<S> {
                 || !entries.is_empty();
             let token = self.writes.issue(Task {
                 hard_state: hard_state_changed.then_some(hard_state),
-                slots: entries.iter().map(|e| (e.index, e.term)).collect(),
+                slots: SlotRuns::of(&entries),
             });
             self.issued_hard_state = hard_state;
             Some(Persist {
@@ -529,7 +594,7 @@ impl<S: PaxosStorage> Consensus for MultiPaxos<S> {
 
     fn persisted(&mut self, token: PersistToken) -> Result<(), Error> {
         let (task, mut released) = self.writes.confirm(token)?;
-        if let Some(&(last, _)) = task.slots.iter().max() {
+        if let Some(last) = task.slots.max_slot() {
             self.persisted_slot = self.persisted_slot.max(last);
         }
         self.messages.append(&mut released);

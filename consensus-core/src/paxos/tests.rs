@@ -1522,3 +1522,61 @@ fn planted_apply_before_chosen_applies_an_unchosen_slot() {
     assert!(isolated_leader_scenario(None).is_empty());
     assert!(!isolated_leader_scenario(Some(PlantedBug::ApplyBeforeChosen)).is_empty());
 }
+
+// ---- range acknowledgements ------------------------------------------------------------------
+
+#[test]
+fn a_slot_is_chosen_only_once_a_majority_accepted_every_slot_up_to_it() {
+    let mut net = Net::new(3);
+    net.campaign(1);
+    net.isolated.insert(3);
+    let first = net.propose(1, "a").index;
+    net.drop_all(); // node 2 never hears of `first`
+    let second = net.propose(1, "b").index;
+    net.deliver_all();
+    assert!(
+        net.engine(1).status().commit < first,
+        "node 2 accepted only {second}: {first} has the leader alone, and nothing after it is chosen"
+    );
+    // The heartbeat re-sends `first` to node 2; its answer joins the range it acknowledged.
+    net.tick_all(5);
+    assert!(net.engine(1).status().commit >= second);
+    assert_eq!(net.applied_data(1), vec![data("a"), data("b")]);
+}
+
+#[test]
+fn an_acceptor_acknowledges_each_run_of_consecutive_slots_on_its_own() {
+    let mut net = Net::new(3);
+    net.campaign(1);
+    net.drop_all();
+    let ballot = net.engine(1).ballot();
+    let commit = net.engine(1).status().commit;
+    let entry = |index: u64| Entry {
+        term: ballot.encode(),
+        index,
+        payload: data("x"),
+    };
+    let (lo, hi) = (commit + 1, commit + 3);
+    net.deliver_one(Message {
+        from: 1,
+        to: 2,
+        ballot,
+        body: MessageBody::Accept {
+            entries: vec![entry(lo), entry(hi)],
+            commit,
+        },
+    });
+    let ranges: Vec<(u64, u64)> = net
+        .in_flight
+        .iter()
+        .filter_map(|m| match m.body {
+            MessageBody::Accepted { first, last } if m.from == 2 => Some((first, last)),
+            _ => None,
+        })
+        .collect();
+    assert_eq!(
+        ranges,
+        vec![(lo, lo), (hi, hi)],
+        "the hole between is not claimed"
+    );
+}
