@@ -235,21 +235,7 @@ impl ShardTxns {
                 let outcome = store
                     .shard_txns
                     .record(*txn, participants, ShardOutcome::Commit);
-                if store.shard_txns.prepared.contains_key(txn) {
-                    Self::decide(store, *txn, outcome);
-                }
-                match outcome {
-                    ShardOutcome::Commit => ShardTxnResult::CommittedFor {
-                        txn: *txn,
-                        revision: store.revision,
-                        succeeded: *succeeded,
-                        results: results.clone(),
-                    },
-                    ShardOutcome::Abort => ShardTxnResult::Committed {
-                        outcome,
-                        revision: store.revision,
-                    },
-                }
+                Self::decide_request(store, *txn, outcome, *succeeded, results)
             }
             ShardTxnOp::PrepareCommitFor {
                 txn,
@@ -281,24 +267,36 @@ impl ShardTxns {
                         store.shard_txns.record(*txn, participants, outcome)
                     }
                 };
-                if store.shard_txns.prepared.contains_key(txn) {
-                    Self::decide(store, *txn, outcome);
-                }
-                match outcome {
-                    ShardOutcome::Commit => ShardTxnResult::CommittedFor {
-                        txn: *txn,
-                        revision: store.revision,
-                        succeeded: *succeeded,
-                        results: results.clone(),
-                    },
-                    ShardOutcome::Abort => ShardTxnResult::Committed {
-                        outcome,
-                        revision: store.revision,
-                    },
-                }
+                Self::decide_request(store, *txn, outcome, *succeeded, results)
             }
             ShardTxnOp::AbortFor { txn } => ShardTxnResult::Decision {
                 outcome: store.shard_txns.record(*txn, &[], ShardOutcome::Abort),
+            },
+        }
+    }
+
+    /// A client request's commit entry: decides this shard's part (if prepared here) with the
+    /// `outcome` recorded and answers with the request's result, or the abort.
+    fn decide_request(
+        store: &mut KvStore,
+        txn: ShardTxnId,
+        outcome: ShardOutcome,
+        succeeded: bool,
+        results: &[crate::proto::TxnOpResult],
+    ) -> ShardTxnResult {
+        if store.shard_txns.prepared.contains_key(&txn) {
+            Self::decide(store, txn, outcome);
+        }
+        match outcome {
+            ShardOutcome::Commit => ShardTxnResult::CommittedFor {
+                txn,
+                revision: store.revision,
+                succeeded,
+                results: results.to_vec(),
+            },
+            ShardOutcome::Abort => ShardTxnResult::Committed {
+                outcome,
+                revision: store.revision,
             },
         }
     }

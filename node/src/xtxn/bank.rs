@@ -17,7 +17,10 @@
 //! prepared or locked, the total is unchanged; each transaction that has a commit decision was
 //! applied exactly once on every participant and any other on none (atomicity); the final
 //! balances are the initial ones plus exactly the committed transfers; every transfer
-//! acknowledged as committed is among them and none acknowledged as aborted is.
+//! acknowledged as committed is among them and none acknowledged as aborted is. Clients lose
+//! answers and resend the request under the same session (a new coordinator, a new transaction
+//! id), and resend when their coordinator crashed: each request is applied by at most one run,
+//! and one answered as aborted or failed by none.
 
 use std::collections::{BTreeMap, BTreeSet};
 
