@@ -279,10 +279,13 @@ async fn a_split_recorded_in_the_meta_group_completes_without_the_client_that_as
             key: SPLIT_KEY.into(),
         },
     };
+    // Asked of one member at a time, a follower answers NotLeader until the client's deadline:
+    // a short one, so every member is asked in turn within the wait.
+    let probe = cluster.client_with_timeout(Duration::from_secs(2), Duration::from_millis(500));
     let plan = eventually("the meta group's leader records the split", || async {
         for node in 1..=3 {
             if let Ok(node::proto::Reply::Write(node::proto::WriteResult::Split(plan))) =
-                client.request_to(node, &request).await
+                probe.request_to(node, &request).await
             {
                 return Some(plan);
             }

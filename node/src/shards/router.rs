@@ -159,8 +159,12 @@ impl Router {
             let _ = responder.reply(&Err(error));
         };
         let Some(route) = self.routes.get(&group) else {
-            let epoch = self.routes.get(&META_GROUP).map_or(0, |r| r.epoch);
-            return refuse(responder, ServerError::WrongShard { group, epoch });
+            // Groups are only ever added (splits; no merge), so a client naming one this node
+            // does not run has it from a newer map than this member has applied: this member is
+            // behind (a split's new group it has not started yet), as a group with no leader
+            // known here — the client asks again or another member, not a map that already
+            // names the group.
+            return refuse(responder, ServerError::NoLeader);
         };
         if epoch.is_some_and(|epoch| epoch != route.epoch) {
             let epoch = route.epoch;
