@@ -92,6 +92,20 @@ pub struct Report {
 }
 
 impl Report {
+    /// An abort of `txn` among `participants`, for `reason`.
+    fn aborted(txn: ShardTxnId, participants: Vec<u64>, reason: &str) -> Self {
+        Report {
+            txn,
+            outcome: ShardOutcome::Abort,
+            succeeded: false,
+            results: Vec::new(),
+            revision: 0,
+            participants,
+            reason: Some(reason.into()),
+            unknown: false,
+        }
+    }
+
     /// The client's answer: the transaction's result on commit, else a typed error to retry on.
     pub fn into_result(self) -> Result<WriteResult, ServerError> {
         if self.unknown {
@@ -401,18 +415,12 @@ impl CrossShardTxn {
                 // gave up. Whether this run's commit was applied before is unknown here (the
                 // session forgot it), so nothing is decided: the participants' resolvers ask
                 // the coordinator shard, which knows. Nobody waits for this answer.
-                let report = Report {
-                    txn: self.txn,
-                    outcome: ShardOutcome::Abort,
-                    succeeded: false,
-                    results: Vec::new(),
-                    revision: 0,
-                    participants: Vec::new(),
-                    reason: Some(
-                        "the request was answered elsewhere; left to the resolvers".into(),
-                    ),
-                    unknown: true,
-                };
+                let mut report = Report::aborted(
+                    self.txn,
+                    Vec::new(),
+                    "the request was answered elsewhere; left to the resolvers",
+                );
+                report.unknown = true;
                 self.done(report);
                 return;
             }
@@ -741,14 +749,8 @@ impl CrossShardTxn {
             });
         }
         Report {
-            txn: self.txn,
-            outcome: ShardOutcome::Abort,
             succeeded,
-            results: Vec::new(),
-            revision: 0,
-            participants: parts,
-            reason: Some(reason.into()),
-            unknown: false,
+            ..Report::aborted(self.txn, parts, reason)
         }
     }
 
@@ -767,19 +769,9 @@ impl CrossShardTxn {
                         .request
                         .coordinator(|k| groups.get(k).copied().unwrap_or(0))
                         .unwrap_or(0);
-                    self.answer_abort(
-                        Report {
-                            txn: self.txn,
-                            outcome: ShardOutcome::Abort,
-                            succeeded: false,
-                            results: Vec::new(),
-                            revision: 0,
-                            participants: Vec::new(),
-                            reason: Some("the reads did not complete in time".into()),
-                            unknown: false,
-                        },
-                        coordinator,
-                    );
+                    let report =
+                        Report::aborted(self.txn, Vec::new(), "the reads did not complete in time");
+                    self.answer_abort(report, coordinator);
                 } else if now - *last_sent >= self.config.retry_interval {
                     *last_sent = now;
                     self.send_reads();
