@@ -247,6 +247,16 @@ struct Ledger {
     wrote: BTreeSet<ShardTxnId>,
 }
 
+impl Ledger {
+    /// `txn` has a part at `group` (a prepare proposed there), writing `writes`.
+    fn part(&mut self, txn: ShardTxnId, group: u64, writes: &[TxnOp]) {
+        self.participants.entry(txn).or_default().insert(group);
+        if !writes.is_empty() {
+            self.writers.insert((txn, group));
+        }
+    }
+}
+
 struct World {
     config: BankConfig,
     rng: ChaCha8Rng,
@@ -543,14 +553,7 @@ impl World {
                 }),
                 Action::Propose { group, op } => {
                     if let ShardTxnOp::Prepare { txn, writes, .. } = &op {
-                        self.ledger
-                            .participants
-                            .entry(*txn)
-                            .or_default()
-                            .insert(group);
-                        if !writes.is_empty() {
-                            self.ledger.writers.insert((*txn, group));
-                        }
+                        self.ledger.part(*txn, group, writes);
                     }
                     worker.seq += 1;
                     self.net.push(Msg::Propose {
@@ -566,14 +569,7 @@ impl World {
                 }
                 Action::ProposeAs { group, op, session } => {
                     if let ShardTxnOp::PrepareCommitFor { txn, writes, .. } = &op {
-                        self.ledger
-                            .participants
-                            .entry(*txn)
-                            .or_default()
-                            .insert(group);
-                        if !writes.is_empty() {
-                            self.ledger.writers.insert((*txn, group));
-                        }
+                        self.ledger.part(*txn, group, writes);
                     }
                     self.net.push(Msg::Propose {
                         from: who,

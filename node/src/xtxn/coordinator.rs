@@ -106,6 +106,25 @@ impl Report {
         }
     }
 
+    /// This answer replaced by the commit of an earlier run `txn` of the same request.
+    fn committed_by(
+        self,
+        txn: ShardTxnId,
+        revision: u64,
+        succeeded: bool,
+        results: Vec<TxnOpResult>,
+    ) -> Self {
+        Report {
+            txn,
+            outcome: ShardOutcome::Commit,
+            succeeded,
+            results,
+            revision,
+            reason: None,
+            ..self
+        }
+    }
+
     /// The client's answer: the transaction's result on commit, else a typed error to retry on.
     pub fn into_result(self) -> Result<WriteResult, ServerError> {
         if self.unknown {
@@ -522,13 +541,9 @@ impl CrossShardTxn {
             ) if first != self.txn => {
                 // An earlier run of this request committed: that is the client's answer, and
                 // this run's prepares are dropped.
-                let mut report = self.abort_all("an earlier run of the request committed");
-                report.txn = first;
-                report.outcome = ShardOutcome::Commit;
-                report.succeeded = succeeded;
-                report.results = results;
-                report.revision = revision;
-                report.reason = None;
+                let report = self
+                    .abort_all("an earlier run of the request committed")
+                    .committed_by(first, revision, succeeded, results);
                 self.done(report);
                 return;
             }
@@ -697,12 +712,7 @@ impl CrossShardTxn {
                 results,
             }) => {
                 // An earlier run committed the request: that is the answer.
-                report.txn = txn;
-                report.outcome = ShardOutcome::Commit;
-                report.succeeded = succeeded;
-                report.results = results;
-                report.revision = revision;
-                report.reason = None;
+                report = report.committed_by(txn, revision, succeeded, results);
             }
             Ok(ShardTxnResult::Decision {
                 outcome: ShardOutcome::Commit,
