@@ -12,10 +12,12 @@ fn main() {
         Some("async") => Ack::Async,
         _ => Ack::All,
     };
+    let trace_window = args.next().and_then(|s| s.parse().ok()).unwrap_or(80);
     match run_seed(
         seed,
         SimOptions {
             ack,
+            trace_window,
             ..SimOptions::default()
         },
     ) {

@@ -57,6 +57,9 @@ pub struct Config {
     pub max_batch: usize,
     /// `async` mode: most entries a member's durable acknowledgement may lag the primary's log.
     pub async_window: u64,
+    /// Ticks after which a snapshot sent to a replica that has not confirmed it is sent again
+    /// (a snapshot is large: it is not resent with every beacon).
+    pub snapshot_retry_ticks: u64,
     /// Index the state machine was restored through (entries up to it are not handed out again).
     pub applied: u64,
     /// A planted bug.
@@ -80,6 +83,7 @@ impl Config {
             retry_ticks: 4,
             max_batch: 32,
             async_window: 8,
+            snapshot_retry_ticks: 40,
             applied: 0,
             #[cfg(feature = "planted-bugs")]
             planted_bug: None,
@@ -103,9 +107,13 @@ impl Config {
                 "lease_ticks must exceed beacon_ticks > 0",
             ));
         }
-        if self.max_batch == 0 || self.retry_ticks == 0 || self.async_window == 0 {
+        if self.max_batch == 0
+            || self.retry_ticks == 0
+            || self.async_window == 0
+            || self.snapshot_retry_ticks == 0
+        {
             return Err(Error::InvalidConfig(
-                "max_batch, retry_ticks and async_window must be positive",
+                "max_batch, retry_ticks, async_window and snapshot_retry_ticks must be positive",
             ));
         }
         Ok(())

@@ -1,6 +1,6 @@
 //! The wire messages between replicas, and between replicas and the configuration manager.
 
-use consensus_core::{Entry, NodeId};
+use consensus_core::{Entry, NodeId, Snapshot};
 use serde::{Deserialize, Serialize};
 
 use crate::configuration::{ChangeRequest, Configuration};
@@ -55,6 +55,28 @@ pub enum Body {
         /// Matching and durable through this index.
         durable: u64,
     },
+    /// Primary → replica that needs entries the primary's log no longer holds (compacted into a
+    /// local snapshot), or that asked to [`Body::Resync`]: the state machine through
+    /// `snapshot.meta.index`. The replica replaces its state and log with it and answers
+    /// [`Body::PrepareAck`] through that index once durable. Travels on the bulk stream.
+    Snapshot {
+        /// The primary's configuration.
+        config: Configuration,
+        /// The primary's tick count when sent (the answer echoes it, granting a lease).
+        sent_at: u64,
+        /// The primary's latest local snapshot.
+        snapshot: Snapshot,
+        /// The primary's commit point.
+        commit: u64,
+    },
+    /// Replica → primary (`async` mode only): a new epoch takes back entries this replica
+    /// applied, so its state machine must restart from the primary's state — a snapshot newer
+    /// than `after`, this replica's own latest snapshot. Grants no lease (it holds nothing the
+    /// primary can count on until it has caught up).
+    Resync {
+        /// Index of this replica's own latest snapshot; the primary's must be newer.
+        after: u64,
+    },
     /// Replica → primary: `prev_index` did not match; resend from after `hint`. Grants a lease.
     Mismatch {
         /// Echo of the prepare's `sent_at`.
@@ -106,5 +128,8 @@ impl consensus_core::Envelope for Message {
     }
     fn to(&self) -> NodeId {
         self.to
+    }
+    fn is_bulk(&self) -> bool {
+        matches!(self.body, Body::Snapshot { .. })
     }
 }

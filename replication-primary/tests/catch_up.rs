@@ -1,12 +1,13 @@
 //! Catch-up after a failover and after a backup's outage, on a lossless three-replica group
 //! (every message takes one tick, so a round trip is two): a new primary learns each backup's
 //! durable tail from its first answer and streams what a backup lacks, so the time to serve
-//! after a failover does not grow with the log.
+//! after a failover does not grow with the log; a backup behind what the primary compacted is
+//! sent its snapshot once, and one that is not behind never is.
 
 use std::collections::BTreeSet;
 
 use bytes::Bytes;
-use consensus_core::{Consensus, MemHost, MemStorage, NodeId, Replica};
+use consensus_core::{Consensus, MemHost, MemStorage, NodeId, Replica, Storage};
 use replication_primary::{
     Ack, Body, Config, ConfigManager, HardState, Message, PrimaryBackup, MANAGER,
 };
@@ -21,6 +22,8 @@ struct Group {
     /// Replicas cut off from everyone (they keep their state and keep ticking).
     cut: BTreeSet<NodeId>,
     now: u64,
+    /// Snapshot messages sent, per addressee.
+    snapshots_to: Vec<NodeId>,
 }
 
 impl Group {
@@ -40,6 +43,7 @@ impl Group {
             in_flight: Vec::new(),
             cut: BTreeSet::new(),
             now: 0,
+            snapshots_to: Vec::new(),
         }
     }
 
@@ -74,6 +78,9 @@ impl Group {
                     }
                 }
                 continue;
+            }
+            if matches!(m.body, Body::Snapshot { .. }) {
+                self.snapshots_to.push(m.to);
             }
             let (r, _) = &mut self.replicas[m.to as usize - 1];
             r.engine_mut().step(m).unwrap();
@@ -124,6 +131,19 @@ impl Group {
             assert!(self.now < 100_000, "writes never committed");
         }
     }
+
+    /// Compacts `id`'s log through what it applied, as a host snapshotting its state does.
+    fn compact(&mut self, id: NodeId) -> u64 {
+        let (r, host) = &mut self.replicas[id as usize - 1];
+        let index = host.applied.last().map_or(0, |e| e.index);
+        let conf = r.engine().status().conf_state;
+        let data = Bytes::from(format!("state through {index}"));
+        r.engine_mut()
+            .storage_mut()
+            .compact(index, conf, data)
+            .unwrap();
+        index
+    }
 }
 
 /// Ticks from cutting off the primary to the new primary serving, after `n` writes.
@@ -169,4 +189,52 @@ fn a_backup_back_from_an_outage_is_streamed_what_it_missed() {
     // A window of 4 batches of 32 per round trip of 2 ticks: 4000 / 64 ≈ 63 ticks, plus the
     // probe; one batch per tick would take 125.
     assert!(ticks <= 80, "{ticks} ticks");
+}
+
+#[test]
+fn a_backup_behind_the_compacted_log_installs_the_primarys_snapshot_and_one_in_sync_never_does() {
+    for ack in [Ack::All, Ack::Quorum, Ack::Async] {
+        let mut g = Group::new(ack);
+        g.until(200, |g| g.serving().is_some());
+        let primary = g.serving().unwrap();
+        let lagging = if primary == 3 { 2 } else { 3 };
+        let in_sync = 6 - primary - lagging;
+        g.write(100);
+        g.cut.insert(lagging);
+        g.write(1_000);
+        let compacted = g.compact(primary);
+        g.compact(in_sync);
+        g.write(10);
+        assert!(g.snapshots_to.is_empty(), "{ack:?}: {:?}", g.snapshots_to);
+        g.cut.remove(&lagging);
+        let last = g.engine(primary).status().last_index;
+        let ticks = g.until(1_000, |g| {
+            g.engine(lagging).status().persisted_index >= last
+        });
+        g.write(10);
+        assert_eq!(
+            g.snapshots_to,
+            vec![lagging],
+            "{ack:?}: one snapshot, to the lagging backup"
+        );
+        let (r, host) = &g.replicas[lagging as usize - 1];
+        let snapshot = r.engine().storage().snapshot().unwrap();
+        assert_eq!(snapshot.meta.index, compacted, "{ack:?}");
+        assert_eq!(
+            snapshot.data,
+            format!("state through {compacted}"),
+            "{ack:?}"
+        );
+        // The state machine restarted from the snapshot, then applied the rest of the log.
+        let first_applied = host.applied.iter().find(|e| e.index > 100).map(|e| e.index);
+        assert_eq!(first_applied, Some(compacted + 1), "{ack:?}");
+        let applied = host.applied.last().map_or(0, |e| e.index);
+        assert!(
+            applied >= last,
+            "{ack:?}: applied through {applied} of {last}"
+        );
+        // (A snapshot the primary sent while the backup was cut off is sent again after
+        // `snapshot_retry_ticks`.)
+        eprintln!("{ack:?}: caught up from a snapshot at {compacted} in {ticks} ticks");
+    }
 }

@@ -3,7 +3,7 @@
 
 use std::collections::BTreeMap;
 
-use consensus_core::{Entry, Error, NodeId, Storage, StorageError};
+use consensus_core::{Entry, Error, NodeId, Snapshot, Storage, StorageError};
 
 use super::PrimaryBackup;
 use crate::config::Ack;
@@ -41,42 +41,43 @@ pub(super) struct Backup {
     pub(super) primary_commit: u64,
     tail: Option<TailRound>,
     rounds: u64,
+    /// It asked its primary for a snapshot newer than this index ([`Body::Resync`]).
+    resync_after: Option<u64>,
 }
 
 impl Backup {
     pub(super) fn entered_epoch(&mut self, now: u64) {
         self.last_heard = now;
         self.tail = None;
+        self.resync_after = None;
     }
 }
 
 impl<S: Storage<HardState = HardState>> PrimaryBackup<S> {
-    #[allow(clippy::too_many_arguments)]
-    pub(super) fn on_prepare(
+    /// What every message of a primary passes first: fencing (a lower epoch is answered
+    /// [`Body::Fenced`]), learning its configuration, and — when it is this replica's primary —
+    /// the grace clock and the commit point it reports. `None`: drop the message; `Some(lower)`
+    /// otherwise (`lower` only with the planted bug that accepts a lower epoch).
+    fn from_primary(
         &mut self,
         from: NodeId,
         epoch: u64,
         config: Configuration,
-        sent_at: u64,
-        prev_index: u64,
-        prev_term: u64,
-        entries: Vec<Entry>,
         commit: u64,
-        last: u64,
-    ) -> Result<(), Error> {
+    ) -> Option<bool> {
         let lower = epoch < self.epoch();
         if lower && !planted!(self.cfg, AcceptLowerEpoch) {
             let config = self.state.config.clone();
             self.send(from, Body::Fenced { config });
-            return Ok(());
+            return None;
         }
         if !lower {
-            self.learn(config.clone());
+            self.learn(config);
             if self.epoch() != epoch || self.state.config.primary != Some(from) {
-                return Ok(());
+                return None;
             }
             if self.primary.is_some() {
-                return Ok(());
+                return None;
             }
             if self
                 .request
@@ -85,10 +86,55 @@ impl<S: Storage<HardState = HardState>> PrimaryBackup<S> {
             {
                 // It asked to take over: it grants its primary no further lease (the manager may
                 // install it any moment, and it would serve while that lease ran).
-                return Ok(());
+                return None;
             }
             self.backup.last_heard = self.now;
             self.backup.primary_commit = self.backup.primary_commit.max(commit);
+        }
+        Some(lower)
+    }
+
+    #[allow(clippy::too_many_arguments)]
+    pub(super) fn on_prepare(
+        &mut self,
+        from: NodeId,
+        epoch: u64,
+        config: Configuration,
+        sent_at: u64,
+        mut prev_index: u64,
+        mut prev_term: u64,
+        mut entries: Vec<Entry>,
+        commit: u64,
+        last: u64,
+    ) -> Result<(), Error> {
+        let Some(lower) = self.from_primary(from, epoch, config, commit) else {
+            return Ok(());
+        };
+        let (snapshot, snapshot_term) = self.snapshot_point();
+        if prev_index < snapshot {
+            // Entries through this replica's snapshot are applied here and no longer in its log:
+            // match from the snapshot on. One at the snapshot's index with another epoch means the
+            // primary's history differs from what this replica applied.
+            let end = prev_index + entries.len() as u64;
+            if last < snapshot && self.state.synced_epoch < epoch && !lower {
+                // A new epoch's primary whose log ends below what this replica applied (within
+                // an epoch a smaller `last` is only a reordered older prepare).
+                return self.taken_back(from, epoch, last + 1);
+            }
+            if end < snapshot {
+                let body = Body::Mismatch {
+                    sent_at,
+                    hint: self.last_index(),
+                };
+                self.send(from, body);
+                return Ok(());
+            }
+            let at = (snapshot - prev_index) as usize; // entries[at - 1] is at `snapshot`
+            if entries[at - 1].term != snapshot_term {
+                return self.taken_back(from, epoch, snapshot);
+            }
+            entries.drain(..at);
+            (prev_index, prev_term) = (snapshot, snapshot_term);
         }
         let end = prev_index + entries.len() as u64;
         let matches =
@@ -124,12 +170,7 @@ impl<S: Storage<HardState = HardState>> PrimaryBackup<S> {
         }
         if let Some(c) = cut {
             if c <= self.applied {
-                // Only an `async` failover can take back what this replica applied: its state
-                // machine is ahead of the log it must keep. Stop; the host restarts it.
-                return Err(Error::Stopped(StorageError::Inconsistent(format!(
-                    "epoch {epoch} cuts index {c}, below applied {}",
-                    self.applied
-                ))));
+                return self.taken_back(from, epoch, c);
             }
             self.stage_truncate(c);
         }
@@ -154,6 +195,85 @@ impl<S: Storage<HardState = HardState>> PrimaryBackup<S> {
         Ok(())
     }
 
+    /// Epoch `epoch` cuts index `cut`, which this replica applied — only an `async` failover can
+    /// take back what a replica applied: its state machine is ahead of the log it must keep.
+    /// When its own latest snapshot precedes the cut, it stops (the host restarts it from that
+    /// snapshot and replays the log, which the primary then cuts); when the snapshot holds taken-back
+    /// entries, it asks the primary for a newer one to restart its state from ([`Body::Resync`]).
+    fn taken_back(&mut self, from: NodeId, epoch: u64, cut: u64) -> Result<(), Error> {
+        let (snapshot, _) = self.snapshot_point();
+        if cut > snapshot || self.cfg.ack != Ack::Async {
+            return Err(Error::Stopped(StorageError::Inconsistent(format!(
+                "epoch {epoch} cuts index {cut}, below applied {}",
+                self.applied
+            ))));
+        }
+        self.backup.resync_after = Some(snapshot);
+        self.send(from, Body::Resync { after: snapshot });
+        Ok(())
+    }
+
+    /// A snapshot from the primary: unless this replica already applied through it (and needs no
+    /// restart), its state machine and log restart from it — the snapshot replaces the log,
+    /// nothing stored survives it — and it answers once that is durable.
+    pub(super) fn on_snapshot(
+        &mut self,
+        from: NodeId,
+        epoch: u64,
+        config: Configuration,
+        sent_at: u64,
+        snapshot: Snapshot,
+        commit: u64,
+    ) -> Result<(), Error> {
+        match self.from_primary(from, epoch, config, commit) {
+            Some(false) => {}
+            Some(true) | None => return Ok(()),
+        }
+        let index = snapshot.meta.index;
+        let resync = self.backup.resync_after;
+        let wanted = match resync {
+            Some(after) => index > after,
+            // A log that holds the snapshot's last entry holds everything before it (log
+            // matching), and entries after it may be acknowledged: keep it and catch up by log.
+            // One that lacks it or holds another epoch there has nothing after it that the
+            // primary's log holds, so the snapshot may replace it all.
+            None => index > self.applied && self.term_at(index) != Some(snapshot.meta.term),
+        };
+        if !wanted {
+            // Nothing to restart from it: let the primary probe where the logs meet.
+            let body = Body::Mismatch {
+                sent_at,
+                hint: self.last_index(),
+            };
+            self.send(from, body);
+            return Ok(());
+        }
+        self.backup.resync_after = None;
+        self.stage_truncate(index + 1);
+        self.staged.entries.clear();
+        self.staged.snapshot = Some(snapshot);
+        self.committed.clear();
+        self.applied = index;
+        self.commit = if resync.is_some() {
+            index
+        } else {
+            self.commit.max(index)
+        };
+        // The log is now a prefix of the primary's (nothing after the snapshot).
+        if self.state.synced_epoch < epoch {
+            self.state.synced_epoch = epoch;
+            self.stage_hard_state();
+        }
+        self.send_held(
+            from,
+            Body::PrepareAck {
+                sent_at,
+                durable: index,
+            },
+        );
+        Ok(())
+    }
+
     pub(super) fn on_tail_query(&mut self, from: NodeId, epoch: u64, round: u64, commit: u64) {
         if epoch < self.epoch() {
             let config = self.state.config.clone();
@@ -161,7 +281,9 @@ impl<S: Storage<HardState = HardState>> PrimaryBackup<S> {
             return;
         }
         let last = self.durable.min(self.last_index());
-        let (prev_index, hi) = (commit.min(last), last.min(commit + MAX_TAIL_ENTRIES));
+        // Entries through this replica's snapshot are no longer in its log.
+        let prev_index = commit.min(last).max(self.snapshot_point().0);
+        let hi = last.min(prev_index + MAX_TAIL_ENTRIES);
         let entries: Vec<Entry> = (prev_index + 1..=hi)
             .filter_map(|i| self.entry_at(i))
             .collect();

@@ -157,13 +157,18 @@ impl<S: Storage<HardState = HardState>> PrimaryBackup<S> {
 
     /// The log end, counting staged changes.
     fn last_index(&self) -> u64 {
-        if let Some(e) = self.staged.entries.last() {
-            return e.index;
-        }
-        let stored = self.storage.last_index();
-        match self.staged.truncate_from {
-            Some(t) => stored.min(t - 1),
-            None => stored,
+        self.last_index_after(&self.staged)
+    }
+
+    /// The index and term of the latest snapshot, counting a staged one (everything through it
+    /// is applied here and no longer in the log).
+    fn snapshot_point(&self) -> (u64, u64) {
+        match &self.staged.snapshot {
+            Some(s) => (s.meta.index, s.meta.term),
+            None => {
+                let meta = self.storage.snapshot_meta();
+                (meta.index, meta.term)
+            }
         }
     }
 
@@ -181,6 +186,9 @@ impl<S: Storage<HardState = HardState>> PrimaryBackup<S> {
         if self.staged.truncate_from.is_some_and(|t| index >= t) {
             return None;
         }
+        if self.staged.snapshot.is_some() {
+            return None; // a staged snapshot replaces the whole stored log (see `on_snapshot`)
+        }
         if index > self.storage.last_index() || index < self.storage.first_index() {
             return None;
         }
@@ -196,8 +204,9 @@ impl<S: Storage<HardState = HardState>> PrimaryBackup<S> {
         if index == 0 {
             return Some(0);
         }
-        if index == self.storage.snapshot_meta().index {
-            return Some(self.storage.snapshot_meta().term);
+        let (snapshot, term) = self.snapshot_point();
+        if index == snapshot {
+            return Some(term);
         }
         self.entry_at(index).map(|e| e.term)
     }
@@ -359,6 +368,16 @@ impl<S: Storage<HardState = HardState>> PrimaryBackup<S> {
             } => self.on_prepare(
                 m.from, m.epoch, config, sent_at, prev_index, prev_term, entries, commit, last,
             ),
+            Body::Snapshot {
+                config,
+                sent_at,
+                snapshot,
+                commit,
+            } => self.on_snapshot(m.from, m.epoch, config, sent_at, snapshot, commit),
+            Body::Resync { after } => {
+                self.on_resync(m.from, m.epoch, after);
+                Ok(())
+            }
             Body::TailQuery { round, commit } => {
                 self.on_tail_query(m.from, m.epoch, round, commit);
                 Ok(())
@@ -561,12 +580,16 @@ impl<S: Storage<HardState = HardState>> PrimaryBackup<S> {
             .join(",")
     }
 
-    /// The log end once `write` (just taken from the stage) is applied to storage.
+    /// The log end once `write` (staged, or just taken from the stage) is applied to storage.
     fn last_index_after(&self, write: &Write<HardState>) -> u64 {
         if let Some(e) = write.entries.last() {
             return e.index;
         }
-        let stored = self.storage.last_index();
+        let stored = match &write.snapshot {
+            // Staged with a cut right after it: nothing stored survives.
+            Some(s) => s.meta.index,
+            None => self.storage.last_index(),
+        };
         match write.truncate_from {
             Some(t) => stored.min(t - 1),
             None => stored,

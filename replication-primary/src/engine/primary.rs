@@ -28,6 +28,10 @@ pub(super) struct Progress {
     lease_from: Option<u64>,
     /// When the last prepare went to it.
     last_sent: u64,
+    /// The index and send time of the snapshot sent to it and not yet confirmed.
+    snapshot_sent: Option<(u64, u64)>,
+    /// It asked to restart from a snapshot newer than this index ([`Body::Resync`]).
+    resync_after: Option<u64>,
 }
 
 /// The primary's state.
@@ -61,6 +65,8 @@ impl<S: Storage<HardState = HardState>> PrimaryBackup<S> {
                         probe: last + 1,
                         lease_from: None,
                         last_sent: 0,
+                        snapshot_sent: None,
+                        resync_after: None,
                     },
                 )
             })
@@ -204,8 +210,18 @@ impl<S: Storage<HardState = HardState>> PrimaryBackup<S> {
                 return;
             }
             beacon = false;
+            if g.resync_after.is_some() || g.next < self.storage.first_index() {
+                // What it lacks is compacted here (or its state must restart): a snapshot.
+                self.send_snapshot(r);
+                return;
+            }
             let prev_index = g.next - 1;
             let Some(prev_term) = self.term_at(prev_index) else {
+                if prev_index < self.snapshot_point().0 {
+                    // The entry before what it lacks is compacted (the log keeps a few trailing
+                    // entries after a snapshot, but not their predecessor's epoch).
+                    self.send_snapshot(r);
+                }
                 return;
             };
             let hi = last.min(prev_index + self.cfg.max_batch as u64);
@@ -234,6 +250,66 @@ impl<S: Storage<HardState = HardState>> PrimaryBackup<S> {
         }
     }
 
+    /// Sends `r` this replica's latest snapshot, unless one sent recently is still unconfirmed
+    /// or (for a resync) none is newer than what `r` holds yet — the host snapshots as it applies,
+    /// so a later beacon finds one. Until `r` confirms it, `r` is probed right after it.
+    fn send_snapshot(&mut self, r: NodeId) {
+        let now = self.now;
+        let retry = self.cfg.snapshot_retry_ticks;
+        let meta = self.storage.snapshot_meta();
+        let g = self.primary.as_ref().expect("primary").progress[&r];
+        if g.snapshot_sent.is_some_and(|(_, at)| now < at + retry)
+            || g.resync_after.is_some_and(|after| meta.index <= after)
+        {
+            return;
+        }
+        let snapshot = match self.storage.snapshot() {
+            Ok(snapshot) => snapshot,
+            // Compacted again since `snapshot_meta` (a race with the host): the next beacon.
+            Err(_) => return,
+        };
+        let index = snapshot.meta.index;
+        let body = Body::Snapshot {
+            config: self.state.config.clone(),
+            sent_at: now,
+            snapshot,
+            commit: self.commit,
+        };
+        self.send(r, body);
+        let g = self
+            .primary
+            .as_mut()
+            .and_then(|p| p.progress.get_mut(&r))
+            .expect("replica");
+        g.snapshot_sent = Some((index, now));
+        g.resync_after = None;
+        g.last_sent = now;
+        g.matched = false;
+        g.next = index + 1;
+        g.probe = index + 1;
+    }
+
+    /// `from` asks to restart its state from a snapshot newer than `after` (`async` mode: a
+    /// failover took back entries it had applied).
+    pub(super) fn on_resync(&mut self, from: NodeId, epoch: u64, after: u64) {
+        if epoch != self.epoch() {
+            return;
+        }
+        let Some(g) = self
+            .primary
+            .as_mut()
+            .and_then(|p| p.progress.get_mut(&from))
+        else {
+            return;
+        };
+        if !g.snapshot_sent.is_some_and(|(index, _)| index > after) {
+            g.resync_after = Some(after);
+            g.snapshot_sent = None;
+            g.matched = false;
+        }
+        self.send_to(from, true);
+    }
+
     /// An answer from `from`: its lease and durable progress.
     pub(super) fn on_ack(
         &mut self,
@@ -256,6 +332,9 @@ impl<S: Storage<HardState = HardState>> PrimaryBackup<S> {
         }
         let mut probe_again = false;
         if let Some(d) = durable {
+            if g.snapshot_sent.is_some_and(|(index, _)| d >= index) {
+                g.snapshot_sent = None;
+            }
             g.matched = true;
             g.durable = g.durable.max(d);
             g.next = g.next.max(d + 1);

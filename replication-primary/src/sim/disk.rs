@@ -25,6 +25,11 @@ impl Disk {
         self.issued
     }
 
+    /// Whether every write submitted is durable.
+    pub(super) fn idle(&self) -> bool {
+        self.queue.is_empty()
+    }
+
     /// Finishes the writes due by `now`.
     pub(super) fn complete(&mut self, now: u64) -> bool {
         let mut any = false;

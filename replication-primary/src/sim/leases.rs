@@ -50,7 +50,7 @@ impl Leases {
     /// A message a replica sent at simulated tick `now`.
     pub(super) fn sent(&mut self, now: u64, m: &Message) {
         match &m.body {
-            Body::Prepare { sent_at, .. } => {
+            Body::Prepare { sent_at, .. } | Body::Snapshot { sent_at, .. } => {
                 self.sent.insert((m.from, m.epoch, *sent_at), now);
             }
             Body::PrepareAck { sent_at, .. } | Body::Mismatch { sent_at, .. } => {

@@ -16,7 +16,9 @@
 //! acknowledged write is missing from a new primary's log when it starts serving, and a read at
 //! the primary is ordered after every acknowledged write; in `async`
 //! mode the writes missing at each failover are *counted* and must stay within
-//! [`crate::Config::async_window`]. After the faults: a primary serves again, a final write is
+//! [`crate::Config::async_window`]. Replicas snapshot and compact their logs now and then, so
+//! lagging and restarted ones catch up from a primary's snapshot. After the faults: a primary
+//! serves again, a final write is
 //! acknowledged, and every member holds the primary's committed prefix.
 //!
 //! ```
@@ -31,6 +33,7 @@ mod checker;
 mod disk;
 mod leases;
 mod run;
+mod state;
 
 use crate::config::Ack;
 #[cfg(feature = "planted-bugs")]
@@ -88,6 +91,9 @@ pub struct SimStats {
     pub crashes: u64,
     /// Replicas restarted because an `async` failover took back what they had applied.
     pub rollbacks: u64,
+    /// Snapshots replicas installed from a primary (they fell behind its compacted log, or
+    /// restarted their state after an `async` failover took back what they had applied).
+    pub snapshots_installed: u64,
     /// Configuration changes the manager installed.
     pub config_changes: u64,
     /// Ticks run.

@@ -5,7 +5,8 @@ use std::collections::{BTreeSet, VecDeque};
 use bytes::Bytes;
 use consensus_core::sim::network::{Network, NetworkConfig};
 use consensus_core::{
-    Consensus, Entry, EntryPayload, Error, Host, MemStorage, NodeId, Replica, Role, Snapshot, Write,
+    Consensus, Entry, EntryPayload, Error, Host, MemStorage, NodeId, Replica, Role, Snapshot,
+    Storage, StorageError, Write,
 };
 use rand::seq::SliceRandom;
 use rand::{Rng, SeedableRng};
@@ -14,6 +15,7 @@ use rand_chacha::ChaCha8Rng;
 use super::checker::{Checker, Violation};
 use super::disk::Disk;
 use super::leases::Leases;
+use super::state;
 use super::{Failure, SimOptions, SimStats};
 use crate::config::{Ack, Config};
 use crate::configuration::HardState;
@@ -50,6 +52,7 @@ struct SimHost<'a> {
     out: &'a mut Vec<Message>,
     applied: &'a mut Vec<Entry>,
     fresh: &'a mut Vec<Entry>,
+    installed: &'a mut u64,
 }
 
 impl Host<Engine> for SimHost<'_> {
@@ -73,7 +76,19 @@ impl Host<Engine> for SimHost<'_> {
         self.disk.done
     }
 
-    fn install_snapshot(&mut self, _snapshot: &Snapshot) -> Result<(), Error> {
+    fn install_snapshot(&mut self, snapshot: &Snapshot) -> Result<(), Error> {
+        let entries = state::decode(&snapshot.data)
+            .filter(|e| e.len() as u64 == snapshot.meta.index)
+            .ok_or_else(|| {
+                Error::Stopped(StorageError::Inconsistent(format!(
+                    "snapshot at {} does not hold the applied sequence",
+                    snapshot.meta.index
+                )))
+            })?;
+        // The state machine restarts from it; the checker sees every entry it holds.
+        self.fresh.extend(entries.iter().cloned());
+        *self.applied = entries;
+        *self.installed += 1;
         Ok(())
     }
 
@@ -288,9 +303,18 @@ impl Sim {
 
     fn start(&mut self, id: NodeId) -> Result<(), Violation> {
         let slot = Self::slot(id);
-        let cfg = config(id, self.nodes.len(), &self.opts);
+        let mut cfg = config(id, self.nodes.len(), &self.opts);
         let node = &mut self.nodes[slot];
-        node.applied.clear();
+        // The state machine restarts from the disk's snapshot (the log replays the rest).
+        let snapshot = node
+            .disk
+            .durable
+            .snapshot()
+            .map_err(|e| ("start", format!("node {id}: {e}")))?;
+        node.applied = state::decode(&snapshot.data)
+            .filter(|e| e.len() as u64 == snapshot.meta.index)
+            .ok_or(("start", format!("node {id}: snapshot data does not decode")))?;
+        cfg.applied = snapshot.meta.index;
         let engine = Engine::new(cfg, node.disk.durable.clone())
             .map_err(|e| ("start", format!("node {id}: {e}")))?;
         node.replica = Some(Replica::new(engine));
@@ -340,6 +364,7 @@ impl Sim {
         let due = self.now + self.rng.gen_range(1..=3);
         let mut out = Vec::new();
         let mut fresh = Vec::new();
+        let mut installed = 0;
         let node = &mut self.nodes[slot];
         let Some(replica) = node.replica.as_mut() else {
             return Ok(());
@@ -350,9 +375,11 @@ impl Sim {
             out: &mut out,
             applied: &mut node.applied,
             fresh: &mut fresh,
+            installed: &mut installed,
         };
         let result = replica.drive(&mut host);
         let id = node.id;
+        self.stats.snapshots_installed += installed;
         for m in out {
             self.leases.sent(self.now, &m);
             self.net.send(self.now, m.from, m.to, m);
@@ -366,7 +393,7 @@ impl Sim {
         for entry in &fresh {
             self.checker.applied(id, entry)?;
             if is_primary {
-                let holds = |n: &Node| n.disk.durable.entry(entry.index) == Some(entry);
+                let holds = |n: &Node| durably_holds(n, entry);
                 let holders = self.nodes.iter().filter(|n| holds(n)).count();
                 let missing: Vec<NodeId> = members
                     .iter()
@@ -426,7 +453,38 @@ impl Sim {
                 }
             }
         }
+        self.maybe_compact(slot);
         Ok(())
+    }
+
+    /// Now and then, once every write is durable, a replica snapshots its state machine and
+    /// compacts its log through what it applied (as the node does by applied count), so replicas
+    /// that fall behind or restart catch up from a primary's snapshot.
+    fn maybe_compact(&mut self, slot: usize) {
+        if !self.rng.gen_bool(0.05) {
+            return;
+        }
+        let node = &mut self.nodes[slot];
+        let Some(replica) = node.replica.as_mut() else {
+            return;
+        };
+        let index = node.applied.len() as u64;
+        let since = replica.engine().storage().snapshot_meta().index;
+        if !node.disk.idle() || index < since + 16 {
+            return;
+        }
+        let conf = replica.engine().status().conf_state;
+        let data = state::encode(&node.applied);
+        let compacted = replica
+            .engine_mut()
+            .storage_mut()
+            .compact(index, conf.clone(), data.clone())
+            .and_then(|()| node.disk.durable.compact(index, conf, data));
+        let id = node.id;
+        match compacted {
+            Ok(()) => self.event(format!("node {id} snapshots at {index}")),
+            Err(e) => self.event(format!("node {id} snapshot at {index} failed: {e}")),
+        }
     }
 
     fn clients(&mut self) -> Result<(), Violation> {
@@ -510,12 +568,7 @@ impl Sim {
             .collect();
         self.leases.check(self.now, &serving)?;
         let nodes = &self.nodes;
-        let log = |node: NodeId, index: u64| {
-            nodes[Self::slot(node)]
-                .replica
-                .as_ref()
-                .and_then(|r| r.engine().storage().entry(index).cloned())
-        };
+        let log = |node: NodeId, index: u64| held(&nodes[Self::slot(node)], index);
         if let Some(lost) = self.checker.serving(&serving, log)? {
             let (id, epoch) = serving[0];
             self.event(format!(
@@ -631,20 +684,24 @@ impl Sim {
             .engine();
         let commit = engine.status().commit;
         let members: Vec<NodeId> = engine.configuration().members.iter().copied().collect();
+        let _ = engine;
         let reference: Vec<Option<Entry>> = (1..=commit)
-            .map(|i| engine.storage().entry(i).cloned())
+            .map(|i| held(&self.nodes[Self::slot(primary)], i))
             .collect();
         let nodes = &self.nodes;
-        self.checker.final_primary(primary, |node, index| {
-            nodes[Self::slot(node)]
-                .replica
-                .as_ref()
-                .and_then(|r| r.engine().storage().entry(index).cloned())
-        })?;
+        self.checker
+            .final_primary(primary, |node, index| held(&nodes[Self::slot(node)], index))?;
         for m in members {
-            let storage = self.nodes[Self::slot(m)].disk.durable.clone();
+            let storage = &self.nodes[Self::slot(m)].disk.durable;
+            let snapshot = storage
+                .snapshot()
+                .map_err(|e| ("committed prefix on every member", e.to_string()))?;
+            let restored = state::decode(&snapshot.data).unwrap_or_default();
             for (i, want) in reference.iter().enumerate() {
-                let got = storage.entry(i as u64 + 1);
+                let index = i as u64 + 1;
+                let got = storage
+                    .entry(index)
+                    .or_else(|| restored.get(i).filter(|_| index <= snapshot.meta.index));
                 if got != want.as_ref() {
                     return Err((
                         "committed prefix on every member",
@@ -655,6 +712,32 @@ impl Sim {
         }
         Ok(())
     }
+}
+
+/// Whether `node`'s disk holds `entry`: in its log, or in its snapshot (whose entries are a
+/// prefix of what the node applied).
+fn durably_holds(node: &Node, entry: &Entry) -> bool {
+    let durable = &node.disk.durable;
+    match durable.entry(entry.index) {
+        Some(e) => e == entry,
+        None => {
+            entry.index <= durable.snapshot_meta().index
+                && node.applied.get(entry.index as usize - 1) == Some(entry)
+        }
+    }
+}
+
+/// The entry `node` holds at `index`: in its log, or in its state machine if a snapshot covers
+/// the index.
+fn held(node: &Node, index: u64) -> Option<Entry> {
+    let storage = node.replica.as_ref()?.engine().storage();
+    if let Some(e) = storage.entry(index) {
+        return Some(e.clone());
+    }
+    if index > storage.snapshot_meta().index || index == 0 {
+        return None;
+    }
+    node.applied.get(index as usize - 1).cloned()
 }
 
 fn summarize(m: &Message) -> String {
@@ -671,6 +754,15 @@ fn summarize(m: &Message) -> String {
             "Prepare v{} t{sent_at} prev={prev_term}@{prev_index} n={} commit={commit} last={last}",
             config.version,
             entries.len()
+        ),
+        Body::Snapshot {
+            config,
+            sent_at,
+            snapshot,
+            commit,
+        } => format!(
+            "Snapshot v{} t{sent_at} at={}@{} commit={commit}",
+            config.version, snapshot.meta.term, snapshot.meta.index
         ),
         other => format!("{other:?}"),
     };
