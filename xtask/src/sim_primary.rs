@@ -63,7 +63,7 @@ pub fn run(args: &Args) -> anyhow::Result<()> {
         let started = Instant::now();
         let mut failures = Vec::new();
         let (mut acked, mut failovers, mut crashes, mut rollbacks, mut changes) = (0, 0, 0, 0, 0);
-        let mut snapshots = 0;
+        let (mut snapshots, mut resyncs) = (0, 0);
         let mut reads = 0;
         let mut lost_hist: BTreeMap<u64, u64> = BTreeMap::new();
         let (mut lost_total, mut lost_max) = (0u64, 0u64);
@@ -76,6 +76,7 @@ pub fn run(args: &Args) -> anyhow::Result<()> {
                     crashes += stats.crashes;
                     rollbacks += stats.rollbacks;
                     snapshots += stats.snapshots_installed;
+                    resyncs += stats.resyncs;
                     changes += stats.config_changes;
                     for &l in &stats.lost_per_failover {
                         *lost_hist.entry(l).or_default() += 1;
@@ -99,7 +100,7 @@ pub fn run(args: &Args) -> anyhow::Result<()> {
         }
         let elapsed = started.elapsed().as_secs_f64();
         println!(
-            "mode {mode:?}: {} seeds in {elapsed:.2} s; clean seeds: {acked} writes acknowledged, {reads} primary reads, {failovers} failovers, {crashes} crashes, {changes} configuration changes, {snapshots} snapshots installed from a primary, {rollbacks} async rollbacks",
+            "mode {mode:?}: {} seeds in {elapsed:.2} s; clean seeds: {acked} writes acknowledged, {reads} primary reads, {failovers} failovers, {crashes} crashes, {changes} configuration changes, {snapshots} snapshots installed from a primary, {resyncs} resync requests, {rollbacks} async rollbacks",
             args.seeds
         );
         if mode == AckMode::Async {

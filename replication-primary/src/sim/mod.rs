@@ -94,6 +94,9 @@ pub struct SimStats {
     /// Snapshots replicas installed from a primary (they fell behind its compacted log, or
     /// restarted their state after an `async` failover took back what they had applied).
     pub snapshots_installed: u64,
+    /// Requests for a newer snapshot by `async` backups whose own snapshot held entries a
+    /// failover took back.
+    pub resyncs: u64,
     /// Configuration changes the manager installed.
     pub config_changes: u64,
     /// Ticks run.

@@ -381,6 +381,9 @@ impl Sim {
         let id = node.id;
         self.stats.snapshots_installed += installed;
         for m in out {
+            if matches!(m.body, Body::Resync { .. }) {
+                self.stats.resyncs += 1;
+            }
             self.leases.sent(self.now, &m);
             self.net.send(self.now, m.from, m.to, m);
         }
