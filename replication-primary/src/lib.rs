@@ -21,6 +21,10 @@
 //!   of the replicas; a candidate first checks that its durable tail is the best of a majority),
 //!   `async` (the primary's own fsync; a failover loses at most [`Config::async_window`]
 //!   acknowledged writes, which the primary's flow control guarantees).
+//! - **Snapshots.** The host compacts applied entries into local snapshots; a backup behind the
+//!   primary's compacted log is sent the primary's latest snapshot ([`Body::Snapshot`]) and
+//!   restarts its state and log from it. An `async` backup whose own snapshot holds entries a
+//!   failover took back asks for a newer one ([`Body::Resync`]).
 //! - Reads at the primary are linearizable under its lease ([`consensus_core::Consensus::read_index`]
 //!   only while serving); reads at a backup are stale by [`PrimaryBackup::lag`].
 //!

@@ -7,8 +7,9 @@
 //! - Here: opening the data directory (`<data dir>/wal/` recorded as `primary-backup`, so a
 //!   consensus or peer node refuses it and this refuses theirs), restoring the key-value store,
 //!   building the engine from `[primary_backup]`, and starting the loop with the manager as its
-//!   sidecar, wall-clock ticks (leases are counted in ticks) and no local snapshots (the engine
-//!   has no snapshot catch-up: a backup catches up from the primary's log, so it is kept whole).
+//!   sidecar and wall-clock ticks (leases are counted in ticks). Local snapshots and log
+//!   compaction run as for the consensus protocols (`[snapshot]`); a backup behind the primary's
+//!   compacted log is sent the primary's latest snapshot on the bulk stream.
 //!
 //! Reads: `linearizable` at the primary under its leases (the engine's `read_index` refuses
 //! elsewhere, and the client follows `NotLeader` to the primary); `sequential` and `stale` on
@@ -74,7 +75,7 @@ pub(crate) async fn open(config: &Arc<ServeConfig>) -> Result<Opened, ServeError
                     let manager = manager?;
                     let options = DriverOptions {
                         wall_clock_ticks: true,
-                        snapshots: false,
+                        snapshots: true,
                     };
                     Driver::new(
                         config,
@@ -109,6 +110,8 @@ fn pb_config(config: &ServeConfig, applied: u64) -> PbConfig {
     pb.grace_ticks = settings.grace_ticks;
     pb.retry_ticks = settings.beacon_ticks.max(2);
     pb.async_window = settings.async_window;
+    // A snapshot not confirmed within four leases is sent again.
+    pb.snapshot_retry_ticks = settings.lease_ticks * 4;
     pb.max_batch = settings.max_batch;
     pb.applied = applied;
     pb

@@ -58,7 +58,7 @@ impl<S: Storage<HardState = HardState>> PrimaryBackup<S> {
     /// [`Body::Fenced`]), learning its configuration, and — when it is this replica's primary —
     /// the grace clock and the commit point it reports. `None`: drop the message; `Some(lower)`
     /// otherwise (`lower` only with the planted bug that accepts a lower epoch).
-    fn from_primary(
+    fn accept_primary(
         &mut self,
         from: NodeId,
         epoch: u64,
@@ -107,7 +107,7 @@ impl<S: Storage<HardState = HardState>> PrimaryBackup<S> {
         commit: u64,
         last: u64,
     ) -> Result<(), Error> {
-        let Some(lower) = self.from_primary(from, epoch, config, commit) else {
+        let Some(lower) = self.accept_primary(from, epoch, config, commit) else {
             return Ok(());
         };
         let (snapshot, snapshot_term) = self.snapshot_point();
@@ -225,7 +225,7 @@ impl<S: Storage<HardState = HardState>> PrimaryBackup<S> {
         snapshot: Snapshot,
         commit: u64,
     ) -> Result<(), Error> {
-        match self.from_primary(from, epoch, config, commit) {
+        match self.accept_primary(from, epoch, config, commit) {
             Some(false) => {}
             Some(true) | None => return Ok(()),
         }

@@ -302,7 +302,7 @@ impl<S: Storage<HardState = HardState>> PrimaryBackup<S> {
         else {
             return;
         };
-        if !g.snapshot_sent.is_some_and(|(index, _)| index > after) {
+        if g.snapshot_sent.is_none_or(|(index, _)| index <= after) {
             g.resync_after = Some(after);
             g.snapshot_sent = None;
             g.matched = false;
