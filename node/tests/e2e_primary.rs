@@ -20,13 +20,13 @@ mod common;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
-use common::kv::{all_keys, wait_caught_up};
+use common::kv::{all_keys, wait_caught_up, wait_primary};
 use common::relay::RelayMesh;
 use common::writers::Writers;
 use common::{eventually, ProcCluster};
 use node::client::Client;
 use node::config::{AckSetting, Protocol, Replication, ServeConfig};
-use node::proto::{Consistency, NodeStatus, Role};
+use node::proto::{Consistency, Role};
 
 /// One cluster at a time.
 static SERIAL: tokio::sync::Mutex<()> = tokio::sync::Mutex::const_new(());
@@ -43,23 +43,6 @@ fn pb_all(config: &mut ServeConfig) {
 fn pb_quorum(config: &mut ServeConfig) {
     pb(config);
     config.primary_backup.ack = AckSetting::Quorum;
-}
-
-/// Waits until one of `among` is a serving primary; returns its status.
-async fn wait_primary(client: &Client, among: &[u64]) -> NodeStatus {
-    eventually(&format!("a serving primary among {among:?}"), || async {
-        for &id in among {
-            if let Ok(Ok(status)) =
-                tokio::time::timeout(Duration::from_secs(1), client.status_of(id)).await
-            {
-                if status.role == Role::Leader && status.detail("serving") == Some("true") {
-                    return Some(status);
-                }
-            }
-        }
-        None
-    })
-    .await
 }
 
 async fn primary_killed_under_writes(tune: fn(&mut ServeConfig), mode: &str) {

@@ -6,36 +6,15 @@
 
 mod common;
 
-use std::time::Duration;
-
-use common::kv::{all_keys, wait_caught_up};
+use common::kv::{all_keys, wait_caught_up, wait_primary};
 use common::{eventually, ProcCluster};
-use node::client::Client;
 use node::config::{AckSetting, Protocol, Replication, ServeConfig};
-use node::proto::{NodeStatus, Role};
 
 fn pb_all_compacting(config: &mut ServeConfig) {
     config.replication = Replication::PrimaryBackup;
     config.primary_backup.ack = AckSetting::All;
     config.snapshot.entries = 20;
     config.snapshot.trailing_entries = 0;
-}
-
-/// Waits until one of `among` is a serving primary; returns its status.
-async fn wait_primary(client: &Client, among: &[u64]) -> NodeStatus {
-    eventually(&format!("a serving primary among {among:?}"), || async {
-        for &id in among {
-            if let Ok(Ok(status)) =
-                tokio::time::timeout(Duration::from_secs(1), client.status_of(id)).await
-            {
-                if status.role == Role::Leader && status.detail("serving") == Some("true") {
-                    return Some(status);
-                }
-            }
-        }
-        None
-    })
-    .await
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

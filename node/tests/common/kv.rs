@@ -1,10 +1,13 @@
-//! Reading a cluster's state back in end-to-end tests: every key with its value and version, and
-//! waiting until a member has applied what the leader (or primary) had committed.
+//! Reading a cluster's state back in end-to-end tests: every key with its value and version,
+//! waiting until a member has applied what the leader (or primary) had committed, and waiting for
+//! a serving primary (primary-backup).
 
 use std::collections::BTreeMap;
 
 use node::client::Client;
-use node::proto::{Consistency, NodeStatus};
+use std::time::Duration;
+
+use node::proto::{Consistency, NodeStatus, Role};
 
 use super::eventually;
 
@@ -38,6 +41,23 @@ pub async fn wait_caught_up(client: &Client, leader: u64, id: u64) -> NodeStatus
             Ok(status) if status.applied_index >= target => Some(status),
             _ => None,
         }
+    })
+    .await
+}
+
+/// Waits until one of `among` is a serving primary (primary-backup); returns its status.
+pub async fn wait_primary(client: &Client, among: &[u64]) -> NodeStatus {
+    eventually(&format!("a serving primary among {among:?}"), || async {
+        for &id in among {
+            if let Ok(Ok(status)) =
+                tokio::time::timeout(Duration::from_secs(1), client.status_of(id)).await
+            {
+                if status.role == Role::Leader && status.detail("serving") == Some("true") {
+                    return Some(status);
+                }
+            }
+        }
+        None
     })
     .await
 }
