@@ -16,8 +16,8 @@ pub enum Ack {
     /// a candidate first checks a majority's tails.
     Quorum,
     /// Once the primary's own write is durable. A failover loses at most
-    /// [`Config::async_window`] acknowledged writes (the primary refuses new writes while a
-    /// member's durable acknowledgement is further behind).
+    /// [`Config::async_window`] acknowledged writes: a write is acknowledged only once every
+    /// member's durable index is within that window of it.
     Async,
 }
 

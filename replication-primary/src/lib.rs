@@ -20,7 +20,8 @@
 //! - **Acknowledgement** ([`Ack`]): `all` (every member of the in-sync set), `quorum` (a majority
 //!   of the replicas; a candidate first checks that its durable tail is the best of a majority),
 //!   `async` (the primary's own fsync; a failover loses at most [`Config::async_window`]
-//!   acknowledged writes, which the primary's flow control guarantees).
+//!   acknowledged writes: a write is acknowledged only once every member is durable within that
+//!   window of it).
 //! - **Snapshots.** The host compacts applied entries into local snapshots; a backup behind the
 //!   primary's compacted log is sent the primary's latest snapshot ([`Body::Snapshot`]) and
 //!   restarts its state and log from it. An `async` backup whose own snapshot holds entries a

@@ -119,7 +119,6 @@ impl<S: Storage<HardState = HardState>> PrimaryBackup<S> {
                 .as_ref()
                 .is_some_and(|p| self.commit >= p.epoch_start)
             && self.leases_held()
-            && self.within_async_window()
     }
 
     /// The configuration this replica knows.

@@ -11,6 +11,10 @@ use crate::config::Ack;
 use crate::configuration::{Change, HardState};
 use crate::message::Body;
 
+/// `async` mode: the log runs at most this many windows ahead of the slowest member's durable
+/// index before proposals are refused (the commit point itself stays within one window).
+const ASYNC_AHEAD: u64 = 16;
+
 /// What the primary knows of one other replica.
 #[derive(Clone, Copy, Debug)]
 pub(super) struct Progress {
@@ -114,20 +118,19 @@ impl<S: Storage<HardState = HardState>> PrimaryBackup<S> {
         })
     }
 
-    /// `async` mode: every required backup's durable acknowledgement is within `async_window`
-    /// of the log end (else the primary neither serves nor takes writes: that bounds what a
-    /// failover can lose). Always true in the other modes.
-    pub(super) fn within_async_window(&self) -> bool {
+    /// `async` mode: the lowest durable index among the required backups (the log end if there
+    /// are none), which bounds the commit point; `None` in the other modes.
+    fn slowest_durable(&self) -> Option<u64> {
         if self.cfg.ack != Ack::Async {
-            return true;
+            return None;
         }
-        let Some(p) = &self.primary else { return false };
-        let last = self.last_index();
-        self.required().iter().all(|r| {
-            p.progress
-                .get(r)
-                .is_some_and(|g| g.durable + self.cfg.async_window >= last)
-        })
+        let p = self.primary.as_ref()?;
+        let slowest = self
+            .required()
+            .iter()
+            .map(|r| p.progress.get(r).map_or(0, |g| g.durable))
+            .min();
+        Some(slowest.unwrap_or_else(|| self.last_index()))
     }
 
     pub(super) fn primary_propose(&mut self, payload: EntryPayload) -> Result<Proposed, Error> {
@@ -137,21 +140,14 @@ impl<S: Storage<HardState = HardState>> PrimaryBackup<S> {
             });
         }
         let index = self.last_index() + 1;
-        if self.cfg.ack == Ack::Async {
-            // Flow control bounds what a failover can lose: no member lags more than the window.
-            let window = self.cfg.async_window;
-            let required = self.required();
-            let p = self.primary.as_ref().expect("serving implies primary");
-            let slowest = required
-                .iter()
-                .filter_map(|r| p.progress.get(r))
-                .map(|g| g.durable)
-                .min()
-                .unwrap_or(index);
-            if index - slowest.min(index) > window {
+        if let Some(slowest) = self.slowest_durable() {
+            // What a failover can lose is bounded by the commit point (`advance_commit`); this
+            // only bounds how far the log runs ahead of a slow backup.
+            let limit = self.cfg.async_window * ASYNC_AHEAD;
+            if index - slowest.min(index) > limit {
                 return Err(Error::UncommittedLimit {
                     uncommitted: index - slowest,
-                    limit: window,
+                    limit,
                 });
             }
         }
@@ -365,7 +361,12 @@ impl<S: Storage<HardState = HardState>> PrimaryBackup<S> {
             ack = Ack::Async;
         }
         let point = match ack {
-            Ack::Async => own,
+            // Acknowledged writes stay within the window of every member's durable index: a
+            // failover to any of them loses at most `async_window`.
+            // (`None` under the planted bug, which commits an `all` group as if `async`.)
+            Ack::Async => self
+                .slowest_durable()
+                .map_or(own, |slowest| own.min(slowest + self.cfg.async_window)),
             Ack::All => self
                 .required()
                 .iter()
