@@ -8,8 +8,8 @@ use std::collections::VecDeque;
 
 use bytes::Bytes;
 
-use crate::error::StorageError;
-use crate::protocol::{DurableState, Write};
+use crate::error::{Error, StorageError};
+use crate::protocol::{missing, CommittedRange, DurableState, Write};
 use crate::raft::HardState;
 use crate::types::{ConfState, Entry, Snapshot, SnapshotMeta};
 
@@ -214,6 +214,32 @@ impl<H: DurableState> MemStorage<H> {
     /// Every stored entry in index order (for tests and invariant checks).
     pub fn stored_entries(&self) -> impl Iterator<Item = &Entry> + '_ {
         self.slots.iter().flatten()
+    }
+
+    /// Calls `apply` on every entry of `range`, by reference and in order: how a host applies
+    /// committed entries left in storage ([`crate::Host::apply_stored`]) without copying them.
+    /// A compacted, missing or empty slot in the range is an error (the committed prefix has no
+    /// gap).
+    pub fn for_each_committed<E: From<Error>>(
+        &self,
+        range: CommittedRange,
+        mut apply: impl FnMut(&Entry) -> Result<(), E>,
+    ) -> Result<(), E> {
+        let snap = self.snapshot.meta.index;
+        if range.first <= snap {
+            return Err(Error::Storage(StorageError::Compacted(range.first)).into());
+        }
+        if range.last > self.last_index() || range.first > range.last {
+            return Err(missing(range.last.max(range.first)).into());
+        }
+        let slots = (range.first - snap - 1) as usize..=(range.last - snap - 1) as usize;
+        for (index, slot) in (range.first..).zip(self.slots.range(slots)) {
+            match slot {
+                Some(entry) if entry.index == index => apply(entry)?,
+                _ => return Err(missing(index).into()),
+            }
+        }
+        Ok(())
     }
 
     /// The entry stored at `index`, if any.

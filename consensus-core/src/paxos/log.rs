@@ -50,12 +50,6 @@ impl SlotVec {
     fn is_empty(&self) -> bool {
         self.0.is_empty()
     }
-
-    /// Whether a slot in `lo ..= hi` is held.
-    fn any_in(&self, lo: u64, hi: u64) -> bool {
-        let at = self.find(lo).unwrap_or_else(|at| at);
-        self.0.get(at).is_some_and(|e| e.index <= hi)
-    }
 }
 
 /// Stored slots plus the in-memory overlay of slots not yet handed out in a write.
@@ -192,32 +186,20 @@ impl<S: Storage> SlotLog<S> {
         Ok((out, covered))
     }
 
-    /// The entries in `lo ..= hi`, a range expected to hold no hole (the chosen prefix), up to
-    /// `max_bytes` of payload (at least one entry). Slots held only by the storage are read in
-    /// one call; a hole ends the answer early (the caller checks the indexes).
-    pub(crate) fn prefix(
-        &self,
-        lo: u64,
-        hi: u64,
-        max_bytes: u64,
-    ) -> Result<Vec<Entry>, StorageError> {
-        if self.unissued.any_in(lo, hi)
-            || lo <= self.storage.first_index().saturating_sub(1)
-            || hi > self.storage.last_index()
-        {
-            return Ok(self.range(lo, hi, max_bytes)?.0);
-        }
-        let mut out = Vec::new();
-        self.storage.entries(lo, hi + 1, max_bytes, &mut out)?;
-        Ok(out)
-    }
-
     /// The highest slot `h` such that every slot in `from ..= h` holds an entry of ballot
     /// `term`, as far as the latest run shows (`None` when the run does not hold `from`).
     pub(crate) fn run_through(&self, from: u64, term: u64) -> Option<u64> {
         self.run
             .filter(|run| run.term == term && run.lo <= from && from <= run.hi)
             .map(|run| run.hi)
+    }
+
+    /// The slots in `lo ..= hi` holding a membership change, ascending.
+    pub(crate) fn conf_changes_in(&self, lo: u64, hi: u64) -> Vec<u64> {
+        if self.conf_slots.is_empty() {
+            return Vec::new(); // the common case: no allocation
+        }
+        self.conf_slots.range(lo..=hi).copied().collect()
     }
 
     /// The first slot in `lo ..= hi` holding a membership change.
