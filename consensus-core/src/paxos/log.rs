@@ -243,11 +243,20 @@ impl<S: Storage> SlotLog<S> {
         self.unissued.put(entry);
     }
 
-    /// Stages every entry of `entries` (ascending slots, as an `Accept` batch carries them). When
-    /// nothing else is staged the batch's vector itself becomes the staged write (no copy).
-    pub(crate) fn put_batch(&mut self, entries: Vec<Entry>) {
-        let ascending = entries.windows(2).all(|w| w[0].index < w[1].index);
-        if !ascending || !self.unissued.is_empty() {
+    /// Stages `entries`, consecutive slots written under one ballot (a leader's batch, or an
+    /// `Accept` batch the acceptor found to be one run). When nothing else is staged the vector
+    /// itself becomes the staged write (no copy, no second pass over its shape).
+    pub(crate) fn put_run(&mut self, entries: Vec<Entry>) {
+        let (Some(first), Some(last)) = (entries.first(), entries.last()) else {
+            return;
+        };
+        let (lo, hi, term) = (first.index, last.index, first.term);
+        debug_assert!(
+            (lo..).zip(&entries).all(|(slot, e)| e.index == slot && e.term == term),
+            "a run is consecutive slots under one ballot"
+        );
+        let run_shaped = hi >= lo && hi - lo + 1 == entries.len() as u64 && last.term == term;
+        if !run_shaped || !self.unissued.is_empty() {
             for entry in entries {
                 self.put(entry);
             }
@@ -260,15 +269,7 @@ impl<S: Storage> SlotLog<S> {
                 self.conf_slots.remove(&entry.index);
             }
         }
-        if let (Some(first), Some(last)) = (entries.first(), entries.last()) {
-            let consecutive = last.index - first.index + 1 == entries.len() as u64
-                && entries.iter().all(|e| e.term == first.term);
-            if consecutive {
-                self.extend_run(first.index, last.index, first.term);
-            } else {
-                self.run = None; // ascending with holes or mixed ballots: no run claimed
-            }
-        }
+        self.extend_run(lo, hi, term);
         self.unissued.0 = entries;
     }
 
@@ -320,7 +321,7 @@ mod tests {
     #[test]
     fn a_run_never_claims_a_slot_another_ballot_overwrote() {
         let mut log = log();
-        log.put_batch((1..=4).map(|i| entry(i, 7)).collect());
+        log.put_run((1..=4).map(|i| entry(i, 7)).collect());
         assert_eq!(log.run_through(1, 7), Some(4));
         assert_eq!(log.run_through(1, 8), None, "another ballot's run");
         log.put(entry(3, 9));
@@ -334,11 +335,11 @@ mod tests {
     #[test]
     fn a_run_grows_with_the_next_batch_and_stops_at_a_hole() {
         let mut log = log();
-        log.put_batch(vec![entry(1, 7), entry(2, 7)]);
+        log.put_run(vec![entry(1, 7), entry(2, 7)]);
         let _ = log.take_unissued();
-        log.put_batch(vec![entry(3, 7)]);
+        log.put_run(vec![entry(3, 7)]);
         assert_eq!(log.run_through(2, 7), Some(3));
-        log.put_batch(vec![entry(5, 7)]);
+        log.put_run(vec![entry(5, 7)]);
         assert_eq!(
             log.run_through(1, 7),
             None,
@@ -350,7 +351,7 @@ mod tests {
     #[test]
     fn a_snapshot_cuts_the_run_below_it() {
         let mut log = log();
-        log.put_batch((1..=4).map(|i| entry(i, 7)).collect());
+        log.put_run((1..=4).map(|i| entry(i, 7)).collect());
         log.put_snapshot(Snapshot {
             meta: SnapshotMeta {
                 index: 2,
