@@ -215,7 +215,7 @@ impl<C: Consensus> Replica<C> {
     }
 }
 
-/// A host for tests, examples and in-process benches: writes go to the engine's [`MemStorage`]
+/// A host for tests and examples: writes go to the engine's [`MemStorage`]
 /// and are durable at once; messages, applied entries and reads are collected for the caller.
 #[derive(Debug)]
 pub struct MemHost<M> {
