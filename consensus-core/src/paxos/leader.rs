@@ -287,7 +287,9 @@ impl<S: PaxosStorage> MultiPaxos<S> {
         } else {
             self.lead.queued.drain(..admit).collect()
         };
+        let mut bytes = 0u64;
         for entry in &fresh {
+            bytes += entry.payload_size();
             let conf_change = matches!(entry.payload, EntryPayload::ConfChange(_));
             if conf_change {
                 self.lead.inflight_conf = Some(entry.index);
@@ -308,7 +310,6 @@ impl<S: PaxosStorage> MultiPaxos<S> {
         let peers = self.peers();
         if !fresh.is_empty() {
             // One copy per peer; the log (this node's acceptance) takes the batch itself.
-            let bytes: u64 = fresh.iter().map(Entry::payload_size).sum();
             for &to in &peers {
                 if bytes <= self.config.max_msg_bytes {
                     let commit = self.commit;

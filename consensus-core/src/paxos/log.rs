@@ -57,6 +57,9 @@ pub(crate) struct SlotLog<S: Storage> {
     pub(crate) storage: S,
     /// Slots to write at the next `ready()`.
     unissued: SlotVec,
+    /// Whether `unissued` is known to be one run (consecutive slots, one ballot): it is a
+    /// vector `put_run` staged as it came.
+    unissued_is_run: bool,
     /// A snapshot to write at the next `ready()`.
     snapshot_unissued: Option<Snapshot>,
     /// Slots above the snapshot whose value here (durable or not) is a membership change, so
@@ -99,6 +102,7 @@ impl<S: Storage> SlotLog<S> {
         Ok(SlotLog {
             storage,
             unissued: SlotVec::default(),
+            unissued_is_run: false,
             snapshot_unissued: None,
             conf_slots,
             run: None,
@@ -240,6 +244,7 @@ impl<S: Storage> SlotLog<S> {
         } else if !self.conf_slots.is_empty() {
             self.conf_slots.remove(&entry.index);
         }
+        self.unissued_is_run = false;
         self.unissued.put(entry);
     }
 
@@ -271,12 +276,14 @@ impl<S: Storage> SlotLog<S> {
         }
         self.extend_run(lo, hi, term);
         self.unissued.0 = entries;
+        self.unissued_is_run = true;
     }
 
     /// Stages a snapshot for the next write; slots it covers leave the overlay.
     pub(crate) fn put_snapshot(&mut self, snapshot: Snapshot) {
         let index = snapshot.meta.index;
         self.unissued.0.retain(|e| e.index > index);
+        self.unissued_is_run = false;
         self.conf_slots.retain(|&slot| slot > index);
         // Slots the snapshot covers hold nothing any more.
         self.run = self.run.and_then(|run| {
@@ -293,9 +300,11 @@ impl<S: Storage> SlotLog<S> {
 
     /// Hands the staged snapshot and slots out for writing (moved, not copied: from here on
     /// they are read back from storage, which the driver updates before calling us again).
-    pub(crate) fn take_unissued(&mut self) -> (Option<Snapshot>, Vec<Entry>) {
+    /// The third value says whether the slots are known to be one run (see `put_run`).
+    pub(crate) fn take_unissued(&mut self) -> (Option<Snapshot>, Vec<Entry>, bool) {
         let snapshot = self.snapshot_unissued.take();
-        (snapshot, std::mem::take(&mut self.unissued.0))
+        let is_run = std::mem::take(&mut self.unissued_is_run);
+        (snapshot, std::mem::take(&mut self.unissued.0), is_run)
     }
 }
 

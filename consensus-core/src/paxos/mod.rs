@@ -130,6 +130,25 @@ impl SlotRuns {
         runs
     }
 
+    /// The runs of `entries` known to be one run (consecutive slots under one ballot): read
+    /// from its ends, not entry by entry.
+    fn one(entries: &[Entry]) -> Self {
+        debug_assert_eq!(
+            SlotRuns::of(entries).iter().count(),
+            usize::from(!entries.is_empty()),
+            "one run"
+        );
+        let mut runs = SlotRuns::default();
+        if let (Some(first), Some(last)) = (entries.first(), entries.last()) {
+            runs.push(SlotRun {
+                first: first.index,
+                last: last.index,
+                term: first.term,
+            });
+        }
+        runs
+    }
+
     fn push(&mut self, run: SlotRun) {
         if self.head.is_none() {
             self.head = Some(run);
@@ -554,7 +573,7 @@ impl<S: PaxosStorage> Consensus for MultiPaxos<S> {
         let hard_state = self.hard_state();
         let hard_state_changed = hard_state != self.issued_hard_state;
         let persist = if hard_state_changed || self.log.has_unissued() {
-            let (snapshot, entries) = self.log.take_unissued();
+            let (snapshot, entries, one_run) = self.log.take_unissued();
             // Only a promise, accepted slots or a snapshot must be synced; a commit hint that
             // moved alone may be lost in a crash (it is relearnt).
             let sync = hard_state.promised != self.issued_hard_state.promised
@@ -562,7 +581,11 @@ impl<S: PaxosStorage> Consensus for MultiPaxos<S> {
                 || !entries.is_empty();
             let token = self.writes.issue(Task {
                 hard_state: hard_state_changed.then_some(hard_state),
-                slots: SlotRuns::of(&entries),
+                slots: if one_run {
+                    SlotRuns::one(&entries)
+                } else {
+                    SlotRuns::of(&entries)
+                },
             });
             self.issued_hard_state = hard_state;
             Some(Persist {
