@@ -427,7 +427,10 @@ mod tests {
         storage
             .write_owned(write((1..=5).map(entry).collect()))
             .unwrap();
-        assert_eq!(by_reference(&storage, range(2, 4, 0)).unwrap(), vec![2, 3, 4]);
+        assert_eq!(
+            by_reference(&storage, range(2, 4, 0)).unwrap(),
+            vec![2, 3, 4]
+        );
         // 8 payload bytes per entry: 16 bytes a read is two entries at a time.
         assert_eq!(
             by_chunks(&storage, range(1, 5, 16)).unwrap(),
@@ -444,10 +447,22 @@ mod tests {
         fn inconsistent<T>(r: Result<T, Error>) -> bool {
             matches!(r, Err(Error::Storage(StorageError::Inconsistent(_))))
         }
-        assert!(inconsistent(by_reference(&storage, range(1, 4, 0))), "3 is a hole");
-        assert!(inconsistent(by_chunks(&storage, range(1, 4, u64::MAX))), "3 is a hole");
-        assert!(inconsistent(by_reference(&storage, range(4, 5, 0))), "5 is not stored");
-        assert!(by_chunks(&storage, range(4, 5, u64::MAX)).is_err(), "5 is not stored");
+        assert!(
+            inconsistent(by_reference(&storage, range(1, 4, 0))),
+            "3 is a hole"
+        );
+        assert!(
+            inconsistent(by_chunks(&storage, range(1, 4, u64::MAX))),
+            "3 is a hole"
+        );
+        assert!(
+            inconsistent(by_reference(&storage, range(4, 5, 0))),
+            "5 is not stored"
+        );
+        assert!(
+            by_chunks(&storage, range(4, 5, u64::MAX)).is_err(),
+            "5 is not stored"
+        );
         storage
             .compact(2, ConfState::with_voters([1]), Bytes::new())
             .unwrap();

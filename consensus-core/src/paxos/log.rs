@@ -257,7 +257,9 @@ impl<S: Storage> SlotLog<S> {
         };
         let (lo, hi, term) = (first.index, last.index, first.term);
         debug_assert!(
-            (lo..).zip(&entries).all(|(slot, e)| e.index == slot && e.term == term),
+            (lo..)
+                .zip(&entries)
+                .all(|(slot, e)| e.index == slot && e.term == term),
             "a run is consecutive slots under one ballot"
         );
         let run_shaped = hi >= lo && hi - lo + 1 == entries.len() as u64 && last.term == term;
