@@ -91,7 +91,8 @@ pub use paxos::{
     Config as PaxosConfig, HardState as PaxosHardState, Message as PaxosMessage, MultiPaxos,
 };
 pub use protocol::{
-    Consensus, DurableState, Envelope, Persist, PersistToken, Ready, TokenSequence, Write,
+    CommittedRange, Consensus, DurableState, Envelope, Persist, PersistToken, Ready, TokenSequence,
+    Write,
 };
 #[cfg(feature = "planted-bugs")]
 pub use raft::PlantedBug;

@@ -22,8 +22,13 @@
 //!    a copy until the write is confirmed (Multi-Paxos does). A crash loses the view, not the
 //!    contract: the engine restarts on what was durable.
 //! 3. [`Ready::committed`] are entries known committed (chosen), in log order with no gap; apply them
-//!    to the state machine. [`Ready::reads`] are linearizable reads that may be served once the state
-//!    machine has applied through their index.
+//!    to the state machine. A protocol may instead leave them where they are and name them as a
+//!    range, [`Ready::committed_in_storage`]: every entry in it is in the engine's storage once
+//!    this `Ready`'s write is submitted (the range may cover slots that write stores), and the
+//!    driver applies them from there, after `committed`, before calling the engine again (the
+//!    replica loop hands the host the storage: [`crate::Host::apply_stored`]), so no copy of
+//!    each entry is made for the hand-over. [`Ready::reads`] are linearizable reads that may be
+//!    served once the state machine has applied through their index.
 //!
 //! A protocol whose storage fails returns the error from `ready()`; the driver stops the member
 //! (it must not retry in a loop: the same read would fail again).
@@ -77,7 +82,7 @@
 use bytes::Bytes;
 use serde::{de::DeserializeOwned, Serialize};
 
-use crate::error::Error;
+use crate::error::{Error, StorageError};
 use crate::storage::Storage;
 use crate::types::{
     ConfChange, Entry, MemberChange, NodeId, Proposed, ReadState, Snapshot, SoftState, Status,
@@ -204,6 +209,9 @@ pub struct Ready<M, H> {
     pub persist: Option<Persist<H>>,
     /// Entries now committed, in order, to apply to the state machine.
     pub committed: Vec<Entry>,
+    /// Entries now committed that stay in the engine's storage: apply them from there, after
+    /// `committed` (see the module docs, point 3).
+    pub committed_in_storage: Option<CommittedRange>,
     /// Reads now ordered: serve each once applied through its index.
     pub reads: Vec<ReadState>,
     /// Set when the leader or this node's role changed.
@@ -216,9 +224,61 @@ impl<M, H> Ready<M, H> {
         self.messages.is_empty()
             && self.persist.is_none()
             && self.committed.is_empty()
+            && self.committed_in_storage.is_none()
             && self.reads.is_empty()
             && self.soft_state.is_none()
     }
+}
+
+/// Committed entries `first ..= last` (no gap), to be applied from the engine's storage rather
+/// than handed over as copies ([`Ready::committed_in_storage`]).
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct CommittedRange {
+    /// First index to apply.
+    pub first: u64,
+    /// Last index to apply (`first <= last`).
+    pub last: u64,
+    /// A driver that copies the entries out reads at most this many payload bytes at a time (the
+    /// protocol's per-`Ready` limit on committed bytes), so memory stays bounded.
+    pub max_bytes_per_read: u64,
+}
+
+impl CommittedRange {
+    /// Reads the range from `storage` in chunks of at most `max_bytes_per_read` payload bytes
+    /// (at least one entry each) and hands each chunk to `apply`, in order. A hole, an entry
+    /// out of place or one that is missing is [`StorageError::Inconsistent`]: the committed
+    /// prefix never has a gap.
+    pub fn read<S: Storage, E: From<Error>>(
+        &self,
+        storage: &S,
+        mut apply: impl FnMut(Vec<Entry>) -> Result<(), E>,
+    ) -> Result<(), E> {
+        let mut next = self.first;
+        while next <= self.last {
+            let mut chunk = Vec::new();
+            storage
+                .entries(next, self.last + 1, self.max_bytes_per_read, &mut chunk)
+                .map_err(Error::from)?;
+            for entry in &chunk {
+                if entry.index != next {
+                    return Err(missing(next).into());
+                }
+                next += 1;
+            }
+            if chunk.is_empty() {
+                return Err(missing(next).into());
+            }
+            apply(chunk)?;
+        }
+        Ok(())
+    }
+}
+
+/// The error for a committed entry the storage does not hold where it should.
+pub(crate) fn missing(index: u64) -> Error {
+    Error::Storage(StorageError::Inconsistent(format!(
+        "committed entry {index} is missing from storage"
+    )))
 }
 
 /// Durable protocol state: what a protocol persists besides its log (bounds only).

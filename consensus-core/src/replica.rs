@@ -8,7 +8,8 @@
 //! 2. its write goes to [`Host::submit`], which returns a *ticket* — the write's place in the
 //!    host's durable order (a WAL index, a simulated disk's sequence number);
 //! 3. a received snapshot is installed ([`Host::install_snapshot`]), then committed entries are
-//!    applied ([`Host::apply`]) and ordered reads handed over ([`Host::reads`]);
+//!    applied ([`Host::apply`], then [`Host::apply_stored`] for those the protocol left in its
+//!    storage) and ordered reads handed over ([`Host::reads`]);
 //! 4. tokens are confirmed to the engine, strictly in order, once [`Host::durable`] has reached
 //!    their ticket. A write that asked for no sync waits only for the writes before it.
 //!
@@ -18,7 +19,7 @@
 use std::collections::VecDeque;
 
 use crate::error::Error;
-use crate::protocol::{Consensus, PersistToken, Write};
+use crate::protocol::{CommittedRange, Consensus, PersistToken, Write};
 use crate::storage::MemStorage;
 use crate::types::{Entry, ReadState, Snapshot, SoftState};
 
@@ -52,6 +53,17 @@ pub trait Host<C: Consensus> {
     fn install_snapshot(&mut self, snapshot: &Snapshot) -> Result<(), Self::Error>;
     /// Applies committed entries, in order.
     fn apply(&mut self, entries: Vec<Entry>) -> Result<(), Self::Error>;
+    /// Applies the committed entries of `range`, in order, from the engine's storage (where the
+    /// protocol left them: [`crate::Ready::committed_in_storage`]). By default they are read out
+    /// in bounded chunks and handed to [`Host::apply`]; a host that can read its storage by
+    /// reference overrides this and copies nothing.
+    fn apply_stored(
+        &mut self,
+        storage: &C::Storage,
+        range: CommittedRange,
+    ) -> Result<(), Self::Error> {
+        range.read(storage, |entries| self.apply(entries))
+    }
     /// Linearizable reads now ordered: serve each once applied through its index.
     fn reads(&mut self, reads: Vec<ReadState>) -> Result<(), Self::Error> {
         let _ = reads;
@@ -136,6 +148,10 @@ impl ReplicaLoop {
             if !ready.committed.is_empty() {
                 host.apply(ready.committed)?;
             }
+            if let Some(range) = ready.committed_in_storage {
+                // After the write above: the range may name entries it stored.
+                host.apply_stored(engine.storage(), range)?;
+            }
             if !ready.reads.is_empty() {
                 host.reads(ready.reads)?;
             }
@@ -199,7 +215,7 @@ impl<C: Consensus> Replica<C> {
     }
 }
 
-/// A host for tests, examples and in-process benches: writes go to the engine's [`MemStorage`]
+/// A host for tests and examples: writes go to the engine's [`MemStorage`]
 /// and are durable at once; messages, applied entries and reads are collected for the caller.
 #[derive(Debug)]
 pub struct MemHost<M> {

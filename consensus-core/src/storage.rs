@@ -8,8 +8,8 @@ use std::collections::VecDeque;
 
 use bytes::Bytes;
 
-use crate::error::StorageError;
-use crate::protocol::{DurableState, Write};
+use crate::error::{Error, StorageError};
+use crate::protocol::{missing, CommittedRange, DurableState, Write};
 use crate::raft::HardState;
 use crate::types::{ConfState, Entry, Snapshot, SnapshotMeta};
 
@@ -216,6 +216,32 @@ impl<H: DurableState> MemStorage<H> {
         self.slots.iter().flatten()
     }
 
+    /// Calls `apply` on every entry of `range`, by reference and in order: how a host applies
+    /// committed entries left in storage ([`crate::Host::apply_stored`]) without copying them.
+    /// A compacted, missing or empty slot in the range is an error (the committed prefix has no
+    /// gap).
+    pub fn for_each_committed<E: From<Error>>(
+        &self,
+        range: CommittedRange,
+        mut apply: impl FnMut(&Entry) -> Result<(), E>,
+    ) -> Result<(), E> {
+        let snap = self.snapshot.meta.index;
+        if range.first <= snap {
+            return Err(Error::Storage(StorageError::Compacted(range.first)).into());
+        }
+        if range.last > self.last_index() || range.first > range.last {
+            return Err(missing(range.last.max(range.first)).into());
+        }
+        let slots = (range.first - snap - 1) as usize..=(range.last - snap - 1) as usize;
+        for (index, slot) in (range.first..).zip(self.slots.range(slots)) {
+            match slot {
+                Some(entry) if entry.index == index => apply(entry)?,
+                _ => return Err(missing(index).into()),
+            }
+        }
+        Ok(())
+    }
+
     /// The entry stored at `index`, if any.
     pub fn entry(&self, index: u64) -> Option<&Entry> {
         let first = self.snapshot.meta.index + 1;
@@ -367,6 +393,83 @@ mod tests {
             .unwrap();
         assert_eq!(stored_limited(&storage, 16), vec![1, 2]);
         assert_eq!(stored_limited(&storage, 1), vec![1]);
+    }
+
+    fn range(first: u64, last: u64, max_bytes_per_read: u64) -> CommittedRange {
+        CommittedRange {
+            first,
+            last,
+            max_bytes_per_read,
+        }
+    }
+
+    fn by_reference(storage: &MemStorage, r: CommittedRange) -> Result<Vec<u64>, Error> {
+        let mut seen = Vec::new();
+        storage.for_each_committed(r, |e| {
+            seen.push(e.index);
+            Ok::<(), Error>(())
+        })?;
+        Ok(seen)
+    }
+
+    fn by_chunks(storage: &MemStorage, r: CommittedRange) -> Result<Vec<Vec<u64>>, Error> {
+        let mut chunks = Vec::new();
+        r.read(storage, |entries| {
+            chunks.push(entries.iter().map(|e| e.index).collect());
+            Ok::<(), Error>(())
+        })?;
+        Ok(chunks)
+    }
+
+    #[test]
+    fn a_committed_range_is_read_whole_by_reference_and_in_bounded_chunks_by_copy() {
+        let mut storage = MemStorage::new_with_conf(ConfState::with_voters([1]));
+        storage
+            .write_owned(write((1..=5).map(entry).collect()))
+            .unwrap();
+        assert_eq!(
+            by_reference(&storage, range(2, 4, 0)).unwrap(),
+            vec![2, 3, 4]
+        );
+        // 8 payload bytes per entry: 16 bytes a read is two entries at a time.
+        assert_eq!(
+            by_chunks(&storage, range(1, 5, 16)).unwrap(),
+            vec![vec![1, 2], vec![3, 4], vec![5]]
+        );
+    }
+
+    #[test]
+    fn a_committed_range_with_a_hole_a_compacted_or_a_missing_entry_is_an_error() {
+        let mut storage = MemStorage::new_with_conf(ConfState::with_voters([1]));
+        storage
+            .write_owned(write(vec![entry(1), entry(2), entry(4)]))
+            .unwrap();
+        fn inconsistent<T>(r: Result<T, Error>) -> bool {
+            matches!(r, Err(Error::Storage(StorageError::Inconsistent(_))))
+        }
+        assert!(
+            inconsistent(by_reference(&storage, range(1, 4, 0))),
+            "3 is a hole"
+        );
+        assert!(
+            inconsistent(by_chunks(&storage, range(1, 4, u64::MAX))),
+            "3 is a hole"
+        );
+        assert!(
+            inconsistent(by_reference(&storage, range(4, 5, 0))),
+            "5 is not stored"
+        );
+        assert!(
+            by_chunks(&storage, range(4, 5, u64::MAX)).is_err(),
+            "5 is not stored"
+        );
+        storage
+            .compact(2, ConfState::with_voters([1]), Bytes::new())
+            .unwrap();
+        assert_eq!(
+            by_reference(&storage, range(2, 2, 0)),
+            Err(Error::Storage(StorageError::Compacted(2)))
+        );
     }
 
     fn stored_limited(storage: &MemStorage, max_bytes: u64) -> Vec<u64> {

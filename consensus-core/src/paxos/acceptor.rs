@@ -120,7 +120,7 @@ impl<S: PaxosStorage> MultiPaxos<S> {
         if one_run {
             // The common case: one run of slots, all new here; the batch is staged as it came
             // and acknowledged as one range.
-            self.log.put_batch(entries);
+            self.log.put_run(entries);
             self.send_with(from, ballot, MessageBody::Accepted { first, last });
             if !below {
                 self.learn_commit(from, ballot, commit)?;

@@ -58,7 +58,10 @@ pub struct Config {
     pub max_inflight_slots: u64,
     /// Proposals are refused while the leader holds more unchosen payload bytes than this.
     pub max_uncommitted_bytes: u64,
-    /// Maximum payload bytes of chosen entries handed out per `ready()`.
+    /// Chosen slots are handed out as a range applied from storage
+    /// ([`crate::Ready::committed_in_storage`]); a host that copies them out reads at most this
+    /// many payload bytes at a time ([`crate::CommittedRange::max_bytes_per_read`]). The range
+    /// itself is every chosen slot not yet handed out.
     pub max_committed_bytes_per_ready: u64,
     /// Maximum reads waiting for confirmation; more are refused.
     pub max_pending_reads: usize,

@@ -45,8 +45,6 @@ pub(crate) struct LeaderState {
     uncommitted_bytes: u64,
     /// Peers heard from under our ballot since the last check-quorum.
     pub(crate) active: BTreeSet<NodeId>,
-    /// Let into the window since the last broadcast.
-    fresh: Vec<Entry>,
     /// Commit index the last broadcast carried.
     commit_sent: u64,
     /// A heartbeat is due.
@@ -267,10 +265,31 @@ impl<S: PaxosStorage> MultiPaxos<S> {
 
     /// Lets proposals into the window and broadcasts what is due.
     pub(super) fn flush_leader(&mut self) {
-        while self.can_let_in() {
-            let Some(entry) = self.lead.queued.pop_front() else {
-                break;
-            };
+        // How many queued proposals the window lets in (stopping after a membership change:
+        // the slots behind it wait until it is chosen).
+        let limit = self.commit + self.config.max_inflight_slots;
+        let mut admit = 0;
+        if self.lead.inflight_conf.is_none() {
+            for entry in &self.lead.queued {
+                if entry.index > limit {
+                    break;
+                }
+                admit += 1;
+                if matches!(entry.payload, EntryPayload::ConfChange(_)) {
+                    break;
+                }
+            }
+        }
+        let fresh: Vec<Entry> = if admit == self.lead.queued.len() {
+            // The common case: the whole queue goes (moved as it is, not entry by entry).
+            let next = VecDeque::with_capacity(admit);
+            Vec::from(std::mem::replace(&mut self.lead.queued, next))
+        } else {
+            self.lead.queued.drain(..admit).collect()
+        };
+        let mut bytes = 0u64;
+        for entry in &fresh {
+            bytes += entry.payload_size();
             let conf_change = matches!(entry.payload, EntryPayload::ConfChange(_));
             if conf_change {
                 self.lead.inflight_conf = Some(entry.index);
@@ -279,26 +298,28 @@ impl<S: PaxosStorage> MultiPaxos<S> {
                 self.lead
                     .inflight
                     .back()
-                    .is_none_or(|f| f.slot < entry.index),
-                "slots enter the window in order"
+                    .is_none_or(|f| f.slot + 1 == entry.index),
+                "slots enter the window in order, without a gap"
             );
             self.lead.inflight.push_back(InFlight {
                 slot: entry.index,
                 size: entry.payload_size().max(1),
                 conf_change,
             });
-            self.log.put(entry.clone());
-            self.lead.fresh.push(entry);
         }
         let peers = self.peers();
-        let fresh = std::mem::take(&mut self.lead.fresh);
         if !fresh.is_empty() {
-            if let Some((&last, others)) = peers.split_last() {
-                for &to in others {
+            // One copy per peer; the log (this node's acceptance) takes the batch itself.
+            for &to in &peers {
+                if bytes <= self.config.max_msg_bytes {
+                    let commit = self.commit;
+                    let entries = fresh.clone();
+                    self.send(to, MessageBody::Accept { entries, commit });
+                } else {
                     self.send_accepts(to, fresh.iter().cloned());
                 }
-                self.send_batch(last, fresh); // the last peer gets the batch itself
             }
+            self.log.put_run(fresh);
             self.lead.commit_sent = self.commit;
         }
         if self.lead.resend_pending {
@@ -322,17 +343,6 @@ impl<S: PaxosStorage> MultiPaxos<S> {
             .into_iter()
             .filter(|&id| id != me)
             .collect()
-    }
-
-    /// [`Self::send_accepts`] for a vector: one that fits one message is sent as it is.
-    fn send_batch(&mut self, to: NodeId, entries: Vec<Entry>) {
-        let bytes: u64 = entries.iter().map(Entry::payload_size).sum();
-        if bytes <= self.config.max_msg_bytes {
-            let commit = self.commit;
-            self.send(to, MessageBody::Accept { entries, commit });
-        } else {
-            self.send_accepts(to, entries);
-        }
     }
 
     /// Sends `entries` to `to` in `Accept` batches of at most `max_msg_bytes`.

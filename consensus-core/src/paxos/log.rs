@@ -50,12 +50,6 @@ impl SlotVec {
     fn is_empty(&self) -> bool {
         self.0.is_empty()
     }
-
-    /// Whether a slot in `lo ..= hi` is held.
-    fn any_in(&self, lo: u64, hi: u64) -> bool {
-        let at = self.find(lo).unwrap_or_else(|at| at);
-        self.0.get(at).is_some_and(|e| e.index <= hi)
-    }
 }
 
 /// Stored slots plus the in-memory overlay of slots not yet handed out in a write.
@@ -63,6 +57,9 @@ pub(crate) struct SlotLog<S: Storage> {
     pub(crate) storage: S,
     /// Slots to write at the next `ready()`.
     unissued: SlotVec,
+    /// Whether `unissued` is known to be one run (consecutive slots, one ballot): it is a
+    /// vector `put_run` staged as it came.
+    unissued_is_run: bool,
     /// A snapshot to write at the next `ready()`.
     snapshot_unissued: Option<Snapshot>,
     /// Slots above the snapshot whose value here (durable or not) is a membership change, so
@@ -105,6 +102,7 @@ impl<S: Storage> SlotLog<S> {
         Ok(SlotLog {
             storage,
             unissued: SlotVec::default(),
+            unissued_is_run: false,
             snapshot_unissued: None,
             conf_slots,
             run: None,
@@ -192,32 +190,20 @@ impl<S: Storage> SlotLog<S> {
         Ok((out, covered))
     }
 
-    /// The entries in `lo ..= hi`, a range expected to hold no hole (the chosen prefix), up to
-    /// `max_bytes` of payload (at least one entry). Slots held only by the storage are read in
-    /// one call; a hole ends the answer early (the caller checks the indexes).
-    pub(crate) fn prefix(
-        &self,
-        lo: u64,
-        hi: u64,
-        max_bytes: u64,
-    ) -> Result<Vec<Entry>, StorageError> {
-        if self.unissued.any_in(lo, hi)
-            || lo <= self.storage.first_index().saturating_sub(1)
-            || hi > self.storage.last_index()
-        {
-            return Ok(self.range(lo, hi, max_bytes)?.0);
-        }
-        let mut out = Vec::new();
-        self.storage.entries(lo, hi + 1, max_bytes, &mut out)?;
-        Ok(out)
-    }
-
     /// The highest slot `h` such that every slot in `from ..= h` holds an entry of ballot
     /// `term`, as far as the latest run shows (`None` when the run does not hold `from`).
     pub(crate) fn run_through(&self, from: u64, term: u64) -> Option<u64> {
         self.run
             .filter(|run| run.term == term && run.lo <= from && from <= run.hi)
             .map(|run| run.hi)
+    }
+
+    /// The slots in `lo ..= hi` holding a membership change, ascending.
+    pub(crate) fn conf_changes_in(&self, lo: u64, hi: u64) -> Vec<u64> {
+        if self.conf_slots.is_empty() {
+            return Vec::new(); // the common case: no allocation
+        }
+        self.conf_slots.range(lo..=hi).copied().collect()
     }
 
     /// The first slot in `lo ..= hi` holding a membership change.
@@ -258,14 +244,26 @@ impl<S: Storage> SlotLog<S> {
         } else if !self.conf_slots.is_empty() {
             self.conf_slots.remove(&entry.index);
         }
+        self.unissued_is_run = false;
         self.unissued.put(entry);
     }
 
-    /// Stages every entry of `entries` (ascending slots, as an `Accept` batch carries them). When
-    /// nothing else is staged the batch's vector itself becomes the staged write (no copy).
-    pub(crate) fn put_batch(&mut self, entries: Vec<Entry>) {
-        let ascending = entries.windows(2).all(|w| w[0].index < w[1].index);
-        if !ascending || !self.unissued.is_empty() {
+    /// Stages `entries`, consecutive slots written under one ballot (a leader's batch, or an
+    /// `Accept` batch the acceptor found to be one run). When nothing else is staged the vector
+    /// itself becomes the staged write (no copy, no second pass over its shape).
+    pub(crate) fn put_run(&mut self, entries: Vec<Entry>) {
+        let (Some(first), Some(last)) = (entries.first(), entries.last()) else {
+            return;
+        };
+        let (lo, hi, term) = (first.index, last.index, first.term);
+        debug_assert!(
+            (lo..)
+                .zip(&entries)
+                .all(|(slot, e)| e.index == slot && e.term == term),
+            "a run is consecutive slots under one ballot"
+        );
+        let run_shaped = hi >= lo && hi - lo + 1 == entries.len() as u64 && last.term == term;
+        if !run_shaped || !self.unissued.is_empty() {
             for entry in entries {
                 self.put(entry);
             }
@@ -278,22 +276,16 @@ impl<S: Storage> SlotLog<S> {
                 self.conf_slots.remove(&entry.index);
             }
         }
-        if let (Some(first), Some(last)) = (entries.first(), entries.last()) {
-            let consecutive = last.index - first.index + 1 == entries.len() as u64
-                && entries.iter().all(|e| e.term == first.term);
-            if consecutive {
-                self.extend_run(first.index, last.index, first.term);
-            } else {
-                self.run = None; // ascending with holes or mixed ballots: no run claimed
-            }
-        }
+        self.extend_run(lo, hi, term);
         self.unissued.0 = entries;
+        self.unissued_is_run = true;
     }
 
     /// Stages a snapshot for the next write; slots it covers leave the overlay.
     pub(crate) fn put_snapshot(&mut self, snapshot: Snapshot) {
         let index = snapshot.meta.index;
         self.unissued.0.retain(|e| e.index > index);
+        self.unissued_is_run = false;
         self.conf_slots.retain(|&slot| slot > index);
         // Slots the snapshot covers hold nothing any more.
         self.run = self.run.and_then(|run| {
@@ -310,9 +302,11 @@ impl<S: Storage> SlotLog<S> {
 
     /// Hands the staged snapshot and slots out for writing (moved, not copied: from here on
     /// they are read back from storage, which the driver updates before calling us again).
-    pub(crate) fn take_unissued(&mut self) -> (Option<Snapshot>, Vec<Entry>) {
+    /// The third value says whether the slots are known to be one run (see `put_run`).
+    pub(crate) fn take_unissued(&mut self) -> (Option<Snapshot>, Vec<Entry>, bool) {
         let snapshot = self.snapshot_unissued.take();
-        (snapshot, std::mem::take(&mut self.unissued.0))
+        let is_run = std::mem::take(&mut self.unissued_is_run);
+        (snapshot, std::mem::take(&mut self.unissued.0), is_run)
     }
 }
 
@@ -338,7 +332,7 @@ mod tests {
     #[test]
     fn a_run_never_claims_a_slot_another_ballot_overwrote() {
         let mut log = log();
-        log.put_batch((1..=4).map(|i| entry(i, 7)).collect());
+        log.put_run((1..=4).map(|i| entry(i, 7)).collect());
         assert_eq!(log.run_through(1, 7), Some(4));
         assert_eq!(log.run_through(1, 8), None, "another ballot's run");
         log.put(entry(3, 9));
@@ -352,11 +346,11 @@ mod tests {
     #[test]
     fn a_run_grows_with_the_next_batch_and_stops_at_a_hole() {
         let mut log = log();
-        log.put_batch(vec![entry(1, 7), entry(2, 7)]);
+        log.put_run(vec![entry(1, 7), entry(2, 7)]);
         let _ = log.take_unissued();
-        log.put_batch(vec![entry(3, 7)]);
+        log.put_run(vec![entry(3, 7)]);
         assert_eq!(log.run_through(2, 7), Some(3));
-        log.put_batch(vec![entry(5, 7)]);
+        log.put_run(vec![entry(5, 7)]);
         assert_eq!(
             log.run_through(1, 7),
             None,
@@ -368,7 +362,7 @@ mod tests {
     #[test]
     fn a_snapshot_cuts_the_run_below_it() {
         let mut log = log();
-        log.put_batch((1..=4).map(|i| entry(i, 7)).collect());
+        log.put_run((1..=4).map(|i| entry(i, 7)).collect());
         log.put_snapshot(Snapshot {
             meta: SnapshotMeta {
                 index: 2,

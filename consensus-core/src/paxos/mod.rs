@@ -49,7 +49,7 @@ use rand_chacha::ChaCha8Rng;
 use serde::{Deserialize, Serialize};
 
 use crate::error::{Error, StorageError};
-use crate::protocol::{Consensus, Persist, PersistToken, Ready, Write};
+use crate::protocol::{CommittedRange, Consensus, Persist, PersistToken, Ready, Write};
 use crate::storage::Storage;
 use crate::types::{
     ConfChange, ConfState, Entry, EntryPayload, NodeId, Proposed, ReadState, Role, SoftState,
@@ -126,6 +126,25 @@ impl SlotRuns {
         }
         if let Some(done) = current {
             runs.push(done);
+        }
+        runs
+    }
+
+    /// The runs of `entries` known to be one run (consecutive slots under one ballot): read
+    /// from its ends, not entry by entry.
+    fn one(entries: &[Entry]) -> Self {
+        debug_assert_eq!(
+            SlotRuns::of(entries).iter().count(),
+            usize::from(!entries.is_empty()),
+            "one run"
+        );
+        let mut runs = SlotRuns::default();
+        if let (Some(first), Some(last)) = (entries.first(), entries.last()) {
+            runs.push(SlotRun {
+                first: first.index,
+                last: last.index,
+                term: first.term,
+            });
         }
         runs
     }
@@ -425,8 +444,11 @@ impl<S: PaxosStorage> MultiPaxos<S> {
         Ok(())
     }
 
-    /// Hands chosen entries out (in slot order, no gap) and keeps the applied membership.
-    fn take_committed(&mut self) -> Result<Vec<Entry>, StorageError> {
+    /// Names the chosen slots not yet handed out (in slot order, no gap) and keeps the applied
+    /// membership. They are applied from storage ([`Ready::committed_in_storage`]): every one is
+    /// stored there or staged in the write this same `ready()` issues, so no copy of each value
+    /// is made for the hand-over.
+    fn take_committed(&mut self) -> Result<Option<CommittedRange>, StorageError> {
         let mut upto = self.commit;
         if self.config.has_bug(config::PlantedBug::ApplyBeforeChosen) {
             // The fault: anything accepted contiguously counts as chosen.
@@ -435,32 +457,29 @@ impl<S: PaxosStorage> MultiPaxos<S> {
             }
         }
         if upto <= self.applied {
-            return Ok(Vec::new());
+            return Ok(None);
         }
-        let entries = self.log.prefix(
-            self.applied + 1,
-            upto,
-            self.config.max_committed_bytes_per_ready,
-        )?;
-        // The chosen prefix never has a hole: its first entries must follow `applied` exactly.
-        // Checked in place: the entries read are handed out as they are (no second vector).
-        for (expected, entry) in (self.applied + 1..).zip(&entries) {
-            if entry.index != expected {
+        let first = self.applied + 1;
+        // Only a membership change's value is read here (to keep the applied configuration).
+        for slot in self.log.conf_changes_in(first, upto) {
+            let Some(entry) = self.log.get(slot)? else {
                 return Err(StorageError::Inconsistent(format!(
-                    "chosen slot {expected} is missing from storage"
+                    "chosen slot {slot} is missing from storage"
                 )));
-            }
+            };
             if let EntryPayload::ConfChange(change) = &entry.payload {
                 if let Ok(next) = membership::apply_change(&self.applied_conf, change) {
                     self.applied_conf = next;
                 }
             }
         }
-        if let Some(last) = entries.last() {
-            debug_assert!(last.index > self.applied, "applied only grows");
-            self.applied = last.index;
-        }
-        Ok(entries)
+        debug_assert!(upto > self.applied, "applied only grows");
+        self.applied = upto;
+        Ok(Some(CommittedRange {
+            first,
+            last: upto,
+            max_bytes_per_read: self.config.max_committed_bytes_per_ready,
+        }))
     }
 }
 
@@ -539,8 +558,8 @@ impl<S: PaxosStorage> Consensus for MultiPaxos<S> {
             return Err(Error::Stopped(error.clone()));
         }
         // 1. Chosen entries first (a membership change among them may change who we send to).
-        let committed = match self.take_committed() {
-            Ok(entries) => entries,
+        let committed_in_storage = match self.take_committed() {
+            Ok(range) => range,
             Err(error) => {
                 self.fail(error.clone());
                 return Err(Error::Stopped(error));
@@ -554,7 +573,7 @@ impl<S: PaxosStorage> Consensus for MultiPaxos<S> {
         let hard_state = self.hard_state();
         let hard_state_changed = hard_state != self.issued_hard_state;
         let persist = if hard_state_changed || self.log.has_unissued() {
-            let (snapshot, entries) = self.log.take_unissued();
+            let (snapshot, entries, one_run) = self.log.take_unissued();
             // Only a promise, accepted slots or a snapshot must be synced; a commit hint that
             // moved alone may be lost in a crash (it is relearnt).
             let sync = hard_state.promised != self.issued_hard_state.promised
@@ -562,7 +581,11 @@ impl<S: PaxosStorage> Consensus for MultiPaxos<S> {
                 || !entries.is_empty();
             let token = self.writes.issue(Task {
                 hard_state: hard_state_changed.then_some(hard_state),
-                slots: SlotRuns::of(&entries),
+                slots: if one_run {
+                    SlotRuns::one(&entries)
+                } else {
+                    SlotRuns::of(&entries)
+                },
             });
             self.issued_hard_state = hard_state;
             Some(Persist {
@@ -586,7 +609,8 @@ impl<S: PaxosStorage> Consensus for MultiPaxos<S> {
         Ok(Ready {
             messages: std::mem::take(&mut self.messages),
             persist,
-            committed,
+            committed: Vec::new(),
+            committed_in_storage,
             reads: std::mem::take(&mut self.ready_reads),
             soft_state: soft_changed.then_some(soft_state),
         })

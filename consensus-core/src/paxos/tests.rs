@@ -1264,7 +1264,27 @@ fn a_storage_failure_stops_the_engine() {
     paxos.storage_mut().inner.write(&persist.write).unwrap();
     paxos.storage_mut().broken = true;
     paxos.persisted(persist.token).unwrap();
-    // The slot is chosen; handing it out needs a read that fails.
+    // The slot is chosen and named as a range to apply from storage: applying it (what the
+    // replica loop's default `Host::apply_stored` does) reads storage and fails with its error.
+    assert!(paxos.has_ready());
+    let range = paxos
+        .ready()
+        .unwrap()
+        .committed_in_storage
+        .expect("the chosen slot is handed out");
+    let applied = range.read(paxos.storage(), |_| Ok::<(), Error>(()));
+    assert!(
+        matches!(applied, Err(Error::Storage(StorageError::Other(_)))),
+        "{applied:?}"
+    );
+    // A read the engine makes itself (answering a fetch) stops it.
+    let fetch = Message {
+        from: 2,
+        to: 1,
+        ballot: Ballot::ZERO,
+        body: MessageBody::Fetch { from: 1 },
+    };
+    assert!(matches!(paxos.step(fetch), Err(Error::Stopped(_))));
     assert!(paxos.has_ready());
     assert!(matches!(paxos.ready(), Err(Error::Stopped(_))));
     assert!(

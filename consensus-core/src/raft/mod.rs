@@ -587,6 +587,7 @@ impl<S: RaftStorage> Consensus for Raft<S> {
             messages: std::mem::take(&mut self.messages),
             persist,
             committed,
+            committed_in_storage: None,
             reads: std::mem::take(&mut self.ready_reads),
             soft_state: soft_changed.then_some(soft_state),
         })

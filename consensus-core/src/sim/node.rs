@@ -21,7 +21,7 @@ use super::outcome::{Failure, SimStats};
 use super::protocol::{ProtocolChecker, SimProtocol};
 use super::trace::Trace;
 use crate::error::Error;
-use crate::protocol::Write;
+use crate::protocol::{CommittedRange, Write};
 use crate::replica::{Host, Replica};
 use crate::storage::MemStorage;
 use crate::types::{ConfState, Entry, EntryPayload, NodeId, ReadState, Snapshot};
@@ -248,6 +248,14 @@ impl<P: SimProtocol> Host<P> for SimHost<'_, P> {
             self.apply_one(&entry)?;
         }
         Ok(())
+    }
+
+    fn apply_stored(
+        &mut self,
+        storage: &MemStorage<P::HardState>,
+        range: CommittedRange,
+    ) -> Result<(), Failure> {
+        storage.for_each_committed(range, |entry| self.apply_one(entry))
     }
 
     fn reads(&mut self, reads: Vec<ReadState>) -> Result<(), Failure> {

@@ -502,6 +502,7 @@ impl<S: Storage<HardState = HardState>> Consensus for PrimaryBackup<S> {
             messages,
             persist,
             committed: std::mem::take(&mut self.committed),
+            committed_in_storage: None,
             reads: std::mem::take(&mut self.reads),
             soft_state: self.soft.take(),
         })

@@ -52,7 +52,7 @@ impl RaftRs {
 }
 
 fn count_and_compact(node: &mut RawNode<MemStorage>, leader: bool, entries: &[Entry]) -> usize {
-    let Some(last) = entries.last() else {
+    let (Some(first), Some(last)) = (entries.first(), entries.last()) else {
         return 0;
     };
     let count = if leader {
@@ -63,7 +63,9 @@ fn count_and_compact(node: &mut RawNode<MemStorage>, leader: bool, entries: &[En
     } else {
         0
     };
-    if last.index % COMPACT_EVERY == 0 {
+    // Each time the applied index crosses a multiple of COMPACT_EVERY, as on the other sides
+    // (an exact multiple at the end of a batch is rare, so that test left logs growing).
+    if last.index / COMPACT_EVERY > (first.index - 1) / COMPACT_EVERY {
         // Keep a margin so a follower a little behind still finds its entries.
         let _ = node.store().wl().compact(last.index - COMPACT_EVERY / 2);
     }
