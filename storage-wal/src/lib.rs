@@ -69,6 +69,7 @@
 //! crash-simulating [`MemFs`] used by the tests.
 
 mod bell;
+mod durable_append;
 mod error;
 pub mod format;
 pub mod fs;
@@ -77,9 +78,12 @@ pub mod mem_fs;
 mod meta;
 mod options;
 mod segment;
+mod sync_driver;
 mod waiters;
+mod wakers;
 mod wal;
 
+pub use durable_append::DurableAppend;
 pub use error::{Result, WalError};
 pub use fs::{FileSystem, StdFs, WalFile};
 pub use mem_fs::MemFs;

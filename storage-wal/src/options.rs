@@ -40,6 +40,13 @@ pub struct Options {
     /// so that one fsync covers them all. Bounded further by the measured fsync time; the wait
     /// ends as soon as they are there. Zero disables it. Default 1 ms.
     pub max_group_commit_delay: Duration,
+    /// Async group commit ([`Wal::append_durable_async`](crate::Wal::append_durable_async)): the
+    /// future whose arrival completes the group the last fsync released runs the next fsync
+    /// itself, inside `poll` — blocking its executor's thread for one fsync, at a moment when the
+    /// writers that thread runs wait for that fsync anyway. It saves two thread wake-ups per
+    /// fsync (to the log's sync thread and back). Off: the sync thread leads every async group
+    /// commit, and `poll` never blocks on the disk. Default on.
+    pub async_inline_fsync: bool,
 }
 
 impl Default for Options {
@@ -50,6 +57,7 @@ impl Default for Options {
             recovery_mode: RecoveryMode::TolerateTornTail,
             initial_index: 1,
             max_group_commit_delay: Duration::from_millis(1),
+            async_inline_fsync: true,
         }
     }
 }
