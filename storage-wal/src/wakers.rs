@@ -8,11 +8,14 @@
 //! that change concerns: those whose record it covers, or all of them after a truncation or
 //! poisoning (they look again themselves).
 //!
-//! A task cannot lead an fsync (it would block its executor), so the sync driver
-//! (`sync_driver.rs`) does: it sleeps on the doorbell while no future waits, and like a
-//! gathering thread leader it waits — for at most the usual group-commit delay — until as many
-//! futures wait as the last fsync released plus those that arrived during it. The arrival that
-//! completes that count rings the doorbell: one wake-up per fsync, not one per append.
+//! Gathering is counted: an arrival is a future's first wait, and the group an async fsync may
+//! expect is the futures the last one released plus those that arrived during it. The arrival
+//! that completes the group leads the fsync inline, in `poll` (`Options::async_inline_fsync`): its
+//! executor's thread blocks for one fsync while that thread's writers all wait for it anyway, and
+//! the ring then wakes them on that same thread. Otherwise the sync driver (`sync_driver.rs`)
+//! leads: it sleeps on the doorbell while no future waits, then for at most the group-commit
+//! delay until the group is complete (that arrival rings it: one wake-up per fsync, not one per
+//! append), or at once when a future that was to lead inline found another thread leading.
 
 use std::task::Waker;
 use std::time::{Duration, Instant};
@@ -43,8 +46,9 @@ pub(crate) enum Next {
 }
 
 struct Inner {
-    /// (record index, truncation epoch it was appended in, waker); several entries may belong to
-    /// one future (each poll that leaves it pending adds one): waking twice is harmless.
+    /// (record index, truncation epoch it was appended in, waker): one entry per waiting future
+    /// (a record's index and epoch name it; a poll that leaves it pending again replaces its
+    /// waker), so the count of those woken is a count of writers.
     waiting: Vec<(u64, u64, Waker)>,
     /// Futures that began waiting since the last async group commit started.
     arrivals: u64,
@@ -102,7 +106,20 @@ impl Wakers {
         inline: bool,
     ) -> Next {
         let mut inner = self.inner.lock();
-        inner.waiting.push((index, epoch, waker.clone()));
+        // Newest first: a future polled again soon after its first wait is near the end.
+        match inner
+            .waiting
+            .iter_mut()
+            .rev()
+            .find(|(i, e, _)| *i == index && *e == epoch)
+        {
+            Some((_, _, known)) => {
+                if !known.will_wake(waker) {
+                    known.clone_from(waker);
+                }
+            }
+            None => inner.waiting.push((index, epoch, waker.clone())),
+        }
         if first {
             inner.arrivals += 1;
         }
