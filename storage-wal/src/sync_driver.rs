@@ -45,7 +45,7 @@ fn run(group: &GroupCommit, max_delay: Duration, mut lead: impl FnMut() -> Led) 
             continue;
         }
         match lead() {
-            Led::Synced { released, took } => wakers.expect(released, took),
+            Led::Synced { released, took } => wakers.expect(released, took, false),
             Led::Waited => {}
             Led::Nothing => group.wake_all_async(),
         }

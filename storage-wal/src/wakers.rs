@@ -62,6 +62,10 @@ struct Inner {
     /// When the last async group commit ended, and a running mean of how long one takes.
     last_done: Instant,
     sync_estimate: Duration,
+    /// The last async group commit was led inline by a future: the driver is only the fallback
+    /// for a group that stays short, and waits the whole `max_group_commit_delay` before it
+    /// leads (rather than waking every fsync's time to find the group taken).
+    last_inline: bool,
     driver: Driver,
     shutdown: bool,
 }
@@ -83,6 +87,7 @@ impl Default for Wakers {
                 kicked: false,
                 last_done: Instant::now(),
                 sync_estimate: Duration::ZERO,
+                last_inline: false,
                 driver: Driver::Busy,
                 shutdown: false,
             }),
@@ -203,12 +208,17 @@ impl Wakers {
     }
 
     /// Run by the driver before an fsync: waits until the expected futures arrived, or at most
-    /// `max_delay` (bounded by the fsync time) after the later of the last async group commit and
-    /// now. Returns whether the driver should lead — not if a future took the group over, or at
-    /// shutdown.
+    /// `max_delay` (bounded by the fsync time, unless futures lead inline) after the later of the
+    /// last async group commit and now. Returns whether the driver should lead — not if a future
+    /// took the group over, or at shutdown.
     pub fn gather(&self, max_delay: Duration) -> bool {
         let mut inner = self.inner.lock();
-        let deadline = inner.last_done.max(Instant::now()) + max_delay.min(inner.sync_estimate);
+        let delay = if inner.last_inline {
+            max_delay
+        } else {
+            max_delay.min(inner.sync_estimate)
+        };
+        let deadline = inner.last_done.max(Instant::now()) + delay;
         loop {
             if inner.shutdown {
                 return false;
@@ -238,9 +248,10 @@ impl Wakers {
     /// Run by whoever led an async group commit (the driver or a future inline), after its ring
     /// woke `released` futures in `took`: the next one may expect them back, with those that began
     /// waiting meanwhile.
-    pub fn expect(&self, released: u64, took: Duration) {
+    pub fn expect(&self, released: u64, took: Duration, inline: bool) {
         let mut inner = self.inner.lock();
         inner.expected = released + inner.arrivals;
+        inner.last_inline = inline;
         inner.last_done = Instant::now();
         inner.sync_estimate = (inner.sync_estimate * 7 + took) / 8;
     }

@@ -409,7 +409,7 @@ impl Wal {
         let next = wakers.register(index, epoch, waker, first, self.options.async_inline_fsync);
         if next == Next::LeadInline {
             match lead_for_async(&self.state, &self.group, false) {
-                Led::Synced { released, took } => wakers.expect(released, took),
+                Led::Synced { released, took } => wakers.expect(released, took, true),
                 Led::Nothing => self.group.wake_all_async(),
                 // Another thread's fsync may have begun before this record was written: make
                 // sure one follows.
