@@ -226,3 +226,27 @@ fn threads_and_tasks_share_group_commits() {
         assert_eq!(&wal.read(*index).unwrap(), data);
     }
 }
+
+/// Closed-loop tasks on one thread complete each group themselves: the arrival that completes it
+/// leads the fsync inline, so no group waits for the sync driver's deadline — here 30 s, longer
+/// than the executor's hang guard, so a gathering that expected more futures than there are (say,
+/// one counted twice) fails the test. 320 appends on MemFs take milliseconds.
+#[test]
+fn closed_loop_tasks_lead_their_own_group_commits() {
+    let fs = MemFs::new();
+    let options = Options {
+        max_group_commit_delay: Duration::from_secs(30),
+        // No segment roll (which syncs everything) to rescue a group that waits.
+        segment_size: 1 << 20,
+        ..small_options()
+    };
+    let wal = open(&fs, &options).unwrap();
+    let acked = Rc::new(RefCell::new(Vec::new()));
+    let errors = Rc::new(RefCell::new(Vec::new()));
+    run_tasks(
+        closed_loop_tasks(&wal, 8, 40, &acked, &errors, |_| {}),
+        Duration::from_secs(20),
+    );
+    assert!(errors.borrow().is_empty());
+    assert_eq!(acked.borrow().len(), 8 * 40);
+}
