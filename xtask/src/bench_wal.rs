@@ -83,6 +83,9 @@ pub struct Args {
     /// tasks-driver — the tasks with `async_inline_fsync` off, every fsync led by the sync thread.
     #[arg(long, value_delimiter = ',', default_values_t = CONTENDERS.map(String::from).to_vec())]
     contenders: Vec<String>,
+    /// `Options::max_group_commit_delay` of the WAL contenders, in µs (default: the crate's).
+    #[arg(long)]
+    group_commit_delay_us: Option<u64>,
 }
 
 const CONTENDERS: [&str; 5] = ["raw", "awake", "threads", "tasks", "pipelined"];
@@ -197,8 +200,27 @@ fn round_ratio(ours: &Tally, baseline: &Tally) -> Ratio {
     }
 }
 
+/// `--group-commit-delay-us`, if given.
+static GROUP_COMMIT_DELAY: std::sync::OnceLock<Duration> = std::sync::OnceLock::new();
+
+/// The options of the WAL contenders' logs.
+fn wal_options() -> Options {
+    let defaults = Options::default();
+    Options {
+        segment_size: SEGMENT_SIZE,
+        max_group_commit_delay: GROUP_COMMIT_DELAY
+            .get()
+            .copied()
+            .unwrap_or(defaults.max_group_commit_delay),
+        ..defaults
+    }
+}
+
 /// Runs the benchmark.
 pub fn run(args: Args) -> anyhow::Result<()> {
+    if let Some(us) = args.group_commit_delay_us {
+        let _ = GROUP_COMMIT_DELAY.set(Duration::from_micros(us));
+    }
     let seconds = args.seconds.unwrap_or(if args.quick { 0.6 } else { 2.4 });
     let slice = Duration::from_secs_f64(seconds / f64::from(SLICES));
     let first_warmup = Duration::from_secs_f64((seconds / 5.0).min(0.5));
@@ -406,7 +428,7 @@ pub fn run(args: Args) -> anyhow::Result<()> {
     println!(
         "threads   = <writers> OS threads each looping append_durable (group commit; closed loop)"
     );
-    println!("tasks     = <writers> tasks on one tokio current-thread runtime, each awaiting append_durable_async before the next (closed loop; the log's sync thread leads the fsyncs)");
+    println!("tasks     = <writers> tasks on one tokio current-thread runtime, each awaiting append_durable_async before the next (closed loop; the task completing a group runs its fsync inline, the log's sync thread steps in for a group still short after the group-commit delay)");
     println!("tasks-driver = the same with async_inline_fsync off: the log's sync thread leads every fsync");
     println!("pipelined = one thread appending with <writers> records in flight, a sync thread publishing the durable index");
     println!("÷raw, ÷awake = wal appends/s ÷ that raw loop's appends/s at batch = writers: the median of the per-round ratios");
@@ -623,11 +645,7 @@ struct WalWriters {
 
 impl WalWriters {
     fn start(dir: &Path, writers: usize, size: usize) -> anyhow::Result<Self> {
-        let options = Options {
-            segment_size: SEGMENT_SIZE,
-            ..Options::default()
-        };
-        let wal = Arc::new(Wal::open(dir, options)?);
+        let wal = Arc::new(Wal::open(dir, wal_options())?);
         let control = Arc::new(Control::default());
         let threads = (0..writers)
             .map(|t| {
@@ -764,9 +782,8 @@ struct WalTasks {
 impl WalTasks {
     fn start(dir: &Path, writers: usize, size: usize, inline: bool) -> anyhow::Result<Self> {
         let options = Options {
-            segment_size: SEGMENT_SIZE,
             async_inline_fsync: inline,
-            ..Options::default()
+            ..wal_options()
         };
         let wal = Arc::new(Wal::open(dir, options)?);
         let runtime = tokio::runtime::Builder::new_current_thread().build()?;
@@ -878,11 +895,7 @@ struct Pipelined {
 
 impl Pipelined {
     fn start(dir: &Path, window: usize, size: usize) -> anyhow::Result<Self> {
-        let options = Options {
-            segment_size: SEGMENT_SIZE,
-            ..Options::default()
-        };
-        let wal = Arc::new(Wal::open(dir, options)?);
+        let wal = Arc::new(Wal::open(dir, wal_options())?);
         let published = Arc::new(Published::default());
         {
             let mut st = published.state.lock().expect("no panics while locked");
