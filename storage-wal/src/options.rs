@@ -135,4 +135,9 @@ pub struct Stats {
     /// Microseconds spent in group-commit `fdatasync` calls (the disk's busy time, as far as
     /// the log's own syncs go): with `syncs`, shows how long the disk idles between them.
     pub sync_busy_micros: u64,
+    /// Group commits led for async waiters by a future inline (`Options::async_inline_fsync`),
+    /// and by the sync driver thread: in a closed loop of tasks nearly all should be inline.
+    pub async_inline_syncs: u64,
+    /// See [`async_inline_syncs`](Self::async_inline_syncs).
+    pub async_driver_syncs: u64,
 }

@@ -12,9 +12,9 @@ use crate::waiters::GroupCommit;
 
 /// What one attempt to lead an fsync for the async waiters did.
 pub(crate) enum Led {
-    /// This thread led an fsync (successful or not: a failure poisons and rings); `released`
-    /// async waiters were woken by its ring, and the fsync took `took`.
-    Synced { released: u64, took: Duration },
+    /// This thread led an fsync (successful or not: a failure poisons and rings); its ring set
+    /// what the next async group commit may expect.
+    Synced,
     /// Another thread was leading; its ring came (or this thread was rung for another reason),
     /// or, asked not to wait, this thread returned at once.
     Waited,
@@ -45,7 +45,7 @@ fn run(group: &GroupCommit, max_delay: Duration, mut lead: impl FnMut() -> Led) 
             continue;
         }
         match lead() {
-            Led::Synced { released, took } => wakers.expect(released, took, false),
+            Led::Synced => {}
             Led::Waited => {}
             Led::Nothing => group.wake_all_async(),
         }

@@ -76,17 +76,24 @@ impl GroupCommit {
     /// Wakes every sleeper to look at what was published, and the async waiters it concerns.
     /// Returns how many async waiters were woken.
     pub fn ring(&self) -> u64 {
+        self.ring_as(None)
+    }
+
+    /// [`ring`](Self::ring), by the leader of an async group commit that took `took` (inline:
+    /// led by a future in `poll`), which also sets what the next one may expect (see
+    /// `Wakers::wake`).
+    pub fn ring_as(&self, led: Option<(std::time::Duration, bool)>) -> u64 {
         self.bell.ring();
         // The index before the epoch (see `publish`).
         let durable = self.durable_index.load(Ordering::Acquire);
         let epoch = self.epoch.load(Ordering::Acquire);
         let poisoned = self.poisoned.load(Ordering::Acquire);
-        self.wakers.wake(durable, epoch, poisoned)
+        self.wakers.wake(durable, epoch, poisoned, led)
     }
 
     /// Wakes every async waiter, to look for itself.
     pub fn wake_all_async(&self) {
-        self.wakers.wake(0, 0, true);
+        self.wakers.wake(0, 0, true, None);
     }
 
     /// The async waiters and the sync driver's doorbell.

@@ -164,9 +164,21 @@ impl Wakers {
     /// Wakes the waiters whose record `durable_index` covers, and every waiter whose epoch is not
     /// `epoch` (or all of them, if `all`). Returns how many were woken. The wakers are called
     /// with no lock of this list held.
-    pub fn wake(&self, durable_index: u64, epoch: u64, all: bool) -> u64 {
+    ///
+    /// `led` is given by whoever led an async group commit (the driver or a future inline):
+    /// how long it took and whether inline. Then the next group commit may expect those woken
+    /// back, with those that began waiting during this one — counted here, before any woken
+    /// future can run and arrive again (counted after the wake-ups, a quick executor's
+    /// re-arrivals would count twice, and every later group would look short).
+    pub fn wake(
+        &self,
+        durable_index: u64,
+        epoch: u64,
+        all: bool,
+        led: Option<(Duration, bool)>,
+    ) -> u64 {
         let mut inner = self.inner.lock();
-        if inner.waiting.is_empty() {
+        if inner.waiting.is_empty() && led.is_none() {
             return 0;
         }
         let mut woken = Vec::new();
@@ -179,8 +191,14 @@ impl Wakers {
                 k += 1;
             }
         }
-        drop(inner);
         let count = woken.len() as u64;
+        if let Some((took, inline)) = led {
+            inner.expected = count + inner.arrivals;
+            inner.last_inline = inline;
+            inner.last_done = Instant::now();
+            inner.sync_estimate = (inner.sync_estimate * 7 + took) / 8;
+        }
+        drop(inner);
         for waker in woken {
             waker.wake();
         }
@@ -243,17 +261,6 @@ impl Wakers {
         inner.driver = Driver::Busy;
         inner.arrivals = 0;
         true
-    }
-
-    /// Run by whoever led an async group commit (the driver or a future inline), after its ring
-    /// woke `released` futures in `took`: the next one may expect them back, with those that began
-    /// waiting meanwhile.
-    pub fn expect(&self, released: u64, took: Duration, inline: bool) {
-        let mut inner = self.inner.lock();
-        inner.expected = released + inner.arrivals;
-        inner.last_inline = inline;
-        inner.last_done = Instant::now();
-        inner.sync_estimate = (inner.sync_estimate * 7 + took) / 8;
     }
 
     /// Stops the driver (at its next look at the list).

@@ -369,7 +369,7 @@ impl Wal {
             let lead_group = self.group.clone();
             let handle =
                 sync_driver::spawn(group, self.options.max_group_commit_delay, move || {
-                    lead_for_async(&state, &lead_group, true)
+                    lead_for_async(&state, &lead_group, true, false)
                 })
                 .map_err(io_err("start the sync thread for", &self.dir))?;
             *driver = Some(handle);
@@ -408,8 +408,8 @@ impl Wal {
         let wakers = self.group.wakers();
         let next = wakers.register(index, epoch, waker, first, self.options.async_inline_fsync);
         if next == Next::LeadInline {
-            match lead_for_async(&self.state, &self.group, false) {
-                Led::Synced { released, took } => wakers.expect(released, took, true),
+            match lead_for_async(&self.state, &self.group, false, true) {
+                Led::Synced => {}
                 Led::Nothing => self.group.wake_all_async(),
                 // Another thread's fsync may have begun before this record was written: make
                 // sure one follows.
@@ -1013,8 +1013,9 @@ impl Wal {
 }
 
 /// One attempt by the sync driver to lead an fsync for the async waiters (see `sync_driver.rs`).
-/// With `wait`, if another thread leads, waits for its ring.
-fn lead_for_async(state: &Mutex<State>, group: &GroupCommit, wait: bool) -> Led {
+/// With `wait`, if another thread leads, waits for its ring; `inline` tells who leads (a future
+/// in `poll`, or the driver), for the stats.
+fn lead_for_async(state: &Mutex<State>, group: &GroupCommit, wait: bool, inline: bool) -> Led {
     let mut st = state.lock();
     if st.poisoned.is_some() || st.durable_index >= st.next_index - 1 {
         return Led::Nothing;
@@ -1029,12 +1030,17 @@ fn lead_for_async(state: &Mutex<State>, group: &GroupCommit, wait: bool) -> Led 
         return Led::Waited;
     }
     let started = Instant::now();
+    if inline {
+        st.stats.async_inline_syncs += 1;
+    } else {
+        st.stats.async_driver_syncs += 1;
+    }
     // A failure poisons the log; the ring below then wakes every async waiter to learn it.
     let _ = sync_locked(group, &mut st);
     let took = started.elapsed();
     drop(st);
-    let released = group.ring();
-    Led::Synced { released, took }
+    group.ring_as(Some((took, inline)));
+    Led::Synced
 }
 
 /// Publishes what waiters may read without the lock (after every change of the durable index,

@@ -117,6 +117,8 @@ struct Tally {
     /// Records the log appended in all, warm-ups included (WAL contenders): the divisor for
     /// `perf stat` counts of a `--contenders` run.
     total_appended: u64,
+    /// Task contenders: async group commits led inline by a task, and by the sync thread.
+    led: Option<(u64, u64)>,
 }
 
 impl Tally {
@@ -128,6 +130,7 @@ impl Tally {
             latency_us: histogram(),
             slices: Vec::new(),
             total_appended: 0,
+            led: None,
         }
     }
 
@@ -400,8 +403,11 @@ pub fn run(args: Args) -> anyhow::Result<()> {
                 if ran {
                     if args.contenders.len() < CONTENDERS.len() && tally.total_appended > 0 {
                         println!(
-                            "{case}: {} records appended in all, warm-ups included",
-                            tally.total_appended
+                            "{case}: {} records appended in all, warm-ups included{}",
+                            tally.total_appended,
+                            tally.led.map_or(String::new(), |(inline, driver)| format!(
+                                "; async fsyncs led inline {inline}, by the sync thread {driver}"
+                            ))
                         );
                     }
                     rows.push(tally.row(case, size, r));
@@ -860,7 +866,9 @@ impl WalTasks {
 
     fn finish(mut self) -> anyhow::Result<Tally> {
         drop(self.runtime);
-        self.tally.total_appended = self.wal.stats().appended_records;
+        let stats = self.wal.stats();
+        self.tally.total_appended = stats.appended_records;
+        self.tally.led = Some((stats.async_inline_syncs, stats.async_driver_syncs));
         drop(self.wal);
         std::fs::remove_dir_all(&self.dir)?;
         Ok(self.tally)
