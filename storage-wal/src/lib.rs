@@ -20,8 +20,9 @@
 //! assert_eq!(range, 1..4);
 //! assert_eq!(wal.sync()?, 3);
 //!
-//! // Or append and wait, sharing the fsync with other threads (group commit).
+//! // Or append and wait, sharing the fsync with other threads (group commit)...
 //! let index = wal.append_durable(b"put d 4")?;
+//! // ...or with other tasks, on any executor: `wal.append_durable_async(b"..").await?`.
 //! assert_eq!(wal.read(index)?, b"put d 4");
 //!
 //! // A consensus log replaces a conflicting suffix, and drops a prefix after a snapshot.
@@ -43,7 +44,8 @@
 //!
 //! ## Guarantees
 //! - A record is durable once [`Wal::sync`], [`Wal::wait_durable`] or [`Wal::append_durable`]
-//!   covers it; [`Wal::durable_index`] tells how far that is. One `fdatasync` covers every record
+//!   covers it, or the future [`Wal::append_durable_async`] returns resolves to its index;
+//!   [`Wal::durable_index`] tells how far that is. One `fdatasync` covers every record
 //!   appended before it started, whichever thread appended it.
 //! - An I/O error while writing or syncing poisons the log: every later call fails with
 //!   [`WalError::Poisoned`]; nothing is retried. Reopen to continue from what is durable.
@@ -69,6 +71,7 @@
 //! crash-simulating [`MemFs`] used by the tests.
 
 mod bell;
+mod durable_append;
 mod error;
 pub mod format;
 pub mod fs;
@@ -77,9 +80,12 @@ pub mod mem_fs;
 mod meta;
 mod options;
 mod segment;
+mod sync_driver;
 mod waiters;
+mod wakers;
 mod wal;
 
+pub use durable_append::DurableAppend;
 pub use error::{Result, WalError};
 pub use fs::{FileSystem, StdFs, WalFile};
 pub use mem_fs::MemFs;

@@ -40,6 +40,13 @@ pub struct Options {
     /// so that one fsync covers them all. Bounded further by the measured fsync time; the wait
     /// ends as soon as they are there. Zero disables it. Default 1 ms.
     pub max_group_commit_delay: Duration,
+    /// Async group commit ([`Wal::append_durable_async`](crate::Wal::append_durable_async)): the
+    /// future whose arrival completes the group the last fsync released runs the next fsync
+    /// itself, inside `poll` — blocking its executor's thread for one fsync, at a moment when the
+    /// writers that thread runs wait for that fsync anyway. It saves two thread wake-ups per
+    /// fsync (to the log's sync thread and back). Off: the sync thread leads every async group
+    /// commit, and `poll` never blocks on the disk. Default on.
+    pub async_inline_fsync: bool,
 }
 
 impl Default for Options {
@@ -50,6 +57,7 @@ impl Default for Options {
             recovery_mode: RecoveryMode::TolerateTornTail,
             initial_index: 1,
             max_group_commit_delay: Duration::from_millis(1),
+            async_inline_fsync: true,
         }
     }
 }
@@ -127,4 +135,9 @@ pub struct Stats {
     /// Microseconds spent in group-commit `fdatasync` calls (the disk's busy time, as far as
     /// the log's own syncs go): with `syncs`, shows how long the disk idles between them.
     pub sync_busy_micros: u64,
+    /// Group commits led for async waiters by a future inline (`Options::async_inline_fsync`),
+    /// and by the sync driver thread: in a closed loop of tasks nearly all should be inline.
+    pub async_inline_syncs: u64,
+    /// See [`async_inline_syncs`](Self::async_inline_syncs).
+    pub async_driver_syncs: u64,
 }

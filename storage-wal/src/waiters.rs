@@ -12,6 +12,7 @@
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 
 use crate::bell::Bell;
+use crate::wakers::Wakers;
 
 /// What a woken waiter found.
 pub(crate) enum Woken {
@@ -34,6 +35,18 @@ pub(crate) struct GroupCommit {
     /// result.
     leader: AtomicBool,
     bell: Bell,
+    /// Async waiters (`DurableAppend` futures), woken by the same rings.
+    wakers: Wakers,
+}
+
+/// What a look at the published state, without the lock, tells a waiter.
+pub(crate) enum Published {
+    /// Its record is durable.
+    Durable,
+    /// Not yet.
+    Pending,
+    /// The log was truncated or poisoned since: look under the lock.
+    Recheck,
 }
 
 impl GroupCommit {
@@ -60,9 +73,45 @@ impl GroupCommit {
         self.leader.store(false, Ordering::Release);
     }
 
-    /// Wakes every sleeper to look at what was published.
-    pub fn ring(&self) {
+    /// Wakes every sleeper to look at what was published, and the async waiters it concerns.
+    /// Returns how many async waiters were woken.
+    pub fn ring(&self) -> u64 {
+        self.ring_as(None)
+    }
+
+    /// [`ring`](Self::ring), by the leader of an async group commit that took `took` (inline:
+    /// led by a future in `poll`), which also sets what the next one may expect (see
+    /// `Wakers::wake`).
+    pub fn ring_as(&self, led: Option<(std::time::Duration, bool)>) -> u64 {
         self.bell.ring();
+        // The index before the epoch (see `publish`).
+        let durable = self.durable_index.load(Ordering::Acquire);
+        let epoch = self.epoch.load(Ordering::Acquire);
+        let poisoned = self.poisoned.load(Ordering::Acquire);
+        self.wakers.wake(durable, epoch, poisoned, led)
+    }
+
+    /// Wakes every async waiter, to look for itself.
+    pub fn wake_all_async(&self) {
+        self.wakers.wake(0, 0, true, None);
+    }
+
+    /// The async waiters and the sync driver's doorbell.
+    pub fn wakers(&self) -> &Wakers {
+        &self.wakers
+    }
+
+    /// Whether record `index`, appended in truncation `epoch`, is durable by what was published.
+    pub fn look(&self, index: u64, epoch: u64) -> Published {
+        // The index before the epoch (see `publish`).
+        let durable = self.durable_index.load(Ordering::Acquire);
+        if self.poisoned.load(Ordering::Acquire) || self.epoch.load(Ordering::Acquire) != epoch {
+            Published::Recheck
+        } else if durable >= index {
+            Published::Durable
+        } else {
+            Published::Pending
+        }
     }
 
     /// The bell's generation: read it under the lock before unlocking to [`sleep`](Self::sleep).

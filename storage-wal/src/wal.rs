@@ -10,6 +10,7 @@ use std::time::{Duration, Instant};
 
 use parking_lot::{Mutex, MutexGuard};
 
+use crate::durable_append::DurableAppend;
 use crate::error::{Result, WalError};
 use crate::format::{
     encode_record, parse_segment_name, record_size, scan_record, Scan, SegmentHeader, FLAG_BASE,
@@ -22,7 +23,9 @@ use crate::options::{Options, RecoveryReport, Stats, TornTailCut};
 use crate::segment::{
     create_segment, install_segment, prepare_file, scan_segment, zero_range, Segment, SPARE_FILE,
 };
-use crate::waiters::{GroupCommit, Woken};
+use crate::sync_driver::{self, Led};
+use crate::waiters::{GroupCommit, Published, Woken};
+use crate::wakers::Next;
 
 const LOCK_FILE: &str = "LOCK";
 /// Pending (appended, not yet written) bytes are written to the file once they exceed this.
@@ -138,13 +141,16 @@ pub struct Wal {
     fs: Arc<dyn FileSystem>,
     dir: PathBuf,
     options: Options,
-    state: Mutex<State>,
+    /// Shared with the sync driver thread (`sync_driver.rs`), once async appends started it.
+    state: Arc<Mutex<State>>,
     /// Serialises metadata replacements, whose file I/O runs outside `state` so appends and
     /// group commits are not held up by it.
     meta_writer: Mutex<()>,
     /// What group-commit waiters read without the lock, the claim to lead the next fsync, and
     /// the bell they sleep on.
-    group: GroupCommit,
+    group: Arc<GroupCommit>,
+    /// The sync driver, started by the first [`append_durable_async`](Wal::append_durable_async).
+    driver: Mutex<Option<JoinHandle<()>>>,
     report: RecoveryReport,
     _lock: Box<dyn Any + Send + Sync>,
 }
@@ -225,9 +231,10 @@ impl Wal {
             fs,
             dir,
             options,
-            state: Mutex::new(state),
+            state: Arc::new(Mutex::new(state)),
             meta_writer: Mutex::new(()),
-            group: GroupCommit::default(),
+            group: Arc::default(),
+            driver: Mutex::new(None),
             report,
             _lock: lock,
         };
@@ -327,6 +334,88 @@ impl Wal {
         let epoch = st.epoch;
         self.wait_inner(st, index, Some(epoch), true)?;
         Ok(index)
+    }
+
+    /// Appends one record now and returns a future that resolves to its index once it is
+    /// durable — the async counterpart of [`append_durable`](Self::append_durable), for tasks on
+    /// any executor (the crate depends on none). Records get their indexes in the order of these
+    /// calls, whenever the futures are polled.
+    ///
+    /// No thread waits per append: the future leaves its [`Waker`](std::task::Waker) with the
+    /// group commit, and the ring after each fsync wakes the tasks it covers. The fsyncs are led
+    /// by whichever thread waits in [`sync`](Self::sync) or [`append_durable`](Self::append_durable),
+    /// or else by the log's sync driver, a background thread the first call starts (it gathers
+    /// the tasks it released, as a gathering leader does, and stops when the log is dropped).
+    ///
+    /// The future fails as `append_durable` does: with the append's own error, with the fsync's
+    /// error once the log is poisoned ([`WalError::Poisoned`] naming it), or with
+    /// [`WalError::Truncated`] if a concurrent `truncate_from` removed the record first. Dropping
+    /// it does not undo the append. Like any future, it must not be polled after it completed.
+    pub fn append_durable_async(&self, payload: &[u8]) -> DurableAppend<'_> {
+        let appended = self.start_driver().and_then(|()| {
+            let mut st = self.state.lock();
+            let index = self.append_locked(&mut st, &[payload])?.start;
+            Ok((index, st.epoch))
+        });
+        DurableAppend::new(self, appended)
+    }
+
+    /// Starts the sync driver unless it runs.
+    fn start_driver(&self) -> Result<()> {
+        let mut driver = self.driver.lock();
+        if driver.is_none() {
+            let state = self.state.clone();
+            let group = self.group.clone();
+            let lead_group = self.group.clone();
+            let handle =
+                sync_driver::spawn(group, self.options.max_group_commit_delay, move || {
+                    lead_for_async(&state, &lead_group, true, false)
+                })
+                .map_err(io_err("start the sync thread for", &self.dir))?;
+            *driver = Some(handle);
+        }
+        Ok(())
+    }
+
+    /// For [`DurableAppend`]: the outcome, if the wait for record `index` (appended in truncation
+    /// `epoch`) is over. A truncation that left the record in place moves `epoch` to the current
+    /// one, so later rings do not wake the future for it again.
+    pub(crate) fn durable_outcome(&self, index: u64, epoch: &mut u64) -> Option<Result<u64>> {
+        match self.group.look(index, *epoch) {
+            Published::Durable => Some(Ok(index)),
+            Published::Pending => None,
+            Published::Recheck => {
+                let st = self.state.lock();
+                let outcome = Self::wait_outcome(&st, index, Some(*epoch));
+                if outcome.is_none() {
+                    *epoch = st.epoch;
+                }
+                outcome.map(|r| r.map(|_| index))
+            }
+        }
+    }
+
+    /// For [`DurableAppend`]: leaves `waker` to be woken when record `index` may be durable; if
+    /// this arrival completes the group (and `Options::async_inline_fsync` allows), leads the
+    /// fsync here and now, or has the sync driver lead it if another thread leads one already.
+    pub(crate) fn register_waker(
+        &self,
+        index: u64,
+        epoch: u64,
+        waker: &std::task::Waker,
+        first: bool,
+    ) {
+        let wakers = self.group.wakers();
+        let next = wakers.register(index, epoch, waker, first, self.options.async_inline_fsync);
+        if next == Next::LeadInline {
+            match lead_for_async(&self.state, &self.group, false, true) {
+                Led::Synced => {}
+                Led::Nothing => self.group.wake_all_async(),
+                // Another thread's fsync may have begun before this record was written: make
+                // sure one follows.
+                Led::Waited => wakers.kick(),
+            }
+        }
     }
 
     /// Makes every record appended so far durable with one `fdatasync` (or by joining one in
@@ -473,7 +562,7 @@ impl Wal {
                 }
             }
             // Resigns the leadership whatever happens; the sleepers are rung next time round.
-            let result = self.sync_locked(&mut st);
+            let result = sync_locked(&self.group, &mut st);
             leading = false;
             ring = true;
             if let Err(e) = result {
@@ -487,8 +576,7 @@ impl Wal {
     /// Publishes what waiters may read without the lock (after every change of the durable
     /// index, the truncation epoch or poisoning, before the ring that announces it).
     fn publish(&self, st: &State) {
-        self.group
-            .publish(st.durable_index, st.epoch, st.poisoned.is_some());
+        publish(&self.group, st);
     }
 
     /// Wakes every thread waiting for durability or gathering a group commit, to look again.
@@ -502,49 +590,6 @@ impl Wal {
         while st.syncing {
             let seen = self.group.generation();
             MutexGuard::unlocked(st, || self.group.wait_for_ring(seen));
-        }
-    }
-
-    /// Run by the leader: writes pending records, then fsyncs the active segment with the lock
-    /// released, publishes the new durable index and resigns the leadership. The caller rings
-    /// the bell, once it has released the lock.
-    fn sync_locked(&self, st: &mut MutexGuard<'_, State>) -> Result<()> {
-        debug_assert!(!st.syncing);
-        let result = self.fsync_pending(st);
-        self.publish(st);
-        self.group.resign();
-        result
-    }
-
-    fn fsync_pending(&self, st: &mut MutexGuard<'_, State>) -> Result<()> {
-        st.flush_pending()?;
-        let target = st.next_index - 1;
-        let covered_waiters = st.arrivals;
-        st.arrivals = 0;
-        if target <= st.durable_index {
-            return Ok(());
-        }
-        let active = st.segments.last().expect("a log always has a segment");
-        let (file, path) = (active.file.clone(), active.path.clone());
-        st.syncing = true;
-        let started = Instant::now();
-        // Everything up to `target` is in this file: older segments were synced when rolled.
-        let result = MutexGuard::unlocked(st, || file.sync_data());
-        let now = Instant::now();
-        st.syncing = false;
-        st.stats.syncs += 1;
-        st.last_sync_done = now;
-        st.sync_time_estimate = (st.sync_time_estimate * 7 + (now - started)) / 8;
-        st.stats.sync_busy_micros += (now - started).as_micros() as u64;
-        // The writers this fsync releases plus those that queued meanwhile: how many the next
-        // leader may expect.
-        st.expected_waiters = covered_waiters + st.arrivals;
-        match result {
-            Ok(()) => {
-                st.durable_index = st.durable_index.max(target);
-                Ok(())
-            }
-            Err(e) => Err(st.poison(WalError::io("fdatasync", &path, e))),
         }
     }
 
@@ -967,6 +1012,86 @@ impl Wal {
     }
 }
 
+/// One attempt by the sync driver to lead an fsync for the async waiters (see `sync_driver.rs`).
+/// With `wait`, if another thread leads, waits for its ring; `inline` tells who leads (a future
+/// in `poll`, or the driver), for the stats.
+fn lead_for_async(state: &Mutex<State>, group: &GroupCommit, wait: bool, inline: bool) -> Led {
+    let mut st = state.lock();
+    if st.poisoned.is_some() || st.durable_index >= st.next_index - 1 {
+        return Led::Nothing;
+    }
+    if !group.try_lead() {
+        // Another thread leads: its ring wakes the async waiters it covers.
+        if wait {
+            let seen = group.generation();
+            drop(st);
+            group.wait_for_ring(seen);
+        }
+        return Led::Waited;
+    }
+    let started = Instant::now();
+    if inline {
+        st.stats.async_inline_syncs += 1;
+    } else {
+        st.stats.async_driver_syncs += 1;
+    }
+    // A failure poisons the log; the ring below then wakes every async waiter to learn it.
+    let _ = sync_locked(group, &mut st);
+    let took = started.elapsed();
+    drop(st);
+    group.ring_as(Some((took, inline)));
+    Led::Synced
+}
+
+/// Publishes what waiters may read without the lock (after every change of the durable index,
+/// the truncation epoch or poisoning, before the ring that announces it).
+fn publish(group: &GroupCommit, st: &State) {
+    group.publish(st.durable_index, st.epoch, st.poisoned.is_some());
+}
+
+/// Run by the leader: writes pending records, then fsyncs the active segment with the lock
+/// released, publishes the new durable index and resigns the leadership. The caller rings
+/// the bell, once it has released the lock.
+fn sync_locked(group: &GroupCommit, st: &mut MutexGuard<'_, State>) -> Result<()> {
+    debug_assert!(!st.syncing);
+    let result = fsync_pending(st);
+    publish(group, st);
+    group.resign();
+    result
+}
+
+fn fsync_pending(st: &mut MutexGuard<'_, State>) -> Result<()> {
+    st.flush_pending()?;
+    let target = st.next_index - 1;
+    let covered_waiters = st.arrivals;
+    st.arrivals = 0;
+    if target <= st.durable_index {
+        return Ok(());
+    }
+    let active = st.segments.last().expect("a log always has a segment");
+    let (file, path) = (active.file.clone(), active.path.clone());
+    st.syncing = true;
+    let started = Instant::now();
+    // Everything up to `target` is in this file: older segments were synced when rolled.
+    let result = MutexGuard::unlocked(st, || file.sync_data());
+    let now = Instant::now();
+    st.syncing = false;
+    st.stats.syncs += 1;
+    st.last_sync_done = now;
+    st.sync_time_estimate = (st.sync_time_estimate * 7 + (now - started)) / 8;
+    st.stats.sync_busy_micros += (now - started).as_micros() as u64;
+    // The writers this fsync releases plus those that queued meanwhile: how many the next
+    // leader may expect.
+    st.expected_waiters = covered_waiters + st.arrivals;
+    match result {
+        Ok(()) => {
+            st.durable_index = st.durable_index.max(target);
+            Ok(())
+        }
+        Err(e) => Err(st.poison(WalError::io("fdatasync", &path, e))),
+    }
+}
+
 /// Records to read from one segment: their indexes and the stored span they occupy.
 struct PlannedRead {
     file: Arc<dyn WalFile>,
@@ -1035,6 +1160,11 @@ fn truncated_since(st: &State, epoch: u64, index: u64) -> bool {
 
 impl Drop for Wal {
     fn drop(&mut self) {
+        // No future borrows the log any more; the driver finishes the fsync it may be leading.
+        self.group.wakers().shutdown();
+        if let Some(driver) = self.driver.get_mut().take() {
+            let _ = driver.join();
+        }
         let mut st = self.state.lock();
         if st.poisoned.is_none() {
             // Hand appended records to the OS (not durable), and record how far the log is

@@ -12,13 +12,22 @@
 //!   (and with deep CPU idle states) a lone thread that blocks in `fdatasync` lets its CPU halt,
 //!   and waking it costs more than the flush itself; the WAL's many threads keep CPUs busier. This
 //!   row shows what the flush alone costs, so the WAL's ratio is not flattered by that effect.
-//! - WAL: `writers` threads each calling `append_durable` in a loop (closed loop), sharing
-//!   fdatasyncs by group commit. Its appends/s are divided by each raw loop's appends/s at a batch
-//!   size equal to the number of writers.
+//! - WAL threads: `writers` OS threads each calling `append_durable` in a loop (closed loop),
+//!   sharing fdatasyncs by group commit. Every durable append blocks its thread: one futex
+//!   wake-up and context switch per append.
+//! - WAL tasks: `writers` tasks on one tokio current-thread runtime (one OS thread), each
+//!   awaiting `append_durable_async` before issuing its next append — closed-loop writers too,
+//!   each with one record in flight, as a node's async request handlers would be. The task whose
+//!   arrival completes the group runs the fsync inline (`Options::async_inline_fsync`, the
+//!   default; the log's sync thread leads only when a group stays short past the group-commit
+//!   delay); a finished fsync wakes the tasks' wakers (a task switch, not a thread switch, per
+//!   append). `--contenders tasks-driver` measures the same with every fsync led by the sync
+//!   thread. Both WAL rows' appends/s are divided by each raw loop's
+//!   appends/s at a batch size equal to the number of writers.
 //! - WAL pipelined: the path the node uses. One thread submits appends (`append`, no waiting),
 //!   keeping `writers` records in flight; a sync thread calls `Wal::sync` while anything is
 //!   pending and publishes the durable index, which the submitter waits on to refill.
-//! - The four alternate in short slices (raw, raw awake, WAL, pipelined, raw, ...) so that other
+//! - The five alternate in short slices (raw, raw awake, threads, tasks, pipelined, raw, ...) so that other
 //!   load on the machine falls on all of them alike. A ratio is the median over the rounds of
 //!   that round's ratio (each round is one slice of each contender, run back to back), so a
 //!   moment when the disk or the machine was much faster or slower than usual moves it little;
@@ -26,8 +35,13 @@
 //! - Recovery: the time `Wal::open` takes to check a log of at least 512 MiB of records that is in
 //!   the page cache (it was just written and opened once); the best of three opens.
 //!
-//! The last two lines printed are `wal-pipelined-vs-raw: <ratio>` and `wal-vs-raw: <ratio>`, for
-//! 16 writers (records in flight) × 256 B against the plain raw loop.
+//! The last lines printed are `wal-threads-vs-raw: <ratio>` (thread writers),
+//! `wal-pipelined-vs-raw: <ratio>` and `wal-vs-raw: <ratio>` (task writers: the closed-loop
+//! writers of issue 10's target), for 16 writers (records in flight) × 256 B against the plain raw
+//! loop; a line before them gives both closed-loop rows at 64 writers.
+//!
+//! `--contenders` measures only some of them (for `perf stat` per contender); ratios against a
+//! raw loop not measured are not printed.
 
 use std::fs::{File, OpenOptions};
 use std::os::unix::fs::FileExt;
@@ -65,7 +79,17 @@ pub struct Args {
     /// Skip the recovery case.
     #[arg(long)]
     no_recovery: bool,
+    /// Contenders to measure: raw, awake, threads, tasks, pipelined, and (not by default)
+    /// tasks-driver — the tasks with `async_inline_fsync` off, every fsync led by the sync thread.
+    #[arg(long, value_delimiter = ',', default_values_t = CONTENDERS.map(String::from).to_vec())]
+    contenders: Vec<String>,
+    /// `Options::max_group_commit_delay` of the WAL contenders, in µs (default: the crate's).
+    #[arg(long)]
+    group_commit_delay_us: Option<u64>,
 }
+
+const CONTENDERS: [&str; 5] = ["raw", "awake", "threads", "tasks", "pipelined"];
+const OPTIONAL_CONTENDERS: [&str; 1] = ["tasks-driver"];
 
 const WRITERS: [usize; 4] = [1, 4, 16, 64];
 const SIZES: [usize; 2] = [256, 4096];
@@ -90,6 +114,11 @@ struct Tally {
     latency_us: Histogram<u64>,
     /// Appends/s of each slice, in order.
     slices: Vec<f64>,
+    /// Records the log appended in all, warm-ups included (WAL contenders): the divisor for
+    /// `perf stat` counts of a `--contenders` run.
+    total_appended: u64,
+    /// Task contenders: async group commits led inline by a task, and by the sync thread.
+    led: Option<(u64, u64)>,
 }
 
 impl Tally {
@@ -100,6 +129,8 @@ impl Tally {
             secs: 0.0,
             latency_us: histogram(),
             slices: Vec::new(),
+            total_appended: 0,
+            led: None,
         }
     }
 
@@ -172,8 +203,27 @@ fn round_ratio(ours: &Tally, baseline: &Tally) -> Ratio {
     }
 }
 
+/// `--group-commit-delay-us`, if given.
+static GROUP_COMMIT_DELAY: std::sync::OnceLock<Duration> = std::sync::OnceLock::new();
+
+/// The options of the WAL contenders' logs.
+fn wal_options() -> Options {
+    let defaults = Options::default();
+    Options {
+        segment_size: SEGMENT_SIZE,
+        max_group_commit_delay: GROUP_COMMIT_DELAY
+            .get()
+            .copied()
+            .unwrap_or(defaults.max_group_commit_delay),
+        ..defaults
+    }
+}
+
 /// Runs the benchmark.
 pub fn run(args: Args) -> anyhow::Result<()> {
+    if let Some(us) = args.group_commit_delay_us {
+        let _ = GROUP_COMMIT_DELAY.set(Duration::from_micros(us));
+    }
     let seconds = args.seconds.unwrap_or(if args.quick { 0.6 } else { 2.4 });
     let slice = Duration::from_secs_f64(seconds / f64::from(SLICES));
     let first_warmup = Duration::from_secs_f64((seconds / 5.0).min(0.5));
@@ -196,9 +246,31 @@ pub fn run(args: Args) -> anyhow::Result<()> {
             .progress_chars("=> "),
     );
 
+    if let Some(bad) = args
+        .contenders
+        .iter()
+        .find(|c| !CONTENDERS.contains(&c.as_str()) && !OPTIONAL_CONTENDERS.contains(&c.as_str()))
+    {
+        anyhow::bail!(
+            "unknown contender {bad:?} (known: {}, {})",
+            CONTENDERS.join(", "),
+            OPTIONAL_CONTENDERS.join(", ")
+        );
+    }
+    let runs = |name: &str| args.contenders.iter().any(|c| c == name);
+    let (run_raw, run_awake, run_threads, run_tasks, run_piped, run_driver) = (
+        runs("raw"),
+        runs("awake"),
+        runs("threads"),
+        runs("tasks"),
+        runs("pipelined"),
+        runs("tasks-driver"),
+    );
     let mut rows = Vec::new();
     let mut headline = None;
+    let mut threads_headline = None;
     let mut pipelined_headline = None;
+    let mut at_64 = None;
     for &size in &args.sizes {
         for &writers in &args.writers {
             progress.set_message(format!("{writers} writers × {size} B"));
@@ -221,6 +293,18 @@ pub fn run(args: Args) -> anyhow::Result<()> {
             )?;
             // Then a moment for the page cache to settle.
             std::thread::sleep(Duration::from_millis(300));
+            let mut tasks = WalTasks::start(
+                &tmp.path().join(format!("tasks-{writers}-{size}")),
+                writers,
+                size,
+                true,
+            )?;
+            let mut driven = WalTasks::start(
+                &tmp.path().join(format!("driven-{writers}-{size}")),
+                writers,
+                size,
+                false,
+            )?;
             let (mut plain, mut awake, mut piped) = (Tally::new(), Tally::new(), Tally::new());
             for k in 0..SLICES {
                 // The first slice of each contender warms it up; later ones resume a warm state.
@@ -229,49 +313,106 @@ pub fn run(args: Args) -> anyhow::Result<()> {
                 } else {
                     Duration::from_millis(50)
                 };
-                let before = plain.mark();
-                raw.slice(false, warmup, slice, &mut plain)?;
-                plain.end_slice(before);
-                let before = awake.mark();
-                raw.slice(true, warmup, slice, &mut awake)?;
-                awake.end_slice(before);
-                wal.slice(warmup, slice)?;
-                let before = piped.mark();
-                pipelined.slice(warmup, slice, &mut piped)?;
-                piped.end_slice(before);
+                if run_raw {
+                    let before = plain.mark();
+                    raw.slice(false, warmup, slice, &mut plain)?;
+                    plain.end_slice(before);
+                }
+                if run_awake {
+                    let before = awake.mark();
+                    raw.slice(true, warmup, slice, &mut awake)?;
+                    awake.end_slice(before);
+                }
+                if run_threads {
+                    wal.slice(warmup, slice)?;
+                }
+                if run_tasks {
+                    tasks.slice(warmup, slice)?;
+                }
+                if run_driver {
+                    driven.slice(warmup, slice)?;
+                }
+                if run_piped {
+                    let before = piped.mark();
+                    pipelined.slice(warmup, slice, &mut piped)?;
+                    piped.end_slice(before);
+                }
             }
             let wal_tally = wal.finish()?;
+            let tasks_tally = tasks.finish()?;
+            let driven_tally = driven.finish()?;
             pipelined.finish()?;
             raw.remove()?;
-            let ratios = [
-                round_ratio(&wal_tally, &plain),
-                round_ratio(&wal_tally, &awake),
-            ];
-            let piped_ratios = [round_ratio(&piped, &plain), round_ratio(&piped, &awake)];
+            let ratios_of = |ours: &Tally| {
+                [(run_raw, &plain), (run_awake, &awake)]
+                    .map(|(ran, baseline)| ran.then(|| round_ratio(ours, baseline)))
+            };
+            let (ratios, task_ratios, piped_ratios, driven_ratios) = (
+                ratios_of(&wal_tally),
+                ratios_of(&tasks_tally),
+                ratios_of(&piped),
+                ratios_of(&driven_tally),
+            );
             if writers == 16 && size == 256 {
-                headline = Some(ratios[0]);
-                pipelined_headline = Some(piped_ratios[0]);
+                headline = task_ratios[0];
+                threads_headline = ratios[0];
+                pipelined_headline = piped_ratios[0];
             }
-            rows.push(plain.row(
-                format!("raw batch {writers:>2} × {size} B"),
-                size,
-                [None; 2],
-            ));
-            rows.push(awake.row(
-                format!("raw+awake {writers:>2} × {size} B"),
-                size,
-                [None; 2],
-            ));
-            rows.push(wal_tally.row(
-                format!("wal {writers:>2} writers × {size} B"),
-                size,
-                ratios.map(|r| Some(r.median)),
-            ));
-            rows.push(piped.row(
-                format!("wal pipelined {writers:>2} × {size} B"),
-                size,
-                piped_ratios.map(|r| Some(r.median)),
-            ));
+            if writers == 64 && size == 256 {
+                at_64 = Some((task_ratios[0], ratios[0]));
+            }
+            let median = |r: [Option<Ratio>; 2]| r.map(|r| r.map(|r| r.median));
+            for (ran, tally, case, r) in [
+                (
+                    run_raw,
+                    &plain,
+                    format!("raw batch {writers:>2} × {size} B"),
+                    [None; 2],
+                ),
+                (
+                    run_awake,
+                    &awake,
+                    format!("raw+awake {writers:>2} × {size} B"),
+                    [None; 2],
+                ),
+                (
+                    run_threads,
+                    &wal_tally,
+                    format!("wal threads {writers:>2} × {size} B"),
+                    median(ratios),
+                ),
+                (
+                    run_tasks,
+                    &tasks_tally,
+                    format!("wal tasks {writers:>2} × {size} B"),
+                    median(task_ratios),
+                ),
+                (
+                    run_driver,
+                    &driven_tally,
+                    format!("wal tasks-driver {writers:>2} × {size} B"),
+                    median(driven_ratios),
+                ),
+                (
+                    run_piped,
+                    &piped,
+                    format!("wal pipelined {writers:>2} × {size} B"),
+                    median(piped_ratios),
+                ),
+            ] {
+                if ran {
+                    if args.contenders.len() < CONTENDERS.len() && tally.total_appended > 0 {
+                        println!(
+                            "{case}: {} records appended in all, warm-ups included{}",
+                            tally.total_appended,
+                            tally.led.map_or(String::new(), |(inline, driver)| format!(
+                                "; async fsyncs led inline {inline}, by the sync thread {driver}"
+                            ))
+                        );
+                    }
+                    rows.push(tally.row(case, size, r));
+                }
+            }
             progress.inc(1);
         }
     }
@@ -290,10 +431,14 @@ pub fn run(args: Args) -> anyhow::Result<()> {
     );
     println!("raw       = one thread: pwrite of <batch> encoded records into a zero-filled preallocated file, then fdatasync");
     println!("raw+awake = the same while another thread spins, so the CPU does not idle during fdatasync");
-    println!("wal       = <writers> threads each looping append_durable (group commit)");
+    println!(
+        "threads   = <writers> OS threads each looping append_durable (group commit; closed loop)"
+    );
+    println!("tasks     = <writers> tasks on one tokio current-thread runtime, each awaiting append_durable_async before the next (closed loop; the task completing a group runs its fsync inline, the log's sync thread steps in for a group still short after the group-commit delay)");
+    println!("tasks-driver = the same with async_inline_fsync off: the log's sync thread leads every fsync");
     println!("pipelined = one thread appending with <writers> records in flight, a sync thread publishing the durable index");
     println!("÷raw, ÷awake = wal appends/s ÷ that raw loop's appends/s at batch = writers: the median of the per-round ratios");
-    println!("latency   = one durable append (wal) or one write+fdatasync of the batch (raw)");
+    println!("latency   = one durable append (wal rows) or one write+fdatasync of the batch (raw)");
     println!();
     println!(
         "{:<26} {:>10} {:>8} {:>9} {:>8} {:>8} {:>6} {:>7}",
@@ -319,11 +464,28 @@ pub fn run(args: Args) -> anyhow::Result<()> {
     if let Some(recovery) = recovery {
         print_recovery(&recovery);
     }
-    if let (Some(piped), Some(wal)) = (pipelined_headline, headline) {
+    if let (Some(piped), Some(tasks), Some(threads)) =
+        (pipelined_headline, headline, threads_headline)
+    {
         println!(
-            "16 × 256 B per-round ratios: pipelined {:.2}–{:.2}, wal {:.2}–{:.2} (median printed below)",
-            piped.low, piped.high, wal.low, wal.high
+            "16 × 256 B per-round ratios: pipelined {:.2}–{:.2}, tasks {:.2}–{:.2}, threads {:.2}–{:.2} (medians printed below)",
+            piped.low, piped.high, tasks.low, tasks.high, threads.low, threads.high
         );
+    }
+    if let Some((tasks, threads)) = at_64 {
+        let show = |r: Option<Ratio>| {
+            r.map_or("-".to_string(), |r| {
+                format!("{:.2} ({:.2}–{:.2})", r.median, r.low, r.high)
+            })
+        };
+        println!(
+            "64 × 256 B closed loop ÷raw: tasks {}, threads {}",
+            show(tasks),
+            show(threads)
+        );
+    }
+    if let Some(ratio) = threads_headline {
+        println!("wal-threads-vs-raw: {:.2}", ratio.median);
     }
     if let Some(ratio) = pipelined_headline {
         println!("wal-pipelined-vs-raw: {:.2}", ratio.median);
@@ -489,11 +651,7 @@ struct WalWriters {
 
 impl WalWriters {
     fn start(dir: &Path, writers: usize, size: usize) -> anyhow::Result<Self> {
-        let options = Options {
-            segment_size: SEGMENT_SIZE,
-            ..Options::default()
-        };
-        let wal = Arc::new(Wal::open(dir, options)?);
+        let wal = Arc::new(Wal::open(dir, wal_options())?);
         let control = Arc::new(Control::default());
         let threads = (0..writers)
             .map(|t| {
@@ -568,6 +726,7 @@ impl WalWriters {
                 .map_err(|_| anyhow::anyhow!("writer thread panicked"))?;
             self.tally.latency_us.add(&h).expect("same bounds");
         }
+        self.tally.total_appended = self.wal.stats().appended_records;
         drop(self.wal);
         std::fs::remove_dir_all(&self.dir)?;
         Ok(self.tally)
@@ -614,6 +773,108 @@ fn writer(wal: &Wal, control: &Control, t: usize, size: usize) -> Histogram<u64>
     }
 }
 
+/// `writers` tasks on one tokio current-thread runtime, each awaiting `append_durable_async`
+/// before its next append. A slice spawns them, runs the runtime on this thread until a timer
+/// thread stops them, and counts the appends that completed while measuring.
+struct WalTasks {
+    dir: PathBuf,
+    wal: Arc<Wal>,
+    runtime: tokio::runtime::Runtime,
+    writers: usize,
+    size: usize,
+    tally: Tally,
+}
+
+impl WalTasks {
+    fn start(dir: &Path, writers: usize, size: usize, inline: bool) -> anyhow::Result<Self> {
+        let options = Options {
+            async_inline_fsync: inline,
+            ..wal_options()
+        };
+        let wal = Arc::new(Wal::open(dir, options)?);
+        let runtime = tokio::runtime::Builder::new_current_thread().build()?;
+        Ok(WalTasks {
+            dir: dir.to_path_buf(),
+            wal,
+            runtime,
+            writers,
+            size,
+            tally: Tally::new(),
+        })
+    }
+
+    fn slice(&mut self, warmup: Duration, measure: Duration) -> anyhow::Result<()> {
+        let stop = Arc::new(AtomicBool::new(false));
+        let measuring = Arc::new(AtomicBool::new(false));
+        let timer = {
+            let (stop, measuring, wal) = (stop.clone(), measuring.clone(), self.wal.clone());
+            std::thread::spawn(move || {
+                std::thread::sleep(warmup);
+                let syncs_before = wal.stats().syncs;
+                measuring.store(true, Ordering::Relaxed);
+                let started = Instant::now();
+                std::thread::sleep(measure);
+                measuring.store(false, Ordering::Relaxed);
+                let secs = started.elapsed().as_secs_f64();
+                let syncs = wal.stats().syncs - syncs_before;
+                stop.store(true, Ordering::Relaxed);
+                (secs, syncs)
+            })
+        };
+        let (writers, size) = (self.writers, self.size);
+        let wal = self.wal.clone();
+        let results: Vec<anyhow::Result<(u64, Histogram<u64>)>> = self.runtime.block_on(async {
+            let handles: Vec<_> = (0..writers)
+                .map(|t| {
+                    let (wal, stop, measuring) = (wal.clone(), stop.clone(), measuring.clone());
+                    let payload: Vec<u8> = (0..size).map(|k| (k + t) as u8 | 1).collect();
+                    tokio::spawn(async move {
+                        let mut hist = histogram();
+                        let mut appends = 0u64;
+                        while !stop.load(Ordering::Relaxed) {
+                            let started = Instant::now();
+                            wal.append_durable_async(&payload).await?;
+                            if measuring.load(Ordering::Relaxed) {
+                                appends += 1;
+                                hist.saturating_record(started.elapsed().as_micros() as u64);
+                            }
+                        }
+                        anyhow::Ok((appends, hist))
+                    })
+                })
+                .collect();
+            let mut results = Vec::new();
+            for h in handles {
+                results.push(h.await.map_err(anyhow::Error::from).and_then(|r| r));
+            }
+            results
+        });
+        let (secs, syncs) = timer
+            .join()
+            .map_err(|_| anyhow::anyhow!("timer thread panicked"))?;
+        let before = self.tally.mark();
+        for result in results {
+            let (appends, hist) = result.context("a WAL task failed")?;
+            self.tally.appends += appends;
+            self.tally.latency_us.add(&hist).expect("same bounds");
+        }
+        self.tally.secs += secs;
+        self.tally.fsyncs += syncs;
+        self.tally.end_slice(before);
+        Ok(())
+    }
+
+    fn finish(mut self) -> anyhow::Result<Tally> {
+        drop(self.runtime);
+        let stats = self.wal.stats();
+        self.tally.total_appended = stats.appended_records;
+        self.tally.led = Some((stats.async_inline_syncs, stats.async_driver_syncs));
+        drop(self.wal);
+        std::fs::remove_dir_all(&self.dir)?;
+        Ok(self.tally)
+    }
+}
+
 /// The durable index as the sync thread publishes it, and what the submitter asks for.
 #[derive(Default)]
 struct Published {
@@ -642,11 +903,7 @@ struct Pipelined {
 
 impl Pipelined {
     fn start(dir: &Path, window: usize, size: usize) -> anyhow::Result<Self> {
-        let options = Options {
-            segment_size: SEGMENT_SIZE,
-            ..Options::default()
-        };
-        let wal = Arc::new(Wal::open(dir, options)?);
+        let wal = Arc::new(Wal::open(dir, wal_options())?);
         let published = Arc::new(Published::default());
         {
             let mut st = published.state.lock().expect("no panics while locked");

@@ -82,3 +82,83 @@ pub fn read_all(wal: &Wal) -> Vec<Vec<u8>> {
 pub fn path_is(err: &storage_wal::WalError, path: &Path) -> bool {
     err.path() == Some(path)
 }
+
+/// A minimal single-threaded executor for the async API's tests (the crate depends on none):
+/// polls each task whose waker was woken, parks the thread while none was, and fails the test
+/// if the tasks have not all finished within `hang_guard` (a lost wake-up, or futures woken over
+/// and over without resolving, would hang there; it is a generous guard, not a timing check).
+pub fn run_tasks<'a>(
+    tasks: Vec<std::pin::Pin<Box<dyn std::future::Future<Output = ()> + 'a>>>,
+    hang_guard: Duration,
+) {
+    use std::collections::VecDeque;
+    use std::task::{Context, Wake, Waker};
+
+    struct Ready {
+        queue: parking_lot::Mutex<VecDeque<usize>>,
+        thread: std::thread::Thread,
+    }
+    struct TaskWaker {
+        id: usize,
+        ready: Arc<Ready>,
+    }
+    impl Wake for TaskWaker {
+        fn wake(self: Arc<Self>) {
+            self.wake_by_ref();
+        }
+        fn wake_by_ref(self: &Arc<Self>) {
+            self.ready.queue.lock().push_back(self.id);
+            self.ready.thread.unpark();
+        }
+    }
+
+    let ready = Arc::new(Ready {
+        queue: parking_lot::Mutex::new((0..tasks.len()).collect()),
+        thread: std::thread::current(),
+    });
+    let wakers: Vec<Waker> = (0..tasks.len())
+        .map(|id| {
+            Waker::from(Arc::new(TaskWaker {
+                id,
+                ready: ready.clone(),
+            }))
+        })
+        .collect();
+    let mut tasks: Vec<_> = tasks.into_iter().map(Some).collect();
+    let mut unfinished = tasks.len();
+    let started = std::time::Instant::now();
+    while unfinished > 0 {
+        assert!(
+            started.elapsed() < hang_guard,
+            "{unfinished} tasks still unfinished after {hang_guard:?}"
+        );
+        let next = ready.queue.lock().pop_front();
+        let Some(id) = next else {
+            std::thread::park_timeout(Duration::from_millis(100));
+            continue;
+        };
+        let Some(task) = tasks[id].as_mut() else {
+            continue; // a late wake-up of a finished task
+        };
+        if task
+            .as_mut()
+            .poll(&mut Context::from_waker(&wakers[id]))
+            .is_ready()
+        {
+            tasks[id] = None;
+            unfinished -= 1;
+        }
+    }
+}
+
+/// Runs one future to completion on [`run_tasks`].
+pub fn block_on<T>(future: impl std::future::Future<Output = T>) -> T {
+    let mut out = None;
+    run_tasks(
+        vec![Box::pin(async {
+            out = Some(future.await);
+        })],
+        Duration::from_secs(60),
+    );
+    out.expect("the task finished")
+}
