@@ -45,7 +45,9 @@ pub struct Options {
     /// itself, inside `poll` — blocking its executor's thread for one fsync, at a moment when the
     /// writers that thread runs wait for that fsync anyway. It saves two thread wake-ups per
     /// fsync (to the log's sync thread and back). Off: the sync thread leads every async group
-    /// commit, and `poll` never blocks on the disk. Default on.
+    /// commit, and `poll` never blocks on the disk. Default off — a future that blocks in `poll`
+    /// delays every other task of its executor thread; turn it on for an executor (or a
+    /// current-thread runtime) whose tasks are the log's writers.
     pub async_inline_fsync: bool,
 }
 
@@ -57,7 +59,7 @@ impl Default for Options {
             recovery_mode: RecoveryMode::TolerateTornTail,
             initial_index: 1,
             max_group_commit_delay: Duration::from_millis(1),
-            async_inline_fsync: true,
+            async_inline_fsync: false,
         }
     }
 }

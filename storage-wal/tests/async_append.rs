@@ -236,6 +236,7 @@ fn closed_loop_tasks_lead_their_own_group_commits() {
     let fs = MemFs::new();
     let options = Options {
         max_group_commit_delay: Duration::from_secs(30),
+        async_inline_fsync: true,
         // No segment roll (which syncs everything) to rescue a group that waits.
         segment_size: 1 << 20,
         ..small_options()

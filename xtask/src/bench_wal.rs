@@ -18,8 +18,8 @@
 //! - WAL tasks: `writers` tasks on one tokio current-thread runtime (one OS thread), each
 //!   awaiting `append_durable_async` before issuing its next append — closed-loop writers too,
 //!   each with one record in flight, as a node's async request handlers would be. The task whose
-//!   arrival completes the group runs the fsync inline (`Options::async_inline_fsync`, the
-//!   default; the log's sync thread leads only when a group stays short past the group-commit
+//!   arrival completes the group runs the fsync inline (`Options::async_inline_fsync`, turned
+//!   on here — the library's default is off, so `poll` never blocks on the disk; the log's sync thread leads only when a group stays short past the group-commit
 //!   delay); a finished fsync wakes the tasks' wakers (a task switch, not a thread switch, per
 //!   append). `--contenders tasks-driver` measures the same with every fsync led by the sync
 //!   thread. Both WAL rows' appends/s are divided by each raw loop's
