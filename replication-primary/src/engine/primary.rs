@@ -233,17 +233,22 @@ impl<S: Storage<HardState = HardState>> PrimaryBackup<S> {
                 last,
             };
             self.send(r, body);
-            let g = self
-                .primary
-                .as_mut()
-                .and_then(|p| p.progress.get_mut(&r))
-                .expect("replica");
+            let g = self.progress_mut(r);
             g.next += sent;
             g.last_sent = now;
             if sent == 0 {
                 return;
             }
         }
+    }
+
+    /// The primary's record of replica `r`, which `send_to` and `send_snapshot` only reach for a
+    /// replica it tracks.
+    fn progress_mut(&mut self, r: NodeId) -> &mut Progress {
+        self.primary
+            .as_mut()
+            .and_then(|p| p.progress.get_mut(&r))
+            .expect("a primary tracking this replica")
     }
 
     /// Sends `r` this replica's latest snapshot, unless one sent recently is still unconfirmed
@@ -272,11 +277,7 @@ impl<S: Storage<HardState = HardState>> PrimaryBackup<S> {
             commit: self.commit,
         };
         self.send(r, body);
-        let g = self
-            .primary
-            .as_mut()
-            .and_then(|p| p.progress.get_mut(&r))
-            .expect("replica");
+        let g = self.progress_mut(r);
         g.snapshot_sent = Some((index, now));
         g.resync_after = None;
         g.last_sent = now;
