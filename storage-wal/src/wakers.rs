@@ -9,7 +9,10 @@
 //! poisoning (they look again themselves).
 //!
 //! Gathering is counted: an arrival is a future's first wait, and the group an async fsync may
-//! expect is the futures the last one released plus those that arrived during it. The arrival
+//! expect is the futures the last one released plus those that arrived during it — or the
+//! largest recent such group, decaying by an eighth per group commit, if that is more (tasks on
+//! one thread cannot arrive while one of them leads an fsync inline, so a group cut short once
+//! would otherwise keep every later group as short). The arrival
 //! that completes the group leads the fsync inline, in `poll` (`Options::async_inline_fsync`): its
 //! executor's thread blocks for one fsync while that thread's writers all wait for it anyway, and
 //! the ring then wakes them on that same thread. Otherwise the sync driver (`sync_driver.rs`)
@@ -54,6 +57,9 @@ struct Inner {
     arrivals: u64,
     /// How many the next async group commit may expect (see the module docs).
     expected: u64,
+    /// The largest recent group, decaying by an eighth (at least one) per group commit: what `expected` is
+    /// at least.
+    peak: u64,
     /// A future's arrival completed the group and it leads the fsync inline: the driver's
     /// gathering ends without leading.
     taken: bool,
@@ -83,6 +89,7 @@ impl Default for Wakers {
                 waiting: Vec::new(),
                 arrivals: 0,
                 expected: 0,
+                peak: 0,
                 taken: false,
                 kicked: false,
                 last_done: Instant::now(),
@@ -193,7 +200,14 @@ impl Wakers {
         }
         let count = woken.len() as u64;
         if let Some((took, inline)) = led {
-            inner.expected = count + inner.arrivals;
+            // Expect the largest recent group, not only the last: tasks on one thread cannot
+            // arrive while a task of theirs leads an fsync inline, so a group cut short once (a
+            // fsync the driver led at its deadline, covering few) would otherwise make every
+            // later group as short — each arrival leading its own fsync — for good. A smaller
+            // set of writers costs at most the driver's deadline per group while it decays.
+            let group = count + inner.arrivals;
+            inner.peak = group.max(inner.peak.saturating_sub((inner.peak / 8).max(1)));
+            inner.expected = inner.peak;
             inner.last_inline = inline;
             inner.last_done = Instant::now();
             inner.sync_estimate = (inner.sync_estimate * 7 + took) / 8;
@@ -267,5 +281,43 @@ impl Wakers {
     pub fn shutdown(&self) {
         self.inner.lock().shutdown = true;
         self.doorbell.ring();
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// `n` futures for records `first..first + n` begin waiting; then the driver leads an fsync
+    /// through the last one, which wakes them.
+    fn group(w: &Wakers, first: u64, n: u64) {
+        for index in first..first + n {
+            w.register(index, 0, Waker::noop(), true, false);
+        }
+        assert!(w.gather(Duration::ZERO), "the driver leads");
+        let woken = w.wake(
+            first + n - 1,
+            0,
+            false,
+            Some((Duration::from_micros(100), true)),
+        );
+        assert_eq!(woken, n);
+    }
+
+    #[test]
+    fn a_group_cut_short_once_does_not_shrink_what_later_groups_expect_for_good() {
+        let w = Wakers::default();
+        group(&w, 1, 8);
+        assert_eq!(w.inner.lock().expected, 8);
+        // An fsync covering only two (the driver led at its deadline while the rest were still
+        // to run): the next group still expects most of the eight, so the next arrivals gather
+        // rather than each leading an fsync of its own.
+        group(&w, 9, 2);
+        assert_eq!(w.inner.lock().expected, 7);
+        // Fewer writers for good: the expectation decays to them, an eighth per group commit.
+        for k in 0..32 {
+            group(&w, 11 + 2 * k, 2);
+        }
+        assert_eq!(w.inner.lock().expected, 2);
     }
 }
