@@ -77,14 +77,12 @@ impl Host<Engine> for SimHost<'_> {
     }
 
     fn install_snapshot(&mut self, snapshot: &Snapshot) -> Result<(), Error> {
-        let entries = state::decode(&snapshot.data)
-            .filter(|e| e.len() as u64 == snapshot.meta.index)
-            .ok_or_else(|| {
-                Error::Stopped(StorageError::Inconsistent(format!(
-                    "snapshot at {} does not hold the applied sequence",
-                    snapshot.meta.index
-                )))
-            })?;
+        let entries = state::restore(snapshot).ok_or_else(|| {
+            Error::Stopped(StorageError::Inconsistent(format!(
+                "snapshot at {} does not hold the applied sequence",
+                snapshot.meta.index
+            )))
+        })?;
         // The state machine restarts from it; the checker sees every entry it holds.
         self.fresh.extend(entries.iter().cloned());
         *self.applied = entries;
@@ -311,8 +309,7 @@ impl Sim {
             .durable
             .snapshot()
             .map_err(|e| ("start", format!("node {id}: {e}")))?;
-        node.applied = state::decode(&snapshot.data)
-            .filter(|e| e.len() as u64 == snapshot.meta.index)
+        node.applied = state::restore(&snapshot)
             .ok_or(("start", format!("node {id}: snapshot data does not decode")))?;
         cfg.applied = snapshot.meta.index;
         let engine = Engine::new(cfg, node.disk.durable.clone())
@@ -687,7 +684,6 @@ impl Sim {
             .engine();
         let commit = engine.status().commit;
         let members: Vec<NodeId> = engine.configuration().members.iter().copied().collect();
-        let _ = engine;
         let reference: Vec<Option<Entry>> = (1..=commit)
             .map(|i| held(&self.nodes[Self::slot(primary)], i))
             .collect();
@@ -699,7 +695,7 @@ impl Sim {
             let snapshot = storage
                 .snapshot()
                 .map_err(|e| ("committed prefix on every member", e.to_string()))?;
-            let restored = state::decode(&snapshot.data).unwrap_or_default();
+            let restored = state::restore(&snapshot).unwrap_or_default();
             for (i, want) in reference.iter().enumerate() {
                 let index = i as u64 + 1;
                 let got = storage

@@ -2,7 +2,7 @@
 //! data restores exactly the applied sequence it was taken from (and the checker can compare it).
 
 use bytes::{BufMut, Bytes, BytesMut};
-use consensus_core::{Entry, EntryPayload};
+use consensus_core::{Entry, EntryPayload, Snapshot};
 
 /// Encodes the applied entries (from index 1): per entry its index, term, payload length and
 /// payload. The simulator only writes data entries.
@@ -18,6 +18,12 @@ pub(super) fn encode(applied: &[Entry]) -> Bytes {
         out.put_slice(data);
     }
     out.freeze()
+}
+
+/// The applied sequence a snapshot holds: exactly its entries 1 through its index (`None` if
+/// the data is anything else).
+pub(super) fn restore(snapshot: &Snapshot) -> Option<Vec<Entry>> {
+    decode(&snapshot.data).filter(|e| e.len() as u64 == snapshot.meta.index)
 }
 
 /// Decodes what [`encode`] wrote; `None` if the data is not such a sequence from index 1.
