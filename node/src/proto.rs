@@ -84,7 +84,7 @@ pub struct PeerMessage {
 pub enum MessageClass {
     /// A consensus group's `Consensus::Message`.
     Consensus,
-    /// A `replication_peer::Message` (`replication = "peer"`).
+    /// One or more `replication_peer::Message`s back to back (`replication = "peer"`).
     Peer,
     /// A client request one peer node forwards to a replica of its key, or the answer.
     Forward,
@@ -93,18 +93,16 @@ pub enum MessageClass {
 }
 
 impl PeerMessage {
-    /// Wraps a peer-replication message of `group` (`replication = "peer"`).
-    pub fn encode_peer(
-        group: u64,
-        message: &replication_peer::Message,
-    ) -> Result<Self, postcard::Error> {
-        Ok(PeerMessage {
+    /// Wraps peer-replication messages of `group` (`replication = "peer"`): `payload` is one or
+    /// more postcard-encoded `replication_peer::Message`s back to back (`node::peer::batch`).
+    pub fn peer_batch(group: u64, payload: Vec<u8>) -> Self {
+        PeerMessage {
             group,
             epoch: 0,
             class: MessageClass::Peer,
             bulk: false,
-            payload: Bytes::from(postcard::to_allocvec(message)?),
-        })
+            payload: Bytes::from(payload),
+        }
     }
 
     /// Wraps the postcard bytes of a forwarded peer request or its answer.

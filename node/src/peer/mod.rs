@@ -9,11 +9,13 @@
 //! - [`requests`]: client requests and answers; [`status`]: what `cluster status` shows.
 //! - The loop ([`PeerDriver::run`]): one event (shutdown, durability report, tick, peer message,
 //!   client request), what else is queued (bounded), then [`PeerDriver::flush`]: the engine's
-//!   writes are appended, its messages sent (class [`MessageClass::Peer`], group 0), its
-//!   replies answered — until its output is empty. Ticks (`[raft] tick_ms`) pass the wall clock
+//!   writes are appended, its messages sent (class [`MessageClass::Peer`], group 0; one
+//!   envelope per destination and drain, see [`batch`]), its replies answered — until its
+//!   output is empty. Ticks (`[raft] tick_ms`) pass the wall clock
 //!   in milliseconds, which drives request timeouts, hint replay, anti-entropy and tombstone
 //!   collection, and the hybrid logical clock of LWW keys.
 
+mod batch;
 mod forward;
 mod log;
 mod requests;
@@ -36,6 +38,7 @@ use crate::proto::{
 };
 use crate::server::ServeError;
 
+use self::batch::Batches;
 use self::forward::{Forward, Forwards, Waiter};
 use self::log::PeerLog;
 
@@ -240,18 +243,18 @@ impl PeerDriver {
             self.log
                 .append(&out.persists)
                 .map_err(|e| ServeError::Stopped(e.to_string()))?;
-            for (to, message) in out.messages {
-                match PeerMessage::encode_peer(0, &message) {
-                    Ok(envelope) => {
-                        // A full queue or an unreachable peer loses the message; the engine's
-                        // hints, retries and anti-entropy make up for it.
-                        if let Err(error) = self.endpoint.send(NetNodeId(to), &envelope) {
-                            debug!(node = self.config.node_id, to, %error, "peer message not sent");
-                        }
-                    }
-                    Err(error) => {
-                        warn!(node = self.config.node_id, %error, "peer message does not encode")
-                    }
+            let mut batches = Batches::default();
+            for (to, message) in &out.messages {
+                if let Err(error) = batches.push(*to, message) {
+                    warn!(node = self.config.node_id, %error, "peer message does not encode");
+                }
+            }
+            for (to, payload) in batches.into_payloads() {
+                // A full queue or an unreachable peer loses the batch; the engine's hints,
+                // retries and anti-entropy make up for it.
+                let envelope = PeerMessage::peer_batch(0, payload);
+                if let Err(error) = self.endpoint.send(NetNodeId(to), &envelope) {
+                    debug!(node = self.config.node_id, to, %error, "peer messages not sent");
                 }
             }
             for (id, answer) in out.replies {
@@ -351,16 +354,18 @@ impl PeerDriver {
             );
             return;
         }
-        let decoded: replication_peer::Message = match envelope.decode() {
-            Ok(m) => m,
-            Err(error) => {
-                warn!(node = self.config.node_id, from, %error, "dropping a peer message that does not decode");
-                return;
+        for decoded in batch::decode(&envelope.payload) {
+            let decoded = match decoded {
+                Ok(m) => m,
+                Err(error) => {
+                    warn!(node = self.config.node_id, from, %error, "dropping the rest of a peer batch that does not decode");
+                    return;
+                }
+            };
+            // The sender is the certificate's node id; the engine refuses non-members.
+            if let Err(error) = self.peer.step(from, decoded) {
+                debug!(node = self.config.node_id, from, %error, "peer message refused");
             }
-        };
-        // The sender is the certificate's node id; the engine refuses non-members.
-        if let Err(error) = self.peer.step(from, decoded) {
-            debug!(node = self.config.node_id, from, %error, "peer message refused");
         }
     }
 
