@@ -2,7 +2,8 @@
 //! (every message takes one tick, so a round trip is two): a new primary learns each backup's
 //! durable tail from its first answer and streams what a backup lacks, so the time to serve
 //! after a failover does not grow with the log; a backup behind what the primary compacted is
-//! sent its snapshot once, and one that is not behind never is.
+//! sent its snapshot once, and one that is not behind never is. Also how many prepares the same
+//! writes take in each mode (`async` coalesces while a prepare is unanswered).
 
 use std::collections::BTreeSet;
 
@@ -24,6 +25,8 @@ struct Group {
     now: u64,
     /// Snapshot messages sent, per addressee.
     snapshots_to: Vec<NodeId>,
+    /// Prepares carrying entries delivered.
+    prepares_with_entries: usize,
 }
 
 impl Group {
@@ -44,6 +47,7 @@ impl Group {
             cut: BTreeSet::new(),
             now: 0,
             snapshots_to: Vec::new(),
+            prepares_with_entries: 0,
         }
     }
 
@@ -79,8 +83,12 @@ impl Group {
                 }
                 continue;
             }
-            if matches!(m.body, Body::Snapshot { .. }) {
-                self.snapshots_to.push(m.to);
+            match &m.body {
+                Body::Snapshot { .. } => self.snapshots_to.push(m.to),
+                Body::Prepare { entries, .. } if !entries.is_empty() => {
+                    self.prepares_with_entries += 1
+                }
+                _ => {}
             }
             let (r, _) = &mut self.replicas[m.to as usize - 1];
             r.engine_mut().step(m).unwrap();
@@ -130,6 +138,26 @@ impl Group {
             self.tick();
             assert!(self.now < 100_000, "writes never committed");
         }
+    }
+
+    /// Proposes `n` entries at the serving primary, `per_tick` a tick, each sent off on its own
+    /// (a drive after every proposal, as a host that proposes as requests arrive), then ticks
+    /// until they are committed.
+    fn write_one_by_one(&mut self, n: u64, per_tick: u64) {
+        let p = self.serving().expect("a primary");
+        let target = self.engine(p).status().last_index + n;
+        let mut left = n;
+        while left > 0 {
+            let (r, host) = &mut self.replicas[p as usize - 1];
+            for _ in 0..left.min(per_tick) {
+                r.engine_mut().propose(Bytes::from_static(b"x")).unwrap();
+                r.drive(host).unwrap();
+                left -= 1;
+            }
+            self.in_flight.append(&mut host.messages);
+            self.tick();
+        }
+        self.until(1_000, |g| g.engine(p).status().commit >= target);
     }
 
     /// Compacts `id`'s log through what it applied, as a host snapshotting its state does.
@@ -237,4 +265,26 @@ fn a_backup_behind_the_compacted_log_installs_the_primarys_snapshot_and_one_in_s
         // `snapshot_retry_ticks`.)
         eprintln!("{ack:?}: caught up from a snapshot at {compacted} in {ticks} ticks");
     }
+}
+
+#[test]
+fn an_async_primary_coalesces_entries_while_a_prepare_is_unanswered_and_the_others_do_not() {
+    let prepares = |ack: Ack| {
+        let mut g = Group::new(ack);
+        g.until(100, |g| g.serving().is_some());
+        let before = g.prepares_with_entries;
+        // 4 a tick for 50 ticks; a round trip takes 2 ticks.
+        g.write_one_by_one(200, 4);
+        g.prepares_with_entries - before
+    };
+    let all = prepares(Ack::All);
+    let quorum = prepares(Ack::Quorum);
+    let asynchronous = prepares(Ack::Async);
+    // Every proposal goes to both backups at once where writes wait for them.
+    assert!(all >= 400 && quorum >= 400, "all {all}, quorum {quorum}");
+    // One prepare in flight per backup: at most about one per round trip each.
+    assert!(
+        asynchronous * 4 <= all,
+        "async {asynchronous} prepares against all {all}"
+    );
 }

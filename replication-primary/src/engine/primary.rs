@@ -201,7 +201,10 @@ impl<S: Storage<HardState = HardState>> PrimaryBackup<S> {
         };
         loop {
             let g = self.primary.as_ref().expect("primary").progress[&r];
-            let more = g.matched && g.next <= last && g.next - 1 < g.durable + window;
+            let more = g.matched
+                && g.next <= last
+                && g.next - 1 < g.durable + window
+                && !self.coalescing(&g, last);
             if !beacon && !more {
                 return;
             }
@@ -240,6 +243,16 @@ impl<S: Storage<HardState = HardState>> PrimaryBackup<S> {
                 return;
             }
         }
+    }
+
+    /// `async` mode: while a prepare to a backup is unanswered, new entries wait for its answer
+    /// (which sends them) until a full batch is pending. No write waits on a backup here, so
+    /// fewer, larger prepares cost the backups fewer messages and fsyncs per write; in the other
+    /// modes every write waits for the backups, so entries go at once.
+    fn coalescing(&self, g: &Progress, last: u64) -> bool {
+        self.cfg.ack == Ack::Async
+            && g.next - 1 > g.durable
+            && last - (g.next - 1) < self.cfg.max_batch as u64
     }
 
     /// The primary's record of replica `r`, which `send_to` and `send_snapshot` only reach for a
