@@ -286,17 +286,19 @@ impl<H: DurableState> MemStorage<H> {
     fn push_run(&mut self, run: Run) {
         if run.len() <= COPIED_RUN_MAX {
             let (lo, hi) = ends(&run);
+            // Moved out when the write was its only holder, copied when shared.
+            let entries = run.entries.into_vec();
             if let Some(back) = self.runs.back_mut() {
                 if back.hi + 1 == lo && back.len() < OWN_RUN_MAX {
                     if let Some(own) = back.entries.get_mut() {
-                        own.extend_from_slice(&run);
+                        own.extend(entries);
                         back.hi = hi;
                         return;
                     }
                 }
             }
             let mut own = Vec::with_capacity(OWN_RUN_MAX.min(64));
-            own.extend_from_slice(&run);
+            own.extend(entries);
             self.runs.push_back(Run {
                 lo,
                 hi,
