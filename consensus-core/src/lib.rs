@@ -74,6 +74,7 @@
 //! # }
 //! ```
 
+pub mod entries;
 pub mod error;
 pub mod paxos;
 pub mod protocol;
@@ -86,6 +87,7 @@ pub mod write_queue;
 pub mod zab;
 
 pub use bytes::Bytes;
+pub use entries::Entries;
 pub use error::{Error, StorageError};
 pub use paxos::{
     Config as PaxosConfig, HardState as PaxosHardState, Message as PaxosMessage, MultiPaxos,

@@ -82,6 +82,7 @@
 use bytes::Bytes;
 use serde::{de::DeserializeOwned, Serialize};
 
+use crate::entries::Entries;
 use crate::error::{Error, StorageError};
 use crate::storage::Storage;
 use crate::types::{
@@ -171,7 +172,9 @@ pub struct Write<H> {
     pub truncate_from: Option<u64>,
     /// Entries to store, each at its own index, replacing a stored entry at the same index. In
     /// ascending index order; a protocol that keeps gaps (Paxos) may leave holes between them.
-    pub entries: Vec<Entry>,
+    /// Shared, not owned ([`Entries`]): a storage that keeps entries in memory can keep this
+    /// very list (one reference per batch) rather than copy each entry.
+    pub entries: Entries,
     /// The protocol's new durable state, when it changed.
     pub hard_state: Option<H>,
     /// Whether the write must be durable before its token is confirmed. `false` only when losing

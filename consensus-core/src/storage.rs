@@ -8,6 +8,7 @@ use std::collections::VecDeque;
 
 use bytes::Bytes;
 
+use crate::entries::Entries;
 use crate::error::{Error, StorageError};
 use crate::protocol::{missing, CommittedRange, DurableState, Write};
 use crate::raft::HardState;
@@ -51,13 +52,64 @@ pub trait Storage {
 }
 
 /// Storage held entirely in memory, for any protocol's durable state `H` (Raft's by default).
+///
+/// Entries are kept as the runs they were written in ([`Entries`], shared with whoever else
+/// holds the batch: the engine that proposed it, the messages that carried it), so a write of
+/// a batch stores one reference, not a copy of each entry.
 #[derive(Clone, Debug, Default)]
 pub struct MemStorage<H = HardState> {
     hard_state: H,
     snapshot: Snapshot,
-    /// `slots[i]` holds the entry at index `snapshot.meta.index + 1 + i`; the last one is `Some`.
-    /// A ring, so compaction drops the front without moving what stays.
-    slots: VecDeque<Option<Entry>>,
+    /// Runs of consecutive entries, in index order, disjoint, none empty, every entry above the
+    /// snapshot index; holes (Paxos) lie between runs. A ring, so compaction drops the front
+    /// without moving what stays.
+    runs: VecDeque<Run>,
+}
+
+/// Writes of at most this many entries are copied into a run of the storage's own (see
+/// `MemStorage::push_run`); longer ones are kept as the list written.
+const COPIED_RUN_MAX: usize = 8;
+/// A run of the storage's own grows to at most this many entries (compaction frees a run only
+/// once all of it is compacted, so this bounds what a run keeps alive past compaction).
+const OWN_RUN_MAX: usize = 1024;
+
+/// A stored run: consecutive entries `lo ..= hi`, shared. Its ends are kept beside the list so
+/// finding a run reads only the ring, not each run's entries.
+#[derive(Clone, Debug)]
+struct Run {
+    lo: u64,
+    hi: u64,
+    entries: Entries,
+}
+
+impl Run {
+    /// The run of `entries` (consecutive, not empty).
+    fn new(entries: Entries) -> Option<Run> {
+        let (lo, hi) = (entries.first()?.index, entries.last()?.index);
+        Some(Run { lo, hi, entries })
+    }
+
+    /// The entries at positions `range` (not empty), sharing the list.
+    fn slice(&self, range: std::ops::Range<usize>) -> Run {
+        Run {
+            lo: self.lo + range.start as u64,
+            hi: self.lo + range.end as u64 - 1,
+            entries: self.entries.slice(range),
+        }
+    }
+}
+
+impl std::ops::Deref for Run {
+    type Target = [Entry];
+
+    fn deref(&self) -> &[Entry] {
+        &self.entries
+    }
+}
+
+/// First and last index of a run.
+fn ends(run: &Run) -> (u64, u64) {
+    (run.lo, run.hi)
 }
 
 impl<H: DurableState> MemStorage<H> {
@@ -74,12 +126,12 @@ impl<H: DurableState> MemStorage<H> {
                 },
                 data: Bytes::new(),
             },
-            slots: VecDeque::new(),
+            runs: VecDeque::new(),
         }
     }
 
     /// Writes what `write` asks, in the order the contract gives: snapshot, truncation, entries,
-    /// hard state.
+    /// hard state. The entries are shared with `write`, not copied.
     pub fn write(&mut self, write: &Write<H>) -> Result<(), StorageError> {
         if let Some(snapshot) = &write.snapshot {
             self.install_snapshot(snapshot.clone());
@@ -87,20 +139,14 @@ impl<H: DurableState> MemStorage<H> {
         if let Some(from) = write.truncate_from {
             self.truncate_from(from);
         }
-        if self.appends(&write.entries) {
-            self.slots.extend(write.entries.iter().cloned().map(Some));
-        } else {
-            for entry in &write.entries {
-                self.put(entry.clone());
-            }
-        }
+        self.put_entries(write.entries.clone());
         if let Some(hard_state) = &write.hard_state {
             self.hard_state = hard_state.clone();
         }
         Ok(())
     }
 
-    /// [`MemStorage::write`] taking the write by value: its entries are moved in, not copied.
+    /// [`MemStorage::write`] taking the write by value.
     pub fn write_owned(&mut self, write: Write<H>) -> Result<(), StorageError> {
         let Write {
             snapshot,
@@ -115,13 +161,7 @@ impl<H: DurableState> MemStorage<H> {
         if let Some(from) = truncate_from {
             self.truncate_from(from);
         }
-        if self.appends(&entries) {
-            self.slots.extend(entries.into_iter().map(Some));
-        } else {
-            for entry in entries {
-                self.put(entry);
-            }
-        }
+        self.put_entries(entries);
         if let Some(hard_state) = hard_state {
             self.hard_state = hard_state;
         }
@@ -136,56 +176,156 @@ impl<H: DurableState> MemStorage<H> {
 
     fn install_snapshot(&mut self, snapshot: Snapshot) {
         let index = snapshot.meta.index;
-        let current = self.snapshot.meta.index;
-        if index < current {
+        if index < self.snapshot.meta.index {
             return; // a compaction since already covers more
         }
-        let drop = ((index - current) as usize).min(self.slots.len());
-        self.slots.drain(..drop);
         self.snapshot = snapshot;
-        self.trim();
+        while let Some(front) = self.runs.front() {
+            let (lo, hi) = ends(front);
+            if hi <= index {
+                self.runs.pop_front();
+                continue;
+            }
+            if lo <= index {
+                let keep = front.slice((index + 1 - lo) as usize..front.len());
+                self.runs[0] = keep;
+            }
+            break;
+        }
     }
 
     fn truncate_from(&mut self, from: u64) {
         // A compaction since may already cover the head of this write; never cut below it.
-        let first = self.snapshot.meta.index + 1;
-        let keep = from.max(first) - first;
-        self.slots.truncate(keep as usize);
-        self.trim();
-    }
-
-    /// Whether `entries` are exactly the next slots after the last stored one (ascending, no
-    /// gap): the common write, stored in one bulk append.
-    fn appends(&self, entries: &[Entry]) -> bool {
-        let (Some(first), Some(last)) = (entries.first(), entries.last()) else {
-            return false;
-        };
-        first.index == self.last_index() + 1
-            && last.index - first.index + 1 == entries.len() as u64
-            && entries.windows(2).all(|w| w[0].index + 1 == w[1].index)
-    }
-
-    fn put(&mut self, entry: Entry) {
-        let first = self.snapshot.meta.index + 1;
-        if entry.index < first {
-            return; // covered by a snapshot written since
+        let from = from.max(self.snapshot.meta.index + 1);
+        while let Some(back) = self.runs.back() {
+            let (lo, hi) = ends(back);
+            if lo >= from {
+                self.runs.pop_back();
+                continue;
+            }
+            if hi >= from {
+                let keep = back.slice(0..(from - lo) as usize);
+                let last = self.runs.len() - 1;
+                self.runs[last] = keep;
+            }
+            break;
         }
-        let at = (entry.index - first) as usize;
-        if at == self.slots.len() {
-            self.slots.push_back(Some(entry)); // the common case: the next slot
+    }
+
+    /// Stores `entries` (ascending), each at its own index, replacing what those indexes held:
+    /// as one run when they are consecutive (the common write), else one run per consecutive
+    /// stretch — sub-ranges of the same shared list either way.
+    fn put_entries(&mut self, entries: Entries) {
+        let consecutive = entries.windows(2).all(|w| w[0].index + 1 == w[1].index);
+        if consecutive {
+            if !entries.is_empty() {
+                self.put_run(entries); // the common case: the whole list, one run
+            }
             return;
         }
-        if at > self.slots.len() {
-            self.slots.resize(at + 1, None);
+        let mut start = 0;
+        for at in 1..=entries.len() {
+            if at == entries.len() || entries[at].index != entries[at - 1].index + 1 {
+                self.put_run(entries.slice(start..at));
+                start = at;
+            }
         }
-        self.slots[at] = Some(entry);
     }
 
-    /// Keeps the invariant that the last slot holds an entry.
-    fn trim(&mut self) {
-        while matches!(self.slots.back(), Some(None)) {
-            self.slots.pop_back();
+    /// Stores one run of consecutive entries, replacing what its indexes held.
+    fn put_run(&mut self, run: Entries) {
+        let Some(run) = Run::new(run) else {
+            return;
+        };
+        let snap = self.snapshot.meta.index;
+        let (lo, _) = ends(&run);
+        let run = if lo <= snap {
+            // Covered in part by a snapshot written since.
+            let skip = (snap + 1 - lo) as usize;
+            if skip >= run.len() {
+                return;
+            }
+            run.slice(skip..run.len())
+        } else {
+            run
+        };
+        let (lo, hi) = ends(&run);
+        if lo > self.last_index() {
+            self.push_run(run); // the common case: past everything stored
+            return;
         }
+        // Overwriting (a Paxos slot accepted again, a hole filled): cut the runs it overlaps.
+        let first = self.runs.partition_point(|r| ends(r).1 < lo);
+        let end = self.runs.partition_point(|r| ends(r).0 <= hi);
+        let mut replacement = Vec::with_capacity(3);
+        if first < end {
+            let head = &self.runs[first];
+            let (head_lo, _) = ends(head);
+            if head_lo < lo {
+                replacement.push(head.slice(0..(lo - head_lo) as usize));
+            }
+        }
+        replacement.push(run);
+        if first < end {
+            let tail = &self.runs[end - 1];
+            let (tail_lo, tail_hi) = ends(tail);
+            if tail_hi > hi {
+                replacement.push(tail.slice((hi + 1 - tail_lo) as usize..tail.len()));
+            }
+        }
+        self.runs.drain(first..end);
+        for (offset, piece) in replacement.into_iter().enumerate() {
+            self.runs.insert(first + offset, piece);
+        }
+    }
+
+    /// Appends a run past everything stored. A short one (a write of one proposal) is copied
+    /// onto the end of the last run when that run is this storage's own and adjacent: kept
+    /// as a run of its own, each such write would cost a list allocation for as long as it is
+    /// stored, which a copy of a few entries does not.
+    fn push_run(&mut self, run: Run) {
+        if run.len() <= COPIED_RUN_MAX {
+            let (lo, hi) = ends(&run);
+            // Moved out when the write was its only holder, copied when shared.
+            let entries = run.entries.into_vec();
+            if let Some(back) = self.runs.back_mut() {
+                if back.hi + 1 == lo && back.len() < OWN_RUN_MAX {
+                    if let Some(own) = back.entries.get_mut() {
+                        own.extend(entries);
+                        back.hi = hi;
+                        return;
+                    }
+                }
+            }
+            let mut own = Vec::with_capacity(OWN_RUN_MAX.min(64));
+            own.extend(entries);
+            self.runs.push_back(Run {
+                lo,
+                hi,
+                entries: Entries::from(own),
+            });
+            return;
+        }
+        self.runs.push_back(run);
+    }
+
+    /// The position of the last run starting at or below `index` (the newest runs are tried
+    /// first: reads are mostly near the end of the log).
+    fn run_from(&self, index: u64) -> Option<usize> {
+        let len = self.runs.len();
+        for at in (len.saturating_sub(4)..len).rev() {
+            if self.runs[at].lo <= index {
+                return Some(at);
+            }
+        }
+        self.runs.partition_point(|r| r.lo <= index).checked_sub(1)
+    }
+
+    /// Where the entry at `index` is: (run, position in it).
+    fn locate(&self, index: u64) -> Option<(usize, usize)> {
+        let at = self.run_from(index)?;
+        let (lo, hi) = ends(&self.runs[at]);
+        (lo <= index && index <= hi).then_some((at, (index - lo) as usize))
     }
 
     /// Discards entries through `index` after recording a snapshot of the state machine at `index`
@@ -213,7 +353,7 @@ impl<H: DurableState> MemStorage<H> {
 
     /// Every stored entry in index order (for tests and invariant checks).
     pub fn stored_entries(&self) -> impl Iterator<Item = &Entry> + '_ {
-        self.slots.iter().flatten()
+        self.runs.iter().flat_map(|run| run.iter())
     }
 
     /// Calls `apply` on every entry of `range`, by reference and in order: how a host applies
@@ -232,23 +372,36 @@ impl<H: DurableState> MemStorage<H> {
         if range.last > self.last_index() || range.first > range.last {
             return Err(missing(range.last.max(range.first)).into());
         }
-        let slots = (range.first - snap - 1) as usize..=(range.last - snap - 1) as usize;
-        for (index, slot) in (range.first..).zip(self.slots.range(slots)) {
-            match slot {
-                Some(entry) if entry.index == index => apply(entry)?,
-                _ => return Err(missing(index).into()),
+        let Some((mut at, offset)) = self.locate(range.first) else {
+            return Err(missing(range.first).into());
+        };
+        let mut next = range.first;
+        let mut offset = offset;
+        while next <= range.last {
+            let Some(run) = self.runs.get(at) else {
+                return Err(missing(next).into());
+            };
+            let take = ((range.last - next + 1) as usize).min(run.len().saturating_sub(offset));
+            for entry in &run[offset..offset + take] {
+                if entry.index != next {
+                    return Err(missing(next).into());
+                }
+                apply(entry)?;
+                next += 1;
             }
+            if take == 0 {
+                return Err(missing(next).into());
+            }
+            at += 1;
+            offset = 0;
         }
         Ok(())
     }
 
     /// The entry stored at `index`, if any.
     pub fn entry(&self, index: u64) -> Option<&Entry> {
-        let first = self.snapshot.meta.index + 1;
-        if index < first {
-            return None;
-        }
-        self.slots.get((index - first) as usize)?.as_ref()
+        let (at, offset) = self.locate(index)?;
+        self.runs[at].get(offset)
     }
 }
 
@@ -272,7 +425,9 @@ impl<H: DurableState> Storage for MemStorage<H> {
     }
 
     fn last_index(&self) -> u64 {
-        self.snapshot.meta.index + self.slots.len() as u64
+        self.runs
+            .back()
+            .map_or(self.snapshot.meta.index, |run| ends(run).1)
     }
 
     fn term(&self, index: u64) -> Result<u64, StorageError> {
@@ -303,15 +458,33 @@ impl<H: DurableState> Storage for MemStorage<H> {
         if hi > self.last_index() + 1 {
             return Err(StorageError::Unavailable(hi - 1));
         }
-        let range = (lo - snap - 1) as usize..(hi - snap - 1) as usize;
-        out.reserve(range.len().min(4096));
+        if lo >= hi {
+            return Ok(());
+        }
+        out.reserve(((hi - lo) as usize).min(4096));
         let mut bytes = 0u64;
-        for (taken, entry) in self.slots.range(range).flatten().enumerate() {
-            bytes += entry.payload_size();
-            if bytes > max_bytes && taken > 0 {
+        let mut taken = 0usize;
+        // The first run ending at or after `lo`.
+        let first = match self.run_from(lo) {
+            Some(at) if self.runs[at].hi >= lo => at,
+            Some(at) => at + 1,
+            None => 0,
+        };
+        for run in self.runs.range(first..) {
+            let (run_lo, _) = ends(run);
+            if run_lo >= hi {
                 break;
             }
-            out.push(entry.clone());
+            let from = lo.saturating_sub(run_lo) as usize;
+            let to = ((hi - run_lo) as usize).min(run.len());
+            for entry in &run[from..to] {
+                bytes += entry.payload_size();
+                if bytes > max_bytes && taken > 0 {
+                    return Ok(());
+                }
+                out.push(entry.clone());
+                taken += 1;
+            }
         }
         Ok(())
     }
@@ -334,7 +507,7 @@ mod tests {
         Write {
             snapshot: None,
             truncate_from: None,
-            entries,
+            entries: entries.into(),
             hard_state: None,
             sync: true,
         }
@@ -362,6 +535,75 @@ mod tests {
         for index in [1, 5, 8] {
             assert_eq!(storage.entry(index), Some(&entry(index)));
         }
+    }
+
+    fn entry_of_term(index: u64, term: u64) -> Entry {
+        Entry {
+            term,
+            ..entry(index)
+        }
+    }
+
+    #[test]
+    fn a_batch_is_stored_as_the_list_written_not_a_copy() {
+        let mut storage = MemStorage::new_with_conf(ConfState::with_voters([1]));
+        let batch = Entries::from((1..=16).map(entry).collect::<Vec<_>>());
+        let mut w = write(Vec::new());
+        w.entries = batch.clone();
+        storage.write(&w).unwrap();
+        assert!(storage.runs[0].entries.shares_memory_with(&batch));
+        assert_eq!(stored(&storage, 1, 17), (1..=16).collect::<Vec<_>>());
+    }
+
+    #[test]
+    fn a_slot_written_again_inside_a_stored_run_replaces_only_that_slot() {
+        let mut storage = MemStorage::new_with_conf(ConfState::with_voters([1]));
+        storage
+            .write_owned(write((1..=6).map(entry).collect()))
+            .unwrap();
+        storage
+            .write_owned(write(vec![entry_of_term(3, 9), entry_of_term(4, 9)]))
+            .unwrap();
+        let terms: Vec<u64> = (1..=6).map(|i| storage.term(i).unwrap()).collect();
+        assert_eq!(terms, vec![1, 1, 9, 9, 1, 1]);
+        // Across two runs and a hole: 8 is past the end, 7 stays a hole.
+        storage
+            .write_owned(write(vec![entry_of_term(6, 5), entry_of_term(8, 5)]))
+            .unwrap();
+        storage
+            .write_owned(write(vec![entry_of_term(2, 7), entry_of_term(3, 7)]))
+            .unwrap();
+        let terms: Vec<u64> = [1, 2, 3, 4, 5, 6, 8]
+            .iter()
+            .map(|&i| storage.term(i).unwrap())
+            .collect();
+        assert_eq!(terms, vec![1, 7, 7, 9, 1, 5, 5]);
+        assert_eq!(storage.term(7), Err(StorageError::Unavailable(7)));
+        assert_eq!(stored(&storage, 1, 9), vec![1, 2, 3, 4, 5, 6, 8]);
+        assert_eq!(storage.stored_entries().count(), 7);
+    }
+
+    #[test]
+    fn truncation_and_compaction_cut_inside_a_run() {
+        let mut storage = MemStorage::new_with_conf(ConfState::with_voters([1]));
+        storage
+            .write_owned(write((1..=6).map(entry).collect()))
+            .unwrap();
+        storage
+            .write_owned(write((7..=10).map(entry).collect()))
+            .unwrap();
+        let mut cut = write(vec![entry_of_term(5, 3)]);
+        cut.truncate_from = Some(5);
+        storage.write_owned(cut).unwrap();
+        assert_eq!(storage.last_index(), 5);
+        assert_eq!(storage.term(5), Ok(3));
+        assert_eq!(storage.term(4), Ok(1));
+        storage
+            .compact(2, ConfState::with_voters([1]), Bytes::new())
+            .unwrap();
+        assert_eq!(stored(&storage, 3, 6), vec![3, 4, 5]);
+        assert_eq!(storage.entry(2), None);
+        assert_eq!(storage.entry(3), Some(&entry(3)));
     }
 
     #[test]

@@ -1308,7 +1308,8 @@ fn a_storage_failure_stops_the_engine_with_an_error_instead_of_spinning() {
                 term: 1,
                 index: 1,
                 payload: EntryPayload::Data(data("x")),
-            }],
+            }]
+            .into(),
             hard_state: Some(consensus_core::HardState {
                 term: 1,
                 vote: 1,

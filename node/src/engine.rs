@@ -259,7 +259,7 @@ fn open_store<H: DurableState>(
             store.write(&Write {
                 snapshot: Some(snapshot),
                 truncate_from: None,
-                entries: Vec::new(),
+                entries: consensus_core::Entries::new(),
                 hard_state: None,
                 sync: true,
             })?;

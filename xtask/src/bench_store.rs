@@ -216,7 +216,8 @@ fn run_slice(
                                 term: 1,
                                 index,
                                 payload: EntryPayload::Data(payload.clone()),
-                            }],
+                            }]
+                            .into(),
                             hard_state: None,
                             sync: true,
                         };

@@ -10,8 +10,9 @@ use super::ballot::Ballot;
 use super::config::PlantedBug;
 use super::message::MessageBody;
 use super::{MultiPaxos, PaxosStorage};
+use crate::entries::Entries;
 use crate::error::StorageError;
-use crate::types::{Entry, NodeId, Role};
+use crate::types::{NodeId, Role};
 
 impl<S: PaxosStorage> MultiPaxos<S> {
     /// Whether a promise for `ballot` must wait: this node hears from a live leader (leader
@@ -83,7 +84,7 @@ impl<S: PaxosStorage> MultiPaxos<S> {
         &mut self,
         from: NodeId,
         ballot: Ballot,
-        entries: Vec<Entry>,
+        entries: Entries,
         commit: u64,
     ) -> Result<(), StorageError> {
         let below = ballot < self.promised;

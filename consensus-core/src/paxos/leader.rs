@@ -19,6 +19,7 @@ use std::collections::{BTreeSet, VecDeque};
 use super::election::is_majority_by;
 use super::message::MessageBody;
 use super::{MultiPaxos, PaxosStorage, SlotRuns};
+use crate::entries::Entries;
 use crate::error::{Error, StorageError};
 use crate::types::{Entry, EntryPayload, NodeId, Proposed, Role};
 
@@ -280,13 +281,15 @@ impl<S: PaxosStorage> MultiPaxos<S> {
                 }
             }
         }
-        let fresh: Vec<Entry> = if admit == self.lead.queued.len() {
+        let fresh_entries: Vec<Entry> = if admit == self.lead.queued.len() {
             // The common case: the whole queue goes (moved as it is, not entry by entry).
             let next = VecDeque::with_capacity(admit);
             Vec::from(std::mem::replace(&mut self.lead.queued, next))
         } else {
             self.lead.queued.drain(..admit).collect()
         };
+        // Held once: the log and every peer's `Accept` share this batch.
+        let fresh = Entries::from(fresh_entries);
         let mut bytes = 0u64;
         for entry in &fresh {
             bytes += entry.payload_size();
@@ -354,7 +357,7 @@ impl<S: PaxosStorage> MultiPaxos<S> {
         for entry in entries {
             let size = entry.payload_size();
             if !batch.is_empty() && bytes + size > self.config.max_msg_bytes {
-                let entries = std::mem::take(&mut batch);
+                let entries = std::mem::take(&mut batch).into();
                 self.send(to, MessageBody::Accept { entries, commit });
                 bytes = 0;
             }
@@ -365,7 +368,7 @@ impl<S: PaxosStorage> MultiPaxos<S> {
             self.send(
                 to,
                 MessageBody::Accept {
-                    entries: batch,
+                    entries: batch.into(),
                     commit,
                 },
             );
@@ -392,6 +395,7 @@ impl<S: PaxosStorage> MultiPaxos<S> {
             }
             if !entries.is_empty() {
                 let commit = self.commit;
+                let entries = entries.into();
                 self.send(to, MessageBody::Accept { entries, commit });
             }
         }

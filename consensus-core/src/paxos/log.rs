@@ -13,6 +13,7 @@
 
 use std::collections::BTreeSet;
 
+use crate::entries::Entries;
 use crate::error::StorageError;
 use crate::storage::Storage;
 use crate::types::{Entry, EntryPayload, Snapshot};
@@ -55,11 +56,12 @@ impl SlotVec {
 /// Stored slots plus the in-memory overlay of slots not yet handed out in a write.
 pub(crate) struct SlotLog<S: Storage> {
     pub(crate) storage: S,
-    /// Slots to write at the next `ready()`.
+    /// Slots to write at the next `ready()`, staged one by one.
     unissued: SlotVec,
-    /// Whether `unissued` is known to be one run (consecutive slots, one ballot): it is a
-    /// vector `put_run` staged as it came.
-    unissued_is_run: bool,
+    /// Or (never both non-empty) one run of consecutive slots under one ballot, staged as
+    /// `put_run` received it: a batch shared with the messages that carry it, handed to the
+    /// write as it is.
+    unissued_run: Entries,
     /// A snapshot to write at the next `ready()`.
     snapshot_unissued: Option<Snapshot>,
     /// Slots above the snapshot whose value here (durable or not) is a membership change, so
@@ -102,11 +104,29 @@ impl<S: Storage> SlotLog<S> {
         Ok(SlotLog {
             storage,
             unissued: SlotVec::default(),
-            unissued_is_run: false,
+            unissued_run: Entries::new(),
             snapshot_unissued: None,
             conf_slots,
             run: None,
         })
+    }
+
+    /// The staged entry at `slot`, if any.
+    fn staged(&self, slot: u64) -> Option<&Entry> {
+        if let Some(first) = self.unissued_run.first() {
+            return slot
+                .checked_sub(first.index)
+                .and_then(|offset| self.unissued_run.get(usize::try_from(offset).ok()?));
+        }
+        self.unissued.get(slot)
+    }
+
+    /// Moves a staged run into the slot-by-slot overlay (before a single slot is staged).
+    fn unstage_run(&mut self) {
+        if !self.unissued_run.is_empty() {
+            debug_assert!(self.unissued.is_empty(), "one overlay at a time");
+            self.unissued.0 = std::mem::take(&mut self.unissued_run).into_vec();
+        }
     }
 
     /// The ballot (term) of the entry at `slot`, `None` for a hole; no copy of the value.
@@ -115,7 +135,7 @@ impl<S: Storage> SlotLog<S> {
         if slot <= self.snapshot_index() {
             return Err(StorageError::Compacted(slot));
         }
-        if let Some(entry) = self.unissued.get(slot) {
+        if let Some(entry) = self.staged(slot) {
             return Ok(Some(entry.term));
         }
         if slot > self.storage.last_index() {
@@ -142,8 +162,10 @@ impl<S: Storage> SlotLog<S> {
 
     /// The highest slot holding an entry (or the snapshot index).
     pub(crate) fn last_slot(&self) -> u64 {
+        let staged_run = self.unissued_run.last().map_or(0, |e| e.index);
         self.unissued
             .last_slot()
+            .max(staged_run)
             .max(self.storage.last_index())
             .max(self.snapshot_index())
     }
@@ -153,7 +175,7 @@ impl<S: Storage> SlotLog<S> {
         if slot <= self.snapshot_index() {
             return Err(StorageError::Compacted(slot));
         }
-        if let Some(entry) = self.unissued.get(slot) {
+        if let Some(entry) = self.staged(slot) {
             return Ok(Some(entry.clone()));
         }
         if slot > self.storage.last_index() {
@@ -244,14 +266,14 @@ impl<S: Storage> SlotLog<S> {
         } else if !self.conf_slots.is_empty() {
             self.conf_slots.remove(&entry.index);
         }
-        self.unissued_is_run = false;
+        self.unstage_run();
         self.unissued.put(entry);
     }
 
     /// Stages `entries`, consecutive slots written under one ballot (a leader's batch, or an
-    /// `Accept` batch the acceptor found to be one run). When nothing else is staged the vector
-    /// itself becomes the staged write (no copy, no second pass over its shape).
-    pub(crate) fn put_run(&mut self, entries: Vec<Entry>) {
+    /// `Accept` batch the acceptor found to be one run). When nothing else is staged the list
+    /// itself becomes the staged write (shared, not copied; no second pass over its shape).
+    pub(crate) fn put_run(&mut self, entries: Entries) {
         let (Some(first), Some(last)) = (entries.first(), entries.last()) else {
             return;
         };
@@ -263,7 +285,7 @@ impl<S: Storage> SlotLog<S> {
             "a run is consecutive slots under one ballot"
         );
         let run_shaped = hi >= lo && hi - lo + 1 == entries.len() as u64 && last.term == term;
-        if !run_shaped || !self.unissued.is_empty() {
+        if !run_shaped || self.has_unissued_slots() {
             for entry in entries {
                 self.put(entry);
             }
@@ -277,15 +299,18 @@ impl<S: Storage> SlotLog<S> {
             }
         }
         self.extend_run(lo, hi, term);
-        self.unissued.0 = entries;
-        self.unissued_is_run = true;
+        self.unissued_run = entries;
+    }
+
+    fn has_unissued_slots(&self) -> bool {
+        !self.unissued.is_empty() || !self.unissued_run.is_empty()
     }
 
     /// Stages a snapshot for the next write; slots it covers leave the overlay.
     pub(crate) fn put_snapshot(&mut self, snapshot: Snapshot) {
         let index = snapshot.meta.index;
+        self.unstage_run();
         self.unissued.0.retain(|e| e.index > index);
-        self.unissued_is_run = false;
         self.conf_slots.retain(|&slot| slot > index);
         // Slots the snapshot covers hold nothing any more.
         self.run = self.run.and_then(|run| {
@@ -297,16 +322,22 @@ impl<S: Storage> SlotLog<S> {
 
     /// Whether a write is waiting to be issued.
     pub(crate) fn has_unissued(&self) -> bool {
-        !self.unissued.is_empty() || self.snapshot_unissued.is_some()
+        self.has_unissued_slots() || self.snapshot_unissued.is_some()
     }
 
     /// Hands the staged snapshot and slots out for writing (moved, not copied: from here on
     /// they are read back from storage, which the driver updates before calling us again).
     /// The third value says whether the slots are known to be one run (see `put_run`).
-    pub(crate) fn take_unissued(&mut self) -> (Option<Snapshot>, Vec<Entry>, bool) {
+    pub(crate) fn take_unissued(&mut self) -> (Option<Snapshot>, Entries, bool) {
         let snapshot = self.snapshot_unissued.take();
-        let is_run = std::mem::take(&mut self.unissued_is_run);
-        (snapshot, std::mem::take(&mut self.unissued.0), is_run)
+        if !self.unissued_run.is_empty() {
+            return (snapshot, std::mem::take(&mut self.unissued_run), true);
+        }
+        (
+            snapshot,
+            Entries::from(std::mem::take(&mut self.unissued.0)),
+            false,
+        )
     }
 }
 
@@ -346,11 +377,11 @@ mod tests {
     #[test]
     fn a_run_grows_with_the_next_batch_and_stops_at_a_hole() {
         let mut log = log();
-        log.put_run(vec![entry(1, 7), entry(2, 7)]);
+        log.put_run(vec![entry(1, 7), entry(2, 7)].into());
         let _ = log.take_unissued();
-        log.put_run(vec![entry(3, 7)]);
+        log.put_run(vec![entry(3, 7)].into());
         assert_eq!(log.run_through(2, 7), Some(3));
-        log.put_run(vec![entry(5, 7)]);
+        log.put_run(vec![entry(5, 7)].into());
         assert_eq!(
             log.run_through(1, 7),
             None,

@@ -3,6 +3,7 @@
 use serde::{Deserialize, Serialize};
 
 use super::ballot::Ballot;
+use crate::entries::Entries;
 use crate::protocol::Envelope;
 use crate::types::{Entry, NodeId, Snapshot};
 
@@ -61,8 +62,10 @@ pub enum MessageBody {
     },
     /// Phase 2a for a batch of slots (each entry's `term` is the proposer's ballot).
     Accept {
-        /// Proposed entries, ascending slots (possibly with holes between batches).
-        entries: Vec<Entry>,
+        /// Proposed entries, ascending slots (possibly with holes between batches). Shared with
+        /// the proposer's log and the other peers' copies of the message in process; on the
+        /// wire a sequence of entries like any other.
+        entries: Entries,
         /// The proposer's chosen prefix (slots ≤ this are chosen).
         commit: u64,
     },

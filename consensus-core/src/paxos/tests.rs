@@ -7,6 +7,7 @@ use bytes::Bytes;
 
 use super::invariants::PaxosChecker;
 use super::*;
+use crate::entries::Entries;
 use crate::protocol::Write;
 use crate::replica::{Host, Replica};
 use crate::storage::MemStorage;
@@ -529,7 +530,7 @@ fn an_acceptor_never_accepts_below_its_promise() {
         to: 2,
         ballot: stale,
         body: MessageBody::Accept {
-            entries: vec![entry],
+            entries: vec![entry].into(),
             commit: 0,
         },
     });
@@ -1327,7 +1328,8 @@ fn accept_write(slot: u64, ballot: Ballot, text: &str) -> Write<HardState> {
             term: ballot.encode(),
             index: slot,
             payload: data(text),
-        }],
+        }]
+        .into(),
         hard_state: None,
         sync: true,
     }
@@ -1337,7 +1339,7 @@ fn promise_write(ballot: Ballot) -> Write<HardState> {
     Write {
         snapshot: None,
         truncate_from: None,
-        entries: Vec::new(),
+        entries: Entries::new(),
         hard_state: Some(HardState {
             promised: ballot,
             commit: 0,
@@ -1582,7 +1584,7 @@ fn an_acceptor_acknowledges_each_run_of_consecutive_slots_on_its_own() {
         to: 2,
         ballot,
         body: MessageBody::Accept {
-            entries: vec![entry(lo), entry(hi)],
+            entries: vec![entry(lo), entry(hi)].into(),
             commit,
         },
     });

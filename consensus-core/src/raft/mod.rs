@@ -570,7 +570,7 @@ impl<S: RaftStorage> Consensus for Raft<S> {
                 write: Write {
                     snapshot,
                     truncate_from,
-                    entries,
+                    entries: entries.into(),
                     hard_state: hard_state_changed.then_some(hard_state),
                     sync,
                 },

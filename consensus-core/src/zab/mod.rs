@@ -643,7 +643,7 @@ impl<S: ZabStorage> Consensus for Zab<S> {
                 write: Write {
                     snapshot,
                     truncate_from,
-                    entries,
+                    entries: entries.into(),
                     hard_state: hard_changed.then_some(hard_state),
                     sync,
                 },

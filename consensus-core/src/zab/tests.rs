@@ -226,7 +226,7 @@ fn a_member_holding_the_newest_history_leads_even_if_that_history_ends_in_its_de
         s.write(&Write {
             snapshot: None,
             truncate_from: None,
-            entries: all[..n].to_vec(),
+            entries: all[..n].to_vec().into(),
             hard_state: Some(HardState {
                 accepted_epoch: 1,
                 current_epoch: 1,

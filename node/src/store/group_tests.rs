@@ -55,7 +55,8 @@ impl Neighbour {
                 term: 1,
                 index: self.next,
                 payload: EntryPayload::Data(Bytes::from("neighbour")),
-            }],
+            }]
+            .into(),
             hard_state: None,
             sync: true,
         };

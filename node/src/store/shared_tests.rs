@@ -66,7 +66,7 @@ fn write(entries: Vec<Entry>, hard_state: Option<HardState>) -> Write<HardState>
     Write {
         snapshot: None,
         truncate_from: entries.first().map(|e| e.index),
-        entries,
+        entries: entries.into(),
         hard_state,
         sync: true,
     }

@@ -55,7 +55,7 @@ fn carrier() -> Persist {
     Write {
         snapshot: None,
         truncate_from: None,
-        entries: Vec::new(),
+        entries: consensus_core::Entries::new(),
         hard_state: None,
         sync: true,
     }
@@ -82,7 +82,7 @@ fn set(
         None => entries.first().map(|e| e.index),
     };
     persist.snapshot = snapshot;
-    persist.entries = entries;
+    persist.entries = entries.into();
     persist.hard_state = hard_state;
 }
 
@@ -219,7 +219,7 @@ fn single_slots_leave_holes_that_survive_a_reopen() {
     let slot = |entries: Vec<Entry>, truncate_from: Option<u64>| Write {
         snapshot: None,
         truncate_from,
-        entries,
+        entries: entries.into(),
         hard_state: None,
         sync: true,
     };
@@ -502,7 +502,7 @@ fn record_states(before: &MemStorage, write: &Persist, carrier: &mut Persist) ->
     let only = |snapshot: Option<Snapshot>, truncate_from: Option<u64>, entries: &[Entry]| Write {
         snapshot,
         truncate_from,
-        entries: entries.to_vec(),
+        entries: entries.to_vec().into(),
         hard_state: None,
         sync: true,
     };

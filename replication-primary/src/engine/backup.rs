@@ -250,7 +250,7 @@ impl<S: Storage<HardState = HardState>> PrimaryBackup<S> {
         }
         self.backup.resync_after = None;
         self.stage_truncate(index + 1);
-        self.staged.entries.clear();
+        self.staged.entries = consensus_core::Entries::new();
         self.staged.snapshot = Some(snapshot);
         self.committed.clear();
         self.applied = index;

@@ -212,7 +212,7 @@ impl<S: Storage<HardState = HardState>> PrimaryBackup<S> {
 
     /// Cuts the log from `from` on.
     fn stage_truncate(&mut self, from: u64) {
-        self.staged.entries.retain(|e| e.index < from);
+        self.staged.entries.make_mut().retain(|e| e.index < from);
         self.staged.truncate_from = Some(self.staged.truncate_from.map_or(from, |t| t.min(from)));
         self.durable = self.durable.min(from - 1);
         for r in self.queue.records_mut() {
@@ -221,7 +221,7 @@ impl<S: Storage<HardState = HardState>> PrimaryBackup<S> {
     }
 
     fn stage_entries(&mut self, entries: impl IntoIterator<Item = Entry>) {
-        self.staged.entries.extend(entries);
+        self.staged.entries.make_mut().extend(entries);
     }
 
     fn stage_hard_state(&mut self) {
@@ -408,7 +408,7 @@ fn empty_write() -> Write<HardState> {
     Write {
         snapshot: None,
         truncate_from: None,
-        entries: Vec::new(),
+        entries: consensus_core::Entries::new(),
         hard_state: None,
         sync: true,
     }

@@ -302,7 +302,7 @@ mod tests {
             .write(&Write {
                 snapshot: None,
                 truncate_from: None,
-                entries: entries.to_vec(),
+                entries: entries.to_vec().into(),
                 hard_state: None,
                 sync: true,
             })
