@@ -192,7 +192,7 @@ pub struct StoreStats {
 /// let mut store = RaftStore::open(dir.path(), identity(), ConfState::with_voters([1]), StoreOptions::default())?;
 /// // What an engine's `Ready` asks for (here: a vote), as the replica loop's host submits it.
 /// let vote = HardState { term: 1, vote: 1, commit: 0 };
-/// let write = Write { snapshot: None, truncate_from: None, entries: Vec::new(), hard_state: Some(vote), sync: true };
+/// let write = Write { snapshot: None, truncate_from: None, entries: Vec::new().into(), hard_state: Some(vote), sync: true };
 /// // Returns at once; the sync thread makes it durable (group commit).
 /// let wal_index = store.submit(&write)?;
 /// store.wait_durable(wal_index)?;

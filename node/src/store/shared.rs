@@ -106,7 +106,7 @@ impl Default for SharedOptions {
 /// let shared = SharedLog::open(dir.path(), SharedOptions::default())?;
 /// let mut one: RaftStore = shared.open_group(identity(1), ConfState::with_voters([1]), StoreOptions::default())?;
 /// let mut two: RaftStore = shared.open_group(identity(2), ConfState::with_voters([1]), StoreOptions::default())?;
-/// let vote = |term| Write { snapshot: None, truncate_from: None, entries: Vec::new(),
+/// let vote = |term| Write { snapshot: None, truncate_from: None, entries: Vec::new().into(),
 ///     hard_state: Some(HardState { term, vote: 1, commit: 0 }), sync: true };
 /// let a = one.submit(&vote(3))?;
 /// let b = two.submit(&vote(5))?;
