@@ -132,6 +132,9 @@ pub struct StagedTxn {
     pub participants: Vec<u64>,
     /// The client's session whose cached answer is overwritten when it is settled.
     pub origin: Option<Session>,
+    /// This shard's revision when it staged: the revision every run of the request is answered
+    /// with (the answer goes out before the writes apply, at a revision not known yet).
+    pub revision: u64,
     succeeded: bool,
     results: Vec<TxnOpResult>,
 }
@@ -206,11 +209,7 @@ impl ShardTxns {
         let answer = match outcome {
             ShardOutcome::Commit => ShardTxnResult::CommittedFor {
                 txn,
-                revision: store
-                    .shard_txns
-                    .finished
-                    .get(txn)
-                    .map_or(store.revision, |f| f.revision),
+                revision: staged.revision,
                 succeeded: staged.succeeded,
                 results: staged.results,
             },
@@ -374,10 +373,10 @@ impl ShardTxns {
                     // A repeat after the settle, or a resolver's decision first: it stands.
                     return Self::decide_request(store, *txn, outcome, *succeeded, results);
                 }
-                if store.shard_txns.staged.contains_key(txn) {
+                if let Some(staged) = store.shard_txns.staged.get(txn) {
                     return ShardTxnResult::Staged {
                         txn: *txn,
-                        revision: store.revision,
+                        revision: staged.revision,
                     };
                 }
                 let vote = Self::prepare(
@@ -396,6 +395,7 @@ impl ShardTxns {
                             StagedTxn {
                                 participants: participants.clone(),
                                 origin: *origin,
+                                revision: store.revision,
                                 succeeded: *succeeded,
                                 results: results.clone(),
                             },
@@ -1385,9 +1385,10 @@ mod tests {
         assert_eq!(shard.kv.get(b"a").unwrap().value, b("1"));
         assert!(shard.kv.shard_txns().staged().is_empty());
         assert_eq!(shard.kv.shard_txns().locked([&b("a")]), None);
+        // The revision every run is answered with is the one it staged at (0 here).
         let final_answer = ShardTxnResult::CommittedFor {
             txn: 7,
-            revision,
+            revision: 0,
             succeeded: true,
             results: vec![TxnOpResult::Put],
         };

@@ -66,8 +66,9 @@
 //!
 //! A participant that only reads makes the coordinator take the two-round path (its read
 //! locks are released before the answer there). The coordinator shard's revision in a
-//! parallel commit's answer is the one A had when it staged (its writes apply at the COMMIT);
-//! the settled answer in the session carries the revision they were applied at.
+//! parallel commit's answer is the one A had when it staged (its writes apply at the COMMIT,
+//! at a later revision not known when the client is answered); the settled answer in the
+//! session carries the same one, so every run of a request answers alike.
 
 use bytes::Bytes;
 use serde::{Deserialize, Serialize};

@@ -303,7 +303,12 @@ impl World {
                     outcome: ShardOutcome::Commit,
                 }
                 | ShardTxnOp::Commit { txn, .. }
-                | ShardTxnOp::CommitFor { txn, .. },
+                | ShardTxnOp::CommitFor { txn, .. }
+                | ShardTxnOp::Settle {
+                    txn,
+                    outcome: ShardOutcome::Commit,
+                    ..
+                },
             ) => shard
                 .store
                 .shard_txns()
@@ -574,7 +579,9 @@ impl World {
                     });
                 }
                 Action::ProposeAs { group, op, session } => {
-                    if let ShardTxnOp::PrepareCommitFor { txn, writes, .. } = &op {
+                    if let ShardTxnOp::PrepareCommitFor { txn, writes, .. }
+                    | ShardTxnOp::StageFor { txn, writes, .. } = &op
+                    {
                         self.ledger.part(*txn, group, writes);
                     }
                     self.net.push(Msg::Propose {

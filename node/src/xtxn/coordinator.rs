@@ -21,6 +21,14 @@
 //! told the outcome as soon as the engine decides, which releases them. A transaction whose
 //! participants all only read needs no decision record at all.
 //!
+//! Parallel commit: when every participant writes, there are at least two and the coordinator
+//! shard is one, the engine is not used (`Staging`): the PREPAREs and the coordinator shard's
+//! [`ShardTxnOp::StageFor`] go at once, the client is answered commit once that shard answered
+//! `Staged` for this run and every other participant voted yes (one consensus round), then
+//! [`ShardTxnOp::Commit`] records it there and, after its answer, the DECIDEs and END follow. A
+//! no vote or a vote timeout settles ABORT at the coordinator shard ([`ShardTxnOp::Settle`])
+//! before anyone is told; its answer is the outcome. See [`crate::proto::xtxn`] for why.
+//!
 //! Nothing here has to survive a crash of the coordinating node: every prepared participant
 //! asks the coordinator shard after a timeout ([`super::resolver`]) and, if no decision is
 //! recorded, records ABORT itself.
@@ -318,6 +326,20 @@ impl CrossShardTxn {
     /// lost reply) at most one commits and every run answers with that one's result.
     pub fn with_origin(mut self, session: Session) -> Self {
         self.origin = Some(session);
+        // Nothing to read: `new` started already, and its `StageFor` must go under the session.
+        let before = self.actions.len();
+        self.actions.retain(|a| {
+            !matches!(
+                a,
+                Action::Propose {
+                    op: ShardTxnOp::StageFor { .. },
+                    ..
+                }
+            )
+        });
+        if self.actions.len() != before {
+            self.send_stage_for();
+        }
         self
     }
 
@@ -838,26 +860,11 @@ impl CrossShardTxn {
         let State::Staging(st) = &self.state else {
             return;
         };
+        let mut stage = false;
         for &group in &st.participants {
             let part = st.plan.parts.get(&group).cloned().unwrap_or_default();
             if group == st.coordinator {
-                if st.staged.is_some() {
-                    continue;
-                }
-                let op = ShardTxnOp::StageFor {
-                    txn: self.txn,
-                    coordinator: group,
-                    participants: st.participants.clone(),
-                    expected: part.expected,
-                    writes: part.writes,
-                    succeeded: st.plan.succeeded,
-                    results: st.plan.results.clone(),
-                    origin: self.origin,
-                };
-                self.actions.push(match self.origin {
-                    Some(session) => Action::ProposeAs { group, op, session },
-                    None => Action::Propose { group, op },
-                });
+                stage = st.staged.is_none();
             } else if !st.voted.contains(&group) && !skip.contains(&group) {
                 self.actions.push(Action::Propose {
                     group,
@@ -871,6 +878,32 @@ impl CrossShardTxn {
                 });
             }
         }
+        if stage {
+            self.send_stage_for();
+        }
+    }
+
+    /// Staged path: `StageFor` to the coordinator shard, under the client's session.
+    fn send_stage_for(&mut self) {
+        let State::Staging(st) = &self.state else {
+            return;
+        };
+        let group = st.coordinator;
+        let part = st.plan.parts.get(&group).cloned().unwrap_or_default();
+        let op = ShardTxnOp::StageFor {
+            txn: self.txn,
+            coordinator: group,
+            participants: st.participants.clone(),
+            expected: part.expected,
+            writes: part.writes,
+            succeeded: st.plan.succeeded,
+            results: st.plan.results.clone(),
+            origin: self.origin,
+        };
+        self.actions.push(match self.origin {
+            Some(session) => Action::ProposeAs { group, op, session },
+            None => Action::Propose { group, op },
+        });
     }
 
     /// Staged path: proposes `outcome` to the coordinator shard (`Commit`, or `Settle` abort).
@@ -990,6 +1023,8 @@ impl CrossShardTxn {
         }
         st.phase = Phase::Deciding { outcome, pending };
         st.last_sent = self.now;
+        // Every run of the request answers with the revision A staged at (as its session does).
+        let revision = st.staged.unwrap_or(revision);
         let participants = st.participants.clone();
         let coordinator = st.coordinator;
         if self.answer.is_none() {
