@@ -24,7 +24,7 @@ use bytes::Bytes;
 use serde::{Deserialize, Serialize};
 
 use crate::proto::{KeyValue, ServerError, Session, TxnOp, TxnOpResult, WriteOp, WriteResult};
-pub use shard_txn::{PreparedTxn, ShardTxns, MAX_FINISHED_TXNS};
+pub use shard_txn::{PreparedTxn, ShardTxns, StagedTxn, MAX_FINISHED_TXNS};
 pub use split::SplitState;
 
 /// Results remembered per client at most; the oldest is forgotten beyond this (a client with more
@@ -140,8 +140,9 @@ pub struct KvStore {
 }
 
 /// Snapshot layout version, the first field of every snapshot: 2 appends the cross-shard
-/// transaction state to version 1's layout, 3 the split state (versions 1 and 2 still restore).
-const SNAPSHOT_VERSION: u32 = 3;
+/// transaction state to version 1's layout, 3 the split state, 4 the staged cross-shard
+/// transactions (versions 1 to 3 still restore, with none staged).
+const SNAPSHOT_VERSION: u32 = 4;
 
 impl KvStore {
     /// An empty store that remembers at most `max_sessions` client sessions.
@@ -476,9 +477,15 @@ impl KvStore {
 
     /// Serializes the whole state (pairs, revision, sessions, member addresses).
     pub fn snapshot(&self) -> Result<Bytes, KvError> {
-        postcard::to_allocvec(&(SNAPSHOT_VERSION, self, &self.shard_txns, &self.split))
-            .map(Bytes::from)
-            .map_err(|e| KvError::Encode(e.to_string()))
+        postcard::to_allocvec(&(
+            SNAPSHOT_VERSION,
+            self,
+            &self.shard_txns,
+            &self.split,
+            &self.shard_txns.staged,
+        ))
+        .map(Bytes::from)
+        .map_err(|e| KvError::Encode(e.to_string()))
     }
 
     /// Replaces the state with a snapshot's. Empty data is the empty state (a group's bootstrap
@@ -497,9 +504,18 @@ impl KvStore {
                 store.shard_txns = shard_txns;
                 store
             }
-            SNAPSHOT_VERSION => {
+            3 => {
                 let (mut store, shard_txns, split): (KvStore, ShardTxns, SplitState) =
                     postcard::from_bytes(rest).map_err(decode)?;
+                store.shard_txns = shard_txns;
+                store.split = split;
+                store
+            }
+            SNAPSHOT_VERSION => {
+                type Layout = (KvStore, ShardTxns, SplitState, BTreeMap<u64, StagedTxn>);
+                let (mut store, mut shard_txns, split, staged): Layout =
+                    postcard::from_bytes(rest).map_err(decode)?;
+                shard_txns.staged = staged;
                 store.shard_txns = shard_txns;
                 store.split = split;
                 store

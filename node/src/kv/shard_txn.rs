@@ -42,7 +42,9 @@ use serde::{Deserialize, Serialize};
 
 use super::{KvStore, Stored};
 use crate::proto::xtxn::{ExpectedRevision, NoVote};
-use crate::proto::{ShardOutcome, ShardTxnId, ShardTxnOp, ShardTxnResult, TxnOp};
+use crate::proto::{
+    Session, ShardOutcome, ShardTxnId, ShardTxnOp, ShardTxnResult, TxnOp, TxnOpResult, WriteResult,
+};
 
 /// Finished transactions (and decisions) remembered per shard, to answer repeats.
 pub const MAX_FINISHED_TXNS: usize = 65_536;
@@ -116,6 +118,25 @@ pub struct ShardTxns {
     open_commits: BTreeMap<ShardTxnId, Vec<u64>>,
     /// Coordinator shard: aborts, and commits every participant applied.
     decided: Bounded<ShardOutcome>,
+    /// Coordinator shard: staged transactions not settled yet (snapshot layout version 4, after
+    /// the split state: the earlier layouts of this struct stay as they were).
+    #[serde(skip)]
+    pub(super) staged: BTreeMap<ShardTxnId, StagedTxn>,
+}
+
+/// A transaction staged on its coordinator shard ([`ShardTxnOp::StageFor`]): committed iff every
+/// participant holds a yes prepare; settled by the first decision recorded.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct StagedTxn {
+    /// Every participant group.
+    pub participants: Vec<u64>,
+    /// The client's session whose cached answer is overwritten when it is settled.
+    pub origin: Option<Session>,
+    /// This shard's revision when it staged: the revision every run of the request is answered
+    /// with (the answer goes out before the writes apply, at a revision not known yet).
+    pub revision: u64,
+    succeeded: bool,
+    results: Vec<TxnOpResult>,
 }
 
 impl ShardTxns {
@@ -158,8 +179,62 @@ impl ShardTxns {
         self.decided.get(txn).copied()
     }
 
+    /// Staged transactions not settled yet (coordinator shard).
+    pub fn staged(&self) -> &BTreeMap<ShardTxnId, StagedTxn> {
+        &self.staged
+    }
+
     /// Applies one cross-shard step to the store at log `index`.
     pub(super) fn apply(store: &mut KvStore, op: &ShardTxnOp, index: u64) -> ShardTxnResult {
+        let result = Self::apply_op(store, op, index);
+        // Whatever recorded a decision for a staged transaction settles it.
+        let txn = op.txn();
+        if store.shard_txns.staged.contains_key(&txn) {
+            if let Some(outcome) = store.shard_txns.decision(txn) {
+                Self::settle_staged(store, txn, outcome);
+            }
+        }
+        result
+    }
+
+    /// A staged transaction's decision is recorded: decide this shard's part with it and
+    /// overwrite the client's cached `Staged` answer with the final one.
+    fn settle_staged(store: &mut KvStore, txn: ShardTxnId, outcome: ShardOutcome) {
+        let Some(staged) = store.shard_txns.staged.remove(&txn) else {
+            return;
+        };
+        if store.shard_txns.prepared.contains_key(&txn) {
+            Self::decide(store, txn, outcome);
+        }
+        let answer = match outcome {
+            ShardOutcome::Commit => ShardTxnResult::CommittedFor {
+                txn,
+                revision: staged.revision,
+                succeeded: staged.succeeded,
+                results: staged.results,
+            },
+            ShardOutcome::Abort => ShardTxnResult::Committed {
+                outcome,
+                revision: store.revision,
+            },
+        };
+        let Some(origin) = staged.origin else {
+            return;
+        };
+        let Some(cached) = store
+            .sessions
+            .get_mut(&origin.client_id)
+            .and_then(|client| client.results.get_mut(&origin.seq))
+        else {
+            return; // acknowledged or forgotten: nobody asks again
+        };
+        if matches!(cached, WriteResult::Shard(ShardTxnResult::Staged { txn: t, .. }) if *t == txn)
+        {
+            *cached = WriteResult::Shard(answer);
+        }
+    }
+
+    fn apply_op(store: &mut KvStore, op: &ShardTxnOp, index: u64) -> ShardTxnResult {
         match op {
             ShardTxnOp::Prepare {
                 txn,
@@ -187,8 +262,17 @@ impl ShardTxns {
             } => ShardTxnResult::Decision {
                 outcome: store.shard_txns.record(*txn, participants, *outcome),
             },
-            ShardTxnOp::Resolve { txn } => ShardTxnResult::Decision {
-                outcome: store.shard_txns.record(*txn, &[], ShardOutcome::Abort),
+            ShardTxnOp::Resolve { txn } => match store.shard_txns.staged.get(txn) {
+                // Staged, undecided: committed iff every participant holds its prepare, which
+                // only they know — no presumed abort.
+                Some(staged) if store.shard_txns.decision(*txn).is_none() => {
+                    ShardTxnResult::InDoubt {
+                        participants: staged.participants.clone(),
+                    }
+                }
+                _ => ShardTxnResult::Decision {
+                    outcome: store.shard_txns.record(*txn, &[], ShardOutcome::Abort),
+                },
             },
             ShardTxnOp::End { txn } => {
                 store.shard_txns.end(*txn);
@@ -206,7 +290,10 @@ impl ShardTxns {
                     .record(*txn, participants, ShardOutcome::Commit);
                 // This shard's own part, decided by the outcome just recorded (final either way).
                 // Not prepared here (a coordinator shard that is no participant): nothing to do.
-                if store.shard_txns.prepared.contains_key(txn) {
+                // A staged transaction is settled with it (its part and the client's answer).
+                if store.shard_txns.staged.contains_key(txn) {
+                    Self::settle_staged(store, *txn, outcome);
+                } else if store.shard_txns.prepared.contains_key(txn) {
                     Self::decide(store, *txn, outcome);
                 }
                 ShardTxnResult::Committed {
@@ -272,6 +359,99 @@ impl ShardTxns {
             ShardTxnOp::AbortFor { txn } => ShardTxnResult::Decision {
                 outcome: store.shard_txns.record(*txn, &[], ShardOutcome::Abort),
             },
+            ShardTxnOp::StageFor {
+                txn,
+                coordinator,
+                participants,
+                expected,
+                writes,
+                succeeded,
+                results,
+                origin,
+            } => {
+                if let Some(outcome) = store.shard_txns.decision(*txn) {
+                    // A repeat after the settle, or a resolver's decision first: it stands.
+                    return Self::decide_request(store, *txn, outcome, *succeeded, results);
+                }
+                if let Some(staged) = store.shard_txns.staged.get(txn) {
+                    return ShardTxnResult::Staged {
+                        txn: *txn,
+                        revision: staged.revision,
+                    };
+                }
+                let vote = Self::prepare(
+                    store,
+                    *txn,
+                    *coordinator,
+                    participants,
+                    expected,
+                    writes,
+                    index,
+                );
+                match vote {
+                    Ok(()) => {
+                        store.shard_txns.staged.insert(
+                            *txn,
+                            StagedTxn {
+                                participants: participants.clone(),
+                                origin: *origin,
+                                revision: store.revision,
+                                succeeded: *succeeded,
+                                results: results.clone(),
+                            },
+                        );
+                        ShardTxnResult::Staged {
+                            txn: *txn,
+                            revision: store.revision,
+                        }
+                    }
+                    Err(_) => {
+                        let outcome =
+                            store
+                                .shard_txns
+                                .record(*txn, participants, ShardOutcome::Abort);
+                        Self::decide_request(store, *txn, outcome, *succeeded, results)
+                    }
+                }
+            }
+            ShardTxnOp::Settle {
+                txn,
+                participants,
+                outcome,
+            } => {
+                let outcome = store.shard_txns.record(*txn, participants, *outcome);
+                if store.shard_txns.staged.contains_key(txn) {
+                    Self::settle_staged(store, *txn, outcome);
+                } else if store.shard_txns.prepared.contains_key(txn) {
+                    Self::decide(store, *txn, outcome);
+                }
+                ShardTxnResult::Committed {
+                    outcome,
+                    revision: store.revision,
+                }
+            }
+            ShardTxnOp::Fence { txn } => {
+                let txns = &mut store.shard_txns;
+                let prepared = txns.prepared.contains_key(txn)
+                    || matches!(
+                        txns.finished.get(*txn),
+                        Some(Finished {
+                            outcome: ShardOutcome::Commit,
+                            ..
+                        })
+                    );
+                if !prepared && txns.finished.get(*txn).is_none() {
+                    // Never prepared here: remembered, so a straggling prepare votes no.
+                    txns.finished.insert(
+                        *txn,
+                        Finished {
+                            outcome: ShardOutcome::Abort,
+                            revision: store.revision,
+                        },
+                    );
+                }
+                ShardTxnResult::Fenced { prepared }
+            }
         }
     }
 
@@ -1074,7 +1254,307 @@ mod tests {
         let old = KvStore::restore(&v1, 100).unwrap();
         assert_eq!(old, restored);
         assert!(
-            KvStore::restore(&postcard::to_allocvec(&(3u32, &restored)).unwrap(), 100).is_err()
+            KvStore::restore(&postcard::to_allocvec(&(5u32, &restored)).unwrap(), 100).is_err()
         );
+    }
+
+    fn stage(txn: u64, expected: &[(&str, u64)], key: &str, origin: Session) -> WriteOp {
+        WriteOp::Shard(ShardTxnOp::StageFor {
+            txn,
+            coordinator: 1,
+            participants: vec![1, 2],
+            expected: expected
+                .iter()
+                .map(|(k, r)| ExpectedRevision {
+                    key: b(k),
+                    mod_revision: *r,
+                })
+                .collect(),
+            writes: vec![TxnOp::Put {
+                key: b(key),
+                value: b("1"),
+            }],
+            succeeded: true,
+            results: vec![TxnOpResult::Put],
+            origin: Some(origin),
+        })
+    }
+
+    fn client(seq: u64) -> Session {
+        Session {
+            client_id: 77,
+            seq,
+            first_unacked: 1,
+        }
+    }
+
+    fn shard_result(r: Result<WriteResult, ServerError>) -> ShardTxnResult {
+        match r {
+            Ok(WriteResult::Shard(result)) => result,
+            other => panic!("unexpected {other:?}"),
+        }
+    }
+
+    #[test]
+    fn stage_for_prepares_and_stages_or_aborts_and_a_repeat_is_answered_alike() {
+        let mut shard = Shard::new();
+        let rc = shard.put("c", "0");
+        let before = shard.kv.revision();
+        // Its part holds: staged, the keys locked, nothing applied, no decision yet.
+        let staged =
+            shard_result(shard.write_as(client(1), stage(7, &[("c", rc)], "a", client(1))));
+        assert_eq!(
+            staged,
+            ShardTxnResult::Staged {
+                txn: 7,
+                revision: before
+            }
+        );
+        assert!(shard.kv.get(b"a").is_none());
+        assert_eq!(shard.kv.shard_txns().decision(7), None);
+        assert!(shard.kv.shard_txns().staged().contains_key(&7));
+        assert_eq!(
+            shard.kv.get_checked(&b("a")),
+            Err(ServerError::Locked {
+                key: b("a"),
+                txn: 7
+            })
+        );
+        // A repeat (the same session, or another one) changes nothing.
+        assert_eq!(
+            shard_result(shard.write_as(client(1), stage(7, &[("c", rc)], "a", client(1)))),
+            staged
+        );
+        assert_eq!(
+            shard_result(shard.write_as(client(9), stage(7, &[("c", rc)], "a", client(1)))),
+            staged
+        );
+        // A key changed since read: ABORT recorded, nothing staged or locked.
+        let no =
+            shard_result(shard.write_as(client(2), stage(8, &[("c", rc + 5)], "b", client(2))));
+        assert!(
+            matches!(
+                no,
+                ShardTxnResult::Committed {
+                    outcome: ShardOutcome::Abort,
+                    ..
+                }
+            ),
+            "{no:?}"
+        );
+        assert_eq!(shard.kv.shard_txns().decision(8), Some(ShardOutcome::Abort));
+        assert!(!shard.kv.shard_txns().staged().contains_key(&8));
+        assert_eq!(shard.kv.shard_txns().locked([&b("b")]), None);
+        // A key locked by the staged transaction: no as well.
+        let locked = shard_result(shard.write_as(client(3), stage(9, &[], "a", client(3))));
+        assert!(matches!(
+            locked,
+            ShardTxnResult::Committed {
+                outcome: ShardOutcome::Abort,
+                ..
+            }
+        ));
+    }
+
+    #[test]
+    fn settling_a_staged_transaction_first_wins_decides_its_part_and_overwrites_the_session() {
+        let mut shard = Shard::new();
+        shard
+            .write_as(client(1), stage(7, &[], "a", client(1)))
+            .unwrap();
+        // A retried run of the same request meets the staged answer under the session.
+        assert_eq!(
+            shard_result(shard.write_as(client(1), stage(70, &[], "x", client(1)))),
+            ShardTxnResult::Staged {
+                txn: 7,
+                revision: 0
+            }
+        );
+        let commit = shard.step(ShardTxnOp::Commit {
+            txn: 7,
+            participants: vec![1, 2],
+        });
+        let revision = shard.kv.revision();
+        assert_eq!(
+            commit,
+            ShardTxnResult::Committed {
+                outcome: ShardOutcome::Commit,
+                revision
+            }
+        );
+        assert_eq!(shard.kv.get(b"a").unwrap().value, b("1"));
+        assert!(shard.kv.shard_txns().staged().is_empty());
+        assert_eq!(shard.kv.shard_txns().locked([&b("a")]), None);
+        // The revision every run is answered with is the one it staged at (0 here).
+        let final_answer = ShardTxnResult::CommittedFor {
+            txn: 7,
+            revision: 0,
+            succeeded: true,
+            results: vec![TxnOpResult::Put],
+        };
+        // The session now holds the final answer: a later run's ops meet it.
+        assert_eq!(
+            shard_result(
+                shard.write_as(client(1), WriteOp::Shard(ShardTxnOp::AbortFor { txn: 70 }))
+            ),
+            final_answer
+        );
+        // A later abort does not undo it.
+        assert_eq!(
+            shard.step(ShardTxnOp::Settle {
+                txn: 7,
+                participants: vec![1, 2],
+                outcome: ShardOutcome::Abort
+            }),
+            ShardTxnResult::Committed {
+                outcome: ShardOutcome::Commit,
+                revision
+            }
+        );
+        // Settled ABORT: the part dropped, the session answers abort, a late commit is refused.
+        shard
+            .write_as(client(2), stage(8, &[], "b", client(2)))
+            .unwrap();
+        let abort = ShardTxnResult::Committed {
+            outcome: ShardOutcome::Abort,
+            revision,
+        };
+        assert_eq!(
+            shard.step(ShardTxnOp::Settle {
+                txn: 8,
+                participants: vec![1, 2],
+                outcome: ShardOutcome::Abort
+            }),
+            abort
+        );
+        assert!(shard.kv.get(b"b").is_none());
+        assert_eq!(shard.kv.shard_txns().locked([&b("b")]), None);
+        assert_eq!(
+            shard_result(
+                shard.write_as(client(2), WriteOp::Shard(ShardTxnOp::AbortFor { txn: 80 }))
+            ),
+            abort
+        );
+        assert_eq!(
+            shard.step(ShardTxnOp::Commit {
+                txn: 8,
+                participants: vec![1, 2]
+            }),
+            abort
+        );
+        assert!(shard.kv.get(b"b").is_none());
+        // A settle COMMIT (a resolver's) works as the coordinator's COMMIT does.
+        shard
+            .write_as(client(3), stage(9, &[], "d", client(3)))
+            .unwrap();
+        assert!(matches!(
+            shard.step(ShardTxnOp::Settle {
+                txn: 9,
+                participants: vec![1, 2],
+                outcome: ShardOutcome::Commit
+            }),
+            ShardTxnResult::Committed {
+                outcome: ShardOutcome::Commit,
+                ..
+            }
+        ));
+        assert_eq!(shard.kv.get(b"d").unwrap().value, b("1"));
+        assert!(matches!(
+            shard_result(shard.write_as(client(3), stage(9, &[], "d", client(3)))),
+            ShardTxnResult::CommittedFor { txn: 9, .. }
+        ));
+    }
+
+    #[test]
+    fn resolve_of_a_staged_transaction_is_in_doubt_not_presumed_aborted() {
+        let mut shard = Shard::new();
+        shard
+            .write_as(client(1), stage(7, &[], "a", client(1)))
+            .unwrap();
+        assert_eq!(
+            shard.step(ShardTxnOp::Resolve { txn: 7 }),
+            ShardTxnResult::InDoubt {
+                participants: vec![1, 2]
+            }
+        );
+        assert_eq!(shard.kv.shard_txns().decision(7), None);
+        // Once settled, the decision is answered as usual.
+        shard.step(ShardTxnOp::Commit {
+            txn: 7,
+            participants: vec![1, 2],
+        });
+        assert_eq!(
+            shard.step(ShardTxnOp::Resolve { txn: 7 }),
+            ShardTxnResult::Decision {
+                outcome: ShardOutcome::Commit
+            }
+        );
+        // Not staged: presumed abort as before.
+        assert_eq!(
+            shard.step(ShardTxnOp::Resolve { txn: 8 }),
+            ShardTxnResult::Decision {
+                outcome: ShardOutcome::Abort
+            }
+        );
+    }
+
+    #[test]
+    fn a_fence_answers_prepared_or_leaves_a_tombstone_that_makes_a_later_prepare_vote_no() {
+        let mut shard = Shard::new();
+        assert_eq!(shard.step(prepare(7, &[], &[("a", "1")])), YES);
+        assert_eq!(
+            shard.step(ShardTxnOp::Fence { txn: 7 }),
+            ShardTxnResult::Fenced { prepared: true }
+        );
+        // Still prepared: the fence changed nothing.
+        assert!(shard.kv.shard_txns().prepared().contains_key(&7));
+        shard.step(decide(7, ShardOutcome::Commit));
+        assert_eq!(
+            shard.step(ShardTxnOp::Fence { txn: 7 }),
+            ShardTxnResult::Fenced { prepared: true }
+        );
+        // Never prepared: "not prepared", and a prepare that straggles in votes no.
+        assert_eq!(
+            shard.step(ShardTxnOp::Fence { txn: 8 }),
+            ShardTxnResult::Fenced { prepared: false }
+        );
+        assert_eq!(
+            shard.step(prepare(8, &[], &[("b", "1")])),
+            ShardTxnResult::Vote {
+                no: Some(NoVote::Finished(ShardOutcome::Abort))
+            }
+        );
+        assert_eq!(shard.kv.shard_txns().locked([&b("b")]), None);
+        // Aborted here: not prepared.
+        assert_eq!(shard.step(prepare(9, &[], &[("c", "1")])), YES);
+        shard.step(decide(9, ShardOutcome::Abort));
+        assert_eq!(
+            shard.step(ShardTxnOp::Fence { txn: 9 }),
+            ShardTxnResult::Fenced { prepared: false }
+        );
+    }
+
+    #[test]
+    fn staged_transactions_survive_a_snapshot_and_a_version_3_snapshot_restores_none() {
+        let mut shard = Shard::new();
+        shard
+            .write_as(client(1), stage(7, &[], "a", client(1)))
+            .unwrap();
+        let data = shard.kv.snapshot().unwrap();
+        let restored = KvStore::restore(&data, 100).unwrap();
+        assert_eq!(restored, shard.kv);
+        assert!(restored.shard_txns().staged().contains_key(&7));
+        shard.kv = restored;
+        assert_eq!(
+            shard.step(ShardTxnOp::Resolve { txn: 7 }),
+            ShardTxnResult::InDoubt {
+                participants: vec![1, 2]
+            }
+        );
+        let v3 = postcard::to_allocvec(&(3u32, &shard.kv, &shard.kv.shard_txns, &shard.kv.split))
+            .unwrap();
+        let old = KvStore::restore(&v3, 100).unwrap();
+        assert!(old.shard_txns().staged().is_empty());
+        assert!(old.shard_txns().prepared().contains_key(&7));
     }
 }

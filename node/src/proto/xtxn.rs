@@ -29,11 +29,51 @@
 //! A participant that holds a prepared transaction too long asks the coordinator shard with
 //! [`ShardTxnOp::Resolve`]: the recorded decision, or — none recorded — ABORT, recorded by that
 //! very request (presumed abort), so a crashed coordinating node never blocks the shards.
+//!
+//! **Parallel commit** (one consensus round, as CockroachDB's parallel commits): when the
+//! coordinator shard A is one of several participants that all write, the coordinator sends at
+//! once the PREPAREs to the others and [`ShardTxnOp::StageFor`] to A under the client's session;
+//! A prepares its own part and records the transaction STAGED (participants, the client's
+//! answer). Rule: *a staged transaction is committed iff every participant holds a yes
+//! prepare*. So the client is answered commit as soon as A answered `Staged` for this run and
+//! every other participant voted yes; then [`ShardTxnOp::Commit`] at A records it (and decides
+//! A's part, and overwrites the client's cached `Staged` with `CommittedFor`), and only after
+//! A's answer are the others told (DECIDE), then END. Why it is safe:
+//! - the decision is still the first one recorded at A, and every path records it there before
+//!   telling anyone: the coordinator after a no vote or a vote timeout proposes
+//!   [`ShardTxnOp::Settle`] ABORT at A and takes A's answer (a resolver may have committed
+//!   first); a resolver settles at A too;
+//! - the coordinator answers commit only when the rule holds (A staged, all others voted yes);
+//!   a yes prepare is held until A's decision, so it keeps holding, and the only way to record
+//!   ABORT for a staged transaction — other than its own coordinator, which has stopped
+//!   settling abort once it answered — is a resolver that found a participant *not* prepared
+//!   (below), which cannot happen once every one voted yes;
+//! - termination: [`ShardTxnOp::Resolve`] of a staged, undecided transaction answers
+//!   [`ShardTxnResult::InDoubt`] instead of presuming abort. The resolver, at participant G
+//!   (which holds the prepare), fences every participant but A and G ([`ShardTxnOp::Fence`]:
+//!   prepared → yes; otherwise ABORT is remembered there, so the prepare can never come later),
+//!   then settles COMMIT at A if all were prepared, else ABORT, and decides G with A's answer.
+//!   After the fences the rule's truth is fixed, so the settle agrees with any commit answered.
+//!   With two participants no fence is needed (A staged, G prepared). A's own resolver (A holds
+//!   its part prepared) does the same, so a coordinating node that died right after `StageFor`
+//!   leaves nothing blocked;
+//! - one commit per request: `StageFor` is under the client's session S, so S's cached answer
+//!   is `Staged{T}` until T is settled, when the settle overwrites it with the final answer. A
+//!   retried run T2 meets `Staged{T}` (T ≠ T2) for its `StageFor`, `CommitFor` or `AbortFor`:
+//!   it drops its prepares and resends its `AbortFor` under S until S holds T's final answer
+//!   (T committed → answered with T's commit; aborted → aborted). An abort is answered only
+//!   after it is closed under S (`AbortFor`), as on the two-round path.
+//!
+//! A participant that only reads makes the coordinator take the two-round path (its read
+//! locks are released before the answer there). The coordinator shard's revision in a
+//! parallel commit's answer is the one A had when it staged (its writes apply at the COMMIT,
+//! at a later revision not known when the client is answered); the settled answer in the
+//! session carries the same one, so every run of a request answers alike.
 
 use bytes::Bytes;
 use serde::{Deserialize, Serialize};
 
-use super::{TxnOp, TxnOpResult};
+use super::{Session, TxnOp, TxnOpResult};
 
 /// A cross-shard transaction id, chosen at random by the coordinating node (never reused; a
 /// retried client request runs under a new one, see [`ShardTxnOp::CommitFor`]).
@@ -164,6 +204,54 @@ pub enum ShardTxnOp {
         /// The transaction (this run).
         txn: ShardTxnId,
     },
+    /// Coordinator shard, under the client's session, sent together with the PREPAREs to every
+    /// other participant (parallel commit, one consensus round): this shard prepares its own
+    /// part as [`ShardTxnOp::Prepare`] does and, if it holds, records the transaction STAGED —
+    /// its participants and the client's answer — and answers [`ShardTxnResult::Staged`]. A
+    /// staged transaction is committed iff every participant holds a yes (or read-only)
+    /// prepare. Its part does not hold: ABORT is recorded (answer [`ShardTxnResult::Committed`]
+    /// with `Abort`). A decision already recorded is answered as [`ShardTxnOp::PrepareCommitFor`]
+    /// answers it.
+    StageFor {
+        /// The transaction.
+        txn: ShardTxnId,
+        /// This shard (the coordinator shard).
+        coordinator: u64,
+        /// Every participant group (this one included).
+        participants: Vec<u64>,
+        /// Every key of this shard the transaction read or compared, as read.
+        expected: Vec<ExpectedRevision>,
+        /// The writes on this shard.
+        writes: Vec<TxnOp>,
+        /// Whether every compare held (the success branch ran).
+        succeeded: bool,
+        /// What each op of the branch did, as the client is answered.
+        results: Vec<TxnOpResult>,
+        /// The client's session this op is proposed under: when the transaction is settled, the
+        /// request's cached answer there (`Staged`) is overwritten with the final one.
+        origin: Option<Session>,
+    },
+    /// Coordinator shard: record `outcome` for a transaction (the first decision recorded wins)
+    /// and, in the same entry, decide this shard's own part with the outcome recorded; for a
+    /// staged transaction also overwrite the client's cached `Staged` answer with the final one.
+    /// Answered [`ShardTxnResult::Committed`] with the outcome recorded. Proposed by the
+    /// coordinator after a no vote or a vote timeout (before anyone is told abort), and by a
+    /// resolver that fenced a staged transaction.
+    Settle {
+        /// The transaction.
+        txn: ShardTxnId,
+        /// Every participant group.
+        participants: Vec<u64>,
+        /// The outcome to record (unless another was recorded first).
+        outcome: ShardOutcome,
+    },
+    /// Participant, from a resolver of a staged transaction: is `txn` prepared here? Prepared
+    /// (or committed): [`ShardTxnResult::Fenced`] `true`. Otherwise ABORT is remembered for
+    /// `txn` here, so a PREPARE of it that straggles in votes no, and the answer is `false`.
+    Fence {
+        /// The transaction.
+        txn: ShardTxnId,
+    },
 }
 
 impl ShardTxnOp {
@@ -178,7 +266,10 @@ impl ShardTxnOp {
             | ShardTxnOp::Commit { txn, .. }
             | ShardTxnOp::CommitFor { txn, .. }
             | ShardTxnOp::AbortFor { txn }
-            | ShardTxnOp::PrepareCommitFor { txn, .. } => *txn,
+            | ShardTxnOp::PrepareCommitFor { txn, .. }
+            | ShardTxnOp::StageFor { txn, .. }
+            | ShardTxnOp::Settle { txn, .. }
+            | ShardTxnOp::Fence { txn } => *txn,
             // About many: no coordinator waits for its answer.
             ShardTxnOp::EndAll { .. } => 0,
         }
@@ -192,6 +283,9 @@ impl ShardTxnOp {
             }
             | ShardTxnOp::PrepareCommitFor {
                 expected, writes, ..
+            }
+            | ShardTxnOp::StageFor {
+                expected, writes, ..
             } => expected
                 .iter()
                 .map(|e| &e.key)
@@ -204,15 +298,15 @@ impl ShardTxnOp {
     /// Every value the op carries.
     pub fn values(&self) -> Vec<&Bytes> {
         match self {
-            ShardTxnOp::Prepare { writes, .. } | ShardTxnOp::PrepareCommitFor { writes, .. } => {
-                writes
-                    .iter()
-                    .filter_map(|op| match op {
-                        TxnOp::Put { value, .. } => Some(value),
-                        _ => None,
-                    })
-                    .collect()
-            }
+            ShardTxnOp::Prepare { writes, .. }
+            | ShardTxnOp::PrepareCommitFor { writes, .. }
+            | ShardTxnOp::StageFor { writes, .. } => writes
+                .iter()
+                .filter_map(|op| match op {
+                    TxnOp::Put { value, .. } => Some(value),
+                    _ => None,
+                })
+                .collect(),
             _ => Vec::new(),
         }
     }
@@ -286,5 +380,28 @@ pub enum ShardTxnResult {
         succeeded: bool,
         /// What each op of the branch did.
         results: Vec<TxnOpResult>,
+    },
+    /// The answer to a [`ShardTxnOp::StageFor`] whose part held: the transaction is staged (it
+    /// is committed once every participant holds a yes prepare). Kept in the client's session
+    /// until the transaction is settled; a later run of the same request meets it there (`txn`
+    /// then differs from its own) and waits for the final answer.
+    Staged {
+        /// The staged transaction.
+        txn: ShardTxnId,
+        /// The coordinator shard's revision when it staged (its writes apply at the commit, at
+        /// a later revision).
+        revision: u64,
+    },
+    /// The answer to a [`ShardTxnOp::Resolve`] of a staged transaction with no decision
+    /// recorded: not presumed aborted — the resolver fences the participants and settles it.
+    InDoubt {
+        /// Every participant group.
+        participants: Vec<u64>,
+    },
+    /// The answer to a [`ShardTxnOp::Fence`]: whether the transaction holds a prepare here (if
+    /// not, it never will).
+    Fenced {
+        /// Prepared (or committed) here.
+        prepared: bool,
     },
 }

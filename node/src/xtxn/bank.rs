@@ -59,6 +59,9 @@ pub enum BankBug {
     /// A shard serves a read of a key a prepared transaction writes from the value before it
     /// (the transaction may be decided and acknowledged already).
     ReadThroughLocks,
+    /// Parallel commit: the coordinator answers commit once the other participants voted yes,
+    /// without waiting for the coordinator shard's `Staged` (whose own part may not hold).
+    AnswerBeforeStaged,
 }
 
 /// One run's shape, derived from its seed.
@@ -300,7 +303,12 @@ impl World {
                     outcome: ShardOutcome::Commit,
                 }
                 | ShardTxnOp::Commit { txn, .. }
-                | ShardTxnOp::CommitFor { txn, .. },
+                | ShardTxnOp::CommitFor { txn, .. }
+                | ShardTxnOp::Settle {
+                    txn,
+                    outcome: ShardOutcome::Commit,
+                    ..
+                },
             ) => shard
                 .store
                 .shard_txns()
@@ -509,6 +517,9 @@ impl World {
             Some(BankBug::AbortWithoutSession) => {
                 coordinator.plant_bug(CoordinatorBug::AbortWithoutSession)
             }
+            Some(BankBug::AnswerBeforeStaged) => {
+                coordinator.plant_bug(CoordinatorBug::AnswerBeforeStaged)
+            }
             _ => {}
         }
         if let Some(g) = request.coordinator(|k| locate(shards, k)) {
@@ -568,7 +579,9 @@ impl World {
                     });
                 }
                 Action::ProposeAs { group, op, session } => {
-                    if let ShardTxnOp::PrepareCommitFor { txn, writes, .. } = &op {
+                    if let ShardTxnOp::PrepareCommitFor { txn, writes, .. }
+                    | ShardTxnOp::StageFor { txn, writes, .. } = &op
+                    {
                         self.ledger.part(*txn, group, writes);
                     }
                     self.net.push(Msg::Propose {
@@ -712,10 +725,12 @@ impl World {
                     else {
                         return;
                     };
-                    if let Some((target, decide)) =
-                        self.resolvers.get(&g).and_then(|r| r.on_result(op, result))
-                    {
-                        self.propose_from_resolver(g, target, decide);
+                    let next = match self.resolvers.get_mut(&g) {
+                        Some(resolver) => resolver.on_result(group, op, result),
+                        None => Vec::new(),
+                    };
+                    for (target, op) in next {
+                        self.propose_from_resolver(g, target, op);
                     }
                 }
                 Who::Toucher { .. } => {}
@@ -1154,6 +1169,13 @@ mod tests {
     fn a_participant_that_aborts_without_asking_the_coordinator_shard_is_caught() {
         // Any violation.
         let caught = caught(BankBug::ResolveWithoutAsking, "");
+        assert!(!caught.is_empty(), "no seed of 50 caught the planted bug");
+    }
+
+    #[test]
+    fn a_coordinator_that_answers_commit_before_the_coordinator_shard_staged_is_caught() {
+        // Any violation.
+        let caught = caught(BankBug::AnswerBeforeStaged, "");
         assert!(!caught.is_empty(), "no seed of 50 caught the planted bug");
     }
 }

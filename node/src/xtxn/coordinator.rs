@@ -21,6 +21,14 @@
 //! told the outcome as soon as the engine decides, which releases them. A transaction whose
 //! participants all only read needs no decision record at all.
 //!
+//! Parallel commit: when every participant writes, there are at least two and the coordinator
+//! shard is one, the engine is not used (`Staging`): the PREPAREs and the coordinator shard's
+//! [`ShardTxnOp::StageFor`] go at once, the client is answered commit once that shard answered
+//! `Staged` for this run and every other participant voted yes (one consensus round), then
+//! [`ShardTxnOp::Commit`] records it there and, after its answer, the DECIDEs and END follow. A
+//! no vote or a vote timeout settles ABORT at the coordinator shard ([`ShardTxnOp::Settle`])
+//! before anyone is told; its answer is the outcome. See [`crate::proto::xtxn`] for why.
+//!
 //! Nothing here has to survive a crash of the coordinating node: every prepared participant
 //! asks the coordinator shard after a timeout ([`super::resolver`]) and, if no decision is
 //! recorded, records ABORT itself.
@@ -152,6 +160,9 @@ pub enum CoordinatorBug {
     /// Answers an abort without recording it under the client's session: a run of the same
     /// request still in flight, or one that committed already, goes unseen.
     AbortWithoutSession,
+    /// Staged path: answers commit once every other participant voted yes, without waiting for
+    /// the coordinator shard's `Staged` (its own part may not hold).
+    AnswerBeforeStaged,
 }
 
 enum State {
@@ -161,6 +172,8 @@ enum State {
         last_sent: u64,
     },
     Committing(Box<Committing>),
+    /// The parallel-commit path ([`ShardTxnOp::StageFor`]), driven here rather than by the engine.
+    Staging(Box<Staging>),
     /// The outcome is known; before it is answered it is recorded under the client's session at
     /// `group` (`op`: [`ShardTxnOp::AbortFor`], or a read-only run's answer), which answers with
     /// an earlier run's outcome if one closed the request first.
@@ -206,6 +219,41 @@ struct Committing {
     decided: Option<ShardOutcome>,
     revisions: BTreeMap<u64, u64>,
     reason: Option<String>,
+}
+
+/// The parallel-commit path: `StageFor` at the coordinator shard A and `Prepare` at every other
+/// participant, sent at once. Committed iff A staged it and every other participant holds a yes
+/// prepare, so the client is answered as soon as both are known — one consensus round. The
+/// decision is then recorded at A (`Commit`), and only after A answered is anyone else told.
+/// A no vote or a timeout: ABORT is settled at A first (a resolver may have committed it there
+/// already: A's answer is the outcome).
+struct Staging {
+    plan: Plan,
+    coordinator: u64,
+    participants: Vec<u64>,
+    /// Other participants that voted yes.
+    voted: BTreeSet<u64>,
+    /// A answered `Staged` for this transaction, at this revision.
+    staged: Option<u64>,
+    since: u64,
+    last_sent: u64,
+    phase: Phase,
+    reason: Option<String>,
+}
+
+enum Phase {
+    Voting,
+    /// `outcome` proposed to A (`Commit` after a commit answer, else `Settle` abort); A's answer
+    /// is the outcome recorded.
+    Settling {
+        outcome: ShardOutcome,
+        since: u64,
+    },
+    /// A recorded `outcome`; the other participants' DECIDEs not confirmed yet.
+    Deciding {
+        outcome: ShardOutcome,
+        pending: BTreeSet<u64>,
+    },
 }
 
 /// One cross-shard transaction's coordinator.
@@ -278,6 +326,20 @@ impl CrossShardTxn {
     /// lost reply) at most one commits and every run answers with that one's result.
     pub fn with_origin(mut self, session: Session) -> Self {
         self.origin = Some(session);
+        // Nothing to read: `new` started already, and its `StageFor` must go under the session.
+        let before = self.actions.len();
+        self.actions.retain(|a| {
+            !matches!(
+                a,
+                Action::Propose {
+                    op: ShardTxnOp::StageFor { .. },
+                    ..
+                }
+            )
+        });
+        if self.actions.len() != before {
+            self.send_stage_for();
+        }
         self
     }
 
@@ -383,6 +445,27 @@ impl CrossShardTxn {
         if let Err(error) = engine.begin(TxnId(self.txn), &participants) {
             self.anomalies.push(format!("begin refused: {error}"));
         }
+        // Parallel commit when the coordinator shard is one of several participants that all
+        // write (a read-only participant takes the engine's path: its read locks are released
+        // before the answer there).
+        if participants.len() >= 2
+            && plan.parts.contains_key(&coordinator)
+            && plan.parts.values().all(|part| !part.writes.is_empty())
+        {
+            self.state = State::Staging(Box::new(Staging {
+                plan,
+                coordinator,
+                participants,
+                voted: BTreeSet::new(),
+                staged: None,
+                since: self.now,
+                last_sent: self.now,
+                phase: Phase::Voting,
+                reason: None,
+            }));
+            self.send_staging(&BTreeSet::new());
+            return;
+        }
         let one_phase = (participants.len() == 1).then(|| participants[0]);
         self.state = State::Committing(Box::new(Committing {
             plan,
@@ -420,6 +503,10 @@ impl CrossShardTxn {
             if op == fence {
                 self.on_fence_result(result);
             }
+            return;
+        }
+        if matches!(self.state, State::Staging(_)) {
+            self.on_staging_result(group, op, result);
             return;
         }
         if !matches!(self.state, State::Committing(_)) {
@@ -703,6 +790,9 @@ impl CrossShardTxn {
         };
         let mut report = (**report).clone();
         match result {
+            // An earlier run of the request is staged and not settled yet: asked again on a tick
+            // until its final answer replaces this one.
+            Ok(ShardTxnResult::Staged { .. }) => return,
             // This run's answer is the request's (a read-only run's, recorded now).
             Ok(ShardTxnResult::CommittedFor { txn, .. }) if txn == self.txn => {}
             Ok(ShardTxnResult::CommittedFor {
@@ -761,6 +851,415 @@ impl CrossShardTxn {
         Report {
             succeeded,
             ..Report::aborted(self.txn, parts, reason)
+        }
+    }
+
+    /// Staged path: (re)sends `StageFor` to the coordinator shard unless it answered, and
+    /// `Prepare` to every other participant not in `skip`.
+    fn send_staging(&mut self, skip: &BTreeSet<u64>) {
+        let State::Staging(st) = &self.state else {
+            return;
+        };
+        let mut stage = false;
+        for &group in &st.participants {
+            let part = st.plan.parts.get(&group).cloned().unwrap_or_default();
+            if group == st.coordinator {
+                stage = st.staged.is_none();
+            } else if !st.voted.contains(&group) && !skip.contains(&group) {
+                self.actions.push(Action::Propose {
+                    group,
+                    op: ShardTxnOp::Prepare {
+                        txn: self.txn,
+                        coordinator: st.coordinator,
+                        participants: st.participants.clone(),
+                        expected: part.expected,
+                        writes: part.writes,
+                    },
+                });
+            }
+        }
+        if stage {
+            self.send_stage_for();
+        }
+    }
+
+    /// Staged path: `StageFor` to the coordinator shard, under the client's session.
+    fn send_stage_for(&mut self) {
+        let State::Staging(st) = &self.state else {
+            return;
+        };
+        let group = st.coordinator;
+        let part = st.plan.parts.get(&group).cloned().unwrap_or_default();
+        let op = ShardTxnOp::StageFor {
+            txn: self.txn,
+            coordinator: group,
+            participants: st.participants.clone(),
+            expected: part.expected,
+            writes: part.writes,
+            succeeded: st.plan.succeeded,
+            results: st.plan.results.clone(),
+            origin: self.origin,
+        };
+        self.actions.push(match self.origin {
+            Some(session) => Action::ProposeAs { group, op, session },
+            None => Action::Propose { group, op },
+        });
+    }
+
+    /// Staged path: proposes `outcome` to the coordinator shard (`Commit`, or `Settle` abort).
+    fn send_settle(&mut self, outcome: ShardOutcome) {
+        let State::Staging(st) = &self.state else {
+            return;
+        };
+        let op = match outcome {
+            ShardOutcome::Commit => ShardTxnOp::Commit {
+                txn: self.txn,
+                participants: st.participants.clone(),
+            },
+            ShardOutcome::Abort => ShardTxnOp::Settle {
+                txn: self.txn,
+                participants: st.participants.clone(),
+                outcome,
+            },
+        };
+        self.actions.push(Action::Propose {
+            group: st.coordinator,
+            op,
+        });
+    }
+
+    /// Staged path: from voting to settling `outcome` at the coordinator shard.
+    fn start_settle(&mut self, outcome: ShardOutcome) {
+        let now = self.now;
+        let State::Staging(st) = &mut self.state else {
+            return;
+        };
+        if !matches!(st.phase, Phase::Voting) {
+            return;
+        }
+        st.phase = Phase::Settling {
+            outcome,
+            since: now,
+        };
+        st.last_sent = now;
+        self.send_settle(outcome);
+    }
+
+    /// Staged path: this run's StageFor met another run's answer in the client's session (or
+    /// the session is gone): this run drops its prepares and answers with that.
+    fn staging_superseded(&mut self, result: ShardTxnResult) {
+        let State::Staging(st) = &self.state else {
+            return;
+        };
+        let succeeded = st.plan.succeeded;
+        let participants = st.participants.clone();
+        for &group in &participants {
+            self.actions.push(Action::Propose {
+                group,
+                op: ShardTxnOp::Decide {
+                    txn: self.txn,
+                    outcome: ShardOutcome::Abort,
+                },
+            });
+        }
+        let report = Report {
+            succeeded,
+            ..Report::aborted(
+                self.txn,
+                participants,
+                "an earlier run of the request closed it",
+            )
+        };
+        match result {
+            ShardTxnResult::CommittedFor {
+                txn,
+                revision,
+                succeeded,
+                results,
+            } => self.done(report.committed_by(txn, revision, succeeded, results)),
+            // An earlier run's abort closed the request.
+            ShardTxnResult::Decision { .. } => self.done(report),
+            // An earlier run is staged, not settled: wait under the session for its answer.
+            _ => {
+                let group = match &self.state {
+                    State::Staging(st) => st.coordinator,
+                    _ => 0,
+                };
+                let op = ShardTxnOp::AbortFor { txn: self.txn };
+                self.answer_recorded(report, group, op);
+            }
+        }
+    }
+
+    /// Staged path: the coordinator shard recorded `outcome` (A's answer is authoritative):
+    /// answer the client if not yet, tell the other participants, then END.
+    fn staging_settled(&mut self, outcome: ShardOutcome, revision: u64) {
+        let txn = self.txn;
+        let State::Staging(st) = &mut self.state else {
+            return;
+        };
+        if matches!(st.phase, Phase::Deciding { .. }) {
+            return; // a repeated answer
+        }
+        if let Some(answer) = &self.answer {
+            if answer.outcome != outcome {
+                self.anomalies.push(format!(
+                    "txn {txn}: answered {:?} but the coordinator shard recorded {outcome:?}",
+                    answer.outcome
+                ));
+            }
+        }
+        let pending: BTreeSet<u64> = st
+            .participants
+            .iter()
+            .copied()
+            .filter(|&g| g != st.coordinator)
+            .collect();
+        for &group in &pending {
+            self.actions.push(Action::Propose {
+                group,
+                op: ShardTxnOp::Decide { txn, outcome },
+            });
+        }
+        st.phase = Phase::Deciding { outcome, pending };
+        st.last_sent = self.now;
+        // Every run of the request answers with the revision A staged at (as its session does).
+        let revision = st.staged.unwrap_or(revision);
+        let participants = st.participants.clone();
+        let coordinator = st.coordinator;
+        if self.answer.is_none() {
+            match outcome {
+                ShardOutcome::Commit => {
+                    self.answer = Some(Report {
+                        txn,
+                        outcome,
+                        succeeded: st.plan.succeeded,
+                        results: st.plan.results.clone(),
+                        revision,
+                        participants,
+                        reason: None,
+                        unknown: false,
+                    });
+                }
+                ShardOutcome::Abort => {
+                    let reason = st
+                        .reason
+                        .take()
+                        .unwrap_or_else(|| "resolved as aborted first".into());
+                    let report = Report {
+                        succeeded: st.plan.succeeded,
+                        ..Report::aborted(txn, participants, &reason)
+                    };
+                    // Closed under the client's session before it is answered (the DECIDEs
+                    // just sent, or the resolvers, release the others).
+                    self.answer_abort(report, coordinator);
+                    return;
+                }
+            }
+        }
+        self.staging_maybe_done();
+    }
+
+    fn staging_maybe_done(&mut self) {
+        let State::Staging(st) = &self.state else {
+            return;
+        };
+        let Phase::Deciding { outcome, pending } = &st.phase else {
+            return;
+        };
+        if !pending.is_empty() || self.answer.is_none() {
+            return;
+        }
+        if *outcome == ShardOutcome::Commit {
+            self.actions.push(Action::Propose {
+                group: st.coordinator,
+                op: ShardTxnOp::End { txn: self.txn },
+            });
+        }
+        self.state = State::Done;
+    }
+
+    fn on_staging_result(
+        &mut self,
+        group: u64,
+        op: &ShardTxnOp,
+        result: Result<ShardTxnResult, ServerError>,
+    ) {
+        let result = match (op, result) {
+            (ShardTxnOp::StageFor { .. }, Err(ServerError::SessionExpired { .. })) => {
+                // As for CommitFor: the client acknowledged the request elsewhere.
+                let mut report = Report::aborted(
+                    self.txn,
+                    Vec::new(),
+                    "the request was answered elsewhere; left to the resolvers",
+                );
+                report.unknown = true;
+                self.done(report);
+                return;
+            }
+            (_, Ok(result)) => result,
+            (_, Err(_)) => return, // resent on a tick
+        };
+        let txn = self.txn;
+        let State::Staging(st) = &mut self.state else {
+            return;
+        };
+        let voting = matches!(st.phase, Phase::Voting);
+        match (op, result) {
+            (ShardTxnOp::Prepare { .. }, ShardTxnResult::Vote { no }) => {
+                #[allow(unused_mut)]
+                let mut yes = no.is_none();
+                #[cfg(any(test, feature = "planted-bugs"))]
+                if self.bug == Some(CoordinatorBug::CommitWithoutAllYes) {
+                    yes = true;
+                }
+                if yes {
+                    st.voted.insert(group);
+                } else if voting {
+                    if let Some(why) = &no {
+                        st.reason.get_or_insert_with(|| describe(group, why));
+                    }
+                    self.start_settle(ShardOutcome::Abort);
+                    return;
+                }
+            }
+            (ShardTxnOp::StageFor { .. }, ShardTxnResult::Staged { txn: t, revision }) => {
+                if t != txn {
+                    self.staging_superseded(ShardTxnResult::Staged { txn: t, revision });
+                    return;
+                }
+                st.staged.get_or_insert(revision);
+            }
+            (
+                ShardTxnOp::StageFor { .. },
+                ShardTxnResult::CommittedFor {
+                    txn: t, revision, ..
+                },
+            ) if t == txn => {
+                // Committed here already (a resolver fenced and settled it).
+                self.staging_settled(ShardOutcome::Commit, revision);
+                return;
+            }
+            (
+                ShardTxnOp::StageFor { .. },
+                r @ (ShardTxnResult::CommittedFor { .. } | ShardTxnResult::Decision { .. }),
+            ) => {
+                self.staging_superseded(r);
+                return;
+            }
+            (
+                ShardTxnOp::StageFor { .. },
+                ShardTxnResult::Committed {
+                    outcome: ShardOutcome::Abort,
+                    revision,
+                },
+            ) => {
+                // Its own part did not hold (or a resolver aborted it first): ABORT is recorded.
+                st.reason.get_or_insert_with(|| {
+                    "the coordinator shard's part could not be prepared (a conflict or a changed key)"
+                        .into()
+                });
+                self.staging_settled(ShardOutcome::Abort, revision);
+                return;
+            }
+            (
+                ShardTxnOp::Commit { .. } | ShardTxnOp::Settle { .. },
+                ShardTxnResult::Committed { outcome, revision },
+            ) => {
+                if matches!(st.phase, Phase::Settling { .. }) {
+                    self.staging_settled(outcome, revision);
+                }
+                return;
+            }
+            (ShardTxnOp::Decide { .. }, ShardTxnResult::Decided { outcome, .. }) => {
+                if let Phase::Deciding {
+                    outcome: asked,
+                    pending,
+                } = &mut st.phase
+                {
+                    if *asked == ShardOutcome::Commit && outcome != ShardOutcome::Commit {
+                        self.anomalies.push(format!(
+                            "group {group} answered {outcome:?} to a commit of txn {txn}"
+                        ));
+                    }
+                    pending.remove(&group);
+                }
+                self.staging_maybe_done();
+                return;
+            }
+            _ => return,
+        }
+        // Committed iff A staged it and every other participant holds a yes prepare.
+        #[allow(unused_mut)]
+        let mut staged = st.staged;
+        #[cfg(any(test, feature = "planted-bugs"))]
+        if self.bug == Some(CoordinatorBug::AnswerBeforeStaged) {
+            staged = staged.or(Some(0));
+        }
+        let all_voted = st
+            .participants
+            .iter()
+            .all(|g| *g == st.coordinator || st.voted.contains(g));
+        if let (true, Some(revision), true) = (voting, staged, all_voted) {
+            self.answer = Some(Report {
+                txn,
+                outcome: ShardOutcome::Commit,
+                succeeded: st.plan.succeeded,
+                results: st.plan.results.clone(),
+                revision,
+                participants: st.participants.clone(),
+                reason: None,
+                unknown: false,
+            });
+            self.start_settle(ShardOutcome::Commit);
+        }
+    }
+
+    fn tick_staging(&mut self) {
+        let now = self.now;
+        let State::Staging(st) = &mut self.state else {
+            return;
+        };
+        let resend = now - st.last_sent >= self.config.retry_interval;
+        if resend {
+            st.last_sent = now;
+        }
+        match &st.phase {
+            Phase::Voting => {
+                if now - st.since >= self.config.vote_timeout {
+                    st.reason
+                        .get_or_insert_with(|| "the votes did not arrive in time".into());
+                    self.start_settle(ShardOutcome::Abort);
+                } else if resend {
+                    self.send_staging(&BTreeSet::new());
+                }
+            }
+            Phase::Settling { outcome, since } => {
+                let outcome = *outcome;
+                if self.answer.is_none() && now - *since >= self.config.vote_timeout {
+                    // The coordinator shard does not answer: the outcome stays unknown here,
+                    // the resolvers settle it.
+                    let mut report =
+                        Report::aborted(self.txn, st.participants.clone(), "no answer in time");
+                    report.unknown = true;
+                    self.done(report);
+                } else if resend {
+                    self.send_settle(outcome);
+                }
+            }
+            Phase::Deciding { outcome, pending } => {
+                if resend {
+                    for &group in pending {
+                        self.actions.push(Action::Propose {
+                            group,
+                            op: ShardTxnOp::Decide {
+                                txn: self.txn,
+                                outcome: *outcome,
+                            },
+                        });
+                    }
+                }
+            }
         }
     }
 
@@ -828,6 +1327,7 @@ impl CrossShardTxn {
                 }
                 self.drain();
             }
+            State::Staging(_) => self.tick_staging(),
             State::Fencing {
                 group,
                 op,

@@ -168,28 +168,27 @@ async fn step(
 }
 
 /// One resolver round for `group`: asks the coordinator shards about the transactions prepared
-/// too long and proposes their decisions to `group`; returns how many were decided.
+/// too long, fences and settles the staged ones, and proposes their decisions to `group` (until
+/// the resolver has no follow-up left); returns how many were decided.
 pub async fn resolve_round<S: Shards>(
     shards: &S,
     resolver: &mut Resolver,
     prepared: &BTreeMap<ShardTxnId, PreparedTxn>,
 ) -> usize {
-    let mut set = JoinSet::new();
-    for (target, op) in resolver.tick(prepared) {
-        spawn(&mut set, shards, Action::Propose { group: target, op });
-    }
-    let mut decides = JoinSet::new();
-    while let Some(done) = set.join_next().await {
-        if let Ok(Done::Proposed(_, op, Ok(result))) = done {
-            if let Some((group, decide)) = resolver.on_result(&op, &result) {
-                spawn(&mut decides, shards, Action::Propose { group, op: decide });
-            }
-        }
-    }
     let mut decided = 0;
-    while let Some(done) = decides.join_next().await {
-        if matches!(done, Ok(Done::Proposed(_, _, Ok(_)))) {
-            decided += 1;
+    let mut next = resolver.tick(prepared);
+    while !next.is_empty() {
+        let mut set = JoinSet::new();
+        for (target, op) in next.drain(..) {
+            spawn(&mut set, shards, Action::Propose { group: target, op });
+        }
+        while let Some(done) = set.join_next().await {
+            if let Ok(Done::Proposed(group, op, Ok(result))) = done {
+                if matches!(op, ShardTxnOp::Decide { .. }) {
+                    decided += 1;
+                }
+                next.extend(resolver.on_result(group, &op, &result));
+            }
         }
     }
     decided
