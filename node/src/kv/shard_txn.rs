@@ -199,6 +199,28 @@ impl ShardTxns {
 
     /// A staged transaction's decision is recorded: decide this shard's part with it and
     /// overwrite the client's cached `Staged` answer with the final one.
+    /// Coordinator shard: records `outcome` (the first recorded wins) and decides this shard's own
+    /// part with the outcome recorded (final either way); a staged transaction is settled with it
+    /// (its part and the client's answer). Not prepared here (a coordinator shard that is no
+    /// participant): only the record.
+    fn settle(
+        store: &mut KvStore,
+        txn: ShardTxnId,
+        participants: &[u64],
+        outcome: ShardOutcome,
+    ) -> ShardTxnResult {
+        let outcome = store.shard_txns.record(txn, participants, outcome);
+        if store.shard_txns.staged.contains_key(&txn) {
+            Self::settle_staged(store, txn, outcome);
+        } else if store.shard_txns.prepared.contains_key(&txn) {
+            Self::decide(store, txn, outcome);
+        }
+        ShardTxnResult::Committed {
+            outcome,
+            revision: store.revision,
+        }
+    }
+
     fn settle_staged(store: &mut KvStore, txn: ShardTxnId, outcome: ShardOutcome) {
         let Some(staged) = store.shard_txns.staged.remove(&txn) else {
             return;
@@ -285,21 +307,7 @@ impl ShardTxns {
                 ShardTxnResult::Ended
             }
             ShardTxnOp::Commit { txn, participants } => {
-                let outcome = store
-                    .shard_txns
-                    .record(*txn, participants, ShardOutcome::Commit);
-                // This shard's own part, decided by the outcome just recorded (final either way).
-                // Not prepared here (a coordinator shard that is no participant): nothing to do.
-                // A staged transaction is settled with it (its part and the client's answer).
-                if store.shard_txns.staged.contains_key(txn) {
-                    Self::settle_staged(store, *txn, outcome);
-                } else if store.shard_txns.prepared.contains_key(txn) {
-                    Self::decide(store, *txn, outcome);
-                }
-                ShardTxnResult::Committed {
-                    outcome,
-                    revision: store.revision,
-                }
+                Self::settle(store, *txn, participants, ShardOutcome::Commit)
             }
             ShardTxnOp::CommitFor {
                 txn,
@@ -418,18 +426,7 @@ impl ShardTxns {
                 txn,
                 participants,
                 outcome,
-            } => {
-                let outcome = store.shard_txns.record(*txn, participants, *outcome);
-                if store.shard_txns.staged.contains_key(txn) {
-                    Self::settle_staged(store, *txn, outcome);
-                } else if store.shard_txns.prepared.contains_key(txn) {
-                    Self::decide(store, *txn, outcome);
-                }
-                ShardTxnResult::Committed {
-                    outcome,
-                    revision: store.revision,
-                }
-            }
+            } => Self::settle(store, *txn, participants, *outcome),
             ShardTxnOp::Fence { txn } => {
                 let txns = &mut store.shard_txns;
                 let prepared = txns.prepared.contains_key(txn)

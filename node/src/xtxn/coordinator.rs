@@ -114,6 +114,19 @@ impl Report {
         }
     }
 
+    /// The client acknowledged the request already (its session forgot it): the outcome is
+    /// unknown here and left to the resolvers; nobody waits for this answer.
+    fn answered_elsewhere(txn: ShardTxnId) -> Self {
+        Report {
+            unknown: true,
+            ..Report::aborted(
+                txn,
+                Vec::new(),
+                "the request was answered elsewhere; left to the resolvers",
+            )
+        }
+    }
+
     /// This answer replaced by the commit of an earlier run `txn` of the same request.
     fn committed_by(
         self,
@@ -521,13 +534,7 @@ impl CrossShardTxn {
                 // gave up. Whether this run's commit was applied before is unknown here (the
                 // session forgot it), so nothing is decided: the participants' resolvers ask
                 // the coordinator shard, which knows. Nobody waits for this answer.
-                let mut report = Report::aborted(
-                    self.txn,
-                    Vec::new(),
-                    "the request was answered elsewhere; left to the resolvers",
-                );
-                report.unknown = true;
-                self.done(report);
+                self.done(Report::answered_elsewhere(self.txn));
                 return;
             }
             (_, Ok(result)) => result,
@@ -1088,13 +1095,7 @@ impl CrossShardTxn {
         let result = match (op, result) {
             (ShardTxnOp::StageFor { .. }, Err(ServerError::SessionExpired { .. })) => {
                 // As for CommitFor: the client acknowledged the request elsewhere.
-                let mut report = Report::aborted(
-                    self.txn,
-                    Vec::new(),
-                    "the request was answered elsewhere; left to the resolvers",
-                );
-                report.unknown = true;
-                self.done(report);
+                self.done(Report::answered_elsewhere(self.txn));
                 return;
             }
             (_, Ok(result)) => result,
