@@ -65,6 +65,11 @@ pub struct Args {
     /// Keep the data directories and server logs (for looking into a run) instead of removing them.
     #[arg(long)]
     keep: bool,
+    /// Run every system this many times, alternating (round 1: each system once, then round
+    /// 2…), and give each headline ratio as the median of the rounds' ratios: the machine drifts
+    /// between systems run minutes apart, alternating samples both under the same drift.
+    #[arg(long, default_value_t = 1)]
+    rounds: usize,
     /// Skip the Quorate cluster (to check the harness against the peer alone).
     #[arg(long, hide = true)]
     no_quorate: bool,
@@ -610,72 +615,95 @@ async fn run_async(args: Args) -> anyhow::Result<()> {
     let systems =
         quorate_systems + pb_systems + usize::from(etcd_bin.is_some() || zk_install.is_some());
     let phases = if args.sequential_reads() { 3 } else { 2 };
-    let total = (systems * args.clients.len() * args.ops * phases) as u64;
+    let rounds = args.rounds.max(1);
+    let total = (rounds * systems * args.clients.len() * args.ops * phases) as u64;
     let progress = progress_bar(total);
 
-    let mut runs = Vec::new();
-    if let Some(etcd_bin) = &etcd_bin {
-        let version = etcd::version(etcd_bin);
-        progress.set_message(format!("starting 3 etcd members ({version})"));
-        let run = run_etcd(
-            etcd_bin,
-            &tmp.path().join("etcd"),
-            &version,
-            &args,
-            &progress,
-        )
-        .await?;
-        runs.push(run);
-    }
-    if let Some(install) = &zk_install {
-        let version = zookeeper::version();
-        progress.set_message(format!("starting 3 ZooKeeper servers ({version})"));
-        let dir = tmp.path().join("zookeeper");
-        let run = zookeeper_kv::run_zookeeper(install, &dir, &version, &args, &progress).await?;
-        runs.push(run);
-    }
-    if let Some(bin) = &quorate_bin {
-        for &protocol in &protocols {
-            let name = protocol.node().name();
-            progress.set_message(format!("starting 3 Quorate nodes ({name})"));
-            let dir = tmp.path().join(format!("quorate-{name}"));
-            let run = run_quorate(bin, &dir, protocol, &args, &progress).await?;
+    let mut all_rounds = Vec::new();
+    for round in 0..rounds {
+        let round_dir = if rounds == 1 {
+            tmp.path().to_path_buf()
+        } else {
+            tmp.path().join(format!("round-{}", round + 1))
+        };
+        let mut runs = Vec::new();
+        if let Some(etcd_bin) = &etcd_bin {
+            let version = etcd::version(etcd_bin);
+            progress.set_message(format!("starting 3 etcd members ({version})"));
+            let run = run_etcd(
+                etcd_bin,
+                &round_dir.join("etcd"),
+                &version,
+                &args,
+                &progress,
+            )
+            .await?;
             runs.push(run);
         }
-    }
-    let mut convergence = Vec::new();
-    if let (Some(bin), Mode::Peer) = (&quorate_bin, args.mode) {
-        let peer_dir = tmp.path().join("quorate-peer");
-        runs.extend(
-            crate::bench_cluster_peer::run_peer(bin, &peer_dir, &args.clients, args.ops, &progress)
-                .await?,
-        );
-        for repair in crate::bench_cluster_peer::Repair::ALL {
-            convergence.extend(
-                crate::bench_cluster_peer::convergence(
+        if let Some(install) = &zk_install {
+            let version = zookeeper::version();
+            progress.set_message(format!("starting 3 ZooKeeper servers ({version})"));
+            let dir = round_dir.join("zookeeper");
+            let run =
+                zookeeper_kv::run_zookeeper(install, &dir, &version, &args, &progress).await?;
+            runs.push(run);
+        }
+        if let Some(bin) = &quorate_bin {
+            for &protocol in &protocols {
+                let name = protocol.node().name();
+                progress.set_message(format!("starting 3 Quorate nodes ({name})"));
+                let dir = round_dir.join(format!("quorate-{name}"));
+                let run = run_quorate(bin, &dir, protocol, &args, &progress).await?;
+                runs.push(run);
+            }
+        }
+        let mut convergence = Vec::new();
+        let last = round + 1 == rounds;
+        if let (Some(bin), Mode::Peer) = (&quorate_bin, args.mode) {
+            let peer_dir = round_dir.join("quorate-peer");
+            runs.extend(
+                crate::bench_cluster_peer::run_peer(
                     bin,
-                    &peer_dir.join(format!("repair-{}", convergence.len())),
-                    &args.divergent,
-                    repair,
+                    &peer_dir,
+                    &args.clients,
+                    args.ops,
                     &progress,
                 )
                 .await?,
             );
+            // Convergence is measured once, in the last round.
+            for repair in crate::bench_cluster_peer::Repair::ALL
+                .into_iter()
+                .filter(|_| last)
+            {
+                convergence.extend(
+                    crate::bench_cluster_peer::convergence(
+                        bin,
+                        &peer_dir.join(format!("repair-{}", convergence.len())),
+                        &args.divergent,
+                        repair,
+                        &progress,
+                    )
+                    .await?,
+                );
+            }
         }
-    }
-    let mut failovers = Vec::new();
-    if let (Some(bin), Mode::PrimaryBackup) = (&quorate_bin, args.mode) {
-        let (pb_runs, pb_failovers) = crate::bench_cluster_primary::run_primary(
-            bin,
-            &tmp.path().join("quorate-primary-backup"),
-            &args.ack,
-            &args.clients,
-            args.ops,
-            &progress,
-        )
-        .await?;
-        runs.extend(pb_runs);
-        failovers = pb_failovers;
+        let mut failovers = Vec::new();
+        if let (Some(bin), Mode::PrimaryBackup) = (&quorate_bin, args.mode) {
+            let (pb_runs, pb_failovers) = crate::bench_cluster_primary::run_primary(
+                bin,
+                &round_dir.join("quorate-primary-backup"),
+                &args.ack,
+                &args.clients,
+                args.ops,
+                last,
+                &progress,
+            )
+            .await?;
+            runs.extend(pb_runs);
+            failovers = pb_failovers;
+        }
+        all_rounds.push((runs, convergence, failovers));
     }
     progress.finish_and_clear();
 
@@ -693,42 +721,33 @@ async fn run_async(args: Args) -> anyhow::Result<()> {
         "latency in µs per request; data under {}",
         tmp.path().display()
     );
-    for run in &runs {
-        println!();
-        print_system(run);
-        zookeeper_kv::print_sequential(run);
+    if rounds > 1 {
+        println!(
+            "{rounds} rounds, the systems alternating; each headline ratio is the median of the rounds' ratios"
+        );
     }
-    // Raft runs first: the reference for the peer's headline and for the other protocols.
+    // Per round: the headline against the peer, and each other protocol's against Raft.
+    let mut headlines = Vec::new();
+    let mut others_by_round = Vec::new();
+    for (r, (runs, _, _)) in all_rounds.iter().enumerate() {
+        if rounds > 1 {
+            println!();
+            println!("== round {} of {rounds}", r + 1);
+        }
+        let (headline, others) = print_round(runs);
+        headlines.push(headline);
+        others_by_round.push(others);
+    }
+    let (runs, convergence, failovers) = all_rounds.last().expect("at least one round");
     let quorate = runs.iter().find(|r| r.name.starts_with("quorate"));
     let peer = runs.iter().find(|r| !r.name.starts_with("quorate"));
-    let mut headline = None;
-    if let (Some(q), Some(p)) = (quorate, peer) {
-        println!();
-        headline = print_ratios(q, p);
-    }
-    let mut others = Vec::new();
-    for other in runs
-        .iter()
-        .filter(|r| r.name.starts_with("quorate"))
-        .skip(1)
-    {
-        if let Some(raft) = quorate {
-            println!();
-            others.push((other.name.clone(), print_ratios(other, raft)));
-        }
-        if let Some(p) = peer {
-            println!();
-            print_ratios(other, p);
-            zookeeper_kv::print_sequential_ratios(other, p);
-        }
-    }
     if !convergence.is_empty() {
         println!();
-        crate::bench_cluster_peer::print_convergence(&convergence);
+        crate::bench_cluster_peer::print_convergence(convergence);
     }
     if !failovers.is_empty() {
         println!();
-        crate::bench_cluster_primary::print_failovers(&failovers);
+        crate::bench_cluster_primary::print_failovers(failovers);
     }
     if !runs.is_empty() {
         let prefix = if zk_install.is_some() {
@@ -736,11 +755,11 @@ async fn run_async(args: Args) -> anyhow::Result<()> {
         } else {
             "cluster"
         };
-        let mut files = plot::write_plots(&out, prefix, &runs)?;
+        let mut files = plot::write_plots(&out, prefix, runs)?;
         if !convergence.is_empty() {
             files.push(crate::bench_cluster_peer::plot_convergence(
                 &out,
-                &convergence,
+                convergence,
             )?);
         }
         println!();
@@ -754,10 +773,18 @@ async fn run_async(args: Args) -> anyhow::Result<()> {
     } else {
         drop(tmp);
     }
-    for (name, ratio) in others {
+    let names: Vec<String> = others_by_round
+        .last()
+        .map(|o| o.iter().map(|(name, _)| name.clone()).collect())
+        .unwrap_or_default();
+    for (i, name) in names.iter().enumerate() {
+        let ratios: Vec<Option<f64>> = others_by_round.iter().map(|o| o[i].1).collect();
         let name = name.trim_start_matches("quorate ");
-        match ratio {
-            Some(ratio) => println!("cluster-{name}-vs-raft writes@64: {ratio:.2}"),
+        match median_of(&ratios) {
+            Some(ratio) => println!(
+                "cluster-{name}-vs-raft writes@64: {ratio:.2}{}",
+                rounds_detail(&ratios)
+            ),
             None => println!("cluster-{name}-vs-raft writes@64: n/a (64 is not in --clients)"),
         }
     }
@@ -766,8 +793,11 @@ async fn run_async(args: Args) -> anyhow::Result<()> {
         zookeeper_kv::print_headline(zab, peer);
         return Ok(());
     }
-    match (headline, quorate, peer) {
-        (Some(ratio), _, _) => println!("cluster-vs-etcd writes@64: {ratio:.2}"),
+    match (median_of(&headlines), quorate, peer) {
+        (Some(ratio), _, _) => println!(
+            "cluster-vs-etcd writes@64: {ratio:.2}{}",
+            rounds_detail(&headlines)
+        ),
         (None, Some(_), Some(_)) => {
             println!("cluster-vs-etcd writes@64: n/a (64 is not in --clients)")
         }
@@ -1068,6 +1098,63 @@ pub(crate) fn print_system(run: &SystemRun) {
 }
 
 /// Prints Quorate ÷ peer per client count; returns the writes ratio at 64 clients.
+/// Prints one round's tables and ratios; returns the headline ratio against the peer (writes@64)
+/// and each other Quorate system's against Raft.
+fn print_round(runs: &[SystemRun]) -> (Option<f64>, Vec<(String, Option<f64>)>) {
+    for run in runs {
+        println!();
+        print_system(run);
+        zookeeper_kv::print_sequential(run);
+    }
+    // Raft runs first: the reference for the peer's headline and for the other protocols.
+    let quorate = runs.iter().find(|r| r.name.starts_with("quorate"));
+    let peer = runs.iter().find(|r| !r.name.starts_with("quorate"));
+    let mut headline = None;
+    if let (Some(q), Some(p)) = (quorate, peer) {
+        println!();
+        headline = print_ratios(q, p);
+    }
+    let mut others = Vec::new();
+    for other in runs
+        .iter()
+        .filter(|r| r.name.starts_with("quorate"))
+        .skip(1)
+    {
+        if let Some(raft) = quorate {
+            println!();
+            others.push((other.name.clone(), print_ratios(other, raft)));
+        }
+        if let Some(p) = peer {
+            println!();
+            print_ratios(other, p);
+            zookeeper_kv::print_sequential_ratios(other, p);
+        }
+    }
+    (headline, others)
+}
+
+/// The median of the rounds' ratios that exist (the lower middle one of an even count), if any.
+fn median_of(ratios: &[Option<f64>]) -> Option<f64> {
+    let mut known: Vec<f64> = ratios.iter().flatten().copied().collect();
+    known.sort_by(f64::total_cmp);
+    if known.is_empty() {
+        return None;
+    }
+    Some(known[(known.len() - 1) / 2])
+}
+
+/// " (median of 3 rounds: 2.85, 4.10, 4.40)", or nothing for one round.
+fn rounds_detail(ratios: &[Option<f64>]) -> String {
+    if ratios.len() < 2 {
+        return String::new();
+    }
+    let each: Vec<String> = ratios
+        .iter()
+        .map(|r| r.map_or("n/a".to_string(), |r| format!("{r:.2}")))
+        .collect();
+    format!(" (median of {} rounds: {})", ratios.len(), each.join(", "))
+}
+
 fn print_ratios(q: &SystemRun, p: &SystemRun) -> Option<f64> {
     println!(
         "{} ÷ {} (throughput: higher is better; p99 and server CPU per op: lower is better)",
@@ -1102,6 +1189,23 @@ fn print_ratios(q: &SystemRun, p: &SystemRun) -> Option<f64> {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn the_headline_of_several_rounds_is_their_median_and_lists_each() {
+        assert_eq!(median_of(&[Some(4.4), Some(2.85), Some(4.1)]), Some(4.1));
+        // An even count takes the lower middle one (never flatters the result).
+        assert_eq!(
+            median_of(&[Some(5.0), Some(3.0), Some(4.0), Some(6.0)]),
+            Some(4.0)
+        );
+        assert_eq!(median_of(&[None, Some(2.0)]), Some(2.0));
+        assert_eq!(median_of(&[None]), None);
+        assert_eq!(
+            rounds_detail(&[Some(2.85), None, Some(4.1)]),
+            " (median of 3 rounds: 2.85, n/a, 4.10)"
+        );
+        assert_eq!(rounds_detail(&[Some(2.85)]), "");
+    }
 
     #[test]
     fn keys_and_values_have_the_workload_sizes_and_differ() {

@@ -185,13 +185,15 @@ async fn failover(
 /// A write that waits for a failover may take this long.
 const OP_FAILOVER_TIMEOUT: Duration = Duration::from_secs(30);
 
-/// One system per ack mode, each on a fresh cluster; then a failover on that cluster.
+/// One system per ack mode, each on a fresh cluster; then (if `with_failover`) a failover on
+/// that cluster.
 pub(crate) async fn run_primary(
     bin: &Path,
     dir: &Path,
     acks: &[AckSetting],
     clients: &[usize],
     ops: usize,
+    with_failover: bool,
     progress: &ProgressBar,
 ) -> anyhow::Result<(Vec<SystemRun>, Vec<Failover>)> {
     let mut runs = Vec::new();
@@ -219,17 +221,20 @@ pub(crate) async fn run_primary(
             let pids: Vec<u32> = nodes.pids().into_iter().map(|(_, pid)| pid).collect();
             let run = run_rows(&system, &pids, clients, ops, false, progress).await?;
             nodes.check_running()?;
+            if !with_failover {
+                return anyhow::Ok((run, None));
+            }
             progress.set_message(format!("primary-backup ack={ack}: failover"));
             let primary = wait_serving(&mut nodes, Duration::from_secs(30)).await?;
             let failover = failover(&nodes, primary, ack, &settings, tick).await?;
-            anyhow::Ok((run, failover))
+            anyhow::Ok((run, Some(failover)))
         }
         .await;
         progress.set_message("stopping Quorate primary-backup");
         nodes.stop().await;
         let (run, failover) = result?;
         runs.push(run);
-        failovers.push(failover);
+        failovers.extend(failover);
     }
     Ok((runs, failovers))
 }
