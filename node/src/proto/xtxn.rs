@@ -340,9 +340,10 @@ pub enum NoVote {
 /// What a shard's state machine answered to a [`ShardTxnOp`].
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub enum ShardTxnResult {
-    /// The answer to a prepare: `None` is a yes vote (the keys are locked), else why not.
+    /// The answer to a prepare that does not hold: why not. (`None`, a yes vote, is what
+    /// builds before [`ShardTxnResult::Yes`] answered; a session may still hold one.)
     Vote {
-        /// Why the shard voted no, or `None` for yes.
+        /// Why the shard voted no (`None`: an older build's yes).
         no: Option<NoVote>,
     },
     /// The answer to a decide: what this shard did (or had already done) with the transaction.
@@ -403,5 +404,15 @@ pub enum ShardTxnResult {
     Fenced {
         /// Prepared (or committed) here.
         prepared: bool,
+    },
+    /// The answer to a prepare that holds: a yes vote, the keys locked. (Appended after the
+    /// other variants so every older encoding, in logs' results cached by sessions and in
+    /// snapshots, still decodes; an older build's yes vote is [`ShardTxnResult::Vote`] with no
+    /// reason, read as a yes at an unknown revision.)
+    Yes {
+        /// This shard's lock revision (or, for a repeated prepare, its current one): every
+        /// replica at or past it holds the transaction's locks or the decision that released
+        /// them — what the client's answer carries for this shard (`kv::shard_txn`).
+        revision: u64,
     },
 }
