@@ -66,9 +66,17 @@
 //!
 //! A participant that only reads makes the coordinator take the two-round path (its read
 //! locks are released before the answer there). The coordinator shard's revision in a
-//! parallel commit's answer is the one A had when it staged (its writes apply at the COMMIT,
-//! at a later revision not known when the client is answered); the settled answer in the
-//! session carries the same one, so every run of a request answers alike.
+//! parallel commit's answer is A's lock revision of the staging (its writes apply at the
+//! COMMIT, at a later revision not known when the client is answered); the settled answer in
+//! the session carries the same one, so every run of a request answers alike.
+//!
+//! **Revisions in the answer** (the client's sequential reads): a prepare that locks a key
+//! moves its shard to a *lock revision* (no key changes; every replica at or past it holds the
+//! locks or the decision after them), carried by the yes vote ([`ShardTxnResult::Yes`]) and by
+//! `Staged`. The client's answer carries, for every participant, that revision or a later one
+//! of it (`WriteResult::CrossShardTxn::shard_revisions`), and the client's session asks for it
+//! in its sequential reads there: a replica that serves one holds the lock — so the read waits
+//! for the decision — or has applied the transaction.
 
 use bytes::Bytes;
 use serde::{Deserialize, Serialize};

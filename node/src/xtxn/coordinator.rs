@@ -13,7 +13,9 @@
 //! ticks and results, until [`CrossShardTxn::is_finished`]. A participant that has not applied
 //! its DECIDE yet holds its keys locked and holds back reads of what it writes, so a read after
 //! the answer never sees the state before the transaction (`kv::shard_txn`). An abort is
-//! answered when the engine decides it (presumed abort: nothing to force).
+//! answered when the engine decides it (presumed abort: nothing to force). A commit's answer
+//! carries every participant's revision the run learnt (yes votes' lock revisions, the
+//! coordinator shard's after its entry; [`Report::shard_revisions`]) for the client's session.
 //!
 //! Before the engine starts, the coordinator reads every key the transaction compares, reads or
 //! deletes (a key it only puts is locked at PREPARE, not read) and evaluates it ([`Plan`]). A participant that only reads votes read-only to the engine (no
