@@ -15,7 +15,7 @@ use net_quic::{ClientRequest, Credentials, Endpoint, EndpointConfig, Limits, Nod
 use node::client::{Client, ClientConfig, ClientError};
 use node::proto::{
     AdminRequest, Consistency, Quorate, ReadOp, Reply, Request, ServerError, Session, ShardMap,
-    TxnOp, TxnOpResult, WriteOp, WriteResult,
+    TxnOp, TxnOpResult, WriteResult,
 };
 
 const CLUSTER: &str = "quorate";
