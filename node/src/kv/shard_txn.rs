@@ -602,9 +602,12 @@ impl ShardTxns {
 
     fn decide(store: &mut KvStore, txn: ShardTxnId, outcome: ShardOutcome) -> ShardTxnResult {
         if let Some(finished) = store.shard_txns.finished.get(txn) {
+            // Answered with the current revision, at or past the decision: a coordinator that
+            // releases a run superseded by an earlier one takes it as a revision past that
+            // run's prepare (see `xtxn::coordinator`).
             return ShardTxnResult::Decided {
                 outcome: finished.outcome,
-                revision: finished.revision,
+                revision: store.revision,
             };
         }
         let Some(prepared) = store.shard_txns.prepared.remove(&txn) else {

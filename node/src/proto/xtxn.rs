@@ -359,7 +359,8 @@ pub enum ShardTxnResult {
         /// The outcome applied here (for a commit asked of a shard that never prepared or already
         /// aborted: `Abort` — the coordinator then knows something is wrong).
         outcome: ShardOutcome,
-        /// The shard's revision after applying the writes (commit), else the current one.
+        /// The shard's revision after applying the writes (commit), else the current one (for a
+        /// repeat, or a transaction already finished here: the current one, past its decision).
         revision: u64,
     },
     /// The answer to a decision record or a resolve: the decision recorded on this shard.

@@ -96,7 +96,7 @@ pub struct Report {
     /// the locks hold reads of what it writes until the decision), or its revision after
     /// applying it. The client's session takes them, so its sequential reads see its own
     /// transaction on any replica. An answer taken from an earlier run of the request carries
-    /// the coordinator shard's only.
+    /// the revisions this run's abort DECIDEs were answered with, at every group of the request.
     pub shard_revisions: Vec<(u64, u64)>,
     /// The participant groups.
     pub participants: Vec<u64>,
@@ -139,7 +139,7 @@ impl Report {
 
     /// This answer replaced by the commit of an earlier run `txn` of the same request, as the
     /// client's session at the coordinator shard `coordinator` holds it (its revision there;
-    /// the earlier run's revisions at the other participants are not known here).
+    /// the other groups' are learnt while releasing, see `State::Releasing`).
     fn committed_by(
         self,
         txn: ShardTxnId,
@@ -212,6 +212,20 @@ enum State {
         group: u64,
         op: ShardTxnOp,
         report: Box<Report>,
+        since: u64,
+        last_sent: u64,
+    },
+    /// An earlier run of the request committed it: this run's answer is that commit, given once
+    /// every group of the request answered this run's abort DECIDE. Each such DECIDE is applied
+    /// after the earlier run's commit was recorded, so after its prepares (all applied before
+    /// that), and the revision it answers with is one at which the group's replicas show the
+    /// earlier run — what the answer carries for the client's session. No answer in time: the
+    /// outcome is reported unknown (the client resends and meets the commit again), never a
+    /// commit without those revisions.
+    Releasing {
+        report: Box<Report>,
+        pending: BTreeSet<u64>,
+        revisions: BTreeMap<u64, u64>,
         since: u64,
         last_sent: u64,
     },
@@ -566,6 +580,33 @@ impl CrossShardTxn {
             }
             return;
         }
+        if let State::Releasing {
+            report,
+            pending,
+            revisions,
+            ..
+        } = &mut self.state
+        {
+            if let (ShardTxnOp::Decide { .. }, Ok(ShardTxnResult::Decided { revision, .. })) =
+                (op, result)
+            {
+                if pending.remove(&group) {
+                    revisions.insert(group, revision);
+                }
+                if pending.is_empty() {
+                    let mut report = (**report).clone();
+                    for (&group, &revision) in revisions.iter() {
+                        match report.shard_revisions.iter_mut().find(|(g, _)| *g == group) {
+                            Some((_, seen)) => *seen = (*seen).max(revision),
+                            None => report.shard_revisions.push((group, revision)),
+                        }
+                    }
+                    report.shard_revisions.sort_unstable();
+                    self.done(report);
+                }
+            }
+            return;
+        }
         if matches!(self.state, State::Staging(_)) {
             self.on_staging_result(group, op, result);
             return;
@@ -698,7 +739,7 @@ impl CrossShardTxn {
                 let report = self
                     .abort_all("an earlier run of the request committed")
                     .committed_by(first, coordinator, revision, succeeded, results);
-                self.done(report);
+                self.answer_after_release(report);
                 return;
             }
             (
@@ -870,7 +911,9 @@ impl CrossShardTxn {
                 results,
             }) => {
                 // An earlier run committed the request: that is the answer.
-                report = report.committed_by(txn, group, revision, succeeded, results);
+                let report = report.committed_by(txn, group, revision, succeeded, results);
+                self.answer_after_release(report);
+                return;
             }
             Ok(ShardTxnResult::Decision {
                 outcome: ShardOutcome::Commit,
@@ -894,6 +937,35 @@ impl CrossShardTxn {
             Err(_) => return, // resent on a tick
         }
         self.done(report);
+    }
+
+    /// `report` is an earlier run's commit: this run's abort DECIDE goes to every group of the
+    /// request, and the answer waits for their revisions (`State::Releasing`).
+    fn answer_after_release(&mut self, report: Report) {
+        let pending: BTreeSet<u64> = self.groups.values().copied().collect();
+        self.state = State::Releasing {
+            report: Box::new(report),
+            pending,
+            revisions: BTreeMap::new(),
+            since: self.now,
+            last_sent: self.now,
+        };
+        self.send_releases();
+    }
+
+    fn send_releases(&mut self) {
+        let State::Releasing { pending, .. } = &self.state else {
+            return;
+        };
+        for &group in pending {
+            self.actions.push(Action::Propose {
+                group,
+                op: ShardTxnOp::Decide {
+                    txn: self.txn,
+                    outcome: ShardOutcome::Abort,
+                },
+            });
+        }
     }
 
     /// Asks every participant to drop the transaction and returns the abort answer (the
@@ -1045,7 +1117,13 @@ impl CrossShardTxn {
                 revision,
                 succeeded,
                 results,
-            } => self.done(report.committed_by(txn, coordinator, revision, succeeded, results)),
+            } => self.answer_after_release(report.committed_by(
+                txn,
+                coordinator,
+                revision,
+                succeeded,
+                results,
+            )),
             // An earlier run's abort closed the request.
             ShardTxnResult::Decision { .. } => self.done(report),
             // An earlier run is staged, not settled: wait under the session for its answer.
@@ -1450,6 +1528,21 @@ impl CrossShardTxn {
                             session,
                         });
                     }
+                }
+            }
+            State::Releasing {
+                report,
+                since,
+                last_sent,
+                ..
+            } => {
+                if now - *since >= self.config.vote_timeout {
+                    let mut report = (**report).clone();
+                    report.unknown = true;
+                    self.done(report);
+                } else if now - *last_sent >= self.config.retry_interval {
+                    *last_sent = now;
+                    self.send_releases();
                 }
             }
             State::Done => {}
