@@ -7,7 +7,7 @@
 //! (proposal batching), and each command carries its session so results can be matched back.
 //!
 //! Invariants: `revision` counts state-changing writes (a cross-shard prepare's locks count:
-//! its *lock revision* changes no key, see [`shard_txn`]) and only grows; every pair's
+//! its *lock revision* changes no key, see `shard_txn`) and only grows; every pair's
 //! `create_revision <= mod_revision <= revision`; a session never holds results below its floor.
 //! Cross-shard transaction steps ([`shard_txn`]) are writes too; a plain write to a key a
 //! prepared transaction locks is refused with [`ServerError::Locked`], and so is a checked read
