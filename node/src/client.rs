@@ -18,7 +18,10 @@
 //!   leader. So this client reads its own writes and never sees the store go back, on whichever
 //!   member; other clients' latest writes may be missing. A member that does not catch up in time
 //!   answers [`ServerError::Behind`] and the client asks the next one. These reads go to the
-//!   members in turn starting at one chosen by the client id, not to the leader.
+//!   members in turn starting at one chosen by the client id, not to the leader. On a sharded
+//!   cluster the session keeps one revision per group; a cross-shard transaction's answer
+//!   carries one for every participant (its lock revision there, or later), so the client's
+//!   sequential reads on any shard see its own transaction.
 //! - `Stale`: the member's local state at once, no promise.
 //!
 //! ```no_run
@@ -918,6 +921,12 @@ impl Client {
                 succeeded,
                 revision,
                 results,
+            }
+            | WriteResult::CrossShardTxn {
+                succeeded,
+                revision,
+                results,
+                ..
             } => Ok(TxnOutcome {
                 succeeded,
                 revision,
@@ -939,10 +948,32 @@ impl Client {
         self.revision_seen.fetch_max(revision, Ordering::Relaxed);
     }
 
+    /// Raises the session's revisions to what `reply`, from `group`, shows: its revision, or a
+    /// cross-shard transaction's revision of every participant group (the answer comes from
+    /// whichever member coordinated it, for no group of its own).
     fn observe_reply(&self, group: u64, reply: &Reply) {
-        if let Some(revision) = reply_revision(reply) {
-            self.observe_revision(revision);
-            let mut revisions = self.group_revisions.lock().expect("revisions lock");
+        let shown: Vec<(u64, u64)> = match reply {
+            Reply::Write(WriteResult::CrossShardTxn {
+                revision,
+                shard_revisions,
+                ..
+            }) => {
+                self.observe_revision(*revision);
+                shard_revisions.clone()
+            }
+            _ => match reply_revision(reply) {
+                Some(revision) => {
+                    self.observe_revision(revision);
+                    vec![(group, revision)]
+                }
+                None => Vec::new(),
+            },
+        };
+        if shown.is_empty() {
+            return;
+        }
+        let mut revisions = self.group_revisions.lock().expect("revisions lock");
+        for (group, revision) in shown {
             let seen = revisions.entry(group).or_default();
             *seen = (*seen).max(revision);
         }
@@ -1370,7 +1401,10 @@ fn reply_revision(reply: &Reply) -> Option<u64> {
         )
         | Reply::Get { revision, .. }
         | Reply::Scan { revision, .. } => Some(*revision),
-        Reply::Write(WriteResult::Shard(_) | WriteResult::Split(_))
+        // Per group: see `Client::observe_reply`.
+        Reply::Write(
+            WriteResult::Shard(_) | WriteResult::Split(_) | WriteResult::CrossShardTxn { .. },
+        )
         | Reply::Status(_)
         | Reply::Members { .. }
         | Reply::Done

@@ -6,7 +6,8 @@
 //! entries carry a [`Batch`] of [`Command`]s: the driver packs many client writes into one entry
 //! (proposal batching), and each command carries its session so results can be matched back.
 //!
-//! Invariants: `revision` counts state-changing writes and only grows; every pair's
+//! Invariants: `revision` counts state-changing writes (a cross-shard prepare's locks count:
+//! its *lock revision* changes no key, see `shard_txn`) and only grows; every pair's
 //! `create_revision <= mod_revision <= revision`; a session never holds results below its floor.
 //! Cross-shard transaction steps ([`shard_txn`]) are writes too; a plain write to a key a
 //! prepared transaction locks is refused with [`ServerError::Locked`], and so is a checked read
@@ -153,7 +154,7 @@ impl KvStore {
         }
     }
 
-    /// The store revision (number of state-changing writes).
+    /// The store revision (number of state-changing writes, lock revisions included).
     pub fn revision(&self) -> u64 {
         self.revision
     }

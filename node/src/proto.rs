@@ -423,6 +423,22 @@ pub enum WriteResult {
     Shard(ShardTxnResult),
     /// A range split, planned (meta group) or applied (source group).
     Split(SplitPlan),
+    /// A transaction across shards, as its coordinating member answers it (never kept in a
+    /// session; appended last so older encodings of this type still decode).
+    CrossShardTxn {
+        /// Whether every compare held (the success branch ran).
+        succeeded: bool,
+        /// The coordinator shard's revision after the transaction (its lock revision on the
+        /// parallel-commit path, where the answer precedes its writes).
+        revision: u64,
+        /// What each op of the branch that ran did, in order.
+        results: Vec<TxnOpResult>,
+        /// For every participant group, a revision of it at or past which every replica shows
+        /// the transaction: holds its locks (a read of what it writes waits for the decision)
+        /// or has applied it. The client raises its session's revision of each group to these,
+        /// so its sequential reads on any replica see its own transaction.
+        shard_revisions: Vec<(u64, u64)>,
+    },
 }
 
 /// A member's role, as reported by status.

@@ -1,8 +1,9 @@
 //! The client's retry rules against scripted fake nodes (real QUIC endpoints on loopback that answer
 //! as a test says): a lost reply is retried under the same session sequence number, a redirect is
 //! followed, a refusal is not retried, a cluster that never answers gives a bounded, explained
-//! failure, and a `WrongShard` whose refetched map is no newer is retried a bounded number of
-//! times (and succeeds once the map moves on).
+//! failure, a `WrongShard` whose refetched map is no newer is retried a bounded number of
+//! times (and succeeds once the map moves on), and a cross-shard transaction's answer sets the
+//! session's revision of every participant group.
 
 use std::collections::HashMap;
 use std::net::SocketAddr;
@@ -13,7 +14,8 @@ use std::time::Duration;
 use net_quic::{ClientRequest, Credentials, Endpoint, EndpointConfig, Limits, NodeId};
 use node::client::{Client, ClientConfig, ClientError};
 use node::proto::{
-    AdminRequest, Consistency, Quorate, Reply, Request, ServerError, Session, ShardMap, WriteResult,
+    AdminRequest, Consistency, Quorate, ReadOp, Reply, Request, ServerError, Session, ShardMap,
+    TxnOp, TxnOpResult, WriteResult,
 };
 
 const CLUSTER: &str = "quorate";
@@ -384,4 +386,65 @@ async fn a_wrong_shard_is_retried_until_the_refetched_map_moves_on_and_then_rout
     // then at epoch 2 with the map of fetch 4.
     assert_eq!(writes, vec![None, Some(1), Some(1), Some(2)]);
     assert_eq!(fetches, 4);
+}
+
+#[tokio::test]
+async fn a_cross_shard_transactions_answer_sets_the_sessions_revision_of_every_participant() {
+    let dir = certs();
+    let map = two_shards();
+    // The coordinating member answers with the coordinator shard's revision (group 1: 7) and
+    // every participant's (group 2: its lock revision 9). Reads answer at a revision of 1 so
+    // they raise nothing themselves.
+    let (addr, seen) = fake_node(
+        dir.path(),
+        1,
+        Box::new(move |request| match request {
+            Request::Admin(AdminRequest::Shards) => Some(Ok(Reply::Shards(map.clone()))),
+            Request::Write { .. } => Some(Ok(Reply::Write(WriteResult::CrossShardTxn {
+                succeeded: true,
+                revision: 7,
+                results: vec![TxnOpResult::Put, TxnOpResult::Put],
+                shard_revisions: vec![(1, 7), (2, 9)],
+            }))),
+            Request::Routed { .. } => Some(Ok(Reply::Get {
+                revision: 1,
+                kv: None,
+            })),
+            _ => None,
+        }),
+    );
+    let client = client(dir.path(), vec![(1, addr)], Duration::from_secs(5));
+    let put = |key: &'static str| TxnOp::Put {
+        key: bytes::Bytes::from_static(key.as_bytes()),
+        value: bytes::Bytes::from_static(b"1"),
+    };
+    let outcome = client
+        .txn(Vec::new(), vec![put("a"), put("x")], Vec::new())
+        .await
+        .unwrap();
+    assert_eq!((outcome.succeeded, outcome.revision), (true, 7));
+    for key in ["b", "y", "c"] {
+        client
+            .get_with_revision(key, Consistency::SEQUENTIAL)
+            .await
+            .unwrap();
+    }
+    let asked: Vec<(u64, u64)> = seen
+        .lock()
+        .unwrap()
+        .iter()
+        .filter_map(|request| match request {
+            Request::Routed { group, request, .. } => match &**request {
+                Request::Read {
+                    consistency: Consistency::Sequential { min_revision },
+                    op: ReadOp::Get { .. },
+                    ..
+                } => Some((*group, *min_revision)),
+                _ => None,
+            },
+            _ => None,
+        })
+        .collect();
+    // Each group's read asks for that group's revision of the answer.
+    assert_eq!(asked, vec![(1, 7), (2, 9), (1, 7)]);
 }

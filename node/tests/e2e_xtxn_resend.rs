@@ -9,7 +9,7 @@ use bytes::Bytes;
 use common::ProcCluster;
 use node::client::ClientError;
 use node::config::{ServeConfig, ShardsConfig};
-use node::proto::{Consistency, Request, ServerError, TxnOp, WriteOp};
+use node::proto::{Consistency, Reply, Request, ServerError, TxnOp, WriteOp, WriteResult};
 
 /// Shards [.., "n") and ["n", ..): groups 1 and 2.
 fn two_shards(config: &mut ServeConfig) {
@@ -32,9 +32,32 @@ fn transfer(value: &str) -> WriteOp {
 }
 
 /// An answer, comparable across members: the reply (with its revision), or the refusal (an
-/// abort's reason names the run that saw it, so only the kind is kept).
+/// abort's reason names the run that saw it, so only the kind is kept). A commit's per-group
+/// revisions are left out: they are what each run learnt of the participants (lower bounds for
+/// the client's session, later ones for a run answered with an earlier run's commit), not the
+/// outcome.
 fn outcome(answer: Result<node::proto::Reply, ClientError>) -> String {
     match answer {
+        Ok(Reply::Write(WriteResult::CrossShardTxn {
+            succeeded,
+            revision,
+            results,
+            shard_revisions,
+        })) => {
+            let groups: Vec<u64> = shard_revisions.iter().map(|(g, _)| *g).collect();
+            assert_eq!(
+                groups,
+                vec![1, 2],
+                "a revision of each shard: {shard_revisions:?}"
+            );
+            assert!(
+                shard_revisions
+                    .iter()
+                    .any(|&(g, r)| g == 1 && r >= revision),
+                "the coordinator shard's revision is among {shard_revisions:?}"
+            );
+            format!("commit: succeeded {succeeded}, revision {revision}, {results:?}")
+        }
         Ok(reply) => format!("{reply:?}"),
         Err(ClientError::Refused(ServerError::TxnAborted(_))) => "refused: aborted".into(),
         Err(ClientError::Refused(error)) => format!("refused: {error}"),

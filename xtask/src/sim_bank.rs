@@ -1,7 +1,8 @@
 //! `cargo xtask sim --protocol bank`: the in-process bank test of the node's cross-shard
 //! transactions (`node::xtxn::bank`) over a range of seeds — real shard state machines,
 //! coordinators and resolvers under drops, duplicates, reordering, coordinator crashes and
-//! leader changes. `--xtxn-bug` plants a known bug; the run then succeeds only if some seed
+//! leader changes, with a lagging replica per shard serving the workers' sequential reads of
+//! their own transfers. `--xtxn-bug` plants a known bug; the run then succeeds only if some seed
 //! caught it.
 
 use std::time::Instant;
@@ -23,6 +24,12 @@ pub enum XtxnBug {
     /// A coordinator answers an abort without recording it under the client's session (a resent
     /// request whose first run committed is answered "aborted").
     AbortWithoutSession,
+    /// Parallel commit: the coordinator answers commit once the other participants voted yes,
+    /// without waiting for the coordinator shard's `Staged` (whose own part may not hold).
+    AnswerBeforeStaged,
+    /// A commit is answered with the coordinator shard's revision only: the client's
+    /// sequential reads at a lagging replica of another participant miss its own transfer.
+    OnlyCoordinatorRevision,
 }
 
 /// Runs the seeds of `args`.
@@ -32,6 +39,8 @@ pub fn run(args: &Args) -> anyhow::Result<()> {
         XtxnBug::ResolveWithoutAsking => BankBug::ResolveWithoutAsking,
         XtxnBug::ReadThroughLocks => BankBug::ReadThroughLocks,
         XtxnBug::AbortWithoutSession => BankBug::AbortWithoutSession,
+        XtxnBug::AnswerBeforeStaged => BankBug::AnswerBeforeStaged,
+        XtxnBug::OnlyCoordinatorRevision => BankBug::OnlyCoordinatorRevision,
     });
     let started = Instant::now();
     let mut totals = BankReport::default();
@@ -67,6 +76,8 @@ pub fn run(args: &Args) -> anyhow::Result<()> {
         totals.resolved += report.resolved;
         totals.locked_refusals += report.locked_refusals;
         totals.leader_changes += report.leader_changes;
+        totals.session_reads += report.session_reads;
+        totals.session_reads_held += report.session_reads_held;
         totals.steps += report.steps;
         if !report.violations.is_empty() {
             if failed.len() < 3 || args.verbose {
@@ -79,7 +90,7 @@ pub fn run(args: &Args) -> anyhow::Result<()> {
         }
     }
     println!(
-        "bank: {} seeds from {} in {:.1}s: transfers {} committed / {} aborted, audits {} committed / {} aborted, {} coordinator crashes, {} requests resent ({} answered by an earlier run), {} resolver decides, {} plain writes refused on locks, {} leader changes, {} steps",
+        "bank: {} seeds from {} in {:.1}s: transfers {} committed / {} aborted, audits {} committed / {} aborted, {} coordinator crashes, {} requests resent ({} answered by an earlier run), {} resolver decides, {} plain writes refused on locks, {} leader changes, {} sequential reads of a worker's own transfer at a lagging replica ({} held first), {} steps",
         args.seeds,
         args.start,
         started.elapsed().as_secs_f64(),
@@ -93,6 +104,8 @@ pub fn run(args: &Args) -> anyhow::Result<()> {
         totals.resolved,
         totals.locked_refusals,
         totals.leader_changes,
+        totals.session_reads,
+        totals.session_reads_held,
         totals.steps
     );
     match (bug, failed.is_empty()) {

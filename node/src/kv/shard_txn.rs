@@ -7,6 +7,14 @@
 //!   another transaction and every key still has the `mod_revision` the coordinator read; then
 //!   it locks every such key and keeps the writes. A no vote changes nothing but is remembered
 //!   (a repeated or late prepare of that transaction votes no again, never locks).
+//! - A prepare that locks a key (PREPARE, and the coordinator shard's STAGE-FOR and
+//!   PREPARE-COMMIT-FOR) moves the store to a new revision, a *lock revision*: no key changes
+//!   (no `mod_revision` moves), but every replica at or past it holds the locks, or the
+//!   decision that released them. The yes vote ([`ShardTxnResult::Yes`]) and `Staged` carry
+//!   it, and the client's answer carries it for every participant, so the client's sequential
+//!   reads (served by any replica at or past the revisions the session saw) meet the lock —
+//!   and wait for the decision — instead of the value from before its own transaction. So a
+//!   revision no longer always changes a key: it always changes the state.
 //! - DECIDE applies the kept writes at one new revision of this shard (commit) or drops them
 //!   (abort) and releases the locks; a repeat, or a decide for a finished transaction, is
 //!   answered from the finished table and applies nothing. An abort for a transaction never
@@ -132,8 +140,9 @@ pub struct StagedTxn {
     pub participants: Vec<u64>,
     /// The client's session whose cached answer is overwritten when it is settled.
     pub origin: Option<Session>,
-    /// This shard's revision when it staged: the revision every run of the request is answered
-    /// with (the answer goes out before the writes apply, at a revision not known yet).
+    /// This shard's lock revision of the staging (see the module doc): the revision every run of
+    /// the request is answered with (the answer goes out before the writes apply, at a revision
+    /// not known yet); every replica at or past it holds the locks or the decision.
     pub revision: u64,
     succeeded: bool,
     results: Vec<TxnOpResult>,
@@ -264,17 +273,17 @@ impl ShardTxns {
                 participants,
                 expected,
                 writes,
-            } => ShardTxnResult::Vote {
-                no: Self::prepare(
-                    store,
-                    *txn,
-                    *coordinator,
-                    participants,
-                    expected,
-                    writes,
-                    index,
-                )
-                .err(),
+            } => match Self::prepare(
+                store,
+                *txn,
+                *coordinator,
+                participants,
+                expected,
+                writes,
+                index,
+            ) {
+                Ok(revision) => ShardTxnResult::Yes { revision },
+                Err(no) => ShardTxnResult::Vote { no: Some(no) },
             },
             ShardTxnOp::Decide { txn, outcome } => Self::decide(store, *txn, *outcome),
             ShardTxnOp::Decision {
@@ -356,7 +365,7 @@ impl ShardTxns {
                             index,
                         );
                         let outcome = match vote {
-                            Ok(()) => ShardOutcome::Commit,
+                            Ok(_) => ShardOutcome::Commit,
                             Err(_) => ShardOutcome::Abort,
                         };
                         store.shard_txns.record(*txn, participants, outcome)
@@ -397,20 +406,20 @@ impl ShardTxns {
                     index,
                 );
                 match vote {
-                    Ok(()) => {
+                    Ok(revision) => {
                         store.shard_txns.staged.insert(
                             *txn,
                             StagedTxn {
                                 participants: participants.clone(),
                                 origin: *origin,
-                                revision: store.revision,
+                                revision,
                                 succeeded: *succeeded,
                                 results: results.clone(),
                             },
                         );
                         ShardTxnResult::Staged {
                             txn: *txn,
-                            revision: store.revision,
+                            revision,
                         }
                     }
                     Err(_) => {
@@ -513,13 +522,14 @@ impl ShardTxns {
         expected: &[ExpectedRevision],
         writes: &[TxnOp],
         index: u64,
-    ) -> Result<(), NoVote> {
+    ) -> Result<u64, NoVote> {
         let txns = &mut store.shard_txns;
         if let Some(finished) = txns.finished.get(txn) {
             return Err(NoVote::Finished(finished.outcome));
         }
         if txns.prepared.contains_key(&txn) {
-            return Ok(()); // a repeat: the keys are ours already
+            // A repeat: the keys are ours already, locked at or before the current revision.
+            return Ok(store.revision);
         }
         let refuse = |txns: &mut ShardTxns, why: NoVote| {
             // Remembered: a repeat of this prepare must not lock later.
@@ -570,6 +580,7 @@ impl ShardTxns {
         for key in &keys {
             txns.locks.insert((*key).clone(), txn);
         }
+        let locks_any = !keys.is_empty();
         txns.prepared.insert(
             txn,
             PreparedTxn {
@@ -580,14 +591,23 @@ impl ShardTxns {
                 writes: writes.to_vec(),
             },
         );
-        Ok(())
+        if locks_any {
+            // The lock revision: no key changes, but every replica at or past it holds these
+            // locks (or the decision that released them), so a sequential read there that asks
+            // for it is held until the decision rather than served the value from before it.
+            store.revision += 1;
+        }
+        Ok(store.revision)
     }
 
     fn decide(store: &mut KvStore, txn: ShardTxnId, outcome: ShardOutcome) -> ShardTxnResult {
         if let Some(finished) = store.shard_txns.finished.get(txn) {
+            // Answered with the current revision, at or past the decision: a coordinator that
+            // releases a run superseded by an earlier one takes it as a revision past that
+            // run's prepare (see `xtxn::coordinator`).
             return ShardTxnResult::Decided {
                 outcome: finished.outcome,
-                revision: finished.revision,
+                revision: store.revision,
             };
         }
         let Some(prepared) = store.shard_txns.prepared.remove(&txn) else {
@@ -756,20 +776,32 @@ mod tests {
         ShardTxnOp::Decide { txn, outcome }
     }
 
-    const YES: ShardTxnResult = ShardTxnResult::Vote { no: None };
+    impl Shard {
+        /// Steps a prepare that must vote yes and lock: at a new revision (its lock revision),
+        /// which it returns.
+        fn lock(&mut self, op: ShardTxnOp) -> u64 {
+            let before = self.kv.revision();
+            let vote = self.step(op);
+            assert_eq!(
+                vote,
+                ShardTxnResult::Yes {
+                    revision: before + 1
+                }
+            );
+            assert_eq!(self.kv.revision(), before + 1);
+            before + 1
+        }
+    }
 
     #[test]
     fn a_prepare_locks_its_keys_and_a_commit_applies_the_writes_once_at_one_revision() {
         let mut shard = Shard::new();
         let ra = shard.put("a", "1");
-        assert_eq!(
-            shard.step(prepare(
-                7,
-                &[("a", ra), ("b", 0)],
-                &[("a", "2"), ("b", "3")]
-            )),
-            YES
-        );
+        shard.lock(prepare(
+            7,
+            &[("a", ra), ("b", 0)],
+            &[("a", "2"), ("b", "3")],
+        ));
         // Locked: plain writes are refused (no-wait), reads see the committed value.
         assert_eq!(
             shard.write(WriteOp::Delete { key: b("b") }),
@@ -781,7 +813,12 @@ mod tests {
         assert_eq!(shard.kv.get(b"a").unwrap().value, b("1"));
         assert_eq!(shard.kv.shard_txns().locked([&b("a")]), Some((b("a"), 7)));
         // A repeated prepare is the same yes; another transaction on a locked key votes no.
-        assert_eq!(shard.step(prepare(7, &[("a", ra)], &[])), YES);
+        let revision = shard.kv.revision();
+        assert_eq!(
+            shard.step(prepare(7, &[("a", ra)], &[])),
+            ShardTxnResult::Yes { revision }
+        );
+        assert_eq!(shard.kv.revision(), revision, "a repeat takes no revision");
         assert!(matches!(
             shard.step(prepare(8, &[("a", ra)], &[])),
             ShardTxnResult::Vote {
@@ -814,6 +851,107 @@ mod tests {
         );
         // The lock is gone: plain writes go through again.
         shard.put("b", "4");
+    }
+
+    #[test]
+    fn a_prepare_that_locks_moves_the_store_to_a_lock_revision_that_changes_no_key() {
+        let mut shard = Shard::new();
+        let ra = shard.put("a", "1");
+        let lock = shard.lock(prepare(7, &[("a", ra)], &[("a", "2"), ("b", "3")]));
+        // No key changed: the compared key keeps its mod revision, the put one is not there.
+        assert_eq!(shard.kv.get(b"a").unwrap().mod_revision, ra);
+        assert!(shard.kv.get(b"b").is_none());
+        // Nothing to lock, or a no vote: no revision taken.
+        let revision = shard.kv.revision();
+        assert_eq!(
+            shard.step(prepare(8, &[], &[])),
+            ShardTxnResult::Yes { revision }
+        );
+        assert!(matches!(
+            shard.step(prepare(9, &[("a", ra)], &[("c", "1")])),
+            ShardTxnResult::Vote { no: Some(_) }
+        ));
+        assert_eq!(shard.kv.revision(), revision);
+        // The writes apply at a revision past the lock's.
+        assert!(matches!(
+            shard.step(decide(7, ShardOutcome::Commit)),
+            ShardTxnResult::Decided { revision, .. } if revision == lock + 1
+        ));
+    }
+
+    #[test]
+    fn every_replica_at_or_past_the_lock_revision_holds_the_lock_or_shows_the_commit() {
+        // The log of one shard; a replica that applied a prefix of it is at that prefix's
+        // revision. A session that saw the yes vote's revision reads at any replica at or past
+        // it: it must not be served the value from before its own transaction.
+        let put = |key: &str, value: &str| WriteOp::Put {
+            key: b(key),
+            value: b(value),
+        };
+        let log = [
+            put("a", "old"),
+            put("c", "x"),
+            WriteOp::Shard(prepare(7, &[("a", 1)], &[("a", "new")])),
+            put("c", "y"),
+            WriteOp::Shard(decide(7, ShardOutcome::Commit)),
+            put("c", "z"),
+        ];
+        let mut leader = Shard::new();
+        let mut lock = None;
+        for op in log.iter().cloned() {
+            if let Ok(WriteResult::Shard(ShardTxnResult::Yes { revision })) = leader.write(op) {
+                lock = Some(revision);
+            }
+        }
+        let lock = lock.expect("the prepare voted yes");
+        for prefix in 0..=log.len() {
+            let mut replica = Shard::new();
+            for op in log[..prefix].iter().cloned() {
+                let _ = replica.write(op);
+            }
+            if replica.kv.revision() < lock {
+                continue; // a session read that asks for the lock revision is not served here
+            }
+            match replica.kv.get_checked(&b("a")) {
+                Err(ServerError::Locked { txn: 7, .. }) => {}
+                Ok(Some(kv)) => assert_eq!(kv.value, b("new"), "prefix {prefix}"),
+                other => panic!("prefix {prefix}: {other:?}"),
+            }
+        }
+    }
+
+    #[test]
+    fn the_yes_vote_of_older_builds_and_the_other_results_keep_their_encodings() {
+        // Sessions cache these results, and snapshots hold the sessions: the variants added for
+        // lock revisions come last, so what an older build wrote decodes as it was.
+        let old_yes = WriteResult::Shard(ShardTxnResult::Vote { no: None });
+        assert_eq!(postcard::to_allocvec(&old_yes).unwrap(), vec![4, 0, 0]);
+        let txn = WriteResult::Txn {
+            succeeded: true,
+            revision: 5,
+            results: vec![],
+        };
+        assert_eq!(postcard::to_allocvec(&txn).unwrap(), vec![3, 1, 5, 0]);
+        let mut shard = Shard::new();
+        let session = Session {
+            client_id: 5,
+            seq: 1,
+            first_unacked: 1,
+        };
+        let op = WriteOp::Shard(prepare(7, &[], &[("a", "1")]));
+        shard.write_as(session, op.clone()).unwrap();
+        *shard
+            .kv
+            .sessions
+            .get_mut(&5)
+            .unwrap()
+            .results
+            .get_mut(&1)
+            .unwrap() = old_yes.clone();
+        let restored = KvStore::restore(&shard.kv.snapshot().unwrap(), 100).unwrap();
+        assert_eq!(restored, shard.kv);
+        shard.kv = restored;
+        assert_eq!(shard.write_as(session, op).unwrap(), old_yes);
     }
 
     #[test]
@@ -873,7 +1011,7 @@ mod tests {
         ));
         assert!(shard.kv.is_empty());
         // An abort of a prepared transaction drops its writes and frees its keys.
-        assert_eq!(shard.step(prepare(9, &[("a", 0)], &[("a", "1")])), YES);
+        shard.lock(prepare(9, &[("a", 0)], &[("a", "1")]));
         shard.step(decide(9, ShardOutcome::Abort));
         assert!(shard.kv.is_empty());
         shard.put("a", "free");
@@ -1017,7 +1155,7 @@ mod tests {
         ));
         assert!(shard.kv.get(b"d").is_none());
         // Another transaction's lock on its key: no.
-        assert_eq!(shard.step(prepare(10, &[], &[("e", "x")])), YES);
+        shard.lock(prepare(10, &[], &[("e", "x")]));
         assert!(matches!(
             shard.step(combined(11, rc, "e")),
             ShardTxnResult::Committed {
@@ -1034,7 +1172,7 @@ mod tests {
     #[test]
     fn commit_records_the_decision_and_decides_the_coordinator_shards_own_part_in_one_entry() {
         let mut shard = Shard::new();
-        assert_eq!(shard.step(prepare(7, &[], &[("a", "1")])), YES);
+        shard.lock(prepare(7, &[], &[("a", "1")]));
         let before = shard.kv.revision();
         let commit = |txn| ShardTxnOp::Commit {
             txn,
@@ -1064,7 +1202,7 @@ mod tests {
             }
         );
         // A resolver recorded ABORT first: the commit is refused and this shard's part dropped.
-        assert_eq!(shard.step(prepare(8, &[], &[("b", "2")])), YES);
+        let lock = shard.lock(prepare(8, &[], &[("b", "2")]));
         assert_eq!(
             shard.step(ShardTxnOp::Resolve { txn: 8 }),
             ShardTxnResult::Decision {
@@ -1075,7 +1213,7 @@ mod tests {
             shard.step(commit(8)),
             ShardTxnResult::Committed {
                 outcome: ShardOutcome::Abort,
-                revision: before + 1
+                revision: lock
             }
         );
         assert!(shard.kv.get(b"b").is_none());
@@ -1088,7 +1226,7 @@ mod tests {
                 ..
             }
         ));
-        assert_eq!(shard.kv.revision(), before + 1);
+        assert_eq!(shard.kv.revision(), lock);
     }
 
     #[test]
@@ -1108,7 +1246,7 @@ mod tests {
                 results: vec![TxnOpResult::Put],
             })
         };
-        assert_eq!(shard.step(prepare(7, &[], &[("a", "1")])), YES);
+        shard.lock(prepare(7, &[], &[("a", "1")]));
         let first = shard.write_as(request, commit_for(7)).unwrap();
         let revision = shard.kv.revision();
         assert_eq!(
@@ -1122,9 +1260,9 @@ mod tests {
         );
         // The reply was lost; the client's retry ran as transaction 8, which prepared the same
         // write: its commit is answered with run 7's, and 8's part stays prepared (to abort).
-        assert_eq!(shard.step(prepare(8, &[], &[("b", "2")])), YES);
+        let lock = shard.lock(prepare(8, &[], &[("b", "2")]));
         assert_eq!(shard.write_as(request, commit_for(8)).unwrap(), first);
-        assert_eq!(shard.kv.revision(), revision);
+        assert_eq!(shard.kv.revision(), lock, "8's commit applied nothing");
         assert!(shard.kv.get(b"b").is_none());
         assert_eq!(shard.kv.shard_txns().decision(8), None);
         assert!(shard.kv.shard_txns().prepared().contains_key(&8));
@@ -1144,7 +1282,7 @@ mod tests {
                 outcome: ShardOutcome::Abort
             })
         );
-        assert_eq!(shard.step(prepare(10, &[], &[("c", "3")])), YES);
+        shard.lock(prepare(10, &[], &[("c", "3")]));
         assert_eq!(shard.write_as(other, commit_for(10)).unwrap(), closed);
         assert!(shard.kv.get(b"c").is_none());
         assert_eq!(shard.kv.shard_txns().decision(10), None);
@@ -1163,7 +1301,7 @@ mod tests {
         let mut shard = Shard::new();
         let rc = shard.put("c", "0");
         shard.put("d", "old");
-        assert_eq!(shard.step(prepare(7, &[("c", rc)], &[("d", "new")])), YES);
+        shard.lock(prepare(7, &[("c", rc)], &[("d", "new")]));
         fn locked<T>(key: &str) -> Result<T, ServerError> {
             Err(ServerError::Locked {
                 key: b(key),
@@ -1200,7 +1338,7 @@ mod tests {
             Ok(0)
         );
         // A key not yet there but about to be put is held back too.
-        assert_eq!(shard.step(prepare(8, &[], &[("e", "1")])), YES);
+        shard.lock(prepare(8, &[], &[("e", "1")]));
         assert_eq!(
             shard.kv.get_checked(&b("e")),
             Err(ServerError::Locked {
@@ -1221,7 +1359,7 @@ mod tests {
     fn prepared_transactions_locks_and_decisions_survive_a_snapshot() {
         let mut shard = Shard::new();
         shard.put("a", "1");
-        assert_eq!(shard.step(prepare(7, &[("a", 1)], &[("a", "2")])), YES);
+        shard.lock(prepare(7, &[("a", 1)], &[("a", "2")]));
         shard.step(ShardTxnOp::Decision {
             txn: 8,
             participants: vec![1, 2],
@@ -1297,16 +1435,18 @@ mod tests {
         let mut shard = Shard::new();
         let rc = shard.put("c", "0");
         let before = shard.kv.revision();
-        // Its part holds: staged, the keys locked, nothing applied, no decision yet.
+        // Its part holds: staged, the keys locked, nothing applied, no decision yet; answered
+        // with its lock revision.
         let staged =
             shard_result(shard.write_as(client(1), stage(7, &[("c", rc)], "a", client(1))));
         assert_eq!(
             staged,
             ShardTxnResult::Staged {
                 txn: 7,
-                revision: before
+                revision: before + 1
             }
         );
+        assert_eq!(shard.kv.revision(), before + 1);
         assert!(shard.kv.get(b"a").is_none());
         assert_eq!(shard.kv.shard_txns().decision(7), None);
         assert!(shard.kv.shard_txns().staged().contains_key(&7));
@@ -1364,7 +1504,7 @@ mod tests {
             shard_result(shard.write_as(client(1), stage(70, &[], "x", client(1)))),
             ShardTxnResult::Staged {
                 txn: 7,
-                revision: 0
+                revision: 1
             }
         );
         let commit = shard.step(ShardTxnOp::Commit {
@@ -1382,10 +1522,10 @@ mod tests {
         assert_eq!(shard.kv.get(b"a").unwrap().value, b("1"));
         assert!(shard.kv.shard_txns().staged().is_empty());
         assert_eq!(shard.kv.shard_txns().locked([&b("a")]), None);
-        // The revision every run is answered with is the one it staged at (0 here).
+        // The revision every run is answered with is its lock revision (1 here).
         let final_answer = ShardTxnResult::CommittedFor {
             txn: 7,
-            revision: 0,
+            revision: 1,
             succeeded: true,
             results: vec![TxnOpResult::Put],
         };
@@ -1414,7 +1554,7 @@ mod tests {
             .unwrap();
         let abort = ShardTxnResult::Committed {
             outcome: ShardOutcome::Abort,
-            revision,
+            revision: revision + 1, // 8's lock revision; the abort applies nothing
         };
         assert_eq!(
             shard.step(ShardTxnOp::Settle {
@@ -1498,7 +1638,7 @@ mod tests {
     #[test]
     fn a_fence_answers_prepared_or_leaves_a_tombstone_that_makes_a_later_prepare_vote_no() {
         let mut shard = Shard::new();
-        assert_eq!(shard.step(prepare(7, &[], &[("a", "1")])), YES);
+        shard.lock(prepare(7, &[], &[("a", "1")]));
         assert_eq!(
             shard.step(ShardTxnOp::Fence { txn: 7 }),
             ShardTxnResult::Fenced { prepared: true }
@@ -1523,7 +1663,7 @@ mod tests {
         );
         assert_eq!(shard.kv.shard_txns().locked([&b("b")]), None);
         // Aborted here: not prepared.
-        assert_eq!(shard.step(prepare(9, &[], &[("c", "1")])), YES);
+        shard.lock(prepare(9, &[], &[("c", "1")]));
         shard.step(decide(9, ShardOutcome::Abort));
         assert_eq!(
             shard.step(ShardTxnOp::Fence { txn: 9 }),

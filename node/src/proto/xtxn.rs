@@ -66,9 +66,17 @@
 //!
 //! A participant that only reads makes the coordinator take the two-round path (its read
 //! locks are released before the answer there). The coordinator shard's revision in a
-//! parallel commit's answer is the one A had when it staged (its writes apply at the COMMIT,
-//! at a later revision not known when the client is answered); the settled answer in the
-//! session carries the same one, so every run of a request answers alike.
+//! parallel commit's answer is A's lock revision of the staging (its writes apply at the
+//! COMMIT, at a later revision not known when the client is answered); the settled answer in
+//! the session carries the same one, so every run of a request answers alike.
+//!
+//! **Revisions in the answer** (the client's sequential reads): a prepare that locks a key
+//! moves its shard to a *lock revision* (no key changes; every replica at or past it holds the
+//! locks or the decision after them), carried by the yes vote ([`ShardTxnResult::Yes`]) and by
+//! `Staged`. The client's answer carries, for every participant, that revision or a later one
+//! of it (`WriteResult::CrossShardTxn::shard_revisions`), and the client's session asks for it
+//! in its sequential reads there: a replica that serves one holds the lock — so the read waits
+//! for the decision — or has applied the transaction.
 
 use bytes::Bytes;
 use serde::{Deserialize, Serialize};
@@ -340,9 +348,10 @@ pub enum NoVote {
 /// What a shard's state machine answered to a [`ShardTxnOp`].
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub enum ShardTxnResult {
-    /// The answer to a prepare: `None` is a yes vote (the keys are locked), else why not.
+    /// The answer to a prepare that does not hold: why not. (`None`, a yes vote, is what
+    /// builds before [`ShardTxnResult::Yes`] answered; a session may still hold one.)
     Vote {
-        /// Why the shard voted no, or `None` for yes.
+        /// Why the shard voted no (`None`: an older build's yes).
         no: Option<NoVote>,
     },
     /// The answer to a decide: what this shard did (or had already done) with the transaction.
@@ -350,7 +359,8 @@ pub enum ShardTxnResult {
         /// The outcome applied here (for a commit asked of a shard that never prepared or already
         /// aborted: `Abort` — the coordinator then knows something is wrong).
         outcome: ShardOutcome,
-        /// The shard's revision after applying the writes (commit), else the current one.
+        /// The shard's revision after applying the writes (commit), else the current one (for a
+        /// repeat, or a transaction already finished here: the current one, past its decision).
         revision: u64,
     },
     /// The answer to a decision record or a resolve: the decision recorded on this shard.
@@ -403,5 +413,15 @@ pub enum ShardTxnResult {
     Fenced {
         /// Prepared (or committed) here.
         prepared: bool,
+    },
+    /// The answer to a prepare that holds: a yes vote, the keys locked. (Appended after the
+    /// other variants so every older encoding, in logs' results cached by sessions and in
+    /// snapshots, still decodes; an older build's yes vote is [`ShardTxnResult::Vote`] with no
+    /// reason, read as a yes at an unknown revision.)
+    Yes {
+        /// This shard's lock revision (or, for a repeated prepare, its current one): every
+        /// replica at or past it holds the transaction's locks or the decision that released
+        /// them — what the client's answer carries for this shard (`kv::shard_txn`).
+        revision: u64,
     },
 }

@@ -21,6 +21,15 @@
 //! answers and resend the request under the same session (a new coordinator, a new transaction
 //! id), and resend when their coordinator crashed: each request is applied by at most one run,
 //! and one answered as aborted or failed by none.
+//!
+//! Read-your-writes: every shard also has a lagging replica, which applies a prefix of the
+//! shard's log and catches up at random. A worker's client session keeps a revision per group,
+//! raised by every answer's per-group revisions ([`Report::shard_revisions`], as the client's
+//! `observe_reply` does); after its transfer is answered it reads both accounts sequentially at
+//! the lagging replicas, served only once the replica is at the session's revision of the group
+//! and no prepared transaction writes the key (else held, as a node holds it). Checked: the
+//! account's `mod_revision` is past the one the transfer compared — the transfer's value or a
+//! later one — also when the transfer was answered with an earlier run's commit (a resend).
 
 use std::collections::{BTreeMap, BTreeSet};
 
@@ -31,7 +40,7 @@ use txn_2pc::two_phase::Config;
 
 #[cfg(any(test, feature = "planted-bugs"))]
 use super::coordinator::CoordinatorBug;
-use super::coordinator::{Action, CrossShardTxn};
+use super::coordinator::{Action, CrossShardTxn, Report};
 use super::plan::TxnRequest;
 use super::resolver::Resolver;
 #[cfg(any(test, feature = "planted-bugs"))]
@@ -62,6 +71,10 @@ pub enum BankBug {
     /// Parallel commit: the coordinator answers commit once the other participants voted yes,
     /// without waiting for the coordinator shard's `Staged` (whose own part may not hold).
     AnswerBeforeStaged,
+    /// The coordinator answers a commit with the coordinator shard's revision only, not the
+    /// other participants' lock revisions: the worker's sequential read at a lagging replica of
+    /// another participant may be served the balance from before its own transfer.
+    OnlyCoordinatorRevision,
 }
 
 /// One run's shape, derived from its seed.
@@ -142,6 +155,13 @@ pub struct BankReport {
     pub resolved: u64,
     /// Leader changes (state rebuilt from snapshot + log).
     pub leader_changes: u64,
+    /// Sequential reads of a worker's own accounts, after its transfer was answered, served by
+    /// a lagging replica (each saw the transfer or later, else a violation).
+    pub session_reads: u64,
+    /// Of those reads, how many the replica held first (behind the session, or the key locked).
+    pub session_reads_held: u64,
+    /// Transfers answered with an earlier run's commit whose accounts were read so.
+    pub session_reads_of_earlier_runs: u64,
     /// Steps run.
     pub steps: u64,
     /// Invariant violations (empty: the run passed).
@@ -196,6 +216,19 @@ enum Msg {
         op: WriteOp,
         result: Result<WriteResult, ServerError>,
     },
+    /// A sequential read by a worker's session of an account its transfer `txn` just wrote,
+    /// at `group`'s lagging replica: served once the replica's revision is at least
+    /// `min_revision` (the session's revision of that group) and no prepared transaction writes
+    /// the key (as `group::kv_service` holds it), else held until then. Served, the account's
+    /// `mod_revision` must be past `compared`, the one the transfer compared (and found).
+    SessionRead {
+        group: u64,
+        key: Bytes,
+        min_revision: u64,
+        compared: u64,
+        txn: ShardTxnId,
+        held: bool,
+    },
 }
 
 struct Shard {
@@ -203,6 +236,10 @@ struct Shard {
     store: KvStore,
     /// A snapshot and the log length it covers (a leader change restores it and replays).
     snapshot: (Bytes, usize),
+    /// A follower that lags: the log's first `lagging_applied` entries applied, advanced at
+    /// random (it serves the workers' sequential reads).
+    lagging: KvStore,
+    lagging_applied: usize,
 }
 
 enum Job {
@@ -226,6 +263,9 @@ struct Worker {
     /// Transactions answered whose coordinator still drives their last steps (DECIDEs, END),
     /// as a node's coordinator does in the background; lost when the worker crashes.
     finishing: Vec<CrossShardTxn>,
+    /// The worker's client session's revision of each group, raised by every answer's
+    /// per-group revisions (as `Client::observe_reply`): its sequential reads ask for it.
+    revisions: BTreeMap<u64, u64>,
 }
 
 /// What is known about every transaction started.
@@ -268,6 +308,8 @@ struct World {
     resolver_seq: BTreeMap<u64, u64>,
     workers: Vec<Worker>,
     net: Vec<Msg>,
+    /// Session reads a lagging replica holds, delivered again when it advances.
+    held: Vec<Msg>,
     ledger: Ledger,
     report: BankReport,
     started: u64,
@@ -520,6 +562,9 @@ impl World {
             Some(BankBug::AnswerBeforeStaged) => {
                 coordinator.plant_bug(CoordinatorBug::AnswerBeforeStaged)
             }
+            Some(BankBug::OnlyCoordinatorRevision) => {
+                coordinator.plant_bug(CoordinatorBug::OnlyCoordinatorRevision)
+            }
             _ => {}
         }
         if let Some(g) = request.coordinator(|k| locate(shards, k)) {
@@ -658,6 +703,7 @@ impl World {
                 if report.outcome == ShardOutcome::Commit && report.succeeded {
                     self.report.transfers_committed += 1;
                     self.ledger.acked_commit.insert(report.txn);
+                    self.read_own_transfer(w, &report, &running.request, run);
                 } else {
                     self.report.transfers_aborted += 1;
                     self.ledger
@@ -669,8 +715,101 @@ impl World {
         self.start_job(w);
     }
 
+    /// The client got `report`, its transfer's commit (run `run`): its session takes the
+    /// answer's revisions, then reads the accounts the transfer wrote at the lagging replicas.
+    fn read_own_transfer(&mut self, w: usize, report: &Report, request: &TxnRequest, run: u64) {
+        let revisions = &mut self.workers[w].revisions;
+        for &(group, revision) in &report.shard_revisions {
+            let seen = revisions.entry(group).or_default();
+            *seen = (*seen).max(revision);
+        }
+        if report.txn != run {
+            // An earlier run's commit: read as well (this run learnt every group's revision
+            // past that run's prepares before it answered).
+            self.report.session_reads_of_earlier_runs += 1;
+        }
+        for compare in &request.compares {
+            let CompareTarget::ModRevision(compared) = compare.target else {
+                continue;
+            };
+            let group = self.locate(&compare.key);
+            let min_revision = self.workers[w].revisions.get(&group).copied().unwrap_or(0);
+            self.net.push(Msg::SessionRead {
+                group,
+                key: compare.key.clone(),
+                min_revision,
+                compared,
+                txn: report.txn,
+                held: false,
+            });
+        }
+    }
+
+    /// A session read at `group`'s lagging replica: served, or held there (see
+    /// [`Msg::SessionRead`]).
+    fn serve_session_read(&mut self, msg: Msg) {
+        let Msg::SessionRead {
+            group,
+            key,
+            min_revision,
+            compared,
+            txn,
+            held,
+        } = msg
+        else {
+            return;
+        };
+        let replica = &self.shards[&group].lagging;
+        let kv = match replica.get_checked(&key) {
+            Ok(kv) if replica.revision() >= min_revision => kv,
+            // Behind the session, or the key written by a prepared transaction: held.
+            _ => {
+                self.held.push(Msg::SessionRead {
+                    group,
+                    key,
+                    min_revision,
+                    compared,
+                    txn,
+                    held: true,
+                });
+                return;
+            }
+        };
+        self.report.session_reads += 1;
+        if held {
+            self.report.session_reads_held += 1;
+        }
+        let seen = kv.map_or(0, |kv| kv.mod_revision);
+        if seen <= compared {
+            self.report.violations.push(format!(
+                "a sequential read of {key:?} at group {group}'s lagging replica (revision {}, the session's {min_revision}) returned mod revision {seen}, from before the session's own transfer txn {txn} (which compared {compared})",
+                replica.revision()
+            ));
+        }
+    }
+
+    /// The lagging replica of `group` applies up to `entries` more log entries; the reads it
+    /// held are delivered again.
+    fn advance_lagging(&mut self, group: u64, entries: usize) {
+        let shard = self.shards.get_mut(&group).expect("known group");
+        let to = (shard.lagging_applied + entries).min(shard.log.len());
+        if to == shard.lagging_applied {
+            return;
+        }
+        for i in shard.lagging_applied..to {
+            shard.lagging.apply(&shard.log[i], i as u64 + 1);
+        }
+        shard.lagging_applied = to;
+        let (again, still): (Vec<Msg>, Vec<Msg>) = std::mem::take(&mut self.held)
+            .into_iter()
+            .partition(|m| matches!(m, Msg::SessionRead { group: g, .. } if *g == group));
+        self.held = still;
+        self.net.extend(again);
+    }
+
     fn deliver(&mut self, msg: Msg) {
         match msg {
+            msg @ Msg::SessionRead { .. } => self.serve_session_read(msg),
             Msg::Read { to, group, key } => {
                 let store = &self.shards[&group].store;
                 #[allow(unused_mut)]
@@ -846,6 +985,13 @@ impl World {
             let g = 1 + below(&mut self.rng, self.config.shards);
             self.change_leader(g);
         }
+        if below(&mut self.rng, 8) == 0 {
+            // A lagging replica catches up part of the way (faults or not).
+            let g = 1 + below(&mut self.rng, self.config.shards);
+            let gap = self.shards[&g].log.len() - self.shards[&g].lagging_applied;
+            let entries = below(&mut self.rng, gap as u64 + 1) as usize;
+            self.advance_lagging(g, entries);
+        }
         if self.net.is_empty() || below(&mut self.rng, 4) == 0 {
             self.tick();
             return;
@@ -872,6 +1018,7 @@ impl World {
     fn quiet(&self) -> bool {
         self.idle()
             && self.net.is_empty()
+            && self.held.is_empty()
             && self
                 .shards
                 .values()
@@ -997,6 +1144,8 @@ pub fn run(config: BankConfig) -> BankReport {
                 log: Vec::new(),
                 store: KvStore::new(1 << 20),
                 snapshot: (Bytes::new(), 0),
+                lagging: KvStore::new(1 << 20),
+                lagging_applied: 0,
             },
         );
     }
@@ -1027,9 +1176,11 @@ pub fn run(config: BankConfig) -> BankReport {
                 seq: 0,
                 running: None,
                 finishing: Vec::new(),
+                revisions: BTreeMap::new(),
             })
             .collect(),
         net: Vec::new(),
+        held: Vec::new(),
         ledger: Ledger::default(),
         started: 0,
         next_client: 0,
@@ -1131,6 +1282,21 @@ mod tests {
         );
         eprintln!("{resends}");
         assert!(sum(|r| r.resent) > 300, "{resends}");
+        let reads = format!(
+            "session reads {}, held first {}, transfers answered by an earlier run read {}",
+            sum(|r| r.session_reads),
+            sum(|r| r.session_reads_held),
+            sum(|r| r.session_reads_of_earlier_runs)
+        );
+        eprintln!("{reads}");
+        assert!(sum(|r| r.session_reads) > 1000, "{reads}");
+        assert!(sum(|r| r.session_reads_held) > 100, "{reads}");
+        assert!(sum(|r| r.session_reads_of_earlier_runs) > 50, "{reads}");
+        // Some were served at once too: the replica was not always behind.
+        assert!(
+            sum(|r| r.session_reads) - sum(|r| r.session_reads_held) > 100,
+            "{reads}"
+        );
         assert!(sum(|r| r.answered_by_earlier_run) > 50, "{resends}");
     }
 
@@ -1169,6 +1335,15 @@ mod tests {
     fn a_participant_that_aborts_without_asking_the_coordinator_shard_is_caught() {
         // Any violation.
         let caught = caught(BankBug::ResolveWithoutAsking, "");
+        assert!(!caught.is_empty(), "no seed of 50 caught the planted bug");
+    }
+
+    #[test]
+    fn a_coordinator_that_answers_with_the_coordinator_shards_revision_only_is_caught() {
+        let caught = caught(
+            BankBug::OnlyCoordinatorRevision,
+            "from before the session's own transfer",
+        );
         assert!(!caught.is_empty(), "no seed of 50 caught the planted bug");
     }
 

@@ -13,7 +13,9 @@
 //! ticks and results, until [`CrossShardTxn::is_finished`]. A participant that has not applied
 //! its DECIDE yet holds its keys locked and holds back reads of what it writes, so a read after
 //! the answer never sees the state before the transaction (`kv::shard_txn`). An abort is
-//! answered when the engine decides it (presumed abort: nothing to force).
+//! answered when the engine decides it (presumed abort: nothing to force). A commit's answer
+//! carries every participant's revision the run learnt (yes votes' lock revisions, the
+//! coordinator shard's after its entry; [`Report::shard_revisions`]) for the client's session.
 //!
 //! Before the engine starts, the coordinator reads every key the transaction compares, reads or
 //! deletes (a key it only puts is locked at PREPARE, not read) and evaluates it ([`Plan`]). A participant that only reads votes read-only to the engine (no
@@ -89,6 +91,13 @@ pub struct Report {
     pub results: Vec<TxnOpResult>,
     /// The coordinator shard's revision after the transaction (0 if it did not write there).
     pub revision: u64,
+    /// On commit, for every participant group (and the coordinator shard), a revision at or
+    /// past which every replica of it shows the transaction: its lock revision (the yes vote's;
+    /// the locks hold reads of what it writes until the decision), or its revision after
+    /// applying it. The client's session takes them, so its sequential reads see its own
+    /// transaction on any replica. An answer taken from an earlier run of the request carries
+    /// the revisions this run's abort DECIDEs were answered with, at every group of the request.
+    pub shard_revisions: Vec<(u64, u64)>,
     /// The participant groups.
     pub participants: Vec<u64>,
     /// Why it aborted (a no vote, a timeout, a participant that resolved it first).
@@ -108,6 +117,7 @@ impl Report {
             succeeded: false,
             results: Vec::new(),
             revision: 0,
+            shard_revisions: Vec::new(),
             participants,
             reason: Some(reason.into()),
             unknown: false,
@@ -127,10 +137,13 @@ impl Report {
         }
     }
 
-    /// This answer replaced by the commit of an earlier run `txn` of the same request.
+    /// This answer replaced by the commit of an earlier run `txn` of the same request, as the
+    /// client's session at the coordinator shard `coordinator` holds it (its revision there;
+    /// the other groups' are learnt while releasing, see `State::Releasing`).
     fn committed_by(
         self,
         txn: ShardTxnId,
+        coordinator: u64,
         revision: u64,
         succeeded: bool,
         results: Vec<TxnOpResult>,
@@ -141,6 +154,7 @@ impl Report {
             succeeded,
             results,
             revision,
+            shard_revisions: vec![(coordinator, revision)],
             reason: None,
             ..self
         }
@@ -152,10 +166,11 @@ impl Report {
             return Err(ServerError::Timeout);
         }
         match self.outcome {
-            ShardOutcome::Commit => Ok(WriteResult::Txn {
+            ShardOutcome::Commit => Ok(WriteResult::CrossShardTxn {
                 succeeded: self.succeeded,
                 revision: self.revision,
                 results: self.results,
+                shard_revisions: self.shard_revisions,
             }),
             ShardOutcome::Abort => Err(ServerError::TxnAborted(
                 self.reason.unwrap_or_else(|| "aborted".into()),
@@ -176,6 +191,9 @@ pub enum CoordinatorBug {
     /// Staged path: answers commit once every other participant voted yes, without waiting for
     /// the coordinator shard's `Staged` (its own part may not hold).
     AnswerBeforeStaged,
+    /// Answers a commit with the coordinator shard's revision only, not the other participants'
+    /// lock revisions (the client's sequential reads there may miss its own transaction).
+    OnlyCoordinatorRevision,
 }
 
 enum State {
@@ -194,6 +212,20 @@ enum State {
         group: u64,
         op: ShardTxnOp,
         report: Box<Report>,
+        since: u64,
+        last_sent: u64,
+    },
+    /// An earlier run of the request committed it: this run's answer is that commit, given once
+    /// every group of the request answered this run's abort DECIDE. Each such DECIDE is applied
+    /// after the earlier run's commit was recorded, so after its prepares (all applied before
+    /// that), and the revision it answers with is one at which the group's replicas show the
+    /// earlier run — what the answer carries for the client's session. No answer in time: the
+    /// outcome is reported unknown (the client resends and meets the commit again), never a
+    /// commit without those revisions.
+    Releasing {
+        report: Box<Report>,
+        pending: BTreeSet<u64>,
+        revisions: BTreeMap<u64, u64>,
         since: u64,
         last_sent: u64,
     },
@@ -244,14 +276,26 @@ struct Staging {
     plan: Plan,
     coordinator: u64,
     participants: Vec<u64>,
-    /// Other participants that voted yes.
-    voted: BTreeSet<u64>,
+    /// Other participants that voted yes, with the lock revision each voted at (or, for one
+    /// whose vote was missed and that a resolver's commit reached, the revision its DECIDE
+    /// answered with).
+    voted: BTreeMap<u64, u64>,
     /// A answered `Staged` for this transaction, at this revision.
     staged: Option<u64>,
     since: u64,
     last_sent: u64,
     phase: Phase,
     reason: Option<String>,
+}
+
+impl Staging {
+    /// The client's answer's revisions: the coordinator shard's lock revision `staged` and the
+    /// other participants' yes votes' (every replica at or past one holds the locks).
+    fn shard_revisions(&self, staged: u64) -> Vec<(u64, u64)> {
+        let mut revisions = self.voted.clone();
+        revisions.insert(self.coordinator, staged);
+        revisions.into_iter().collect()
+    }
 }
 
 enum Phase {
@@ -385,8 +429,25 @@ impl CrossShardTxn {
     }
 
     fn done(&mut self, report: Report) {
-        self.answer.get_or_insert(report);
+        if self.answer.is_none() {
+            self.answer_with(report);
+        }
         self.state = State::Done;
+    }
+
+    /// Sets the client's answer.
+    fn answer_with(&mut self, #[allow(unused_mut)] mut report: Report) {
+        #[cfg(any(test, feature = "planted-bugs"))]
+        if self.bug == Some(CoordinatorBug::OnlyCoordinatorRevision) {
+            let groups = &self.groups;
+            let coordinator = self
+                .request
+                .coordinator(|k| groups.get(k).copied().unwrap_or(0));
+            report
+                .shard_revisions
+                .retain(|(group, _)| Some(*group) == coordinator);
+        }
+        self.answer = Some(report);
     }
 
     /// Results that contradict the protocol (a participant answering abort to a commit): empty
@@ -447,6 +508,7 @@ impl CrossShardTxn {
                 succeeded: plan.succeeded,
                 results: plan.results,
                 revision: 0,
+                shard_revisions: Vec::new(),
                 participants,
                 reason: None,
                 unknown: false,
@@ -469,7 +531,7 @@ impl CrossShardTxn {
                 plan,
                 coordinator,
                 participants,
-                voted: BTreeSet::new(),
+                voted: BTreeMap::new(),
                 staged: None,
                 since: self.now,
                 last_sent: self.now,
@@ -518,6 +580,33 @@ impl CrossShardTxn {
             }
             return;
         }
+        if let State::Releasing {
+            report,
+            pending,
+            revisions,
+            ..
+        } = &mut self.state
+        {
+            if let (ShardTxnOp::Decide { .. }, Ok(ShardTxnResult::Decided { revision, .. })) =
+                (op, result)
+            {
+                if pending.remove(&group) {
+                    revisions.insert(group, revision);
+                }
+                if pending.is_empty() {
+                    let mut report = (**report).clone();
+                    for (&group, &revision) in revisions.iter() {
+                        match report.shard_revisions.iter_mut().find(|(g, _)| *g == group) {
+                            Some((_, seen)) => *seen = (*seen).max(revision),
+                            None => report.shard_revisions.push((group, revision)),
+                        }
+                    }
+                    report.shard_revisions.sort_unstable();
+                    self.done(report);
+                }
+            }
+            return;
+        }
         if matches!(self.state, State::Staging(_)) {
             self.on_staging_result(group, op, result);
             return;
@@ -546,7 +635,18 @@ impl CrossShardTxn {
         };
         let txn = TxnId(self.txn);
         match (op, result) {
-            (ShardTxnOp::Prepare { writes, .. }, ShardTxnResult::Vote { no }) => {
+            (
+                ShardTxnOp::Prepare { writes, .. },
+                vote @ (ShardTxnResult::Vote { .. } | ShardTxnResult::Yes { .. }),
+            ) => {
+                if let Some(revision) = yes_revision(&vote) {
+                    let seen = c.revisions.entry(group).or_default();
+                    *seen = (*seen).max(revision);
+                }
+                let no = match vote {
+                    ShardTxnResult::Vote { no } => no,
+                    _ => None,
+                };
                 if let Some(why) = &no {
                     c.reason.get_or_insert_with(|| describe(group, why));
                 }
@@ -635,10 +735,11 @@ impl CrossShardTxn {
             ) if first != self.txn => {
                 // An earlier run of this request committed: that is the client's answer, and
                 // this run's prepares are dropped.
+                let coordinator = c.coordinator;
                 let report = self
                     .abort_all("an earlier run of the request committed")
-                    .committed_by(first, revision, succeeded, results);
-                self.done(report);
+                    .committed_by(first, coordinator, revision, succeeded, results);
+                self.answer_after_release(report);
                 return;
             }
             (
@@ -792,9 +893,10 @@ impl CrossShardTxn {
     }
 
     fn on_fence_result(&mut self, result: Result<ShardTxnResult, ServerError>) {
-        let State::Fencing { report, .. } = &mut self.state else {
+        let State::Fencing { report, group, .. } = &mut self.state else {
             return;
         };
+        let group = *group;
         let mut report = (**report).clone();
         match result {
             // An earlier run of the request is staged and not settled yet: asked again on a tick
@@ -809,7 +911,9 @@ impl CrossShardTxn {
                 results,
             }) => {
                 // An earlier run committed the request: that is the answer.
-                report = report.committed_by(txn, revision, succeeded, results);
+                let report = report.committed_by(txn, group, revision, succeeded, results);
+                self.answer_after_release(report);
+                return;
             }
             Ok(ShardTxnResult::Decision {
                 outcome: ShardOutcome::Commit,
@@ -833,6 +937,35 @@ impl CrossShardTxn {
             Err(_) => return, // resent on a tick
         }
         self.done(report);
+    }
+
+    /// `report` is an earlier run's commit: this run's abort DECIDE goes to every group of the
+    /// request, and the answer waits for their revisions (`State::Releasing`).
+    fn answer_after_release(&mut self, report: Report) {
+        let pending: BTreeSet<u64> = self.groups.values().copied().collect();
+        self.state = State::Releasing {
+            report: Box::new(report),
+            pending,
+            revisions: BTreeMap::new(),
+            since: self.now,
+            last_sent: self.now,
+        };
+        self.send_releases();
+    }
+
+    fn send_releases(&mut self) {
+        let State::Releasing { pending, .. } = &self.state else {
+            return;
+        };
+        for &group in pending {
+            self.actions.push(Action::Propose {
+                group,
+                op: ShardTxnOp::Decide {
+                    txn: self.txn,
+                    outcome: ShardOutcome::Abort,
+                },
+            });
+        }
     }
 
     /// Asks every participant to drop the transaction and returns the abort answer (the
@@ -872,7 +1005,7 @@ impl CrossShardTxn {
             let part = st.plan.parts.get(&group).cloned().unwrap_or_default();
             if group == st.coordinator {
                 stage = st.staged.is_none();
-            } else if !st.voted.contains(&group) && !skip.contains(&group) {
+            } else if !st.voted.contains_key(&group) && !skip.contains(&group) {
                 self.actions.push(Action::Propose {
                     group,
                     op: ShardTxnOp::Prepare {
@@ -960,6 +1093,7 @@ impl CrossShardTxn {
         };
         let succeeded = st.plan.succeeded;
         let participants = st.participants.clone();
+        let coordinator = st.coordinator;
         for &group in &participants {
             self.actions.push(Action::Propose {
                 group,
@@ -983,17 +1117,19 @@ impl CrossShardTxn {
                 revision,
                 succeeded,
                 results,
-            } => self.done(report.committed_by(txn, revision, succeeded, results)),
+            } => self.answer_after_release(report.committed_by(
+                txn,
+                coordinator,
+                revision,
+                succeeded,
+                results,
+            )),
             // An earlier run's abort closed the request.
             ShardTxnResult::Decision { .. } => self.done(report),
             // An earlier run is staged, not settled: wait under the session for its answer.
             _ => {
-                let group = match &self.state {
-                    State::Staging(st) => st.coordinator,
-                    _ => 0,
-                };
                 let op = ShardTxnOp::AbortFor { txn: self.txn };
-                self.answer_recorded(report, group, op);
+                self.answer_recorded(report, coordinator, op);
             }
         }
     }
@@ -1031,22 +1167,21 @@ impl CrossShardTxn {
         st.phase = Phase::Deciding { outcome, pending };
         st.last_sent = self.now;
         // Every run of the request answers with the revision A staged at (as its session does).
-        let revision = st.staged.unwrap_or(revision);
+        st.staged.get_or_insert(revision);
         let participants = st.participants.clone();
         let coordinator = st.coordinator;
         if self.answer.is_none() {
             match outcome {
                 ShardOutcome::Commit => {
-                    self.answer = Some(Report {
-                        txn,
-                        outcome,
-                        succeeded: st.plan.succeeded,
-                        results: st.plan.results.clone(),
-                        revision,
-                        participants,
-                        reason: None,
-                        unknown: false,
-                    });
+                    // Committed by a resolver before this run saw every yes vote: a participant
+                    // whose vote it missed shows it past the revision its DECIDE answers, so the
+                    // answer waits for those (`staging_maybe_done`).
+                    let all_voted = participants
+                        .iter()
+                        .all(|g| *g == coordinator || st.voted.contains_key(g));
+                    if all_voted {
+                        self.answer_staged_commit();
+                    }
                 }
                 ShardOutcome::Abort => {
                     let reason = st
@@ -1067,7 +1202,36 @@ impl CrossShardTxn {
         self.staging_maybe_done();
     }
 
+    /// Staged path: answers the commit, with the revisions known of every participant.
+    fn answer_staged_commit(&mut self) {
+        let State::Staging(st) = &self.state else {
+            return;
+        };
+        let revision = st.staged.unwrap_or(0);
+        let report = Report {
+            txn: self.txn,
+            outcome: ShardOutcome::Commit,
+            succeeded: st.plan.succeeded,
+            results: st.plan.results.clone(),
+            revision,
+            shard_revisions: st.shard_revisions(revision),
+            participants: st.participants.clone(),
+            reason: None,
+            unknown: false,
+        };
+        self.answer_with(report);
+    }
+
     fn staging_maybe_done(&mut self) {
+        let State::Staging(st) = &self.state else {
+            return;
+        };
+        let Phase::Deciding { outcome, pending } = &st.phase else {
+            return;
+        };
+        if pending.is_empty() && self.answer.is_none() && *outcome == ShardOutcome::Commit {
+            self.answer_staged_commit();
+        }
         let State::Staging(st) = &self.state else {
             return;
         };
@@ -1107,15 +1271,22 @@ impl CrossShardTxn {
         };
         let voting = matches!(st.phase, Phase::Voting);
         match (op, result) {
-            (ShardTxnOp::Prepare { .. }, ShardTxnResult::Vote { no }) => {
+            (
+                ShardTxnOp::Prepare { .. },
+                vote @ (ShardTxnResult::Vote { .. } | ShardTxnResult::Yes { .. }),
+            ) => {
                 #[allow(unused_mut)]
-                let mut yes = no.is_none();
+                let mut yes = yes_revision(&vote);
                 #[cfg(any(test, feature = "planted-bugs"))]
                 if self.bug == Some(CoordinatorBug::CommitWithoutAllYes) {
-                    yes = true;
+                    yes = yes.or(Some(0));
                 }
-                if yes {
-                    st.voted.insert(group);
+                let no = match vote {
+                    ShardTxnResult::Vote { no } => no,
+                    _ => None,
+                };
+                if let Some(revision) = yes {
+                    st.voted.entry(group).or_insert(revision);
                 } else if voting {
                     if let Some(why) = &no {
                         st.reason.get_or_insert_with(|| describe(group, why));
@@ -1172,12 +1343,17 @@ impl CrossShardTxn {
                 }
                 return;
             }
-            (ShardTxnOp::Decide { .. }, ShardTxnResult::Decided { outcome, .. }) => {
+            (ShardTxnOp::Decide { .. }, ShardTxnResult::Decided { outcome, revision }) => {
                 if let Phase::Deciding {
                     outcome: asked,
                     pending,
                 } = &mut st.phase
                 {
+                    if pending.contains(&group) {
+                        // Applied there at or before `revision` (a commit the answer may still
+                        // wait for; see `staging_settled`).
+                        st.voted.entry(group).or_insert(revision);
+                    }
                     if *asked == ShardOutcome::Commit && outcome != ShardOutcome::Commit {
                         self.anomalies.push(format!(
                             "group {group} answered {outcome:?} to a commit of txn {txn}"
@@ -1200,18 +1376,20 @@ impl CrossShardTxn {
         let all_voted = st
             .participants
             .iter()
-            .all(|g| *g == st.coordinator || st.voted.contains(g));
+            .all(|g| *g == st.coordinator || st.voted.contains_key(g));
         if let (true, Some(revision), true) = (voting, staged, all_voted) {
-            self.answer = Some(Report {
+            let report = Report {
                 txn,
                 outcome: ShardOutcome::Commit,
                 succeeded: st.plan.succeeded,
                 results: st.plan.results.clone(),
                 revision,
+                shard_revisions: st.shard_revisions(revision),
                 participants: st.participants.clone(),
                 reason: None,
                 unknown: false,
-            });
+            };
+            self.answer_with(report);
             self.start_settle(ShardOutcome::Commit);
         }
     }
@@ -1350,6 +1528,21 @@ impl CrossShardTxn {
                             session,
                         });
                     }
+                }
+            }
+            State::Releasing {
+                report,
+                since,
+                last_sent,
+                ..
+            } => {
+                if now - *since >= self.config.vote_timeout {
+                    let mut report = (**report).clone();
+                    report.unknown = true;
+                    self.done(report);
+                } else if now - *last_sent >= self.config.retry_interval {
+                    *last_sent = now;
+                    self.send_releases();
                 }
             }
             State::Done => {}
@@ -1501,6 +1694,7 @@ impl CrossShardTxn {
         }
         // Read locks go before the answer, so the client's next transaction does not meet them.
         let known = c.engine_finished || c.decided == Some(ShardOutcome::Commit);
+        let finished = c.engine_finished && c.releases.is_empty();
         if known && c.releases.is_empty() && self.answer.is_none() {
             let outcome = c.decided.unwrap_or(ShardOutcome::Abort);
             let report = Report {
@@ -1513,6 +1707,11 @@ impl CrossShardTxn {
                     Vec::new()
                 },
                 revision: c.revisions.get(&c.coordinator).copied().unwrap_or(0),
+                shard_revisions: if outcome == ShardOutcome::Commit {
+                    c.revisions.iter().map(|(&g, &r)| (g, r)).collect()
+                } else {
+                    Vec::new()
+                },
                 participants: c.plan.parts.keys().copied().collect(),
                 reason: match outcome {
                     ShardOutcome::Commit => None,
@@ -1541,9 +1740,9 @@ impl CrossShardTxn {
                 self.answer_recorded(report, group, op);
                 return;
             }
-            self.answer = Some(report);
+            self.answer_with(report);
         }
-        if c.engine_finished && c.releases.is_empty() && self.answer.is_some() {
+        if finished && self.answer.is_some() {
             self.state = State::Done;
         }
     }
@@ -1578,6 +1777,16 @@ fn commit_action(txn: ShardTxnId, origin: Option<Session>, group: u64, plan: &Pl
     match origin {
         Some(session) => Action::ProposeAs { group, op, session },
         None => Action::Propose { group, op },
+    }
+}
+
+/// The revision a prepare's answer voted yes at (0 for an older build's yes, which names none);
+/// `None` for a no vote or another answer.
+fn yes_revision(result: &ShardTxnResult) -> Option<u64> {
+    match result {
+        ShardTxnResult::Yes { revision } => Some(*revision),
+        ShardTxnResult::Vote { no: None } => Some(0),
+        _ => None,
     }
 }
 
