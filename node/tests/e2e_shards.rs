@@ -189,6 +189,24 @@ async fn keys_land_in_their_shards_scans_cross_them_in_order_and_a_killed_group_
         })
         .await;
     }
+    // ... and stays quiet: sampled every 100 ms for 1.5 s (three rounds of each node's
+    // resolver, which looks for prepared transactions without waking a group).
+    for _ in 0..15 {
+        for node in 1..=3 {
+            let map = client.shard_map_of(node).await.expect("the shard map");
+            let awake: Vec<u64> = map
+                .shards
+                .iter()
+                .filter(|s| !s.quiet)
+                .map(|s| s.group)
+                .collect();
+            assert!(
+                awake.is_empty(),
+                "idle groups {awake:?} woke on node {node}"
+            );
+        }
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
     // ... and a request wakes its group.
     client
         .put("b-wake", "1")

@@ -54,7 +54,7 @@ use tracing::{debug, info, warn};
 
 use crate::config::ServeConfig;
 use crate::kv::KvStore;
-use crate::proto::{MessageClass, PeerMessage, Quorate, Request, ServerError};
+use crate::proto::{Consistency, MessageClass, PeerMessage, Quorate, Request, ServerError};
 use crate::server::ServeError;
 use crate::store::{Durability, LogStore};
 
@@ -222,6 +222,7 @@ impl<C: Engine> Driver<C> {
             leader: self.host.soft.leader,
             keys: self.host.kv.store().len() as u64,
             quiet: self.quiet.is_quiet(),
+            prepared: self.host.kv.store().shard_txns().prepared().len() as u64,
         }
     }
 
@@ -566,7 +567,17 @@ impl<C: Engine> Driver<C> {
         let ClientRequest {
             request, responder, ..
         } = request;
-        self.quiet.on_request();
+        // A stale read is answered from this replica's state at once: it needs no ticks, so a
+        // quiet group stays quiet (the node's resolver reads prepared transactions this way).
+        if !matches!(
+            request,
+            Request::Read {
+                consistency: Consistency::Stale,
+                ..
+            }
+        ) {
+            self.quiet.on_request();
+        }
         match request {
             Request::Write { session, op } => {
                 self.host

@@ -26,6 +26,9 @@ pub(crate) struct GroupState {
     pub(crate) keys: u64,
     /// Whether it is quiet.
     pub(crate) quiet: bool,
+    /// Cross-shard transactions prepared at this replica and not decided yet (what the node's
+    /// resolver must look at; a group with none is not asked, so it may stay quiet).
+    pub(crate) prepared: u64,
 }
 
 /// One local group's last report (leader 0 = none known).
@@ -34,6 +37,7 @@ struct Slot {
     leader: AtomicU64,
     keys: AtomicU64,
     quiet: AtomicBool,
+    prepared: AtomicU64,
 }
 
 /// The groups this node runs, each reporting its leader and key count after every loop
@@ -74,6 +78,7 @@ impl GroupTable {
                 .store(state.leader.unwrap_or(0), Ordering::Relaxed);
             slot.keys.store(state.keys, Ordering::Relaxed);
             slot.quiet.store(state.quiet, Ordering::Relaxed);
+            slot.prepared.store(state.prepared, Ordering::Relaxed);
         }
     }
 
@@ -86,6 +91,7 @@ impl GroupTable {
                     leader: (leader != 0).then_some(leader),
                     keys: slot.keys.load(Ordering::Relaxed),
                     quiet: slot.quiet.load(Ordering::Relaxed),
+                    prepared: slot.prepared.load(Ordering::Relaxed),
                 }
             }
             None => GroupState::default(),
@@ -223,11 +229,27 @@ mod tests {
     }
 
     #[test]
+    fn a_group_report_carries_its_prepared_transactions_to_the_resolver() {
+        let table = GroupTable::new([1, 2]);
+        let report = GroupState {
+            leader: Some(2),
+            keys: 5,
+            quiet: true,
+            prepared: 3,
+        };
+        table.publish(1, report);
+        assert_eq!(table.get(1), report);
+        // A group that never reported holds nothing prepared here.
+        assert_eq!(table.get(2).prepared, 0);
+    }
+
+    #[test]
     fn the_meta_group_fills_leaders_and_keys_from_the_table() {
         let state = |leader, keys| GroupState {
             leader,
             keys,
             quiet: false,
+            prepared: 0,
         };
         let map = ShardMap::from_split_keys(&[Bytes::from_static(b"g")]).unwrap();
         let table = GroupTable::new([0, 1, 2]);

@@ -98,7 +98,7 @@ pub(crate) async fn open(config: &Arc<ServeConfig>) -> Result<Opened, ServeError
         opened.push((group, epoch, wire_epoch, group_opened.start));
     }
     let node = config.node_id;
-    let xtxn = xtxn::XtxnService::new(config.clone(), base.clone());
+    let xtxn = xtxn::XtxnService::new(config.clone(), base.clone(), table.clone());
     Ok(Opened {
         snapshot_index,
         keys,

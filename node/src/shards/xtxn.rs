@@ -21,6 +21,7 @@ use txn_2pc::two_phase::Config;
 
 use crate::client::{Client, ClientConfig, ClientError};
 use crate::config::ServeConfig;
+use crate::group::shard::GroupTable;
 use crate::proto::{
     Consistency, KeyValue, ReadOp, Reply, Request, Response, ServerError, Session, ShardMap,
     ShardTxnId, ShardTxnOp, ShardTxnResult, WriteOp,
@@ -55,6 +56,8 @@ fn txn_config() -> Config {
 pub(crate) struct XtxnService {
     config: Arc<ServeConfig>,
     map: Arc<ShardMap>,
+    /// What the node's groups report (how many transactions each holds prepared).
+    table: Arc<GroupTable>,
     client: OnceLock<Result<Arc<Client>, String>>,
     ends: DeferredEnds,
 }
@@ -118,10 +121,15 @@ impl XtxnService {
         }
     }
 
-    pub(crate) fn new(config: Arc<ServeConfig>, map: Arc<ShardMap>) -> Arc<Self> {
+    pub(crate) fn new(
+        config: Arc<ServeConfig>,
+        map: Arc<ShardMap>,
+        table: Arc<GroupTable>,
+    ) -> Arc<Self> {
         Arc::new(XtxnService {
             config,
             map,
+            table,
             client: OnceLock::new(),
             ends: DeferredEnds::default(),
         })
@@ -268,6 +276,12 @@ impl XtxnService {
                     .or_insert_with(|| Resolver::new(shard.group, RESOLVE_AFTER, 2));
             }
             for (&group, resolver) in resolvers.iter_mut() {
+                // A group with nothing prepared here is not asked (an idle group stays quiet,
+                // and a thousand of them cost no requests); its resolver forgets what it held.
+                if self.table.get(group).prepared == 0 {
+                    driver::resolve_round(&shards, resolver, &BTreeMap::new()).await;
+                    continue;
+                }
                 let epoch = map.shard(group).map_or(0, |s| s.epoch);
                 // This node's own view of the group (a stale read: no leader round needed).
                 let request = Request::Routed {
