@@ -1377,19 +1377,8 @@ impl CrossShardTxn {
             .participants
             .iter()
             .all(|g| *g == st.coordinator || st.voted.contains_key(g));
-        if let (true, Some(revision), true) = (voting, staged, all_voted) {
-            let report = Report {
-                txn,
-                outcome: ShardOutcome::Commit,
-                succeeded: st.plan.succeeded,
-                results: st.plan.results.clone(),
-                revision,
-                shard_revisions: st.shard_revisions(revision),
-                participants: st.participants.clone(),
-                reason: None,
-                unknown: false,
-            };
-            self.answer_with(report);
+        if let (true, Some(_), true) = (voting, staged, all_voted) {
+            self.answer_staged_commit();
             self.start_settle(ShardOutcome::Commit);
         }
     }
