@@ -109,6 +109,15 @@ pub struct Report {
 }
 
 impl Report {
+    /// This report with the outcome marked unknown (the shard that decides did not answer in
+    /// time; the resolvers settle it).
+    fn unknown_outcome(&self) -> Self {
+        Report {
+            unknown: true,
+            ..self.clone()
+        }
+    }
+
     /// An abort of `txn` among `participants`, for `reason`.
     fn aborted(txn: ShardTxnId, participants: Vec<u64>, reason: &str) -> Self {
         Report {
@@ -1407,9 +1416,9 @@ impl CrossShardTxn {
                 if self.answer.is_none() && now - *since >= self.config.vote_timeout {
                     // The coordinator shard does not answer: the outcome stays unknown here,
                     // the resolvers settle it.
-                    let mut report =
-                        Report::aborted(self.txn, st.participants.clone(), "no answer in time");
-                    report.unknown = true;
+                    let report =
+                        Report::aborted(self.txn, st.participants.clone(), "no answer in time")
+                            .unknown_outcome();
                     self.done(report);
                 } else if resend {
                     self.send_settle(outcome);
@@ -1505,8 +1514,7 @@ impl CrossShardTxn {
             } => {
                 if now - *since >= self.config.vote_timeout {
                     // The coordinator shard does not answer: the outcome stays unknown.
-                    let mut report = (**report).clone();
-                    report.unknown = true;
+                    let report = report.unknown_outcome();
                     self.done(report);
                 } else if now - *last_sent >= self.config.retry_interval {
                     *last_sent = now;
@@ -1526,8 +1534,7 @@ impl CrossShardTxn {
                 ..
             } => {
                 if now - *since >= self.config.vote_timeout {
-                    let mut report = (**report).clone();
-                    report.unknown = true;
+                    let report = report.unknown_outcome();
                     self.done(report);
                 } else if now - *last_sent >= self.config.retry_interval {
                     *last_sent = now;
