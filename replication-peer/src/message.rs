@@ -20,6 +20,7 @@ pub enum Message {
         /// Push sequence number.
         seq: u64,
         /// The key.
+        #[serde(with = "serde_bytes")]
         key: Key,
         /// Its object.
         object: Object,
@@ -31,6 +32,7 @@ pub enum Message {
         /// Echoed.
         seq: u64,
         /// Echoed.
+        #[serde(with = "serde_bytes")]
         key: Key,
     },
     /// A coordinator asks a replica for its (durable) object.
@@ -38,6 +40,7 @@ pub enum Message {
         /// Coordinator's request tag.
         tag: u64,
         /// The key.
+        #[serde(with = "serde_bytes")]
         key: Key,
     },
     /// The replica's object (`None`: it has nothing for the key).
@@ -45,6 +48,7 @@ pub enum Message {
         /// Echoed.
         tag: u64,
         /// The key.
+        #[serde(with = "serde_bytes")]
         key: Key,
         /// Its object.
         object: Option<Object>,
@@ -52,6 +56,7 @@ pub enum Message {
     /// Read repair: the merge of what the replicas answered.
     Repair {
         /// The key.
+        #[serde(with = "serde_bytes")]
         key: Key,
         /// The merged object.
         object: Object,
@@ -88,6 +93,7 @@ pub enum Message {
     /// Tombstone collection: "do you durably hold exactly this tombstone?"
     GcQuery {
         /// The key.
+        #[serde(with = "serde_bytes")]
         key: Key,
         /// The tombstone's digest.
         digest: u64,
@@ -95,6 +101,7 @@ pub enum Message {
     /// "Yes, durably."
     GcAck {
         /// The key.
+        #[serde(with = "serde_bytes")]
         key: Key,
         /// Echoed.
         digest: u64,
@@ -102,6 +109,7 @@ pub enum Message {
     /// Every replica holds the tombstone: remove it if yours is still exactly this one.
     Purge {
         /// The key.
+        #[serde(with = "serde_bytes")]
         key: Key,
         /// The tombstone's digest.
         digest: u64,
@@ -115,6 +123,7 @@ pub enum Request {
     /// Read a key from `r` replicas.
     Get {
         /// The key.
+        #[serde(with = "serde_bytes")]
         key: Key,
         /// Replicas to hear from.
         r: usize,
@@ -123,8 +132,10 @@ pub enum Request {
     /// supersedes exactly the siblings it covers.
     Put {
         /// The key.
+        #[serde(with = "serde_bytes")]
         key: Key,
         /// The value.
+        #[serde(with = "serde_bytes")]
         value: Vec<u8>,
         /// Context from a read.
         context: VersionVector,
@@ -134,6 +145,7 @@ pub enum Request {
     /// Delete: a tombstone superseding what `context` covers.
     Delete {
         /// The key.
+        #[serde(with = "serde_bytes")]
         key: Key,
         /// Context from a read.
         context: VersionVector,
@@ -143,6 +155,7 @@ pub enum Request {
     /// Update a CRDT key.
     Update {
         /// The key.
+        #[serde(with = "serde_bytes")]
         key: Key,
         /// The operation.
         op: CrdtOp,
@@ -169,6 +182,7 @@ pub struct SiblingView {
     /// The write that made it.
     pub dot: Dot,
     /// The value (`None`: a delete concurrent with the other siblings).
+    #[serde(with = "serde_bytes")]
     pub value: Option<Vec<u8>>,
 }
 

@@ -13,6 +13,7 @@ use crate::policy::Policy;
 #[derive(Clone, Debug, PartialEq, Eq, Hash, Serialize, Deserialize)]
 pub struct Versioned {
     /// `None`: a delete.
+    #[serde(with = "serde_bytes")]
     pub value: Option<Vec<u8>>,
     /// The coordinator's clock when written (decides LWW).
     pub at: Timestamp,

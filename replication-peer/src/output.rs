@@ -23,6 +23,7 @@ pub enum Write {
     /// Store `object` for `key`, or remove the key (`None`: a collected tombstone).
     Object {
         /// The key.
+        #[serde(with = "serde_bytes")]
         key: Key,
         /// Its new object.
         object: Option<Object>,
