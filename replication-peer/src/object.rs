@@ -59,6 +59,19 @@ impl Object {
         stable_hash(domain::OBJECT_DIGEST, self)
     }
 
+    /// Bytes of user data it holds: sibling values, or a CRDT's payload (a size hint for
+    /// encoders; the encoding adds the dots, clocks and context).
+    pub fn payload_bytes(&self) -> usize {
+        match self {
+            Object::Causal(d) => d
+                .siblings()
+                .iter()
+                .map(|(_, v)| v.value.as_ref().map_or(0, Vec::len))
+                .sum(),
+            Object::Crdt(c) => c.payload_bytes(),
+        }
+    }
+
     /// Whether every sibling is a delete: the key reads as absent and may be collected.
     pub fn is_tombstone(&self) -> bool {
         match self {

@@ -23,20 +23,31 @@ pub(super) struct Batches {
 }
 
 impl Batches {
-    /// Adds `message` for `to`, after every earlier message for `to`.
+    /// Adds `message` for `to`, after every earlier message for `to`. On an encoding error
+    /// (a bug: the engine's messages always encode) nothing is added.
     pub(super) fn push(&mut self, to: u64, message: &Message) -> Result<(), postcard::Error> {
-        let bytes = postcard::to_allocvec(message)?;
         let slot = match self.open.iter().position(|(node, _)| *node == to) {
             Some(i) => i,
             None => {
-                self.open.push((to, Vec::new()));
+                self.open.push((to, vec![Vec::new()]));
                 self.open.len() - 1
             }
         };
         let payloads = &mut self.open[slot].1;
-        match payloads.last_mut() {
-            Some(last) if last.len() + bytes.len() <= MAX_BATCH_BYTES => last.extend(bytes),
-            _ => payloads.push(bytes),
+        if payloads.is_empty() {
+            payloads.push(Vec::new());
+        }
+        let last = payloads.last_mut().expect("a payload was just ensured");
+        // Encoded straight onto the open payload (no copy through a buffer of its own); if
+        // that takes the payload past the limit, the message moves to a payload of its own.
+        let before = last.len();
+        if let Err(e) = postcard::to_extend(message, Append(last)) {
+            last.truncate(before);
+            return Err(e);
+        }
+        if before > 0 && last.len() > MAX_BATCH_BYTES {
+            let alone = last.split_off(before);
+            payloads.push(alone);
         }
         Ok(())
     }
@@ -46,6 +57,7 @@ impl Batches {
         self.open
             .into_iter()
             .flat_map(|(to, payloads)| payloads.into_iter().map(move |p| (to, p)))
+            .filter(|(_, p)| !p.is_empty())
     }
 }
 
@@ -150,5 +162,14 @@ mod tests {
         assert_eq!(got.len(), 2);
         assert_eq!(got[0].as_ref().unwrap(), &ack(1));
         assert!(got[1].is_err());
+    }
+}
+
+/// Appends to a borrowed buffer (postcard's `to_extend` takes its sink by value).
+struct Append<'a>(&'a mut Vec<u8>);
+
+impl Extend<u8> for Append<'_> {
+    fn extend<I: IntoIterator<Item = u8>>(&mut self, bytes: I) {
+        self.0.extend(bytes);
     }
 }

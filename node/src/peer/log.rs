@@ -19,6 +19,9 @@ use tokio::sync::watch;
 
 /// Identity recorded in the log's metadata: a peer log of one node of one cluster.
 const MAGIC: &str = "quorate-peer-log/1";
+/// A record's bytes beyond its key and values (object shape, dots, clocks, contexts), as a
+/// first guess for its buffer.
+const RECORD_HEADROOM: usize = 128;
 /// Bytes read per replay batch.
 const REPLAY_BATCH_BYTES: u64 = 16 << 20;
 
@@ -160,13 +163,16 @@ impl PeerLog {
             if let Write::DotCeiling(c) = p.write {
                 self.dot_ceiling = self.dot_ceiling.max(c);
             }
-            records.push(
-                postcard::to_allocvec(&p.write).map_err(|e| PeerLogError::Record {
+            // Sized up front: growing the buffer byte run by byte run cost a realloc or two
+            // per record.
+            let buffer = Vec::with_capacity(RECORD_HEADROOM + write_payload_bytes(&p.write));
+            records.push(postcard::to_extend(&p.write, buffer).map_err(|e| {
+                PeerLogError::Record {
                     dir: self.dir.clone(),
                     index: 0,
                     reason: e.to_string(),
-                })?,
-            );
+                }
+            })?);
         }
         let range = self
             .wal
@@ -302,6 +308,16 @@ fn replay(dir: &Path, wal: &Wal, start: u64) -> Result<Recovered, PeerLogError> 
         dot_ceiling,
         objects: objects.into_iter().collect(),
     })
+}
+
+/// The key and value bytes of a write (what its record's size mostly is).
+fn write_payload_bytes(write: &Write) -> usize {
+    match write {
+        Write::Object { key, object } => {
+            key.len() + object.as_ref().map_or(0, Object::payload_bytes)
+        }
+        Write::DotCeiling(_) => 0,
+    }
 }
 
 /// Syncs whenever asked (coalescing requests that arrive meanwhile) and publishes the durable
