@@ -67,15 +67,25 @@ impl MerkleTree {
 
     /// Records `key`'s current object digest (`None`: the key is gone).
     pub fn set(&mut self, key: &[u8], digest: Option<u64>) {
+        use std::collections::btree_map::Entry;
         let leaf = self.leaf_of(key);
-        let slot = (leaf, key.to_vec());
         let leaves = self.levels.last_mut().expect("depth >= 1");
-        if let Some(old) = self.entries.remove(&slot) {
-            leaves[leaf as usize] ^= entry_hash(key, old);
-        }
-        if let Some(d) = digest {
-            leaves[leaf as usize] ^= entry_hash(key, d);
-            self.entries.insert(slot, d);
+        let hash = &mut leaves[leaf as usize];
+        // One search of the entries: the old digest is replaced where it sits.
+        match (self.entries.entry((leaf, key.to_vec())), digest) {
+            (Entry::Occupied(mut e), Some(d)) => {
+                if *e.get() == d {
+                    return;
+                }
+                *hash ^= entry_hash(key, *e.get()) ^ entry_hash(key, d);
+                e.insert(d);
+            }
+            (Entry::Occupied(e), None) => *hash ^= entry_hash(key, e.remove()),
+            (Entry::Vacant(e), Some(d)) => {
+                *hash ^= entry_hash(key, d);
+                e.insert(d);
+            }
+            (Entry::Vacant(_), None) => return,
         }
         self.dirty = true;
     }
