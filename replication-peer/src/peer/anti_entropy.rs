@@ -263,8 +263,8 @@ impl Peer {
         for (k, o) in &objects {
             self.check_object(k, o)?;
         }
-        for (k, o) in &objects {
-            self.merge_incoming(k, o)?;
+        for (k, o) in objects {
+            self.merge_incoming(&k, o)?;
         }
         self.anti_entropy.last_exchange.insert(from, self.now);
         let back = self.durable_objects(want);

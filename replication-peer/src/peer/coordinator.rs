@@ -446,7 +446,7 @@ impl Peer {
             }
             if node == me {
                 // Only fails on a kind mismatch, which check_object already refused.
-                let _ = self.merge_incoming(&req.key, &merged);
+                let _ = self.merge_incoming(&req.key, merged.clone());
             } else {
                 self.send(
                     node,

@@ -252,7 +252,7 @@ impl Peer {
             Message::ReadReply { tag, key, object } => self.on_read_reply(from, tag, key, object),
             Message::Repair { key, object } => {
                 self.check_replica(&key)?;
-                self.merge_incoming(&key, &object)
+                self.merge_incoming(&key, object)
             }
             Message::AeHashes {
                 partition,
@@ -363,23 +363,23 @@ impl Peer {
     }
 
     /// The one merge path: pushes, repairs, anti-entropy.
-    fn merge_incoming(&mut self, key: &[u8], incoming: &Object) -> Result<(), StepError> {
-        self.check_object(key, incoming)?;
+    fn merge_incoming(&mut self, key: &[u8], incoming: Object) -> Result<(), StepError> {
+        self.check_object(key, &incoming)?;
         if let Some(ts) = incoming.max_timestamp() {
             self.hlc.observe(ts);
         }
         let merged = match self.objects.get(key) {
-            None => incoming.clone(),
+            None => incoming,
             Some(mine) => {
                 let mut m = mine.clone();
-                m.merge(incoming).map_err(|_| StepError::BadObject {
+                m.merge(&incoming).map_err(|_| StepError::BadObject {
                     key: key.to_vec(),
                     reason: "object kind differs from the local one",
                 })?;
                 #[cfg(feature = "planted-bugs")]
                 if self.has_bug(PlantedBug::MergeDropsSibling) {
                     if let Object::Causal(d) = &mut m {
-                        if d.siblings().len() >= 2 && m_differs(mine, incoming) {
+                        if d.siblings().len() >= 2 && m_differs(mine, &incoming) {
                             d.drop_sibling(0);
                         }
                     }

@@ -16,7 +16,7 @@ impl Peer {
         object: Object,
     ) -> Result<(), StepError> {
         self.check_replica(&key)?;
-        self.merge_incoming(&key, &object)?;
+        self.merge_incoming(&key, object)?;
         // The ack promises the pushed state is durable here: wait until the key is clean.
         self.defer(&key, Deferred::Ack { to: from, tag, seq });
         Ok(())
