@@ -19,8 +19,11 @@ pub struct MerkleTree {
     /// `levels[l]` holds the `fanout^l` hashes of level `l`; the last is the leaves.
     levels: Vec<Vec<u64>>,
     dirty: bool,
-    /// (leaf, key) → object digest.
-    entries: BTreeMap<(u32, Key), u64>,
+    /// Per leaf: key → object digest. One small map per leaf, not one over every key: a
+    /// write searches only its leaf's keys, and an existing key is found without a copy.
+    entries: Vec<BTreeMap<Key, u64>>,
+    /// Keys over all leaves.
+    len: usize,
 }
 
 impl MerkleTree {
@@ -35,7 +38,8 @@ impl MerkleTree {
             depth,
             levels,
             dirty: false,
-            entries: BTreeMap::new(),
+            entries: (0..fanout.pow(depth)).map(|_| BTreeMap::new()).collect(),
+            len: 0,
         }
     }
 
@@ -67,25 +71,28 @@ impl MerkleTree {
 
     /// Records `key`'s current object digest (`None`: the key is gone).
     pub fn set(&mut self, key: &[u8], digest: Option<u64>) {
-        use std::collections::btree_map::Entry;
-        let leaf = self.leaf_of(key);
-        let leaves = self.levels.last_mut().expect("depth >= 1");
-        let hash = &mut leaves[leaf as usize];
-        // One search of the entries: the old digest is replaced where it sits.
-        match (self.entries.entry((leaf, key.to_vec())), digest) {
-            (Entry::Occupied(mut e), Some(d)) => {
-                if *e.get() == d {
+        let leaf = self.leaf_of(key) as usize;
+        let hash = &mut self.levels.last_mut().expect("depth >= 1")[leaf];
+        let entries = &mut self.entries[leaf];
+        match (entries.get_mut(key), digest) {
+            (Some(old), Some(d)) => {
+                if *old == d {
                     return;
                 }
-                *hash ^= entry_hash(key, *e.get()) ^ entry_hash(key, d);
-                e.insert(d);
+                *hash ^= entry_hash(key, *old) ^ entry_hash(key, d);
+                *old = d;
             }
-            (Entry::Occupied(e), None) => *hash ^= entry_hash(key, e.remove()),
-            (Entry::Vacant(e), Some(d)) => {
+            (Some(_), None) => {
+                let old = entries.remove(key).expect("just found");
+                *hash ^= entry_hash(key, old);
+                self.len -= 1;
+            }
+            (None, Some(d)) => {
                 *hash ^= entry_hash(key, d);
-                e.insert(d);
+                entries.insert(key.to_vec(), d);
+                self.len += 1;
             }
-            (Entry::Vacant(_), None) => return,
+            (None, None) => return,
         }
         self.dirty = true;
     }
@@ -109,19 +116,19 @@ impl MerkleTree {
     /// The `(key, digest)` entries of one leaf.
     pub fn leaf_entries(&self, leaf: u32) -> impl Iterator<Item = (&Key, u64)> + '_ {
         self.entries
-            .range((leaf, Vec::new())..)
-            .take_while(move |((l, _), _)| *l == leaf)
-            .map(|((_, k), d)| (k, *d))
+            .get(leaf as usize)
+            .into_iter()
+            .flat_map(|leaf| leaf.iter().map(|(k, d)| (k, *d)))
     }
 
     /// Number of keys in the tree.
     pub fn len(&self) -> usize {
-        self.entries.len()
+        self.len
     }
 
     /// Whether the tree holds no key.
     pub fn is_empty(&self) -> bool {
-        self.entries.is_empty()
+        self.len == 0
     }
 
     fn rebuild(&mut self) {
@@ -183,5 +190,41 @@ mod tests {
                 .count();
             assert_eq!(differing, 1, "level {level}");
         }
+    }
+
+    #[test]
+    fn leaves_list_exactly_their_keys_and_len_counts_every_key() {
+        let mut t = MerkleTree::new(4, 2);
+        for k in 0..100u32 {
+            t.set(&k.to_be_bytes(), Some(u64::from(k)));
+        }
+        t.set(&3u32.to_be_bytes(), Some(1000)); // an overwrite adds no key
+        t.set(&4u32.to_be_bytes(), None);
+        t.set(&4u32.to_be_bytes(), None); // removing a missing key is a no-op
+        assert_eq!(t.len(), 99);
+        let mut listed = Vec::new();
+        for leaf in 0..t.width(t.depth()) {
+            let keys: Vec<&Key> = t.leaf_entries(leaf).map(|(k, _)| k).collect();
+            assert!(
+                keys.windows(2).all(|w| w[0] < w[1]),
+                "leaf {leaf} not in key order"
+            );
+            for (k, d) in t.leaf_entries(leaf) {
+                assert_eq!(t.leaf_of(k), leaf);
+                listed.push((k.clone(), d));
+            }
+        }
+        listed.sort();
+        let mut want: Vec<(Key, u64)> = (0..100u32)
+            .filter(|&k| k != 4)
+            .map(|k| {
+                (
+                    k.to_be_bytes().to_vec(),
+                    if k == 3 { 1000 } else { u64::from(k) },
+                )
+            })
+            .collect();
+        want.sort();
+        assert_eq!(listed, want);
     }
 }
