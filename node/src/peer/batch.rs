@@ -85,6 +85,15 @@ pub(super) fn decode(
     })
 }
 
+/// Appends to a borrowed buffer (postcard's `to_extend` takes its sink by value).
+struct Append<'a>(&'a mut Vec<u8>);
+
+impl Extend<u8> for Append<'_> {
+    fn extend<I: IntoIterator<Item = u8>>(&mut self, bytes: I) {
+        self.0.extend(bytes);
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -162,14 +171,5 @@ mod tests {
         assert_eq!(got.len(), 2);
         assert_eq!(got[0].as_ref().unwrap(), &ack(1));
         assert!(got[1].is_err());
-    }
-}
-
-/// Appends to a borrowed buffer (postcard's `to_extend` takes its sink by value).
-struct Append<'a>(&'a mut Vec<u8>);
-
-impl Extend<u8> for Append<'_> {
-    fn extend<I: IntoIterator<Item = u8>>(&mut self, bytes: I) {
-        self.0.extend(bytes);
     }
 }
