@@ -50,6 +50,12 @@ pub struct Config {
     pub dot_block: u64,
     /// Client requests in progress at once.
     pub max_pending_requests: usize,
+    /// Seeds the hash of this peer's in-memory key index (local only: not placement, not
+    /// persisted, free to differ between members and runs). An embedder that takes keys from
+    /// clients should draw it at random, so no one can aim keys at one hash bucket; a fixed
+    /// seed keeps a simulation reproducible.
+    #[serde(default)]
+    pub index_seed: u64,
 }
 
 impl Config {
@@ -76,6 +82,7 @@ impl Config {
             tombstone_grace_ms: 30_000,
             dot_block: 1_000,
             max_pending_requests: 10_000,
+            index_seed: 0,
         }
     }
 

@@ -72,6 +72,11 @@ fn engine_config(config: &ServeConfig) -> replication_peer::Config {
     c.gc_interval_ms = s.gc_interval_ms;
     c.tombstone_grace_ms = s.tombstone_grace_ms;
     c.max_pending_requests = config.limits.max_pending_requests;
+    // Keys come from clients: the key index's hash seed is drawn from the OS per start.
+    c.index_seed = std::hash::BuildHasher::hash_one(
+        &std::collections::hash_map::RandomState::new(),
+        config.node_id,
+    );
     c
 }
 

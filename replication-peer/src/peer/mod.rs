@@ -13,7 +13,9 @@ mod gc;
 mod hints;
 mod replica;
 
-use std::collections::{BTreeMap, BTreeSet};
+use std::collections::{BTreeMap, BTreeSet, HashMap};
+
+use foldhash::fast::FixedState;
 
 use serde::{Deserialize, Serialize};
 
@@ -90,7 +92,9 @@ pub struct Peer {
     ring: Ring,
     now: u64,
     hlc: Hlc,
-    objects: BTreeMap<Key, Object>,
+    /// Hashed, not ordered: nothing reads keys in order, and a lookup hashes once instead of
+    /// comparing heap keys down a tree (each write looks its key up several times).
+    objects: HashMap<Key, Object, FixedState>,
     tombstones: BTreeSet<Key>,
     trees: BTreeMap<PartitionId, MerkleTree>,
     in_flight: InFlight,
@@ -143,7 +147,7 @@ impl Peer {
             ring,
             now: 0,
             hlc,
-            objects: BTreeMap::new(),
+            objects: HashMap::with_hasher(FixedState::with_seed(config.index_seed)),
             tombstones: BTreeSet::new(),
             trees,
             in_flight: InFlight::default(),
@@ -194,7 +198,8 @@ impl Peer {
         self.objects.get(key)
     }
 
-    /// Every local object, in key order; `len()` counts them without walking them.
+    /// Every local object, in no particular order (the same for the same seed and history);
+    /// `len()` counts them without walking them.
     pub fn local_objects(&self) -> impl ExactSizeIterator<Item = (&Key, &Object)> + '_ {
         self.objects.iter()
     }
