@@ -1,7 +1,9 @@
 //! The persistence contract inside the engine: which keys have a write in flight, what waits
 //! for them, and the dot allocator whose ceiling is made durable before its dots are used.
 
-use std::collections::BTreeMap;
+use std::collections::{HashMap, VecDeque};
+
+use foldhash::fast::FixedState;
 
 use crate::types::{Key, NodeId};
 
@@ -21,21 +23,36 @@ pub(crate) enum Deferred {
 }
 
 /// Keys with writes in flight and the work waiting on them.
-#[derive(Debug, Default)]
+#[derive(Debug)]
 pub(crate) struct InFlight {
     next_token: u64,
     durable: u64,
     /// Key → token of its latest write.
-    latest: BTreeMap<Key, u64>,
-    waiting: BTreeMap<Key, Vec<Deferred>>,
+    latest: HashMap<Key, u64, FixedState>,
+    /// Every key write not yet durable, in token order: a confirmation walks only what it
+    /// makes durable, not every key in flight.
+    pending: VecDeque<(u64, Key)>,
+    waiting: HashMap<Key, Vec<Deferred>, FixedState>,
 }
 
 impl InFlight {
+    /// Nothing in flight; `seed` seeds the key maps' hash (see `Config::index_seed`).
+    pub(crate) fn new(seed: u64) -> Self {
+        InFlight {
+            next_token: 0,
+            durable: 0,
+            latest: HashMap::with_hasher(FixedState::with_seed(seed)),
+            pending: VecDeque::new(),
+            waiting: HashMap::with_hasher(FixedState::with_seed(seed)),
+        }
+    }
+
     /// A fresh token for a write of `key` (`None`: not a key write).
     pub(crate) fn issue(&mut self, key: Option<&[u8]>) -> u64 {
         self.next_token += 1;
         if let Some(k) = key {
             self.latest.insert(k.to_vec(), self.next_token);
+            self.pending.push_back((self.next_token, k.to_vec()));
         }
         self.next_token
     }
@@ -47,12 +64,16 @@ impl InFlight {
 
     /// Queues `d` until `key` is clean; `Some(d)` back if it is clean already.
     pub(crate) fn defer(&mut self, key: &[u8], d: Deferred) -> Option<Deferred> {
-        if self.is_dirty(key) {
-            self.waiting.entry(key.to_vec()).or_default().push(d);
-            None
-        } else {
-            Some(d)
+        if !self.is_dirty(key) {
+            return Some(d);
         }
+        match self.waiting.get_mut(key) {
+            Some(queue) => queue.push(d),
+            None => {
+                self.waiting.insert(key.to_vec(), vec![d]);
+            }
+        }
+        None
     }
 
     /// Highest token issued.
@@ -60,21 +81,26 @@ impl InFlight {
         self.next_token
     }
 
-    /// Records tokens up to `token` durable; returns the work now released, per key.
+    /// Records tokens up to `token` durable; returns the work now released, key by key in the
+    /// order their last writes were issued, each key's work in the order it was deferred.
     pub(crate) fn confirm(&mut self, token: u64) -> Vec<(Key, Deferred)> {
         self.durable = self.durable.max(token);
-        let durable = self.durable;
-        let clean: Vec<Key> = self
-            .latest
-            .iter()
-            .filter(|(_, &t)| t <= durable)
-            .map(|(k, _)| k.clone())
-            .collect();
         let mut released = Vec::new();
-        for k in clean {
-            self.latest.remove(&k);
-            for d in self.waiting.remove(&k).unwrap_or_default() {
-                released.push((k.clone(), d));
+        while self
+            .pending
+            .front()
+            .is_some_and(|(t, _)| *t <= self.durable)
+        {
+            let Some((t, key)) = self.pending.pop_front() else {
+                break;
+            };
+            // A later write of the key keeps it dirty until that one is durable.
+            if self.latest.get(&key) != Some(&t) {
+                continue;
+            }
+            self.latest.remove(&key);
+            if let Some(work) = self.waiting.remove(&key) {
+                released.extend(work.into_iter().map(|d| (key.clone(), d)));
             }
         }
         released
@@ -156,5 +182,66 @@ impl DotAllocator {
             }
             _ => false,
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn ack(tag: u64) -> Deferred {
+        Deferred::Ack {
+            to: 2,
+            tag,
+            seq: tag,
+        }
+    }
+
+    #[test]
+    fn a_key_is_clean_once_its_latest_write_is_durable_and_its_work_comes_out_in_order() {
+        let mut f = InFlight::new(7);
+        let a1 = f.issue(Some(b"a"));
+        let b = f.issue(Some(b"b"));
+        let a2 = f.issue(Some(b"a"));
+        assert_eq!(f.issue(None), a2 + 1, "a token for no key still counts");
+        assert_eq!(
+            f.defer(b"c", ack(9)),
+            Some(ack(9)),
+            "a clean key runs at once"
+        );
+        assert_eq!(f.defer(b"a", ack(1)), None);
+        assert_eq!(f.defer(b"b", ack(2)), None);
+        assert_eq!(f.defer(b"a", ack(3)), None);
+        assert_eq!(f.dirty_keys(), 2);
+
+        // `a`'s first write is durable, its second is not: `a` stays dirty.
+        assert!(f.confirm(a1).is_empty());
+        assert!(f.is_dirty(b"a"));
+        assert_eq!(f.confirm(b), vec![(b"b".to_vec(), ack(2))]);
+        assert!(!f.is_dirty(b"b"));
+        assert!(f.is_dirty(b"a"));
+
+        // A confirmation past every write releases the rest; a repeated one releases nothing.
+        assert_eq!(
+            f.confirm(a2 + 1),
+            vec![(b"a".to_vec(), ack(1)), (b"a".to_vec(), ack(3))]
+        );
+        assert_eq!(f.dirty_keys(), 0);
+        assert!(f.confirm(a2 + 1).is_empty());
+        assert_eq!(f.defer(b"a", ack(4)), Some(ack(4)));
+    }
+
+    #[test]
+    fn a_confirmation_below_what_was_confirmed_changes_nothing() {
+        let mut f = InFlight::new(0);
+        let first = f.issue(Some(b"k"));
+        let second = f.issue(Some(b"k"));
+        assert!(f.confirm(second).is_empty());
+        assert!(!f.is_dirty(b"k"));
+        assert!(f.confirm(first).is_empty());
+        let third = f.issue(Some(b"k"));
+        assert_eq!(f.defer(b"k", ack(5)), None);
+        assert!(f.confirm(first).is_empty(), "durable never moves back");
+        assert_eq!(f.confirm(third), vec![(b"k".to_vec(), ack(5))]);
     }
 }

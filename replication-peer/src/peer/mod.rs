@@ -150,7 +150,7 @@ impl Peer {
             objects: HashMap::with_hasher(FixedState::with_seed(config.index_seed)),
             tombstones: BTreeSet::new(),
             trees,
-            in_flight: InFlight::default(),
+            in_flight: InFlight::new(config.index_seed),
             out: Output::default(),
             refused: 0,
             config,
