@@ -7,7 +7,9 @@
 //! tasks (closed loop: each waits for its reply before sending the next request) that together
 //! issue `--ops` puts of 16 B keys and 256 B values, then `--ops` linearizable gets of the same
 //! keys (each checked against the value written). Per row: ops/s and p50/p99/max latency
-//! (hdrhistogram, µs). With a peer: ratios Quorate ÷ etcd for throughput and p99, SVG plots, and
+//! (hdrhistogram, µs), the servers' CPU per op (`srv/op`, all processes) and, for writes, the
+//! busiest server's (`node/op`: with a machine per node that is what bounds a leader, while a
+//! leaderless mode spreads it). With a peer: ratios Quorate ÷ etcd for throughput and p99, SVG plots, and
 //! the last line `cluster-vs-etcd writes@64: <ratio>`. Against ZooKeeper a third phase per row
 //! reads at ZooKeeper's own guarantee (session-consistent: Quorate `sequential` against plain
 //! `getData`; the linearizable phase is `sync`+`getData` there), and the last line is
@@ -223,6 +225,9 @@ pub struct PhaseStats {
     pub server_cpu: Duration,
     /// CPU time the load generator (this process) used during the phase.
     pub client_cpu: Duration,
+    /// CPU time of the busiest server process during the phase: what bounds throughput once each
+    /// node has a machine of its own (a leader's cost, against a leaderless node's share).
+    pub busiest_server_cpu: Duration,
 }
 
 impl PhaseStats {
@@ -235,6 +240,13 @@ impl PhaseStats {
     /// throughput once the CPUs are busy, and is less noisy than throughput on a shared machine.
     pub fn server_cpu_us_per_op(&self) -> f64 {
         self.server_cpu.as_secs_f64() * 1e6 / self.ops.max(1) as f64
+    }
+
+    /// The busiest server process's CPU time per operation, µs. With one core per node and the
+    /// CPU the limit, `1e6 / this` would be the writes/s the system could reach: a projection
+    /// from measured CPU, not a throughput measurement (disk and network are left out).
+    pub fn busiest_server_cpu_us_per_op(&self) -> f64 {
+        self.busiest_server_cpu.as_secs_f64() * 1e6 / self.ops.max(1) as f64
     }
 
     /// Load generator CPU time per operation, µs (the client library's cost).
@@ -263,10 +275,26 @@ fn stat_cpu(stat: &str) -> Option<Duration> {
     Some(Duration::from_millis((utime + stime) * 10))
 }
 
-/// CPU time of the server processes `pids` and of this process.
-fn cpu_now(pids: &[u32]) -> (Duration, Duration) {
-    let servers = pids.iter().map(|pid| process_cpu(&pid.to_string())).sum();
+/// CPU time of each server process of `pids` and of this process.
+fn cpu_now(pids: &[u32]) -> (Vec<Duration>, Duration) {
+    let servers = pids
+        .iter()
+        .map(|pid| process_cpu(&pid.to_string()))
+        .collect();
     (servers, process_cpu("self"))
+}
+
+/// The servers' CPU between two readings of [`cpu_now`]: in all, and of the busiest one.
+fn server_cpu_between(before: &[Duration], after: &[Duration]) -> (Duration, Duration) {
+    let used: Vec<Duration> = before
+        .iter()
+        .zip(after)
+        .map(|(b, a)| a.saturating_sub(*b))
+        .collect();
+    (
+        used.iter().sum(),
+        used.iter().max().copied().unwrap_or_default(),
+    )
 }
 
 /// One row: a system at one client count.
@@ -374,8 +402,10 @@ async fn phase<H: KvHandle>(
     }
     let elapsed = start.elapsed();
     let cpu_after = cpu_now(pids);
+    let (server_cpu, busiest_server_cpu) = server_cpu_between(&cpu_before.0, &cpu_after.0);
     Ok(PhaseStats {
-        server_cpu: cpu_after.0.saturating_sub(cpu_before.0),
+        server_cpu,
+        busiest_server_cpu,
         client_cpu: cpu_after.1.saturating_sub(cpu_before.1),
         ops: all.len(),
         elapsed,
@@ -1062,13 +1092,14 @@ impl System for Quorate {
 pub(crate) fn print_system(run: &SystemRun) {
     println!("{}", run.name);
     println!(
-        "{:>8} {:>10} {:>9} {:>9} {:>9} {:>7} {:>7}   {:>10} {:>9} {:>9} {:>9} {:>7} {:>7}",
+        "{:>8} {:>10} {:>9} {:>9} {:>9} {:>7} {:>7} {:>7}   {:>10} {:>9} {:>9} {:>9} {:>7} {:>7}",
         "clients",
         "writes/s",
         "p50",
         "p99",
         "max",
         "srv/op",
+        "node/op",
         "cli/op",
         "reads/s",
         "p50",
@@ -1079,13 +1110,14 @@ pub(crate) fn print_system(run: &SystemRun) {
     );
     for r in &run.rows {
         println!(
-            "{:>8} {:>10.0} {:>9} {:>9} {:>9} {:>7.0} {:>7.0}   {:>10.0} {:>9} {:>9} {:>9} {:>7.0} {:>7.0}",
+            "{:>8} {:>10.0} {:>9} {:>9} {:>9} {:>7.0} {:>7.0} {:>7.0}   {:>10.0} {:>9} {:>9} {:>9} {:>7.0} {:>7.0}",
             r.clients,
             r.writes.ops_per_sec(),
             r.writes.p50_us,
             r.writes.p99_us,
             r.writes.max_us,
             r.writes.server_cpu_us_per_op(),
+            r.writes.busiest_server_cpu_us_per_op(),
             r.writes.client_cpu_us_per_op(),
             r.reads.ops_per_sec(),
             r.reads.p50_us,
@@ -1161,8 +1193,15 @@ fn print_ratios(q: &SystemRun, p: &SystemRun) -> Option<f64> {
         q.name, p.name
     );
     println!(
-        "{:>8} {:>10} {:>10} {:>10} {:>10} {:>12} {:>12}",
-        "clients", "writes/s", "reads/s", "write p99", "read p99", "write srv/op", "read srv/op"
+        "{:>8} {:>10} {:>10} {:>10} {:>10} {:>12} {:>13} {:>12}",
+        "clients",
+        "writes/s",
+        "reads/s",
+        "write p99",
+        "read p99",
+        "write srv/op",
+        "write node/op",
+        "read srv/op"
     );
     let mut headline = None;
     for qr in &q.rows {
@@ -1175,8 +1214,10 @@ fn print_ratios(q: &SystemRun, p: &SystemRun) -> Option<f64> {
         let rp99 = qr.reads.p99_us as f64 / pr.reads.p99_us as f64;
         let wcpu = qr.writes.server_cpu_us_per_op() / pr.writes.server_cpu_us_per_op();
         let rcpu = qr.reads.server_cpu_us_per_op() / pr.reads.server_cpu_us_per_op();
+        let wnode =
+            qr.writes.busiest_server_cpu_us_per_op() / pr.writes.busiest_server_cpu_us_per_op();
         println!(
-            "{:>8} {writes:>10.2} {reads:>10.2} {wp99:>10.2} {rp99:>10.2} {wcpu:>12.2} {rcpu:>12.2}",
+            "{:>8} {writes:>10.2} {reads:>10.2} {wp99:>10.2} {rp99:>10.2} {wcpu:>12.2} {wnode:>13.2} {rcpu:>12.2}",
             qr.clients
         );
         if qr.clients == 64 {
@@ -1295,6 +1336,24 @@ mod tests {
     }
 
     #[test]
+    fn the_busiest_server_is_the_one_that_used_most_cpu_in_the_phase() {
+        let ms = Duration::from_millis;
+        // The second process was busiest in the phase though the first used more in all.
+        let before = [ms(5_000), ms(100), ms(300)];
+        let after = [ms(5_200), ms(700), ms(400)];
+        assert_eq!(server_cpu_between(&before, &after), (ms(900), ms(600)));
+        // A process that went away (its reading drops to zero) counts as idle.
+        assert_eq!(
+            server_cpu_between(&[ms(50), ms(10)], &[ms(0), ms(30)]),
+            (ms(20), ms(20))
+        );
+        assert_eq!(
+            server_cpu_between(&[], &[]),
+            (Duration::ZERO, Duration::ZERO)
+        );
+    }
+
+    #[test]
     fn the_headline_is_the_write_ratio_at_64_clients() {
         let stats = |ops: u64| PhaseStats {
             ops,
@@ -1303,6 +1362,7 @@ mod tests {
             p99_us: 1000,
             max_us: 2000,
             server_cpu: Duration::from_millis(ops),
+            busiest_server_cpu: Duration::from_millis(ops / 2),
             client_cpu: Duration::from_millis(ops / 2),
         };
         let run = |name: &str, ops: u64| SystemRun {

@@ -230,6 +230,7 @@ mod tests {
             p99_us: p99,
             max_us: p99 * 2,
             server_cpu: Duration::from_millis(ops),
+            busiest_server_cpu: Duration::from_millis(ops / 2),
             client_cpu: Duration::from_millis(ops / 2),
         };
         let run = |name: &str, scale: u64| SystemRun {

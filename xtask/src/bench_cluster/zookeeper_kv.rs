@@ -305,6 +305,7 @@ mod tests {
             p99_us,
             max_us: p99_us * 2,
             server_cpu: Duration::from_millis(ops),
+            busiest_server_cpu: Duration::from_millis(ops / 2),
             client_cpu: Duration::from_millis(ops),
         }
     }
