@@ -86,14 +86,11 @@ impl InFlight {
     pub(crate) fn confirm(&mut self, token: u64) -> Vec<(Key, Deferred)> {
         self.durable = self.durable.max(token);
         let mut released = Vec::new();
-        while self
-            .pending
-            .front()
-            .is_some_and(|(t, _)| *t <= self.durable)
-        {
-            let Some((t, key)) = self.pending.pop_front() else {
+        while let Some((t, key)) = self.pending.pop_front() {
+            if t > self.durable {
+                self.pending.push_front((t, key));
                 break;
-            };
+            }
             // A later write of the key keeps it dirty until that one is durable.
             if self.latest.get(&key) != Some(&t) {
                 continue;
