@@ -1,11 +1,9 @@
 //! The persistence contract inside the engine: which keys have a write in flight, what waits
 //! for them, and the dot allocator whose ceiling is made durable before its dots are used.
 
-use std::collections::{HashMap, VecDeque};
+use std::collections::VecDeque;
 
-use foldhash::fast::FixedState;
-
-use crate::types::{Key, NodeId};
+use crate::types::{key_map, Key, KeyMap, NodeId};
 
 /// Something that may happen only once a key has no write in flight (its state is durable).
 #[derive(Clone, Debug, PartialEq, Eq)]
@@ -28,11 +26,11 @@ pub(crate) struct InFlight {
     next_token: u64,
     durable: u64,
     /// Key → token of its latest write.
-    latest: HashMap<Key, u64, FixedState>,
+    latest: KeyMap<u64>,
     /// Every key write not yet durable, in token order: a confirmation walks only what it
     /// makes durable, not every key in flight.
     pending: VecDeque<(u64, Key)>,
-    waiting: HashMap<Key, Vec<Deferred>, FixedState>,
+    waiting: KeyMap<Vec<Deferred>>,
 }
 
 impl InFlight {
@@ -41,9 +39,9 @@ impl InFlight {
         InFlight {
             next_token: 0,
             durable: 0,
-            latest: HashMap::with_hasher(FixedState::with_seed(seed)),
+            latest: key_map(seed),
             pending: VecDeque::new(),
-            waiting: HashMap::with_hasher(FixedState::with_seed(seed)),
+            waiting: key_map(seed),
         }
     }
 

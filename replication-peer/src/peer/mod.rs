@@ -13,9 +13,7 @@ mod gc;
 mod hints;
 mod replica;
 
-use std::collections::{BTreeMap, BTreeSet, HashMap};
-
-use foldhash::fast::FixedState;
+use std::collections::{BTreeMap, BTreeSet};
 
 use serde::{Deserialize, Serialize};
 
@@ -28,7 +26,7 @@ use crate::object::Object;
 use crate::output::{Output, Persist, PersistToken, Write};
 use crate::policy::Policy;
 use crate::ring::{PartitionId, Ring};
-use crate::types::{Key, NodeId};
+use crate::types::{key_map, Key, KeyMap, NodeId};
 
 use self::anti_entropy::AntiEntropy;
 use self::coordinator::Requests;
@@ -94,7 +92,7 @@ pub struct Peer {
     hlc: Hlc,
     /// Hashed, not ordered: nothing reads keys in order, and a lookup hashes once instead of
     /// comparing heap keys down a tree (each write looks its key up several times).
-    objects: HashMap<Key, Object, FixedState>,
+    objects: KeyMap<Object>,
     tombstones: BTreeSet<Key>,
     trees: BTreeMap<PartitionId, MerkleTree>,
     in_flight: InFlight,
@@ -147,7 +145,7 @@ impl Peer {
             ring,
             now: 0,
             hlc,
-            objects: HashMap::with_hasher(FixedState::with_seed(config.index_seed)),
+            objects: key_map(config.index_seed),
             tombstones: BTreeSet::new(),
             trees,
             in_flight: InFlight::new(config.index_seed),
